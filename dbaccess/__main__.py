@@ -1,0 +1,3 @@
+from dbaccess.cli import main
+
+main()

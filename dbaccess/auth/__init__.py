@@ -1,0 +1,1 @@
+"""Login (device authorization grant) and token storage."""

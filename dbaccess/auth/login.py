@@ -1,0 +1,66 @@
+"""Log in through the broker's identity provider, and keep the bearer token fresh."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import httpx
+
+from dbaccess.auth.device_flow import DEFAULT_INTERVAL, DeviceCode, DeviceFlow, TokenSet
+from dbaccess.auth.token_store import StoredLogin, load_login, save_login
+from dbaccess.errors import AuthError
+from dbaccess.models import PublicConfig
+
+REFRESH_MARGIN = 60.0  # refresh this many seconds before the token expires
+
+
+def _default_interval() -> float:
+    # Used only when the provider sends no ``interval`` (RFC 8628 says 5 s then).
+    value = os.environ.get("DBACCESS_DEVICE_POLL_INTERVAL")
+    return float(value) if value else DEFAULT_INTERVAL
+
+
+def device_login(
+    profile: str,
+    config: PublicConfig,
+    http: httpx.Client,
+    show_code: Callable[[DeviceCode], None],
+    on_wait: Callable[[float], None] | None = None,
+) -> StoredLogin:
+    """Run the device flow, store the result in the keyring and return it."""
+    if config.kind != "oidc":
+        raise AuthError(f"login kind '{config.kind}' is not supported by this version yet")
+    flow = DeviceFlow(config.issuer, config.client_id, config.scopes, http=http,
+                      default_interval=_default_interval())
+    code = flow.start()
+    show_code(code)
+    tokens = flow.poll(code, on_wait)
+    login = _stored(config.issuer, config.client_id, config.scopes, tokens)
+    save_login(profile, login)
+    return login
+
+
+def bearer_token(profile: str, http: httpx.Client) -> StoredLogin:
+    """The stored login, refreshed silently when it is about to expire."""
+    login = load_login(profile)
+    if login is None:
+        raise AuthError("you are not logged in", hint="dbaccess login")
+    if login.expires_at - REFRESH_MARGIN > time.time():
+        return login
+    if not login.refresh_token:
+        raise AuthError("session expired — run dbaccess login", hint="dbaccess login")
+    flow = DeviceFlow(login.issuer, login.client_id, login.scopes, http=http)
+    tokens = flow.refresh(login.refresh_token)
+    refreshed = _stored(login.issuer, login.client_id, login.scopes, tokens)
+    save_login(profile, refreshed)
+    return refreshed
+
+
+def _stored(issuer: str, client_id: str, scopes: list[str], tokens: TokenSet) -> StoredLogin:
+    return StoredLogin(
+        issuer=issuer, client_id=client_id, scopes=list(scopes), id_token=tokens.id_token,
+        refresh_token=tokens.refresh_token, expires_at=tokens.expires_at,
+        subject=tokens.subject, email=tokens.email,
+    )

@@ -1,0 +1,1 @@
+"""The dbaccess broker: verifies identities, applies policy, mints and revokes database users."""

@@ -1,0 +1,115 @@
+"""The broker's ASGI application (FastAPI). ``create_app`` wires settings to services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dbaccess import __version__
+from dbaccess.broker.engines import Engine, engine_for
+from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.reaper import Reaper
+from dbaccess.broker.sessions import ApiError, SessionService
+from dbaccess.broker.settings import Settings
+from dbaccess.broker.store import Store
+from dbaccess.models import Identity, PublicConfig, SessionCreate, SessionGranted, SessionInfo
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    engines: Mapping[str, Engine] | None = None,
+    verifier: TokenVerifier | None = None,
+    run_reaper: bool = True,
+) -> FastAPI:
+    store = store or Store(settings.broker.store)
+    engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
+    verifier = verifier or TokenVerifier(settings.identity)
+    service = SessionService(settings, store, engines)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = Reaper(service, settings.broker.reaper_interval.total_seconds())
+        if run_reaper:
+            reaper.start()
+        try:
+            yield
+        finally:
+            if run_reaper:
+                reaper.stop()
+
+    app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        return _error(422, "invalid_request", "; ".join(parts))
+
+    def principal(
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    ) -> Principal:
+        if credentials is None:
+            raise ApiError(401, "not_logged_in", "this call needs a bearer token",
+                           "dbaccess login")
+        try:
+            return verifier.verify(credentials.credentials)
+        except InvalidToken as exc:
+            raise ApiError(401, "invalid_token", str(exc), "dbaccess login") from None
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/config", response_model=PublicConfig)
+    def public_config() -> PublicConfig:
+        return PublicConfig(
+            issuer=settings.identity.issuer, client_id=settings.identity.client_id,
+            scopes=settings.identity.scopes, kind=settings.identity.kind,
+            broker_version=__version__,
+        )
+
+    @app.get("/v1/me", response_model=Identity)
+    def me(who: Principal = Depends(principal)) -> Identity:  # noqa: B008
+        return Identity(subject=who.subject, email=who.email, name=who.name,
+                        groups=sorted(who.groups))
+
+    @app.post("/v1/sessions", status_code=201)
+    def create_session(body: SessionCreate, request: Request,
+                       who: Principal = Depends(principal)) -> JSONResponse:  # noqa: B008
+        source = request.client.host if request.client else None
+        granted: SessionGranted = service.create(who, body, source)
+        # Serialised by hand so the password is revealed only in this response body.
+        return JSONResponse(granted.model_dump(mode="json"), status_code=201,
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/sessions", response_model=list[SessionInfo])
+    def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:  # noqa: B008
+        return service.list_for(who)
+
+    @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)
+    def revoke_session(session_id: str,
+                       who: Principal = Depends(principal)) -> SessionInfo:  # noqa: B008
+        return service.revoke_for(who, session_id)
+
+    return app
+
+
+def _error(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "hint": hint}},
+                        status_code=status)

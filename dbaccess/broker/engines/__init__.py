@@ -1,0 +1,18 @@
+"""Database engines: one module each, registered by name."""
+
+from __future__ import annotations
+
+from dbaccess.broker.engines.base import Engine, EngineError, NewUser
+from dbaccess.broker.settings import TargetSection
+
+
+def engine_for(name: str, target: TargetSection) -> Engine:
+    """Build the engine named by a target's ``engine`` key (imported lazily)."""
+    if target.engine == "postgres":
+        from dbaccess.broker.engines.postgres import PostgresEngine
+
+        return PostgresEngine(name, target)
+    raise ValueError(f"unknown engine {target.engine!r}")  # settings validation prevents this
+
+
+__all__ = ["Engine", "EngineError", "NewUser", "engine_for"]

@@ -1,0 +1,63 @@
+"""The small interface every engine implements, and the username scheme they share."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from dbaccess.broker.settings import RoleTemplate
+
+
+class EngineError(Exception):
+    """A database operation failed. The message never contains a password."""
+
+
+@dataclass(frozen=True)
+class NewUser:
+    username: str
+    password: str
+    role: RoleTemplate
+    expires_at: datetime
+
+    def __repr__(self) -> str:  # keep the password out of tracebacks and logs
+        return f"NewUser(username={self.username!r}, role={self.role.group_role!r})"
+
+
+class Engine(Protocol):
+    name: str
+    max_username_length: int
+
+    def create_user(self, user: NewUser) -> None:
+        """Create the login, member of its role template, expiring at ``expires_at``."""
+
+    def revoke_user(self, username: str) -> None:
+        """Lock the login, end its live sessions and drop it. Idempotent."""
+
+    def list_managed_users(self) -> list[str]:
+        """Every login that carries this target's managed prefix."""
+
+
+SUFFIX_BYTES = 3  # 6 hex characters
+
+
+def make_username(prefix: str, person: str, max_length: int) -> str:
+    """``prefix + person + _ + random``: lowercase, ASCII, and never truncated by the server.
+
+    PostgreSQL silently truncates names over 63 bytes, which would let two long names
+    collide, so the person part is shortened here instead.
+    """
+    cleaned = re.sub(r"[^a-z0-9]+", "_", person.lower()).strip("_") or "user"
+    room = max_length - len(prefix) - 1 - 2 * SUFFIX_BYTES
+    if room < 1:
+        raise ValueError(f"prefix '{prefix}' leaves no room in a {max_length}-character name")
+    name = f"{prefix}{cleaned[:room].rstrip('_')}_{secrets.token_hex(SUFFIX_BYTES)}"
+    assert len(name.encode()) <= max_length
+    return name
+
+
+def make_password() -> str:
+    """A random password for one session: 192 bits, URL-safe characters only."""
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,124 @@
+"""Who is calling: verify a bearer JWT against the issuer's published keys.
+
+Checks: signature with a key from the issuer's JWKS (cached; refetched when an unknown
+``kid`` appears), an allow-list of asymmetric algorithms (so ``none`` and HMAC tricks
+fail), ``iss``, ``aud``, ``exp`` and ``nbf`` (with a small leeway), and a ``sub``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+from dbaccess.broker.settings import IdentitySection
+
+
+class InvalidToken(Exception):
+    """The bearer token is not acceptable; the message is safe to return to the caller."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    email: str | None
+    name: str | None
+    groups: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def handle(self) -> str:
+        """A short, human name for usernames and audit lines: email local part, else subject."""
+        if self.email and "@" in self.email:
+            return self.email.split("@", 1)[0]
+        return self.subject
+
+
+class TokenVerifier:
+    """Verifies tokens for one issuer. Thread-safe; the JWKS client is created lazily."""
+
+    def __init__(
+        self,
+        identity: IdentitySection,
+        *,
+        http_get: Callable[[str], dict[str, Any]] | None = None,
+    ) -> None:
+        self._identity = identity
+        self._http_get = http_get or _get_json
+        self._lock = threading.Lock()
+        self._jwks: jwt.PyJWKClient | None = None
+
+    def _jwks_client(self) -> jwt.PyJWKClient:
+        with self._lock:
+            if self._jwks is None:
+                discovery = self._http_get(
+                    self._identity.issuer + "/.well-known/openid-configuration"
+                )
+                if discovery.get("issuer", "").rstrip("/") != self._identity.issuer:
+                    raise InvalidToken(
+                        "identity provider's discovery document names another issuer"
+                    )
+                # PyJWKClient caches keys and refetches the set when it meets an unknown kid.
+                self._jwks = jwt.PyJWKClient(
+                    discovery["jwks_uri"], cache_keys=True, lifespan=300, timeout=10
+                )
+            return self._jwks
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("bearer token is not a JWT") from None
+        algorithm = header.get("alg")
+        if algorithm not in self._identity.algorithms:
+            raise InvalidToken(f"token algorithm {algorithm!r} is not allowed")
+        try:
+            key = self._jwks_client().get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientError as exc:
+            raise InvalidToken(f"no usable signing key: {exc}") from None
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(self._identity.algorithms),
+                audience=self._identity.accepted_audiences,
+                issuer=self._identity.issuer,
+                leeway=self._identity.leeway,
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_nbf": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("token was issued for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("token was issued by another issuer") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token is not valid yet") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"token rejected: {exc}") from None
+        groups = claims.get(self._identity.groups_claim, [])
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list):
+            groups = []
+        return Principal(
+            subject=str(claims["sub"]),
+            email=claims.get("email"),
+            name=claims.get("name"),
+            groups=frozenset(str(g) for g in groups),
+        )
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    try:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+        data = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InvalidToken(f"cannot reach the identity provider at {url}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidToken(f"unexpected discovery document at {url}")
+    return data

@@ -1,0 +1,69 @@
+"""Policy: a pure function from (who, what) to a decision that names the rule that matched.
+
+Deny by default. A rule matches when it names one of the caller's groups (or the caller's
+subject or email), the target and the role (``*`` matches any). Rules are read in file order;
+the first matching rule that allows the requested duration wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from dbaccess.broker.identity import Principal
+from dbaccess.broker.settings import Rule
+from dbaccess.durations import format_duration
+
+DEFAULT_DURATION = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    target: str
+    role: str
+    duration: timedelta | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    explanation: str
+    rule: str | None = None
+    duration: timedelta | None = None
+
+
+def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
+    who = bool(principal.groups & set(rule.groups)) or bool(
+        {principal.subject, principal.email} & set(rule.users)
+    )
+    return (
+        who
+        and ("*" in rule.targets or target in rule.targets)
+        and ("*" in rule.roles or role in rule.roles)
+    )
+
+
+def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) -> Decision:
+    matching = [r for r in rules if rule_applies(r, principal, request.target, request.role)]
+    if not matching:
+        return Decision(
+            False,
+            f"no rule grants role '{request.role}' on '{request.target}' to {principal.handle}",
+        )
+    reasons = []
+    for rule in matching:
+        duration = request.duration or min(
+            rule.default_duration or DEFAULT_DURATION, rule.max_duration
+        )
+        if duration > rule.max_duration:
+            reasons.append(
+                f"rule '{rule.name}' allows at most {format_duration(rule.max_duration)}"
+            )
+            continue
+        if rule.require_reason and not (request.reason and request.reason.strip()):
+            reasons.append(f"rule '{rule.name}' requires a reason (--reason)")
+            continue
+        return Decision(True, f"granted by rule '{rule.name}'", rule.name, duration)
+    return Decision(False, "; ".join(reasons), matching[0].name)

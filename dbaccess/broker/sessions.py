@@ -1,0 +1,148 @@
+"""Issuing and revoking sessions: policy, lease, engine and audit, in a crash-safe order.
+
+Issue: decide -> write the lease (state ``creating``) -> create the user -> mark ``active``.
+Revoke: mark ``revoking`` -> lock, terminate, drop -> mark ``revoked``. A failure at any
+step leaves a live lease that the reaper retries with backoff until the user is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from dbaccess.broker.engines import Engine, EngineError, NewUser
+from dbaccess.broker.engines.base import make_password, make_username
+from dbaccess.broker.identity import Principal
+from dbaccess.broker.policy import AccessRequest, decide
+from dbaccess.broker.settings import Settings
+from dbaccess.broker.store import Lease, Store
+from dbaccess.models import SessionCreate, SessionGranted, SessionInfo
+
+log = logging.getLogger("dbaccess.broker")
+
+MAX_BACKOFF = timedelta(minutes=5)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ApiError(Exception):
+    """An error the API returns as ``{"error": {code, message, hint}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.hint = status, code, message, hint
+
+
+class SessionService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        engines: Mapping[str, Engine],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engines = engines
+        self.clock = clock
+
+    def create(self, principal: Principal, body: SessionCreate,
+               source: str | None = None) -> SessionGranted:
+        target = self.settings.targets.get(body.target)
+        if target is None:
+            raise ApiError(404, "unknown_target", f"there is no target '{body.target}'",
+                           "dbaccess targets lists the targets you may use")
+        template = target.roles.get(body.role)
+        if template is None:
+            raise ApiError(404, "unknown_role",
+                           f"target '{body.target}' has no role '{body.role}'",
+                           f"roles on {body.target}: {', '.join(sorted(target.roles))}")
+        requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
+        decision = decide(
+            principal, AccessRequest(body.target, body.role, requested, body.reason),
+            self.settings.rules,
+        )
+        now = self.clock()
+        if not decision.allowed or decision.duration is None:
+            self.store.record(now, "session.denied", principal.subject, {
+                "email": principal.email, "target": body.target, "role": body.role,
+                "reason": body.reason, "explanation": decision.explanation,
+                "rule": decision.rule, "source": source,
+            })
+            raise ApiError(403, "denied", decision.explanation)
+        engine = self.engines[body.target]
+        username = make_username(target.username_prefix, principal.handle,
+                                 engine.max_username_length)
+        expires_at = (now + decision.duration).replace(microsecond=0)
+        lease = self.store.open_lease(
+            now=now, subject=principal.subject, email=principal.email, target=body.target,
+            role=body.role, engine=target.engine, db_user=username, rule=decision.rule,
+            reason=body.reason, expires_at=expires_at, source=source,
+        )
+        password = make_password()
+        try:
+            engine.create_user(NewUser(username, password, template, expires_at))
+        except EngineError as exc:
+            # The user may exist half-made: hand the lease to the reaper to clean up.
+            self.store.begin_revoke(lease.id, self.clock(), "create_failed")
+            log.warning("create failed", extra={"lease": lease.id, "error": str(exc)})
+            raise ApiError(502, "database_error", str(exc),
+                           "the target database refused the request; try again later") from None
+        lease = self.store.activate(lease.id, self.clock())
+        return SessionGranted(
+            **_info(lease).model_dump(),
+            host=target.host, port=target.port, database=target.database,
+            sslmode=target.sslmode, password=password,  # type: ignore[arg-type]
+        )
+
+    def list_for(self, principal: Principal) -> list[SessionInfo]:
+        return [_info(lease) for lease in self.store.sessions_of(principal.subject)]
+
+    def revoke_for(self, principal: Principal, lease_id: str) -> SessionInfo:
+        lease = self.store.get(lease_id)
+        if lease is None or lease.subject != principal.subject:
+            raise ApiError(404, "not_found", f"no session {lease_id} of yours",
+                           "dbaccess sessions lists your sessions")
+        marked = self.store.begin_revoke(lease_id, self.clock(), "user", principal.subject)
+        if marked is not None:
+            self.revoke(marked)
+        current = self.store.get(lease_id)
+        assert current is not None
+        return _info(current)
+
+    def revoke(self, lease: Lease) -> bool:
+        """Drop the lease's user now; on failure schedule a retry with backoff."""
+        try:
+            self.engines[lease.target].revoke_user(lease.db_user)
+        except (EngineError, KeyError) as exc:
+            now = self.clock()
+            delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
+            self.store.revoke_failed(lease.id, now, str(exc), now + delay)
+            log.warning("revoke failed", extra={"lease": lease.id, "error": str(exc)})
+            return False
+        self.store.finish_revoke(lease.id, self.clock())
+        return True
+
+    def reap(self, limit: int = 100) -> int:
+        """Revoke every due lease (expired, or a retry whose time has come)."""
+        done = 0
+        for lease in self.store.due(self.clock(), limit):
+            if lease.state != "revoking":
+                marked = self.store.begin_revoke(lease.id, self.clock(), "expired")
+                if marked is None:
+                    continue
+                lease = marked
+            done += self.revoke(lease)
+        return done
+
+
+def _info(lease: Lease) -> SessionInfo:
+    return SessionInfo(
+        id=lease.id, target=lease.target, role=lease.role, engine=lease.engine,
+        db_user=lease.db_user, state=lease.state, created_at=lease.created_at,
+        expires_at=lease.expires_at, revoked_at=lease.revoked_at, reason=lease.reason,
+        rule=lease.rule,
+    )

@@ -1,0 +1,256 @@
+"""The broker's one TOML configuration file, validated at start.
+
+Errors name the file, the key and what is wrong, e.g.
+``broker.toml: targets.demo.port: Input should be a valid integer``.
+Secrets are never inline: a target names an environment variable or a file that holds
+its provisioner password, and the value is read only when a connection needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dbaccess.durations import parse_duration
+from dbaccess.errors import ConfigError
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+_SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+def _to_timedelta(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSection(_Section):
+    store: str = "sqlite:///broker.db"
+    reaper_interval: Duration = timedelta(seconds=5)
+    # Public base URL the CLI uses; informational for now.
+    public_url: str | None = None
+
+
+class IdentitySection(_Section):
+    kind: Literal["oidc", "entra"] = "oidc"
+    issuer: str
+    client_id: str
+    audiences: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "email", "offline_access"]
+    )
+    groups_claim: str = "groups"
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+    leeway: Duration = timedelta(seconds=30)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL, e.g. https://login.example.com/realms/x")
+        return value.rstrip("/")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _only_asymmetric(cls, value: list[str]) -> list[str]:
+        bad = sorted(set(value) - ASYMMETRIC_ALGORITHMS)
+        if bad:
+            raise ValueError(
+                f"only asymmetric algorithms are allowed, not {', '.join(bad)} "
+                f"(choose from {', '.join(sorted(ASYMMETRIC_ALGORITHMS))})"
+            )
+        if not value:
+            raise ValueError("name at least one algorithm")
+        return value
+
+    @property
+    def accepted_audiences(self) -> list[str]:
+        return self.audiences or [self.client_id]
+
+
+class ProvisionerSection(_Section):
+    user: str
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ProvisionerSection:
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password_env or password_file (never inline)")
+        return self
+
+    def read_password(self) -> str:
+        """Read the provisioner password from where the config points, at use time."""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if not value:
+                raise ConfigError(
+                    f"environment variable {self.password_env} (the provisioner password "
+                    f"of user {self.user}) is not set",
+                    hint=f"export {self.password_env}=... before starting the broker",
+                )
+            return value
+        assert self.password_file is not None
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read provisioner password file {self.password_file}: {exc.strerror}"
+            ) from None
+
+
+class RoleTemplate(_Section):
+    group_role: Annotated[str, Field(pattern=_SQL_NAME)]
+    read_only: bool = False
+    statement_timeout: Duration | None = None
+    connection_limit: int = Field(default=5, ge=1, le=100)
+
+
+class TargetSection(_Section):
+    engine: Literal["postgres"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    database: str
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    username_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{1,8}_$")] = "dba_"
+    provisioner: ProvisionerSection
+    roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
+
+    @field_validator("roles")
+    @classmethod
+    def _some_roles(cls, value: dict[str, RoleTemplate]) -> dict[str, RoleTemplate]:
+        if not value:
+            raise ValueError(
+                "define at least one role template, e.g. [targets.NAME.roles.readonly]"
+            )
+        return value
+
+
+class Rule(_Section):
+    name: Annotated[str, Field(pattern=_NAME)]
+    groups: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    targets: list[str]
+    roles: list[str]
+    max_duration: Duration
+    default_duration: Duration | None = None
+    require_reason: bool = False
+
+    @model_validator(mode="after")
+    def _who(self) -> Rule:
+        if not self.groups and not self.users:
+            raise ValueError("a rule must name at least one group or user")
+        if self.default_duration is not None and self.default_duration > self.max_duration:
+            raise ValueError("default_duration is longer than max_duration")
+        return self
+
+
+class Settings(_Section):
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    identity: IdentitySection
+    targets: dict[Annotated[str, Field(pattern=_NAME)], TargetSection]
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_point_at_real_things(self) -> Settings:
+        names: set[str] = set()
+        for index, rule in enumerate(self.rules):
+            if rule.name in names:
+                raise _KeyedError(f"rules.{index}.name", f"duplicate rule name '{rule.name}'")
+            names.add(rule.name)
+            for target in rule.targets:
+                if target != "*" and target not in self.targets:
+                    raise _KeyedError(f"rules.{index}.targets", f"unknown target '{target}'")
+                for role in rule.roles:
+                    known = (
+                        {r for t in self.targets.values() for r in t.roles}
+                        if target == "*"
+                        else set(self.targets[target].roles)
+                    )
+                    if role != "*" and role not in known:
+                        raise _KeyedError(
+                            f"rules.{index}.roles", f"target '{target}' has no role '{role}'"
+                        )
+        return self
+
+
+class _KeyedError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``path``; raise ConfigError naming file, key and problem."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file", hint="pass --config PATH or set DBACCESS_BROKER_CONFIG"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}", hint="fix the key named above") from None
+    return _resolve_paths(settings, path.parent)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        lines.append(f"{key}: {message}" if key else message)
+    return "; ".join(lines)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative SQLite and password-file paths are relative to the config file."""
+    store = settings.broker.store
+    prefix = "sqlite:///"
+    if store.startswith(prefix) and not store.startswith(prefix + "/") and ":memory:" not in store:
+        store = prefix + str((base / store[len(prefix) :]).resolve())
+    targets = {}
+    for name, target in settings.targets.items():
+        file = target.provisioner.password_file
+        if file is not None and not file.is_absolute():
+            target = target.model_copy(
+                update={
+                    "provisioner": target.provisioner.model_copy(
+                        update={"password_file": (base / file).resolve()}
+                    )
+                }
+            )
+        targets[name] = target
+    return settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"store": store}), "targets": targets}
+    )

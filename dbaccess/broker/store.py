@@ -1,0 +1,284 @@
+"""Leases and audit records (SQLAlchemy Core; SQLite in WAL mode by default).
+
+A lease is written *before* its database user is created (state ``creating``), so a crash
+at any step leaves a row the reaper can finish: it revokes every lease that is due,
+including half-created ones. Audit records are appended in the same transaction as the
+state change they describe, never updated, and each carries the hash of the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Store naive UTC, hand back aware UTC (SQLite keeps no time zone)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(255), nullable=False, index=True),
+    sa.Column("email", sa.String(255)),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("engine", sa.String(16), nullable=False),
+    sa.Column("db_user", sa.String(64), nullable=False),
+    # creating -> active -> revoking -> revoked; a failed creation goes straight to revoking.
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("rule", sa.String(64)),
+    sa.Column("reason", sa.String(500)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoke_cause", sa.String(32)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("last_error", sa.String(500)),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(255)),
+    sa.Column("lease_id", sa.String(36), index=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+LIVE_STATES = ("creating", "active", "revoking")
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: str
+    subject: str
+    email: str | None
+    target: str
+    role: str
+    engine: str
+    db_user: str
+    state: str
+    rule: str | None
+    reason: str | None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoke_cause: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    at: datetime
+    event: str
+    subject: str | None
+    lease_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def _record_hash(prev_hash: str, at: datetime, event: str, subject: str | None,
+                 lease_id: str | None, detail: str) -> str:
+    body = json.dumps(
+        [prev_hash, at.isoformat(), event, subject, lease_id, detail], separators=(",", ":")
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        # Writers are serialised so the audit hash chain has one order (SQLite has one
+        # writer anyway; a multi-replica store will use a database lock instead).
+        self._write_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    def _append_audit(self, conn: Connection, now: datetime, event: str, subject: str | None,
+                      lease_id: str | None, detail: dict[str, Any]) -> None:
+        last = conn.execute(
+            sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
+        ).scalar()
+        prev = last or "0" * 64
+        text = json.dumps(detail, sort_keys=True, default=str)
+        conn.execute(
+            audit.insert().values(
+                at=now, event=event, subject=subject, lease_id=lease_id, detail=text,
+                prev_hash=prev, hash=_record_hash(prev, now, event, subject, lease_id, text),
+            )
+        )
+
+    def record(self, now: datetime, event: str, subject: str | None,
+               detail: dict[str, Any], lease_id: str | None = None) -> None:
+        """An audit record that changes no lease (e.g. a denial)."""
+        with self._write() as conn:
+            self._append_audit(conn, now, event, subject, lease_id, detail)
+
+    def open_lease(self, *, now: datetime, subject: str, email: str | None, target: str,
+                   role: str, engine: str, db_user: str, rule: str | None, reason: str | None,
+                   expires_at: datetime, source: str | None) -> Lease:
+        lease_id = str(uuid.uuid4())
+        values = dict(
+            id=lease_id, subject=subject, email=email, target=target, role=role, engine=engine,
+            db_user=db_user, state="creating", rule=rule, reason=reason, created_at=now,
+            expires_at=expires_at, attempts=0,
+        )
+        with self._write() as conn:
+            conn.execute(leases.insert().values(**values))
+            self._append_audit(conn, now, "session.requested", subject, lease_id, {
+                "email": email, "target": target, "role": role, "db_user": db_user,
+                "rule": rule, "reason": reason, "expires_at": expires_at, "source": source,
+            })
+        lease = self.get(lease_id)
+        assert lease is not None
+        return lease
+
+    def activate(self, lease_id: str, now: datetime) -> Lease:
+        with self._write() as conn:
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id, leases.c.state == "creating")
+                .values(state="active")
+            )
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+            self._append_audit(conn, now, "session.granted", row.subject, lease_id, {
+                "target": row.target, "role": row.role, "db_user": row.db_user,
+                "rule": row.rule, "expires_at": row.expires_at,
+            })
+        lease = self.get(lease_id)
+        assert lease is not None
+        return lease
+
+    def begin_revoke(self, lease_id: str, now: datetime, cause: str,
+                     actor: str | None = None) -> Lease | None:
+        """Mark a live lease for revocation now; returns None if it is not live."""
+        with self._write() as conn:
+            changed = conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id, leases.c.state.in_(LIVE_STATES))
+                .values(state="revoking", revoke_cause=cause, next_attempt_at=now)
+            ).rowcount
+            if changed:
+                row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+                self._append_audit(conn, now, "session.revoke_requested", actor or row.subject,
+                                   lease_id, {"cause": cause, "db_user": row.db_user,
+                                              "target": row.target})
+        return self.get(lease_id) if changed else None
+
+    def finish_revoke(self, lease_id: str, now: datetime) -> None:
+        with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+            changed = conn.execute(
+                leases.update().where(leases.c.id == lease_id, leases.c.state == "revoking")
+                .values(state="revoked", revoked_at=now, last_error=None)
+            ).rowcount
+            if not changed:  # another worker finished it first
+                return
+            self._append_audit(conn, now, "session.revoked", row.subject, lease_id, {
+                "cause": row.revoke_cause, "db_user": row.db_user, "target": row.target,
+                "attempts": row.attempts + 1,
+            })
+
+    def revoke_failed(self, lease_id: str, now: datetime, error: str,
+                      retry_at: datetime) -> None:
+        with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+            conn.execute(
+                leases.update().where(leases.c.id == lease_id).values(
+                    attempts=row.attempts + 1, last_error=error[:500], next_attempt_at=retry_at
+                )
+            )
+            self._append_audit(conn, now, "session.revoke_failed", row.subject, lease_id, {
+                "db_user": row.db_user, "target": row.target, "error": error[:500],
+                "attempt": row.attempts + 1, "retry_at": retry_at,
+            })
+
+    def get(self, lease_id: str) -> Lease | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
+        return None if row is None else Lease(**row._mapping)
+
+    def sessions_of(self, subject: str, *, live_only: bool = True) -> list[Lease]:
+        query = sa.select(leases).where(leases.c.subject == subject)
+        if live_only:
+            query = query.where(leases.c.state.in_(LIVE_STATES))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(leases.c.created_at)).all()
+        return [Lease(**row._mapping) for row in rows]
+
+    def due(self, now: datetime, limit: int = 100) -> list[Lease]:
+        """Leases to revoke now: live and expired, or marked for revocation and due a retry."""
+        expired = sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now)
+        retry = sa.and_(
+            leases.c.state == "revoking",
+            sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(leases).where(sa.or_(expired, retry))
+                .order_by(leases.c.expires_at).limit(limit)
+            ).all()
+        return [Lease(**row._mapping) for row in rows]
+
+    def audit_records(self, lease_id: str | None = None) -> list[AuditRecord]:
+        query = sa.select(audit).order_by(audit.c.seq)
+        if lease_id is not None:
+            query = query.where(audit.c.lease_id == lease_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows
+        ]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,68 @@
+"""The ``dbaccess`` command: typer wiring only. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from dbaccess import __version__
+from dbaccess.cli.connect import connect
+from dbaccess.cli.login import login
+from dbaccess.cli.output import Globals
+from dbaccess.errors import DbaccessError, ExitCode
+
+app = typer.Typer(
+    help="Just-in-time database sessions after SSO login, instead of shared passwords.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals could hold a password
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dbaccess {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    profile: Annotated[str | None, typer.Option(envvar="DBACCESS_PROFILE",
+                                                help="Profile to use.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", envvar="DBACCESS_JSON",
+                                              help="Machine-readable output.")] = False,
+    no_input: Annotated[bool, typer.Option("--no-input", envvar="DBACCESS_NO_INPUT",
+                                           help="Never prompt.")] = False,
+    debug: Annotated[bool, typer.Option(envvar="DBACCESS_DEBUG",
+                                        help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    ctx.obj = Globals(profile=profile, json=json_output, no_input=no_input, debug=debug)
+
+
+app.command()(login)
+app.command(context_settings={"allow_interspersed_args": False})(connect)
+
+
+def main() -> None:
+    from dbaccess.launch.child import Terminated
+
+    globals_ = Globals()
+    try:
+        app(standalone_mode=True, obj=globals_)
+    except DbaccessError as exc:
+        _report(exc)
+        sys.exit(int(exc.exit_code))
+    except Terminated as exc:
+        sys.exit(128 + exc.signum)
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+
+
+def _report(exc: DbaccessError) -> None:
+    # ctx.obj is gone once typer returns; re-read the flags we need from argv.
+    Globals(json="--json" in sys.argv).error(exc)

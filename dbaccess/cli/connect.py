@@ -1,0 +1,54 @@
+"""``dbaccess connect``: a just-in-time session in the native client, cleaned up after."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals
+
+
+def connect(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="Target database, as the broker names it.")],
+    role: Annotated[str, typer.Option("--role", "-r", help="Role template to use.")],
+    duration: Annotated[
+        str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why you need access.")] = None,
+    client_args: Annotated[
+        list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
+    ] = None,
+) -> None:
+    """Open psql as a fresh database user that is dropped when you quit."""
+    import httpx
+
+    from dbaccess.config import profile_name, resolve_broker
+    from dbaccess.connect import ConnectRequest
+    from dbaccess.connect import connect as run_connect
+    from dbaccess.durations import parse_duration
+    from dbaccess.errors import UsageError
+    from dbaccess.models import SessionGranted
+
+    g: Globals = ctx.obj
+    try:
+        wanted = parse_duration(duration) if duration else None
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+    name = profile_name(g.profile)
+    request = ConnectRequest(
+        profile=name, broker=resolve_broker(name), target=target, role=role,
+        duration=wanted, reason=reason, client_args=tuple(client_args or ()),
+    )
+
+    def on_granted(granted: SessionGranted) -> None:
+        g.info(
+            f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to {granted.target} "
+            f"({granted.role}), valid until {granted.expires_at:%H:%M:%S} UTC"
+        )
+
+    with httpx.Client(timeout=30) as http:
+        code = run_connect(request, http, on_granted, g.warn)
+    g.info("[dim]dbaccess: session revoked, local files removed[/]")
+    raise typer.Exit(code)

@@ -1,0 +1,63 @@
+"""``dbaccess login``: SSO device-code login against the broker's identity provider."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals
+
+
+def login(
+    ctx: typer.Context,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", envvar="DBACCESS_BROKER",
+                     help="Broker URL; saved in the profile for next time."),
+    ] = None,
+) -> None:
+    """Log in through your organisation's SSO (device code: works over SSH)."""
+    import httpx
+    from rich.panel import Panel
+
+    from dbaccess.auth.device_flow import DeviceCode
+    from dbaccess.auth.login import device_login
+    from dbaccess.client import BrokerClient
+    from dbaccess.config import Profile, ProfileFile, profile_name, resolve_broker
+
+    g: Globals = ctx.obj
+    name = profile_name(g.profile)
+    url = resolve_broker(name, broker)
+
+    def show_code(code: DeviceCode) -> None:
+        link = code.verification_uri_complete or code.verification_uri
+        if g.json or g.no_input:
+            g.console.print(f"Open {code.verification_uri} and enter the code {code.user_code}")
+            if g.json:
+                g.data({"verification_uri": code.verification_uri,
+                        "verification_uri_complete": code.verification_uri_complete,
+                        "user_code": code.user_code, "expires_in": code.expires_in})
+            return
+        g.console.print(Panel.fit(
+            f"Open [bold]{link}[/]\nand confirm the code [bold cyan]{code.user_code}[/]",
+            title="dbaccess login",
+        ))
+
+    with httpx.Client(timeout=15) as http:
+        config = BrokerClient(url, http).config()
+        if g.json or g.no_input or not g.console.is_terminal:
+            stored = device_login(name, config, http, show_code)
+        else:
+            with g.console.status("Waiting for you to approve the login…"):
+                stored = device_login(name, config, http, show_code)
+
+    profiles = ProfileFile.load()
+    existing = profiles.profiles.get(name) or Profile(name)
+    existing.broker = url
+    profiles.profiles[name] = existing
+    profiles.save()
+    who = stored.email or stored.subject
+    g.data({"profile": name, "broker": url, "subject": stored.subject, "email": stored.email,
+            "expires_at": stored.expires_at},
+           f"Logged in as [bold]{who}[/] (profile {name}, broker {url})")

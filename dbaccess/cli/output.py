@@ -1,0 +1,47 @@
+"""Rendering for people (rich, on stderr) and for scripts (one JSON envelope on stdout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from dbaccess.errors import DbaccessError
+
+
+@dataclass
+class Globals:
+    profile: str | None = None
+    json: bool = False
+    no_input: bool = False
+    debug: bool = False
+
+    @property
+    def console(self) -> Console:
+        return Console(stderr=True, highlight=False)
+
+    def data(self, payload: Any, human: str | None = None) -> None:
+        """Report a result: the JSON envelope with --json, else ``human`` on stderr."""
+        if self.json:
+            sys.stdout.write(json.dumps({"data": payload}, default=str) + "\n")
+        elif human:
+            self.console.print(human)
+
+    def info(self, text: str) -> None:
+        if not self.json:
+            self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {text}")
+
+    def error(self, exc: DbaccessError) -> None:
+        if self.json:
+            sys.stdout.write(json.dumps({"error": exc.to_json()}) + "\n")
+            return
+        console = self.console
+        console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        if exc.hint:
+            console.print(f"[dim]hint:[/] {exc.hint}")

@@ -1,0 +1,133 @@
+"""Profiles and local directories.
+
+A profile names a broker; the file is ``config.toml`` under the user config directory
+(``DBACCESS_CONFIG_DIR`` overrides it). Precedence for every setting: command-line flag >
+``DBACCESS_*`` environment variable > profile > default.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbaccess.errors import ConfigError, UsageError
+
+DEFAULT_PROFILE = "default"
+
+
+def config_dir() -> Path:
+    override = os.environ.get("DBACCESS_CONFIG_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
+
+
+def runtime_dir() -> Path:
+    """A private (0700, ours) directory for session files; tmpfs where the OS provides one."""
+    override = os.environ.get("DBACCESS_RUNTIME_DIR")
+    if override:
+        path = Path(override)
+    else:
+        import platformdirs
+
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID (and warns);
+            # the ownership and mode checks below make that fallback safe to use.
+            warnings.simplefilter("ignore")
+            path = Path(platformdirs.user_runtime_dir("dbaccess", appauthor=False))
+    ensure_private_dir(path)
+    return path
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` as 0700 or check that it is ours, not a symlink, and closed to others."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is not a plain directory; refusing to keep secrets there")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path} belongs to another user; refusing to keep secrets there",
+                          hint="set DBACCESS_RUNTIME_DIR to a directory of your own")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+@dataclass
+class Profile:
+    name: str
+    broker: str | None = None
+    client: dict[str, str] = field(default_factory=dict)
+
+    def to_toml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.broker:
+            out["broker"] = self.broker
+        if self.client:
+            out["client"] = dict(self.client)
+        return out
+
+
+@dataclass
+class ProfileFile:
+    path: Path
+    current: str = DEFAULT_PROFILE
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> ProfileFile:
+        path = path or config_dir() / "config.toml"
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}",
+                              hint=f"fix or remove {path}") from None
+        profiles = {}
+        for name, body in (raw.get("profiles") or {}).items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: profiles.{name}: must be a table")
+            broker = body.get("broker")
+            if broker is not None and not isinstance(broker, str):
+                raise ConfigError(f"{path}: profiles.{name}.broker: must be a string (a URL)")
+            profiles[name] = Profile(name, broker, dict(body.get("client") or {}))
+        return cls(path, str(raw.get("current", DEFAULT_PROFILE)), profiles)
+
+    def save(self) -> None:
+        import tomli_w
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "current": self.current,
+            "profiles": {name: p.to_toml() for name, p in sorted(self.profiles.items())},
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps(body))
+        tmp.replace(self.path)
+
+
+def profile_name(flag: str | None) -> str:
+    return flag or os.environ.get("DBACCESS_PROFILE") or ProfileFile.load().current
+
+
+def resolve_broker(profile: str, flag: str | None = None) -> str:
+    """The broker URL by precedence: flag > DBACCESS_BROKER > profile."""
+    url = flag or os.environ.get("DBACCESS_BROKER")
+    if not url:
+        stored = ProfileFile.load().profiles.get(profile)
+        url = stored.broker if stored else None
+    if not url:
+        raise UsageError(
+            f"no broker is configured for profile '{profile}'",
+            hint="dbaccess login --broker https://broker.example.com",
+        )
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"broker URL '{url}' must start with https:// (or http:// locally)")
+    return url.rstrip("/")

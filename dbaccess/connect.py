@@ -1,0 +1,80 @@
+"""``connect``: get a session from the broker, run a native client with it, clean up.
+
+Order matters: signal handlers are in place before the session exists, so SIGTERM or SIGHUP
+at any point unwinds through the ``finally`` that wipes the session directory and revokes
+the session on the broker. After a SIGKILL the broker's expiry is the backstop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+
+from dbaccess.auth.login import bearer_token
+from dbaccess.client import BrokerClient
+from dbaccess.errors import DbaccessError, UsageError
+from dbaccess.launch import psql
+from dbaccess.launch.child import (
+    child_environment,
+    cleanup_on_signals,
+    ignore_cleanup_signals,
+    run_child,
+)
+from dbaccess.launch.session_dir import SessionDir
+from dbaccess.models import SessionCreate, SessionGranted
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    profile: str
+    broker: str
+    target: str
+    role: str
+    duration: timedelta | None = None
+    reason: str | None = None
+    client_args: tuple[str, ...] = ()
+
+
+def connect(
+    request: ConnectRequest,
+    http: httpx.Client,
+    on_granted: Callable[[SessionGranted], None] = lambda _: None,
+    on_warning: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Run the client for one session; return its exit code. Always revokes and wipes."""
+    if os.environ.get("DBACCESS_SESSION"):
+        raise UsageError(
+            "this shell already runs inside a dbaccess session",
+            hint="exit the current session first (nested sessions are refused)",
+        )
+    login = bearer_token(request.profile, http)
+    api = BrokerClient(request.broker, http, login.id_token)
+    with cleanup_on_signals():
+        granted = api.create_session(SessionCreate(
+            target=request.target, role=request.role, reason=request.reason,
+            duration_seconds=int(request.duration.total_seconds()) if request.duration else None,
+        ))
+        directory: SessionDir | None = None
+        try:
+            if granted.engine != "postgres":
+                raise UsageError(f"engine '{granted.engine}' is not supported by this client yet")
+            directory = SessionDir.create(granted.id, broker=request.broker,
+                                          profile=request.profile)
+            argv, env = psql.prepare(granted, directory, psql.find_psql(),
+                                     list(request.client_args))
+            on_granted(granted)
+            return run_child(argv, child_environment(env, granted.id))
+        finally:
+            # A second SIGTERM must not cut the clean-up short.
+            ignore_cleanup_signals()
+            if directory is not None:
+                directory.remove()
+            try:
+                api.revoke_session(granted.id)
+            except DbaccessError as exc:
+                on_warning(f"could not revoke session {granted.id} ({exc.message}); "
+                           f"it expires at {granted.expires_at:%Y-%m-%d %H:%M:%S} UTC")

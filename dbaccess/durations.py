@@ -1,0 +1,36 @@
+"""Durations as people type them: ``90s``, ``15m``, ``1h``, ``1h30m``, ``2d``."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``text`` into a positive timedelta; raise ValueError with a readable message."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        cleaned += "s"
+    parts = _PART.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise ValueError(f"'{text}' is not a duration; use e.g. 90s, 15m, 1h or 1h30m")
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"'{text}' must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    """The shortest form that ``parse_duration`` reads back: ``1h30m``, ``45s``."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out)

@@ -1,0 +1,104 @@
+"""The one exception tree of dbaccess, and the documented exit codes.
+
+::
+
+    DbaccessError                 every expected failure; carries an exit code and a hint
+    +-- UsageError                bad flags or arguments                      (USAGE)
+    +-- ConfigError               a profile or config file is wrong           (CONFIG)
+    +-- AuthError                 not logged in, session expired, login failed (NOT_LOGGED_IN)
+    +-- KeyringUnavailable        no keyring backend to keep tokens in        (CONFIG)
+    +-- DeniedError               the broker's policy said no                 (DENIED)
+    +-- BrokerUnreachable         the broker cannot be reached                (BROKER_UNREACHABLE)
+    +-- BrokerError               the broker answered with an error           (BROKER_ERROR)
+    +-- LaunchError               the native client could not be started      (LAUNCH)
+    +-- NotFoundError             the named thing does not exist              (NOT_FOUND)
+
+Messages never contain a secret: they are printed and may be logged.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Stable exit codes (docs/exit-codes.md). ``connect`` returns the child's own code."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    CONFIG = 3
+    NOT_LOGGED_IN = 4
+    DENIED = 5
+    APPROVAL_PENDING = 6
+    BROKER_UNREACHABLE = 7
+    BROKER_ERROR = 8
+    DATABASE_ERROR = 9
+    LAUNCH = 10
+    NOT_FOUND = 11
+    INTERRUPTED = 130
+
+
+class DbaccessError(Exception):
+    """Base of every expected failure: a message, an exit code and a hint (the next command)."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+    code: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class UsageError(DbaccessError):
+    exit_code = ExitCode.USAGE
+    code = "usage"
+
+
+class ConfigError(DbaccessError):
+    exit_code = ExitCode.CONFIG
+    code = "config"
+
+
+class AuthError(DbaccessError):
+    exit_code = ExitCode.NOT_LOGGED_IN
+    code = "not_logged_in"
+
+
+class KeyringUnavailable(DbaccessError):
+    exit_code = ExitCode.CONFIG
+    code = "no_keyring"
+
+
+class DeniedError(DbaccessError):
+    exit_code = ExitCode.DENIED
+    code = "denied"
+
+
+class BrokerUnreachable(DbaccessError):
+    exit_code = ExitCode.BROKER_UNREACHABLE
+    code = "broker_unreachable"
+
+
+class BrokerError(DbaccessError):
+    exit_code = ExitCode.BROKER_ERROR
+    code = "broker_error"
+
+
+class DatabaseError(DbaccessError):
+    exit_code = ExitCode.DATABASE_ERROR
+    code = "database_error"
+
+
+class LaunchError(DbaccessError):
+    exit_code = ExitCode.LAUNCH
+    code = "launch_failed"
+
+
+class NotFoundError(DbaccessError):
+    exit_code = ExitCode.NOT_FOUND
+    code = "not_found"

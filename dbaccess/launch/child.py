@@ -1,0 +1,99 @@
+"""Run a native client as our child, forwarding signals, and report how it ended.
+
+The CLI stays the parent (no execve) so it can clean up. While the child owns the
+terminal, SIGINT is ignored here (the terminal sends it to the child too). SIGTERM and
+SIGHUP are passed on to the child; the caller's ``finally`` then wipes and revokes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+
+from dbaccess.errors import LaunchError
+
+KILL_AFTER = 5.0  # seconds a client may take to exit after a forwarded signal
+CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Variables a client would otherwise pick up from the user's shell and mix into our session.
+SCRUBBED_PREFIXES = ("PG", "MYSQL_")
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP arrived while no child was running; unwinds through ``finally``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def cleanup_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception, so ``finally`` blocks run (revoke, wipe)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in CLEANUP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def ignore_cleanup_signals() -> None:
+    """Inside ``cleanup_on_signals``: from now on SIGTERM/SIGHUP wait for clean-up to end."""
+    for sig in CLEANUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def child_environment(extra: Mapping[str, str], session_id: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    env.update(extra)
+    env["DBACCESS_SESSION"] = session_id
+    return env
+
+
+def run_child(argv: list[str], env: Mapping[str, str]) -> int:
+    """Run ``argv`` to completion and return its exit code (128+N if killed by signal N)."""
+    try:
+        child = subprocess.Popen(argv, env=dict(env))
+    except OSError as exc:
+        raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}",
+                          hint="install it, or name another client") from None
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, forward) for sig in CLEANUP_SIGNALS}
+    try:
+        code = _wait(child, received)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if received:
+        raise Terminated(received[0])
+    return 128 - code if code < 0 else code
+
+
+def _wait(child: subprocess.Popen[bytes], received: list[int]) -> int:
+    """Wait for the child; if it outlives a forwarded signal by ``KILL_AFTER``, kill it."""
+    signalled_at: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if received and signalled_at is None:
+                signalled_at = time.monotonic()
+            if signalled_at is not None and time.monotonic() - signalled_at > KILL_AFTER:
+                child.kill()

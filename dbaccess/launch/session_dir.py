@@ -1,0 +1,47 @@
+"""One private directory per live session, under the user's runtime directory.
+
+The directory is 0700 and its credential files 0600, created with O_EXCL|O_NOFOLLOW so
+nothing can be planted in their place. ``owner.json`` (no secrets) names the session and
+the process that owns it, so a later run can sweep directories whose owner died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from dbaccess.config import runtime_dir
+
+PREFIX = "session-"
+
+
+class SessionDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, session_id: str, *, broker: str, profile: str) -> SessionDir:
+        path = runtime_dir() / f"{PREFIX}{session_id}"
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+        directory = cls(path)
+        directory.write_file(
+            "owner.json",
+            json.dumps({"pid": os.getpid(), "session": session_id, "broker": broker,
+                        "profile": profile}),
+        )
+        return directory
+
+    def write_file(self, name: str, content: str) -> Path:
+        """Write a 0600 file that did not exist before."""
+        target = self.path / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(target, flags, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        return target
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

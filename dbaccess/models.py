@@ -1,0 +1,84 @@
+"""Wire models shared by the CLI and the broker (JSON over HTTP, API version 1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PublicConfig(_Wire):
+    """``GET /v1/config``: what a CLI needs to log in. Public: contains no secret."""
+
+    issuer: str
+    client_id: str
+    scopes: list[str]
+    kind: Literal["oidc", "entra"] = "oidc"
+    broker_version: str
+
+
+class Identity(_Wire):
+    """``GET /v1/me``: who the broker thinks you are."""
+
+    subject: str
+    email: str | None = None
+    name: str | None = None
+    groups: list[str] = Field(default_factory=list)
+
+
+class SessionCreate(_Wire):
+    """``POST /v1/sessions`` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(min_length=1, max_length=64)
+    role: str = Field(min_length=1, max_length=64)
+    duration_seconds: int | None = Field(default=None, gt=0)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class SessionInfo(_Wire):
+    """A session as listed: never carries the password."""
+
+    id: str
+    target: str
+    role: str
+    engine: str
+    db_user: str
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+    reason: str | None = None
+    rule: str | None = None
+
+
+class SessionGranted(SessionInfo):
+    """``POST /v1/sessions`` 201: the session plus the password, returned exactly once."""
+
+    host: str
+    port: int
+    database: str
+    sslmode: str | None = None
+    password: SecretStr
+
+    @field_serializer("password", when_used="json")
+    def _reveal_on_the_wire(self, value: SecretStr) -> str:
+        # The one place the password is serialised: the 201 response body. Everywhere else
+        # (repr, logs, tracebacks) SecretStr keeps it masked.
+        return value.get_secret_value()
+
+
+class ErrorDetail(_Wire):
+    code: str
+    message: str
+    hint: str | None = None
+
+
+class ErrorBody(_Wire):
+    error: ErrorDetail

@@ -1,0 +1,79 @@
+"""Small helpers shared by the sandbox's process managers."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A sandbox service could not be started or did not become ready."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it returns True, or raise ServiceError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise ServiceError(f"{what} did not become ready within {timeout:.0f}s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def service_user(name: str) -> str | None:
+    """The account a server should run as: ``name`` when we are root, else None (ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError as exc:
+        raise ServiceError(
+            f"running as root, but there is no '{name}' account to run the server as"
+        ) from exc
+    return name
+
+
+def hand_over(path: Path, user: str | None) -> None:
+    """Give ``path`` (recursively) to ``user`` so a server running as that user can write it."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+def find_binary(name: str, *candidates: str) -> str:
+    """Find ``name`` on PATH or at one of ``candidates`` (globs allowed), newest first."""
+    for pattern in candidates:
+        matches = sorted(Path("/").glob(pattern.lstrip("/")), reverse=True)
+        for match in matches:
+            if os.access(match, os.X_OK):
+                return str(match)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(f"'{name}' was not found; install it (see .ci/run for the packages)")
