@@ -88,7 +88,7 @@ class SessionService:
         except EngineError as exc:
             # The user may exist half-made: hand the lease to the reaper to clean up.
             self.store.begin_revoke(lease.id, self.clock(), "create_failed")
-            log.warning("create failed", extra={"lease": lease.id, "error": str(exc)})
+            log.warning("creating %s (lease %s) failed: %s", username, lease.id, exc)
             raise ApiError(502, "database_error", str(exc),
                            "the target database refused the request; try again later") from None
         lease = self.store.activate(lease.id, self.clock())
@@ -121,7 +121,7 @@ class SessionService:
             now = self.clock()
             delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
             self.store.revoke_failed(lease.id, now, str(exc), now + delay)
-            log.warning("revoke failed", extra={"lease": lease.id, "error": str(exc)})
+            log.warning("revoking %s (lease %s) failed: %s", lease.db_user, lease.id, exc)
             return False
         self.store.finish_revoke(lease.id, self.clock())
         return True

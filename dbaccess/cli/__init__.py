@@ -45,7 +45,7 @@ def main_options(
 
 
 app.command()(login)
-app.command(context_settings={"allow_interspersed_args": False})(connect)
+app.command()(connect)
 
 
 def main() -> None:

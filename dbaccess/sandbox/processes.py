@@ -77,3 +77,16 @@ def find_binary(name: str, *candidates: str) -> str:
     if found:
         return found
     raise ServiceError(f"'{name}' was not found; install it (see .ci/run for the packages)")
+
+
+def make_traversable(path: Path) -> None:
+    """Let a service account reach ``path`` through its parents (mkdtemp makes them 0700).
+
+    Only the search bit is added: the service account can pass through, not list.
+    """
+    for parent in path.parents:
+        if parent == Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)

@@ -96,6 +96,8 @@ class PostgresEngine:
                 conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
                 self._terminate_sessions(conn, username)
                 with conn.transaction():
+                    # REASSIGN/DROP OWNED need membership in the role being dropped.
+                    conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
                     conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
                     conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
                     conn.execute(sql.SQL("DROP ROLE {}").format(ident))

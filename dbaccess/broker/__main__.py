@@ -1,0 +1,3 @@
+from dbaccess.broker.cli import main
+
+main()

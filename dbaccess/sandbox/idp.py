@@ -1,0 +1,253 @@
+"""The test identity provider (npm ``oidc-provider``) and a headless approver.
+
+``OidcProvider`` runs ``tests/idp/server.mjs`` on 127.0.0.1 with the device flow and the
+library's development login and consent pages. ``approve_device_code`` completes a device
+code the way a person in a browser would: it fetches each page and submits its form.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+
+from dbaccess.sandbox.processes import ServiceError, find_binary, free_port, wait_until
+
+IDP_DIR = Path(__file__).resolve().parents[2] / "tests" / "idp"
+
+
+@dataclass(frozen=True)
+class IdpUser:
+    login: str
+    email: str
+    name: str
+    groups: list[str] = field(default_factory=list)
+
+
+DEFAULT_USERS = [
+    IdpUser("alice", "alice@example.com", "Alice Developer", ["dev"]),
+    IdpUser("bob", "bob@example.com", "Bob DBA", ["dba", "dev"]),
+    IdpUser("carol", "carol@example.com", "Carol On-call", ["oncall"]),
+    IdpUser("mallory", "mallory@example.com", "Mallory", []),
+]
+
+
+class OidcProvider:
+    def __init__(
+        self,
+        workdir: Path,
+        users: list[IdpUser] | None = None,
+        *,
+        port: int | None = None,
+        client_id: str = "dbaccess-cli",
+        id_token_ttl: int = 3600,
+        refresh_token_ttl: int = 86400,
+        device_code_ttl: int = 600,
+    ) -> None:
+        self.workdir = workdir
+        self.users = users if users is not None else DEFAULT_USERS
+        self.port = port or free_port()
+        self.client_id = client_id
+        self.ttl = {
+            "IdToken": id_token_ttl,
+            "AccessToken": id_token_ttl,
+            "RefreshToken": refresh_token_ttl,
+            "DeviceCode": device_code_ttl,
+        }
+        self.log_path = workdir / "idp.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oidc"
+
+    @property
+    def version(self) -> str:
+        package = IDP_DIR / "node_modules" / "oidc-provider" / "package.json"
+        return str(json.loads(package.read_text())["version"])
+
+    def start(self, timeout: float = 30) -> None:
+        if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise ServiceError(
+                f"the test identity provider is not installed in {IDP_DIR}; "
+                "run: npm ci --prefix tests/idp"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "idp.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "port": self.port,
+                    "issuer": self.issuer,
+                    "client_id": self.client_id,
+                    "ttl": self.ttl,
+                    "users": {
+                        u.login: {k: v for k, v in asdict(u).items() if k != "login"}
+                        for u in self.users
+                    },
+                }
+            )
+        )
+        node = find_binary("node")
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [node, str(IDP_DIR / "server.mjs"), str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=IDP_DIR,
+        )
+        log.close()
+        try:
+            wait_until(self._ready, timeout=timeout, what="the OIDC provider")
+        except ServiceError as exc:
+            self.stop()
+            raise ServiceError(f"{exc}; log:\n{self.log_path.read_text()}") from None
+
+    def _ready(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise ServiceError("the OIDC provider exited at start")
+        try:
+            url = self.issuer + "/.well-known/openid-configuration"
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> OidcProvider:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class _Form:
+    action: str
+    method: str
+    fields: dict[str, str] = field(default_factory=dict)
+    buttons: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, label)
+    inputs: list[str] = field(default_factory=list)
+
+
+class _Forms(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[_Form] = []
+        self._button: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append(_Form(a.get("action", ""), a.get("method", "get").lower()))
+        elif not self.forms:
+            return
+        elif tag == "input" and a.get("type") in ("submit", "button"):
+            self.forms[-1].buttons.append(
+                (a.get("name", ""), a.get("value", ""), a.get("value", ""))
+            )
+        elif tag == "input" and a.get("name"):
+            self.forms[-1].fields[a["name"]] = a.get("value", "")
+            self.forms[-1].inputs.append(a["name"])
+        elif tag == "button":
+            self._button = [a.get("name", ""), a.get("value", ""), ""]
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button[2] += data.strip()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button" and self._button is not None and self.forms:
+            name, value, label = self._button
+            self.forms[-1].buttons.append((name, value, label))
+            self._button = None
+
+
+def approve_device_code(
+    verification_uri: str,
+    login: str,
+    *,
+    user_code: str | None = None,
+    deny: bool = False,
+    timeout: float = 10,
+) -> None:
+    """Approve (or deny) a device code as ``login``, like a person at a browser would."""
+    with httpx.Client(follow_redirects=True, timeout=timeout) as browser:
+        page = browser.get(verification_uri)
+        for step in range(12):
+            parser = _Forms()
+            parser.feed(page.text)
+            if not parser.forms:
+                break
+            form = parser.forms[0]
+            data = dict(form.fields)
+            if "user_code" in data and not data["user_code"]:
+                if step > 0:  # back at "enter a code": the flow has ended (e.g. aborted)
+                    break
+                if user_code is None:
+                    raise ServiceError("the provider asks for the user code; pass user_code=")
+                data["user_code"] = user_code
+            if "login" in form.inputs:
+                data["login"] = login
+                data["password"] = "any password"
+            if "confirm" in data or any(n == "confirm" for n, _, _ in form.buttons):
+                if deny:
+                    data.pop("confirm", None)
+                    data["abort"] = "yes"
+                else:
+                    data["confirm"] = "yes"
+            url = urljoin(str(page.url), form.action)
+            page = browser.post(url, data=data) if form.method == "post" else browser.get(url)
+        else:
+            raise ServiceError("the device approval did not finish after 12 pages")
+        if page.status_code >= 400:
+            raise ServiceError(
+                f"the provider refused the approval ({page.status_code}): "
+                f"{_text_of(page.text)[:300]}"
+            )
+        text = _text_of(page.text).lower()
+        if deny and "interrupted" not in text and "abort" not in text:
+            raise ServiceError(f"the device code was not denied: {text[:300]}")
+        if not deny and "success" not in text:
+            raise ServiceError(f"the device code was not approved: {text[:300]}")
+
+
+class _Text(HTMLParser):
+    """The visible text of a page (not its styles or scripts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._hidden += tag in ("style", "script")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._hidden -= tag in ("style", "script")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def _text_of(html: str) -> str:
+    parser = _Text()
+    parser.feed(html)
+    return " ".join(" ".join(parser.parts).split())

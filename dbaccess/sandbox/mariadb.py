@@ -1,0 +1,170 @@
+"""A private MariaDB server on 127.0.0.1 in a temporary directory.
+
+After ``mariadb-install-db`` the anonymous accounts are dropped: they shadow ``u@'%'`` on
+local logins. When we are root the server runs as the ``mysql`` account.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from dbaccess.sandbox.processes import (
+    ServiceError,
+    find_binary,
+    free_port,
+    hand_over,
+    make_traversable,
+    service_user,
+    wait_until,
+)
+
+
+class MariaDBServer:
+    host = "127.0.0.1"
+    admin_user = "root"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.admin_password = secrets.token_urlsafe(24)
+        self.data_dir = workdir / "data"
+        self.socket = workdir / "mysqld.sock"
+        self.log_path = workdir / "mariadb.log"
+        self._user = service_user("mysql")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        hand_over(self.workdir, self._user)
+        make_traversable(self.workdir)
+        install = find_binary("mariadb-install-db", "/usr/bin/mariadb-install-db")
+        user_flag = [f"--user={self._user}"] if self._user else []
+        result = subprocess.run(
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={self.data_dir}",
+                *user_flag,
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"mariadb-install-db failed:\n{result.stdout}\n{result.stderr}")
+        mariadbd = find_binary("mariadbd", "/usr/sbin/mariadbd")
+        log = (self.workdir / "mariadbd.out").open("ab")
+        self._process = subprocess.Popen(
+            [
+                mariadbd,
+                "--no-defaults",
+                f"--datadir={self.data_dir}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={self.workdir / 'mariadbd.pid'}",
+                f"--log-error={self.log_path}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
+                "--event-scheduler=ON",
+                "--skip-log-bin",
+                "--innodb-flush-log-at-trx-commit=0",
+                *user_flag,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        try:
+            wait_until(self._socket_ready, timeout=timeout, what="MariaDB")
+            self._secure()
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, ServiceError):
+                raise ServiceError(f"{exc}; log tail:\n{self._log_tail()}") from None
+            raise
+
+    def _socket_ready(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise ServiceError("mariadbd exited at start")
+        try:
+            pymysql.connect(unix_socket=str(self.socket), user="root").close()
+        except pymysql.err.OperationalError:
+            return False
+        return True
+
+    def _secure(self) -> None:
+        """Root gets a password over TCP; the anonymous accounts go."""
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT user, host FROM mysql.user WHERE user = ''")
+                for user, host in cur.fetchall():
+                    cur.execute("DROP USER %s@%s", (user, host))
+                cur.execute(
+                    "CREATE USER 'root'@'127.0.0.1' IDENTIFIED BY %s", (self.admin_password,)
+                )
+                cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+        finally:
+            conn.close()
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def connect(
+        self,
+        database: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        **kw: Any,
+    ) -> pymysql.connections.Connection:
+        kw.setdefault("autocommit", True)
+        kw.setdefault("connect_timeout", 5)
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=user or self.admin_user,
+            password=password if user else self.admin_password,
+            database=database,
+            **kw,
+        )
+
+    def version(self) -> str:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION()")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return str(row[0]) if row else "unknown"
+
+    def __enter__(self) -> MariaDBServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,165 @@
+"""A private PostgreSQL server on 127.0.0.1 in a temporary directory.
+
+Authentication is scram-sha-256, never ``trust``: under trust, passwords and VALID UNTIL
+are ignored, so tests of expiry and wrong passwords would prove nothing. When we are root
+the server runs as the ``postgres`` account (``initdb`` and ``postgres`` refuse root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dbaccess.sandbox.processes import (
+    ServiceError,
+    find_binary,
+    free_port,
+    hand_over,
+    make_traversable,
+    service_user,
+    wait_until,
+)
+
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/"
+
+
+class PostgresServer:
+    host = "127.0.0.1"
+    admin_user = "dbaccess_admin"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.admin_password = secrets.token_urlsafe(24)
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "postgres.log"
+        self._user = service_user("postgres")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _run_as(self) -> dict[str, Any]:
+        return {"user": self._user, "group": self._user} if self._user else {}
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.admin_password + "\n")
+        os.chmod(pwfile, 0o600)
+        hand_over(self.workdir, self._user)
+        make_traversable(self.workdir)
+        initdb = find_binary("initdb", PG_BIN_GLOB + "initdb")
+        try:
+            result = subprocess.run(
+                [
+                    initdb,
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=scram-sha-256",
+                    f"--username={self.admin_user}",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                capture_output=True,
+                text=True,
+                **self._run_as(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        (self.data_dir / "pg_hba.conf").write_text(
+            "# dbaccess test server: passwords only, loopback only\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# dbaccess test server\n"
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                "unix_socket_directories = ''\npassword_encryption = 'scram-sha-256'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "shared_buffers = 32MB\nmax_connections = 100\n"
+                "logging_collector = off\nlog_destination = 'stderr'\nlog_connections = on\n"
+            )
+        hand_over(self.data_dir, self._user)
+        postgres = find_binary("postgres", PG_BIN_GLOB + "postgres")
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [postgres, "-D", str(self.data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **self._run_as(),
+        )
+        log.close()
+        try:
+            wait_until(self._ready, timeout=timeout, what="PostgreSQL")
+        except ServiceError as exc:
+            self.stop()
+            raise ServiceError(f"{exc}; log tail:\n{self._log_tail()}") from None
+
+    def _ready(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise ServiceError(f"postgres exited at start:\n{self._log_tail()}")
+        try:
+            self.connect().close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(2)  # SIGINT: PostgreSQL's "fast" shutdown
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def connect(
+        self,
+        dbname: str = "postgres",
+        user: str | None = None,
+        password: str | None = None,
+        **kw: Any,
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        kw.setdefault("autocommit", True)
+        kw.setdefault("connect_timeout", 5)
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            dbname=dbname,
+            user=user or self.admin_user,
+            password=password if user else self.admin_password,
+            sslmode="disable",
+            **kw,
+        )
+
+    def version(self) -> str:
+        with self.connect() as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        match = re.match(r"[\d.]+", str(row[0]) if row else "")
+        return match.group(0) if match else "unknown"
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,216 @@
+"""A whole local stack: PostgreSQL with a demo database, the OIDC provider and a broker.
+
+The broker runs as a real ``dbaccess-broker serve`` process. ``cli_env()`` gives the
+environment a ``dbaccess`` process needs to use this stack (its own config, runtime dir
+and keyring), so nothing touches the user's real configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from psycopg import sql
+
+from dbaccess.sandbox.idp import OidcProvider
+from dbaccess.sandbox.postgres import PostgresServer
+from dbaccess.sandbox.processes import ServiceError, free_port, wait_until
+
+PROVISIONER = "dbaccess_provisioner"
+PROVISIONER_ENV = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"
+
+BROKER_TOML = """\
+[broker]
+store = "sqlite:///broker.db"
+reaper_interval = "{reaper_interval}"
+
+[identity]
+issuer = "{issuer}"
+client_id = "{client_id}"
+scopes = ["openid", "profile", "email", "groups", "offline_access"]
+groups_claim = "groups"
+
+[targets.demo]
+engine = "postgres"
+host = "127.0.0.1"
+port = {pg_port}
+database = "demo"
+sslmode = "disable"
+provisioner = {{ user = "{provisioner}", password_env = "{provisioner_env}" }}
+
+[targets.demo.roles.readonly]
+group_role = "dbaccess_readonly"
+read_only = true
+statement_timeout = "5m"
+
+[targets.demo.roles.readwrite]
+group_role = "dbaccess_readwrite"
+
+[[rules]]
+name = "dev-readonly"
+groups = ["dev"]
+targets = ["demo"]
+roles = ["readonly"]
+max_duration = "{max_duration}"
+
+[[rules]]
+name = "dba-readwrite"
+groups = ["dba"]
+targets = ["demo"]
+roles = ["readonly", "readwrite"]
+max_duration = "8h"
+require_reason = true
+"""
+
+DEMO_SQL = [
+    "CREATE ROLE dbaccess_readonly NOLOGIN",
+    "CREATE ROLE dbaccess_readwrite NOLOGIN",
+    "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,"
+    " total numeric(10, 2) NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    "INSERT INTO orders (customer, total) VALUES ('ada', 42.00), ('grace', 17.50),"
+    " ('linus', 99.95)",
+    "GRANT CONNECT ON DATABASE demo TO dbaccess_readonly, dbaccess_readwrite",
+    "GRANT USAGE ON SCHEMA public TO dbaccess_readonly, dbaccess_readwrite",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO dbaccess_readonly",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO dbaccess_readwrite",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readwrite",
+]
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    reaper_interval: str = "1s"
+    max_duration: str = "1h"
+    postgres: PostgresServer = field(init=False)
+    idp: OidcProvider = field(init=False)
+    broker_port: int = field(init=False)
+    _broker: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _provisioner_password: str = field(
+        default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.postgres = PostgresServer(self.workdir / "postgres")
+        self.idp = OidcProvider(self.workdir / "idp")
+        self.broker_port = free_port()
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://127.0.0.1:{self.broker_port}"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.workdir / "broker" / "broker.log"
+
+    @property
+    def broker_config(self) -> Path:
+        return self.workdir / "broker" / "broker.toml"
+
+    def start(self) -> None:
+        try:
+            self.postgres.start()
+            self._create_demo_database()
+            self.idp.start()
+            self._start_broker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.terminate()
+            try:
+                self._broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._broker.kill()
+                self._broker.wait()
+            self._broker = None
+        self.idp.stop()
+        self.postgres.stop()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def cli_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for a ``dbaccess`` process that should use this stack."""
+        env = dict(os.environ if base is None else base)
+        home = self.workdir / "cli"
+        (home / "runtime").mkdir(parents=True, exist_ok=True, mode=0o700)
+        env.update(
+            {
+                "DBACCESS_CONFIG_DIR": str(home / "config"),
+                "DBACCESS_RUNTIME_DIR": str(home / "runtime"),
+                "DBACCESS_BROKER": self.broker_url,
+                # The test provider sends no polling interval; RFC 8628 would make us wait 5 s.
+                "DBACCESS_DEVICE_POLL_INTERVAL": "0.2",
+            }
+        )
+        return env
+
+    def _create_demo_database(self) -> None:
+        with self.postgres.connect() as admin:
+            admin.execute("CREATE DATABASE demo")
+            admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN CREATEROLE PASSWORD {} IN ROLE pg_signal_backend"
+                ).format(sql.Identifier(PROVISIONER), sql.Literal(self._provisioner_password))
+            )
+        with self.postgres.connect("demo") as demo:
+            for statement in DEMO_SQL:
+                demo.execute(statement)
+
+    def _start_broker(self) -> None:
+        directory = self.broker_config.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        self.broker_config.write_text(
+            BROKER_TOML.format(
+                reaper_interval=self.reaper_interval,
+                issuer=self.idp.issuer,
+                client_id=self.idp.client_id,
+                pg_port=self.postgres.port,
+                provisioner=PROVISIONER,
+                provisioner_env=PROVISIONER_ENV,
+                max_duration=self.max_duration,
+            )
+        )
+        env = dict(os.environ)
+        env[PROVISIONER_ENV] = self._provisioner_password
+        log = self.broker_log.open("ab")
+        self._broker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "serve",
+                "--config",
+                str(self.broker_config),
+                "--port",
+                str(self.broker_port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+        )
+        log.close()
+
+        def healthy() -> bool:
+            if self._broker is not None and self._broker.poll() is not None:
+                raise ServiceError("the broker exited at start:\n" + self.broker_log.read_text())
+            try:
+                return httpx.get(self.broker_url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=30, what="the broker")

@@ -1,0 +1,76 @@
+"""Drive the real ``dbaccess`` CLI as a separate process against the real local stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dbaccess.broker.store import Store
+from dbaccess.sandbox.idp import approve_device_code
+from dbaccess.sandbox.secret_service import SecretService
+from dbaccess.sandbox.stack import Stack
+
+DBACCESS = [sys.executable, "-m", "dbaccess"]
+
+
+@dataclass
+class Cli:
+    stack: Stack
+    secrets: SecretService
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = self.stack.cli_env()
+        env.update(self.secrets.env)
+        return env
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.env["DBACCESS_RUNTIME_DIR"])
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*DBACCESS, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*DBACCESS, *args], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+    def login(self, user: str, *, deny: bool = False) -> subprocess.CompletedProcess[str]:
+        """``dbaccess login`` with a person approving the code at the provider."""
+        process = self.popen("--json", "login")
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first, process.stderr.read() if process.stderr else ""
+        code = json.loads(first)["data"]
+        approve_device_code(code["verification_uri_complete"], user, deny=deny)
+        out, err = process.communicate(timeout=60)
+        return subprocess.CompletedProcess(process.args, process.returncode, first + out, err)
+
+    def store(self) -> Store:
+        return Store(f"sqlite:///{self.stack.broker_config.parent / 'broker.db'}")
+
+    def role_exists(self, name: str) -> bool:
+        with self.stack.postgres.connect() as admin:
+            return admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                 (name,)).fetchone() is not None
+
+    def managed_roles(self) -> Sequence[str]:
+        with self.stack.postgres.connect() as admin:
+            rows = admin.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'dba\\_%'").fetchall()
+        return [str(r[0]) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def cli(stack: Stack, secret_service: SecretService) -> Cli:
+    runner = Cli(stack, secret_service)
+    result = runner.login("alice")
+    assert result.returncode == 0, result.stderr
+    return runner

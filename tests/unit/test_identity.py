@@ -1,0 +1,100 @@
+"""Token rejection: the broker accepts only properly signed, current tokens for it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from dbaccess.broker.identity import InvalidToken, TokenVerifier
+from dbaccess.broker.settings import IdentitySection
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[str]:
+    """A tiny real HTTP server publishing a discovery document and a JWKS."""
+    jwk = json.loads(RSAAlgorithm.to_jwk(KEY.public_key()))
+    jwk.update(kid="k1", use="sig", alg="RS256")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            base = f"http://127.0.0.1:{self.server.server_address[1]}/oidc"
+            docs = {
+                "/oidc/.well-known/openid-configuration": {"issuer": base,
+                                                          "jwks_uri": base + "/jwks"},
+                "/oidc/jwks": {"keys": [jwk]},
+            }
+            body = json.dumps(docs.get(self.path, {})).encode()
+            self.send_response(200 if self.path in docs else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/oidc"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def verifier(issuer: str) -> TokenVerifier:
+    return TokenVerifier(IdentitySection(issuer=issuer, client_id="dbaccess-cli"))
+
+
+def token(issuer: str, *, key: Any = KEY, alg: str = "RS256", kid: str = "k1",
+          **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": "dbaccess-cli", "sub": "alice", "iat": now,
+              "exp": now + 300, "email": "alice@example.com", "groups": ["dev"]}
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+def test_accepts_a_good_token_and_reads_groups(verifier: TokenVerifier, issuer: str) -> None:
+    who = verifier.verify(token(issuer))
+    assert who.subject == "alice"
+    assert who.email == "alice@example.com"
+    assert who.groups == frozenset({"dev"})
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda iss: token(iss, key=OTHER_KEY), "Signature verification failed"),
+        (lambda iss: token(iss, iss="https://evil.example.com/oidc"), "another issuer"),
+        (lambda iss: token(iss, aud="some-other-app"), "another audience"),
+        (lambda iss: token(iss, exp=int(time.time()) - 3600), "expired"),
+        (lambda iss: token(iss, nbf=int(time.time()) + 3600), "not valid yet"),
+        (lambda iss: token(iss, exp=None), "exp"),
+        (lambda iss: token(iss, sub=None), "sub"),
+        (lambda iss: token(iss, key="shared-secret-that-is-long-enough-for-hs256!", alg="HS256"),
+         "'HS256' is not allowed"),
+        (lambda iss: jwt.encode({"iss": iss, "aud": "dbaccess-cli", "sub": "alice",
+                                 "exp": int(time.time()) + 300}, None, algorithm="none"),
+         "'none' is not allowed"),
+        (lambda iss: token(iss, kid="unknown"), "no usable signing key"),
+        (lambda iss: "not-a-jwt", "not a JWT"),
+    ],
+    ids=["bad-signature", "wrong-iss", "wrong-aud", "expired", "nbf-future", "no-exp",
+         "no-sub", "hs256", "alg-none", "unknown-kid", "garbage"],
+)
+def test_rejects(verifier: TokenVerifier, issuer: str, make: Any, message: str) -> None:
+    with pytest.raises(InvalidToken, match=message):
+        verifier.verify(make(issuer))

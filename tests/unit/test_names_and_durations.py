@@ -1,0 +1,49 @@
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbaccess.broker.engines.base import NewUser, make_password, make_username
+from dbaccess.broker.settings import RoleTemplate
+from dbaccess.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("2d", 172800), ("45", 45)],
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1x", "-5m", "0s", "1h 30m", "m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@given(st.integers(1, 10**7))
+def test_format_round_trips(seconds: int) -> None:
+    assert parse_duration(format_duration(timedelta(seconds=seconds))).total_seconds() == seconds
+
+
+@given(st.text(max_size=200), st.sampled_from([32, 63]))
+def test_usernames_fit_and_are_plain(person: str, limit: int) -> None:
+    name = make_username("dba_", person, limit)
+    assert len(name.encode()) <= limit
+    assert name.startswith("dba_")
+    assert all(c.isascii() and (c.isalnum() or c == "_") for c in name)
+    assert name == name.lower()
+
+
+def test_long_names_do_not_collide_through_truncation() -> None:
+    person = "a" * 100
+    assert make_username("dba_", person, 63) != make_username("dba_", person, 63)
+
+
+def test_new_user_repr_hides_password() -> None:
+    password = make_password()
+    user = NewUser("dba_x_1", password, RoleTemplate(group_role="g"), None)  # type: ignore[arg-type]
+    assert password not in repr(user)
+    assert len(password) >= 32

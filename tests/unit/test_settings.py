@@ -1,0 +1,104 @@
+"""Broker configuration errors name the file, the key and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbaccess.broker.settings import load_settings
+from dbaccess.errors import ConfigError
+
+GOOD = """
+[broker]
+store = "sqlite:///state/broker.db"
+
+[identity]
+issuer = "https://login.example.com/realms/acme/"
+client_id = "dbaccess-cli"
+
+[targets.demo]
+engine = "postgres"
+host = "127.0.0.1"
+port = 5432
+database = "demo"
+provisioner = { user = "dbaccess_provisioner", password_file = "demo.pw" }
+
+[targets.demo.roles.readonly]
+group_role = "dbaccess_readonly"
+read_only = true
+
+[[rules]]
+name = "dev-readonly"
+groups = ["dev"]
+targets = ["demo"]
+roles = ["readonly"]
+max_duration = "1h"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "broker.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_file_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.identity.issuer == "https://login.example.com/realms/acme"
+    assert settings.broker.store == f"sqlite:///{tmp_path.resolve()}/state/broker.db"
+    assert settings.targets["demo"].provisioner.password_file == (tmp_path / "demo.pw").resolve()
+    assert settings.rules[0].max_duration.total_seconds() == 3600
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("port = 5432", 'port = "five"', "targets.demo.port: Input should be a valid integer"),
+        ("port = 5432", "port = 70000", "targets.demo.port: Input should be less than"),
+        ('max_duration = "1h"', 'max_duration = "soon"', "rules.0.max_duration: 'soon' is not"),
+        ('roles = ["readonly"]', 'roles = ["readwrite"]',
+         "rules.0.roles: target 'demo' has no role 'readwrite'"),
+        ('targets = ["demo"]', 'targets = ["prod"]', "rules.0.targets: unknown target 'prod'"),
+        ('engine = "postgres"', 'engine = "oracle"', "targets.demo.engine: Input should be"),
+        ('client_id = "dbaccess-cli"', 'client_id = "dbaccess-cli"\nalgorithms = ["HS256"]',
+         "identity.algorithms: only asymmetric algorithms are allowed, not HS256"),
+        ('password_file = "demo.pw"', 'password = "hunter2"',
+         "targets.demo.provisioner.password: Extra inputs are not permitted"),
+        ('password_file = "demo.pw"', 'password_env = "A", password_file = "b"',
+         "set exactly one of password_env or password_file"),
+        ('issuer = "https://login.example.com/realms/acme/"', 'issuer = "login.example.com"',
+         "identity.issuer: must be an http(s) URL"),
+        ('groups = ["dev"]', "", "a rule must name at least one group or user"),
+        ('group_role = "dbaccess_readonly"', 'group_role = "x; drop table"',
+         "targets.demo.roles.readonly.group_role: String should match pattern"),
+    ],
+)
+def test_errors_name_file_key_and_problem(tmp_path: Path, old: str, new: str,
+                                          expected: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.message.startswith(f"{path}: ")
+    assert expected in caught.value.message
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[identity\n"))
+
+
+def test_provisioner_password_comes_from_env_at_use_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = GOOD.replace('password_file = "demo.pw"', 'password_env = "DEMO_PROVISIONER_PW"')
+    settings = load_settings(write(tmp_path, text))
+    provisioner = settings.targets["demo"].provisioner
+    monkeypatch.delenv("DEMO_PROVISIONER_PW", raising=False)
+    with pytest.raises(ConfigError, match="DEMO_PROVISIONER_PW"):
+        provisioner.read_password()
+    monkeypatch.setenv("DEMO_PROVISIONER_PW", "s3cret")
+    assert provisioner.read_password() == "s3cret"
