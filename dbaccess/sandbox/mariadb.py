@@ -20,6 +20,7 @@ from dbaccess.sandbox.processes import (
     free_port,
     hand_over,
     make_traversable,
+    port_open,
     service_user,
     wait_until,
 )
@@ -96,6 +97,8 @@ class MariaDBServer:
     def _socket_ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise ServiceError("mariadbd exited at start")
+        if not port_open(self.port):  # PyMySQL leaks a socket when it cannot connect
+            return False
         try:
             pymysql.connect(unix_socket=str(self.socket), user="root").close()
         except pymysql.err.OperationalError:
