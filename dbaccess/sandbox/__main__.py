@@ -10,6 +10,7 @@ what the audit trail recorded, and tears everything down.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
         command = ["connect", "demo", "--role", "readonly", "--reason", "sandbox tour"]
         if psql_args:
             command += ["--", *psql_args]
-        say("$ dbaccess " + " ".join(command))
+        say("$ dbaccess " + shlex.join(command))
         code_ = subprocess.call([*DBACCESS, *command], env=env)
 
         with stack.postgres.connect() as admin:

@@ -91,7 +91,7 @@ class Stack:
     idp: OidcProvider = field(init=False)
     broker_port: int = field(init=False)
     _broker: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    _provisioner_password: str = field(
+    provisioner_password: str = field(
         default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
     )
 
@@ -164,7 +164,7 @@ class Stack:
             admin.execute(
                 sql.SQL(
                     "CREATE ROLE {} LOGIN CREATEROLE PASSWORD {} IN ROLE pg_signal_backend"
-                ).format(sql.Identifier(PROVISIONER), sql.Literal(self._provisioner_password))
+                ).format(sql.Identifier(PROVISIONER), sql.Literal(self.provisioner_password))
             )
         with self.postgres.connect("demo") as demo:
             for statement in DEMO_SQL:
@@ -185,7 +185,7 @@ class Stack:
             )
         )
         env = dict(os.environ)
-        env[PROVISIONER_ENV] = self._provisioner_password
+        env[PROVISIONER_ENV] = self.provisioner_password
         log = self.broker_log.open("ab")
         self._broker = subprocess.Popen(
             [

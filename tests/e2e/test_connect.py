@@ -133,6 +133,12 @@ def test_password_never_in_argv_env_or_stdout(cli: Cli) -> None:
     assert leaks == []
     assert password not in out and password not in err
     assert not cli.role_exists(user)
+    # nor did it reach a lasting file: broker log and store, server logs, data directories,
+    # the CLI's config and keyring files
+    for root in (cli.stack.workdir, cli.secrets.workdir):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_socket():
+                assert password.encode() not in path.read_bytes(), f"password found in {path}"
 
 
 def test_policy_denial_is_clear_and_creates_nothing(cli: Cli) -> None:
