@@ -73,8 +73,13 @@ def connect(
             ignore_cleanup_signals()
             if directory is not None:
                 directory.remove()
+            until = f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC"
             try:
-                api.revoke_session(granted.id)
+                state = api.revoke_session(granted.id).state
             except DbaccessError as exc:
                 on_warning(f"could not revoke session {granted.id} ({exc.message}); "
-                           f"it expires at {granted.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+                           f"it expires at {until}")
+            else:
+                if state != "revoked":
+                    on_warning(f"the broker could not drop {granted.db_user} yet; it keeps "
+                               f"retrying, and the user expires at {until}")

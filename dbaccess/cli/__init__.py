@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -17,7 +18,6 @@ app = typer.Typer(
     help="Just-in-time database sessions after SSO login, instead of shared passwords.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals could hold a password
-    add_completion=False,
 )
 
 
@@ -30,16 +30,19 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    profile: Annotated[str | None, typer.Option(envvar="DBACCESS_PROFILE",
-                                                help="Profile to use.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", envvar="DBACCESS_JSON",
-                                              help="Machine-readable output.")] = False,
-    no_input: Annotated[bool, typer.Option("--no-input", envvar="DBACCESS_NO_INPUT",
-                                           help="Never prompt.")] = False,
-    debug: Annotated[bool, typer.Option(envvar="DBACCESS_DEBUG",
-                                        help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version.")] = False,
+    profile: Annotated[
+        str | None, typer.Option(envvar="DBACCESS_PROFILE", help="Profile to use.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", envvar="DBACCESS_JSON", help="Machine-readable output.")
+    ] = False,
+    no_input: Annotated[
+        bool, typer.Option("--no-input", envvar="DBACCESS_NO_INPUT", help="Never prompt.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(envvar="DBACCESS_DEBUG", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     ctx.obj = Globals(profile=profile, json=json_output, no_input=no_input, debug=debug)
 
@@ -53,14 +56,24 @@ def main() -> None:
 
     globals_ = Globals()
     try:
-        app(standalone_mode=True, obj=globals_)
+        app(prog_name="dbaccess", obj=globals_)
     except DbaccessError as exc:
+        if _debug():
+            raise
         _report(exc)
         sys.exit(int(exc.exit_code))
     except Terminated as exc:
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
+
+
+def _debug() -> bool:
+    return "--debug" in sys.argv or os.environ.get("DBACCESS_DEBUG", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
 
 
 def _report(exc: DbaccessError) -> None:

@@ -1,0 +1,1 @@
+complete --command dbaccess --no-files --arguments "(env _DBACCESS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) dbaccess)" --condition "env _DBACCESS_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) dbaccess"
