@@ -24,7 +24,7 @@ from dbaccess.launch.child import (
     ignore_cleanup_signals,
     run_child,
 )
-from dbaccess.launch.session_dir import SessionDir
+from dbaccess.launch.session_dir import SessionDir, stale_sessions
 from dbaccess.models import SessionCreate, SessionGranted
 
 
@@ -53,6 +53,7 @@ def connect(
         )
     login = bearer_token(request.profile, http)
     api = BrokerClient(request.broker, http, login.id_token)
+    sweep_stale_sessions(api, request.broker, on_warning)
     with cleanup_on_signals():
         granted = api.create_session(SessionCreate(
             target=request.target, role=request.role, reason=request.reason,
@@ -83,3 +84,16 @@ def connect(
                 if state != "revoked":
                     on_warning(f"the broker could not drop {granted.db_user} yet; it keeps "
                                f"retrying, and the user expires at {until}")
+
+
+def sweep_stale_sessions(api: BrokerClient, broker: str,
+                         on_warning: Callable[[str], None]) -> None:
+    """Finish the clean-up of sessions whose dbaccess process died without it."""
+    for directory, owner in stale_sessions():
+        directory.remove()
+        session = owner.get("session")
+        if isinstance(session, str) and owner.get("broker") == broker:
+            try:
+                api.revoke_session(session)
+            except DbaccessError as exc:
+                on_warning(f"could not revoke leftover session {session}: {exc.message}")

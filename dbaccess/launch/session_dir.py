@@ -45,3 +45,27 @@ class SessionDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_sessions() -> list[tuple[SessionDir, dict[str, object]]]:
+    """Session directories whose owning process is gone (it was SIGKILLed or crashed)."""
+    stale = []
+    for path in sorted(runtime_dir().glob(f"{PREFIX}*")):
+        try:
+            owner = json.loads((path / "owner.json").read_text())
+            pid = int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            owner, pid = {}, -1
+        if pid == -1 or not _alive(pid):
+            stale.append((SessionDir(path), owner))
+    return stale

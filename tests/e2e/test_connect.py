@@ -26,6 +26,18 @@ def wait_for(check, timeout: float = 20, what: str = "condition"):  # type: igno
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
 def live_session_dirs(cli: Cli) -> list[str]:
     return sorted(p.name for p in cli.runtime_dir.iterdir()) if cli.runtime_dir.exists() else []
 
@@ -147,3 +159,21 @@ def test_policy_denial_is_clear_and_creates_nothing(cli: Cli) -> None:
     assert result.returncode == 5  # ExitCode.DENIED
     assert "no rule grants role 'readwrite' on 'demo' to alice" in result.stderr
     assert set(cli.managed_roles()) == before
+
+
+def test_after_sigkill_the_next_connect_sweeps_and_revokes(cli: Cli) -> None:
+    started = cli.popen("connect", "demo", "--role", "readonly", "--",
+                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    assert started.stdout is not None
+    user = started.stdout.readline().strip()
+    psql = children_of(started.pid)
+    started.kill()  # no chance to clean up
+    for pid in psql:  # the orphaned psql would otherwise sleep on, holding our pipes
+        os.kill(pid, signal.SIGKILL)
+    started.communicate(timeout=20)
+    assert len(live_session_dirs(cli)) == 1
+    assert cli.role_exists(user)
+    result = cli.run("connect", "demo", "--role", "readonly", "--", "-c", "select 1")
+    assert result.returncode == 0, result.stderr
+    assert live_session_dirs(cli) == []
+    assert not cli.role_exists(user)
