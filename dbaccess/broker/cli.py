@@ -52,8 +52,59 @@ def check_config(config: ConfigOption = Path("broker.toml")) -> None:
     settings = load_settings(config)
     for target in settings.targets.values():
         target.provisioner.read_password()
+    typer.echo(f"{config}: ok ({len(settings.targets)} target(s), {len(settings.rules)} rule(s))")
+
+
+@app.command()
+def bootstrap(
+    target: Annotated[str, typer.Argument(help="Target name from the config file.")],
+    config: ConfigOption = Path("broker.toml"),
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Run the SQL now, connecting with the DSN in $DBACCESS_ADMIN_DSN "
+            "(a superuser in the target database); also sets the provisioner's password.",
+        ),
+    ] = False,
+) -> None:
+    """Print (or --apply) the one-time SQL that sets a target up for least privilege."""
+    import os
+
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.errors import ConfigError, DatabaseError, UsageError
+
+    settings = load_settings(config)
+    section = settings.targets.get(target)
+    if section is None:
+        raise UsageError(
+            f"{config}: there is no target '{target}'",
+            hint=f"targets: {', '.join(sorted(settings.targets))}",
+        )
+    from dbaccess.broker.engines import postgres_bootstrap
+
+    if not apply:
+        typer.echo(postgres_bootstrap.render(target, section), nl=False)
+        return
+    dsn = os.environ.get("DBACCESS_ADMIN_DSN")
+    if not dsn:
+        raise ConfigError(
+            "--apply needs an admin connection string in DBACCESS_ADMIN_DSN",
+            hint="export DBACCESS_ADMIN_DSN='host=... dbname=... user=postgres'",
+        )
+    import psycopg
+
+    password = section.provisioner.ensure_password()
+    try:
+        with psycopg.connect(dsn, dbname=section.database, autocommit=True) as admin:
+            postgres_bootstrap.apply(section, admin, password)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseError(f"bootstrap of '{target}' failed: {first}") from None
     typer.echo(
-        f"{config}: ok ({len(settings.targets)} target(s), {len(settings.rules)} rule(s))"
+        f"bootstrapped target '{target}': provisioner {section.provisioner.user} "
+        "can now only call the dbaccess.* functions",
+        err=True,
     )
 
 

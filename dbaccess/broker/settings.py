@@ -105,6 +105,17 @@ class ProvisionerSection(_Section):
             raise ValueError("set exactly one of password_env or password_file (never inline)")
         return self
 
+    def ensure_password(self) -> str:
+        """The password, first generating one into a missing ``password_file`` (0600)."""
+        if self.password_file is not None and not self.password_file.exists():
+            import secrets
+
+            self.password_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        return self.read_password()
+
     def read_password(self) -> str:
         """Read the provisioner password from where the config points, at use time."""
         if self.password_env is not None:
@@ -139,6 +150,9 @@ class TargetSection(_Section):
     database: str
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     username_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{1,8}_$")] = "dba_"
+    # The longest a session user may live; enforced again inside the database by the
+    # bootstrap functions, so even the broker's credential cannot mint a longer one.
+    max_lifetime: Duration = timedelta(hours=24)
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
 
@@ -187,6 +201,12 @@ class Settings(_Section):
             for target in rule.targets:
                 if target != "*" and target not in self.targets:
                     raise _KeyedError(f"rules.{index}.targets", f"unknown target '{target}'")
+                for name, section in self.targets.items():
+                    if target in ("*", name) and rule.max_duration > section.max_lifetime:
+                        raise _KeyedError(
+                            f"rules.{index}.max_duration",
+                            f"longer than the max_lifetime of target '{name}'",
+                        )
                 for role in rule.roles:
                     known = (
                         {r for t in self.targets.values() for r in t.roles}

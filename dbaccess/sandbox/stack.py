@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from psycopg import sql
 
+from dbaccess.broker.engines import postgres_bootstrap as bootstrap
+from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.postgres import PostgresServer
 from dbaccess.sandbox.processes import ServiceError, free_port, wait_until
@@ -68,8 +69,6 @@ require_reason = true
 """
 
 DEMO_SQL = [
-    "CREATE ROLE dbaccess_readonly NOLOGIN",
-    "CREATE ROLE dbaccess_readwrite NOLOGIN",
     "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,"
     " total numeric(10, 2) NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
     "INSERT INTO orders (customer, total) VALUES ('ada', 42.00), ('grace', 17.50),"
@@ -116,8 +115,9 @@ class Stack:
     def start(self) -> None:
         try:
             self.postgres.start()
-            self._create_demo_database()
             self.idp.start()
+            self._write_broker_config()
+            self._create_demo_database()
             self._start_broker()
         except BaseException:
             self.stop()
@@ -159,20 +159,18 @@ class Stack:
         return env
 
     def _create_demo_database(self) -> None:
+        """The demo database, bootstrapped as a DBA would: group roles, definer functions,
+        a powerless provisioner; then the grants that give the group roles their meaning."""
         with self.postgres.connect() as admin:
             admin.execute("CREATE DATABASE demo")
-            admin.execute(
-                sql.SQL(
-                    "CREATE ROLE {} LOGIN CREATEROLE PASSWORD {} IN ROLE pg_signal_backend"
-                ).format(sql.Identifier(PROVISIONER), sql.Literal(self.provisioner_password))
-            )
+        target = load_settings(self.broker_config).targets["demo"]
         with self.postgres.connect("demo") as demo:
+            bootstrap.apply(target, demo, self.provisioner_password)
             for statement in DEMO_SQL:
                 demo.execute(statement)
 
-    def _start_broker(self) -> None:
-        directory = self.broker_config.parent
-        directory.mkdir(parents=True, exist_ok=True)
+    def _write_broker_config(self) -> None:
+        self.broker_config.parent.mkdir(parents=True, exist_ok=True)
         self.broker_config.write_text(
             BROKER_TOML.format(
                 reaper_interval=self.reaper_interval,
@@ -184,6 +182,9 @@ class Stack:
                 max_duration=self.max_duration,
             )
         )
+
+    def _start_broker(self) -> None:
+        directory = self.broker_config.parent
         env = dict(os.environ)
         env[PROVISIONER_ENV] = self.provisioner_password
         log = self.broker_log.open("ab")

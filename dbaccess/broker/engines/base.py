@@ -21,6 +21,7 @@ class NewUser:
     password: str
     role: RoleTemplate
     expires_at: datetime
+    log_statements: bool = False  # break-glass: the server logs every statement
 
     def __repr__(self) -> str:  # keep the password out of tracebacks and logs
         return f"NewUser(username={self.username!r}, role={self.role.group_role!r})"
@@ -32,6 +33,9 @@ class Engine(Protocol):
 
     def create_user(self, user: NewUser) -> None:
         """Create the login, member of its role template, expiring at ``expires_at``."""
+
+    def renew_user(self, username: str, expires_at: datetime) -> None:
+        """Move the login's expiry (only for users this engine created)."""
 
     def revoke_user(self, username: str) -> None:
         """Lock the login, end its live sessions and drop it. Idempotent."""

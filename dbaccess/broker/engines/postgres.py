@@ -1,24 +1,22 @@
-"""PostgreSQL engine.
+"""PostgreSQL engine: calls the bootstrap's SECURITY DEFINER functions, nothing else.
 
 Facts this module relies on (measured on PostgreSQL 15):
 - the password reaches the server only as a SCRAM-SHA-256 verifier computed here by libpq
   (a failing statement is written to the server log, so a plaintext password would be too);
 - ``VALID UNTIL`` is checked only at password login, and ``DROP ROLE``/``NOLOGIN`` leave live
-  sessions running, so revocation terminates the role's backends before dropping it;
+  sessions running, so ``dbaccess.revoke_user`` terminates the role's backends first;
 - per-role settings are not inherited from group roles, so they are set on each user.
+Every value travels as a bound parameter; the functions validate and quote them.
 """
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
 
 import psycopg
-from psycopg import sql
 
 from dbaccess.broker.engines.base import EngineError, NewUser
 from dbaccess.broker.settings import TargetSection
-
-TERMINATE_TIMEOUT = 5.0
 
 
 class PostgresEngine:
@@ -47,88 +45,59 @@ class PostgresEngine:
             ) from None
 
     def create_user(self, user: NewUser) -> None:
-        with self._connect() as conn:
-            verifier = conn.pgconn.encrypt_password(
-                user.password.encode(), user.username.encode(), b"scram-sha-256"
-            ).decode()
-            ident = sql.Identifier(user.username)
-            statements = [
-                sql.SQL(
-                    "CREATE ROLE {user} LOGIN PASSWORD {verifier} VALID UNTIL {until} "
-                    "CONNECTION LIMIT {limit} IN ROLE {group}"
-                ).format(
-                    user=ident,
-                    verifier=sql.Literal(verifier),
-                    until=sql.Literal(user.expires_at.isoformat()),
-                    limit=sql.Literal(user.role.connection_limit),
-                    group=sql.Identifier(user.role.group_role),
-                )
-            ]
-            if user.role.read_only:
-                statements.append(
-                    sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident)
-                )
-            if user.role.statement_timeout is not None:
-                ms = int(user.role.statement_timeout.total_seconds() * 1000)
-                statements.append(
-                    sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
-                        ident, sql.Literal(ms)
-                    )
-                )
-            try:
-                with conn.transaction():
-                    for statement in statements:
-                        conn.execute(statement)
-            except psycopg.Error as exc:
-                raise EngineError(
-                    f"creating {user.username} on '{self.name}' failed: {_first_line(exc)}"
-                ) from None
-
-    def revoke_user(self, username: str) -> None:
-        ident = sql.Identifier(username)
+        timeout = user.role.statement_timeout
         try:
             with self._connect() as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)
-                ).fetchone()
-                if exists is None:
-                    return
-                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
-                self._terminate_sessions(conn, username)
-                with conn.transaction():
-                    # REASSIGN/DROP OWNED need membership in the role being dropped.
-                    conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
-                    conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
-                    conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-                    conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+                verifier = conn.pgconn.encrypt_password(
+                    user.password.encode(), user.username.encode(), b"scram-sha-256"
+                ).decode()
+                conn.execute(
+                    "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        user.username,
+                        verifier,
+                        user.expires_at,
+                        user.role.group_role,
+                        user.role.connection_limit,
+                        user.role.read_only,
+                        int(timeout.total_seconds() * 1000) if timeout else None,
+                        user.log_statements,
+                    ),
+                )
+        except psycopg.Error as exc:
+            raise EngineError(
+                f"creating {user.username} on '{self.name}' failed: {_first_line(exc)}"
+            ) from None
+
+    def renew_user(self, username: str, expires_at: datetime) -> None:
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
+        except psycopg.Error as exc:
+            raise EngineError(
+                f"renewing {username} on '{self.name}' failed: {_first_line(exc)}"
+            ) from None
+
+    def revoke_user(self, username: str) -> None:
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone()
         except psycopg.Error as exc:
             raise EngineError(
                 f"revoking {username} on '{self.name}' failed: {_first_line(exc)}"
             ) from None
-
-    def _terminate_sessions(
-        self, conn: psycopg.Connection[tuple[object, ...]], username: str
-    ) -> None:
-        # pg_terminate_backend only signals; poll until the backends are really gone so
-        # DROP ROLE does not race a session that is still running.
-        deadline = time.monotonic() + TERMINATE_TIMEOUT
-        while True:
-            rows = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (username,),
-            ).fetchall()
-            if not rows:
-                return
-            if time.monotonic() > deadline:
-                raise EngineError(f"{len(rows)} session(s) of {username} did not terminate")
-            time.sleep(0.01)
+        remaining = int(str(row[0])) if row else 0
+        if remaining:
+            raise EngineError(f"{remaining} session(s) of {username} did not terminate yet")
 
     def list_managed_users(self) -> list[str]:
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) ORDER BY 1",
-                (self.target.username_prefix,),
-            ).fetchall()
+        try:
+            with self._connect() as conn:
+                rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
+        except psycopg.Error as exc:
+            raise EngineError(
+                f"listing users on '{self.name}' failed: {_first_line(exc)}"
+            ) from None
         return [str(row[0]) for row in rows]
 
 

@@ -1,0 +1,205 @@
+"""One-time PostgreSQL set-up that keeps the broker's own credential powerless.
+
+Measured on PostgreSQL 15: a role with CREATEROLE can make itself superuser-equivalent.
+So the provisioner login the broker uses gets no role attributes at all; it may only
+EXECUTE a few SECURITY DEFINER functions in the ``dbaccess`` schema. The functions belong
+to ``dbaccess_owner`` (NOLOGIN, CREATEROLE, pg_signal_backend) and validate every argument
+before acting: the managed prefix, an allow-list of group roles, a bounded expiry, a SCRAM
+verifier (never a plaintext password). They only revoke or renew users recorded in
+``dbaccess.managed_users``, i.e. users they created themselves.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dbaccess.broker.settings import TargetSection
+
+SCHEMA = "dbaccess"
+OWNER = "dbaccess_owner"
+B64 = "[A-Za-z0-9+/=]+"
+VERIFIER_PATTERN = rf"^SCRAM-SHA-256\$4096:{B64}\${B64}:{B64}$"
+
+
+def _id(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def _lit(value: object) -> str:
+    return sql.Literal(value).as_string(None)
+
+
+def bootstrap_sql(target: TargetSection) -> list[str]:
+    """The statements, in order, to run as a superuser in the target database."""
+    prefix = target.username_prefix
+    max_seconds = int(target.max_lifetime.total_seconds())
+    groups = sorted({role.group_role for role in target.roles.values()})
+    provisioner = target.provisioner.user
+    room = 63 - len(prefix)
+    pattern = "^" + prefix + "[a-z0-9_]{1," + str(room) + "}$"
+    allowed = "ARRAY[" + ", ".join(_lit(g) for g in groups) + "]::text[]"
+    statements = [
+        _create_role_if_missing(OWNER, "NOLOGIN CREATEROLE"),
+        f"GRANT pg_signal_backend TO {_id(OWNER)}",
+        f"CREATE SCHEMA IF NOT EXISTS {_id(SCHEMA)} AUTHORIZATION {_id(OWNER)}",
+        f"REVOKE ALL ON SCHEMA {_id(SCHEMA)} FROM PUBLIC",
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
+        " username text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())",
+        f"ALTER TABLE {SCHEMA}.managed_users OWNER TO {_id(OWNER)}",
+        f"REVOKE ALL ON {SCHEMA}.managed_users FROM PUBLIC",
+    ]
+    statements += [_create_role_if_missing(group, "NOLOGIN") for group in groups]
+    statements += [
+        _create_role_if_missing(provisioner, "LOGIN"),
+        # Whatever it had before, the provisioner keeps no power of its own.
+        f"ALTER ROLE {_id(provisioner)} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+        "NOBYPASSRLS",
+        f"GRANT USAGE ON SCHEMA {_id(SCHEMA)} TO {_id(provisioner)}",
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.create_user(
+    p_username text, p_verifier text, p_valid_until timestamptz, p_group text,
+    p_connection_limit integer, p_read_only boolean, p_statement_timeout_ms integer,
+    p_log_all boolean)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_username IS NULL OR p_username !~ {_lit(pattern)} THEN
+        RAISE EXCEPTION 'dbaccess: % is not a managed user name', p_username;
+    END IF;
+    IF p_group IS NULL OR NOT (p_group = ANY ({allowed})) THEN
+        RAISE EXCEPTION 'dbaccess: % is not an allowed group role', p_group;
+    END IF;
+    IF p_verifier IS NULL OR p_verifier !~ {_lit(VERIFIER_PATTERN)} THEN
+        RAISE EXCEPTION 'dbaccess: the password must be a SCRAM-SHA-256 verifier';
+    END IF;
+    IF p_valid_until IS NULL OR p_valid_until <= now()
+       OR p_valid_until > now() + make_interval(secs => {max_seconds}) THEN
+        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]', p_valid_until;
+    END IF;
+    IF p_connection_limit IS NULL OR p_connection_limit NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'dbaccess: connection limit must be between 1 and 100';
+    END IF;
+    IF p_statement_timeout_ms IS NOT NULL AND p_statement_timeout_ms NOT BETWEEN 0 AND 86400000 THEN
+        RAISE EXCEPTION 'dbaccess: statement timeout out of range';
+    END IF;
+    INSERT INTO {SCHEMA}.managed_users (username) VALUES (p_username);
+    EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L '
+                   'VALID UNTIL %L CONNECTION LIMIT %s IN ROLE %I',
+                   p_username, p_verifier, p_valid_until, p_connection_limit, p_group);
+    IF p_read_only THEN
+        EXECUTE format('ALTER ROLE %I SET default_transaction_read_only = on', p_username);
+    END IF;
+    IF p_statement_timeout_ms IS NOT NULL THEN
+        EXECUTE format('ALTER ROLE %I SET statement_timeout = %s', p_username,
+                       p_statement_timeout_ms);
+    END IF;
+    IF p_log_all THEN
+        EXECUTE format('ALTER ROLE %I SET log_statement = %L', p_username, 'all');
+    END IF;
+END
+$fn$""",
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.renew_user(p_username text,
+    p_valid_until timestamptz)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_username) THEN
+        RAISE EXCEPTION 'dbaccess: % was not created by dbaccess', p_username;
+    END IF;
+    IF p_valid_until IS NULL OR p_valid_until <= now()
+       OR p_valid_until > now() + make_interval(secs => {max_seconds}) THEN
+        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]', p_valid_until;
+    END IF;
+    EXECUTE format('ALTER ROLE %I VALID UNTIL %L', p_username, p_valid_until);
+END
+$fn$""",
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.revoke_user(p_username text)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    remaining integer;
+    deadline timestamptz := clock_timestamp() + interval '5 seconds';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_username) THEN
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_username) THEN
+            RAISE EXCEPTION 'dbaccess: % was not created by dbaccess', p_username;
+        END IF;
+        RETURN 0;  -- already gone: revoking is idempotent
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_username) THEN
+        -- NOLOGIN first: DROP ROLE alone would leave live sessions running.
+        EXECUTE format('ALTER ROLE %I NOLOGIN', p_username);
+        LOOP
+            PERFORM pg_stat_clear_snapshot();
+            PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = p_username;
+            PERFORM pg_stat_clear_snapshot();
+            SELECT count(*) INTO remaining FROM pg_stat_activity WHERE usename = p_username;
+            EXIT WHEN remaining = 0 OR clock_timestamp() > deadline;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+        IF remaining > 0 THEN
+            RETURN remaining;  -- the caller retries; the user is locked meanwhile
+        END IF;
+        EXECUTE format('GRANT %I TO {OWNER}', p_username);
+        EXECUTE format('REASSIGN OWNED BY %I TO {OWNER}', p_username);
+        EXECUTE format('DROP OWNED BY %I', p_username);
+        EXECUTE format('DROP ROLE %I', p_username);
+    END IF;
+    DELETE FROM {SCHEMA}.managed_users WHERE username = p_username;
+    RETURN 0;
+END
+$fn$""",
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.managed_users()
+RETURNS SETOF text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT username FROM {SCHEMA}.managed_users
+    UNION
+    SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, {_lit(prefix)})
+$fn$""",
+    ]
+    signatures = [
+        "create_user(text, text, timestamptz, text, integer, boolean, integer, boolean)",
+        "renew_user(text, timestamptz)",
+        "revoke_user(text)",
+        "managed_users()",
+    ]
+    for signature in signatures:
+        statements += [
+            f"ALTER FUNCTION {SCHEMA}.{signature} OWNER TO {_id(OWNER)}",
+            f"REVOKE ALL ON FUNCTION {SCHEMA}.{signature} FROM PUBLIC",
+            f"GRANT EXECUTE ON FUNCTION {SCHEMA}.{signature} TO {_id(provisioner)}",
+        ]
+    return statements
+
+
+def _create_role_if_missing(name: str, options: str) -> str:
+    return (
+        "DO $do$ BEGIN "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_lit(name)}) THEN "
+        f"CREATE ROLE {_id(name)} {options}; END IF; END $do$"
+    )
+
+
+def render(target_name: str, target: TargetSection) -> str:
+    """The SQL as a script a DBA can read, review and run with psql."""
+    head = (
+        f"-- dbaccess bootstrap for target '{target_name}' (database {target.database}).\n"
+        "-- Run once as a superuser in that database. Then set the provisioner's password\n"
+        f"-- with \\password {target.provisioner.user} (or use: dbaccess-broker bootstrap "
+        f"{target_name} --apply).\n"
+    )
+    return head + "".join(f"\n{statement};\n" for statement in bootstrap_sql(target))
+
+
+def apply(target: TargetSection, admin: psycopg.Connection[tuple[object, ...]],
+          provisioner_password: str) -> None:
+    """Run the bootstrap through ``admin`` (a superuser connection to the target database)
+    and give the provisioner its password, sent only as a SCRAM verifier."""
+    password = provisioner_password
+    with admin.transaction():
+        for statement in bootstrap_sql(target):
+            admin.execute(statement.encode())
+        verifier = admin.pgconn.encrypt_password(
+            password.encode(), target.provisioner.user.encode(), b"scram-sha-256"
+        )
+        admin.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(target.provisioner.user), sql.Literal(verifier.decode())
+            )
+        )
