@@ -42,6 +42,14 @@ class SessionCreate(_Wire):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class SessionRenew(_Wire):
+    """``POST /v1/sessions/{id}/renew`` body: the session should last until now + this."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duration_seconds: int | None = Field(default=None, gt=0)
+
+
 class SessionInfo(_Wire):
     """A session as listed: never carries the password."""
 

@@ -17,7 +17,14 @@ from dbaccess.broker.reaper import Reaper
 from dbaccess.broker.sessions import ApiError, SessionService
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Store
-from dbaccess.models import Identity, PublicConfig, SessionCreate, SessionGranted, SessionInfo
+from dbaccess.models import (
+    Identity,
+    PublicConfig,
+    SessionCreate,
+    SessionGranted,
+    SessionInfo,
+    SessionRenew,
+)
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -56,8 +63,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
-            for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
         ]
         return _error(422, "invalid_request", "; ".join(parts))
 
@@ -65,8 +71,7 @@ def create_app(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     ) -> Principal:
         if credentials is None:
-            raise ApiError(401, "not_logged_in", "this call needs a bearer token",
-                           "dbaccess login")
+            raise ApiError(401, "not_logged_in", "this call needs a bearer token", "dbaccess login")
         try:
             return verifier.verify(credentials.credentials)
         except InvalidToken as exc:
@@ -79,37 +84,49 @@ def create_app(
     @app.get("/v1/config", response_model=PublicConfig)
     def public_config() -> PublicConfig:
         return PublicConfig(
-            issuer=settings.identity.issuer, client_id=settings.identity.client_id,
-            scopes=settings.identity.scopes, kind=settings.identity.kind,
+            issuer=settings.identity.issuer,
+            client_id=settings.identity.client_id,
+            scopes=settings.identity.scopes,
+            kind=settings.identity.kind,
             broker_version=__version__,
         )
 
     @app.get("/v1/me", response_model=Identity)
     def me(who: Principal = Depends(principal)) -> Identity:  # noqa: B008
-        return Identity(subject=who.subject, email=who.email, name=who.name,
-                        groups=sorted(who.groups))
+        return Identity(
+            subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups)
+        )
 
     @app.post("/v1/sessions", status_code=201)
-    def create_session(body: SessionCreate, request: Request,
-                       who: Principal = Depends(principal)) -> JSONResponse:  # noqa: B008
+    def create_session(
+        body: SessionCreate, request: Request, who: Principal = Depends(principal)
+    ) -> JSONResponse:  # noqa: B008
         source = request.client.host if request.client else None
         granted: SessionGranted = service.create(who, body, source)
         # Serialised by hand so the password is revealed only in this response body.
-        return JSONResponse(granted.model_dump(mode="json"), status_code=201,
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            granted.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"}
+        )
 
     @app.get("/v1/sessions", response_model=list[SessionInfo])
     def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:  # noqa: B008
         return service.list_for(who)
 
+    @app.post("/v1/sessions/{session_id}/renew", response_model=SessionInfo)
+    def renew_session(
+        session_id: str, body: SessionRenew, request: Request, who: Principal = Depends(principal)
+    ) -> SessionInfo:  # noqa: B008
+        source = request.client.host if request.client else None
+        return service.renew_for(who, session_id, body, source)
+
     @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)
-    def revoke_session(session_id: str,
-                       who: Principal = Depends(principal)) -> SessionInfo:  # noqa: B008
+    def revoke_session(session_id: str, who: Principal = Depends(principal)) -> SessionInfo:  # noqa: B008
         return service.revoke_for(who, session_id)
 
     return app
 
 
 def _error(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "hint": hint}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "hint": hint}}, status_code=status
+    )

@@ -17,7 +17,8 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import AccessRequest, decide
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Lease, Store
-from dbaccess.models import SessionCreate, SessionGranted, SessionInfo
+from dbaccess.durations import format_duration
+from dbaccess.models import SessionCreate, SessionGranted, SessionInfo, SessionRenew
 
 log = logging.getLogger("dbaccess.broker")
 
@@ -101,11 +102,44 @@ class SessionService:
     def list_for(self, principal: Principal) -> list[SessionInfo]:
         return [_info(lease) for lease in self.store.sessions_of(principal.subject)]
 
-    def revoke_for(self, principal: Principal, lease_id: str) -> SessionInfo:
+    def _own(self, principal: Principal, lease_id: str) -> Lease:
         lease = self.store.get(lease_id)
         if lease is None or lease.subject != principal.subject:
             raise ApiError(404, "not_found", f"no session {lease_id} of yours",
                            "dbaccess sessions lists your sessions")
+        return lease
+
+    def renew_for(self, principal: Principal, lease_id: str, body: SessionRenew,
+                  source: str | None = None) -> SessionInfo:
+        """Move the expiry to now + duration, as long as the whole session stays within
+        the maximum of a rule that (still) grants it."""
+        lease = self._own(principal, lease_id)
+        now = self.clock()
+        if lease.state != "active" or lease.expires_at <= now:
+            raise ApiError(409, "not_active", f"session {lease_id} is {lease.state}",
+                           "start a new one with dbaccess connect")
+        wanted = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
+        extension = wanted or (lease.expires_at - lease.created_at)
+        expires_at = (now + extension).replace(microsecond=0)
+        total = expires_at - lease.created_at
+        decision = decide(principal, AccessRequest(lease.target, lease.role, total,
+                                                   lease.reason), self.settings.rules)
+        if not decision.allowed:
+            self.store.record(now, "session.renew_denied", principal.subject, {
+                "db_user": lease.db_user, "target": lease.target, "requested_until": expires_at,
+                "explanation": decision.explanation, "source": source,
+            }, lease_id)
+            raise ApiError(403, "denied",
+                           f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
+                           f"{format_duration(total)} long: {decision.explanation}")
+        try:
+            self.engines[lease.target].renew_user(lease.db_user, expires_at)
+        except EngineError as exc:
+            raise ApiError(502, "database_error", str(exc)) from None
+        return _info(self.store.renew(lease_id, now, expires_at, principal.subject))
+
+    def revoke_for(self, principal: Principal, lease_id: str) -> SessionInfo:
+        self._own(principal, lease_id)
         marked = self.store.begin_revoke(lease_id, self.clock(), "user", principal.subject)
         if marked is not None:
             self.revoke(marked)

@@ -194,6 +194,22 @@ class Store:
         assert lease is not None
         return lease
 
+    def renew(self, lease_id: str, now: datetime, expires_at: datetime, actor: str) -> Lease:
+        with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id, leases.c.state == "active")
+                .values(expires_at=expires_at)
+            )
+            self._append_audit(conn, now, "session.renewed", actor, lease_id, {
+                "db_user": row.db_user, "target": row.target, "previous_expiry": row.expires_at,
+                "expires_at": expires_at,
+            })
+        lease = self.get(lease_id)
+        assert lease is not None
+        return lease
+
     def begin_revoke(self, lease_id: str, now: datetime, cause: str,
                      actor: str | None = None) -> Lease | None:
         """Mark a live lease for revocation now; returns None if it is not live."""
