@@ -44,7 +44,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        reaper = Reaper(service, settings.broker.reaper_interval.total_seconds())
+        reaper = Reaper(
+            service,
+            settings.broker.reaper_interval.total_seconds(),
+            settings.broker.reconcile_interval.total_seconds(),
+        )
         if run_reaper:
             reaper.start()
         try:
@@ -68,7 +72,7 @@ def create_app(
         return _error(422, "invalid_request", "; ".join(parts))
 
     def principal(
-        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Principal:
         if credentials is None:
             raise ApiError(401, "not_logged_in", "this call needs a bearer token", "dbaccess login")
@@ -92,7 +96,7 @@ def create_app(
         )
 
     @app.get("/v1/me", response_model=Identity)
-    def me(who: Principal = Depends(principal)) -> Identity:  # noqa: B008
+    def me(who: Principal = Depends(principal)) -> Identity:
         return Identity(
             subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups)
         )
@@ -100,7 +104,7 @@ def create_app(
     @app.post("/v1/sessions", status_code=201)
     def create_session(
         body: SessionCreate, request: Request, who: Principal = Depends(principal)
-    ) -> JSONResponse:  # noqa: B008
+    ) -> JSONResponse:
         source = request.client.host if request.client else None
         granted: SessionGranted = service.create(who, body, source)
         # Serialised by hand so the password is revealed only in this response body.
@@ -109,18 +113,18 @@ def create_app(
         )
 
     @app.get("/v1/sessions", response_model=list[SessionInfo])
-    def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:  # noqa: B008
+    def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:
         return service.list_for(who)
 
     @app.post("/v1/sessions/{session_id}/renew", response_model=SessionInfo)
     def renew_session(
         session_id: str, body: SessionRenew, request: Request, who: Principal = Depends(principal)
-    ) -> SessionInfo:  # noqa: B008
+    ) -> SessionInfo:
         source = request.client.host if request.client else None
         return service.renew_for(who, session_id, body, source)
 
     @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)
-    def revoke_session(session_id: str, who: Principal = Depends(principal)) -> SessionInfo:  # noqa: B008
+    def revoke_session(session_id: str, who: Principal = Depends(principal)) -> SessionInfo:
         return service.revoke_for(who, session_id)
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from dbaccess.broker.sessions import SessionService
 
@@ -11,9 +12,12 @@ log = logging.getLogger("dbaccess.broker.reaper")
 
 
 class Reaper:
-    def __init__(self, service: SessionService, interval: float) -> None:
+    def __init__(self, service: SessionService, interval: float,
+                 reconcile_interval: float) -> None:
         self._service = service
         self._interval = interval
+        self._reconcile_interval = reconcile_interval
+        self._next_reconcile = 0.0  # at start-up, then every reconcile_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dbaccess-reaper", daemon=True)
 
@@ -30,6 +34,9 @@ class Reaper:
                 # Drain in batches so a storm of expiries is handled without a long pause.
                 while self._service.reap(limit=100) == 100 and not self._stop.is_set():
                     pass
+                if time.monotonic() >= self._next_reconcile:
+                    self._service.reconcile()
+                    self._next_reconcile = time.monotonic() + self._reconcile_interval
             except Exception:  # never let one bad pass kill the clock
                 log.exception("reaper pass failed")
             self._stop.wait(self._interval)

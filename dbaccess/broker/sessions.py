@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from dbaccess.broker.engines import Engine, EngineError, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
+from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import AccessRequest, decide
 from dbaccess.broker.settings import Settings
@@ -83,6 +84,7 @@ class SessionService:
             role=body.role, engine=target.engine, db_user=username, rule=decision.rule,
             reason=body.reason, expires_at=expires_at, source=source,
         )
+        failpoint("issue.after_lease")
         password = make_password()
         try:
             engine.create_user(NewUser(username, password, template, expires_at))
@@ -92,6 +94,7 @@ class SessionService:
             log.warning("creating %s (lease %s) failed: %s", username, lease.id, exc)
             raise ApiError(502, "database_error", str(exc),
                            "the target database refused the request; try again later") from None
+        failpoint("issue.after_create")
         lease = self.store.activate(lease.id, self.clock())
         return SessionGranted(
             **_info(lease).model_dump(),
@@ -149,6 +152,7 @@ class SessionService:
 
     def revoke(self, lease: Lease) -> bool:
         """Drop the lease's user now; on failure schedule a retry with backoff."""
+        failpoint("revoke.after_mark")
         try:
             self.engines[lease.target].revoke_user(lease.db_user)
         except (EngineError, KeyError) as exc:
@@ -157,20 +161,51 @@ class SessionService:
             self.store.revoke_failed(lease.id, now, str(exc), now + delay)
             log.warning("revoking %s (lease %s) failed: %s", lease.db_user, lease.id, exc)
             return False
+        failpoint("revoke.after_drop")
         self.store.finish_revoke(lease.id, self.clock())
         return True
 
     def reap(self, limit: int = 100) -> int:
         """Revoke every due lease (expired, or a retry whose time has come)."""
         done = 0
-        for lease in self.store.due(self.clock(), limit):
+        now = self.clock()
+        stale = now - self.settings.broker.creation_timeout
+        for lease in self.store.due(now, stale, limit):
             if lease.state != "revoking":
-                marked = self.store.begin_revoke(lease.id, self.clock(), "expired")
+                cause = "expired" if lease.expires_at <= now else "creation_interrupted"
+                marked = self.store.begin_revoke(lease.id, self.clock(), cause)
                 if marked is None:
                     continue
                 lease = marked
             done += self.revoke(lease)
         return done
+
+
+    def reconcile(self) -> int:
+        """Revoke managed users that have no live lease (e.g. made by a crashed broker).
+
+        Users are listed before leases are read: a user is created only after its lease
+        is written, so any listed user whose lease is live shows up in the second read.
+        """
+        revoked = 0
+        for name, engine in self.engines.items():
+            try:
+                present = engine.list_managed_users()
+            except EngineError as exc:
+                log.warning("reconciling target %s failed: %s", name, exc)
+                continue
+            live = self.store.live_users(name)
+            for username in sorted(set(present) - live):
+                try:
+                    engine.revoke_user(username)
+                except EngineError as exc:
+                    log.warning("reconciler could not drop %s on %s: %s", username, name, exc)
+                    continue
+                self.store.record(self.clock(), "reconcile.revoked", None,
+                                  {"target": name, "db_user": username,
+                                   "cause": "managed user without a live lease"})
+                revoked += 1
+        return revoked
 
 
 def _info(lease: Lease) -> SessionInfo:

@@ -53,6 +53,10 @@ class _Section(BaseModel):
 class BrokerSection(_Section):
     store: str = "sqlite:///broker.db"
     reaper_interval: Duration = timedelta(seconds=5)
+    # How often every target is checked for managed users without a live lease.
+    reconcile_interval: Duration = timedelta(minutes=1)
+    # A lease still "creating" after this long belongs to an interrupted request: revoke it.
+    creation_timeout: Duration = timedelta(minutes=1)
     # Public base URL the CLI uses; informational for now.
     public_url: str | None = None
 

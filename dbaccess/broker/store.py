@@ -267,9 +267,23 @@ class Store:
             rows = conn.execute(query.order_by(leases.c.created_at)).all()
         return [Lease(**row._mapping) for row in rows]
 
-    def due(self, now: datetime, limit: int = 100) -> list[Lease]:
-        """Leases to revoke now: live and expired, or marked for revocation and due a retry."""
-        expired = sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now)
+    def live_users(self, target: str) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(leases.c.db_user).where(
+                    leases.c.target == target, leases.c.state.in_(LIVE_STATES)
+                )
+            ).all()
+        return {str(row[0]) for row in rows}
+
+    def due(self, now: datetime, stale_before: datetime, limit: int = 100) -> list[Lease]:
+        """Leases to revoke now: expired; still ``creating`` since before ``stale_before``
+        (the broker died mid-issue, so nobody holds the password); or marked for
+        revocation and due a retry."""
+        expired = sa.or_(
+            sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now),
+            sa.and_(leases.c.state == "creating", leases.c.created_at <= stale_before),
+        )
         retry = sa.and_(
             leases.c.state == "revoking",
             sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),

@@ -251,3 +251,17 @@ def _text_of(html: str) -> str:
     parser = _Text()
     parser.feed(html)
     return " ".join(" ".join(parser.parts).split())
+
+
+def device_tokens(idp: OidcProvider, login: str,
+                  scope: str = "openid email profile groups") -> dict[str, str]:
+    """Tokens for ``login`` through the whole device flow, approved as a person would."""
+    code = httpx.post(idp.issuer + "/device/auth",
+                      data={"client_id": idp.client_id, "scope": scope}).json()
+    approve_device_code(code["verification_uri_complete"], login)
+    tokens = httpx.post(idp.issuer + "/token", data={
+        "client_id": idp.client_id, "device_code": code["device_code"],
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code"}).json()
+    if "id_token" not in tokens:
+        raise ServiceError(f"the provider issued no ID token: {tokens}")
+    return {str(k): str(v) for k, v in tokens.items()}

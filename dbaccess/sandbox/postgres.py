@@ -90,6 +90,10 @@ class PostgresServer:
                 "logging_collector = off\nlog_destination = 'stderr'\nlog_connections = on\n"
             )
         hand_over(self.data_dir, self._user)
+        self.resume(timeout)
+
+    def resume(self, timeout: float = 60) -> None:
+        """Start the server again on its existing data directory (after ``stop``)."""
         postgres = find_binary("postgres", PG_BIN_GLOB + "postgres")
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(

@@ -29,6 +29,8 @@ BROKER_TOML = """\
 [broker]
 store = "sqlite:///broker.db"
 reaper_interval = "{reaper_interval}"
+reconcile_interval = "{reconcile_interval}"
+creation_timeout = "{creation_timeout}"
 
 [identity]
 issuer = "{issuer}"
@@ -85,6 +87,8 @@ DEMO_SQL = [
 class Stack:
     workdir: Path
     reaper_interval: str = "1s"
+    reconcile_interval: str = "1m"
+    creation_timeout: str = "1m"
     max_duration: str = "1h"
     postgres: PostgresServer = field(init=False)
     idp: OidcProvider = field(init=False)
@@ -118,20 +122,13 @@ class Stack:
             self.idp.start()
             self._write_broker_config()
             self._create_demo_database()
-            self._start_broker()
+            self.start_broker()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        if self._broker is not None:
-            self._broker.terminate()
-            try:
-                self._broker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._broker.kill()
-                self._broker.wait()
-            self._broker = None
+        self.stop_broker()
         self.idp.stop()
         self.postgres.stop()
 
@@ -174,6 +171,8 @@ class Stack:
         self.broker_config.write_text(
             BROKER_TOML.format(
                 reaper_interval=self.reaper_interval,
+                reconcile_interval=self.reconcile_interval,
+                creation_timeout=self.creation_timeout,
                 issuer=self.idp.issuer,
                 client_id=self.idp.client_id,
                 pg_port=self.postgres.port,
@@ -183,9 +182,33 @@ class Stack:
             )
         )
 
-    def _start_broker(self) -> None:
+    def stop_broker(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        broker.terminate()
+        try:
+            broker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+
+    def wait_broker_exit(self, timeout: float = 30) -> int:
+        """Wait for the broker process to end by itself (e.g. at a fail point)."""
+        assert self._broker is not None
+        code = self._broker.wait(timeout=timeout)
+        self._broker = None
+        return code
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.broker_config.parent / 'broker.db'}"
+
+    def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``dbaccess-broker serve`` on this stack's config and wait until healthy."""
         directory = self.broker_config.parent
         env = dict(os.environ)
+        env.update(extra_env or {})
         env[PROVISIONER_ENV] = self.provisioner_password
         log = self.broker_log.open("ab")
         self._broker = subprocess.Popen(
@@ -215,3 +238,11 @@ class Stack:
                 return False
 
         wait_until(healthy, timeout=30, what="the broker")
+
+    def managed_users(self) -> list[str]:
+        """Session users that exist in the demo database right now."""
+        with self.postgres.connect() as admin:
+            rows = admin.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'dba_') ORDER BY 1"
+            ).fetchall()
+        return [str(row[0]) for row in rows]

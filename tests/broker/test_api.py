@@ -5,41 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from dbaccess.broker.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store
-from dbaccess.sandbox.idp import approve_device_code
+from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-def id_token_for(stack: Stack, login: str) -> str:
-    idp = stack.idp
-    code = httpx.post(
-        idp.issuer + "/device/auth",
-        data={"client_id": idp.client_id, "scope": "openid email profile groups"},
-    ).json()
-    approve_device_code(code["verification_uri_complete"], login)
-    tokens = httpx.post(
-        idp.issuer + "/token",
-        data={
-            "client_id": idp.client_id,
-            "grant_type": DEVICE_GRANT,
-            "device_code": code["device_code"],
-        },
-    ).json()
-    return str(tokens["id_token"])
 
 
 @pytest.fixture(scope="module")
 def tokens(stack: Stack) -> dict[str, str]:
-    return {name: id_token_for(stack, name) for name in ("alice", "bob", "mallory")}
+    return {name: device_tokens(stack.idp, name)["id_token"]
+            for name in ("alice", "bob", "mallory")}
 
 
 @pytest.fixture
