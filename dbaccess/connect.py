@@ -17,7 +17,7 @@ import httpx
 from dbaccess.auth.login import bearer_token
 from dbaccess.client import BrokerClient
 from dbaccess.errors import DbaccessError, UsageError
-from dbaccess.launch import psql
+from dbaccess.launch import mysql, psql
 from dbaccess.launch.child import (
     child_environment,
     cleanup_on_signals,
@@ -61,12 +61,9 @@ def connect(
         ))
         directory: SessionDir | None = None
         try:
-            if granted.engine != "postgres":
-                raise UsageError(f"engine '{granted.engine}' is not supported by this client yet")
             directory = SessionDir.create(granted.id, broker=request.broker,
                                           profile=request.profile)
-            argv, env = psql.prepare(granted, directory, psql.find_psql(),
-                                     list(request.client_args))
+            argv, env = prepare_client(granted, directory, list(request.client_args))
             on_granted(granted)
             return run_child(argv, child_environment(env, granted.id))
         finally:
@@ -84,6 +81,17 @@ def connect(
                 if state != "revoked":
                     on_warning(f"the broker could not drop {granted.db_user} yet; it keeps "
                                f"retrying, and the user expires at {until}")
+
+
+def prepare_client(granted: SessionGranted, directory: SessionDir,
+                   args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The native client for the session's engine, with its credential file written."""
+    if granted.engine == "postgres":
+        return psql.prepare(granted, directory, psql.find_psql(), args)
+    if granted.engine == "mariadb":
+        return mysql.prepare(granted, directory, mysql.find_mysql(), args)
+    raise UsageError(f"engine '{granted.engine}' is not supported by this version of dbaccess",
+                     hint="upgrade dbaccess")
 
 
 def sweep_stale_sessions(api: BrokerClient, broker: str,

@@ -70,9 +70,8 @@ def secret_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretS
 
 
 @pytest.fixture(scope="session")
-def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
-    with MariaDBServer(tmp_path_factory.mktemp("mariadb")) as server:
-        yield server
+def mariadb(stack: Stack) -> MariaDBServer:
+    return stack.mariadb
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import DbaccessError
 
 app = typer.Typer(
@@ -81,31 +82,63 @@ def bootstrap(
             f"{config}: there is no target '{target}'",
             hint=f"targets: {', '.join(sorted(settings.targets))}",
         )
-    from dbaccess.broker.engines import postgres_bootstrap
+    from dbaccess.broker.engines import mariadb_bootstrap, postgres_bootstrap
 
+    module = postgres_bootstrap if section.engine == "postgres" else mariadb_bootstrap
     if not apply:
-        typer.echo(postgres_bootstrap.render(target, section), nl=False)
+        typer.echo(module.render(target, section), nl=False)
         return
     dsn = os.environ.get("DBACCESS_ADMIN_DSN")
     if not dsn:
         raise ConfigError(
             "--apply needs an admin connection string in DBACCESS_ADMIN_DSN",
-            hint="export DBACCESS_ADMIN_DSN='host=... dbname=... user=postgres'",
+            hint="export DBACCESS_ADMIN_DSN='host=... user=postgres' (PostgreSQL) or "
+            "'mariadb://root:...@host:3306' (MariaDB)",
         )
-    import psycopg
-
     password = section.provisioner.ensure_password()
-    try:
-        with psycopg.connect(dsn, dbname=section.database, autocommit=True) as admin:
-            postgres_bootstrap.apply(section, admin, password)
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(f"bootstrap of '{target}' failed: {first}") from None
+    if section.engine == "postgres":
+        import psycopg
+
+        try:
+            with psycopg.connect(dsn, dbname=section.database, autocommit=True) as admin:
+                postgres_bootstrap.apply(section, admin, password)
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DatabaseError(f"bootstrap of '{target}' failed: {first}") from None
+    else:
+        _apply_mariadb(target, section, dsn, password)
     typer.echo(
         f"bootstrapped target '{target}': provisioner {section.provisioner.user} "
         "can now only call the dbaccess.* functions",
         err=True,
     )
+
+
+def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    import pymysql
+
+    from dbaccess.broker.engines import mariadb_bootstrap
+    from dbaccess.errors import DatabaseError
+
+    url = urlsplit(dsn)
+    try:
+        admin = pymysql.connect(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 3306,
+            user=unquote(url.username or "root"),
+            password=unquote(url.password or ""),
+            autocommit=True,
+        )
+    except pymysql.err.Error as exc:
+        raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
+    try:
+        mariadb_bootstrap.apply(section, admin, password)
+    except pymysql.err.Error as exc:
+        raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
+    finally:
+        admin.close()
 
 
 def main() -> None:

@@ -148,7 +148,7 @@ class RoleTemplate(_Section):
 
 
 class TargetSection(_Section):
-    engine: Literal["postgres"]
+    engine: Literal["postgres", "mariadb"]
     host: str
     port: int = Field(ge=1, le=65535)
     database: str

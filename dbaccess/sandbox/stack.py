@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from dbaccess.broker.engines import mariadb_bootstrap as maria_bootstrap
 from dbaccess.broker.engines import postgres_bootstrap as bootstrap
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
+from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
 from dbaccess.sandbox.processes import ServiceError, free_port, wait_until
 
@@ -54,17 +56,31 @@ statement_timeout = "5m"
 [targets.demo.roles.readwrite]
 group_role = "dbaccess_readwrite"
 
+[targets.shop]
+engine = "mariadb"
+host = "127.0.0.1"
+port = {maria_port}
+database = "shop"
+provisioner = {{ user = "{provisioner}", password_env = "{provisioner_env}" }}
+
+[targets.shop.roles.readonly]
+group_role = "dbaccess_readonly"
+statement_timeout = "5m"
+
+[targets.shop.roles.readwrite]
+group_role = "dbaccess_readwrite"
+
 [[rules]]
 name = "dev-readonly"
 groups = ["dev"]
-targets = ["demo"]
+targets = ["demo", "shop"]
 roles = ["readonly"]
 max_duration = "{max_duration}"
 
 [[rules]]
 name = "dba-readwrite"
 groups = ["dba"]
-targets = ["demo"]
+targets = ["demo", "shop"]
 roles = ["readonly", "readwrite"]
 max_duration = "8h"
 require_reason = true
@@ -82,6 +98,15 @@ DEMO_SQL = [
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readwrite",
 ]
 
+SHOP_SQL = [
+    "CREATE DATABASE shop",
+    "CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(80) NOT NULL,"
+    " total DECIMAL(10, 2) NOT NULL)",
+    "INSERT INTO shop.orders (customer, total) VALUES ('ada', 42.00), ('grace', 17.50)",
+    "GRANT SELECT ON shop.* TO dbaccess_readonly",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON shop.* TO dbaccess_readwrite",
+]
+
 
 @dataclass
 class Stack:
@@ -91,6 +116,7 @@ class Stack:
     creation_timeout: str = "1m"
     max_duration: str = "1h"
     postgres: PostgresServer = field(init=False)
+    mariadb: MariaDBServer = field(init=False)
     idp: OidcProvider = field(init=False)
     broker_port: int = field(init=False)
     _broker: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -101,6 +127,7 @@ class Stack:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.postgres = PostgresServer(self.workdir / "postgres")
+        self.mariadb = MariaDBServer(self.workdir / "mariadb")
         self.idp = OidcProvider(self.workdir / "idp")
         self.broker_port = free_port()
 
@@ -119,9 +146,11 @@ class Stack:
     def start(self) -> None:
         try:
             self.postgres.start()
+            self.mariadb.start()
             self.idp.start()
             self._write_broker_config()
             self._create_demo_database()
+            self._create_shop_database()
             self.start_broker()
         except BaseException:
             self.stop()
@@ -130,6 +159,7 @@ class Stack:
     def stop(self) -> None:
         self.stop_broker()
         self.idp.stop()
+        self.mariadb.stop()
         self.postgres.stop()
 
     def __enter__(self) -> Stack:
@@ -166,6 +196,18 @@ class Stack:
             for statement in DEMO_SQL:
                 demo.execute(statement)
 
+    def _create_shop_database(self) -> None:
+        """The same on MariaDB: bootstrap, then the grants of the group roles."""
+        target = load_settings(self.broker_config).targets["shop"]
+        admin = self.mariadb.connect()
+        try:
+            maria_bootstrap.apply(target, admin, self.provisioner_password)
+            with admin.cursor() as cur:
+                for statement in SHOP_SQL:
+                    cur.execute(statement)
+        finally:
+            admin.close()
+
     def _write_broker_config(self) -> None:
         self.broker_config.parent.mkdir(parents=True, exist_ok=True)
         self.broker_config.write_text(
@@ -176,6 +218,7 @@ class Stack:
                 issuer=self.idp.issuer,
                 client_id=self.idp.client_id,
                 pg_port=self.postgres.port,
+                maria_port=self.mariadb.port,
                 provisioner=PROVISIONER,
                 provisioner_env=PROVISIONER_ENV,
                 max_duration=self.max_duration,

@@ -72,3 +72,31 @@ def test_unknown_target(stack: Stack, tmp_path: Path) -> None:
     result = broker("bootstrap", "prod", "--config", str(config_for(stack, tmp_path, "x")))
     assert result.returncode == 2
     assert "there is no target 'prod'" in result.stderr
+
+
+def test_apply_on_mariadb(stack: Stack, tmp_path: Path) -> None:
+    import pymysql
+
+    text = stack.broker_config.read_text().replace(
+        'password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"',
+        'password_file = "secrets/provisioner.pw"').replace(
+        'user = "dbaccess_provisioner"', 'user = "probe_provisioner_m"')
+    config = tmp_path / "broker.toml"
+    config.write_text(text)
+    printed = broker("bootstrap", "shop", "--config", str(config))
+    assert printed.returncode == 0, printed.stderr
+    assert "SQL SECURITY DEFINER" in printed.stdout and "DELIMITER //" in printed.stdout
+    maria = stack.mariadb
+    dsn = f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"
+    result = broker("bootstrap", "shop", "--config", str(config), "--apply",
+                    env={"DBACCESS_ADMIN_DSN": dsn})
+    assert result.returncode == 0, result.stderr
+    password = (tmp_path / "secrets" / "provisioner.pw").read_text().strip()
+    conn = maria.connect(user="probe_provisioner_m", password=password)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CALL dbaccess.managed_users()")
+            with pytest.raises(pymysql.err.OperationalError):
+                cur.execute("CREATE USER 'nope'@'%'")
+    finally:
+        conn.close()

@@ -12,6 +12,10 @@ def engine_for(name: str, target: TargetSection) -> Engine:
         from dbaccess.broker.engines.postgres import PostgresEngine
 
         return PostgresEngine(name, target)
+    if target.engine == "mariadb":
+        from dbaccess.broker.engines.mariadb import MariaDBEngine
+
+        return MariaDBEngine(name, target)
     raise ValueError(f"unknown engine {target.engine!r}")  # settings validation prevents this
 
 

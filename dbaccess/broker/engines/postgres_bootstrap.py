@@ -187,8 +187,9 @@ def render(target_name: str, target: TargetSection) -> str:
     return head + "".join(f"\n{statement};\n" for statement in bootstrap_sql(target))
 
 
-def apply(target: TargetSection, admin: psycopg.Connection[tuple[object, ...]],
-          provisioner_password: str) -> None:
+def apply(
+    target: TargetSection, admin: psycopg.Connection[tuple[object, ...]], provisioner_password: str
+) -> None:
     """Run the bootstrap through ``admin`` (a superuser connection to the target database)
     and give the provisioner its password, sent only as a SCRAM verifier."""
     password = provisioner_password

@@ -1,0 +1,104 @@
+"""MariaDB/MySQL engine: calls the bootstrap's SQL SECURITY DEFINER procedures only.
+
+Facts this module relies on (measured on MariaDB 10.11): the server gets a
+mysql_native_password hash, never the password; ``DROP USER`` leaves live sessions working,
+so ``dbaccess.revoke_user`` locks the account and kills its connections first; there is no
+account expiry, so the broker's reaper and the server's EVENT are the clocks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pymysql
+
+from dbaccess.broker.engines.base import EngineError, NewUser
+from dbaccess.broker.engines.mariadb_bootstrap import MAX_USERNAME, native_password_hash
+from dbaccess.broker.settings import TargetSection
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # DATETIME has no zone; the procedures compare with UTC_TIMESTAMP().
+    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+
+
+class MariaDBEngine:
+    max_username_length = MAX_USERNAME
+
+    def __init__(self, name: str, target: TargetSection) -> None:
+        self.name = name
+        self.target = target
+
+    def _connect(self) -> pymysql.connections.Connection:
+        try:
+            return pymysql.connect(
+                host=self.target.host,
+                port=self.target.port,
+                user=self.target.provisioner.user,
+                password=self.target.provisioner.read_password(),
+                connect_timeout=5,
+                autocommit=True,
+                program_name="dbaccess-broker",
+            )
+        except pymysql.err.Error as exc:
+            raise EngineError(f"cannot connect to target '{self.name}': {_message(exc)}") from None
+
+    def _call(
+        self, what: str, sql: str, args: tuple[object, ...], then: str | None = None
+    ) -> list[tuple[object, ...]]:
+        """Run ``sql`` (and ``then``, on the same connection); return the last result."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                if then is not None:
+                    cur.execute(then)
+                return list(cur.fetchall())
+        except pymysql.err.Error as exc:
+            raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}") from None
+        finally:
+            conn.close()
+
+    def create_user(self, user: NewUser) -> None:
+        timeout = user.role.statement_timeout
+        self._call(
+            f"creating {user.username}",
+            "CALL dbaccess.create_user(%s, %s, %s, %s, %s, %s)",
+            (
+                user.username,
+                native_password_hash(user.password),
+                user.role.group_role,
+                _naive_utc(user.expires_at),
+                user.role.connection_limit,
+                timeout.total_seconds() if timeout else None,
+            ),
+        )
+
+    def renew_user(self, username: str, expires_at: datetime) -> None:
+        self._call(
+            f"renewing {username}",
+            "CALL dbaccess.renew_user(%s, %s)",
+            (username, _naive_utc(expires_at)),
+        )
+
+    def revoke_user(self, username: str) -> None:
+        rows = self._call(
+            f"revoking {username}",
+            "CALL dbaccess.revoke_user(%s, @dbaccess_remaining)",
+            (username,),
+            then="SELECT @dbaccess_remaining",
+        )
+        remaining = int(str(rows[0][0])) if rows and rows[0][0] is not None else 0
+        if remaining:
+            raise EngineError(f"{remaining} session(s) of {username} did not end yet")
+
+    def list_managed_users(self) -> list[str]:
+        rows = self._call("listing users", "CALL dbaccess.managed_users()", ())
+        return sorted(str(row[0]) for row in rows)
+
+
+def _message(exc: BaseException) -> str:
+    """PyMySQL errors are (code, message); show the message."""
+    if len(exc.args) >= 2:
+        return str(exc.args[1])
+    return str(exc) or type(exc).__name__

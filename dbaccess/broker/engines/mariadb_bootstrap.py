@@ -1,0 +1,230 @@
+"""One-time MariaDB/MySQL set-up that keeps the broker's own credential powerless.
+
+Measured on MariaDB 10.11: ``CREATE USER`` alone is enough to change root's password, and
+``SET DEFAULT ROLE ... FOR`` another account needs root-level rights. So the broker's
+provisioner may only EXECUTE four ``SQL SECURITY DEFINER`` procedures; their definer is a
+locked account (``dbaccess_owner@localhost``, no login possible) that holds the rights, and
+each procedure validates its arguments first: the managed prefix, an allow-list of roles,
+a bounded expiry, a password *hash* (never a password). Only accounts recorded in
+``dbaccess.managed_users`` — created by these procedures — can be renewed or revoked.
+
+MariaDB has no account expiry, so ``managed_users.expires_at`` plus an EVENT that runs
+every few seconds is the server's own clock, a second one next to the broker's reaper.
+"""
+
+from __future__ import annotations
+
+from dbaccess.broker.settings import TargetSection
+
+SCHEMA = "dbaccess"
+OWNER = "'dbaccess_owner'@'localhost'"
+MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
+HASH_PATTERN = r"^\*[0-9A-F]{40}$"
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _exec(expression: str) -> str:
+    return (
+        f"SET @dbaccess_sql = {expression}; PREPARE dbaccess_stmt FROM @dbaccess_sql; "
+        "EXECUTE dbaccess_stmt; DEALLOCATE PREPARE dbaccess_stmt;"
+    )
+
+
+def bootstrap_sql(target: TargetSection) -> list[str]:
+    """Statements to run, in order, as an administrator (e.g. root)."""
+    prefix = target.username_prefix
+    room = MAX_USERNAME - len(prefix)
+    name_pattern = "^" + prefix + "[a-z0-9_]{1," + str(room) + "}$"
+    max_seconds = int(target.max_lifetime.total_seconds())
+    groups = sorted({role.group_role for role in target.roles.values()})
+    allowed = ", ".join(_lit(g) for g in groups)
+    provisioner = f"{_lit(target.provisioner.user)}@'%'"
+    account = "CONCAT(QUOTE(p_user), '@''%''')"
+    like_prefix = _lit(prefix.replace("_", "\\_") + "%")  # LIKE treats _ as a wildcard
+    validate_name = (
+        f"IF p_user IS NULL OR p_user NOT REGEXP {_lit(name_pattern)} THEN "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not a managed user name'; END IF;"
+    )
+    validate_expiry = (
+        "IF p_expires IS NULL OR p_expires <= UTC_TIMESTAMP() "
+        f"OR p_expires > UTC_TIMESTAMP() + INTERVAL {max_seconds} SECOND THEN "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: expiry is out of bounds'; END IF;"
+    )
+    managed_only = (
+        f"IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess'; END IF;"
+    )
+    statements = [
+        f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
+        " username VARCHAR(80) NOT NULL PRIMARY KEY,"
+        " created_at DATETIME NOT NULL DEFAULT UTC_TIMESTAMP(),"
+        " expires_at DATETIME NOT NULL)",
+        f"CREATE USER IF NOT EXISTS {OWNER} ACCOUNT LOCK",
+        f"ALTER USER {OWNER} ACCOUNT LOCK",
+        # CREATE USER + CONNECTION ADMIN/PROCESS to see and kill sessions (without them
+        # KILL fails silently); UPDATE on mysql for SET DEFAULT ROLE ... FOR.
+        f"GRANT CREATE USER, PROCESS, CONNECTION ADMIN ON *.* TO {OWNER}",
+        f"GRANT SELECT, UPDATE ON mysql.* TO {OWNER}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE, EVENT, EXECUTE ON {SCHEMA}.* TO {OWNER}",
+    ]
+    for group in groups:
+        statements += [
+            f"CREATE ROLE IF NOT EXISTS {_ident(group)}",
+            f"GRANT {_ident(group)} TO {OWNER} WITH ADMIN OPTION",
+        ]
+    statements += [
+        f"CREATE USER IF NOT EXISTS {provisioner}",
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.create_user(
+    IN p_user VARCHAR(80), IN p_hash VARCHAR(41), IN p_role VARCHAR(80),
+    IN p_expires DATETIME, IN p_connections INT, IN p_statement_seconds DOUBLE)
+SQL SECURITY DEFINER
+BEGIN
+    {validate_name}
+    IF p_role IS NULL OR p_role NOT IN ({allowed}) THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not an allowed role';
+    END IF;
+    IF p_hash IS NULL OR p_hash NOT REGEXP BINARY {_lit(HASH_PATTERN)} THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: a password hash is required';
+    END IF;
+    {validate_expiry}
+    IF p_connections IS NULL OR p_connections NOT BETWEEN 1 AND 100 THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: connection limit out of range';
+    END IF;
+    IF p_statement_seconds IS NOT NULL AND p_statement_seconds NOT BETWEEN 0 AND 86400 THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: statement time out of range';
+    END IF;
+    -- DDL commits on its own here, so check first: registering an existing account
+    -- would let revoke_user drop an account dbaccess did not create.
+    IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: the account already exists';
+    END IF;
+    INSERT INTO {SCHEMA}.managed_users (username, expires_at) VALUES (p_user, p_expires);
+    {
+            _exec(
+                f"CONCAT('CREATE USER ', {account}, ' IDENTIFIED BY PASSWORD ', QUOTE(p_hash), "
+                "' WITH MAX_USER_CONNECTIONS ', p_connections, "
+                "IF(p_statement_seconds IS NULL, '', "
+                "CONCAT(' MAX_STATEMENT_TIME ', p_statement_seconds)))"
+            )
+        }
+    {_exec(f"CONCAT('GRANT `', p_role, '` TO ', {account})")}
+    {_exec(f"CONCAT('SET DEFAULT ROLE `', p_role, '` FOR ', {account})")}
+END""",
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.renew_user(
+    IN p_user VARCHAR(80), IN p_expires DATETIME)
+SQL SECURITY DEFINER
+BEGIN
+    {managed_only}
+    {validate_expiry}
+    UPDATE {SCHEMA}.managed_users SET expires_at = p_expires WHERE username = p_user;
+END""",
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.revoke_user(
+    IN p_user VARCHAR(80), OUT p_remaining INT)
+SQL SECURITY DEFINER
+BEGIN
+    DECLARE v_id BIGINT;
+    DECLARE v_tries INT DEFAULT 0;
+    SET p_remaining = 0;
+    IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN
+        IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
+            SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess';
+        END IF;
+    ELSE
+        IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user AND host = '%') THEN
+            -- Lock first: DROP USER alone would leave live sessions working.
+            {_exec(f"CONCAT('ALTER USER ', {account}, ' ACCOUNT LOCK')")}
+            kill_loop: LOOP
+                SELECT MIN(ID) INTO v_id FROM information_schema.PROCESSLIST
+                    WHERE USER = p_user AND ID <> CONNECTION_ID();
+                IF v_id IS NULL THEN LEAVE kill_loop; END IF;
+                SET v_tries = v_tries + 1;
+                IF v_tries > 500 THEN
+                    SELECT COUNT(*) INTO p_remaining FROM information_schema.PROCESSLIST
+                        WHERE USER = p_user;
+                    LEAVE kill_loop;
+                END IF;
+                BEGIN
+                    DECLARE CONTINUE HANDLER FOR SQLEXCEPTION BEGIN END;  -- already gone
+                    {_exec("CONCAT('KILL CONNECTION ', v_id)")}
+                END;
+                DO SLEEP(0.01);
+            END LOOP;
+            IF p_remaining = 0 THEN
+                {_exec(f"CONCAT('DROP USER ', {account})")}
+            END IF;
+        END IF;
+        IF p_remaining = 0 THEN
+            DELETE FROM {SCHEMA}.managed_users WHERE username = p_user;
+        END IF;
+    END IF;
+END""",
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.managed_users()
+SQL SECURITY DEFINER
+BEGIN
+    SELECT username FROM {SCHEMA}.managed_users
+    UNION
+    SELECT user FROM mysql.user WHERE user LIKE {like_prefix}
+        AND is_role = 'N';
+END""",
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.expire_due()
+SQL SECURITY DEFINER
+BEGIN
+    DECLARE v_user VARCHAR(80);
+    DECLARE v_remaining INT;
+    expire_loop: LOOP
+        SET v_user = NULL;
+        SELECT username INTO v_user FROM {SCHEMA}.managed_users
+            WHERE expires_at <= UTC_TIMESTAMP() ORDER BY expires_at LIMIT 1;
+        IF v_user IS NULL THEN LEAVE expire_loop; END IF;
+        CALL {SCHEMA}.revoke_user(v_user, v_remaining);
+        IF v_remaining > 0 THEN LEAVE expire_loop; END IF;
+    END LOOP;
+END""",
+        # The server's own clock: runs when event_scheduler=ON, harmless otherwise.
+        f"CREATE OR REPLACE DEFINER = {OWNER} EVENT {SCHEMA}.expire_due "
+        f"ON SCHEDULE EVERY 2 SECOND DO CALL {SCHEMA}.expire_due()",
+    ]
+    for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
+        statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
+    return statements
+
+
+def render(target_name: str, target: TargetSection) -> str:
+    head = (
+        f"-- dbaccess bootstrap for MariaDB target '{target_name}'.\n"
+        "-- Run once as an administrator (e.g. mariadb -u root < this-file). Then give the\n"
+        f"-- provisioner a password: ALTER USER '{target.provisioner.user}'@'%' IDENTIFIED BY"
+        " ...;\n-- (or use: dbaccess-broker bootstrap " + target_name + " --apply).\n"
+        "DELIMITER //\n"
+    )
+    return head + "".join(f"\n{s}//\n" for s in bootstrap_sql(target)) + "\nDELIMITER ;\n"
+
+
+def native_password_hash(password: str) -> str:
+    """MariaDB's mysql_native_password hash: ``*`` + upper hex of SHA1(SHA1(password))."""
+    import hashlib
+
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+
+
+def apply(target: TargetSection, admin: object, provisioner_password: str) -> None:
+    """Run the bootstrap through ``admin`` (a PyMySQL connection with root-level rights)
+    and give the provisioner its password, sent only as a hash."""
+    import pymysql
+
+    assert isinstance(admin, pymysql.connections.Connection)
+    with admin.cursor() as cur:
+        for statement in bootstrap_sql(target):
+            cur.execute(statement)
+        cur.execute(
+            "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s",
+            (target.provisioner.user, native_password_hash(provisioner_password)),
+        )
