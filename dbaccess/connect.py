@@ -36,6 +36,7 @@ class ConnectRequest:
     role: str
     duration: timedelta | None = None
     reason: str | None = None
+    ticket: str | None = None
     client_args: tuple[str, ...] = ()
 
 
@@ -57,6 +58,7 @@ def connect(
     with cleanup_on_signals():
         granted = api.create_session(SessionCreate(
             target=request.target, role=request.role, reason=request.reason,
+            ticket=request.ticket,
             duration_seconds=int(request.duration.total_seconds()) if request.duration else None,
         ))
         directory: SessionDir | None = None

@@ -40,6 +40,7 @@ class SessionCreate(_Wire):
     role: str = Field(min_length=1, max_length=64)
     duration_seconds: int | None = Field(default=None, gt=0)
     reason: str | None = Field(default=None, max_length=500)
+    ticket: str | None = Field(default=None, max_length=100)
 
 
 class SessionRenew(_Wire):

@@ -114,6 +114,55 @@ def bootstrap(
     )
 
 
+policy_app = typer.Typer(help="Inspect the access policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    user: Annotated[str, typer.Option("--user", help="Subject or email of the person.")],
+    target: Annotated[str, typer.Option("--target")],
+    role: Annotated[str, typer.Option("--role")],
+    groups: Annotated[
+        str, typer.Option("--groups", help="Comma-separated groups of the person.")
+    ] = "",
+    duration: Annotated[str | None, typer.Option("--duration", help="e.g. 30m")] = None,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    ticket: Annotated[str | None, typer.Option("--ticket")] = None,
+    config: ConfigOption = Path("broker.toml"),
+) -> None:
+    """Say whether a request would be granted, and by which rule (changes nothing)."""
+    from dbaccess.broker.identity import Principal
+    from dbaccess.broker.policy import AccessRequest, decide
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.durations import format_duration, parse_duration
+    from dbaccess.errors import UsageError
+
+    settings = load_settings(config)
+    try:
+        wanted = parse_duration(duration) if duration else None
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+    who = Principal(
+        subject=user,
+        email=user if "@" in user else None,
+        name=None,
+        groups=frozenset(g.strip() for g in groups.split(",") if g.strip()),
+    )
+    decision = decide(who, AccessRequest(target, role, wanted, reason, ticket), settings.rules)
+    verdict = "GRANT" if decision.allowed else "DENY"
+    typer.echo(f"{verdict}: {decision.explanation}")
+    typer.echo(f"rule: {decision.rule or '(none)'}")
+    if decision.duration is not None:
+        typer.echo(f"duration: {format_duration(decision.duration)}")
+    if decision.approvals_required:
+        typer.echo(
+            f"approvals: {decision.approvals_required} from {', '.join(decision.approver_groups)}"
+        )
+    if not decision.allowed:
+        raise typer.Exit(5)
+
+
 def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -> None:
     from urllib.parse import unquote, urlsplit
 

@@ -7,6 +7,7 @@ the first matching rule that allows the requested duration wins.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ class AccessRequest:
     role: str
     duration: timedelta | None = None
     reason: str | None = None
+    ticket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Decision:
     explanation: str
     rule: str | None = None
     duration: timedelta | None = None
+    approvals_required: int = 0
+    approver_groups: tuple[str, ...] = ()
 
 
 def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
@@ -65,5 +69,15 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         if rule.require_reason and not (request.reason and request.reason.strip()):
             reasons.append(f"rule '{rule.name}' requires a reason (--reason)")
             continue
-        return Decision(True, f"granted by rule '{rule.name}'", rule.name, duration)
+        if rule.ticket_pattern and not re.fullmatch(rule.ticket_pattern, request.ticket or ""):
+            reasons.append(
+                f"rule '{rule.name}' requires a ticket matching {rule.ticket_pattern} (--ticket)"
+            )
+            continue
+        explanation = f"granted by rule '{rule.name}'"
+        if rule.approvals:
+            explanation += (f" once approved by {rule.approvals} member(s) of "
+                            f"{', '.join(rule.approver_groups)}")
+        return Decision(True, explanation, rule.name, duration, rule.approvals,
+                        tuple(rule.approver_groups))
     return Decision(False, "; ".join(reasons), matching[0].name)

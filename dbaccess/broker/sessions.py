@@ -64,7 +64,8 @@ class SessionService:
                            f"roles on {body.target}: {', '.join(sorted(target.roles))}")
         requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
         decision = decide(
-            principal, AccessRequest(body.target, body.role, requested, body.reason),
+            principal,
+            AccessRequest(body.target, body.role, requested, body.reason, body.ticket),
             self.settings.rules,
         )
         now = self.clock()
@@ -75,6 +76,14 @@ class SessionService:
                 "rule": decision.rule, "source": source,
             })
             raise ApiError(403, "denied", decision.explanation)
+        if decision.approvals_required:
+            self.store.record(now, "session.approval_required", principal.subject, {
+                "target": body.target, "role": body.role, "rule": decision.rule,
+                "reason": body.reason, "ticket": body.ticket, "source": source,
+            })
+            raise ApiError(403, "approval_required",
+                           f"{decision.explanation}; approval requests are not supported by "
+                           "this broker version yet", "ask an administrator")
         engine = self.engines[body.target]
         username = make_username(target.username_prefix, principal.handle,
                                  engine.max_username_length)
@@ -82,7 +91,7 @@ class SessionService:
         lease = self.store.open_lease(
             now=now, subject=principal.subject, email=principal.email, target=body.target,
             role=body.role, engine=target.engine, db_user=username, rule=decision.rule,
-            reason=body.reason, expires_at=expires_at, source=source,
+            reason=body.reason, ticket=body.ticket, expires_at=expires_at, source=source,
         )
         failpoint("issue.after_lease")
         password = make_password()
@@ -126,7 +135,8 @@ class SessionService:
         expires_at = (now + extension).replace(microsecond=0)
         total = expires_at - lease.created_at
         decision = decide(principal, AccessRequest(lease.target, lease.role, total,
-                                                   lease.reason), self.settings.rules)
+                                                   lease.reason, lease.ticket),
+                          self.settings.rules)
         if not decision.allowed:
             self.store.record(now, "session.renew_denied", principal.subject, {
                 "db_user": lease.db_user, "target": lease.target, "requested_until": expires_at,

@@ -179,9 +179,26 @@ class Rule(_Section):
     max_duration: Duration
     default_duration: Duration | None = None
     require_reason: bool = False
+    # A ticket id matching this regular expression must accompany the request.
+    ticket_pattern: str | None = None
+    # Approval tier: this many approvals from members of approver_groups (flow: later).
+    approvals: int = Field(default=0, ge=0, le=5)
+    approver_groups: list[str] = Field(default_factory=list)
+
+    @field_validator("ticket_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _who(self) -> Rule:
+        if self.approvals and not self.approver_groups:
+            raise ValueError("approvals needs approver_groups")
         if not self.groups and not self.users:
             raise ValueError("a rule must name at least one group or user")
         if self.default_duration is not None and self.default_duration > self.max_duration:

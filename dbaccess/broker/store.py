@@ -55,6 +55,7 @@ leases = sa.Table(
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("rule", sa.String(64)),
     sa.Column("reason", sa.String(500)),
+    sa.Column("ticket", sa.String(100)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
     sa.Column("revoked_at", UTCDateTime),
@@ -92,6 +93,7 @@ class Lease:
     state: str
     rule: str | None
     reason: str | None
+    ticket: str | None
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
@@ -161,18 +163,20 @@ class Store:
 
     def open_lease(self, *, now: datetime, subject: str, email: str | None, target: str,
                    role: str, engine: str, db_user: str, rule: str | None, reason: str | None,
-                   expires_at: datetime, source: str | None) -> Lease:
+                   ticket: str | None, expires_at: datetime, source: str | None) -> Lease:
         lease_id = str(uuid.uuid4())
         values = dict(
             id=lease_id, subject=subject, email=email, target=target, role=role, engine=engine,
-            db_user=db_user, state="creating", rule=rule, reason=reason, created_at=now,
+            db_user=db_user, state="creating", rule=rule, reason=reason, ticket=ticket,
+            created_at=now,
             expires_at=expires_at, attempts=0,
         )
         with self._write() as conn:
             conn.execute(leases.insert().values(**values))
             self._append_audit(conn, now, "session.requested", subject, lease_id, {
                 "email": email, "target": target, "role": role, "db_user": db_user,
-                "rule": rule, "reason": reason, "expires_at": expires_at, "source": source,
+                "rule": rule, "reason": reason, "ticket": ticket, "expires_at": expires_at,
+                "source": source,
             })
         lease = self.get(lease_id)
         assert lease is not None

@@ -17,6 +17,9 @@ def connect(
         str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why you need access.")] = None,
+    ticket: Annotated[
+        str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
+    ] = None,
     client_args: Annotated[
         list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
     ] = None,
@@ -39,7 +42,7 @@ def connect(
     name = profile_name(g.profile)
     request = ConnectRequest(
         profile=name, broker=resolve_broker(name), target=target, role=role,
-        duration=wanted, reason=reason, client_args=tuple(client_args or ()),
+        duration=wanted, reason=reason, ticket=ticket, client_args=tuple(client_args or ()),
     )
 
     def on_granted(granted: SessionGranted) -> None:

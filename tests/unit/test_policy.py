@@ -88,3 +88,24 @@ def test_never_grants_beyond_the_matching_rules_limit(rule_list, member_of, targ
             assert decision.duration == wanted
     else:
         assert decision.duration is None
+
+
+def test_ticket_pattern() -> None:
+    rule = Rule(name="prod-rw", groups=["dba"], targets=["prod"], roles=["readwrite"],
+                max_duration=timedelta(hours=1), ticket_pattern=r"(JIRA|INC)-\d+")
+    missing = decide(alice("dba"), AccessRequest("prod", "readwrite"), [rule])
+    assert not missing.allowed
+    assert r"requires a ticket matching (JIRA|INC)-\d+" in missing.explanation
+    wrong = decide(alice("dba"), AccessRequest("prod", "readwrite", ticket="JIRA-12 x"), [rule])
+    assert not wrong.allowed  # the whole ticket must match
+    assert decide(alice("dba"), AccessRequest("prod", "readwrite", ticket="INC-7"),
+                  [rule]).allowed
+
+
+def test_approval_tier_is_reported() -> None:
+    rule = Rule(name="prod-rw", groups=["dba"], targets=["prod"], roles=["readwrite"],
+                max_duration=timedelta(hours=1), approvals=2, approver_groups=["leads"])
+    decision = decide(alice("dba"), AccessRequest("prod", "readwrite"), [rule])
+    assert decision.allowed and decision.approvals_required == 2
+    assert decision.approver_groups == ("leads",)
+    assert "approved by 2 member(s) of leads" in decision.explanation

@@ -1,0 +1,69 @@
+"""``dbaccess-broker policy explain`` answers "would this be granted, and why?"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dbaccess.broker.cli import app
+
+CONFIG = """
+[identity]
+issuer = "https://login.example.com/realms/acme"
+client_id = "dbaccess-cli"
+
+[targets.prod]
+engine = "postgres"
+host = "db"
+port = 5432
+database = "prod"
+provisioner = { user = "p", password_env = "P" }
+roles.readonly = { group_role = "ro" }
+roles.readwrite = { group_role = "rw" }
+
+[[rules]]
+name = "dev-readonly"
+groups = ["dev"]
+targets = ["prod"]
+roles = ["readonly"]
+max_duration = "1h"
+
+[[rules]]
+name = "dba-readwrite"
+groups = ["dba"]
+targets = ["prod"]
+roles = ["readwrite"]
+max_duration = "4h"
+ticket_pattern = "INC-[0-9]+"
+"""
+
+
+def explain(tmp_path: Path, *args: str) -> tuple[int, str]:
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    result = CliRunner().invoke(app, ["policy", "explain", "--config", str(config), *args])
+    return result.exit_code, result.output
+
+
+def test_grant_names_the_rule_and_duration(tmp_path: Path) -> None:
+    code, out = explain(tmp_path, "--user", "alice@example.com", "--groups", "dev,qa",
+                        "--target", "prod", "--role", "readonly", "--duration", "30m")
+    assert code == 0
+    assert out.splitlines() == ["GRANT: granted by rule 'dev-readonly'",
+                                "rule: dev-readonly", "duration: 30m"]
+
+
+def test_denials_say_why(tmp_path: Path) -> None:
+    code, out = explain(tmp_path, "--user", "alice", "--groups", "dev", "--target", "prod",
+                        "--role", "readwrite")
+    assert code == 5
+    assert "DENY: no rule grants role 'readwrite' on 'prod' to alice" in out
+    code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
+                        "--role", "readwrite")
+    assert code == 5
+    assert "requires a ticket matching INC-[0-9]+" in out
+    assert "rule: dba-readwrite" in out
+    code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
+                        "--role", "readwrite", "--ticket", "INC-42", "--duration", "5h")
+    assert code == 5 and "allows at most 4h" in out
