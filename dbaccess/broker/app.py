@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from dbaccess import __version__
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.reaper import Reaper
 from dbaccess.broker.sessions import ApiError, SessionService
-from dbaccess.broker.settings import Settings
+from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
+from dbaccess.errors import DbaccessError
 from dbaccess.models import (
     Identity,
     PublicConfig,
@@ -27,6 +33,7 @@ from dbaccess.models import (
 )
 
 _bearer = HTTPBearer(auto_error=False)
+log = logging.getLogger("dbaccess.broker")
 
 
 def create_app(
@@ -36,6 +43,7 @@ def create_app(
     engines: Mapping[str, Engine] | None = None,
     verifier: TokenVerifier | None = None,
     run_reaper: bool = True,
+    config_path: Path | None = None,
 ) -> FastAPI:
     store = store or Store(settings.broker.store)
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
@@ -51,9 +59,14 @@ def create_app(
         )
         if run_reaper:
             reaper.start()
+        if config_path is not None:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, reload_settings, service, config_path)
         try:
             yield
         finally:
+            if config_path is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if run_reaper:
                 reaper.stop()
 
@@ -84,6 +97,10 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/config", response_model=PublicConfig)
     def public_config() -> PublicConfig:
@@ -128,6 +145,34 @@ def create_app(
         return service.revoke_for(who, session_id)
 
     return app
+
+
+def reload_settings(service: SessionService, path: Path) -> bool:
+    """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
+    leases stay in the store, and engines of removed targets are kept to revoke them."""
+    try:
+        fresh = load_settings(path)
+        for target in fresh.targets.values():
+            target.provisioner.read_password()
+    except DbaccessError as exc:
+        log.error(
+            "configuration reload refused; keeping the running one",
+            extra={"config": str(path), "error": exc.message},
+        )
+        return False
+    for name, target in fresh.targets.items():
+        if service.settings.targets.get(name) != target:
+            service.engines[name] = engine_for(name, target)
+    service.settings = fresh
+    log.info(
+        "configuration reloaded",
+        extra={
+            "config": str(path),
+            "targets": sorted(fresh.targets),
+            "rules": [r.name for r in fresh.rules],
+        },
+    )
+    return True
 
 
 def _error(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -31,18 +30,42 @@ def serve(
     config: ConfigOption = Path("broker.toml"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain) to serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Serve the broker API (and run the reaper) until interrupted."""
+    """Serve the broker API (and run the reaper) until interrupted.
+
+    SIGHUP re-reads the configuration: a valid file replaces the policy and targets (live
+    sessions stay); an invalid one is refused and the running configuration stays.
+    """
     import uvicorn
 
     from dbaccess.broker.app import create_app
+    from dbaccess.broker.logs import log_config
     from dbaccess.broker.settings import load_settings
+    from dbaccess.errors import UsageError
 
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together", hint="pass both, or neither")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path}: no such file")
     settings = load_settings(config)
     for target in settings.targets.values():
         target.provisioner.read_password()  # fail at start, not at the first request
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(settings, config_path=config),
+        host=host,
+        port=port,
+        log_config=log_config(log_level.upper()),
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )
 
 
 @app.command("check-config")

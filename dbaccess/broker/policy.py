@@ -76,8 +76,10 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
             continue
         explanation = f"granted by rule '{rule.name}'"
         if rule.approvals:
-            explanation += (f" once approved by {rule.approvals} member(s) of "
-                            f"{', '.join(rule.approver_groups)}")
-        return Decision(True, explanation, rule.name, duration, rule.approvals,
-                        tuple(rule.approver_groups))
+            explanation += (
+                f" once approved by {rule.approvals} member(s) of {', '.join(rule.approver_groups)}"
+            )
+        return Decision(
+            True, explanation, rule.name, duration, rule.approvals, tuple(rule.approver_groups)
+        )
     return Decision(False, "; ".join(reasons), matching[0].name)

@@ -12,8 +12,7 @@ log = logging.getLogger("dbaccess.broker.reaper")
 
 
 class Reaper:
-    def __init__(self, service: SessionService, interval: float,
-                 reconcile_interval: float) -> None:
+    def __init__(self, service: SessionService, interval: float, reconcile_interval: float) -> None:
         self._service = service
         self._interval = interval
         self._reconcile_interval = reconcile_interval

@@ -15,6 +15,7 @@ from dbaccess.broker.engines import Engine, EngineError, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
+from dbaccess.broker.metrics import Metrics
 from dbaccess.broker.policy import AccessRequest, decide
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Lease, Store
@@ -45,23 +46,33 @@ class SessionService:
         store: Store,
         engines: Mapping[str, Engine],
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.engines = engines
+        self.engines = dict(engines)
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
-    def create(self, principal: Principal, body: SessionCreate,
-               source: str | None = None) -> SessionGranted:
+    def create(
+        self, principal: Principal, body: SessionCreate, source: str | None = None
+    ) -> SessionGranted:
         target = self.settings.targets.get(body.target)
         if target is None:
-            raise ApiError(404, "unknown_target", f"there is no target '{body.target}'",
-                           "dbaccess targets lists the targets you may use")
+            raise ApiError(
+                404,
+                "unknown_target",
+                f"there is no target '{body.target}'",
+                "dbaccess targets lists the targets you may use",
+            )
         template = target.roles.get(body.role)
         if template is None:
-            raise ApiError(404, "unknown_role",
-                           f"target '{body.target}' has no role '{body.role}'",
-                           f"roles on {body.target}: {', '.join(sorted(target.roles))}")
+            raise ApiError(
+                404,
+                "unknown_role",
+                f"target '{body.target}' has no role '{body.role}'",
+                f"roles on {body.target}: {', '.join(sorted(target.roles))}",
+            )
         requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
         decision = decide(
             principal,
@@ -70,28 +81,61 @@ class SessionService:
         )
         now = self.clock()
         if not decision.allowed or decision.duration is None:
-            self.store.record(now, "session.denied", principal.subject, {
-                "email": principal.email, "target": body.target, "role": body.role,
-                "reason": body.reason, "explanation": decision.explanation,
-                "rule": decision.rule, "source": source,
-            })
+            self.store.record(
+                now,
+                "session.denied",
+                principal.subject,
+                {
+                    "email": principal.email,
+                    "target": body.target,
+                    "role": body.role,
+                    "reason": body.reason,
+                    "explanation": decision.explanation,
+                    "rule": decision.rule,
+                    "source": source,
+                },
+            )
+            self.metrics.denied.labels(body.target).inc()
             raise ApiError(403, "denied", decision.explanation)
         if decision.approvals_required:
-            self.store.record(now, "session.approval_required", principal.subject, {
-                "target": body.target, "role": body.role, "rule": decision.rule,
-                "reason": body.reason, "ticket": body.ticket, "source": source,
-            })
-            raise ApiError(403, "approval_required",
-                           f"{decision.explanation}; approval requests are not supported by "
-                           "this broker version yet", "ask an administrator")
+            self.store.record(
+                now,
+                "session.approval_required",
+                principal.subject,
+                {
+                    "target": body.target,
+                    "role": body.role,
+                    "rule": decision.rule,
+                    "reason": body.reason,
+                    "ticket": body.ticket,
+                    "source": source,
+                },
+            )
+            raise ApiError(
+                403,
+                "approval_required",
+                f"{decision.explanation}; approval requests are not supported by "
+                "this broker version yet",
+                "ask an administrator",
+            )
         engine = self.engines[body.target]
-        username = make_username(target.username_prefix, principal.handle,
-                                 engine.max_username_length)
+        username = make_username(
+            target.username_prefix, principal.handle, engine.max_username_length
+        )
         expires_at = (now + decision.duration).replace(microsecond=0)
         lease = self.store.open_lease(
-            now=now, subject=principal.subject, email=principal.email, target=body.target,
-            role=body.role, engine=target.engine, db_user=username, rule=decision.rule,
-            reason=body.reason, ticket=body.ticket, expires_at=expires_at, source=source,
+            now=now,
+            subject=principal.subject,
+            email=principal.email,
+            target=body.target,
+            role=body.role,
+            engine=target.engine,
+            db_user=username,
+            rule=decision.rule,
+            reason=body.reason,
+            ticket=body.ticket,
+            expires_at=expires_at,
+            source=source,
         )
         failpoint("issue.after_lease")
         password = make_password()
@@ -100,15 +144,24 @@ class SessionService:
         except EngineError as exc:
             # The user may exist half-made: hand the lease to the reaper to clean up.
             self.store.begin_revoke(lease.id, self.clock(), "create_failed")
+            self.metrics.issue_failures.labels(body.target).inc()
             log.warning("creating %s (lease %s) failed: %s", username, lease.id, exc)
-            raise ApiError(502, "database_error", str(exc),
-                           "the target database refused the request; try again later") from None
+            raise ApiError(
+                502,
+                "database_error",
+                str(exc),
+                "the target database refused the request; try again later",
+            ) from None
         failpoint("issue.after_create")
         lease = self.store.activate(lease.id, self.clock())
+        self.metrics.issued.labels(body.target, body.role).inc()
         return SessionGranted(
             **_info(lease).model_dump(),
-            host=target.host, port=target.port, database=target.database,
-            sslmode=target.sslmode, password=password,  # type: ignore[arg-type]
+            host=target.host,
+            port=target.port,
+            database=target.database,
+            sslmode=target.sslmode,
+            password=password,  # type: ignore[arg-type]
         )
 
     def list_for(self, principal: Principal) -> list[SessionInfo]:
@@ -117,34 +170,57 @@ class SessionService:
     def _own(self, principal: Principal, lease_id: str) -> Lease:
         lease = self.store.get(lease_id)
         if lease is None or lease.subject != principal.subject:
-            raise ApiError(404, "not_found", f"no session {lease_id} of yours",
-                           "dbaccess sessions lists your sessions")
+            raise ApiError(
+                404,
+                "not_found",
+                f"no session {lease_id} of yours",
+                "dbaccess sessions lists your sessions",
+            )
         return lease
 
-    def renew_for(self, principal: Principal, lease_id: str, body: SessionRenew,
-                  source: str | None = None) -> SessionInfo:
+    def renew_for(
+        self, principal: Principal, lease_id: str, body: SessionRenew, source: str | None = None
+    ) -> SessionInfo:
         """Move the expiry to now + duration, as long as the whole session stays within
         the maximum of a rule that (still) grants it."""
         lease = self._own(principal, lease_id)
         now = self.clock()
         if lease.state != "active" or lease.expires_at <= now:
-            raise ApiError(409, "not_active", f"session {lease_id} is {lease.state}",
-                           "start a new one with dbaccess connect")
+            raise ApiError(
+                409,
+                "not_active",
+                f"session {lease_id} is {lease.state}",
+                "start a new one with dbaccess connect",
+            )
         wanted = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
         extension = wanted or (lease.expires_at - lease.created_at)
         expires_at = (now + extension).replace(microsecond=0)
         total = expires_at - lease.created_at
-        decision = decide(principal, AccessRequest(lease.target, lease.role, total,
-                                                   lease.reason, lease.ticket),
-                          self.settings.rules)
+        decision = decide(
+            principal,
+            AccessRequest(lease.target, lease.role, total, lease.reason, lease.ticket),
+            self.settings.rules,
+        )
         if not decision.allowed:
-            self.store.record(now, "session.renew_denied", principal.subject, {
-                "db_user": lease.db_user, "target": lease.target, "requested_until": expires_at,
-                "explanation": decision.explanation, "source": source,
-            }, lease_id)
-            raise ApiError(403, "denied",
-                           f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
-                           f"{format_duration(total)} long: {decision.explanation}")
+            self.store.record(
+                now,
+                "session.renew_denied",
+                principal.subject,
+                {
+                    "db_user": lease.db_user,
+                    "target": lease.target,
+                    "requested_until": expires_at,
+                    "explanation": decision.explanation,
+                    "source": source,
+                },
+                lease_id,
+            )
+            raise ApiError(
+                403,
+                "denied",
+                f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
+                f"{format_duration(total)} long: {decision.explanation}",
+            )
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineError as exc:
@@ -169,10 +245,17 @@ class SessionService:
             now = self.clock()
             delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
             self.store.revoke_failed(lease.id, now, str(exc), now + delay)
+            self.metrics.revoke_failures.labels(lease.target).inc()
             log.warning("revoking %s (lease %s) failed: %s", lease.db_user, lease.id, exc)
             return False
         failpoint("revoke.after_drop")
-        self.store.finish_revoke(lease.id, self.clock())
+        done = self.clock()
+        self.store.finish_revoke(lease.id, done)
+        cause = lease.revoke_cause or "unknown"
+        self.metrics.revoked.labels(lease.target, cause).inc()
+        if cause == "expired":
+            lag = (done - lease.expires_at).total_seconds()
+            self.metrics.revocation_lag.labels(lease.target).observe(max(lag, 0.0))
         return True
 
     def reap(self, limit: int = 100) -> int:
@@ -189,7 +272,6 @@ class SessionService:
                 lease = marked
             done += self.revoke(lease)
         return done
-
 
     def reconcile(self) -> int:
         """Revoke managed users that have no live lease (e.g. made by a crashed broker).
@@ -211,17 +293,31 @@ class SessionService:
                 except EngineError as exc:
                     log.warning("reconciler could not drop %s on %s: %s", username, name, exc)
                     continue
-                self.store.record(self.clock(), "reconcile.revoked", None,
-                                  {"target": name, "db_user": username,
-                                   "cause": "managed user without a live lease"})
+                self.store.record(
+                    self.clock(),
+                    "reconcile.revoked",
+                    None,
+                    {
+                        "target": name,
+                        "db_user": username,
+                        "cause": "managed user without a live lease",
+                    },
+                )
                 revoked += 1
         return revoked
 
 
 def _info(lease: Lease) -> SessionInfo:
     return SessionInfo(
-        id=lease.id, target=lease.target, role=lease.role, engine=lease.engine,
-        db_user=lease.db_user, state=lease.state, created_at=lease.created_at,
-        expires_at=lease.expires_at, revoked_at=lease.revoked_at, reason=lease.reason,
+        id=lease.id,
+        target=lease.target,
+        role=lease.role,
+        engine=lease.engine,
+        db_user=lease.db_user,
+        state=lease.state,
+        created_at=lease.created_at,
+        expires_at=lease.expires_at,
+        revoked_at=lease.revoked_at,
+        reason=lease.reason,
         rule=lease.rule,
     )

@@ -115,8 +115,9 @@ class AuditRecord:
     hash: str
 
 
-def _record_hash(prev_hash: str, at: datetime, event: str, subject: str | None,
-                 lease_id: str | None, detail: str) -> str:
+def _record_hash(
+    prev_hash: str, at: datetime, event: str, subject: str | None, lease_id: str | None, detail: str
+) -> str:
     body = json.dumps(
         [prev_hash, at.isoformat(), event, subject, lease_id, detail], separators=(",", ":")
     )
@@ -141,43 +142,95 @@ class Store:
         with self._write_lock, self.engine.begin() as conn:
             yield conn
 
-    def _append_audit(self, conn: Connection, now: datetime, event: str, subject: str | None,
-                      lease_id: str | None, detail: dict[str, Any]) -> None:
-        last = conn.execute(
-            sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
-        ).scalar()
+    def _append_audit(
+        self,
+        conn: Connection,
+        now: datetime,
+        event: str,
+        subject: str | None,
+        lease_id: str | None,
+        detail: dict[str, Any],
+    ) -> None:
+        last = conn.execute(sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).scalar()
         prev = last or "0" * 64
         text = json.dumps(detail, sort_keys=True, default=str)
         conn.execute(
             audit.insert().values(
-                at=now, event=event, subject=subject, lease_id=lease_id, detail=text,
-                prev_hash=prev, hash=_record_hash(prev, now, event, subject, lease_id, text),
+                at=now,
+                event=event,
+                subject=subject,
+                lease_id=lease_id,
+                detail=text,
+                prev_hash=prev,
+                hash=_record_hash(prev, now, event, subject, lease_id, text),
             )
         )
 
-    def record(self, now: datetime, event: str, subject: str | None,
-               detail: dict[str, Any], lease_id: str | None = None) -> None:
+    def record(
+        self,
+        now: datetime,
+        event: str,
+        subject: str | None,
+        detail: dict[str, Any],
+        lease_id: str | None = None,
+    ) -> None:
         """An audit record that changes no lease (e.g. a denial)."""
         with self._write() as conn:
             self._append_audit(conn, now, event, subject, lease_id, detail)
 
-    def open_lease(self, *, now: datetime, subject: str, email: str | None, target: str,
-                   role: str, engine: str, db_user: str, rule: str | None, reason: str | None,
-                   ticket: str | None, expires_at: datetime, source: str | None) -> Lease:
+    def open_lease(
+        self,
+        *,
+        now: datetime,
+        subject: str,
+        email: str | None,
+        target: str,
+        role: str,
+        engine: str,
+        db_user: str,
+        rule: str | None,
+        reason: str | None,
+        ticket: str | None,
+        expires_at: datetime,
+        source: str | None,
+    ) -> Lease:
         lease_id = str(uuid.uuid4())
         values = dict(
-            id=lease_id, subject=subject, email=email, target=target, role=role, engine=engine,
-            db_user=db_user, state="creating", rule=rule, reason=reason, ticket=ticket,
+            id=lease_id,
+            subject=subject,
+            email=email,
+            target=target,
+            role=role,
+            engine=engine,
+            db_user=db_user,
+            state="creating",
+            rule=rule,
+            reason=reason,
+            ticket=ticket,
             created_at=now,
-            expires_at=expires_at, attempts=0,
+            expires_at=expires_at,
+            attempts=0,
         )
         with self._write() as conn:
             conn.execute(leases.insert().values(**values))
-            self._append_audit(conn, now, "session.requested", subject, lease_id, {
-                "email": email, "target": target, "role": role, "db_user": db_user,
-                "rule": rule, "reason": reason, "ticket": ticket, "expires_at": expires_at,
-                "source": source,
-            })
+            self._append_audit(
+                conn,
+                now,
+                "session.requested",
+                subject,
+                lease_id,
+                {
+                    "email": email,
+                    "target": target,
+                    "role": role,
+                    "db_user": db_user,
+                    "rule": rule,
+                    "reason": reason,
+                    "ticket": ticket,
+                    "expires_at": expires_at,
+                    "source": source,
+                },
+            )
         lease = self.get(lease_id)
         assert lease is not None
         return lease
@@ -190,10 +243,20 @@ class Store:
                 .values(state="active")
             )
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-            self._append_audit(conn, now, "session.granted", row.subject, lease_id, {
-                "target": row.target, "role": row.role, "db_user": row.db_user,
-                "rule": row.rule, "expires_at": row.expires_at,
-            })
+            self._append_audit(
+                conn,
+                now,
+                "session.granted",
+                row.subject,
+                lease_id,
+                {
+                    "target": row.target,
+                    "role": row.role,
+                    "db_user": row.db_user,
+                    "rule": row.rule,
+                    "expires_at": row.expires_at,
+                },
+            )
         lease = self.get(lease_id)
         assert lease is not None
         return lease
@@ -206,16 +269,26 @@ class Store:
                 .where(leases.c.id == lease_id, leases.c.state == "active")
                 .values(expires_at=expires_at)
             )
-            self._append_audit(conn, now, "session.renewed", actor, lease_id, {
-                "db_user": row.db_user, "target": row.target, "previous_expiry": row.expires_at,
-                "expires_at": expires_at,
-            })
+            self._append_audit(
+                conn,
+                now,
+                "session.renewed",
+                actor,
+                lease_id,
+                {
+                    "db_user": row.db_user,
+                    "target": row.target,
+                    "previous_expiry": row.expires_at,
+                    "expires_at": expires_at,
+                },
+            )
         lease = self.get(lease_id)
         assert lease is not None
         return lease
 
-    def begin_revoke(self, lease_id: str, now: datetime, cause: str,
-                     actor: str | None = None) -> Lease | None:
+    def begin_revoke(
+        self, lease_id: str, now: datetime, cause: str, actor: str | None = None
+    ) -> Lease | None:
         """Mark a live lease for revocation now; returns None if it is not live."""
         with self._write() as conn:
             changed = conn.execute(
@@ -225,38 +298,62 @@ class Store:
             ).rowcount
             if changed:
                 row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-                self._append_audit(conn, now, "session.revoke_requested", actor or row.subject,
-                                   lease_id, {"cause": cause, "db_user": row.db_user,
-                                              "target": row.target})
+                self._append_audit(
+                    conn,
+                    now,
+                    "session.revoke_requested",
+                    actor or row.subject,
+                    lease_id,
+                    {"cause": cause, "db_user": row.db_user, "target": row.target},
+                )
         return self.get(lease_id) if changed else None
 
     def finish_revoke(self, lease_id: str, now: datetime) -> None:
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             changed = conn.execute(
-                leases.update().where(leases.c.id == lease_id, leases.c.state == "revoking")
+                leases.update()
+                .where(leases.c.id == lease_id, leases.c.state == "revoking")
                 .values(state="revoked", revoked_at=now, last_error=None)
             ).rowcount
             if not changed:  # another worker finished it first
                 return
-            self._append_audit(conn, now, "session.revoked", row.subject, lease_id, {
-                "cause": row.revoke_cause, "db_user": row.db_user, "target": row.target,
-                "attempts": row.attempts + 1,
-            })
+            self._append_audit(
+                conn,
+                now,
+                "session.revoked",
+                row.subject,
+                lease_id,
+                {
+                    "cause": row.revoke_cause,
+                    "db_user": row.db_user,
+                    "target": row.target,
+                    "attempts": row.attempts + 1,
+                },
+            )
 
-    def revoke_failed(self, lease_id: str, now: datetime, error: str,
-                      retry_at: datetime) -> None:
+    def revoke_failed(self, lease_id: str, now: datetime, error: str, retry_at: datetime) -> None:
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             conn.execute(
-                leases.update().where(leases.c.id == lease_id).values(
-                    attempts=row.attempts + 1, last_error=error[:500], next_attempt_at=retry_at
-                )
+                leases.update()
+                .where(leases.c.id == lease_id)
+                .values(attempts=row.attempts + 1, last_error=error[:500], next_attempt_at=retry_at)
             )
-            self._append_audit(conn, now, "session.revoke_failed", row.subject, lease_id, {
-                "db_user": row.db_user, "target": row.target, "error": error[:500],
-                "attempt": row.attempts + 1, "retry_at": retry_at,
-            })
+            self._append_audit(
+                conn,
+                now,
+                "session.revoke_failed",
+                row.subject,
+                lease_id,
+                {
+                    "db_user": row.db_user,
+                    "target": row.target,
+                    "error": error[:500],
+                    "attempt": row.attempts + 1,
+                    "retry_at": retry_at,
+                },
+            )
 
     def get(self, lease_id: str) -> Lease | None:
         with self.engine.connect() as conn:
@@ -294,8 +391,10 @@ class Store:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(leases).where(sa.or_(expired, retry))
-                .order_by(leases.c.expires_at).limit(limit)
+                sa.select(leases)
+                .where(sa.or_(expired, retry))
+                .order_by(leases.c.expires_at)
+                .limit(limit)
             ).all()
         return [Lease(**row._mapping) for row in rows]
 
@@ -305,9 +404,7 @@ class Store:
             query = query.where(audit.c.lease_id == lease_id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows
-        ]
+        return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

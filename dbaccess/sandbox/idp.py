@@ -49,7 +49,7 @@ class OidcProvider:
         refresh_token_ttl: int = 86400,
         device_code_ttl: int = 600,
     ) -> None:
-        self.workdir = workdir
+        self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self.users = users if users is not None else DEFAULT_USERS
         self.port = port or free_port()
         self.client_id = client_id

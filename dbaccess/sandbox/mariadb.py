@@ -31,7 +31,7 @@ class MariaDBServer:
     admin_user = "root"
 
     def __init__(self, workdir: Path, *, port: int | None = None) -> None:
-        self.workdir = workdir
+        self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self.port = port or free_port()
         self.admin_password = secrets.token_urlsafe(24)
         self.data_dir = workdir / "data"

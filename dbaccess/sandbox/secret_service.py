@@ -17,7 +17,7 @@ from dbaccess.sandbox.processes import ServiceError, find_binary, wait_until
 
 class SecretService:
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+        self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self._bus: subprocess.Popen[bytes] | None = None
         self._keyring: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "secret-service.log"

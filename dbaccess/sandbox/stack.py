@@ -125,6 +125,7 @@ class Stack:
     )
 
     def __post_init__(self) -> None:
+        self.workdir = self.workdir.absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.postgres = PostgresServer(self.workdir / "postgres")
         self.mariadb = MariaDBServer(self.workdir / "mariadb")
@@ -235,6 +236,11 @@ class Stack:
         except subprocess.TimeoutExpired:
             broker.kill()
             broker.wait()
+
+    @property
+    def broker_pid(self) -> int:
+        assert self._broker is not None
+        return self._broker.pid
 
     def wait_broker_exit(self, timeout: float = 30) -> int:
         """Wait for the broker process to end by itself (e.g. at a fail point)."""

@@ -1,0 +1,175 @@
+"""Operating the broker: health, metrics, JSON logs, TLS, check-config, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from dbaccess.sandbox.idp import device_tokens
+from dbaccess.sandbox.processes import free_port, wait_until
+from dbaccess.sandbox.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("ops")) as stack:
+        yield stack
+
+
+def bearer(stack: Stack, login: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + device_tokens(stack.idp, login)["id_token"]}
+
+
+def test_health_openapi_and_metrics(ops: Stack) -> None:
+    assert httpx.get(ops.broker_url + "/healthz").json() == {"status": "ok"}
+    paths = httpx.get(ops.broker_url + "/openapi.json").json()["paths"]
+    assert {"/v1/config", "/v1/sessions", "/v1/sessions/{session_id}",
+            "/v1/sessions/{session_id}/renew"} <= set(paths)
+    alice = bearer(ops, "alice")
+    session = httpx.post(ops.broker_url + "/v1/sessions", headers=alice,
+                         json={"target": "demo", "role": "readonly"}).json()
+    httpx.delete(f"{ops.broker_url}/v1/sessions/{session['id']}", headers=alice)
+    httpx.post(ops.broker_url + "/v1/sessions", headers=bearer(ops, "mallory"),
+               json={"target": "demo", "role": "readonly"})
+    short = httpx.post(ops.broker_url + "/v1/sessions", headers=alice, json={
+        "target": "demo", "role": "readonly", "duration_seconds": 1}).json()
+    wait_until(lambda: short["db_user"] not in ops.managed_users(), timeout=15,
+               what="the reaper")
+    text = ""
+
+    def reported() -> bool:
+        nonlocal text
+        text = httpx.get(ops.broker_url + "/metrics").text
+        return 'dbaccess_revocation_lag_seconds_count{target="demo"} 1.0' in text
+
+    wait_until(reported, timeout=5, what="the lag metric")
+    assert 'dbaccess_sessions_issued_total{role="readonly",target="demo"} 2.0' in text
+    assert 'dbaccess_sessions_revoked_total{cause="user",target="demo"} 1.0' in text
+    assert 'dbaccess_sessions_revoked_total{cause="expired",target="demo"} 1.0' in text
+    assert 'dbaccess_sessions_denied_total{target="demo"} 1.0' in text
+
+
+def test_logs_are_json_lines(ops: Stack) -> None:
+    lines = [line for line in ops.broker_log.read_text().splitlines() if line.strip()]
+    assert lines
+    records = [json.loads(line) for line in lines]
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert any(r["logger"] == "uvicorn.access" for r in records)
+
+
+def test_check_config(ops: Stack, tmp_path: Path) -> None:
+    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": "x"}
+    ok = subprocess.run([sys.executable, "-m", "dbaccess.broker", "check-config", "--config",
+                         str(ops.broker_config)], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok (2 target(s), 2 rule(s))" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(ops.broker_config.read_text().replace('max_duration = "8h"',
+                                                         'max_duration = "forever"'))
+    refused = subprocess.run([sys.executable, "-m", "dbaccess.broker", "check-config",
+                              "--config", str(bad)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 3
+    assert f"error: {bad}: rules.1.max_duration: 'forever' is not a duration" in refused.stderr
+
+
+def test_reload_on_sighup_keeps_sessions_and_refuses_bad_files(ops: Stack) -> None:
+    alice = bearer(ops, "alice")
+    live = httpx.post(ops.broker_url + "/v1/sessions", headers=alice,
+                      json={"target": "demo", "role": "readonly"}).json()
+    original = ops.broker_config.read_text()
+    pid = ops.broker_pid
+    try:
+        # a new policy: developers lose access to demo
+        ops.broker_config.write_text(original.replace('targets = ["demo", "shop"]\nroles = '
+                                                      '["readonly"]',
+                                                      'targets = ["shop"]\nroles = ["readonly"]'))
+        os.kill(pid, signal.SIGHUP)
+
+        def denied() -> bool:
+            answer = httpx.post(ops.broker_url + "/v1/sessions", headers=alice,
+                                json={"target": "demo", "role": "readonly"})
+            return answer.status_code == 403
+        wait_until(denied, timeout=10, what="the new policy")
+        sessions = httpx.get(ops.broker_url + "/v1/sessions", headers=alice).json()
+        assert live["id"] in [s["id"] for s in sessions]  # the live session stays
+        assert live["db_user"] in ops.managed_users()
+
+        # a broken file is refused and the running policy stays
+        ops.broker_config.write_text("[identity\n")
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "configuration reload refused" in ops.broker_log.read_text(),
+                   timeout=10, what="the refusal")
+        assert denied()
+        shop = httpx.post(ops.broker_url + "/v1/sessions", headers=alice,
+                          json={"target": "shop", "role": "readonly"})
+        assert shop.status_code == 201, shop.text
+        httpx.delete(f"{ops.broker_url}/v1/sessions/{shop.json()['id']}", headers=alice)
+    finally:
+        ops.broker_config.write_text(original)
+        os.kill(pid, signal.SIGHUP)
+    httpx.delete(f"{ops.broker_url}/v1/sessions/{live['id']}", headers=alice)
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_serves_https(ops: Stack, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": ops.provisioner_password}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(ops.broker_config),
+         "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust,
+                                 timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(up, timeout=30, what="the HTTPS broker")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    half = subprocess.run([sys.executable, "-m", "dbaccess.broker", "serve", "--config",
+                           str(ops.broker_config), "--tls-cert", str(cert)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
