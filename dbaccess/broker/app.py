@@ -45,7 +45,7 @@ def create_app(
     run_reaper: bool = True,
     config_path: Path | None = None,
 ) -> FastAPI:
-    store = store or Store(settings.broker.store)
+    store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
     verifier = verifier or TokenVerifier(settings.identity)
     service = SessionService(settings, store, engines)

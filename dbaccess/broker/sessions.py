@@ -8,6 +8,9 @@ step leaves a live lease that the reaper retries with backoff until the user is 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +28,7 @@ from dbaccess.models import SessionCreate, SessionGranted, SessionInfo, SessionR
 log = logging.getLogger("dbaccess.broker")
 
 MAX_BACKOFF = timedelta(minutes=5)
+CLAIM_TTL = timedelta(minutes=1)  # longer than any single revocation takes
 
 
 def utcnow() -> datetime:
@@ -53,6 +57,9 @@ class SessionService:
         self.engines = dict(engines)
         self.clock = clock
         self.metrics = metrics or Metrics()
+        # Names this process in lease claims, so replicas sharing a store never revoke
+        # the same lease at once.
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def create(
         self, principal: Principal, body: SessionCreate, source: str | None = None
@@ -231,7 +238,7 @@ class SessionService:
         self._own(principal, lease_id)
         marked = self.store.begin_revoke(lease_id, self.clock(), "user", principal.subject)
         if marked is not None:
-            self.revoke(marked)
+            self._revoke_claimed(marked)
         current = self.store.get(lease_id)
         assert current is not None
         return _info(current)
@@ -270,8 +277,20 @@ class SessionService:
                 if marked is None:
                     continue
                 lease = marked
-            done += self.revoke(lease)
+            done += self._revoke_claimed(lease)
         return done
+
+    def _revoke_claimed(self, lease: Lease) -> bool:
+        """Revoke unless another replica is already on it (then it finishes the job)."""
+        if not self.store.claim(lease.id, self.replica, self.clock(), CLAIM_TTL):
+            return False
+        try:
+            current = self.store.get(lease.id)
+            if current is None or current.state != "revoking":
+                return False  # finished by another replica before we claimed it
+            return self.revoke(current)
+        finally:
+            self.store.release(lease.id, self.replica)
 
     def reconcile(self) -> int:
         """Revoke managed users that have no live lease (e.g. made by a crashed broker).

@@ -51,7 +51,11 @@ class _Section(BaseModel):
 
 
 class BrokerSection(_Section):
+    # SQLAlchemy URL: sqlite:///path (default) or postgresql+psycopg://user@host/db for
+    # several replicas; its password comes from store_password_env/_file, never inline.
     store: str = "sqlite:///broker.db"
+    store_password_env: str | None = None
+    store_password_file: Path | None = None
     reaper_interval: Duration = timedelta(seconds=5)
     # How often every target is checked for managed users without a live lease.
     reconcile_interval: Duration = timedelta(minutes=1)
@@ -59,6 +63,37 @@ class BrokerSection(_Section):
     creation_timeout: Duration = timedelta(minutes=1)
     # Public base URL the CLI uses; informational for now.
     public_url: str | None = None
+
+
+    @field_validator("store")
+    @classmethod
+    def _no_inline_password(cls, value: str) -> str:
+        import sqlalchemy as sa
+
+        try:
+            url = sa.make_url(value)
+        except sa.exc.ArgumentError:
+            raise ValueError("not a database URL, e.g. sqlite:///broker.db") from None
+        if url.password:
+            raise ValueError("no password in the URL; use store_password_env or _file")
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("the store must be SQLite or PostgreSQL")
+        return value
+
+    def store_url(self) -> Any:
+        """The store's sqlalchemy URL, with its password read from where the config points."""
+        import sqlalchemy as sa
+
+        url = sa.make_url(self.store)
+        if self.store_password_env:
+            password = os.environ.get(self.store_password_env)
+            if not password:
+                raise ConfigError(f"environment variable {self.store_password_env} "
+                                  "(the store's password) is not set")
+            url = url.set(password=password)
+        elif self.store_password_file:
+            url = url.set(password=self.store_password_file.read_text().strip())
+        return url
 
 
 class IdentitySection(_Section):

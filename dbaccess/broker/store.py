@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,6 +63,9 @@ leases = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime),
     sa.Column("last_error", sa.String(500)),
+    # The replica working on this lease, until claim_expires_at (see Store.claim).
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claim_expires_at", UTCDateTime),
 )
 
 audit = sa.Table(
@@ -101,6 +104,8 @@ class Lease:
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -125,22 +130,57 @@ def _record_hash(
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    """The broker's state. Several broker processes may share one store (PostgreSQL, or
+    SQLite on one host): writes are serialised by the database itself (``BEGIN IMMEDIATE``
+    on SQLite, a transaction-scoped advisory lock on PostgreSQL), so the audit chain has
+    one order, and leases are claimed before revocation so no two replicas revoke one."""
+
+    def __init__(self, url: str | sa.URL, *, migrate: bool = True) -> None:
         self.engine = sa.create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        # Writers are serialised so the audit hash chain has one order (SQLite has one
-        # writer anyway; a multi-replica store will use a database lock instead).
-        self._write_lock = threading.Lock()
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
+        if migrate:
+            upgrade(self.engine)
+        self._write_lock = threading.Lock()  # one writer per process is enough
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.begin() as conn:
+        with (
+            self._write_lock,
+            self.engine.connect().execution_options(dbaccess_write=True) as conn,
+            conn.begin(),
+        ):
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": WRITE_LOCK_KEY})
             yield conn
+
+    def claim(self, lease_id: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Take the right to work on a lease for ``ttl``; False if another replica holds it."""
+        with self._write() as conn:
+            taken = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.id == lease_id,
+                    sa.or_(leases.c.claimed_by.is_(None), leases.c.claimed_by == owner,
+                           leases.c.claim_expires_at <= now),
+                )
+                .values(claimed_by=owner, claim_expires_at=now + ttl)
+            ).rowcount
+        return bool(taken)
+
+    def release(self, lease_id: str, owner: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id, leases.c.claimed_by == owner)
+                .values(claimed_by=None, claim_expires_at=None)
+            )
 
     def _append_audit(
         self,
@@ -289,11 +329,11 @@ class Store:
     def begin_revoke(
         self, lease_id: str, now: datetime, cause: str, actor: str | None = None
     ) -> Lease | None:
-        """Mark a live lease for revocation now; returns None if it is not live."""
+        """Mark a lease for revocation now; None if it is already being (or was) revoked."""
         with self._write() as conn:
             changed = conn.execute(
                 leases.update()
-                .where(leases.c.id == lease_id, leases.c.state.in_(LIVE_STATES))
+                .where(leases.c.id == lease_id, leases.c.state.in_(("creating", "active")))
                 .values(state="revoking", revoke_cause=cause, next_attempt_at=now)
             ).rowcount
             if changed:
@@ -407,9 +447,33 @@ class Store:
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+WRITE_LOCK_KEY = 0x64626163  # "dbac": the advisory lock that orders writers on PostgreSQL
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "dbaccess.broker:migrations")
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's BEGIN.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # Writers take the lock at BEGIN: a deferred transaction that reads and then writes can
+    # fail at once with "database is locked" when another process writes meanwhile.
+    immediate = conn.get_execution_options().get("dbaccess_write")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -26,10 +26,11 @@ from dbaccess.sandbox.processes import ServiceError, free_port, wait_until
 
 PROVISIONER = "dbaccess_provisioner"
 PROVISIONER_ENV = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"
+STORE_ENV = "DBACCESS_SANDBOX_STORE_PASSWORD"
 
 BROKER_TOML = """\
 [broker]
-store = "sqlite:///broker.db"
+{store}
 reaper_interval = "{reaper_interval}"
 reconcile_interval = "{reconcile_interval}"
 creation_timeout = "{creation_timeout}"
@@ -114,6 +115,8 @@ class Stack:
     reaper_interval: str = "1s"
     reconcile_interval: str = "1m"
     creation_timeout: str = "1m"
+    # Keep the broker's state in this stack's PostgreSQL (as several replicas would).
+    store_on_postgres: bool = False
     max_duration: str = "1h"
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
@@ -191,6 +194,8 @@ class Stack:
         a powerless provisioner; then the grants that give the group roles their meaning."""
         with self.postgres.connect() as admin:
             admin.execute("CREATE DATABASE demo")
+            if self.store_on_postgres:
+                admin.execute("CREATE DATABASE broker_store")
         target = load_settings(self.broker_config).targets["demo"]
         with self.postgres.connect("demo") as demo:
             bootstrap.apply(target, demo, self.provisioner_password)
@@ -216,6 +221,13 @@ class Stack:
                 reaper_interval=self.reaper_interval,
                 reconcile_interval=self.reconcile_interval,
                 creation_timeout=self.creation_timeout,
+                store=(
+                    f'store = "postgresql+psycopg://{self.postgres.admin_user}@127.0.0.1:'
+                    f'{self.postgres.port}/broker_store"\n'
+                    f'store_password_env = "{STORE_ENV}"'
+                    if self.store_on_postgres
+                    else 'store = "sqlite:///broker.db"'
+                ),
                 issuer=self.idp.issuer,
                 client_id=self.idp.client_id,
                 pg_port=self.postgres.port,
@@ -251,14 +263,33 @@ class Stack:
 
     @property
     def store_url(self) -> str:
+        if self.store_on_postgres:
+            pg = self.postgres
+            return (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
+                    f"{pg.port}/broker_store")
         return f"sqlite:///{self.broker_config.parent / 'broker.db'}"
+
+    def broker_env(self, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(extra_env or {})
+        env[PROVISIONER_ENV] = self.provisioner_password
+        env[STORE_ENV] = self.postgres.admin_password
+        return env
+
+    def spawn_broker(self, port: int, log: Path) -> subprocess.Popen[bytes]:
+        """Another replica of the broker on the same config and store."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "dbaccess.broker", "serve", "--config",
+                 str(self.broker_config), "--port", str(port)],
+                env=self.broker_env(), stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.broker_config.parent,
+            )
 
     def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
         """Start ``dbaccess-broker serve`` on this stack's config and wait until healthy."""
         directory = self.broker_config.parent
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        env[PROVISIONER_ENV] = self.provisioner_password
+        env = self.broker_env(extra_env)
         log = self.broker_log.open("ab")
         self._broker = subprocess.Popen(
             [
