@@ -28,7 +28,8 @@ from dbaccess.models import SessionCreate, SessionGranted, SessionInfo, SessionR
 log = logging.getLogger("dbaccess.broker")
 
 MAX_BACKOFF = timedelta(minutes=5)
-CLAIM_TTL = timedelta(minutes=1)  # longer than any single revocation takes
+CLAIM_TTL = timedelta(seconds=15)  # longer than one revocation takes (it gives up at ~5 s);
+# a crashed replica's claims lapse after this, so a restarted broker resumes soon
 
 
 def utcnow() -> datetime:
