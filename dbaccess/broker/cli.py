@@ -137,6 +137,31 @@ def bootstrap(
     )
 
 
+@app.command("rotate-credential")
+def rotate_credential(
+    target: Annotated[str, typer.Argument(help="Target name from the config file.")],
+    config: ConfigOption = Path("broker.toml"),
+) -> None:
+    """Give the target's provisioner a new random password (written to its password_file)."""
+    from dbaccess.broker.rotation import rotate
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.errors import UsageError
+
+    settings = load_settings(config)
+    section = settings.targets.get(target)
+    if section is None:
+        raise UsageError(
+            f"{config}: there is no target '{target}'",
+            hint=f"targets: {', '.join(sorted(settings.targets))}",
+        )
+    rotate(target, section)
+    typer.echo(
+        f"rotated the password of {section.provisioner.user} on '{target}' "
+        f"(now in {section.provisioner.password_file})",
+        err=True,
+    )
+
+
 policy_app = typer.Typer(help="Inspect the access policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 

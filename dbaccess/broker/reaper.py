@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 
+from dbaccess.broker import rotation
 from dbaccess.broker.sessions import SessionService
+from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker.reaper")
 
@@ -27,6 +29,16 @@ class Reaper:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def _rotate_due_credentials(self) -> None:
+        for name, target in self._service.settings.targets.items():
+            if target.rotate_every is not None and rotation.due(target, target.rotate_every):
+                try:
+                    rotation.rotate(name, target)
+                    log.info("rotated the provisioner password", extra={"target": name})
+                except DbaccessError as exc:
+                    log.error("rotating the provisioner password failed",
+                              extra={"target": name, "error": exc.message})
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -36,6 +48,7 @@ class Reaper:
                 if time.monotonic() >= self._next_reconcile:
                     self._service.reconcile()
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
+                    self._rotate_due_credentials()
             except Exception:  # never let one bad pass kill the clock
                 log.exception("reaper pass failed")
             self._stop.wait(self._interval)

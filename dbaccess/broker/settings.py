@@ -192,8 +192,17 @@ class TargetSection(_Section):
     # The longest a session user may live; enforced again inside the database by the
     # bootstrap functions, so even the broker's credential cannot mint a longer one.
     max_lifetime: Duration = timedelta(hours=24)
+    # Rotate the provisioner's password this often (needs provisioner.password_file).
+    rotate_every: Duration | None = None
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
+
+    @model_validator(mode="after")
+    def _rotation_needs_a_file(self) -> TargetSection:
+        if self.rotate_every is not None and self.provisioner.password_file is None:
+            raise ValueError("rotate_every needs provisioner.password_file (the broker "
+                             "writes the new password there)")
+        return self
 
     @field_validator("roles")
     @classmethod
