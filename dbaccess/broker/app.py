@@ -69,6 +69,8 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if run_reaper:
                 reaper.stop()
+            for engine in service.engines.values():
+                engine.close()
 
     app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
     app.state.service = service
@@ -162,7 +164,10 @@ def reload_settings(service: SessionService, path: Path) -> bool:
         return False
     for name, target in fresh.targets.items():
         if service.settings.targets.get(name) != target:
+            previous = service.engines.get(name)
             service.engines[name] = engine_for(name, target)
+            if previous is not None:
+                previous.close()
     service.settings = fresh
     log.info(
         "configuration reloaded",

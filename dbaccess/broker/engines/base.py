@@ -43,6 +43,9 @@ class Engine(Protocol):
     def list_managed_users(self) -> list[str]:
         """Every login that carries this target's managed prefix."""
 
+    def close(self) -> None:
+        """Release connections (at shutdown, or when the target is reconfigured)."""
+
 
 SUFFIX_BYTES = 3  # 6 hex characters
 

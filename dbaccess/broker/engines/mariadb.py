@@ -92,6 +92,9 @@ class MariaDBEngine:
         if remaining:
             raise EngineError(f"{remaining} session(s) of {username} did not end yet")
 
+    def close(self) -> None:
+        pass  # one connection per call: PyMySQL has no pool, and a login here is cheap
+
     def list_managed_users(self) -> list[str]:
         rows = self._call("listing users", "CALL dbaccess.managed_users()", ())
         return sorted(str(row[0]) for row in rows)
