@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from dbaccess.broker.engines import Engine, EngineError, NewUser
@@ -61,6 +62,8 @@ class SessionService:
         # Names this process in lease claims, so replicas sharing a store never revoke
         # the same lease at once.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._workers = ThreadPoolExecutor(settings.broker.revoke_workers,
+                                           thread_name_prefix="dbaccess-revoke")
 
     def create(
         self, principal: Principal, body: SessionCreate, source: str | None = None
@@ -267,19 +270,22 @@ class SessionService:
         return True
 
     def reap(self, limit: int = 100) -> int:
-        """Revoke every due lease (expired, or a retry whose time has come)."""
-        done = 0
+        """Revoke a batch of due leases (expired, or a retry whose time has come), a few at
+        a time in parallel; returns how many were due, so a storm is drained in batches."""
         now = self.clock()
         stale = now - self.settings.broker.creation_timeout
-        for lease in self.store.due(now, stale, limit):
-            if lease.state != "revoking":
-                cause = "expired" if lease.expires_at <= now else "creation_interrupted"
-                marked = self.store.begin_revoke(lease.id, self.clock(), cause)
-                if marked is None:
-                    continue
-                lease = marked
-            done += self._revoke_claimed(lease)
-        return done
+        batch = self.store.due(now, stale, limit)
+        list(self._workers.map(lambda lease: self._reap_one(lease, now), batch))
+        return len(batch)
+
+    def _reap_one(self, lease: Lease, now: datetime) -> bool:
+        if lease.state != "revoking":
+            cause = "expired" if lease.expires_at <= now else "creation_interrupted"
+            marked = self.store.begin_revoke(lease.id, self.clock(), cause)
+            if marked is None:
+                return False
+            lease = marked
+        return self._revoke_claimed(lease)
 
     def _revoke_claimed(self, lease: Lease) -> bool:
         """Revoke unless another replica is already on it (then it finishes the job)."""

@@ -61,6 +61,9 @@ class BrokerSection(_Section):
     reconcile_interval: Duration = timedelta(minutes=1)
     # A lease still "creating" after this long belongs to an interrupted request: revoke it.
     creation_timeout: Duration = timedelta(minutes=1)
+    # Revocations run this many at a time, so an expiry storm drains fast without
+    # taking every connection from the API.
+    revoke_workers: int = Field(default=4, ge=1, le=32)
     # Public base URL the CLI uses; informational for now.
     public_url: str | None = None
 

@@ -235,7 +235,7 @@ class Store:
         source: str | None,
     ) -> Lease:
         lease_id = str(uuid.uuid4())
-        values = dict(
+        values: dict[str, Any] = dict(
             id=lease_id,
             subject=subject,
             email=email,
@@ -271,18 +271,16 @@ class Store:
                     "source": source,
                 },
             )
-        lease = self.get(lease_id)
-        assert lease is not None
-        return lease
+        return Lease(**{column.name: values.get(column.name) for column in leases.columns})
 
     def activate(self, lease_id: str, now: datetime) -> Lease:
         with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             conn.execute(
                 leases.update()
                 .where(leases.c.id == lease_id, leases.c.state == "creating")
                 .values(state="active")
             )
-            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             self._append_audit(
                 conn,
                 now,
@@ -297,9 +295,7 @@ class Store:
                     "expires_at": row.expires_at,
                 },
             )
-        lease = self.get(lease_id)
-        assert lease is not None
-        return lease
+        return Lease(**{**row._mapping, "state": "active"})
 
     def renew(self, lease_id: str, now: datetime, expires_at: datetime, actor: str) -> Lease:
         with self._write() as conn:
