@@ -271,7 +271,8 @@ class Store:
                     "source": source,
                 },
             )
-        return Lease(**{column.name: values.get(column.name) for column in leases.columns})
+        row: dict[str, Any] = {column.name: values.get(column.name) for column in leases.columns}
+        return Lease(**row)
 
     def activate(self, lease_id: str, now: datetime) -> Lease:
         with self._write() as conn:
