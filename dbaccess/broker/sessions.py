@@ -62,8 +62,9 @@ class SessionService:
         # Names this process in lease claims, so replicas sharing a store never revoke
         # the same lease at once.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._workers = ThreadPoolExecutor(settings.broker.revoke_workers,
-                                           thread_name_prefix="dbaccess-revoke")
+        self._workers = ThreadPoolExecutor(
+            settings.broker.revoke_workers, thread_name_prefix="dbaccess-revoke"
+        )
 
     def create(
         self, principal: Principal, body: SessionCreate, source: str | None = None
@@ -240,64 +241,73 @@ class SessionService:
 
     def revoke_for(self, principal: Principal, lease_id: str) -> SessionInfo:
         self._own(principal, lease_id)
-        marked = self.store.begin_revoke(lease_id, self.clock(), "user", principal.subject)
-        if marked is not None:
-            self._revoke_claimed(marked)
+        self.revoke_batch([(lease_id, "user")], actor=principal.subject)
         current = self.store.get(lease_id)
         assert current is not None
         return _info(current)
 
-    def revoke(self, lease: Lease) -> bool:
-        """Drop the lease's user now; on failure schedule a retry with backoff."""
-        failpoint("revoke.after_mark")
-        try:
-            self.engines[lease.target].revoke_user(lease.db_user)
-        except (EngineError, KeyError) as exc:
-            now = self.clock()
-            delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
-            self.store.revoke_failed(lease.id, now, str(exc), now + delay)
-            self.metrics.revoke_failures.labels(lease.target).inc()
-            log.warning("revoking %s (lease %s) failed: %s", lease.db_user, lease.id, exc)
-            return False
-        failpoint("revoke.after_drop")
-        done = self.clock()
-        self.store.finish_revoke(lease.id, done)
-        cause = lease.revoke_cause or "unknown"
-        self.metrics.revoked.labels(lease.target, cause).inc()
-        if cause == "expired":
-            lag = (done - lease.expires_at).total_seconds()
-            self.metrics.revocation_lag.labels(lease.target).observe(max(lag, 0.0))
-        return True
-
     def reap(self, limit: int = 100) -> int:
-        """Revoke a batch of due leases (expired, or a retry whose time has come), a few at
-        a time in parallel; returns how many were due, so a storm is drained in batches."""
+        """Revoke a batch of due leases (expired, interrupted, or a retry whose time has
+        come); returns how many were due, so a storm is drained batch after batch."""
         now = self.clock()
         stale = now - self.settings.broker.creation_timeout
         batch = self.store.due(now, stale, limit)
-        list(self._workers.map(lambda lease: self._reap_one(lease, now), batch))
+        self.revoke_batch(
+            [
+                (
+                    lease.id,
+                    (lease.revoke_cause or "retry")
+                    if lease.state == "revoking"
+                    else ("expired" if lease.expires_at <= now else "creation_interrupted"),
+                )
+                for lease in batch
+            ]
+        )
         return len(batch)
 
-    def _reap_one(self, lease: Lease, now: datetime) -> bool:
-        if lease.state != "revoking":
-            cause = "expired" if lease.expires_at <= now else "creation_interrupted"
-            marked = self.store.begin_revoke(lease.id, self.clock(), cause)
-            if marked is None:
-                return False
-            lease = marked
-        return self._revoke_claimed(lease)
+    def revoke_batch(self, wanted: list[tuple[str, str]], actor: str | None = None) -> int:
+        """Mark and claim the leases (one store transaction), drop their users a few at a
+        time in parallel, then record every outcome (one more transaction). Leases another
+        replica holds are left to it. Returns how many users were dropped."""
+        if not wanted:
+            return 0
+        claimed = self.store.claim_for_revocation(
+            wanted, self.clock(), self.replica, CLAIM_TTL, actor
+        )
+        if not claimed:
+            return 0
+        failpoint("revoke.after_mark")
+        outcomes = list(self._workers.map(self._drop_user, claimed))
+        failpoint("revoke.after_drop")
+        done = self.clock()
+        self.store.settle_revocations(outcomes, done, self.replica)
+        dropped = 0
+        for lease, error, _ in outcomes:
+            if error is not None:
+                self.metrics.revoke_failures.labels(lease.target).inc()
+                log.warning("revoking %s (lease %s) failed: %s", lease.db_user, lease.id, error)
+                continue
+            dropped += 1
+            cause = lease.revoke_cause or "unknown"
+            self.metrics.revoked.labels(lease.target, cause).inc()
+            if cause == "expired":
+                lag = (done - lease.expires_at).total_seconds()
+                self.metrics.revocation_lag.labels(lease.target).observe(max(lag, 0.0))
+        return dropped
 
-    def _revoke_claimed(self, lease: Lease) -> bool:
-        """Revoke unless another replica is already on it (then it finishes the job)."""
-        if not self.store.claim(lease.id, self.replica, self.clock(), CLAIM_TTL):
-            return False
+    def _drop_user(self, lease: Lease) -> tuple[Lease, str | None, datetime | None]:
         try:
-            current = self.store.get(lease.id)
-            if current is None or current.state != "revoking":
-                return False  # finished by another replica before we claimed it
-            return self.revoke(current)
-        finally:
-            self.store.release(lease.id, self.replica)
+            engine = self.engines[lease.target]
+        except KeyError:
+            error: str | None = f"target '{lease.target}' is no longer configured"
+        else:
+            try:
+                engine.revoke_user(lease.db_user)
+                return lease, None, None
+            except EngineError as exc:
+                error = str(exc)
+        delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
+        return lease, error, self.clock() + delay
 
     def reconcile(self) -> int:
         """Revoke managed users that have no live lease (e.g. made by a crashed broker).

@@ -156,31 +156,8 @@ class Store:
             conn.begin(),
         ):
             if self.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                             {"key": WRITE_LOCK_KEY})
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
             yield conn
-
-    def claim(self, lease_id: str, owner: str, now: datetime, ttl: timedelta) -> bool:
-        """Take the right to work on a lease for ``ttl``; False if another replica holds it."""
-        with self._write() as conn:
-            taken = conn.execute(
-                leases.update()
-                .where(
-                    leases.c.id == lease_id,
-                    sa.or_(leases.c.claimed_by.is_(None), leases.c.claimed_by == owner,
-                           leases.c.claim_expires_at <= now),
-                )
-                .values(claimed_by=owner, claim_expires_at=now + ttl)
-            ).rowcount
-        return bool(taken)
-
-    def release(self, lease_id: str, owner: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                leases.update()
-                .where(leases.c.id == lease_id, leases.c.claimed_by == owner)
-                .values(claimed_by=None, claim_expires_at=None)
-            )
 
     def _append_audit(
         self,
@@ -345,52 +322,126 @@ class Store:
                 )
         return self.get(lease_id) if changed else None
 
-    def finish_revoke(self, lease_id: str, now: datetime) -> None:
+    def claim_for_revocation(
+        self,
+        wanted: list[tuple[str, str]],
+        now: datetime,
+        owner: str,
+        ttl: timedelta,
+        actor: str | None = None,
+    ) -> list[Lease]:
+        """In one transaction: mark live leases ``revoking`` (with their cause) and claim
+        them, plus claim ``revoking`` ones whose retry is due and that nobody else holds.
+        Returns the leases this replica now owns and must revoke."""
+        claimable = sa.or_(
+            leases.c.claimed_by.is_(None),
+            leases.c.claimed_by == owner,
+            leases.c.claim_expires_at <= now,
+        )
+        ids = [lease_id for lease_id, _ in wanted]
         with self._write() as conn:
-            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-            changed = conn.execute(
-                leases.update()
-                .where(leases.c.id == lease_id, leases.c.state == "revoking")
-                .values(state="revoked", revoked_at=now, last_error=None)
-            ).rowcount
-            if not changed:  # another worker finished it first
-                return
-            self._append_audit(
-                conn,
-                now,
-                "session.revoked",
-                row.subject,
-                lease_id,
-                {
-                    "cause": row.revoke_cause,
-                    "db_user": row.db_user,
-                    "target": row.target,
-                    "attempts": row.attempts + 1,
-                },
-            )
+            for lease_id, cause in wanted:
+                marked = conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.id == lease_id,
+                        leases.c.state.in_(("creating", "active")),
+                        claimable,
+                    )
+                    .values(
+                        state="revoking",
+                        revoke_cause=cause,
+                        next_attempt_at=now,
+                        claimed_by=owner,
+                        claim_expires_at=now + ttl,
+                    )
+                ).rowcount
+                if not marked:
+                    conn.execute(
+                        leases.update()
+                        .where(leases.c.id == lease_id, leases.c.state == "revoking", claimable)
+                        .values(claimed_by=owner, claim_expires_at=now + ttl)
+                    )
+                    continue
+                row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+                self._append_audit(
+                    conn,
+                    now,
+                    "session.revoke_requested",
+                    actor or row.subject,
+                    lease_id,
+                    {"cause": cause, "db_user": row.db_user, "target": row.target},
+                )
+            rows = conn.execute(
+                sa.select(leases).where(
+                    leases.c.id.in_(ids), leases.c.claimed_by == owner, leases.c.state == "revoking"
+                )
+            ).all()
+        return [Lease(**row._mapping) for row in rows]
 
-    def revoke_failed(self, lease_id: str, now: datetime, error: str, retry_at: datetime) -> None:
+    def settle_revocations(
+        self, outcomes: list[tuple[Lease, str | None, datetime | None]], now: datetime, owner: str
+    ) -> None:
+        """In one transaction: close the leases whose users are gone (error None), record
+        failed attempts with their retry time, and release this replica's claims."""
         with self._write() as conn:
-            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-            conn.execute(
-                leases.update()
-                .where(leases.c.id == lease_id)
-                .values(attempts=row.attempts + 1, last_error=error[:500], next_attempt_at=retry_at)
-            )
-            self._append_audit(
-                conn,
-                now,
-                "session.revoke_failed",
-                row.subject,
-                lease_id,
-                {
-                    "db_user": row.db_user,
-                    "target": row.target,
-                    "error": error[:500],
-                    "attempt": row.attempts + 1,
-                    "retry_at": retry_at,
-                },
-            )
+            for lease, error, retry_at in outcomes:
+                mine = sa.and_(
+                    leases.c.id == lease.id,
+                    leases.c.claimed_by == owner,
+                    leases.c.state == "revoking",
+                )
+                if error is None:
+                    if conn.execute(
+                        leases.update()
+                        .where(mine)
+                        .values(
+                            state="revoked",
+                            revoked_at=now,
+                            last_error=None,
+                            claimed_by=None,
+                            claim_expires_at=None,
+                        )
+                    ).rowcount:
+                        self._append_audit(
+                            conn,
+                            now,
+                            "session.revoked",
+                            lease.subject,
+                            lease.id,
+                            {
+                                "cause": lease.revoke_cause,
+                                "db_user": lease.db_user,
+                                "target": lease.target,
+                                "attempts": lease.attempts + 1,
+                            },
+                        )
+                    continue
+                if conn.execute(
+                    leases.update()
+                    .where(mine)
+                    .values(
+                        attempts=lease.attempts + 1,
+                        last_error=error[:500],
+                        next_attempt_at=retry_at,
+                        claimed_by=None,
+                        claim_expires_at=None,
+                    )
+                ).rowcount:
+                    self._append_audit(
+                        conn,
+                        now,
+                        "session.revoke_failed",
+                        lease.subject,
+                        lease.id,
+                        {
+                            "db_user": lease.db_user,
+                            "target": lease.target,
+                            "error": error[:500],
+                            "attempt": lease.attempts + 1,
+                            "retry_at": retry_at,
+                        },
+                    )
 
     def get(self, lease_id: str) -> Lease | None:
         with self.engine.connect() as conn:

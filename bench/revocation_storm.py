@@ -1,0 +1,147 @@
+"""A revocation storm: N leases expiring at once, revoked by the broker's reaper, next to
+the raw drop rate of the same SQL, with the API's latency measured during the storm.
+
+    python bench/revocation_storm.py [--leases 10000] [--raw 1000]
+
+Set-up (not measured): N session users are created directly with the provisioning
+function and N matching leases, already expired, are written to a stopped broker's store.
+Then the broker starts, and we time how long it takes to drop them all while a client
+calls GET /v1/sessions every 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import percentile, table  # noqa: E402
+
+from dbaccess.broker.store import Store, leases  # noqa: E402
+from dbaccess.sandbox.idp import device_tokens  # noqa: E402
+from dbaccess.sandbox.stack import PROVISIONER, Stack  # noqa: E402
+
+VERIFIER = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$c3RvcmVka2V5c3RvcmVka2V5:c2VydmVya2V5c2VydmVya2V5"
+THREADS = 8
+
+
+def in_parallel(stack: Stack, names: list[str], sql: str, args_for) -> float:  # type: ignore[no-untyped-def]
+    """Run ``sql`` once per name on THREADS persistent provisioner connections; rate/s."""
+    lock = threading.Lock()
+    todo = iter(names)
+
+    def worker() -> None:
+        with stack.postgres.connect("demo", user=PROVISIONER,
+                                    password=stack.provisioner_password) as conn:
+            while True:
+                with lock:
+                    name = next(todo, None)
+                if name is None:
+                    return
+                conn.execute(sql, args_for(name))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(names) / (time.perf_counter() - started)
+
+
+def create_users(stack: Stack, names: list[str]) -> float:
+    until = datetime.now(UTC) + timedelta(hours=2)
+    return in_parallel(stack, names,
+                       "SELECT dbaccess.create_user(%s, %s, %s, 'dbaccess_readonly', 5, true, "
+                       "NULL, false)", lambda n: (n, VERIFIER, until))
+
+
+def drop_users(stack: Stack, names: list[str]) -> float:
+    return in_parallel(stack, names, "SELECT dbaccess.revoke_user(%s)", lambda n: (n,))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leases", type=int, default=10_000)
+    parser.add_argument("--raw", type=int, default=1_000, help="users for the raw drop rate")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dbaccess-storm-") as tmp, \
+            Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack:
+        token = device_tokens(stack.idp, "alice")["id_token"]
+        stack.stop_broker()
+
+        raw_names = [f"dba_raw_{i}" for i in range(args.raw)]
+        create_users(stack, raw_names)
+        raw_rate = drop_users(stack, raw_names)
+
+        names = [f"dba_storm_{i}" for i in range(args.leases)]
+        t0 = time.perf_counter()
+        create_users(stack, names)
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        store = Store(stack.store_url)
+        with store.engine.begin() as conn:
+            conn.execute(leases.insert(), [
+                {"id": str(uuid.uuid4()), "subject": "storm", "target": "demo",
+                 "role": "readonly", "engine": "postgres", "db_user": name, "state": "active",
+                 "created_at": expired - timedelta(minutes=5), "expires_at": expired,
+                 "attempts": 0} for name in names])
+        print(f"set-up: {args.leases} users and expired leases in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+        latencies: list[float] = []
+        errors = 0
+        stop = threading.Event()
+
+        def probe() -> None:
+            nonlocal errors
+            with httpx.Client(base_url=stack.broker_url, timeout=10,
+                              headers={"Authorization": f"Bearer {token}"}) as http:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    try:
+                        ok = http.get("/v1/sessions").status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    latencies.append(time.perf_counter() - started)
+                    errors += not ok
+                    stop.wait(0.02)
+
+        started = time.perf_counter()
+        stack.start_broker()
+        prober = threading.Thread(target=probe)
+        prober.start()
+
+        def remaining() -> int:
+            with store.engine.connect() as conn:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(leases).where(
+                    leases.c.subject == "storm", leases.c.state != "revoked")).scalar_one())
+
+        while remaining():
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        prober.join()
+        left = stack.managed_users()
+        store.close()
+        rate = args.leases / elapsed
+        print(f"revocation storm: {args.leases} leases expiring at once, PostgreSQL "
+              f"{stack.postgres.version()}, {time.strftime('%Y-%m-%d')}")
+        print(table(
+            ["leases", "broker revokes/s", "raw drops/s", "ratio", "API p50 ms", "API p99 ms",
+             "API calls", "API errors", "users left"],
+            [[args.leases, f"{rate:.0f}", f"{raw_rate:.0f}", f"{rate / raw_rate:.2f}",
+              f"{percentile(latencies, 50) * 1000:.1f}",
+              f"{percentile(latencies, 99) * 1000:.1f}", len(latencies), errors, len(left)]]))
+
+
+if __name__ == "__main__":
+    main()
