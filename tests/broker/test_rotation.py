@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,10 @@ import pymysql
 import pytest
 
 from dbaccess.broker.engines import NewUser, engine_for
+from dbaccess.broker.reaper import Reaper
+from dbaccess.broker.sessions import SessionService
 from dbaccess.broker.settings import load_settings
+from dbaccess.broker.store import Store
 from dbaccess.sandbox.stack import PROVISIONER, Stack
 
 pytestmark = pytest.mark.integration
@@ -69,6 +73,25 @@ def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
         assert username in engine.list_managed_users()
         engine.revoke_user(username)
         assert username not in engine.list_managed_users()
+        engine.close()
+
+    # on a schedule: the reaper rotates every target whose password file is older than
+    # rotate_every
+    scheduled = config.read_text().replace(
+        'database = "demo"', 'database = "demo"\nrotate_every = "1h"').replace(
+        'database = "shop"', 'database = "shop"\nrotate_every = "1h"')
+    config.write_text(scheduled)
+    before = {name: (tmp_path / f"{name}.pw").read_text() for name in ("demo", "shop")}
+    hours_ago = time.time() - 7200
+    os.utime(tmp_path / "demo.pw", (hours_ago, hours_ago))  # demo is due, shop is not
+    settings = load_settings(config)
+    engines = {name: engine_for(name, t) for name, t in settings.targets.items()}
+    service = SessionService(settings, Store("sqlite://"), engines)
+    Reaper(service, 1, 1)._rotate_due_credentials()
+    assert (tmp_path / "demo.pw").read_text() != before["demo"]
+    assert (tmp_path / "shop.pw").read_text() == before["shop"]
+    rotating.postgres.connect("demo", user=PROVISIONER,
+                              password=(tmp_path / "demo.pw").read_text().strip()).close()
 
 
 def test_rotation_needs_a_password_file(rotating: Stack) -> None:

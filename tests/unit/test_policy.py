@@ -109,3 +109,9 @@ def test_approval_tier_is_reported() -> None:
     assert decision.allowed and decision.approvals_required == 2
     assert decision.approver_groups == ("leads",)
     assert "approved by 2 member(s) of leads" in decision.explanation
+
+
+@given(groups, names, roles)
+def test_deny_by_default(member_of, target, role) -> None:
+    who = Principal("s", "s@example.com", None, member_of)
+    assert not decide(who, AccessRequest(target, role), []).allowed
