@@ -92,10 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=240, help="sessions per round")
     parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp, \
-            Stack(Path(tmp) / "stack", reaper_interval="1m", reconcile_interval="1h") as stack:
+            Stack(Path(tmp) / "stack", reaper_interval="1m", reconcile_interval="1h",
+                  broker_workers=args.workers) as stack:
         token = device_tokens(stack.idp, "alice")["id_token"]
         through_broker(stack, token, 2, 20)  # warm up: JWKS, pools, page cache
         raw(stack, 2, 20, "warm")
@@ -108,7 +110,8 @@ def main() -> None:
                 f"{percentile(b_lat, 99) * 1000:.1f}", f"{r_rate:.0f}",
                 f"{percentile(r_lat, 50) * 1000:.1f}", f"{b_rate / r_rate:.2f}",
             ])
-        print(f"issuance, {args.requests} sessions per round, PostgreSQL "
+        print(f"issuance, {args.requests} sessions per round, {args.workers} broker "
+              f"worker(s), PostgreSQL "
               f"{stack.postgres.version()}, {time.strftime('%Y-%m-%d')}")
         print(table(["clients", "broker/s", "p50 ms", "p99 ms", "raw/s", "raw p50 ms",
                      "ratio"], rows))

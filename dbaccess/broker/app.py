@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -147,6 +148,18 @@ def create_app(
         return service.revoke_for(who, session_id)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``serve --workers N``: each worker process builds its own app from
+    the file named by DBACCESS_BROKER_CONFIG. On SIGHUP uvicorn's supervisor starts fresh
+    workers and retires the old ones only once the new ones are up, so an invalid file
+    leaves the running workers (and the running configuration) in place."""
+    path = Path(os.environ["DBACCESS_BROKER_CONFIG"])
+    settings = load_settings(path)
+    for target in settings.targets.values():
+        target.provisioner.read_password()
+    return create_app(settings)
 
 
 def reload_settings(service: SessionService, path: Path) -> bool:

@@ -37,6 +37,9 @@ def serve(
         Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes (they share the store).")
+    ] = 1,
 ) -> None:
     """Serve the broker API (and run the reaper) until interrupted.
 
@@ -58,8 +61,16 @@ def serve(
     settings = load_settings(config)
     for target in settings.targets.values():
         target.provisioner.read_password()  # fail at start, not at the first request
+    if workers > 1:
+        import os
+
+        os.environ["DBACCESS_BROKER_CONFIG"] = str(config.resolve())
     uvicorn.run(
-        create_app(settings, config_path=config),
+        "dbaccess.broker.app:app_from_env"
+        if workers > 1
+        else create_app(settings, config_path=config),
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
         log_config=log_config(log_level.upper()),

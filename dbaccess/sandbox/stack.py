@@ -117,6 +117,7 @@ class Stack:
     creation_timeout: str = "1m"
     # Keep the broker's state in this stack's PostgreSQL (as several replicas would).
     store_on_postgres: bool = False
+    broker_workers: int = 1
     max_duration: str = "1h"
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
@@ -301,6 +302,8 @@ class Stack:
                 str(self.broker_config),
                 "--port",
                 str(self.broker_port),
+                "--workers",
+                str(self.broker_workers),
             ],
             env=env,
             stdout=log,

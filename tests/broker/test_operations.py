@@ -173,3 +173,32 @@ def test_serves_https(ops: Stack, tmp_path: Path) -> None:
                            str(ops.broker_config), "--tls-cert", str(cert)], env=env,
                           capture_output=True, text=True, timeout=30)
     assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
+
+
+def test_several_worker_processes_share_the_store(ops: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": ops.provisioner_password}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(ops.broker_config),
+         "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(up, timeout=30, what="the two-worker broker")
+        alice = bearer(ops, "alice")
+        made = [httpx.post(url + "/v1/sessions", headers=alice, timeout=30,
+                           json={"target": "demo", "role": "readonly"}).json()
+                for _ in range(6)]
+        listed = {s["id"] for s in httpx.get(url + "/v1/sessions", headers=alice).json()}
+        assert {s["id"] for s in made} <= listed  # whichever worker answered, one store
+        for session in made:
+            gone = httpx.delete(f"{url}/v1/sessions/{session['id']}", headers=alice)
+            assert gone.json()["state"] == "revoked"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
