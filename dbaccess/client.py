@@ -18,7 +18,15 @@ from dbaccess.errors import (
     NotFoundError,
     UsageError,
 )
-from dbaccess.models import PublicConfig, SessionCreate, SessionGranted, SessionInfo
+from dbaccess.models import (
+    Identity,
+    PublicConfig,
+    SessionCreate,
+    SessionGranted,
+    SessionInfo,
+    SessionRenew,
+    TargetAccess,
+)
 
 _BY_STATUS: dict[int, type[DbaccessError]] = {
     400: UsageError,
@@ -47,6 +55,20 @@ class BrokerClient:
 
     def list_sessions(self) -> list[SessionInfo]:
         return [SessionInfo.model_validate(s) for s in self._call("GET", "/v1/sessions")]
+
+    def me(self) -> Identity:
+        return Identity.model_validate(self._call("GET", "/v1/me"))
+
+    def targets(self) -> list[TargetAccess]:
+        return [TargetAccess.model_validate(t) for t in self._call("GET", "/v1/targets")]
+
+    def renew_session(self, session_id: str, duration_seconds: int | None) -> SessionInfo:
+        body = SessionRenew(duration_seconds=duration_seconds)
+        return SessionInfo.model_validate(
+            self._call(
+                "POST", f"/v1/sessions/{session_id}/renew", json=body.model_dump(exclude_none=True)
+            )
+        )
 
     def revoke_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate(self._call("DELETE", f"/v1/sessions/{session_id}"))

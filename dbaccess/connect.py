@@ -38,6 +38,8 @@ class ConnectRequest:
     reason: str | None = None
     ticket: str | None = None
     client_args: tuple[str, ...] = ()
+    # exec: run this command instead of the native client, with the same credentials
+    command: tuple[str, ...] | None = None
 
 
 def connect(
@@ -65,7 +67,8 @@ def connect(
         try:
             directory = SessionDir.create(granted.id, broker=request.broker,
                                           profile=request.profile)
-            argv, env = prepare_client(granted, directory, list(request.client_args))
+            argv, env = prepare_client(granted, directory, list(request.client_args),
+                                       request.command)
             on_granted(granted)
             return run_child(argv, child_environment(env, granted.id))
         finally:
@@ -85,15 +88,21 @@ def connect(
                                f"retrying, and the user expires at {until}")
 
 
-def prepare_client(granted: SessionGranted, directory: SessionDir,
-                   args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The native client for the session's engine, with its credential file written."""
+def prepare_client(granted: SessionGranted, directory: SessionDir, args: list[str],
+                   command: tuple[str, ...] | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for the session: the engine's native client with ``args``, or
+    any ``command`` (exec) with the same credential files and variables prepared."""
     if granted.engine == "postgres":
-        return psql.prepare(granted, directory, psql.find_psql(), args)
-    if granted.engine == "mariadb":
-        return mysql.prepare(granted, directory, mysql.find_mysql(), args)
-    raise UsageError(f"engine '{granted.engine}' is not supported by this version of dbaccess",
-                     hint="upgrade dbaccess")
+        argv, env = psql.prepare(granted, directory, psql.find_psql() if not command else "",
+                                 args)
+    elif granted.engine == "mariadb":
+        argv, env = mysql.prepare(granted, directory,
+                                  mysql.find_mysql() if not command else "", args)
+    else:
+        raise UsageError(
+            f"engine '{granted.engine}' is not supported by this version of dbaccess",
+            hint="upgrade dbaccess")
+    return (list(command) if command else argv), env
 
 
 def sweep_stale_sessions(api: BrokerClient, broker: str,

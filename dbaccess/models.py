@@ -31,6 +31,19 @@ class Identity(_Wire):
     groups: list[str] = Field(default_factory=list)
 
 
+class TargetAccess(_Wire):
+    """``GET /v1/targets``: one target and role the caller may request, and on what terms."""
+
+    target: str
+    engine: str
+    role: str
+    max_duration_seconds: int
+    default_duration_seconds: int
+    reason_required: bool
+    ticket_pattern: str | None = None
+    approvals: int = 0
+
+
 class SessionCreate(_Wire):
     """``POST /v1/sessions`` body."""
 

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from dbaccess import __version__
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.broker.reaper import Reaper
 from dbaccess.broker.sessions import ApiError, SessionService
 from dbaccess.broker.settings import Settings, load_settings
@@ -31,6 +32,7 @@ from dbaccess.models import (
     SessionGranted,
     SessionInfo,
     SessionRenew,
+    TargetAccess,
 )
 
 _bearer = HTTPBearer(auto_error=False)
@@ -120,6 +122,29 @@ def create_app(
         return Identity(
             subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups)
         )
+
+    @app.get("/v1/targets", response_model=list[TargetAccess])
+    def list_targets(who: Principal = Depends(principal)) -> list[TargetAccess]:
+        current = service.settings
+        return [
+            TargetAccess(
+                target=target,
+                engine=current.targets[target].engine,
+                role=role,
+                max_duration_seconds=int(rule.max_duration.total_seconds()),
+                default_duration_seconds=int(
+                    min(
+                        rule.default_duration or DEFAULT_DURATION, rule.max_duration
+                    ).total_seconds()
+                ),
+                reason_required=rule.require_reason,
+                ticket_pattern=rule.ticket_pattern,
+                approvals=rule.approvals,
+            )
+            for target, role, rule in entitlements(
+                who, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
+            )
+        ]
 
     @app.post("/v1/sessions", status_code=201)
     def create_session(

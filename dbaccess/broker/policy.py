@@ -83,3 +83,16 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
             True, explanation, rule.name, duration, rule.approvals, tuple(rule.approver_groups)
         )
     return Decision(False, "; ".join(reasons), matching[0].name)
+
+
+def entitlements(principal: Principal, rules: Sequence[Rule],
+                 targets: dict[str, list[str]]) -> list[tuple[str, str, Rule]]:
+    """(target, role, first matching rule) for every role the principal may request;
+    ``targets`` maps each configured target to its role names."""
+    found = []
+    for target, roles in sorted(targets.items()):
+        for role in sorted(roles):
+            rule = next((r for r in rules if rule_applies(r, principal, target, role)), None)
+            if rule is not None:
+                found.append((target, role, rule))
+    return found

@@ -9,9 +9,12 @@ from typing import Annotated
 import typer
 
 from dbaccess import __version__
+from dbaccess.cli.account import logout, targets, version, whoami
 from dbaccess.cli.connect import connect
+from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.login import login
 from dbaccess.cli.output import Globals
+from dbaccess.cli.sessions import renew, revoke, sessions
 from dbaccess.errors import DbaccessError, ExitCode
 
 app = typer.Typer(
@@ -48,7 +51,15 @@ def main_options(
 
 
 app.command()(login)
+app.command()(logout)
+app.command()(whoami)
+app.command()(targets)
 app.command()(connect)
+app.command("exec")(exec_command)
+app.command()(sessions)
+app.command()(revoke)
+app.command()(renew)
+app.command()(version)
 
 
 def main() -> None:

@@ -24,7 +24,21 @@ def connect(
         list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
     ] = None,
 ) -> None:
-    """Open psql as a fresh database user that is dropped when you quit."""
+    """Open psql (or mariadb) as a fresh database user that is dropped when you quit."""
+    run_session(ctx.obj, target, role, duration, reason, ticket, tuple(client_args or ()))
+
+
+def run_session(
+    g: Globals,
+    target: str,
+    role: str,
+    duration: str | None,
+    reason: str | None,
+    ticket: str | None,
+    client_args: tuple[str, ...],
+    command: tuple[str, ...] | None = None,
+) -> None:
+    """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
     import httpx
 
     from dbaccess.config import profile_name, resolve_broker
@@ -34,15 +48,21 @@ def connect(
     from dbaccess.errors import UsageError
     from dbaccess.models import SessionGranted
 
-    g: Globals = ctx.obj
     try:
         wanted = parse_duration(duration) if duration else None
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
     name = profile_name(g.profile)
     request = ConnectRequest(
-        profile=name, broker=resolve_broker(name), target=target, role=role,
-        duration=wanted, reason=reason, ticket=ticket, client_args=tuple(client_args or ()),
+        profile=name,
+        broker=resolve_broker(name),
+        target=target,
+        role=role,
+        duration=wanted,
+        reason=reason,
+        ticket=ticket,
+        client_args=client_args,
+        command=command,
     )
 
     def on_granted(granted: SessionGranted) -> None:

@@ -13,8 +13,11 @@ def login(
     ctx: typer.Context,
     broker: Annotated[
         str | None,
-        typer.Option("--broker", envvar="DBACCESS_BROKER",
-                     help="Broker URL; saved in the profile for next time."),
+        typer.Option(
+            "--broker",
+            envvar="DBACCESS_BROKER",
+            help="Broker URL; saved in the profile for next time.",
+        ),
     ] = None,
 ) -> None:
     """Log in through your organisation's SSO (device code: works over SSH)."""
@@ -35,14 +38,21 @@ def login(
         if g.json or g.no_input:
             g.console.print(f"Open {code.verification_uri} and enter the code {code.user_code}")
             if g.json:
-                g.data({"verification_uri": code.verification_uri,
+                g.data(
+                    {
+                        "verification_uri": code.verification_uri,
                         "verification_uri_complete": code.verification_uri_complete,
-                        "user_code": code.user_code, "expires_in": code.expires_in})
+                        "user_code": code.user_code,
+                        "expires_in": code.expires_in,
+                    }
+                )
             return
-        g.console.print(Panel.fit(
-            f"Open [bold]{link}[/]\nand confirm the code [bold cyan]{code.user_code}[/]",
-            title="dbaccess login",
-        ))
+        g.console.print(
+            Panel.fit(
+                f"Open [bold]{link}[/]\nand confirm the code [bold cyan]{code.user_code}[/]",
+                title="dbaccess login",
+            )
+        )
 
     with httpx.Client(timeout=15) as http:
         config = BrokerClient(url, http).config()
@@ -58,6 +68,13 @@ def login(
     profiles.profiles[name] = existing
     profiles.save()
     who = stored.email or stored.subject
-    g.data({"profile": name, "broker": url, "subject": stored.subject, "email": stored.email,
-            "expires_at": stored.expires_at},
-           f"Logged in as [bold]{who}[/] (profile {name}, broker {url})")
+    g.data(
+        {
+            "profile": name,
+            "broker": url,
+            "subject": stored.subject,
+            "email": stored.email,
+            "expires_at": stored.expires_at,
+        },
+        f"Logged in as [bold]{who}[/] (profile {name}, broker {url})",
+    )

@@ -23,7 +23,7 @@ class Globals:
     def console(self) -> Console:
         return Console(stderr=True, highlight=False)
 
-    def data(self, payload: Any, human: str | None = None) -> None:
+    def data(self, payload: Any, human: Any = None) -> None:
         """Report a result: the JSON envelope with --json, else ``human`` on stderr."""
         if self.json:
             sys.stdout.write(json.dumps({"data": payload}, default=str) + "\n")
@@ -45,3 +45,14 @@ class Globals:
         console.print(f"[bold red]error:[/] {exc.message}", markup=True)
         if exc.hint:
             console.print(f"[dim]hint:[/] {exc.hint}")
+
+
+def session_table(sessions: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table("id", "target", "role", "user", "state", "expires (UTC)")
+    for s in sessions:
+        table.add_row(
+            s.id, s.target, s.role, s.db_user, s.state, f"{s.expires_at:%Y-%m-%d %H:%M:%S}"
+        )
+    return table

@@ -41,4 +41,6 @@ def prepare(granted: SessionGranted, directory: SessionDir, client: str,
     }
     body = "[client]\n" + "".join(f"{k}={_option_value(v)}\n" for k, v in options.items())
     path = directory.write_file("my.cnf", body)
-    return [client, f"--defaults-extra-file={path}", *args], {}
+    # For exec: MariaDB and MySQL tools also read $MYSQL_HOME/my.cnf by themselves.
+    env = {"MYSQL_HOME": str(directory.path), "DBACCESS_MYSQL_DEFAULTS_FILE": str(path)}
+    return [client, f"--defaults-extra-file={path}", *args], env

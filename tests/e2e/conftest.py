@@ -42,9 +42,10 @@ class Cli:
         return subprocess.Popen([*DBACCESS, *args], env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
-    def login(self, user: str, *, deny: bool = False) -> subprocess.CompletedProcess[str]:
+    def login(self, user: str, *, deny: bool = False,
+              profile: str | None = None) -> subprocess.CompletedProcess[str]:
         """``dbaccess login`` with a person approving the code at the provider."""
-        process = self.popen("--json", "login")
+        process = self.popen(*(["--profile", profile] if profile else []), "--json", "login")
         assert process.stdout is not None
         first = process.stdout.readline()
         assert first, process.stderr.read() if process.stderr else ""

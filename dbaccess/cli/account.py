@@ -1,0 +1,113 @@
+"""``dbaccess whoami``, ``targets``, ``logout`` and ``version``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals, session_table
+
+
+def whoami(ctx: typer.Context) -> None:
+    """Who the broker thinks you are, your groups, token expiry and live sessions."""
+    from datetime import UTC, datetime
+
+    from dbaccess.api import logged_in
+
+    g: Globals = ctx.obj
+    with logged_in(g.profile) as (api, login):
+        me = api.me()
+        live = api.list_sessions()
+    expires = datetime.fromtimestamp(login.expires_at, UTC)
+    human = (
+        f"[bold]{me.email or me.subject}[/] (subject {me.subject})\n"
+        f"groups: {', '.join(me.groups) or '(none)'}\n"
+        f"token valid until {expires:%Y-%m-%d %H:%M:%S} UTC (refreshed automatically)"
+    )
+    g.data(
+        {
+            **me.model_dump(mode="json"),
+            "token_expires_at": expires.isoformat(),
+            "sessions": [s.model_dump(mode="json") for s in live],
+        },
+        human,
+    )
+    if live and not g.json:
+        g.console.print(session_table(live))
+
+
+def targets(ctx: typer.Context) -> None:
+    """What you may request: targets, roles, longest duration, reason/ticket/approval."""
+    from rich.table import Table
+
+    from dbaccess.api import logged_in
+    from dbaccess.durations import format_duration
+
+    g: Globals = ctx.obj
+    with logged_in(g.profile) as (api, _):
+        allowed = api.targets()
+    table = Table("target", "engine", "role", "max", "default", "needs")
+    for t in allowed:
+        needs = [
+            n
+            for n, on in (
+                ("reason", t.reason_required),
+                (f"ticket {t.ticket_pattern}", bool(t.ticket_pattern)),
+                (f"{t.approvals} approval(s)", bool(t.approvals)),
+            )
+            if on
+        ]
+        from datetime import timedelta
+
+        table.add_row(
+            t.target,
+            t.engine,
+            t.role,
+            format_duration(timedelta(seconds=t.max_duration_seconds)),
+            format_duration(timedelta(seconds=t.default_duration_seconds)),
+            ", ".join(needs) or "-",
+        )
+    g.data(
+        [t.model_dump(mode="json") for t in allowed],
+        table if allowed else "the policy grants you nothing yet",
+    )
+
+
+def logout(
+    ctx: typer.Context,
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Also revoke your live sessions.")
+    ] = False,
+) -> None:
+    """Forget your tokens (and with --revoke, end your live sessions first)."""
+    from dbaccess.auth.token_store import delete_login
+    from dbaccess.config import profile_name
+
+    g: Globals = ctx.obj
+    revoked: list[str] = []
+    if revoke:
+        from dbaccess.api import logged_in
+
+        with logged_in(g.profile) as (api, _):
+            revoked = [api.revoke_session(s.id).id for s in api.list_sessions()]
+    name = profile_name(g.profile)
+    removed = delete_login(name)
+    g.data(
+        {"profile": name, "logged_out": removed, "revoked": revoked},
+        (f"logged out of profile {name}" if removed else f"profile {name} had no login")
+        + (f"; revoked {len(revoked)} session(s)" if revoked else ""),
+    )
+
+
+def version(ctx: typer.Context) -> None:
+    """Print the version."""
+    import platform
+
+    from dbaccess import __version__
+
+    g: Globals = ctx.obj
+    g.data(
+        {"version": __version__, "python": platform.python_version()},
+        f"dbaccess {__version__} (Python {platform.python_version()})",
+    )

@@ -1,0 +1,71 @@
+"""``dbaccess sessions``, ``revoke`` and ``renew``: your live sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals, session_table
+
+
+def sessions(ctx: typer.Context) -> None:
+    """List your live sessions."""
+    from dbaccess.api import logged_in
+
+    g: Globals = ctx.obj
+    with logged_in(g.profile) as (api, _):
+        live = api.list_sessions()
+    g.data(
+        [s.model_dump(mode="json") for s in live],
+        session_table(live) if live else "no live sessions",
+    )
+
+
+def revoke(
+    ctx: typer.Context,
+    session_id: Annotated[str | None, typer.Argument(help="Session id (see: sessions).")] = None,
+    all_sessions: Annotated[bool, typer.Option("--all", help="Revoke all of yours.")] = False,
+) -> None:
+    """Revoke a session now (its user is dropped and its connections are ended)."""
+    from dbaccess.api import logged_in
+    from dbaccess.errors import UsageError
+
+    g: Globals = ctx.obj
+    if (session_id is None) == (not all_sessions):
+        raise UsageError(
+            "name one session id, or pass --all (not both)",
+            hint="dbaccess sessions lists your session ids",
+        )
+    with logged_in(g.profile) as (api, _):
+        ids = [session_id] if session_id else [s.id for s in api.list_sessions()]
+        done = [api.revoke_session(i) for i in ids]
+    g.data(
+        [s.model_dump(mode="json") for s in done],
+        "\n".join(f"revoked {s.id} ({s.db_user}): {s.state}" for s in done) or "no live sessions",
+    )
+
+
+def renew(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="Session id (see: sessions).")],
+    duration: Annotated[
+        str | None, typer.Option("--duration", "-d", help="Last until now + this, e.g. 30m.")
+    ] = None,
+) -> None:
+    """Extend a session, within the longest session the policy allows."""
+    from dbaccess.api import logged_in
+    from dbaccess.durations import parse_duration
+    from dbaccess.errors import UsageError
+
+    g: Globals = ctx.obj
+    try:
+        seconds = int(parse_duration(duration).total_seconds()) if duration else None
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+    with logged_in(g.profile) as (api, _):
+        info = api.renew_session(session_id, seconds)
+    g.data(
+        info.model_dump(mode="json"),
+        f"{info.db_user} is now valid until {info.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+    )

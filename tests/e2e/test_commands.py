@@ -1,0 +1,80 @@
+"""The rest of the command surface, through the real CLI against the real stack."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import Cli
+
+pytestmark = pytest.mark.integration
+
+
+def data(result) -> object:  # type: ignore[no-untyped-def]
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def test_exec_runs_any_command_with_postgres_credentials(cli: Cli) -> None:
+    result = cli.run("exec", "demo", "--role", "readonly", "--", "sh", "-c",
+                     'psql -At -c "select current_user" && test -f "$PGPASSFILE" && '
+                     'echo "file:$PGPASSFILE"')
+    assert result.returncode == 0, result.stderr
+    user, passfile = result.stdout.split()
+    assert user.startswith("dba_alice_")
+    assert not cli.role_exists(user)
+    assert not (cli.runtime_dir / passfile.removeprefix("file:")).exists()
+    assert cli.run("exec", "demo", "--role", "readonly", "--", "sh", "-c",
+                   "exit 7").returncode == 7
+
+
+def test_exec_on_mariadb_reads_mysql_home(cli: Cli) -> None:
+    result = cli.run("exec", "shop", "--role", "readonly", "--", "mariadb", "-N", "-e",
+                     "select current_user()")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("dba_alice_")
+
+
+def test_sessions_renew_and_revoke_a_live_session(cli: Cli) -> None:
+    started = cli.popen("connect", "demo", "--role", "readonly", "--duration", "10m", "--",
+                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    assert started.stdout is not None
+    user = started.stdout.readline().strip()
+    (session,) = [s for s in data(cli.run("--json", "sessions"))  # type: ignore[union-attr]
+                  if s["db_user"] == user]
+    renewed = data(cli.run("--json", "renew", session["id"], "--duration", "30m"))
+    assert renewed["expires_at"] > session["expires_at"]  # type: ignore[index]
+    too_long = cli.run("renew", session["id"], "--duration", "3h")
+    assert too_long.returncode == 5 and "allows at most 1h" in too_long.stderr
+    revoked = data(cli.run("--json", "revoke", session["id"]))
+    assert revoked[0]["state"] == "revoked"  # type: ignore[index]
+    _, err = started.communicate(timeout=20)
+    assert started.returncode != 0  # psql's connection was terminated
+    assert not cli.role_exists(user)
+    usage = cli.run("revoke")
+    assert usage.returncode == 2 and "name one session id, or pass --all" in usage.stderr
+
+
+def test_whoami_targets_and_version(cli: Cli) -> None:
+    me = data(cli.run("--json", "whoami"))
+    assert me["email"] == "alice@example.com" and me["groups"] == ["dev"]  # type: ignore[index]
+    allowed = data(cli.run("--json", "targets"))
+    pairs = {(t["target"], t["role"], t["max_duration_seconds"]) for t in allowed}  # type: ignore[union-attr]
+    assert pairs == {("demo", "readonly", 3600), ("shop", "readonly", 3600)}
+    human = cli.run("targets")
+    assert "demo" in human.stderr and "readonly" in human.stderr
+    assert data(cli.run("--json", "version"))["version"]  # type: ignore[index]
+
+
+def test_logout_forgets_the_login(cli: Cli) -> None:
+    assert cli.login("bob", profile="second").returncode == 0
+    assert data(cli.run("--profile", "second", "--json", "whoami"))["subject"] == "bob"  # type: ignore[index]
+    out = data(cli.run("--profile", "second", "--json", "logout", "--revoke"))
+    assert out == {"profile": "second", "logged_out": True, "revoked": []}
+    after = cli.run("--profile", "second", "whoami")
+    assert after.returncode == 4 and "not logged in" in after.stderr
+    assert "hint: dbaccess login" in after.stderr
+    # the default profile is untouched
+    assert data(cli.run("--json", "whoami"))["subject"] == "alice"  # type: ignore[index]
+
