@@ -1,3 +1,3 @@
-from dbaccess.cli import main
+from dbaccess.entry import main
 
 main()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from dbaccess.errors import DbaccessError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -21,6 +22,8 @@ class Globals:
 
     @property
     def console(self) -> Console:
+        from rich.console import Console  # rich costs ~30 ms: only when we print
+
         return Console(stderr=True, highlight=False)
 
     def data(self, payload: Any, human: Any = None) -> None:
