@@ -131,3 +131,19 @@ def resolve_broker(profile: str, flag: str | None = None) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"broker URL '{url}' must start with https:// (or http:// locally)")
     return url.rstrip("/")
+
+
+CLIENT_ENV = {"postgres": "DBACCESS_PSQL", "mariadb": "DBACCESS_MYSQL"}
+
+
+def chosen_clients(profile: str, flag: str | None = None) -> dict[str, str]:
+    """engine -> client program, by precedence: --client (both engines) > DBACCESS_PSQL /
+    DBACCESS_MYSQL > the profile's ``client`` table > the built-in default (not listed)."""
+    stored = ProfileFile.load().profiles.get(profile)
+    chosen = dict(stored.client) if stored else {}
+    for engine, variable in CLIENT_ENV.items():
+        if os.environ.get(variable):
+            chosen[engine] = os.environ[variable]
+    if flag:
+        chosen = {engine: flag for engine in CLIENT_ENV}
+    return chosen

@@ -8,8 +8,8 @@ the session on the broker. After a SIGKILL the broker's expiry is the backstop.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
@@ -40,6 +40,8 @@ class ConnectRequest:
     client_args: tuple[str, ...] = ()
     # exec: run this command instead of the native client, with the same credentials
     command: tuple[str, ...] | None = None
+    # engine -> client program chosen by flag or profile (psql, pgcli, mariadb, mycli...)
+    clients: Mapping[str, str] = field(default_factory=dict)
 
 
 def connect(
@@ -58,17 +60,29 @@ def connect(
     api = BrokerClient(request.broker, http, login.id_token)
     sweep_stale_sessions(api, request.broker, on_warning)
     with cleanup_on_signals():
-        granted = api.create_session(SessionCreate(
-            target=request.target, role=request.role, reason=request.reason,
-            ticket=request.ticket,
-            duration_seconds=int(request.duration.total_seconds()) if request.duration else None,
-        ))
+        granted = api.create_session(
+            SessionCreate(
+                target=request.target,
+                role=request.role,
+                reason=request.reason,
+                ticket=request.ticket,
+                duration_seconds=int(request.duration.total_seconds())
+                if request.duration
+                else None,
+            )
+        )
         directory: SessionDir | None = None
         try:
-            directory = SessionDir.create(granted.id, broker=request.broker,
-                                          profile=request.profile)
-            argv, env = prepare_client(granted, directory, list(request.client_args),
-                                       request.command)
+            directory = SessionDir.create(
+                granted.id, broker=request.broker, profile=request.profile
+            )
+            argv, env = prepare_client(
+                granted,
+                directory,
+                list(request.client_args),
+                request.command,
+                request.clients.get(granted.engine),
+            )
             on_granted(granted)
             return run_child(argv, child_environment(env, granted.id))
         finally:
@@ -80,33 +94,41 @@ def connect(
             try:
                 state = api.revoke_session(granted.id).state
             except DbaccessError as exc:
-                on_warning(f"could not revoke session {granted.id} ({exc.message}); "
-                           f"it expires at {until}")
+                on_warning(
+                    f"could not revoke session {granted.id} ({exc.message}); it expires at {until}"
+                )
             else:
                 if state != "revoked":
-                    on_warning(f"the broker could not drop {granted.db_user} yet; it keeps "
-                               f"retrying, and the user expires at {until}")
+                    on_warning(
+                        f"the broker could not drop {granted.db_user} yet; it keeps "
+                        f"retrying, and the user expires at {until}"
+                    )
 
 
-def prepare_client(granted: SessionGranted, directory: SessionDir, args: list[str],
-                   command: tuple[str, ...] | None = None) -> tuple[list[str], dict[str, str]]:
+def prepare_client(
+    granted: SessionGranted,
+    directory: SessionDir,
+    args: list[str],
+    command: tuple[str, ...] | None = None,
+    client: str | None = None,
+) -> tuple[list[str], dict[str, str]]:
     """argv and environment for the session: the engine's native client with ``args``, or
     any ``command`` (exec) with the same credential files and variables prepared."""
     if granted.engine == "postgres":
-        argv, env = psql.prepare(granted, directory, psql.find_psql() if not command else "",
-                                 args)
+        chosen = "" if command else (client or psql.find_psql())
+        argv, env = psql.prepare(granted, directory, chosen, args)
     elif granted.engine == "mariadb":
-        argv, env = mysql.prepare(granted, directory,
-                                  mysql.find_mysql() if not command else "", args)
+        chosen = "" if command else (client or mysql.find_mysql())
+        argv, env = mysql.prepare(granted, directory, chosen, args)
     else:
         raise UsageError(
             f"engine '{granted.engine}' is not supported by this version of dbaccess",
-            hint="upgrade dbaccess")
+            hint="upgrade dbaccess",
+        )
     return (list(command) if command else argv), env
 
 
-def sweep_stale_sessions(api: BrokerClient, broker: str,
-                         on_warning: Callable[[str], None]) -> None:
+def sweep_stale_sessions(api: BrokerClient, broker: str, on_warning: Callable[[str], None]) -> None:
     """Finish the clean-up of sessions whose dbaccess process died without it."""
     for directory, owner in stale_sessions():
         directory.remove()

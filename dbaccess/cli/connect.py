@@ -20,12 +20,18 @@ def connect(
     ticket: Annotated[
         str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
     ] = None,
+    client: Annotated[
+        str | None,
+        typer.Option("--client", help="Client to run: psql, pgcli, mariadb, mysql, mycli..."),
+    ] = None,
     client_args: Annotated[
         list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
     ] = None,
 ) -> None:
     """Open psql (or mariadb) as a fresh database user that is dropped when you quit."""
-    run_session(ctx.obj, target, role, duration, reason, ticket, tuple(client_args or ()))
+    run_session(
+        ctx.obj, target, role, duration, reason, ticket, tuple(client_args or ()), client=client
+    )
 
 
 def run_session(
@@ -37,11 +43,12 @@ def run_session(
     ticket: str | None,
     client_args: tuple[str, ...],
     command: tuple[str, ...] | None = None,
+    client: str | None = None,
 ) -> None:
     """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
     import httpx
 
-    from dbaccess.config import profile_name, resolve_broker
+    from dbaccess.config import chosen_clients, profile_name, resolve_broker
     from dbaccess.connect import ConnectRequest
     from dbaccess.connect import connect as run_connect
     from dbaccess.durations import parse_duration
@@ -54,6 +61,7 @@ def run_session(
         raise UsageError(f"--duration: {exc}") from None
     name = profile_name(g.profile)
     request = ConnectRequest(
+        clients=chosen_clients(name, client),
         profile=name,
         broker=resolve_broker(name),
         target=target,

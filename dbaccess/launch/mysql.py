@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from dbaccess.errors import LaunchError
 from dbaccess.launch.session_dir import SessionDir
@@ -43,4 +44,7 @@ def prepare(granted: SessionGranted, directory: SessionDir, client: str,
     path = directory.write_file("my.cnf", body)
     # For exec: MariaDB and MySQL tools also read $MYSQL_HOME/my.cnf by themselves.
     env = {"MYSQL_HOME": str(directory.path), "DBACCESS_MYSQL_DEFAULTS_FILE": str(path)}
-    return [client, f"--defaults-extra-file={path}", *args], env
+    if Path(client).name in ("mariadb", "mysql"):
+        # must be the very first argument, or the client ignores it
+        return [client, f"--defaults-extra-file={path}", *args], env
+    return [client, *args], env  # e.g. mycli: reads $MYSQL_HOME/my.cnf

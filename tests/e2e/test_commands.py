@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,21 @@ def test_logout_forgets_the_login(cli: Cli) -> None:
     # the default profile is untouched
     assert data(cli.run("--json", "whoami"))["subject"] == "alice"  # type: ignore[index]
 
+
+
+def test_client_chosen_by_flag_or_profile(cli: Cli) -> None:
+    by_flag = cli.run("connect", "demo", "--role", "readonly", "--client", "sh", "--", "-c",
+                      'echo "$PGUSER"; test -f "$PGPASSFILE"')
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout.strip().startswith("dba_alice_")
+
+    config = Path(cli.env["DBACCESS_CONFIG_DIR"]) / "config.toml"
+    original = config.read_text()
+    try:
+        config.write_text(original + '\n[profiles.default.client]\nmariadb = "sh"\n')
+        by_profile = cli.run("connect", "shop", "--role", "readonly", "--", "-c",
+                             'grep -c "^user=" "$MYSQL_HOME/my.cnf"')
+        assert by_profile.returncode == 0, by_profile.stderr
+        assert by_profile.stdout.strip() == "1"
+    finally:
+        config.write_text(original)
