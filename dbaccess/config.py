@@ -53,8 +53,10 @@ def ensure_private_dir(path: Path) -> None:
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{path} is not a plain directory; refusing to keep secrets there")
     if info.st_uid != os.geteuid():
-        raise ConfigError(f"{path} belongs to another user; refusing to keep secrets there",
-                          hint="set DBACCESS_RUNTIME_DIR to a directory of your own")
+        raise ConfigError(
+            f"{path} belongs to another user; refusing to keep secrets there",
+            hint="set DBACCESS_RUNTIME_DIR to a directory of your own",
+        )
     if stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, 0o700)
 
@@ -88,8 +90,9 @@ class ProfileFile:
         except FileNotFoundError:
             return cls(path)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}",
-                              hint=f"fix or remove {path}") from None
+            raise ConfigError(
+                f"{path}: not valid TOML: {exc}", hint=f"fix or remove {path}"
+            ) from None
         profiles = {}
         for name, body in (raw.get("profiles") or {}).items():
             if not isinstance(body, dict):
@@ -128,9 +131,19 @@ def resolve_broker(profile: str, flag: str | None = None) -> str:
             f"no broker is configured for profile '{profile}'",
             hint="dbaccess login --broker https://broker.example.com",
         )
+    return check_broker_url(url)
+
+
+def check_broker_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"broker URL '{url}' must start with https:// (or http:// locally)")
     return url.rstrip("/")
+
+
+def check_profile_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise UsageError(f"profile name '{name}' may only use letters, digits, - and _")
+    return name
 
 
 CLIENT_ENV = {"postgres": "DBACCESS_PSQL", "mariadb": "DBACCESS_MYSQL"}

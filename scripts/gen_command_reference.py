@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["login", "logout", "whoami", "targets", "connect", "exec", "sessions", "revoke",
-            "renew", "version"]
+            "renew", "profiles", "version"]
+SUBCOMMANDS = {"profiles": ["add", "use", "remove"]}
 
 
 def help_text(*args: str) -> str:
@@ -33,6 +34,9 @@ def render() -> str:
     ]
     for command in COMMANDS:
         parts += [f"## dbaccess {command}\n", "```\n" + help_text(command) + "```\n"]
+        for sub in SUBCOMMANDS.get(command, []):
+            parts += [f"### dbaccess {command} {sub}\n",
+                      "```\n" + help_text(command, sub) + "```\n"]
     return "\n".join(parts)
 
 

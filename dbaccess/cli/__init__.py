@@ -13,7 +13,8 @@ from dbaccess.cli.account import logout, targets, version, whoami
 from dbaccess.cli.connect import connect
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.login import login
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, handled
+from dbaccess.cli.profiles import app as profiles_app
 from dbaccess.cli.sessions import renew, revoke, sessions
 from dbaccess.errors import DbaccessError, ExitCode
 
@@ -52,16 +53,12 @@ def main_options(
     ctx.obj = Globals(profile=profile, json=json_output, no_input=no_input, debug=debug)
 
 
-app.command()(login)
-app.command()(logout)
-app.command()(whoami)
-app.command()(targets)
-app.command()(connect)
-app.command("exec")(exec_command)
-app.command()(sessions)
-app.command()(revoke)
-app.command()(renew)
-app.command()(version)
+for name, command in (("login", login), ("logout", logout), ("whoami", whoami),
+                      ("targets", targets), ("connect", connect), ("exec", exec_command),
+                      ("sessions", sessions), ("revoke", revoke), ("renew", renew),
+                      ("version", version)):
+    app.command(name)(handled(command))
+app.add_typer(profiles_app, name="profiles")
 
 
 def main() -> None:

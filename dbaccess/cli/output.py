@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,3 +61,22 @@ def session_table(sessions: list[Any]) -> Any:
             s.id, s.target, s.role, s.db_user, s.state, f"{s.expires_at:%Y-%m-%d %H:%M:%S}"
         )
     return table
+
+
+def handled(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command; turn a DbaccessError into ``error:``/``hint:`` (or the JSON envelope)
+    and its documented exit code. Tracebacks only with --debug."""
+    import typer
+
+    @functools.wraps(command)
+    def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> None:
+        try:
+            command(ctx, *args, **kwargs)
+        except DbaccessError as exc:
+            g: Globals = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
+            if g.debug:
+                raise
+            g.error(exc)
+            raise typer.Exit(int(exc.exit_code)) from None
+
+    return wrapper

@@ -1,0 +1,100 @@
+"""``dbaccess profiles``: named brokers (work, staging...) and which one is current."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals, handled
+
+app = typer.Typer(
+    help="List, add, choose and remove profiles.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+
+
+@app.callback()
+@handled
+def list_profiles(ctx: typer.Context) -> None:
+    """List profiles (the current one is marked)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dbaccess.config import ProfileFile
+
+    g: Globals = ctx.obj
+    file = ProfileFile.load()
+    rows = [
+        {"name": p.name, "broker": p.broker, "current": p.name == file.current}
+        for p in sorted(file.profiles.values(), key=lambda p: p.name)
+    ]
+    human = (
+        "\n".join(f"{'*' if r['current'] else ' '} {r['name']}  {r['broker'] or '-'}" for r in rows)
+        or "no profiles yet: dbaccess login --broker URL"
+    )
+    g.data(rows, human)
+
+
+@app.command("add")
+@handled
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile name.")],
+    broker: Annotated[str, typer.Option("--broker", help="Broker URL.")],
+) -> None:
+    """Add (or change) a profile."""
+    from dbaccess.config import Profile, ProfileFile, check_broker_url, check_profile_name
+
+    g: Globals = ctx.obj
+    check_profile_name(name)
+    file = ProfileFile.load()
+    profile = file.profiles.get(name) or Profile(name)
+    profile.broker = check_broker_url(broker)
+    file.profiles[name] = profile
+    file.save()
+    g.data(
+        {"name": name, "broker": profile.broker},
+        f"profile {name} → {profile.broker}; log in with: dbaccess --profile {name} login",
+    )
+
+
+@app.command("use")
+@handled
+def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
+    """Make a profile the current one."""
+    from dbaccess.config import ProfileFile
+    from dbaccess.errors import NotFoundError
+
+    g: Globals = ctx.obj
+    file = ProfileFile.load()
+    if name not in file.profiles:
+        raise NotFoundError(
+            f"there is no profile '{name}'", hint=f"dbaccess profiles add {name} --broker URL"
+        )
+    file.current = name
+    file.save()
+    g.data({"current": name}, f"now using profile {name}")
+
+
+@app.command("remove")
+@handled
+def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
+    """Remove a profile and its stored login."""
+    from dbaccess.auth.token_store import delete_login
+    from dbaccess.config import DEFAULT_PROFILE, ProfileFile
+    from dbaccess.errors import KeyringUnavailable, NotFoundError
+
+    g: Globals = ctx.obj
+    file = ProfileFile.load()
+    if name not in file.profiles:
+        raise NotFoundError(f"there is no profile '{name}'", hint="dbaccess profiles")
+    try:
+        delete_login(name)
+    except KeyringUnavailable:
+        pass  # no keyring, so no login was ever stored for it
+    del file.profiles[name]
+    if file.current == name:
+        file.current = DEFAULT_PROFILE
+    file.save()
+    g.data({"removed": name}, f"removed profile {name} and its login")
