@@ -11,6 +11,7 @@ import typer
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
 from dbaccess.cli.connect import connect
+from dbaccess.cli.creds import creds
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.login import login
 from dbaccess.cli.output import Globals, handled
@@ -56,7 +57,7 @@ def main_options(
 for name, command in (("login", login), ("logout", logout), ("whoami", whoami),
                       ("targets", targets), ("connect", connect), ("exec", exec_command),
                       ("sessions", sessions), ("revoke", revoke), ("renew", renew),
-                      ("version", version)):
+                      ("creds", creds), ("version", version)):
     app.command(name)(handled(command))
 app.add_typer(profiles_app, name="profiles")
 

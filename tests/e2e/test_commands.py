@@ -97,3 +97,20 @@ def test_client_chosen_by_flag_or_profile(cli: Cli) -> None:
         assert by_profile.stdout.strip() == "1"
     finally:
         config.write_text(original)
+
+
+def test_creds_needs_reveal_and_warns(cli: Cli) -> None:
+    refused = cli.run("creds", "demo", "--role", "readonly")
+    assert refused.returncode == 2 and "--reveal" in refused.stderr
+    assert refused.stdout == ""
+    shown = cli.run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "5m")
+    assert shown.returncode == 0, shown.stderr
+    values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+    assert "printing the password of" in shown.stderr
+    # the credentials work for a tool outside dbaccess, and the session outlives the command
+    with cli.stack.postgres.connect("demo", user=values["PGUSER"],
+                                    password=values["PGPASSWORD"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (values["PGUSER"],)
+    assert data(cli.run("--json", "revoke", values["DBACCESS_SESSION_ID"]))[0][  # type: ignore[index]
+        "state"] == "revoked"
+    assert not cli.role_exists(values["PGUSER"])
