@@ -66,11 +66,15 @@ class Profile:
     name: str
     broker: str | None = None
     client: dict[str, str] = field(default_factory=dict)
+    # Tokens in a 0600 file instead of the keyring (opt-in, announced on every use).
+    insecure_storage: bool = False
 
     def to_toml(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.broker:
             out["broker"] = self.broker
+        if self.insecure_storage:
+            out["insecure_storage"] = True
         if self.client:
             out["client"] = dict(self.client)
         return out
@@ -100,7 +104,10 @@ class ProfileFile:
             broker = body.get("broker")
             if broker is not None and not isinstance(broker, str):
                 raise ConfigError(f"{path}: profiles.{name}.broker: must be a string (a URL)")
-            profiles[name] = Profile(name, broker, dict(body.get("client") or {}))
+            insecure = body.get("insecure_storage", False)
+            if not isinstance(insecure, bool):
+                raise ConfigError(f"{path}: profiles.{name}.insecure_storage: must be true/false")
+            profiles[name] = Profile(name, broker, dict(body.get("client") or {}), insecure)
         return cls(path, str(raw.get("current", DEFAULT_PROFILE)), profiles)
 
     def save(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from dbaccess.auth.device_flow import DEFAULT_INTERVAL, DeviceCode, DeviceFlow, TokenSet
-from dbaccess.auth.token_store import StoredLogin, load_login, save_login
+from dbaccess.auth.token_store import StoredLogin, ensure_storage, load_login, save_login
 from dbaccess.errors import AuthError
 from dbaccess.models import PublicConfig
 
@@ -32,6 +32,7 @@ def device_login(
     """Run the device flow, store the result in the keyring and return it."""
     if config.kind != "oidc":
         raise AuthError(f"login kind '{config.kind}' is not supported by this version yet")
+    ensure_storage(profile)
     flow = DeviceFlow(config.issuer, config.client_id, config.scopes, http=http,
                       default_interval=_default_interval())
     code = flow.start()

@@ -1,13 +1,18 @@
-"""Tokens live in the OS keyring and nowhere else: one small entry per profile and issuer.
+"""Tokens live in the OS keyring: one small entry per profile and issuer.
 
 The entry holds the ID token, refresh token, expiry and subject (not a whole msal cache:
-Windows caps a credential at 2,560 bytes). With no keyring backend we fail with a fix.
+Windows caps a credential at 2,560 bytes). With no keyring backend we fail with a fix —
+unless the profile opted in (``dbaccess login --insecure-storage``) to a 0600 file, which
+every command then announces (as ``gh`` does). keyrings.alt's silent plaintext fallback
+is never used.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keyring
 import keyring.errors
@@ -17,8 +22,8 @@ from dbaccess.errors import KeyringUnavailable
 SERVICE = "dbaccess"
 
 _NO_BACKEND_HINT = (
-    "install and unlock a Secret Service (e.g. gnome-keyring) or another keyring backend; "
-    "see docs/troubleshooting.md#no-keyring"
+    "install and unlock a Secret Service (e.g. gnome-keyring), or accept a 0600 file with "
+    "dbaccess login --insecure-storage; see docs/troubleshooting.md#no-keyring"
 )
 
 
@@ -41,26 +46,72 @@ def _account(profile: str) -> str:
     return f"profile:{profile}"
 
 
+def token_file(profile: str) -> Path | None:
+    """The 0600 file holding the profile's tokens, if the profile opted in to one."""
+    from dbaccess.config import ProfileFile, config_dir
+
+    stored = ProfileFile.load().profiles.get(profile)
+    if stored is None or not stored.insecure_storage:
+        return None
+    return config_dir() / "tokens" / f"{profile}.json"
+
+
+def ensure_storage(profile: str) -> None:
+    """Fail before a login starts, rather than after the person approved it."""
+    if token_file(profile) is not None:
+        return
+    import keyring.backends.fail
+
+    if isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring):
+        raise KeyringUnavailable("no keyring backend is available to keep your login",
+                                 hint=_NO_BACKEND_HINT)
+
+
 def save_login(profile: str, login: StoredLogin) -> None:
+    file = token_file(profile)
+    if file is not None:
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = file.with_suffix(".tmp")
+        staged.unlink(missing_ok=True)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(login), handle)
+        staged.replace(file)
+        return
     try:
         keyring.set_password(SERVICE, _account(profile), json.dumps(asdict(login)))
     except keyring.errors.NoKeyringError:
-        raise KeyringUnavailable("no keyring backend is available to keep your login",
-                                 hint=_NO_BACKEND_HINT) from None
+        raise KeyringUnavailable(
+            "no keyring backend is available to keep your login", hint=_NO_BACKEND_HINT
+        ) from None
     except keyring.errors.KeyringError as exc:
-        raise KeyringUnavailable(f"the keyring refused to store your login: {exc}",
-                                 hint=_NO_BACKEND_HINT) from None
+        raise KeyringUnavailable(
+            f"the keyring refused to store your login: {exc}", hint=_NO_BACKEND_HINT
+        ) from None
 
 
 def load_login(profile: str) -> StoredLogin | None:
+    file = token_file(profile)
+    if file is not None:
+        try:
+            raw: str | None = file.read_text()
+        except FileNotFoundError:
+            raw = None
+        return _parse(raw)
     try:
         raw = keyring.get_password(SERVICE, _account(profile))
     except keyring.errors.NoKeyringError:
-        raise KeyringUnavailable("no keyring backend is available to read your login",
-                                 hint=_NO_BACKEND_HINT) from None
+        raise KeyringUnavailable(
+            "no keyring backend is available to read your login", hint=_NO_BACKEND_HINT
+        ) from None
     except keyring.errors.KeyringError as exc:
-        raise KeyringUnavailable(f"the keyring refused to read your login: {exc}",
-                                 hint=_NO_BACKEND_HINT) from None
+        raise KeyringUnavailable(
+            f"the keyring refused to read your login: {exc}", hint=_NO_BACKEND_HINT
+        ) from None
+    return _parse(raw)
+
+
+def _parse(raw: str | None) -> StoredLogin | None:
     if raw is None:
         return None
     try:
@@ -70,11 +121,15 @@ def load_login(profile: str) -> StoredLogin | None:
 
 
 def delete_login(profile: str) -> bool:
+    file = token_file(profile)
+    if file is not None:
+        existed = file.exists()
+        file.unlink(missing_ok=True)
+        return existed
     try:
         keyring.delete_password(SERVICE, _account(profile))
     except keyring.errors.PasswordDeleteError:
         return False
     except keyring.errors.NoKeyringError:
-        raise KeyringUnavailable("no keyring backend is available",
-                                 hint=_NO_BACKEND_HINT) from None
+        raise KeyringUnavailable("no keyring backend is available", hint=_NO_BACKEND_HINT) from None
     return True

@@ -54,10 +54,19 @@ def main_options(
     ctx.obj = Globals(profile=profile, json=json_output, no_input=no_input, debug=debug)
 
 
-for name, command in (("login", login), ("logout", logout), ("whoami", whoami),
-                      ("targets", targets), ("connect", connect), ("exec", exec_command),
-                      ("sessions", sessions), ("revoke", revoke), ("renew", renew),
-                      ("creds", creds), ("version", version)):
+for name, command in (
+    ("login", login),
+    ("logout", logout),
+    ("whoami", whoami),
+    ("targets", targets),
+    ("connect", connect),
+    ("exec", exec_command),
+    ("sessions", sessions),
+    ("revoke", revoke),
+    ("renew", renew),
+    ("creds", creds),
+    ("version", version),
+):
     app.command(name)(handled(command))
 app.add_typer(profiles_app, name="profiles")
 

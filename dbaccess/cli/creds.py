@@ -44,9 +44,11 @@ def creds(
 
     g: Globals = ctx.obj
     if not reveal:
-        raise UsageError("creds prints a password; nothing was created",
-                         hint=f"dbaccess creds {target} --role {role} --reveal "
-                         "(or prefer: dbaccess exec ... -- your-tool)")
+        raise UsageError(
+            "creds prints a password; nothing was created",
+            hint=f"dbaccess creds {target} --role {role} --reveal "
+            "(or prefer: dbaccess exec ... -- your-tool)",
+        )
     if output_format not in ("env", "json"):
         raise UsageError(f"--format must be env or json, not '{output_format}'")
     try:
@@ -54,21 +56,35 @@ def creds(
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
     with logged_in(g.profile) as (api, _):
-        granted = api.create_session(SessionCreate(
-            target=target, role=role, duration_seconds=seconds, reason=reason, ticket=ticket))
-    g.warn(f"printing the password of {granted.db_user}; it stays valid until "
-           f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC unless you run: "
-           f"dbaccess revoke {granted.id}")
+        granted = api.create_session(
+            SessionCreate(
+                target=target, role=role, duration_seconds=seconds, reason=reason, ticket=ticket
+            )
+        )
+    g.warn(
+        f"printing the password of {granted.db_user}; it stays valid until "
+        f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC unless you run: "
+        f"dbaccess revoke {granted.id}"
+    )
     password = granted.password.get_secret_value()
     if output_format == "json" or g.json:
         sys.stdout.write(json.dumps({"data": granted.model_dump(mode="json")}) + "\n")
         return
     if granted.engine == "postgres":
-        pairs = {"PGHOST": granted.host, "PGPORT": str(granted.port), "PGUSER": granted.db_user,
-                 "PGDATABASE": granted.database, "PGPASSWORD": password}
+        pairs = {
+            "PGHOST": granted.host,
+            "PGPORT": str(granted.port),
+            "PGUSER": granted.db_user,
+            "PGDATABASE": granted.database,
+            "PGPASSWORD": password,
+        }
     else:
-        pairs = {"MYSQL_HOST": granted.host, "MYSQL_TCP_PORT": str(granted.port),
-                 "MYSQL_USER": granted.db_user, "MYSQL_DATABASE": granted.database,
-                 "MYSQL_PWD": password}
+        pairs = {
+            "MYSQL_HOST": granted.host,
+            "MYSQL_TCP_PORT": str(granted.port),
+            "MYSQL_USER": granted.db_user,
+            "MYSQL_DATABASE": granted.database,
+            "MYSQL_PWD": password,
+        }
     pairs["DBACCESS_SESSION_ID"] = granted.id
     sys.stdout.write("".join(f"{k}={shlex.quote(v)}\n" for k, v in pairs.items()))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, insecure_storage_notice
 
 
 def login(
@@ -19,6 +19,13 @@ def login(
             help="Broker URL; saved in the profile for next time.",
         ),
     ] = None,
+    insecure_storage: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-storage",
+            help="No keyring here: keep tokens in a 0600 file (announced every time).",
+        ),
+    ] = False,
 ) -> None:
     """Log in through your organisation's SSO (device code: works over SSH)."""
     import httpx
@@ -54,6 +61,14 @@ def login(
             )
         )
 
+    if insecure_storage:  # recorded first, so the tokens land in the file
+        chosen_profiles = ProfileFile.load()
+        chosen = chosen_profiles.profiles.get(name) or Profile(name)
+        chosen.insecure_storage = True
+        chosen.broker = chosen.broker or url
+        chosen_profiles.profiles[name] = chosen
+        chosen_profiles.save()
+        g.warn(insecure_storage_notice(name))
     with httpx.Client(timeout=15) as http:
         config = BrokerClient(url, http).config()
         if g.json or g.no_input or not g.console.is_terminal:

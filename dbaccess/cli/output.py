@@ -71,6 +71,7 @@ def handled(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> None:
         try:
+            _announce_insecure_storage(ctx.obj if isinstance(ctx.obj, Globals) else Globals())
             command(ctx, *args, **kwargs)
         except DbaccessError as exc:
             g: Globals = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
@@ -80,3 +81,17 @@ def handled(command: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(int(exc.exit_code)) from None
 
     return wrapper
+
+
+def _announce_insecure_storage(g: Globals) -> None:
+    from dbaccess.config import ProfileFile, profile_name
+
+    name = profile_name(g.profile)
+    stored = ProfileFile.load().profiles.get(name)
+    if stored is not None and stored.insecure_storage:
+        g.warn(insecure_storage_notice(name))
+
+
+def insecure_storage_notice(profile: str) -> str:
+    return (f"profile {profile} keeps its tokens in a plain 0600 file, not a keyring "
+            "(insecure storage)")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from dbaccess.sandbox.idp import approve_device_code
+from tests.e2e.conftest import DBACCESS, Cli
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +115,35 @@ def test_creds_needs_reveal_and_warns(cli: Cli) -> None:
     assert data(cli.run("--json", "revoke", values["DBACCESS_SESSION_ID"]))[0][  # type: ignore[index]
         "state"] == "revoked"
     assert not cli.role_exists(values["PGUSER"])
+
+
+def test_without_a_keyring_login_explains_and_the_file_store_is_opt_in(cli: Cli) -> None:
+    import subprocess
+
+    no_keyring = {**cli.env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    refused = subprocess.run([*DBACCESS, "--profile", "headless", "login"], env=no_keyring,
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 3
+    assert "no keyring backend is available" in refused.stderr
+    assert "--insecure-storage" in refused.stderr
+
+    process = subprocess.Popen([*DBACCESS, "--profile", "headless", "--json", "login",
+                                "--insecure-storage"], env=no_keyring, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    code = json.loads(process.stdout.readline())["data"]
+    approve_device_code(code["verification_uri_complete"], "carol")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "insecure storage" in err
+    tokens = Path(cli.env["DBACCESS_CONFIG_DIR"]) / "tokens" / "headless.json"
+    assert oct(tokens.stat().st_mode & 0o777) == "0o600"
+    me = subprocess.run([*DBACCESS, "--profile", "headless", "--json", "whoami"],
+                        env=no_keyring, capture_output=True, text=True, timeout=60)
+    assert json.loads(me.stdout)["data"]["subject"] == "carol"
+    assert "insecure storage" in me.stderr  # announced on every use
+    gone = subprocess.run([*DBACCESS, "--profile", "headless", "logout"], env=no_keyring,
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and not tokens.exists()
