@@ -31,6 +31,7 @@ def login(
     import httpx
     from rich.panel import Panel
 
+    from dbaccess.auth.browser import open_in_browser
     from dbaccess.auth.device_flow import DeviceCode
     from dbaccess.auth.login import device_login
     from dbaccess.client import BrokerClient
@@ -60,6 +61,8 @@ def login(
                 title="dbaccess login",
             )
         )
+        if open_in_browser(link):
+            g.console.print("[dim](opened in your browser)[/]")
 
     if insecure_storage:  # recorded first, so the tokens land in the file
         chosen_profiles = ProfileFile.load()
