@@ -6,20 +6,17 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
 from dbaccess.cli.output import Globals
 
 
 def connect(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="Target database, as the broker names it.")],
-    role: Annotated[str, typer.Option("--role", "-r", help="Role template to use.")],
-    duration: Annotated[
-        str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")
-    ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why you need access.")] = None,
-    ticket: Annotated[
-        str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
-    ] = None,
+    target: Target,
+    role: Role,
+    duration: Duration = None,
+    reason: Reason = None,
+    ticket: Ticket = None,
     client: Annotated[
         str | None,
         typer.Option("--client", help="Client to run: psql, pgcli, mariadb, mysql, mycli..."),

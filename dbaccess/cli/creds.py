@@ -11,26 +11,23 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
 from dbaccess.cli.output import Globals
 
 
 def creds(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="Target database, as the broker names it.")],
-    role: Annotated[str, typer.Option("--role", "-r", help="Role template to use.")],
+    target: Target,
+    role: Role,
     reveal: Annotated[
         bool, typer.Option("--reveal", help="Yes, print the password (it will be visible).")
     ] = False,
     output_format: Annotated[
         str, typer.Option("--format", help="env (shell variables) or json.")
     ] = "env",
-    duration: Annotated[
-        str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")
-    ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why you need access.")] = None,
-    ticket: Annotated[
-        str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
-    ] = None,
+    duration: Duration = None,
+    reason: Reason = None,
+    ticket: Ticket = None,
 ) -> None:
     """Create a session and print its credentials (needs --reveal; not revoked at exit)."""
     import json

@@ -6,21 +6,18 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
 from dbaccess.cli.output import Globals
 
 
 def exec_command(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="Target database, as the broker names it.")],
-    role: Annotated[str, typer.Option("--role", "-r", help="Role template to use.")],
+    target: Target,
+    role: Role,
     command: Annotated[list[str], typer.Argument(help="The command to run, after --.")],
-    duration: Annotated[
-        str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")
-    ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why you need access.")] = None,
-    ticket: Annotated[
-        str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
-    ] = None,
+    duration: Duration = None,
+    reason: Reason = None,
+    ticket: Ticket = None,
 ) -> None:
     """Run a command (pg_dump, a script...) as a fresh database user; revoked after.
 

@@ -93,5 +93,6 @@ def _announce_insecure_storage(g: Globals) -> None:
 
 
 def insecure_storage_notice(profile: str) -> str:
-    return (f"profile {profile} keeps its tokens in a plain 0600 file, not a keyring "
-            "(insecure storage)")
+    return (
+        f"profile {profile} keeps its tokens in a plain 0600 file, not a keyring (insecure storage)"
+    )

@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from dbaccess.sandbox.processes import ServiceError, find_binary, free_port, wait_until
+from dbaccess.sandbox.processes import ServiceError, end_process, find_binary, free_port, wait_until
 
 IDP_DIR = Path(__file__).resolve().parents[2] / "tests" / "idp"
 
@@ -120,14 +120,7 @@ class OidcProvider:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=10)
 
     def __enter__(self) -> OidcProvider:
         self.start()
@@ -253,15 +246,22 @@ def _text_of(html: str) -> str:
     return " ".join(" ".join(parser.parts).split())
 
 
-def device_tokens(idp: OidcProvider, login: str,
-                  scope: str = "openid email profile groups") -> dict[str, str]:
+def device_tokens(
+    idp: OidcProvider, login: str, scope: str = "openid email profile groups"
+) -> dict[str, str]:
     """Tokens for ``login`` through the whole device flow, approved as a person would."""
-    code = httpx.post(idp.issuer + "/device/auth",
-                      data={"client_id": idp.client_id, "scope": scope}).json()
+    code = httpx.post(
+        idp.issuer + "/device/auth", data={"client_id": idp.client_id, "scope": scope}
+    ).json()
     approve_device_code(code["verification_uri_complete"], login)
-    tokens = httpx.post(idp.issuer + "/token", data={
-        "client_id": idp.client_id, "device_code": code["device_code"],
-        "grant_type": "urn:ietf:params:oauth:grant-type:device_code"}).json()
+    tokens = httpx.post(
+        idp.issuer + "/token",
+        data={
+            "client_id": idp.client_id,
+            "device_code": code["device_code"],
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        },
+    ).json()
     if "id_token" not in tokens:
         raise ServiceError(f"the provider issued no ID token: {tokens}")
     return {str(k): str(v) for k, v in tokens.items()}

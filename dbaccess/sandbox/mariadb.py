@@ -16,6 +16,7 @@ import pymysql
 
 from dbaccess.sandbox.processes import (
     ServiceError,
+    end_process,
     find_binary,
     free_port,
     hand_over,
@@ -128,14 +129,7 @@ class MariaDBServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=30)
 
     def connect(
         self,

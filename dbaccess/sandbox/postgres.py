@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import psycopg
 
 from dbaccess.sandbox.processes import (
     ServiceError,
+    end_process,
     find_binary,
     free_port,
     hand_over,
@@ -127,14 +129,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(2)  # SIGINT: PostgreSQL's "fast" shutdown
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=20, sig=signal.SIGINT)  # PostgreSQL's "fast" shutdown
 
     def connect(
         self,

@@ -12,7 +12,7 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from dbaccess.sandbox.processes import ServiceError, find_binary, wait_until
+from dbaccess.sandbox.processes import ServiceError, end_process, find_binary, wait_until
 
 
 class SecretService:
@@ -100,14 +100,7 @@ class SecretService:
         for attr in ("_keyring", "_bus"):
             process: subprocess.Popen[bytes] | None = getattr(self, attr)
             setattr(self, attr, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process, timeout=5)
 
     def __enter__(self) -> SecretService:
         self.start()

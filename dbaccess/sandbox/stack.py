@@ -22,7 +22,7 @@ from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
-from dbaccess.sandbox.processes import ServiceError, free_port, wait_until
+from dbaccess.sandbox.processes import ServiceError, end_process, free_port, wait_until
 
 PROVISIONER = "dbaccess_provisioner"
 PROVISIONER_ENV = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"
@@ -241,14 +241,7 @@ class Stack:
 
     def stop_broker(self) -> None:
         broker, self._broker = self._broker, None
-        if broker is None:
-            return
-        broker.terminate()
-        try:
-            broker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
+        end_process(broker, timeout=10)
 
     @property
     def broker_pid(self) -> int:
@@ -266,8 +259,10 @@ class Stack:
     def store_url(self) -> str:
         if self.store_on_postgres:
             pg = self.postgres
-            return (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
-                    f"{pg.port}/broker_store")
+            return (
+                f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
+                f"{pg.port}/broker_store"
+            )
         return f"sqlite:///{self.broker_config.parent / 'broker.db'}"
 
     def broker_env(self, extra_env: dict[str, str] | None = None) -> dict[str, str]:
@@ -281,9 +276,19 @@ class Stack:
         """Another replica of the broker on the same config and store."""
         with log.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "dbaccess.broker", "serve", "--config",
-                 str(self.broker_config), "--port", str(port)],
-                env=self.broker_env(), stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dbaccess.broker",
+                    "serve",
+                    "--config",
+                    str(self.broker_config),
+                    "--port",
+                    str(port),
+                ],
+                env=self.broker_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 cwd=self.broker_config.parent,
             )
 

@@ -12,7 +12,8 @@ Every value travels as a bound parameter; the functions validate and quote them.
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 
 import psycopg
@@ -73,80 +74,54 @@ class PostgresEngine:
                 self._pool.close()
                 self._pool = None
 
+    @contextmanager
+    def _doing(self, what: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """A pooled connection; any failure becomes an EngineError saying ``what`` failed."""
+        try:
+            with self._connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise EngineError(
+                f"cannot connect to target '{self.name}' "
+                f"(no connection within {POOL_TIMEOUT:.0f} s)"
+            ) from None
+        except psycopg.Error as exc:
+            raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}") from None
+
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
-        try:
-            with self._connection() as conn:
-                verifier = conn.pgconn.encrypt_password(
-                    user.password.encode(), user.username.encode(), b"scram-sha-256"
-                ).decode()
-                conn.execute(
-                    "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        user.username,
-                        verifier,
-                        user.expires_at,
-                        user.role.group_role,
-                        user.role.connection_limit,
-                        user.role.read_only,
-                        int(timeout.total_seconds() * 1000) if timeout else None,
-                        user.log_statements,
-                    ),
-                )
-        except PoolTimeout:
-            raise EngineError(
-                f"cannot connect to target '{self.name}' "
-                f"(no connection within {POOL_TIMEOUT:.0f} s)"
-            ) from None
-        except psycopg.Error as exc:
-            raise EngineError(
-                f"creating {user.username} on '{self.name}' failed: {_first_line(exc)}"
-            ) from None
+        with self._doing(f"creating {user.username}") as conn:
+            verifier = conn.pgconn.encrypt_password(
+                user.password.encode(), user.username.encode(), b"scram-sha-256"
+            ).decode()
+            conn.execute(
+                "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    user.username,
+                    verifier,
+                    user.expires_at,
+                    user.role.group_role,
+                    user.role.connection_limit,
+                    user.role.read_only,
+                    int(timeout.total_seconds() * 1000) if timeout else None,
+                    user.log_statements,
+                ),
+            )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
-        try:
-            with self._connection() as conn:
-                conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
-        except PoolTimeout:
-            raise EngineError(
-                f"cannot connect to target '{self.name}' "
-                f"(no connection within {POOL_TIMEOUT:.0f} s)"
-            ) from None
-        except psycopg.Error as exc:
-            raise EngineError(
-                f"renewing {username} on '{self.name}' failed: {_first_line(exc)}"
-            ) from None
+        with self._doing(f"renewing {username}") as conn:
+            conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
 
     def revoke_user(self, username: str) -> None:
-        try:
-            with self._connection() as conn:
-                row = conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone()
-        except PoolTimeout:
-            raise EngineError(
-                f"cannot connect to target '{self.name}' "
-                f"(no connection within {POOL_TIMEOUT:.0f} s)"
-            ) from None
-        except psycopg.Error as exc:
-            raise EngineError(
-                f"revoking {username} on '{self.name}' failed: {_first_line(exc)}"
-            ) from None
+        with self._doing(f"revoking {username}") as conn:
+            row = conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone()
         remaining = int(str(row[0])) if row else 0
         if remaining:
             raise EngineError(f"{remaining} session(s) of {username} did not terminate yet")
 
     def list_managed_users(self) -> list[str]:
-        try:
-            with self._connection() as conn:
-                rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
-        except PoolTimeout:
-            raise EngineError(
-                f"cannot connect to target '{self.name}' "
-                f"(no connection within {POOL_TIMEOUT:.0f} s)"
-            ) from None
-        except psycopg.Error as exc:
-            raise EngineError(
-                f"listing users on '{self.name}' failed: {_first_line(exc)}"
-            ) from None
+        with self._doing("listing users") as conn:
+            rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
         return [str(row[0]) for row in rows]
 
 
