@@ -1,5 +1,5 @@
 """Issuance through the broker at 1, 4 and 8 concurrent clients, next to the raw rate of
-the same provisioning SQL run directly against the same PostgreSQL.
+the same provisioning SQL run directly against the same PostgreSQL (verifier included).
 
     python bench/issuance.py [--requests 240] [--clients 1,4,8]
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, table  # noqa: E402
 
 from dbaccess.broker.engines.base import make_password  # noqa: E402
+from dbaccess.broker.engines.scram import scram_sha256_verifier  # noqa: E402
 from dbaccess.sandbox.idp import device_tokens  # noqa: E402
 from dbaccess.sandbox.stack import PROVISIONER, Stack  # noqa: E402
 
@@ -69,8 +70,7 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
                     return
                 username = f"dba_raw{tag}_{n}"
                 started = time.perf_counter()
-                verifier = conn.pgconn.encrypt_password(
-                    make_password().encode(), username.encode(), b"scram-sha-256").decode()
+                verifier = scram_sha256_verifier(make_password())  # as the broker does
                 conn.execute(
                     "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
                     (username, verifier, datetime.now(UTC) + timedelta(hours=1),

@@ -1,7 +1,7 @@
 """PostgreSQL engine: calls the bootstrap's SECURITY DEFINER functions, nothing else.
 
 Facts this module relies on (measured on PostgreSQL 15):
-- the password reaches the server only as a SCRAM-SHA-256 verifier computed here by libpq
+- the password reaches the server only as a SCRAM-SHA-256 verifier computed here
   (a failing statement is written to the server log, so a plaintext password would be too);
 - ``VALID UNTIL`` is checked only at password login, and ``DROP ROLE``/``NOLOGIN`` leave live
   sessions running, so ``dbaccess.revoke_user`` terminates the role's backends first;
@@ -20,6 +20,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dbaccess.broker.engines.base import EngineError, NewUser
+from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
 POOL_SIZE = 10
@@ -91,9 +92,7 @@ class PostgresEngine:
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
         with self._doing(f"creating {user.username}") as conn:
-            verifier = conn.pgconn.encrypt_password(
-                user.password.encode(), user.username.encode(), b"scram-sha-256"
-            ).decode()
+            verifier = scram_sha256_verifier(user.password)
             conn.execute(
                 "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
