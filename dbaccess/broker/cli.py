@@ -173,6 +173,58 @@ def rotate_credential(
     )
 
 
+audit_app = typer.Typer(help="Check and export the audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = Path("broker.toml")) -> None:
+    """Check the hash chain; name the first record that was edited, deleted or reordered."""
+    from dbaccess.broker.audit import raw_records, verify
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.broker.store import Store
+
+    store = Store(load_settings(config).broker.store_url())
+    try:
+        verdict = verify(raw_records(store))
+    finally:
+        store.close()
+    if verdict.ok:
+        typer.echo(f"audit trail intact: {verdict.records} record(s)")
+        return
+    typer.echo(f"audit trail BROKEN at record #{verdict.first_bad}: {verdict.problem}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOption = Path("broker.toml"),
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO date/time (UTC), e.g. 2026-11-01")
+    ] = None,
+) -> None:
+    """Write the audit trail as JSON lines on stdout, for a SIEM."""
+    from datetime import UTC, datetime
+
+    from dbaccess.broker.audit import export_lines, raw_records
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.broker.store import Store
+    from dbaccess.errors import UsageError
+
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    store = Store(load_settings(config).broker.store_url())
+    try:
+        for line in export_lines(raw_records(store, start)):
+            typer.echo(line)
+    finally:
+        store.close()
+
+
 policy_app = typer.Typer(help="Inspect the access policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 

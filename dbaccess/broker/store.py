@@ -82,6 +82,7 @@ audit = sa.Table(
 )
 
 LIVE_STATES = ("creating", "active", "revoking")
+GENESIS = "0" * 64  # the "previous hash" of the first audit record
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Store:
         detail: dict[str, Any],
     ) -> None:
         last = conn.execute(sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).scalar()
-        prev = last or "0" * 64
+        prev = last or GENESIS
         text = json.dumps(detail, sort_keys=True, default=str)
         conn.execute(
             audit.insert().values(
