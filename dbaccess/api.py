@@ -1,8 +1,10 @@
-"""A logged-in BrokerClient for the current profile (token refreshed when needed)."""
+"""A logged-in BrokerClient for the current profile (token refreshed when needed), and the
+one place the CLI makes its HTTP client — tests swap ``http_client`` for Starlette's
+TestClient to drive the real broker in-process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -13,10 +15,17 @@ from dbaccess.client import BrokerClient
 from dbaccess.config import profile_name, resolve_broker
 
 
+def _default_http_client() -> httpx.Client:
+    return httpx.Client(timeout=30)
+
+
+http_client: Callable[[], httpx.Client] = _default_http_client
+
+
 @contextmanager
 def logged_in(profile_flag: str | None) -> Iterator[tuple[BrokerClient, StoredLogin]]:
     profile = profile_name(profile_flag)
     broker = resolve_broker(profile)
-    with httpx.Client(timeout=30) as http:
+    with http_client() as http:
         login = bearer_token(profile, http)
         yield BrokerClient(broker, http, login.id_token), login

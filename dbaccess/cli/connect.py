@@ -43,8 +43,7 @@ def run_session(
     client: str | None = None,
 ) -> None:
     """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
-    import httpx
-
+    from dbaccess import api
     from dbaccess.config import chosen_clients, profile_name, resolve_broker
     from dbaccess.connect import ConnectRequest
     from dbaccess.connect import connect as run_connect
@@ -76,7 +75,7 @@ def run_session(
             f"({granted.role}), valid until {granted.expires_at:%H:%M:%S} UTC"
         )
 
-    with httpx.Client(timeout=30) as http:
+    with api.http_client() as http:
         code = run_connect(request, http, on_granted, g.warn)
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
     raise typer.Exit(code)

@@ -28,9 +28,9 @@ def login(
     ] = False,
 ) -> None:
     """Log in through your organisation's SSO (device code: works over SSH)."""
-    import httpx
     from rich.panel import Panel
 
+    from dbaccess import api
     from dbaccess.auth.browser import open_in_browser
     from dbaccess.auth.device_flow import DeviceCode
     from dbaccess.auth.login import device_login
@@ -72,7 +72,7 @@ def login(
         chosen_profiles.profiles[name] = chosen
         chosen_profiles.save()
         g.warn(insecure_storage_notice(name))
-    with httpx.Client(timeout=15) as http:
+    with api.http_client() as http:
         config = BrokerClient(url, http).config()
         if g.json or g.no_input or not g.console.is_terminal:
             stored = device_login(name, config, http, show_code)

@@ -1,0 +1,108 @@
+"""Every session command through typer's runner, with the real broker app in-process
+(Starlette's TestClient as the CLI's HTTP client), real PostgreSQL/MariaDB and real tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from dbaccess import api
+from dbaccess.auth.token_store import StoredLogin, save_login
+from dbaccess.broker.app import create_app
+from dbaccess.broker.settings import load_settings
+from dbaccess.cli import app
+from dbaccess.config import Profile, ProfileFile
+from dbaccess.sandbox.idp import device_tokens
+from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+
+pytestmark = pytest.mark.integration
+
+
+class _Shared:
+    """Hands the one TestClient to every ``with api.http_client() as http`` block."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def __enter__(self) -> TestClient:
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def alice_token(stack: Stack) -> str:
+    return device_tokens(stack.idp, "alice")["id_token"]
+
+
+@pytest.fixture
+def broker(stack: Stack, alice_token: str, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
+    settings = load_settings(stack.broker_config)
+    settings = settings.model_copy(update={"broker": settings.broker.model_copy(
+        update={"store": f"sqlite:///{tmp_path / 'in-process.db'}"})})
+    with TestClient(create_app(settings, run_reaper=False)) as client:
+        monkeypatch.setattr(api, "http_client", lambda: _Shared(client))
+        profiles = ProfileFile.load()
+        profiles.profiles["default"] = Profile("default", "http://testserver")
+        profiles.save()
+        claims = jwt.decode(alice_token, options={"verify_signature": False})
+        save_login("default", StoredLogin(
+            issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
+            id_token=alice_token, refresh_token=None, expires_at=claims["exp"],
+            subject=claims["sub"], email=claims["email"]))
+        yield client
+
+
+def run(*args: str) -> tuple[int, Any]:
+    result = CliRunner().invoke(app, ["--json", *args], prog_name="dbaccess")
+    body = json.loads(result.stdout.splitlines()[-1]) if result.stdout.strip() else None
+    return result.exit_code, body
+
+
+def test_session_commands(broker: TestClient, stack: Stack) -> None:
+    code, me = run("whoami")
+    assert code == 0 and me["data"]["email"] == "alice@example.com"
+    code, allowed = run("targets")
+    assert {(t["target"], t["role"]) for t in allowed["data"]} == {
+        ("demo", "readonly"), ("shop", "readonly")}
+
+    code, shown = run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "10m")
+    assert code == 0
+    session = shown["data"]
+    assert session["db_user"] in stack.managed_users()
+
+    code, listed = run("sessions")
+    assert [s["id"] for s in listed["data"]] == [session["id"]]
+    code, renewed = run("renew", session["id"], "--duration", "20m")
+    assert code == 0 and renewed["data"]["expires_at"] > session["expires_at"]
+    code, refused = run("renew", session["id"], "--duration", "5h")
+    assert code == 5 and "allows at most 1h" in refused["error"]["message"]
+
+    code, revoked = run("revoke", "--all")
+    assert code == 0 and [s["state"] for s in revoked["data"]] == ["revoked"]
+    assert session["db_user"] not in stack.managed_users()
+    code, nothing = run("sessions")
+    assert nothing["data"] == []
+
+
+def test_exec_and_denials(broker: TestClient, stack: Stack) -> None:
+    before = set(stack.managed_users())
+    result = CliRunner().invoke(app, ["exec", "demo", "--role", "readonly", "--", "sh", "-c",
+                                      'test -f "$PGPASSFILE" && exit 3'], prog_name="dbaccess")
+    assert result.exit_code == 3  # the command's own code, after the session was revoked
+    assert set(stack.managed_users()) == before
+    code, denied = run("connect", "demo", "--role", "readwrite")
+    assert code == 5 and denied["error"]["code"] == "denied"
+    code, unknown = run("connect", "nowhere", "--role", "readonly")
+    assert code == 11 and "there is no target 'nowhere'" in unknown["error"]["message"]
+    assert set(stack.managed_users()) == before
