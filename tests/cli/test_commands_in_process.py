@@ -106,3 +106,18 @@ def test_exec_and_denials(broker: TestClient, stack: Stack) -> None:
     code, unknown = run("connect", "nowhere", "--role", "readonly")
     assert code == 11 and "there is no target 'nowhere'" in unknown["error"]["message"]
     assert set(stack.managed_users()) == before
+
+
+def test_inherited_variables_are_scrubbed_and_sessions_do_not_nest(
+        broker: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", "evil.example.com")
+    monkeypatch.setenv("PGPASSWORD", "an-old-shared-password")
+    monkeypatch.setenv("MYSQL_PWD", "another-old-password")
+    result = CliRunner().invoke(app, [
+        "exec", "demo", "--role", "readonly", "--", "sh", "-c",
+        'test "$PGHOST" = 127.0.0.1 && test -z "$PGPASSWORD" && test -z "$MYSQL_PWD" '
+        '&& test -n "$DBACCESS_SESSION"'], prog_name="dbaccess")
+    assert result.exit_code == 0
+    monkeypatch.setenv("DBACCESS_SESSION", "an-outer-session")
+    code, nested = run("connect", "demo", "--role", "readonly")
+    assert code == 2 and "already runs inside a dbaccess session" in nested["error"]["message"]
