@@ -19,6 +19,7 @@ from dbaccess.errors import (
     UsageError,
 )
 from dbaccess.models import (
+    AuditEntry,
     Identity,
     PublicConfig,
     SessionCreate,
@@ -69,6 +70,10 @@ class BrokerClient:
                 "POST", f"/v1/sessions/{session_id}/renew", json=body.model_dump(exclude_none=True)
             )
         )
+
+    def audit(self, **filters: str | int | None) -> list[AuditEntry]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return [AuditEntry.model_validate(r) for r in self._call("GET", "/v1/audit", params=params)]
 
     def revoke_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate(self._call("DELETE", f"/v1/sessions/{session_id}"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
 
@@ -104,3 +104,14 @@ class ErrorDetail(_Wire):
 
 class ErrorBody(_Wire):
     error: ErrorDetail
+
+
+class AuditEntry(_Wire):
+    """``GET /v1/audit``: one record of the trail."""
+
+    seq: int
+    at: datetime
+    event: str
+    subject: str | None = None
+    lease_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)

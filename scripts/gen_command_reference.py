@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["login", "logout", "whoami", "targets", "connect", "exec", "sessions", "revoke",
-            "renew", "creds", "profiles", "version"]
+            "renew", "creds", "audit", "profiles", "version"]
 SUBCOMMANDS = {"profiles": ["add", "use", "remove"]}
 
 

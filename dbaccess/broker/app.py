@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +27,7 @@ from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
 from dbaccess.errors import DbaccessError
 from dbaccess.models import (
+    AuditEntry,
     Identity,
     PublicConfig,
     SessionCreate,
@@ -144,6 +146,40 @@ def create_app(
             for target, role, rule in entitlements(
                 who, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
             )
+        ]
+
+    @app.get("/v1/audit", response_model=list[AuditEntry])
+    def read_audit(
+        since: datetime | None = None,
+        user: str | None = None,
+        target: str | None = None,
+        type: str | None = None,  # noqa: A002 - the public query parameter's name
+        limit: int = 1000,
+        who: Principal = Depends(principal),
+    ) -> list[AuditEntry]:
+        if not who.groups & set(service.settings.broker.auditor_groups):
+            raise ApiError(
+                403,
+                "denied",
+                "reading the audit trail needs an auditor group",
+                "ask for membership of an auditor group",
+            )
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        records = service.store.audit_records(
+            since=since, subject=user, event=type, limit=min(max(limit, 1), 10000)
+        )
+        return [
+            AuditEntry(
+                seq=r.seq,
+                at=r.at,
+                event=r.event,
+                subject=r.subject,
+                lease_id=r.lease_id,
+                detail=r.detail,
+            )
+            for r in records
+            if target is None or r.detail.get("target") == target
         ]
 
     @app.post("/v1/sessions", status_code=201)

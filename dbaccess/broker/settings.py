@@ -57,6 +57,8 @@ class BrokerSection(_Section):
     store_password_env: str | None = None
     store_password_file: Path | None = None
     reaper_interval: Duration = timedelta(seconds=5)
+    # Members of these groups may read the audit trail (GET /v1/audit, dbaccess audit).
+    auditor_groups: list[str] = Field(default_factory=list)
     # How often every target is checked for managed users without a live lease.
     reconcile_interval: Duration = timedelta(minutes=1)
     # A lease still "creating" after this long belongs to an interrupted request: revoke it.

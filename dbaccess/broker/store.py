@@ -487,10 +487,26 @@ class Store:
             ).all()
         return [Lease(**row._mapping) for row in rows]
 
-    def audit_records(self, lease_id: str | None = None) -> list[AuditRecord]:
+    def audit_records(
+        self,
+        lease_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        subject: str | None = None,
+        event: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditRecord]:
         query = sa.select(audit).order_by(audit.c.seq)
         if lease_id is not None:
             query = query.where(audit.c.lease_id == lease_id)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        if subject is not None:
+            query = query.where(audit.c.subject == subject)
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]

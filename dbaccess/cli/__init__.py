@@ -10,6 +10,7 @@ import typer
 
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
+from dbaccess.cli.audit import audit
 from dbaccess.cli.connect import connect
 from dbaccess.cli.creds import creds
 from dbaccess.cli.exec_ import exec_command
@@ -65,6 +66,7 @@ for name, command in (
     ("revoke", revoke),
     ("renew", renew),
     ("creds", creds),
+    ("audit", audit),
     ("version", version),
 ):
     app.command(name)(handled(command))

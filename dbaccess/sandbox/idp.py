@@ -34,6 +34,7 @@ DEFAULT_USERS = [
     IdpUser("bob", "bob@example.com", "Bob DBA", ["dba", "dev"]),
     IdpUser("carol", "carol@example.com", "Carol On-call", ["oncall"]),
     IdpUser("mallory", "mallory@example.com", "Mallory", []),
+    IdpUser("dave", "dave@example.com", "Dave Auditor", ["auditors"]),
 ]
 
 

@@ -32,6 +32,7 @@ BROKER_TOML = """\
 [broker]
 {store}
 reaper_interval = "{reaper_interval}"
+auditor_groups = ["auditors"]
 reconcile_interval = "{reconcile_interval}"
 creation_timeout = "{creation_timeout}"
 

@@ -121,3 +121,30 @@ def test_inherited_variables_are_scrubbed_and_sessions_do_not_nest(
     monkeypatch.setenv("DBACCESS_SESSION", "an-outer-session")
     code, nested = run("connect", "demo", "--role", "readonly")
     assert code == 2 and "already runs inside a dbaccess session" in nested["error"]["message"]
+
+
+def test_audit_is_for_auditors(broker: TestClient, stack: Stack) -> None:
+    code, denied = run("audit")
+    assert code == 5 and "needs an auditor group" in denied["error"]["message"]
+    code, made = run("creds", "demo", "--role", "readonly", "--reveal", "--reason", "INC-9")
+    assert code == 0
+    run("revoke", made["data"]["id"])
+
+    dave = device_tokens(stack.idp, "dave")["id_token"]
+    claims = jwt.decode(dave, options={"verify_signature": False})
+    save_login("default", StoredLogin(
+        issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
+        id_token=dave, refresh_token=None, expires_at=claims["exp"], subject="dave"))
+    code, trail = run("audit", "--user", "alice", "--target", "demo")
+    assert code == 0
+    events = [(r["event"], r["detail"].get("db_user")) for r in trail["data"]]
+    user = made["data"]["db_user"]
+    assert ("session.requested", user) in events and ("session.revoked", user) in events
+    requested = next(r for r in trail["data"] if r["event"] == "session.requested"
+                     and r["detail"]["db_user"] == user)
+    assert requested["detail"]["reason"] == "INC-9"
+    assert requested["detail"]["source"] == "testclient"
+    code, granted_only = run("audit", "--type", "session.granted")
+    assert code == 0 and {r["event"] for r in granted_only["data"]} == {"session.granted"}
+    code, bad = run("audit", "--since", "last tuesday")
+    assert code == 2 and "not an ISO date" in bad["error"]["message"]

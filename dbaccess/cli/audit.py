@@ -1,0 +1,54 @@
+"""``dbaccess audit``: the audit trail, for members of an auditor group."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.output import Globals
+
+
+def audit(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO date/time (UTC), e.g. 2026-11-01.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Subject of the person.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target name.")] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="Event, e.g. session.granted.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
+) -> None:
+    """Who got what, when, why, and what became of it (auditor groups only)."""
+    from datetime import datetime
+
+    from rich.table import Table
+
+    from dbaccess.api import logged_in
+    from dbaccess.errors import UsageError
+
+    g: Globals = ctx.obj
+    if since is not None:
+        try:
+            datetime.fromisoformat(since)
+        except ValueError:
+            raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
+    with logged_in(g.profile) as (api, _):
+        records = api.audit(since=since, user=user, target=target, type=event_type, limit=limit)
+    table = Table("#", "when (UTC)", "event", "who", "target", "user", "why / cause")
+    for r in records:
+        d = r.detail
+        table.add_row(
+            str(r.seq),
+            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            r.event,
+            r.subject or "-",
+            str(d.get("target", "-")),
+            str(d.get("db_user", "-")),
+            str(d.get("reason") or d.get("cause") or d.get("explanation") or "-"),
+        )
+    g.data(
+        [r.model_dump(mode="json") for r in records], table if records else "no audit records match"
+    )
