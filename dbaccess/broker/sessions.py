@@ -37,6 +37,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def ceil_second(moment: datetime) -> datetime:
+    """Round up to a whole second. Rounding down could put a 1-second session's expiry in
+    the past by the time the database checks it (MariaDB keeps whole seconds only)."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
+
+
 class ApiError(Exception):
     """An error the API returns as ``{"error": {code, message, hint}}`` with ``status``."""
 
@@ -134,7 +141,7 @@ class SessionService:
         username = make_username(
             target.username_prefix, principal.handle, engine.max_username_length
         )
-        expires_at = (now + decision.duration).replace(microsecond=0)
+        expires_at = ceil_second(now + decision.duration)
         lease = self.store.open_lease(
             now=now,
             subject=principal.subject,
@@ -206,7 +213,7 @@ class SessionService:
             )
         wanted = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
         extension = wanted or (lease.expires_at - lease.created_at)
-        expires_at = (now + extension).replace(microsecond=0)
+        expires_at = ceil_second(now + extension)
         total = expires_at - lease.created_at
         decision = decide(
             principal,

@@ -47,3 +47,14 @@ def test_new_user_repr_hides_password() -> None:
     user = NewUser("dba_x_1", password, RoleTemplate(group_role="g"), None)  # type: ignore[arg-type]
     assert password not in repr(user)
     assert len(password) >= 32
+
+
+def test_expiry_is_rounded_up_to_a_whole_second() -> None:
+    from datetime import UTC, datetime
+
+    from dbaccess.broker.sessions import ceil_second
+
+    moment = datetime(2026, 11, 22, 12, 0, 0, 900_000, tzinfo=UTC)
+    assert ceil_second(moment) == datetime(2026, 11, 22, 12, 0, 1, tzinfo=UTC)
+    whole = datetime(2026, 11, 22, 12, 0, 1, tzinfo=UTC)
+    assert ceil_second(whole) == whole
