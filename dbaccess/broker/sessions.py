@@ -173,6 +173,13 @@ class SessionService:
             ) from None
         failpoint("issue.after_create")
         lease = self.store.activate(lease.id, self.clock())
+        if lease.state != "active":  # the reconciler gave up on it (creation_timeout)
+            raise ApiError(
+                504,
+                "creation_timeout",
+                f"creating {username} took too long; the broker has revoked it",
+                "try again; if it keeps happening, the target database is overloaded",
+            )
         self.metrics.issued.labels(body.target, body.role).inc()
         return SessionGranted(
             **_info(lease).model_dump(),

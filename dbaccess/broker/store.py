@@ -169,19 +169,20 @@ class Store:
         lease_id: str | None,
         detail: dict[str, Any],
     ) -> None:
-        last = conn.execute(sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).scalar()
+        last = conn.execute(_LAST_HASH).scalar()
         prev = last or GENESIS
         text = json.dumps(detail, sort_keys=True, default=str)
         conn.execute(
-            audit.insert().values(
-                at=now,
-                event=event,
-                subject=subject,
-                lease_id=lease_id,
-                detail=text,
-                prev_hash=prev,
-                hash=_record_hash(prev, now, event, subject, lease_id, text),
-            )
+            audit.insert(),
+            {
+                "at": now,
+                "event": event,
+                "subject": subject,
+                "lease_id": lease_id,
+                "detail": text,
+                "prev_hash": prev,
+                "hash": _record_hash(prev, now, event, subject, lease_id, text),
+            },
         )
 
     def record(
@@ -230,7 +231,8 @@ class Store:
             attempts=0,
         )
         with self._write() as conn:
-            conn.execute(leases.insert().values(**values))
+            # Parameters apart from the statement: SQLAlchemy then reuses its compiled form.
+            conn.execute(leases.insert(), values)
             self._append_audit(
                 conn,
                 now,
@@ -254,12 +256,15 @@ class Store:
 
     def activate(self, lease_id: str, now: datetime) -> Lease:
         with self._write() as conn:
-            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-            conn.execute(
+            row = conn.execute(
                 leases.update()
                 .where(leases.c.id == lease_id, leases.c.state == "creating")
                 .values(state="active")
-            )
+                .returning(*leases.columns)
+            ).one_or_none()
+            if row is None:  # revoked while it was being created: report it as it is
+                row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
+                return Lease(**row._mapping)
             self._append_audit(
                 conn,
                 now,
@@ -274,7 +279,7 @@ class Store:
                     "expires_at": row.expires_at,
                 },
             )
-        return Lease(**{**row._mapping, "state": "active"})
+        return Lease(**row._mapping)
 
     def renew(self, lease_id: str, now: datetime, expires_at: datetime, actor: str) -> Lease:
         with self._write() as conn:
@@ -512,6 +517,7 @@ class Store:
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
 
 
+_LAST_HASH = sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
 WRITE_LOCK_KEY = 0x64626163  # "dbac": the advisory lock that orders writers on PostgreSQL
 
 
