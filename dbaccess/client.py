@@ -5,10 +5,12 @@ HTTP failures become DbaccessError subclasses carrying the broker's message and 
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
 import httpx
 
+from dbaccess import __version__
 from dbaccess.errors import (
     AuthError,
     BrokerError,
@@ -20,13 +22,23 @@ from dbaccess.errors import (
 )
 from dbaccess.models import (
     AuditEntry,
+    BreakglassCreate,
+    BreakglassPolicy,
     Identity,
     PublicConfig,
+    RequestInfo,
+    ReviewInfo,
     SessionCreate,
     SessionGranted,
     SessionInfo,
     SessionRenew,
     TargetAccess,
+)
+
+# Recorded by the broker in the audit trail next to the source address.
+USER_AGENT = (
+    f"dbaccess/{__version__} ({platform.system()} {platform.machine()}; "
+    f"Python {platform.python_version()})"
 )
 
 _BY_STATUS: dict[int, type[DbaccessError]] = {
@@ -50,9 +62,44 @@ class BrokerClient:
     def config(self) -> PublicConfig:
         return PublicConfig.model_validate(self._call("GET", "/v1/config"))
 
-    def create_session(self, request: SessionCreate) -> SessionGranted:
+    def create_session(self, request: SessionCreate) -> SessionGranted | RequestInfo:
+        """The session, or (rules needing approval) the pending request just opened."""
         body = self._call("POST", "/v1/sessions", json=request.model_dump(exclude_none=True))
+        if "password" not in body:
+            return RequestInfo.model_validate(body)
         return SessionGranted.model_validate(body)
+
+    def breakglass_policy(self) -> BreakglassPolicy:
+        return BreakglassPolicy.model_validate(self._call("GET", "/v1/breakglass"))
+
+    def breakglass(self, request: BreakglassCreate) -> SessionGranted:
+        body = self._call("POST", "/v1/breakglass", json=request.model_dump(exclude_none=True))
+        return SessionGranted.model_validate(body)
+
+    def requests(self, *, mine: bool = False) -> list[RequestInfo]:
+        found = self._call("GET", "/v1/requests", params={"mine": "true" if mine else "false"})
+        return [RequestInfo.model_validate(r) for r in found]
+
+    def get_request(self, request_id: str) -> RequestInfo:
+        return RequestInfo.model_validate(self._call("GET", f"/v1/requests/{request_id}"))
+
+    def approve(self, request_id: str) -> RequestInfo:
+        return RequestInfo.model_validate(
+            self._call("POST", f"/v1/requests/{request_id}/approve", json={})
+        )
+
+    def deny(self, request_id: str, reason: str) -> RequestInfo:
+        return RequestInfo.model_validate(
+            self._call("POST", f"/v1/requests/{request_id}/deny", json={"reason": reason})
+        )
+
+    def reviews(self) -> list[ReviewInfo]:
+        return [ReviewInfo.model_validate(r) for r in self._call("GET", "/v1/reviews")]
+
+    def close_review(self, session_id: str, note: str) -> ReviewInfo:
+        return ReviewInfo.model_validate(
+            self._call("POST", f"/v1/reviews/{session_id}/close", json={"note": note})
+        )
 
     def list_sessions(self) -> list[SessionInfo]:
         return [SessionInfo.model_validate(s) for s in self._call("GET", "/v1/sessions")]
@@ -79,7 +126,7 @@ class BrokerClient:
         return SessionInfo.model_validate(self._call("DELETE", f"/v1/sessions/{session_id}"))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path
@@ -101,13 +148,17 @@ class BrokerClient:
 def _error_from(response: httpx.Response) -> DbaccessError:
     message = f"the broker answered {response.status_code}"
     hint = None
+    broker_code = None
     try:
         detail = response.json().get("error") or {}
         message = detail.get("message") or message
         hint = detail.get("hint")
+        broker_code = detail.get("code")
     except (ValueError, AttributeError):
         pass
     kind = _BY_STATUS.get(response.status_code, BrokerError)
     if kind is AuthError and hint is None:
         hint = "dbaccess login"
-    return kind(message, hint=hint)
+    error = kind(message, hint=hint)
+    error.broker_code = broker_code
+    return error

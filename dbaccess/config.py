@@ -68,6 +68,8 @@ class Profile:
     client: dict[str, str] = field(default_factory=dict)
     # Tokens in a 0600 file instead of the keyring (opt-in, announced on every use).
     insecure_storage: bool = False
+    # The target `dbaccess breakglass` uses when none is named.
+    breakglass_target: str | None = None
 
     def to_toml(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -77,6 +79,8 @@ class Profile:
             out["insecure_storage"] = True
         if self.client:
             out["client"] = dict(self.client)
+        if self.breakglass_target:
+            out["breakglass_target"] = self.breakglass_target
         return out
 
 
@@ -107,7 +111,12 @@ class ProfileFile:
             insecure = body.get("insecure_storage", False)
             if not isinstance(insecure, bool):
                 raise ConfigError(f"{path}: profiles.{name}.insecure_storage: must be true/false")
-            profiles[name] = Profile(name, broker, dict(body.get("client") or {}), insecure)
+            breakglass = body.get("breakglass_target")
+            if breakglass is not None and not isinstance(breakglass, str):
+                raise ConfigError(f"{path}: profiles.{name}.breakglass_target: must be a string")
+            profiles[name] = Profile(
+                name, broker, dict(body.get("client") or {}), insecure, breakglass
+            )
         return cls(path, str(raw.get("current", DEFAULT_PROFILE)), profiles)
 
     def save(self) -> None:

@@ -17,6 +17,7 @@ import httpx
 from dbaccess.auth.login import bearer_token
 from dbaccess.client import BrokerClient
 from dbaccess.errors import DbaccessError, UsageError
+from dbaccess.grant import Ask, Want, obtain
 from dbaccess.launch import mysql, psql
 from dbaccess.launch.child import (
     child_environment,
@@ -25,7 +26,7 @@ from dbaccess.launch.child import (
     run_child,
 )
 from dbaccess.launch.session_dir import SessionDir, stale_sessions
-from dbaccess.models import SessionCreate, SessionGranted
+from dbaccess.models import BreakglassCreate, SessionGranted
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,21 @@ class ConnectRequest:
     command: tuple[str, ...] | None = None
     # engine -> client program chosen by flag or profile (psql, pgcli, mariadb, mycli...)
     clients: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None  # redeem an approved request
+    wait: bool = True  # wait for approvers; False: exit 'approval pending' at once
+    breakglass: BreakglassCreate | None = None
+
+    def want(self) -> Want:
+        return Want(
+            target=self.target,
+            role=self.role,
+            duration=self.duration,
+            reason=self.reason,
+            ticket=self.ticket,
+            request_id=self.request_id,
+            wait=self.wait,
+            breakglass=self.breakglass,
+        )
 
 
 def connect(
@@ -49,6 +65,7 @@ def connect(
     http: httpx.Client,
     on_granted: Callable[[SessionGranted], None] = lambda _: None,
     on_warning: Callable[[str], None] = lambda _: None,
+    ask: Ask | None = None,
 ) -> int:
     """Run the client for one session; return its exit code. Always revokes and wipes."""
     if os.environ.get("DBACCESS_SESSION"):
@@ -60,17 +77,7 @@ def connect(
     api = BrokerClient(request.broker, http, login.id_token)
     sweep_stale_sessions(api, request.broker, on_warning)
     with cleanup_on_signals():
-        granted = api.create_session(
-            SessionCreate(
-                target=request.target,
-                role=request.role,
-                reason=request.reason,
-                ticket=request.ticket,
-                duration_seconds=int(request.duration.total_seconds())
-                if request.duration
-                else None,
-            )
-        )
+        granted = obtain(api, request.want(), ask or Ask())
         directory: SessionDir | None = None
         try:
             directory = SessionDir.create(

@@ -8,6 +8,7 @@
     +-- AuthError                 not logged in, session expired, login failed (NOT_LOGGED_IN)
     +-- KeyringUnavailable        no keyring backend to keep tokens in        (CONFIG)
     +-- DeniedError               the broker's policy said no                 (DENIED)
+    +-- ApprovalPending           a request waits for approvers               (APPROVAL_PENDING)
     +-- BrokerUnreachable         the broker cannot be reached                (BROKER_UNREACHABLE)
     +-- BrokerError               the broker answered with an error           (BROKER_ERROR)
     +-- LaunchError               the native client could not be started      (LAUNCH)
@@ -44,6 +45,9 @@ class DbaccessError(Exception):
 
     exit_code: ExitCode = ExitCode.ERROR
     code: str = "error"
+    # The broker's own error code when the error came from an API answer (e.g.
+    # "reason_required", "target_required"), for callers that act on it.
+    broker_code: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -77,6 +81,11 @@ class KeyringUnavailable(DbaccessError):
 class DeniedError(DbaccessError):
     exit_code = ExitCode.DENIED
     code = "denied"
+
+
+class ApprovalPending(DbaccessError):
+    exit_code = ExitCode.APPROVAL_PENDING
+    code = "approval_pending"
 
 
 class BrokerUnreachable(DbaccessError):

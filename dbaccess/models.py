@@ -54,6 +54,92 @@ class SessionCreate(_Wire):
     duration_seconds: int | None = Field(default=None, gt=0)
     reason: str | None = Field(default=None, max_length=500)
     ticket: str | None = Field(default=None, max_length=100)
+    # An approved request of yours (``dbaccess connect --request ID``); it grants one session.
+    request_id: str | None = Field(default=None, max_length=36)
+
+
+class BreakglassCreate(_Wire):
+    """``POST /v1/breakglass`` body. Without ``target`` the broker picks the only one the
+    break-glass policy names, or answers 409 ``target_required`` listing them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str | None = Field(default=None, max_length=64)
+    incident: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=500)
+    duration_seconds: int | None = Field(default=None, gt=0)
+    drill: bool = False
+
+
+class BreakglassPolicy(_Wire):
+    """``GET /v1/breakglass``: whether the caller may break the glass, and where."""
+
+    allowed: bool
+    targets: dict[str, str] = Field(default_factory=dict)  # target -> elevated role
+    incident_pattern: str | None = None
+    max_duration_seconds: int | None = None
+
+
+class ApprovalInfo(_Wire):
+    by: str
+    at: datetime
+
+
+class RequestInfo(_Wire):
+    """An approval request (``POST /v1/sessions`` 202, ``GET /v1/requests``)."""
+
+    id: str
+    subject: str
+    email: str | None = None
+    target: str
+    role: str
+    duration_seconds: int
+    reason: str
+    ticket: str | None = None
+    rule: str
+    state: Literal["pending", "approved", "denied", "expired", "used"]
+    approvals_required: int
+    approver_groups: list[str]
+    approvals: list[ApprovalInfo] = Field(default_factory=list)
+    denied_by: str | None = None
+    deny_reason: str | None = None
+    created_at: datetime
+    expires_at: datetime
+    can_approve: bool = False  # the caller may approve or deny it
+
+
+class RequestDecision(_Wire):
+    """``POST /v1/requests/{id}/deny`` body (approve takes an optional one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ReviewInfo(_Wire):
+    """A break-glass session awaiting (or after) its post-incident review."""
+
+    id: str
+    subject: str
+    email: str | None = None
+    target: str
+    role: str
+    db_user: str
+    incident: str | None = None
+    reason: str | None = None
+    drill: bool = False
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    review_state: str | None = None
+    reviewed_by: str | None = None
+    review_note: str | None = None
+
+
+class ReviewClose(_Wire):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    note: str = Field(min_length=1, max_length=2000)
 
 
 class SessionRenew(_Wire):
@@ -78,6 +164,9 @@ class SessionInfo(_Wire):
     revoked_at: datetime | None = None
     reason: str | None = None
     rule: str | None = None
+    kind: str = "session"
+    incident: str | None = None
+    drill: bool = False
 
 
 class SessionGranted(SessionInfo):

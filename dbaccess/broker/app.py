@@ -18,18 +18,25 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dbaccess import __version__
+from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.broker.reaper import Reaper
-from dbaccess.broker.sessions import ApiError, SessionService
+from dbaccess.broker.sessions import Origin, SessionService
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
 from dbaccess.errors import DbaccessError
 from dbaccess.models import (
     AuditEntry,
+    BreakglassCreate,
+    BreakglassPolicy,
     Identity,
     PublicConfig,
+    RequestDecision,
+    RequestInfo,
+    ReviewClose,
+    ReviewInfo,
     SessionCreate,
     SessionGranted,
     SessionInfo,
@@ -76,6 +83,7 @@ def create_app(
                 reaper.stop()
             for engine in service.engines.values():
                 engine.close()
+            service.notifier.close()
 
     app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
     app.state.service = service
@@ -182,16 +190,69 @@ def create_app(
             if target is None or r.detail.get("target") == target
         ]
 
-    @app.post("/v1/sessions", status_code=201)
+    @app.post(
+        "/v1/sessions",
+        status_code=201,
+        responses={
+            201: {"model": SessionGranted, "description": "the session, password included"},
+            202: {"model": RequestInfo, "description": "approval needed: the new request"},
+        },
+    )
     def create_session(
         body: SessionCreate, request: Request, who: Principal = Depends(principal)
     ) -> JSONResponse:
-        source = request.client.host if request.client else None
-        granted: SessionGranted = service.create(who, body, source)
-        # Serialised by hand so the password is revealed only in this response body.
-        return JSONResponse(
-            granted.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"}
+        outcome = service.create(who, body, _origin(request))
+        if isinstance(outcome, SessionGranted):
+            return _granted(outcome)
+        info = service.approvals.info(who, outcome)
+        return JSONResponse(info.model_dump(mode="json"), status_code=202)
+
+    @app.get("/v1/requests", response_model=list[RequestInfo])
+    def list_requests(mine: bool = False, who: Principal = Depends(principal)) -> list[RequestInfo]:
+        return service.approvals.visible_to(who, mine=mine)
+
+    @app.get("/v1/requests/{request_id}", response_model=RequestInfo)
+    def get_request(request_id: str, who: Principal = Depends(principal)) -> RequestInfo:
+        return service.approvals.get(who, request_id)
+
+    @app.post("/v1/requests/{request_id}/approve", response_model=RequestInfo)
+    def approve_request(
+        request_id: str, request: Request, who: Principal = Depends(principal)
+    ) -> RequestInfo:
+        return service.approvals.approve(who, request_id, _origin(request))
+
+    @app.post("/v1/requests/{request_id}/deny", response_model=RequestInfo)
+    def deny_request(
+        request_id: str,
+        body: RequestDecision,
+        request: Request,
+        who: Principal = Depends(principal),
+    ) -> RequestInfo:
+        if not (body.reason or "").strip():
+            raise ApiError(422, "invalid_request", "a denial needs a reason", "--reason TEXT")
+        return service.approvals.deny(
+            who, request_id, (body.reason or "").strip(), _origin(request)
         )
+
+    @app.get("/v1/breakglass", response_model=BreakglassPolicy)
+    def breakglass_policy(who: Principal = Depends(principal)) -> BreakglassPolicy:
+        return service.breakglass.policy_for(who)
+
+    @app.post("/v1/breakglass", status_code=201, responses={201: {"model": SessionGranted}})
+    def breakglass(
+        body: BreakglassCreate, request: Request, who: Principal = Depends(principal)
+    ) -> JSONResponse:
+        return _granted(service.breakglass.open(who, body, _origin(request)))
+
+    @app.get("/v1/reviews", response_model=list[ReviewInfo])
+    def list_reviews(who: Principal = Depends(principal)) -> list[ReviewInfo]:
+        return service.breakglass.open_reviews(who)
+
+    @app.post("/v1/reviews/{session_id}/close", response_model=ReviewInfo)
+    def close_review(
+        session_id: str, body: ReviewClose, request: Request, who: Principal = Depends(principal)
+    ) -> ReviewInfo:
+        return service.breakglass.close_review(who, session_id, body.note, _origin(request))
 
     @app.get("/v1/sessions", response_model=list[SessionInfo])
     def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:
@@ -201,12 +262,13 @@ def create_app(
     def renew_session(
         session_id: str, body: SessionRenew, request: Request, who: Principal = Depends(principal)
     ) -> SessionInfo:
-        source = request.client.host if request.client else None
-        return service.renew_for(who, session_id, body, source)
+        return service.renew_for(who, session_id, body, _origin(request))
 
     @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)
-    def revoke_session(session_id: str, who: Principal = Depends(principal)) -> SessionInfo:
-        return service.revoke_for(who, session_id)
+    def revoke_session(
+        session_id: str, request: Request, who: Principal = Depends(principal)
+    ) -> SessionInfo:
+        return service.revoke_for(who, session_id, _origin(request))
 
     return app
 
@@ -243,6 +305,7 @@ def reload_settings(service: SessionService, path: Path) -> bool:
             if previous is not None:
                 previous.close()
     service.settings = fresh
+    service.notifier.settings = fresh.notify
     log.info(
         "configuration reloaded",
         extra={
@@ -252,6 +315,20 @@ def reload_settings(service: SessionService, path: Path) -> bool:
         },
     )
     return True
+
+
+def _origin(request: Request) -> Origin:
+    return Origin(
+        source=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:255] or None,
+    )
+
+
+def _granted(granted: SessionGranted) -> JSONResponse:
+    # Serialised by hand so the password is revealed only in this response body.
+    return JSONResponse(
+        granted.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _error(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:

@@ -36,6 +36,8 @@ class Decision:
     duration: timedelta | None = None
     approvals_required: int = 0
     approver_groups: tuple[str, ...] = ()
+    # "reason" when a reason is all that is missing (a terminal can prompt for one)
+    missing: str | None = None
 
 
 def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
@@ -57,11 +59,13 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
             f"no rule grants role '{request.role}' on '{request.target}' to {principal.handle}",
         )
     reasons = []
+    only_reason_missing = True
     for rule in matching:
         duration = request.duration or min(
             rule.default_duration or DEFAULT_DURATION, rule.max_duration
         )
         if duration > rule.max_duration:
+            only_reason_missing = False
             reasons.append(
                 f"rule '{rule.name}' allows at most {format_duration(rule.max_duration)}"
             )
@@ -70,6 +74,7 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
             reasons.append(f"rule '{rule.name}' requires a reason (--reason)")
             continue
         if rule.ticket_pattern and not re.fullmatch(rule.ticket_pattern, request.ticket or ""):
+            only_reason_missing = False
             reasons.append(
                 f"rule '{rule.name}' requires a ticket matching {rule.ticket_pattern} (--ticket)"
             )
@@ -82,7 +87,12 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         return Decision(
             True, explanation, rule.name, duration, rule.approvals, tuple(rule.approver_groups)
         )
-    return Decision(False, "; ".join(reasons), matching[0].name)
+    return Decision(
+        False,
+        "; ".join(reasons),
+        matching[0].name,
+        missing="reason" if only_reason_missing else None,
+    )
 
 
 def entitlements(principal: Principal, rules: Sequence[Rule],

@@ -45,6 +45,7 @@ class Reaper:
                 # Drain in batches so a storm of expiries is handled without a long pause.
                 while self._service.reap(limit=100) == 100 and not self._stop.is_set():
                     pass
+                self._service.approvals.expire()
                 if time.monotonic() >= self._next_reconcile:
                     self._service.reconcile()
                     self._next_reconcile = time.monotonic() + self._reconcile_interval

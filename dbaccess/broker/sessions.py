@@ -13,16 +13,21 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from dbaccess.broker.api_errors import ApiError
+from dbaccess.broker.approvals import Approvals
+from dbaccess.broker.breakglass import Breakglass
 from dbaccess.broker.engines import Engine, EngineError, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.metrics import Metrics
-from dbaccess.broker.policy import AccessRequest, decide
-from dbaccess.broker.settings import Settings
-from dbaccess.broker.store import Lease, Store
+from dbaccess.broker.notify import Notifier
+from dbaccess.broker.policy import AccessRequest, Decision, decide
+from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
+from dbaccess.broker.store import ApprovalRequest, Conflict, Lease, Store
 from dbaccess.durations import format_duration
 from dbaccess.models import SessionCreate, SessionGranted, SessionInfo, SessionRenew
 
@@ -37,19 +42,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an API call came from, for the audit trail."""
+
+    source: str | None = None
+    user_agent: str | None = None
+
+    def detail(self) -> dict[str, str | None]:
+        return {"source": self.source, "user_agent": self.user_agent}
+
+
 def ceil_second(moment: datetime) -> datetime:
     """Round up to a whole second. Rounding down could put a 1-second session's expiry in
     the past by the time the database checks it (MariaDB keeps whole seconds only)."""
     whole = moment.replace(microsecond=0)
     return whole if whole == moment else whole + timedelta(seconds=1)
-
-
-class ApiError(Exception):
-    """An error the API returns as ``{"error": {code, message, hint}}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.hint = status, code, message, hint
 
 
 class SessionService:
@@ -60,12 +68,16 @@ class SessionService:
         engines: Mapping[str, Engine],
         clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engines = dict(engines)
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier(settings.notify)
+        self.approvals = Approvals(self)
+        self.breakglass = Breakglass(self)
         # Names this process in lease claims, so replicas sharing a store never revoke
         # the same lease at once.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -74,31 +86,33 @@ class SessionService:
         )
 
     def create(
-        self, principal: Principal, body: SessionCreate, source: str | None = None
-    ) -> SessionGranted:
-        target = self.settings.targets.get(body.target)
-        if target is None:
-            raise ApiError(
-                404,
-                "unknown_target",
-                f"there is no target '{body.target}'",
-                "dbaccess targets lists the targets you may use",
-            )
-        template = target.roles.get(body.role)
-        if template is None:
-            raise ApiError(
-                404,
-                "unknown_role",
-                f"target '{body.target}' has no role '{body.role}'",
-                f"roles on {body.target}: {', '.join(sorted(target.roles))}",
-            )
-        requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
+        self, principal: Principal, body: SessionCreate, origin: Origin | None = None
+    ) -> SessionGranted | ApprovalRequest:
+        """A session now, or — when the matching rule needs approvals — a pending approval
+        request (``body.request_id`` then redeems the approved request)."""
+        origin = origin or Origin()
+        self._target_role(body.target, body.role)
+        request = self._approved_request(principal, body) if body.request_id else None
+        reason: str | None
+        if request is not None:
+            requested: timedelta | None = timedelta(seconds=request.duration_seconds)
+            reason, ticket = request.reason, request.ticket
+        else:
+            requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
+            reason, ticket = body.reason, body.ticket
         decision = decide(
             principal,
-            AccessRequest(body.target, body.role, requested, body.reason, body.ticket),
+            AccessRequest(body.target, body.role, requested, reason, ticket),
             self.settings.rules,
         )
         now = self.clock()
+        if decision.allowed and decision.approvals_required and not (reason or "").strip():
+            decision = Decision(
+                False,
+                f"rule '{decision.rule}' needs approval, and approvers need a reason (--reason)",
+                decision.rule,
+                missing="reason",
+            )
         if not decision.allowed or decision.duration is None:
             self.store.record(
                 now,
@@ -108,62 +122,132 @@ class SessionService:
                     "email": principal.email,
                     "target": body.target,
                     "role": body.role,
-                    "reason": body.reason,
+                    "reason": reason,
                     "explanation": decision.explanation,
                     "rule": decision.rule,
-                    "source": source,
+                    **origin.detail(),
                 },
             )
             self.metrics.denied.labels(body.target).inc()
+            if decision.missing == "reason":
+                raise ApiError(403, "reason_required", decision.explanation, "add --reason TEXT")
             raise ApiError(403, "denied", decision.explanation)
-        if decision.approvals_required:
-            self.store.record(
-                now,
-                "session.approval_required",
-                principal.subject,
-                {
-                    "target": body.target,
-                    "role": body.role,
-                    "rule": decision.rule,
-                    "reason": body.reason,
-                    "ticket": body.ticket,
-                    "source": source,
-                },
-            )
+        if decision.approvals_required and request is None:
+            return self.approvals.open(principal, body, decision, origin)
+        return self.issue(
+            principal,
+            target_name=body.target,
+            role=body.role,
+            duration=decision.duration,
+            rule=decision.rule,
+            reason=reason,
+            ticket=ticket,
+            origin=origin,
+            request=request,
+        )
+
+    def _target_role(self, target_name: str, role: str) -> tuple[TargetSection, RoleTemplate]:
+        target = self.settings.targets.get(target_name)
+        if target is None:
             raise ApiError(
-                403,
-                "approval_required",
-                f"{decision.explanation}; approval requests are not supported by "
-                "this broker version yet",
-                "ask an administrator",
+                404,
+                "unknown_target",
+                f"there is no target '{target_name}'",
+                "dbaccess targets lists the targets you may use",
             )
-        engine = self.engines[body.target]
+        template = target.roles.get(role)
+        if template is None:
+            raise ApiError(
+                404,
+                "unknown_role",
+                f"target '{target_name}' has no role '{role}'",
+                f"roles on {target_name}: {', '.join(sorted(target.roles))}",
+            )
+        return target, template
+
+    def _approved_request(self, principal: Principal, body: SessionCreate) -> ApprovalRequest:
+        assert body.request_id is not None
+        request = self.store.get_request(body.request_id)
+        if request is None or request.subject != principal.subject:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no approval request {body.request_id} of yours",
+                "dbaccess requests --mine lists your requests",
+            )
+        if (request.target, request.role) != (body.target, body.role):
+            raise ApiError(
+                409,
+                "request_mismatch",
+                f"request {request.id} is for role '{request.role}' on '{request.target}'",
+                f"dbaccess connect {request.target} --role {request.role} --request {request.id}",
+            )
+        if request.state != "approved" or request.expires_at <= self.clock():
+            state = "expired" if request.expires_at <= self.clock() else request.state
+            raise ApiError(
+                409,
+                f"request_{state}",
+                f"request {request.id} is {state}",
+                "ask again: dbaccess connect without --request opens a new request",
+            )
+        return request
+
+    def issue(
+        self,
+        principal: Principal,
+        *,
+        target_name: str,
+        role: str,
+        duration: timedelta,
+        rule: str | None,
+        reason: str | None,
+        ticket: str | None,
+        origin: Origin,
+        request: ApprovalRequest | None = None,
+        incident: str | None = None,
+        drill: bool = False,
+    ) -> SessionGranted:
+        """Lease, user, activation — the crash-safe order every kind of session shares.
+        ``incident`` makes it a break-glass session (statements logged, review opened)."""
+        target, template = self._target_role(target_name, role)
+        engine = self.engines[target_name]
         username = make_username(
             target.username_prefix, principal.handle, engine.max_username_length
         )
-        expires_at = ceil_second(now + decision.duration)
-        lease = self.store.open_lease(
-            now=now,
-            subject=principal.subject,
-            email=principal.email,
-            target=body.target,
-            role=body.role,
-            engine=target.engine,
-            db_user=username,
-            rule=decision.rule,
-            reason=body.reason,
-            ticket=body.ticket,
-            expires_at=expires_at,
-            source=source,
-        )
+        now = self.clock()
+        breakglass = incident is not None
+        try:
+            lease = self.store.open_lease(
+                now=now,
+                subject=principal.subject,
+                email=principal.email,
+                target=target_name,
+                role=role,
+                engine=target.engine,
+                db_user=username,
+                rule=rule,
+                reason=reason,
+                ticket=ticket,
+                expires_at=ceil_second(now + duration),
+                source=origin.source,
+                user_agent=origin.user_agent,
+                kind="breakglass" if breakglass else "session",
+                incident=incident,
+                drill=drill,
+                request=request,
+            )
+        except Conflict as exc:
+            raise ApiError(409, "request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
         password = make_password()
         try:
-            engine.create_user(NewUser(username, password, template, expires_at))
+            engine.create_user(
+                NewUser(username, password, template, lease.expires_at, log_statements=breakglass)
+            )
         except EngineError as exc:
             # The user may exist half-made: hand the lease to the reaper to clean up.
             self.store.begin_revoke(lease.id, self.clock(), "create_failed")
-            self.metrics.issue_failures.labels(body.target).inc()
+            self.metrics.issue_failures.labels(target_name).inc()
             log.warning("creating %s (lease %s) failed: %s", username, lease.id, exc)
             raise ApiError(
                 502,
@@ -180,7 +264,7 @@ class SessionService:
                 f"creating {username} took too long; the broker has revoked it",
                 "try again; if it keeps happening, the target database is overloaded",
             )
-        self.metrics.issued.labels(body.target, body.role).inc()
+        self.metrics.issued.labels(target_name, role).inc()
         return SessionGranted(
             **_info(lease).model_dump(),
             host=target.host,
@@ -205,7 +289,7 @@ class SessionService:
         return lease
 
     def renew_for(
-        self, principal: Principal, lease_id: str, body: SessionRenew, source: str | None = None
+        self, principal: Principal, lease_id: str, body: SessionRenew, origin: Origin | None = None
     ) -> SessionInfo:
         """Move the expiry to now + duration, as long as the whole session stays within
         the maximum of a rule that (still) grants it."""
@@ -237,7 +321,7 @@ class SessionService:
                     "target": lease.target,
                     "requested_until": expires_at,
                     "explanation": decision.explanation,
-                    "source": source,
+                    **(origin or Origin()).detail(),
                 },
                 lease_id,
             )
@@ -251,11 +335,19 @@ class SessionService:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineError as exc:
             raise ApiError(502, "database_error", str(exc)) from None
-        return _info(self.store.renew(lease_id, now, expires_at, principal.subject))
+        return _info(
+            self.store.renew(
+                lease_id, now, expires_at, principal.subject, (origin or Origin()).detail()
+            )
+        )
 
-    def revoke_for(self, principal: Principal, lease_id: str) -> SessionInfo:
+    def revoke_for(
+        self, principal: Principal, lease_id: str, origin: Origin | None = None
+    ) -> SessionInfo:
         self._own(principal, lease_id)
-        self.revoke_batch([(lease_id, "user")], actor=principal.subject)
+        self.revoke_batch(
+            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail()
+        )
         current = self.store.get(lease_id)
         assert current is not None
         return _info(current)
@@ -279,14 +371,19 @@ class SessionService:
         )
         return len(batch)
 
-    def revoke_batch(self, wanted: list[tuple[str, str]], actor: str | None = None) -> int:
+    def revoke_batch(
+        self,
+        wanted: list[tuple[str, str]],
+        actor: str | None = None,
+        origin: dict[str, str | None] | None = None,
+    ) -> int:
         """Mark and claim the leases (one store transaction), drop their users a few at a
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
         if not wanted:
             return 0
         claimed = self.store.claim_for_revocation(
-            wanted, self.clock(), self.replica, CLAIM_TTL, actor
+            wanted, self.clock(), self.replica, CLAIM_TTL, actor, origin
         )
         if not claimed:
             return 0
@@ -370,4 +467,7 @@ def _info(lease: Lease) -> SessionInfo:
         revoked_at=lease.revoked_at,
         reason=lease.reason,
         rule=lease.rule,
+        kind=lease.kind,
+        incident=lease.incident,
+        drill=lease.drill,
     )

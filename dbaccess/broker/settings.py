@@ -68,6 +68,8 @@ class BrokerSection(_Section):
     revoke_workers: int = Field(default=4, ge=1, le=32)
     # Public base URL the CLI uses; informational for now.
     public_url: str | None = None
+    # An approval request that is not approved and used within this time expires.
+    request_ttl: Duration = timedelta(hours=1)
 
 
     @field_validator("store")
@@ -230,7 +232,8 @@ class Rule(_Section):
     require_reason: bool = False
     # A ticket id matching this regular expression must accompany the request.
     ticket_pattern: str | None = None
-    # Approval tier: this many approvals from members of approver_groups (flow: later).
+    # Approval tier: this many approvals from members of approver_groups (never the
+    # requester); the requester must then give a reason.
     approvals: int = Field(default=0, ge=0, le=5)
     approver_groups: list[str] = Field(default_factory=list)
 
@@ -255,11 +258,69 @@ class Rule(_Section):
         return self
 
 
+class BreakglassSection(_Section):
+    """Emergency access: no approval wait, but loud (webhook), short, fully logged by the
+    database, and reviewed afterwards by someone else."""
+
+    groups: list[str] = Field(min_length=1)
+    # target -> the elevated role template a break-glass session gets there
+    targets: dict[str, str] = Field(min_length=1)
+    incident_pattern: str = r"INC-[0-9]+"
+    max_duration: Duration = timedelta(hours=1)
+    # Who may close post-incident reviews (never the user who broke the glass).
+    reviewer_groups: list[str] = Field(default_factory=list)
+
+    @field_validator("incident_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class NotifySection(_Section):
+    """Webhooks for break-glass and approval events: a JSON body with a Slack-compatible
+    ``text`` field, POSTed to each URL."""
+
+    webhooks: list[str] = Field(default_factory=list)
+    timeout: Duration = timedelta(seconds=5)
+    attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+
 class Settings(_Section):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     identity: IdentitySection
     targets: dict[Annotated[str, Field(pattern=_NAME)], TargetSection]
     rules: list[Rule] = Field(default_factory=list)
+    breakglass: BreakglassSection | None = None
+    notify: NotifySection = Field(default_factory=NotifySection)
+
+    @model_validator(mode="after")
+    def _breakglass_points_at_real_things(self) -> Settings:
+        if self.breakglass is None:
+            return self
+        for target, role in self.breakglass.targets.items():
+            if target not in self.targets:
+                raise _KeyedError("breakglass.targets", f"unknown target '{target}'")
+            if role not in self.targets[target].roles:
+                raise _KeyedError(
+                    f"breakglass.targets.{target}", f"target '{target}' has no role '{role}'"
+                )
+            if self.breakglass.max_duration > self.targets[target].max_lifetime:
+                raise _KeyedError(
+                    "breakglass.max_duration", f"longer than the max_lifetime of target '{target}'"
+                )
+        return self
 
     @model_validator(mode="after")
     def _rules_point_at_real_things(self) -> Settings:

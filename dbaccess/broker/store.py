@@ -66,6 +66,42 @@ leases = sa.Table(
     # The replica working on this lease, until claim_expires_at (see Store.claim).
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claim_expires_at", UTCDateTime),
+    # "session", or "breakglass" (incident set, statements logged, reviewed afterwards).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="session"),
+    sa.Column("incident", sa.String(100)),
+    sa.Column("drill", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("request_id", sa.String(36)),
+    sa.Column("user_agent", sa.String(255)),
+    # Break-glass only: open -> closed, by someone other than the subject.
+    sa.Column("review_state", sa.String(16), index=True),
+    sa.Column("reviewed_by", sa.String(255)),
+    sa.Column("reviewed_at", UTCDateTime),
+    sa.Column("review_note", sa.String(2000)),
+)
+
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(255), nullable=False, index=True),
+    sa.Column("email", sa.String(255)),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("duration_seconds", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("ticket", sa.String(100)),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("approvals_required", sa.Integer, nullable=False),
+    sa.Column("approver_groups", sa.Text, nullable=False),  # JSON list
+    # pending -> approved -> used; or denied / expired
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("approvals", sa.Text, nullable=False, server_default="[]"),  # JSON [{by, at}]
+    sa.Column("denied_by", sa.String(255)),
+    sa.Column("deny_reason", sa.String(500)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("decided_at", UTCDateTime),
+    sa.Column("lease_id", sa.String(36)),
 )
 
 audit = sa.Table(
@@ -107,6 +143,49 @@ class Lease:
     last_error: str | None
     claimed_by: str | None = None
     claim_expires_at: datetime | None = None
+    kind: str = "session"
+    incident: str | None = None
+    drill: bool = False
+    request_id: str | None = None
+    user_agent: str | None = None
+    review_state: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_note: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    id: str
+    subject: str
+    email: str | None
+    target: str
+    role: str
+    duration_seconds: int
+    reason: str
+    ticket: str | None
+    rule: str
+    approvals_required: int
+    approver_groups: list[str]
+    state: str
+    approvals: list[dict[str, Any]]
+    denied_by: str | None
+    deny_reason: str | None
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    lease_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApprovalRequest:
+        values = dict(row._mapping)
+        values["approver_groups"] = json.loads(values["approver_groups"])
+        values["approvals"] = json.loads(values["approvals"])
+        return cls(**values)
+
+
+class Conflict(Exception):
+    """A state change the current state does not allow (told to the caller as is)."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +291,14 @@ class Store:
         ticket: str | None,
         expires_at: datetime,
         source: str | None,
+        user_agent: str | None = None,
+        kind: str = "session",
+        incident: str | None = None,
+        drill: bool = False,
+        request: ApprovalRequest | None = None,
     ) -> Lease:
+        """Record the lease (state ``creating``) before its user exists. With ``request``,
+        that approved request is consumed in the same transaction: it grants one session."""
         lease_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=lease_id,
@@ -229,28 +315,46 @@ class Store:
             created_at=now,
             expires_at=expires_at,
             attempts=0,
+            kind=kind,
+            incident=incident,
+            drill=drill,
+            request_id=request.id if request else None,
+            user_agent=user_agent,
+            review_state="open" if kind == "breakglass" else None,
         )
+        detail: dict[str, Any] = {
+            "email": email,
+            "target": target,
+            "role": role,
+            "db_user": db_user,
+            "rule": rule,
+            "reason": reason,
+            "ticket": ticket,
+            "expires_at": expires_at,
+            "source": source,
+            "user_agent": user_agent,
+        }
+        if kind == "breakglass":
+            detail.update(incident=incident, drill=drill)
+        if request is not None:
+            detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:
+            if request is not None:
+                used = conn.execute(
+                    approval_requests.update()
+                    .where(
+                        approval_requests.c.id == request.id,
+                        approval_requests.c.state == "approved",
+                        approval_requests.c.expires_at > now,
+                    )
+                    .values(state="used", lease_id=lease_id)
+                ).rowcount
+                if not used:
+                    raise Conflict(f"request {request.id} is no longer approved and unused")
             # Parameters apart from the statement: SQLAlchemy then reuses its compiled form.
             conn.execute(leases.insert(), values)
-            self._append_audit(
-                conn,
-                now,
-                "session.requested",
-                subject,
-                lease_id,
-                {
-                    "email": email,
-                    "target": target,
-                    "role": role,
-                    "db_user": db_user,
-                    "rule": rule,
-                    "reason": reason,
-                    "ticket": ticket,
-                    "expires_at": expires_at,
-                    "source": source,
-                },
-            )
+            event = "breakglass.requested" if kind == "breakglass" else "session.requested"
+            self._append_audit(conn, now, event, subject, lease_id, detail)
         row: dict[str, Any] = {column.name: values.get(column.name) for column in leases.columns}
         return Lease(**row)
 
@@ -265,23 +369,29 @@ class Store:
             if row is None:  # revoked while it was being created: report it as it is
                 row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
                 return Lease(**row._mapping)
-            self._append_audit(
-                conn,
-                now,
-                "session.granted",
-                row.subject,
-                lease_id,
-                {
-                    "target": row.target,
-                    "role": row.role,
-                    "db_user": row.db_user,
-                    "rule": row.rule,
-                    "expires_at": row.expires_at,
-                },
-            )
+            detail = {
+                "target": row.target,
+                "role": row.role,
+                "db_user": row.db_user,
+                "rule": row.rule,
+                "expires_at": row.expires_at,
+            }
+            if row.kind == "breakglass":
+                detail.update(incident=row.incident, drill=row.drill)
+            if row.request_id:
+                detail["request_id"] = row.request_id
+            event = "breakglass.granted" if row.kind == "breakglass" else "session.granted"
+            self._append_audit(conn, now, event, row.subject, lease_id, detail)
         return Lease(**row._mapping)
 
-    def renew(self, lease_id: str, now: datetime, expires_at: datetime, actor: str) -> Lease:
+    def renew(
+        self,
+        lease_id: str,
+        now: datetime,
+        expires_at: datetime,
+        actor: str,
+        origin: dict[str, Any] | None = None,
+    ) -> Lease:
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             conn.execute(
@@ -300,6 +410,7 @@ class Store:
                     "target": row.target,
                     "previous_expiry": row.expires_at,
                     "expires_at": expires_at,
+                    **(origin or {}),
                 },
             )
         lease = self.get(lease_id)
@@ -335,6 +446,7 @@ class Store:
         owner: str,
         ttl: timedelta,
         actor: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> list[Lease]:
         """In one transaction: mark live leases ``revoking`` (with their cause) and claim
         them, plus claim ``revoking`` ones whose retry is due and that nobody else holds.
@@ -376,7 +488,12 @@ class Store:
                     "session.revoke_requested",
                     actor or row.subject,
                     lease_id,
-                    {"cause": cause, "db_user": row.db_user, "target": row.target},
+                    {
+                        "cause": cause,
+                        "db_user": row.db_user,
+                        "target": row.target,
+                        **(origin or {}),
+                    },
                 )
             rows = conn.execute(
                 sa.select(leases).where(
@@ -448,6 +565,258 @@ class Store:
                             "retry_at": retry_at,
                         },
                     )
+
+    # -- approval requests ------------------------------------------------------------
+
+    def create_request(
+        self,
+        *,
+        now: datetime,
+        subject: str,
+        email: str | None,
+        target: str,
+        role: str,
+        duration: timedelta,
+        reason: str,
+        ticket: str | None,
+        rule: str,
+        approvals_required: int,
+        approver_groups: list[str],
+        ttl: timedelta,
+        source: str | None,
+        user_agent: str | None,
+    ) -> ApprovalRequest:
+        values: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "subject": subject,
+            "email": email,
+            "target": target,
+            "role": role,
+            "duration_seconds": int(duration.total_seconds()),
+            "reason": reason,
+            "ticket": ticket,
+            "rule": rule,
+            "approvals_required": approvals_required,
+            "approver_groups": json.dumps(approver_groups),
+            "state": "pending",
+            "approvals": "[]",
+            "created_at": now,
+            "expires_at": now + ttl,
+        }
+        with self._write() as conn:
+            conn.execute(approval_requests.insert(), values)
+            self._append_audit(
+                conn,
+                now,
+                "request.created",
+                subject,
+                None,
+                {
+                    "request_id": values["id"],
+                    "email": email,
+                    "target": target,
+                    "role": role,
+                    "duration_seconds": values["duration_seconds"],
+                    "reason": reason,
+                    "ticket": ticket,
+                    "rule": rule,
+                    "approvals_required": approvals_required,
+                    "approver_groups": approver_groups,
+                    "expires_at": values["expires_at"],
+                    "source": source,
+                    "user_agent": user_agent,
+                },
+            )
+        found = self.get_request(values["id"])
+        assert found is not None
+        return found
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(approval_requests).where(approval_requests.c.id == request_id)
+            ).first()
+        return None if row is None else ApprovalRequest.from_row(row)
+
+    def requests(self, *, states: tuple[str, ...] | None = None) -> list[ApprovalRequest]:
+        query = sa.select(approval_requests).order_by(approval_requests.c.created_at)
+        if states is not None:
+            query = query.where(approval_requests.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [ApprovalRequest.from_row(row) for row in conn.execute(query)]
+
+    def _pending_request(self, conn: Connection, request_id: str, now: datetime) -> Any:
+        row = conn.execute(
+            sa.select(approval_requests).where(approval_requests.c.id == request_id)
+        ).first()
+        if row is None:
+            raise LookupError(request_id)
+        if row.state == "pending" and row.expires_at <= now:
+            self._expire(conn, row, now)
+            raise Conflict(f"request {request_id} expired at {row.expires_at:%Y-%m-%d %H:%M} UTC")
+        if row.state != "pending":
+            raise Conflict(f"request {request_id} is {row.state}, not pending")
+        return row
+
+    def approve_request(
+        self, request_id: str, approver: str, now: datetime, origin: dict[str, Any]
+    ) -> ApprovalRequest:
+        """Add one approval; the request becomes ``approved`` with the last one needed.
+        Raises LookupError (no such request) or Conflict (not pending, expired, own
+        request, approved twice by one person)."""
+        with self._write() as conn:
+            row = self._pending_request(conn, request_id, now)
+            if approver == row.subject:
+                raise Conflict("nobody approves their own request")
+            approvals = json.loads(row.approvals)
+            if any(a["by"] == approver for a in approvals):
+                raise Conflict(f"you already approved request {request_id}")
+            approvals.append({"by": approver, "at": now.isoformat()})
+            done = len(approvals) >= row.approvals_required
+            conn.execute(
+                approval_requests.update()
+                .where(approval_requests.c.id == request_id)
+                .values(
+                    approvals=json.dumps(approvals),
+                    state="approved" if done else "pending",
+                    decided_at=now if done else None,
+                )
+            )
+            self._append_audit(
+                conn,
+                now,
+                "request.approved",
+                approver,
+                None,
+                {
+                    "request_id": request_id,
+                    "requester": row.subject,
+                    "target": row.target,
+                    "role": row.role,
+                    "approvals": len(approvals),
+                    "approvals_required": row.approvals_required,
+                    "complete": done,
+                    **origin,
+                },
+            )
+        found = self.get_request(request_id)
+        assert found is not None
+        return found
+
+    def deny_request(
+        self, request_id: str, by: str, reason: str, now: datetime, origin: dict[str, Any]
+    ) -> ApprovalRequest:
+        with self._write() as conn:
+            row = self._pending_request(conn, request_id, now)
+            conn.execute(
+                approval_requests.update()
+                .where(approval_requests.c.id == request_id)
+                .values(state="denied", denied_by=by, deny_reason=reason[:500], decided_at=now)
+            )
+            self._append_audit(
+                conn,
+                now,
+                "request.denied",
+                by,
+                None,
+                {
+                    "request_id": request_id,
+                    "requester": row.subject,
+                    "target": row.target,
+                    "role": row.role,
+                    "reason": reason[:500],
+                    **origin,
+                },
+            )
+        found = self.get_request(request_id)
+        assert found is not None
+        return found
+
+    def _expire(self, conn: Connection, row: Any, now: datetime) -> None:
+        conn.execute(
+            approval_requests.update()
+            .where(approval_requests.c.id == row.id)
+            .values(state="expired", decided_at=now)
+        )
+        self._append_audit(
+            conn,
+            now,
+            "request.expired",
+            row.subject,
+            None,
+            {
+                "request_id": row.id,
+                "target": row.target,
+                "role": row.role,
+                "was": row.state,
+                "expired_at": row.expires_at,
+            },
+        )
+
+    def expire_requests(self, now: datetime) -> list[ApprovalRequest]:
+        """Pending or approved-but-unused requests past their deadline become ``expired``."""
+        due = (
+            sa.select(approval_requests)
+            .where(
+                approval_requests.c.state.in_(("pending", "approved")),
+                approval_requests.c.expires_at <= now,
+            )
+            .limit(500)
+        )
+        with self.engine.connect() as conn:
+            if conn.execute(due.with_only_columns(approval_requests.c.id)).first() is None:
+                return []  # the common case costs one read, no write lock
+        with self._write() as conn:
+            rows = conn.execute(due).all()
+            for row in rows:
+                self._expire(conn, row, now)
+        return [ApprovalRequest.from_row(row) for row in rows]
+
+    # -- break-glass reviews -----------------------------------------------------------
+
+    def open_reviews(self) -> list[Lease]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(leases)
+                .where(leases.c.review_state == "open")
+                .order_by(leases.c.created_at)
+            ).all()
+        return [Lease(**row._mapping) for row in rows]
+
+    def close_review(
+        self, lease_id: str, by: str, note: str, now: datetime, origin: dict[str, Any]
+    ) -> Lease:
+        with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
+            if row is None or row.kind != "breakglass":
+                raise LookupError(lease_id)
+            if row.review_state != "open":
+                raise Conflict(f"the review of {lease_id} was closed by {row.reviewed_by}")
+            if by == row.subject:
+                raise Conflict("the user who broke the glass cannot close its review")
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id)
+                .values(review_state="closed", reviewed_by=by, reviewed_at=now, review_note=note)
+            )
+            self._append_audit(
+                conn,
+                now,
+                "review.closed",
+                by,
+                lease_id,
+                {
+                    "user": row.subject,
+                    "target": row.target,
+                    "incident": row.incident,
+                    "drill": row.drill,
+                    "note": note,
+                    **origin,
+                },
+            )
+        lease = self.get(lease_id)
+        assert lease is not None
+        return lease
 
     def get(self, lease_id: str) -> Lease | None:
         with self.engine.connect() as conn:

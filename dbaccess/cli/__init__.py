@@ -10,7 +10,9 @@ import typer
 
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
+from dbaccess.cli.approvals import approve, deny, requests
 from dbaccess.cli.audit import audit
+from dbaccess.cli.breakglass import breakglass, review
 from dbaccess.cli.connect import connect
 from dbaccess.cli.creds import creds
 from dbaccess.cli.exec_ import exec_command
@@ -66,6 +68,11 @@ for name, command in (
     ("revoke", revoke),
     ("renew", renew),
     ("creds", creds),
+    ("breakglass", breakglass),
+    ("requests", requests),
+    ("approve", approve),
+    ("deny", deny),
+    ("review", review),
     ("audit", audit),
     ("version", version),
 ):

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
+from dbaccess.cli.options import (
+    Client,
+    ClientArgs,
+    Duration,
+    NoWait,
+    Reason,
+    RequestId,
+    Role,
+    Target,
+    Ticket,
+)
 from dbaccess.cli.output import Globals
+
+if TYPE_CHECKING:
+    from dbaccess.grant import Ask
+    from dbaccess.models import BreakglassCreate
 
 
 def connect(
@@ -17,18 +32,50 @@ def connect(
     duration: Duration = None,
     reason: Reason = None,
     ticket: Ticket = None,
-    client: Annotated[
-        str | None,
-        typer.Option("--client", help="Client to run: psql, pgcli, mariadb, mysql, mycli..."),
-    ] = None,
-    client_args: Annotated[
-        list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
-    ] = None,
+    request_id: RequestId = None,
+    no_wait: NoWait = False,
+    client: Client = None,
+    client_args: ClientArgs = None,
 ) -> None:
-    """Open psql (or mariadb) as a fresh database user that is dropped when you quit."""
+    """Open psql (or mariadb) as a fresh database user that is dropped when you quit.
+
+    When the policy needs approval, a request is opened and connect waits for it (a reason
+    is asked for on a terminal); with --no-wait it prints the request id and exits 6.
+    """
     run_session(
-        ctx.obj, target, role, duration, reason, ticket, tuple(client_args or ()), client=client
+        ctx.obj,
+        target,
+        role,
+        duration,
+        reason,
+        ticket,
+        tuple(client_args or ()),
+        client=client,
+        request_id=request_id,
+        wait=not no_wait,
     )
+
+
+def asker(g: Globals) -> Ask:
+    """Prompts and a spinner on a terminal; nothing asked without one (or --no-input)."""
+    from contextlib import contextmanager
+
+    from dbaccess.grant import Ask
+
+    @contextmanager
+    def waiting(request: Any) -> Iterator[None]:
+        g.info(
+            f"dbaccess: request [bold]{request.id}[/] needs {request.approvals_required} "
+            f"approval(s) from {', '.join(request.approver_groups)}; approvers run: "
+            f"dbaccess approve {request.id}"
+        )
+        if g.json or not g.can_prompt:
+            yield
+            return
+        with g.console.status("waiting for approval (Ctrl-C stops waiting)"):
+            yield
+
+    return Ask(reason=g.ask_reason if g.can_prompt else None, waiting=waiting)
 
 
 def run_session(
@@ -41,6 +88,9 @@ def run_session(
     client_args: tuple[str, ...],
     command: tuple[str, ...] | None = None,
     client: str | None = None,
+    request_id: str | None = None,
+    wait: bool = True,
+    breakglass: BreakglassCreate | None = None,
 ) -> None:
     """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
     from dbaccess import api
@@ -67,15 +117,24 @@ def run_session(
         ticket=ticket,
         client_args=client_args,
         command=command,
+        request_id=request_id,
+        wait=wait,
+        breakglass=breakglass,
     )
 
     def on_granted(granted: SessionGranted) -> None:
+        if granted.kind == "breakglass":
+            g.warn(
+                f"BREAK-GLASS{' DRILL' if granted.drill else ''} session for incident "
+                f"{granted.incident}: every statement is logged by the database, the on-call "
+                "channel was notified, and the session will be reviewed"
+            )
         g.info(
             f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to {granted.target} "
             f"({granted.role}), valid until {granted.expires_at:%H:%M:%S} UTC"
         )
 
     with api.http_client() as http:
-        code = run_connect(request, http, on_granted, g.warn)
+        code = run_connect(request, http, on_granted, g.warn, asker(g))
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
     raise typer.Exit(code)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
+from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
 from dbaccess.cli.output import Globals
 
 
@@ -28,6 +28,7 @@ def creds(
     duration: Duration = None,
     reason: Reason = None,
     ticket: Ticket = None,
+    request_id: RequestId = None,
 ) -> None:
     """Create a session and print its credentials (needs --reveal; not revoked at exit)."""
     import json
@@ -37,7 +38,7 @@ def creds(
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
-    from dbaccess.models import SessionCreate
+    from dbaccess.grant import Ask, Want, obtain
 
     g: Globals = ctx.obj
     if not reveal:
@@ -49,14 +50,22 @@ def creds(
     if output_format not in ("env", "json"):
         raise UsageError(f"--format must be env or json, not '{output_format}'")
     try:
-        seconds = int(parse_duration(duration).total_seconds()) if duration else None
+        wanted = parse_duration(duration) if duration else None
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
     with logged_in(g.profile) as (api, _):
-        granted = api.create_session(
-            SessionCreate(
-                target=target, role=role, duration_seconds=seconds, reason=reason, ticket=ticket
-            )
+        granted = obtain(
+            api,
+            Want(
+                target=target,
+                role=role,
+                duration=wanted,
+                reason=reason,
+                ticket=ticket,
+                request_id=request_id,
+                wait=False,
+            ),
+            Ask(),
         )
     g.warn(
         f"printing the password of {granted.db_user}; it stays valid until "

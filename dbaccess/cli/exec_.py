@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.options import Duration, Reason, Role, Target, Ticket
+from dbaccess.cli.options import Duration, NoWait, Reason, RequestId, Role, Target, Ticket
 from dbaccess.cli.output import Globals
 
 
@@ -18,6 +18,8 @@ def exec_command(
     duration: Duration = None,
     reason: Reason = None,
     ticket: Ticket = None,
+    request_id: RequestId = None,
+    no_wait: NoWait = False,
 ) -> None:
     """Run a command (pg_dump, a script...) as a fresh database user; revoked after.
 
@@ -28,4 +30,15 @@ def exec_command(
     from dbaccess.cli.connect import run_session
 
     g: Globals = ctx.obj
-    run_session(g, target, role, duration, reason, ticket, (), tuple(command))
+    run_session(
+        g,
+        target,
+        role,
+        duration,
+        reason,
+        ticket,
+        (),
+        tuple(command),
+        request_id=request_id,
+        wait=not no_wait,
+    )

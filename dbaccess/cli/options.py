@@ -1,4 +1,4 @@
-"""Options shared by the commands that open a session (connect, exec, creds)."""
+"""Options shared by the commands that open a session (connect, exec, creds, breakglass)."""
 
 from __future__ import annotations
 
@@ -12,4 +12,22 @@ Duration = Annotated[str | None, typer.Option("--duration", "-d", help="How long
 Reason = Annotated[str | None, typer.Option("--reason", help="Why you need access.")]
 Ticket = Annotated[
     str | None, typer.Option("--ticket", help="Ticket id, when the policy asks for one.")
+]
+RequestId = Annotated[
+    str | None,
+    typer.Option("--request", help="Use this approved request (see: dbaccess requests --mine)."),
+]
+NoWait = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="If approval is needed, print the request id and exit 6 instead of waiting.",
+    ),
+]
+Client = Annotated[
+    str | None,
+    typer.Option("--client", help="Client to run: psql, pgcli, mariadb, mysql, mycli..."),
+]
+ClientArgs = Annotated[
+    list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
 ]

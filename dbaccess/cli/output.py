@@ -35,6 +35,18 @@ class Globals:
         elif human:
             self.console.print(human)
 
+    @property
+    def can_prompt(self) -> bool:
+        """A person is there to answer: a terminal on stdin and no --no-input."""
+        return not self.no_input and sys.stdin.isatty()
+
+    def ask(self, question: str) -> str:
+        return str(self.console.input(f"{question} "))
+
+    def ask_reason(self, why: str) -> str:
+        self.console.print(f"[yellow]{why}[/]")
+        return self.ask("Reason:")
+
     def info(self, text: str) -> None:
         if not self.json:
             self.console.print(text)

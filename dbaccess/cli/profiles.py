@@ -42,6 +42,10 @@ def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Profile name.")],
     broker: Annotated[str, typer.Option("--broker", help="Broker URL.")],
+    breakglass_target: Annotated[
+        str | None,
+        typer.Option("--breakglass-target", help="Target `dbaccess breakglass` uses by default."),
+    ] = None,
 ) -> None:
     """Add (or change) a profile."""
     from dbaccess.config import Profile, ProfileFile, check_broker_url, check_profile_name
@@ -51,10 +55,12 @@ def add(
     file = ProfileFile.load()
     profile = file.profiles.get(name) or Profile(name)
     profile.broker = check_broker_url(broker)
+    if breakglass_target is not None:
+        profile.breakglass_target = breakglass_target or None
     file.profiles[name] = profile
     file.save()
     g.data(
-        {"name": name, "broker": profile.broker},
+        {"name": name, "broker": profile.broker, "breakglass_target": profile.breakglass_target},
         f"profile {name} → {profile.broker}; log in with: dbaccess --profile {name} login",
     )
 

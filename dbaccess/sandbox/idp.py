@@ -35,6 +35,8 @@ DEFAULT_USERS = [
     IdpUser("carol", "carol@example.com", "Carol On-call", ["oncall"]),
     IdpUser("mallory", "mallory@example.com", "Mallory", []),
     IdpUser("dave", "dave@example.com", "Dave Auditor", ["auditors"]),
+    IdpUser("erin", "erin@example.com", "Erin Lead", ["dev", "leads"]),
+    IdpUser("frank", "frank@example.com", "Frank Lead", ["leads"]),
 ]
 
 

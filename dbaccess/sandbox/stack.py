@@ -23,6 +23,7 @@ from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
 from dbaccess.sandbox.processes import ServiceError, end_process, free_port, wait_until
+from dbaccess.sandbox.webhook import WebhookSink
 
 PROVISIONER = "dbaccess_provisioner"
 PROVISIONER_ENV = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"
@@ -35,6 +36,7 @@ reaper_interval = "{reaper_interval}"
 auditor_groups = ["auditors"]
 reconcile_interval = "{reconcile_interval}"
 creation_timeout = "{creation_timeout}"
+request_ttl = "{request_ttl}"
 
 [identity]
 issuer = "{issuer}"
@@ -86,6 +88,26 @@ targets = ["demo", "shop"]
 roles = ["readonly", "readwrite"]
 max_duration = "8h"
 require_reason = true
+
+# Developers may write too, once two leads approved (never their own request).
+[[rules]]
+name = "dev-readwrite"
+groups = ["dev"]
+targets = ["demo", "shop"]
+roles = ["readwrite"]
+max_duration = "1h"
+approvals = 2
+approver_groups = ["leads"]
+
+[breakglass]
+groups = ["oncall"]
+targets = {{ demo = "readwrite", shop = "readwrite" }}
+incident_pattern = "INC-[0-9]+"
+max_duration = "1h"
+reviewer_groups = ["auditors", "oncall"]
+
+[notify]
+webhooks = [{webhooks}]
 """
 
 DEMO_SQL = [
@@ -120,6 +142,7 @@ class Stack:
     store_on_postgres: bool = False
     broker_workers: int = 1
     max_duration: str = "1h"
+    request_ttl: str = "1h"
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
     idp: OidcProvider = field(init=False)
@@ -136,6 +159,8 @@ class Stack:
         self.mariadb = MariaDBServer(self.workdir / "mariadb")
         self.idp = OidcProvider(self.workdir / "idp")
         self.broker_port = free_port()
+        # Break-glass and approval events land here, as they would in a chat channel.
+        self.webhooks = WebhookSink(self.workdir / "webhooks.jsonl")
 
     @property
     def broker_url(self) -> str:
@@ -154,6 +179,7 @@ class Stack:
             self.postgres.start()
             self.mariadb.start()
             self.idp.start()
+            self.webhooks.start()
             self._write_broker_config()
             self._create_demo_database()
             self._create_shop_database()
@@ -164,6 +190,7 @@ class Stack:
 
     def stop(self) -> None:
         self.stop_broker()
+        self.webhooks.stop()
         self.idp.stop()
         self.mariadb.stop()
         self.postgres.stop()
@@ -237,6 +264,8 @@ class Stack:
                 provisioner=PROVISIONER,
                 provisioner_env=PROVISIONER_ENV,
                 max_duration=self.max_duration,
+                webhooks=f'"{self.webhooks.url}"',
+                request_ttl=self.request_ttl,
             )
         )
 

@@ -116,7 +116,7 @@ def test_denials_and_bad_requests_change_nothing(
     cases = [
         ("mallory", {"target": "demo", "role": "readonly"}, 403, "denied"),
         ("alice", {"target": "demo", "role": "readonly", "duration_seconds": 7200}, 403, "denied"),
-        ("bob", {"target": "demo", "role": "readwrite"}, 403, "denied"),  # reason required
+        ("bob", {"target": "demo", "role": "readwrite"}, 403, "reason_required"),
         ("alice", {"target": "nope", "role": "readonly"}, 404, "unknown_target"),
         ("alice", {"target": "demo", "role": "superuser"}, 404, "unknown_role"),
         (

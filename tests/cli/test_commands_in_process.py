@@ -73,8 +73,9 @@ def test_session_commands(broker: TestClient, stack: Stack) -> None:
     code, me = run("whoami")
     assert code == 0 and me["data"]["email"] == "alice@example.com"
     code, allowed = run("targets")
-    assert {(t["target"], t["role"]) for t in allowed["data"]} == {
-        ("demo", "readonly"), ("shop", "readonly")}
+    assert {(t["target"], t["role"], t["approvals"]) for t in allowed["data"]} == {
+        ("demo", "readonly", 0), ("shop", "readonly", 0),
+        ("demo", "readwrite", 2), ("shop", "readwrite", 2)}
 
     code, shown = run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "10m")
     assert code == 0

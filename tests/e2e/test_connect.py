@@ -155,9 +155,10 @@ def test_password_never_in_argv_env_or_stdout(cli: Cli) -> None:
 
 def test_policy_denial_is_clear_and_creates_nothing(cli: Cli) -> None:
     before = set(cli.managed_roles())
-    result = cli.run("connect", "demo", "--role", "readwrite", "--", "-c", "select 1")
+    result = cli.run("connect", "demo", "--role", "readonly", "--duration", "8h", "--",
+                     "-c", "select 1")
     assert result.returncode == 5  # ExitCode.DENIED
-    assert "no rule grants role 'readwrite' on 'demo' to alice" in result.stderr
+    assert "rule 'dev-readonly' allows at most 1h" in result.stderr
     assert set(cli.managed_roles()) == before
 
 

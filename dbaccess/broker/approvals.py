@@ -1,0 +1,228 @@
+"""Approval requests: risky access waits for N people from the rule's approver groups.
+
+A request names the target, role, duration, reason and ticket it was made with; once
+approved it grants exactly one session (``POST /v1/sessions`` with ``request_id``), and
+the policy is checked again at that moment. Nobody approves their own request, nobody
+approves twice, and a request not approved and used within ``broker.request_ttl``
+expires. Every step is audited and announced to the webhooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dbaccess.broker.api_errors import ApiError
+from dbaccess.broker.identity import Principal
+from dbaccess.broker.policy import Decision
+from dbaccess.broker.store import ApprovalRequest, Conflict
+from dbaccess.durations import format_duration
+from dbaccess.models import ApprovalInfo, RequestInfo, SessionCreate
+
+if TYPE_CHECKING:
+    from dbaccess.broker.sessions import Origin, SessionService
+
+
+class Approvals:
+    def __init__(self, service: SessionService) -> None:
+        self.service = service
+
+    def open(
+        self, principal: Principal, body: SessionCreate, decision: Decision, origin: Origin
+    ) -> ApprovalRequest:
+        assert decision.rule is not None and decision.duration is not None
+        service = self.service
+        request = service.store.create_request(
+            now=service.clock(),
+            subject=principal.subject,
+            email=principal.email,
+            target=body.target,
+            role=body.role,
+            duration=decision.duration,
+            reason=(body.reason or "").strip(),
+            ticket=body.ticket,
+            rule=decision.rule,
+            approvals_required=decision.approvals_required,
+            approver_groups=list(decision.approver_groups),
+            ttl=service.settings.broker.request_ttl,
+            source=origin.source,
+            user_agent=origin.user_agent,
+        )
+        service.notifier.send(
+            "request.created",
+            f"{principal.handle} asks for {request.role} on {request.target} for "
+            f"{format_duration(decision.duration)}: {request.reason} — needs "
+            f"{request.approvals_required} approval(s) from "
+            f"{', '.join(request.approver_groups)}; dbaccess approve {request.id}",
+            **_fields(request),
+        )
+        return request
+
+    def may_decide(self, principal: Principal, request: ApprovalRequest) -> bool:
+        return principal.subject != request.subject and bool(
+            principal.groups & set(request.approver_groups)
+        )
+
+    def visible_to(self, principal: Principal, *, mine: bool) -> list[RequestInfo]:
+        """``mine``: the caller's own requests; otherwise the pending ones the caller may
+        approve or deny. Requests past their deadline are expired first."""
+        self.expire()
+        if mine:
+            found = [r for r in self.service.store.requests() if r.subject == principal.subject]
+        else:
+            found = [
+                r
+                for r in self.service.store.requests(states=("pending",))
+                if self.may_decide(principal, r)
+            ]
+        return [self.info(principal, r) for r in found]
+
+    def get(self, principal: Principal, request_id: str) -> RequestInfo:
+        request = self._visible(principal, request_id)
+        return self.info(principal, request)
+
+    def approve(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:
+        request = self._decidable(principal, request_id)
+        try:
+            request = self.service.store.approve_request(
+                request.id, principal.subject, self.service.clock(), origin.detail()
+            )
+        except Conflict as exc:
+            raise ApiError(
+                409, "conflict", str(exc), "dbaccess requests lists what you can act on"
+            ) from None
+        remaining = request.approvals_required - len(request.approvals)
+        text = (
+            f"{principal.handle} approved {request.subject}'s request for {request.role} on "
+            f"{request.target}"
+            + (
+                f"; {remaining} more approval(s) needed"
+                if remaining > 0
+                else f"; approved — dbaccess connect {request.target} --role {request.role} "
+                f"--request {request.id}"
+            )
+        )
+        self.service.notifier.send(
+            "request.approved", text, approver=principal.subject, **_fields(request)
+        )
+        return self.info(principal, request)
+
+    def deny(
+        self, principal: Principal, request_id: str, reason: str, origin: Origin
+    ) -> RequestInfo:
+        request = self._decidable(principal, request_id)
+        try:
+            request = self.service.store.deny_request(
+                request.id, principal.subject, reason, self.service.clock(), origin.detail()
+            )
+        except Conflict as exc:
+            raise ApiError(
+                409, "conflict", str(exc), "dbaccess requests lists what you can act on"
+            ) from None
+        self.service.notifier.send(
+            "request.denied",
+            f"{principal.handle} denied {request.subject}'s request for {request.role} on "
+            f"{request.target}: {reason}",
+            denied_by=principal.subject,
+            deny_reason=reason,
+            **_fields(request),
+        )
+        return self.info(principal, request)
+
+    def expire(self) -> int:
+        expired = self.service.store.expire_requests(self.service.clock())
+        for request in expired:
+            self.service.notifier.send(
+                "request.expired",
+                f"{request.subject}'s request for {request.role} on {request.target} expired",
+                **_fields(request),
+            )
+        return len(expired)
+
+    def info(self, principal: Principal, request: ApprovalRequest) -> RequestInfo:
+        return RequestInfo(
+            id=request.id,
+            subject=request.subject,
+            email=request.email,
+            target=request.target,
+            role=request.role,
+            duration_seconds=request.duration_seconds,
+            reason=request.reason,
+            ticket=request.ticket,
+            rule=request.rule,
+            state=request.state,  # type: ignore[arg-type]
+            approvals_required=request.approvals_required,
+            approver_groups=request.approver_groups,
+            approvals=[ApprovalInfo(**a) for a in request.approvals],
+            denied_by=request.denied_by,
+            deny_reason=request.deny_reason,
+            created_at=request.created_at,
+            expires_at=request.expires_at,
+            can_approve=request.state == "pending" and self.may_decide(principal, request),
+        )
+
+    def _visible(self, principal: Principal, request_id: str) -> ApprovalRequest:
+        self.expire()
+        request = self.service.store.get_request(request_id)
+        if request is None or not (
+            request.subject == principal.subject or principal.groups & set(request.approver_groups)
+        ):
+            raise ApiError(
+                404,
+                "not_found",
+                f"no approval request {request_id} you can see",
+                "dbaccess requests lists what you can act on",
+            )
+        return request
+
+    def _decidable(self, principal: Principal, request_id: str) -> ApprovalRequest:
+        request = self._visible(principal, request_id)
+        refusal = None
+        if request.subject == principal.subject:
+            refusal = "own request"
+        elif not principal.groups & set(request.approver_groups):
+            refusal = "not an approver"
+        if refusal is not None:  # refused decisions are evidence too
+            self.service.store.record(
+                self.service.clock(),
+                "request.decision_refused",
+                principal.subject,
+                {
+                    "request_id": request.id,
+                    "requester": request.subject,
+                    "target": request.target,
+                    "role": request.role,
+                    "refusal": refusal,
+                },
+            )
+        if request.subject == principal.subject:
+            raise ApiError(
+                403,
+                "self_approval",
+                "nobody approves or denies their own request",
+                f"ask a member of {', '.join(request.approver_groups)}",
+            )
+        if not principal.groups & set(request.approver_groups):
+            raise ApiError(
+                403,
+                "denied",
+                f"only members of {', '.join(request.approver_groups)} decide this request",
+            )
+        return request
+
+
+def _fields(request: ApprovalRequest) -> dict[str, object]:
+    return {
+        "request_id": request.id,
+        "user": request.subject,
+        "email": request.email,
+        "target": request.target,
+        "role": request.role,
+        "duration_seconds": request.duration_seconds,
+        "reason": request.reason,
+        "ticket": request.ticket,
+        "rule": request.rule,
+        "state": request.state,
+        "approvals": [a["by"] for a in request.approvals],
+        "approvals_required": request.approvals_required,
+        "expires_at": request.expires_at,
+    }

@@ -1,0 +1,143 @@
+"""``dbaccess breakglass`` and ``dbaccess review``: emergency access and its aftermath."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dbaccess.cli.options import Client, ClientArgs, Duration
+from dbaccess.cli.output import Globals
+
+
+def breakglass(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None,
+        typer.Argument(help="Target; may be left out when the policy or profile implies it."),
+    ] = None,
+    incident: Annotated[
+        str, typer.Option("--incident", help="Incident id, e.g. INC-123 (policy's pattern).")
+    ] = ...,  # type: ignore[assignment]
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="What you are about to do (asked if left out).")
+    ] = None,
+    duration: Duration = None,
+    drill: Annotated[
+        bool, typer.Option("--drill", help="Rehearse: the whole path, recorded as a drill.")
+    ] = False,
+    client: Client = None,
+    client_args: ClientArgs = None,
+) -> None:
+    """Emergency access with the policy's elevated role: no approval wait, but the on-call
+    channel is notified at once, every statement is logged by the database, and the
+    session is marked for a post-incident review by someone else."""
+    from dbaccess.api import logged_in
+    from dbaccess.cli.connect import run_session
+    from dbaccess.config import ProfileFile, profile_name
+    from dbaccess.durations import parse_duration
+    from dbaccess.errors import UsageError
+    from dbaccess.grant import choose_breakglass_target
+    from dbaccess.models import BreakglassCreate
+
+    g: Globals = ctx.obj
+    try:
+        wanted = parse_duration(duration) if duration else None
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+    if not (reason and reason.strip()):
+        if not g.can_prompt:
+            raise UsageError(
+                "break-glass needs a reason",
+                hint=f"dbaccess breakglass --incident {incident} --reason 'what you will do'",
+            )
+        reason = g.ask("Reason (what are you about to do?):")
+        if not reason.strip():
+            raise UsageError("break-glass needs a reason; nothing was opened")
+    stored = ProfileFile.load().profiles.get(profile_name(g.profile))
+    with logged_in(g.profile) as (api, _):
+        chosen = choose_breakglass_target(
+            api,
+            target or (stored.breakglass_target if stored else None),
+            _chooser(g) if g.can_prompt else None,
+        )
+        role = api.breakglass_policy().targets.get(chosen, "")
+    body = BreakglassCreate(
+        target=chosen,
+        incident=incident,
+        reason=reason.strip(),
+        duration_seconds=int(wanted.total_seconds()) if wanted else None,
+        drill=drill,
+    )
+    run_session(
+        g,
+        chosen,
+        role or "breakglass",
+        duration,
+        reason,
+        incident,
+        tuple(client_args or ()),
+        client=client,
+        breakglass=body,
+    )
+
+
+def _chooser(g: Globals):  # type: ignore[no-untyped-def]
+    from dbaccess.errors import UsageError
+
+    def choose(choices: list[str]) -> str:
+        for number, name in enumerate(choices, 1):
+            g.console.print(f"  {number}. {name}")
+        answer = g.ask("Break the glass on which target (number or name)?").strip()
+        if answer.isdigit() and 1 <= int(answer) <= len(choices):
+            return choices[int(answer) - 1]
+        if answer in choices:
+            return answer
+        raise UsageError(f"'{answer}' is not one of: {', '.join(choices)}")
+
+    return choose
+
+
+def review(
+    ctx: typer.Context,
+    session_id: Annotated[
+        str | None, typer.Argument(help="Break-glass session to close the review of.")
+    ] = None,
+    note: Annotated[
+        str | None, typer.Option("--note", help="Review outcome (needed to close one).")
+    ] = None,
+) -> None:
+    """List open post-incident reviews, or close one with --note (reviewer groups; never
+    the person who broke the glass)."""
+    from rich.table import Table
+
+    from dbaccess.api import logged_in
+    from dbaccess.errors import UsageError
+
+    g: Globals = ctx.obj
+    if session_id is None:
+        with logged_in(g.profile) as (api, _):
+            reviews = api.reviews()
+        table = Table("session", "when (UTC)", "who", "target", "role", "incident", "reason")
+        for r in reviews:
+            table.add_row(
+                r.id,
+                f"{r.created_at:%Y-%m-%d %H:%M}",
+                r.email or r.subject,
+                r.target,
+                r.role,
+                (r.incident or "-") + (" (drill)" if r.drill else ""),
+                r.reason or "-",
+            )
+        g.data(
+            [r.model_dump(mode="json") for r in reviews], table if reviews else "no open reviews"
+        )
+        return
+    if not (note and note.strip()):
+        raise UsageError(
+            "closing a review needs a note",
+            hint=f"dbaccess review {session_id} --note 'what was done, and was it right'",
+        )
+    with logged_in(g.profile) as (api, _):
+        closed = api.close_review(session_id, note.strip())
+    g.data(closed.model_dump(mode="json"), f"review of {closed.id} ({closed.incident}) closed")
