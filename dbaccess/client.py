@@ -46,6 +46,7 @@ _BY_STATUS: dict[int, type[DbaccessError]] = {
     401: AuthError,
     403: DeniedError,
     404: NotFoundError,
+    409: DeniedError,  # the state forbids it: a used, denied or expired request...
     422: UsageError,
 }
 

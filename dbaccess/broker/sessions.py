@@ -184,12 +184,22 @@ class SessionService:
             )
         if request.state != "approved" or request.expires_at <= self.clock():
             state = "expired" if request.expires_at <= self.clock() else request.state
-            raise ApiError(
-                409,
-                f"request_{state}",
-                f"request {request.id} is {state}",
-                "ask again: dbaccess connect without --request opens a new request",
+            left = request.approvals_required - len(request.approvals)
+            message = {
+                "pending": f"request {request.id} still waits for {left} approval(s)",
+                "used": f"request {request.id} was already used: each approval grants one session",
+                "denied": f"request {request.id} was denied by {request.denied_by}: "
+                f"{request.deny_reason}",
+                "expired": f"request {request.id} expired at "
+                f"{request.expires_at:%Y-%m-%d %H:%M} UTC",
+            }.get(state, f"request {request.id} is {state}")
+            hint = (
+                "dbaccess requests --mine shows its approvals"
+                if state == "pending"
+                else f"ask again: dbaccess connect {request.target} --role {request.role} "
+                "--reason ..."
             )
+            raise ApiError(409, f"request_{state}", message, hint)
         return request
 
     def issue(

@@ -41,6 +41,10 @@ def breakglass(
     from dbaccess.models import BreakglassCreate
 
     g: Globals = ctx.obj
+    if target is not None and target.startswith("-"):
+        # `breakglass --incident X -- -c 'select 1'`: after --, click fills the optional
+        # TARGET first; no target name starts with '-', so it is the client's.
+        client_args, target = [target, *(client_args or [])], None
     try:
         wanted = parse_duration(duration) if duration else None
     except ValueError as exc:
