@@ -180,7 +180,9 @@ def test_an_expired_request_cannot_be_approved_or_used(people: Cli) -> None:
     assert len(expired) == 1
 
 
-def test_audit_verify_fails_after_tampering_with_the_real_store(people: Cli, tmp_path: Path) -> None:
+def test_audit_verify_fails_after_tampering_with_the_real_store(
+    people: Cli, tmp_path: Path
+) -> None:
     db = people.stack.broker_config.parent / "broker.db"
     copy = tmp_path / "broker.db"
     copy.write_bytes(db.read_bytes())  # tamper with a copy: the live broker keeps its trail
