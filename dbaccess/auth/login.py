@@ -29,16 +29,24 @@ def device_login(
     show_code: Callable[[DeviceCode], None],
     on_wait: Callable[[float], None] | None = None,
 ) -> StoredLogin:
-    """Run the device flow, store the result in the keyring and return it."""
-    if config.kind != "oidc":
-        raise AuthError(f"login kind '{config.kind}' is not supported by this version yet")
+    """Run the device flow (RFC 8628 client, or msal for Entra ID), store the result in
+    the keyring and return it."""
     ensure_storage(profile)
-    flow = DeviceFlow(config.issuer, config.client_id, config.scopes, http=http,
-                      default_interval=_default_interval())
-    code = flow.start()
-    show_code(code)
-    tokens = flow.poll(code, on_wait)
-    login = _stored(config.issuer, config.client_id, config.scopes, tokens)
+    if config.kind == "entra":
+        from dbaccess.auth import entra
+
+        poll = os.environ.get("DBACCESS_DEVICE_POLL_INTERVAL")
+        tokens = entra.device_login(
+            config.issuer, config.client_id, config.scopes, http, show_code,
+            float(poll) if poll else None,
+        )
+    else:
+        flow = DeviceFlow(config.issuer, config.client_id, config.scopes, http=http,
+                          default_interval=_default_interval())
+        code = flow.start()
+        show_code(code)
+        tokens = flow.poll(code, on_wait)
+    login = _stored(config.issuer, config.client_id, config.scopes, tokens, config.kind)
     save_login(profile, login)
     return login
 
@@ -52,16 +60,26 @@ def bearer_token(profile: str, http: httpx.Client) -> StoredLogin:
         return login
     if not login.refresh_token:
         raise AuthError("session expired — run dbaccess login", hint="dbaccess login")
-    flow = DeviceFlow(login.issuer, login.client_id, login.scopes, http=http)
-    tokens = flow.refresh(login.refresh_token)
-    refreshed = _stored(login.issuer, login.client_id, login.scopes, tokens)
+    if login.kind == "entra":
+        from dbaccess.auth import entra
+
+        tokens = entra.refresh(
+            login.issuer, login.client_id, login.scopes, login.refresh_token, http
+        )
+    else:
+        tokens = DeviceFlow(login.issuer, login.client_id, login.scopes, http=http).refresh(
+            login.refresh_token
+        )
+    refreshed = _stored(login.issuer, login.client_id, login.scopes, tokens, login.kind)
     save_login(profile, refreshed)
     return refreshed
 
 
-def _stored(issuer: str, client_id: str, scopes: list[str], tokens: TokenSet) -> StoredLogin:
+def _stored(
+    issuer: str, client_id: str, scopes: list[str], tokens: TokenSet, kind: str = "oidc"
+) -> StoredLogin:
     return StoredLogin(
         issuer=issuer, client_id=client_id, scopes=list(scopes), id_token=tokens.id_token,
         refresh_token=tokens.refresh_token, expires_at=tokens.expires_at,
-        subject=tokens.subject, email=tokens.email,
+        subject=tokens.subject, email=tokens.email, kind=kind,
     )

@@ -37,6 +37,7 @@ class StoredLogin:
     expires_at: float
     subject: str
     email: str | None = None
+    kind: str = "oidc"  # or "entra": refreshed through msal
 
     def __repr__(self) -> str:
         return f"StoredLogin(subject={self.subject!r}, issuer={self.issuer!r})"

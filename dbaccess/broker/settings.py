@@ -103,9 +103,15 @@ class BrokerSection(_Section):
         return url
 
 
+ENTRA_LOGIN = "https://login.microsoftonline.com"
+
+
 class IdentitySection(_Section):
+    # "oidc": the CLI's RFC 8628 client; "entra": msal's device flow against the tenant.
     kind: Literal["oidc", "entra"] = "oidc"
-    issuer: str
+    # Entra: the issuer defaults to https://login.microsoftonline.com/{tenant}/v2.0.
+    tenant: str | None = None
+    issuer: str = ""
     client_id: str
     audiences: list[str] = Field(default_factory=list)
     scopes: list[str] = Field(
@@ -118,9 +124,33 @@ class IdentitySection(_Section):
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
+        if value and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http(s) URL, e.g. https://login.example.com/realms/x")
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entra_issuer_from_tenant(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("kind") == "entra"
+            and data.get("tenant")
+            and not data.get("issuer")
+        ):
+            return {**data, "issuer": f"{ENTRA_LOGIN}/{data['tenant']}/v2.0"}
+        return data
+
+    @model_validator(mode="after")
+    def _issuer_for_kind(self) -> IdentitySection:
+        if self.kind == "entra":
+            if not self.issuer.startswith("https://") or not self.issuer.endswith("/v2.0"):
+                raise ValueError(
+                    "kind = \"entra\" needs tenant = \"...\", or an https issuer ending in "
+                    "/v2.0 (msal's authority is the issuer without it)"
+                )
+        elif not self.issuer:
+            raise ValueError("issuer is required, e.g. https://login.example.com/realms/x")
+        return self
 
     @field_validator("algorithms")
     @classmethod

@@ -17,6 +17,7 @@ from urllib.parse import urljoin
 import httpx
 
 from dbaccess.sandbox.processes import ServiceError, end_process, find_binary, free_port, wait_until
+from dbaccess.sandbox.tls import TestCertificates
 
 IDP_DIR = Path(__file__).resolve().parents[2] / "tests" / "idp"
 
@@ -51,6 +52,8 @@ class OidcProvider:
         id_token_ttl: int = 3600,
         refresh_token_ttl: int = 86400,
         device_code_ttl: int = 600,
+        tls: TestCertificates | None = None,
+        path: str = "/oidc",
     ) -> None:
         self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self.users = users if users is not None else DEFAULT_USERS
@@ -62,12 +65,17 @@ class OidcProvider:
             "RefreshToken": refresh_token_ttl,
             "DeviceCode": device_code_ttl,
         }
+        # https with a test CA (clients trust it through SSL_CERT_FILE), and the issuer's
+        # path: Entra's look like /{tenant}/v2.0, which is what msal expects.
+        self.tls = tls
+        self.path = path
         self.log_path = workdir / "idp.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/oidc"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     @property
     def version(self) -> str:
@@ -89,6 +97,11 @@ class OidcProvider:
                     "issuer": self.issuer,
                     "client_id": self.client_id,
                     "ttl": self.ttl,
+                    **(
+                        {"tls": {"cert": str(self.tls.cert), "key": str(self.tls.key)}}
+                        if self.tls
+                        else {}
+                    ),
                     "users": {
                         u.login: {k: v for k, v in asdict(u).items() if k != "login"}
                         for u in self.users

@@ -5,10 +5,12 @@
 //   node server.mjs CONFIG.json
 //
 // CONFIG: {"port": 0, "issuer": "http://127.0.0.1:PORT/oidc", "client_id": "dbaccess-cli",
+//          "tls": {"cert": "server.pem", "key": "server.key"} (optional: https),
 //          "users": {"alice": {"sub", "email", "name", "groups": []}}, "ttl": {...seconds}}
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 
 import Provider from 'oidc-provider';
 
@@ -99,7 +101,8 @@ const provider = new Provider(config.issuer, {
 
 
 const callback = provider.callback();
-const server = http.createServer((req, res) => {
+// With "tls": {"cert", "key"} (PEM files) the issuer is served over https, as msal needs.
+const handler = (req, res) => {
   if (req.url === mount || req.url.startsWith(`${mount}/`)) {
     req.originalUrl = req.url;
     req.url = req.url.slice(mount.length) || '/';
@@ -108,7 +111,10 @@ const server = http.createServer((req, res) => {
   }
   res.writeHead(404, { 'content-type': 'text/plain' });
   res.end('not found\n');
-});
+};
+const server = config.tls
+  ? https.createServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, handler)
+  : http.createServer(handler);
 server.listen(config.port, '127.0.0.1', () => {
   process.stdout.write(`ready ${config.issuer}\n`);
 });
