@@ -90,6 +90,7 @@ class PostgresServer:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "shared_buffers = 32MB\nmax_connections = 100\n"
                 "logging_collector = off\nlog_destination = 'stderr'\nlog_connections = on\n"
+                "log_line_prefix = '%m [%p] user=%u db=%d '\n"
             )
         hand_over(self.data_dir, self._user)
         self.resume(timeout)

@@ -64,7 +64,7 @@ def test_event_drops_expired_accounts_without_the_broker(stack: Stack) -> None:
     soon = (datetime.now(UTC) + timedelta(seconds=2)).replace(tzinfo=None, microsecond=0)
     try:
         with provisioner.cursor() as cur:
-            cur.execute("CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL)",
+            cur.execute("CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, FALSE)",
                         ("dba_event_1", native_password_hash("event-pw-1"),
                          "dbaccess_readonly", soon))
     finally:

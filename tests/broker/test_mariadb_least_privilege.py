@@ -31,7 +31,7 @@ def soon(minutes: int = 10) -> datetime:
 def create(cur: pymysql.cursors.Cursor, user: str = "dba_probe_1",
            password_hash: str = native_password_hash("pw"), role: str = "dbaccess_readonly",
            until: datetime | None = None) -> None:
-    cur.execute("CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL)",
+    cur.execute("CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, FALSE)",
                 (user, password_hash, role, until or soon()))
 
 

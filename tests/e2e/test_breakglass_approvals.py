@@ -108,8 +108,19 @@ def test_breakglass_on_mariadb_is_logged_by_the_server(people: Cli) -> None:
                  "stock table locked", "--drill", "--", "-e", f"select '{loud}'")
     assert result.returncode == 0, result.stderr
     assert "BREAK-GLASS DRILL" in flat(result.stderr)
-    line = next(line for line in server_audit_log(people).splitlines() if loud in line)
+    quiet = marker()
+    normal = people.run("--no-input", "connect", "shop", "--role", "readonly", "--",
+                        "-e", f"select '{quiet}'")
+    assert normal.returncode == 0, normal.stderr
+    log = server_audit_log(people)
+    line = next(line for line in log.splitlines() if loud in line)
     assert ",dba_carol_" in line and ",QUERY," in line
+    assert quiet not in log  # only break-glass users are logged
+    with people.stack.mariadb.connect() as admin, admin.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.server_audit_incl_users")
+        listed = str(cur.fetchone()[0])
+    assert "dba_carol_" not in listed  # the session ended: its user left the list
+    assert listed  # never empty (empty would log everyone)
     people.stack.webhooks.wait_for(
         lambda e: e["event"] == "breakglass.drill" and e["incident"] == "INC-124")
 

@@ -63,7 +63,7 @@ class MariaDBEngine:
         timeout = user.role.statement_timeout
         self._call(
             f"creating {user.username}",
-            "CALL dbaccess.create_user(%s, %s, %s, %s, %s, %s)",
+            "CALL dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s)",
             (
                 user.username,
                 native_password_hash(user.password),
@@ -71,6 +71,7 @@ class MariaDBEngine:
                 _naive_utc(user.expires_at),
                 user.role.connection_limit,
                 timeout.total_seconds() if timeout else None,
+                user.log_statements,
             ),
         )
 

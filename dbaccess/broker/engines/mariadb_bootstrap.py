@@ -10,6 +10,19 @@ a bounded expiry, a password *hash* (never a password). Only accounts recorded i
 
 MariaDB has no account expiry, so ``managed_users.expires_at`` plus an EVENT that runs
 every few seconds is the server's own clock, a second one next to the broker's reaper.
+
+Break-glass users must have every statement logged, and MariaDB has no per-user
+``log_statement``. The closest equivalent is the ``server_audit`` plugin (shipped with
+MariaDB): the bootstrap installs it, and ``create_user(..., p_log)`` adds the user to
+``server_audit_incl_users`` (turning QUERY logging on first when it is off), and
+``revoke_user`` takes it out again. Measured on 10.11: changing those globals needs SUPER
+(there is no narrower privilege), so the locked definer holds SUPER — only these
+validating procedures ever run as it. Limits: the include list is one global string of at
+most 1,024 characters (about 40 concurrent break-glass users; beyond that the creation
+fails rather than run unlogged); an empty list would mean "log everyone", so the list
+keeps a placeholder name; and the plugin's settings reset when the server restarts —
+put ``plugin_load_add = server_audit`` and ``server_audit_events = QUERY`` in my.cnf to
+keep logging across restarts. The log is ``server_audit.log`` in the data directory.
 """
 
 from __future__ import annotations
@@ -20,6 +33,16 @@ SCHEMA = "dbaccess"
 OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
 HASH_PATTERN = r"^\*[0-9A-F]{40}$"
+AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
+AUDIT_LIST_MAX = 1024  # measured: longer values are refused by the plugin
+AUDIT_LIST = (
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+    "WHERE VARIABLE_NAME = 'SERVER_AUDIT_INCL_USERS')"
+)
+AUDIT_LOGGING = (
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+    "WHERE VARIABLE_NAME = 'SERVER_AUDIT_LOGGING')"
+)
 
 
 def _lit(value: str) -> str:
@@ -61,6 +84,10 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN "
         "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess'; END IF;"
     )
+    set_audit_list = "CONCAT('SET GLOBAL server_audit_incl_users = ', QUOTE({}))".format
+    audit_start = _exec(set_audit_list(f"CONCAT({_lit(AUDIT_PLACEHOLDER)}, ',', p_user)"))
+    audit_add = _exec(set_audit_list("CONCAT(v_list, ',', p_user)"))
+    audit_remove = _exec(set_audit_list(f"IF(v_list = '', {_lit(AUDIT_PLACEHOLDER)}, v_list)"))
     statements = [
         f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
@@ -74,6 +101,10 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"GRANT CREATE USER, PROCESS, CONNECTION ADMIN ON *.* TO {OWNER}",
         f"GRANT SELECT, UPDATE ON mysql.* TO {OWNER}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE, EVENT, EXECUTE ON {SCHEMA}.* TO {OWNER}",
+        # Statement logging for break-glass users (see the module docstring).
+        "BEGIN NOT ATOMIC IF NOT EXISTS (SELECT 1 FROM information_schema.PLUGINS "
+        "WHERE PLUGIN_NAME = 'SERVER_AUDIT') THEN INSTALL SONAME 'server_audit'; END IF; END",
+        f"GRANT SUPER ON *.* TO {OWNER}",
     ]
     for group in groups:
         statements += [
@@ -84,9 +115,11 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"CREATE USER IF NOT EXISTS {provisioner}",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.create_user(
     IN p_user VARCHAR(80), IN p_hash VARCHAR(41), IN p_role VARCHAR(80),
-    IN p_expires DATETIME, IN p_connections INT, IN p_statement_seconds DOUBLE)
+    IN p_expires DATETIME, IN p_connections INT, IN p_statement_seconds DOUBLE,
+    IN p_log BOOLEAN)
 SQL SECURITY DEFINER
 BEGIN
+    DECLARE v_list TEXT;
     {validate_name}
     IF p_role IS NULL OR p_role NOT IN ({allowed}) THEN
         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not an allowed role';
@@ -105,6 +138,25 @@ BEGIN
     -- would let revoke_user drop an account dbaccess did not create.
     IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: the account already exists';
+    END IF;
+    IF p_log THEN
+        -- Before the account exists: a user that cannot be logged is not created.
+        SET v_list = {AUDIT_LIST};
+        IF v_list IS NULL THEN
+            SIGNAL SQLSTATE '45000'
+                SET MESSAGE_TEXT = 'dbaccess: statement logging needs the server_audit plugin';
+        END IF;
+        IF {AUDIT_LOGGING} = 'OFF' THEN
+            {audit_start}
+            SET GLOBAL server_audit_events = 'QUERY';
+            SET GLOBAL server_audit_logging = ON;
+        ELSEIF v_list <> '' AND FIND_IN_SET(p_user, v_list) = 0 THEN
+            IF LENGTH(v_list) + 1 + LENGTH(p_user) > {AUDIT_LIST_MAX} THEN
+                SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
+                    'dbaccess: server_audit_incl_users is full (too many break-glass users)';
+            END IF;
+            {audit_add}
+        END IF;
     END IF;
     INSERT INTO {SCHEMA}.managed_users (username, expires_at) VALUES (p_user, p_expires);
     {
@@ -132,6 +184,7 @@ SQL SECURITY DEFINER
 BEGIN
     DECLARE v_id BIGINT;
     DECLARE v_tries INT DEFAULT 0;
+    DECLARE v_list TEXT;
     SET p_remaining = 0;
     IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN
         IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
@@ -163,6 +216,13 @@ BEGIN
         END IF;
         IF p_remaining = 0 THEN
             DELETE FROM {SCHEMA}.managed_users WHERE username = p_user;
+            -- A break-glass user leaves the statement-logging list with its account.
+            SET v_list = {AUDIT_LIST};
+            IF v_list IS NOT NULL AND FIND_IN_SET(p_user, v_list) > 0 THEN
+                SET v_list = TRIM(BOTH ',' FROM
+                    REPLACE(CONCAT(',', v_list, ','), CONCAT(',', p_user, ','), ','));
+                {audit_remove}
+            END IF;
         END IF;
     END IF;
 END""",

@@ -42,6 +42,11 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
     statements = [
         _create_role_if_missing(OWNER, "NOLOGIN CREATEROLE"),
         f"GRANT pg_signal_backend TO {_id(OWNER)}",
+        # Break-glass users get log_statement = 'all', a superuser-only setting: since
+        # PostgreSQL 15 a superuser can grant just that (older servers: statement logging
+        # for break-glass needs log_statement set by an administrator).
+        "DO $do$ BEGIN IF current_setting('server_version_num')::int >= 150000 THEN "
+        f"EXECUTE 'GRANT SET ON PARAMETER log_statement TO {_id(OWNER)}'; END IF; END $do$",
         f"CREATE SCHEMA IF NOT EXISTS {_id(SCHEMA)} AUTHORIZATION {_id(OWNER)}",
         f"REVOKE ALL ON SCHEMA {_id(SCHEMA)} FROM PUBLIC",
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
