@@ -78,7 +78,7 @@ def test_check_config(ops: Stack, tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "dbaccess.broker", "check-config", "--config",
                          str(ops.broker_config)], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (2 target(s), 2 rule(s))" in ok.stdout
+    assert "ok (2 target(s), 3 rule(s))" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(ops.broker_config.read_text().replace('max_duration = "8h"',
                                                          'max_duration = "forever"'))

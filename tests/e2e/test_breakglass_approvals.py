@@ -72,11 +72,12 @@ def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> 
                        "--breakglass-target", "demo")
     assert added.returncode == 0, added.stderr
     loud, quiet = marker(), marker()
+    incident = f"INC-{secrets.randbelow(10**6)}"  # this test's own webhook event and review
     # Exactly the 3 a.m. command (plus --reason, which a terminal would have asked for).
-    result = as_(people, "carol", "breakglass", "--incident", "INC-123", "--reason",
+    result = as_(people, "carol", "breakglass", "--incident", incident, "--reason",
                  "orders stuck", "--", "-c", f"select '{loud}'")
     assert result.returncode == 0, result.stderr
-    assert "BREAK-GLASS session for incident INC-123" in flat(result.stderr)
+    assert f"BREAK-GLASS session for incident {incident}" in flat(result.stderr)
     normal = people.run("--no-input", "connect", "demo", "--role", "readonly", "--",
                         "-c", f"select '{quiet}'")
     assert normal.returncode == 0, normal.stderr
@@ -86,13 +87,13 @@ def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> 
     assert quiet not in log  # only the break-glass user's statements are logged
 
     hook = people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "breakglass.opened" and e["incident"] == "INC-123"
+        lambda e: e["event"] == "breakglass.opened" and e["incident"] == incident
         and e["target"] == "demo")
     assert "carol" in hook["text"] and "orders stuck" in hook["text"]
 
     reviews = data(as_(people, "dave", "--json", "review"))
     assert isinstance(reviews, list)
-    review = next(r for r in reviews if r["incident"] == "INC-123" and r["target"] == "demo")
+    review = next(r for r in reviews if r["incident"] == incident)
     own = as_(people, "carol", "review", review["id"], "--note", "all good")
     assert own.returncode == 5 and "cannot close its review" in flat(own.stderr)
     closed = data(as_(people, "dave", "--json", "review", review["id"], "--note",
@@ -135,14 +136,15 @@ def _request_id(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_two_person_approval_with_a_waiting_client(people: Cli) -> None:
+    reason = f"fix order 7 ({marker()})"  # tells this request's webhook event apart
     waiting = subprocess.Popen(
         [*DBACCESS, "--no-input", "exec", "demo", "--role", "readwrite", "--reason",
-         "fix order 7", "--", "psql", "-qAt", "-c",
+         reason, "--", "psql", "-qAt", "-c",
          "update orders set total = total where id = 1 returning current_user"],
         env=people.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
     hook = people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.created" and e["reason"] == "fix order 7", timeout=30)
+        lambda e: e["event"] == "request.created" and e["reason"] == reason, timeout=30)
     request_id = hook["request_id"]
     listed = data(as_(people, "erin", "--json", "requests"))
     assert request_id in [r["id"] for r in listed]  # type: ignore[union-attr]

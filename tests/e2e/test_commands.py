@@ -62,8 +62,10 @@ def test_whoami_targets_and_version(cli: Cli) -> None:
     me = data(cli.run("--json", "whoami"))
     assert me["email"] == "alice@example.com" and me["groups"] == ["dev"]  # type: ignore[index]
     allowed = data(cli.run("--json", "targets"))
-    pairs = {(t["target"], t["role"], t["max_duration_seconds"]) for t in allowed}  # type: ignore[union-attr]
-    assert pairs == {("demo", "readonly", 3600), ("shop", "readonly", 3600)}
+    pairs = {(t["target"], t["role"], t["max_duration_seconds"], t["approvals"])  # type: ignore[index]
+             for t in allowed}  # type: ignore[union-attr]
+    assert pairs == {("demo", "readonly", 3600, 0), ("shop", "readonly", 3600, 0),
+                     ("demo", "readwrite", 3600, 2), ("shop", "readwrite", 3600, 2)}
     human = cli.run("targets")
     assert "demo" in human.stderr and "readonly" in human.stderr
     assert data(cli.run("--json", "version"))["version"]  # type: ignore[index]
