@@ -34,7 +34,8 @@ OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
 HASH_PATTERN = r"^\*[0-9A-F]{40}$"
 AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
-AUDIT_LIST_MAX = 1024  # measured: longer values are refused by the plugin
+AUDIT_LIST_MAX = 1023
+AUDIT_LOCK = "x"
 AUDIT_LIST = (
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
     "WHERE VARIABLE_NAME = 'SERVER_AUDIT_INCL_USERS')"
