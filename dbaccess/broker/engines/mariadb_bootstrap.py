@@ -13,16 +13,36 @@ every few seconds is the server's own clock, a second one next to the broker's r
 
 Break-glass users must have every statement logged, and MariaDB has no per-user
 ``log_statement``. The closest equivalent is the ``server_audit`` plugin (shipped with
-MariaDB): the bootstrap installs it, and ``create_user(..., p_log)`` adds the user to
-``server_audit_incl_users`` (turning QUERY logging on first when it is off), and
-``revoke_user`` takes it out again. Measured on 10.11: changing those globals needs SUPER
-(there is no narrower privilege), so the locked definer holds SUPER — only these
-validating procedures ever run as it. Limits: the include list is one global string of at
-most 1,024 characters (about 40 concurrent break-glass users; beyond that the creation
-fails rather than run unlogged); an empty list would mean "log everyone", so the list
-keeps a placeholder name; and the plugin's settings reset when the server restarts —
-put ``plugin_load_add = server_audit`` and ``server_audit_events = QUERY`` in my.cnf to
-keep logging across restarts. The log is ``server_audit.log`` in the data directory.
+MariaDB): the bootstrap installs it, ``create_user(..., p_log)`` adds the user to
+``server_audit_incl_users`` before the account exists (turning QUERY logging on when it is
+off), and ``revoke_user`` takes it out again. Measured on 10.11:
+
+- changing the plugin's globals needs SUPER: CONNECTION ADMIN, BINLOG ADMIN, REPLICATION
+  MASTER ADMIN, FEDERATED ADMIN and READ_ONLY ADMIN are all refused, and 10.11 has no
+  SYSTEM_VARIABLES_ADMIN. So the locked definer holds SUPER; only these validating
+  procedures ever run as it;
+- the include list is one global string of at most 1,023 characters (1,024 are cut to
+  1,023 without an error, longer values are refused): about 30 break-glass users with
+  32-character names at once. Beyond that the creation fails rather than run unlogged;
+- an empty include list means "log everyone", so the list always keeps the placeholder
+  name ``dbaccess-none``;
+- a procedure that names a plugin variable directly cannot even be loaded once the plugin
+  is uninstalled, so the procedures set them through prepared statements (creating users
+  without logging keeps working; with logging it fails with a clear message);
+- a query reaches ``server_audit.log`` (in the data directory by default) just after its
+  result went to the client, cut to ``server_audit_query_log_limit`` (1,024) bytes.
+
+The plugin's settings live in memory only: a restart unloads the plugin (it was installed
+with INSTALL SONAME, which persists, so it loads again, but with logging off) and forgets the
+include list, so live break-glass users are no longer logged until they are revoked. For
+logging that survives restarts, put this in my.cnf (the placeholder keeps the list from
+being empty, i.e. from logging everyone):
+
+    [mariadb]
+    plugin_load_add = server_audit
+    server_audit_logging = ON
+    server_audit_events = QUERY
+    server_audit_incl_users = dbaccess-none
 """
 
 from __future__ import annotations
@@ -34,16 +54,9 @@ OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
 HASH_PATTERN = r"^\*[0-9A-F]{40}$"
 AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
-AUDIT_LIST_MAX = 1023
-AUDIT_LOCK = "x"
-AUDIT_LIST = (
-    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
-    "WHERE VARIABLE_NAME = 'SERVER_AUDIT_INCL_USERS')"
-)
-AUDIT_LOGGING = (
-    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
-    "WHERE VARIABLE_NAME = 'SERVER_AUDIT_LOGGING')"
-)
+AUDIT_LIST_MAX = 1023  # measured: 1,024 characters are silently cut to 1,023
+AUDIT_LOCK = "dbaccess.server_audit"  # serialises read-modify-write of the include list
+AUDIT_LOCK_SECONDS = 10
 
 
 def _lit(value: str) -> str:
@@ -85,10 +98,6 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN "
         "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess'; END IF;"
     )
-    set_audit_list = "CONCAT('SET GLOBAL server_audit_incl_users = ', QUOTE({}))".format
-    audit_start = _exec(set_audit_list(f"CONCAT({_lit(AUDIT_PLACEHOLDER)}, ',', p_user)"))
-    audit_add = _exec(set_audit_list("CONCAT(v_list, ',', p_user)"))
-    audit_remove = _exec(set_audit_list(f"IF(v_list = '', {_lit(AUDIT_PLACEHOLDER)}, v_list)"))
     statements = [
         f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
@@ -112,6 +121,7 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
             f"CREATE ROLE IF NOT EXISTS {_ident(group)}",
             f"GRANT {_ident(group)} TO {OWNER} WITH ADMIN OPTION",
         ]
+    statements += _audit_procedures(validate_name)
     statements += [
         f"CREATE USER IF NOT EXISTS {provisioner}",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.create_user(
@@ -120,7 +130,6 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
     IN p_log BOOLEAN)
 SQL SECURITY DEFINER
 BEGIN
-    DECLARE v_list TEXT;
     {validate_name}
     IF p_role IS NULL OR p_role NOT IN ({allowed}) THEN
         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not an allowed role';
@@ -142,22 +151,7 @@ BEGIN
     END IF;
     IF p_log THEN
         -- Before the account exists: a user that cannot be logged is not created.
-        SET v_list = {AUDIT_LIST};
-        IF v_list IS NULL THEN
-            SIGNAL SQLSTATE '45000'
-                SET MESSAGE_TEXT = 'dbaccess: statement logging needs the server_audit plugin';
-        END IF;
-        IF {AUDIT_LOGGING} = 'OFF' THEN
-            {audit_start}
-            SET GLOBAL server_audit_events = 'QUERY';
-            SET GLOBAL server_audit_logging = ON;
-        ELSEIF v_list <> '' AND FIND_IN_SET(p_user, v_list) = 0 THEN
-            IF LENGTH(v_list) + 1 + LENGTH(p_user) > {AUDIT_LIST_MAX} THEN
-                SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
-                    'dbaccess: server_audit_incl_users is full (too many break-glass users)';
-            END IF;
-            {audit_add}
-        END IF;
+        CALL {SCHEMA}.audit_include(p_user);
     END IF;
     INSERT INTO {SCHEMA}.managed_users (username, expires_at) VALUES (p_user, p_expires);
     {
@@ -185,7 +179,6 @@ SQL SECURITY DEFINER
 BEGIN
     DECLARE v_id BIGINT;
     DECLARE v_tries INT DEFAULT 0;
-    DECLARE v_list TEXT;
     SET p_remaining = 0;
     IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN
         IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
@@ -216,14 +209,10 @@ BEGIN
             END IF;
         END IF;
         IF p_remaining = 0 THEN
+            -- A break-glass user leaves the statement-logging list with its account; before
+            -- the record goes, so that a failure here is retried by the next revoke.
+            CALL {SCHEMA}.audit_exclude(p_user);
             DELETE FROM {SCHEMA}.managed_users WHERE username = p_user;
-            -- A break-glass user leaves the statement-logging list with its account.
-            SET v_list = {AUDIT_LIST};
-            IF v_list IS NOT NULL AND FIND_IN_SET(p_user, v_list) > 0 THEN
-                SET v_list = TRIM(BOTH ',' FROM
-                    REPLACE(CONCAT(',', v_list, ','), CONCAT(',', p_user, ','), ','));
-                {audit_remove}
-            END IF;
         END IF;
     END IF;
 END""",
@@ -256,6 +245,88 @@ END""",
     for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
     return statements
+
+
+def _audit_variable(name: str) -> str:
+    """The plugin variable's value, or NULL when the plugin is not loaded."""
+    return (
+        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+        f"WHERE VARIABLE_NAME = {_lit(name.upper())})"
+    )
+
+
+def _set_audit_variable(name: str, expression: str) -> str:
+    # A prepared statement: naming the variable in the body would stop the procedure from
+    # loading at all once the plugin is uninstalled (measured), breaking every create_user.
+    return _exec(f"CONCAT('SET GLOBAL {name} = ', QUOTE({expression}))")
+
+
+def _audit_procedures(validate_name: str) -> list[str]:
+    """Procedures that add a user to, or take it out of, ``server_audit_incl_users``.
+
+    Only the definer may run them (create_user and revoke_user call them). A named lock
+    serialises the read-modify-write: two break-glass creations at once would otherwise
+    each write the list they read, and one user would silently not be logged."""
+    placeholder = _lit(AUDIT_PLACEHOLDER)
+    locked = (
+        "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN "
+        f"DO RELEASE_LOCK({_lit(AUDIT_LOCK)}); RESIGNAL; END;\n"
+        f"    IF GET_LOCK({_lit(AUDIT_LOCK)}, {AUDIT_LOCK_SECONDS}) IS NOT TRUE THEN "
+        "SIGNAL SQLSTATE '45000' "
+        "SET MESSAGE_TEXT = 'dbaccess: the statement-logging list is busy'; END IF;"
+    )
+    include = f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.audit_include(
+    IN p_user VARCHAR(80))
+SQL SECURITY DEFINER
+BEGIN
+    DECLARE v_list, v_events, v_logging TEXT;
+    {locked}
+    {validate_name}  -- the callers checked it too; a comma would corrupt the list
+    SET v_list = {_audit_variable("server_audit_incl_users")},
+        v_events = {_audit_variable("server_audit_events")},
+        v_logging = {_audit_variable("server_audit_logging")};
+    IF v_list IS NULL THEN
+        SIGNAL SQLSTATE '45000'
+            SET MESSAGE_TEXT = 'dbaccess: statement logging needs the server_audit plugin';
+    END IF;
+    -- Logging on with an empty list logs everyone already. Otherwise the user joins the
+    -- list, and the placeholder keeps it from ever being empty (which would log everyone).
+    IF NOT (v_logging = 'ON' AND v_list = '') AND FIND_IN_SET(p_user, v_list) = 0 THEN
+        SET v_list = CONCAT(IF(v_list = '', {placeholder}, v_list), ',', p_user);
+        IF LENGTH(v_list) > {AUDIT_LIST_MAX} THEN
+            SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
+                'dbaccess: server_audit_incl_users is full (too many break-glass users)';
+        END IF;
+        {_set_audit_variable("server_audit_incl_users", "v_list")}
+    END IF;
+    -- Queries must be among the logged events ('' means every event, QUERY included).
+    IF v_events <> '' AND FIND_IN_SET('QUERY', v_events) = 0 THEN
+        {_set_audit_variable("server_audit_events", "CONCAT(v_events, ',QUERY')")}
+    ELSEIF v_events = '' AND v_logging = 'OFF' THEN
+        {_set_audit_variable("server_audit_events", "'QUERY'")}
+    END IF;
+    IF v_logging = 'OFF' THEN
+        {_set_audit_variable("server_audit_logging", "'ON'")}
+    END IF;
+    DO RELEASE_LOCK({_lit(AUDIT_LOCK)});
+END"""
+    exclude = f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.audit_exclude(
+    IN p_user VARCHAR(80))
+SQL SECURITY DEFINER
+BEGIN
+    DECLARE v_list TEXT;
+    {locked}
+    SET v_list = {_audit_variable("server_audit_incl_users")};
+    IF v_list IS NOT NULL AND FIND_IN_SET(p_user, v_list) > 0 THEN
+        WHILE FIND_IN_SET(p_user, v_list) > 0 DO
+            SET v_list = TRIM(BOTH ',' FROM
+                REPLACE(CONCAT(',', v_list, ','), CONCAT(',', p_user, ','), ','));
+        END WHILE;
+        {_set_audit_variable("server_audit_incl_users", f"IF(v_list = '', {placeholder}, v_list)")}
+    END IF;
+    DO RELEASE_LOCK({_lit(AUDIT_LOCK)});
+END"""
+    return [include, exclude]
 
 
 def render(target_name: str, target: TargetSection) -> str:
