@@ -32,11 +32,12 @@ off), and ``revoke_user`` takes it out again. Measured on 10.11:
 - a query reaches ``server_audit.log`` (in the data directory by default) just after its
   result went to the client, cut to ``server_audit_query_log_limit`` (1,024) bytes.
 
-The plugin's settings live in memory only: a restart unloads the plugin (it was installed
-with INSTALL SONAME, which persists, so it loads again, but with logging off) and forgets the
-include list, so live break-glass users are no longer logged until they are revoked. For
-logging that survives restarts, put this in my.cnf (the placeholder keeps the list from
-being empty, i.e. from logging everyone):
+The plugin's settings live in memory only. After a restart the plugin is loaded again
+(INSTALL SONAME is recorded in mysql.plugin) but logging is off and the include list is
+empty: live break-glass users are no longer logged (the next break-glass creation turns
+logging on again). To keep logging across restarts, put this in my.cnf (measured: it takes
+effect with or without ``plugin_load_add``, which only makes loading independent of
+mysql.plugin); the placeholder keeps the list from being empty, i.e. from logging everyone:
 
     [mariadb]
     plugin_load_add = server_audit
