@@ -221,3 +221,75 @@ def test_audit_verify_fails_after_tampering_with_the_real_store(
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
     assert f"BROKEN at record #{seq}" in bad.stderr
+
+
+def _on_a_terminal(people: Cli, *args: str) -> tuple[int, subprocess.Popen[bytes]]:
+    import fcntl
+    import os
+    import pty
+    import sys
+    import termios
+
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess", *args], stdin=terminal, stdout=terminal,
+        stderr=terminal,
+        env={**people.env, "TERM": "dumb", "COLUMNS": "200", "PAGER": "cat", "PSQL_PAGER": "cat"},
+        preexec_fn=own_terminal)
+    os.close(terminal)
+    return controller, process
+
+
+def test_on_a_terminal_breakglass_asks_for_the_reason_and_the_target(people: Cli) -> None:
+    import os
+
+    from tests.e2e.test_interactive import read_until
+
+    assert people.login("carol", profile="carol-tty").returncode == 0
+    loud = marker()
+    terminal, process = _on_a_terminal(
+        people, "--profile", "carol-tty", "breakglass", "--incident", "INC-77", "--drill",
+        "--", "-c", f"select '{loud}'")
+    try:
+        read_until(terminal, r"Reason \(what are you about to do\?\):")
+        os.write(terminal, b"rehearsing the runbook\n")
+        choices = read_until(terminal, r"which target")
+        assert "1. demo" in choices and "2. shop" in choices
+        os.write(terminal, b"1\n")
+        shown = read_until(terminal, r"session revoked")
+        assert "BREAK-GLASS DRILL" in shown and loud in shown
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        os.close(terminal)
+    people.stack.webhooks.wait_for(
+        lambda e: e["event"] == "breakglass.drill" and e["reason"] == "rehearsing the runbook")
+
+
+def test_on_a_terminal_connect_asks_for_a_reason_and_waits_for_approvers(people: Cli) -> None:
+    import os
+
+    from tests.e2e.test_interactive import read_until
+
+    reason = f"pty {marker()}"
+    terminal, process = _on_a_terminal(
+        people, "connect", "demo", "--role", "readwrite", "--", "-c", "select current_user")
+    try:
+        read_until(terminal, r"Reason:")
+        os.write(terminal, reason.encode() + b"\n")
+        waiting = read_until(terminal, r"approvers run: dbaccess approve [0-9a-f-]{36}")
+        request_id = re.search(r"request ([0-9a-f-]{36})", waiting)
+        assert request_id, waiting
+        for approver in ("erin", "frank"):
+            assert as_(people, approver, "approve", request_id.group(1)).returncode == 0
+        shown = read_until(terminal, r"session revoked", timeout=30)
+        assert "dba_alice_" in shown
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        os.close(terminal)
