@@ -149,3 +149,55 @@ def test_audit_is_for_auditors(broker: TestClient, stack: Stack) -> None:
     assert code == 0 and {r["event"] for r in granted_only["data"]} == {"session.granted"}
     code, bad = run("audit", "--since", "last tuesday")
     assert code == 2 and "not an ISO date" in bad["error"]["message"]
+
+
+def _log_in_as(stack: Stack, person: str, profile: str) -> None:
+    token = device_tokens(stack.idp, person)["id_token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    profiles = ProfileFile.load()
+    profiles.profiles[profile] = Profile(profile, "http://testserver")
+    profiles.save()
+    save_login(profile, StoredLogin(
+        issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
+        id_token=token, refresh_token=None, expires_at=claims["exp"], subject=person))
+
+
+def test_approval_and_breakglass_commands(broker: TestClient, stack: Stack) -> None:
+    for person in ("erin", "frank", "carol", "dave"):
+        _log_in_as(stack, person, person)
+    code, pending = run("connect", "demo", "--role", "readwrite", "--reason", "fix", "--no-wait")
+    assert code == 6 and pending["error"]["code"] == "approval_pending"
+    request_id = pending["error"]["hint"].rsplit(" ", 1)[-1]
+    code, mine = run("requests", "--mine")
+    assert code == 0 and [r["id"] for r in mine["data"]] == [request_id]
+    code, listed = run("--profile", "erin", "requests")
+    assert code == 0 and request_id in [r["id"] for r in listed["data"]]
+    code, own = run("approve", request_id)
+    assert code == 5  # alice is no approver (and never of her own request)
+    code, first = run("--profile", "erin", "approve", request_id)
+    assert code == 0 and first["data"]["state"] == "pending"
+    code, second = run("--profile", "frank", "approve", request_id)
+    assert code == 0 and second["data"]["state"] == "approved"
+    before = set(stack.managed_users())
+    result = CliRunner().invoke(app, ["exec", "demo", "--role", "readwrite", "--request",
+                                      request_id, "--", "sh", "-c", 'test -n "$PGPASSFILE"'],
+                                prog_name="dbaccess")
+    assert result.exit_code == 0, result.output
+    assert set(stack.managed_users()) == before  # used, then revoked
+
+    code, again = run("connect", "demo", "--role", "readwrite", "--reason", "more", "--no-wait")
+    code, denied = run("--profile", "frank", "deny", again["error"]["hint"].rsplit(" ", 1)[-1],
+                       "--reason", "no")
+    assert code == 0 and denied["data"]["state"] == "denied"
+
+    result = CliRunner().invoke(app, ["--profile", "carol", "--no-input", "breakglass", "demo",
+                                      "--incident", "INC-88", "--reason", "in-process drill",
+                                      "--drill", "--client", "true"], prog_name="dbaccess")
+    assert result.exit_code == 0, result.output
+    code, reviews = run("--profile", "dave", "review")
+    review = next(r for r in reviews["data"] if r["incident"] == "INC-88")
+    assert review["drill"] is True
+    code, self_review = run("--profile", "carol", "review", review["id"], "--note", "fine")
+    assert code == 5
+    code, closed = run("--profile", "dave", "review", review["id"], "--note", "drill went well")
+    assert code == 0 and closed["data"]["reviewed_by"] == "dave"
