@@ -7,11 +7,16 @@ Everything runs locally: a private PostgreSQL, the test identity provider and a 
 ``dbaccess-broker serve`` process (SQLite store), as in the sandbox. The raw side does what
 the broker's engine does per session — compute the SCRAM verifier and call
 ``dbaccess.create_user`` — on one persistent connection per client thread.
+
+Next to the rates it prints the CPU each side spends per session (broker process,
+PostgreSQL, this benchmark's own client code): on a machine where all three share the
+cores, the ratio cannot exceed raw CPU / (raw CPU + the broker's and its client's CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -23,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile, table  # noqa: E402
+from _common import cpu_of, cpu_seconds, percentile, table  # noqa: E402
 
 from dbaccess.broker.engines.base import make_password  # noqa: E402
 from dbaccess.broker.engines.scram import scram_sha256_verifier  # noqa: E402
@@ -55,10 +60,12 @@ def through_broker(stack: Stack, token: str, clients: int, total: int) -> tuple[
     return total / (time.perf_counter() - started), latencies
 
 
-def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[float]]:
+def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[float], float]:
+    """Rate, latencies and the CPU seconds PostgreSQL's backends spent on them."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(total))
+    backend_cpu: list[float] = []
 
     def worker(index: int) -> None:
         with stack.postgres.connect("demo", user=PROVISIONER,
@@ -67,6 +74,9 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
                 with lock:
                     n = next(counter, None)
                 if n is None:
+                    # read before the connection closes and its backend's account is gone
+                    with lock:
+                        backend_cpu.append(cpu_seconds(conn.info.backend_pid))
                     return
                 username = f"dba_raw{tag}_{n}"
                 started = time.perf_counter()
@@ -85,7 +95,7 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
         t.start()
     for t in threads:
         t.join()
-    return total / (time.perf_counter() - started), latencies
+    return total / (time.perf_counter() - started), latencies, sum(backend_cpu)
 
 
 def main() -> None:
@@ -101,20 +111,50 @@ def main() -> None:
         token = device_tokens(stack.idp, "alice")["id_token"]
         through_broker(stack, token, 2, 20)  # warm up: JWKS, pools, page cache
         raw(stack, 2, 20, "warm")
-        rows = []
+        rows, cpu_rows = [], []
+        assert stack._broker is not None
+        broker_pid = stack._broker.pid
+
+        def broker_cpu() -> float:  # the broker and its worker processes
+            return cpu_of(lambda _, pid: pid == broker_pid or _parent(pid) == broker_pid)
+
+        def postgres_cpu() -> float:
+            return cpu_of(lambda command, _: command.startswith("postgres"))
+
+        me = os.getpid()
+        n = args.requests
         for clients in levels:
-            b_rate, b_lat = through_broker(stack, token, clients, args.requests)
-            r_rate, r_lat = raw(stack, clients, args.requests, str(clients))
+            before = (broker_cpu(), postgres_cpu(), cpu_seconds(me))
+            b_rate, b_lat = through_broker(stack, token, clients, n)
+            b_cpu = [(a - b) / n * 1000 for a, b in
+                     zip((broker_cpu(), postgres_cpu(), cpu_seconds(me)), before, strict=True)]
+            mine = cpu_seconds(me)
+            r_rate, r_lat, r_pg = raw(stack, clients, n, str(clients))
+            r_client = (cpu_seconds(me) - mine) / n * 1000
             rows.append([
                 clients, f"{b_rate:.0f}", f"{percentile(b_lat, 50) * 1000:.1f}",
                 f"{percentile(b_lat, 99) * 1000:.1f}", f"{r_rate:.0f}",
                 f"{percentile(r_lat, 50) * 1000:.1f}", f"{b_rate / r_rate:.2f}",
             ])
+            cpu_rows.append([
+                clients, f"{b_cpu[0]:.2f}", f"{b_cpu[1]:.2f}", f"{b_cpu[2]:.2f}",
+                f"{r_pg / n * 1000:.2f}", f"{r_client:.2f}",
+            ])
         print(f"issuance, {args.requests} sessions per round, {args.workers} broker "
               f"worker(s), PostgreSQL "
-              f"{stack.postgres.version()}, {time.strftime('%Y-%m-%d')}")
+              f"{stack.postgres.version()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
         print(table(["clients", "broker/s", "p50 ms", "p99 ms", "raw/s", "raw p50 ms",
                      "ratio"], rows))
+        print("\nCPU ms per session (all on the same cores)")
+        print(table(["clients", "broker", "postgres", "bench client", "raw: postgres",
+                     "raw: client"], cpu_rows))
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 if __name__ == "__main__":
