@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -86,7 +87,7 @@ def breakglass(
     )
 
 
-def _chooser(g: Globals):  # type: ignore[no-untyped-def]
+def _chooser(g: Globals) -> Callable[[list[str]], str]:
     from dbaccess.errors import UsageError
 
     def choose(choices: list[str]) -> str:

@@ -10,12 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess import api
 from dbaccess.auth import device_flow
 from dbaccess.broker.app import create_app
 from dbaccess.broker.settings import load_settings
@@ -23,22 +21,9 @@ from dbaccess.cli import app
 from dbaccess.config import ProfileFile
 from dbaccess.sandbox.idp import approve_device_code
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+from tests.inprocess import BROKER, route_cli_to
 
 pytestmark = pytest.mark.integration
-
-BROKER = "http://testserver"
-
-
-class _Shared:
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-
-    def __enter__(self) -> httpx.Client:
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
 
 @pytest.fixture
 def broker(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -49,9 +34,7 @@ def broker(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(
         update={"store": f"sqlite:///{tmp_path / 'accounts.db'}"})})
     with TestClient(create_app(settings, run_reaper=False)) as client:
-        # The broker in-process, everything else (the identity provider) over the network.
-        http = httpx.Client(mounts={BROKER: client._transport}, timeout=30)
-        monkeypatch.setattr(api, "http_client", lambda: _Shared(http))
+        http = route_cli_to(client, monkeypatch)
         yield
         http.close()
 

@@ -21,21 +21,9 @@ from dbaccess.cli import app
 from dbaccess.config import Profile, ProfileFile
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+from tests.inprocess import Shared
 
 pytestmark = pytest.mark.integration
-
-
-class _Shared:
-    """Hands the one TestClient to every ``with api.http_client() as http`` block."""
-
-    def __init__(self, client: TestClient) -> None:
-        self.client = client
-
-    def __enter__(self) -> TestClient:
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def broker(stack: Stack, alice_token: str, tmp_path: Path,
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(
         update={"store": f"sqlite:///{tmp_path / 'in-process.db'}"})})
     with TestClient(create_app(settings, run_reaper=False)) as client:
-        monkeypatch.setattr(api, "http_client", lambda: _Shared(client))
+        monkeypatch.setattr(api, "http_client", lambda: Shared(client))
         profiles = ProfileFile.load()
         profiles.profiles["default"] = Profile("default", "http://testserver")
         profiles.save()

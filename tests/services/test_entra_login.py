@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess import api
 from dbaccess.auth import entra
 from dbaccess.auth.token_store import load_login, save_login
 from dbaccess.broker.app import create_app
@@ -24,22 +23,9 @@ from dbaccess.cli import app
 from dbaccess.sandbox.idp import OidcProvider, approve_device_code
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 from dbaccess.sandbox.tls import make_certificates
+from tests.inprocess import BROKER, route_cli_to
 
 pytestmark = pytest.mark.integration
-
-BROKER = "http://testserver"
-
-
-class _Shared:
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-
-    def __enter__(self) -> httpx.Client:
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
 
 @pytest.fixture
 def entra_idp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OidcProvider]:
@@ -68,8 +54,7 @@ def entra_broker(
             update={"store": f"sqlite:///{tmp_path / 'entra.db'}"}),
     })
     with TestClient(create_app(settings, run_reaper=False)) as client:
-        http = httpx.Client(mounts={BROKER: client._transport}, timeout=30)
-        monkeypatch.setattr(api, "http_client", lambda: _Shared(http))
+        http = route_cli_to(client, monkeypatch)
         yield
         http.close()
 
