@@ -90,6 +90,12 @@ def test_exec_and_denials(broker: TestClient, stack: Stack) -> None:
                                       'test -f "$PGPASSFILE" && exit 3'], prog_name="dbaccess")
     assert result.exit_code == 3  # the command's own code, after the session was revoked
     assert set(stack.managed_users()) == before
+    result = CliRunner().invoke(app, ["connect", "demo", "--role", "readonly", "--client",
+                                      "true"], prog_name="dbaccess")
+    assert result.exit_code == 0, result.output  # the client ran, then the session ended
+    assert set(stack.managed_users()) == before
+    code, version = run("version")
+    assert code == 0 and version["data"]["version"]
     code, denied = run("connect", "demo", "--role", "readwrite")
     assert code == 5 and denied["error"]["code"] == "denied"
     code, unknown = run("connect", "nowhere", "--role", "readonly")
