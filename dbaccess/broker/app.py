@@ -71,6 +71,8 @@ def create_app(
         )
         if run_reaper:
             reaper.start()
+        if settings.notify.webhooks:
+            service.notifier.start()  # also sends what a previous run left in the outbox
         if config_path is not None:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, reload_settings, service, config_path)

@@ -75,12 +75,12 @@ class SessionService:
         self.engines = dict(engines)
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.notifier = notifier or Notifier(settings.notify)
-        self.approvals = Approvals(self)
-        self.breakglass = Breakglass(self)
         # Names this process in lease claims, so replicas sharing a store never revoke
         # the same lease at once.
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.notifier = notifier or Notifier(settings.notify, store, owner=self.replica)
+        self.approvals = Approvals(self)
+        self.breakglass = Breakglass(self)
         self._workers = ThreadPoolExecutor(
             settings.broker.revoke_workers, thread_name_prefix="dbaccess-revoke"
         )
