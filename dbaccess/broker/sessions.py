@@ -91,7 +91,7 @@ class SessionService:
         """A session now, or — when the matching rule needs approvals — a pending approval
         request (``body.request_id`` then redeems the approved request)."""
         origin = origin or Origin()
-        self._target_role(body.target, body.role)
+        self._target_role(body.target, body.role)  # 404s come before any policy answer
         request = self._approved_request(principal, body) if body.request_id else None
         reason: str | None
         if request is not None:

@@ -648,8 +648,11 @@ class Store:
                     "user_agent": user_agent,
                 },
             )
-        found = self.get_request(values["id"])
-        assert found is not None
+        return self._existing_request(values["id"])
+
+    def _existing_request(self, request_id: str) -> ApprovalRequest:
+        found = self.get_request(request_id)
+        assert found is not None  # callers just wrote it
         return found
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
@@ -720,9 +723,7 @@ class Store:
                     **origin,
                 },
             )
-        found = self.get_request(request_id)
-        assert found is not None
-        return found
+        return self._existing_request(request_id)
 
     def deny_request(
         self, request_id: str, by: str, reason: str, now: datetime, origin: dict[str, Any]
@@ -749,9 +750,7 @@ class Store:
                     **origin,
                 },
             )
-        found = self.get_request(request_id)
-        assert found is not None
-        return found
+        return self._existing_request(request_id)
 
     def _expire(self, conn: Connection, row: Any, now: datetime) -> None:
         conn.execute(

@@ -60,13 +60,10 @@ def breakglass(
         if not reason.strip():
             raise UsageError("break-glass needs a reason; nothing was opened")
     stored = ProfileFile.load().profiles.get(profile_name(g.profile))
-    with logged_in(g.profile) as (api, _):
-        chosen = choose_breakglass_target(
-            api,
-            target or (stored.breakglass_target if stored else None),
-            _chooser(g) if g.can_prompt else None,
-        )
-        role = api.breakglass_policy().targets.get(chosen, "")
+    chosen = target or (stored.breakglass_target if stored else None)
+    if chosen is None:  # only then does the policy have to be asked
+        with logged_in(g.profile) as (api, _):
+            chosen = choose_breakglass_target(api, None, _chooser(g) if g.can_prompt else None)
     body = BreakglassCreate(
         target=chosen,
         incident=incident,
@@ -77,7 +74,7 @@ def breakglass(
     run_session(
         g,
         chosen,
-        role or "breakglass",
+        "breakglass",  # a label only: the broker gives the policy's elevated role
         duration,
         reason,
         incident,
