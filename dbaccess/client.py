@@ -5,21 +5,12 @@ HTTP failures become DbaccessError subclasses carrying the broker's message and 
 
 from __future__ import annotations
 
-import platform
 from typing import Any
 
 import httpx
 
-from dbaccess import __version__
-from dbaccess.errors import (
-    AuthError,
-    BrokerError,
-    BrokerUnreachable,
-    DbaccessError,
-    DeniedError,
-    NotFoundError,
-    UsageError,
-)
+from dbaccess.broker_replies import USER_AGENT, error_from_reply
+from dbaccess.errors import BrokerError, BrokerUnreachable
 from dbaccess.models import (
     AuditEntry,
     BreakglassCreate,
@@ -34,21 +25,6 @@ from dbaccess.models import (
     SessionRenew,
     TargetAccess,
 )
-
-# Recorded by the broker in the audit trail next to the source address.
-USER_AGENT = (
-    f"dbaccess/{__version__} ({platform.system()} {platform.machine()}; "
-    f"Python {platform.python_version()})"
-)
-
-_BY_STATUS: dict[int, type[DbaccessError]] = {
-    400: UsageError,
-    401: AuthError,
-    403: DeniedError,
-    404: NotFoundError,
-    409: DeniedError,  # the state forbids it: a used, denied or expired request...
-    422: UsageError,
-}
 
 
 class BrokerClient:
@@ -143,23 +119,4 @@ class BrokerClient:
                 return response.json()
             except ValueError:
                 raise BrokerError(f"the broker answered {method} {path} with no JSON") from None
-        raise _error_from(response)
-
-
-def _error_from(response: httpx.Response) -> DbaccessError:
-    message = f"the broker answered {response.status_code}"
-    hint = None
-    broker_code = None
-    try:
-        detail = response.json().get("error") or {}
-        message = detail.get("message") or message
-        hint = detail.get("hint")
-        broker_code = detail.get("code")
-    except (ValueError, AttributeError):
-        pass
-    kind = _BY_STATUS.get(response.status_code, BrokerError)
-    if kind is AuthError and hint is None:
-        hint = "dbaccess login"
-    error = kind(message, hint=hint)
-    error.broker_code = broker_code
-    return error
+        raise error_from_reply(response.status_code, response.content)

@@ -18,14 +18,9 @@ from dbaccess.auth.login import bearer_token
 from dbaccess.client import BrokerClient
 from dbaccess.errors import DbaccessError, UsageError
 from dbaccess.grant import Ask, Want, obtain
-from dbaccess.launch import mysql, psql
-from dbaccess.launch.child import (
-    child_environment,
-    cleanup_on_signals,
-    ignore_cleanup_signals,
-    run_child,
-)
-from dbaccess.launch.session_dir import SessionDir, stale_sessions
+from dbaccess.launch.child import cleanup_on_signals
+from dbaccess.launch.session import Launch, run_granted
+from dbaccess.launch.session_dir import stale_sessions
 from dbaccess.models import BreakglassCreate, SessionGranted
 
 
@@ -78,61 +73,20 @@ def connect(
     sweep_stale_sessions(api, request.broker, on_warning)
     with cleanup_on_signals():
         granted = obtain(api, request.want(), ask or Ask())
-        directory: SessionDir | None = None
-        try:
-            directory = SessionDir.create(
-                granted.id, broker=request.broker, profile=request.profile
-            )
-            argv, env = prepare_client(
-                granted,
-                directory,
-                list(request.client_args),
-                request.command,
-                request.clients.get(granted.engine),
-            )
-            on_granted(granted)
-            return run_child(argv, child_environment(env, granted.id))
-        finally:
-            # A second SIGTERM must not cut the clean-up short.
-            ignore_cleanup_signals()
-            if directory is not None:
-                directory.remove()
-            until = f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC"
-            try:
-                state = api.revoke_session(granted.id).state
-            except DbaccessError as exc:
-                on_warning(
-                    f"could not revoke session {granted.id} ({exc.message}); it expires at {until}"
-                )
-            else:
-                if state != "revoked":
-                    on_warning(
-                        f"the broker could not drop {granted.db_user} yet; it keeps "
-                        f"retrying, and the user expires at {until}"
-                    )
-
-
-def prepare_client(
-    granted: SessionGranted,
-    directory: SessionDir,
-    args: list[str],
-    command: tuple[str, ...] | None = None,
-    client: str | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for the session: the engine's native client with ``args``, or
-    any ``command`` (exec) with the same credential files and variables prepared."""
-    if granted.engine == "postgres":
-        chosen = "" if command else (client or psql.find_psql())
-        argv, env = psql.prepare(granted, directory, chosen, args)
-    elif granted.engine == "mariadb":
-        chosen = "" if command else (client or mysql.find_mysql())
-        argv, env = mysql.prepare(granted, directory, chosen, args)
-    else:
-        raise UsageError(
-            f"engine '{granted.engine}' is not supported by this version of dbaccess",
-            hint="upgrade dbaccess",
+        launch = Launch(
+            profile=request.profile,
+            broker=request.broker,
+            client_args=request.client_args,
+            command=request.command,
+            client=request.clients.get(granted.engine),
         )
-    return (list(command) if command else argv), env
+        return run_granted(
+            granted,
+            launch,
+            revoke=lambda session_id: api.revoke_session(session_id).state,
+            on_granted=on_granted,
+            on_warning=on_warning,
+        )
 
 
 def sweep_stale_sessions(api: BrokerClient, broker: str, on_warning: Callable[[str], None]) -> None:

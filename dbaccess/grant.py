@@ -76,21 +76,22 @@ def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
             raise
         if isinstance(outcome, SessionGranted):
             return outcome
-        if not want.wait:
-            raise ApprovalPending(
-                f"request {outcome.id} waits for {outcome.approvals_required} approval(s) "
-                f"from {', '.join(outcome.approver_groups)}",
-                hint=f"once approved: dbaccess connect {want.target} --role {want.role} "
-                f"--request {outcome.id}",
-            )
-        approved = wait_for_approval(api, outcome, ask)
-        want = Want(
-            target=want.target,
-            role=want.role,
-            request_id=approved.id,
-            wait=False,
-        )
+        want = once_approved(api, outcome, want, ask)
         reason = None
+
+
+def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask) -> Want:
+    """After the broker opened ``request``: wait for its approval and return what redeems
+    it — or, without ``want.wait``, raise ApprovalPending naming it."""
+    if not want.wait:
+        raise ApprovalPending(
+            f"request {request.id} waits for {request.approvals_required} approval(s) "
+            f"from {', '.join(request.approver_groups)}",
+            hint=f"once approved: dbaccess connect {want.target} --role {want.role} "
+            f"--request {request.id}",
+        )
+    approved = wait_for_approval(api, request, ask)
+    return Want(target=want.target, role=want.role, request_id=approved.id, wait=False)
 
 
 def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> RequestInfo:

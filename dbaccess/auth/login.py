@@ -9,11 +9,15 @@ from collections.abc import Callable
 import httpx
 
 from dbaccess.auth.device_flow import DEFAULT_INTERVAL, DeviceCode, DeviceFlow, TokenSet
-from dbaccess.auth.token_store import StoredLogin, ensure_storage, load_login, save_login
+from dbaccess.auth.token_store import (
+    REFRESH_MARGIN,
+    StoredLogin,
+    ensure_storage,
+    load_login,
+    save_login,
+)
 from dbaccess.errors import AuthError
 from dbaccess.models import PublicConfig
-
-REFRESH_MARGIN = 60.0  # refresh this many seconds before the token expires
 
 
 def _default_interval() -> float:

@@ -5,21 +5,23 @@ Windows caps a credential at 2,560 bytes). With no keyring backend we fail with 
 unless the profile opted in (``dbaccess login --insecure-storage``) to a 0600 file, which
 every command then announces (as ``gh`` does). keyrings.alt's silent plaintext fallback
 is never used.
+
+keyring is imported only where it is used: with its backends it costs ~100 ms, which the
+fast exec path (``read_from_secret_service``) avoids.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import keyring
-import keyring.errors
 
 from dbaccess.errors import KeyringUnavailable
 
 SERVICE = "dbaccess"
+REFRESH_MARGIN = 60.0  # refresh a token this many seconds before it expires
 
 _NO_BACKEND_HINT = (
     "install and unlock a Secret Service (e.g. gnome-keyring), or accept a 0600 file with "
@@ -61,6 +63,7 @@ def ensure_storage(profile: str) -> None:
     """Fail before a login starts, rather than after the person approved it."""
     if token_file(profile) is not None:
         return
+    import keyring
     import keyring.backends.fail
 
     if isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring):
@@ -69,6 +72,9 @@ def ensure_storage(profile: str) -> None:
 
 
 def save_login(profile: str, login: StoredLogin) -> None:
+    import keyring
+    import keyring.errors
+
     file = token_file(profile)
     if file is not None:
         file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -92,6 +98,9 @@ def save_login(profile: str, login: StoredLogin) -> None:
 
 
 def load_login(profile: str) -> StoredLogin | None:
+    import keyring
+    import keyring.errors
+
     file = token_file(profile)
     if file is not None:
         try:
@@ -122,6 +131,9 @@ def _parse(raw: str | None) -> StoredLogin | None:
 
 
 def delete_login(profile: str) -> bool:
+    import keyring
+    import keyring.errors
+
     file = token_file(profile)
     if file is not None:
         existed = file.exists()
@@ -134,3 +146,43 @@ def delete_login(profile: str) -> bool:
     except keyring.errors.NoKeyringError:
         raise KeyringUnavailable("no keyring backend is available", hint=_NO_BACKEND_HINT) from None
     return True
+
+
+def read_from_secret_service(profile: str) -> StoredLogin | None:
+    """The login as keyring's Secret Service backend stored it (the backend keyring picks
+    on Linux), read with secretstorage alone: keyring's own import and backend discovery
+    cost ~100 ms. None whenever that is not certainly what keyring would return — not
+    Linux, keyring configured for some backend, no Secret Service, a locked collection or
+    item, no such entry; the caller then uses ``load_login``, which also explains failures."""
+    if not sys.platform.startswith("linux") or _keyring_configured():
+        return None
+    try:
+        import secretstorage
+        from jeepney.wrappers import DBusErrorResponse
+    except ImportError:
+        return None
+    try:
+        with secretstorage.dbus_init() as connection:
+            collection = secretstorage.get_default_collection(connection)
+            if collection.is_locked():
+                return None
+            # The attributes keyring's SecretService backend stores and searches by.
+            for item in collection.search_items({"username": _account(profile),
+                                                 "service": SERVICE}):
+                if item.is_locked():
+                    return None
+                return _parse(item.get_secret().decode("utf-8"))
+    except (secretstorage.exceptions.SecretStorageException, DBusErrorResponse, OSError,
+            ValueError):
+        return None
+    return None
+
+
+def _keyring_configured() -> bool:
+    """keyring told to use another backend than Secret Service (PYTHON_KEYRING_BACKEND),
+    or told something in keyringrc.cfg."""
+    chosen = os.environ.get("PYTHON_KEYRING_BACKEND")
+    if chosen:
+        return chosen != "keyring.backends.SecretService.Keyring"
+    root = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.exists(os.path.join(root, "python_keyring", "keyringrc.cfg"))

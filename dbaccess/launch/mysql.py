@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbaccess.errors import LaunchError
 from dbaccess.launch.session_dir import SessionDir
-from dbaccess.models import SessionGranted
+
+if TYPE_CHECKING:
+    from dbaccess.launch.session import Granted
 
 
 def find_mysql() -> str:
@@ -30,7 +33,7 @@ def _option_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def prepare(granted: SessionGranted, directory: SessionDir, client: str,
+def prepare(granted: Granted, directory: SessionDir, client: str,
             args: list[str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment for a MariaDB/MySQL client; the password only in the file."""
     options = {

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbaccess.errors import LaunchError
 from dbaccess.launch.session_dir import SessionDir
-from dbaccess.models import SessionGranted
+
+if TYPE_CHECKING:
+    from dbaccess.launch.session import Granted
 
 
 def find_psql() -> str:
@@ -36,7 +39,7 @@ def _passfile_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def prepare(granted: SessionGranted, directory: SessionDir, client: str,
+def prepare(granted: Granted, directory: SessionDir, client: str,
             args: list[str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment for a PostgreSQL client; the password only in the passfile."""
     line = ":".join(

@@ -232,7 +232,7 @@ class SecretService:
 
 class _Bus:
     def __init__(self, address: str) -> None:
-        from jeepney.io.blocking import open_dbus_connection  # type: ignore[import-untyped]
+        from jeepney.io.blocking import open_dbus_connection
 
         self.connection: Any = open_dbus_connection(bus=address)
 
@@ -243,7 +243,7 @@ class _Bus:
         self.connection.close()
 
     def call(self, message: Any) -> tuple[Any, ...]:
-        from jeepney import MessageType  # type: ignore[import-untyped]
+        from jeepney import MessageType
 
         reply = self.connection.send_and_get_reply(message, timeout=5)
         if reply.header.message_type == MessageType.error:
@@ -256,7 +256,7 @@ def _connect(address: str) -> _Bus:
 
 
 def _name_has_owner(bus: _Bus, name: str) -> bool:
-    from jeepney.bus_messages import message_bus  # type: ignore[import-untyped]
+    from jeepney.bus_messages import message_bus
 
     return bool(bus.call(message_bus.NameHasOwner(name))[0])
 
