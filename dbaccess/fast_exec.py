@@ -123,7 +123,8 @@ def _take_option(args: list[str], into: Invocation, valued: dict[str, str],
                  flags: dict[str, str]) -> bool:
     """Consume one option from ``args`` into ``into``; False if it is not one we know."""
     head = args.pop(0)
-    name, equals, inline = head.partition("=")
+    # click splits "--role=x" but reads "-r=x" as the value "=x": split long options only
+    name, equals, inline = head.partition("=") if head.startswith("--") else (head, "", "")
     if name in valued:
         if equals:
             value = inline
@@ -255,7 +256,7 @@ def _tls_context() -> Any:
 def run(argv: list[str]) -> int | None:
     """Run ``dbaccess exec`` here and return its exit code, or None: use the full CLI."""
     environ = os.environ
-    if environ.get("DBACCESS_FAST_EXEC", "1") in ("0", "false", "no", "off"):
+    if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in _FALSE:
         return None
     if environ.get("DBACCESS_SESSION") or any(
         environ.get(v) or environ.get(v.upper()) for v in _PROXY_VARIABLES

@@ -15,6 +15,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic import ValidationError
+
 from dbaccess.client import BrokerClient
 from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, UsageError
 from dbaccess.models import BreakglassCreate, RequestInfo, SessionCreate, SessionGranted
@@ -58,7 +60,7 @@ def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
         return api.breakglass(want.breakglass)
     reason = want.reason
     while True:
-        body = SessionCreate(
+        body = _session_create(
             target=want.target,
             role=want.role,
             duration_seconds=int(want.duration.total_seconds()) if want.duration else None,
@@ -78,6 +80,18 @@ def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
             return outcome
         want = once_approved(api, outcome, want, ask)
         reason = None
+
+
+def _session_create(**fields: object) -> SessionCreate:
+    """The request body, or — for values the broker would refuse (too long...) — the
+    UsageError its 422 answer would give, without asking it."""
+    try:
+        return SessionCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise UsageError(
+            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                      for e in exc.errors())
+        ) from None
 
 
 def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask) -> Want:
