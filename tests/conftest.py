@@ -59,7 +59,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Memory
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("stack")) as running:
+    # The reconciler would drop the users that engine-level tests create on these shared
+    # servers without a lease, at whatever moment its tick lands (a flaky "Access denied").
+    # It runs once at start-up here; tests of the reconciler start stacks of their own.
+    with Stack(tmp_path_factory.mktemp("stack"), reconcile_interval="1h") as running:
         yield running
 
 
