@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -101,13 +102,18 @@ def create_app(
         ]
         return _error(422, "invalid_request", "; ".join(parts))
 
-    def principal(
+    async def principal(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Principal:
+        # async, so a token seen before costs no thread hop; a new one is verified in the
+        # thread pool, since fetching the issuer's keys is blocking I/O.
         if credentials is None:
             raise ApiError(401, "not_logged_in", "this call needs a bearer token", "dbaccess login")
+        known = verifier.cached(credentials.credentials)
+        if known is not None:
+            return known
         try:
-            return verifier.verify(credentials.credentials)
+            return await run_in_threadpool(verifier.verify, credentials.credentials)
         except InvalidToken as exc:
             raise ApiError(401, "invalid_token", str(exc), "dbaccess login") from None
 

@@ -3,11 +3,17 @@
 Checks: signature with a key from the issuer's JWKS (cached; refetched when an unknown
 ``kid`` appears), an allow-list of asymmetric algorithms (so ``none`` and HMAC tricks
 fail), ``iss``, ``aud``, ``exp`` and ``nbf`` (with a small leeway), and a ``sub``.
+
+A token that passed is remembered (by its hash) until it expires: the CLI sends the same
+token for every call of a session, and the broker then answers without a signature check
+or a thread hop (``cached``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +22,8 @@ import httpx
 import jwt
 
 from dbaccess.broker.settings import IdentitySection
+
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -50,6 +58,8 @@ class TokenVerifier:
         self._http_get = http_get or _get_json
         self._lock = threading.Lock()
         self._jwks: jwt.PyJWKClient | None = None
+        # sha256(token) -> (principal, exp) of tokens that passed every check
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
 
     def _jwks_client(self) -> jwt.PyJWKClient:
         with self._lock:
@@ -67,7 +77,28 @@ class TokenVerifier:
                 )
             return self._jwks
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not expired since — no signature
+        check, no key lookup, no I/O: safe to call on the event loop. None otherwise."""
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._verified.get(key)
+        if hit is None or time.time() >= hit[1] + self._identity.leeway.total_seconds():
+            return None
+        return hit[0]
+
     def verify(self, token: str) -> Principal:
+        """Check the token fully (may fetch the issuer's keys) and remember the result until
+        the token expires, for ``cached``."""
+        principal, expires = self._verify(token)
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # simple and bounded; a miss only costs a verify
+            self._verified[key] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -104,12 +135,13 @@ class TokenVerifier:
             groups = [groups]
         if not isinstance(groups, list):
             groups = []
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]),
             email=claims.get("email"),
             name=claims.get("name"),
             groups=frozenset(str(g) for g in groups),
         )
+        return principal, float(claims["exp"])
 
 
 def _get_json(url: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.approvals import Approvals
@@ -276,7 +277,7 @@ class SessionService:
             )
         self.metrics.issued.labels(target_name, role).inc()
         return SessionGranted(
-            **_info(lease).model_dump(),
+            **_info_fields(lease),
             host=target.host,
             port=target.port,
             database=target.database,
@@ -465,7 +466,11 @@ class SessionService:
 
 
 def _info(lease: Lease) -> SessionInfo:
-    return SessionInfo(
+    return SessionInfo(**_info_fields(lease))
+
+
+def _info_fields(lease: Lease) -> dict[str, Any]:
+    return dict(
         id=lease.id,
         target=lease.target,
         role=lease.role,

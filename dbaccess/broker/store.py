@@ -273,7 +273,7 @@ class Store:
         prev = last or GENESIS
         text = json.dumps(detail, sort_keys=True, default=str)
         conn.execute(
-            audit.insert(),
+            _AUDIT_INSERT,
             {
                 "at": now,
                 "event": event,
@@ -373,7 +373,7 @@ class Store:
                 if not used:
                     raise Conflict(f"request {request.id} is no longer approved and unused")
             # Parameters apart from the statement: SQLAlchemy then reuses its compiled form.
-            conn.execute(leases.insert(), values)
+            conn.execute(_LEASE_INSERT, values)
             event = "breakglass.requested" if kind == "breakglass" else "session.requested"
             self._append_audit(conn, now, event, subject, lease_id, detail)
         row: dict[str, Any] = {column.name: values.get(column.name) for column in leases.columns}
@@ -381,12 +381,7 @@ class Store:
 
     def activate(self, lease_id: str, now: datetime) -> Lease:
         with self._write() as conn:
-            row = conn.execute(
-                leases.update()
-                .where(leases.c.id == lease_id, leases.c.state == "creating")
-                .values(state="active")
-                .returning(*leases.columns)
-            ).one_or_none()
+            row = conn.execute(_ACTIVATE, {"activated_id": lease_id}).one_or_none()
             if row is None:  # revoked while it was being created: report it as it is
                 row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
                 return Lease(**row._mapping)
@@ -1018,6 +1013,15 @@ class Store:
 
 
 _LAST_HASH = sa.select(audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
+# Built once: a statement made per call costs a cache-key computation on every issuance.
+_AUDIT_INSERT = audit.insert()
+_LEASE_INSERT = leases.insert()
+_ACTIVATE = (
+    leases.update()
+    .where(leases.c.id == sa.bindparam("activated_id"), leases.c.state == "creating")
+    .values(state="active")
+    .returning(*leases.columns)
+)
 WRITE_LOCK_KEY = 0x64626163  # "dbac": the advisory lock that orders writers on PostgreSQL
 
 

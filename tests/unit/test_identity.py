@@ -98,3 +98,27 @@ def test_accepts_a_good_token_and_reads_groups(verifier: TokenVerifier, issuer: 
 def test_rejects(verifier: TokenVerifier, issuer: str, make: Any, message: str) -> None:
     with pytest.raises(InvalidToken, match=message):
         verifier.verify(make(issuer))
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+        verifier: TokenVerifier, issuer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = token(issuer, exp=int(time.time()) + 120)
+    assert verifier.cached(good) is None  # never seen: the caller must verify it
+    who = verifier.verify(good)
+    assert verifier.cached(good) == who
+    assert verifier.cached(token(issuer, sub="mallory")) is None  # another token
+    later = time.time() + 120 + 60  # past exp and the leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert verifier.cached(good) is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda iss: token(iss, key=OTHER_KEY),
+    lambda iss: token(iss, exp=int(time.time()) - 3600),
+])
+def test_a_rejected_token_is_never_remembered(
+        verifier: TokenVerifier, issuer: str, make: Any) -> None:
+    bad = make(issuer)
+    with pytest.raises(InvalidToken):
+        verifier.verify(bad)
+    assert verifier.cached(bad) is None
