@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -44,8 +45,8 @@ EXEC_FLAGS = {"--no-wait": "no_wait"}
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")  # click's boolean words
 _FALSE = ("0", "false", "f", "no", "n", "off")
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 TIMEOUT = 30.0  # as the full CLI's httpx client
+_JWT = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header-safe
 
 
 @dataclass
@@ -194,11 +195,11 @@ class Broker:
     def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        parts = urlsplit(self.base_url)
-        self._https = parts.scheme == "https"
+        parts = urlsplit(self.base_url)  # a bad port raises ValueError here, before any call
         self._host = parts.hostname or ""
         self._port = parts.port
         self._prefix = parts.path
+        self._tls = _tls_context() if parts.scheme == "https" else None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None
              ) -> tuple[int, Any]:
@@ -213,9 +214,9 @@ class Broker:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         connection: http.client.HTTPConnection
-        if self._https:
+        if self._tls is not None:
             connection = http.client.HTTPSConnection(self._host, self._port, timeout=TIMEOUT,
-                                                     context=_tls_context())
+                                                     context=self._tls)
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT)
         try:
@@ -259,7 +260,9 @@ def run(argv: list[str]) -> int | None:
     if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in _FALSE:
         return None
     if environ.get("DBACCESS_SESSION") or any(
-        environ.get(v) or environ.get(v.upper()) for v in _PROXY_VARIABLES
+        # httpx (urllib's getproxies) reads *_proxy in any letter case
+        value and name.lower().endswith("_proxy") and name.lower() != "no_proxy"
+        for name, value in environ.items()
     ):
         return None
     found = parse(argv, environ)
@@ -297,9 +300,13 @@ def _run(found: Invocation) -> int:
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
     login = read_from_secret_service(profile)
-    if login is None or login.expires_at - REFRESH_MARGIN <= time.time():
+    if (login is None or login.expires_at - REFRESH_MARGIN <= time.time()
+            or not _JWT.fullmatch(login.id_token)):
         raise _FullCli
-    broker = Broker(base_url, login.id_token)
+    try:
+        broker = Broker(base_url, login.id_token)
+    except (ValueError, OSError):
+        raise _FullCli from None  # a bad URL or CA file: the full CLI reports it
     ask: dict[str, Any] = {"target": found.target, "role": found.role}
     for name, value in (("duration_seconds", int(wanted.total_seconds()) if wanted else None),
                         ("reason", found.reason), ("ticket", found.ticket),
@@ -313,7 +320,7 @@ def _run(found: Invocation) -> int:
             if status == 202 and "password" not in body:
                 granted = _after_approval(found, base_url, login.id_token, body)
             else:
-                granted = GrantedReply.from_reply(body)
+                granted = _read_grant(broker, body)
             code = run_granted(
                 granted,
                 Launch(profile=profile, broker=base_url, command=found.command),
@@ -327,6 +334,20 @@ def _run(found: Invocation) -> int:
         return 128 + exc.signum
     _info(found, "dbaccess: session revoked, local files removed")
     return code
+
+
+def _read_grant(broker: Broker, body: dict[str, Any]) -> GrantedReply:
+    """The session in a 201 answer; if the answer cannot be read, the session it names is
+    revoked before the error is reported."""
+    try:
+        return GrantedReply.from_reply(body)
+    except BrokerError:
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            try:
+                broker.revoke(body["id"])
+            except DbaccessError:
+                pass  # it expires on the broker's clock
+        raise
 
 
 def _after_approval(found: Invocation, base_url: str, token: str, body: dict[str, Any]) -> Any:

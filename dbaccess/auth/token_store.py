@@ -179,10 +179,15 @@ def read_from_secret_service(profile: str) -> StoredLogin | None:
 
 
 def _keyring_configured() -> bool:
-    """keyring told to use another backend than Secret Service (PYTHON_KEYRING_BACKEND),
-    or told something in keyringrc.cfg."""
+    """keyring told to use another backend than Secret Service, or to use it differently
+    (PYTHON_KEYRING_BACKEND, KEYRING_PROPERTY_*, keyringrc.cfg), or likely to prefer
+    another one (KWallet on KDE)."""
     chosen = os.environ.get("PYTHON_KEYRING_BACKEND")
     if chosen:
         return chosen != "keyring.backends.SecretService.Keyring"
+    if any(name.startswith("KEYRING_PROPERTY_") for name in os.environ):
+        return True  # e.g. a preferred collection: keyring would look elsewhere
+    if "KDE" in os.environ.get("XDG_CURRENT_DESKTOP", "").split(":"):
+        return True  # keyring prefers KWallet there
     root = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return os.path.exists(os.path.join(root, "python_keyring", "keyringrc.cfg"))

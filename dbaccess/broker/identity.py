@@ -58,8 +58,11 @@ class TokenVerifier:
         self._http_get = http_get or _get_json
         self._lock = threading.Lock()
         self._jwks: jwt.PyJWKClient | None = None
-        # sha256(token) -> (principal, exp) of tokens that passed every check
+        # sha256(token) -> (principal, exp) of tokens that passed every check. A lock of its
+        # own: ``_lock`` is held while the discovery document is fetched, and ``cached``
+        # runs on the event loop, which must never wait for the network.
         self._verified: dict[bytes, tuple[Principal, float]] = {}
+        self._verified_lock = threading.Lock()
 
     def _jwks_client(self) -> jwt.PyJWKClient:
         with self._lock:
@@ -81,7 +84,7 @@ class TokenVerifier:
         """The principal of a token verified before and not expired since — no signature
         check, no key lookup, no I/O: safe to call on the event loop. None otherwise."""
         key = hashlib.sha256(token.encode()).digest()
-        with self._lock:
+        with self._verified_lock:
             hit = self._verified.get(key)
         if hit is None or time.time() >= hit[1] + self._identity.leeway.total_seconds():
             return None
@@ -92,7 +95,7 @@ class TokenVerifier:
         the token expires, for ``cached``."""
         principal, expires = self._verify(token)
         key = hashlib.sha256(token.encode()).digest()
-        with self._lock:
+        with self._verified_lock:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.clear()  # simple and bounded; a miss only costs a verify
             self._verified[key] = (principal, expires)

@@ -47,8 +47,9 @@ def cleanup_on_signals() -> Iterator[None]:
 
 
 def ignore_cleanup_signals() -> None:
-    """Inside ``cleanup_on_signals``: from now on SIGTERM/SIGHUP wait for clean-up to end."""
-    for sig in CLEANUP_SIGNALS:
+    """Inside ``cleanup_on_signals``: from now on SIGTERM/SIGHUP — and Ctrl-C, which CI
+    runners send before SIGTERM when they cancel a job — wait for clean-up to end."""
+    for sig in (*CLEANUP_SIGNALS, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
 
 

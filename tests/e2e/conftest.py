@@ -62,6 +62,16 @@ class Cli:
             return admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
                                  (name,)).fetchone() is not None
 
+    def mariadb_account_exists(self, user: str) -> bool:
+        conn = self.stack.mariadb.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM mysql.user WHERE user = %s", (user,))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return bool(row and row[0])
+
     def managed_roles(self) -> Sequence[str]:
         with self.stack.postgres.connect() as admin:
             rows = admin.execute(

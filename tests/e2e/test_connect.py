@@ -47,7 +47,7 @@ def test_connect_runs_psql_as_an_ephemeral_user_then_drops_it(cli: Cli) -> None:
                      "--", "-At", "-c", "select current_user")
     assert result.returncode == 0, result.stderr
     user = result.stdout.strip()
-    assert re.fullmatch(r"dba_alice_[0-9a-f]{6}", user), result.stdout
+    assert re.fullmatch(r"dba_alice_[0-9a-f]{10}", user), result.stdout
     assert user in result.stderr  # the human notice names the user too
     # afterwards: the role is gone and nothing is left locally
     assert not cli.role_exists(user)

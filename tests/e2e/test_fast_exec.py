@@ -120,17 +120,6 @@ def assert_nothing_left(cli: Cli, roles_before: set[str]) -> None:
     assert set(cli.managed_roles()) <= roles_before
 
 
-def mariadb_account_exists(cli: Cli, user: str) -> bool:
-    conn = cli.stack.mariadb.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM mysql.user WHERE user = %s", (user,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return bool(row and row[0])
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -160,7 +149,7 @@ def test_fast_path_runs_exec_without_the_cli_stack(cli: Cli, roles_before: set[s
     fast = run(cli, *query)
     assert fast.returncode == 0, fast.stderr
     user = fast.stdout.strip()
-    assert re.fullmatch(r"dba_alice_[0-9a-f]{6}", user), fast.stdout
+    assert re.fullmatch(r"dba_alice_[0-9a-f]{10}", user), fast.stdout
     assert not fast.imported & CLI_STACK, sorted(fast.imported & CLI_STACK)
     assert "secretstorage" in fast.imported  # the login was read from the Secret Service
     assert not cli.role_exists(user)
@@ -197,7 +186,7 @@ def test_command_gets_postgres_credentials_its_exit_code_passes_and_nothing_is_l
     assert set(seen) == {"PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSFILE", "PGAPPNAME",
                          "PGSSLMODE", "DBACCESS_SESSION", "current_user"}, seen
     user = seen["PGUSER"]
-    assert re.fullmatch(r"dba_alice_[0-9a-f]{6}", user)
+    assert re.fullmatch(r"dba_alice_[0-9a-f]{10}", user)
     assert seen["current_user"] == user  # psql logged in with the passfile alone
     assert (seen["PGHOST"], seen["PGPORT"], seen["PGDATABASE"], seen["PGSSLMODE"],
             seen["PGAPPNAME"]) == ("127.0.0.1", str(cli.stack.postgres.port), "demo",
@@ -223,9 +212,9 @@ def test_command_on_mariadb_reads_its_credentials(cli: Cli, path: str) -> None:
                  "select current_user()", path=path)
     assert result.returncode == 0, result.stderr
     assert_ran(result, path)
-    found = re.fullmatch(r"(dba_alice_[0-9a-f]{6})@%", result.stdout.strip())
+    found = re.fullmatch(r"(dba_alice_[0-9a-f]{10})@%", result.stdout.strip())
     assert found, result.stdout
-    assert not mariadb_account_exists(cli, found.group(1))
+    assert not cli.mariadb_account_exists(found.group(1))
     assert session_dirs(cli) == []
 
 

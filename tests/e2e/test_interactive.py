@@ -53,7 +53,7 @@ def test_interactive_psql_through_a_pty(cli: Cli) -> None:
     os.close(terminal)
     try:
         banner = read_until(controller, r"demo=> ")
-        user = re.search(r"connected as (dba_alice_[0-9a-f]{6})", banner)
+        user = re.search(r"connected as (dba_alice_[0-9a-f]{10})", banner)
         assert user, banner
         os.write(controller, b"select current_user;\n")
         answer = read_until(controller, r"\(1 row\)")

@@ -3,6 +3,7 @@ whenever it cannot be sure — before anything happens at the broker."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 
@@ -130,7 +131,9 @@ def test_a_login_it_cannot_use_goes_to_the_full_cli_before_any_call(
 
 
 @pytest.mark.parametrize("variable, value", [
-    ("DBACCESS_FAST_EXEC", "0"), ("DBACCESS_SESSION", "s-1"), ("https_proxy", "http://p:3128"),
+    ("DBACCESS_FAST_EXEC", "0"), ("DBACCESS_FAST_EXEC", "False"), ("DBACCESS_SESSION", "s-1"),
+    ("https_proxy", "http://p:3128"), ("Https_Proxy", "http://p:3128"),
+    ("ALL_PROXY", "socks5://p:1080"),
 ])
 def test_switches_that_send_it_to_the_full_cli(
         script: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -154,10 +157,36 @@ def test_a_terminal_on_stdin_goes_to_the_full_cli_unless_no_input(
     assert fast_exec.run(["--no-input", *ARGV]) == 0 and called == ["demo"]
 
 
-def test_a_keyring_told_to_use_another_backend_is_not_bypassed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+@pytest.mark.parametrize("variable, value", [
+    ("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring"),
+    ("KEYRING_PROPERTY_PREFERRED_COLLECTION", "/org/freedesktop/secrets/collection/work"),
+    ("XDG_CURRENT_DESKTOP", "KDE"),
+])
+def test_a_keyring_that_may_look_elsewhere_is_not_bypassed(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setattr(token_store, "sys", type("Linux", (), {"platform": "linux"}))
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    monkeypatch.setenv(variable, value)
+    assert token_store._keyring_configured()
     assert token_store.read_from_secret_service("default") is None
+
+
+def test_no_keyring_settings_means_secret_service(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: object) -> None:
+    for name in [n for n in os.environ if n.startswith("KEYRING_PROPERTY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.SecretService.Keyring")
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "GNOME")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert not token_store._keyring_configured()
+
+
+def test_a_token_that_is_not_a_jwt_goes_to_the_full_cli(script: pytest.MonkeyPatch) -> None:
+    odd = StoredLogin(issuer="https://idp", client_id="c", scopes=["openid"],
+                      id_token="a.b.c\r\nX-Injected: 1", refresh_token=None,
+                      expires_at=time.time() + 3600, subject="alice")
+    script.setattr(token_store, "read_from_secret_service", lambda _: odd)
+    assert fast_exec.run(ARGV) is None
 
 
 def test_the_reply_it_reads_is_the_broker_model() -> None:

@@ -122,3 +122,18 @@ def test_a_rejected_token_is_never_remembered(
     with pytest.raises(InvalidToken):
         verifier.verify(bad)
     assert verifier.cached(bad) is None
+
+
+def test_a_slow_identity_provider_never_blocks_the_cache(
+        verifier: TokenVerifier, issuer: str) -> None:
+    # verify() holds the JWKS lock while it fetches the discovery document; cached() runs
+    # on the broker's event loop and must answer meanwhile.
+    good = token(issuer)
+    verifier.verify(good)
+    answers: list[object] = []
+    with verifier._lock:  # as during a slow fetch
+        worker = threading.Thread(target=lambda: answers.append(verifier.cached(good)))
+        worker.start()
+        worker.join(timeout=2)
+        assert not worker.is_alive(), "cached() waited for the JWKS lock"
+    assert answers and answers[0] is not None
