@@ -26,7 +26,9 @@ class Globals:
     def console(self) -> Console:
         from rich.console import Console  # rich costs ~30 ms: only when we print
 
-        return Console(stderr=True, highlight=False)
+        # soft_wrap: a message stays one line in a log or a pipe (rich would otherwise wrap
+        # it at 80 columns when stderr is not a terminal); tables still fit the width.
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     def data(self, payload: Any, human: Any = None) -> None:
         """Report a result: the JSON envelope with --json, else ``human`` on stderr."""
