@@ -11,12 +11,13 @@ import httpx
 
 from dbaccess.auth.login import bearer_token
 from dbaccess.auth.token_store import StoredLogin
+from dbaccess.broker_replies import TIMEOUT_SECONDS
 from dbaccess.client import BrokerClient
 from dbaccess.config import profile_name, resolve_broker
 
 
 def _default_http_client() -> httpx.Client:
-    return httpx.Client(timeout=30)
+    return httpx.Client(timeout=TIMEOUT_SECONDS)
 
 
 http_client: Callable[[], httpx.Client] = _default_http_client

@@ -17,6 +17,8 @@ from dbaccess.errors import (
     UsageError,
 )
 
+TIMEOUT_SECONDS = 30.0  # for every broker call, whichever HTTP client makes it
+
 # Recorded by the broker in the audit trail next to the source address.
 USER_AGENT = (
     f"dbaccess/{__version__} ({platform.system()} {platform.machine()}; "

@@ -45,7 +45,6 @@ EXEC_FLAGS = {"--no-wait": "no_wait"}
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")  # click's boolean words
 _FALSE = ("0", "false", "f", "no", "n", "off")
-TIMEOUT = 30.0  # as the full CLI's httpx client
 _JWT = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header-safe
 
 
@@ -205,7 +204,7 @@ class Broker:
              ) -> tuple[int, Any]:
         import http.client
 
-        from dbaccess.broker_replies import USER_AGENT, error_from_reply
+        from dbaccess.broker_replies import TIMEOUT_SECONDS, USER_AGENT, error_from_reply
 
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
                    "Authorization": f"Bearer {self._token}"}
@@ -215,10 +214,10 @@ class Broker:
             headers["Content-Type"] = "application/json"
         connection: http.client.HTTPConnection
         if self._tls is not None:
-            connection = http.client.HTTPSConnection(self._host, self._port, timeout=TIMEOUT,
-                                                     context=self._tls)
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=TIMEOUT_SECONDS, context=self._tls)
         else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT)
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_SECONDS)
         try:
             connection.request(method, self._prefix + path, body=payload, headers=headers)
             response = connection.getresponse()
