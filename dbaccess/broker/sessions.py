@@ -267,7 +267,7 @@ class SessionService:
                 "the target database refused the request; try again later",
             ) from None
         failpoint("issue.after_create")
-        lease = self.store.activate(lease.id, self.clock())
+        lease = self.store.activate(lease, self.clock())
         if lease.state != "active":  # the reconciler gave up on it (creation_timeout)
             raise ApiError(
                 504,

@@ -41,7 +41,7 @@ def trail(tmp_path: Path) -> tuple[Path, Store]:
                                  role="readonly", engine="postgres", db_user=f"dba_u_{i}",
                                  rule="r", reason="why", ticket=None,
                                  expires_at=now + timedelta(hours=1), source="127.0.0.1")
-        store.activate(lease.id, now)
+        store.activate(lease, now)
     return config, store
 
 
