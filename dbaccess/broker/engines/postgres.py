@@ -37,8 +37,10 @@ Connection = psycopg.Connection[tuple[object, ...]]
 
 
 class _LivenessCheck:
-    """The pool's ``check`` and ``reset`` callbacks: remember when each connection came
-    back, and ping only those that have been idle longer than ``ALIVE_BYPASS_SECONDS``."""
+    """The pool's ``check`` callback: ping only the connections idle for longer than
+    ``ALIVE_BYPASS_SECONDS`` since ``returned`` saw them last. (``returned`` is called by
+    the engine, not as the pool's ``reset`` callback: with one, psycopg_pool hands every
+    returned connection to a worker thread, which costs more than the ping.)"""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -64,6 +66,7 @@ class PostgresEngine:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._pool_password: str | None = None
+        self._liveness = _LivenessCheck()
 
     def _connection(self) -> AbstractContextManager[Connection]:
         """A pooled connection as the provisioner (a SCRAM login costs ~10 ms per connect).
@@ -74,7 +77,7 @@ class PostgresEngine:
             if self._pool is None or self._pool_password != password:
                 if self._pool is not None:
                     self._pool.close()
-                liveness = _LivenessCheck()
+                self._liveness = liveness = _LivenessCheck()
                 self._pool = ConnectionPool(
                     kwargs={
                         "host": self.target.host,
@@ -91,7 +94,6 @@ class PostgresEngine:
                     max_size=POOL_SIZE,
                     timeout=POOL_TIMEOUT,
                     check=liveness.check,
-                    reset=liveness.returned,
                     name=f"dbaccess-{self.name}",
                     open=True,
                 )
@@ -110,7 +112,10 @@ class PostgresEngine:
         """A pooled connection; any failure becomes an EngineError saying ``what`` failed."""
         try:
             with self._connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._liveness.returned(conn)
         except PoolTimeout:
             raise EngineError(
                 f"cannot connect to target '{self.name}' "
