@@ -1,16 +1,24 @@
 """Issuance through the broker at 1, 4 and 8 concurrent clients, next to the raw rate of
 the same provisioning SQL run directly against the same PostgreSQL (verifier included).
 
-    python bench/issuance.py [--requests 240] [--clients 1,4,8]
+    python bench/issuance.py [--requests 240] [--clients 1,4,8] [--pairs 3]
 
 Everything runs locally: a private PostgreSQL, the test identity provider and a real
 ``dbaccess-broker serve`` process (SQLite store), as in the sandbox. The raw side does what
 the broker's engine does per session — compute the SCRAM verifier and call
 ``dbaccess.create_user`` — on one persistent connection per client thread.
 
+Each level runs ``--pairs`` pairs of rounds, a broker round and a raw round back to back,
+in alternating order (so neither side always runs on the warmer or the more crowded
+catalog); a pair gives one ratio, and the table shows the median pair — on a small shared
+machine one round's rate can swing by a third. Rates are medians over the rounds,
+latencies are over all of them; the spread of the ratios is printed below the table.
+
 Next to the rates it prints the CPU each side spends per session (broker process,
 PostgreSQL, this benchmark's own client code): on a machine where all three share the
 cores, the ratio cannot exceed raw CPU / (raw CPU + the broker's and its client's CPU).
+The raw side's PostgreSQL figure is its backends' own; the broker side's is every
+PostgreSQL process's (background writers included), so it reads a little high.
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_of, cpu_seconds, percentile, table  # noqa: E402
+from _common import cpu_of, cpu_seconds, median, percentile, table  # noqa: E402
 
 from dbaccess.broker.engines.base import make_password  # noqa: E402
 from dbaccess.broker.engines.scram import scram_sha256_verifier  # noqa: E402
@@ -106,11 +115,40 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
     return total / (time.perf_counter() - started), latencies, sum(backend_cpu)
 
 
+class Tally:
+    """One side's rounds at one level: rates, all latencies, CPU seconds per column."""
+
+    def __init__(self, columns: int) -> None:
+        self.rates: list[float] = []
+        self.latencies: list[float] = []
+        self.cpu = [0.0] * columns
+
+    def add(self, rate: float, latencies: list[float], cpu: list[float]) -> None:
+        self.rates.append(rate)
+        self.latencies.extend(latencies)
+        self.cpu = [total + more for total, more in zip(self.cpu, cpu, strict=True)]
+
+
+def broker_round(tally: Tally, meters: list[Callable[[], float]], stack: Stack, token: str,
+                 clients: int, n: int) -> None:
+    before = [meter() for meter in meters]
+    rate, latencies = through_broker(stack, token, clients, n)
+    tally.add(rate, latencies, [meter() - b for meter, b in zip(meters, before, strict=True)])
+
+
+def raw_round(tally: Tally, me: int, stack: Stack, clients: int, n: int, tag: str) -> None:
+    mine = cpu_seconds(me)
+    rate, latencies, backends = raw(stack, clients, n, tag)
+    tally.add(rate, latencies, [backends, cpu_seconds(me) - mine])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=240, help="sessions per round")
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="broker/raw round pairs per level (median reported)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp, \
@@ -131,28 +169,34 @@ def main() -> None:
 
         me = os.getpid()
         n = args.requests
+        spreads = []
+        meters = [broker_cpu, postgres_cpu, lambda: cpu_seconds(me)]
         for clients in levels:
-            before = (broker_cpu(), postgres_cpu(), cpu_seconds(me))
-            b_rate, b_lat = through_broker(stack, token, clients, n)
-            b_cpu = [(a - b) / n * 1000 for a, b in
-                     zip((broker_cpu(), postgres_cpu(), cpu_seconds(me)), before, strict=True)]
-            mine = cpu_seconds(me)
-            r_rate, r_lat, r_pg = raw(stack, clients, n, str(clients))
-            r_client = (cpu_seconds(me) - mine) / n * 1000
+            broker, direct, ratios = Tally(3), Tally(2), []
+            for pair in range(args.pairs):
+                for side in ("broker", "raw") if pair % 2 == 0 else ("raw", "broker"):
+                    if side == "broker":
+                        broker_round(broker, meters, stack, token, clients, n)
+                    else:
+                        raw_round(direct, me, stack, clients, n, f"{clients}_{pair}")
+                ratios.append(broker.rates[-1] / direct.rates[-1])
+            sessions = n * args.pairs
             rows.append([
-                clients, f"{b_rate:.0f}", f"{percentile(b_lat, 50) * 1000:.1f}",
-                f"{percentile(b_lat, 99) * 1000:.1f}", f"{r_rate:.0f}",
-                f"{percentile(r_lat, 50) * 1000:.1f}", f"{b_rate / r_rate:.2f}",
+                clients, f"{median(broker.rates):.0f}",
+                f"{percentile(broker.latencies, 50) * 1000:.1f}",
+                f"{percentile(broker.latencies, 99) * 1000:.1f}", f"{median(direct.rates):.0f}",
+                f"{percentile(direct.latencies, 50) * 1000:.1f}", f"{median(ratios):.2f}",
             ])
-            cpu_rows.append([
-                clients, f"{b_cpu[0]:.2f}", f"{b_cpu[1]:.2f}", f"{b_cpu[2]:.2f}",
-                f"{r_pg / n * 1000:.2f}", f"{r_client:.2f}",
-            ])
-        print(f"issuance, {args.requests} sessions per round, {args.workers} broker "
-              f"worker(s), PostgreSQL "
+            spreads.append(f"{clients}: " + ", ".join(f"{r:.2f}" for r in ratios))
+            cpu_rows.append(
+                [clients] + [f"{c / sessions * 1000:.2f}" for c in broker.cpu + direct.cpu]
+            )
+        print(f"issuance, {args.requests} sessions per round, {args.pairs} pair(s) of rounds "
+              f"per level, {args.workers} broker worker(s), PostgreSQL "
               f"{stack.postgres.version()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
         print(table(["clients", "broker/s", "p50 ms", "p99 ms", "raw/s", "raw p50 ms",
                      "ratio"], rows))
+        print("\nratio of each pair of rounds, by clients: " + "; ".join(spreads))
         print("\nCPU ms per session (all on the same cores)")
         print(table(["clients", "broker", "postgres", "bench client", "raw: postgres",
                      "raw: client"], cpu_rows))

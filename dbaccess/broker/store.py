@@ -1,4 +1,5 @@
-"""Leases and audit records (SQLAlchemy Core; SQLite in WAL mode by default).
+"""Leases and audit records (SQLAlchemy Core; SQLite in WAL mode by default). The few
+statements every issuance runs go to the driver's cursor directly (see ``_DriverSql``).
 
 A lease is written *before* its database user is created (state ``creating``), so a crash
 at any step leaves a row the reaper can finish: it revokes every lease that is due,
