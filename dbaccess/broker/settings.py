@@ -231,6 +231,10 @@ class TargetSection(_Section):
     max_lifetime: Duration = timedelta(hours=24)
     # Rotate the provisioner's password this often (needs provisioner.password_file).
     rotate_every: Duration | None = None
+    # Session users being created at once on this target, per broker process; more wait.
+    # Creation is CPU work for the database (see engines.base.CreateSlots): about its
+    # core count is enough.
+    create_concurrency: int = Field(default=4, ge=1, le=64)
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pymysql
 
-from dbaccess.broker.engines.base import EngineError, NewUser
+from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser
 from dbaccess.broker.engines.mariadb_bootstrap import MAX_USERNAME, native_password_hash
 from dbaccess.broker.settings import TargetSection
 
@@ -28,6 +28,7 @@ class MariaDBEngine:
     def __init__(self, name: str, target: TargetSection) -> None:
         self.name = name
         self.target = target
+        self._creating = CreateSlots(name, target.create_concurrency)
 
     def _connect(self) -> pymysql.connections.Connection:
         try:
@@ -61,19 +62,21 @@ class MariaDBEngine:
 
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
-        self._call(
-            f"creating {user.username}",
-            "CALL dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s)",
-            (
-                user.username,
-                native_password_hash(user.password),
-                user.role.group_role,
-                _naive_utc(user.expires_at),
-                user.role.connection_limit,
-                timeout.total_seconds() if timeout else None,
-                user.log_statements,
-            ),
-        )
+        password_hash = native_password_hash(user.password)
+        with self._creating.hold():
+            self._call(
+                f"creating {user.username}",
+                "CALL dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    user.username,
+                    password_hash,
+                    user.role.group_role,
+                    _naive_utc(user.expires_at),
+                    user.role.connection_limit,
+                    timeout.total_seconds() if timeout else None,
+                    user.log_statements,
+                ),
+            )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
         self._call(

@@ -21,7 +21,7 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dbaccess.broker.engines.base import EngineError, NewUser
+from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser
 from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
@@ -67,6 +67,7 @@ class PostgresEngine:
         self._pool: ConnectionPool[Connection] | None = None
         self._pool_password: str | None = None
         self._liveness = _LivenessCheck()
+        self._creating = CreateSlots(name, target.create_concurrency)
 
     def _connection(self) -> AbstractContextManager[Connection]:
         """A pooled connection as the provisioner (a SCRAM login costs ~10 ms per connect).
@@ -127,7 +128,7 @@ class PostgresEngine:
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
         verifier = scram_sha256_verifier(user.password)  # ~1.4 ms: not while holding a connection
-        with self._doing(f"creating {user.username}") as conn:
+        with self._creating.hold(), self._doing(f"creating {user.username}") as conn:
             conn.execute(
                 "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
