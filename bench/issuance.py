@@ -1,7 +1,7 @@
 """Issuance through the broker at 1, 4 and 8 concurrent clients, next to the raw rate of
 the same provisioning SQL run directly against the same PostgreSQL (verifier included).
 
-    python bench/issuance.py [--requests 240] [--clients 1,4,8] [--pairs 3]
+    python bench/issuance.py [--requests 240] [--clients 1,4,8] [--pairs 5]
 
 Everything runs locally: a private PostgreSQL, the test identity provider and a real
 ``dbaccess-broker serve`` process (SQLite store), as in the sandbox. The raw side does what
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="sessions per round")
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
-    parser.add_argument("--pairs", type=int, default=3,
+    parser.add_argument("--pairs", type=int, default=5,
                         help="broker/raw round pairs per level (median reported)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
