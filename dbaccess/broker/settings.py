@@ -85,6 +85,9 @@ class BrokerSection(_Section):
             raise ValueError("no password in the URL; use store_password_env or _file")
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("the store must be SQLite or PostgreSQL")
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+            # the store's hot statements use psycopg's parameter style (store._DriverSql)
+            raise ValueError("a PostgreSQL store goes through psycopg: postgresql+psycopg://...")
         return value
 
     def store_url(self) -> Any:

@@ -14,7 +14,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -272,9 +272,13 @@ class Store:
                         )
                     yield conn
             except BaseException:
-                # Rolled back already; a fresh connection next time rather than one that may
-                # have broken (a PostgreSQL store restarting, say).
+                # Rolled back already. Statements on the driver's cursor bypass SQLAlchemy's
+                # disconnect detection, so the connection is discarded, not pooled: a fresh
+                # one next time rather than one that may have broken (a PostgreSQL store
+                # restarting, say).
                 self._writer = None
+                with suppress(Exception):
+                    conn.invalidate()
                 conn.close()
                 raise
 
@@ -397,6 +401,8 @@ class Store:
             event = "breakglass.requested" if kind == "breakglass" else "session.requested"
             self._append_audit(conn, now, event, subject, lease_id, detail)
         row: dict[str, Any] = {column.name: values.get(column.name) for column in leases.columns}
+        # as the store hands times back: in UTC, whatever zone the caller's were in
+        row.update(created_at=now.astimezone(UTC), expires_at=expires_at.astimezone(UTC))
         return Lease(**row)
 
     def activate(self, lease: Lease, now: datetime) -> Lease:
@@ -1062,7 +1068,7 @@ class _DriverSql:
 
     @classmethod
     def for_dialect(cls, dialect: str) -> _DriverSql:
-        sqlite = dialect == "sqlite"  # else PostgreSQL (psycopg): the only other store
+        sqlite = dialect == "sqlite"  # else PostgreSQL through psycopg (settings allow no other)
 
         def param(name: str) -> str:
             return f":{name}" if sqlite else f"%({name})s"
@@ -1087,6 +1093,8 @@ class _DriverSql:
     def time(self, value: datetime) -> datetime | str:
         """A time as UTCDateTime stores it: naive UTC, and on SQLite in the text form
         SQLAlchemy writes (so reads through SQLAlchemy and comparisons in SQL agree)."""
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")  # as UTCDateTime does
         naive = value.astimezone(UTC).replace(tzinfo=None)
         return naive.isoformat(" ", "microseconds") if self.sqlite else naive
 

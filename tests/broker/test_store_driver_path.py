@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,11 @@ def test_driver_written_times_compare_in_sql(store: Store, microsecond: int) -> 
     stale = expires - timedelta(days=1)
     assert lease.id not in {d.id for d in store.due(expires - timedelta(microseconds=1), stale)}
     assert lease.id in {d.id for d in store.due(expires, stale)}
+    # and from below: the "granted" record was written at exactly `expires`
+    granted = [r.event for r in store.audit_records(lease.id, since=expires)]
+    assert granted == ["session.granted"]
+    later = expires + timedelta(microseconds=1)
+    assert store.audit_records(lease.id, since=later) == []
 
 
 def test_the_audit_chain_verifies_across_both_paths(store: Store) -> None:
@@ -83,3 +89,35 @@ def test_a_lease_revoked_while_being_created_is_not_activated(store: Store) -> N
     after = store.activate(lease, now)
     assert after.state == "revoking" and after.revoke_cause == "creation_timeout"
     assert "breakglass.granted" not in [r.event for r in store.audit_records()]
+
+
+def test_times_come_back_in_utc_whatever_zone_they_were_given_in(store: Store) -> None:
+    now = datetime(2026, 12, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    active = store.activate(_open(store, now, now + timedelta(hours=1)), now)
+    read = store.get(active.id)
+    assert read is not None
+    for lease in (active, read):
+        assert lease.created_at.tzinfo is UTC and lease.created_at.hour == 12
+        assert lease.expires_at.tzinfo is UTC and lease.expires_at.hour == 13
+
+
+def test_a_naive_time_is_refused_and_nothing_is_written(store: Store) -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        _open(store, datetime(2026, 12, 1, 12, 0), datetime(2026, 12, 1, 13, 0))
+    assert store.sessions_of("alice", live_only=False) == []
+    assert store.audit_records() == []
+
+
+def test_a_failing_statement_rolls_back_the_whole_write_and_the_next_one_works(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    broken = replace(store._sql, audit_insert="INSERT INTO no_such_table (x) VALUES (1)")
+    monkeypatch.setattr(store, "_sql", broken)
+    with pytest.raises(Exception, match="no_such_table"):
+        _open(store, now, now + timedelta(hours=1))
+    monkeypatch.undo()
+    assert store.sessions_of("alice", live_only=False) == []  # the lease row went too
+    lease = store.activate(_open(store, now, now + timedelta(hours=1)), now)
+    assert store.get(lease.id) == lease
+    assert verify(raw_records(store)).ok and verify(raw_records(store)).records == 2

@@ -56,6 +56,8 @@ def test_good_file_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
     [
         ("port = 5432", 'port = "five"', "targets.demo.port: Input should be a valid integer"),
         ("port = 5432", "port = 70000", "targets.demo.port: Input should be less than"),
+        ('store = "sqlite:///state/broker.db"', 'store = "postgresql+pg8000://b@db/x"',
+         "broker.store: a PostgreSQL store goes through psycopg: postgresql+psycopg://"),
         ("port = 5432", "port = 5432\ncreate_concurrency = 0",
          "targets.demo.create_concurrency: Input should be greater than or equal to 1"),
         ('max_duration = "1h"', 'max_duration = "soon"', "rules.0.max_duration: 'soon' is not"),
