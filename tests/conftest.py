@@ -20,6 +20,11 @@ from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
 
+# Most machines do not set PYTHONUNBUFFERED; with it, a CLI line that was never flushed
+# still reaches a waiting script, and a hang at login went unseen. Every process the tests
+# start inherits this environment, so it goes before any fixture copies it.
+os.environ.pop("PYTHONUNBUFFERED", None)
+
 
 class MemoryKeyring(KeyringBackend):
     priority = 1  # type: ignore[assignment]

@@ -33,7 +33,7 @@ class Globals:
     def data(self, payload: Any, human: Any = None) -> None:
         """Report a result: the JSON envelope with --json, else ``human`` on stderr."""
         if self.json:
-            sys.stdout.write(json.dumps({"data": payload}, default=str) + "\n")
+            emit_json({"data": payload})
         elif human:
             self.console.print(human)
 
@@ -58,12 +58,19 @@ class Globals:
 
     def error(self, exc: DbaccessError) -> None:
         if self.json:
-            sys.stdout.write(json.dumps({"error": exc.to_json()}) + "\n")
+            emit_json({"error": exc.to_json()})
             return
         console = self.console
         console.print(f"[bold red]error:[/] {exc.message}", markup=True)
         if exc.hint:
             console.print(f"[dim]hint:[/] {exc.hint}")
+
+
+def emit_json(envelope: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed at once: a script may be waiting for it while this
+    process waits too (login's device code), and a pipe's buffer would hold it back."""
+    sys.stdout.write(json.dumps(envelope, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def session_table(sessions: list[Any]) -> Any:

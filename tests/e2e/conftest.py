@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import selectors
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -47,8 +48,7 @@ class Cli:
         """``dbaccess login`` with a person approving the code at the provider."""
         process = self.popen(*(["--profile", profile] if profile else []), "--json", "login")
         assert process.stdout is not None
-        first = process.stdout.readline()
-        assert first, process.stderr.read() if process.stderr else ""
+        first = readline_within(process, 20)
         code = json.loads(first)["data"]
         approve_device_code(code["verification_uri_complete"], user, deny=deny)
         out, err = process.communicate(timeout=60)
@@ -77,6 +77,21 @@ class Cli:
             rows = admin.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname LIKE 'dba\\_%'").fetchall()
         return [str(r[0]) for r in rows]
+
+
+def readline_within(process: subprocess.Popen[str], seconds: float) -> str:
+    """The process's first stdout line, which must arrive (flushed) within ``seconds`` —
+    a script waiting for it would otherwise hang as long as the process waits."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=seconds):
+            process.kill()
+            _, err = process.communicate()
+            raise AssertionError(f"no line on stdout within {seconds} s; stderr: {err}")
+    line = process.stdout.readline()
+    assert line, process.stderr.read() if process.stderr else ""
+    return line
 
 
 @pytest.fixture(scope="session")
