@@ -22,7 +22,13 @@ from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
-from dbaccess.sandbox.processes import ServiceError, end_process, free_port, wait_until
+from dbaccess.sandbox.processes import (
+    DAEMON_GROUP,
+    ServiceError,
+    end_process,
+    free_port,
+    wait_until,
+)
 from dbaccess.sandbox.webhook import WebhookSink
 
 PROVISIONER = "dbaccess_provisioner"
@@ -320,6 +326,7 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.broker_config.parent,
+                process_group=DAEMON_GROUP,
             )
 
     def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
@@ -344,6 +351,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=directory,
+            process_group=DAEMON_GROUP,
         )
         log.close()
 
