@@ -33,18 +33,31 @@ def _option_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def prepare(granted: Granted, directory: SessionDir, client: str,
-            args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for a MariaDB/MySQL client; the password only in the file."""
-    options = {
+def option_file(granted: Granted) -> str:
+    """The option file, one group per kind of tool: every MariaDB/MySQL program reads
+    ``[client]``, but only the interactive client knows ``database``; mysqldump (and
+    mysqladmin...) stop with "unknown variable 'database'" when it is under ``[client]``."""
+    client = {
         "user": granted.db_user,
         "password": granted.password.get_secret_value(),
         "host": granted.host,
         "port": str(granted.port),
-        "database": granted.database,
     }
-    body = "[client]\n" + "".join(f"{k}={_option_value(v)}\n" for k, v in options.items())
-    path = directory.write_file("my.cnf", body)
+    return (
+        "[client]\n"
+        + "".join(f"{k}={_option_value(v)}\n" for k, v in client.items())
+        # read by mysql and mariadb (MariaDB's client reads [mysql] too)
+        + f"[mysql]\ndatabase={_option_value(granted.database)}\n"
+        # read by mysqldump and mariadb-dump: a consistent InnoDB snapshot without LOCK
+        # TABLES, a privilege that would let a read-only session block every writer
+        + "[mysqldump]\nsingle-transaction\n"
+    )
+
+
+def prepare(granted: Granted, directory: SessionDir, client: str,
+            args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for a MariaDB/MySQL client; the password only in the file."""
+    path = directory.write_file("my.cnf", option_file(granted))
     # For exec: MariaDB and MySQL tools also read $MYSQL_HOME/my.cnf by themselves.
     env = {"MYSQL_HOME": str(directory.path), "DBACCESS_MYSQL_DEFAULTS_FILE": str(path)}
     if Path(client).name in ("mariadb", "mysql"):
