@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,32 @@ def run(cli: Cli, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**cli.env, "PATH": TOOLS + os.pathsep + os.environ.get("PATH", ""), **env}
     return subprocess.run([*DBACCESS, *args], env=full, capture_output=True, text=True,
                           timeout=90, stdin=subprocess.DEVNULL)
+
+
+ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[=>])")
+
+
+def read_until(fd: int, pattern: str, timeout: float = 30) -> str:
+    """The terminal's output as a person reads it (without the colours and cursor moves
+    of rich and prompt_toolkit), up to the first match of ``pattern``."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        text = ANSI.sub("", seen.decode(errors="replace"))
+        if re.search(pattern, text):
+            return text
+    text = ANSI.sub("", seen.decode(errors="replace"))
+    raise AssertionError(f"never saw {pattern!r}; got:\n{text}")
 
 
 def flat(text: str) -> str:
@@ -174,3 +203,49 @@ def test_breakglass_finds_a_missing_client_before_the_glass_is_broken(cli: Cli) 
                  "--incident", "INC-7", "--reason", "checking", "--client", "no-such-client")
     assert_not_found_before_a_session(cli, result, sessions,
                                       "no-such-client was not found on PATH")
+
+
+@pytest.mark.parametrize(("engine_target", "client", "query", "quit_command"), [
+    ("demo", "pgcli", b"select 'me=' || current_user;\r", b"\\q\r"),
+    ("shop", "mycli", b"select concat('me=', current_user());\r", b"quit\r"),
+], ids=["pgcli", "mycli"])
+def test_interactive_clients_through_a_pty(cli: Cli, tmp_path: Path, engine_target: str,
+                                           client: str, query: bytes,
+                                           quit_command: bytes) -> None:
+    import fcntl
+    import pty
+    import signal
+    import termios
+
+
+    controller, terminal = pty.openpty()
+    env = {**cli.env, "PATH": TOOLS + os.pathsep + os.environ.get("PATH", ""),
+           "HOME": str(tmp_path), "TERM": "xterm", "PAGER": "cat", "LESS": "-FRX"}
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen([*DBACCESS, "connect", engine_target, "--role", "readonly",
+                                "--client", client], stdin=terminal, stdout=terminal,
+                               stderr=terminal, env=env, preexec_fn=own_terminal)
+    os.close(terminal)
+    try:
+        banner = read_until(controller, r"connected as (dba_alice_[0-9a-f]{10})", timeout=30)
+        found = re.search(r"connected as (dba_alice_[0-9a-f]{10})", banner)
+        assert found
+        user = found.group(1)
+        read_until(controller, rf"{engine_target}>", timeout=30)  # the client's prompt
+        os.write(controller, query)
+        read_until(controller, rf"me={user}", timeout=30)
+        os.write(controller, quit_command)
+        read_until(controller, r"session revoked", timeout=30)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        os.close(controller)
+    if client == "mycli":
+        assert not cli.mariadb_account_exists(user)
+    else:
+        assert not cli.role_exists(user)
