@@ -68,7 +68,7 @@ def usable_dir(path: Path, *, private: bool, variable: str) -> Path:
         raise ConfigError(f"{variable}: {path} is not a directory",
                           hint=f"set {variable} to a directory of your own")
     _check_holders(path, variable)
-    if info.st_uid == os.geteuid() and not stat.S_IMODE(info.st_mode) & closed:
+    if info.st_uid == os.geteuid() and not _open_bits(info, closed):
         return path
     own = path / f"dbaccess-{os.geteuid()}"
     _create(own, variable)
@@ -104,13 +104,36 @@ def _check_own(path: Path, closed: int, variable: str) -> Path:
         raise ConfigError(f"{path} belongs to another user; refusing to use it",
                           hint=f"set {variable} to a directory of your own")
     mode = stat.S_IMODE(info.st_mode)
-    if mode & closed:
+    if _open_bits(info, closed):
         raise ConfigError(
             f"{path} is open to other users (mode {mode:04o}); dbaccess does not change "
             "the mode of a directory it did not just create",
             hint=f"chmod 700 {path} if it is yours, or set {variable} to another directory",
         )
     return path
+
+
+def _open_bits(info: os.stat_result, closed: int) -> int:
+    """The bits of ``closed`` that are set, less group-write when the group is the user's
+    own private group (Fedora, or Debian with umask 002, make directories 0775 that way):
+    as for OpenSSH's StrictModes, a group with no member but us is no one else. Reading
+    is another matter: a session directory stays closed to the group too."""
+    open_bits = stat.S_IMODE(info.st_mode) & closed
+    if open_bits & 0o020 and _private_group(info.st_gid):
+        open_bits &= ~0o020
+    return open_bits
+
+
+def _private_group(gid: int) -> bool:
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {
+        user.pw_name}
 
 
 def _check_holders(path: Path, variable: str) -> None:
@@ -125,7 +148,7 @@ def _check_holders(path: Path, variable: str) -> None:
                 "dbaccess keeps there",
                 hint=f"set {variable} to a directory of your own",
             )
-        if mode & 0o022 and not mode & stat.S_ISVTX:
+        if _open_bits(info, 0o022) and not mode & stat.S_ISVTX:
             raise ConfigError(
                 f"{variable}: other users may rename or replace what is in {directory} "
                 f"(mode {mode:04o}, no sticky bit)",

@@ -158,3 +158,23 @@ def test_the_token_file_directory_is_created_private_or_refused(
     with pytest.raises(ConfigError, match=r"tokens is open to other users \(mode 0755\)"):
         save_login("default", login())
     assert mode(mine / "tokens") == 0o755
+
+
+def test_group_write_of_the_users_private_group_is_not_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """umask 002 systems (a group per user) make ~/.config/dbaccess 0775: still ours."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid())
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: grp.struct_group(
+        (me.pw_name, "x", gid, [] if gid == me.pw_gid else ["mallory"])))
+    mine = directory(tmp_path / "config", 0o775)
+    os.chown(mine, -1, me.pw_gid)
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(mine))
+    assert config_dir() == mine  # the profiles a umask-002 user already has are found
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: grp.struct_group(
+        (me.pw_name, "x", gid, ["mallory"])))
+    with pytest.raises(ConfigError, match=r"other users may rename .* \(mode 0775"):
+        config_dir()  # a group with someone else in it could replace config.toml
+    assert mode(mine) == 0o775
