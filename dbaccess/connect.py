@@ -19,7 +19,8 @@ from dbaccess.client import BrokerClient
 from dbaccess.errors import DbaccessError, LaunchError, UsageError
 from dbaccess.grant import Ask, Want, obtain
 from dbaccess.launch.child import cleanup_on_signals
-from dbaccess.launch.session import ENGINES, Launch, find_client, find_program, run_granted
+from dbaccess.launch.programs import find_program
+from dbaccess.launch.session import ENGINES, Launch, find_client, run_granted
 from dbaccess.launch.session_dir import stale_sessions
 from dbaccess.models import BreakglassCreate, SessionGranted
 

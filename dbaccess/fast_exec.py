@@ -287,7 +287,8 @@ def _run(found: Invocation) -> int:
     from dbaccess.config import profile_name, resolve_broker
     from dbaccess.durations import parse_duration
     from dbaccess.launch.child import Terminated, cleanup_on_signals
-    from dbaccess.launch.session import Launch, find_program, run_granted
+    from dbaccess.launch.programs import find_program
+    from dbaccess.launch.session import Launch, run_granted
     from dbaccess.launch.session_dir import stale_sessions
 
     try:

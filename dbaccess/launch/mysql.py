@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbaccess.errors import LaunchError
+from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
 
 if TYPE_CHECKING:
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 
 def find_mysql() -> str:
-    from dbaccess.launch.session import find_program
-
     override = os.environ.get("DBACCESS_MYSQL")
     if override:
         return find_program(override, other="correct DBACCESS_MYSQL")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
 
 if TYPE_CHECKING:
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 def find_psql() -> str:
     """The real psql binary: Debian's /usr/bin/psql is a Perl wrapper that costs ~30 ms."""
-    from dbaccess.launch.session import find_program
-
     override = os.environ.get("DBACCESS_PSQL")
     if override:
         return find_program(override, other="correct DBACCESS_PSQL")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from dbaccess.errors import DbaccessError, LaunchError, UsageError
+from dbaccess.errors import DbaccessError, UsageError
 from dbaccess.launch import mysql, psql
 from dbaccess.launch.child import child_environment, ignore_cleanup_signals, run_child
+from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
 
 
@@ -97,33 +98,6 @@ def run_granted(
 
 
 ENGINES = ("postgres", "mariadb")
-# How to get the clients people name most; anything else gets the generic hint.
-INSTALL_HINTS = {
-    "psql": "install the PostgreSQL client (apt-get install postgresql-client)",
-    "pg_dump": "install the PostgreSQL client (apt-get install postgresql-client)",
-    "mariadb": "install the client (apt-get install mariadb-client)",
-    "mysql": "install the client (apt-get install mariadb-client)",
-    "mysqldump": "install the client (apt-get install mariadb-client)",
-    "pgcli": "install it (pipx install pgcli, or apt-get install pgcli)",
-    "mycli": "install it (pipx install mycli, or apt-get install mycli)",
-}
-
-
-def find_program(name: str, *, other: str = "name another client with --client") -> str:
-    """The executable ``name`` runs as: looked up on PATH, or as given when it holds a
-    slash. Raised as a LaunchError with an install hint, so callers can check before the
-    broker is asked for anything."""
-    import os
-    import shutil
-
-    found = shutil.which(name)
-    if found is None:
-        where = "is not an executable file" if os.sep in name else "was not found on PATH"
-        hint = INSTALL_HINTS.get(os.path.basename(name), "install it")
-        raise LaunchError(f"{name} {where}", hint=f"{hint}, or {other}")
-    return found
-
-
 def find_client(engine: str, chosen: str | None = None) -> str:
     """The client to run for ``engine``: the one chosen (flag, variable, profile), else
     the engine's default. LaunchError when it is not there."""
