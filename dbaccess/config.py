@@ -25,11 +25,22 @@ def config_dir() -> Path:
     change, since it names the broker our tokens are sent to (see ``usable_dir``)."""
     override = os.environ.get("DBACCESS_CONFIG_DIR")
     if override:
-        return usable_dir(Path(override), private=False, variable="DBACCESS_CONFIG_DIR")
-    import platformdirs
+        named = Path(override)
+    else:
+        import platformdirs
 
-    path = Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
-    return usable_dir(path, private=False, variable="DBACCESS_CONFIG_DIR")
+        named = Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
+    used = usable_dir(named, private=False, variable="DBACCESS_CONFIG_DIR")
+    left = Path(os.path.realpath(named)) / "config.toml"
+    if used != left.parent and left.exists() and not (used / "config.toml").exists():
+        # profiles from before dbaccess moved into a directory of its own: not read from a
+        # place others can write to, and not silently forgotten either
+        raise ConfigError(
+            f"{left} is in a directory other users can write to; dbaccess keeps its "
+            f"profiles in {used} instead",
+            hint=f"check the broker URLs in it, then: mv {left} {used}/",
+        )
+    return used
 
 
 def runtime_dir() -> Path:

@@ -178,3 +178,16 @@ def test_group_write_of_the_users_private_group_is_not_others(
     with pytest.raises(ConfigError, match=r"other users may rename .* \(mode 0775"):
         config_dir()  # a group with someone else in it could replace config.toml
     assert mode(mine) == 0o775
+
+
+def test_profiles_left_in_a_shared_config_dir_are_not_read_nor_forgotten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = directory(tmp_path / "shared", 0o1777)
+    (shared / "config.toml").write_text('[profiles.default]\nbroker = "https://evil"\n')
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(shared))
+    with pytest.raises(ConfigError) as caught:
+        ProfileFile.load()
+    assert "other users can write to" in caught.value.message
+    assert f"mv {shared / 'config.toml'} {shared / OWN}/" in (caught.value.hint or "")
+    (shared / "config.toml").rename(shared / OWN / "config.toml")  # as the hint says
+    assert ProfileFile.load().profiles["default"].broker == "https://evil"
