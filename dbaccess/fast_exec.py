@@ -287,6 +287,7 @@ def _run(found: Invocation) -> int:
     from dbaccess.config import profile_name, resolve_broker
     from dbaccess.durations import parse_duration
     from dbaccess.launch.child import Terminated, cleanup_on_signals
+    from dbaccess.launch.programs import find_program
     from dbaccess.launch.session import Launch, run_granted
     from dbaccess.launch.session_dir import stale_sessions
 
@@ -298,6 +299,8 @@ def _run(found: Invocation) -> int:
             raise _FullCli
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
+    # Before the broker is asked: a command that is not there fails here, as in the full CLI.
+    find_program(found.command[0], other="give its full path after --")
     login = read_from_secret_service(profile)
     if (login is None or login.expires_at - REFRESH_MARGIN <= time.time()
             or not _JWT.fullmatch(login.id_token)):

@@ -124,6 +124,9 @@ DEMO_SQL = [
     "GRANT CONNECT ON DATABASE demo TO dbaccess_readonly, dbaccess_readwrite",
     "GRANT USAGE ON SCHEMA public TO dbaccess_readonly, dbaccess_readwrite",
     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO dbaccess_readonly",
+    # pg_dump reads each sequence's position (SELECT last_value): a read, but not one that
+    # "ALL TABLES" covers
+    "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readonly",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO dbaccess_readwrite",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readwrite",
 ]
@@ -133,8 +136,12 @@ SHOP_SQL = [
     "CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(80) NOT NULL,"
     " total DECIMAL(10, 2) NOT NULL)",
     "INSERT INTO shop.orders (customer, total) VALUES ('ada', 42.00), ('grace', 17.50)",
-    "GRANT SELECT ON shop.* TO dbaccess_readonly",
-    "GRANT SELECT, INSERT, UPDATE, DELETE ON shop.* TO dbaccess_readwrite",
+    "CREATE VIEW shop.big_orders AS SELECT id, customer, total FROM shop.orders WHERE total > 20",
+    # SHOW VIEW: mysqldump needs it for SHOW CREATE VIEW. Not LOCK TABLES (a reader could
+    # block every writer; the option file asks mysqldump for --single-transaction instead)
+    # nor TRIGGER (it also creates and drops triggers): a dump by these roles has no triggers.
+    "GRANT SELECT, SHOW VIEW ON shop.* TO dbaccess_readonly",
+    "GRANT SELECT, INSERT, UPDATE, DELETE, SHOW VIEW ON shop.* TO dbaccess_readwrite",
 ]
 
 

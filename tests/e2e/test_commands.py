@@ -108,7 +108,8 @@ def test_creds_needs_reveal_and_warns(cli: Cli) -> None:
     assert refused.stdout == ""
     shown = cli.run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "5m")
     assert shown.returncode == 0, shown.stderr
-    values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+    values = dict(line.removeprefix("export ").split("=", 1)
+                  for line in shown.stdout.splitlines())
     assert "printing the password of" in shown.stderr
     # the credentials work for a tool outside dbaccess, and the session outlives the command
     with cli.stack.postgres.connect("demo", user=values["PGUSER"],
