@@ -23,6 +23,7 @@ from dbaccess.models import (
     SessionGranted,
     SessionInfo,
     SessionRenew,
+    SessionRenewed,
     TargetAccess,
 )
 
@@ -70,6 +71,11 @@ class BrokerClient:
             self._call("POST", f"/v1/requests/{request_id}/deny", json={"reason": reason})
         )
 
+    def withdraw(self, request_id: str) -> RequestInfo:
+        return RequestInfo.model_validate(
+            self._call("POST", f"/v1/requests/{request_id}/withdraw", json={})
+        )
+
     def reviews(self) -> list[ReviewInfo]:
         return [ReviewInfo.model_validate(r) for r in self._call("GET", "/v1/reviews")]
 
@@ -87,9 +93,11 @@ class BrokerClient:
     def targets(self) -> list[TargetAccess]:
         return [TargetAccess.model_validate(t) for t in self._call("GET", "/v1/targets")]
 
-    def renew_session(self, session_id: str, duration_seconds: int | None) -> SessionInfo:
-        body = SessionRenew(duration_seconds=duration_seconds)
-        return SessionInfo.model_validate(
+    def renew_session(
+        self, session_id: str, duration_seconds: int | None, *, shorten: bool = False
+    ) -> SessionRenewed:
+        body = SessionRenew(duration_seconds=duration_seconds, shorten=shorten)
+        return SessionRenewed.model_validate(
             self._call(
                 "POST", f"/v1/sessions/{session_id}/renew", json=body.model_dump(exclude_none=True)
             )
