@@ -320,7 +320,9 @@ def _run(found: Invocation) -> int:
                 if exc.broker_code != "request_pending" or not found.request:
                     raise
                 # --request names a request still waiting (resumed after Ctrl-C): wait.
-                status, body = broker.call("GET", f"/v1/requests/{found.request}")
+                from urllib.parse import quote
+
+                status, body = broker.call("GET", f"/v1/requests/{quote(found.request, safe='')}")
                 status = 202
             granted: Any
             if status == 202 and "password" not in body:
