@@ -57,3 +57,9 @@ def test_every_recorded_event_type_is_listed() -> None:
 ])
 def test_incident_examples(pattern: str, example: str | None) -> None:
     assert example_of(pattern) == example
+
+
+def test_the_user_guide_lists_the_same_event_types() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "user-guide.md").read_text()
+    paragraph = guide.split("**Audit event types:**", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"`([a-z_.]+)`", paragraph) == list(AUDIT_EVENTS)
