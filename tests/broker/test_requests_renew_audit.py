@@ -431,3 +431,18 @@ def test_denials_name_what_the_person_may_request(
         assert error(outsider)["hint"] == (
             "for everyday access, dbaccess targets lists what you may request")
 
+
+
+def test_a_review_is_closed_by_a_prefix_of_its_session_id(
+    api: TestClient, tokens: dict[str, str], stack: Stack
+) -> None:
+    opened = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json={
+        "target": "demo", "incident": "INC-5", "reason": "drill", "drill": True}).json()
+    api.delete(f"/v1/sessions/{opened['id']}", headers=as_(tokens, "carol"))
+    short = api.post(f"/v1/reviews/{opened['id'][:2]}/close", headers=as_(tokens, "dave"),
+                     json={"note": "fine"})
+    assert short.status_code == 422
+    closed = api.post(f"/v1/reviews/{opened['id'][:6]}/close", headers=as_(tokens, "dave"),
+                      json={"note": "fine"})
+    assert closed.status_code == 200, closed.text
+    assert (closed.json()["id"], closed.json()["reviewed_by"]) == (opened["id"], "dave")
