@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dbaccess import __version__
 from dbaccess.audit_events import AUDIT_EVENTS
@@ -96,6 +97,19 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No route matched (e.g. an id with a "/" in it): the envelope, not FastAPI's bare
+        # {"detail"}, so the CLI can say more than "the broker answered 404".
+        if exc.status_code == 404:
+            return _error(
+                404,
+                "not_found",
+                f"there is nothing at {request.method} {request.url.path}",
+                "ids are hex digits and dashes: dbaccess sessions / dbaccess requests list them",
+            )
+        return _error(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -146,6 +146,10 @@ def test_renew_keeps_the_later_end_unless_told_to_shorten(people: Cli) -> None:
                                 "--shorten"))
     assert shortened["changed"] is True and shortened["expires_at"] < session["expires_at"]
     assert valid_until() != before
+    for odd, said in (("abcd?x=1", "no session abcd?x=1 of yours"), ("%", "no session % of yours"),
+                      ("abcd/../x", "there is nothing at DELETE /v1/sessions/abcd/../x")):
+        missed = people.run("--no-input", "revoke", odd)  # reaches the broker as typed
+        assert missed.returncode == 11 and said in flat(missed.stderr), missed.stderr
     revoked = data(people.run("--json", "revoke", sid[:8]))
     assert revoked[0]["state"] == "revoked" and not people.role_exists(user)
 
