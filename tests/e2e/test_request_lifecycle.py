@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Cli
+from .conftest import DBACCESS, Cli
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +51,25 @@ def test_ctrl_c_leaves_the_request_open_asking_again_reuses_it_and_resume_waits(
     people: Cli,
 ) -> None:
     reason = f"ctrl-c {id(people)}-{len(people.stack.webhooks.events)}"
-    waiting = people.popen("--no-input", "connect", "demo", "--role", "readwrite",
-                           "--reason", reason, "--", "-c", "select 1")
-    hook = people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.created" and e["reason"] == reason, timeout=30)
-    rid = hook["request_id"]
-    waiting.send_signal(signal.SIGINT)  # the person presses Ctrl-C at the spinner
-    _, err = waiting.communicate(timeout=30)
+    # Ctrl-C as a shell delivers it: SIGINT at its default disposition in the child (an
+    # in-process test earlier in this pytest process may leave it ignored, and an ignored
+    # SIGINT is inherited — Python then never raises KeyboardInterrupt).
+    with subprocess.Popen(
+        [*DBACCESS, "--no-input", "connect", "demo", "--role", "readwrite", "--reason", reason,
+         "--", "-c", "select 1"],
+        env=people.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as waiting:
+        try:
+            hook = people.stack.webhooks.wait_for(
+                lambda e: e["event"] == "request.created" and e["reason"] == reason,
+                timeout=30)
+            rid = hook["request_id"]
+            waiting.send_signal(signal.SIGINT)  # the person presses Ctrl-C at the spinner
+            _, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
     assert waiting.returncode == 130, err
     assert f"error: stopped waiting; request {rid} stays pending" in flat(err)
     assert (f"hint: resume: dbaccess connect demo --role readwrite --request {rid}; or "
@@ -78,11 +90,14 @@ def test_ctrl_c_leaves_the_request_open_asking_again_reuses_it_and_resume_waits(
     assert f"or withdraw it first: dbaccess withdraw {rid}" in flat(other.stderr)
 
     # The resume command from the hint, with the id shortened, waits for the approvers.
-    resumed = people.popen("--no-input", "connect", "demo", "--role", "readwrite",
-                           "--request", rid[:8], "--", "-Atc", "select current_user")
-    for lead in ("erin", "frank"):
-        assert as_(people, lead, "approve", rid[:8]).returncode == 0
-    out, err = resumed.communicate(timeout=60)
+    with people.popen("--no-input", "connect", "demo", "--role", "readwrite",
+                      "--request", rid[:8], "--", "-Atc", "select current_user") as resumed:
+        try:
+            for lead in ("erin", "frank"):
+                assert as_(people, lead, "approve", rid[:8]).returncode == 0
+            out, err = resumed.communicate(timeout=60)
+        finally:
+            resumed.kill()
     assert resumed.returncode == 0, err
     assert out.strip().startswith("dba_alice_")
     assert not people.role_exists(out.strip())
