@@ -72,7 +72,9 @@ def asker(g: Globals, verb: str = "connect") -> Ask:
         if g.json or not g.can_prompt:
             yield
             return
-        with g.console.status("waiting for approval (Ctrl-C stops waiting)"):
+        with g.console.status(
+            "waiting for approval (Ctrl-C stops waiting; the request stays open)"
+        ):
             yield
 
     return Ask(

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -196,3 +197,44 @@ def test_denials_say_what_is_allowed(people: Cli) -> None:
     assert "give an id like INC-123" in flat(incident.stderr)
     assert "hint: dbaccess breakglass demo --incident INC-123 --reason ..." in flat(
         incident.stderr)
+
+
+def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
+    """The keystroke itself: ^C typed on the terminal while the spinner turns."""
+    import fcntl
+    import os
+    import pty
+    import sys
+    import termios
+
+    from tests.e2e.test_interactive import read_until
+
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a shell leaves it
+
+    reason = "pty ctrl-c"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess", "connect", "shop", "--role", "readwrite",
+         "--reason", reason],
+        stdin=terminal, stdout=terminal, stderr=terminal,
+        env={**people.env, "TERM": "dumb", "COLUMNS": "250"}, preexec_fn=own_terminal)
+    os.close(terminal)
+    try:
+        read_until(controller, r"approvers run: dbaccess approve [0-9a-f-]{36}")
+        time.sleep(0.5)  # into the wait's poll loop
+        os.write(controller, b"\x03")
+        shown = flat(read_until(controller, r"withdraw it: dbaccess withdraw [0-9a-f-]{36}"))
+        assert process.wait(timeout=20) == 130
+    finally:
+        process.kill()
+        os.close(controller)
+    rid = re.search(rf"request ({_UUID}) stays pending", shown)
+    assert rid, shown
+    assert (f"resume: dbaccess connect shop --role readwrite --request {rid.group(1)}"
+            in shown)
+    assert "Traceback" not in shown
+    assert as_(people, "frank", "deny", rid.group(1)[:8], "--reason", "not now").returncode == 0
