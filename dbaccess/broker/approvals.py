@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.ids import resolve_id
-from dbaccess.broker.policy import Decision
+from dbaccess.broker.policy import Decision, rule_applies
 from dbaccess.broker.store import ApprovalRequest, Conflict, approval_requests
 from dbaccess.durations import format_duration
 from dbaccess.models import ApprovalInfo, RequestInfo, SessionCreate
@@ -68,8 +68,17 @@ class Approvals:
         role, which a retry gets back instead of a new one — so Ctrl-C and asking again,
         or a script retrying, never piles up requests for approvers. A retry may leave
         out the duration, reason and ticket; one that names different ones is refused
-        (409) rather than silently dropped: the approvers decide on what they were shown."""
-        self.expire()
+        (409) rather than silently dropped: the approvers decide on what they were shown.
+
+        Only where a rule for this person, target and role needs approvers: sessions that
+        need none (the hot path) cost no extra read."""
+        if not any(
+            rule.approvals and rule_applies(rule, principal, body.target, body.role)
+            for rule in self.service.settings.rules
+        ):
+            return None
+        # Past their deadline, requests are not open (open_request compares expires_at),
+        # whether or not the reaper has marked them expired yet.
         request = self.service.store.open_request(
             self.service.clock(), principal.subject, body.target, body.role
         )
