@@ -317,7 +317,16 @@ def _run(found: Invocation) -> int:
             ask[name] = value
     try:
         with cleanup_on_signals():
-            status, body = broker.call("POST", "/v1/sessions", ask)
+            try:
+                status, body = broker.call("POST", "/v1/sessions", ask)
+            except DbaccessError as exc:
+                if exc.broker_code != "request_pending" or not found.request:
+                    raise
+                # --request names a request still waiting (resumed after Ctrl-C): wait.
+                from urllib.parse import quote
+
+                status, body = broker.call("GET", f"/v1/requests/{quote(found.request, safe='')}")
+                status = 202
             granted: Any
             if status == 202 and "password" not in body:
                 granted = _after_approval(found, base_url, login.id_token, body)
@@ -368,7 +377,8 @@ def _after_approval(found: Invocation, base_url: str, token: str, body: dict[str
               f"dbaccess approve {request.id}")
     with api.http_client() as http:
         client = BrokerClient(base_url, http, token)
-        return obtain(client, once_approved(client, request, want, Ask()), Ask())
+        ask = Ask(resume_verb="exec")
+        return obtain(client, once_approved(client, request, want, ask), ask)
 
 
 def _info(found: Invocation, text: str) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
-from dbaccess.cli.approvals import approve, deny, requests
+from dbaccess.cli.approvals import approve, deny, requests, withdraw
 from dbaccess.cli.audit import audit
 from dbaccess.cli.breakglass import breakglass, review
 from dbaccess.cli.connect import connect
@@ -72,6 +72,7 @@ for name, command in (
     ("requests", requests),
     ("approve", approve),
     ("deny", deny),
+    ("withdraw", withdraw),
     ("review", review),
     ("audit", audit),
     ("version", version),

@@ -1,4 +1,5 @@
-"""``dbaccess requests``, ``approve`` and ``deny``: the approver's side of approvals."""
+"""``dbaccess requests``, ``approve`` and ``deny``: the approver's side of approvals; and
+``withdraw``, the requester's way to take a request back."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import typer
 
 from dbaccess.cli.output import Globals
 
-RequestArg = Annotated[str, typer.Argument(help="Request id (see: dbaccess requests).")]
+RequestArg = Annotated[
+    str, typer.Argument(help="Request id or a unique prefix (see: dbaccess requests).")
+]
 
 
 def requests(
@@ -73,3 +76,17 @@ def deny(
     with logged_in(g.profile) as (api, _):
         r = api.deny(request_id, reason.strip())
     g.data(r.model_dump(mode="json"), f"denied {r.subject}'s request for {r.role} on {r.target}")
+
+
+def withdraw(ctx: typer.Context, request_id: RequestArg) -> None:
+    """Take back your own request (pending, or approved and unused): nobody can approve
+    or use it any more."""
+    from dbaccess.api import logged_in
+
+    g: Globals = ctx.obj
+    with logged_in(g.profile) as (api, _):
+        r = api.withdraw(request_id)
+    g.data(
+        r.model_dump(mode="json"),
+        f"withdrew request {r.id} for {r.role} on {r.target}; approvers were told",
+    )

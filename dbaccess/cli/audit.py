@@ -14,10 +14,13 @@ def audit(
     since: Annotated[
         str | None, typer.Option("--since", help="ISO date/time (UTC), e.g. 2026-11-01.")
     ] = None,
-    user: Annotated[str | None, typer.Option("--user", help="Subject of the person.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="The person: subject or email.")
+    ] = None,
     target: Annotated[str | None, typer.Option("--target", help="Target name.")] = None,
     event_type: Annotated[
-        str | None, typer.Option("--type", help="Event, e.g. session.granted.")
+        str | None,
+        typer.Option("--type", help="Event type, e.g. session.granted (the broker lists them)."),
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
 ) -> None:

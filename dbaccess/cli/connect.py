@@ -56,7 +56,7 @@ def connect(
     )
 
 
-def asker(g: Globals) -> Ask:
+def asker(g: Globals, verb: str = "connect") -> Ask:
     """Prompts and a spinner on a terminal; nothing asked without one (or --no-input)."""
     from contextlib import contextmanager
 
@@ -72,10 +72,14 @@ def asker(g: Globals) -> Ask:
         if g.json or not g.can_prompt:
             yield
             return
-        with g.console.status("waiting for approval (Ctrl-C stops waiting)"):
+        with g.console.status(
+            "waiting for approval (Ctrl-C stops waiting; the request stays open)"
+        ):
             yield
 
-    return Ask(reason=g.ask_reason if g.can_prompt else None, waiting=waiting)
+    return Ask(
+        reason=g.ask_reason if g.can_prompt else None, waiting=waiting, resume_verb=verb
+    )
 
 
 def run_session(
@@ -135,6 +139,7 @@ def run_session(
         )
 
     with api.http_client() as http:
-        code = run_connect(request, http, on_granted, g.warn, asker(g))
+        ask = asker(g, "exec" if command is not None else "connect")
+        code = run_connect(request, http, on_granted, g.warn, ask)
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
     raise typer.Exit(code)

@@ -60,10 +60,14 @@ class Globals:
         if self.json:
             emit_json({"error": exc.to_json()})
             return
+        from rich.markup import escape
+
+        # Messages quote what people and policies wrote (an incident pattern "[A-Z]{3}-..."):
+        # escaped, so rich does not take it for markup and swallow it.
         console = self.console
-        console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         if exc.hint:
-            console.print(f"[dim]hint:[/] {exc.hint}")
+            console.print(f"[dim]hint:[/] {escape(exc.hint)}")
 
 
 def emit_json(envelope: dict[str, Any]) -> None:
