@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals
+from dbaccess.timestamps import human as human_time
 
 RequestArg = Annotated[str, typer.Argument(help="Request id (see: dbaccess requests).")]
 
@@ -36,7 +37,7 @@ def requests(
             r.reason,
             r.state,
             f"{len(r.approvals)}/{r.approvals_required}",
-            f"{r.expires_at:%H:%M} UTC",
+            human_time(r.expires_at),
         )
     empty = "you have no requests" if mine else "nothing waits for your approval"
     g.data([r.model_dump(mode="json") for r in found], table if found else empty)

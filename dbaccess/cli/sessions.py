@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals, session_table
+from dbaccess.timestamps import human as human_time
 
 
 def sessions(ctx: typer.Context) -> None:
@@ -67,5 +68,5 @@ def renew(
         info = api.renew_session(session_id, seconds)
     g.data(
         info.model_dump(mode="json"),
-        f"{info.db_user} is now valid until {info.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"{info.db_user} is now valid until {human_time(info.expires_at)}",
     )
