@@ -72,11 +72,16 @@ class DbaccessError(Exception):
         """Make the commands in the message and hint name ``profile`` (``dbaccess login``
         -> ``dbaccess --profile prod login``), so they can be copied as they are. Hints
         come from everywhere (the broker too), so this is done once, when reporting."""
-        if not profile:
-            return
-        self.message = _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", self.message)
+        self.message = with_profile(self.message, profile)
         if self.hint:
-            self.hint = _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", self.hint)
+            self.hint = with_profile(self.hint, profile)
+
+
+def with_profile(text: str, profile: str | None) -> str:
+    """``text`` with each ``dbaccess <command>`` in it naming ``profile`` (None: as is)."""
+    if not profile:
+        return text
+    return _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", text)
 
 
 def hint_profile(flag: str | None) -> str | None:

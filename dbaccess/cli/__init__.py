@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 
 from dbaccess import __version__
-from dbaccess.broker_replies import SLOW_CALL_SECONDS
 from dbaccess.cli.account import logout, targets, version, whoami
 from dbaccess.cli.approvals import approve, deny, requests
 from dbaccess.cli.audit import audit
@@ -71,7 +70,8 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    from dbaccess import broker_replies
+    from dbaccess import broker_replies  # not at import: --help stays lean
+    from dbaccess.broker_replies import SLOW_CALL_SECONDS
 
     # Filled in place: main() reports errors raised after typer returns with these flags.
     g = ctx.obj if isinstance(ctx.obj, Globals) else Globals()

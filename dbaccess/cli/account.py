@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals, session_table
-from dbaccess.timestamps import human as human_time
-from dbaccess.timestamps import rfc3339
 
 
 def whoami(ctx: typer.Context) -> None:
     """Who the broker thinks you are, your groups, token expiry and live sessions."""
     from dbaccess.api import logged_in
+    from dbaccess.timestamps import human as human_time
+    from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, login):

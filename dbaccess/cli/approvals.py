@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals
-from dbaccess.timestamps import human as human_time
 
 RequestArg = Annotated[str, typer.Argument(help="Request id (see: dbaccess requests).")]
 
@@ -22,6 +21,7 @@ def requests(
     from rich.table import Table
 
     from dbaccess.api import logged_in
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):

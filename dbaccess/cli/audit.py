@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals
-from dbaccess.timestamps import human as human_time
 
 
 def audit(
@@ -29,6 +28,7 @@ def audit(
 
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     if since is not None:

@@ -9,7 +9,6 @@ import typer
 
 from dbaccess.cli.options import Client, ClientArgs, Duration
 from dbaccess.cli.output import Globals
-from dbaccess.timestamps import human as human_time
 
 
 def breakglass(
@@ -117,6 +116,7 @@ def review(
 
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     if session_id is None:

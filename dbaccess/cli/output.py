@@ -17,9 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from dbaccess.errors import DbaccessError, hint_profile
-from dbaccess.timestamps import human as human_time
-from dbaccess.timestamps import json_ready
+from dbaccess.errors import DbaccessError, hint_profile, with_profile
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -117,6 +115,8 @@ class Globals:
             self.console.print(text)
 
     def warn(self, text: str) -> None:
+        # a warning's next command ("unless you run: dbaccess revoke ID") names the profile too
+        text = with_profile(text, hint_profile(self.profile))
         self.console.print(f"[yellow]warning:[/] {text}")
 
     def error(self, exc: DbaccessError) -> None:
@@ -134,6 +134,8 @@ def emit_json(envelope: dict[str, Any], stream: IO[str] | None = None) -> None:
     """One JSON line (stdout unless told), flushed at once: a script may be waiting for it
     while this process waits too (login's device code), and a pipe's buffer would hold it
     back. Every timestamp in it is RFC 3339 UTC."""
+    from dbaccess.timestamps import json_ready
+
     stream = stream or sys.stdout
     stream.write(json.dumps(json_ready(envelope), default=str) + "\n")
     stream.flush()
@@ -167,6 +169,8 @@ def print_result(human: Any) -> None:
 
 def session_table(sessions: list[Any]) -> Any:
     from rich.table import Table
+
+    from dbaccess.timestamps import human as human_time
 
     table = Table("id", "target", "role", "user", "state", "expires")
     for s in sessions:

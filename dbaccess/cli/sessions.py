@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from dbaccess.cli.output import Globals, session_table
-from dbaccess.timestamps import human as human_time
 
 
 def sessions(ctx: typer.Context) -> None:
@@ -58,6 +57,7 @@ def renew(
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     try:

@@ -26,7 +26,8 @@ def envelope(code: str, message: str = "m", hint: str | None = None) -> bytes:
 @pytest.mark.parametrize(("status", "code"), [(502, "database_error"), (504, "creation_timeout")])
 def test_a_failing_target_database_is_a_database_error(status: int, code: str) -> None:
     error = broker_replies.error_from_reply(status, envelope(code, "connection refused", "later"))
-    assert isinstance(error, DatabaseError) and error.exit_code == ExitCode.DATABASE_ERROR == 9
+    assert isinstance(error, DatabaseError) and error.exit_code == ExitCode.DATABASE_ERROR
+    assert int(error.exit_code) == 9  # as documented
     assert (error.message, error.hint, error.broker_code) == ("connection refused", "later", code)
 
 
