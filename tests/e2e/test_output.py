@@ -76,15 +76,12 @@ def test_tables_go_to_stdout_and_pipes_and_files_get_long_values_whole(
                    for line in text.splitlines()), text
         assert reason.strip() not in done.stderr
     finally:
-        cli.run("revoke", session["id"])
-
-
-def test_messages_stay_on_stderr(cli: Cli) -> None:
-    result = cli.run("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c",
-                     "select 1")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "1\n"
-    assert "connected as" in result.stderr and "session revoked" in result.stderr
+        revoked = cli.run("revoke", session["id"])
+    # "revoked ..." is the result (stdout); messages such as exec's stay on stderr
+    assert revoked.stdout.startswith(f"revoked {session['id']} ({session['db_user']})")
+    ran = cli.run("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c", "select 1")
+    assert ran.returncode == 0 and ran.stdout == "1\n", ran.stderr
+    assert "connected as" in ran.stderr and "session revoked" in ran.stderr
 
 
 # --- the one envelope: usage errors, and the session commands -----------------------------
