@@ -9,7 +9,10 @@ the standard library and secretstorage:
 - argv is read against the same options as the typer command (tests keep the two equal);
 - the login is the Secret Service entry keyring wrote (``read_from_secret_service``);
 - ``POST /v1/sessions`` and ``DELETE /v1/sessions/{id}`` go over http.client, with httpx's
-  certificate rules, and failures become the same errors (``broker_replies``);
+  certificate rules, the same --timeout and spinner, and failures become the same errors
+  (``broker_replies``);
+- with --json the one envelope (``outcome.session_outcome``, or the error) is the last
+  line on stderr, as in the full CLI: stdout is the command's;
 - the session runs through ``launch.session.run_granted``, exactly as connect and exec.
 
 Anything else returns None *before any side effect* and the full CLI runs instead: --help
