@@ -10,8 +10,9 @@ from urllib.parse import quote
 
 import httpx
 
-from dbaccess.broker_replies import USER_AGENT, error_from_reply
-from dbaccess.errors import BrokerError, BrokerUnreachable
+from dbaccess import broker_replies
+from dbaccess.broker_replies import USER_AGENT, error_from_reply, unreachable
+from dbaccess.errors import BrokerError
 from dbaccess.models import (
     AuditEntry,
     BreakglassCreate,
@@ -124,12 +125,11 @@ class BrokerClient:
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path
         try:
-            response = self._http.request(method, url, headers=headers, **kwargs)
+            with broker_replies.waiting(f"waiting for the broker ({method} {path})"):
+                # the timeout is the client's own (api.http_client: --timeout)
+                response = self._http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise BrokerUnreachable(
-                f"cannot reach the broker at {self.base_url}: {exc}",
-                hint="check the URL with: dbaccess login --broker URL",
-            ) from None
+            raise unreachable(self.base_url, exc) from None
         if response.is_success:
             try:
                 return response.json()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbaccess.errors import ConfigError, UsageError
+from dbaccess.errors import ConfigError, NotFoundError, UsageError
 
 DEFAULT_PROFILE = "default"
 
@@ -246,8 +246,18 @@ def resolve_broker(profile: str, flag: str | None = None) -> str:
     """The broker URL by precedence: flag > DBACCESS_BROKER > profile."""
     url = flag or os.environ.get("DBACCESS_BROKER")
     if not url:
-        stored = ProfileFile.load().profiles.get(profile)
+        file = ProfileFile.load()
+        stored = file.profiles.get(profile)
         url = stored.broker if stored else None
+        if stored is None and file.profiles:
+            # most likely a typo (--profile prdo): say which profiles there are
+            known = sorted(file.profiles)
+            raise NotFoundError(
+                f"there is no profile '{profile}' in {file.path}; known profiles: "
+                f"{', '.join(known)}",
+                hint=f"use one with: dbaccess --profile {known[0]} ...; or create "
+                f"'{profile}': dbaccess --profile {profile} login --broker URL",
+            )
     if not url:
         raise UsageError(
             f"no broker is configured for profile '{profile}'",

@@ -24,6 +24,7 @@ def requests(
     from rich.table import Table
 
     from dbaccess.api import logged_in
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
@@ -39,7 +40,7 @@ def requests(
             r.reason,
             r.state,
             f"{len(r.approvals)}/{r.approvals_required}",
-            f"{r.expires_at:%H:%M} UTC",
+            human_time(r.expires_at),
         )
     empty = "you have no requests" if mine else "nothing waits for your approval"
     g.data([r.model_dump(mode="json") for r in found], table if found else empty)

@@ -42,6 +42,7 @@ def connect(
     When the policy needs approval, a request is opened and connect waits for it (a reason
     is asked for on a terminal); with --no-wait it prints the request id and exits 6.
     """
+    ctx.obj.child_owns_stdout = True  # even for errors: stdout is the client's
     run_session(
         ctx.obj,
         target,
@@ -72,9 +73,7 @@ def asker(g: Globals, verb: str = "connect") -> Ask:
         if g.json or not g.can_prompt:
             yield
             return
-        with g.console.status(
-            "waiting for approval (Ctrl-C stops waiting; the request stays open)"
-        ):
+        with g.status("waiting for approval (Ctrl-C stops waiting; the request stays open)"):
             yield
 
     return Ask(
@@ -104,6 +103,8 @@ def run_session(
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.models import SessionGranted
+    from dbaccess.outcome import session_outcome
+    from dbaccess.timestamps import human as human_time
 
     try:
         wanted = parse_duration(duration) if duration else None
@@ -126,7 +127,17 @@ def run_session(
         breakglass=breakglass,
     )
 
+    # The child's stdout is the user's data: our envelope (and errors) go to stderr.
+    g.child_owns_stdout = True
+    ran: list[SessionGranted] = []
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        g.warn(text)
+
     def on_granted(granted: SessionGranted) -> None:
+        ran.append(granted)
         if granted.kind == "breakglass":
             g.warn(
                 f"BREAK-GLASS{' DRILL' if granted.drill else ''} session for incident "
@@ -135,11 +146,13 @@ def run_session(
             )
         g.info(
             f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to {granted.target} "
-            f"({granted.role}), valid until {granted.expires_at:%H:%M:%S} UTC"
+            f"({granted.role}), valid until {human_time(granted.expires_at)}"
         )
 
     with api.http_client() as http:
         ask = asker(g, "exec" if command is not None else "connect")
-        code = run_connect(request, http, on_granted, g.warn, ask)
+        code = run_connect(request, http, on_granted, warn, ask)
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
+    if ran:
+        g.data(session_outcome(ran[0], code, warnings))
     raise typer.Exit(code)

@@ -41,6 +41,7 @@ def creds(
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.grant import Ask, Want, obtain
+    from dbaccess.timestamps import json_ready
 
     g: Globals = ctx.obj
     if not reveal:
@@ -75,7 +76,7 @@ def creds(
         f"dbaccess revoke {granted.id}"
     )
     if output_format == "json" or g.json:
-        sys.stdout.write(json.dumps({"data": granted.model_dump(mode="json")}) + "\n")
+        sys.stdout.write(json.dumps({"data": json_ready(granted.model_dump(mode="json"))}) + "\n")
         return
     sys.stdout.write(shell_exports(granted))
     if granted.engine == "mariadb":

@@ -68,6 +68,7 @@ def renew(
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     try:
@@ -77,12 +78,12 @@ def renew(
     with logged_in(g.profile) as (api, _):
         info = api.renew_session(session_id, seconds, shorten=shorten)
     if info.changed:
-        human = f"{info.db_user} is now valid until {info.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        human = f"{info.db_user} is now valid until {human_time(info.expires_at)}"
     else:
         asked = f" --duration {duration}" if duration else ""
         human = (
             f"unchanged: {info.db_user} is already valid until "
-            f"{info.expires_at:%Y-%m-%d %H:%M:%S} UTC, later than now + "
+            f"{human_time(info.expires_at)}, later than now + "
             f"{duration or 'its length'}\nhint: to end it earlier: dbaccess renew {info.id}"
             f"{asked} --shorten (or now: dbaccess revoke {info.id})"
         )
