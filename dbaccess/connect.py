@@ -95,9 +95,9 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
     """Check, before the broker creates anything, that what will run is there: exec's
     command, or the client of the target's engine. Returns engine -> client path.
 
-    The engine is the broker's to know; it is asked (``GET /v1/targets``) only when a
-    client is missing for some engine but not for all. A target that list does not show
-    (break-glass only, say) is let through: the broker's answer names its engine, and a
+    The engine is the broker's to know; it is asked (``GET /v1/targets``, or for break-glass
+    ``GET /v1/breakglass``) only when a client is missing for some engine but not for all.
+    A target neither shows is let through: the broker's answer names its engine, and a
     missing client then ends the session at once (revoked, nothing left behind)."""
     if request.command:
         find_program(request.command[0], other="give its full path after --")
@@ -111,7 +111,11 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
             missing[engine] = exc
     if not missing:
         return found
-    engines = {t.engine for t in api.targets() if t.target == request.target}
+    if request.breakglass is not None:
+        known = api.breakglass_policy().engines.get(request.target)
+        engines = {known} if known else set()
+    else:
+        engines = {t.engine for t in api.targets() if t.target == request.target}
     for engine in engines & missing.keys():
         raise missing[engine]
     if not engines and len(missing) == len(ENGINES):  # whatever the engine, none is there

@@ -76,6 +76,8 @@ class BreakglassPolicy(_Wire):
 
     allowed: bool
     targets: dict[str, str] = Field(default_factory=dict)  # target -> elevated role
+    # target -> engine: the CLI checks the client is installed before the glass is broken
+    engines: dict[str, str] = Field(default_factory=dict)
     incident_pattern: str | None = None
     max_duration_seconds: int | None = None
 

@@ -53,6 +53,11 @@ class Breakglass:
         return BreakglassPolicy(
             allowed=True,
             targets=dict(policy.targets),
+            engines={
+                name: target.engine
+                for name, target in self.service.settings.targets.items()
+                if name in policy.targets
+            },
             incident_pattern=policy.incident_pattern,
             max_duration_seconds=int(policy.max_duration.total_seconds()),
         )

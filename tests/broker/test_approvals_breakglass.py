@@ -208,8 +208,10 @@ def test_requests_expire(
 def test_breakglass_rules(api: TestClient, tokens: dict[str, str], store: Store) -> None:
     policy = api.get("/v1/breakglass", headers=as_(tokens, "carol")).json()
     assert policy["allowed"] and policy["targets"] == {"demo": "readwrite", "shop": "readwrite"}
+    assert policy["engines"] == {"demo": "postgres", "shop": "mariadb"}
     assert api.get("/v1/breakglass", headers=as_(tokens, "alice")).json() == {
-        "allowed": False, "targets": {}, "incident_pattern": None, "max_duration_seconds": None}
+        "allowed": False, "targets": {}, "engines": {}, "incident_pattern": None,
+        "max_duration_seconds": None}
     body = {"incident": "INC-9", "reason": "orders stuck"}
     ambiguous = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json=body)
     assert ambiguous.status_code == 409

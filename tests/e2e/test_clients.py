@@ -204,6 +204,13 @@ def test_breakglass_finds_a_missing_client_before_the_glass_is_broken(cli: Cli) 
                  "--incident", "INC-7", "--reason", "checking", "--client", "no-such-client")
     assert_not_found_before_a_session(cli, result, sessions,
                                       "no-such-client was not found on PATH")
+    # Only the MariaDB client missing: the break-glass policy tells shop's engine, so the
+    # glass stays whole there too (demo's psql is present, so that alone proves nothing).
+    result = run(cli, "--profile", "carol-clients", "--no-input", "breakglass", "shop",
+                 "--incident", "INC-7", "--reason", "checking",
+                 DBACCESS_MYSQL="no-such-mariadb")
+    assert_not_found_before_a_session(cli, result, sessions,
+                                      "no-such-mariadb was not found on PATH")
 
 
 @pytest.mark.parametrize(("engine_target", "client", "query", "quit_command"), [
