@@ -74,11 +74,12 @@ def test_logs_are_json_lines(ops: Stack) -> None:
 
 
 def test_check_config(ops: Stack, tmp_path: Path) -> None:
-    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": "x"}
+    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": ops.provisioner_password}
     ok = subprocess.run([sys.executable, "-m", "dbaccess.broker", "check-config", "--config",
                          str(ops.broker_config)], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (2 target(s), 3 rule(s))" in ok.stdout
+    assert "ok (2 target(s), each bootstrapped, 3 rule(s))" in ok.stdout
+    assert ok.stderr == ""
     bad = tmp_path / "bad.toml"
     bad.write_text(ops.broker_config.read_text().replace('max_duration = "8h"',
                                                          'max_duration = "forever"'))
