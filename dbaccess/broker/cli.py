@@ -375,7 +375,9 @@ def _attach_examples(typer_app: typer.Typer, path: str = "") -> None:
     if not path and not isinstance(typer_app.info.epilog, str):
         typer_app.info.epilog = epilog("")
     for info in typer_app.registered_commands:
-        name = f"{path} {info.name}".strip()
+        # typer names an unnamed command after its function, with dashes
+        command = info.name or getattr(info.callback, "__name__", "").replace("_", "-")
+        name = f"{path} {command}".strip()
         if name in EXAMPLES and info.epilog is None:
             info.epilog = epilog(name)
     for group in typer_app.registered_groups:
@@ -391,7 +393,7 @@ _attach_examples(app)
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="dbaccess-broker")  # also under python -m dbaccess.broker
     except DbaccessError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

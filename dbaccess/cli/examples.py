@@ -61,7 +61,8 @@ def attach_examples(app: Any, path: str = "") -> None:
     if not path and "" in EXAMPLES and not isinstance(app.info.epilog, str):
         app.info.epilog = epilog(EXAMPLES[""])
     for info in app.registered_commands:
-        name = info.name or ""
+        # typer names an unnamed command after its function, with dashes
+        name = info.name or getattr(info.callback, "__name__", "").replace("_", "-")
         examples = EXAMPLES.get(f"{path} {name}".strip())
         if examples and info.epilog is None:
             info.epilog = epilog(examples)
