@@ -57,16 +57,25 @@ def shared_servers(settings: Settings) -> list[str]:
     for name, target in settings.targets.items():
         by_server.setdefault((target.engine, target.host, target.port), []).append(name)
     warnings = []
-    for (_, host, port), names in sorted(by_server.items()):
+    for (engine, host, port), names in sorted(by_server.items()):
         if len(names) < 2:
+            continue
+        listed = ", ".join(repr(n) for n in names)
+        if engine == "mariadb":
+            warnings.append(
+                f"targets {listed} are on one MariaDB server ({host}:{port}): it holds one "
+                "dbaccess database, so the last bootstrap's procedures serve them all and "
+                "each target's reconciler would drop the others' session users; keep one "
+                "target per MariaDB server (docs/broker.md, \"Several targets on one "
+                "server\")")
             continue
         prefixes = {settings.targets[n].username_prefix for n in names}
         same = " and the same username_prefix" if len(prefixes) < len(names) else ""
         warnings.append(
-            f"targets {', '.join(repr(n) for n in names)} are on one server ({host}:{port}"
-            f"{same}): its roles are shared by all its databases (docs/broker.md, "
-            "\"Several targets on one server\"); give each target its own username_prefix "
-            "and group_role names"
+            f"targets {listed} are on one server ({host}:{port}{same}): its roles are "
+            "shared by all its databases (docs/broker.md, \"Several targets on one "
+            "server\"); give each target its own username_prefix and group_role names, "
+            "and revoke CONNECT on each database from PUBLIC"
         )
     return warnings
 

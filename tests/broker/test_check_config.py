@@ -141,3 +141,14 @@ def test_warns_when_two_targets_share_one_server(stack: Stack, tmp_path: Path) -
     assert (f"warning: {config}: targets 'demo', 'demo2' are on one server "
             f"(127.0.0.1:{stack.postgres.port} and the same username_prefix)") in result.stderr
     assert "give each target its own username_prefix" in result.stderr
+    assert "shop" not in result.stderr  # alone on its server
+
+    text += text[text.index("[targets.shop]"):text.index("[[rules]]")].replace(
+        "[targets.shop", "[targets.shop2").replace('database = "shop"', 'database = "shop2"')
+    config.write_text(text)
+    result = broker("check-config", "--offline", "--config", str(config),
+                    env={"DBACCESS_SANDBOX_PROVISIONER_PASSWORD": "unused offline"})
+    assert result.returncode == 0, result.stderr
+    assert (f"targets 'shop', 'shop2' are on one MariaDB server (127.0.0.1:"
+            f"{stack.mariadb.port}): it holds one dbaccess database") in result.stderr
+    assert "keep one target per MariaDB server" in result.stderr
