@@ -39,7 +39,7 @@ def check_target(name: str, target: TargetSection, config: str) -> Problem | Non
             "provisioner's password (bootstrap --apply sets it)",
         )
     except _Unreachable as exc:
-        return Problem(name, f"target '{name}' ({where}): {exc}",
+        return Problem(name, f"target '{name}' ({where}): cannot connect: {exc}",
                        "check targets." + name + ".host and .port, and that the server runs")
     if not missing:
         return None
@@ -97,8 +97,10 @@ def _missing_postgres(target: TargetSection, password: str) -> list[str]:
                                sslmode=target.sslmode, connect_timeout=5,
                                application_name="dbaccess-broker check-config")
     except psycopg.OperationalError as exc:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        text = text.split(": FATAL:  ", 1)[-1].removeprefix("FATAL:  ")
+        # 'connection failed: connection to server at "h", port 5432 failed: FATAL:  ...'
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _, found, reason = line.rpartition(" failed: ")
+        text = (reason if found else line).removeprefix("FATAL:").strip()
         if "authentication failed" in text or "does not exist" in text \
                 or "not permitted to log in" in text:
             raise _LoginFailed(text) from None

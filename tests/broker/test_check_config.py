@@ -152,3 +152,20 @@ def test_warns_when_two_targets_share_one_server(stack: Stack, tmp_path: Path) -
     assert (f"targets 'shop', 'shop2' are on one MariaDB server (127.0.0.1:"
             f"{stack.mariadb.port}): it holds one dbaccess database") in result.stderr
     assert "keep one target per MariaDB server" in result.stderr
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_a_target_that_does_not_answer(stack: Stack, tmp_path: Path, engine: str) -> None:
+    from dbaccess.sandbox.processes import free_port
+
+    config = fresh_config(stack, tmp_path, database="x", provisioner="p", groups="g",
+                          engine=engine)
+    server = stack.postgres if engine == "postgres" else stack.mariadb
+    config.write_text(config.read_text().replace(f"port = {server.port}",
+                                                 f"port = {free_port()}"))
+    result = broker("check-config", "--config", str(config))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"error: {config}: target 'fresh' ({engine} 127.0.0.1:" in result.stderr
+    assert "hint: check targets.fresh.host and .port, and that the server runs" \
+        in result.stderr
+    assert "bootstrap" not in result.stderr
