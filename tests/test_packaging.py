@@ -154,3 +154,25 @@ def test_a_missing_module_that_is_not_the_extra_keeps_its_traceback(tmp_path: Pa
     assert result.returncode == 1
     assert "ModuleNotFoundError" in result.stderr
     assert "dbaccess[broker]" not in result.stderr
+
+
+def test_wheel_has_the_package_data_and_the_broker_shim(tmp_path: Path) -> None:
+    import zipfile
+
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
+         str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = tmp_path.glob("dbaccess-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        info = archive.read(metadata).decode()
+    assert "dbaccess/broker/migrations/script.py.mako" in names
+    assert not [n for n in names if n.startswith("tests/")]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "dbaccess-broker = dbaccess.entry:broker_main" in scripts
+    assert "dbaccess = dbaccess.entry:main" in scripts
+    assert "License-Expression: Apache-2.0" in info
