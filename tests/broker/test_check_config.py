@@ -7,10 +7,12 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -22,9 +24,9 @@ def broker(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def fresh_config(stack: Stack, tmp_path: Path, *, database: str, provisioner: str,
-                 groups: str, engine: str = "postgres") -> Path:
+                 groups: str, engine: str = "postgres", port: int | None = None) -> Path:
     """A config with one target, ``fresh``, that no bootstrap has seen."""
-    server = stack.postgres if engine == "postgres" else stack.mariadb
+    port = port or (stack.postgres if engine == "postgres" else stack.mariadb).port
     config = tmp_path / "broker.toml"
     config.write_text(f"""\
 [identity]
@@ -34,7 +36,7 @@ client_id = "dbaccess-cli"
 [targets.fresh]
 engine = "{engine}"
 host = "127.0.0.1"
-port = {server.port}
+port = {port}
 database = "{database}"
 {'sslmode = "disable"' if engine == "postgres" else ""}
 username_prefix = "fr_"
@@ -98,9 +100,19 @@ def test_postgres_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None
     assert "hint: dbaccess-broker bootstrap fresh" in result.stderr
 
 
-def test_mariadb_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None:
+@pytest.fixture
+def bare_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
+    """A MariaDB server of its own: a server holds one dbaccess database, and bootstrapping
+    another target on the shared one would replace the procedures other tests use."""
+    with MariaDBServer(tmp_path / "mariadb") as server:
+        yield server
+
+
+def test_mariadb_target_without_bootstrap(stack: Stack, bare_mariadb: MariaDBServer,
+                                          tmp_path: Path) -> None:
+    maria = bare_mariadb
     config = fresh_config(stack, tmp_path, database="fresh_maria", provisioner="fresh_mprov",
-                          groups="fresh", engine="mariadb")
+                          groups="fresh", engine="mariadb", port=maria.port)
     result = broker("check-config", "--config", str(config))
     assert result.returncode == 3, result.stdout + result.stderr
     assert "target 'fresh' (mariadb 127.0.0.1:" in result.stderr
@@ -108,7 +120,7 @@ def test_mariadb_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None:
     assert "dbaccess-broker bootstrap fresh --config" in result.stderr
 
     password = (tmp_path / "provisioner.pw").read_text().strip()
-    admin = stack.mariadb.connect()
+    admin = maria.connect()
     try:
         with admin.cursor() as cur:
             cur.execute("CREATE USER 'fresh_mprov'@'%%' IDENTIFIED BY %s", (password,))
@@ -120,7 +132,6 @@ def test_mariadb_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None:
             "fresh_mprov)") in result.stderr
     assert f"hint: dbaccess-broker bootstrap fresh --config {config}" in result.stderr
 
-    maria = stack.mariadb
     applied = broker("bootstrap", "fresh", "--config", str(config), "--apply", env={
         "DBACCESS_ADMIN_DSN": f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"})
     assert applied.returncode == 0, applied.stderr
