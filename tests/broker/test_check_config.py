@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dbaccess.broker.engines import EngineError, engine_for
+from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.stack import Stack
 
@@ -74,6 +76,15 @@ def test_postgres_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None
             "dbaccess.managed_users, group role fresh_readonly") in result.stderr
     assert f"hint: dbaccess-broker bootstrap fresh --config {config} (prints the SQL" \
            in result.stderr
+    # a broker serving it anyway says the same at the first request
+    engine = engine_for("fresh", load_settings(config).targets["fresh"])
+    try:
+        with pytest.raises(EngineError, match="listing users on 'fresh' failed: schema "
+                           "\"dbaccess\" does not exist; target 'fresh' looks not "
+                           "bootstrapped; an operator runs: dbaccess-broker bootstrap fresh"):
+            engine.list_managed_users()
+    finally:
+        engine.close()
 
     # the offline check only reads the file
     offline = broker("check-config", "--offline", "--config", str(config))
@@ -131,6 +142,10 @@ def test_mariadb_target_without_bootstrap(stack: Stack, bare_mariadb: MariaDBSer
     assert ("is not bootstrapped: missing procedure dbaccess.create_user (EXECUTE for "
             "fresh_mprov)") in result.stderr
     assert f"hint: dbaccess-broker bootstrap fresh --config {config}" in result.stderr
+    with pytest.raises(EngineError, match=r"listing users on 'fresh' failed: .*; target "
+                       r"'fresh' looks not bootstrapped; an operator runs: dbaccess-broker "
+                       r"bootstrap fresh"):
+        engine_for("fresh", load_settings(config).targets["fresh"]).list_managed_users()
 
     applied = broker("bootstrap", "fresh", "--config", str(config), "--apply", env={
         "DBACCESS_ADMIN_DSN": f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"})
