@@ -11,13 +11,14 @@ import httpx
 
 from dbaccess.auth.login import bearer_token
 from dbaccess.auth.token_store import StoredLogin
-from dbaccess.broker_replies import TIMEOUT_SECONDS
+from dbaccess.broker_replies import timeout_seconds
 from dbaccess.client import BrokerClient
 from dbaccess.config import profile_name, resolve_broker
 
 
 def _default_http_client() -> httpx.Client:
-    return httpx.Client(timeout=TIMEOUT_SECONDS)
+    # --timeout applies to the identity provider's calls on this client too
+    return httpx.Client(timeout=timeout_seconds())
 
 
 http_client: Callable[[], httpx.Client] = _default_http_client

@@ -6,11 +6,13 @@ HTTP failures become DbaccessError subclasses carrying the broker's message and 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from dbaccess.broker_replies import USER_AGENT, error_from_reply
-from dbaccess.errors import BrokerError, BrokerUnreachable
+from dbaccess import broker_replies
+from dbaccess.broker_replies import USER_AGENT, error_from_reply, unreachable
+from dbaccess.errors import BrokerError
 from dbaccess.models import (
     AuditEntry,
     BreakglassCreate,
@@ -23,6 +25,7 @@ from dbaccess.models import (
     SessionGranted,
     SessionInfo,
     SessionRenew,
+    SessionRenewed,
     TargetAccess,
 )
 
@@ -58,16 +61,23 @@ class BrokerClient:
         return [RequestInfo.model_validate(r) for r in found]
 
     def get_request(self, request_id: str) -> RequestInfo:
-        return RequestInfo.model_validate(self._call("GET", f"/v1/requests/{request_id}"))
+        return RequestInfo.model_validate(
+            self._call("GET", f"/v1/requests/{_segment(request_id)}")
+        )
 
     def approve(self, request_id: str) -> RequestInfo:
         return RequestInfo.model_validate(
-            self._call("POST", f"/v1/requests/{request_id}/approve", json={})
+            self._call("POST", f"/v1/requests/{_segment(request_id)}/approve", json={})
         )
 
     def deny(self, request_id: str, reason: str) -> RequestInfo:
         return RequestInfo.model_validate(
-            self._call("POST", f"/v1/requests/{request_id}/deny", json={"reason": reason})
+            self._call("POST", f"/v1/requests/{_segment(request_id)}/deny", json={"reason": reason})
+        )
+
+    def withdraw(self, request_id: str) -> RequestInfo:
+        return RequestInfo.model_validate(
+            self._call("POST", f"/v1/requests/{_segment(request_id)}/withdraw", json={})
         )
 
     def reviews(self) -> list[ReviewInfo]:
@@ -75,7 +85,7 @@ class BrokerClient:
 
     def close_review(self, session_id: str, note: str) -> ReviewInfo:
         return ReviewInfo.model_validate(
-            self._call("POST", f"/v1/reviews/{session_id}/close", json={"note": note})
+            self._call("POST", f"/v1/reviews/{_segment(session_id)}/close", json={"note": note})
         )
 
     def list_sessions(self) -> list[SessionInfo]:
@@ -87,11 +97,16 @@ class BrokerClient:
     def targets(self) -> list[TargetAccess]:
         return [TargetAccess.model_validate(t) for t in self._call("GET", "/v1/targets")]
 
-    def renew_session(self, session_id: str, duration_seconds: int | None) -> SessionInfo:
-        body = SessionRenew(duration_seconds=duration_seconds)
-        return SessionInfo.model_validate(
+    def renew_session(
+        self, session_id: str, duration_seconds: int | None, *, shorten: bool = False
+    ) -> SessionRenewed:
+        body = SessionRenew(duration_seconds=duration_seconds, shorten=shorten)
+        return SessionRenewed.model_validate(
             self._call(
-                "POST", f"/v1/sessions/{session_id}/renew", json=body.model_dump(exclude_none=True)
+                "POST",
+                f"/v1/sessions/{_segment(session_id)}/renew",
+                # Defaults left out: a broker from before "shorten" refuses unknown fields.
+                json=body.model_dump(exclude_none=True, exclude_defaults=True),
             )
         )
 
@@ -100,7 +115,9 @@ class BrokerClient:
         return [AuditEntry.model_validate(r) for r in self._call("GET", "/v1/audit", params=params)]
 
     def revoke_session(self, session_id: str) -> SessionInfo:
-        return SessionInfo.model_validate(self._call("DELETE", f"/v1/sessions/{session_id}"))
+        return SessionInfo.model_validate(
+            self._call("DELETE", f"/v1/sessions/{_segment(session_id)}")
+        )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
@@ -108,15 +125,20 @@ class BrokerClient:
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path
         try:
-            response = self._http.request(method, url, headers=headers, **kwargs)
+            with broker_replies.waiting(f"waiting for the broker ({method} {path})"):
+                # the timeout is the client's own (api.http_client: --timeout)
+                response = self._http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            raise BrokerUnreachable(
-                f"cannot reach the broker at {self.base_url}: {exc}",
-                hint="check the URL with: dbaccess login --broker URL",
-            ) from None
+            raise unreachable(self.base_url, exc) from None
         if response.is_success:
             try:
                 return response.json()
             except ValueError:
                 raise BrokerError(f"the broker answered {method} {path} with no JSON") from None
         raise error_from_reply(response.status_code, response.content)
+
+
+def _segment(given: str) -> str:
+    """An id (or prefix) as typed, as one path segment: ``a/../b`` or ``a?b`` reach the
+    broker as the id they are (and are refused there), never as another route."""
+    return quote(given, safe="")

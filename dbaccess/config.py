@@ -15,22 +15,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbaccess.errors import ConfigError, UsageError
+from dbaccess.errors import ConfigError, NotFoundError, UsageError
 
 DEFAULT_PROFILE = "default"
 
 
 def config_dir() -> Path:
+    """Where ``config.toml`` (and an opted-in token file) lives: a directory only we can
+    change, since it names the broker our tokens are sent to (see ``usable_dir``)."""
     override = os.environ.get("DBACCESS_CONFIG_DIR")
     if override:
-        return Path(override)
-    import platformdirs
+        named = Path(override)
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
+        named = Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
+    used = usable_dir(named, private=False, variable="DBACCESS_CONFIG_DIR")
+    left = Path(os.path.realpath(named)) / "config.toml"
+    if used != left.parent and left.exists() and not (used / "config.toml").exists():
+        # profiles from before dbaccess moved into a directory of its own: not read from a
+        # place others can write to, and not silently forgotten either
+        raise ConfigError(
+            f"{left} is in a directory other users can write to; dbaccess keeps its "
+            f"profiles in {used} instead",
+            hint=f"check the broker URLs in it, then: mv {left} {used}/",
+        )
+    return used
 
 
 def runtime_dir() -> Path:
-    """A private (0700, ours) directory for session files; tmpfs where the OS provides one."""
+    """A private (0700, ours) directory for session files; tmpfs where the OS provides one.
+    Session directories are created and swept here, and only here."""
     override = os.environ.get("DBACCESS_RUNTIME_DIR")
     if override:
         path = Path(override)
@@ -39,26 +54,117 @@ def runtime_dir() -> Path:
 
         with warnings.catch_warnings():
             # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID (and warns);
-            # the ownership and mode checks below make that fallback safe to use.
+            # the ownership and mode checks of usable_dir make that fallback safe to use.
             warnings.simplefilter("ignore")
             path = Path(platformdirs.user_runtime_dir("dbaccess", appauthor=False))
-    ensure_private_dir(path)
+    return usable_dir(path, private=True, variable="DBACCESS_RUNTIME_DIR")
+
+
+def usable_dir(path: Path, *, private: bool, variable: str) -> Path:
+    """The directory to use when told to use ``path``. Never changes the mode of a
+    directory that exists: the user may have named /tmp or their home.
+
+    - missing: created (with any missing parents) as 0700;
+    - ours and closed to others (for ``private`` no access at all, else no writes): itself;
+    - open to others, or someone else's, like /tmp: a ``dbaccess-<uid>`` directory of our
+      own inside it, created 0700, or refused if what is there is not ours and closed;
+    - anything on the way that another user could rename or replace (theirs, or writable
+      by others without the sticky bit): refused, as no directory inside it is safe.
+    """
+    closed = 0o077 if private else 0o022
+    path = Path(os.path.realpath(path))  # a symlink the user named is followed once, here
+    _create(path, variable)
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{variable}: {path} is not a directory",
+                          hint=f"set {variable} to a directory of your own")
+    _check_holders(path, variable)
+    if info.st_uid == os.geteuid() and not _open_bits(info, closed):
+        return path
+    own = path / f"dbaccess-{os.geteuid()}"
+    _create(own, variable)
+    return _check_own(own, closed, variable)
+
+
+def private_dir(path: Path, variable: str) -> Path:
+    """``path`` itself, created 0700 if missing, or refused unless it is ours and closed:
+    for directories whose name is ours to choose (``tokens``), never the user's."""
+    _create(path, variable)
+    _check_holders(path.parent, variable)
+    return _check_own(path, 0o077, variable)
+
+
+def _create(path: Path, variable: str) -> None:
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)  # the umask can only take bits away
+        except FileExistsError:
+            pass  # made meanwhile: checked like any existing directory
+        except OSError as exc:
+            raise ConfigError(f"{variable}: cannot create {directory}: {exc.strerror}",
+                              hint=f"set {variable} to a directory of your own") from None
+
+
+def _check_own(path: Path, closed: int, variable: str) -> Path:
+    info = path.lstat()  # not stat: a symlink planted here is refused, not followed
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is not a plain directory; refusing to use it",
+                          hint=f"remove it, or set {variable} to a directory of your own")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path} belongs to another user; refusing to use it",
+                          hint=f"set {variable} to a directory of your own")
+    mode = stat.S_IMODE(info.st_mode)
+    if _open_bits(info, closed):
+        raise ConfigError(
+            f"{path} is open to other users (mode {mode:04o}); dbaccess does not change "
+            "the mode of a directory it did not just create",
+            hint=f"chmod 700 {path} if it is yours, or set {variable} to another directory",
+        )
     return path
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as 0700 or check that it is ours, not a symlink, and closed to others."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{path} is not a plain directory; refusing to keep secrets there")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(
-            f"{path} belongs to another user; refusing to keep secrets there",
-            hint="set DBACCESS_RUNTIME_DIR to a directory of your own",
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+def _open_bits(info: os.stat_result, closed: int) -> int:
+    """The bits of ``closed`` that are set, less group-write when the group is the user's
+    own private group (Fedora, or Debian with umask 002, make directories 0775 that way):
+    as for OpenSSH's StrictModes, a group with no member but us is no one else. Reading
+    is another matter: a session directory stays closed to the group too."""
+    open_bits = stat.S_IMODE(info.st_mode) & closed
+    if open_bits & 0o020 and _private_group(info.st_gid):
+        open_bits &= ~0o020
+    return open_bits
+
+
+def _private_group(gid: int) -> bool:
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {
+        user.pw_name}
+
+
+def _check_holders(path: Path, variable: str) -> None:
+    """``path`` and every directory above it: only we or root may rename what is inside,
+    so each is ours or root's, and writable by others only with the sticky bit (/tmp)."""
+    for directory in (path, *path.parents):
+        info = directory.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"{variable}: {directory} belongs to another user, who could replace what "
+                "dbaccess keeps there",
+                hint=f"set {variable} to a directory of your own",
+            )
+        if _open_bits(info, 0o022) and not mode & stat.S_ISVTX:
+            raise ConfigError(
+                f"{variable}: other users may rename or replace what is in {directory} "
+                f"(mode {mode:04o}, no sticky bit)",
+                hint=f"set {variable} to a directory of your own",
+            )
 
 
 @dataclass
@@ -140,8 +246,18 @@ def resolve_broker(profile: str, flag: str | None = None) -> str:
     """The broker URL by precedence: flag > DBACCESS_BROKER > profile."""
     url = flag or os.environ.get("DBACCESS_BROKER")
     if not url:
-        stored = ProfileFile.load().profiles.get(profile)
+        file = ProfileFile.load()
+        stored = file.profiles.get(profile)
         url = stored.broker if stored else None
+        if stored is None and file.profiles:
+            # most likely a typo (--profile prdo): say which profiles there are
+            known = sorted(file.profiles)
+            raise NotFoundError(
+                f"there is no profile '{profile}' in {file.path}; known profiles: "
+                f"{', '.join(known)}",
+                hint=f"use one with: dbaccess --profile {known[0]} ...; or create "
+                f"'{profile}': dbaccess --profile {profile} login --broker URL",
+            )
     if not url:
         raise UsageError(
             f"no broker is configured for profile '{profile}'",

@@ -16,10 +16,11 @@ import httpx
 
 from dbaccess.auth.login import bearer_token
 from dbaccess.client import BrokerClient
-from dbaccess.errors import DbaccessError, UsageError
+from dbaccess.errors import DbaccessError, LaunchError, UsageError
 from dbaccess.grant import Ask, Want, obtain
 from dbaccess.launch.child import cleanup_on_signals
-from dbaccess.launch.session import Launch, run_granted
+from dbaccess.launch.programs import find_program
+from dbaccess.launch.session import ENGINES, Launch, find_client, run_granted
 from dbaccess.launch.session_dir import stale_sessions
 from dbaccess.models import BreakglassCreate, SessionGranted
 
@@ -71,6 +72,7 @@ def connect(
     login = bearer_token(request.profile, http)
     api = BrokerClient(request.broker, http, login.id_token)
     sweep_stale_sessions(api, request.broker, on_warning)
+    clients = find_programs(request, api)
     with cleanup_on_signals():
         granted = obtain(api, request.want(), ask or Ask())
         launch = Launch(
@@ -78,7 +80,7 @@ def connect(
             broker=request.broker,
             client_args=request.client_args,
             command=request.command,
-            client=request.clients.get(granted.engine),
+            client=clients.get(granted.engine),
         )
         return run_granted(
             granted,
@@ -87,6 +89,38 @@ def connect(
             on_granted=on_granted,
             on_warning=on_warning,
         )
+
+
+def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
+    """Check, before the broker creates anything, that what will run is there: exec's
+    command, or the client of the target's engine. Returns engine -> client path.
+
+    The engine is the broker's to know; it is asked (``GET /v1/targets``) only when a
+    client is missing for some engine but not for all. A target that list does not show
+    (break-glass only, say) is let through: the broker's answer names its engine, and a
+    missing client then ends the session at once (revoked, nothing left behind)."""
+    if request.command:
+        find_program(request.command[0], other="give its full path after --")
+        return {}
+    found: dict[str, str] = {}
+    missing: dict[str, LaunchError] = {}
+    for engine in ENGINES:
+        try:
+            found[engine] = find_client(engine, request.clients.get(engine))
+        except LaunchError as exc:
+            missing[engine] = exc
+    if not missing:
+        return found
+    engines = {t.engine for t in api.targets() if t.target == request.target}
+    for engine in engines & missing.keys():
+        raise missing[engine]
+    if not engines and len(missing) == len(ENGINES):  # whatever the engine, none is there
+        errors = list(missing.values())
+        if len({e.message for e in errors}) == 1:
+            raise errors[0]
+        raise LaunchError("; ".join(e.message for e in errors),
+                          hint="; ".join(dict.fromkeys(e.hint for e in errors if e.hint)))
+    return found
 
 
 def sweep_stale_sessions(api: BrokerClient, broker: str, on_warning: Callable[[str], None]) -> None:

@@ -10,7 +10,10 @@
     +-- DeniedError               the broker's policy said no                 (DENIED)
     +-- ApprovalPending           a request waits for approvers               (APPROVAL_PENDING)
     +-- BrokerUnreachable         the broker cannot be reached                (BROKER_UNREACHABLE)
+    |   +-- BrokerUntrusted       its TLS certificate is not trusted here
+    |   +-- BrokerTimeout         it did not answer within --timeout
     +-- BrokerError               the broker answered with an error           (BROKER_ERROR)
+    +-- DatabaseError             the target database failed                  (DATABASE_ERROR)
     +-- LaunchError               the native client could not be started      (LAUNCH)
     +-- NotFoundError             the named thing does not exist              (NOT_FOUND)
 
@@ -19,7 +22,15 @@ Messages never contain a secret: they are printed and may be logged.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+
+# The commands a hint may name; "dbaccess <one of these>" gets the profile inserted.
+_COMMANDS = (
+    "login logout whoami targets connect exec sessions revoke renew creds breakglass "
+    "requests approve deny review audit version"
+).split()
+_COMMAND_IN_TEXT = re.compile(rf"\bdbaccess (?=(?:{'|'.join(_COMMANDS)})\b)")
 
 
 class ExitCode(IntEnum):
@@ -57,6 +68,34 @@ class DbaccessError(Exception):
     def to_json(self) -> dict[str, str | None]:
         return {"code": self.code, "message": self.message, "hint": self.hint}
 
+    def name_profile(self, profile: str | None) -> None:
+        """Make the commands in the message and hint name ``profile`` (``dbaccess login``
+        -> ``dbaccess --profile prod login``), so they can be copied as they are. Hints
+        come from everywhere (the broker too), so this is done once, when reporting."""
+        self.message = with_profile(self.message, profile)
+        if self.hint:
+            self.hint = with_profile(self.hint, profile)
+
+
+def with_profile(text: str, profile: str | None) -> str:
+    """``text`` with each ``dbaccess <command>`` in it naming ``profile`` (None: as is)."""
+    if not profile:
+        return text
+    return _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", text)
+
+
+def hint_profile(flag: str | None) -> str | None:
+    """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE
+    > config.toml's current), when a bare ``dbaccess`` would pick another — then the
+    hint's command is right to copy. Shared by both exec paths and every command."""
+    from dbaccess.config import ProfileFile, profile_name
+
+    try:
+        active = profile_name(flag)
+        return None if active == ProfileFile.load().current else active
+    except DbaccessError:
+        return None  # an unreadable config.toml is reported on its own
+
 
 class UsageError(DbaccessError):
     exit_code = ExitCode.USAGE
@@ -91,6 +130,14 @@ class ApprovalPending(DbaccessError):
 class BrokerUnreachable(DbaccessError):
     exit_code = ExitCode.BROKER_UNREACHABLE
     code = "broker_unreachable"
+
+
+class BrokerUntrusted(BrokerUnreachable):
+    code = "broker_untrusted"
+
+
+class BrokerTimeout(BrokerUnreachable):
+    code = "broker_timeout"
 
 
 class BrokerError(DbaccessError):

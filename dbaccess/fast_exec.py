@@ -9,7 +9,10 @@ the standard library and secretstorage:
 - argv is read against the same options as the typer command (tests keep the two equal);
 - the login is the Secret Service entry keyring wrote (``read_from_secret_service``);
 - ``POST /v1/sessions`` and ``DELETE /v1/sessions/{id}`` go over http.client, with httpx's
-  certificate rules, and failures become the same errors (``broker_replies``);
+  certificate rules, the same --timeout and spinner, and failures become the same errors
+  (``broker_replies``);
+- with --json the one envelope (``outcome.session_outcome``, or the error) is the last
+  line on stderr, as in the full CLI: stdout is the command's;
 - the session runs through ``launch.session.run_granted``, exactly as connect and exec.
 
 Anything else returns None *before any side effect* and the full CLI runs instead: --help
@@ -32,13 +35,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbaccess.errors import BrokerError, BrokerUnreachable, DbaccessError, ExitCode
+from dbaccess.errors import BrokerError, DbaccessError, ExitCode, hint_profile
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
-GLOBAL_VALUES = {"--profile": "profile"}
+GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
 GLOBAL_FLAGS = {"--json": "json", "--no-input": "no_input"}
 GLOBAL_ENV = {"profile": "DBACCESS_PROFILE", "json": "DBACCESS_JSON",
-              "no_input": "DBACCESS_NO_INPUT", "debug": "DBACCESS_DEBUG"}
+              "no_input": "DBACCESS_NO_INPUT", "debug": "DBACCESS_DEBUG",
+              "timeout": "DBACCESS_TIMEOUT"}
 EXEC_VALUES = {"--role": "role", "-r": "role", "--duration": "duration", "-d": "duration",
                "--reason": "reason", "--ticket": "ticket", "--request": "request"}
 EXEC_FLAGS = {"--no-wait": "no_wait"}
@@ -55,6 +59,7 @@ class Invocation:
     target: str = ""
     command: tuple[str, ...] = ()
     profile: str | None = None
+    timeout: str | None = None  # seconds, as given; checked before use
     json: bool = False
     no_input: bool = False
     role: str = ""
@@ -96,6 +101,13 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
             return None
     if not found.target or not found.role or not command:
         return None
+    if found.timeout is not None:
+        from dbaccess.broker_replies import parse_timeout
+
+        try:
+            parse_timeout(found.timeout)
+        except ValueError:
+            return None  # typer's error for a bad value
     found.command = tuple(command)
     return found
 
@@ -106,7 +118,7 @@ def _env_globals(environ: Mapping[str, str]) -> dict[str, Any] | None:
         raw = environ.get(variable)
         if not raw:
             continue
-        if name == "profile":
+        if name in ("profile", "timeout"):
             values[name] = raw
             continue
         word = raw.strip().lower()
@@ -169,6 +181,7 @@ class GrantedReply:
     expires_at: datetime
     password: _Secret = field(repr=False)
     sslmode: str | None = None
+    kind: str = "session"
 
     @classmethod
     def from_reply(cls, body: dict[str, Any]) -> GrantedReply:
@@ -181,6 +194,7 @@ class GrantedReply:
                 expires_at=datetime.fromisoformat(str(body["expires_at"])),
                 password=_Secret(str(body["password"])),
                 sslmode=body.get("sslmode"),
+                kind=str(body.get("kind") or "session"),
             )
         except (KeyError, TypeError, ValueError):
             raise BrokerError("the broker's answer to POST /v1/sessions is not a session",
@@ -204,7 +218,8 @@ class Broker:
              ) -> tuple[int, Any]:
         import http.client
 
-        from dbaccess.broker_replies import TIMEOUT_SECONDS, USER_AGENT, error_from_reply
+        from dbaccess import broker_replies
+        from dbaccess.broker_replies import USER_AGENT, error_from_reply, unreachable
 
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
                    "Authorization": f"Bearer {self._token}"}
@@ -213,20 +228,19 @@ class Broker:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         connection: http.client.HTTPConnection
+        timeout = broker_replies.timeout_seconds()
         if self._tls is not None:
             connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=TIMEOUT_SECONDS, context=self._tls)
+                self._host, self._port, timeout=timeout, context=self._tls)
         else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_SECONDS)
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         try:
-            connection.request(method, self._prefix + path, body=payload, headers=headers)
-            response = connection.getresponse()
-            status, raw = response.status, response.read()
+            with _Spinner(f"waiting for the broker ({method} {path})"):
+                connection.request(method, self._prefix + path, body=payload, headers=headers)
+                response = connection.getresponse()
+                status, raw = response.status, response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise BrokerUnreachable(
-                f"cannot reach the broker at {self.base_url}: {exc}",
-                hint="check the URL with: dbaccess login --broker URL",
-            ) from None
+            raise unreachable(self.base_url, exc) from None
         finally:
             connection.close()
         if not 200 <= status < 300:
@@ -267,12 +281,16 @@ def run(argv: list[str]) -> int | None:
     found = parse(argv, environ)
     if found is None or not (found.no_input or not sys.stdin.isatty()):
         return None
+    if found.timeout is not None:
+        from dbaccess.broker_replies import parse_timeout, set_timeout
+
+        set_timeout(parse_timeout(found.timeout))
     try:
         return _run(found)
     except _FullCli:
         return None
     except DbaccessError as exc:
-        _report(exc, found.json)
+        _report(exc, found)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
@@ -287,8 +305,10 @@ def _run(found: Invocation) -> int:
     from dbaccess.config import profile_name, resolve_broker
     from dbaccess.durations import parse_duration
     from dbaccess.launch.child import Terminated, cleanup_on_signals
+    from dbaccess.launch.programs import find_program
     from dbaccess.launch.session import Launch, run_granted
     from dbaccess.launch.session_dir import stale_sessions
+    from dbaccess.timestamps import human as human_time
 
     try:
         profile = profile_name(found.profile)
@@ -298,6 +318,8 @@ def _run(found: Invocation) -> int:
             raise _FullCli
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
+    # Before the broker is asked: a command that is not there fails here, as in the full CLI.
+    find_program(found.command[0], other="give its full path after --")
     login = read_from_secret_service(profile)
     if (login is None or login.expires_at - REFRESH_MARGIN <= time.time()
             or not _JWT.fullmatch(login.id_token)):
@@ -312,9 +334,30 @@ def _run(found: Invocation) -> int:
                         ("request_id", found.request)):
         if value is not None:
             ask[name] = value
+    ran: list[Any] = []
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        _warn(text)
+
+    def on_granted(granted: Any) -> None:
+        ran.append(granted)
+        _info(found, f"dbaccess: connected as {granted.db_user} to {granted.target} "
+              f"({granted.role}), valid until {human_time(granted.expires_at)}")
+
     try:
         with cleanup_on_signals():
-            status, body = broker.call("POST", "/v1/sessions", ask)
+            try:
+                status, body = broker.call("POST", "/v1/sessions", ask)
+            except DbaccessError as exc:
+                if exc.broker_code != "request_pending" or not found.request:
+                    raise
+                # --request names a request still waiting (resumed after Ctrl-C): wait.
+                from urllib.parse import quote
+
+                status, body = broker.call("GET", f"/v1/requests/{quote(found.request, safe='')}")
+                status = 202
             granted: Any
             if status == 202 and "password" not in body:
                 granted = _after_approval(found, base_url, login.id_token, body)
@@ -324,14 +367,16 @@ def _run(found: Invocation) -> int:
                 granted,
                 Launch(profile=profile, broker=base_url, command=found.command),
                 revoke=broker.revoke,
-                on_granted=lambda g: _info(
-                    found, f"dbaccess: connected as {g.db_user} to {g.target} ({g.role}), "
-                    f"valid until {g.expires_at:%H:%M:%S} UTC"),
-                on_warning=_warn,
+                on_granted=on_granted,
+                on_warning=warn,
             )
     except Terminated as exc:
         return 128 + exc.signum
     _info(found, "dbaccess: session revoked, local files removed")
+    if found.json and ran:
+        from dbaccess.outcome import session_outcome
+
+        _envelope({"data": session_outcome(ran[0], code, warnings)})
     return code
 
 
@@ -365,7 +410,8 @@ def _after_approval(found: Invocation, base_url: str, token: str, body: dict[str
               f"dbaccess approve {request.id}")
     with api.http_client() as http:
         client = BrokerClient(base_url, http, token)
-        return obtain(client, once_approved(client, request, want, Ask()), Ask())
+        ask = Ask(resume_verb="exec")
+        return obtain(client, once_approved(client, request, want, ask), ask)
 
 
 def _info(found: Invocation, text: str) -> None:
@@ -377,11 +423,61 @@ def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def _report(exc: DbaccessError, as_json: bool) -> None:
-    """As the full CLI: the JSON envelope on stdout, or error/hint lines on stderr."""
-    if as_json:
-        sys.stdout.write(json.dumps({"error": exc.to_json()}) + "\n")
+def _report(exc: DbaccessError, found: Invocation) -> None:
+    """As the full CLI: error/hint lines on stderr, or the JSON envelope — on stderr too,
+    since stdout is the command's — with the commands in them naming the profile."""
+    exc.name_profile(hint_profile(found.profile))
+    if found.json:
+        _envelope({"error": exc.to_json()})
         return
     print(f"error: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+def _envelope(envelope: dict[str, Any]) -> None:
+    sys.stderr.write(json.dumps(envelope) + "\n")
+    sys.stderr.flush()
+
+
+class _Spinner:
+    """The full CLI's spinner for a slow broker call, in plain ANSI on a terminal's
+    stderr: frames after SLOW_CALL_SECONDS, the line wiped when the call ends."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._done: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> None:
+        if not sys.stderr.isatty():
+            return
+        import threading
+
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from dbaccess.broker_replies import SLOW_CALL_SECONDS
+
+        if self._done.wait(SLOW_CALL_SECONDS):
+            return
+        shown = False
+        for tick in range(1_000_000):
+            frame = self.FRAMES[tick % len(self.FRAMES)]
+            sys.stderr.write(f"\r{frame} {self._text}")
+            sys.stderr.flush()
+            shown = True
+            if self._done.wait(0.1):
+                break
+        if shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()

@@ -5,6 +5,9 @@ Approval flow: ``POST /v1/sessions`` answers 202 with a pending request when the
 needs approvers. With ``wait`` the request is polled until it is approved (then redeemed
 with ``request_id``), denied or expired; without, ApprovalPending carries its id, so a
 script can exit with the 'approval pending' code and come back with ``--request ID``.
+Ctrl-C while waiting leaves the request open and says how to resume (``--request ID``,
+which waits again while it is pending) or withdraw it; asking again without ``--request``
+gets the same open request back from the broker, not a new one.
 """
 
 from __future__ import annotations
@@ -18,10 +21,19 @@ from datetime import timedelta
 from pydantic import ValidationError
 
 from dbaccess.client import BrokerClient
-from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, UsageError
+from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, ExitCode, UsageError
 from dbaccess.models import BreakglassCreate, RequestInfo, SessionCreate, SessionGranted
 
 POLL_SECONDS = 2.0
+
+
+class WaitStopped(DbaccessError):
+    """Ctrl-C while waiting for approvers. Exits 130 like any interrupted command — the
+    person chose to stop — but names the request, which stays open, and the commands to
+    resume or withdraw it. (Scripts that want 'pending' as a result use --no-wait: 6.)"""
+
+    exit_code = ExitCode.INTERRUPTED
+    code = "interrupted"
 
 
 @contextmanager
@@ -39,6 +51,8 @@ class Ask:
     waiting: Callable[[RequestInfo], AbstractContextManager[None]] = _quietly
     sleep: Callable[[float], None] = time.sleep
     poll_seconds: float = POLL_SECONDS
+    # The command the person ran, for the "resume with" hint after Ctrl-C (connect/exec).
+    resume_verb: str = "connect"
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,12 @@ def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
                 reason = ask.reason(exc.message)
                 if reason.strip():
                     continue
+            if exc.broker_code == "request_pending" and want.request_id:
+                # --request names a request still waiting: wait for it (resuming after
+                # Ctrl-C), or with --no-wait say it is pending.
+                outcome = api.get_request(want.request_id)
+                want = once_approved(api, outcome, want, ask)
+                continue
             raise
         if isinstance(outcome, SessionGranted):
             return outcome
@@ -96,7 +116,10 @@ def _session_create(**fields: object) -> SessionCreate:
 
 def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask) -> Want:
     """After the broker opened ``request``: wait for its approval and return what redeems
-    it — or, without ``want.wait``, raise ApprovalPending naming it."""
+    it — or, without ``want.wait``, raise ApprovalPending naming it. A request already
+    approved (an open one the broker handed back) is redeemed at once."""
+    if request.state == "approved":
+        return Want(target=want.target, role=want.role, request_id=request.id, wait=False)
     if not want.wait:
         raise ApprovalPending(
             f"request {request.id} waits for {request.approvals_required} approval(s) "
@@ -110,11 +133,20 @@ def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask)
 
 def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> RequestInfo:
     """Poll until the request is approved; denial and expiry are errors. Ctrl-C leaves
-    the request pending (it expires by itself)."""
-    with ask.waiting(request):
-        while request.state == "pending":
-            ask.sleep(ask.poll_seconds)
-            request = api.get_request(request.id)
+    the request pending (it expires by itself) and raises WaitStopped naming it."""
+    try:
+        with ask.waiting(request):
+            while request.state == "pending":
+                ask.sleep(ask.poll_seconds)
+                request = api.get_request(request.id)
+    except KeyboardInterrupt:
+        raise WaitStopped(
+            f"stopped waiting; request {request.id} stays pending (until "
+            f"{request.expires_at:%H:%M} UTC) — approvers can still approve it",
+            hint=f"resume: dbaccess {ask.resume_verb} {request.target} --role {request.role} "
+            f"--request {request.id}{' -- ...' if ask.resume_verb == 'exec' else ''}; "
+            f"or withdraw it: dbaccess withdraw {request.id}",
+        ) from None
     if request.state == "approved":
         return request
     if request.state == "denied":
@@ -126,6 +158,12 @@ def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> Requ
         raise DeniedError(
             f"request {request.id} expired before it was approved",
             hint=f"ask again: dbaccess connect {request.target} --role {request.role}",
+        )
+    if request.state == "withdrawn":
+        raise DeniedError(
+            f"request {request.id} was withdrawn",
+            hint=f"ask again: dbaccess connect {request.target} --role {request.role} "
+            "--reason ...",
         )
     raise DbaccessError(f"request {request.id} is {request.state}")
 

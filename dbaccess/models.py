@@ -97,7 +97,7 @@ class RequestInfo(_Wire):
     reason: str
     ticket: str | None = None
     rule: str
-    state: Literal["pending", "approved", "denied", "expired", "used"]
+    state: Literal["pending", "approved", "denied", "expired", "used", "withdrawn"]
     approvals_required: int
     approver_groups: list[str]
     approvals: list[ApprovalInfo] = Field(default_factory=list)
@@ -148,6 +148,8 @@ class SessionRenew(_Wire):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     duration_seconds: int | None = Field(default=None, gt=0)
+    # Without it, a time earlier than the current expiry leaves the session as it is.
+    shorten: bool = False
 
 
 class SessionInfo(_Wire):
@@ -167,6 +169,14 @@ class SessionInfo(_Wire):
     kind: str = "session"
     incident: str | None = None
     drill: bool = False
+
+
+class SessionRenewed(SessionInfo):
+    """``POST /v1/sessions/{id}/renew``: the session after renewal. ``changed`` is False
+    when the asked-for end was not later than the current one (and no ``shorten``)."""
+
+    changed: bool = True
+    previous_expires_at: datetime | None = None
 
 
 class SessionGranted(SessionInfo):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["login", "logout", "whoami", "targets", "connect", "exec", "sessions", "revoke",
-            "renew", "creds", "breakglass", "requests", "approve", "deny", "review", "audit",
-            "profiles", "version"]
+            "renew", "creds", "breakglass", "requests", "approve", "deny", "withdraw", "review",
+            "audit", "profiles", "version"]
 SUBCOMMANDS = {"profiles": ["add", "use", "remove"]}
 
 

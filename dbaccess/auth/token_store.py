@@ -77,10 +77,13 @@ def save_login(profile: str, login: StoredLogin) -> None:
 
     file = token_file(profile)
     if file is not None:
-        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        from dbaccess.config import private_dir
+
+        # 0700 when we create it; an existing one open to others is refused, not chmod-ed
+        private_dir(file.parent, "DBACCESS_CONFIG_DIR")
         staged = file.with_suffix(".tmp")
         staged.unlink(missing_ok=True)
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(login), handle)
         staged.replace(file)

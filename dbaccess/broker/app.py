@@ -17,8 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dbaccess import __version__
+from dbaccess.audit_events import AUDIT_EVENTS
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
@@ -43,6 +45,7 @@ from dbaccess.models import (
     SessionGranted,
     SessionInfo,
     SessionRenew,
+    SessionRenewed,
     TargetAccess,
 )
 
@@ -97,6 +100,19 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No route matched (e.g. an id with a "/" in it): the envelope, not FastAPI's bare
+        # {"detail"}, so the CLI can say more than "the broker answered 404".
+        if exc.status_code == 404:
+            return _error(
+                404,
+                "not_found",
+                f"there is nothing at {request.method} {request.url.path}",
+                "ids are hex digits and dashes: dbaccess sessions / dbaccess requests list them",
+            )
+        return _error(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -183,10 +199,20 @@ def create_app(
                 "reading the audit trail needs an auditor group",
                 "ask for membership of an auditor group",
             )
+        if type is not None and type not in AUDIT_EVENTS:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"type: '{type}' is not an audit event type",
+                f"one of: {', '.join(AUDIT_EVENTS)}",
+            )
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
+        # A person is a subject or an email: an email stands for every subject that has
+        # used it (the trail is keyed by subject, which people rarely know by heart).
+        people = None if user is None else service.store.subjects_known_as(user)
         records = service.store.audit_records(
-            since=since, subject=user, event=type, limit=min(max(limit, 1), 10000)
+            since=since, subjects=people, event=type, limit=min(max(limit, 1), 10000)
         )
         return [
             AuditEntry(
@@ -232,6 +258,12 @@ def create_app(
     ) -> RequestInfo:
         return service.approvals.approve(who, request_id, _origin(request))
 
+    @app.post("/v1/requests/{request_id}/withdraw", response_model=RequestInfo)
+    def withdraw_request(
+        request_id: str, request: Request, who: Principal = Depends(principal)
+    ) -> RequestInfo:
+        return service.approvals.withdraw(who, request_id, _origin(request))
+
     @app.post("/v1/requests/{request_id}/deny", response_model=RequestInfo)
     def deny_request(
         request_id: str,
@@ -269,10 +301,10 @@ def create_app(
     def list_sessions(who: Principal = Depends(principal)) -> list[SessionInfo]:
         return service.list_for(who)
 
-    @app.post("/v1/sessions/{session_id}/renew", response_model=SessionInfo)
+    @app.post("/v1/sessions/{session_id}/renew", response_model=SessionRenewed)
     def renew_session(
         session_id: str, body: SessionRenew, request: Request, who: Principal = Depends(principal)
-    ) -> SessionInfo:
+    ) -> SessionRenewed:
         return service.renew_for(who, session_id, body, _origin(request))
 
     @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)

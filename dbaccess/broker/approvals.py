@@ -4,17 +4,21 @@ A request names the target, role, duration, reason and ticket it was made with; 
 approved it grants exactly one session (``POST /v1/sessions`` with ``request_id``), and
 the policy is checked again at that moment. Nobody approves their own request, nobody
 approves twice, and a request not approved and used within ``broker.request_ttl``
-expires. Every step is audited and announced to the webhooks.
+expires. The requester may withdraw a request that is pending (or approved and unused),
+and asking again while one is open gets that one back (``reusable``). Every step is
+audited and announced to the webhooks.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.policy import Decision
-from dbaccess.broker.store import ApprovalRequest, Conflict
+from dbaccess.broker.ids import resolve_id
+from dbaccess.broker.policy import Decision, rule_applies
+from dbaccess.broker.store import ApprovalRequest, Conflict, approval_requests
 from dbaccess.durations import format_duration
 from dbaccess.models import ApprovalInfo, RequestInfo, SessionCreate
 
@@ -31,7 +35,7 @@ class Approvals:
     ) -> ApprovalRequest:
         assert decision.rule is not None and decision.duration is not None
         service = self.service
-        request = service.store.create_request(
+        request, created = service.store.create_request(
             now=service.clock(),
             subject=principal.subject,
             email=principal.email,
@@ -47,6 +51,8 @@ class Approvals:
             source=origin.source,
             user_agent=origin.user_agent,
         )
+        if not created:  # another replica opened the same request a moment ago
+            return request
         service.notifier.send(
             "request.created",
             f"{principal.handle} asks for {request.role} on {request.target} for "
@@ -56,6 +62,75 @@ class Approvals:
             **_fields(request),
         )
         return request
+
+    def reusable(self, principal: Principal, body: SessionCreate) -> ApprovalRequest | None:
+        """The caller's open request (pending, or approved and unused) for this target and
+        role, which a retry gets back instead of a new one — so Ctrl-C and asking again,
+        or a script retrying, never piles up requests for approvers. A retry may leave
+        out the duration, reason and ticket; one that names different ones is refused
+        (409) rather than silently dropped: the approvers decide on what they were shown.
+
+        Only where a rule for this person, target and role needs approvers: sessions that
+        need none (the hot path) cost no extra read."""
+        if not any(
+            rule.approvals and rule_applies(rule, principal, body.target, body.role)
+            for rule in self.service.settings.rules
+        ):
+            return None
+        # Past their deadline, requests are not open (open_request compares expires_at),
+        # whether or not the reaper has marked them expired yet.
+        request = self.service.store.open_request(
+            self.service.clock(), principal.subject, body.target, body.role
+        )
+        if request is None:
+            return None
+        differs = [
+            f"{name} {shown(mine)} (the open request has {shown(theirs)})"
+            for name, mine, theirs, shown in (
+                ("duration", body.duration_seconds, request.duration_seconds,
+                 lambda v: format_duration(timedelta(seconds=v))),
+                ("reason", (body.reason or "").strip() or None, request.reason, repr),
+                ("ticket", body.ticket, request.ticket, repr),
+            )
+            if mine is not None and mine != theirs
+        ]
+        if differs:
+            raise ApiError(
+                409,
+                "request_open",
+                f"you already have request {request.id} ({request.state}) for {request.role} "
+                f"on {request.target}, and you asked for another {'; '.join(differs)}",
+                f"use it: dbaccess connect {request.target} --role {request.role} --request "
+                f"{request.id}; or withdraw it first: dbaccess withdraw {request.id}",
+            )
+        return request
+
+    def withdraw(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:
+        """The requester takes a pending (or approved, unused) request back."""
+        request = self._visible(principal, request_id)
+        if request.subject != principal.subject:
+            raise ApiError(
+                403,
+                "not_requester",
+                f"request {request.id} is {request.email or request.subject}'s: only the "
+                "requester withdraws a request",
+                f"to refuse it: dbaccess deny {request.id} --reason ...",
+            )
+        try:
+            request = self.service.store.withdraw_request(
+                request.id, principal.subject, self.service.clock(), origin.detail()
+            )
+        except Conflict as exc:
+            raise ApiError(
+                409, "conflict", str(exc), "dbaccess requests --mine lists your requests"
+            ) from None
+        self.service.notifier.send(
+            "request.withdrawn",
+            f"{principal.handle} withdrew their request for {request.role} on "
+            f"{request.target}: nothing to approve",
+            **_fields(request),
+        )
+        return self.info(principal, request)
 
     def may_decide(self, principal: Principal, request: ApprovalRequest) -> bool:
         return principal.subject != request.subject and bool(
@@ -161,17 +236,37 @@ class Approvals:
         )
 
     def _visible(self, principal: Principal, request_id: str) -> ApprovalRequest:
+        """The request ``request_id`` (a whole id or a unique prefix) names among those
+        the caller may see: their own, and those of their approver groups."""
         self.expire()
-        request = self.service.store.get_request(request_id)
-        if request is None or not (
-            request.subject == principal.subject or principal.groups & set(request.approver_groups)
-        ):
-            raise ApiError(
+        store = self.service.store
+
+        def seen(request: ApprovalRequest | None) -> bool:
+            return request is not None and (
+                request.subject == principal.subject
+                or bool(principal.groups & set(request.approver_groups))
+            )
+
+        def candidates(prefix: str) -> list[str]:
+            # Visibility is checked here, before anything is listed: an ambiguous prefix
+            # names only requests the caller could see anyway.
+            ids = store.ids_starting_with(approval_requests, prefix, limit=50)
+            return [i for i in ids if seen(store.get_request(i))][:6]
+
+        found = resolve_id(
+            request_id,
+            candidates,
+            noun="request",
+            not_found=ApiError(
                 404,
                 "not_found",
                 f"no approval request {request_id} you can see",
                 "dbaccess requests lists what you can act on",
-            )
+            ),
+            listing="dbaccess requests (or --mine) lists their ids",
+        )
+        request = store.get_request(found)
+        assert request is not None
         return request
 
     def _decidable(self, principal: Principal, request_id: str) -> ApprovalRequest:

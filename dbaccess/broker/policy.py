@@ -38,6 +38,8 @@ class Decision:
     approver_groups: tuple[str, ...] = ()
     # "reason" when a reason is all that is missing (a terminal can prompt for one)
     missing: str | None = None
+    # Refused for its length alone: the longest any matching rule allows (for the hint)
+    max_duration: timedelta | None = None
 
 
 def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
@@ -60,12 +62,14 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         )
     reasons = []
     only_reason_missing = True
+    too_long = 0
     for rule in matching:
         duration = request.duration or min(
             rule.default_duration or DEFAULT_DURATION, rule.max_duration
         )
         if duration > rule.max_duration:
             only_reason_missing = False
+            too_long += 1
             reasons.append(
                 f"rule '{rule.name}' allows at most {format_duration(rule.max_duration)}"
             )
@@ -92,6 +96,9 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         "; ".join(reasons),
         matching[0].name,
         missing="reason" if only_reason_missing else None,
+        max_duration=(
+            max(r.max_duration for r in matching) if too_long == len(matching) else None
+        ),
     )
 
 

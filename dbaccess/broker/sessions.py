@@ -24,13 +24,27 @@ from dbaccess.broker.engines import Engine, EngineError, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
+from dbaccess.broker.ids import resolve_id
 from dbaccess.broker.metrics import Metrics
 from dbaccess.broker.notify import Notifier
-from dbaccess.broker.policy import AccessRequest, Decision, decide
+from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
-from dbaccess.broker.store import ApprovalRequest, Conflict, Lease, Store
+from dbaccess.broker.store import (
+    ApprovalRequest,
+    Conflict,
+    Lease,
+    Store,
+    approval_requests,
+    leases,
+)
 from dbaccess.durations import format_duration
-from dbaccess.models import SessionCreate, SessionGranted, SessionInfo, SessionRenew
+from dbaccess.models import (
+    SessionCreate,
+    SessionGranted,
+    SessionInfo,
+    SessionRenew,
+    SessionRenewed,
+)
 
 log = logging.getLogger("dbaccess.broker")
 
@@ -93,6 +107,13 @@ class SessionService:
         request (``body.request_id`` then redeems the approved request)."""
         origin = origin or Origin()
         self._target_role(body.target, body.role)  # 404s come before any policy answer
+        if not body.request_id:
+            # Asked again while a request is open: that one, not a second one (its policy
+            # is checked again when it is used). Before the reason check, so a retry after
+            # Ctrl-C need not type the reason again.
+            reused = self.approvals.reusable(principal, body)
+            if reused is not None:
+                return reused
         request = self._approved_request(principal, body) if body.request_id else None
         reason: str | None
         if request is not None:
@@ -132,6 +153,17 @@ class SessionService:
             self.metrics.denied.labels(body.target).inc()
             if decision.missing == "reason":
                 raise ApiError(403, "reason_required", decision.explanation, "add --reason TEXT")
+            if decision.max_duration is not None:
+                most = format_duration(decision.max_duration)
+                raise ApiError(
+                    403,
+                    "denied",
+                    decision.explanation,
+                    f"ask for at most {most}: dbaccess connect {body.target} --role "
+                    f"{body.role} --duration {most}",
+                )
+            if decision.rule is None:
+                raise ApiError(403, "denied", *self._what_you_may(principal, body.target))
             raise ApiError(403, "denied", decision.explanation)
         if decision.approvals_required and request is None:
             return self.approvals.open(principal, body, decision, origin)
@@ -145,6 +177,32 @@ class SessionService:
             ticket=ticket,
             origin=origin,
             request=request,
+        )
+
+    def _what_you_may(self, principal: Principal, target: str) -> tuple[str, str]:
+        """The message and hint of a request no rule grants: what the caller may ask for
+        instead — only their own entitlements, nothing about anyone else's."""
+        current = self.settings
+        mine = entitlements(
+            principal, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
+        )
+        here = [role for name, role, _ in mine if name == target]
+        if here:
+            return (
+                f"no rule grants you that role on '{target}'; there you may request: "
+                f"{', '.join(here)}",
+                f"dbaccess connect {target} --role {here[0]}",
+            )
+        elsewhere = sorted({name for name, _, _ in mine})
+        if elsewhere:
+            return (
+                f"no rule grants you any role on '{target}'; you may use: "
+                f"{', '.join(elsewhere)}",
+                "dbaccess targets lists the targets and roles you may request",
+            )
+        return (
+            f"no rule of this broker grants you access to '{target}' or any other target",
+            "ask an administrator to add you to a group the broker's rules name",
         )
 
     def _target_role(self, target_name: str, role: str) -> tuple[TargetSection, RoleTemplate]:
@@ -168,14 +226,22 @@ class SessionService:
 
     def _approved_request(self, principal: Principal, body: SessionCreate) -> ApprovalRequest:
         assert body.request_id is not None
-        request = self.store.get_request(body.request_id)
-        if request is None or request.subject != principal.subject:
-            raise ApiError(
+        found = resolve_id(
+            body.request_id,
+            lambda prefix: self.store.ids_starting_with(
+                approval_requests, prefix, approval_requests.c.subject == principal.subject
+            ),
+            noun="request",
+            not_found=ApiError(
                 404,
                 "not_found",
                 f"no approval request {body.request_id} of yours",
                 "dbaccess requests --mine lists your requests",
-            )
+            ),
+            listing="dbaccess requests --mine lists them",
+        )
+        request = self.store.get_request(found)
+        assert request is not None
         if (request.target, request.role) != (body.target, body.role):
             raise ApiError(
                 409,
@@ -193,6 +259,7 @@ class SessionService:
                 f"{request.deny_reason}",
                 "expired": f"request {request.id} expired at "
                 f"{request.expires_at:%Y-%m-%d %H:%M} UTC",
+                "withdrawn": f"request {request.id} was withdrawn: it cannot be used",
             }.get(state, f"request {request.id} is {state}")
             hint = (
                 "dbaccess requests --mine shows its approvals"
@@ -289,22 +356,35 @@ class SessionService:
         return [_info(lease) for lease in self.store.sessions_of(principal.subject)]
 
     def _own(self, principal: Principal, lease_id: str) -> Lease:
-        lease = self.store.get(lease_id)
-        if lease is None or lease.subject != principal.subject:
-            raise ApiError(
+        """The caller's session that ``lease_id`` (a whole id or a unique prefix) names."""
+        found = resolve_id(
+            lease_id,
+            lambda prefix: self.store.ids_starting_with(
+                leases, prefix, leases.c.subject == principal.subject
+            ),
+            noun="session",
+            not_found=ApiError(
                 404,
                 "not_found",
                 f"no session {lease_id} of yours",
                 "dbaccess sessions lists your sessions",
-            )
+            ),
+            listing="dbaccess sessions lists them",
+        )
+        lease = self.store.get(found)
+        assert lease is not None
         return lease
 
     def renew_for(
         self, principal: Principal, lease_id: str, body: SessionRenew, origin: Origin | None = None
-    ) -> SessionInfo:
+    ) -> SessionRenewed:
         """Move the expiry to now + duration, as long as the whole session stays within
-        the maximum of a rule that (still) grants it."""
+        the maximum of a rule that (still) grants it. Never earlier than it is unless
+        ``body.shorten``: a renewal meant to keep a session alive (a script running
+        ``renew --duration 30m`` every 10 minutes) must not cut it short; so an earlier
+        time leaves the session as it is and says so (``changed`` False)."""
         lease = self._own(principal, lease_id)
+        lease_id = lease.id
         now = self.clock()
         if lease.state != "active" or lease.expires_at <= now:
             raise ApiError(
@@ -316,6 +396,10 @@ class SessionService:
         wanted = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
         extension = wanted or (lease.expires_at - lease.created_at)
         expires_at = ceil_second(now + extension)
+        if expires_at <= lease.expires_at and not body.shorten:
+            return SessionRenewed(
+                **_info_fields(lease), changed=False, previous_expires_at=lease.expires_at
+            )
         total = expires_at - lease.created_at
         decision = decide(
             principal,
@@ -336,26 +420,39 @@ class SessionService:
                 },
                 lease_id,
             )
+            hint = None
+            if decision.max_duration is not None:
+                left = lease.created_at + decision.max_duration - now
+                hint = (
+                    f"it may last {format_duration(decision.max_duration)} in all; the most "
+                    f"left: dbaccess renew {lease_id} --duration "
+                    f"{format_duration(timedelta(minutes=int(left.total_seconds() // 60)))}"
+                    if left >= timedelta(minutes=1)
+                    else f"it may last {format_duration(decision.max_duration)} in all; for "
+                    f"more, start a new one: dbaccess connect {lease.target} --role {lease.role}"
+                )
             raise ApiError(
                 403,
                 "denied",
                 f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
                 f"{format_duration(total)} long: {decision.explanation}",
+                hint,
             )
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineError as exc:
             raise ApiError(502, "database_error", str(exc)) from None
-        return _info(
-            self.store.renew(
-                lease_id, now, expires_at, principal.subject, (origin or Origin()).detail()
-            )
+        renewed = self.store.renew(
+            lease_id, now, expires_at, principal.subject, (origin or Origin()).detail()
+        )
+        return SessionRenewed(
+            **_info_fields(renewed), changed=True, previous_expires_at=lease.expires_at
         )
 
     def revoke_for(
         self, principal: Principal, lease_id: str, origin: Origin | None = None
     ) -> SessionInfo:
-        self._own(principal, lease_id)
+        lease_id = self._own(principal, lease_id).id
         self.revoke_batch(
             [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail()
         )

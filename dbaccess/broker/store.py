@@ -94,7 +94,7 @@ approval_requests = sa.Table(
     sa.Column("rule", sa.String(64), nullable=False),
     sa.Column("approvals_required", sa.Integer, nullable=False),
     sa.Column("approver_groups", sa.Text, nullable=False),  # JSON list
-    # pending -> approved -> used; or denied / expired
+    # pending -> approved -> used; or denied / expired / withdrawn (by the requester)
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("approvals", sa.Text, nullable=False, server_default="[]"),  # JSON [{by, at}]
     sa.Column("denied_by", sa.String(255)),
@@ -631,7 +631,9 @@ class Store:
         ttl: timedelta,
         source: str | None,
         user_agent: str | None,
-    ) -> ApprovalRequest:
+    ) -> tuple[ApprovalRequest, bool]:
+        """A new pending request, True — or, when ``subject`` already has an open one for
+        ``role`` on ``target`` (see ``open_request``), that one and False."""
         values: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "subject": subject,
@@ -650,6 +652,14 @@ class Store:
             "expires_at": now + ttl,
         }
         with self._write() as conn:
+            # Checked and inserted under the store's write lock, which orders writers across
+            # replicas too (BEGIN IMMEDIATE / advisory lock): two retries arriving at two
+            # brokers at once still leave one open request.
+            existing = conn.execute(
+                _open_requests(now, subject, target, role).limit(1)
+            ).first()
+            if existing is not None:
+                return ApprovalRequest.from_row(existing), False
             conn.execute(approval_requests.insert(), values)
             self._append_audit(
                 conn,
@@ -673,7 +683,31 @@ class Store:
                     "user_agent": user_agent,
                 },
             )
-        return self._existing_request(values["id"])
+        return self._existing_request(values["id"]), True
+
+    def open_request(
+        self, now: datetime, subject: str, target: str, role: str
+    ) -> ApprovalRequest | None:
+        """``subject``'s request for ``role`` on ``target`` that is still pending, or
+        approved and unused, and not past its deadline — the one a retry reuses."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_open_requests(now, subject, target, role).limit(1)).first()
+        return None if row is None else ApprovalRequest.from_row(row)
+
+    def ids_starting_with(
+        self, table: sa.Table, prefix: str, *where: Any, limit: int = 6
+    ) -> list[str]:
+        """Ids of ``table`` rows that start with ``prefix`` (and match ``where``), at most
+        a few: enough to tell unique from ambiguous. Callers allow only hex digits and
+        dashes in ``prefix``, so it holds no LIKE wildcard; it is bound, never spliced."""
+        query = (
+            sa.select(table.c.id)
+            .where(table.c.id.like(prefix + "%"), *where)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [str(row[0]) for row in conn.execute(query)]
 
     def _existing_request(self, request_id: str) -> ApprovalRequest:
         found = self.get_request(request_id)
@@ -772,6 +806,47 @@ class Store:
                     "target": row.target,
                     "role": row.role,
                     "reason": reason[:500],
+                    **origin,
+                },
+            )
+        return self._existing_request(request_id)
+
+    def withdraw_request(
+        self, request_id: str, by: str, now: datetime, origin: dict[str, Any]
+    ) -> ApprovalRequest:
+        """The requester takes back a request that is pending, or approved and unused: it
+        can no longer be approved or used. Raises LookupError or Conflict."""
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(approval_requests).where(approval_requests.c.id == request_id)
+            ).first()
+            if row is None:
+                raise LookupError(request_id)
+            if row.subject != by:
+                raise Conflict("only the requester withdraws a request")
+            if row.state in ("pending", "approved") and row.expires_at <= now:
+                self._expire(conn, row, now)
+                raise Conflict(
+                    f"request {request_id} expired at {row.expires_at:%Y-%m-%d %H:%M} UTC"
+                )
+            if row.state not in ("pending", "approved"):
+                raise Conflict(f"request {request_id} is {row.state}: there is nothing to withdraw")
+            conn.execute(
+                approval_requests.update()
+                .where(approval_requests.c.id == request_id)
+                .values(state="withdrawn", decided_at=now)
+            )
+            self._append_audit(
+                conn,
+                now,
+                "request.withdrawn",
+                by,
+                None,
+                {
+                    "request_id": request_id,
+                    "target": row.target,
+                    "role": row.role,
+                    "was": row.state,
                     **origin,
                 },
             )
@@ -987,6 +1062,22 @@ class Store:
             rows = conn.execute(query.order_by(leases.c.created_at)).all()
         return [Lease(**row._mapping) for row in rows]
 
+    def subjects_known_as(self, person: str) -> set[str]:
+        """``person`` as a subject, plus every subject that has asked for a session or an
+        approval with ``person`` as its email (emails compared without letter case)."""
+        found = {person}
+        with self.engine.connect() as conn:
+            for table in (leases, approval_requests):
+                found.update(
+                    str(row[0])
+                    for row in conn.execute(
+                        sa.select(table.c.subject)
+                        .where(sa.func.lower(table.c.email) == person.lower())
+                        .distinct()
+                    )
+                )
+        return found
+
     def live_users(self, target: str) -> set[str]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -1023,6 +1114,7 @@ class Store:
         *,
         since: datetime | None = None,
         subject: str | None = None,
+        subjects: Iterable[str] | None = None,
         event: str | None = None,
         limit: int | None = None,
     ) -> list[AuditRecord]:
@@ -1033,6 +1125,8 @@ class Store:
             query = query.where(audit.c.at >= since)
         if subject is not None:
             query = query.where(audit.c.subject == subject)
+        if subjects is not None:
+            query = query.where(audit.c.subject.in_(sorted(subjects)))
         if event is not None:
             query = query.where(audit.c.event == event)
         if limit is not None:
@@ -1040,6 +1134,20 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
+
+
+def _open_requests(now: datetime, subject: str, target: str, role: str) -> Any:
+    return (
+        sa.select(approval_requests)
+        .where(
+            approval_requests.c.subject == subject,
+            approval_requests.c.target == target,
+            approval_requests.c.role == role,
+            approval_requests.c.state.in_(("pending", "approved")),
+            approval_requests.c.expires_at > now,
+        )
+        .order_by(approval_requests.c.created_at.desc())
+    )
 
 
 # The columns open_lease writes; the others start NULL or at their server default.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
-from dbaccess.cli.approvals import approve, deny, requests
+from dbaccess.cli.approvals import approve, deny, requests, withdraw
 from dbaccess.cli.audit import audit
 from dbaccess.cli.breakglass import breakglass, review
 from dbaccess.cli.connect import connect
@@ -18,7 +18,7 @@ from dbaccess.cli.creds import creds
 from dbaccess.cli.examples import attach_examples
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.login import login
-from dbaccess.cli.output import Globals, handled
+from dbaccess.cli.output import CHILD_COMMANDS, Globals, handled
 from dbaccess.cli.profiles import app as profiles_app
 from dbaccess.cli.sessions import renew, revoke, sessions
 from dbaccess.errors import DbaccessError, ExitCode
@@ -40,6 +40,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _check_timeout(value: float | None) -> float | None:
+    if value is not None and not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds above 0")
+    return value
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -53,11 +59,31 @@ def main_options(
         bool, typer.Option("--no-input", envvar="DBACCESS_NO_INPUT", help="Never prompt.")
     ] = False,
     debug: Annotated[bool, typer.Option(envvar="DBACCESS_DEBUG", help="Show tracebacks.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            envvar="DBACCESS_TIMEOUT",
+            callback=_check_timeout,
+            metavar="SECONDS",
+            help="Wait at most this long for each answer of the broker (default 30).",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    ctx.obj = Globals(profile=profile, json=json_output, no_input=no_input, debug=debug)
+    from dbaccess import broker_replies  # not at import: --help stays lean
+    from dbaccess.broker_replies import SLOW_CALL_SECONDS
+
+    # Filled in place: main() reports errors raised after typer returns with these flags.
+    g = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
+    g.profile, g.json, g.no_input, g.debug, g.timeout = (
+        profile, json_output, no_input, debug, timeout
+    )
+    ctx.obj = g
+    broker_replies.set_timeout(timeout)
+    broker_replies.waiting = lambda text: g.status(text, delay=SLOW_CALL_SECONDS)
 
 
 for name, command in (
@@ -75,6 +101,7 @@ for name, command in (
     ("requests", requests),
     ("approve", approve),
     ("deny", deny),
+    ("withdraw", withdraw),
     ("review", review),
     ("audit", audit),
     ("version", version),
@@ -87,18 +114,56 @@ attach_examples(app)
 def main() -> None:
     from dbaccess.launch.child import Terminated
 
-    globals_ = Globals()
+    globals_ = Globals(json=_json_wanted())
     try:
-        app(prog_name="dbaccess", obj=globals_)
+        # Not standalone: click's own errors (unknown option, missing argument, bad value)
+        # come here, so that --json reports them in the one envelope too.
+        code = app(prog_name="dbaccess", obj=globals_, standalone_mode=False)
+    except typer.TyperException as exc:  # click's errors (typer carries its own click)
+        ctx = getattr(exc, "ctx", None)
+        if globals_.json and isinstance(exc, _USAGE_ERROR):
+            globals_.child_owns_stdout = ctx is not None and ctx.command.name in CHILD_COMMANDS
+            globals_.error(_usage_error(exc))
+        else:
+            exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
     except DbaccessError as exc:
         if _debug():
             raise
-        _report(exc)
+        globals_.error(exc)
         sys.exit(int(exc.exit_code))
     except Terminated as exc:
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# click's UsageError (unknown option, missing argument, bad value), which typer does not
+# export: BadParameter's base class.
+_USAGE_ERROR = typer.BadParameter.__mro__[1]
+
+
+def _usage_error(exc: Any) -> DbaccessError:
+    """click's usage error as ours: its message, and the help to read as the hint."""
+    from dbaccess.errors import UsageError
+
+    ctx = exc.ctx
+    where = ctx.command_path if ctx is not None else "dbaccess"
+    return UsageError(exc.format_message(), hint=f"{where} --help")
+
+
+def _json_wanted() -> bool:
+    """--json or DBACCESS_JSON, read from the command line itself for errors found before
+    typer has read it (a mistyped option). What follows ``--`` is the child's."""
+    args = sys.argv[1:]
+    if "--" in args:
+        args = args[: args.index("--")]
+    raw = os.environ.get("DBACCESS_JSON", "").strip().lower()
+    return "--json" in args or raw in ("1", "true", "t", "yes", "y", "on")
 
 
 def _debug() -> bool:
@@ -107,8 +172,3 @@ def _debug() -> bool:
         "true",
         "yes",
     )
-
-
-def _report(exc: DbaccessError) -> None:
-    # ctx.obj is gone once typer returns; re-read the flags we need from argv.
-    Globals(json="--json" in sys.argv).error(exc)

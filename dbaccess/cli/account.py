@@ -11,30 +11,29 @@ from dbaccess.cli.output import Globals, session_table
 
 def whoami(ctx: typer.Context) -> None:
     """Who the broker thinks you are, your groups, token expiry and live sessions."""
-    from datetime import UTC, datetime
-
     from dbaccess.api import logged_in
+    from dbaccess.timestamps import human as human_time
+    from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, login):
         me = api.me()
         live = api.list_sessions()
-    expires = datetime.fromtimestamp(login.expires_at, UTC)
     human = (
         f"[bold]{me.email or me.subject}[/] (subject {me.subject})\n"
         f"groups: {', '.join(me.groups) or '(none)'}\n"
-        f"token valid until {expires:%Y-%m-%d %H:%M:%S} UTC (refreshed automatically)"
+        f"token valid until {human_time(login.expires_at)} (refreshed automatically)"
     )
     g.data(
         {
             **me.model_dump(mode="json"),
-            "token_expires_at": expires.isoformat(),
+            "token_expires_at": rfc3339(login.expires_at),
             "sessions": [s.model_dump(mode="json") for s in live],
         },
         human,
     )
-    if live and not g.json:
-        g.console.print(session_table(live))
+    if live:
+        g.result(session_table(live))
 
 
 def targets(ctx: typer.Context) -> None:

@@ -1,4 +1,5 @@
-"""``dbaccess requests``, ``approve`` and ``deny``: the approver's side of approvals."""
+"""``dbaccess requests``, ``approve`` and ``deny``: the approver's side of approvals; and
+``withdraw``, the requester's way to take a request back."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import typer
 
 from dbaccess.cli.output import Globals
 
-RequestArg = Annotated[str, typer.Argument(help="Request id (see: dbaccess requests).")]
+RequestArg = Annotated[
+    str, typer.Argument(help="Request id or a unique prefix (see: dbaccess requests).")
+]
 
 
 def requests(
@@ -21,6 +24,7 @@ def requests(
     from rich.table import Table
 
     from dbaccess.api import logged_in
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
@@ -36,7 +40,7 @@ def requests(
             r.reason,
             r.state,
             f"{len(r.approvals)}/{r.approvals_required}",
-            f"{r.expires_at:%H:%M} UTC",
+            human_time(r.expires_at),
         )
     empty = "you have no requests" if mine else "nothing waits for your approval"
     g.data([r.model_dump(mode="json") for r in found], table if found else empty)
@@ -73,3 +77,17 @@ def deny(
     with logged_in(g.profile) as (api, _):
         r = api.deny(request_id, reason.strip())
     g.data(r.model_dump(mode="json"), f"denied {r.subject}'s request for {r.role} on {r.target}")
+
+
+def withdraw(ctx: typer.Context, request_id: RequestArg) -> None:
+    """Take back your own request (pending, or approved and unused): nobody can approve
+    or use it any more."""
+    from dbaccess.api import logged_in
+
+    g: Globals = ctx.obj
+    with logged_in(g.profile) as (api, _):
+        r = api.withdraw(request_id)
+    g.data(
+        r.model_dump(mode="json"),
+        f"withdrew request {r.id} for {r.role} on {r.target}; approvers were told",
+    )

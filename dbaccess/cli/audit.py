@@ -14,10 +14,13 @@ def audit(
     since: Annotated[
         str | None, typer.Option("--since", help="ISO date/time (UTC), e.g. 2026-11-01.")
     ] = None,
-    user: Annotated[str | None, typer.Option("--user", help="Subject of the person.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="The person: subject or email.")
+    ] = None,
     target: Annotated[str | None, typer.Option("--target", help="Target name.")] = None,
     event_type: Annotated[
-        str | None, typer.Option("--type", help="Event, e.g. session.granted.")
+        str | None,
+        typer.Option("--type", help="Event type, e.g. session.granted (the broker lists them)."),
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
 ) -> None:
@@ -28,6 +31,7 @@ def audit(
 
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     if since is not None:
@@ -37,12 +41,12 @@ def audit(
             raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
     with logged_in(g.profile) as (api, _):
         records = api.audit(since=since, user=user, target=target, type=event_type, limit=limit)
-    table = Table("#", "when (UTC)", "event", "who", "target", "user", "why / cause")
+    table = Table("#", "when", "event", "who", "target", "user", "why / cause")
     for r in records:
         d = r.detail
         table.add_row(
             str(r.seq),
-            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            human_time(r.at),
             r.event,
             r.subject or "-",
             str(d.get("target", "-")),

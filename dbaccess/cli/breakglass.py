@@ -44,6 +44,7 @@ def breakglass(
     from dbaccess.models import BreakglassCreate
 
     g: Globals = ctx.obj
+    g.child_owns_stdout = True  # even for errors: stdout is the client's
     if target is not None and target.startswith("-"):
         # `breakglass --incident X -- -c 'select 1'`: after --, click fills the optional
         # TARGET first; no target name starts with '-', so it is the client's.
@@ -117,16 +118,17 @@ def review(
 
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     if session_id is None:
         with logged_in(g.profile) as (api, _):
             reviews = api.reviews()
-        table = Table("session", "when (UTC)", "who", "target", "role", "incident", "reason")
+        table = Table("session", "when", "who", "target", "role", "incident", "reason")
         for r in reviews:
             table.add_row(
                 r.id,
-                f"{r.created_at:%Y-%m-%d %H:%M}",
+                human_time(r.created_at),
                 r.email or r.subject,
                 r.target,
                 r.role,

@@ -42,6 +42,7 @@ def connect(
     When the policy needs approval, a request is opened and connect waits for it (a reason
     is asked for on a terminal); with --no-wait it prints the request id and exits 6.
     """
+    ctx.obj.child_owns_stdout = True  # even for errors: stdout is the client's
     run_session(
         ctx.obj,
         target,
@@ -56,7 +57,7 @@ def connect(
     )
 
 
-def asker(g: Globals) -> Ask:
+def asker(g: Globals, verb: str = "connect") -> Ask:
     """Prompts and a spinner on a terminal; nothing asked without one (or --no-input)."""
     from contextlib import contextmanager
 
@@ -72,10 +73,12 @@ def asker(g: Globals) -> Ask:
         if g.json or not g.can_prompt:
             yield
             return
-        with g.console.status("waiting for approval (Ctrl-C stops waiting)"):
+        with g.status("waiting for approval (Ctrl-C stops waiting; the request stays open)"):
             yield
 
-    return Ask(reason=g.ask_reason if g.can_prompt else None, waiting=waiting)
+    return Ask(
+        reason=g.ask_reason if g.can_prompt else None, waiting=waiting, resume_verb=verb
+    )
 
 
 def run_session(
@@ -100,6 +103,8 @@ def run_session(
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.models import SessionGranted
+    from dbaccess.outcome import session_outcome
+    from dbaccess.timestamps import human as human_time
 
     try:
         wanted = parse_duration(duration) if duration else None
@@ -122,7 +127,17 @@ def run_session(
         breakglass=breakglass,
     )
 
+    # The child's stdout is the user's data: our envelope (and errors) go to stderr.
+    g.child_owns_stdout = True
+    ran: list[SessionGranted] = []
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        g.warn(text)
+
     def on_granted(granted: SessionGranted) -> None:
+        ran.append(granted)
         if granted.kind == "breakglass":
             g.warn(
                 f"BREAK-GLASS{' DRILL' if granted.drill else ''} session for incident "
@@ -131,10 +146,13 @@ def run_session(
             )
         g.info(
             f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to {granted.target} "
-            f"({granted.role}), valid until {granted.expires_at:%H:%M:%S} UTC"
+            f"({granted.role}), valid until {human_time(granted.expires_at)}"
         )
 
     with api.http_client() as http:
-        code = run_connect(request, http, on_granted, g.warn, asker(g))
+        ask = asker(g, "exec" if command is not None else "connect")
+        code = run_connect(request, http, on_granted, warn, ask)
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
+    if ran:
+        g.data(session_outcome(ran[0], code, warnings))
     raise typer.Exit(code)

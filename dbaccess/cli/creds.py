@@ -7,12 +7,15 @@ revoked when the command ends (the tool needs it); it expires at its end time, o
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
 from dbaccess.cli.output import Globals
+
+if TYPE_CHECKING:
+    from dbaccess.models import SessionGranted
 
 
 def creds(
@@ -23,7 +26,7 @@ def creds(
         bool, typer.Option("--reveal", help="Yes, print the password (it will be visible).")
     ] = False,
     output_format: Annotated[
-        str, typer.Option("--format", help="env (shell variables) or json.")
+        str, typer.Option("--format", help="env (export lines, for eval) or json.")
     ] = "env",
     duration: Duration = None,
     reason: Reason = None,
@@ -32,13 +35,13 @@ def creds(
 ) -> None:
     """Create a session and print its credentials (needs --reveal; not revoked at exit)."""
     import json
-    import shlex
     import sys
 
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.grant import Ask, Want, obtain
+    from dbaccess.timestamps import json_ready
 
     g: Globals = ctx.obj
     if not reveal:
@@ -72,10 +75,21 @@ def creds(
         f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC unless you run: "
         f"dbaccess revoke {granted.id}"
     )
-    password = granted.password.get_secret_value()
     if output_format == "json" or g.json:
-        sys.stdout.write(json.dumps({"data": granted.model_dump(mode="json")}) + "\n")
+        sys.stdout.write(json.dumps({"data": json_ready(granted.model_dump(mode="json"))}) + "\n")
         return
+    sys.stdout.write(shell_exports(granted))
+    if granted.engine == "mariadb":
+        # the client reads MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD, but no user or database
+        g.info('[dim]dbaccess: then run: mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"[/]')
+
+
+def shell_exports(granted: SessionGranted) -> str:
+    """``export`` lines for ``eval "$(dbaccess creds ...)"``: the variables the engine's
+    clients read, so the session reaches them as it would through ``connect``."""
+    import shlex
+
+    password = granted.password.get_secret_value()
     if granted.engine == "postgres":
         pairs = {
             "PGHOST": granted.host,
@@ -83,14 +97,20 @@ def creds(
             "PGUSER": granted.db_user,
             "PGDATABASE": granted.database,
             "PGPASSWORD": password,
+            # Always set: a PGSSLMODE left in the shell (say, disable) would otherwise win
+            # over the target's. A target that names none gets the broker's default,
+            # prefer, which is libpq's own default and what connect and exec use.
+            "PGSSLMODE": granted.sslmode or "prefer",
         }
     else:
         pairs = {
             "MYSQL_HOST": granted.host,
             "MYSQL_TCP_PORT": str(granted.port),
+            "MYSQL_PWD": password,
+            # mariadb and mysql read neither (they take $USER as the user): for
+            # `mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"`; mycli reads MYSQL_USER itself
             "MYSQL_USER": granted.db_user,
             "MYSQL_DATABASE": granted.database,
-            "MYSQL_PWD": password,
         }
     pairs["DBACCESS_SESSION_ID"] = granted.id
-    sys.stdout.write("".join(f"{k}={shlex.quote(v)}\n" for k, v in pairs.items()))
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in pairs.items())

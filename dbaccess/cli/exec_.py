@@ -30,6 +30,7 @@ def exec_command(
     from dbaccess.cli.connect import run_session
 
     g: Globals = ctx.obj
+    g.child_owns_stdout = True  # even for errors: stdout is the command's
     run_session(
         g,
         target,

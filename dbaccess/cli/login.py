@@ -36,6 +36,7 @@ def login(
     from dbaccess.auth.login import device_login
     from dbaccess.client import BrokerClient
     from dbaccess.config import Profile, ProfileFile, profile_name, resolve_broker
+    from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj
     name = profile_name(g.profile)
@@ -77,7 +78,7 @@ def login(
         if g.json or g.no_input or not g.console.is_terminal:
             stored = device_login(name, config, http, show_code)
         else:
-            with g.console.status("Waiting for you to approve the login…"):
+            with g.status("Waiting for you to approve the login…"):
                 stored = device_login(name, config, http, show_code)
 
     profiles = ProfileFile.load()
@@ -92,7 +93,7 @@ def login(
             "broker": url,
             "subject": stored.subject,
             "email": stored.email,
-            "expires_at": stored.expires_at,
+            "expires_at": rfc3339(stored.expires_at),
         },
         f"Logged in as [bold]{who}[/] (profile {name}, broker {url})",
     )

@@ -1,18 +1,30 @@
-"""Rendering for people (rich, on stderr) and for scripts (one JSON envelope on stdout)."""
+"""Rendering for people and for scripts.
+
+Results — tables, lists, "revoked ..." lines, or the one JSON envelope with --json — go to
+stdout, so pipes and redirects get them; messages, warnings, prompts and spinners go to
+stderr. Commands that run a child (connect, exec, breakglass) leave stdout to the child:
+their envelope is the last line on stderr.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
-from dbaccess.errors import DbaccessError
+from dbaccess.errors import DbaccessError, hint_profile, with_profile
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+
+# Commands whose stdout belongs to the child they run (psql, exec's command).
+CHILD_COMMANDS = frozenset({"connect", "exec", "breakglass"})
 
 
 @dataclass
@@ -21,6 +33,10 @@ class Globals:
     json: bool = False
     no_input: bool = False
     debug: bool = False
+    timeout: float | None = None
+    # connect/exec/breakglass: stdout is the child's, so the envelope goes to stderr
+    child_owns_stdout: bool = False
+    _statuses: list[int] = field(default_factory=list, repr=False)
 
     @property
     def console(self) -> Console:
@@ -31,11 +47,56 @@ class Globals:
         return Console(stderr=True, highlight=False, soft_wrap=True)
 
     def data(self, payload: Any, human: Any = None) -> None:
-        """Report a result: the JSON envelope with --json, else ``human`` on stderr."""
+        """Report a result: the JSON envelope with --json, else ``human`` on stdout."""
         if self.json:
-            emit_json({"data": payload})
+            emit_json({"data": payload}, self.envelope_stream)
         elif human:
-            self.console.print(human)
+            print_result(human)
+
+    def result(self, human: Any) -> None:
+        """More of the human result (a second table), unless --json."""
+        if not self.json:
+            print_result(human)
+
+    @property
+    def envelope_stream(self) -> IO[str]:
+        return sys.stderr if self.child_owns_stdout else sys.stdout
+
+    @contextmanager
+    def status(self, text: str, delay: float = 0.0) -> Iterator[None]:
+        """A spinner on stderr while the block runs — on a terminal only, after ``delay``
+        seconds, and never inside another one (rich allows one live display at a time)."""
+        console = self.console
+        if self._statuses or not console.is_terminal:
+            yield
+            return
+        self._statuses.append(1)
+        lock = threading.Lock()
+        shown: list[Any] = []
+        done = False
+
+        def show() -> None:
+            with lock:
+                if not done:
+                    spinner = console.status(text)
+                    spinner.start()
+                    shown.append(spinner)
+
+        timer = threading.Timer(delay, show)
+        timer.daemon = True
+        try:
+            if delay > 0:
+                timer.start()
+            else:
+                show()
+            yield
+        finally:
+            timer.cancel()
+            with lock:
+                done = True
+                for spinner in shown:
+                    spinner.stop()
+            self._statuses.pop()
 
     @property
     def can_prompt(self) -> bool:
@@ -54,33 +115,70 @@ class Globals:
             self.console.print(text)
 
     def warn(self, text: str) -> None:
+        # a warning's next command ("unless you run: dbaccess revoke ID") names the profile too
+        text = with_profile(text, hint_profile(self.profile))
         self.console.print(f"[yellow]warning:[/] {text}")
 
     def error(self, exc: DbaccessError) -> None:
+        exc.name_profile(hint_profile(self.profile))
         if self.json:
-            emit_json({"error": exc.to_json()})
+            emit_json({"error": exc.to_json()}, self.envelope_stream)
             return
+        from rich.markup import escape
+
+        # Messages quote what people and policies wrote (an incident pattern "[A-Z]{3}-..."):
+        # escaped, so rich does not take it for markup and swallow it.
         console = self.console
-        console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
         if exc.hint:
-            console.print(f"[dim]hint:[/] {exc.hint}")
+            console.print(f"[dim]hint:[/] {escape(exc.hint)}")
 
 
-def emit_json(envelope: dict[str, Any]) -> None:
-    """One JSON line on stdout, flushed at once: a script may be waiting for it while this
-    process waits too (login's device code), and a pipe's buffer would hold it back."""
-    sys.stdout.write(json.dumps(envelope, default=str) + "\n")
+def emit_json(envelope: dict[str, Any], stream: IO[str] | None = None) -> None:
+    """One JSON line (stdout unless told), flushed at once: a script may be waiting for it
+    while this process waits too (login's device code), and a pipe's buffer would hold it
+    back. Every timestamp in it is RFC 3339 UTC."""
+    from dbaccess.timestamps import json_ready
+
+    stream = stream or sys.stdout
+    stream.write(json.dumps(json_ready(envelope), default=str) + "\n")
+    stream.flush()
+
+
+def print_result(human: Any) -> None:
+    """``human`` (text with rich markup, or a table) on stdout. On a terminal rich fits it
+    to the width; anywhere else (a pipe, a file) nothing is cut or wrapped — a script
+    greps for a long session id or reason — and tables lose their box lines, leaving
+    columns a tool like awk can split."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        Console(highlight=False, soft_wrap=True).print(human)
+        return
+    import io
+
+    from rich.table import Table
+
+    if isinstance(human, Table):
+        human.box = None
+        human.pad_edge = False
+    buffer = io.StringIO()
+    Console(
+        file=buffer, width=1_000_000, no_color=True, highlight=False, soft_wrap=True,
+        force_terminal=False,
+    ).print(human)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
     sys.stdout.flush()
 
 
 def session_table(sessions: list[Any]) -> Any:
     from rich.table import Table
 
-    table = Table("id", "target", "role", "user", "state", "expires (UTC)")
+    from dbaccess.timestamps import human as human_time
+
+    table = Table("id", "target", "role", "user", "state", "expires")
     for s in sessions:
-        table.add_row(
-            s.id, s.target, s.role, s.db_user, s.state, f"{s.expires_at:%Y-%m-%d %H:%M:%S}"
-        )
+        table.add_row(s.id, s.target, s.role, s.db_user, s.state, human_time(s.expires_at))
     return table
 
 

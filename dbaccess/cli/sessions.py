@@ -29,7 +29,8 @@ def revoke(
     ctx: typer.Context,
     session_id: Annotated[
         str | None,
-        typer.Argument(help="Session id (see: sessions).", autocompletion=complete_session),
+        typer.Argument(help="Session id or a unique prefix (see: sessions).",
+                       autocompletion=complete_session),
     ] = None,
     all_sessions: Annotated[bool, typer.Option("--all", help="Revoke all of yours.")] = False,
 ) -> None:
@@ -55,16 +56,26 @@ def revoke(
 def renew(
     ctx: typer.Context,
     session_id: Annotated[
-        str, typer.Argument(help="Session id (see: sessions).", autocompletion=complete_session)
+        str,
+        typer.Argument(help="Session id or a unique prefix (see: sessions).",
+                       autocompletion=complete_session),
     ],
     duration: Annotated[
         str | None, typer.Option("--duration", "-d", help="Last until now + this, e.g. 30m.")
     ] = None,
+    shorten: Annotated[
+        bool,
+        typer.Option(
+            "--shorten", help="Allow an end earlier than the current one (else left as is)."
+        ),
+    ] = False,
 ) -> None:
-    """Extend a session, within the longest session the policy allows."""
+    """Extend a session, within the longest session the policy allows. It is never
+    shortened unless you pass --shorten."""
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     try:
@@ -72,8 +83,15 @@ def renew(
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
     with logged_in(g.profile) as (api, _):
-        info = api.renew_session(session_id, seconds)
-    g.data(
-        info.model_dump(mode="json"),
-        f"{info.db_user} is now valid until {info.expires_at:%Y-%m-%d %H:%M:%S} UTC",
-    )
+        info = api.renew_session(session_id, seconds, shorten=shorten)
+    if info.changed:
+        human = f"{info.db_user} is now valid until {human_time(info.expires_at)}"
+    else:
+        asked = f" --duration {duration}" if duration else ""
+        human = (
+            f"unchanged: {info.db_user} is already valid until "
+            f"{human_time(info.expires_at)}, later than now + "
+            f"{duration or 'its length'}\nhint: to end it earlier: dbaccess renew {info.id}"
+            f"{asked} --shorten (or now: dbaccess revoke {info.id})"
+        )
+    g.data(info.model_dump(mode="json"), human)

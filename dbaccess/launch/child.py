@@ -38,12 +38,16 @@ def cleanup_on_signals() -> Iterator[None]:
     def handler(signum: int, _frame: FrameType | None) -> None:
         raise Terminated(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in CLEANUP_SIGNALS}
+    # SIGINT too: ignore_cleanup_signals() may have set it aside, and a process that runs
+    # the CLI in-process (tests, the sandbox) must get its Ctrl-C back.
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    previous.update({sig: signal.signal(sig, handler) for sig in CLEANUP_SIGNALS})
     try:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            if old is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, old)
 
 
 def ignore_cleanup_signals() -> None:

@@ -7,11 +7,10 @@ a password in a conninfo string would be visible to every user in ``ps``.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dbaccess.errors import LaunchError
+from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
 
 if TYPE_CHECKING:
@@ -22,11 +21,8 @@ def find_psql() -> str:
     """The real psql binary: Debian's /usr/bin/psql is a Perl wrapper that costs ~30 ms."""
     override = os.environ.get("DBACCESS_PSQL")
     if override:
-        return override
-    found = shutil.which("psql")
-    if found is None:
-        raise LaunchError("psql was not found on PATH",
-                          hint="install the PostgreSQL client (apt-get install postgresql-client)")
+        return find_program(override, other="correct DBACCESS_PSQL")
+    found = find_program("psql", other="set DBACCESS_PSQL to its path")
     if os.path.realpath(found).endswith("pg_wrapper"):
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
                           key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from dbaccess.errors import DbaccessError, UsageError
 from dbaccess.launch import mysql, psql
 from dbaccess.launch.child import child_environment, ignore_cleanup_signals, run_child
+from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
 
 
@@ -96,6 +97,22 @@ def run_granted(
                 )
 
 
+ENGINES = ("postgres", "mariadb")
+def find_client(engine: str, chosen: str | None = None) -> str:
+    """The client to run for ``engine``: the one chosen (flag, variable, profile), else
+    the engine's default. LaunchError when it is not there."""
+    if chosen:
+        return find_program(chosen)
+    if engine == "postgres":
+        return psql.find_psql()
+    if engine == "mariadb":
+        return mysql.find_mysql()
+    raise UsageError(
+        f"engine '{engine}' is not supported by this version of dbaccess",
+        hint="upgrade dbaccess",
+    )
+
+
 def prepare_client(
     granted: Granted,
     directory: SessionDir,
@@ -105,15 +122,11 @@ def prepare_client(
 ) -> tuple[list[str], dict[str, str]]:
     """argv and environment for the session: the engine's native client with ``args``, or
     any ``command`` (exec) with the same credential files and variables prepared."""
+    if granted.engine not in ENGINES:
+        find_client(granted.engine)  # raises: not supported by this version
+    chosen = "" if command else find_client(granted.engine, client)
     if granted.engine == "postgres":
-        chosen = "" if command else (client or psql.find_psql())
         argv, env = psql.prepare(granted, directory, chosen, args)
-    elif granted.engine == "mariadb":
-        chosen = "" if command else (client or mysql.find_mysql())
-        argv, env = mysql.prepare(granted, directory, chosen, args)
     else:
-        raise UsageError(
-            f"engine '{granted.engine}' is not supported by this version of dbaccess",
-            hint="upgrade dbaccess",
-        )
+        argv, env = mysql.prepare(granted, directory, chosen, args)
     return (list(command) if command else argv), env

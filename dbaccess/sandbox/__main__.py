@@ -5,19 +5,27 @@ Secret Service for the keyring, and a broker; logs in as the demo user ``alice``
 the real device flow (approving the code as a person would in a browser); opens psql
 through ``dbaccess connect demo --role readonly``; then shows that the user is gone and
 what the audit trail recorded, and tears everything down.
+
+Ctrl-C (or SIGTERM, SIGHUP) at any point ends the tour: psql is ended through dbaccess,
+which revokes the session, then the sandbox stops. A tour killed outright is cleaned up by
+its watchdog (dbaccess/sandbox/lifeline.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 from dbaccess.broker.store import Store
+from dbaccess.sandbox import lifeline
 from dbaccess.sandbox.idp import approve_device_code
 from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
@@ -29,13 +37,61 @@ def say(text: str) -> None:
     print(f"sandbox: {text}", file=sys.stderr, flush=True)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, SIGTERM or SIGHUP: stop the tour, cleaning up on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    # Once is enough: a second Ctrl-C must not cut the clean-up short.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def parse_args(argv: list[str]) -> list[str]:
+    """The psql arguments (those after ``--``); ``-h``/``--help`` prints help and exits."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dbaccess.sandbox",
+        usage="%(prog)s [-h] [-- PSQL ARGS...]",
+        description=(
+            "Try dbaccess on this machine: starts a private PostgreSQL (database 'demo'), "
+            "MariaDB, an OpenID Connect provider, a Secret Service and a broker on "
+            "127.0.0.1 in a temporary directory; logs in as the demo user 'alice' through "
+            "the device flow; opens psql as a fresh read-only user; and, when psql exits, "
+            "shows that the user is gone and what the audit trail recorded. Everything is "
+            "removed at the end, also after Ctrl-C."
+        ),
+        epilog="example: %(prog)s -- -c 'select * from orders'",
+    )
+    before, psql_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if (
+        "--" in argv
+    ) else (argv, [])
+    parser.parse_args(before)
+    return psql_args
+
+
 def main(argv: list[str]) -> int:
-    psql_args = argv[argv.index("--") + 1 :] if "--" in argv else argv
+    psql_args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dbaccess-sandbox-"))
+    lifeline.start(workdir)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupted)
     say(f"starting PostgreSQL, the identity provider and the broker in {workdir}")
     try:
         return _tour(workdir, psql_args)
+    except Interrupted as stop:
+        say("stopped; everything the sandbox started has been stopped and removed")
+        return 128 + stop.signum
     finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -67,7 +123,17 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
         if psql_args:
             command += ["--", *psql_args]
         say("$ dbaccess " + shlex.join(command))
-        code_ = subprocess.call([*DBACCESS, *command], env=env)
+        connect = subprocess.Popen([*DBACCESS, *command], env=env)
+        interrupted: Interrupted | None = None
+        try:
+            code_ = connect.wait()
+        except Interrupted as stop:
+            # The terminal's Ctrl-C reached psql too, which only clears its line: end it
+            # through dbaccess (SIGTERM is passed on, then the session is revoked).
+            interrupted = stop
+            say("stopping the tour: ending psql, revoking the session")
+            connect.send_signal(signal.SIGTERM)
+            code_ = connect.wait()
 
         with stack.postgres.connect() as admin:
             left = admin.execute(
@@ -82,6 +148,8 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
             )
         store.close()
         say("stopping the sandbox")
+        if interrupted is not None:
+            raise interrupted
     return code_
 
 

@@ -16,7 +16,14 @@ from urllib.parse import urljoin
 
 import httpx
 
-from dbaccess.sandbox.processes import ServiceError, end_process, find_binary, free_port, wait_until
+from dbaccess.sandbox.processes import (
+    DAEMON_GROUP,
+    ServiceError,
+    end_process,
+    find_binary,
+    free_port,
+    wait_until,
+)
 from dbaccess.sandbox.tls import TestCertificates
 
 IDP_DIR = Path(__file__).resolve().parents[2] / "tests" / "idp"
@@ -121,6 +128,7 @@ class OidcProvider:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=IDP_DIR,
+                process_group=DAEMON_GROUP,
             )
             log.close()
             try:

@@ -15,6 +15,7 @@ from typing import Any
 import pymysql
 
 from dbaccess.sandbox.processes import (
+    DAEMON_GROUP,
     ServiceError,
     end_process,
     find_binary,
@@ -44,6 +45,11 @@ class MariaDBServer:
     def start(self, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
+        # Its own temporary directory: the caller's TMPDIR (e.g. pam_tmpdir's /tmp/user/0)
+        # may be closed to the mysql account, and InnoDB then refuses to start.
+        tmpdir = self.workdir / "tmp"
+        tmpdir.mkdir(mode=0o700, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmpdir)}
         hand_over(self.workdir, self._user)
         make_traversable(self.workdir)
         install = find_binary("mariadb-install-db", "/usr/bin/mariadb-install-db")
@@ -59,6 +65,7 @@ class MariaDBServer:
             ],
             capture_output=True,
             text=True,
+            env=env,
         )
         if result.returncode != 0:
             raise ServiceError(f"mariadb-install-db failed:\n{result.stdout}\n{result.stderr}")
@@ -69,6 +76,7 @@ class MariaDBServer:
                 mariadbd,
                 "--no-defaults",
                 f"--datadir={self.data_dir}",
+                f"--tmpdir={tmpdir}",
                 f"--socket={self.socket}",
                 f"--port={self.port}",
                 "--bind-address=127.0.0.1",
@@ -84,6 +92,8 @@ class MariaDBServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
+            process_group=DAEMON_GROUP,
         )
         log.close()
         try:

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from dbaccess.sandbox.processes import (
+    DAEMON_GROUP,
     ServiceError,
     end_process,
     find_binary,
@@ -105,6 +106,7 @@ class PostgresServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             **self._run_as(),
+            process_group=DAEMON_GROUP,
         )
         log.close()
         try:

@@ -12,6 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# ``process_group=`` for every server: a group of its own, out of the terminal's foreground
+# group. Ctrl-C at psql goes to that group (the sandbox, dbaccess, psql), and PostgreSQL,
+# for one, takes SIGINT as "shut down now".
+DAEMON_GROUP = 0
+
 
 class ServiceError(RuntimeError):
     """A sandbox service could not be started or did not become ready."""

@@ -22,7 +22,13 @@ from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
-from dbaccess.sandbox.processes import ServiceError, end_process, free_port, wait_until
+from dbaccess.sandbox.processes import (
+    DAEMON_GROUP,
+    ServiceError,
+    end_process,
+    free_port,
+    wait_until,
+)
 from dbaccess.sandbox.webhook import WebhookSink
 
 PROVISIONER = "dbaccess_provisioner"
@@ -118,6 +124,9 @@ DEMO_SQL = [
     "GRANT CONNECT ON DATABASE demo TO dbaccess_readonly, dbaccess_readwrite",
     "GRANT USAGE ON SCHEMA public TO dbaccess_readonly, dbaccess_readwrite",
     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO dbaccess_readonly",
+    # pg_dump reads each sequence's position (SELECT last_value): a read, but not one that
+    # "ALL TABLES" covers
+    "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readonly",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO dbaccess_readwrite",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO dbaccess_readwrite",
 ]
@@ -127,8 +136,12 @@ SHOP_SQL = [
     "CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(80) NOT NULL,"
     " total DECIMAL(10, 2) NOT NULL)",
     "INSERT INTO shop.orders (customer, total) VALUES ('ada', 42.00), ('grace', 17.50)",
-    "GRANT SELECT ON shop.* TO dbaccess_readonly",
-    "GRANT SELECT, INSERT, UPDATE, DELETE ON shop.* TO dbaccess_readwrite",
+    "CREATE VIEW shop.big_orders AS SELECT id, customer, total FROM shop.orders WHERE total > 20",
+    # SHOW VIEW: mysqldump needs it for SHOW CREATE VIEW. Not LOCK TABLES (a reader could
+    # block every writer; the option file asks mysqldump for --single-transaction instead)
+    # nor TRIGGER (it also creates and drops triggers): a dump by these roles has no triggers.
+    "GRANT SELECT, SHOW VIEW ON shop.* TO dbaccess_readonly",
+    "GRANT SELECT, INSERT, UPDATE, DELETE, SHOW VIEW ON shop.* TO dbaccess_readwrite",
 ]
 
 
@@ -321,6 +334,7 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.broker_config.parent,
+                process_group=DAEMON_GROUP,
             )
 
     def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
@@ -345,6 +359,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=directory,
+            process_group=DAEMON_GROUP,
         )
         log.close()
 

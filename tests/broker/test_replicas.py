@@ -81,3 +81,36 @@ def test_each_lease_is_revoked_exactly_once(replicas: tuple[Stack, str]) -> None
         detail = json.dumps(record.detail, sort_keys=True, default=str)
         assert record.hash == _record_hash(record.prev_hash, record.at, record.event,
                                            record.subject, record.lease_id, detail)
+
+
+def test_concurrent_asks_at_both_replicas_open_one_approval_request(
+    replicas: tuple[Stack, str],
+) -> None:
+    """A retry storm (or a person asking twice) spread over two replicas: the check for an
+    open request and the insert run under the store's advisory lock, so one request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack, second = replicas
+    headers = {"Authorization": "Bearer " + device_tokens(stack.idp, "alice")["id_token"]}
+    body = {"target": "demo", "role": "readwrite", "reason": "replica race"}
+
+    def ask(i: int) -> httpx.Response:
+        url = stack.broker_url if i % 2 else second
+        return httpx.post(url + "/v1/sessions", headers=headers, json=body, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+    (rid,) = {a.json()["id"] for a in answers}
+    store = Store(stack.store_url, migrate=False)
+    try:
+        mine = [r for r in store.requests() if r.subject == "alice" and r.target == "demo"
+                and r.role == "readwrite" and r.state == "pending"]
+        created = [r for r in store.audit_records(event="request.created")
+                   if r.detail["request_id"] == rid]
+    finally:
+        store.close()
+    assert [r.id for r in mine] == [rid] and len(created) == 1
+    withdrawn = httpx.post(f"{second}/v1/requests/{rid[:8]}/withdraw", headers=headers,
+                           timeout=30)
+    assert withdrawn.json()["state"] == "withdrawn"

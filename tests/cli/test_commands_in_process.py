@@ -51,9 +51,17 @@ def broker(stack: Stack, alice_token: str, tmp_path: Path,
         yield client
 
 
+# Their stdout is the child's: the envelope is the last line on stderr.
+CHILD_COMMANDS = {"connect", "exec", "breakglass"}
+
+
 def run(*args: str) -> tuple[int, Any]:
     result = CliRunner().invoke(app, ["--json", *args], prog_name="dbaccess")
-    body = json.loads(result.stdout.splitlines()[-1]) if result.stdout.strip() else None
+    out = result.stdout
+    if CHILD_COMMANDS & set(args):
+        assert out == "", out  # nothing of ours where the child's output goes
+        out = result.stderr
+    body = json.loads(out.splitlines()[-1]) if out.strip() else None
     return result.exit_code, body
 
 

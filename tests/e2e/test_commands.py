@@ -66,8 +66,8 @@ def test_whoami_targets_and_version(cli: Cli) -> None:
              for t in allowed}  # type: ignore[union-attr]
     assert pairs == {("demo", "readonly", 3600, 0), ("shop", "readonly", 3600, 0),
                      ("demo", "readwrite", 3600, 2), ("shop", "readwrite", 3600, 2)}
-    human = cli.run("targets")
-    assert "demo" in human.stderr and "readonly" in human.stderr
+    human = cli.run("targets")  # the table is the result: on stdout
+    assert "demo" in human.stdout and "readonly" in human.stdout and human.stderr == ""
     assert data(cli.run("--json", "version"))["version"]  # type: ignore[index]
 
 
@@ -78,7 +78,7 @@ def test_logout_forgets_the_login(cli: Cli) -> None:
     assert out == {"profile": "second", "logged_out": True, "revoked": []}
     after = cli.run("--profile", "second", "whoami")
     assert after.returncode == 4 and "not logged in" in after.stderr
-    assert "hint: dbaccess login" in after.stderr
+    assert "hint: dbaccess --profile second login" in after.stderr  # names the profile
     # the default profile is untouched
     assert data(cli.run("--json", "whoami"))["subject"] == "alice"  # type: ignore[index]
 
@@ -108,7 +108,8 @@ def test_creds_needs_reveal_and_warns(cli: Cli) -> None:
     assert refused.stdout == ""
     shown = cli.run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "5m")
     assert shown.returncode == 0, shown.stderr
-    values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+    values = dict(line.removeprefix("export ").split("=", 1)
+                  for line in shown.stdout.splitlines())
     assert "printing the password of" in shown.stderr
     # the credentials work for a tool outside dbaccess, and the session outlives the command
     with cli.stack.postgres.connect("demo", user=values["PGUSER"],

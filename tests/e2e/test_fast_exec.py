@@ -277,7 +277,8 @@ FAILURES = {
                              "add --reason TEXT"),
     "broker unreachable": Failure(("exec", "demo", "--role", "readonly", "--", "true"), 7,
                                   "broker_unreachable", "cannot reach the broker at ",
-                                  "check the URL with: dbaccess login --broker URL"),
+                                  "check that the broker runs there and the URL is right; to "
+                                  "change it: dbaccess login --broker URL"),
 }
 
 
@@ -301,12 +302,15 @@ def test_errors_are_the_same_on_both_paths(cli: Cli, roles_before: set[str], cas
             assert result.returncode == failure.exit_code, (p, result.stdout, result.stderr)
 
     fast, full = human["fast"], human["full"]
-    assert fast.stdout == full.stdout == ""
+    for result in (*human.values(), *as_json.values(), *by_env.values()):
+        assert result.stdout == ""  # the command's, even with --json
     assert fast.text == full.text
     assert fast.text.startswith(f"error: {failure.message}"), fast.text
     assert fast.text.endswith(f"hint: {failure.hint}"), fast.text
 
-    envelopes = [json.loads(r.stdout) for r in (*as_json.values(), *by_env.values())]
+    # exec's envelope is the last line on stderr
+    envelopes = [json.loads(r.stderr.splitlines()[-1])
+                 for r in (*as_json.values(), *by_env.values())]
     assert all(e == envelopes[0] for e in envelopes), envelopes
     error = envelopes[0]["error"]
     assert set(envelopes[0]) == {"error"} and set(error) == {"code", "message", "hint"}
@@ -315,7 +319,7 @@ def test_errors_are_the_same_on_both_paths(cli: Cli, roles_before: set[str], cas
     assert error["hint"] == failure.hint
     assert f"error: {flat(error['message'])} hint: {error['hint']}" == fast.text
     for result in (*as_json.values(), *by_env.values()):
-        assert "error:" not in result.stderr  # with JSON the error is on stdout only
+        assert "error:" not in result.stderr  # with JSON the error is the envelope only
 
     assert_nothing_left(cli, roles_before)
 
@@ -357,8 +361,8 @@ def test_a_nested_session_is_refused_on_both_paths(cli: Cli, roles_before: set[s
         "error: this shell already runs inside a dbaccess session "
         "hint: exit the current session first (nested sessions are refused)")
     as_json = run(cli, "--json", *args, env=env)
-    assert as_json.returncode == 2
-    assert json.loads(as_json.stdout)["error"]["code"] == "usage"
+    assert as_json.returncode == 2 and as_json.stdout == ""
+    assert json.loads(as_json.stderr.splitlines()[-1])["error"]["code"] == "usage"
     assert_nothing_left(cli, roles_before)
 
 
@@ -487,7 +491,8 @@ def test_no_wait_names_the_request_and_the_request_redeems_on_the_fast_path(
             assert_handed_over(pending)
         else:
             assert_ran(pending, p)
-        envelopes[p] = json.loads(pending.stdout)
+        assert pending.stdout == ""  # exec's envelope is the last line on stderr
+        envelopes[p] = json.loads(pending.stderr.splitlines()[-1])
     request_id = re.fullmatch(rf"request ({_UUID}) waits for 2 approval\(s\) from leads",
                               envelopes["fast"]["error"]["message"])
     assert request_id, envelopes

@@ -75,6 +75,14 @@ def test_environment_twins_apply_and_flags_win() -> None:
     assert found is not None and (found.profile, found.json) == ("other", False)
 
 
+def test_the_timeout_is_read_by_flag_or_variable() -> None:
+    argv = ["exec", "demo", "--role", "r", "--", "true"]
+    found = fast_exec.parse(["--timeout", "2.5", *argv], {"DBACCESS_TIMEOUT": "9"})
+    assert found is not None and found.timeout == "2.5"
+    found = fast_exec.parse(argv, {"DBACCESS_TIMEOUT": "9"})
+    assert found is not None and found.timeout == "9"
+
+
 @pytest.mark.parametrize("argv, environ", [
     (["exec", "--help"], {}),
     (["--debug", "exec", "demo", "--role", "r", "--", "true"], {}),
@@ -92,6 +100,8 @@ def test_environment_twins_apply_and_flags_win() -> None:
     (["--profile", "exec"], {}),
     (["--version", "exec", "demo", "--role", "r", "--", "true"], {}),
     (["sessions"], {}),
+    (["--timeout", "0", "exec", "demo", "--role", "r", "--", "true"], {}),  # typer's error
+    (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_TIMEOUT": "soon"}),
 ])
 def test_anything_unusual_is_left_to_typer(argv: list[str], environ: dict[str, str]) -> None:
     assert fast_exec.parse(argv, environ) is None

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from dbaccess.errors import ApprovalPending, DeniedError, UsageError
-from dbaccess.grant import Ask, Want, choose_breakglass_target, obtain, wait_for_approval
+from dbaccess.grant import (
+    Ask,
+    WaitStopped,
+    Want,
+    choose_breakglass_target,
+    obtain,
+    wait_for_approval,
+)
 from dbaccess.models import BreakglassPolicy, RequestInfo, SessionGranted
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -117,3 +124,40 @@ def test_a_wait_ends_in_denial_or_expiry(final: RequestInfo, message: str) -> No
     api = FakeBroker(polls=[final])
     with pytest.raises(DeniedError, match=message):
         wait_for_approval(api, request(), Ask(sleep=lambda _: None))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("verb", "tail"), [("connect", ""), ("exec", " -- ...")])
+def test_ctrl_c_while_waiting_names_the_request_and_how_to_resume(verb: str, tail: str) -> None:
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    rid = "6f1c2a8e-0000-4000-8000-000000000001"
+    api = FakeBroker(answers=[request()])
+    with pytest.raises(WaitStopped) as raised:
+        obtain(api, Want("demo", "readwrite", reason="fix"),  # type: ignore[arg-type]
+               Ask(sleep=interrupted, resume_verb=verb))
+    assert raised.value.exit_code == 130
+    assert raised.value.message == (
+        f"stopped waiting; request {rid} stays pending (until 04:00 UTC) — approvers can "
+        "still approve it")
+    assert raised.value.hint == (
+        f"resume: dbaccess {verb} demo --role readwrite --request {rid}{tail}; "
+        f"or withdraw it: dbaccess withdraw {rid}")
+
+
+def test_resuming_a_pending_request_waits_for_it() -> None:
+    still = DeniedError("request waits")
+    still.broker_code = "request_pending"
+    api = FakeBroker(answers=[still, granted()], polls=[request(), request("approved")])
+    ask = Ask(sleep=lambda _: None)
+    assert obtain(api, Want("demo", "readwrite", request_id="6f1c"), ask).id == "s1"  # type: ignore[arg-type]
+    assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
+    with pytest.raises(ApprovalPending):  # --no-wait: pending is the answer (exit 6)
+        obtain(FakeBroker(answers=[still], polls=[request()]),  # type: ignore[arg-type]
+               Want("demo", "readwrite", request_id="6f1c", wait=False), ask)
+
+
+def test_an_approved_open_request_handed_back_is_used_even_without_waiting() -> None:
+    api = FakeBroker(answers=[request("approved"), granted()])
+    assert obtain(api, Want("demo", "readwrite", wait=False), Ask()).id == "s1"  # type: ignore[arg-type]
+    assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"

@@ -1,0 +1,28 @@
+"""Every event type the broker writes to its audit trail — one list, shared by the broker
+(which refuses an unknown ``GET /v1/audit?type=``) and the docs. A test checks that every
+event the broker's code records is listed here."""
+
+from __future__ import annotations
+
+AUDIT_EVENTS: tuple[str, ...] = (
+    "session.requested",
+    "session.granted",
+    "session.denied",
+    "session.renewed",
+    "session.renew_denied",
+    "session.revoke_requested",
+    "session.revoked",
+    "session.revoke_failed",
+    "request.created",
+    "request.approved",
+    "request.denied",
+    "request.decision_refused",
+    "request.withdrawn",
+    "request.expired",
+    "breakglass.requested",
+    "breakglass.granted",
+    "breakglass.denied",
+    "review.closed",
+    "reconcile.revoked",
+    "notify.failed",
+)

@@ -1,0 +1,49 @@
+"""The CLI's two forms of a point in time, used by every command and both exec paths:
+RFC 3339 in UTC for JSON ("2026-12-02T01:20:31Z") and one human form
+("2026-12-02 01:20:31 UTC"). Standard library only (the fast exec path uses it)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+# A string that is unmistakably a point in time: a date, a time and a UTC offset (ISO 8601
+# with "T" as pydantic writes it, or with " " as str(datetime) does in audit details).
+_TIMESTAMP = re.compile(
+    r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)", re.ASCII
+)
+
+
+def _utc(moment: datetime | float) -> datetime:
+    if isinstance(moment, datetime):
+        # a naive time here would be a bug upstream; the broker and the models use UTC
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(moment, UTC)
+
+
+def rfc3339(moment: datetime | float) -> str:
+    """RFC 3339 in UTC, to the second: "2026-12-02T01:20:31Z" (epoch seconds accepted)."""
+    return f"{_utc(moment):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def human(moment: datetime | float) -> str:
+    """The one form people see: "2026-12-02 01:20:31 UTC"."""
+    return f"{_utc(moment):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every timestamp in it — a datetime, or a string with a date, a time
+    and an offset (the broker's answers, audit details) — as :func:`rfc3339`, so a script
+    parses one format whatever the command."""
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, str):
+        if _TIMESTAMP.fullmatch(value):
+            return rfc3339(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return value
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value

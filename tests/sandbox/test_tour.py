@@ -1,0 +1,159 @@
+"""The README's main command, ``python -m dbaccess.sandbox``, as a new user runs it.
+
+Each test runs the real tour (PostgreSQL, MariaDB, the identity provider, a Secret Service
+and a broker) with a private TMPDIR, in an environment without PYTHONUNBUFFERED, and checks
+what the user would: the output, the exit code, and that nothing is left running or on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from dbaccess.sandbox.lifeline import marked_processes
+
+pytestmark = pytest.mark.integration
+
+TOUR = [sys.executable, "-m", "dbaccess.sandbox"]
+WHERE = re.compile(r"in (\S+dbaccess-sandbox-\S+)")
+PORTS = re.compile(r"broker http://127\.0\.0\.1:(\d+), identity provider "
+                   r"http://127\.0\.0\.1:(\d+)/oidc, PostgreSQL 127\.0\.0\.1:(\d+)")
+
+
+def tour_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONUNBUFFERED" and not k.startswith(("DBACCESS_", "PG", "MYSQL_"))}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
+    return env
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def assert_nothing_left(tmp: Path, output: str, within: float = 30) -> None:
+    where = WHERE.search(output)
+    ports = PORTS.search(output)
+    assert where and ports, output
+    root = Path(where.group(1))
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not marked_processes(root) and not root.exists():
+            break
+        time.sleep(0.2)
+    assert marked_processes(root) == [], "processes of the tour still run"
+    assert not root.exists() and list(tmp.iterdir()) == []
+    assert [p for p in map(int, ports.groups()) if listening(p)] == []
+
+
+def test_help_prints_help_and_starts_nothing(tmp_path: Path) -> None:
+    env = tour_env(tmp_path)
+    for flag in ("--help", "-h"):
+        result = subprocess.run([*TOUR, flag], env=env, capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr
+        assert "usage: python -m dbaccess.sandbox" in result.stdout
+        assert "starting" not in result.stderr
+    wrong = subprocess.run([*TOUR, "--psql-args"], env=env, capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    assert wrong.returncode == 2 and "unrecognized arguments" in wrong.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_the_tour_runs_to_the_end_without_pythonunbuffered(tmp_path: Path) -> None:
+    env = tour_env(tmp_path)
+    result = subprocess.run([*TOUR, "--", "-At", "-c", "select current_user"], env=env,
+                            capture_output=True, text=True, timeout=240,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"dba_alice_[0-9a-f]{10}\n", result.stdout)
+    assert "session users left in PostgreSQL: 0" in result.stderr
+    assert "session.revoked" in result.stderr
+    assert_nothing_left(Path(env["TMPDIR"]), result.stderr)
+
+
+def test_a_killed_tour_leaves_no_daemons_or_files(tmp_path: Path) -> None:
+    env = tour_env(tmp_path)
+    tour = subprocess.Popen([*TOUR, "--", "-c", "select pg_sleep(600)"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert tour.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 180
+    while "connected as" not in seen and time.monotonic() < deadline:
+        line = tour.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "connected as" in seen, seen
+    root = Path(WHERE.search(seen).group(1))  # type: ignore[union-attr]
+    assert len(marked_processes(root)) > 5  # the servers, the broker, dbaccess, psql...
+    tour.kill()
+    tour.wait(timeout=10)
+    tour.stderr.close()
+    assert_nothing_left(Path(env["TMPDIR"]), seen)
+
+
+def read_until(fd: int, pattern: str, timeout: float) -> str:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the other side closed: the tour has ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if re.search(pattern, seen.decode(errors="replace")):
+                break
+    return seen.decode(errors="replace")
+
+
+def test_ctrl_c_at_the_psql_prompt_ends_the_tour_cleanly(tmp_path: Path) -> None:
+    env = {**tour_env(tmp_path), "TERM": "dumb", "PAGER": "cat", "PSQL_PAGER": "cat"}
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:
+        # A session with the pty as its controlling terminal, as in a login shell: the
+        # terminal's Ctrl-C reaches the whole foreground group (sandbox, dbaccess, psql).
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    tour = subprocess.Popen(TOUR, stdin=terminal, stdout=terminal, stderr=terminal, env=env,
+                            preexec_fn=own_terminal)
+    os.close(terminal)
+    try:
+        output = read_until(controller, r"demo=> ", 180)
+        assert "demo=> " in output, output
+        os.write(controller, b"\x03")
+        output += read_until(controller, r"sandbox: stopped", 90)
+        assert tour.wait(timeout=60) == 130, output
+        output += read_until(controller, r"$^", 2)
+    finally:
+        if tour.poll() is None:
+            os.killpg(tour.pid, signal.SIGKILL)
+        os.close(controller)
+    assert "Traceback" not in output and "warning" not in output, output
+    assert "session users left in PostgreSQL: 0" in output
+    assert_nothing_left(Path(env["TMPDIR"]), output)
