@@ -19,7 +19,8 @@ app = typer.Typer(
     add_completion=False,
     # plain help, as the dbaccess CLI's (and -h, inherited by every subcommand)
     rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # --help first: click names the first one in "Try ... for help"
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 

@@ -29,8 +29,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold a password
     # Plain help: rendering it with rich costs ~150 ms at every --help.
     rich_markup_mode=None,
-    # -h as well: every command and subcommand inherits it from this context
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # -h as well, inherited by every command and subcommand (--help first: click names
+    # the first one in "Try ... for help")
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 
