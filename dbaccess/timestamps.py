@@ -32,6 +32,12 @@ def human(moment: datetime | float) -> str:
     return f"{_utc(moment):%Y-%m-%d %H:%M:%S} UTC"
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for what the broker writes itself (audit details, webhook
+    bodies): times as :func:`rfc3339`, anything else as its text."""
+    return rfc3339(value) if isinstance(value, datetime) else str(value)
+
+
 def json_ready(value: Any) -> Any:
     """``value`` with every timestamp in it — a datetime, or a string with a date, a time
     and an offset (the broker's answers, audit details) — as :func:`rfc3339`, so a script

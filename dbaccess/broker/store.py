@@ -22,6 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
+from dbaccess.timestamps import json_default
+
 metadata = sa.MetaData()
 
 
@@ -295,7 +297,7 @@ class Store:
         cursor.execute(self._sql.last_hash)
         last = cursor.fetchone()
         prev = last[0] if last else GENESIS
-        text = json.dumps(detail, sort_keys=True, default=str)
+        text = json.dumps(detail, sort_keys=True, default=json_default)
         cursor.execute(
             self._sql.audit_insert,
             {
@@ -897,7 +899,7 @@ class Store:
     def enqueue_notifications(
         self, now: datetime, event: str, body: dict[str, Any], webhooks: list[str]
     ) -> None:
-        text = json.dumps(body, default=str)
+        text = json.dumps(body, default=json_default)
         with self._write() as conn:
             conn.execute(
                 notifications.insert(),

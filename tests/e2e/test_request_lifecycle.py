@@ -48,6 +48,12 @@ def my_requests(cli: Cli) -> list[dict[str, Any]]:
     return data(cli.run("--json", "requests", "--mine"))  # type: ignore[no-any-return]
 
 
+def withdraw_open_requests(cli: Cli) -> None:
+    for request in my_requests(cli):
+        if request["state"] in ("pending", "approved"):
+            assert cli.run("--no-input", "withdraw", request["id"]).returncode == 0
+
+
 def test_ctrl_c_leaves_the_request_open_asking_again_reuses_it_and_resume_waits(
     people: Cli,
 ) -> None:
@@ -82,7 +88,9 @@ def test_ctrl_c_leaves_the_request_open_asking_again_reuses_it_and_resume_waits(
     again = people.run("--no-input", "--json", "connect", "demo", "--role", "readwrite",
                        "--no-wait")
     assert again.returncode == 6, again.stderr
-    assert json.loads(again.stdout)["error"]["message"].startswith(f"request {rid} waits")
+    # connect leaves stdout to its client: the envelope is the last line on stderr
+    assert json.loads(again.stderr.splitlines()[-1])["error"]["message"].startswith(
+        f"request {rid} waits")
     other = people.run("--no-input", "connect", "demo", "--role", "readwrite", "--reason",
                        "a different story", "--no-wait")
     assert other.returncode == 5
@@ -112,18 +120,19 @@ def test_the_requester_withdraws_by_prefix_and_the_approvers_are_told(people: Cl
     pending = people.run("--no-input", "--json", "connect", "shop", "--role", "readwrite",
                          "--reason", "price fix I no longer need", "--no-wait")
     assert pending.returncode == 6, pending.stderr
-    rid = re.search(rf"request ({_UUID})", pending.stdout).group(1)  # type: ignore[union-attr]
+    rid = re.search(rf"request ({_UUID})", pending.stderr).group(1)  # type: ignore[union-attr]
     not_theirs = as_(people, "erin", "withdraw", rid)
     assert not_theirs.returncode == 5
     assert "only the requester withdraws a request" in flat(not_theirs.stderr)
-    assert f"hint: to refuse it: dbaccess deny {rid} --reason ..." in flat(not_theirs.stderr)
+    assert (f"hint: to refuse it: dbaccess --profile erin deny {rid} --reason ..."
+            in flat(not_theirs.stderr))
     short = people.run("--no-input", "withdraw", rid[:3])
     assert short.returncode == 2
     assert "too short to name a request: give at least 4 characters" in flat(short.stderr)
 
     done = people.run("--no-input", "withdraw", rid[:6])
     assert done.returncode == 0, done.stderr
-    assert f"withdrew request {rid} for readwrite on shop" in flat(done.stderr)
+    assert f"withdrew request {rid} for readwrite on shop" in flat(done.stdout)
     late = as_(people, "erin", "approve", rid)
     assert late.returncode == 5 and f"request {rid} is withdrawn, not pending" in flat(
         late.stderr)
@@ -154,9 +163,9 @@ def test_renew_keeps_the_later_end_unless_told_to_shorten(people: Cli) -> None:
     before = valid_until()
     kept = people.run("--no-input", "renew", sid[:8], "--duration", "10m")
     assert kept.returncode == 0, kept.stderr
-    assert f"unchanged: {user} is already valid until" in flat(kept.stderr)
+    assert f"unchanged: {user} is already valid until" in flat(kept.stdout)
     assert (f"hint: to end it earlier: dbaccess renew {sid} --duration 10m --shorten "
-            f"(or now: dbaccess revoke {sid})") in flat(kept.stderr)
+            f"(or now: dbaccess revoke {sid})") in flat(kept.stdout)
     assert valid_until() == before
     shortened = data(people.run("--no-input", "--json", "renew", sid[:8], "--duration", "10m",
                                 "--shorten"))
@@ -195,7 +204,7 @@ def test_denials_say_what_is_allowed(people: Cli) -> None:
                    "--reason", "orders stuck")
     assert incident.returncode == 5
     assert "give an id like INC-123" in flat(incident.stderr)
-    assert "hint: dbaccess breakglass demo --incident INC-123 --reason ..." in flat(
+    assert "hint: dbaccess --profile carol breakglass demo --incident INC-123 --reason ..." in flat(
         incident.stderr)
 
 
@@ -217,6 +226,7 @@ def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a shell leaves it
 
     reason = "pty ctrl-c"
+    withdraw_open_requests(people)  # one left by a failed test would be reused here
     process = subprocess.Popen(
         [sys.executable, "-m", "dbaccess", "connect", "shop", "--role", "readwrite",
          "--reason", reason],
@@ -231,6 +241,7 @@ def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
         assert process.wait(timeout=20) == 130
     finally:
         process.kill()
+        process.wait()
         os.close(controller)
     rid = re.search(rf"request ({_UUID}) stays pending", shown)
     assert rid, shown
