@@ -55,6 +55,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Memory
     runtime = tmp_path / "isolated-runtime"
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(config))
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("DBACCESS_CACHE_DIR", str(tmp_path / "isolated-cache"))
     previous = keyring.get_keyring()
     memory = MemoryKeyring()
     keyring.set_keyring(memory)

@@ -1,3 +1,3 @@
-from dbaccess.broker.cli import main
+from dbaccess.entry import broker_main
 
-main()
+broker_main()

@@ -24,6 +24,7 @@ from dbaccess.audit_events import AUDIT_EVENTS
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.metrics import live_sessions_by_target
 from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.broker.reaper import Reaper
 from dbaccess.broker.sessions import Origin, SessionService
@@ -65,6 +66,8 @@ def create_app(
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
     verifier = verifier or TokenVerifier(settings.identity)
     service = SessionService(settings, store, engines)
+    service.metrics.watch_live_sessions(
+        lambda: live_sessions_by_target(service.store, list(service.settings.targets)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

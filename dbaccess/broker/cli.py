@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dbaccess.broker.settings import TargetSection
-from dbaccess.errors import DbaccessError
+from dbaccess.errors import DbaccessError, ExitCode
 
 app = typer.Typer(
     help="The dbaccess broker: verifies SSO identities, applies policy, mints and revokes "
@@ -17,7 +17,29 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # plain help, as the dbaccess CLI's (and -h, inherited by every subcommand)
+    rich_markup_mode=None,
+    # --help first: click names the first one in "Try ... for help"
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dbaccess import __version__
+
+        typer.echo(f"dbaccess-broker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def broker_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """The dbaccess broker: verifies SSO identities, applies policy, mints and revokes
+    database users."""
 
 ConfigOption = Annotated[
     Path,
@@ -80,14 +102,37 @@ def serve(
 
 
 @app.command("check-config")
-def check_config(config: ConfigOption = Path("broker.toml")) -> None:
-    """Validate the configuration file and say what it defines."""
+def check_config(
+    config: ConfigOption = Path("broker.toml"),
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="Only validate the file; log in to no target."),
+    ] = False,
+) -> None:
+    """Validate the configuration file, then log in to each target as its provisioner and
+    check that it is bootstrapped (definer functions, group roles)."""
+    from dbaccess.broker.checks import check_target, shared_servers
     from dbaccess.broker.settings import load_settings
 
     settings = load_settings(config)
     for target in settings.targets.values():
         target.provisioner.read_password()
-    typer.echo(f"{config}: ok ({len(settings.targets)} target(s), {len(settings.rules)} rule(s))")
+    for warning in shared_servers(settings):
+        typer.echo(f"warning: {config}: {warning}", err=True)
+    if not offline:
+        problems = [
+            problem
+            for name, target in settings.targets.items()
+            if (problem := check_target(name, target, str(config))) is not None
+        ]
+        for problem in problems:
+            typer.echo(f"error: {config}: {problem.message}", err=True)
+            typer.echo(f"hint: {problem.hint}", err=True)
+        if problems:
+            raise typer.Exit(int(ExitCode.CONFIG))
+    checked = "" if offline else ", each bootstrapped"
+    typer.echo(f"{config}: ok ({len(settings.targets)} target(s){checked}, "
+               f"{len(settings.rules)} rule(s))")
 
 
 @app.command()
@@ -301,9 +346,55 @@ def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -
         admin.close()
 
 
+# command path -> examples under its --help (tests/test_help.py: every command)
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": ("dbaccess-broker check-config --config /etc/dbaccess/broker.toml",
+         "dbaccess-broker serve --config /etc/dbaccess/broker.toml --host 0.0.0.0"),
+    "serve": ("dbaccess-broker serve --config broker.toml --host 0.0.0.0 --port 8443 "
+              "--tls-cert cert.pem --tls-key key.pem --workers 2",),
+    "check-config": ("dbaccess-broker check-config --config broker.toml",
+                     "dbaccess-broker check-config --offline --config broker.toml"),
+    "bootstrap": ("dbaccess-broker bootstrap prod --config broker.toml > bootstrap-prod.sql",
+                  "DBACCESS_ADMIN_DSN='host=db1 user=postgres' dbaccess-broker bootstrap prod "
+                  "--apply"),
+    "rotate-credential": ("dbaccess-broker rotate-credential prod --config broker.toml",),
+    "audit": ("dbaccess-broker audit verify", "dbaccess-broker audit export --since 2026-11-01"),
+    "audit verify": ("dbaccess-broker audit verify --config broker.toml",),
+    "audit export": ("dbaccess-broker audit export --since 2026-11-01 > audit.jsonl",),
+    "policy": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
+               "--target prod --role readonly",),
+    "policy explain": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
+                       "--target prod --role readwrite --duration 2h --reason 'JIRA-88'",),
+}
+
+
+def _attach_examples(typer_app: typer.Typer, path: str = "") -> None:
+    def epilog(name: str) -> str:
+        # "\b" keeps click from re-wrapping the lines into one paragraph
+        return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+
+    if not path and not isinstance(typer_app.info.epilog, str):
+        typer_app.info.epilog = epilog("")
+    for info in typer_app.registered_commands:
+        # typer names an unnamed command after its function, with dashes
+        command = info.name or getattr(info.callback, "__name__", "").replace("_", "-")
+        name = f"{path} {command}".strip()
+        if name in EXAMPLES and info.epilog is None:
+            info.epilog = epilog(name)
+    for group in typer_app.registered_groups:
+        name = f"{path} {group.name}".strip()
+        if name in EXAMPLES and not isinstance(group.epilog, str):
+            group.epilog = epilog(name)
+        assert group.typer_instance is not None
+        _attach_examples(group.typer_instance, name)
+
+
+_attach_examples(app)
+
+
 def main() -> None:
     try:
-        app()
+        app(prog_name="dbaccess-broker")  # also under python -m dbaccess.broker
     except DbaccessError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

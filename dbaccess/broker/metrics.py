@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from dbaccess.broker.store import Store
+
+LIVE_SESSIONS = "dbaccess_sessions_live"
+LIVE_HELP = ("Sessions whose database user may exist (creating, active or revoking), per "
+             "target; read from the store at each scrape, so every replica reports the same")
 
 
 class Metrics:
@@ -46,5 +58,43 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
         )
 
+    def watch_live_sessions(self, count: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``count()`` (target -> live sessions) as a gauge at each scrape.
+
+        A gauge kept in memory would start at 0 after a restart and differ per replica;
+        the store knows the truth for all of them."""
+        self.registry.register(_LiveSessions(count))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LiveSessions(Collector):
+    def __init__(self, count: Callable[[], Mapping[str, int]]) -> None:
+        self._count = count
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # without describe(), registering would already run the query
+        yield GaugeMetricFamily(LIVE_SESSIONS, LIVE_HELP, labels=["target"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(LIVE_SESSIONS, LIVE_HELP, labels=["target"])
+        for target, live in sorted(self._count().items()):
+            family.add_metric([target], live)
+        yield family
+
+
+def live_sessions_by_target(store: Store, targets: list[str]) -> dict[str, int]:
+    """Live leases per target: every configured target (0 if none), and any other target
+    that still has some (removed from the configuration, its sessions not yet revoked)."""
+    import sqlalchemy as sa
+
+    from dbaccess.broker.store import LIVE_STATES, leases
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(leases.c.target, sa.func.count())
+            .where(leases.c.state.in_(LIVE_STATES))
+            .group_by(leases.c.target)
+        ).all()
+    return {**dict.fromkeys(targets, 0), **{str(row[0]): int(row[1]) for row in rows}}

@@ -33,6 +33,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 _NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 _SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+# The role that owns the definer functions (OWNER in engines/*_bootstrap.py).
+FUNCTIONS_OWNER = "dbaccess_owner"
 
 
 def _to_timedelta(value: Any) -> Any:
@@ -357,6 +359,32 @@ class Settings(_Section):
                 raise _KeyedError(
                     "breakglass.max_duration", f"longer than the max_lifetime of target '{target}'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_catches_only_session_users(self) -> Settings:
+        """Every user whose name starts with a target's username_prefix counts as a session
+        user of the broker, which the reconciler drops when it has no lease. So the prefix
+        must not match the names the bootstrap sets up, on any target of the same server
+        (PostgreSQL roles and MariaDB users are server-wide)."""
+        for name, target in self.targets.items():
+            prefix = target.username_prefix
+            fixed = {FUNCTIONS_OWNER: "the definer functions' owner"}
+            for other in self.targets.values():
+                if (other.engine, other.host, other.port) != (
+                        target.engine, target.host, target.port):
+                    continue
+                fixed.setdefault(other.provisioner.user, "the provisioner")
+                for role in other.roles.values():
+                    fixed.setdefault(role.group_role, "a group role")
+            for role_name, what in sorted(fixed.items()):
+                if role_name.lower().startswith(prefix):
+                    raise _KeyedError(
+                        f"targets.{name}.username_prefix",
+                        f"'{prefix}' is also the start of {role_name} ({what}): the broker "
+                        "would take it for a session user and could drop it; choose another "
+                        "prefix, e.g. 'jit_'",
+                    )
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from dbaccess.cli.audit import audit
 from dbaccess.cli.breakglass import breakglass, review
 from dbaccess.cli.connect import connect
 from dbaccess.cli.creds import creds
+from dbaccess.cli.examples import attach_examples
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.login import login
 from dbaccess.cli.output import CHILD_COMMANDS, Globals, handled
@@ -28,6 +29,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold a password
     # Plain help: rendering it with rich costs ~150 ms at every --help.
     rich_markup_mode=None,
+    # -h as well, inherited by every command and subcommand (--help first: click names
+    # the first one in "Try ... for help")
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 
@@ -105,6 +109,7 @@ for name, command in (
 ):
     app.command(name)(handled(command))
 app.add_typer(profiles_app, name="profiles")
+attach_examples(app)
 
 
 def main() -> None:

@@ -40,12 +40,14 @@ def targets(ctx: typer.Context) -> None:
     """What you may request: targets, roles, longest duration, reason/ticket/approval."""
     from rich.table import Table
 
+    from dbaccess import name_cache
     from dbaccess.api import logged_in
     from dbaccess.durations import format_duration
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
         allowed = api.targets()
+    name_cache.remember_targets(g.profile, allowed)  # for completion of target names
     table = Table("target", "engine", "role", "max", "default", "needs")
     for t in allowed:
         needs = [

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.cli.completion import complete_target
 from dbaccess.cli.options import Client, ClientArgs, Duration
 from dbaccess.cli.output import Globals
 
@@ -15,7 +16,8 @@ def breakglass(
     ctx: typer.Context,
     target: Annotated[
         str | None,
-        typer.Argument(help="Target; may be left out when the policy or profile implies it."),
+        typer.Argument(help="Target; may be left out when the policy or profile implies it.",
+                       autocompletion=complete_target),
     ] = None,
     incident: Annotated[
         str, typer.Option("--incident", help="Incident id, e.g. INC-123 (policy's pattern).")

@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-Target = Annotated[str, typer.Argument(help="Target database, as the broker names it.")]
-Role = Annotated[str, typer.Option("--role", "-r", help="Role template to use.")]
+from dbaccess.cli.completion import complete_role, complete_target
+
+Target = Annotated[
+    str,
+    typer.Argument(help="Target database, as the broker names it.",
+                   autocompletion=complete_target),
+]
+Role = Annotated[
+    str, typer.Option("--role", "-r", help="Role template to use.", autocompletion=complete_role)
+]
 Duration = Annotated[str | None, typer.Option("--duration", "-d", help="How long, e.g. 30m or 1h.")]
 Reason = Annotated[str | None, typer.Option("--reason", help="Why you need access.")]
 Ticket = Annotated[

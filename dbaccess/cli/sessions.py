@@ -6,16 +6,19 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.cli.completion import complete_session
 from dbaccess.cli.output import Globals, session_table
 
 
 def sessions(ctx: typer.Context) -> None:
     """List your live sessions."""
+    from dbaccess import name_cache
     from dbaccess.api import logged_in
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
         live = api.list_sessions()
+    name_cache.remember_sessions(g.profile, live)  # for completion of session ids
     g.data(
         [s.model_dump(mode="json") for s in live],
         session_table(live) if live else "no live sessions",
@@ -25,7 +28,9 @@ def sessions(ctx: typer.Context) -> None:
 def revoke(
     ctx: typer.Context,
     session_id: Annotated[
-        str | None, typer.Argument(help="Session id or a unique prefix (see: sessions).")
+        str | None,
+        typer.Argument(help="Session id or a unique prefix (see: sessions).",
+                       autocompletion=complete_session),
     ] = None,
     all_sessions: Annotated[bool, typer.Option("--all", help="Revoke all of yours.")] = False,
 ) -> None:
@@ -51,7 +56,9 @@ def revoke(
 def renew(
     ctx: typer.Context,
     session_id: Annotated[
-        str, typer.Argument(help="Session id or a unique prefix (see: sessions).")
+        str,
+        typer.Argument(help="Session id or a unique prefix (see: sessions).",
+                       autocompletion=complete_session),
     ],
     duration: Annotated[
         str | None, typer.Option("--duration", "-d", help="Last until now + this, e.g. 30m.")

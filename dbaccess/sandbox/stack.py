@@ -224,6 +224,7 @@ class Stack:
             {
                 "DBACCESS_CONFIG_DIR": str(home / "config"),
                 "DBACCESS_RUNTIME_DIR": str(home / "runtime"),
+                "DBACCESS_CACHE_DIR": str(home / "cache"),  # names for shell completion
                 "DBACCESS_BROKER": self.broker_url,
                 # The test provider sends no polling interval; RFC 8628 would make us wait 5 s.
                 "DBACCESS_DEVICE_POLL_INTERVAL": "0.2",

@@ -65,6 +65,52 @@ def test_health_openapi_and_metrics(ops: Stack) -> None:
     assert 'dbaccess_sessions_denied_total{target="demo"} 1.0' in text
 
 
+def live_gauge(url: str) -> dict[str, float]:
+    """``dbaccess_sessions_live`` per target, as Prometheus would scrape it from ``url``."""
+    found = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith('dbaccess_sessions_live{target="'):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('"')[1]] = float(value)
+    return found
+
+
+def test_live_sessions_gauge_is_the_stores_count(ops: Stack, tmp_path: Path) -> None:
+    alice = bearer(ops, "alice")
+    before = live_gauge(ops.broker_url)
+    assert set(before) == {"demo", "shop"}  # every target, also with no session
+    made = [httpx.post(ops.broker_url + "/v1/sessions", headers=alice, timeout=30,
+                       json={"target": target, "role": "readonly"}).json()
+            for target in ("demo", "demo", "shop")]
+    expected = {"demo": before["demo"] + 2, "shop": before["shop"] + 1}
+    assert live_gauge(ops.broker_url) == expected
+    replica_port = free_port()
+    replica = ops.spawn_broker(replica_port, tmp_path / "replica.log")
+    replica_url = f"http://127.0.0.1:{replica_port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(replica_url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(up, timeout=30, what="a second replica")
+        # another replica, which issued none of them, reports the same
+        assert live_gauge(replica_url) == expected
+        # and so does a restarted broker (a gauge kept in memory would start at 0)
+        ops.stop_broker()
+        ops.start_broker()
+        assert live_gauge(ops.broker_url) == expected
+        httpx.delete(f"{replica_url}/v1/sessions/{made[0]['id']}", headers=alice)
+        expected["demo"] -= 1
+        assert live_gauge(ops.broker_url) == live_gauge(replica_url) == expected
+    finally:
+        replica.terminate()
+        replica.wait(timeout=20)
+        for session in made[1:]:
+            httpx.delete(f"{ops.broker_url}/v1/sessions/{session['id']}", headers=alice)
+    assert live_gauge(ops.broker_url) == before
+
+
 def test_logs_are_json_lines(ops: Stack) -> None:
     lines = [line for line in ops.broker_log.read_text().splitlines() if line.strip()]
     assert lines
@@ -74,11 +120,12 @@ def test_logs_are_json_lines(ops: Stack) -> None:
 
 
 def test_check_config(ops: Stack, tmp_path: Path) -> None:
-    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": "x"}
+    env = {**os.environ, "DBACCESS_SANDBOX_PROVISIONER_PASSWORD": ops.provisioner_password}
     ok = subprocess.run([sys.executable, "-m", "dbaccess.broker", "check-config", "--config",
                          str(ops.broker_config)], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (2 target(s), 3 rule(s))" in ok.stdout
+    assert "ok (2 target(s), each bootstrapped, 3 rule(s))" in ok.stdout
+    assert ok.stderr == ""
     bad = tmp_path / "bad.toml"
     bad.write_text(ops.broker_config.read_text().replace('max_duration = "8h"',
                                                          'max_duration = "forever"'))

@@ -76,6 +76,17 @@ def test_good_file_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
         ('groups = ["dev"]', "", "a rule must name at least one group or user"),
         ('group_role = "dbaccess_readonly"', 'group_role = "x; drop table"',
          "targets.demo.roles.readonly.group_role: String should match pattern"),
+        # a prefix that would make the reconciler see the bootstrap's own roles as its users
+        ('database = "demo"', 'database = "demo"\nusername_prefix = "dbaccess_"',
+         "targets.demo.username_prefix: 'dbaccess_' is also the start of dbaccess_owner "
+         "(the definer functions' owner): the broker would take it for a session user"),
+        ('database = "demo"\nprovisioner = { user = "dbaccess_provisioner"',
+         'database = "demo"\nusername_prefix = "jit_"\nprovisioner = { user = "jit_broker"',
+         "targets.demo.username_prefix: 'jit_' is also the start of jit_broker "
+         "(the provisioner)"),
+        ('group_role = "dbaccess_readonly"', 'group_role = "dba_readers"',
+         "targets.demo.username_prefix: 'dba_' is also the start of dba_readers "
+         "(a group role)"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path: Path, old: str, new: str,
@@ -106,3 +117,33 @@ def test_provisioner_password_comes_from_env_at_use_time(
         provisioner.read_password()
     monkeypatch.setenv("DEMO_PROVISIONER_PW", "s3cret")
     assert provisioner.read_password() == "s3cret"
+
+
+def test_the_owner_the_prefix_check_knows_is_the_bootstraps() -> None:
+    from dbaccess.broker.engines import mariadb_bootstrap, postgres_bootstrap
+    from dbaccess.broker.settings import FUNCTIONS_OWNER
+
+    assert postgres_bootstrap.OWNER == FUNCTIONS_OWNER
+    assert mariadb_bootstrap.OWNER.split("@")[0].strip("'") == FUNCTIONS_OWNER
+
+
+def test_a_prefix_may_match_roles_on_another_server(tmp_path: Path) -> None:
+    other = GOOD.replace("[[rules]]", """
+[targets.far]
+engine = "postgres"
+host = "db2.example"
+port = 5432
+database = "far"
+username_prefix = "far_"
+provisioner = { user = "dba_broker", password_file = "far.pw" }
+
+[targets.far.roles.readonly]
+group_role = "readers_far"
+
+[[rules]]""")
+    assert set(load_settings(write(tmp_path, other)).targets) == {"demo", "far"}
+    clash = other.replace('host = "db2.example"', 'host = "127.0.0.1"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, clash))
+    assert "targets.demo.username_prefix: 'dba_' is also the start of dba_broker " \
+           "(the provisioner)" in caught.value.message

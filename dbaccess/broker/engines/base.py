@@ -18,6 +18,13 @@ class EngineError(Exception):
     """A database operation failed. The message never contains a password."""
 
 
+def not_bootstrapped(target: str) -> str:
+    """Said when the definer functions are missing: the first request after a forgotten
+    bootstrap, which the message reaches (the CLI's error, the broker's log)."""
+    return (f"target '{target}' looks not bootstrapped; an operator runs: "
+            f"dbaccess-broker bootstrap {target} (dbaccess-broker check-config tells)")
+
+
 class CreateSlots:
     """At most ``limit`` users being created at once on one target, the rest queue.
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pymysql
 
-from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser
+from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser, not_bootstrapped
 from dbaccess.broker.engines.mariadb_bootstrap import MAX_USERNAME, native_password_hash
 from dbaccess.broker.settings import TargetSection
 
@@ -56,7 +56,10 @@ class MariaDBEngine:
                     cur.execute(then)
                 return list(cur.fetchall())
         except pymysql.err.Error as exc:
-            raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}") from None
+            # 1305: no such procedure; 1370: no EXECUTE on it (another target's bootstrap)
+            missing = exc.args[0] in (1305, 1370) if exc.args else False
+            hint = f"; {not_bootstrapped(self.name)}" if missing else ""
+            raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}{hint}") from None
         finally:
             conn.close()
 

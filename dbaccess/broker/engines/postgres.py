@@ -21,7 +21,7 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser
+from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser, not_bootstrapped
 from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
@@ -122,6 +122,9 @@ class PostgresEngine:
                 f"cannot connect to target '{self.name}' "
                 f"(no connection within {POOL_TIMEOUT:.0f} s)"
             ) from None
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+            raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}; "
+                              f"{not_bootstrapped(self.name)}") from None
         except psycopg.Error as exc:
             raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}") from None
 
