@@ -54,6 +54,15 @@ class Cli:
         out, err = process.communicate(timeout=60)
         return subprocess.CompletedProcess(process.args, process.returncode, first + out, err)
 
+    def withdraw_open_requests(self) -> None:
+        """Take back this user's pending or approved requests: asking again for the same
+        target and role would reuse one, so tests must not leave them to each other."""
+        mine = self.run("--json", "requests", "--mine")
+        assert mine.returncode == 0, mine.stderr
+        for request in json.loads(mine.stdout)["data"]:
+            if request["state"] in ("pending", "approved"):
+                assert self.run("--no-input", "withdraw", request["id"]).returncode == 0
+
     def store(self) -> Store:
         return Store(f"sqlite:///{self.stack.broker_config.parent / 'broker.db'}")
 

@@ -187,6 +187,7 @@ def test_every_timestamp_in_json_is_rfc3339_utc(cli: Cli) -> None:
     pending = cli.run("--json", "exec", "demo", "--role", "readwrite", "--reason", "t",
                       "--no-wait", "--", "true")
     outputs["exec --no-wait"] = envelope_on_stderr(pending.stderr)
+    cli.withdraw_open_requests()  # asking again would reuse it, in other tests too
     for command in (("whoami",), ("targets",), ("sessions",),
                     ("renew", session, "--duration", "10m"),
                     ("requests", "--mine"), ("revoke", session),

@@ -48,16 +48,11 @@ def my_requests(cli: Cli) -> list[dict[str, Any]]:
     return data(cli.run("--json", "requests", "--mine"))  # type: ignore[no-any-return]
 
 
-def withdraw_open_requests(cli: Cli) -> None:
-    for request in my_requests(cli):
-        if request["state"] in ("pending", "approved"):
-            assert cli.run("--no-input", "withdraw", request["id"]).returncode == 0
-
-
 def test_ctrl_c_leaves_the_request_open_asking_again_reuses_it_and_resume_waits(
     people: Cli,
 ) -> None:
     reason = f"ctrl-c {id(people)}-{len(people.stack.webhooks.events)}"
+    people.withdraw_open_requests()  # one left by another test would be reused here
     # Ctrl-C as a shell delivers it: SIGINT at its default disposition in the child (an
     # in-process test earlier in this pytest process may leave it ignored, and an ignored
     # SIGINT is inherited — Python then never raises KeyboardInterrupt).
@@ -226,7 +221,7 @@ def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a shell leaves it
 
     reason = "pty ctrl-c"
-    withdraw_open_requests(people)  # one left by a failed test would be reused here
+    people.withdraw_open_requests()  # one left by another test would be reused here
     process = subprocess.Popen(
         [sys.executable, "-m", "dbaccess", "connect", "shop", "--role", "readwrite",
          "--reason", reason],
