@@ -430,9 +430,11 @@ def _report(exc: DbaccessError, found: Invocation) -> None:
     if found.json:
         _envelope({"error": exc.to_json()})
         return
-    print(f"error: {exc.message}", file=sys.stderr)
+    from dbaccess.text import printable  # broker messages quote what people typed
+
+    print(f"error: {printable(exc.message)}", file=sys.stderr)
     if exc.hint:
-        print(f"hint: {exc.hint}", file=sys.stderr)
+        print(f"hint: {printable(exc.hint)}", file=sys.stderr)
 
 
 def _envelope(envelope: dict[str, Any]) -> None:

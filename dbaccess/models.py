@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_serializer
+
+from dbaccess.text import refuse_unsafe
+
+# What a person types and others see (approvers, chat, auditors): no control characters,
+# no text-direction overrides (dbaccess/text.py says why).
+Text = Annotated[str, AfterValidator(refuse_unsafe)]
 
 
 class _Wire(BaseModel):
@@ -49,13 +55,13 @@ class SessionCreate(_Wire):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str = Field(min_length=1, max_length=64)
-    role: str = Field(min_length=1, max_length=64)
+    target: Text = Field(min_length=1, max_length=64)
+    role: Text = Field(min_length=1, max_length=64)
     duration_seconds: int | None = Field(default=None, gt=0)
-    reason: str | None = Field(default=None, max_length=500)
-    ticket: str | None = Field(default=None, max_length=100)
+    reason: Text | None = Field(default=None, max_length=500)
+    ticket: Text | None = Field(default=None, max_length=100)
     # An approved request of yours (``dbaccess connect --request ID``); it grants one session.
-    request_id: str | None = Field(default=None, max_length=36)
+    request_id: Text | None = Field(default=None, max_length=36)
 
 
 class BreakglassCreate(_Wire):
@@ -64,9 +70,9 @@ class BreakglassCreate(_Wire):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str | None = Field(default=None, max_length=64)
-    incident: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=500)
+    target: Text | None = Field(default=None, max_length=64)
+    incident: Text = Field(min_length=1, max_length=100)
+    reason: Text = Field(min_length=1, max_length=500)
     duration_seconds: int | None = Field(default=None, gt=0)
     drill: bool = False
 
@@ -115,7 +121,7 @@ class RequestDecision(_Wire):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class ReviewInfo(_Wire):
@@ -141,7 +147,7 @@ class ReviewInfo(_Wire):
 class ReviewClose(_Wire):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    note: str = Field(min_length=1, max_length=2000)
+    note: Text = Field(min_length=1, max_length=2000)
 
 
 class SessionRenew(_Wire):

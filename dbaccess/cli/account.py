@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, session_table
+from dbaccess.cli.output import Globals, result_table, session_table
 
 
 def whoami(ctx: typer.Context) -> None:
@@ -38,8 +38,6 @@ def whoami(ctx: typer.Context) -> None:
 
 def targets(ctx: typer.Context) -> None:
     """What you may request: targets, roles, longest duration, reason/ticket/approval."""
-    from rich.table import Table
-
     from dbaccess import name_cache
     from dbaccess.api import logged_in
     from dbaccess.durations import format_duration
@@ -48,7 +46,7 @@ def targets(ctx: typer.Context) -> None:
     with logged_in(g.profile) as (api, _):
         allowed = api.targets()
     name_cache.remember_targets(g.profile, allowed)  # for completion of target names
-    table = Table("target", "engine", "role", "max", "default", "needs")
+    table = result_table("target", "engine", "role", "max", "default", "needs")
     for t in allowed:
         needs = [
             n

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, result_table
 
 RequestArg = Annotated[
     str, typer.Argument(help="Request id or a unique prefix (see: dbaccess requests).")
@@ -21,15 +21,15 @@ def requests(
     ] = False,
 ) -> None:
     """Pending requests you can approve or deny (or, with --mine, your own)."""
-    from rich.table import Table
-
     from dbaccess.api import logged_in
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
         found = api.requests(mine=mine)
-    table = Table("id", "who", "target", "role", "for", "reason", "state", "approvals", "expires")
+    table = result_table(
+        "id", "who", "target", "role", "for", "reason", "state", "approvals", "expires"
+    )
     for r in found:
         table.add_row(
             r.id,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, result_table
 
 
 def audit(
@@ -27,8 +27,6 @@ def audit(
     """Who got what, when, why, and what became of it (auditor groups only)."""
     from datetime import datetime
 
-    from rich.table import Table
-
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
@@ -41,7 +39,7 @@ def audit(
             raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
     with logged_in(g.profile) as (api, _):
         records = api.audit(since=since, user=user, target=target, type=event_type, limit=limit)
-    table = Table("#", "when", "event", "who", "target", "user", "why / cause")
+    table = result_table("#", "when", "event", "who", "target", "user", "why / cause")
     for r in records:
         d = r.detail
         table.add_row(

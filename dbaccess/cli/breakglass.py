@@ -9,7 +9,7 @@ import typer
 
 from dbaccess.cli.completion import complete_target
 from dbaccess.cli.options import Client, ClientArgs, Duration
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, result_table
 
 
 def breakglass(
@@ -114,8 +114,6 @@ def review(
 ) -> None:
     """List open post-incident reviews, or close one with --note (reviewer groups; never
     the person who broke the glass)."""
-    from rich.table import Table
-
     from dbaccess.api import logged_in
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
@@ -124,7 +122,7 @@ def review(
     if session_id is None:
         with logged_in(g.profile) as (api, _):
             reviews = api.reviews()
-        table = Table("session", "when", "who", "target", "role", "incident", "reason")
+        table = result_table("session", "when", "who", "target", "role", "incident", "reason")
         for r in reviews:
             table.add_row(
                 r.id,

@@ -128,10 +128,12 @@ class Globals:
 
         # Messages quote what people and policies wrote (an incident pattern "[A-Z]{3}-..."):
         # escaped, so rich does not take it for markup and swallow it.
+        from dbaccess.text import printable
+
         console = self.console
-        console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
+        console.print(f"[bold red]error:[/] {escape(printable(exc.message))}", markup=True)
         if exc.hint:
-            console.print(f"[dim]hint:[/] {escape(exc.hint)}")
+            console.print(f"[dim]hint:[/] {escape(printable(exc.hint))}")
 
 
 def emit_json(envelope: dict[str, Any], stream: IO[str] | None = None) -> None:
@@ -171,15 +173,31 @@ def print_result(human: Any) -> None:
     sys.stdout.flush()
 
 
-def session_table(sessions: list[Any]) -> Any:
+def result_table(*headers: str) -> Any:
+    """A result table whose cells are shown as written: a reason like "[/]" or "[red]" is
+    not rich markup (it crashed or restyled the approver's table), and control characters
+    (an ESC that clears the screen, a newline that splits the row) are shown escaped."""
     from rich.table import Table
+    from rich.text import Text
 
+    from dbaccess.text import printable
+
+    class PlainTable(Table):
+        def add_row(self, *cells: Any, **options: Any) -> None:
+            super().add_row(
+                *(Text(printable(c)) if isinstance(c, str) else c for c in cells), **options
+            )
+
+    return PlainTable(*headers)
+
+
+def session_table(sessions: list[Any]) -> Any:
     from dbaccess.timestamps import human as human_time
 
-    table = Table("id", "target", "role", "user", "state", "expires")
+    rows = result_table("id", "target", "role", "user", "state", "expires")
     for s in sessions:
-        table.add_row(s.id, s.target, s.role, s.db_user, s.state, human_time(s.expires_at))
-    return table
+        rows.add_row(s.id, s.target, s.role, s.db_user, s.state, human_time(s.expires_at))
+    return rows
 
 
 def handled(command: Callable[..., None]) -> Callable[..., None]:

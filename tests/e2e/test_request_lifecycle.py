@@ -244,3 +244,32 @@ def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
             in shown)
     assert "Traceback" not in shown
     assert as_(people, "frank", "deny", rid.group(1)[:8], "--reason", "not now").returncode == 0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "full-cli"])
+def test_a_reason_with_control_characters_is_refused_on_both_paths(
+    people: Cli, fast: bool
+) -> None:
+    extra = {} if fast else {"DBACCESS_FAST_EXEC": "0"}
+    result = subprocess.run(
+        [*DBACCESS, "--no-input", "exec", "demo", "--role", "readwrite", "--reason",
+         "\x1b[2J\x1b[Happroved by security", "--no-wait", "--", "true"],
+        env={**people.env, **extra}, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert "control or text-direction characters (found U+001B)" in result.stderr
+    assert "\x1b" not in result.stderr
+
+
+def test_an_approver_sees_a_reason_as_it_was_written(people: Cli) -> None:
+    people.withdraw_open_requests()
+    reason = "[/] [bold red]urgent[/] fix"  # once: MarkupError, a traceback for the approver
+    asked = people.run("--no-input", "connect", "demo", "--role", "readwrite", "--reason",
+                       reason, "--no-wait")
+    assert asked.returncode == 6, asked.stderr
+    try:
+        offered = as_(people, "erin", "requests")
+        assert offered.returncode == 0, offered.stderr
+        assert reason in offered.stdout
+    finally:
+        people.withdraw_open_requests()

@@ -1,0 +1,81 @@
+"""Text people write and other people's terminals show: refused with control or
+text-direction characters where it comes in, shown as written (never obeyed) where it
+goes out — in tables, errors and both exec paths."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from dbaccess.cli.output import Globals, print_result, result_table
+from dbaccess.errors import DeniedError
+from dbaccess.models import BreakglassCreate, RequestDecision, ReviewClose, SessionCreate
+from dbaccess.text import printable
+
+HOSTILE = [
+    "\x1b[2J\x1b[Happroved by security",  # clears the screen and rewrites it
+    "fix order 7\napprovals 2/2",  # a second, fake row
+    "refund \u202edaolnwod\u202c",  # reads backwards from the override on
+    "bell\x07",
+    "csi\x9b31m",  # C1 control: the one-byte CSI
+    "null\x00byte",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_broker_refuses_control_and_direction_characters_in_every_text_field(
+    value: str,
+) -> None:
+    cases = [
+        (SessionCreate, {"target": "demo", "role": "readonly", "reason": value}),
+        (SessionCreate, {"target": "demo", "role": "readonly", "ticket": value}),
+        (SessionCreate, {"target": value, "role": "readonly"}),
+        (SessionCreate, {"target": "demo", "role": value}),
+        (BreakglassCreate, {"incident": value, "reason": "r"}),
+        (BreakglassCreate, {"incident": "INC-1", "reason": value}),
+        (BreakglassCreate, {"incident": "INC-1", "reason": "r", "target": value}),
+        (RequestDecision, {"reason": value}),
+        (ReviewClose, {"note": value}),
+    ]
+    for model, body in cases:
+        with pytest.raises(ValidationError, match="control or text-direction"):
+            model.model_validate(body)
+
+
+def test_ordinary_text_in_any_script_passes() -> None:
+    for value in ("fix order 7 [JIRA-88]", "Überweisung prüfen", "修复订单", "tab-free ok"):
+        assert SessionCreate(target="demo", role="readonly", reason=value).reason == value
+
+
+def rendered(human: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    print_result(human)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "[/]", "[bold red]not markup[/]"])
+def test_a_table_shows_each_value_as_written_and_obeys_none(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # e.g. a reason stored before the broker refused such text, shown to an approver
+    table = result_table("id", "reason")
+    table.add_row("3f0c", value)
+    text = rendered(table, monkeypatch)
+    assert printable(value) in text  # "[/]" once crashed `dbaccess requests` (MarkupError)
+    assert len(text.splitlines()) == 2  # header and one row: no row forged by a newline
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text.replace("\n", ""))
+    assert "\u202e" not in text
+
+
+def test_errors_quote_what_people_wrote_without_obeying_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Globals().error(DeniedError("you asked for another reason '\x1b[2J[/]'",
+                                hint="dbaccess withdraw \u202eabc"))
+    err = capsys.readouterr().err
+    assert "another reason '\\x1b[2J[/]'" in err
+    assert "hint: dbaccess withdraw \\u202eabc" in err
