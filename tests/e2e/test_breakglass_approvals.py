@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.store import approval_requests
+from tests.terminal import own_terminal, read_until
 
 from .conftest import DBACCESS, Cli
 
@@ -227,17 +228,11 @@ def test_audit_verify_fails_after_tampering_with_the_real_store(
 
 
 def _on_a_terminal(people: Cli, *args: str) -> tuple[int, subprocess.Popen[bytes]]:
-    import fcntl
     import os
     import pty
     import sys
-    import termios
 
     controller, terminal = pty.openpty()
-
-    def own_terminal() -> None:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     process = subprocess.Popen(
         [sys.executable, "-m", "dbaccess", *args], stdin=terminal, stdout=terminal,
@@ -250,8 +245,6 @@ def _on_a_terminal(people: Cli, *args: str) -> tuple[int, subprocess.Popen[bytes
 
 def test_on_a_terminal_breakglass_asks_for_the_reason_and_the_target(people: Cli) -> None:
     import os
-
-    from tests.e2e.test_interactive import read_until
 
     assert people.login("carol", profile="carol-tty").returncode == 0
     loud = marker()
@@ -276,8 +269,6 @@ def test_on_a_terminal_breakglass_asks_for_the_reason_and_the_target(people: Cli
 
 def test_on_a_terminal_connect_asks_for_a_reason_and_waits_for_approvers(people: Cli) -> None:
     import os
-
-    from tests.e2e.test_interactive import read_until
 
     reason = f"pty {marker()}"
     terminal, process = _on_a_terminal(

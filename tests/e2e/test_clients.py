@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import DBACCESS, Cli
+from tests.terminal import own_terminal, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,32 +25,6 @@ def run(cli: Cli, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**cli.env, "PATH": TOOLS + os.pathsep + os.environ.get("PATH", ""), **env}
     return subprocess.run([*DBACCESS, *args], env=full, capture_output=True, text=True,
                           timeout=90, stdin=subprocess.DEVNULL)
-
-
-ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[=>])")
-
-
-def read_until(fd: int, pattern: str, timeout: float = 30) -> str:
-    """The terminal's output as a person reads it (without the colours and cursor moves
-    of rich and prompt_toolkit), up to the first match of ``pattern``."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-        text = ANSI.sub("", seen.decode(errors="replace"))
-        if re.search(pattern, text):
-            return text
-    text = ANSI.sub("", seen.decode(errors="replace"))
-    raise AssertionError(f"never saw {pattern!r}; got:\n{text}")
 
 
 def flat(text: str) -> str:
@@ -220,19 +193,12 @@ def test_breakglass_finds_a_missing_client_before_the_glass_is_broken(cli: Cli) 
 def test_interactive_clients_through_a_pty(cli: Cli, tmp_path: Path, engine_target: str,
                                            client: str, query: bytes,
                                            quit_command: bytes) -> None:
-    import fcntl
     import pty
     import signal
-    import termios
-
 
     controller, terminal = pty.openpty()
     env = {**cli.env, "PATH": TOOLS + os.pathsep + os.environ.get("PATH", ""),
            "HOME": str(tmp_path), "TERM": "xterm", "PAGER": "cat", "LESS": "-FRX"}
-
-    def own_terminal() -> None:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     process = subprocess.Popen([*DBACCESS, "connect", engine_target, "--role", "readonly",
                                 "--client", client], stdin=terminal, stdout=terminal,

@@ -2,51 +2,25 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import termios
 import time
 
 import pytest
 
 from tests.e2e.conftest import Cli
+from tests.terminal import own_terminal, read_until
 
 pytestmark = pytest.mark.integration
-
-
-def read_until(fd: int, pattern: str, timeout: float = 20) -> str:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-            if re.search(pattern, seen.decode(errors="replace")):
-                return seen.decode(errors="replace")
-    raise AssertionError(f"never saw {pattern!r}; got:\n{seen.decode(errors='replace')}")
 
 
 def test_interactive_psql_through_a_pty(cli: Cli) -> None:
     controller, terminal = pty.openpty()
     env = {**cli.env, "TERM": "dumb", "PAGER": "cat", "PSQL_PAGER": "cat"}
-    def own_terminal() -> None:
-        # A new session whose controlling terminal is the pty, as in a real login shell,
-        # so Ctrl-C reaches the foreground process group (dbaccess and psql).
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     process = subprocess.Popen([sys.executable, "-m", "dbaccess", "connect", "demo", "--role",
                                 "readonly"], stdin=terminal, stdout=terminal, stderr=terminal,
                                env=env, preexec_fn=own_terminal)

@@ -10,7 +10,6 @@ import json
 import os
 import pty
 import re
-import select
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dbaccess.sandbox.stack import Stack
 from dbaccess.sandbox.tls import make_certificates
 from tests.e2e.conftest import DBACCESS, Cli
 from tests.e2e.test_fast_exec import PATHS, assert_ran, closed_port, flat, run
+from tests.terminal import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -392,22 +392,6 @@ def test_timeout_applies_to_broker_calls_on_both_paths(
                                   "1 s hint: it may be overloaded"), result.text
 
 
-def read_pty(fd: int, until: str, seconds: float) -> str:
-    seen = b""
-    deadline = time.monotonic() + seconds
-    while until.encode() not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen.decode(errors="replace")
-
-
 @pytest.mark.parametrize("path", list(PATHS))
 def test_a_slow_broker_shows_a_spinner_on_a_terminal(
     cli: Cli, slow_broker: str, path: str
@@ -420,9 +404,10 @@ def test_a_slow_broker_shows_a_spinner_on_a_terminal(
     ) as process:
         os.close(terminal)
         try:
-            shown = read_pty(controller, "waiting for the broker (POST /v1/sessions)", 10)
+            waiting = "waiting for the broker (POST /v1/sessions)"
+            shown = read_until(controller, re.escape(waiting), 10, must=False)
             assert "waiting for the broker (POST /v1/sessions)" in shown, shown
-            rest = read_pty(controller, "hint:", 10)
+            rest = read_until(controller, "hint:", 10, must=False)
             assert process.wait(timeout=10) == 7
         finally:
             process.kill()

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.terminal import own_terminal, read_until
+
 from .conftest import DBACCESS, Cli
 
 pytestmark = pytest.mark.integration
@@ -205,20 +207,11 @@ def test_denials_say_what_is_allowed(people: Cli) -> None:
 
 def test_ctrl_c_at_the_spinner_on_a_terminal(people: Cli) -> None:
     """The keystroke itself: ^C typed on the terminal while the spinner turns."""
-    import fcntl
     import os
     import pty
     import sys
-    import termios
-
-    from tests.e2e.test_interactive import read_until
 
     controller, terminal = pty.openpty()
-
-    def own_terminal() -> None:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a shell leaves it
 
     reason = "pty ctrl-c"
     people.withdraw_open_requests()  # one left by another test would be reused here
