@@ -31,8 +31,8 @@ def config_dir() -> Path:
 
         named = Path(platformdirs.user_config_dir("dbaccess", appauthor=False))
     used = usable_dir(named, private=False, variable="DBACCESS_CONFIG_DIR")
-    left = Path(os.path.realpath(named)) / "config.toml"
-    if used != left.parent and left.exists() and not (used / "config.toml").exists():
+    left = _resolve(named, "DBACCESS_CONFIG_DIR") / "config.toml"
+    if used != left.parent and _ours(left) and not (used / "config.toml").exists():
         # profiles from before dbaccess moved into a directory of its own: not read from a
         # place others can write to, and not silently forgotten either
         raise ConfigError(
@@ -41,6 +41,16 @@ def config_dir() -> Path:
             hint=f"check the broker URLs in it, then: mv {left} {used}/",
         )
     return used
+
+
+def _ours(path: Path) -> bool:
+    """A plain file of ours: another user's file in a shared directory is none of our
+    business (it must not stop our commands, and its content is not to be trusted)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
 
 
 def runtime_dir() -> Path:
@@ -72,7 +82,7 @@ def usable_dir(path: Path, *, private: bool, variable: str) -> Path:
       by others without the sticky bit): refused, as no directory inside it is safe.
     """
     closed = 0o077 if private else 0o022
-    path = Path(os.path.realpath(path))  # a symlink the user named is followed once, here
+    path = _resolve(path, variable)
     _create(path, variable)
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
@@ -84,6 +94,36 @@ def usable_dir(path: Path, *, private: bool, variable: str) -> Path:
     own = path / f"dbaccess-{os.geteuid()}"
     _create(own, variable)
     return _check_own(own, closed, variable)
+
+
+def _resolve(path: Path, variable: str, depth: int = 0) -> Path:
+    """``path`` with its symlinks followed — only those owned by us or root. A link that
+    another user planted (``/tmp/runtime-1000`` when XDG_RUNTIME_DIR is unset) would
+    otherwise send our session files into a directory of their choosing."""
+    if depth > 40:
+        raise ConfigError(f"{variable}: too many symlinks in {path}",
+                          hint=f"set {variable} to a directory of your own")
+    resolved = Path("/")
+    for part in path.absolute().parts[1:]:
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / part
+        try:
+            info = candidate.lstat()
+        except FileNotFoundError:
+            resolved = candidate  # to be created, checked then
+            continue
+        if not stat.S_ISLNK(info.st_mode):
+            resolved = candidate
+            continue
+        if info.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"{variable}: {candidate} is a symlink of another user's; refusing to follow it",
+                hint=f"set {variable} to a directory of your own",
+            )
+        resolved = _resolve(resolved / os.readlink(candidate), variable, depth + 1)
+    return resolved
 
 
 def private_dir(path: Path, variable: str) -> Path:

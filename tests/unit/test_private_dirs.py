@@ -191,3 +191,35 @@ def test_profiles_left_in_a_shared_config_dir_are_not_read_nor_forgotten(
     assert f"mv {shared / 'config.toml'} {shared / OWN}/" in (caught.value.hint or "")
     (shared / "config.toml").rename(shared / OWN / "config.toml")  # as the hint says
     assert ProfileFile.load().profiles["default"].broker == "https://evil"
+
+
+NOBODY = 65534  # the account ids tests can hand things to; as root, lchown just works
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink to another user")
+def test_a_symlink_another_user_planted_on_the_way_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As /tmp/runtime-UID would be, planted by someone else when XDG_RUNTIME_DIR is unset.
+    target = directory(tmp_path / "victims-ssh", 0o700)
+    planted = tmp_path / "runtime-1000"
+    planted.symlink_to(target)
+    os.lchown(planted, NOBODY, NOBODY)
+    monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(planted / "dbaccess"))
+    with pytest.raises(ConfigError, match="symlink of another user's"):
+        runtime_dir()
+    assert list(target.iterdir()) == []
+    # the same link, made by the user themselves, is theirs to follow
+    os.lchown(planted, os.geteuid(), os.getegid())
+    assert runtime_dir() == target / "dbaccess"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a file of another user")
+def test_another_users_config_toml_in_a_shared_dir_stops_nobody(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = directory(tmp_path / "shared", 0o1777)
+    stray = shared / "config.toml"
+    stray.write_text('[profiles.default]\nbroker = "https://attacker.example.com"\n')
+    os.chown(stray, NOBODY, NOBODY)
+    monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(shared))
+    assert config_dir() == shared / OWN
+    assert ProfileFile.load().profiles == {}
