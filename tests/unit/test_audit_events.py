@@ -54,6 +54,7 @@ def test_every_recorded_event_type_is_listed() -> None:
     (r"(?i)inc-\d+", "inc-123"),
     ("[^x]+", None),  # too clever for the generator: the regex alone is shown
     ("(?=a)b", None),
+    (r"INC-\d{41}", "INC-" + "1234567890" * 4 + "1"),  # more digits than one round: was a 500
 ])
 def test_incident_examples(pattern: str, example: str | None) -> None:
     assert example_of(pattern) == example
