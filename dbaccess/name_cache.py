@@ -31,18 +31,30 @@ class _Session(Protocol):
 
 
 def cache_dir() -> Path:
+    """Checked like the config directory (never chmod-ed; a shared one gets a
+    ``dbaccess-<uid>`` directory): names planted by another user would be offered at
+    <TAB>, and a link planted there could make us overwrite a file of ours."""
+    from dbaccess.config import usable_dir
+
     override = os.environ.get("DBACCESS_CACHE_DIR")
     if override:
-        return Path(override)
-    import platformdirs
+        named = Path(override)
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_cache_dir("dbaccess", appauthor=False))
+        named = Path(platformdirs.user_cache_dir("dbaccess", appauthor=False))
+    return usable_dir(named, private=False, variable="DBACCESS_CACHE_DIR")
 
 
 def _file(profile: str) -> Path | None:
+    from dbaccess.errors import ConfigError
+
     if not profile or not all(c.isalnum() or c in "-_" for c in profile):
         return None  # not a profile name (config.check_profile_name): no path from it
-    return cache_dir() / f"names-{profile}.json"
+    try:
+        return cache_dir() / f"names-{profile}.json"
+    except ConfigError:
+        return None  # no safe place: no completion, and the command goes on
 
 
 def read_names(profile: str) -> dict[str, Any]:
@@ -60,9 +72,10 @@ def _write(profile: str, **update: Any) -> None:
         return
     data = {**read_names(profile), **update, "version": VERSION}
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial.unlink(missing_ok=True)  # left by a crashed run of ours (same pid)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(partial, flags, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle)
         os.replace(partial, path)  # a completion never reads half a file

@@ -223,3 +223,23 @@ def test_another_users_config_toml_in_a_shared_dir_stops_nobody(
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(shared))
     assert config_dir() == shared / OWN
     assert ProfileFile.load().profiles == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a file of another user")
+def test_completion_names_are_kept_in_a_directory_of_our_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbaccess.name_cache import read_names, remember_targets
+
+    class Allowed:
+        target, role = "demo", "readonly"
+
+    shared = directory(tmp_path / "shared", 0o1777)
+    planted = shared / "names-default.json"
+    planted.write_text(json.dumps({"version": 1, "targets": {"evil": ["x"]}}))
+    os.chown(planted, NOBODY, NOBODY)
+    monkeypatch.setenv("DBACCESS_CACHE_DIR", str(shared))
+    assert read_names("default") == {}  # what another user left is not offered
+    remember_targets("default", [Allowed()])
+    assert read_names("default")["targets"] == {"demo": ["readonly"]}
+    assert mode(shared) == 0o1777 and mode(shared / OWN) == 0o700
+    assert mode(shared / OWN / "names-default.json") == 0o600
