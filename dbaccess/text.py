@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import unicodedata
 
-# Explicit directional embeddings, overrides and isolates, and the invisible marks.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Controls (Cc); line and paragraph separators (Zl, Zp), which split a row or a chat line
+# as a newline does; and format characters (Cf): the direction overrides and isolates, and
+# the invisible ones (U+200B, U+2060, U+FEFF...) that make "prod" and "prod\u200b" look
+# alike. Zero-width (non-)joiners stay: Persian, Indic scripts and emoji need them.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def _unsafe(char: str) -> bool:
-    return char in _BIDI or unicodedata.category(char) == "Cc"
+    return char not in _JOINERS and unicodedata.category(char) in _UNSAFE_CATEGORIES
 
 
 def first_unsafe(text: str) -> str | None:
-    """The first control or bidirectional-override character of ``text``, if any."""
+    """The first control, separator or invisible format character of ``text``, if any."""
     return next((char for char in text if _unsafe(char)), None)
 
 
@@ -32,7 +36,7 @@ def refuse_unsafe(text: str) -> str:
     found = first_unsafe(text)
     if found is not None:
         raise ValueError(
-            f"must not contain control or text-direction characters (found U+{ord(found):04X})"
+            f"must not contain control or invisible formatting characters (found U+{ord(found):04X})"
         )
     return text
 

@@ -250,7 +250,7 @@ def test_a_reason_with_control_characters_is_refused_on_both_paths(
         env={**people.env, **extra}, capture_output=True, text=True, timeout=60,
         stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
-    assert "control or text-direction characters (found U+001B)" in result.stderr
+    assert "control or invisible formatting characters (found U+001B)" in result.stderr
     assert "\x1b" not in result.stderr
 
 

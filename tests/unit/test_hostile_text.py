@@ -22,6 +22,9 @@ HOSTILE = [
     "bell\x07",
     "csi\x9b31m",  # C1 control: the one-byte CSI
     "null\x00byte",
+    "line\u2028separator",  # a newline to chat and webhook readers
+    "prod\u200b",  # looks like prod
+    "\ufeffbom",
 ]
 
 
@@ -46,7 +49,8 @@ def test_the_broker_refuses_control_and_direction_characters_in_every_text_field
 
 
 def test_ordinary_text_in_any_script_passes() -> None:
-    for value in ("fix order 7 [JIRA-88]", "Überweisung prüfen", "修复订单", "tab-free ok"):
+    for value in ("fix order 7 [JIRA-88]", "Überweisung prüfen", "修复订单", "tab-free ok",
+                  "می\u200cخواهم", "👩\u200d💻 on call"):  # joiners are writing, not tricks
         assert SessionCreate(target="demo", role="readonly", reason=value).reason == value
 
 
