@@ -36,7 +36,8 @@ def refuse_unsafe(text: str) -> str:
     found = first_unsafe(text)
     if found is not None:
         raise ValueError(
-            f"must not contain control or invisible formatting characters (found U+{ord(found):04X})"
+            "must not contain control or invisible formatting characters "
+            f"(found U+{ord(found):04X})"
         )
     return text
 
