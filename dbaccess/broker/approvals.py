@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.ids import resolve_id
+from dbaccess.broker.ids import DECISION_PREFIX, MIN_PREFIX, resolve_id
 from dbaccess.broker.policy import Decision, rule_applies
 from dbaccess.broker.store import ApprovalRequest, Conflict, approval_requests
 from dbaccess.durations import format_duration
@@ -235,7 +235,9 @@ class Approvals:
             can_approve=request.state == "pending" and self.may_decide(principal, request),
         )
 
-    def _visible(self, principal: Principal, request_id: str) -> ApprovalRequest:
+    def _visible(
+        self, principal: Principal, request_id: str, min_prefix: int = MIN_PREFIX
+    ) -> ApprovalRequest:
         """The request ``request_id`` (a whole id or a unique prefix) names among those
         the caller may see: their own, and those of their approver groups."""
         self.expire()
@@ -264,6 +266,7 @@ class Approvals:
                 "dbaccess requests lists what you can act on",
             ),
             listing="dbaccess requests (or --mine) lists their ids",
+            min_prefix=min_prefix,
         )
         request = store.get_request(found)
         assert request is not None
@@ -271,7 +274,7 @@ class Approvals:
 
     def _decidable(self, principal: Principal, request_id: str) -> ApprovalRequest:
         # _visible admits only the requester and the approver groups' members.
-        request = self._visible(principal, request_id)
+        request = self._visible(principal, request_id, DECISION_PREFIX)
         if request.subject == principal.subject:  # refused decisions are evidence too
             self.service.store.record(
                 self.service.clock(),

@@ -13,6 +13,10 @@ from collections.abc import Callable, Sequence
 from dbaccess.broker.api_errors import ApiError
 
 MIN_PREFIX = 4  # 16^4 = 65536 values: short enough to type, long enough to be unique
+# Approving or denying by prefix: a requester who withdraws and asks again until a new id
+# starts like the one an approver is typing could swap the request being approved; 16^8
+# ids to grind through make that impractical.
+DECISION_PREFIX = 8
 _ID_CHARS = re.compile(r"[0-9a-f-]{1,36}")  # the characters of a UUID, so no LIKE wildcard
 
 
@@ -23,6 +27,7 @@ def resolve_id(
     noun: str,
     not_found: ApiError,
     listing: str,
+    min_prefix: int = MIN_PREFIX,
 ) -> str:
     """The one id the caller may see that ``given`` is or starts with. ``candidates``
     returns, for a prefix, the matching ids visible to the caller (a few are enough).
@@ -31,11 +36,11 @@ def resolve_id(
     prefix = given.strip().lower()
     if not _ID_CHARS.fullmatch(prefix):
         raise not_found
-    if len(prefix) < MIN_PREFIX:
+    if len(prefix) < min_prefix:
         raise ApiError(
             422,
             "invalid_request",
-            f"'{given}' is too short to name a {noun}: give at least {MIN_PREFIX} "
+            f"'{given}' is too short to name a {noun}: give at least {min_prefix} "
             "characters of its id",
             listing,
         )

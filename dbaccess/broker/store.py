@@ -702,12 +702,10 @@ class Store:
         """Ids of ``table`` rows that start with ``prefix`` (and match ``where``), at most
         a few: enough to tell unique from ambiguous. Callers allow only hex digits and
         dashes in ``prefix``, so it holds no LIKE wildcard; it is bound, never spliced."""
-        query = (
-            sa.select(table.c.id)
-            .where(table.c.id.like(prefix + "%"), *where)
-            .order_by(table.c.id)
-            .limit(limit)
-        )
+        # A whole id is looked up by the primary key: LIKE cannot use that index under a
+        # PostgreSQL collation other than C, and a whole id is what scripts send.
+        match = table.c.id == prefix if len(prefix) == 36 else table.c.id.like(prefix + "%")
+        query = sa.select(table.c.id).where(match, *where).order_by(table.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [str(row[0]) for row in conn.execute(query)]
 

@@ -272,10 +272,14 @@ def test_session_and_request_ids_by_unique_prefix(
     _request(store, "beef0001-0000-4000-8000-000000000000", "alice", ["leads"])
     _request(store, "beef0002-0000-4000-8000-000000000000", "alice", ["leads"])
     _request(store, "beef0003-0000-4000-8000-000000000000", "mallory", ["sre"])
-    two = api.post("/v1/requests/beef/approve", headers=as_(tokens, "erin"))
+    two = api.get("/v1/requests/beef", headers=as_(tokens, "erin"))
     assert two.status_code == 409 and error(two)["code"] == "ambiguous_id"
     assert "beef0001" in error(two)["message"] and "beef0003" not in two.text
-    assert api.post("/v1/requests/beef/approve", headers=as_(tokens, "carol")).status_code == 404
+    assert api.get("/v1/requests/beef", headers=as_(tokens, "carol")).status_code == 404
+    # Deciding takes 8 characters: a requester cannot grind ids until a new request starts
+    # like the one an approver is typing.
+    short = api.post("/v1/requests/beef000/approve", headers=as_(tokens, "erin"))
+    assert short.status_code == 422 and "give at least 8 characters" in error(short)["message"]
     one = api.post("/v1/requests/beef0002/approve", headers=as_(tokens, "erin")).json()
     assert one["id"] == "beef0002-0000-4000-8000-000000000000" and len(one["approvals"]) == 1
     withdrawn = api.post("/v1/requests/beef0001/withdraw", headers=alice).json()
