@@ -28,7 +28,7 @@ from enum import IntEnum
 # The commands a hint may name; "dbaccess <one of these>" gets the profile inserted.
 _COMMANDS = (
     "login logout whoami targets connect exec sessions revoke renew creds breakglass "
-    "requests approve deny review audit version"
+    "requests approve deny withdraw review audit version profiles"
 ).split()
 _COMMAND_IN_TEXT = re.compile(rf"\bdbaccess (?=(?:{'|'.join(_COMMANDS)})\b)")
 
