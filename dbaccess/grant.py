@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from dbaccess.client import BrokerClient
 from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, ExitCode, UsageError
 from dbaccess.models import BreakglassCreate, RequestInfo, SessionCreate, SessionGranted
+from dbaccess.timestamps import human as human_time
 
 POLL_SECONDS = 2.0
 
@@ -142,7 +143,7 @@ def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> Requ
     except KeyboardInterrupt:
         raise WaitStopped(
             f"stopped waiting; request {request.id} stays pending (until "
-            f"{request.expires_at:%H:%M} UTC) — approvers can still approve it",
+            f"{human_time(request.expires_at)}) — approvers can still approve it",
             hint=f"resume: dbaccess {ask.resume_verb} {request.target} --role {request.role} "
             f"--request {request.id}{' -- ...' if ask.resume_verb == 'exec' else ''}; "
             f"or withdraw it: dbaccess withdraw {request.id}",

@@ -38,18 +38,27 @@ def json_default(value: Any) -> Any:
     return rfc3339(value) if isinstance(value, datetime) else str(value)
 
 
-def json_ready(value: Any) -> Any:
-    """``value`` with every timestamp in it — a datetime, or a string with a date, a time
-    and an offset (the broker's answers, audit details) — as :func:`rfc3339`, so a script
-    parses one format whatever the command."""
+def is_time_key(key: object) -> bool:
+    """Keys whose values are points in time, in the models and in what the broker records
+    (``at``, ``expires_at``, ``requested_until``, ``previous_expiry``...)."""
+    return isinstance(key, str) and (
+        key == "at" or key.endswith(("_at", "_until", "expiry"))
+    )
+
+
+def json_ready(value: Any, key: object = None) -> Any:
+    """``value`` with every timestamp in it as :func:`rfc3339`, so a script parses one
+    format whatever the command: datetimes anywhere, and strings holding a date, a time
+    and an offset under a time key (audit details written before the broker wrote RFC
+    3339). Only under such keys: a reason or a note that looks like a time stays as typed."""
     if isinstance(value, datetime):
         return rfc3339(value)
     if isinstance(value, str):
-        if _TIMESTAMP.fullmatch(value):
+        if is_time_key(key) and _TIMESTAMP.fullmatch(value):
             return rfc3339(datetime.fromisoformat(value.replace("Z", "+00:00")))
         return value
     if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
+        return {name: json_ready(item, name) for name, item in value.items()}
     if isinstance(value, list | tuple):
-        return [json_ready(item) for item in value]
+        return [json_ready(item, key) for item in value]
     return value

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, emit_json
 
 if TYPE_CHECKING:
     from dbaccess.models import SessionGranted
@@ -34,14 +34,13 @@ def creds(
     request_id: RequestId = None,
 ) -> None:
     """Create a session and print its credentials (needs --reveal; not revoked at exit)."""
-    import json
     import sys
 
     from dbaccess.api import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.grant import Ask, Want, obtain
-    from dbaccess.timestamps import json_ready
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     if not reveal:
@@ -72,11 +71,11 @@ def creds(
         )
     g.warn(
         f"printing the password of {granted.db_user}; it stays valid until "
-        f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC unless you run: "
+        f"{human_time(granted.expires_at)} unless you run: "
         f"dbaccess revoke {granted.id}"
     )
     if output_format == "json" or g.json:
-        sys.stdout.write(json.dumps({"data": json_ready(granted.model_dump(mode="json"))}) + "\n")
+        emit_json({"data": granted.model_dump(mode="json")})
         return
     sys.stdout.write(shell_exports(granted))
     if granted.engine == "mariadb":

@@ -87,11 +87,17 @@ def renew(
     if info.changed:
         human = f"{info.db_user} is now valid until {human_time(info.expires_at)}"
     else:
-        asked = f" --duration {duration}" if duration else ""
         human = (
             f"unchanged: {info.db_user} is already valid until "
-            f"{human_time(info.expires_at)}, later than now + "
-            f"{duration or 'its length'}\nhint: to end it earlier: dbaccess renew {info.id}"
-            f"{asked} --shorten (or now: dbaccess revoke {info.id})"
+            f"{human_time(info.expires_at)}, later than now + {duration or 'its length'}"
         )
     g.data(info.model_dump(mode="json"), human)
+    if not info.changed:  # the next command is a message, not part of the result
+        from dbaccess.errors import hint_profile, with_profile
+
+        asked = f" --duration {duration}" if duration else ""
+        hint = (
+            f"to end it earlier: dbaccess renew {info.id}{asked} --shorten "
+            f"(or now: dbaccess revoke {info.id})"
+        )
+        g.info(f"[dim]hint:[/] {with_profile(hint, hint_profile(g.profile))}")

@@ -16,6 +16,7 @@ from dbaccess.launch import mysql, psql
 from dbaccess.launch.child import child_environment, ignore_cleanup_signals, run_child
 from dbaccess.launch.programs import find_program
 from dbaccess.launch.session_dir import SessionDir
+from dbaccess.timestamps import human as human_time
 
 
 class Secret(Protocol):
@@ -82,7 +83,7 @@ def run_granted(
         ignore_cleanup_signals()
         if directory is not None:
             directory.remove()
-        until = f"{granted.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        until = human_time(granted.expires_at)
         try:
             state = revoke(granted.id)
         except DbaccessError as exc:

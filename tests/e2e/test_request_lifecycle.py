@@ -162,7 +162,7 @@ def test_renew_keeps_the_later_end_unless_told_to_shorten(people: Cli) -> None:
     assert kept.returncode == 0, kept.stderr
     assert f"unchanged: {user} is already valid until" in flat(kept.stdout)
     assert (f"hint: to end it earlier: dbaccess renew {sid} --duration 10m --shorten "
-            f"(or now: dbaccess revoke {sid})") in flat(kept.stdout)
+            f"(or now: dbaccess revoke {sid})") in flat(kept.stderr)
     assert valid_until() == before
     shortened = data(people.run("--no-input", "--json", "renew", sid[:8], "--duration", "10m",
                                 "--shorten"))

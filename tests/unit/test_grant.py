@@ -138,8 +138,8 @@ def test_ctrl_c_while_waiting_names_the_request_and_how_to_resume(verb: str, tai
                Ask(sleep=interrupted, resume_verb=verb))
     assert raised.value.exit_code == 130
     assert raised.value.message == (
-        f"stopped waiting; request {rid} stays pending (until 04:00 UTC) — approvers can "
-        "still approve it")
+        f"stopped waiting; request {rid} stays pending (until 2026-11-22 04:00:00 UTC) — "
+        "approvers can still approve it")
     assert raised.value.hint == (
         f"resume: dbaccess {verb} demo --role readwrite --request {rid}{tail}; "
         f"or withdraw it: dbaccess withdraw {rid}")

@@ -19,12 +19,14 @@ def test_every_form_of_a_time_becomes_rfc3339_utc() -> None:
         "detail": {"requested_until": "2026-12-02 01:20:31+00:00",  # str() in audit details
                    "at": paris.isoformat(), "when": [moment]},
         "reason": "2026-12-02 is not a time", "day": "2026-12-02", "n": 3.5,
+        "note": "2026-12-02 10:00:00+02:00",  # typed by a person: kept as typed
     }
     assert json_ready(payload) == {
         "expires_at": "2026-12-02T01:20:31Z",
         "detail": {"requested_until": "2026-12-02T01:20:31Z", "at": "2026-12-02T01:20:31Z",
                    "when": ["2026-12-02T01:20:31Z"]},
         "reason": "2026-12-02 is not a time", "day": "2026-12-02", "n": 3.5,
+        "note": "2026-12-02 10:00:00+02:00",
     }
 
 
