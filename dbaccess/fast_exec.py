@@ -318,8 +318,6 @@ def _run(found: Invocation) -> int:
             raise _FullCli
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
-    # Before the broker is asked: a command that is not there fails here, as in the full CLI.
-    find_program(found.command[0], other="give its full path after --")
     login = read_from_secret_service(profile)
     if (login is None or login.expires_at - REFRESH_MARGIN <= time.time()
             or not _JWT.fullmatch(login.id_token)):
@@ -328,6 +326,9 @@ def _run(found: Invocation) -> int:
         broker = Broker(base_url, login.id_token)
     except (ValueError, OSError):
         raise _FullCli from None  # a bad URL or CA file: the full CLI reports it
+    # Before the broker is asked, and after the login, in the full CLI's order: a command
+    # that is not there fails here the same way.
+    find_program(found.command[0], other="give its full path after --")
     ask: dict[str, Any] = {"target": found.target, "role": found.role}
     for name, value in (("duration_seconds", int(wanted.total_seconds()) if wanted else None),
                         ("reason", found.reason), ("ticket", found.ticket),
