@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import httpx
 
+from dbaccess import name_cache
 from dbaccess.auth.login import bearer_token
 from dbaccess.client import BrokerClient
 from dbaccess.errors import DbaccessError, LaunchError, UsageError
@@ -96,7 +97,9 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
     command, or the client of the target's engine. Returns engine -> client path.
 
     The engine is the broker's to know; it is asked (``GET /v1/targets``, or for break-glass
-    ``GET /v1/breakglass``) only when a client is missing for some engine but not for all.
+    ``GET /v1/breakglass``) only when a client is missing for some engine but not for all,
+    and the engines it names are remembered: a later connect to a target whose client is
+    here asks nothing. A missing client is only reported on the broker's word.
     A target neither shows is let through: the broker's answer names its engine, and a
     missing client then ends the session at once (revoked, nothing left behind)."""
     if request.command:
@@ -111,11 +114,16 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
             missing[engine] = exc
     if not missing:
         return found
+    remembered = name_cache.remembered_engine(request.profile, request.target)
+    if remembered in found:
+        return found  # its client is here; were the memory stale, the answer's engine decides
     if request.breakglass is not None:
         known = api.breakglass_policy().engines.get(request.target)
         engines = {known} if known else set()
     else:
-        engines = {t.engine for t in api.targets() if t.target == request.target}
+        allowed = api.targets()
+        name_cache.remember_targets(request.profile, allowed)
+        engines = {t.engine for t in allowed if t.target == request.target}
     for engine in engines & missing.keys():
         raise missing[engine]
     if not engines and len(missing) == len(ENGINES):  # whatever the engine, none is there

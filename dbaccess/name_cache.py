@@ -22,6 +22,7 @@ VERSION = 1
 class _Target(Protocol):
     target: str
     role: str
+    engine: str
 
 
 class _Session(Protocol):
@@ -84,13 +85,21 @@ def _write(profile: str, **update: Any) -> None:
 
 
 def remember_targets(profile: str | None, allowed: Iterable[_Target]) -> None:
-    """Keep what ``GET /v1/targets`` answered: target -> roles."""
+    """Keep what ``GET /v1/targets`` answered: target -> roles, and target -> engine (which
+    tells connect whose client to look for without asking the broker again)."""
     roles: dict[str, list[str]] = {}
+    engines: dict[str, str] = {}
     for entry in allowed:
         roles.setdefault(entry.target, [])
+        engines[entry.target] = entry.engine
         if entry.role not in roles[entry.target]:
             roles[entry.target].append(entry.role)
-    _write(_profile(profile), targets=roles)
+    _write(_profile(profile), targets=roles, engines=engines)
+
+
+def remembered_engine(profile: str, target: str) -> str | None:
+    engine = read_names(profile).get("engines", {}).get(target)
+    return engine if isinstance(engine, str) else None
 
 
 def remember_sessions(profile: str | None, live: Iterable[_Session]) -> None:

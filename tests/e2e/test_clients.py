@@ -149,6 +149,13 @@ def test_a_missing_default_client_is_found_before_a_session(cli: Cli, tmp_path: 
     psql_there = run(cli, "connect", "demo", "--role", "readonly", "--", "-Atc", "select 2",
                      PATH=str(only_psql))
     assert psql_there.returncode == 0 and psql_there.stdout.strip() == "2", psql_there.stderr
+    # The engines the broker named are remembered: with psql here and no MariaDB client, the
+    # next connect to demo asks the broker for nothing before its session.
+    asked = cli.stack.broker_log.read_text().count('"GET /v1/targets')
+    again = run(cli, "connect", "demo", "--role", "readonly", "--", "-Atc", "select 3",
+                PATH=str(only_psql))
+    assert again.returncode == 0 and again.stdout.strip() == "3", again.stderr
+    assert cli.stack.broker_log.read_text().count('"GET /v1/targets') == asked
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "full-cli"])

@@ -69,7 +69,7 @@ def test_completes_names_the_cli_has_seen(cli: Cli, tmp_path: Path) -> None:
     assert session["password"] not in text
     assert session["db_user"] not in text
     assert "eyJ" not in text  # no JWT
-    assert set(json.loads(text)) == {"version", "targets", "sessions"}
+    assert set(json.loads(text)) == {"version", "targets", "engines", "sessions"}
 
 
 def test_completion_survives_a_damaged_cache(tmp_path: Path) -> None:

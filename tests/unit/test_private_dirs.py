@@ -231,7 +231,7 @@ def test_completion_names_are_kept_in_a_directory_of_our_own(
     from dbaccess.name_cache import read_names, remember_targets
 
     class Allowed:
-        target, role = "demo", "readonly"
+        target, role, engine = "demo", "readonly", "postgres"
 
     shared = directory(tmp_path / "shared", 0o1777)
     planted = shared / "names-default.json"
