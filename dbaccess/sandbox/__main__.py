@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -77,9 +78,16 @@ def parse_args(argv: list[str]) -> list[str]:
     return psql_args
 
 
+def _short_tmp() -> str:
+    """TMPDIR, unless it is so deep that MariaDB's socket in the stack would not fit a Unix
+    socket path (``<tmp>/dbaccess-sandbox-XXXXXXXX/stack/mariadb/mysqld.sock``)."""
+    base = tempfile.gettempdir()
+    return base if len(os.fsencode(base)) <= 50 else "/tmp"
+
+
 def main(argv: list[str]) -> int:
     psql_args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="dbaccess-sandbox-"))
+    workdir = Path(tempfile.mkdtemp(prefix="dbaccess-sandbox-", dir=_short_tmp()))
     lifeline.start(workdir)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupted)

@@ -27,6 +27,9 @@ from dbaccess.sandbox.processes import (
     wait_until,
 )
 
+# sun_path holds 108 bytes with the final NUL on Linux.
+SOCKET_PATH_MAX = 107
+
 
 class MariaDBServer:
     host = "127.0.0.1"
@@ -43,6 +46,12 @@ class MariaDBServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
+        if len(os.fsencode(self.socket)) > SOCKET_PATH_MAX:
+            # mariadbd would only say so in its log, after a slow start-up
+            raise ServiceError(
+                f"the MariaDB socket path {self.socket} is longer than a Unix socket "
+                f"allows ({SOCKET_PATH_MAX} bytes); start it in a shorter directory"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
         # Its own temporary directory: the caller's TMPDIR (e.g. pam_tmpdir's /tmp/user/0)

@@ -30,11 +30,13 @@ PORTS = re.compile(r"broker http://127\.0\.0\.1:(\d+), identity provider "
                    r"http://127\.0\.0\.1:(\d+)/oidc, PostgreSQL 127\.0\.0\.1:(\d+)")
 
 
-def tour_env(tmp_path: Path) -> dict[str, str]:
+def tour_env(tmp_path: Path, *, deep: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k != "PYTHONUNBUFFERED" and not k.startswith(("DBACCESS_", "PG", "MYSQL_"))}
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # deep: a TMPDIR too deep for MariaDB's socket path under it (pytest's own base temp in
+    # CI was), which the tour must survive
+    tmp = tmp_path / ("deep" * 20 if deep else "") / "tmp"
+    tmp.mkdir(parents=True)
     env["TMPDIR"] = str(tmp)
     return env
 
@@ -77,7 +79,7 @@ def test_help_prints_help_and_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_the_tour_runs_to_the_end_without_pythonunbuffered(tmp_path: Path) -> None:
-    env = tour_env(tmp_path)
+    env = tour_env(tmp_path, deep=True)
     result = subprocess.run([*TOUR, "--", "-At", "-c", "select current_user"], env=env,
                             capture_output=True, text=True, timeout=240,
                             stdin=subprocess.DEVNULL)
@@ -90,23 +92,24 @@ def test_the_tour_runs_to_the_end_without_pythonunbuffered(tmp_path: Path) -> No
 
 def test_a_killed_tour_leaves_no_daemons_or_files(tmp_path: Path) -> None:
     env = tour_env(tmp_path)
-    tour = subprocess.Popen([*TOUR, "--", "-c", "select pg_sleep(600)"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    assert tour.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 180
-    while "connected as" not in seen and time.monotonic() < deadline:
-        line = tour.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert "connected as" in seen, seen
-    root = Path(WHERE.search(seen).group(1))  # type: ignore[union-attr]
-    assert len(marked_processes(root)) > 5  # the servers, the broker, dbaccess, psql...
-    tour.kill()
-    tour.wait(timeout=10)
-    tour.stderr.close()
+    with subprocess.Popen([*TOUR, "--", "-c", "select pg_sleep(600)"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL) as tour:
+        assert tour.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 180
+        try:
+            while "connected as" not in seen and time.monotonic() < deadline:
+                line = tour.stderr.readline()
+                if not line:
+                    break
+                seen += line
+            assert "connected as" in seen, seen
+            root = Path(WHERE.search(seen).group(1))  # type: ignore[union-attr]
+            assert len(marked_processes(root)) > 5  # the servers, the broker, dbaccess...
+        finally:
+            tour.kill()  # what a SIGKILL leaves is the watchdog's to clean
+            tour.wait(timeout=10)
     assert_nothing_left(Path(env["TMPDIR"]), seen)
 
 
@@ -131,3 +134,12 @@ def test_ctrl_c_at_the_psql_prompt_ends_the_tour_cleanly(tmp_path: Path) -> None
     assert "Traceback" not in output and "warning" not in output, output
     assert "session users left in PostgreSQL: 0" in output
     assert_nothing_left(Path(env["TMPDIR"]), output)
+
+
+def test_a_mariadb_socket_path_too_long_is_said_at_once(tmp_path: Path) -> None:
+    from dbaccess.sandbox.mariadb import MariaDBServer
+    from dbaccess.sandbox.processes import ServiceError
+
+    server = MariaDBServer(tmp_path / ("x" * 100))
+    with pytest.raises(ServiceError, match="longer than a Unix socket allows"):
+        server.start()
