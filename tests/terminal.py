@@ -24,10 +24,11 @@ def own_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def read_until(fd: int, pattern: str, timeout: float = 30, *, must: bool = True) -> str:
-    """What the terminal showed (without escape sequences) up to the first match of
-    ``pattern``; with ``must``, no match within ``timeout`` fails the test, else whatever
-    arrived is returned (the other side closing ends the wait too)."""
+def read_until(fd: int, pattern: str, timeout: float = 30, *, must: bool = True,
+               raw: bool = False) -> str:
+    """What the terminal showed (without escape sequences, unless ``raw``) up to the first
+    match of ``pattern``; with ``must``, no match within ``timeout`` fails the test, else
+    whatever arrived is returned (the other side closing ends the wait too)."""
     seen = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,10 +42,15 @@ def read_until(fd: int, pattern: str, timeout: float = 30, *, must: bool = True)
         if not chunk:
             break
         seen += chunk
-        text = ANSI.sub("", seen.decode(errors="replace"))
+        text = _shown(seen, raw)
         if re.search(pattern, text):
             return text
-    text = ANSI.sub("", seen.decode(errors="replace"))
+    text = _shown(seen, raw)
     if must:
         raise AssertionError(f"never saw {pattern!r}; got:\n{text}")
     return text
+
+
+def _shown(seen: bytes, raw: bool) -> str:
+    text = seen.decode(errors="replace")
+    return text if raw else ANSI.sub("", text)

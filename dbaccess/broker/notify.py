@@ -60,7 +60,7 @@ class Notifier:
         """Put ``event`` in the outbox for every webhook and wake the sender."""
         if not self.settings.webhooks:
             return
-        body = {"event": event, "text": text, **fields}
+        body = {"event": event, "text": chat_text(text), **fields}
         self.store.enqueue_notifications(
             self._clock(), event, body, [webhook_id(url) for url in self.settings.webhooks]
         )
@@ -139,3 +139,12 @@ class Notifier:
                 log.exception("webhook delivery pass failed")
             self._wake.wait(IDLE_POLL)
             self._wake.clear()
+
+
+def chat_text(text: str) -> str:
+    """``text`` as Slack (and Mattermost, Teams' Slack mode) should show it: ``& < >``
+    escaped, so a reason cannot turn into a mention (``<!channel>``) or a disguised link
+    (``<https://evil|docs>``), and control characters written visibly."""
+    from dbaccess.text import printable
+
+    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, result_table, session_table
+from dbaccess.cli.output import Globals, result_table, session_table, shown
 
 
 def whoami(ctx: typer.Context) -> None:
@@ -20,8 +20,8 @@ def whoami(ctx: typer.Context) -> None:
         me = api.me()
         live = api.list_sessions()
     human = (
-        f"[bold]{me.email or me.subject}[/] (subject {me.subject})\n"
-        f"groups: {', '.join(me.groups) or '(none)'}\n"
+        f"[bold]{shown(me.email or me.subject)}[/] (subject {shown(me.subject)})\n"
+        f"groups: {shown(', '.join(me.groups) or '(none)')}\n"
         f"token valid until {human_time(login.expires_at)} (refreshed automatically)"
     )
     g.data(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, result_table
+from dbaccess.cli.output import Globals, result_table, shown
 
 RequestArg = Annotated[
     str, typer.Argument(help="Request id or a unique prefix (see: dbaccess requests).")
@@ -55,7 +55,7 @@ def approve(ctx: typer.Context, request_id: RequestArg) -> None:
         r = api.approve(request_id)
     left = r.approvals_required - len(r.approvals)
     human = (
-        f"approved; {r.subject}'s request is complete and can be used"
+        f"approved; {shown(r.subject)}'s request is complete and can be used"
         if r.state == "approved"
         else f"approved; {left} more approval(s) needed"
     )
@@ -76,7 +76,10 @@ def deny(
         raise UsageError("a denial needs a reason", hint=f"dbaccess deny {request_id} --reason ...")
     with logged_in(g.profile) as (api, _):
         r = api.deny(request_id, reason.strip())
-    g.data(r.model_dump(mode="json"), f"denied {r.subject}'s request for {r.role} on {r.target}")
+    g.data(
+        r.model_dump(mode="json"),
+        f"denied {shown(r.subject)}'s request for {shown(r.role)} on {shown(r.target)}",
+    )
 
 
 def withdraw(ctx: typer.Context, request_id: RequestArg) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, insecure_storage_notice
+from dbaccess.cli.output import Globals, insecure_storage_notice, shown
 
 
 def login(
@@ -95,5 +95,5 @@ def login(
             "email": stored.email,
             "expires_at": rfc3339(stored.expires_at),
         },
-        f"Logged in as [bold]{who}[/] (profile {name}, broker {url})",
+        f"Logged in as [bold]{shown(who)}[/] (profile {name}, broker {shown(url)})",
     )

@@ -173,6 +173,16 @@ def print_result(human: Any) -> None:
     sys.stdout.flush()
 
 
+def shown(value: object) -> str:
+    """``value`` (a name, an email, a subject: text from people or the identity provider)
+    ready to sit inside a rich-markup message: markup escaped, controls written visibly."""
+    from rich.markup import escape
+
+    from dbaccess.text import printable
+
+    return escape(printable(str(value)))
+
+
 def result_table(*headers: str) -> Any:
     """A result table whose cells are shown as written: a reason like "[/]" or "[red]" is
     not rich markup (it crashed or restyled the approver's table), and control characters

@@ -266,3 +266,56 @@ def test_an_approver_sees_a_reason_as_it_was_written(people: Cli) -> None:
         assert reason in offered.stdout
     finally:
         people.withdraw_open_requests()
+
+
+# Written before the broker refused such text, or by a broker of another version.
+HOSTILE = "\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b]8;;https://evil.example\x07docs\x1b]8;;\x07 ok"
+
+
+def on_a_pty(cli: Cli, *args: str) -> str:
+    """What ``dbaccess ARGS`` shows on a real terminal, to its end."""
+    import os
+    import pty
+
+    controller, terminal = pty.openpty()
+    with subprocess.Popen([*DBACCESS, *args], stdin=terminal, stdout=terminal,
+                          stderr=terminal, env={**cli.env, "TERM": "xterm", "COLUMNS": "250"},
+                          preexec_fn=own_terminal) as process:
+        os.close(terminal)
+        try:
+            # raw, with rich's own styling: the hostile bytes must not be among them
+            shown = read_until(controller, r"(?!)", 30, must=False, raw=True)
+            assert process.wait(timeout=30) == 0, shown
+        finally:
+            process.kill()
+            os.close(controller)
+    return shown
+
+
+def test_old_records_cannot_drive_the_approvers_or_auditors_terminal(people: Cli) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from dbaccess.broker.store import approval_requests
+
+    now = datetime.now(UTC)
+    store = people.store()
+    request_id = str(uuid.uuid4())
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(approval_requests.insert().values(
+                id=request_id, subject="alice", email="alice@example.com", target="shop",
+                role="readwrite", duration_seconds=600, reason=HOSTILE, rule="dev-readwrite",
+                approvals_required=2, approver_groups=json.dumps(["leads"]), state="pending",
+                approvals="[]", created_at=now, expires_at=now + timedelta(hours=1)))
+        store.record(now, "session.denied", "alice", {"target": "demo", "reason": HOSTILE})
+    finally:
+        store.close()
+    try:
+        for person, command in (("erin", "requests"), ("dave", "audit")):
+            shown = on_a_pty(people, "--profile", person, command)
+            assert "\\x1b[2J" in shown and "\\x1b]0;pwned\\x07" in shown, shown
+            for sequence in ("\x1b[2J", "\x1b[H", "\x1b]0;", "\x1b]8;", "\x07"):
+                assert sequence not in shown, (person, sequence)
+    finally:
+        people.withdraw_open_requests()

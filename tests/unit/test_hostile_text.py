@@ -83,3 +83,12 @@ def test_errors_quote_what_people_wrote_without_obeying_it(
     err = capsys.readouterr().err
     assert "another reason '\\x1b[2J[/]'" in err
     assert "hint: dbaccess withdraw \\u202eabc" in err
+
+
+def test_names_inside_messages_are_shown_not_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbaccess.cli.output import shown
+
+    # whoami, login and the approvers' lines put emails and subjects inside markup
+    email = "[/]mallory@example.com\x1b]0;x\x07"
+    text = rendered(f"[bold]{shown(email)}[/] (subject s)", monkeypatch)
+    assert text == "[/]mallory@example.com\\x1b]0;x\\x07 (subject s)\n"

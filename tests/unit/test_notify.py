@@ -117,3 +117,17 @@ def test_no_webhooks_nothing_stored(store: Store) -> None:
     n = Notifier(NotifySection(), store)
     n.send("request.created", "nobody listens")
     assert store.pending_notifications() == 0
+
+
+def test_chat_text_cannot_mention_everyone_disguise_a_link_or_drive_a_terminal(
+    store: Store,
+) -> None:
+    sent: list[dict[str, object]] = []
+    n = notifier(store, hook([], sent), Clock())
+    n.send("request.created",
+           "alice asks: <!channel> see <https://evil.example|the runbook> & \x1b]0;pwned\x07",
+           reason="raw fields stay as they are")
+    assert n.deliver_due() == 1
+    assert sent[-1]["text"] == ("alice asks: &lt;!channel&gt; see "
+                                "&lt;https://evil.example|the runbook&gt; &amp; \\x1b]0;pwned\\x07")
+    assert sent[-1]["reason"] == "raw fields stay as they are"
