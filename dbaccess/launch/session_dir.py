@@ -29,8 +29,8 @@ class SessionDir:
         directory = cls(path)
         directory.write_file(
             "owner.json",
-            json.dumps({"pid": os.getpid(), "session": session_id, "broker": broker,
-                        "profile": profile}),
+            json.dumps({"pid": os.getpid(), "started": start_time(os.getpid()),
+                        "session": session_id, "broker": broker, "profile": profile}),
         )
         return directory
 
@@ -47,18 +47,33 @@ class SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux's /proc/PID/stat field 22);
+    None where there is no /proc. A pid is reused once its process is gone: the pid and
+    its start time together name one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # the command name (field 2) may hold spaces and parentheses: count from the last ')'
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: object) -> bool:
+    """The process that wrote owner.json still runs: its pid is there and, where known,
+    started when it did (not a later process that was given the same pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not isinstance(started, int) or start_time(pid) in (started, None)
 
 
 def stale_sessions() -> list[tuple[SessionDir, dict[str, object]]]:
-    """Session directories whose owning process is gone (it was SIGKILLed or crashed)."""
+    """Session directories whose owning process is gone (it was SIGKILLed or crashed),
+    even when another process now has its pid."""
     stale = []
     for path in sorted(runtime_dir().glob(f"{PREFIX}*")):
         try:
@@ -66,6 +81,6 @@ def stale_sessions() -> list[tuple[SessionDir, dict[str, object]]]:
             pid = int(owner["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             owner, pid = {}, -1
-        if pid == -1 or not _alive(pid):
+        if pid == -1 or not _alive(pid, owner.get("started")):
             stale.append((SessionDir(path), owner))
     return stale
