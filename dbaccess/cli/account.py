@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dbaccess.cli.output import Globals, result_table, session_table, shown
+
+if TYPE_CHECKING:
+    from dbaccess.auth.token_store import StoredLogin
 
 
 def whoami(ctx: typer.Context) -> None:
@@ -79,8 +82,9 @@ def logout(
         bool, typer.Option("--revoke", help="Also revoke your live sessions.")
     ] = False,
 ) -> None:
-    """Forget your tokens (and with --revoke, end your live sessions first)."""
-    from dbaccess.auth.token_store import delete_login
+    """Forget your tokens (and with --revoke, end your live sessions first). The refresh
+    token is also revoked at the identity provider, where it offers that (RFC 7009)."""
+    from dbaccess.auth.token_store import delete_login, load_login
     from dbaccess.config import profile_name
 
     g: Globals = ctx.obj
@@ -91,12 +95,35 @@ def logout(
         with logged_in(g.profile) as (api, _):
             revoked = [api.revoke_session(s.id).id for s in api.list_sessions()]
     name = profile_name(g.profile)
+    at_idp = _revoke_refresh_token(g, load_login(name))
     removed = delete_login(name)
     g.data(
-        {"profile": name, "logged_out": removed, "revoked": revoked},
+        {"profile": name, "logged_out": removed, "revoked": revoked,
+         "refresh_token_revoked": at_idp},
         (f"logged out of profile {name}" if removed else f"profile {name} had no login")
-        + (f"; revoked {len(revoked)} session(s)" if revoked else ""),
+        + (f"; revoked {len(revoked)} session(s)" if revoked else "")
+        + ("; the identity provider revoked the refresh token" if at_idp else ""),
     )
+
+
+def _revoke_refresh_token(g: Globals, login: StoredLogin | None) -> bool:
+    """True when the provider revoked it. Entra ID offers no revocation for a public
+    client's token; a provider that cannot be reached must not keep the local logout from
+    happening (the refresh token then lives until it expires, as the warning says)."""
+    if login is None or not login.refresh_token or login.kind == "entra":
+        return False
+    from dbaccess import api
+    from dbaccess.auth.device_flow import DeviceFlow
+    from dbaccess.errors import DbaccessError
+
+    try:
+        with api.http_client() as http:
+            flow = DeviceFlow(login.issuer, login.client_id, login.scopes, http=http)
+            return flow.revoke(login.refresh_token)
+    except DbaccessError as exc:
+        g.warn(f"the refresh token could not be revoked at the identity provider "
+               f"({exc.message}); it stays valid there until it expires")
+        return False
 
 
 def version(ctx: typer.Context) -> None:

@@ -10,15 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from dbaccess.auth import device_flow
+from dbaccess.auth.device_flow import DeviceFlow
+from dbaccess.auth.token_store import load_login
 from dbaccess.broker.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.cli import app
 from dbaccess.config import ProfileFile
+from dbaccess.errors import AuthError
 from dbaccess.sandbox.idp import approve_device_code
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 from tests.inprocess import BROKER, route_cli_to
@@ -80,10 +84,17 @@ def test_login_whoami_logout(broker: None, person_approves: list[str], stack: St
     assert code == 0
     user = shown["data"]["db_user"]
     assert user in stack.managed_users()
+    stored = load_login("default")
+    assert stored is not None and stored.refresh_token
     code, out = run("logout", "--revoke")
     assert code == 0 and out["data"]["logged_out"] is True
     assert out["data"]["revoked"] == [shown["data"]["id"]]
     assert user not in stack.managed_users()
+    # a copy of the refresh token (a backup, another machine) is worth nothing after logout
+    assert out["data"]["refresh_token_revoked"] is True
+    with httpx.Client() as http, pytest.raises(AuthError, match="session expired"):
+        DeviceFlow(stored.issuer, stored.client_id, stored.scopes, http=http).refresh(
+            stored.refresh_token)
     code, after = run("whoami")
     assert code == 4 and after["error"]["hint"] == "dbaccess login"
 

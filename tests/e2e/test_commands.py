@@ -75,7 +75,8 @@ def test_logout_forgets_the_login(cli: Cli) -> None:
     assert cli.login("bob", profile="second").returncode == 0
     assert data(cli.run("--profile", "second", "--json", "whoami"))["subject"] == "bob"  # type: ignore[index]
     out = data(cli.run("--profile", "second", "--json", "logout", "--revoke"))
-    assert out == {"profile": "second", "logged_out": True, "revoked": []}
+    assert out == {"profile": "second", "logged_out": True, "revoked": [],
+                   "refresh_token_revoked": True}
     after = cli.run("--profile", "second", "whoami")
     assert after.returncode == 4 and "not logged in" in after.stderr
     assert "hint: dbaccess --profile second login" in after.stderr  # names the profile
