@@ -18,7 +18,7 @@ from dbaccess.cli.options import (
     Target,
     Ticket,
 )
-from dbaccess.cli.output import Globals
+from dbaccess.cli.output import Globals, shown
 
 if TYPE_CHECKING:
     from dbaccess.grant import Ask
@@ -67,7 +67,7 @@ def asker(g: Globals, verb: str = "connect") -> Ask:
     def waiting(request: Any) -> Iterator[None]:
         g.info(
             f"dbaccess: request [bold]{request.id}[/] needs {request.approvals_required} "
-            f"approval(s) from {', '.join(request.approver_groups)}; approvers run: "
+            f"approval(s) from {shown(', '.join(request.approver_groups))}; approvers run: "
             f"dbaccess approve {request.id}"
         )
         if g.json or not g.can_prompt:
@@ -145,8 +145,9 @@ def run_session(
                 "channel was notified, and the session will be reviewed"
             )
         g.info(
-            f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to {granted.target} "
-            f"({granted.role}), valid until {human_time(granted.expires_at)}"
+            f"[dim]dbaccess:[/] connected as [bold]{granted.db_user}[/] to "
+            f"{shown(granted.target)} ({shown(granted.role)}), valid until "
+            f"{human_time(granted.expires_at)}"
         )
 
     with api.http_client() as http:

@@ -107,7 +107,7 @@ class Globals:
         return str(self.console.input(f"{question} "))
 
     def ask_reason(self, why: str) -> str:
-        self.console.print(f"[yellow]{why}[/]")
+        self.console.print(f"[yellow]{shown(why)}[/]")  # the broker's words
         return self.ask("Reason:")
 
     def info(self, text: str) -> None:
@@ -117,7 +117,7 @@ class Globals:
     def warn(self, text: str) -> None:
         # a warning's next command ("unless you run: dbaccess revoke ID") names the profile too
         text = with_profile(text, hint_profile(self.profile))
-        self.console.print(f"[yellow]warning:[/] {text}")
+        self.console.print(f"[yellow]warning:[/] {shown(text)}")  # plain text, never markup
 
     def error(self, exc: DbaccessError) -> None:
         exc.name_profile(hint_profile(self.profile))

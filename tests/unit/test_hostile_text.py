@@ -92,3 +92,14 @@ def test_names_inside_messages_are_shown_not_obeyed(monkeypatch: pytest.MonkeyPa
     email = "[/]mallory@example.com\x1b]0;x\x07"
     text = rendered(f"[bold]{shown(email)}[/] (subject s)", monkeypatch)
     assert text == "[/]mallory@example.com\\x1b]0;x\\x07 (subject s)\n"
+
+
+def test_warnings_and_the_brokers_prompts_are_plain_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # e.g. an incident id "INC-1[/]" a pattern allows, quoted in the break-glass warning
+    Globals().warn("BREAK-GLASS session for incident INC-1[/] \x1b[2J")
+    assert "warning: BREAK-GLASS session for incident INC-1[/] \\x1b[2J" in capsys.readouterr().err
+    monkeypatch.setattr(Globals, "ask", lambda self, question: "ok")
+    assert Globals().ask_reason("a reason is required [red]by rule[/]") == "ok"
+    assert "a reason is required [red]by rule[/]" in capsys.readouterr().err
