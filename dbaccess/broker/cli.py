@@ -98,6 +98,10 @@ def serve(
         log_config=log_config(log_level.upper()),
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS):
+        # only the configured proxies may name the client the audit trail records.
+        proxy_headers=bool(settings.broker.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.broker.trusted_proxies) or "",
     )
 
 

@@ -72,7 +72,25 @@ class BrokerSection(_Section):
     public_url: str | None = None
     # An approval request that is not approved and used within this time expires.
     request_ttl: Duration = timedelta(hours=1)
+    # Addresses or networks of the reverse proxies in front of the broker. Only a request
+    # arriving from one of them has its client address taken from X-Forwarded-For (for the
+    # audit trail); from anywhere else the header is ignored: anyone can send it.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"'{entry}' is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return value
 
     @field_validator("store")
     @classmethod
