@@ -22,6 +22,7 @@ import httpx
 import jwt
 
 from dbaccess.broker.settings import IdentitySection
+from dbaccess.text import first_unsafe
 
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -133,18 +134,37 @@ class TokenVerifier:
             raise InvalidToken("token is not valid yet") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"token rejected: {exc}") from None
-        groups = claims.get(self._identity.groups_claim, [])
-        if isinstance(groups, str):
-            groups = [groups]
-        if not isinstance(groups, list):
-            groups = []
         principal = Principal(
-            subject=str(claims["sub"]),
-            email=claims.get("email"),
-            name=claims.get("name"),
-            groups=frozenset(str(g) for g in groups),
+            subject=_claim_text(claims, "sub"),
+            email=_claim_text(claims, "email", optional=True),
+            # a display name only (no decision uses it): one that cannot be shown is dropped
+            name=name if isinstance(name := claims.get("name"), str)
+            and not first_unsafe(name) else None,
+            groups=_groups(claims, self._identity.groups_claim),
         )
         return principal, float(claims["exp"])
+
+
+def _claim_text(claims: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    """A claim that names a person: a non-empty string people can be shown (it reaches
+    approvers, the audit trail and SQL comparisons), or a 401 — never a 500 later."""
+    value = claims.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip() or first_unsafe(value):
+        raise InvalidToken(f"token has a malformed '{name}' claim")
+    return value
+
+
+def _groups(claims: dict[str, Any], claim: str) -> frozenset[str]:
+    groups = claims.get(claim, [])
+    if isinstance(groups, str):  # some providers send one group as a plain string
+        groups = [groups]
+    if not isinstance(groups, list) or not all(
+        isinstance(g, str) and g and not first_unsafe(g) for g in groups
+    ):
+        raise InvalidToken(f"token has a malformed '{claim}' claim (a list of names)")
+    return frozenset(groups)
 
 
 def _get_json(url: str) -> dict[str, Any]:

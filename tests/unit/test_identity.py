@@ -137,3 +137,22 @@ def test_a_slow_identity_provider_never_blocks_the_cache(
         worker.join(timeout=2)
         assert not worker.is_alive(), "cached() waited for the JWKS lock"
     assert answers and answers[0] is not None
+
+
+@pytest.mark.parametrize("claims", [
+    {"sub": ""}, {"sub": "   "}, {"sub": "alice\x1b[2J"},
+    {"email": ["alice@example.com"]}, {"email": 7}, {"email": ""}, {"email": "a\u202e@x"},
+    {"groups": {"dev": True}}, {"groups": [["dev"]]}, {"groups": ["dev", 3]}, {"groups": 5},
+    {"groups": ["dev\n"]},
+], ids=repr)
+def test_malformed_person_claims_are_refused_not_a_500_later(
+        verifier: TokenVerifier, issuer: str, claims: dict[str, Any]) -> None:
+    with pytest.raises(InvalidToken, match="malformed"):
+        verifier.verify(token(issuer, **claims))
+
+
+def test_a_display_name_that_cannot_be_shown_is_dropped(
+        verifier: TokenVerifier, issuer: str) -> None:
+    assert verifier.verify(token(issuer, name={"first": "A"})).name is None
+    assert verifier.verify(token(issuer, name="Alice \u200fA")).name is None
+    assert verifier.verify(token(issuer, name="Alice A", groups="dev")).groups == {"dev"}
