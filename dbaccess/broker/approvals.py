@@ -275,7 +275,7 @@ class Approvals:
     def _decidable(self, principal: Principal, request_id: str) -> ApprovalRequest:
         # _visible admits only the requester and the approver groups' members.
         request = self._visible(principal, request_id, DECISION_PREFIX)
-        if request.subject == principal.subject:  # refused decisions are evidence too
+        if principal.same_person(request.subject, request.email):  # refusals are evidence too
             self.service.store.record(
                 self.service.clock(),
                 "request.decision_refused",

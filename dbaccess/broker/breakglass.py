@@ -202,7 +202,7 @@ class Breakglass:
             listing="dbaccess review lists the open reviews",
         )
         current = store.get(lease_id)
-        if current is not None and current.subject == principal.subject:
+        if current is not None and principal.same_person(current.subject, current.email):
             raise ApiError(
                 403,
                 "self_review",

@@ -38,6 +38,14 @@ class Principal:
     name: str | None
     groups: frozenset[str] = field(default_factory=frozenset)
 
+    def same_person(self, subject: str, email: str | None) -> bool:
+        """The person who asked (``subject``, ``email``) is this one: the same subject, or the
+        same email in any letter case — a second account of one person must not approve or
+        review what the first one did."""
+        return subject == self.subject or bool(
+            email and self.email and email.casefold() == self.email.casefold()
+        )
+
     @property
     def handle(self) -> str:
         """A short, human name for usernames and audit lines: email local part, else subject."""

@@ -450,3 +450,32 @@ def test_a_review_is_closed_by_a_prefix_of_its_session_id(
                       json={"note": "fine"})
     assert closed.status_code == 200, closed.text
     assert (closed.json()["id"], closed.json()["reviewed_by"]) == (opened["id"], "dave")
+
+
+def test_a_second_account_of_the_same_person_neither_approves_nor_reviews(
+    api: TestClient, tokens: dict[str, str], store: Store
+) -> None:
+    # erin's other account (another subject, her email in another letter case) asked
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        conn.execute(approval_requests.insert().values(
+            id="cafe0001-0000-4000-8000-000000000000", subject="erin-admin",
+            email="Erin@Example.com", target="shop", role="readwrite", duration_seconds=600,
+            reason="second account", rule="dev-readwrite", approvals_required=2,
+            approver_groups=json.dumps(["leads"]), state="pending", approvals="[]",
+            created_at=now, expires_at=now + timedelta(hours=1)))
+        conn.execute(leases.insert().values(
+            id="cafe0002-0000-4000-8000-000000000000", subject="carol-admin",
+            email="CAROL@example.com", target="demo", role="readwrite", engine="postgres",
+            db_user="dba_caroladmin_cafe02", state="revoked", kind="breakglass",
+            incident="INC-9", created_at=now, expires_at=now + timedelta(minutes=30),
+            revoked_at=now, attempts=0))
+    own = api.post("/v1/requests/cafe0001-0000-4000-8000-000000000000/approve",
+                   headers=as_(tokens, "erin"))
+    assert own.status_code == 403 and error(own)["code"] == "self_approval"
+    other = api.post("/v1/requests/cafe0001-0000-4000-8000-000000000000/approve",
+                     headers=as_(tokens, "frank"))
+    assert other.status_code == 200, other.text  # a different person may
+    review = api.post("/v1/reviews/cafe0002-0000-4000-8000-000000000000/close",
+                      headers=as_(tokens, "carol"), json={"note": "all fine"})
+    assert review.status_code == 403 and error(review)["code"] == "self_review"
