@@ -16,18 +16,9 @@ from dbaccess.broker.app import create_app
 from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
-from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
-
-PEOPLE = ("alice", "bob", "carol", "dave", "erin", "frank")
-
-
-@pytest.fixture(scope="module")
-def tokens(stack: Stack) -> dict[str, str]:
-    return {name: device_tokens(stack.idp, name)["id_token"] for name in PEOPLE}
-
 
 def _settings(stack: Stack, tmp_path: Path, **broker: Any) -> Settings:
     settings = load_settings(stack.broker_config)
