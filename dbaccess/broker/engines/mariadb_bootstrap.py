@@ -549,7 +549,7 @@ BEGIN
     -- Long statements whole: the default cuts them at 1,024 bytes. Set here too, for a
     -- server restarted without the my.cnf line.
     IF {_audit_variable("server_audit_query_log_limit")} < {QUERY_LOG_LIMIT_MAX} THEN
-        {_set_audit_variable("server_audit_query_log_limit", str(QUERY_LOG_LIMIT_MAX))}
+        {_exec(f"'SET GLOBAL server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX}'")}
     END IF;
     IF v_logging = 'OFF' THEN
         {_set_audit_variable("server_audit_logging", "'ON'")}
@@ -562,9 +562,15 @@ END"""
     exclude = f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.audit_exclude(
     IN p_user VARCHAR(80))
 SQL SECURITY DEFINER
-BEGIN
+audit_exclude: BEGIN
     DECLARE v_list, v_kept, v_item TEXT;
     DECLARE v_i, v_count INT DEFAULT 0;
+    -- Not listed (most users): nothing to do, and no wait for the lock. Only this user's
+    -- own revocation takes it off, so it cannot join the list meanwhile.
+    IF COALESCE(FIND_IN_SET(p_user, {_audit_variable("server_audit_incl_users")}), 0) = 0 THEN
+        LEAVE audit_exclude;
+    END IF;
+    BEGIN
     {locked}
     SET v_list = {_audit_variable("server_audit_incl_users")};
     IF v_list IS NOT NULL AND FIND_IN_SET(p_user, v_list) > 0 THEN
@@ -580,6 +586,7 @@ BEGIN
         {_set_audit_variable("server_audit_incl_users", f"IF(v_kept = '', {placeholder}, v_kept)")}
     END IF;
     DO RELEASE_LOCK({_lit(AUDIT_LOCK)});
+    END;
 END"""
     return [include, exclude]
 
