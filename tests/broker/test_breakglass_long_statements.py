@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pymysql
@@ -27,6 +26,7 @@ from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
 BIG = 200_000
+Users = tuple[Engine, Engine, dict[str, NewUser]]
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def targets(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, TargetSe
 
 
 @pytest.fixture
-def breakglass(targets: dict[str, TargetSection]) -> Iterator[tuple[Engine, Engine, dict[str, NewUser]]]:
+def breakglass(targets: dict[str, TargetSection]) -> Iterator[Users]:
     engines = {name: engine_for(name, targets[name]) for name in ("demo", "shop")}
     users: dict[str, NewUser] = {}
     for name, engine in engines.items():
@@ -68,7 +68,7 @@ def line_with(log: str, text: str) -> str:
     return lines[0]
 
 
-def test_postgres_logs_a_long_statement_whole(breakglass: tuple[Any, Any, dict[str, NewUser]], stack: Stack) -> None:
+def test_postgres_logs_a_long_statement_whole(breakglass: Users, stack: Stack) -> None:
     _, _, users = breakglass
     user = users["demo"]
     mark, param_mark = f"long-{secrets.token_hex(5)}", f"param-{secrets.token_hex(5)}"
@@ -88,7 +88,7 @@ def test_postgres_logs_a_long_statement_whole(breakglass: tuple[Any, Any, dict[s
     assert f"{param_mark}{filler}end-{param_mark}" in log  # the bind parameter, whole
 
 
-def test_mariadb_logs_a_long_statement_whole(breakglass: tuple[Any, Any, dict[str, NewUser]], stack: Stack) -> None:
+def test_mariadb_logs_a_long_statement_whole(breakglass: Users, stack: Stack) -> None:
     _, _, users = breakglass
     user = users["shop"]
     mark = f"long-{secrets.token_hex(5)}"
@@ -111,7 +111,7 @@ def test_mariadb_logs_a_long_statement_whole(breakglass: tuple[Any, Any, dict[st
     assert "z" * BIG in line_with(log, mark) and f"end-{mark}" in line_with(log, mark)
 
 
-def test_mariadb_session_cannot_lower_the_limit(breakglass: tuple[Any, Any, dict[str, NewUser]], stack: Stack) -> None:
+def test_mariadb_session_cannot_lower_the_limit(breakglass: Users, stack: Stack) -> None:
     _, _, users = breakglass
     user = users["shop"]
     conn = stack.mariadb.connect(user=user.username, password=user.password)
