@@ -385,7 +385,8 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
         assert run(server, "SELECT @@GLOBAL.server_audit_query_log_limit") == [
             (QUERY_LOG_LIMIT_MAX,)]
         marks = {what: f"mark-{what}-{secrets.token_hex(4)}" for what in
-                 ("long", "multi", "prepared", "immediate", "comment")}
+                 ("long", "multi", "prepared", "immediate", "comment", "inside")}
+        run(server, f"CREATE OR REPLACE PROCEDURE app.sp_{name}() SELECT '{marks['inside']}'")
         long_statement = f"SELECT '{marks['long']}', '{'y' * 200_000}', 'end-{marks['long']}'"
         conn = server.connect(user=name, password="pw-" + name,
                               client_flag=CLIENT.MULTI_STATEMENTS)
@@ -399,6 +400,7 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
                 cur.execute("EXECUTE s USING @m")
                 cur.execute(f"EXECUTE IMMEDIATE CONCAT('SELECT ', QUOTE('{marks['immediate']}'))")
                 cur.execute(f"/* {marks['comment']} */ SELECT 1")
+                cur.execute(f"CALL app.sp_{name}()")  # what a procedure runs is logged too
                 # Nothing the session user may run turns its logging off.
                 for statement in ("SET sql_log_off = 1", "SET GLOBAL server_audit_logging = OFF",
                                   f"SET GLOBAL server_audit_excl_users = '{name}'",
@@ -418,8 +420,9 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
         lines = [line for line in log.splitlines() if marks["long"] in line]
         assert lines and f"end-{marks['long']}" in lines[0]
         assert "y" * 200_000 in lines[0]  # not cut
-        for what in ("multi", "prepared", "immediate", "comment"):
-            assert marks[what] in log, f"the {what} statement is not in the log"
+        for what in ("multi", "prepared", "immediate", "comment", "inside"):
+            assert [line for line in log.splitlines() if marks[what] in line
+                    and f",{name}," in line and "CREATE" not in line], f"no {what} statement"
     finally:
         revoke(server, name)
 
