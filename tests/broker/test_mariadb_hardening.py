@@ -19,6 +19,7 @@ event_scheduler, the audit log limit) that the suite's shared server must keep.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from dbaccess.broker.checks import mariadb_server_problems
+from dbaccess.broker.checks import log_mariadb_server_problems, mariadb_server_problems
 from dbaccess.broker.engines.mariadb_bootstrap import (
     AUDIT_LOCK,
     AUDIT_PLACEHOLDER,
@@ -478,3 +479,41 @@ def test_the_expiry_event_and_the_reaper_revoking_at_once_both_succeed(
     del sessions
     for name in names:
         assert not registered(server, name) and not account_exists(server, name)
+
+
+def test_start_up_logs_what_is_missing(server: MariaDBServer, target: TargetSection,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    run(server, "SET GLOBAL event_scheduler = OFF")
+    run(server, "SET GLOBAL init_connect = ''")
+    try:
+        with caplog.at_level(logging.WARNING, logger="dbaccess.broker"):
+            log_mariadb_server_problems({"app": target})
+    finally:
+        run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
+        run(server, "SET GLOBAL event_scheduler = ON")
+    found = {(r.levelname, r.getMessage().split(":")[1].strip().split(" ")[0])
+             for r in caplog.records}
+    assert found == {("ERROR", "init_connect"), ("WARNING", "event_scheduler")}
+
+
+def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
+                                                        target: TargetSection) -> None:
+    run(server, "SET GLOBAL init_connect = 'SET @site_setting = 1'")
+    admin = server.connect()
+    try:
+        with pytest.raises(pymysql.err.OperationalError, match="init_connect is already set"):
+            apply(target, admin, PROVISIONER_PASSWORD)
+        # Once the administrator has added the call, the bootstrap runs and leaves it.
+        ours = "SET @site_setting = 1;CALL dbaccess.login_check()"
+        run(server, "SET GLOBAL init_connect = %s", (ours,))
+        apply(target, admin, PROVISIONER_PASSWORD)
+        assert run(server, "SELECT @@GLOBAL.init_connect") == [(ours,)]
+        assert mariadb_server_problems(target)[0] == []
+    finally:
+        admin.close()
+        run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
+    again = server.connect()
+    try:
+        apply(target, again, PROVISIONER_PASSWORD)  # running it again is harmless
+    finally:
+        again.close()
