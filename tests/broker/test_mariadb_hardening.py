@@ -20,7 +20,10 @@ event_scheduler, the audit log limit) that the suite's shared server must keep.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -517,3 +520,47 @@ def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
         apply(target, again, PROVISIONER_PASSWORD)  # running it again is harmless
     finally:
         again.close()
+
+
+def test_check_config_says_what_the_server_misses(server: MariaDBServer,
+                                                  tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(f"""\
+[identity]
+issuer = "https://idp.example.test"
+client_id = "dbaccess-cli"
+
+[targets.app]
+engine = "mariadb"
+host = "127.0.0.1"
+port = {server.port}
+database = "app"
+max_lifetime = "2h"
+provisioner = {{ user = "{PROVISIONER}", password_env = "{PROVISIONER_ENV}" }}
+
+[targets.app.roles.readwrite]
+group_role = "dbaccess_readwrite"
+""")
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dbaccess.broker", "check-config", "--config", str(config)],
+            text=True, capture_output=True, timeout=60,
+            env={**os.environ, PROVISIONER_ENV: PROVISIONER_PASSWORD})
+
+    ok = check()
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    run(server, "SET GLOBAL event_scheduler = OFF")
+    run(server, "SET GLOBAL init_connect = ''")
+    run(server, "SET GLOBAL server_audit_query_log_limit = 1024")
+    try:
+        result = check()
+    finally:
+        run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
+        run(server, "SET GLOBAL event_scheduler = ON")
+        run(server, f"SET GLOBAL server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX}")
+    assert result.returncode == 3, result.stderr
+    assert ("error: " in result.stderr and "init_connect does not run CALL "
+            "dbaccess.login_check(): an expired session user can log in") in result.stderr
+    assert "warning: " in result.stderr and "event_scheduler is OFF" in result.stderr
+    assert "server_audit_query_log_limit is 1024" in result.stderr
