@@ -8,8 +8,15 @@ each procedure validates its arguments first: the managed prefix, an allow-list 
 a bounded expiry, a password *hash* (never a password). Only accounts recorded in
 ``dbaccess.managed_users`` — created by these procedures — can be renewed or revoked.
 
-MariaDB has no account expiry, so ``managed_users.expires_at`` plus an EVENT that runs
-every few seconds is the server's own clock, a second one next to the broker's reaper.
+MariaDB has no account expiry. ``init_connect`` calls ``login_check``, which refuses an
+expired managed user at login whatever ``event_scheduler`` is (see _login_check); an EVENT
+that runs every few seconds (when event_scheduler=ON) drops expired users on the server's
+own clock, next to the broker's reaper; revoke_user serialises the two per account.
+
+Names are compared byte-exactly (COLLATION); the routines keep the sql_mode, character set
+and time zone the bootstrap sets first, whatever the caller's session has; revoke_user
+drops (or, for "keep" templates, disarms) the routines, events, triggers and views the
+session user made (see _session_objects).
 
 Break-glass users must have every statement logged, and MariaDB has no per-user
 ``log_statement``. The closest equivalent is the ``server_audit`` plugin (shipped with
@@ -30,20 +37,29 @@ off), and ``revoke_user`` takes it out again. Measured on 10.11:
   is uninstalled, so the procedures set them through prepared statements (creating users
   without logging keeps working; with logging it fails with a clear message);
 - a query reaches ``server_audit.log`` (in the data directory by default) just after its
-  result went to the client, cut to ``server_audit_query_log_limit`` (1,024) bytes.
+  result went to the client, cut to ``server_audit_query_log_limit`` bytes (1,024 by
+  default; the bootstrap and every break-glass creation set it to its maximum,
+  2,147,483,647, so a statement is cut only by max_allowed_packet, where the server
+  refuses it anyway). Each statement of a multi-statement query, PREPARE/EXECUTE, EXECUTE
+  IMMEDIATE, comments and the statements inside a called procedure are all logged; the
+  variables that could hide them (sql_log_off, server_audit_*) need SUPER.
 
-The plugin's settings live in memory only. After a restart the plugin is loaded again
-(INSTALL SONAME is recorded in mysql.plugin) but logging is off and the include list is
-empty: live break-glass users are no longer logged (the next break-glass creation turns
-logging on again). To keep logging across restarts, put this in my.cnf (measured: it takes
+The plugin's settings, init_connect and event_scheduler live in memory only. After a
+restart the plugin is loaded again (INSTALL SONAME is recorded in mysql.plugin) but logging
+is off and the include list is empty: live break-glass users are no longer logged (the next
+break-glass creation turns logging on again); and without init_connect an expired user can
+log in until the reaper drops it. So put this in my.cnf (measured: the plugin lines take
 effect with or without ``plugin_load_add``, which only makes loading independent of
 mysql.plugin); the placeholder keeps the list from being empty, i.e. from logging everyone:
 
     [mariadb]
+    init_connect = "CALL dbaccess.login_check()"
+    event_scheduler = ON
     plugin_load_add = server_audit
     server_audit_logging = ON
     server_audit_events = QUERY
     server_audit_incl_users = dbaccess-none
+    server_audit_query_log_limit = 2147483647
 """
 
 from __future__ import annotations
