@@ -564,3 +564,25 @@ group_role = "dbaccess_readwrite"
             "dbaccess.login_check(): an expired session user can log in") in result.stderr
     assert "warning: " in result.stderr and "event_scheduler is OFF" in result.stderr
     assert "server_audit_query_log_limit is 1024" in result.stderr
+
+
+def test_objects_made_through_a_nested_role_or_public_are_found(server: MariaDBServer) -> None:
+    # Revocation searches triggers and views only where someone the account is could make
+    # them: a right two roles away, or given to PUBLIC, counts too.
+    for statement in ["CREATE ROLE IF NOT EXISTS app_nested",
+                      "GRANT TRIGGER ON app.orders TO app_nested",
+                      "GRANT app_nested TO dbaccess_readonly",
+                      "GRANT CREATE VIEW ON app.* TO PUBLIC"]:
+        run(server, statement)
+    try:
+        name = create(server, new_name("nest"), "dbaccess_readonly")
+        as_user(server, name, f"CREATE TRIGGER app.tr_{name} AFTER INSERT ON app.orders "
+                "FOR EACH ROW SET @seen = 1")
+        as_user(server, name, f"CREATE VIEW app.v_{name} AS SELECT 1 AS one")
+        assert objects_of(server, f"{name}@%")["triggers"] == [(f"tr_{name}",)]
+        assert revoke(server, name) == 0
+        assert objects_of(server, f"{name}@%") == {"routines": [], "events": [],
+                                                   "triggers": [], "views": []}
+    finally:
+        for statement in ["REVOKE CREATE VIEW ON app.* FROM PUBLIC", "DROP ROLE app_nested"]:
+            run(server, statement)
