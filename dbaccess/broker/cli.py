@@ -348,6 +348,8 @@ def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -
         raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
     try:
         mariadb_bootstrap.apply(section, admin, password)
+        for warning in mariadb_bootstrap.warnings(admin):
+            typer.echo(warning, err=True)
     except pymysql.err.Error as exc:
         raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
     finally:

@@ -38,10 +38,12 @@ from dbaccess.broker.checks import log_mariadb_server_problems, mariadb_server_p
 from dbaccess.broker.engines.mariadb_bootstrap import (
     AUDIT_LOCK,
     AUDIT_PLACEHOLDER,
+    EVENT_SCHEDULER_OFF,
     QUERY_LOG_LIMIT_MAX,
     apply,
     native_password_hash,
 )
+from dbaccess.broker.engines.mariadb_bootstrap import warnings as bootstrap_warnings
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.mariadb import MariaDBServer
 
@@ -518,7 +520,12 @@ def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
     again = server.connect()
     try:
         apply(target, again, PROVISIONER_PASSWORD)  # running it again is harmless
+        assert bootstrap_warnings(again) == []
+        run(server, "SET GLOBAL event_scheduler = OFF")  # the server's default
+        assert bootstrap_warnings(again) == [EVENT_SCHEDULER_OFF]
+        assert "event_scheduler is OFF" in EVENT_SCHEDULER_OFF
     finally:
+        run(server, "SET GLOBAL event_scheduler = ON")
         again.close()
 
 

@@ -356,7 +356,17 @@ END""",
     ]
     for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
+    # Shown to whoever runs the printed SQL (apply() says it too).
+    statements.append(f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
+                      f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note")
     return statements
+
+
+EVENT_SCHEDULER_OFF = (
+    "warning: event_scheduler is OFF, so the expiry event does not run: only the broker's "
+    "reaper drops expired users (init_connect still refuses their logins); set "
+    "event_scheduler = ON, and put it in my.cnf with the lines in docs/broker.md"
+)
 
 
 def _login_check() -> list[str]:
@@ -663,3 +673,15 @@ def apply(target: TargetSection, admin: object, provisioner_password: str) -> No
             "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s",
             (target.provisioner.user, native_password_hash(provisioner_password)),
         )
+
+
+def warnings(admin: object) -> list[str]:
+    """What the administrator should know after apply(): settings the bootstrap does not
+    change itself (event_scheduler is the server's choice; it is off by default)."""
+    import pymysql
+
+    assert isinstance(admin, pymysql.connections.Connection)
+    with admin.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.event_scheduler")
+        row = cur.fetchone()
+    return [] if row and str(row[0]).upper() == "ON" else [EVENT_SCHEDULER_OFF]
