@@ -20,7 +20,7 @@ from typing import Any
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.approvals import Approvals
 from dbaccess.broker.breakglass import Breakglass
-from dbaccess.broker.engines import Engine, EngineError, NewUser
+from dbaccess.broker.engines import Engine, EngineError, EngineRefused, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
@@ -440,6 +440,16 @@ class SessionService:
             )
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
+        except EngineRefused as exc:
+            # the database's own bound (creation + max_lifetime) held where the policy's
+            # did not, e.g. its clock runs ahead of the broker's: still the caller's limit
+            raise ApiError(
+                403,
+                "lifetime_exceeded",
+                f"session {lease_id} cannot last that long: {exc}",
+                f"for more, start a new one: dbaccess connect {lease.target} --role "
+                f"{lease.role}",
+            ) from None
         except EngineError as exc:
             raise ApiError(502, "database_error", str(exc)) from None
         renewed = self.store.renew(

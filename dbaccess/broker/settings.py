@@ -240,6 +240,9 @@ class RoleTemplate(_Section):
     read_only: bool = False
     statement_timeout: Duration | None = None
     connection_limit: int = Field(default=5, ge=1, le=100)
+    # What happens at revocation to objects the session user made: "drop" them (default),
+    # or "keep" them owned by a powerless role of this template (for migrations).
+    session_objects: Literal["drop", "keep"] = "drop"
 
 
 class TargetSection(_Section):
@@ -266,6 +269,21 @@ class TargetSection(_Section):
         if self.rotate_every is not None and self.provisioner.password_file is None:
             raise ValueError("rotate_every needs provisioner.password_file (the broker "
                              "writes the new password there)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_mode_per_group_role(self) -> TargetSection:
+        """The mode is baked into the bootstrap per group role (revocation looks it up by
+        the user's group), so templates sharing a group role must agree on it."""
+        modes: dict[str, tuple[str, str]] = {}
+        for name, role in sorted(self.roles.items()):
+            seen = modes.setdefault(role.group_role, (name, role.session_objects))
+            if seen[1] != role.session_objects:
+                raise ValueError(
+                    f"roles.{seen[0]} and roles.{name} share group_role "
+                    f"{role.group_role} but not session_objects ('{seen[1]}' and "
+                    f"'{role.session_objects}'): give them the same value, or each its own "
+                    "group role")
         return self
 
     @field_validator("roles")
