@@ -32,7 +32,7 @@ PINNED = (
     "SET lc_time = 'C' SET lc_numeric = 'C' SET lc_monetary = 'C'"
 )
 # A timestamptz as text no session setting can change the meaning of.
-UTC_TEXT = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+UTC_TEXT = "to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
 
 
 def _id(name: str) -> str:
