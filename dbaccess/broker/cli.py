@@ -115,7 +115,7 @@ def check_config(
 ) -> None:
     """Validate the configuration file, then log in to each target as its provisioner and
     check that it is bootstrapped (definer functions, group roles)."""
-    from dbaccess.broker.checks import check_target, shared_servers
+    from dbaccess.broker.checks import check_target, read_only_warnings, shared_servers
     from dbaccess.broker.settings import load_settings
 
     settings = load_settings(config)
@@ -129,6 +129,10 @@ def check_config(
             for name, target in settings.targets.items()
             if (problem := check_target(name, target, str(config))) is not None
         ]
+        for name, target in settings.targets.items():
+            if all(problem.target != name for problem in problems):
+                for warning in read_only_warnings(name, target):
+                    typer.echo(f"warning: {config}: {warning}", err=True)
         for problem in problems:
             typer.echo(f"error: {config}: {problem.message}", err=True)
             typer.echo(f"hint: {problem.hint}", err=True)
