@@ -352,3 +352,39 @@ def test_an_object_built_on_a_session_object_stops_the_drop_visibly(world: World
             admin.execute("DROP VIEW public.admin_view")
     world.engine.revoke_user(user[0])
     assert not world.exists(user[0])
+
+
+@pytest.mark.parametrize("how", ["set role", "owner to"])
+def test_a_session_makes_objects_only_as_itself(world: World, how: str) -> None:
+    """Membership would let a session make objects owned by its group role (SET ROLE, or
+    OWNER TO), which would survive the revocation with the group's rights for any caller.
+    The bootstrap's event trigger refuses. (A session user cannot make itself a member of
+    another one: "must have admin option", measured on PostgreSQL 15.)"""
+    user = world.session("readonly")
+    other = world.session("readonly")
+    definer = ("CREATE FUNCTION public.so_stray() RETURNS text LANGUAGE sql SECURITY DEFINER "
+               "AS $$ SELECT current_user::text $$")
+    try:
+        with world.login(other) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"GRANT {other[0]} TO {user[0]}")
+        with world.login(user) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            with pytest.raises(psycopg.errors.RaiseException,
+                               match=f"session user {user[0]} may not make objects owned by"):
+                if how == "set role":
+                    conn.execute(f"SET ROLE {READONLY}")
+                    conn.execute(definer)
+                else:
+                    conn.execute("BEGIN")
+                    conn.execute(definer)
+                    conn.execute(f"ALTER FUNCTION public.so_stray() OWNER TO {READONLY}")
+            conn.rollback()
+            conn.execute("RESET ROLE")
+            conn.execute(definer)  # as itself it may (and it is dropped at revocation)
+    finally:
+        world.engine.revoke_user(user[0])
+        world.engine.revoke_user(other[0])
+    with world.admin() as admin:
+        assert admin.execute("SELECT 1 FROM pg_proc WHERE proname = 'so_stray'"
+                             ).fetchone() is None

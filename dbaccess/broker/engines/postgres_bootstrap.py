@@ -261,6 +261,45 @@ RETURNS SETOF text LANGUAGE sql SECURITY DEFINER
     UNION
     SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, {_lit(prefix)})
 $fn$""",
+        # A session user makes objects as itself: membership in its group role would let
+        # it SET ROLE to the group, or ALTER ... OWNER TO the group, and leave objects no
+        # revocation can tell from others, running with the group's rights for whoever
+        # calls them. This event trigger (per database: the target's) refuses DDL by a
+        # managed user that leaves an object owned by anyone else — but the group of a
+        # "keep" template, which owns what such sessions keep anyway.
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.guard_session_ddl()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
+DECLARE
+    v_group text;
+    stray text;
+BEGIN
+    SELECT group_role INTO v_group FROM {SCHEMA}.managed_users
+     WHERE username COLLATE "C" = session_user::text COLLATE "C";
+    IF NOT FOUND THEN
+        RETURN;  -- not a session user
+    END IF;
+    SELECT r.rolname INTO stray
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN pg_shdepend d ON d.classid = c.classid AND d.objid = c.objid AND d.deptype = 'o'
+       AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      JOIN pg_roles r ON r.oid = d.refobjid
+     WHERE r.rolname <> session_user
+       AND NOT (r.rolname::text = v_group AND v_group = ANY ({keeping}))
+     LIMIT 1;
+    IF stray IS NOT NULL THEN
+        RAISE EXCEPTION 'dbaccess: session user % may not make objects owned by %',
+            session_user, stray
+            USING HINT = 'create and own objects as the session user itself (no SET ROLE, '
+                         'no OWNER TO): what it makes is dealt with at its revocation';
+    END IF;
+END
+$fn$""",
+        f"ALTER FUNCTION {SCHEMA}.guard_session_ddl() OWNER TO {_id(OWNER)}",
+        f"REVOKE ALL ON FUNCTION {SCHEMA}.guard_session_ddl() FROM PUBLIC",
+        "DO $do$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = "
+        "'dbaccess_guard_session_ddl') THEN CREATE EVENT TRIGGER dbaccess_guard_session_ddl "
+        f"ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.guard_session_ddl(); END IF; END $do$",
     ]
     signatures = [
         "create_user(text, text, timestamptz, text, integer, boolean, integer, boolean)",
