@@ -126,6 +126,11 @@ def _missing_postgres(target: TargetSection, password: str) -> list[str]:
         source = functions["create_user"][1]
         missing += [f"group role {group} in the allow-list of dbaccess.create_user"
                     for group in groups if group in present and f"'{group}'" not in source]
+    if "revoke_user" in functions and "DROP OWNED BY %I RESTRICT" not in functions[
+            "revoke_user"][1]:
+        # an older bootstrap: it reassigns a session's objects to dbaccess_owner
+        missing.append("the current dbaccess.revoke_user (an older one hands what a "
+                       "session made to dbaccess_owner)")
     return missing
 
 

@@ -114,7 +114,8 @@ def check_config(
     ] = False,
 ) -> None:
     """Validate the configuration file, then log in to each target as its provisioner and
-    check that it is bootstrapped (definer functions, group roles)."""
+    check that it is bootstrapped (definer functions, group roles); warn when a read_only
+    template's group role can write."""
     from dbaccess.broker.checks import check_target, read_only_warnings, shared_servers
     from dbaccess.broker.settings import load_settings
 

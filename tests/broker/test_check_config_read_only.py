@@ -91,3 +91,27 @@ def test_warns_when_a_read_only_group_may_insert(stack: Stack, config: Path,
     assert shop.startswith(f"warning: {config}: target 'shop': role template 'readonly' is "
                            "read_only, but its group role dbaccess_readonly holds INSERT on "
                            "shop.orders. MariaDB has no read-only setting for an account,")
+
+
+def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> None:
+    """Until a target is bootstrapped again, its revoke_user still hands a session's objects
+    to dbaccess_owner: check-config says so, with the bootstrap command."""
+    from dbaccess.broker.engines import postgres_bootstrap
+    from dbaccess.broker.settings import load_settings
+
+    with stack.postgres.connect("demo") as admin:
+        admin.execute("CREATE OR REPLACE FUNCTION dbaccess.revoke_user(p_username text) "
+                      "RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $fn$ BEGIN "
+                      "EXECUTE format('REASSIGN OWNED BY %I TO dbaccess_owner', p_username); "
+                      "RETURN NULL; END $fn$")
+    try:
+        result = check_config(stack, config)
+    finally:
+        with stack.postgres.connect("demo") as admin:
+            postgres_bootstrap.apply(load_settings(config).targets["demo"], admin,
+                                     stack.provisioner_password)
+    assert result.returncode == 3
+    assert ("is not bootstrapped: missing the current dbaccess.revoke_user (an older one "
+            "hands what a session made to dbaccess_owner)") in result.stderr
+    assert "hint: dbaccess-broker bootstrap demo" in result.stderr
+    assert check_config(stack, config).returncode == 0
