@@ -4,9 +4,10 @@ stopped or slow delays only its own revocations, never another target's.
 Each target's thread drains its due leases in a pipeline: while one batch's users are
 being dropped (on the target's own revocation workers), the next batch is claimed and the
 previous one's outcomes are written, so the store's work overlaps the database's. When
-the target stops answering, the thread stops claiming (no failure record per lease and
-per tick) and pings it every second instead; the first answer makes the leases that
-failed meanwhile due at once, whatever backoff they had reached.
+the target stops answering, the thread pings it every second and no longer waits for a
+timeout per lease: a due lease is marked and its failure recorded at once (then retried
+on the usual backoff); the first answer makes the leases that failed meanwhile due at
+once, whatever backoff they had reached.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class TargetReaper:
         self._next_reconcile = 0.0  # at start-up, then every reconcile_interval
         self._stop = stop
         self.unreachable = False
+        self._warned = False
         self._thread = threading.Thread(
             target=self._run, name=f"dbaccess-reaper-{name}", daemon=True
         )
@@ -118,8 +120,10 @@ class TargetReaper:
             try:
                 if self.unreachable or engine.troubled:
                     self._check_answers()
-                if not self.unreachable:
-                    self.drain()
+                # Even while the target does not answer: due leases are marked and their
+                # failure recorded (without waiting for a timeout each), so the audit trail
+                # says when each should have gone and why it has not yet.
+                self.drain()
                 if not self.unreachable and time.monotonic() >= self._next_reconcile:
                     self._service.reconcile(self.name)
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
@@ -131,19 +135,20 @@ class TargetReaper:
 
     def _check_answers(self) -> None:
         engine = self._service.engines[self.name]
+        self.unreachable = True  # until it answers: its leases fail fast meanwhile
         try:
             engine.ping()
         except EngineError as exc:
-            if not self.unreachable:
+            if not self._warned:
                 log.warning("target does not answer; its revocations wait until it does",
                             extra={"target": self.name, "error": str(exc)})
-            self.unreachable = True
+                self._warned = True
             return
-        if self.unreachable:
-            retried = self._service.store.retry_now(self.name, self._service.clock())
-            log.info("target answers again; retrying its revocations now",
-                     extra={"target": self.name, "leases": retried})
-        self.unreachable = False
+        retried = self._service.store.retry_now(self.name, self._service.clock())
+        log.info("target answers again; retrying its revocations now",
+                 extra={"target": self.name, "leases": retried})
+        self.unreachable = self._warned = False
+        self._next_reconcile = 0.0  # a user made by a call cut off meanwhile goes too
 
     def drain(self) -> int:
         """Revoke every lease of this target that is due; returns how many were dropped."""

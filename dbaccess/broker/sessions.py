@@ -573,12 +573,14 @@ class SessionService:
             error: str | None = f"target '{lease.target}' is no longer configured"
         else:
             if skip_troubled and engine.troubled:
-                return lease, f"target '{lease.target}' does not answer; not tried", self.clock()
-            try:
-                engine.revoke_user(lease.db_user)
-                return lease, None, None
-            except EngineError as exc:
-                error = str(exc)
+                error = (f"cannot connect to target '{lease.target}' (it does not answer; "
+                         "tried again as soon as it does)")
+            else:
+                try:
+                    engine.revoke_user(lease.db_user)
+                    return lease, None, None
+                except EngineError as exc:
+                    error = str(exc)
         # A target that does not answer is retried as soon as it answers again (the
         # reaper pings it, then makes its failed leases due): this backoff is for errors.
         delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
