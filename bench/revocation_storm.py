@@ -1,12 +1,17 @@
 """A revocation storm: N leases expiring at once, revoked by the broker's reaper, next to
 the raw drop rate of the same SQL, with the API's latency measured during the storm.
 
-    python bench/revocation_storm.py [--leases 10000] [--raw 1000]
+    python bench/revocation_storm.py [--leases 10000] [--raw N]
 
 Set-up (not measured): N session users are created directly with the provisioning
 function and N matching leases, already expired, are written to a stopped broker's store.
 Then the broker starts, and we time how long it takes to drop them all while a client
 calls GET /v1/sessions every 20 ms.
+
+The raw rate drops as many users as the storm (up to 10,000), from the same catalog size:
+PostgreSQL drops a role more slowly beside many others (measured on 15: 4,161/s for 1,000
+users alone, 2,488/s for 1,000 beside 10,000), so a raw rate of 1,000 drops from an empty
+catalog, as this benchmark used to measure, set the broker against an easier job.
 
 "broker revokes/s" (and so ``ratio``) is over the revocation itself: from the audit
 record of the first claim to that of the last drop, as the raw rate is over the drops.
@@ -86,8 +91,12 @@ def peak_rss(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=10_000)
-    parser.add_argument("--raw", type=int, default=1_000, help="users for the raw drop rate")
+    parser.add_argument("--raw", type=int, default=None,
+                        help="users for the raw drop rate (default: as many as --leases, "
+                             "at most 10,000)")
     args = parser.parse_args()
+    if args.raw is None:
+        args.raw = min(args.leases, 10_000)
     with tempfile.TemporaryDirectory(prefix="dbaccess-storm-") as tmp, \
             Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack:
         token = device_tokens(stack.idp, "alice")["id_token"]
@@ -100,6 +109,7 @@ def main() -> None:
         names = [f"dba_storm_{i}" for i in range(args.leases)]
         t0 = time.perf_counter()
         create_users(stack, names)
+
         expired = datetime.now(UTC) - timedelta(seconds=1)
         store = Store(stack.store_url)
         with store.engine.begin() as conn:

@@ -24,7 +24,7 @@ from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker.reaper")
 
-BATCH = 500  # leases claimed per store transaction
+BATCH = 1000  # leases claimed per store transaction (a batch drops in ~0.3 s)
 PING_EVERY = 1.0  # how often a target that does not answer is tried again
 
 
@@ -156,15 +156,15 @@ class TargetReaper:
         dropped = 0
         previous: list[Future[Outcome]] = []
         while True:
-            wanted = service.due_revocations(BATCH, target=self.name)
-            running = service.start_drops(service.claim(wanted), skip_troubled=True)
+            claimed = service.claim_due(BATCH, target=self.name)
+            running = service.start_drops(claimed, skip_troubled=True)
             if previous:
                 dropped += service.settle([drop.result() for drop in previous])
             previous = running
             engine = service.engines.get(self.name)
             if engine is not None and engine.troubled:
                 self.unreachable = True  # pinged before the next batch is claimed
-            if not wanted or self.unreachable or self._stop.is_set():
+            if not claimed or self.unreachable or self._stop.is_set():
                 break
         if previous:
             dropped += service.settle([drop.result() for drop in previous])

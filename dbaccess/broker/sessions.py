@@ -506,6 +506,17 @@ class SessionService:
         claimed = self.claim(wanted, actor, origin)
         return self.settle([drop.result() for drop in self.start_drops(claimed)])
 
+    def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:
+        """Claim up to ``limit`` due leases of ``target`` in one store transaction."""
+        now = self.clock()
+        claimed = self.store.claim_due(
+            now, now - self.settings.broker.creation_timeout, limit, self.replica, CLAIM_TTL,
+            target=target,
+        )
+        if claimed:
+            failpoint("revoke.after_mark")
+        return claimed
+
     def claim(
         self,
         wanted: list[tuple[str, str]],

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -536,41 +536,80 @@ class Store:
             leases.c.claim_expires_at <= now,
         )
         cause_of = dict(wanted)
-        claim = {"claimed_by": owner, "claim_expires_at": now + ttl}
         claimed: list[Lease] = []
         with self._write() as conn:
             for chunk in _chunks(list(cause_of)):
                 rows = conn.execute(
                     sa.select(leases).where(leases.c.id.in_(chunk), claimable)
                 ).all()
-                marked = [r for r in rows if r.state in ("creating", "active")]
-                retried = [r.id for r in rows if r.state == "revoking"]
-                by_cause: dict[str, list[str]] = {}
-                for row in marked:
-                    by_cause.setdefault(cause_of[row.id], []).append(row.id)
-                for cause, ids in by_cause.items():
-                    conn.execute(
-                        leases.update()
-                        .where(leases.c.id.in_(ids))
-                        .values(state="revoking", revoke_cause=cause, next_attempt_at=now,
-                                **claim)
-                    )
-                if retried:
-                    conn.execute(leases.update().where(leases.c.id.in_(retried)).values(**claim))
-                self._append_audits(conn, now, [
-                    ("session.revoke_requested", actor or row.subject, row.id,
-                     {"cause": cause_of[row.id], "db_user": row.db_user, "target": row.target,
-                      **(origin or {})})
-                    for row in marked
-                ])
-                for row in rows:
-                    if row.state not in ("creating", "active", "revoking"):
-                        continue
-                    fields = dict(row._mapping, **claim)
-                    if row.state != "revoking":
-                        fields.update(state="revoking", revoke_cause=cause_of[row.id],
-                                      next_attempt_at=now)
-                    claimed.append(Lease(**fields))
+                claimed += self._claim_rows(conn, rows, cause_of, now, owner, ttl, actor, origin)
+        return claimed
+
+    def claim_due(
+        self,
+        now: datetime,
+        stale_before: datetime,
+        limit: int,
+        owner: str,
+        ttl: timedelta,
+        *,
+        target: str | None = None,
+    ) -> list[Lease]:
+        """``due`` and ``claim_for_revocation`` in one transaction and one read: what the
+        reaper does in a storm, batch after batch."""
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(leases)
+                .where(*_due_where(now, stale_before, target, ()))
+                .order_by(leases.c.expires_at)
+                .limit(limit)
+            ).all()
+            cause_of = {row.id: _due_cause(row, now) for row in rows}
+            return self._claim_rows(conn, rows, cause_of, now, owner, ttl, None, None)
+
+    def _claim_rows(
+        self,
+        conn: Connection,
+        rows: Sequence[Any],
+        cause_of: dict[str, str],
+        now: datetime,
+        owner: str,
+        ttl: timedelta,
+        actor: str | None,
+        origin: dict[str, Any] | None,
+    ) -> list[Lease]:
+        """Claim ``rows`` (read under the write lock, so nothing changed them since):
+        mark the live ones revoking with their cause, one statement per cause."""
+        claim = {"claimed_by": owner, "claim_expires_at": now + ttl}
+        claimed: list[Lease] = []
+        marked = [r for r in rows if r.state in ("creating", "active")]
+        retried = [r.id for r in rows if r.state == "revoking"]
+        by_cause: dict[str, list[str]] = {}
+        for row in marked:
+            by_cause.setdefault(cause_of[row.id], []).append(row.id)
+        for cause, ids in by_cause.items():
+            conn.execute(
+                leases.update()
+                .where(leases.c.id.in_(ids))
+                .values(state="revoking", revoke_cause=cause, next_attempt_at=now,
+                        **claim)
+            )
+        if retried:
+            conn.execute(leases.update().where(leases.c.id.in_(retried)).values(**claim))
+        self._append_audits(conn, now, [
+            ("session.revoke_requested", actor or row.subject, row.id,
+             {"cause": cause_of[row.id], "db_user": row.db_user, "target": row.target,
+              **(origin or {})})
+            for row in marked
+        ])
+        for row in rows:
+            if row.state not in ("creating", "active", "revoking"):
+                continue
+            fields = dict(row._mapping, **claim)
+            if row.state != "revoking":
+                fields.update(state="revoking", revoke_cause=cause_of[row.id],
+                              next_attempt_at=now)
+            claimed.append(Lease(**fields))
         return claimed
 
     def settle_revocations(
@@ -1129,20 +1168,7 @@ class Store:
         revocation and due a retry. Only leases nobody holds a live claim on (one being
         revoked right now is not due again), of ``target`` if given, and of none of
         ``not_targets``."""
-        expired = sa.or_(
-            sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now),
-            sa.and_(leases.c.state == "creating", leases.c.created_at <= stale_before),
-        )
-        retry = sa.and_(
-            leases.c.state == "revoking",
-            sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),
-        )
-        unclaimed = sa.or_(leases.c.claimed_by.is_(None), leases.c.claim_expires_at <= now)
-        where = [sa.or_(expired, retry), unclaimed]
-        if target is not None:
-            where.append(leases.c.target == target)
-        if not_targets:
-            where.append(leases.c.target.not_in(list(not_targets)))
+        where = _due_where(now, stale_before, target, not_targets)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(leases)
@@ -1249,6 +1275,34 @@ class _DriverSql:
             raise ValueError("naive datetime given to the store")  # as UTCDateTime does
         naive = value.astimezone(UTC).replace(tzinfo=None)
         return naive.isoformat(" ", "microseconds") if self.sqlite else naive
+
+
+def _due_where(
+    now: datetime, stale_before: datetime, target: str | None, not_targets: Iterable[str]
+) -> list[Any]:
+    """The conditions of Store.due."""
+    expired = sa.or_(
+        sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now),
+        sa.and_(leases.c.state == "creating", leases.c.created_at <= stale_before),
+    )
+    retry = sa.and_(
+        leases.c.state == "revoking",
+        sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),
+    )
+    unclaimed = sa.or_(leases.c.claimed_by.is_(None), leases.c.claim_expires_at <= now)
+    where = [sa.or_(expired, retry), unclaimed]
+    if target is not None:
+        where.append(leases.c.target == target)
+    if not_targets:
+        where.append(leases.c.target.not_in(list(not_targets)))
+    return where
+
+
+def _due_cause(lease: Any, now: datetime) -> str:
+    """Why a due lease is revoked (its recorded cause, if already being revoked)."""
+    if lease.state == "revoking":
+        return str(lease.revoke_cause or "retry")
+    return "expired" if lease.expires_at <= now else "creation_interrupted"
 
 
 def _chunks(items: list[_T], size: int = 500) -> Iterator[list[_T]]:

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Protocol
 
 from dbaccess.broker.engines import postgres_bootstrap
 from dbaccess.broker.settings import load_settings
@@ -77,8 +78,13 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+class _Server(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
 @contextmanager
-def frozen(server: PostgresServer) -> Iterator[None]:
+def frozen(server: _Server) -> Iterator[None]:
     """The server's processes stopped (SIGSTOP) for the block; always resumed after."""
     stopped = [server.pid]
     try:

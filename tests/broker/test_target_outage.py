@@ -156,3 +156,38 @@ def test_a_session_outliving_its_expiry_while_the_broker_is_down_ends_at_start(
         wait_until(ended, timeout=10, what="the session's end", interval=0.2)
         assert time.monotonic() - started < 10
     assert str(granted["db_user"]) not in stack.managed_users()
+
+
+def test_a_stopped_mariadb_target_fails_calls_in_bounded_time(
+    outage: tuple[Stack, PostgresServer],
+) -> None:
+    """MariaDB's driver has socket timeouts for every read, the login handshake included:
+    a stopped server ends a call in bounded time, and PostgreSQL's revocations go on."""
+    stack, _ = outage
+    token = device_tokens(stack.idp, "alice")["id_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    healthy = session(stack, token, "demo", 3)
+    calls: list[tuple[httpx.Response, float]] = []
+
+    def create_on_shop() -> None:
+        started = time.monotonic()
+        reply = httpx.post(stack.broker_url + "/v1/sessions", headers=auth, timeout=60,
+                           json={"target": "shop", "role": "readonly"})
+        calls.append((reply, time.monotonic() - started))
+
+    with frozen(stack.mariadb):
+        caller = threading.Thread(target=create_on_shop)
+        caller.start()
+        expires = datetime.fromisoformat(str(healthy["expires_at"])).timestamp()
+        wait_until(lambda: str(healthy["db_user"]) not in users_on(stack.postgres),
+                   timeout=30, what="the revocation on the healthy target", interval=0.1)
+        lag = time.time() - expires
+        caller.join()
+    assert lag < 3.0
+    ((refused, took),) = calls
+    assert refused.status_code == 502, refused.text
+    assert "shop" in refused.json()["error"]["message"]
+    assert took < API_BOUND
+    back = httpx.post(stack.broker_url + "/v1/sessions", headers=auth, timeout=60,
+                      json={"target": "shop", "role": "readonly"})
+    assert back.status_code == 201, back.text
