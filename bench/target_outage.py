@@ -80,7 +80,7 @@ def main() -> None:
                         "revoke", "DELETE", f"/v1/sessions/{stuck[0]['id']}")),
                     threading.Thread(target=call, args=(
                         "renew", "POST", f"/v1/sessions/{renewable['id']}/renew",
-                        {"duration_seconds": 60})),
+                        {"duration_seconds": 1800})),
                 ]
                 for caller in callers:
                     caller.start()

@@ -36,6 +36,7 @@ from dbaccess.broker.store import (
     Lease,
     Store,
     approval_requests,
+    due_cause,
     leases,
 )
 from dbaccess.durations import format_duration
@@ -484,12 +485,7 @@ class SessionService:
         now = self.clock()
         stale = now - self.settings.broker.creation_timeout
         return [
-            (
-                lease.id,
-                (lease.revoke_cause or "retry")
-                if lease.state == "revoking"
-                else ("expired" if lease.expires_at <= now else "creation_interrupted"),
-            )
+            (lease.id, due_cause(lease, now))
             for lease in self.store.due(now, stale, limit, target=target,
                                         not_targets=not_targets)
         ]

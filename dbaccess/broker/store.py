@@ -564,7 +564,7 @@ class Store:
                 .order_by(leases.c.expires_at)
                 .limit(limit)
             ).all()
-            cause_of = {row.id: _due_cause(row, now) for row in rows}
+            cause_of = {row.id: due_cause(row, now) for row in rows}
             return self._claim_rows(conn, rows, cause_of, now, owner, ttl, None, None)
 
     def _claim_rows(
@@ -1298,7 +1298,7 @@ def _due_where(
     return where
 
 
-def _due_cause(lease: Any, now: datetime) -> str:
+def due_cause(lease: Any, now: datetime) -> str:
     """Why a due lease is revoked (its recorded cause, if already being revoked)."""
     if lease.state == "revoking":
         return str(lease.revoke_cause or "retry")
