@@ -54,17 +54,21 @@ def _change_own_password(name: str, target: TargetSection, new: str) -> None:
         import psycopg
         from psycopg import sql
 
+        from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
+        from dbaccess.broker.engines.deadline import WATCHDOG
+
         try:
-            with psycopg.connect(
+            with WATCHDOG.watch(CALL_TIMEOUT) as deadline, psycopg.connect(
                 host=target.host,
                 port=target.port,
                 dbname=target.database,
                 user=user,
                 password=old,
                 sslmode=target.sslmode,
-                connect_timeout=5,
+                connect_timeout=int(CONNECT_TIMEOUT),
                 autocommit=True,
             ) as conn:
+                deadline.attach(conn)  # a stopped server would hold the call forever
                 verifier = conn.pgconn.encrypt_password(
                     new.encode(), user.encode(), b"scram-sha-256"
                 ).decode()
@@ -78,6 +82,7 @@ def _change_own_password(name: str, target: TargetSection, new: str) -> None:
         return
     import pymysql
 
+    from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
     from dbaccess.broker.engines.mariadb_bootstrap import native_password_hash
 
     try:
@@ -86,7 +91,9 @@ def _change_own_password(name: str, target: TargetSection, new: str) -> None:
             port=target.port,
             user=user,
             password=old,
-            connect_timeout=5,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=CALL_TIMEOUT,
+            write_timeout=CALL_TIMEOUT,
             autocommit=True,
         )
         try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ from dbaccess.broker.store import (
     Lease,
     Store,
     approval_requests,
+    due_cause,
     leases,
 )
 from dbaccess.durations import format_duration
@@ -51,6 +53,11 @@ log = logging.getLogger("dbaccess.broker")
 MAX_BACKOFF = timedelta(minutes=5)
 CLAIM_TTL = timedelta(seconds=15)  # longer than one revocation takes (it gives up at ~5 s);
 # a crashed replica's claims lapse after this, so a restarted broker resumes soon
+
+
+# What one revocation attempt came to: the lease, the error (None: the user is gone) and,
+# after an error, when to try again.
+Outcome = tuple[Lease, str | None, datetime | None]
 
 
 def utcnow() -> datetime:
@@ -96,9 +103,9 @@ class SessionService:
         self.notifier = notifier or Notifier(settings.notify, store, owner=self.replica)
         self.approvals = Approvals(self)
         self.breakglass = Breakglass(self)
-        self._workers = ThreadPoolExecutor(
-            settings.broker.revoke_workers, thread_name_prefix="dbaccess-revoke"
-        )
+        # Revocation workers, per target (see start_drops).
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._workers_lock = threading.Lock()
 
     def create(
         self, principal: Principal, body: SessionCreate, origin: Origin | None = None
@@ -482,24 +489,28 @@ class SessionService:
         assert current is not None
         return _info(current)
 
-    def reap(self, limit: int = 100) -> int:
+    def reap(
+        self, limit: int = 100, *, target: str | None = None, not_targets: Iterable[str] = ()
+    ) -> int:
         """Revoke a batch of due leases (expired, interrupted, or a retry whose time has
-        come); returns how many were due, so a storm is drained batch after batch."""
+        come); returns how many were due, so a storm is drained batch after batch. The
+        reaper calls it per target (``target``), and for leases of targets no longer
+        configured (``not_targets``: the configured ones)."""
+        batch = self.due_revocations(limit, target=target, not_targets=not_targets)
+        self.revoke_batch(batch)
+        return len(batch)
+
+    def due_revocations(
+        self, limit: int, *, target: str | None = None, not_targets: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        """(lease id, cause) of up to ``limit`` leases due for revocation now."""
         now = self.clock()
         stale = now - self.settings.broker.creation_timeout
-        batch = self.store.due(now, stale, limit)
-        self.revoke_batch(
-            [
-                (
-                    lease.id,
-                    (lease.revoke_cause or "retry")
-                    if lease.state == "revoking"
-                    else ("expired" if lease.expires_at <= now else "creation_interrupted"),
-                )
-                for lease in batch
-            ]
-        )
-        return len(batch)
+        return [
+            (lease.id, due_cause(lease, now))
+            for lease in self.store.due(now, stale, limit, target=target,
+                                        not_targets=not_targets)
+        ]
 
     def revoke_batch(
         self,
@@ -510,15 +521,63 @@ class SessionService:
         """Mark and claim the leases (one store transaction), drop their users a few at a
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
+        claimed = self.claim(wanted, actor, origin)
+        return self.settle([drop.result() for drop in self.start_drops(claimed)])
+
+    def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:
+        """Claim up to ``limit`` due leases of ``target`` in one store transaction."""
+        now = self.clock()
+        claimed = self.store.claim_due(
+            now, now - self.settings.broker.creation_timeout, limit, self.replica, CLAIM_TTL,
+            target=target,
+        )
+        if claimed:
+            failpoint("revoke.after_mark")
+        return claimed
+
+    def claim(
+        self,
+        wanted: list[tuple[str, str]],
+        actor: str | None = None,
+        origin: dict[str, str | None] | None = None,
+    ) -> list[Lease]:
+        """Mark ``wanted`` revoking and claim them for this replica (one transaction)."""
         if not wanted:
-            return 0
+            return []
         claimed = self.store.claim_for_revocation(
             wanted, self.clock(), self.replica, CLAIM_TTL, actor, origin
         )
-        if not claimed:
+        if claimed:
+            failpoint("revoke.after_mark")
+        return claimed
+
+    def start_drops(
+        self, claimed: list[Lease], *, skip_troubled: bool = False
+    ) -> list[Future[Outcome]]:
+        """Drop the claimed leases' users on their targets' own workers: a target that
+        hangs holds only its own workers, never another target's revocations. With
+        ``skip_troubled`` (the reaper), a lease whose target stopped answering meanwhile
+        is not tried: the rest of a batch would each wait for its timeout."""
+        return [
+            self._workers_of(lease.target).submit(self._drop_user, lease, skip_troubled)
+            for lease in claimed
+        ]
+
+    def _workers_of(self, target: str) -> ThreadPoolExecutor:
+        with self._workers_lock:
+            workers = self._workers.get(target)
+            if workers is None:
+                workers = self._workers[target] = ThreadPoolExecutor(
+                    self.settings.broker.revoke_workers,
+                    thread_name_prefix=f"dbaccess-revoke-{target}",
+                )
+            return workers
+
+    def settle(self, outcomes: list[Outcome]) -> int:
+        """Record the outcomes (one transaction) and count them; returns how many users
+        were dropped."""
+        if not outcomes:
             return 0
-        failpoint("revoke.after_mark")
-        outcomes = list(self._workers.map(self._drop_user, claimed))
         failpoint("revoke.after_drop")
         done = self.clock()
         self.store.settle_revocations(outcomes, done, self.replica)
@@ -536,28 +595,37 @@ class SessionService:
                 self.metrics.revocation_lag.labels(lease.target).observe(max(lag, 0.0))
         return dropped
 
-    def _drop_user(self, lease: Lease) -> tuple[Lease, str | None, datetime | None]:
+    def _drop_user(self, lease: Lease, skip_troubled: bool = False) -> Outcome:
         try:
             engine = self.engines[lease.target]
         except KeyError:
             error: str | None = f"target '{lease.target}' is no longer configured"
         else:
-            try:
-                engine.revoke_user(lease.db_user)
-                return lease, None, None
-            except EngineError as exc:
-                error = str(exc)
+            if skip_troubled and engine.troubled:
+                error = (f"cannot connect to target '{lease.target}' (it does not answer; "
+                         "tried again as soon as it does)")
+            else:
+                try:
+                    engine.revoke_user(lease.db_user)
+                    return lease, None, None
+                except EngineError as exc:
+                    error = str(exc)
+        # A target that does not answer is retried as soon as it answers again (the
+        # reaper pings it, then makes its failed leases due): this backoff is for errors.
         delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
         return lease, error, self.clock() + delay
 
-    def reconcile(self) -> int:
-        """Revoke managed users that have no live lease (e.g. made by a crashed broker).
+    def reconcile(self, target: str | None = None) -> int:
+        """Revoke managed users that have no live lease (e.g. made by a crashed broker),
+        on ``target`` or on every target.
 
         Users are listed before leases are read: a user is created only after its lease
         is written, so any listed user whose lease is live shows up in the second read.
         """
         revoked = 0
-        for name, engine in self.engines.items():
+        for name, engine in list(self.engines.items()):
+            if target is not None and name != target:
+                continue
             try:
                 present = engine.list_managed_users()
             except EngineError as exc:

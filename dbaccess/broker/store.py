@@ -13,16 +13,18 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from dbaccess.timestamps import json_default
+
+_T = TypeVar("_T")
 
 metadata = sa.MetaData()
 
@@ -311,6 +313,30 @@ class Store:
             },
         )
 
+    def _append_audits(
+        self,
+        conn: Connection,
+        now: datetime,
+        records: list[tuple[str, str | None, str | None, dict[str, Any]]],
+    ) -> None:
+        """``_append_audit`` for many records: the chain's last hash is read once and the
+        rows go in with one executemany."""
+        if not records:
+            return
+        cursor = _driver_cursor(conn)
+        cursor.execute(self._sql.last_hash)
+        last = cursor.fetchone()
+        prev = last[0] if last else GENESIS
+        at = self._sql.time(now)
+        rows = []
+        for event, subject, lease_id, detail in records:
+            text = json.dumps(detail, sort_keys=True, default=json_default)
+            digest = _record_hash(prev, now, event, subject, lease_id, text)
+            rows.append({"at": at, "event": event, "subject": subject, "lease_id": lease_id,
+                         "detail": text, "prev_hash": prev, "hash": digest})
+            prev = digest
+        cursor.executemany(self._sql.audit_insert, rows)
+
     def record(
         self,
         now: datetime,
@@ -498,121 +524,162 @@ class Store:
     ) -> list[Lease]:
         """In one transaction: mark live leases ``revoking`` (with their cause) and claim
         them, plus claim ``revoking`` ones whose retry is due and that nobody else holds.
-        Returns the leases this replica now owns and must revoke."""
+        Returns the leases this replica now owns and must revoke.
+
+        A statement per chunk of leases, not per lease: in a storm of expiries the
+        per-lease statements cost the reaper more Python time than the drops took
+        (bench/revocation_storm.py). Rows are read first, under the write lock, so what
+        the updates change is known without RETURNING."""
         claimable = sa.or_(
             leases.c.claimed_by.is_(None),
             leases.c.claimed_by == owner,
             leases.c.claim_expires_at <= now,
         )
-        ids = [lease_id for lease_id, _ in wanted]
+        cause_of = dict(wanted)
+        claimed: list[Lease] = []
         with self._write() as conn:
-            for lease_id, cause in wanted:
-                marked = conn.execute(
-                    leases.update()
-                    .where(
-                        leases.c.id == lease_id,
-                        leases.c.state.in_(("creating", "active")),
-                        claimable,
-                    )
-                    .values(
-                        state="revoking",
-                        revoke_cause=cause,
-                        next_attempt_at=now,
-                        claimed_by=owner,
-                        claim_expires_at=now + ttl,
-                    )
-                ).rowcount
-                if not marked:
-                    conn.execute(
-                        leases.update()
-                        .where(leases.c.id == lease_id, leases.c.state == "revoking", claimable)
-                        .values(claimed_by=owner, claim_expires_at=now + ttl)
-                    )
-                    continue
-                row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-                self._append_audit(
-                    conn,
-                    now,
-                    "session.revoke_requested",
-                    actor or row.subject,
-                    lease_id,
-                    {
-                        "cause": cause,
-                        "db_user": row.db_user,
-                        "target": row.target,
-                        **(origin or {}),
-                    },
-                )
+            for chunk in _chunks(list(cause_of)):
+                rows = conn.execute(
+                    sa.select(leases).where(leases.c.id.in_(chunk), claimable)
+                ).all()
+                claimed += self._claim_rows(conn, rows, cause_of, now, owner, ttl, actor, origin)
+        return claimed
+
+    def claim_due(
+        self,
+        now: datetime,
+        stale_before: datetime,
+        limit: int,
+        owner: str,
+        ttl: timedelta,
+        *,
+        target: str | None = None,
+    ) -> list[Lease]:
+        """``due`` and ``claim_for_revocation`` in one transaction and one read: what the
+        reaper does in a storm, batch after batch."""
+        with self._write() as conn:
             rows = conn.execute(
-                sa.select(leases).where(
-                    leases.c.id.in_(ids), leases.c.claimed_by == owner, leases.c.state == "revoking"
-                )
+                sa.select(leases)
+                .where(*_due_where(now, stale_before, target, ()))
+                .order_by(leases.c.expires_at)
+                .limit(limit)
             ).all()
-        return [Lease(**row._mapping) for row in rows]
+            cause_of = {row.id: due_cause(row, now) for row in rows}
+            return self._claim_rows(conn, rows, cause_of, now, owner, ttl, None, None)
+
+    def _claim_rows(
+        self,
+        conn: Connection,
+        rows: Sequence[Any],
+        cause_of: dict[str, str],
+        now: datetime,
+        owner: str,
+        ttl: timedelta,
+        actor: str | None,
+        origin: dict[str, Any] | None,
+    ) -> list[Lease]:
+        """Claim ``rows`` (read under the write lock, so nothing changed them since):
+        mark the live ones revoking with their cause, one statement per cause."""
+        claim = {"claimed_by": owner, "claim_expires_at": now + ttl}
+        claimed: list[Lease] = []
+        marked = [r for r in rows if r.state in ("creating", "active")]
+        retried = [r.id for r in rows if r.state == "revoking"]
+        by_cause: dict[str, list[str]] = {}
+        for row in marked:
+            by_cause.setdefault(cause_of[row.id], []).append(row.id)
+        for cause, ids in by_cause.items():
+            conn.execute(
+                leases.update()
+                .where(leases.c.id.in_(ids))
+                .values(state="revoking", revoke_cause=cause, next_attempt_at=now,
+                        **claim)
+            )
+        if retried:
+            conn.execute(leases.update().where(leases.c.id.in_(retried)).values(**claim))
+        self._append_audits(conn, now, [
+            ("session.revoke_requested", actor or row.subject, row.id,
+             {"cause": cause_of[row.id], "db_user": row.db_user, "target": row.target,
+              **(origin or {})})
+            for row in marked
+        ])
+        for row in rows:
+            if row.state not in ("creating", "active", "revoking"):
+                continue
+            fields = dict(row._mapping, **claim)
+            if row.state != "revoking":
+                fields.update(state="revoking", revoke_cause=cause_of[row.id],
+                              next_attempt_at=now)
+            claimed.append(Lease(**fields))
+        return claimed
 
     def settle_revocations(
         self, outcomes: list[tuple[Lease, str | None, datetime | None]], now: datetime, owner: str
     ) -> None:
         """In one transaction: close the leases whose users are gone (error None), record
-        failed attempts with their retry time, and release this replica's claims."""
+        failed attempts with their retry time, and release this replica's claims.
+        Statements per chunk, as in claim_for_revocation."""
         with self._write() as conn:
-            for lease, error, retry_at in outcomes:
-                mine = sa.and_(
-                    leases.c.id == lease.id,
-                    leases.c.claimed_by == owner,
-                    leases.c.state == "revoking",
-                )
-                if error is None:
-                    if conn.execute(
+            for chunk in _chunks(outcomes):
+                mine = {
+                    row.id
+                    for row in conn.execute(
+                        sa.select(leases.c.id).where(
+                            leases.c.id.in_([lease.id for lease, _, _ in chunk]),
+                            leases.c.claimed_by == owner,
+                            leases.c.state == "revoking",
+                        )
+                    ).all()
+                }
+                done = [lease for lease, error, _ in chunk if error is None and lease.id in mine]
+                failed = [(lease, error, retry_at) for lease, error, retry_at in chunk
+                          if error is not None and lease.id in mine]
+                if done:
+                    conn.execute(
                         leases.update()
-                        .where(mine)
+                        .where(leases.c.id.in_([lease.id for lease in done]))
+                        .values(state="revoked", revoked_at=now, last_error=None,
+                                claimed_by=None, claim_expires_at=None)
+                    )
+                if failed:
+                    conn.execute(
+                        leases.update()
+                        .where(leases.c.id == sa.bindparam("b_id"))
                         .values(
-                            state="revoked",
-                            revoked_at=now,
-                            last_error=None,
+                            attempts=sa.bindparam("b_attempts"),
+                            last_error=sa.bindparam("b_error"),
+                            next_attempt_at=sa.bindparam("b_retry_at"),
                             claimed_by=None,
                             claim_expires_at=None,
-                        )
-                    ).rowcount:
-                        self._append_audit(
-                            conn,
-                            now,
-                            "session.revoked",
-                            lease.subject,
-                            lease.id,
-                            {
-                                "cause": lease.revoke_cause,
-                                "db_user": lease.db_user,
-                                "target": lease.target,
-                                "attempts": lease.attempts + 1,
-                            },
-                        )
-                    continue
-                if conn.execute(
-                    leases.update()
-                    .where(mine)
-                    .values(
-                        attempts=lease.attempts + 1,
-                        last_error=error[:500],
-                        next_attempt_at=retry_at,
-                        claimed_by=None,
-                        claim_expires_at=None,
+                        ),
+                        [
+                            {"b_id": lease.id, "b_attempts": lease.attempts + 1,
+                             "b_error": (error or "")[:500], "b_retry_at": retry_at}
+                            for lease, error, retry_at in failed
+                        ],
                     )
-                ).rowcount:
-                    self._append_audit(
-                        conn,
-                        now,
-                        "session.revoke_failed",
-                        lease.subject,
-                        lease.id,
-                        {
-                            "db_user": lease.db_user,
-                            "target": lease.target,
-                            "error": error[:500],
-                            "attempt": lease.attempts + 1,
-                            "retry_at": retry_at,
-                        },
-                    )
+                self._append_audits(conn, now, [
+                    ("session.revoked", lease.subject, lease.id,
+                     {"cause": lease.revoke_cause, "db_user": lease.db_user,
+                      "target": lease.target, "attempts": lease.attempts + 1})
+                    for lease in done
+                ] + [
+                    ("session.revoke_failed", lease.subject, lease.id,
+                     {"db_user": lease.db_user, "target": lease.target,
+                      "error": (error or "")[:500], "attempt": lease.attempts + 1,
+                      "retry_at": retry_at})
+                    for lease, error, retry_at in failed
+                ])
+
+    def retry_now(self, target: str, now: datetime) -> int:
+        """Make every failed revocation on ``target`` due now (the target answers again:
+        waiting out a backoff that grew during the outage would leave expired users)."""
+        with self._write() as conn:
+            return int(conn.execute(
+                leases.update()
+                .where(leases.c.target == target, leases.c.state == "revoking",
+                       leases.c.next_attempt_at > now)
+                .values(next_attempt_at=now)
+            ).rowcount)
 
     # -- approval requests ------------------------------------------------------------
 
@@ -1087,22 +1154,25 @@ class Store:
             ).all()
         return {str(row[0]) for row in rows}
 
-    def due(self, now: datetime, stale_before: datetime, limit: int = 100) -> list[Lease]:
+    def due(
+        self,
+        now: datetime,
+        stale_before: datetime,
+        limit: int = 100,
+        *,
+        target: str | None = None,
+        not_targets: Iterable[str] = (),
+    ) -> list[Lease]:
         """Leases to revoke now: expired; still ``creating`` since before ``stale_before``
         (the broker died mid-issue, so nobody holds the password); or marked for
-        revocation and due a retry."""
-        expired = sa.or_(
-            sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now),
-            sa.and_(leases.c.state == "creating", leases.c.created_at <= stale_before),
-        )
-        retry = sa.and_(
-            leases.c.state == "revoking",
-            sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),
-        )
+        revocation and due a retry. Only leases nobody holds a live claim on (one being
+        revoked right now is not due again), of ``target`` if given, and of none of
+        ``not_targets``."""
+        where = _due_where(now, stale_before, target, not_targets)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(leases)
-                .where(sa.or_(expired, retry))
+                .where(*where)
                 .order_by(leases.c.expires_at)
                 .limit(limit)
             ).all()
@@ -1205,6 +1275,40 @@ class _DriverSql:
             raise ValueError("naive datetime given to the store")  # as UTCDateTime does
         naive = value.astimezone(UTC).replace(tzinfo=None)
         return naive.isoformat(" ", "microseconds") if self.sqlite else naive
+
+
+def _due_where(
+    now: datetime, stale_before: datetime, target: str | None, not_targets: Iterable[str]
+) -> list[Any]:
+    """The conditions of Store.due."""
+    expired = sa.or_(
+        sa.and_(leases.c.state.in_(("creating", "active")), leases.c.expires_at <= now),
+        sa.and_(leases.c.state == "creating", leases.c.created_at <= stale_before),
+    )
+    retry = sa.and_(
+        leases.c.state == "revoking",
+        sa.or_(leases.c.next_attempt_at.is_(None), leases.c.next_attempt_at <= now),
+    )
+    unclaimed = sa.or_(leases.c.claimed_by.is_(None), leases.c.claim_expires_at <= now)
+    where = [sa.or_(expired, retry), unclaimed]
+    if target is not None:
+        where.append(leases.c.target == target)
+    if not_targets:
+        where.append(leases.c.target.not_in(list(not_targets)))
+    return where
+
+
+def due_cause(lease: Any, now: datetime) -> str:
+    """Why a due lease is revoked (its recorded cause, if already being revoked)."""
+    if lease.state == "revoking":
+        return str(lease.revoke_cause or "retry")
+    return "expired" if lease.expires_at <= now else "creation_interrupted"
+
+
+def _chunks(items: list[_T], size: int = 500) -> Iterator[list[_T]]:
+    """``items`` in lists of at most ``size`` (bound parameters per statement stay few)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _driver_cursor(conn: Connection) -> Any:

@@ -146,6 +146,12 @@ class MariaDBServer:
         except OSError:
             return "(no log)"
 
+    @property
+    def pid(self) -> int:
+        """The server's pid (one process: its connections are threads)."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def stop(self) -> None:
         process, self._process = self._process, None
         end_process(process, timeout=30)

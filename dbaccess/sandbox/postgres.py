@@ -115,6 +115,12 @@ class PostgresServer:
             self.stop()
             raise ServiceError(f"{exc}; log tail:\n{self._log_tail()}") from None
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid, which is also its process group's (the backends')."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def _ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise ServiceError(f"postgres exited at start:\n{self._log_tail()}")

@@ -17,8 +17,8 @@ _EVENT = re.compile(r"(session|request|breakglass|review|reconcile|notify)\.[a-z
 
 
 def _recorded_events() -> set[str]:
-    """The event names the broker's code passes to ``Store.record`` or ``_append_audit``
-    (directly, or through a variable named ``event``)."""
+    """The event names the broker's code passes to ``Store.record``, ``_append_audit`` or
+    ``_append_audits`` (directly, or through a variable named ``event``)."""
     found: set[str] = set()
     for path in Path(dbaccess.broker.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -26,6 +26,9 @@ def _recorded_events() -> set[str]:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("record", "_append_audit")):
                 sources = list(node.args[:3])
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "_append_audits"):
+                sources = list(node.args[2:3])  # the records: (event, subject, lease, detail)
             elif isinstance(node, ast.Assign) and any(
                     isinstance(t, ast.Name) and t.id == "event" for t in node.targets):
                 sources = [node.value]

@@ -23,6 +23,20 @@ class EngineRefused(EngineError):
     renewal past the user's creation plus max_lifetime): the caller's error, not a failure."""
 
 
+class TargetUnreachable(EngineError):
+    """The target did not answer in time, or the connection broke: the database may not
+    have seen the call, or may have done it without the broker hearing back."""
+
+
+# Every database call is bounded, so a target that is down, stopped (SIGSTOP) or wedged
+# costs a caller at most these, never more (docs/broker.md, "When a database fails"):
+CONNECT_TIMEOUT = 5.0  # a new connection, TCP and the login handshake
+STATEMENT_TIMEOUT = 8.0  # server side: a slow (not stopped) database ends the statement
+CALL_TIMEOUT = 10.0  # client side: waiting for a connection plus the statement; a server
+# that stopped answering (a stopped process acknowledges packets, so no TCP timeout fires)
+# has the call's socket shut down. Longer than revoke_user's 5 s wait for sessions to end.
+
+
 def not_bootstrapped(target: str) -> str:
     """Said when the definer functions are missing: the first request after a forgotten
     bootstrap, which the message reaches (the CLI's error, the broker's log)."""
@@ -87,6 +101,14 @@ class Engine(Protocol):
 
     def list_managed_users(self) -> list[str]:
         """Every login that carries this target's managed prefix."""
+
+    @property
+    def troubled(self) -> bool:
+        """A call failed for want of an answer (TargetUnreachable) and none succeeded since."""
+
+    def ping(self) -> None:
+        """Check the target answers, on a fresh connection (TargetUnreachable if not).
+        After trouble, a success also starts the engine's connections afresh."""
 
     def close(self) -> None:
         """Release connections (at shutdown, or when the target is reconfigured)."""

@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 import pymysql
 
 from dbaccess.broker.engines.base import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
     CreateSlots,
     EngineError,
     EngineRefused,
     NewUser,
+    TargetUnreachable,
     not_bootstrapped,
 )
 from dbaccess.broker.engines.mariadb_bootstrap import (
@@ -40,6 +43,7 @@ class MariaDBEngine:
         self.name = name
         self.target = target
         self._creating = CreateSlots(name, target.create_concurrency)
+        self._troubled = False
 
     def _connect(self) -> pymysql.connections.Connection:
         try:
@@ -48,12 +52,26 @@ class MariaDBEngine:
                 port=self.target.port,
                 user=self.target.provisioner.user,
                 password=self.target.provisioner.read_password(),
-                connect_timeout=5,
+                connect_timeout=CONNECT_TIMEOUT,
+                # Socket timeouts for every read and write, the login handshake included
+                # (PyMySQL has none by default: a stopped server held a call forever).
+                read_timeout=CALL_TIMEOUT,
+                write_timeout=CALL_TIMEOUT,
                 autocommit=True,
                 program_name="dbaccess-broker",
             )
         except pymysql.err.Error as exc:
-            raise EngineError(f"cannot connect to target '{self.name}': {_message(exc)}") from None
+            self._troubled = True
+            raise TargetUnreachable(
+                f"cannot connect to target '{self.name}': {_message(exc)}"
+            ) from None
+
+    @property
+    def troubled(self) -> bool:
+        return self._troubled
+
+    def ping(self) -> None:
+        self._call("checking the target", "SELECT 1", ())
 
     def _call(
         self, what: str, sql: str, args: tuple[object, ...], then: str | None = None
@@ -65,7 +83,15 @@ class MariaDBEngine:
                 cur.execute(sql, args)
                 if then is not None:
                     cur.execute(then)
-                return list(cur.fetchall())
+                rows = list(cur.fetchall())
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if code in (2006, 2013, 2014, 2055):  # gone away, lost, out of sync, read error
+                self._troubled = True
+                raise TargetUnreachable(
+                    f"{what} on '{self.name}' failed: {_message(exc)}"
+                ) from None
+            raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}") from None
         except pymysql.err.Error as exc:
             # 1305: no such procedure; 1370: no EXECUTE on it (another target's bootstrap)
             missing = exc.args[0] in (1305, 1370) if exc.args else False
@@ -73,6 +99,8 @@ class MariaDBEngine:
             raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}{hint}") from None
         finally:
             conn.close()
+        self._troubled = False
+        return rows
 
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout

@@ -22,17 +22,27 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dbaccess.broker.engines.base import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+    STATEMENT_TIMEOUT,
     CreateSlots,
     EngineError,
     EngineRefused,
     NewUser,
+    TargetUnreachable,
     not_bootstrapped,
 )
+from dbaccess.broker.engines.deadline import WATCHDOG
 from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
 POOL_SIZE = 10
 POOL_TIMEOUT = 3.0  # how long a call waits for a connection before the attempt fails
+# psycopg_pool retries a failed connect with a doubling delay until this much time has
+# passed, then gives up that attempt (the next request starts a new one). Its default, 5
+# minutes, let the delay reach 64 s or more during an outage: the pool stayed empty that
+# long after the server came back, and every call was a 502 meanwhile.
+RECONNECT_GIVE_UP = 10.0
 # A connection handed back less than this long ago is lent again without a liveness ping
 # (HikariCP's aliveBypassWindowMs, same value): under load the ping was a whole extra round
 # trip per session, while a connection idle for longer is still checked, and one that broke
@@ -46,7 +56,8 @@ class _LivenessCheck:
     """The pool's ``check`` callback: ping only the connections idle for longer than
     ``ALIVE_BYPASS_SECONDS`` since ``returned`` saw them last. (``returned`` is called by
     the engine, not as the pool's ``reset`` callback: with one, psycopg_pool hands every
-    returned connection to a worker thread, which costs more than the ping.)"""
+    returned connection to a worker thread, which costs more than the ping.) The ping runs
+    in the caller's thread, under the caller's deadline: a stopped server would hold it."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -60,6 +71,9 @@ class _LivenessCheck:
     def check(self, conn: Connection) -> None:
         returned = self._returned_at.get(conn)
         if returned is None or self._clock() - returned > ALIVE_BYPASS_SECONDS:
+            deadline = WATCHDOG.current()
+            if deadline is not None:
+                deadline.attach(conn)
             ConnectionPool.check_connection(conn)
 
 
@@ -74,6 +88,31 @@ class PostgresEngine:
         self._pool_password: str | None = None
         self._liveness = _LivenessCheck()
         self._creating = CreateSlots(name, target.create_concurrency)
+        self._troubled = False
+
+    def _connect_kwargs(self, password: str) -> dict[str, object]:
+        return {
+            "host": self.target.host,
+            "port": self.target.port,
+            "dbname": self.target.database,
+            "user": self.target.provisioner.user,
+            "password": password,
+            "sslmode": self.target.sslmode,
+            "connect_timeout": int(CONNECT_TIMEOUT),
+            # A slow server ends the statement itself (the definer functions run within it).
+            "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}",
+            # A host that vanished from the network (no RST ever comes): the kernel gives up
+            # on unacknowledged data after tcp_user_timeout, and on an idle pooled
+            # connection after the keepalive probes. Neither fires for a stopped server
+            # process, which the deadline watchdog covers.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(CALL_TIMEOUT * 1000),
+            "application_name": "dbaccess-broker",
+            "autocommit": True,
+        }
 
     def _connection(self) -> AbstractContextManager[Connection]:
         """A pooled connection as the provisioner (a SCRAM login costs ~10 ms per connect).
@@ -86,20 +125,11 @@ class PostgresEngine:
                     self._pool.close()
                 self._liveness = liveness = _LivenessCheck()
                 self._pool = ConnectionPool(
-                    kwargs={
-                        "host": self.target.host,
-                        "port": self.target.port,
-                        "dbname": self.target.database,
-                        "user": self.target.provisioner.user,
-                        "password": password,
-                        "sslmode": self.target.sslmode,
-                        "connect_timeout": 5,
-                        "application_name": "dbaccess-broker",
-                        "autocommit": True,
-                    },
+                    kwargs=self._connect_kwargs(password),
                     min_size=1,
                     max_size=POOL_SIZE,
                     timeout=POOL_TIMEOUT,
+                    reconnect_timeout=RECONNECT_GIVE_UP,
                     check=liveness.check,
                     name=f"dbaccess-{self.name}",
                     open=True,
@@ -114,25 +144,67 @@ class PostgresEngine:
                 self._pool.close()
                 self._pool = None
 
+    @property
+    def troubled(self) -> bool:
+        return self._troubled
+
+    def ping(self) -> None:
+        """``SELECT 1`` on a connection of its own (the pool may be empty and waiting out
+        a reconnect delay). After trouble, a success drops the pool: the next call gets a
+        fresh one at once instead of waiting for the old pool's next attempt."""
+        kwargs = self._connect_kwargs(self.target.provisioner.read_password())
+        try:
+            with WATCHDOG.watch(CALL_TIMEOUT) as deadline:
+                with psycopg.connect(**kwargs) as conn:  # type: ignore[arg-type]
+                    deadline.attach(conn)
+                    conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            self._troubled = True
+            raise TargetUnreachable(
+                f"target '{self.name}' does not answer: {_first_line(exc)}"
+            ) from None
+        if self._troubled:
+            with self._lock:
+                stale, self._pool = self._pool, None
+            if stale is not None:  # its connections may be waiting on dead sockets
+                threading.Thread(target=stale.close, daemon=True).start()
+            self._troubled = False
+
     @contextmanager
     def _doing(self, what: str) -> Iterator[Connection]:
-        """A pooled connection; any failure becomes an EngineError saying ``what`` failed."""
-        try:
-            with self._connection() as conn:
-                try:
-                    yield conn
-                finally:
-                    self._liveness.returned(conn)
-        except PoolTimeout:
-            raise EngineError(
-                f"cannot connect to target '{self.name}' "
-                f"(no connection within {POOL_TIMEOUT:.0f} s)"
-            ) from None
-        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
-            raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}; "
-                              f"{not_bootstrapped(self.name)}") from None
-        except psycopg.Error as exc:
-            raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}") from None
+        """A pooled connection; any failure becomes an EngineError saying ``what`` failed.
+        The whole call, waiting for the connection included, has CALL_TIMEOUT."""
+        with WATCHDOG.watch(CALL_TIMEOUT) as deadline:
+            try:
+                with self._connection() as conn:
+                    deadline.attach(conn)
+                    try:
+                        yield conn
+                    finally:
+                        self._liveness.returned(conn)
+            except PoolTimeout:
+                self._troubled = True
+                raise TargetUnreachable(
+                    f"cannot connect to target '{self.name}' "
+                    f"(no connection within {POOL_TIMEOUT:.0f} s)"
+                ) from None
+            except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+                raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}; "
+                                  f"{not_bootstrapped(self.name)}") from None
+            except psycopg.errors.QueryCanceled:
+                raise EngineError(
+                    f"{what} on '{self.name}' failed: the database took longer than "
+                    f"{STATEMENT_TIMEOUT:.0f} s"
+                ) from None
+            except psycopg.OperationalError as exc:
+                # The connection broke (the server restarted) or the watchdog shut it.
+                self._troubled = True
+                said = (f"no answer within {CALL_TIMEOUT:.0f} s" if deadline.expired
+                        else _first_line(exc))
+                raise TargetUnreachable(f"{what} on '{self.name}' failed: {said}") from None
+            except psycopg.Error as exc:
+                raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}") from None
+        self._troubled = False
 
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
