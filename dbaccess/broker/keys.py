@@ -119,8 +119,8 @@ class IssuerKeys:
                 return key
             if self._running is not None and self._running is running:
                 raise IdentityUnavailable(
-                    f"the identity provider at {self.issuer} did not answer within "
-                    f"{WAIT:g} s: the broker cannot check this token's signature"
+                    f"the identity provider at {self.issuer} is unreachable (no answer "
+                    f"within {WAIT:g} s): the broker cannot check this token's signature"
                 )
             if self._failure is not None:
                 raise IdentityUnavailable(
