@@ -253,3 +253,47 @@ def test_store_failure_is_store_unavailable_not_a_driver_error(tmp_path: Path) -
         assert store._store_failure(ValueError("x")) is None
     finally:
         store.close()
+
+
+def test_postgres_store_failures_are_store_unavailable_too() -> None:
+    import psycopg
+
+    store = Store("postgresql+psycopg://broker@127.0.0.1:1/none", migrate=False)  # no connect
+    try:
+        for raw in (psycopg.OperationalError("connection to server at 127.0.0.1 failed"),
+                    psycopg.errors.DiskFull("could not extend file: No space left on device"),
+                    psycopg.InterfaceError("the connection is closed")):
+            assert isinstance(store._store_failure(raw), StoreUnavailable), raw
+        assert store._store_failure(psycopg.errors.UniqueViolation("dup")) is None
+    finally:
+        store.close()
+
+
+def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from dbaccess.broker.app import create_app
+    from dbaccess.broker.settings import load_settings
+
+    store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
+    app = create_app(load_settings(stack.broker_config), store=store, run_reaper=False)
+    with TestClient(app, raise_server_exceptions=False) as api:
+        def broken(**_: object) -> None:
+            raise StoreUnavailable("the broker's state store failed: disk I/O error")
+
+        monkeypatch.setattr(store, "health", lambda **_: None)
+        assert api.get("/healthz").json()["store"] == {"status": "ok"}
+        monkeypatch.setattr(store, "health", lambda **_: "the broker's state store failed: x")
+        reply = api.get("/healthz")
+        assert reply.status_code == 503 and reply.json()["store"]["status"] == "failing"
+        monkeypatch.setattr(store, "health", broken)
+        reply = api.get("/healthz")
+        assert reply.status_code == 503
+        assert reply.json()["error"]["code"] == "store_unavailable"
+        monkeypatch.setattr(store, "health", lambda **_: 1 / 0)
+        reply = api.get("/healthz")
+        assert reply.status_code == 500
+        assert reply.json()["error"]["code"] == "internal_error"
+        assert "ZeroDivisionError" in reply.json()["error"]["message"]
+    store.close()
