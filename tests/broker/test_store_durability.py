@@ -297,3 +297,55 @@ def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
         assert reply.json()["error"]["code"] == "internal_error"
         assert "ZeroDivisionError" in reply.json()["error"]["message"]
     store.close()
+
+
+def test_a_postgres_store_that_refuses_writes_is_a_503_and_a_failing_healthz(
+        stack: Stack, tokens: dict[str, str], tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from dbaccess.broker.app import create_app
+    from dbaccess.broker.settings import load_settings
+
+    pg = stack.postgres
+    with pg.connect() as admin:
+        admin.execute("DROP DATABASE IF EXISTS refusing_store")
+        admin.execute("CREATE DATABASE refusing_store")
+    url = (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}"
+           "/refusing_store")
+    store = Store(url)
+    alice = {"Authorization": "Bearer " + tokens["alice"]}
+    # readwrite needs approvals and a reason: without one, a denial is recorded — a write
+    asking = {"target": "demo", "role": "readwrite"}
+    try:
+        with TestClient(create_app(load_settings(stack.broker_config), store=store,
+                                   run_reaper=False)) as api:
+            assert api.post("/v1/sessions", headers=alice, json=asking).status_code == 403
+            assert api.get("/healthz").status_code == 200
+            with pg.connect() as admin:  # the store's server stops taking writes
+                admin.execute(
+                    "ALTER DATABASE refusing_store SET default_transaction_read_only = on")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()")
+            # (the first calls may meet a reader's or the writer's connection terminated:
+            # a 503 too, and the next call connects afresh)
+            messages = []
+            for _ in range(4):
+                reply = api.post("/v1/sessions", headers=alice, json=asking)
+                assert reply.status_code == 503, reply.text
+                assert reply.json()["error"]["code"] == "store_unavailable"
+                messages.append(reply.json()["error"]["message"])
+            assert "read-only" in messages[-1], messages
+            eventually(lambda: api.get("/healthz").status_code == 503, timeout=10,
+                       what="/healthz to fail")
+            assert api.get("/healthz").json()["store"]["status"] == "failing"
+            with pg.connect() as admin:  # back: the next probe and request succeed
+                admin.execute("ALTER DATABASE refusing_store RESET default_transaction_read_only")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()")
+            eventually(lambda: api.get("/healthz").status_code == 200, timeout=10,
+                       what="/healthz to recover")
+            assert api.post("/v1/sessions", headers=alice, json=asking).status_code == 403
+    finally:
+        store.close()
+        with pg.connect() as admin:
+            admin.execute("DROP DATABASE refusing_store WITH (FORCE)")
