@@ -323,6 +323,10 @@ class Store:
         ):
             return None
         reason = (str(raw).strip().splitlines() or [type(raw).__name__])[0][:200]
+        if reason.startswith(("connection failed", "connection to server")):
+            # psycopg's names the store's host, port and user: for the log, not for callers
+            log.error("cannot connect to the store", extra={"error": reason})
+            reason = "cannot connect to the store's server (the broker's log says why)"
         return StoreUnavailable(f"the broker's state store failed: {reason}")
 
     def _translate_error(self, context: sa.engine.ExceptionContext) -> None:

@@ -260,10 +260,15 @@ def test_postgres_store_failures_are_store_unavailable_too() -> None:
 
     store = Store("postgresql+psycopg://broker@127.0.0.1:1/none", migrate=False)  # no connect
     try:
-        for raw in (psycopg.OperationalError("connection to server at 127.0.0.1 failed"),
+        for raw in (psycopg.OperationalError("connection failed: connection to server at "
+                                             '"10.1.2.3", port 5432 failed: FATAL: password '
+                                             'authentication failed for user "broker"'),
                     psycopg.errors.DiskFull("could not extend file: No space left on device"),
                     psycopg.InterfaceError("the connection is closed")):
-            assert isinstance(store._store_failure(raw), StoreUnavailable), raw
+            failure = store._store_failure(raw)
+            assert isinstance(failure, StoreUnavailable), raw
+            # what callers see names no host or user of the store
+            assert "10.1.2.3" not in str(failure) and "broker\"" not in str(failure)
         assert store._store_failure(psycopg.errors.UniqueViolation("dup")) is None
     finally:
         store.close()
