@@ -24,6 +24,12 @@ Both sides get the same number of concurrent clients. The raw side sends all of 
 the database at once, as that many direct clients would. The broker admits at most its
 target's ``create_concurrency`` (4) creations at a time and queues the rest; at 8 clients
 that is part of what is measured (without it the median ratio here was ~0.78, not ~0.82).
+
+Last, the store's own part of an issuance (the lease, then its activation: two commits,
+as the broker makes them) is timed with the SQLite store's ``synchronous=FULL`` next to
+``NORMAL``, in alternating rounds on the disk the broker's store used: what durability
+costs per session (``--store-sessions``, 0 to skip). FULL syncs the WAL at each commit, so
+its cost is the disk's fsync latency; on tmpfs it would be nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from _common import cpu_of, cpu_seconds, median, percentile, table  # noqa: E402
 
 from dbaccess.broker.engines.base import make_password  # noqa: E402
 from dbaccess.broker.engines.scram import scram_sha256_verifier  # noqa: E402
+from dbaccess.broker.store import Store  # noqa: E402
 from dbaccess.sandbox.idp import device_tokens  # noqa: E402
 from dbaccess.sandbox.stack import PROVISIONER, Stack  # noqa: E402
 
@@ -120,6 +127,33 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
     return total / (time.perf_counter() - started), latencies, sum(backend_cpu)
 
 
+def store_commits(directory: Path, sessions: int, rounds: int) -> list[list[object]]:
+    """Per session, the store's lease + activation with synchronous NORMAL and FULL."""
+    took: dict[str, list[float]] = {"NORMAL": [], "FULL": []}
+    now = datetime.now(UTC)
+    for turn in range(rounds):
+        for mode in ("NORMAL", "FULL") if turn % 2 == 0 else ("FULL", "NORMAL"):
+            store = Store(f"sqlite:///{directory / f'sync-{mode}-{turn}.db'}")
+            try:
+                store.probe(now)  # opens the writer's connection, which keeps the setting
+                assert store._writer is not None
+                driver = store._writer.connection.driver_connection
+                driver.execute(f"PRAGMA synchronous={mode}")  # type: ignore[union-attr]
+                for n in range(sessions):
+                    started = time.perf_counter()
+                    lease = store.open_lease(
+                        now=now, subject="alice", email=None, target="demo",
+                        role="readonly", engine="postgres", db_user=f"dba_sync_{n}",
+                        rule="bench", reason=None, ticket=None,
+                        expires_at=now + timedelta(hours=1), source=None)
+                    store.activate(lease, now)
+                    took[mode].append(time.perf_counter() - started)
+            finally:
+                store.close()
+    return [[mode, f"{percentile(v, 50) * 1000:.2f}", f"{percentile(v, 99) * 1000:.2f}",
+             len(v)] for mode, v in took.items()]
+
+
 class Tally:
     """One side's rounds at one level: rates, all latencies, CPU seconds per column."""
 
@@ -154,6 +188,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
     parser.add_argument("--pairs", type=int, default=5,
                         help="broker/raw round pairs per level (median reported)")
+    parser.add_argument("--store-sessions", type=int, default=300,
+                        help="sessions per round of the store's sync cost (0: skip)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp, \
@@ -205,6 +241,11 @@ def main() -> None:
         print("\nCPU ms per session (all on the same cores)")
         print(table(["clients", "broker", "postgres", "bench client", "raw: postgres",
                      "raw: client"], cpu_rows))
+        if args.store_sessions:
+            print("\nthe store's lease + activation (two commits) per session, SQLite "
+                  "synchronous NORMAL vs FULL (the broker's), alternating rounds")
+            print(table(["synchronous", "p50 ms", "p99 ms", "sessions"],
+                        store_commits(stack.broker_config.parent, args.store_sessions, 4)))
 
 
 def _parent(pid: int) -> int:

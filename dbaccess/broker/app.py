@@ -29,13 +29,18 @@ from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.body_limit import BodyLimit
 from dbaccess.broker.checks import log_mariadb_server_problems
 from dbaccess.broker.engines import Engine, engine_for
-from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.identity import (
+    IdentityUnavailable,
+    InvalidToken,
+    Principal,
+    TokenVerifier,
+)
 from dbaccess.broker.metrics import live_sessions_by_target
 from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.broker.reaper import Reaper
 from dbaccess.broker.sessions import Origin, SessionService
 from dbaccess.broker.settings import Settings, load_settings
-from dbaccess.broker.store import Store
+from dbaccess.broker.store import Store, StoreUnavailable
 from dbaccess.errors import DbaccessError
 from dbaccess.models import (
     AuditEntry,
@@ -73,7 +78,9 @@ def create_app(
 ) -> FastAPI:
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
-    verifier = verifier or TokenVerifier(settings.identity)
+    # The store keeps the provider's last good key set: a restart while the provider is
+    # unreachable still accepts valid tokens.
+    verifier = verifier or TokenVerifier(settings.identity, keeper=store)
     service = SessionService(settings, store, engines)
     service.metrics.watch_live_sessions(
         lambda: live_sessions_by_target(service.store, list(service.settings.targets)))
@@ -89,6 +96,7 @@ def create_app(
             reaper.start()
             threading.Thread(target=log_mariadb_server_problems, args=(settings.targets,),
                              name="mariadb-settings-check", daemon=True).start()
+        verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:
             service.notifier.start()  # also sends what a previous run left in the outbox
         if config_path is not None:
@@ -136,6 +144,30 @@ def create_app(
             return _error(413, "request_too_large", str(exc.detail), body_limit.HINT)
         return _error(exc.status_code, "http_error", str(exc.detail))
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_failed(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Nothing was recorded, so nothing was handed out (a password leaves only after
+        # its lease and audit records are on disk).
+        return _error(
+            503,
+            "store_unavailable",
+            str(exc),
+            "nothing was recorded or handed out; try again in a minute. Operators: "
+            "GET /healthz shows the store's state (a full or failing disk, a store server "
+            "that is down)",
+        )
+
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        # Anything else: still the envelope (the CLI shows message and hint), never a bare
+        # "Internal Server Error". Starlette logs the traceback after this answer.
+        return _error(
+            500,
+            "internal_error",
+            f"the broker failed on {request.method} {request.url.path} ({type(exc).__name__})",
+            "try again; if it keeps failing, the broker's log has the details",
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [
@@ -157,10 +189,32 @@ def create_app(
             return await run_in_threadpool(verifier.verify, credentials.credentials)
         except InvalidToken as exc:
             raise ApiError(401, "invalid_token", str(exc), "dbaccess login") from None
+        except IdentityUnavailable as exc:
+            # Not "log in again": the login needs the same provider.
+            raise ApiError(
+                503,
+                "identity_provider_unreachable",
+                str(exc),
+                "your login is not the problem; try again in a minute. Operators: check "
+                "that the broker reaches the identity provider (GET /healthz shows it)",
+            ) from None
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        # 503 only for the store: without it nothing can be issued or revoked. An
+        # unreachable identity provider is reported but stays 200 — the broker still
+        # serves every token whose key it knows, and revokes on time.
+        failure = service.store.health()
+        store_state = {"status": "ok"} if failure is None else {
+            "status": "failing", "error": failure}
+        return JSONResponse(
+            {
+                "status": "ok" if failure is None else "failing",
+                "store": store_state,
+                "identity": verifier.keys.status(),
+            },
+            status_code=200 if failure is None else 503,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

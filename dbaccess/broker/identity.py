@@ -1,8 +1,9 @@
 """Who is calling: verify a bearer JWT against the issuer's published keys.
 
-Checks: signature with a key from the issuer's JWKS (cached; refetched when an unknown
-``kid`` appears), an allow-list of asymmetric algorithms (so ``none`` and HMAC tricks
-fail), ``iss``, ``aud``, ``exp`` and ``nbf`` (with a small leeway), and a ``sub``.
+Checks: signature with a key from the issuer's JWKS (``broker/keys.py``: fetched in the
+background, kept in the store, never a request's wait on the provider), an allow-list
+of asymmetric algorithms (so ``none`` and HMAC tricks fail), ``iss``, ``aud``, ``exp``
+and ``nbf`` (with a small leeway), and a ``sub``.
 
 A token that passed is remembered (by its hash) until it expires: the CLI sends the same
 token for every call of a session, and the broker then answers without a signature check
@@ -18,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import jwt
 
+from dbaccess.broker.keys import IdentityUnavailable, IssuerKeys, KeyKeeper, UnknownKey
 from dbaccess.broker.settings import IdentitySection
 from dbaccess.text import first_unsafe
 
@@ -54,40 +55,27 @@ class Principal:
         return self.subject
 
 
+__all__ = ["IdentityUnavailable", "InvalidToken", "Principal", "TokenVerifier"]
+
+
 class TokenVerifier:
-    """Verifies tokens for one issuer. Thread-safe; the JWKS client is created lazily."""
+    """Verifies tokens for one issuer. Thread-safe. ``keeper`` (the store) keeps the last
+    good key set across restarts."""
 
     def __init__(
         self,
         identity: IdentitySection,
         *,
         http_get: Callable[[str], dict[str, Any]] | None = None,
+        keeper: KeyKeeper | None = None,
     ) -> None:
         self._identity = identity
-        self._http_get = http_get or _get_json
-        self._lock = threading.Lock()
-        self._jwks: jwt.PyJWKClient | None = None
-        # sha256(token) -> (principal, exp) of tokens that passed every check. A lock of its
-        # own: ``_lock`` is held while the discovery document is fetched, and ``cached``
-        # runs on the event loop, which must never wait for the network.
+        self.keys = IssuerKeys(identity.issuer, http_get=http_get, keeper=keeper)
+        # sha256(token) -> (principal, exp) of tokens that passed every check. ``cached``
+        # runs on the event loop, which must never wait for the network: this lock is
+        # never held across I/O.
         self._verified: dict[bytes, tuple[Principal, float]] = {}
         self._verified_lock = threading.Lock()
-
-    def _jwks_client(self) -> jwt.PyJWKClient:
-        with self._lock:
-            if self._jwks is None:
-                discovery = self._http_get(
-                    self._identity.issuer + "/.well-known/openid-configuration"
-                )
-                if discovery.get("issuer", "").rstrip("/") != self._identity.issuer:
-                    raise InvalidToken(
-                        "identity provider's discovery document names another issuer"
-                    )
-                # PyJWKClient caches keys and refetches the set when it meets an unknown kid.
-                self._jwks = jwt.PyJWKClient(
-                    discovery["jwks_uri"], cache_keys=True, lifespan=300, timeout=10
-                )
-            return self._jwks
 
     def cached(self, token: str) -> Principal | None:
         """The principal of a token verified before and not expired since — no signature
@@ -118,9 +106,12 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm not in self._identity.algorithms:
             raise InvalidToken(f"token algorithm {algorithm!r} is not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("token has a malformed 'kid' header")
         try:
-            key = self._jwks_client().get_signing_key_from_jwt(token)
-        except jwt.PyJWKClientError as exc:
+            key = self.keys.signing_key(kid)  # IdentityUnavailable: the caller's 503
+        except UnknownKey as exc:
             raise InvalidToken(f"no usable signing key: {exc}") from None
         try:
             claims = jwt.decode(
@@ -173,15 +164,3 @@ def _groups(claims: dict[str, Any], claim: str) -> frozenset[str]:
     ):
         raise InvalidToken(f"token has a malformed '{claim}' claim (a list of names)")
     return frozenset(groups)
-
-
-def _get_json(url: str) -> dict[str, Any]:
-    try:
-        response = httpx.get(url, timeout=10)
-        response.raise_for_status()
-        data = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise InvalidToken(f"cannot reach the identity provider at {url}: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidToken(f"unexpected discovery document at {url}")
-    return data

@@ -1,6 +1,12 @@
 """Leases and audit records (SQLAlchemy Core; SQLite in WAL mode by default). The few
 statements every issuance runs go to the driver's cursor directly (see ``_DriverSql``).
 
+Every committed transaction is on stable storage when ``commit`` returns (SQLite
+``synchronous=FULL``; PostgreSQL never with ``synchronous_commit=off``): a password leaves
+the broker only after its lease and audit records are, so a power cut cannot lose the
+record of a session someone holds. A store that cannot be read or written raises
+``StoreUnavailable`` (the API's 503), whatever the driver's error class.
+
 A lease is written *before* its database user is created (state ``creating``), so a crash
 at any step leaves a row the reaper can finish: it revokes every lease that is due,
 including half-created ones. Audit records are appended in the same transaction as the
@@ -11,9 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +36,7 @@ from sqlalchemy.engine import Connection, Dialect
 from dbaccess.timestamps import json_default
 
 _T = TypeVar("_T")
+log = logging.getLogger("dbaccess.broker.store")
 
 metadata = sa.MetaData()
 
@@ -143,6 +155,26 @@ notifications = sa.Table(
     sa.Column("settled_at", UTCDateTime),
 )
 
+# The identity provider's last good key set (JWKS), one row per issuer: a restarted broker
+# verifies tokens with it while the provider is unreachable (see ``broker/keys.py``).
+identity_keys = sa.Table(
+    "identity_keys",
+    metadata,
+    sa.Column("issuer", sa.String(500), primary_key=True),
+    sa.Column("jwks_uri", sa.String(500), nullable=False),
+    sa.Column("jwks", sa.Text, nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+# One row that ``/healthz`` rewrites: only a committed write proves the store can record
+# a lease now (a failing or full disk may still answer reads).
+store_probe = sa.Table(
+    "store_probe",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
 LIVE_STATES = ("creating", "active", "revoking")
 GENESIS = "0" * 64  # the "previous hash" of the first audit record
 
@@ -210,6 +242,12 @@ class ApprovalRequest:
         return cls(**values)
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be read or written now (a failing or full disk, a server that is
+    gone): whatever the call was about to record was not recorded. The message names the
+    driver's reason and is safe to show (no statement, no parameters)."""
+
+
 class Conflict(Exception):
     """A state change the current state does not allow (told to the caller as is)."""
 
@@ -244,9 +282,14 @@ class Store:
     def __init__(self, url: str | sa.URL, *, migrate: bool = True) -> None:
         self.engine = sa.create_engine(url)
         self.dialect = self.engine.dialect.name
+        # Driver errors of any statement SQLAlchemy runs (connect and commit included)
+        # become StoreUnavailable; those of the driver-cursor statements in ``_write``.
+        sa.event.listen(self.engine, "handle_error", self._translate_error)
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
+        elif self.dialect == "postgresql":
+            sa.event.listen(self.engine, "connect", _postgres_connect)
         if migrate:
             upgrade(self.engine)
         self._write_lock = threading.Lock()  # one writer per process is enough
@@ -254,13 +297,103 @@ class Store:
         # The writer's connection, kept between transactions under ``_write_lock``: a pool
         # checkout and return (with its reset) cost as much as the statements of a write.
         self._writer: Connection | None = None
+        # /healthz's write probe: one at a time, on a thread of its own, so a hung store
+        # holds one thread, not every caller of /healthz.
+        self._probe_lock = threading.Lock()
+        self._probe_pool: ThreadPoolExecutor | None = None
+        self._probe_running: Any = None  # the Future of the probe under way
+        self._probed: tuple[float, str | None] | None = None  # (monotonic time, failure)
 
     def close(self) -> None:
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        if self._probe_pool is not None:
+            self._probe_pool.shutdown(wait=False)
         self.engine.dispose()
+
+    def _store_failure(self, exc: BaseException) -> StoreUnavailable | None:
+        """``exc`` as StoreUnavailable when it is the driver failing (I/O, disk full,
+        connection lost, corruption); None for what is not (a constraint, a bad statement:
+        those are bugs or races the caller handles)."""
+        raw = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        dbapi = self.engine.dialect.loaded_dbapi
+        if not isinstance(raw, dbapi.Error) or isinstance(
+            raw, (dbapi.IntegrityError, dbapi.ProgrammingError, dbapi.DataError)
+        ):
+            return None
+        reason = (str(raw).strip().splitlines() or [type(raw).__name__])[0][:200]
+        if reason.startswith(("connection failed", "connection to server")):
+            # psycopg's names the store's host, port and user: for the log, not for callers
+            log.error("cannot connect to the store", extra={"error": reason})
+            reason = "cannot connect to the store's server (the broker's log says why)"
+        return StoreUnavailable(f"the broker's state store failed: {reason}")
+
+    def _translate_error(self, context: sa.engine.ExceptionContext) -> None:
+        failure = self._store_failure(context.original_exception)
+        if failure is not None:
+            raise failure from context.original_exception
+
+    def probe(self, now: datetime) -> None:
+        """One real, committed write: the proof that the store can record a lease now."""
+        with self._write() as conn:
+            moved = conn.execute(
+                store_probe.update().where(store_probe.c.id == 1).values(at=now)
+            ).rowcount
+            if not moved:
+                conn.execute(store_probe.insert().values(id=1, at=now))
+
+    def health(self, *, max_age: float = 2.0, wait: float = 3.0) -> str | None:
+        """None when the store took a write within the last ``max_age`` seconds, else
+        why not. At most one probe runs at a time and callers wait at most ``wait``
+        seconds for it: a hung store is reported, never waited for."""
+        with self._probe_lock:
+            if self._probed is not None and time.monotonic() - self._probed[0] < max_age:
+                return self._probed[1]
+            if self._probe_running is None or self._probe_running.done():
+                if self._probe_pool is None:
+                    self._probe_pool = ThreadPoolExecutor(1, thread_name_prefix="dbaccess-probe")
+                self._probe_running = self._probe_pool.submit(self._run_probe)
+            running = self._probe_running
+        try:
+            return running.result(timeout=wait)  # type: ignore[no-any-return]
+        except FutureTimeout:
+            return f"the broker's state store did not take a write within {wait:g} s"
+
+    def _run_probe(self) -> str | None:
+        try:
+            self.probe(datetime.now(UTC))
+            failure = None
+        except StoreUnavailable as exc:
+            failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported by /healthz, not raised
+            failure = f"the broker's state store failed: {type(exc).__name__}"
+        with self._probe_lock:
+            self._probed = (time.monotonic(), failure)
+        return failure
+
+    def load_identity_keys(self, issuer: str) -> tuple[str, dict[str, Any], datetime] | None:
+        """The last good key set of ``issuer`` kept by ``save_identity_keys``:
+        (jwks_uri, JWKS, fetched_at), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(identity_keys).where(identity_keys.c.issuer == issuer)
+            ).first()
+        if row is None:
+            return None
+        return row.jwks_uri, json.loads(row.jwks), row.fetched_at
+
+    def save_identity_keys(
+        self, issuer: str, jwks_uri: str, jwks: dict[str, Any], now: datetime
+    ) -> None:
+        values = {"jwks_uri": jwks_uri, "jwks": json.dumps(jwks, sort_keys=True), "fetched_at": now}
+        with self._write() as conn:
+            moved = conn.execute(
+                identity_keys.update().where(identity_keys.c.issuer == issuer).values(**values)
+            ).rowcount
+            if not moved:
+                conn.execute(identity_keys.insert().values(issuer=issuer, **values))
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -275,7 +408,7 @@ class Store:
                             sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY}
                         )
                     yield conn
-            except BaseException:
+            except BaseException as exc:
                 # Rolled back already. Statements on the driver's cursor bypass SQLAlchemy's
                 # disconnect detection, so the connection is discarded, not pooled: a fresh
                 # one next time rather than one that may have broken (a PostgreSQL store
@@ -283,7 +416,14 @@ class Store:
                 self._writer = None
                 with suppress(Exception):
                     conn.invalidate()
-                conn.close()
+                with suppress(Exception):
+                    conn.close()
+                failure = self._store_failure(exc)
+                if failure is not None:
+                    log.error("a store write failed", extra={"error": str(failure)})
+                    raise failure from exc
+                if isinstance(exc, StoreUnavailable):
+                    log.error("a store write failed", extra={"error": str(exc)})
                 raise
 
     def _append_audit(
@@ -1335,14 +1475,36 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: every commit syncs the WAL before it returns. With NORMAL (WAL's usual
+    # companion) a power cut loses the last commits: a lease and its audit records gone
+    # while the person holds the password (tests/broker/test_store_durability.py shows it
+    # on a real ext4; the cost is in bench/issuance.py's figures, docs/broker.md).
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _postgres_connect(dbapi_connection: Any, _record: Any) -> None:
+    # synchronous_commit=off (a server, database or role default) acknowledges a COMMIT
+    # before it is on disk. This session keeps any durable setting (local, remote_write,
+    # on, remote_apply) and turns "off" back on: a lease must be stored before its password
+    # leaves.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        (setting,) = cursor.fetchone()
+        if setting == "off":
+            cursor.execute("SET synchronous_commit TO on")
+    dbapi_connection.commit()
 
 
 def _sqlite_begin_immediate(conn: Connection) -> None:
     # Writers take the lock at BEGIN: a deferred transaction that reads and then writes can
     # fail at once with "database is locked" when another process writes meanwhile.
     immediate = conn.get_execution_options().get("dbaccess_write")
-    # On the driver's connection, like the hot statements (see _DriverSql).
-    _driver_cursor(conn).execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # On the driver's connection, like the hot statements (see _DriverSql). SQLAlchemy
+    # does not translate errors raised in a "begin" listener: done here.
+    try:
+        _driver_cursor(conn).execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    except sqlite3.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise StoreUnavailable(f"the broker's state store failed: {reason}") from exc

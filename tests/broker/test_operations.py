@@ -37,7 +37,9 @@ def bearer(stack: Stack, login: str) -> dict[str, str]:
 
 
 def test_health_openapi_and_metrics(ops: Stack) -> None:
-    assert httpx.get(ops.broker_url + "/healthz").json() == {"status": "ok"}
+    health = httpx.get(ops.broker_url + "/healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["store"] == {"status": "ok"}
     paths = httpx.get(ops.broker_url + "/openapi.json").json()["paths"]
     assert {"/v1/config", "/v1/sessions", "/v1/sessions/{session_id}",
             "/v1/sessions/{session_id}/renew"} <= set(paths)

@@ -126,12 +126,12 @@ def test_a_rejected_token_is_never_remembered(
 
 def test_a_slow_identity_provider_never_blocks_the_cache(
         verifier: TokenVerifier, issuer: str) -> None:
-    # verify() holds the JWKS lock while it fetches the discovery document; cached() runs
-    # on the broker's event loop and must answer meanwhile.
+    # cached() runs on the broker's event loop and must answer while the key set's lock
+    # is taken (e.g. by a request waiting for a fetch).
     good = token(issuer)
     verifier.verify(good)
     answers: list[object] = []
-    with verifier._lock:  # as during a slow fetch
+    with verifier.keys._lock:  # as during a slow fetch
         worker = threading.Thread(target=lambda: answers.append(verifier.cached(good)))
         worker.start()
         worker.join(timeout=2)
