@@ -1135,6 +1135,46 @@ class Store:
             rows = conn.execute(query).all()
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
 
+    def audit_page(
+        self,
+        *,
+        limit: int,
+        before: int | None = None,
+        since: datetime | None = None,
+        subjects: Iterable[str] | None = None,
+        event: str | None = None,
+        target: str | None = None,
+    ) -> tuple[list[AuditRecord], int | None]:
+        """The newest ``limit`` records older than seq ``before`` that pass every filter,
+        newest first, and the seq to continue before (None: nothing older matches). Every
+        filter is in the query, before the LIMIT: a filter applied to a page afterwards
+        would show too few records, or none, while older ones match."""
+        query = sa.select(audit).order_by(audit.c.seq.desc()).limit(limit + 1)
+        if before is not None:
+            query = query.where(audit.c.seq < before)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        if subjects is not None:
+            query = query.where(audit.c.subject.in_(sorted(subjects)))
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if target is not None:
+            query = query.where(self._detail_text("target") == target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        records = [
+            AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)})
+            for row in rows[:limit]
+        ]
+        more = len(rows) > limit and bool(records)
+        return records, (records[-1].seq if more else None)
+
+    def _detail_text(self, key: str) -> Any:
+        """The text of ``detail``'s top-level ``key`` (SQL NULL when absent), in SQL."""
+        if self.dialect == "postgresql":
+            return sa.func.json_extract_path_text(sa.cast(audit.c.detail, sa.JSON), key)
+        return sa.func.json_extract(audit.c.detail, f"$.{key}")
+
 
 def _open_requests(now: datetime, subject: str, target: str, role: str) -> Any:
     return (
