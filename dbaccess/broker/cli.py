@@ -134,6 +134,10 @@ def check_config(
             typer.echo(f"hint: {problem.hint}", err=True)
         if problems:
             raise typer.Exit(int(ExitCode.CONFIG))
+        from dbaccess.broker.capacity import capacity_warnings
+
+        for warning in capacity_warnings(settings):
+            typer.echo(f"warning: {config}: {warning}", err=True)
     checked = "" if offline else ", each bootstrapped"
     typer.echo(f"{config}: ok ({len(settings.targets)} target(s){checked}, "
                f"{len(settings.rules)} rule(s))")

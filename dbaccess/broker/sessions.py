@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.approvals import Approvals
@@ -31,6 +31,8 @@ from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import (
     ApprovalRequest,
+    CapReached,
+    Caps,
     Conflict,
     Lease,
     Store,
@@ -313,7 +315,11 @@ class SessionService:
                 incident=incident,
                 drill=drill,
                 request=request,
+                caps=self._caps(target_name, breakglass),
             )
+        except CapReached as exc:
+            self._refuse_over_cap(principal, exc, target_name, role, breakglass, reason,
+                                  incident, origin)
         except Conflict as exc:
             raise ApiError(409, "request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
@@ -351,6 +357,73 @@ class SessionService:
             sslmode=target.sslmode,
             password=password,  # type: ignore[arg-type]
         )
+
+    def _caps(self, target_name: str, breakglass: bool) -> Caps:
+        settings = self.settings
+        weights = {n: r.connection_limit for n, r in settings.targets[target_name].roles.items()}
+
+        def value(key: str) -> int:
+            return settings.limit(target_name, key)[0]
+
+        if breakglass:
+            return Caps(True, weights,
+                        person_sessions=value("breakglass_sessions_per_person"),
+                        target_connections=value("breakglass_connections_per_target"))
+        return Caps(False, weights,
+                    person_sessions=value("sessions_per_person"),
+                    person_connections=value("connections_per_person"),
+                    target_sessions=value("sessions_per_target"),
+                    target_connections=value("connections_per_target"))
+
+    def _refuse_over_cap(
+        self, principal: Principal, exc: CapReached, target: str, role: str, breakglass: bool,
+        reason: str | None, incident: str | None, origin: Origin,
+    ) -> NoReturn:
+        """429 naming the cap and its setting; the refusal is audited like any denial."""
+        key = {
+            "person_sessions": "sessions_per_person",
+            "person_connections": "connections_per_person",
+            "target_sessions": "sessions_per_target",
+            "target_connections": "connections_per_target",
+        }[exc.cap]
+        if breakglass:
+            key = {"sessions_per_person": "breakglass_sessions_per_person",
+                   "connections_per_target": "breakglass_connections_per_target"}[key]
+        _, setting = self.settings.limit(target, key)
+        kind = "break-glass " if breakglass else ""
+        unit = "sessions" if exc.cap.endswith("sessions") else "connections"
+        if exc.cap.startswith("person"):
+            message = (
+                f"one person may hold at most {exc.limit} live {kind}{unit} on '{target}' "
+                f"({setting}); this session would make {exc.would_be}"
+            )
+            hint = "end one first: dbaccess sessions lists yours, dbaccess revoke ID ends one"
+        else:
+            message = (
+                f"'{target}' has no {kind}{unit} to spare: at most {exc.limit} for all live "
+                f"{kind}sessions ({setting}); this session would make {exc.would_be}"
+            )
+            hint = (
+                "try again when sessions have ended; an administrator can raise " + setting
+                + (" (or, in an incident, use dbaccess breakglass)" if not breakglass else "")
+            )
+        self.store.record(
+            self.clock(),
+            "breakglass.denied" if breakglass else "session.denied",
+            principal.subject,
+            {
+                "email": principal.email,
+                "target": target,
+                "role": role,
+                "reason": reason,
+                **({"incident": incident} if breakglass else {}),
+                "explanation": message,
+                "cap": setting,
+                **origin.detail(),
+            },
+        )
+        self.metrics.denied.labels(target).inc()
+        raise ApiError(429, "cap_reached", message, hint)
 
     def list_for(self, principal: Principal) -> list[SessionInfo]:
         return [_info(lease) for lease in self.store.sessions_of(principal.subject)]

@@ -213,6 +213,29 @@ class Conflict(Exception):
 
 
 @dataclass(frozen=True)
+class Caps:
+    """The caps a new lease must stay within, counted over the target's live leases of
+    the same kind (break-glass leases have a budget of their own). ``weights``: each
+    role's connection_limit, so a lease counts as the connections its user may open."""
+
+    breakglass: bool
+    weights: dict[str, int]
+    person_sessions: int | None = None
+    person_connections: int | None = None
+    target_sessions: int | None = None
+    target_connections: int | None = None
+
+
+class CapReached(Exception):
+    """A new lease would pass a cap: ``cap`` (a Caps field), the count with the new
+    lease, and the cap. Nothing was written."""
+
+    def __init__(self, cap: str, would_be: int, limit: int) -> None:
+        super().__init__(cap)
+        self.cap, self.would_be, self.limit = cap, would_be, limit
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     seq: int
     at: datetime
@@ -343,9 +366,13 @@ class Store:
         incident: str | None = None,
         drill: bool = False,
         request: ApprovalRequest | None = None,
+        caps: Caps | None = None,
     ) -> Lease:
         """Record the lease (state ``creating``) before its user exists. With ``request``,
-        that approved request is consumed in the same transaction: it grants one session."""
+        that approved request is consumed in the same transaction: it grants one session.
+        With ``caps``, the live leases are counted in that transaction too (under the write
+        lock every replica takes), so concurrent requests cannot pass a cap together:
+        CapReached, and nothing written, when this lease would."""
         lease_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=lease_id,
@@ -386,6 +413,8 @@ class Store:
         if request is not None:
             detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:
+            if caps is not None:
+                _check_caps(conn, caps, subject, target, role)
             if request is not None:
                 used = conn.execute(
                     approval_requests.update()
@@ -1174,6 +1203,34 @@ class Store:
         if self.dialect == "postgresql":
             return sa.func.json_extract_path_text(sa.cast(audit.c.detail, sa.JSON), key)
         return sa.func.json_extract(audit.c.detail, f"$.{key}")
+
+
+def _check_caps(conn: Connection, caps: Caps, subject: str, target: str, role: str) -> None:
+    kind = "breakglass" if caps.breakglass else "session"
+    mine = (leases.c.subject == subject).label("mine")
+    rows = conn.execute(
+        sa.select(mine, leases.c.role, sa.func.count())
+        .where(leases.c.target == target, leases.c.kind == kind,
+               leases.c.state.in_(LIVE_STATES))
+        .group_by(mine, leases.c.role)
+    ).all()
+    # An unknown role (removed from the config since) counts as the heaviest one.
+    heaviest = max(caps.weights.values(), default=1)
+    counts = {"person_sessions": 1, "target_sessions": 1,
+              "person_connections": caps.weights.get(role, heaviest),
+              "target_connections": caps.weights.get(role, heaviest)}
+    for is_mine, lease_role, count in rows:
+        weight = caps.weights.get(lease_role, heaviest)
+        counts["target_sessions"] += count
+        counts["target_connections"] += count * weight
+        if is_mine:
+            counts["person_sessions"] += count
+            counts["person_connections"] += count * weight
+    for cap in ("person_sessions", "person_connections", "target_sessions",
+                "target_connections"):
+        limit = getattr(caps, cap)
+        if limit is not None and counts[cap] > limit:
+            raise CapReached(cap, counts[cap], limit)
 
 
 def _open_requests(now: datetime, subject: str, target: str, role: str) -> Any:
