@@ -310,6 +310,9 @@ def policy_explain(
     who = Principal(
         subject=user,
         email=user if "@" in user else None,
+        # as a token whose provider verified the email (identity.email_verified_claim):
+        # unverified, a rule naming it would not match at the broker
+        email_verified=True,
         name=None,
         groups=frozenset(g.strip() for g in groups.split(",") if g.strip()),
     )

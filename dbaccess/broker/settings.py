@@ -141,6 +141,16 @@ class IdentitySection(_Section):
         default_factory=lambda: ["openid", "profile", "email", "offline_access"]
     )
     groups_claim: str = "groups"
+    # The boolean claim that says the token's email was verified by the provider. A rule
+    # naming a user by email matches only a verified one (else by subject). Default
+    # "email_verified" (OpenID Connect); for Entra, which sends none, "xms_edov" (the
+    # optional claim "email domain owner verified", to add in the app registration).
+    # "" trusts no email: rules then match users by subject only.
+    email_verified_claim: str | None = None
+    # The bearer token must be an ID token (audience: the CLI's client id). JWT access
+    # tokens (RFC 9068 typ at+jwt, or with scp/scope/client_id claims) are refused unless
+    # this is true — an access token for some API of the same client is not a login here.
+    accept_access_tokens: bool = False
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
     leeway: Duration = timedelta(seconds=30)
 
@@ -162,6 +172,13 @@ class IdentitySection(_Section):
         ):
             return {**data, "issuer": f"{ENTRA_LOGIN}/{data['tenant']}/v2.0"}
         return data
+
+    @model_validator(mode="after")
+    def _verified_claim_for_kind(self) -> IdentitySection:
+        if self.email_verified_claim is None:
+            claim = "xms_edov" if self.kind == "entra" else "email_verified"
+            object.__setattr__(self, "email_verified_claim", claim)  # frozen model
+        return self
 
     @model_validator(mode="after")
     def _issuer_for_kind(self) -> IdentitySection:
