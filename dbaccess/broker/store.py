@@ -414,7 +414,7 @@ class Store:
             detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:
             if caps is not None:
-                _check_caps(conn, caps, subject, target, role)
+                _check_caps(conn, self._sql, caps, subject, target, role)
             if request is not None:
                 used = conn.execute(
                     approval_requests.update()
@@ -1205,15 +1205,14 @@ class Store:
         return sa.func.json_extract(audit.c.detail, f"$.{key}")
 
 
-def _check_caps(conn: Connection, caps: Caps, subject: str, target: str, role: str) -> None:
-    kind = "breakglass" if caps.breakglass else "session"
-    mine = (leases.c.subject == subject).label("mine")
-    rows = conn.execute(
-        sa.select(mine, leases.c.role, sa.func.count())
-        .where(leases.c.target == target, leases.c.kind == kind,
-               leases.c.state.in_(LIVE_STATES))
-        .group_by(mine, leases.c.role)
-    ).all()
+def _check_caps(
+    conn: Connection, sql: _DriverSql, caps: Caps, subject: str, target: str, role: str
+) -> None:
+    cursor = _driver_cursor(conn)
+    cursor.execute(sql.live_counts, {
+        "subject": subject, "target": target,
+        "kind": "breakglass" if caps.breakglass else "session"})
+    rows = cursor.fetchall()
     # An unknown role (removed from the config since) counts as the heaviest one.
     heaviest = max(caps.weights.values(), default=1)
     counts = {"person_sessions": 1, "target_sessions": 1,
@@ -1270,6 +1269,7 @@ class _DriverSql:
     activate: str
     last_hash: str
     audit_insert: str
+    live_counts: str
 
     @classmethod
     def for_dialect(cls, dialect: str) -> _DriverSql:
@@ -1293,6 +1293,9 @@ class _DriverSql:
             "AND state = 'creating'",
             last_hash="SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
             audit_insert=insert(audit, [c for c in audit.columns.keys() if c != "seq"]),
+            live_counts=f"SELECT subject = {param('subject')}, role, count(*) FROM leases "
+            f"WHERE target = {param('target')} AND kind = {param('kind')} AND state IN "
+            f"({', '.join(repr(s) for s in LIVE_STATES)}) GROUP BY 1, 2",
         )
 
     def time(self, value: datetime) -> datetime | str:

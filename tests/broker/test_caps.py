@@ -175,3 +175,60 @@ def test_a_role_that_no_cap_admits_is_a_config_error(stack: Stack) -> None:
     with pytest.raises(ValidationError, match=r"targets\.demo\.roles\.readonly\."
                        r"connection_limit: 5 is more than limits\.connections_per_person"):
         Settings.model_validate(raw)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'count.db'}"
+    else:
+        import uuid
+
+        pg = request.getfixturevalue("stack").postgres
+        database = f"caps_{uuid.uuid4().hex[:8]}"
+        with pg.connect() as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        url = (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
+               f"{pg.port}/{database}")
+    opened = Store(url)
+    yield opened
+    opened.close()
+
+
+def test_the_count_weighs_each_live_lease_by_its_role_on_both_stores(any_store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dbaccess.broker.store import CapReached, Caps
+
+    now = datetime.now(UTC)
+    n = iter(range(100))
+
+    def lease(subject: str, role: str, caps: Caps | None = None, kind: str = "session") -> Any:
+        return any_store.open_lease(
+            now=now, subject=subject, email=None, target="demo", role=role, engine="postgres",
+            db_user=f"dba_{subject}_{next(n)}", rule="r", reason=None, ticket=None,
+            expires_at=now + timedelta(hours=1), source=None, kind=kind,
+            incident="INC-1" if kind == "breakglass" else None, caps=caps)
+
+    weights = {"readonly": 2, "readwrite": 10}
+    lease("alice", "readonly")
+    lease("alice", "readwrite")
+    lease("bob", "readonly")
+    gone = lease("bob", "readwrite")
+    any_store.begin_revoke(gone.id, now, "user")  # still live: its user exists until dropped
+    lease("carol", "readwrite", kind="breakglass")  # another budget
+    revoked = lease("erin", "readwrite")
+    any_store.claim_for_revocation([(revoked.id, "user")], now, "me", timedelta(seconds=15))
+    any_store.settle_revocations([(any_store.get(revoked.id), None, None)], now, "me")
+    # alice: 2 sessions, 12 connections; everyone: 4 sessions, 24 connections (erin's is gone)
+    with pytest.raises(CapReached) as person:
+        lease("alice", "readonly", Caps(False, weights, person_connections=13))
+    assert (person.value.cap, person.value.would_be, person.value.limit) == (
+        "person_connections", 14, 13)
+    with pytest.raises(CapReached) as target:
+        lease("dave", "readwrite", Caps(False, weights, target_connections=33))
+    assert (target.value.cap, target.value.would_be) == ("target_connections", 34)
+    lease("dave", "readwrite", Caps(False, weights, person_sessions=1, target_sessions=5,
+                                    target_connections=34))  # exactly at the caps: granted
+    lease("carol", "readwrite", Caps(True, weights, person_sessions=2, target_connections=20),
+          kind="breakglass")
