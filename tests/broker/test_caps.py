@@ -155,7 +155,7 @@ def test_concurrent_requests_cannot_pass_a_cap_together(
 
 
 def test_check_config_compares_the_budget_with_max_connections(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     settings = load_settings(stack.broker_config)
@@ -167,6 +167,22 @@ def test_check_config_compares_the_budget_with_max_connections(
     assert "may open 200 connections" in postgres and "210 in all" in postgres
     assert "the server allows 197 (max_connections 200, 3 reserved)" in postgres
     assert "targets 'shop' on mariadb" in mariadb and "allows 200" in mariadb
+
+    # and check-config says so (a warning: the file is valid, the servers answer)
+    from typer.testing import CliRunner
+
+    from dbaccess.broker.cli import app as broker_cli
+
+    text = stack.broker_config.read_text()
+    assert "connections_per_target = 160" in text
+    config = tmp_path / "crowded.toml"
+    config.write_text(text.replace("connections_per_target = 160",
+                                   "connections_per_target = 180"))
+    result = CliRunner().invoke(broker_cli, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("on postgres 127.0.0.1:" in w and "210 in all" in w for w in warnings)
+    assert "ok (2 target(s), each bootstrapped" in result.stdout
 
 
 def test_a_role_that_no_cap_admits_is_a_config_error(stack: Stack) -> None:
