@@ -8,6 +8,11 @@ from datetime import timedelta
 _PART = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+# The longest duration dbaccess takes anywhere (CLI options, broker settings, API bodies):
+# a year. Every lifetime and rule is far shorter; the bound turns absurd numbers into a
+# clear error instead of a date overflow (a traceback in the CLI, a 500 in the broker).
+MAX_SECONDS = 366 * 86400
+
 
 def parse_duration(text: str) -> timedelta:
     """Parse ``text`` into a positive timedelta; raise ValueError with a readable message."""
@@ -20,6 +25,9 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"'{text}' must be longer than zero")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"'{text}' is longer than {MAX_SECONDS // 86400}d, the longest "
+                         "duration dbaccess takes")
     return timedelta(seconds=seconds)
 
 

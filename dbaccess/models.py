@@ -7,11 +7,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_serializer
 
+from dbaccess.durations import MAX_SECONDS
 from dbaccess.text import refuse_unsafe
 
 # What a person types and others see (approvers, chat, auditors): no control characters,
 # no text-direction overrides (dbaccess/text.py says why).
 Text = Annotated[str, AfterValidator(refuse_unsafe)]
+
+# A duration a request names: at most durations.MAX_SECONDS (a year). Targets and rules
+# allow far less; the bound keeps absurd numbers (10**30 seconds once made a 500 from a
+# date overflow) a 422 before any of them is consulted.
+Seconds = Annotated[int, Field(gt=0, le=MAX_SECONDS)]
 
 
 class _Wire(BaseModel):
@@ -57,7 +63,7 @@ class SessionCreate(_Wire):
 
     target: Text = Field(min_length=1, max_length=64)
     role: Text = Field(min_length=1, max_length=64)
-    duration_seconds: int | None = Field(default=None, gt=0)
+    duration_seconds: Seconds | None = None
     reason: Text | None = Field(default=None, max_length=500)
     ticket: Text | None = Field(default=None, max_length=100)
     # An approved request of yours (``dbaccess connect --request ID``); it grants one session.
@@ -73,7 +79,7 @@ class BreakglassCreate(_Wire):
     target: Text | None = Field(default=None, max_length=64)
     incident: Text = Field(min_length=1, max_length=100)
     reason: Text = Field(min_length=1, max_length=500)
-    duration_seconds: int | None = Field(default=None, gt=0)
+    duration_seconds: Seconds | None = None
     drill: bool = False
 
 
@@ -155,7 +161,7 @@ class SessionRenew(_Wire):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    duration_seconds: int | None = Field(default=None, gt=0)
+    duration_seconds: Seconds | None = None
     # Without it, a time earlier than the current expiry leaves the session as it is.
     shorten: bool = False
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as InPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dbaccess import __version__
 from dbaccess.audit_events import AUDIT_EVENTS
+from dbaccess.broker import body_limit
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.audit_pages import make_cursor, read_cursor
+from dbaccess.broker.body_limit import BodyLimit
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.metrics import live_sessions_by_target
@@ -57,6 +60,9 @@ AUDIT_PAGE_DEFAULT = 100
 AUDIT_PAGE_MAX = 1000
 NEXT_CURSOR = "X-Next-Cursor"
 log = logging.getLogger("dbaccess.broker")
+
+# A session or request id, or a prefix of one (broker/ids.py): at most a whole UUID.
+AnId = Annotated[str, InPath(max_length=36)]
 
 
 def create_app(
@@ -101,11 +107,20 @@ def create_app(
             service.notifier.close()
 
     app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit)
     app.state.service = service
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(DbaccessError)
+    async def _cannot_serve(_: Request, exc: DbaccessError) -> JSONResponse:
+        # The broker's own set-up failed (e.g. a provisioner password that is not where the
+        # config says): the request was fine, the broker cannot serve it now. The envelope,
+        # not a plain-text 500; the operator finds the same words in the log.
+        log.error("cannot serve a request", extra={"error": exc.message})
+        return _error(503, "broker_unavailable", exc.message, exc.hint)
 
     @app.exception_handler(StarletteHTTPException)
     async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -118,6 +133,8 @@ def create_app(
                 f"there is nothing at {request.method} {request.url.path}",
                 "ids are hex digits and dashes: dbaccess sessions / dbaccess requests list them",
             )
+        if exc.status_code == 413:
+            return _error(413, "request_too_large", str(exc.detail), body_limit.HINT)
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -199,9 +216,9 @@ def create_app(
     def read_audit(
         response: Response,
         since: datetime | None = None,
-        user: str | None = None,
-        target: str | None = None,
-        type: str | None = None,  # noqa: A002 - the public query parameter's name
+        user: Annotated[str | None, Query(max_length=320)] = None,  # an email's longest
+        target: Annotated[str | None, Query(max_length=64)] = None,
+        type: Annotated[str | None, Query(max_length=64)] = None,  # noqa: A002 - public name
         before: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = AUDIT_PAGE_DEFAULT,
         who: Principal = Depends(principal),
@@ -273,24 +290,24 @@ def create_app(
         return service.approvals.visible_to(who, mine=mine)
 
     @app.get("/v1/requests/{request_id}", response_model=RequestInfo)
-    def get_request(request_id: str, who: Principal = Depends(principal)) -> RequestInfo:
+    def get_request(request_id: AnId, who: Principal = Depends(principal)) -> RequestInfo:
         return service.approvals.get(who, request_id)
 
     @app.post("/v1/requests/{request_id}/approve", response_model=RequestInfo)
     def approve_request(
-        request_id: str, request: Request, who: Principal = Depends(principal)
+        request_id: AnId, request: Request, who: Principal = Depends(principal)
     ) -> RequestInfo:
         return service.approvals.approve(who, request_id, _origin(request))
 
     @app.post("/v1/requests/{request_id}/withdraw", response_model=RequestInfo)
     def withdraw_request(
-        request_id: str, request: Request, who: Principal = Depends(principal)
+        request_id: AnId, request: Request, who: Principal = Depends(principal)
     ) -> RequestInfo:
         return service.approvals.withdraw(who, request_id, _origin(request))
 
     @app.post("/v1/requests/{request_id}/deny", response_model=RequestInfo)
     def deny_request(
-        request_id: str,
+        request_id: AnId,
         body: RequestDecision,
         request: Request,
         who: Principal = Depends(principal),
@@ -317,7 +334,7 @@ def create_app(
 
     @app.post("/v1/reviews/{session_id}/close", response_model=ReviewInfo)
     def close_review(
-        session_id: str, body: ReviewClose, request: Request, who: Principal = Depends(principal)
+        session_id: AnId, body: ReviewClose, request: Request, who: Principal = Depends(principal)
     ) -> ReviewInfo:
         return service.breakglass.close_review(who, session_id, body.note, _origin(request))
 
@@ -327,13 +344,13 @@ def create_app(
 
     @app.post("/v1/sessions/{session_id}/renew", response_model=SessionRenewed)
     def renew_session(
-        session_id: str, body: SessionRenew, request: Request, who: Principal = Depends(principal)
+        session_id: AnId, body: SessionRenew, request: Request, who: Principal = Depends(principal)
     ) -> SessionRenewed:
         return service.renew_for(who, session_id, body, _origin(request))
 
     @app.delete("/v1/sessions/{session_id}", response_model=SessionInfo)
     def revoke_session(
-        session_id: str, request: Request, who: Principal = Depends(principal)
+        session_id: AnId, request: Request, who: Principal = Depends(principal)
     ) -> SessionInfo:
         return service.revoke_for(who, session_id, _origin(request))
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from dbaccess.durations import parse_duration
+from dbaccess.durations import MAX_SECONDS, parse_duration
 from dbaccess.errors import ConfigError
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -41,6 +41,9 @@ def _to_timedelta(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if value > MAX_SECONDS:
+            raise ValueError(f"{value} seconds is longer than {MAX_SECONDS // 86400}d, the "
+                             "longest duration dbaccess takes")
         return timedelta(seconds=value)
     return value
 

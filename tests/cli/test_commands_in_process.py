@@ -203,3 +203,23 @@ def test_approval_and_breakglass_commands(broker: TestClient, stack: Stack) -> N
     assert code == 5
     code, closed = run("--profile", "dave", "review", review["id"], "--note", "drill went well")
     assert code == 0 and closed["data"]["reviewed_by"] == "dave"
+
+
+@pytest.mark.parametrize("command", [
+    ["connect", "demo", "--role", "readonly"],
+    ["exec", "demo", "--role", "readonly"],
+    ["creds", "demo", "--role", "readonly", "--reveal"],
+    ["breakglass", "demo", "--incident", "INC-1", "--reason", "r"],
+    ["renew", "0000"],
+])
+def test_absurd_durations_are_a_usage_error(
+    broker: TestClient, stack: Stack, command: list[str]
+) -> None:
+    """Once a date overflow (a traceback); now a usage error naming the bound, nothing made."""
+    before = set(stack.managed_users())
+    extra = ["--", "true"] if command[0] == "exec" else []
+    for duration in ("367d", "99999999999d"):
+        code, body = run(*command, "--duration", duration, *extra)
+        assert code == 2, body
+        assert "longer than 366d" in body["error"]["message"]
+    assert set(stack.managed_users()) == before

@@ -17,10 +17,18 @@ def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "1x", "-5m", "0s", "1h 30m", "m"])
+@pytest.mark.parametrize("text", ["", "soon", "1x", "-5m", "0s", "1h 30m", "m",
+                                  # beyond a year: once a date overflow, not a clear error
+                                  "367d", "8785h", "99999999999d", "9" * 40])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_a_year_is_the_longest_duration() -> None:
+    assert parse_duration("366d") == timedelta(days=366)
+    with pytest.raises(ValueError, match="longer than 366d"):
+        parse_duration("366d1s")
 
 
 @given(st.integers(1, 10**7))
