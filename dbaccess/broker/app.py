@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from dbaccess.broker import body_limit
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.audit_pages import make_cursor, read_cursor
 from dbaccess.broker.body_limit import BodyLimit
+from dbaccess.broker.checks import log_mariadb_server_problems
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.metrics import live_sessions_by_target
@@ -90,6 +92,8 @@ def create_app(
         )
         if run_reaper:
             reaper.start()
+            threading.Thread(target=log_mariadb_server_problems, args=(settings.targets,),
+                             name="mariadb-settings-check", daemon=True).start()
         if settings.notify.webhooks:
             service.notifier.start()  # also sends what a previous run left in the outbox
         if config_path is not None:

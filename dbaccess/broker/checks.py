@@ -151,3 +151,87 @@ def _missing_mariadb(target: TargetSection, password: str) -> list[str]:
         conn.close()
     return [f"procedure dbaccess.{name} (EXECUTE for {target.provisioner.user})"
             for name in FUNCTIONS if name not in visible]
+
+
+def mariadb_server_problems(target: TargetSection) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the server settings MariaDB's expiry and statement logging
+    rest on, read as the provisioner (any account may read global variables).
+
+    MariaDB has no account expiry: ``init_connect`` running dbaccess.login_check() is
+    what refuses an expired session user at login after a stall or restart; without it an
+    expired user can log in until the reaper drops it (an error). ``event_scheduler=OFF``
+    (the server's default) stops only the server's own expiry event, the second clock
+    next to the reaper (a warning). A ``server_audit_query_log_limit`` below the maximum
+    cuts break-glass statements in the log (a warning: the next break-glass creation
+    raises it). All three are lost at a restart unless in my.cnf (docs/broker.md)."""
+    import pymysql
+
+    from dbaccess.broker.engines.mariadb_bootstrap import INIT_CONNECT, QUERY_LOG_LIMIT_MAX
+
+    conn = pymysql.connect(host=target.host, port=target.port, user=target.provisioner.user,
+                           password=target.provisioner.read_password(), connect_timeout=5,
+                           read_timeout=10, program_name="dbaccess-broker check-config")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.init_connect, @@GLOBAL.event_scheduler, "
+                        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+                        "WHERE VARIABLE_NAME = 'SERVER_AUDIT_QUERY_LOG_LIMIT')")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    init_connect, scheduler, log_limit = row if row else ("", "OFF", None)
+    errors, warnings = [], []
+    my_cnf = "(docs/broker.md, \"MariaDB: expiry without account expiry\")"
+    if INIT_CONNECT not in str(init_connect or ""):
+        errors.append(f"init_connect does not run {INIT_CONNECT}: an expired session user "
+                      "can log in until the broker's reaper drops it; run the bootstrap "
+                      f"again and put init_connect = \"{INIT_CONNECT}\" in my.cnf {my_cnf}")
+    if str(scheduler).upper() != "ON":
+        warnings.append(f"event_scheduler is {scheduler}: the server's own expiry event does "
+                        "not run, only the broker's reaper drops expired users (logins are "
+                        f"still refused by init_connect); set event_scheduler = ON in my.cnf "
+                        f"{my_cnf}")
+    if log_limit is not None and int(str(log_limit)) < QUERY_LOG_LIMIT_MAX:
+        warnings.append(f"server_audit_query_log_limit is {log_limit}: break-glass "
+                        "statements longer than that are cut in the server's log; put "
+                        f"server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX} in my.cnf "
+                        f"{my_cnf}")
+    return errors, warnings
+
+
+def log_mariadb_server_problems(targets: dict[str, TargetSection]) -> None:
+    """At broker start-up, in a thread of its own (a target that does not answer must not
+    delay the start): say in the log what mariadb_server_problems finds."""
+    import logging
+
+    log = logging.getLogger("dbaccess.broker")
+    for name, target in targets.items():
+        if target.engine != "mariadb":
+            continue
+        try:
+            errors, warnings = mariadb_server_problems(target)
+        except Exception as exc:  # noqa: BLE001 - the reaper reports an unreachable target
+            log.warning("target '%s': cannot check its server settings: %s", name,
+                        type(exc).__name__)
+            continue
+        for message in errors:
+            log.error("target '%s': %s", name, message)
+        for message in warnings:
+            log.warning("target '%s': %s", name, message)
+
+
+def mariadb_settings(settings: Settings, config: str) -> tuple[list[Problem], list[str]]:
+    """check-config's part: each MariaDB target's server errors (as problems) and
+    warnings. A target it cannot reach is left to check_target, which says why."""
+    problems, warnings = [], []
+    for name, target in settings.targets.items():
+        if target.engine != "mariadb":
+            continue
+        try:
+            errors, found = mariadb_server_problems(target)
+        except Exception:  # noqa: BLE001 - check_target reports the target's failure
+            continue
+        warnings += [f"target '{name}': {message}" for message in found]
+        problems += [Problem(name, f"target '{name}': {message}", bootstrap_hint(name, config))
+                     for message in errors]
+    return problems, warnings

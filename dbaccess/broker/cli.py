@@ -115,7 +115,7 @@ def check_config(
 ) -> None:
     """Validate the configuration file, then log in to each target as its provisioner and
     check that it is bootstrapped (definer functions, group roles)."""
-    from dbaccess.broker.checks import check_target, shared_servers
+    from dbaccess.broker.checks import check_target, mariadb_settings, shared_servers
     from dbaccess.broker.settings import load_settings
 
     settings = load_settings(config)
@@ -129,6 +129,10 @@ def check_config(
             for name, target in settings.targets.items()
             if (problem := check_target(name, target, str(config))) is not None
         ]
+        server_problems, server_warnings = mariadb_settings(settings, str(config))
+        for warning in server_warnings:
+            typer.echo(f"warning: {config}: {warning}", err=True)
+        problems += server_problems
         for problem in problems:
             typer.echo(f"error: {config}: {problem.message}", err=True)
             typer.echo(f"hint: {problem.hint}", err=True)
@@ -351,6 +355,8 @@ def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -
         raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
     try:
         mariadb_bootstrap.apply(section, admin, password)
+        for warning in mariadb_bootstrap.warnings(admin):
+            typer.echo(warning, err=True)
     except pymysql.err.Error as exc:
         raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
     finally:

@@ -474,6 +474,19 @@ class SessionService:
                 **_info_fields(lease), changed=False, previous_expires_at=lease.expires_at
             )
         total = expires_at - lease.created_at
+        lifetime = self.settings.targets[lease.target].max_lifetime
+        if total > lifetime:
+            # The database refuses it too (its own bound, from the user's creation): say
+            # so here, not as a database error.
+            raise ApiError(
+                403,
+                "max_lifetime",
+                f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
+                f"{format_duration(total)} long: target '{lease.target}' allows "
+                f"{format_duration(lifetime)} from its start (max_lifetime), however often "
+                "it is renewed",
+                f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
+            )
         basis = self._renewal_basis(principal, lease, total)
         if isinstance(basis, _RenewRefusal):
             self.store.record(
@@ -500,6 +513,10 @@ class SessionService:
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineError as exc:
+            if "beyond the maximum lifetime" in str(exc):  # the database's clock said so
+                raise ApiError(403, "max_lifetime", str(exc),
+                               f"start a new one: dbaccess connect {lease.target} "
+                               f"--role {lease.role}") from None
             raise ApiError(502, "database_error", str(exc)) from None
         renewed = self.store.renew(
             lease_id, now, expires_at, principal.subject,

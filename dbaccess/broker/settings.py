@@ -260,6 +260,9 @@ class RoleTemplate(_Section):
     read_only: bool = False
     statement_timeout: Duration | None = None
     connection_limit: int = Field(default=5, ge=1, le=100)
+    # What happens at revocation to objects the session user made: "drop" them (default),
+    # or "keep" them owned by a powerless role of this template (for migrations).
+    session_objects: Literal["drop", "keep"] = "drop"
 
 
 class LimitsSection(_Section):

@@ -3,7 +3,8 @@
 Facts this module relies on (measured on MariaDB 10.11): the server gets a
 mysql_native_password hash, never the password; ``DROP USER`` leaves live sessions working,
 so ``dbaccess.revoke_user`` locks the account and kills its connections first; there is no
-account expiry, so the broker's reaper and the server's EVENT are the clocks.
+account expiry, so the server refuses expired users at login (init_connect) and the
+broker's reaper and the server's EVENT drop them (see mariadb_bootstrap).
 """
 
 from __future__ import annotations

@@ -8,8 +8,15 @@ each procedure validates its arguments first: the managed prefix, an allow-list 
 a bounded expiry, a password *hash* (never a password). Only accounts recorded in
 ``dbaccess.managed_users`` — created by these procedures — can be renewed or revoked.
 
-MariaDB has no account expiry, so ``managed_users.expires_at`` plus an EVENT that runs
-every few seconds is the server's own clock, a second one next to the broker's reaper.
+MariaDB has no account expiry. ``init_connect`` calls ``login_check``, which refuses an
+expired managed user at login whatever ``event_scheduler`` is (see _login_check); an EVENT
+that runs every few seconds (when event_scheduler=ON) drops expired users on the server's
+own clock, next to the broker's reaper; revoke_user serialises the two per account.
+
+Names are compared byte-exactly (COLLATION); the routines keep the sql_mode, character set
+and time zone the bootstrap sets first, whatever the caller's session has; revoke_user
+drops (or, for "keep" templates, disarms) the routines, events, triggers and views the
+session user made (see _session_objects).
 
 Break-glass users must have every statement logged, and MariaDB has no per-user
 ``log_statement``. The closest equivalent is the ``server_audit`` plugin (shipped with
@@ -30,20 +37,29 @@ off), and ``revoke_user`` takes it out again. Measured on 10.11:
   is uninstalled, so the procedures set them through prepared statements (creating users
   without logging keeps working; with logging it fails with a clear message);
 - a query reaches ``server_audit.log`` (in the data directory by default) just after its
-  result went to the client, cut to ``server_audit_query_log_limit`` (1,024) bytes.
+  result went to the client, cut to ``server_audit_query_log_limit`` bytes (1,024 by
+  default; the bootstrap and every break-glass creation set it to its maximum,
+  2,147,483,647, so a statement is cut only by max_allowed_packet, where the server
+  refuses it anyway). Each statement of a multi-statement query, PREPARE/EXECUTE, EXECUTE
+  IMMEDIATE, comments and the statements inside a called procedure are all logged; the
+  variables that could hide them (sql_log_off, server_audit_*) need SUPER.
 
-The plugin's settings live in memory only. After a restart the plugin is loaded again
-(INSTALL SONAME is recorded in mysql.plugin) but logging is off and the include list is
-empty: live break-glass users are no longer logged (the next break-glass creation turns
-logging on again). To keep logging across restarts, put this in my.cnf (measured: it takes
+The plugin's settings, init_connect and event_scheduler live in memory only. After a
+restart the plugin is loaded again (INSTALL SONAME is recorded in mysql.plugin) but logging
+is off and the include list is empty: live break-glass users are no longer logged (the next
+break-glass creation turns logging on again); and without init_connect an expired user can
+log in until the reaper drops it. So put this in my.cnf (measured: the plugin lines take
 effect with or without ``plugin_load_add``, which only makes loading independent of
 mysql.plugin); the placeholder keeps the list from being empty, i.e. from logging everyone:
 
     [mariadb]
+    init_connect = "CALL dbaccess.login_check()"
+    event_scheduler = ON
     plugin_load_add = server_audit
     server_audit_logging = ON
     server_audit_events = QUERY
     server_audit_incl_users = dbaccess-none
+    server_audit_query_log_limit = 2147483647
 """
 
 from __future__ import annotations
@@ -53,11 +69,31 @@ from dbaccess.broker.settings import TargetSection
 SCHEMA = "dbaccess"
 OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
-HASH_PATTERN = r"^\*[0-9A-F]{40}$"
+# \z, not $: in PCRE (REGEXP) $ also matches just before a trailing newline.
+HASH_PATTERN = r"^\*[0-9A-F]{40}\z"
 AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
 AUDIT_LIST_MAX = 1023  # measured: 1,024 characters are silently cut to 1,023
 AUDIT_LOCK = "dbaccess.server_audit"  # serialises read-modify-write of the include list
 AUDIT_LOCK_SECONDS = 10
+# Measured on 10.11: the largest value server_audit_query_log_limit takes (larger ones are
+# cut to it, the default is 1,024); statements up to max_allowed_packet are logged whole.
+QUERY_LOG_LIMIT_MAX = 2147483647
+REVOKE_LOCK_SECONDS = 30  # a second revocation of one account waits this long for the first
+# Every login of an account without SUPER or CONNECTION ADMIN runs this first (see
+# _login_check): an expired session user is refused before its first statement.
+INIT_CONNECT = "CALL dbaccess.login_check()"
+# Byte-exact names: case-sensitive, and a trailing space is part of the name (the server's
+# default latin1_swedish_ci folds case and ignores trailing spaces; so do mysql.user's
+# utf8_bin for spaces and information_schema's for case). The dbaccess database takes it
+# as its default, so every procedure parameter and variable compares this way.
+COLLATION = "utf8mb4_nopad_bin"
+# The procedures keep the sql_mode they were created with, whatever the caller's: strict,
+# so that an argument longer than its parameter is an error, never cut to another name.
+SQL_MODE = (
+    "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
+    "NO_ENGINE_SUBSTITUTION,NO_AUTO_CREATE_USER"
+)
+OBJECT_LOOP_MAX = 100000  # objects of one session user handled at revocation, at most
 
 
 def _lit(value: str) -> str:
@@ -68,6 +104,11 @@ def _ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def _q(expression: str) -> str:
+    """SQL quoting, inside a procedure, the identifier that ``expression`` evaluates to."""
+    return f"CONCAT('`', REPLACE({expression}, '`', '``'), '`')"
+
+
 def _exec(expression: str) -> str:
     return (
         f"SET @dbaccess_sql = {expression}; PREPARE dbaccess_stmt FROM @dbaccess_sql; "
@@ -75,19 +116,35 @@ def _exec(expression: str) -> str:
     )
 
 
+def _exact(column: str) -> str:
+    """``column`` compared byte-exactly, whatever its own collation."""
+    return f"CONVERT({column} USING utf8mb4) COLLATE {COLLATION}"
+
+
+def kept_groups(target: TargetSection) -> list[str]:
+    """Group roles whose session users' objects are kept at revocation. A group shared by
+    templates that disagree counts as "drop", the safer answer."""
+    modes: dict[str, set[str]] = {}
+    for role in target.roles.values():
+        modes.setdefault(role.group_role, set()).add(role.session_objects)
+    return sorted(group for group, seen in modes.items() if seen == {"keep"})
+
+
 def bootstrap_sql(target: TargetSection) -> list[str]:
     """Statements to run, in order, as an administrator (e.g. root)."""
     prefix = target.username_prefix
     room = MAX_USERNAME - len(prefix)
-    name_pattern = "^" + prefix + "[a-z0-9_]{1," + str(room) + "}$"
+    name_pattern = "^" + prefix + "[a-z0-9_]{1," + str(room) + "}\\z"
     max_seconds = int(target.max_lifetime.total_seconds())
     groups = sorted({role.group_role for role in target.roles.values()})
     allowed = ", ".join(_lit(g) for g in groups)
+    keep = ", ".join(_lit(g) for g in kept_groups(target)) or "NULL"
     provisioner = f"{_lit(target.provisioner.user)}@'%'"
     account = "CONCAT(QUOTE(p_user), '@''%''')"
     like_prefix = _lit(prefix.replace("_", "\\_") + "%")  # LIKE treats _ as a wildcard
     validate_name = (
-        f"IF p_user IS NULL OR p_user NOT REGEXP {_lit(name_pattern)} THEN "
+        # BINARY: REGEXP folds case otherwise, and [a-z] would let DBA_X through
+        f"IF p_user IS NULL OR p_user NOT REGEXP BINARY {_lit(name_pattern)} THEN "
         "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not a managed user name'; END IF;"
     )
     validate_expiry = (
@@ -99,12 +156,25 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN "
         "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess'; END IF;"
     )
+    user_exists = f"EXISTS (SELECT 1 FROM mysql.user WHERE {_exact('user')} = p_user)"
     statements = [
-        f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
+        # Stored with every routine, event and table made below, whatever the admin's
+        # session had: the procedures then run the same for every caller.
+        f"SET SESSION sql_mode = {_lit(SQL_MODE)}",
+        f"SET NAMES utf8mb4 COLLATE {COLLATION}",
+        "SET SESSION time_zone = '+00:00'",
+        f"CREATE DATABASE IF NOT EXISTS {SCHEMA} CHARACTER SET utf8mb4 COLLATE {COLLATION}",
+        f"ALTER DATABASE {SCHEMA} CHARACTER SET utf8mb4 COLLATE {COLLATION}",
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
-        " username VARCHAR(80) NOT NULL PRIMARY KEY,"
+        f" username VARCHAR(80) CHARACTER SET utf8mb4 COLLATE {COLLATION} NOT NULL PRIMARY KEY,"
         " created_at DATETIME NOT NULL DEFAULT UTC_TIMESTAMP(),"
         " expires_at DATETIME NOT NULL)",
+        # An earlier bootstrap left the server's default, case-insensitive collation.
+        f"ALTER TABLE {SCHEMA}.managed_users MODIFY username"
+        f" VARCHAR(80) CHARACTER SET utf8mb4 COLLATE {COLLATION} NOT NULL",
+        # The template's group role: it decides what happens to the user's objects.
+        f"ALTER TABLE {SCHEMA}.managed_users ADD COLUMN IF NOT EXISTS group_role"
+        f" VARCHAR(80) CHARACTER SET utf8mb4 COLLATE {COLLATION} NULL",
         f"CREATE USER IF NOT EXISTS {OWNER} ACCOUNT LOCK",
         f"ALTER USER {OWNER} ACCOUNT LOCK",
         # CREATE USER + CONNECTION ADMIN/PROCESS to see and kill sessions (without them
@@ -112,10 +182,16 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"GRANT CREATE USER, PROCESS, CONNECTION ADMIN ON *.* TO {OWNER}",
         f"GRANT SELECT, UPDATE ON mysql.* TO {OWNER}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE, EVENT, EXECUTE ON {SCHEMA}.* TO {OWNER}",
+        # To find and drop (or re-define) the routines, events, triggers and views of a
+        # session user in any database (see _session_objects).
+        "GRANT SELECT, DROP, CREATE VIEW, SHOW VIEW, ALTER ROUTINE, EVENT, TRIGGER ON *.* "
+        f"TO {OWNER}",
         # Statement logging for break-glass users (see the module docstring).
         "BEGIN NOT ATOMIC IF NOT EXISTS (SELECT 1 FROM information_schema.PLUGINS "
         "WHERE PLUGIN_NAME = 'SERVER_AUDIT') THEN INSTALL SONAME 'server_audit'; END IF; END",
         f"GRANT SUPER ON *.* TO {OWNER}",
+        # Long statements are logged whole (the default cuts them at 1,024 bytes).
+        f"SET GLOBAL server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX}",
     ]
     for group in groups:
         statements += [
@@ -123,6 +199,8 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
             f"GRANT {_ident(group)} TO {OWNER} WITH ADMIN OPTION",
         ]
     statements += _audit_procedures(validate_name)
+    statements += _session_objects()
+    statements += _login_check()
     statements += [
         f"CREATE USER IF NOT EXISTS {provisioner}",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.create_user(
@@ -147,14 +225,15 @@ BEGIN
     END IF;
     -- DDL commits on its own here, so check first: registering an existing account
     -- would let revoke_user drop an account dbaccess did not create.
-    IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
+    IF {user_exists} THEN
         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: the account already exists';
     END IF;
     IF p_log THEN
         -- Before the account exists: a user that cannot be logged is not created.
         CALL {SCHEMA}.audit_include(p_user);
     END IF;
-    INSERT INTO {SCHEMA}.managed_users (username, expires_at) VALUES (p_user, p_expires);
+    INSERT INTO {SCHEMA}.managed_users (username, created_at, expires_at, group_role)
+        VALUES (p_user, UTC_TIMESTAMP(), p_expires, p_role);
     {
             _exec(
                 f"CONCAT('CREATE USER ', {account}, ' IDENTIFIED BY PASSWORD ', QUOTE(p_hash), "
@@ -172,6 +251,12 @@ SQL SECURITY DEFINER
 BEGIN
     {managed_only}
     {validate_expiry}
+    -- However often it is renewed, a user lives at most max_lifetime from its creation.
+    IF p_expires > (SELECT created_at FROM {SCHEMA}.managed_users WHERE username = p_user)
+            + INTERVAL {max_seconds} SECOND THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
+            'dbaccess: beyond the maximum lifetime of this user (max_lifetime from its creation)';
+    END IF;
     UPDATE {SCHEMA}.managed_users SET expires_at = p_expires WHERE username = p_user;
 END""",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.revoke_user(
@@ -180,23 +265,37 @@ SQL SECURITY DEFINER
 BEGIN
     DECLARE v_id BIGINT;
     DECLARE v_tries INT DEFAULT 0;
+    DECLARE v_role VARCHAR(80);
+    -- One revocation of an account at a time (the broker's reaper and the server's expiry
+    -- event may both get to it): the second waits, then finds it gone, which is success.
+    -- Hashed: lock names have at most 64 characters.
+    DECLARE v_lock VARCHAR(64) DEFAULT CONCAT('dbaccess.revoke.', SHA1(p_user));
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN DO RELEASE_LOCK(v_lock); RESIGNAL; END;
     SET p_remaining = 0;
+    IF p_user IS NULL THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not a managed user name';
+    END IF;
+    IF GET_LOCK(v_lock, {REVOKE_LOCK_SECONDS}) IS NOT TRUE THEN
+        SIGNAL SQLSTATE '45000'
+            SET MESSAGE_TEXT = 'dbaccess: another revocation of this user is still running';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_user) THEN
-        IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user) THEN
+        IF {user_exists} THEN
             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: not created by dbaccess';
         END IF;
     ELSE
-        IF EXISTS (SELECT 1 FROM mysql.user WHERE user = p_user AND host = '%') THEN
+        SELECT group_role INTO v_role FROM {SCHEMA}.managed_users WHERE username = p_user;
+        IF EXISTS (SELECT 1 FROM mysql.user WHERE {_exact('user')} = p_user AND host = '%') THEN
             -- Lock first: DROP USER alone would leave live sessions working.
             {_exec(f"CONCAT('ALTER USER ', {account}, ' ACCOUNT LOCK')")}
             kill_loop: LOOP
                 SELECT MIN(ID) INTO v_id FROM information_schema.PROCESSLIST
-                    WHERE USER = p_user AND ID <> CONNECTION_ID();
+                    WHERE {_exact('USER')} = p_user AND ID <> CONNECTION_ID();
                 IF v_id IS NULL THEN LEAVE kill_loop; END IF;
                 SET v_tries = v_tries + 1;
                 IF v_tries > 500 THEN
                     SELECT COUNT(*) INTO p_remaining FROM information_schema.PROCESSLIST
-                        WHERE USER = p_user;
+                        WHERE {_exact('USER')} = p_user;
                     LEAVE kill_loop;
                 END IF;
                 BEGIN
@@ -205,38 +304,50 @@ BEGIN
                 END;
                 DO SLEEP(0.01);
             END LOOP;
-            IF p_remaining = 0 THEN
-                {_exec(f"CONCAT('DROP USER ', {account})")}
-            END IF;
         END IF;
         IF p_remaining = 0 THEN
+            -- Its routines, events, triggers and views go before the account: they would
+            -- outlive it, and come back to life with a later account of the same name.
+            CALL {SCHEMA}.session_objects(p_user, IF(v_role IN ({keep}), v_role, NULL));
+            {_exec(f"CONCAT('DROP USER IF EXISTS ', {account})")}
             -- A break-glass user leaves the statement-logging list with its account; before
             -- the record goes, so that a failure here is retried by the next revoke.
             CALL {SCHEMA}.audit_exclude(p_user);
             DELETE FROM {SCHEMA}.managed_users WHERE username = p_user;
         END IF;
     END IF;
+    DO RELEASE_LOCK(v_lock);
 END""",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.managed_users()
 SQL SECURITY DEFINER
 BEGIN
     SELECT username FROM {SCHEMA}.managed_users
     UNION
-    SELECT user FROM mysql.user WHERE user LIKE {like_prefix}
+    SELECT {_exact('user')} FROM mysql.user WHERE user LIKE {like_prefix}
         AND is_role = 'N';
 END""",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.expire_due()
 SQL SECURITY DEFINER
 BEGIN
-    DECLARE v_user VARCHAR(80);
+    -- Each user due now once, in (expires_at, username) order: one whose revocation fails
+    -- is passed over (the next run and the broker's reaper retry it), never retried in a
+    -- loop, and never holds up the users after it.
+    DECLARE v_user, v_next VARCHAR(80) DEFAULT '';
+    DECLARE v_expires, v_next_expires DATETIME DEFAULT '1000-01-01 00:00:00';
     DECLARE v_remaining INT;
+    DECLARE v_now DATETIME DEFAULT UTC_TIMESTAMP();
     expire_loop: LOOP
-        SET v_user = NULL;
-        SELECT username INTO v_user FROM {SCHEMA}.managed_users
-            WHERE expires_at <= UTC_TIMESTAMP() ORDER BY expires_at LIMIT 1;
-        IF v_user IS NULL THEN LEAVE expire_loop; END IF;
-        CALL {SCHEMA}.revoke_user(v_user, v_remaining);
-        IF v_remaining > 0 THEN LEAVE expire_loop; END IF;
+        SET v_next = NULL;
+        SELECT username, expires_at INTO v_next, v_next_expires FROM {SCHEMA}.managed_users
+            WHERE expires_at <= v_now
+              AND (expires_at > v_expires OR (expires_at = v_expires AND username > v_user))
+            ORDER BY expires_at, username LIMIT 1;
+        IF v_next IS NULL THEN LEAVE expire_loop; END IF;
+        SET v_user = v_next, v_expires = v_next_expires;
+        BEGIN
+            DECLARE CONTINUE HANDLER FOR SQLEXCEPTION BEGIN END;
+            CALL {SCHEMA}.revoke_user(v_user, v_remaining);
+        END;
     END LOOP;
 END""",
         # The server's own clock: runs when event_scheduler=ON, harmless otherwise.
@@ -245,7 +356,187 @@ END""",
     ]
     for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
+    # Shown to whoever runs the printed SQL (apply() says it too).
+    statements.append(f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
+                      f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note")
     return statements
+
+
+EVENT_SCHEDULER_OFF = (
+    "warning: event_scheduler is OFF, so the expiry event does not run: only the broker's "
+    "reaper drops expired users (init_connect still refuses their logins); set "
+    "event_scheduler = ON, and put it in my.cnf with the lines in docs/broker.md"
+)
+
+
+def _login_check() -> list[str]:
+    """MariaDB has no account expiry. ``init_connect`` runs before the first statement of
+    every login without SUPER or CONNECTION ADMIN (session users have neither). Measured
+    on 10.11: when it fails, the server drops the connection ("init_connect command
+    failed"), so an expired session user cannot log in, not even for one statement,
+    whatever event_scheduler says and however long the broker is away. Every account
+    runs it, so EXECUTE goes to PUBLIC (it only reads), and it must stay simple."""
+    # USER() is what the client logged in as, user@client-host; the user is what comes
+    # before the last @ (a host has none).
+    user = ("SUBSTRING(USER(), 1, CHAR_LENGTH(USER()) "
+            "- CHAR_LENGTH(SUBSTRING_INDEX(USER(), '@', -1)) - 1)")
+    ours = _lit(INIT_CONNECT)
+    busy = ("dbaccess: init_connect is already set; add " + INIT_CONNECT
+            + " to it (statements separated by ;), then run the bootstrap again")
+    return [
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.login_check()
+SQL SECURITY DEFINER
+BEGIN
+    IF EXISTS (SELECT 1 FROM {SCHEMA}.managed_users
+               WHERE username = {_exact(user)} AND expires_at <= UTC_TIMESTAMP()) THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'dbaccess: this session user has expired';
+    END IF;
+END""",
+        f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.login_check TO PUBLIC",
+        # An administrator's own init_connect is not overwritten: the bootstrap stops and
+        # says how to combine the two.
+        "BEGIN NOT ATOMIC IF @@GLOBAL.init_connect NOT IN ('', " + ours + ") AND "
+        f"LOCATE({ours}, @@GLOBAL.init_connect) = 0 THEN SIGNAL SQLSTATE '45000' "
+        f"SET MESSAGE_TEXT = {_lit(busy)}; ELSEIF @@GLOBAL.init_connect = '' THEN "
+        f"SET GLOBAL init_connect = {ours}; END IF; END",
+    ]
+
+
+def _session_objects() -> list[str]:
+    """``session_objects(user, keep_role)``: what revocation does with the routines,
+    events, triggers and views whose DEFINER is the session account, in every database.
+
+    Measured on 10.11: a session user cannot give an object another account as DEFINER
+    (that needs SUPER or SET USER; dbaccess_owner and root are refused). Its objects
+    outlive DROP USER with its name as DEFINER: they then fail ("the user specified as a
+    definer does not exist"; a trigger so fails every write to its table) and would come
+    back to life with a later account of the same name. So:
+
+    - keep_role NULL ("drop", the default): they are dropped;
+    - keep_role = the template's group role ("keep", for migrations): routines become
+      SQL SECURITY INVOKER (they run with the rights of whoever calls them); views become
+      SQL SECURITY INVOKER with the group role as DEFINER; triggers and events, which
+      always run as their DEFINER, get the group role: a role cannot log in and has the
+      template's rights, never more (never dbaccess_owner's). A locked account holding
+      the role would not do: a definer's default role is not turned on when its objects
+      run (measured), so kept triggers would fail every write.
+
+    Packages (sql_mode=ORACLE) are dropped in both modes: they have no ALTER. Errors are
+    not caught: the revocation fails and is retried; the account is locked and its
+    sessions are gone by then."""
+    mine = f"{_exact('definer')} = CONCAT(p_user, '@%')"
+    mine_is = f"{_exact('DEFINER')} = CONCAT(p_user, '@%')"
+    role = _q("p_keep")
+    name = f"{_q('v_db')}, '.', {_q('v_name')}"
+    bounded = (
+        f"SET v_n = v_n + 1; IF v_n > {OBJECT_LOOP_MAX} THEN SIGNAL SQLSTATE '45000' "
+        "SET MESSAGE_TEXT = 'dbaccess: too many objects to revoke'; END IF;"
+    )
+    alter_view = (
+        "CONCAT('ALTER ALGORITHM = ', v_algorithm, ' DEFINER = ', " + role
+        + ", ' SQL SECURITY INVOKER VIEW ', " + name + ", ' AS ', v_body, "
+        "IF(v_check = 'NONE', '', CONCAT(' WITH ', v_check, ' CHECK OPTION')))"
+    )
+    alter_event = (
+        f"CONCAT('ALTER DEFINER = ', {role}, ' EVENT ', {name}, ' COMMENT ', QUOTE(v_comment))"
+    )
+    create_trigger = (
+        "CONCAT('CREATE OR REPLACE DEFINER = ', " + role + ", ' TRIGGER ', " + name
+        + ", ' ', v_timing, ' ', v_event, ' ON ', " + _q("v_db") + ", '.', "
+        + _q("v_table") + ", ' FOR EACH ROW ', v_body)"
+    )
+    return [
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.session_objects(
+    IN p_user VARCHAR(80), IN p_keep VARCHAR(80))
+SQL SECURITY DEFINER
+BEGIN
+    DECLARE v_db, v_name, v_type, v_table, v_timing, v_event, v_algorithm, v_check
+        VARCHAR(200);
+    DECLARE v_comment, v_body, v_mode LONGTEXT;
+    DECLARE v_n INT DEFAULT 0;
+    DECLARE v_triggers, v_views BOOLEAN DEFAULT TRUE;
+    -- information_schema.TRIGGERS and VIEWS open every table and view of the server (tens
+    -- of ms with a few hundred; measured), so they are searched only when the account, a
+    -- role it has (through any chain of roles) or PUBLIC holds TRIGGER or CREATE VIEW
+    -- somewhere, at any level. Names are joined loosely (any host): more searches, never
+    -- fewer.
+    WITH RECURSIVE holders(name) AS (
+        SELECT p_user UNION SELECT 'PUBLIC'
+        UNION SELECT m.Role FROM mysql.roles_mapping m JOIN holders h ON m.User = h.name
+    )
+    SELECT EXISTS (SELECT 1 FROM mysql.user u JOIN holders h ON u.User = h.name
+                   WHERE u.Trigger_priv = 'Y')
+        OR EXISTS (SELECT 1 FROM mysql.db d JOIN holders h ON d.User = h.name
+                   WHERE d.Trigger_priv = 'Y')
+        OR EXISTS (SELECT 1 FROM mysql.tables_priv t JOIN holders h ON t.User = h.name
+                   WHERE FIND_IN_SET('Trigger', t.Table_priv) > 0),
+           EXISTS (SELECT 1 FROM mysql.user u JOIN holders h ON u.User = h.name
+                   WHERE u.Create_view_priv = 'Y')
+        OR EXISTS (SELECT 1 FROM mysql.db d JOIN holders h ON d.User = h.name
+                   WHERE d.Create_view_priv = 'Y')
+        OR EXISTS (SELECT 1 FROM mysql.tables_priv t JOIN holders h ON t.User = h.name
+                   WHERE FIND_IN_SET('Create View', t.Table_priv) > 0)
+        INTO v_triggers, v_views;
+    -- Routines from mysql.proc and events from mysql.event (cheap): information_schema
+    -- shows only what the reader has rights on.
+    routines: LOOP
+        SET v_name = NULL;
+        SELECT db, name, type INTO v_db, v_name, v_type FROM mysql.proc
+            WHERE {mine} AND (p_keep IS NULL OR type LIKE 'PACKAGE%'
+                              OR security_type = 'DEFINER')
+            ORDER BY type DESC LIMIT 1;  -- a PACKAGE BODY before its PACKAGE
+        IF v_name IS NULL THEN LEAVE routines; END IF;
+        {bounded}
+        IF p_keep IS NULL OR v_type LIKE 'PACKAGE%' THEN
+            {_exec(f"CONCAT('DROP ', v_type, ' IF EXISTS ', {name})")}
+        ELSE
+            {_exec(f"CONCAT('ALTER ', v_type, ' ', {name}, ' SQL SECURITY INVOKER')")}
+        END IF;
+    END LOOP;
+    events: LOOP
+        SET v_name = NULL;
+        SELECT db, name, comment INTO v_db, v_name, v_comment FROM mysql.event
+            WHERE {mine} LIMIT 1;
+        IF v_name IS NULL THEN LEAVE events; END IF;
+        {bounded}
+        IF p_keep IS NULL THEN
+            {_exec(f"CONCAT('DROP EVENT IF EXISTS ', {name})")}
+        ELSE
+            {_exec(alter_event)}
+        END IF;
+    END LOOP;
+    triggers: LOOP
+        IF NOT v_triggers THEN LEAVE triggers; END IF;
+        SET v_name = NULL;
+        SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING,
+               EVENT_MANIPULATION, ACTION_STATEMENT, SQL_MODE
+            INTO v_db, v_name, v_table, v_timing, v_event, v_body, v_mode
+            FROM information_schema.TRIGGERS WHERE {mine_is} LIMIT 1;
+        IF v_name IS NULL THEN LEAVE triggers; END IF;
+        {bounded}
+        IF p_keep IS NULL THEN
+            {_exec(f"CONCAT('DROP TRIGGER IF EXISTS ', {name})")}
+        ELSE
+            SET SESSION sql_mode = v_mode;  -- the trigger's own; restored when this returns
+            {_exec(create_trigger)}
+        END IF;
+    END LOOP;
+    views: LOOP
+        IF NOT v_views THEN LEAVE views; END IF;
+        SET v_name = NULL;
+        SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION, ALGORITHM, CHECK_OPTION
+            INTO v_db, v_name, v_body, v_algorithm, v_check
+            FROM information_schema.VIEWS WHERE {mine_is} LIMIT 1;
+        IF v_name IS NULL THEN LEAVE views; END IF;
+        {bounded}
+        IF p_keep IS NULL THEN
+            {_exec(f"CONCAT('DROP VIEW IF EXISTS ', {name})")}
+        ELSE
+            {_exec(alter_view)}
+        END IF;
+    END LOOP;
+END"""
+    ]
 
 
 def _audit_variable(name: str) -> str:
@@ -306,26 +597,47 @@ BEGIN
     ELSEIF v_events = '' AND v_logging = 'OFF' THEN
         {_set_audit_variable("server_audit_events", "'QUERY'")}
     END IF;
+    -- Long statements whole: the default cuts them at 1,024 bytes. Set here too, for a
+    -- server restarted without the my.cnf line.
+    IF {_audit_variable("server_audit_query_log_limit")} < {QUERY_LOG_LIMIT_MAX} THEN
+        {_exec(f"'SET GLOBAL server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX}'")}
+    END IF;
     IF v_logging = 'OFF' THEN
         {_set_audit_variable("server_audit_logging", "'ON'")}
     END IF;
     DO RELEASE_LOCK({_lit(AUDIT_LOCK)});
 END"""
+    # Rebuilt from the names that are not p_user, compared byte-exactly: a bounded loop
+    # over the list's items (a WHILE on FIND_IN_SET could spin forever where FIND_IN_SET
+    # and REPLACE disagree, e.g. on case).
     exclude = f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.audit_exclude(
     IN p_user VARCHAR(80))
 SQL SECURITY DEFINER
-BEGIN
-    DECLARE v_list TEXT;
+audit_exclude: BEGIN
+    DECLARE v_list, v_kept, v_item TEXT;
+    DECLARE v_i, v_count INT DEFAULT 0;
+    -- Not listed (most users): nothing to do, and no wait for the lock. Only this user's
+    -- own revocation takes it off, so it cannot join the list meanwhile.
+    IF COALESCE(FIND_IN_SET(p_user, {_audit_variable("server_audit_incl_users")}), 0) = 0 THEN
+        LEAVE audit_exclude;
+    END IF;
+    BEGIN
     {locked}
     SET v_list = {_audit_variable("server_audit_incl_users")};
     IF v_list IS NOT NULL AND FIND_IN_SET(p_user, v_list) > 0 THEN
-        WHILE FIND_IN_SET(p_user, v_list) > 0 DO
-            SET v_list = TRIM(BOTH ',' FROM
-                REPLACE(CONCAT(',', v_list, ','), CONCAT(',', p_user, ','), ','));
+        SET v_count = 1 + CHAR_LENGTH(v_list) - CHAR_LENGTH(REPLACE(v_list, ',', '')),
+            v_kept = '';
+        WHILE v_i < v_count DO
+            SET v_i = v_i + 1,
+                v_item = SUBSTRING_INDEX(SUBSTRING_INDEX(v_list, ',', v_i), ',', -1);
+            IF v_item <> p_user AND v_item <> '' THEN
+                SET v_kept = IF(v_kept = '', v_item, CONCAT(v_kept, ',', v_item));
+            END IF;
         END WHILE;
-        {_set_audit_variable("server_audit_incl_users", f"IF(v_list = '', {placeholder}, v_list)")}
+        {_set_audit_variable("server_audit_incl_users", f"IF(v_kept = '', {placeholder}, v_kept)")}
     END IF;
     DO RELEASE_LOCK({_lit(AUDIT_LOCK)});
+    END;
 END"""
     return [include, exclude]
 
@@ -361,3 +673,15 @@ def apply(target: TargetSection, admin: object, provisioner_password: str) -> No
             "ALTER USER %s@'%%' IDENTIFIED BY PASSWORD %s",
             (target.provisioner.user, native_password_hash(provisioner_password)),
         )
+
+
+def warnings(admin: object) -> list[str]:
+    """What the administrator should know after apply(): settings the bootstrap does not
+    change itself (event_scheduler is the server's choice; it is off by default)."""
+    import pymysql
+
+    assert isinstance(admin, pymysql.connections.Connection)
+    with admin.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.event_scheduler")
+        row = cur.fetchone()
+    return [] if row and str(row[0]).upper() == "ON" else [EVENT_SCHEDULER_OFF]
