@@ -126,6 +126,11 @@ def _missing_postgres(target: TargetSection, password: str) -> list[str]:
         source = functions["create_user"][1]
         missing += [f"group role {group} in the allow-list of dbaccess.create_user"
                     for group in groups if group in present and f"'{group}'" not in source]
+    if "revoke_user" in functions and "DROP OWNED BY %I RESTRICT" not in functions[
+            "revoke_user"][1]:
+        # an older bootstrap: it reassigns a session's objects to dbaccess_owner
+        missing.append("the current dbaccess.revoke_user (an older one hands what a "
+                       "session made to dbaccess_owner)")
     return missing
 
 
@@ -235,3 +240,152 @@ def mariadb_settings(settings: Settings, config: str) -> tuple[list[Problem], li
         problems += [Problem(name, f"target '{name}': {message}", bootstrap_hint(name, config))
                      for message in errors]
     return problems, warnings
+# --- read-only templates hold only reading grants --------------------------------------
+# A session may lift read_only (SET default_transaction_read_only = off; MariaDB has no
+# such setting) and its statement timeout (SET statement_timeout = 0; SET SESSION
+# max_statement_time = 0): measured in tests/broker/test_session_limits.py. So what a
+# read-only template's group role is granted is all that keeps its sessions from writing.
+
+# MariaDB privileges that do not write (EXECUTE runs routines whose definer decides).
+MARIADB_READING = frozenset({"USAGE", "SELECT", "SHOW VIEW", "EXECUTE"})
+_SHOWN = 5  # objects named per kind of write privilege; the rest are counted
+
+_PG_WRITES = """
+SELECT 'INSERT/UPDATE/DELETE/TRUNCATE on', c.oid::regclass::text FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+   AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema'
+   AND (has_table_privilege(%(g)s, c.oid, 'INSERT') OR has_table_privilege(%(g)s, c.oid, 'UPDATE')
+        OR has_table_privilege(%(g)s, c.oid, 'DELETE')
+        OR has_table_privilege(%(g)s, c.oid, 'TRUNCATE'))
+UNION ALL
+SELECT 'CREATE on schema', n.nspname::text FROM pg_namespace n
+ WHERE n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema'
+   AND has_schema_privilege(%(g)s, n.oid, 'CREATE')
+UNION ALL
+SELECT 'CREATE on database', current_database()::text
+ WHERE has_database_privilege(%(g)s, current_database(), 'CREATE')
+UNION ALL
+SELECT 'ownership of', count(*) || ' object(s) in this database' FROM pg_shdepend s
+ WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND s.deptype = 'o' AND pg_has_role(%(g)s, s.refobjid, 'USAGE')
+HAVING count(*) > 0
+UNION ALL
+SELECT 'membership in', b.rolname::text FROM pg_roles b
+ WHERE b.rolname <> %(g)s AND pg_has_role(%(g)s, b.oid, 'USAGE')
+   AND (b.rolsuper OR b.rolcreaterole OR b.rolcreatedb OR b.rolbypassrls OR b.rolname IN
+        ('pg_write_all_data', 'pg_write_server_files', 'pg_execute_server_program',
+         'pg_signal_backend', 'pg_checkpoint'))
+"""
+
+
+def read_only_warnings(name: str, target: TargetSection) -> list[str]:
+    """A warning for each ``read_only`` template whose group role can write; nothing for
+    a target with no such template. Asked as the provisioner (PostgreSQL: the catalog's
+    has_*_privilege functions; MariaDB: SHOW GRANTS by a session user of the template,
+    made and revoked here through the definer procedures, since the provisioner may not
+    read another role's grants there)."""
+    templates: dict[str, list[str]] = {}
+    for role_name, role in sorted(target.roles.items()):
+        if role.read_only:
+            templates.setdefault(role.group_role, []).append(role_name)
+    if not templates:
+        return []
+    try:
+        if target.engine == "postgres":
+            writes = _postgres_writes(target, sorted(templates))
+        else:
+            writes = _mariadb_writes(name, target, sorted(templates))
+    except Exception as exc:  # the target answered check_target a moment ago: say, go on
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [f"target '{name}': could not check what the read_only templates' group "
+                f"roles may write: {line}"]
+    why = ("A session can turn read-only off (it is only a default)," if target.engine ==
+           "postgres" else "MariaDB has no read-only setting for an account,")
+    warnings = []
+    for group, found in writes.items():
+        if not found:
+            continue
+        held = "; ".join(
+            f"{kind} {', '.join(objects[:_SHOWN])}"
+            + (f" (+{len(objects) - _SHOWN} more)" if len(objects) > _SHOWN else "")
+            for kind, objects in found.items())
+        names = " and ".join(f"'{t}'" for t in templates[group])
+        warnings.append(
+            f"target '{name}': role template {names} is read_only, but its group role "
+            f"{group} holds {held}. {why} so these grants are what it may do: revoke them "
+            "(docs/broker.md, \"What a session can change\")")
+    return warnings
+
+
+def _postgres_writes(target: TargetSection,
+                     groups: list[str]) -> dict[str, dict[str, list[str]]]:
+    import psycopg
+
+    with psycopg.connect(host=target.host, port=target.port, dbname=target.database,
+                         user=target.provisioner.user,
+                         password=target.provisioner.read_password(), sslmode=target.sslmode,
+                         connect_timeout=5,
+                         application_name="dbaccess-broker check-config") as conn:
+        result: dict[str, dict[str, list[str]]] = {}
+        for group in groups:
+            found: dict[str, list[str]] = {}
+            for kind, what in conn.execute(_PG_WRITES, {"g": group}).fetchall():
+                found.setdefault(str(kind), []).append(str(what))
+            result[group] = found
+    return result
+
+
+def _mariadb_writes(name: str, target: TargetSection,
+                    groups: list[str]) -> dict[str, dict[str, list[str]]]:
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    import pymysql
+
+    from dbaccess.broker.engines import NewUser, engine_for
+    from dbaccess.broker.engines.base import make_password, make_username
+    from dbaccess.broker.settings import RoleTemplate
+
+    engine = engine_for(name, target)
+    result: dict[str, dict[str, list[str]]] = {}
+    try:
+        for group in groups:
+            username = make_username(target.username_prefix, "checkconfig",
+                                     engine.max_username_length)
+            password = make_password()
+            # a one-minute user with no power beyond the template's; if this process
+            # dies before the revocation, the reconciler and the expiry event drop it
+            engine.create_user(NewUser(username, password, RoleTemplate(group_role=group),
+                                       datetime.now(UTC) + timedelta(minutes=1)))
+            try:
+                conn = pymysql.connect(host=target.host, port=target.port, user=username,
+                                       password=password, connect_timeout=5)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(f"SHOW GRANTS FOR `{group}`")  # a validated SQL name
+                        lines = [str(row[0]) for row in cur.fetchall()]
+                finally:
+                    conn.close()
+            finally:
+                engine.revoke_user(username)
+            found: dict[str, list[str]] = {}
+            for line in lines:
+                if (role := re.fullmatch(r"GRANT `([^`]+)` TO .*", line)) is not None:
+                    found.setdefault("membership in", []).append(role.group(1))
+                    continue
+                grant = re.fullmatch(r"GRANT (.+?) ON (\S+) TO .*", line)
+                if grant is None:
+                    continue
+                privileges = {p.strip() for p in re.sub(r"\([^)]*\)", "",
+                                                        grant.group(1)).split(",")}
+                for privilege in sorted(privileges - MARIADB_READING):
+                    found.setdefault(f"{privilege} on", []).append(
+                        grant.group(2).replace("`", ""))
+                if "WITH GRANT OPTION" in line:
+                    found.setdefault("GRANT OPTION on", []).append(
+                        grant.group(2).replace("`", ""))
+            result[group] = found
+    finally:
+        engine.close()
+    return result

@@ -114,8 +114,15 @@ def check_config(
     ] = False,
 ) -> None:
     """Validate the configuration file, then log in to each target as its provisioner and
-    check that it is bootstrapped (definer functions, group roles)."""
-    from dbaccess.broker.checks import check_target, mariadb_settings, shared_servers
+    check that it is bootstrapped (definer functions, group roles) and that MariaDB's
+    server settings hold what expiry and logging rest on; warn when a read_only template's
+    group role can write."""
+    from dbaccess.broker.checks import (
+        check_target,
+        mariadb_settings,
+        read_only_warnings,
+        shared_servers,
+    )
     from dbaccess.broker.settings import load_settings
 
     settings = load_settings(config)
@@ -129,6 +136,10 @@ def check_config(
             for name, target in settings.targets.items()
             if (problem := check_target(name, target, str(config))) is not None
         ]
+        for name, target in settings.targets.items():
+            if all(problem.target != name for problem in problems):
+                for warning in read_only_warnings(name, target):
+                    typer.echo(f"warning: {config}: {warning}", err=True)
         server_problems, server_warnings = mariadb_settings(settings, str(config))
         for warning in server_warnings:
             typer.echo(f"warning: {config}: {warning}", err=True)

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.approvals import Approvals
 from dbaccess.broker.breakglass import Breakglass
-from dbaccess.broker.engines import Engine, EngineError, NewUser
+from dbaccess.broker.engines import Engine, EngineError, EngineRefused, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
@@ -512,11 +512,16 @@ class SessionService:
             )
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
+        except EngineRefused as exc:
+            # the database's own bound (creation + max_lifetime) held where the broker's
+            # did not, e.g. its clock runs ahead of the broker's: still the caller's limit
+            raise ApiError(
+                403,
+                "max_lifetime",
+                f"session {lease_id} cannot last that long: {exc}",
+                f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
+            ) from None
         except EngineError as exc:
-            if "beyond the maximum lifetime" in str(exc):  # the database's clock said so
-                raise ApiError(403, "max_lifetime", str(exc),
-                               f"start a new one: dbaccess connect {lease.target} "
-                               f"--role {lease.role}") from None
             raise ApiError(502, "database_error", str(exc)) from None
         renewed = self.store.renew(
             lease_id, now, expires_at, principal.subject,

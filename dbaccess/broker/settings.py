@@ -320,6 +320,21 @@ class TargetSection(_Section):
                              "writes the new password there)")
         return self
 
+    @model_validator(mode="after")
+    def _one_mode_per_group_role(self) -> TargetSection:
+        """The mode is baked into the bootstrap per group role (revocation looks it up by
+        the user's group), so templates sharing a group role must agree on it."""
+        modes: dict[str, tuple[str, str]] = {}
+        for name, role in sorted(self.roles.items()):
+            seen = modes.setdefault(role.group_role, (name, role.session_objects))
+            if seen[1] != role.session_objects:
+                raise ValueError(
+                    f"roles.{seen[0]} and roles.{name} share group_role "
+                    f"{role.group_role} but not session_objects ('{seen[1]}' and "
+                    f"'{role.session_objects}'): give them the same value, or each its own "
+                    "group role")
+        return self
+
     @field_validator("roles")
     @classmethod
     def _some_roles(cls, value: dict[str, RoleTemplate]) -> dict[str, RoleTemplate]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbaccess.broker.engines.base import Engine, EngineError, NewUser
+from dbaccess.broker.engines.base import Engine, EngineError, EngineRefused, NewUser
 from dbaccess.broker.settings import TargetSection
 
 
@@ -19,4 +19,4 @@ def engine_for(name: str, target: TargetSection) -> Engine:
     raise ValueError(f"unknown engine {target.engine!r}")  # settings validation prevents this
 
 
-__all__ = ["Engine", "EngineError", "NewUser", "engine_for"]
+__all__ = ["Engine", "EngineError", "EngineRefused", "NewUser", "engine_for"]

@@ -18,6 +18,11 @@ class EngineError(Exception):
     """A database operation failed. The message never contains a password."""
 
 
+class EngineRefused(EngineError):
+    """The database refused the request as beyond a bound it enforces itself (e.g. a
+    renewal past the user's creation plus max_lifetime): the caller's error, not a failure."""
+
+
 def not_bootstrapped(target: str) -> str:
     """Said when the definer functions are missing: the first request after a forgotten
     bootstrap, which the message reaches (the CLI's error, the broker's log)."""

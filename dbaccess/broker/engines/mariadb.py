@@ -13,8 +13,18 @@ from datetime import UTC, datetime
 
 import pymysql
 
-from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser, not_bootstrapped
-from dbaccess.broker.engines.mariadb_bootstrap import MAX_USERNAME, native_password_hash
+from dbaccess.broker.engines.base import (
+    CreateSlots,
+    EngineError,
+    EngineRefused,
+    NewUser,
+    not_bootstrapped,
+)
+from dbaccess.broker.engines.mariadb_bootstrap import (
+    LIFETIME_REFUSAL,
+    MAX_USERNAME,
+    native_password_hash,
+)
 from dbaccess.broker.settings import TargetSection
 
 
@@ -83,11 +93,16 @@ class MariaDBEngine:
             )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
-        self._call(
-            f"renewing {username}",
-            "CALL dbaccess.renew_user(%s, %s)",
-            (username, _naive_utc(expires_at)),
-        )
+        try:
+            self._call(
+                f"renewing {username}",
+                "CALL dbaccess.renew_user(%s, %s)",
+                (username, _naive_utc(expires_at)),
+            )
+        except EngineError as exc:
+            if LIFETIME_REFUSAL in str(exc):  # the procedure's own bound, not a failure
+                raise EngineRefused(str(exc)) from None
+            raise
 
     def revoke_user(self, username: str) -> None:
         rows = self._call(

@@ -69,6 +69,8 @@ from dbaccess.broker.settings import TargetSection
 SCHEMA = "dbaccess"
 OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
+# renew_user's refusal past creation + max_lifetime; the engine tells it from a failure
+LIFETIME_REFUSAL = "beyond the maximum lifetime"
 # \z, not $: in PCRE (REGEXP) $ also matches just before a trailing newline.
 HASH_PATTERN = r"^\*[0-9A-F]{40}\z"
 AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
@@ -255,7 +257,7 @@ BEGIN
     IF p_expires > (SELECT created_at FROM {SCHEMA}.managed_users WHERE username = p_user)
             + INTERVAL {max_seconds} SECOND THEN
         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
-            'dbaccess: beyond the maximum lifetime of this user (max_lifetime from its creation)';
+            'dbaccess: {LIFETIME_REFUSAL} of this user (max_lifetime from its creation)';
     END IF;
     UPDATE {SCHEMA}.managed_users SET expires_at = p_expires WHERE username = p_user;
 END""",

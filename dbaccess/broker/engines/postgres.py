@@ -21,7 +21,13 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dbaccess.broker.engines.base import CreateSlots, EngineError, NewUser, not_bootstrapped
+from dbaccess.broker.engines.base import (
+    CreateSlots,
+    EngineError,
+    EngineRefused,
+    NewUser,
+    not_bootstrapped,
+)
 from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
@@ -148,19 +154,33 @@ class PostgresEngine:
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
         with self._doing(f"renewing {username}") as conn:
-            conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
+            try:
+                conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
+            except psycopg.Error as exc:
+                # beyond its creation + max_lifetime: postgres_bootstrap's renew_user
+                if exc.sqlstate == LIFETIME_EXCEEDED:
+                    raise EngineRefused(_first_line(exc).removeprefix("dbaccess: ")) from None
+                raise
 
     def revoke_user(self, username: str) -> None:
         with self._doing(f"revoking {username}") as conn:
             row = conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone()
-        remaining = int(str(row[0])) if row else 0
-        if remaining:
-            raise EngineError(f"{remaining} session(s) of {username} did not terminate yet")
+        problem = row[0] if row else None
+        # NULL: gone. Text: why not yet (the user stays NOLOGIN meanwhile). An integer:
+        # sessions left, from a bootstrap older than the text answer.
+        if isinstance(problem, int):
+            problem = f"{problem} session(s) of {username} did not terminate yet" \
+                if problem else None
+        if problem:
+            raise EngineError(f"revoking {username} on '{self.name}': {problem}")
 
     def list_managed_users(self) -> list[str]:
         with self._doing("listing users") as conn:
             rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
         return [str(row[0]) for row in rows]
+
+
+LIFETIME_EXCEEDED = "DBA01"
 
 
 def _first_line(exc: BaseException) -> str:

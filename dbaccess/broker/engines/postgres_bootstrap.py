@@ -20,6 +20,19 @@ SCHEMA = "dbaccess"
 OWNER = "dbaccess_owner"
 B64 = "[A-Za-z0-9+/=]+"
 VERIFIER_PATTERN = rf"^SCRAM-SHA-256\$4096:{B64}\${B64}:{B64}$"
+# Every definer function runs with these, whatever the calling session set: a timestamp
+# turned into text under the caller's TimeZone and DateStyle (e.g. 'Asia/Kolkata' with
+# 'SQL, DMY' prints "IST", which reads back as Israel time) moved VALID UNTIL by hours past
+# the bound the function had just checked (measured, PostgreSQL 15). The functions also
+# compare names under COLLATE "C" and print timestamps with to_char in UTC, so they do not
+# lean on these settings alone.
+PINNED = (
+    "SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' "
+    "SET IntervalStyle = 'postgres' SET timezone_abbreviations = 'Default' "
+    "SET lc_time = 'C' SET lc_numeric = 'C' SET lc_monetary = 'C'"
+)
+# A timestamptz as text no session setting can change the meaning of.
+UTC_TEXT = "to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
 
 
 def _id(name: str) -> str:
@@ -51,10 +64,23 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         f"REVOKE ALL ON SCHEMA {_id(SCHEMA)} FROM PUBLIC",
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.managed_users ("
         " username text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())",
+        # The group a user was made in decides what revocation does with its objects.
+        f"ALTER TABLE {SCHEMA}.managed_users ADD COLUMN IF NOT EXISTS group_role text",
+        # Names are compared byte by byte, whatever the database's default collation.
+        f"ALTER TABLE {SCHEMA}.managed_users ALTER COLUMN username TYPE text COLLATE \"C\"",
         f"ALTER TABLE {SCHEMA}.managed_users OWNER TO {_id(OWNER)}",
         f"REVOKE ALL ON {SCHEMA}.managed_users FROM PUBLIC",
     ]
     statements += [_create_role_if_missing(group, "NOLOGIN") for group in groups]
+    keep_groups = sorted({role.group_role for role in target.roles.values()
+                          if role.session_objects == "keep"})
+    keeping = "ARRAY[" + ", ".join(_lit(g) for g in keep_groups) + "]::text[]"
+    statements += [
+        # Kept objects are reassigned to their template's group role, which must therefore
+        # hold no attribute a definer function or view of its own could borrow.
+        f"ALTER ROLE {_id(group)} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+        "NOBYPASSRLS" for group in keep_groups
+    ]
     statements += [
         _create_role_if_missing(provisioner, "LOGIN"),
         # Whatever it had before, the provisioner keeps no power of its own.
@@ -65,20 +91,22 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
     p_username text, p_verifier text, p_valid_until timestamptz, p_group text,
     p_connection_limit integer, p_read_only boolean, p_statement_timeout_ms integer,
     p_log_all boolean)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
 BEGIN
-    IF p_username IS NULL OR p_username !~ {_lit(pattern)} THEN
+    IF p_username IS NULL OR p_username COLLATE "C" !~ {_lit(pattern)} THEN
         RAISE EXCEPTION 'dbaccess: % is not a managed user name', p_username;
     END IF;
-    IF p_group IS NULL OR NOT (p_group = ANY ({allowed})) THEN
+    IF p_group IS NULL OR NOT (p_group COLLATE "C" = ANY ({allowed})) THEN
         RAISE EXCEPTION 'dbaccess: % is not an allowed group role', p_group;
     END IF;
-    IF p_verifier IS NULL OR p_verifier !~ {_lit(VERIFIER_PATTERN)} THEN
+    IF p_verifier IS NULL OR p_verifier COLLATE "C" !~ {_lit(VERIFIER_PATTERN)} THEN
         RAISE EXCEPTION 'dbaccess: the password must be a SCRAM-SHA-256 verifier';
     END IF;
     IF p_valid_until IS NULL OR p_valid_until <= now()
        OR p_valid_until > now() + make_interval(secs => {max_seconds}) THEN
-        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]', p_valid_until;
+        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]',
+            {UTC_TEXT.format("p_valid_until")};
     END IF;
     IF p_connection_limit IS NULL OR p_connection_limit NOT BETWEEN 1 AND 100 THEN
         RAISE EXCEPTION 'dbaccess: connection limit must be between 1 and 100';
@@ -86,10 +114,11 @@ BEGIN
     IF p_statement_timeout_ms IS NOT NULL AND p_statement_timeout_ms NOT BETWEEN 0 AND 86400000 THEN
         RAISE EXCEPTION 'dbaccess: statement timeout out of range';
     END IF;
-    INSERT INTO {SCHEMA}.managed_users (username) VALUES (p_username);
+    INSERT INTO {SCHEMA}.managed_users (username, group_role) VALUES (p_username, p_group);
     EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L '
                    'VALID UNTIL %L CONNECTION LIMIT %s IN ROLE %I',
-                   p_username, p_verifier, p_valid_until, p_connection_limit, p_group);
+                   p_username, p_verifier, {UTC_TEXT.format("p_valid_until")},
+                   p_connection_limit, p_group);
     IF p_read_only THEN
         EXECUTE format('ALTER ROLE %I SET default_transaction_read_only = on', p_username);
     END IF;
@@ -102,31 +131,63 @@ BEGIN
     END IF;
 END
 $fn$""",
+        # The whole life of a user is bounded by its creation plus max_lifetime, however
+        # often it is renewed (the broker's policy says the same; this holds even for a
+        # caller that is not the broker). 'DBA01' tells the broker it is a refusal (4xx).
         f"""CREATE OR REPLACE FUNCTION {SCHEMA}.renew_user(p_username text,
     p_valid_until timestamptz)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
+DECLARE
+    born timestamptz;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_username) THEN
+    SELECT created_at INTO born FROM {SCHEMA}.managed_users
+     WHERE username COLLATE "C" = p_username COLLATE "C";
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'dbaccess: % was not created by dbaccess', p_username;
     END IF;
     IF p_valid_until IS NULL OR p_valid_until <= now()
        OR p_valid_until > now() + make_interval(secs => {max_seconds}) THEN
-        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]', p_valid_until;
+        RAISE EXCEPTION 'dbaccess: expiry % is outside (now, now + {max_seconds}s]',
+            {UTC_TEXT.format("p_valid_until")};
     END IF;
-    EXECUTE format('ALTER ROLE %I VALID UNTIL %L', p_username, p_valid_until);
+    IF p_valid_until > born + make_interval(secs => {max_seconds}) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DBA01', MESSAGE = format(
+            'dbaccess: %s was created at %s; it may live until %s at the latest '
+            '(max_lifetime {max_seconds}s), not until %s', p_username,
+            {UTC_TEXT.format("born")},
+            {UTC_TEXT.format(f"born + make_interval(secs => {max_seconds})")},
+            {UTC_TEXT.format("p_valid_until")});
+    END IF;
+    EXECUTE format('ALTER ROLE %I VALID UNTIL %L', p_username,
+                   {UTC_TEXT.format("p_valid_until")});
 END
 $fn$""",
+        # Returns NULL once the user is gone, else why it is not (it stays NOLOGIN, and
+        # the broker retries and records each attempt). Only what this database holds can
+        # be dropped here: DROP OWNED works per database.
+        # (It returned the number of sessions left before: a new return type needs a drop.)
+        "DO $do$ BEGIN IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = "
+        f"to_regprocedure('{SCHEMA}.revoke_user(text)') AND prorettype = 'integer'::regtype) "
+        f"THEN DROP FUNCTION {SCHEMA}.revoke_user(text); END IF; END $do$",
         f"""CREATE OR REPLACE FUNCTION {SCHEMA}.revoke_user(p_username text)
-RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
 DECLARE
     remaining integer;
     deadline timestamptz := clock_timestamp() + interval '5 seconds';
+    v_group text;
+    elsewhere text;
+    fn regprocedure;
+    detail text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM {SCHEMA}.managed_users WHERE username = p_username) THEN
+    SELECT group_role INTO v_group FROM {SCHEMA}.managed_users
+     WHERE username COLLATE "C" = p_username COLLATE "C";
+    IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_username) THEN
             RAISE EXCEPTION 'dbaccess: % was not created by dbaccess', p_username;
         END IF;
-        RETURN 0;  -- already gone: revoking is idempotent
+        RETURN NULL;  -- already gone: revoking is idempotent
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_username) THEN
         -- NOLOGIN first: DROP ROLE alone would leave live sessions running.
@@ -140,23 +201,105 @@ BEGIN
             PERFORM pg_sleep(0.01);
         END LOOP;
         IF remaining > 0 THEN
-            RETURN remaining;  -- the caller retries; the user is locked meanwhile
+            RETURN format('%s session(s) of %s did not terminate yet', remaining, p_username);
         END IF;
-        EXECUTE format('GRANT %I TO {OWNER}', p_username);
-        EXECUTE format('REASSIGN OWNED BY %I TO {OWNER}', p_username);
-        EXECUTE format('DROP OWNED BY %I', p_username);
-        EXECUTE format('DROP ROLE %I', p_username);
+        SELECT string_agg(DISTINCT d.datname, ', ') INTO elsewhere
+          FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+         WHERE s.refclassid = 'pg_authid'::regclass
+           AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = p_username)
+           AND d.datname <> current_database();
+        IF elsewhere IS NOT NULL THEN
+            RETURN format('%s owns objects or holds privileges in database(s) %s, which '
+                          'revocation cannot reach (DROP OWNED works per database); it stays '
+                          'NOLOGIN and is retried: an administrator runs DROP OWNED BY %I '
+                          '(or REASSIGN OWNED) there', p_username, elsewhere, p_username);
+        END IF;
+        IF v_group IS NULL THEN  -- registered by an older bootstrap: ask the catalog
+            SELECT b.rolname INTO v_group FROM pg_auth_members m
+              JOIN pg_roles b ON b.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+             WHERE u.rolname = p_username AND b.rolname::text = ANY ({allowed})
+             ORDER BY 1 LIMIT 1;
+        END IF;
+        BEGIN
+            EXECUTE format('GRANT %I TO {OWNER}', p_username);
+            IF v_group COLLATE "C" = ANY ({keeping}) THEN
+                -- "keep" (a migration template): the template's own NOLOGIN group role
+                -- owns what the session made, so it runs and reads with exactly the
+                -- template's rights, and the template's later sessions may alter it. Its
+                -- definer routines are not everyone's to call: that would lend the
+                -- template's rights to any role.
+                EXECUTE format('GRANT %I TO {OWNER}', v_group);
+                EXECUTE format('REASSIGN OWNED BY %I TO %I', p_username, v_group);
+                FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
+                           WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = v_group)
+                             AND p.prosecdef LOOP
+                    EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', fn);
+                END LOOP;
+                EXECUTE format('REVOKE %I FROM {OWNER}', v_group);
+            END IF;
+            -- "drop" (the default): everything it owns here goes, with its default
+            -- privileges and the privileges granted to it. RESTRICT: an object someone
+            -- else built on them stops this (visibly) instead of being dropped too.
+            EXECUTE format('DROP OWNED BY %I RESTRICT', p_username);
+            EXECUTE format('DROP ROLE %I', p_username);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            RETURN format('%s cannot be dropped yet: %s%s; it stays NOLOGIN and is retried',
+                          p_username, SQLERRM,
+                          CASE WHEN detail <> '' THEN ' (' || replace(detail, E'\\n', '; ')
+                               || ')' ELSE '' END);
+        END;
     END IF;
-    DELETE FROM {SCHEMA}.managed_users WHERE username = p_username;
-    RETURN 0;
+    DELETE FROM {SCHEMA}.managed_users WHERE username COLLATE "C" = p_username COLLATE "C";
+    RETURN NULL;
 END
 $fn$""",
         f"""CREATE OR REPLACE FUNCTION {SCHEMA}.managed_users()
-RETURNS SETOF text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+RETURNS SETOF text LANGUAGE sql SECURITY DEFINER
+{PINNED} AS $fn$
     SELECT username FROM {SCHEMA}.managed_users
     UNION
     SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, {_lit(prefix)})
 $fn$""",
+        # A session user makes objects as itself: membership in its group role would let
+        # it SET ROLE to the group, or ALTER ... OWNER TO the group, and leave objects no
+        # revocation can tell from others, running with the group's rights for whoever
+        # calls them. This event trigger (per database: the target's) refuses DDL by a
+        # managed user that leaves an object owned by anyone else — but the group of a
+        # "keep" template, which owns what such sessions keep anyway.
+        f"""CREATE OR REPLACE FUNCTION {SCHEMA}.guard_session_ddl()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
+DECLARE
+    v_group text;
+    stray text;
+BEGIN
+    SELECT group_role INTO v_group FROM {SCHEMA}.managed_users
+     WHERE username COLLATE "C" = session_user::text COLLATE "C";
+    IF NOT FOUND THEN
+        RETURN;  -- not a session user
+    END IF;
+    SELECT r.rolname INTO stray
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN pg_shdepend d ON d.classid = c.classid AND d.objid = c.objid AND d.deptype = 'o'
+       AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      JOIN pg_roles r ON r.oid = d.refobjid
+     WHERE r.rolname <> session_user
+       AND NOT (r.rolname::text = v_group AND v_group = ANY ({keeping}))
+     LIMIT 1;
+    IF stray IS NOT NULL THEN
+        RAISE EXCEPTION 'dbaccess: session user % may not make objects owned by %',
+            session_user, stray
+            USING HINT = 'create and own objects as the session user itself (no SET ROLE, '
+                         'no OWNER TO): what it makes is dealt with at its revocation';
+    END IF;
+END
+$fn$""",
+        f"ALTER FUNCTION {SCHEMA}.guard_session_ddl() OWNER TO {_id(OWNER)}",
+        f"REVOKE ALL ON FUNCTION {SCHEMA}.guard_session_ddl() FROM PUBLIC",
+        "DO $do$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = "
+        "'dbaccess_guard_session_ddl') THEN CREATE EVENT TRIGGER dbaccess_guard_session_ddl "
+        f"ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.guard_session_ddl(); END IF; END $do$",
     ]
     signatures = [
         "create_user(text, text, timestamptz, text, integer, boolean, integer, boolean)",
