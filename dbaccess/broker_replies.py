@@ -76,6 +76,7 @@ _BY_STATUS: dict[int, type[DbaccessError]] = {
     404: NotFoundError,
     409: DeniedError,  # the state forbids it: a used, denied or expired request...
     422: UsageError,
+    429: DeniedError,  # a cap on live sessions (cap_reached): policy, not a failure
 }
 
 

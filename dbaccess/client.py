@@ -110,9 +110,11 @@ class BrokerClient:
             )
         )
 
-    def audit(self, **filters: str | int | None) -> list[AuditEntry]:
+    def audit(self, **filters: str | int | None) -> tuple[list[AuditEntry], str | None]:
+        """A page of the trail, newest first, and the cursor of the next (older) page."""
         params = {k: v for k, v in filters.items() if v is not None}
-        return [AuditEntry.model_validate(r) for r in self._call("GET", "/v1/audit", params=params)]
+        found, headers = self._call_with_headers("GET", "/v1/audit", params=params)
+        return [AuditEntry.model_validate(r) for r in found], headers.get("x-next-cursor")
 
     def revoke_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate(
@@ -120,6 +122,11 @@ class BrokerClient:
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call_with_headers(method, path, **kwargs)[0]
+
+    def _call_with_headers(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[Any, httpx.Headers]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -132,7 +139,7 @@ class BrokerClient:
             raise unreachable(self.base_url, exc) from None
         if response.is_success:
             try:
-                return response.json()
+                return response.json(), response.headers
             except ValueError:
                 raise BrokerError(f"the broker answered {method} {path} with no JSON") from None
         raise error_from_reply(response.status_code, response.content)

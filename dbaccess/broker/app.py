@@ -26,6 +26,7 @@ from dbaccess import __version__
 from dbaccess.audit_events import AUDIT_EVENTS
 from dbaccess.broker import body_limit
 from dbaccess.broker.api_errors import ApiError
+from dbaccess.broker.audit_pages import make_cursor, read_cursor
 from dbaccess.broker.body_limit import BodyLimit
 from dbaccess.broker.checks import log_mariadb_server_problems
 from dbaccess.broker.engines import Engine, engine_for
@@ -61,6 +62,10 @@ from dbaccess.models import (
 )
 
 _bearer = HTTPBearer(auto_error=False)
+# GET /v1/audit: records per page, by default and at most; the next page's cursor header
+AUDIT_PAGE_DEFAULT = 100
+AUDIT_PAGE_MAX = 1000
+NEXT_CURSOR = "X-Next-Cursor"
 log = logging.getLogger("dbaccess.broker")
 
 # A session or request id, or a prefix of one (broker/ids.py): at most a whole UUID.
@@ -259,15 +264,25 @@ def create_app(
             )
         ]
 
-    @app.get("/v1/audit", response_model=list[AuditEntry])
+    @app.get(
+        "/v1/audit",
+        response_model=list[AuditEntry],
+        responses={200: {"headers": {NEXT_CURSOR: {
+            "description": "present when older records match: pass it as ?before= for "
+            "the next page", "schema": {"type": "string"}}}}},
+    )
     def read_audit(
+        response: Response,
         since: datetime | None = None,
         user: Annotated[str | None, Query(max_length=320)] = None,  # an email's longest
         target: Annotated[str | None, Query(max_length=64)] = None,
         type: Annotated[str | None, Query(max_length=64)] = None,  # noqa: A002 - public name
-        limit: int = Query(1000, ge=1, le=10000),
+        before: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = AUDIT_PAGE_DEFAULT,
         who: Principal = Depends(principal),
     ) -> list[AuditEntry]:
+        """The newest records first; every filter applies before ``limit``. When older
+        records match, the ``X-Next-Cursor`` header carries the cursor of the next page."""
         if not who.groups & set(service.settings.broker.auditor_groups):
             raise ApiError(
                 403,
@@ -284,12 +299,21 @@ def create_app(
             )
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
+        filters: dict[str, object] = {
+            "since": since.isoformat() if since else None,
+            "user": user,
+            "target": target,
+            "type": type,
+        }
+        start = read_cursor(before, filters) if before is not None else None
         # A person is a subject or an email: an email stands for every subject that has
         # used it (the trail is keyed by subject, which people rarely know by heart).
         people = None if user is None else service.store.subjects_known_as(user)
-        records = service.store.audit_records(
-            since=since, subjects=people, event=type, limit=limit
+        records, older = service.store.audit_page(
+            limit=limit, before=start, since=since, subjects=people, event=type, target=target
         )
+        if older is not None:
+            response.headers[NEXT_CURSOR] = make_cursor(older, filters)
         return [
             AuditEntry(
                 seq=r.seq,
@@ -300,7 +324,6 @@ def create_app(
                 detail=r.detail,
             )
             for r in records
-            if target is None or r.detail.get("target") == target
         ]
 
     @app.post(

@@ -149,6 +149,10 @@ def check_config(
             typer.echo(f"hint: {problem.hint}", err=True)
         if problems:
             raise typer.Exit(int(ExitCode.CONFIG))
+        from dbaccess.broker.capacity import capacity_warnings
+
+        for warning in capacity_warnings(settings):
+            typer.echo(f"warning: {config}: {warning}", err=True)
     checked = "" if offline else ", each bootstrapped"
     typer.echo(f"{config}: ok ({len(settings.targets)} target(s){checked}, "
                f"{len(settings.rules)} rule(s))")
@@ -321,6 +325,9 @@ def policy_explain(
     who = Principal(
         subject=user,
         email=user if "@" in user else None,
+        # as a token whose provider verified the email (identity.email_verified_claim):
+        # unverified, a rule naming it would not match at the broker
+        email_verified=True,
         name=None,
         groups=frozenset(g.strip() for g in groups.split(",") if g.strip()),
     )

@@ -38,6 +38,20 @@ class Principal:
     email: str | None
     name: str | None
     groups: frozenset[str] = field(default_factory=frozenset)
+    # The provider vouches for ``email`` (identity.email_verified_claim): only then may a
+    # rule that names a user by email match this principal.
+    email_verified: bool = False
+
+    def named_by(self, users: list[str]) -> bool:
+        """One of ``users`` (a rule's list) names this principal: its subject exactly, or
+        its email in any letter case — a verified email only, since anyone may put any
+        address in an unverified one."""
+        if self.subject in users:
+            return True
+        if not (self.email and self.email_verified):
+            return False
+        mine = self.email.casefold()
+        return any("@" in user and user.casefold() == mine for user in users)
 
     def same_person(self, subject: str, email: str | None) -> bool:
         """The person who asked (``subject``, ``email``) is this one: the same subject, or the
@@ -133,6 +147,12 @@ class TokenVerifier:
             raise InvalidToken("token is not valid yet") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"token rejected: {exc}") from None
+        if not self._identity.accept_access_tokens and is_access_token(header, claims):
+            raise InvalidToken(
+                "this is an access token; the broker takes the ID token of a login "
+                "(identity.accept_access_tokens allows access tokens)"
+            )
+        verified_claim = self._identity.email_verified_claim
         principal = Principal(
             subject=_claim_text(claims, "sub"),
             email=_claim_text(claims, "email", optional=True),
@@ -140,8 +160,32 @@ class TokenVerifier:
             name=name if isinstance(name := claims.get("name"), str)
             and not first_unsafe(name) else None,
             groups=_groups(claims, self._identity.groups_claim),
+            email_verified=bool(verified_claim) and _true(claims.get(verified_claim or "")),
         )
         return principal, float(claims["exp"])
+
+
+# Claims only access tokens carry: OAuth scopes (scp: Entra, Okta; scope: RFC 9068, Auth0,
+# Keycloak), the client (client_id: RFC 9068; appid: Entra v1; cid: Okta).
+_ACCESS_TOKEN_CLAIMS = ("scp", "scope", "client_id", "appid", "cid")
+
+
+def is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:
+    """The token is an OAuth access token, not an OpenID Connect ID token: RFC 9068's
+    ``typ: at+jwt`` header, a claim only access tokens carry, or a provider's own marker
+    (Keycloak's ``typ: Bearer`` claim, Cognito's ``token_use: access``). ID tokens have
+    none of these (OpenID Connect Core, section 2)."""
+    typ = str(header.get("typ", "")).lower()
+    if typ in ("at+jwt", "application/at+jwt"):
+        return True
+    if any(name in claims for name in _ACCESS_TOKEN_CLAIMS):
+        return True
+    return claims.get("typ") == "Bearer" or claims.get("token_use") == "access"
+
+
+def _true(value: Any) -> bool:
+    """A verified-flag claim: JSON true, or the string "true" (some providers send one)."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _claim_text(claims: dict[str, Any], name: str, *, optional: bool = False) -> Any:

@@ -1,8 +1,8 @@
 """Policy: a pure function from (who, what) to a decision that names the rule that matched.
 
 Deny by default. A rule matches when it names one of the caller's groups (or the caller's
-subject or email), the target and the role (``*`` matches any). Rules are read in file order;
-the first matching rule that allows the requested duration wins.
+subject, or verified email), the target and the role (``*`` matches any). Rules are read in
+file order; the first matching rule that allows the requested duration wins.
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ class Decision:
 
 
 def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
-    who = bool(principal.groups & set(rule.groups)) or bool(
-        {principal.subject, principal.email} & set(rule.users)
-    )
+    who = bool(principal.groups & set(rule.groups)) or principal.named_by(rule.users)
     return (
         who
         and ("*" in rule.targets or target in rule.targets)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.approvals import Approvals
@@ -32,6 +32,8 @@ from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import (
     ApprovalRequest,
+    CapReached,
+    Caps,
     Conflict,
     Lease,
     Store,
@@ -320,7 +322,11 @@ class SessionService:
                 incident=incident,
                 drill=drill,
                 request=request,
+                caps=self._caps(target_name, breakglass),
             )
+        except CapReached as exc:
+            self._refuse_over_cap(principal, exc, target_name, role, breakglass, reason,
+                                  incident, origin)
         except Conflict as exc:
             raise ApiError(409, "request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
@@ -358,6 +364,73 @@ class SessionService:
             sslmode=target.sslmode,
             password=password,  # type: ignore[arg-type]
         )
+
+    def _caps(self, target_name: str, breakglass: bool) -> Caps:
+        settings = self.settings
+        weights = {n: r.connection_limit for n, r in settings.targets[target_name].roles.items()}
+
+        def value(key: str) -> int:
+            return settings.limit(target_name, key)[0]
+
+        if breakglass:
+            return Caps(True, weights,
+                        person_sessions=value("breakglass_sessions_per_person"),
+                        target_connections=value("breakglass_connections_per_target"))
+        return Caps(False, weights,
+                    person_sessions=value("sessions_per_person"),
+                    person_connections=value("connections_per_person"),
+                    target_sessions=value("sessions_per_target"),
+                    target_connections=value("connections_per_target"))
+
+    def _refuse_over_cap(
+        self, principal: Principal, exc: CapReached, target: str, role: str, breakglass: bool,
+        reason: str | None, incident: str | None, origin: Origin,
+    ) -> NoReturn:
+        """429 naming the cap and its setting; the refusal is audited like any denial."""
+        key = {
+            "person_sessions": "sessions_per_person",
+            "person_connections": "connections_per_person",
+            "target_sessions": "sessions_per_target",
+            "target_connections": "connections_per_target",
+        }[exc.cap]
+        if breakglass:
+            key = {"sessions_per_person": "breakglass_sessions_per_person",
+                   "connections_per_target": "breakglass_connections_per_target"}[key]
+        _, setting = self.settings.limit(target, key)
+        kind = "break-glass " if breakglass else ""
+        unit = "sessions" if exc.cap.endswith("sessions") else "connections"
+        if exc.cap.startswith("person"):
+            message = (
+                f"one person may hold at most {exc.limit} live {kind}{unit} on '{target}' "
+                f"({setting}); this session would make {exc.would_be}"
+            )
+            hint = "end one first: dbaccess sessions lists yours, dbaccess revoke ID ends one"
+        else:
+            message = (
+                f"'{target}' has no {kind}{unit} to spare: at most {exc.limit} for all live "
+                f"{kind}sessions ({setting}); this session would make {exc.would_be}"
+            )
+            hint = (
+                "try again when sessions have ended; an administrator can raise " + setting
+                + (" (or, in an incident, use dbaccess breakglass)" if not breakglass else "")
+            )
+        self.store.record(
+            self.clock(),
+            "breakglass.denied" if breakglass else "session.denied",
+            principal.subject,
+            {
+                "email": principal.email,
+                "target": target,
+                "role": role,
+                "reason": reason,
+                **({"incident": incident} if breakglass else {}),
+                "explanation": message,
+                "cap": setting,
+                **origin.detail(),
+            },
+        )
+        self.metrics.denied.labels(target).inc()
+        raise ApiError(429, "cap_reached", message, hint)
 
     def list_for(self, principal: Principal) -> list[SessionInfo]:
         return [_info(lease) for lease in self.store.sessions_of(principal.subject)]
@@ -421,12 +494,8 @@ class SessionService:
                 "it is renewed",
                 f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
             )
-        decision = decide(
-            principal,
-            AccessRequest(lease.target, lease.role, total, lease.reason, lease.ticket),
-            self.settings.rules,
-        )
-        if not decision.allowed:
+        basis = self._renewal_basis(principal, lease, total)
+        if isinstance(basis, _RenewRefusal):
             self.store.record(
                 now,
                 "session.renew_denied",
@@ -435,28 +504,18 @@ class SessionService:
                     "db_user": lease.db_user,
                     "target": lease.target,
                     "requested_until": expires_at,
-                    "explanation": decision.explanation,
+                    "explanation": basis.explanation,
+                    "rule": basis.rule,
                     **(origin or Origin()).detail(),
                 },
                 lease_id,
             )
-            hint = None
-            if decision.max_duration is not None:
-                left = lease.created_at + decision.max_duration - now
-                hint = (
-                    f"it may last {format_duration(decision.max_duration)} in all; the most "
-                    f"left: dbaccess renew {lease_id} --duration "
-                    f"{format_duration(timedelta(minutes=int(left.total_seconds() // 60)))}"
-                    if left >= timedelta(minutes=1)
-                    else f"it may last {format_duration(decision.max_duration)} in all; for "
-                    f"more, start a new one: dbaccess connect {lease.target} --role {lease.role}"
-                )
             raise ApiError(
                 403,
-                "denied",
+                basis.code,
                 f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
-                f"{format_duration(total)} long: {decision.explanation}",
-                hint,
+                f"{format_duration(total)} long: {basis.explanation}",
+                self._renew_hint(lease, basis.most, now),
             )
         try:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
@@ -472,11 +531,117 @@ class SessionService:
         except EngineError as exc:
             raise ApiError(502, "database_error", str(exc)) from None
         renewed = self.store.renew(
-            lease_id, now, expires_at, principal.subject, (origin or Origin()).detail()
+            lease_id, now, expires_at, principal.subject,
+            {**basis.detail(), **(origin or Origin()).detail()},
         )
+        if lease.kind == "breakglass":  # loud, like the opening
+            label = "DRILL: break-glass" if lease.drill else "BREAK-GLASS"
+            self.notifier.send(
+                "breakglass.renewed",
+                f"{label}: {principal.handle} renewed {lease.role} on {lease.target} for "
+                f"incident {lease.incident} until {expires_at:%Y-%m-%d %H:%M} UTC",
+                user=principal.subject,
+                target=lease.target,
+                role=lease.role,
+                db_user=lease.db_user,
+                incident=lease.incident,
+                drill=lease.drill,
+                session_id=lease.id,
+                expires_at=expires_at,
+            )
         return SessionRenewed(
             **_info_fields(renewed), changed=True, previous_expires_at=lease.expires_at
         )
+
+    def _renewal_basis(
+        self, principal: Principal, lease: Lease, total: timedelta
+    ) -> _RenewBasis | _RenewRefusal:
+        """What a renewal to ``total`` (the session's whole length) relies on, or why
+        nothing grants it. A renewal never widens what was granted: a break-glass session
+        renews only under the break-glass policy; a session that needed approvals stays
+        within the duration its approvers saw, unless a rule that needs none grants the
+        longer one (the person could then have had it without approvers anyway)."""
+        if lease.kind == "breakglass":
+            return self._breakglass_renewal(principal, lease, total)
+        decision = decide(
+            principal,
+            AccessRequest(lease.target, lease.role, total, lease.reason, lease.ticket),
+            self.settings.rules,
+        )
+        if not decision.allowed:
+            return _RenewRefusal(decision.explanation, decision.rule, decision.max_duration)
+        if not decision.approvals_required:
+            return _RenewBasis(decision.rule)
+        request = self.store.get_request(lease.request_id) if lease.request_id else None
+        if request is None:
+            return _RenewRefusal(
+                f"rule '{decision.rule}' grants that only with {decision.approvals_required} "
+                "approval(s), and this session was not approved",
+                decision.rule,
+                None,
+                code="approval_required",
+            )
+        if request.rule != decision.rule or len(request.approvals) < decision.approvals_required:
+            # approved under another rule, or by fewer people than the rule now wants
+            return _RenewRefusal(
+                f"rule '{decision.rule}' needs {decision.approvals_required} approval(s) from "
+                f"{', '.join(decision.approver_groups)}, which request {request.id} does not "
+                "have",
+                decision.rule,
+                None,
+                code="approval_required",
+            )
+        approved = timedelta(seconds=request.duration_seconds)
+        if total > approved:
+            return _RenewRefusal(
+                f"request {request.id} was approved for {format_duration(approved)}; longer "
+                "needs new approvals",
+                decision.rule,
+                approved,
+                code="approval_required",
+            )
+        return _RenewBasis(
+            decision.rule, request.id, tuple(a["by"] for a in request.approvals), approved
+        )
+
+    def _breakglass_renewal(
+        self, principal: Principal, lease: Lease, total: timedelta
+    ) -> _RenewBasis | _RenewRefusal:
+        policy = self.settings.breakglass
+        if policy is None or policy.targets.get(lease.target) != lease.role:
+            return _RenewRefusal(
+                f"the break-glass policy no longer covers {lease.role} on '{lease.target}'",
+                "breakglass",
+                None,
+            )
+        if not principal.groups & set(policy.groups):
+            return _RenewRefusal(
+                f"break-glass is for members of {', '.join(policy.groups)}", "breakglass", None
+            )
+        if total > policy.max_duration:
+            return _RenewRefusal(
+                f"break-glass lasts at most {format_duration(policy.max_duration)} in all",
+                "breakglass",
+                policy.max_duration,
+            )
+        return _RenewBasis("breakglass", incident=lease.incident)
+
+    def _renew_hint(self, lease: Lease, most: timedelta | None, now: datetime) -> str:
+        again = (
+            f"dbaccess breakglass {lease.target} --incident {lease.incident} --reason ..."
+            if lease.kind == "breakglass"
+            else f"dbaccess connect {lease.target} --role {lease.role} --reason ..."
+        )
+        if most is None:
+            return f"for more, start a new session: {again}"
+        left = lease.created_at + most - now
+        if left >= timedelta(minutes=1):
+            return (
+                f"it may last {format_duration(most)} in all; the most left: dbaccess renew "
+                f"{lease.id} --duration "
+                f"{format_duration(timedelta(minutes=int(left.total_seconds() // 60)))}"
+            )
+        return f"it may last {format_duration(most)} in all; for more, start a new one: {again}"
 
     def revoke_for(
         self, principal: Principal, lease_id: str, origin: Origin | None = None
@@ -650,6 +815,39 @@ class SessionService:
                 )
                 revoked += 1
         return revoked
+
+
+@dataclass(frozen=True)
+class _RenewBasis:
+    """The rule (and approvals) a renewal relied on, for its audit record."""
+
+    rule: str | None
+    request_id: str | None = None
+    approved_by: tuple[str, ...] = ()
+    approved_duration: timedelta | None = None
+    incident: str | None = None
+
+    def detail(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule}
+        if self.request_id is not None:
+            out.update(
+                request_id=self.request_id,
+                approved_by=list(self.approved_by),
+                approved_duration_seconds=int(self.approved_duration.total_seconds())
+                if self.approved_duration
+                else None,
+            )
+        if self.incident is not None:
+            out["incident"] = self.incident
+        return out
+
+
+@dataclass(frozen=True)
+class _RenewRefusal:
+    explanation: str
+    rule: str | None
+    most: timedelta | None  # the longest the session may last in all, if any length does
+    code: str = "denied"
 
 
 def _info(lease: Lease) -> SessionInfo:

@@ -145,6 +145,16 @@ class IdentitySection(_Section):
         default_factory=lambda: ["openid", "profile", "email", "offline_access"]
     )
     groups_claim: str = "groups"
+    # The boolean claim that says the token's email was verified by the provider. A rule
+    # naming a user by email matches only a verified one (else by subject). Default
+    # "email_verified" (OpenID Connect); for Entra, which sends none, "xms_edov" (the
+    # optional claim "email domain owner verified", to add in the app registration).
+    # "" trusts no email: rules then match users by subject only.
+    email_verified_claim: str | None = None
+    # The bearer token must be an ID token (audience: the CLI's client id). JWT access
+    # tokens (RFC 9068 typ at+jwt, or with scp/scope/client_id claims) are refused unless
+    # this is true — an access token for some API of the same client is not a login here.
+    accept_access_tokens: bool = False
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
     leeway: Duration = timedelta(seconds=30)
 
@@ -166,6 +176,13 @@ class IdentitySection(_Section):
         ):
             return {**data, "issuer": f"{ENTRA_LOGIN}/{data['tenant']}/v2.0"}
         return data
+
+    @model_validator(mode="after")
+    def _verified_claim_for_kind(self) -> IdentitySection:
+        if self.email_verified_claim is None:
+            claim = "xms_edov" if self.kind == "entra" else "email_verified"
+            object.__setattr__(self, "email_verified_claim", claim)  # frozen model
+        return self
 
     @model_validator(mode="after")
     def _issuer_for_kind(self) -> IdentitySection:
@@ -249,6 +266,34 @@ class RoleTemplate(_Section):
     session_objects: Literal["drop", "keep"] = "drop"
 
 
+class LimitsSection(_Section):
+    """Caps on live sessions and on their connections (each session may open its role's
+    connection_limit), so that one person cannot starve a target and the broker's users
+    cannot take all of a server's max_connections. Break-glass sessions count in a budget
+    of their own and are not held back by everyday ones: an incident must not wait for
+    developers to log off. The defaults keep one target within 70 connections (50 + 20),
+    below PostgreSQL's default max_connections of 100 (97 after its 3 reserved for
+    superusers) and MariaDB's 151; ``check-config`` compares them with the server's."""
+
+    sessions_per_person: int = Field(default=5, ge=1, le=10_000)
+    connections_per_person: int = Field(default=25, ge=1, le=100_000)
+    sessions_per_target: int = Field(default=50, ge=1, le=100_000)
+    connections_per_target: int = Field(default=50, ge=1, le=100_000)
+    breakglass_sessions_per_person: int = Field(default=2, ge=1, le=1_000)
+    breakglass_connections_per_target: int = Field(default=20, ge=1, le=100_000)
+
+
+class TargetLimits(_Section):
+    """``[targets.NAME.limits]``: this target's own values of ``[limits]`` keys."""
+
+    sessions_per_person: int | None = Field(default=None, ge=1, le=10_000)
+    connections_per_person: int | None = Field(default=None, ge=1, le=100_000)
+    sessions_per_target: int | None = Field(default=None, ge=1, le=100_000)
+    connections_per_target: int | None = Field(default=None, ge=1, le=100_000)
+    breakglass_sessions_per_person: int | None = Field(default=None, ge=1, le=1_000)
+    breakglass_connections_per_target: int | None = Field(default=None, ge=1, le=100_000)
+
+
 class TargetSection(_Section):
     engine: Literal["postgres", "mariadb"]
     host: str
@@ -267,6 +312,7 @@ class TargetSection(_Section):
     create_concurrency: int = Field(default=4, ge=1, le=64)
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
+    limits: TargetLimits = Field(default_factory=TargetLimits)
 
     @model_validator(mode="after")
     def _rotation_needs_a_file(self) -> TargetSection:
@@ -383,6 +429,35 @@ class Settings(_Section):
     rules: list[Rule] = Field(default_factory=list)
     breakglass: BreakglassSection | None = None
     notify: NotifySection = Field(default_factory=NotifySection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+
+    def limit(self, target: str, key: str) -> tuple[int, str]:
+        """The value of limits key ``key`` for ``target``, and the setting it comes from
+        (``targets.T.limits.KEY`` when the target sets it, else ``limits.KEY``)."""
+        own = getattr(self.targets[target].limits, key)
+        if own is not None:
+            return int(own), f"targets.{target}.limits.{key}"
+        return int(getattr(self.limits, key)), f"limits.{key}"
+
+    @model_validator(mode="after")
+    def _every_role_fits_its_limits(self) -> Settings:
+        """A role whose connection_limit exceeds a connection cap could never be granted:
+        said at start-up, not as a 429 to its first user."""
+        breakglass = self.breakglass.targets if self.breakglass else {}
+        for name, target in self.targets.items():
+            for role_name, role in target.roles.items():
+                keys = ["connections_per_person", "connections_per_target"]
+                if breakglass.get(name) == role_name:
+                    keys.append("breakglass_connections_per_target")
+                for key in keys:
+                    most, setting = self.limit(name, key)
+                    if role.connection_limit > most:
+                        raise _KeyedError(
+                            f"targets.{name}.roles.{role_name}.connection_limit",
+                            f"{role.connection_limit} is more than {setting} ({most}): no "
+                            "session of this role could ever be granted",
+                        )
+        return self
 
     @model_validator(mode="after")
     def _breakglass_points_at_real_things(self) -> Settings:

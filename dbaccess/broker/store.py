@@ -253,6 +253,29 @@ class Conflict(Exception):
 
 
 @dataclass(frozen=True)
+class Caps:
+    """The caps a new lease must stay within, counted over the target's live leases of
+    the same kind (break-glass leases have a budget of their own). ``weights``: each
+    role's connection_limit, so a lease counts as the connections its user may open."""
+
+    breakglass: bool
+    weights: dict[str, int]
+    person_sessions: int | None = None
+    person_connections: int | None = None
+    target_sessions: int | None = None
+    target_connections: int | None = None
+
+
+class CapReached(Exception):
+    """A new lease would pass a cap: ``cap`` (a Caps field), the count with the new
+    lease, and the cap. Nothing was written."""
+
+    def __init__(self, cap: str, would_be: int, limit: int) -> None:
+        super().__init__(cap)
+        self.cap, self.would_be, self.limit = cap, would_be, limit
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     seq: int
     at: datetime
@@ -509,9 +532,13 @@ class Store:
         incident: str | None = None,
         drill: bool = False,
         request: ApprovalRequest | None = None,
+        caps: Caps | None = None,
     ) -> Lease:
         """Record the lease (state ``creating``) before its user exists. With ``request``,
-        that approved request is consumed in the same transaction: it grants one session."""
+        that approved request is consumed in the same transaction: it grants one session.
+        With ``caps``, the live leases are counted in that transaction too (under the write
+        lock every replica takes), so concurrent requests cannot pass a cap together:
+        CapReached, and nothing written, when this lease would."""
         lease_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=lease_id,
@@ -552,6 +579,8 @@ class Store:
         if request is not None:
             detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:
+            if caps is not None:
+                _check_caps(conn, self._sql, caps, subject, target, role)
             if request is not None:
                 used = conn.execute(
                     approval_requests.update()
@@ -1345,6 +1374,73 @@ class Store:
             rows = conn.execute(query).all()
         return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
 
+    def audit_page(
+        self,
+        *,
+        limit: int,
+        before: int | None = None,
+        since: datetime | None = None,
+        subjects: Iterable[str] | None = None,
+        event: str | None = None,
+        target: str | None = None,
+    ) -> tuple[list[AuditRecord], int | None]:
+        """The newest ``limit`` records older than seq ``before`` that pass every filter,
+        newest first, and the seq to continue before (None: nothing older matches). Every
+        filter is in the query, before the LIMIT: a filter applied to a page afterwards
+        would show too few records, or none, while older ones match."""
+        query = sa.select(audit).order_by(audit.c.seq.desc()).limit(limit + 1)
+        if before is not None:
+            query = query.where(audit.c.seq < before)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        if subjects is not None:
+            query = query.where(audit.c.subject.in_(sorted(subjects)))
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if target is not None:
+            query = query.where(self._detail_text("target") == target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        records = [
+            AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)})
+            for row in rows[:limit]
+        ]
+        more = len(rows) > limit and bool(records)
+        return records, (records[-1].seq if more else None)
+
+    def _detail_text(self, key: str) -> Any:
+        """The text of ``detail``'s top-level ``key`` (SQL NULL when absent), in SQL."""
+        if self.dialect == "postgresql":
+            return sa.func.json_extract_path_text(sa.cast(audit.c.detail, sa.JSON), key)
+        return sa.func.json_extract(audit.c.detail, f"$.{key}")
+
+
+def _check_caps(
+    conn: Connection, sql: _DriverSql, caps: Caps, subject: str, target: str, role: str
+) -> None:
+    cursor = _driver_cursor(conn)
+    cursor.execute(sql.live_counts, {
+        "subject": subject, "target": target,
+        "kind": "breakglass" if caps.breakglass else "session"})
+    rows = cursor.fetchall()
+    # An unknown role (removed from the config since) counts as the heaviest one.
+    heaviest = max(caps.weights.values(), default=1)
+    counts = {"person_sessions": 1, "target_sessions": 1,
+              "person_connections": caps.weights.get(role, heaviest),
+              "target_connections": caps.weights.get(role, heaviest)}
+    for is_mine, lease_role, count in rows:
+        weight = caps.weights.get(lease_role, heaviest)
+        counts["target_sessions"] += count
+        counts["target_connections"] += count * weight
+        if is_mine:
+            counts["person_sessions"] += count
+            counts["person_connections"] += count * weight
+    for cap in ("person_sessions", "person_connections", "target_sessions",
+                "target_connections"):
+        limit = getattr(caps, cap)
+        if limit is not None and counts[cap] > limit:
+            raise CapReached(cap, counts[cap], limit)
+
 
 def _open_requests(now: datetime, subject: str, target: str, role: str) -> Any:
     return (
@@ -1383,6 +1479,7 @@ class _DriverSql:
     activate: str
     last_hash: str
     audit_insert: str
+    live_counts: str
 
     @classmethod
     def for_dialect(cls, dialect: str) -> _DriverSql:
@@ -1406,6 +1503,9 @@ class _DriverSql:
             "AND state = 'creating'",
             last_hash="SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
             audit_insert=insert(audit, [c for c in audit.columns.keys() if c != "seq"]),
+            live_counts=f"SELECT subject = {param('subject')}, role, count(*) FROM leases "
+            f"WHERE target = {param('target')} AND kind = {param('kind')} AND state IN "
+            f"({', '.join(repr(s) for s in LIVE_STATES)}) GROUP BY 1, 2",
         )
 
     def time(self, value: datetime) -> datetime | str:

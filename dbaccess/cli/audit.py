@@ -22,13 +22,25 @@ def audit(
         str | None,
         typer.Option("--type", help="Event type, e.g. session.granted (the broker lists them)."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="At most this many records (a page).")
+    ] = 100,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            help="Older records: the cursor a previous page printed after 'more:' "
+            "(with the same filters).",
+        ),
+    ] = None,
 ) -> None:
-    """Who got what, when, why, and what became of it (auditor groups only)."""
+    """Who got what, when, why, and what became of it, newest first (auditor groups only)."""
+    import shlex
     from datetime import datetime
 
     from dbaccess.api import logged_in
-    from dbaccess.errors import UsageError
+    from dbaccess.cli.output import emit_json, shown
+    from dbaccess.errors import UsageError, hint_profile, with_profile
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
@@ -38,7 +50,13 @@ def audit(
         except ValueError:
             raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
     with logged_in(g.profile) as (api, _):
-        records = api.audit(since=since, user=user, target=target, type=event_type, limit=limit)
+        records, more = api.audit(
+            since=since, user=user, target=target, type=event_type, limit=limit, before=before
+        )
+    if g.json:
+        # "next": the cursor of the next (older) page, or null: the last page
+        emit_json({"data": [r.model_dump(mode="json") for r in records], "next": more})
+        return
     table = result_table("#", "when", "event", "who", "target", "user", "why / cause")
     for r in records:
         d = r.detail
@@ -51,6 +69,15 @@ def audit(
             str(d.get("db_user", "-")),
             str(d.get("reason") or d.get("cause") or d.get("explanation") or "-"),
         )
-    g.data(
-        [r.model_dump(mode="json") for r in records], table if records else "no audit records match"
-    )
+    g.result(table if records else "no audit records match")
+    if more is not None:
+        again = ["dbaccess", "audit"]
+        for flag, value in (("--since", since), ("--user", user), ("--target", target),
+                            ("--type", event_type)):
+            if value is not None:
+                again += [flag, value]
+        if limit != 100:
+            again += ["--limit", str(limit)]
+        again += ["--before", more]
+        command = with_profile(shlex.join(again), hint_profile(g.profile))
+        g.info(f"more: {shown(command)}")

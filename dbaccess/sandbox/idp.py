@@ -35,7 +35,12 @@ class IdpUser:
     email: str
     name: str
     groups: list[str] = field(default_factory=list)
+    email_verified: bool = True
 
+
+# An API at the provider whose JWT access tokens have the CLI's client id as audience
+# (tests/idp/server.mjs): tokens that a broker must tell from ID tokens.
+TEST_API = "urn:dbaccess:test-api"
 
 DEFAULT_USERS = [
     IdpUser("alice", "alice@example.com", "Alice Developer", ["dev"]),
@@ -104,6 +109,7 @@ class OidcProvider:
                     "issuer": self.issuer,
                     "client_id": self.client_id,
                     "ttl": self.ttl,
+                    "resource": TEST_API,
                     **(
                         {"tls": {"cert": str(self.tls.cert), "key": str(self.tls.key)}}
                         if self.tls
@@ -277,11 +283,17 @@ def _text_of(html: str) -> str:
 
 
 def device_tokens(
-    idp: OidcProvider, login: str, scope: str = "openid email profile groups"
+    idp: OidcProvider,
+    login: str,
+    scope: str = "openid email profile groups",
+    resource: str | None = None,
 ) -> dict[str, str]:
-    """Tokens for ``login`` through the whole device flow, approved as a person would."""
+    """Tokens for ``login`` through the whole device flow, approved as a person would.
+    With ``resource`` (TEST_API), the access token is a JWT for that API."""
+    extra = {"resource": resource} if resource else {}
     code = httpx.post(
-        idp.issuer + "/device/auth", data={"client_id": idp.client_id, "scope": scope}
+        idp.issuer + "/device/auth",
+        data={"client_id": idp.client_id, "scope": scope, **extra},
     ).json()
     approve_device_code(code["verification_uri_complete"], login)
     tokens = httpx.post(
@@ -290,6 +302,7 @@ def device_tokens(
             "client_id": idp.client_id,
             "device_code": code["device_code"],
             "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            **extra,
         },
     ).json()
     if "id_token" not in tokens:

@@ -93,6 +93,7 @@ class MariaDBServer:
                 f"--log-error={self.log_path}",
                 "--skip-name-resolve",
                 "--innodb-buffer-pool-size=32M",
+                "--max-connections=200",  # the stack's [limits] fit within it
                 "--event-scheduler=ON",
                 "--skip-log-bin",
                 "--innodb-flush-log-at-trx-commit=0",

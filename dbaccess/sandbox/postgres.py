@@ -89,7 +89,7 @@ class PostgresServer:
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                 "unix_socket_directories = ''\npassword_encryption = 'scram-sha-256'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "shared_buffers = 32MB\nmax_connections = 100\n"
+                "shared_buffers = 32MB\nmax_connections = 200\n"
                 "logging_collector = off\nlog_destination = 'stderr'\nlog_connections = on\n"
                 "log_line_prefix = '%m [%p] user=%u db=%d '\n"
             )

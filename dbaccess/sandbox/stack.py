@@ -114,7 +114,23 @@ reviewer_groups = ["auditors", "oncall"]
 
 [notify]
 webhooks = [{webhooks}]
+
+# Caps on live sessions and their connections (docs/broker.md, "Limits"): higher than the
+# defaults, for the test suite's many sessions of one person, and within this stack's
+# servers (max_connections = 200 each).
+[limits]
+{limits}
 """
+
+# The stack's [limits]: 160 + 20 break-glass + the broker's pool of 10 < 200 - 3 reserved.
+SANDBOX_LIMITS = {
+    "sessions_per_person": 30,
+    "connections_per_person": 150,
+    "sessions_per_target": 32,
+    "connections_per_target": 160,
+    "breakglass_sessions_per_person": 4,
+    "breakglass_connections_per_target": 20,
+}
 
 DEMO_SQL = [
     "CREATE TABLE orders (id serial PRIMARY KEY, customer text NOT NULL,"
@@ -156,6 +172,7 @@ class Stack:
     broker_workers: int = 1
     max_duration: str = "1h"
     request_ttl: str = "1h"
+    limits: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_LIMITS))
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
     idp: OidcProvider = field(init=False)
@@ -280,6 +297,7 @@ class Stack:
                 max_duration=self.max_duration,
                 webhooks=f'"{self.webhooks.url}"',
                 request_ttl=self.request_ttl,
+                limits="\n".join(f"{key} = {value}" for key, value in self.limits.items()),
             )
         )
 

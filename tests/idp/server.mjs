@@ -6,13 +6,14 @@
 //
 // CONFIG: {"port": 0, "issuer": "http://127.0.0.1:PORT/oidc", "client_id": "dbaccess-cli",
 //          "tls": {"cert": "server.pem", "key": "server.key"} (optional: https),
-//          "users": {"alice": {"sub", "email", "name", "groups": []}}, "ttl": {...seconds}}
+//          "users": {"alice": {"sub", "email", "email_verified", "name", "groups": []}},
+//          "ttl": {...seconds}, "resource": "urn:..." (optional: an API with JWT access tokens)}
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function fail(message) {
   process.stderr.write(`idp: ${message}\n`);
@@ -56,6 +57,18 @@ const provider = new Provider(config.issuer, {
     deviceFlow: { enabled: true },
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    // An API (config.resource) whose JWT access tokens (RFC 9068: typ at+jwt) carry the
+    // CLI's client id as their audience, as Entra's tokens for an app's own API do: the
+    // tokens a broker must not take for ID tokens unless it is told to.
+    resourceIndicators: {
+      enabled: true,
+      async getResourceServerInfo(ctx, resourceIndicator) {
+        if (!config.resource || resourceIndicator !== config.resource) {
+          throw new errors.InvalidTarget();
+        }
+        return { scope: 'api', audience: clientId, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+      },
+    },
   },
   scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
   claims: {
@@ -76,7 +89,7 @@ const provider = new Provider(config.issuer, {
         return {
           sub: user.sub ?? id,
           email: user.email,
-          email_verified: true,
+          email_verified: user.email_verified ?? true,
           name: user.name,
           preferred_username: id,
           groups: user.groups ?? [],

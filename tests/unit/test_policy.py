@@ -49,12 +49,27 @@ def test_reason_required() -> None:
     assert granted.allowed and granted.rule == "dba-all"
 
 
-def test_rule_by_user_email() -> None:
+def test_rule_by_user_email_needs_a_verified_email() -> None:
     rule = Rule(name="alice-only", users=["alice@example.com"], targets=["demo"],
                 roles=["readonly"], max_duration=timedelta(minutes=30))
-    assert decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
-    bob = Principal("sub-bob", "bob@example.com", None, frozenset())
+    verified = Principal("sub-alice", "Alice@Example.COM", "Alice", frozenset(),
+                         email_verified=True)
+    assert decide(verified, AccessRequest("demo", "readonly"), [rule]).allowed  # any case
+    # anyone can put alice's address in an unverified email claim
+    assert not decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
+    bob = Principal("sub-bob", "bob@example.com", None, frozenset(), email_verified=True)
     assert not decide(bob, AccessRequest("demo", "readonly"), [rule]).allowed
+
+
+def test_rule_by_subject_matches_exactly_verified_or_not() -> None:
+    rule = Rule(name="alice-only", users=["sub-alice"], targets=["demo"],
+                roles=["readonly"], max_duration=timedelta(minutes=30))
+    assert decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
+    other = Principal("SUB-ALICE", None, None, frozenset())
+    assert not decide(other, AccessRequest("demo", "readonly"), [rule]).allowed
+    # a subject that looks like an email is still a subject: no case folding
+    by_mail = Principal("sub-x", "sub-alice", None, frozenset(), email_verified=True)
+    assert not decide(by_mail, AccessRequest("demo", "readonly"), [rule]).allowed
 
 
 names = st.sampled_from(["demo", "prod", "stage"])

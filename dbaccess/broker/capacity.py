@@ -1,0 +1,112 @@
+"""Do the connection caps (``[limits]``) fit the servers? ``check-config`` asks each server
+its max_connections, as the provisioner, and warns when the session users the broker may
+create there could take every connection the server has left for others.
+
+A target's budget is what its session users may open at once — ``connections_per_target``,
+plus ``breakglass_connections_per_target`` where break-glass covers it — and the broker's
+own connections (the provisioner's pool, per broker process). Targets on one server share
+its max_connections, so their budgets are added up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dbaccess.broker.settings import Settings, TargetSection
+
+# The provisioner's connections per broker process: PostgreSQL's pool (engines.postgres
+# POOL_SIZE); MariaDB opens one per call, at most creations plus revocations at a time.
+POSTGRES_POOL = 10
+
+
+@dataclass(frozen=True)
+class ServerBudget:
+    engine: str
+    host: str
+    port: int
+    targets: tuple[str, ...]
+    sessions: int  # what session users may open, break-glass included
+    broker: int  # the broker's own connections (one process)
+
+    @property
+    def total(self) -> int:
+        return self.sessions + self.broker
+
+
+def budgets(settings: Settings) -> list[ServerBudget]:
+    """One budget per server (engine, host, port) the targets are on."""
+    covered = settings.breakglass.targets if settings.breakglass else {}
+    by_server: dict[tuple[str, str, int], list[str]] = {}
+    for name, target in settings.targets.items():
+        by_server.setdefault((target.engine, target.host, target.port), []).append(name)
+    found = []
+    for (engine, host, port), names in sorted(by_server.items()):
+        sessions = broker = 0
+        for name in names:
+            sessions += settings.limit(name, "connections_per_target")[0]
+            if name in covered:
+                sessions += settings.limit(name, "breakglass_connections_per_target")[0]
+            target = settings.targets[name]
+            broker += (POSTGRES_POOL if engine == "postgres"
+                       else target.create_concurrency + settings.broker.revoke_workers)
+        found.append(ServerBudget(engine, host, port, tuple(names), sessions, broker))
+    return found
+
+
+def server_connections(target: TargetSection) -> tuple[int, int]:
+    """(max_connections, connections reserved for superusers) of ``target``'s server, read
+    as its provisioner. Raises whatever the driver raises when it cannot ask."""
+    password = target.provisioner.read_password()
+    if target.engine == "postgres":
+        import psycopg
+
+        with psycopg.connect(host=target.host, port=target.port, dbname=target.database,
+                             user=target.provisioner.user, password=password,
+                             sslmode=target.sslmode, connect_timeout=5,
+                             application_name="dbaccess-broker check-config") as conn:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', "
+                "'superuser_reserved_connections', 'reserved_connections')").fetchall()
+        settings = {str(name): int(value) for name, value in rows}
+        reserved = settings.get("superuser_reserved_connections", 0) + settings.get(
+            "reserved_connections", 0)
+        return settings["max_connections"], reserved
+    import pymysql
+
+    conn = pymysql.connect(host=target.host, port=target.port, user=target.provisioner.user,
+                           password=password, connect_timeout=5, read_timeout=10,
+                           program_name="dbaccess-broker check-config")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@max_connections")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return int(row[0]), 0  # MariaDB keeps one extra connection for SUPER on top
+
+
+def capacity_warnings(settings: Settings) -> list[str]:
+    """A warning for each server whose budget does not fit below its max_connections (or
+    whose max_connections could not be read)."""
+    warnings = []
+    for budget in budgets(settings):
+        where = f"{budget.engine} {budget.host}:{budget.port}"
+        names = ", ".join(repr(n) for n in budget.targets)
+        try:
+            most, reserved = server_connections(settings.targets[budget.targets[0]])
+        except Exception as exc:  # a warning only: check_target reports unreachable servers
+            warnings.append(f"could not read max_connections of {where} (targets {names}): "
+                            f"{type(exc).__name__}")
+            continue
+        room = most - reserved
+        if budget.total >= room:
+            warnings.append(
+                f"targets {names} on {where}: their session users may open {budget.sessions} "
+                f"connections (limits.connections_per_target, plus break-glass's "
+                f"breakglass_connections_per_target) and the broker {budget.broker} more, "
+                f"{budget.total} in all, but the server allows {room} "
+                f"(max_connections {most}, {reserved} reserved): a full target would leave "
+                "no connection for anyone else; lower those limits or raise max_connections"
+            )
+    return warnings
