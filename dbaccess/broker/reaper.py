@@ -80,6 +80,10 @@ class Reaper:
             self._stop.wait(self._interval)
 
 
+def _outcomes(drops: list[Future[list[Outcome]]]) -> list[Outcome]:
+    return [outcome for drop in drops for outcome in drop.result()]
+
+
 class TargetReaper:
     """Revocation, reconciliation and credential rotation of one target."""
 
@@ -154,12 +158,12 @@ class TargetReaper:
         """Revoke every lease of this target that is due; returns how many were dropped."""
         service = self._service
         dropped = 0
-        previous: list[Future[Outcome]] = []
+        previous: list[Future[list[Outcome]]] = []
         while True:
             claimed = service.claim_due(BATCH, target=self.name)
             running = service.start_drops(claimed, skip_troubled=True)
             if previous:
-                dropped += service.settle([drop.result() for drop in previous])
+                dropped += service.settle(_outcomes(previous))
             previous = running
             engine = service.engines.get(self.name)
             if engine is not None and engine.troubled:
@@ -167,7 +171,7 @@ class TargetReaper:
             if not claimed or self.unreachable or self._stop.is_set():
                 break
         if previous:
-            dropped += service.settle([drop.result() for drop in previous])
+            dropped += service.settle(_outcomes(previous))
         return dropped
 
     def _rotate_if_due(self) -> None:

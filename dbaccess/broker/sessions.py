@@ -53,6 +53,7 @@ from dbaccess.models import (
 log = logging.getLogger("dbaccess.broker")
 
 MAX_BACKOFF = timedelta(minutes=5)
+REVOKE_CHUNK = 50  # users per revoke_users call: see postgres_bootstrap._revoke_users
 CLAIM_TTL = timedelta(seconds=15)  # longer than one revocation takes (it gives up at ~5 s);
 # a crashed replica's claims lapse after this, so a restarted broker resumes soon
 
@@ -687,7 +688,8 @@ class SessionService:
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
         claimed = self.claim(wanted, actor, origin)
-        return self.settle([drop.result() for drop in self.start_drops(claimed)])
+        return self.settle([outcome for drop in self.start_drops(claimed)
+                            for outcome in drop.result()])
 
     def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:
         """Claim up to ``limit`` due leases of ``target`` in one store transaction."""
@@ -718,15 +720,25 @@ class SessionService:
 
     def start_drops(
         self, claimed: list[Lease], *, skip_troubled: bool = False
-    ) -> list[Future[Outcome]]:
-        """Drop the claimed leases' users on their targets' own workers: a target that
-        hangs holds only its own workers, never another target's revocations. With
-        ``skip_troubled`` (the reaper), a lease whose target stopped answering meanwhile
+    ) -> list[Future[list[Outcome]]]:
+        """Drop the claimed leases' users on their targets' own workers, a chunk of users
+        per database call (``revoke_users``), the chunks spread over the workers: a target
+        that hangs holds only its own workers, never another target's revocations. With
+        ``skip_troubled`` (the reaper), a chunk whose target stopped answering meanwhile
         is not tried: the rest of a batch would each wait for its timeout."""
-        return [
-            self._workers_of(lease.target).submit(self._drop_user, lease, skip_troubled)
-            for lease in claimed
-        ]
+        by_target: dict[str, list[Lease]] = {}
+        for lease in claimed:
+            by_target.setdefault(lease.target, []).append(lease)
+        running: list[Future[list[Outcome]]] = []
+        for target, group in by_target.items():
+            workers = self.settings.broker.revoke_workers
+            size = max(1, min(REVOKE_CHUNK, -(-len(group) // workers)))
+            running += [
+                self._workers_of(target).submit(self._drop_users, group[i:i + size],
+                                                skip_troubled)
+                for i in range(0, len(group), size)
+            ]
+        return running
 
     def _workers_of(self, target: str) -> ThreadPoolExecutor:
         with self._workers_lock:
@@ -760,25 +772,34 @@ class SessionService:
                 self.metrics.revocation_lag.labels(lease.target).observe(max(lag, 0.0))
         return dropped
 
-    def _drop_user(self, lease: Lease, skip_troubled: bool = False) -> Outcome:
-        try:
-            engine = self.engines[lease.target]
-        except KeyError:
-            error: str | None = f"target '{lease.target}' is no longer configured"
+    def _drop_users(self, chunk: list[Lease], skip_troubled: bool = False) -> list[Outcome]:
+        """Drop the users of ``chunk`` (leases of one target): an outcome per lease."""
+        target = chunk[0].target
+        errors: dict[str, str | None]
+        engine = self.engines.get(target)
+        if engine is None:
+            errors = dict.fromkeys((lease.db_user for lease in chunk),
+                                   f"target '{target}' is no longer configured")
+        elif skip_troubled and engine.troubled:
+            errors = dict.fromkeys((lease.db_user for lease in chunk),
+                                   f"cannot connect to target '{target}' (it does not "
+                                   "answer; tried again as soon as it does)")
         else:
-            if skip_troubled and engine.troubled:
-                error = (f"cannot connect to target '{lease.target}' (it does not answer; "
-                         "tried again as soon as it does)")
-            else:
-                try:
-                    engine.revoke_user(lease.db_user)
-                    return lease, None, None
-                except EngineError as exc:
-                    error = str(exc)
-        # A target that does not answer is retried as soon as it answers again (the
-        # reaper pings it, then makes its failed leases due): this backoff is for errors.
-        delay = min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
-        return lease, error, self.clock() + delay
+            try:
+                errors = engine.revoke_users([lease.db_user for lease in chunk])
+            except EngineError as exc:
+                errors = dict.fromkeys((lease.db_user for lease in chunk), str(exc))
+        now = self.clock()
+        outcomes: list[Outcome] = []
+        for lease in chunk:
+            error = errors.get(lease.db_user, f"no outcome for {lease.db_user}")
+            # A target that does not answer is retried as soon as it answers again (the
+            # reaper pings it, then makes its failed leases due): this backoff is for
+            # errors.
+            retry_at = None if error is None else now + min(
+                timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
+            outcomes.append((lease, error, retry_at))
+        return outcomes
 
     def reconcile(self, target: str | None = None) -> int:
         """Revoke managed users that have no live lease (e.g. made by a crashed broker),

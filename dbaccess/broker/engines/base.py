@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,6 +99,11 @@ class Engine(Protocol):
     def revoke_user(self, username: str) -> None:
         """Lock the login, end its live sessions and drop it. Idempotent."""
 
+    def revoke_users(self, usernames: Sequence[str]) -> dict[str, str | None]:
+        """``revoke_user`` for each name: for each, None once it is gone, else why not
+        (each user's failure is its own). Raises EngineError only when no name could be
+        tried (e.g. the target does not answer). ``revoke_each`` does it one by one."""
+
     def list_managed_users(self) -> list[str]:
         """Every login that carries this target's managed prefix."""
 
@@ -112,6 +117,28 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release connections (at shutdown, or when the target is reconfigured)."""
+
+
+def revoke_each(engine: Engine, usernames: Sequence[str]) -> dict[str, str | None]:
+    """``revoke_users`` as one ``revoke_user`` call per name (MariaDB, and a PostgreSQL
+    bootstrap older than dbaccess.revoke_users). Once the target stops answering, the
+    names left are not tried: each would wait for its own timeout."""
+    outcomes: dict[str, str | None] = {}
+    unreachable: TargetUnreachable | None = None
+    for name in usernames:
+        if unreachable is not None:
+            outcomes[name] = (f"cannot connect to target '{engine.name}' (it does not "
+                              "answer; tried again as soon as it does)")
+            continue
+        try:
+            engine.revoke_user(name)
+            outcomes[name] = None
+        except TargetUnreachable as exc:
+            outcomes[name] = str(exc)
+            unreachable = exc
+        except EngineError as exc:
+            outcomes[name] = str(exc)
+    return outcomes
 
 
 SUFFIX_BYTES = 5  # 10 hex characters: 40 bits, so even 10,000 live users of one person do

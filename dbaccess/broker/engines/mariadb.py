@@ -9,6 +9,7 @@ broker's reaper and the server's EVENT drop them (see mariadb_bootstrap).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pymysql
@@ -22,6 +23,7 @@ from dbaccess.broker.engines.base import (
     NewUser,
     TargetUnreachable,
     not_bootstrapped,
+    revoke_each,
 )
 from dbaccess.broker.engines.mariadb_bootstrap import (
     LIFETIME_REFUSAL,
@@ -142,6 +144,10 @@ class MariaDBEngine:
         remaining = int(str(rows[0][0])) if rows and rows[0][0] is not None else 0
         if remaining:
             raise EngineError(f"{remaining} session(s) of {username} did not end yet")
+
+    def revoke_users(self, usernames: Sequence[str]) -> dict[str, str | None]:
+        # One connection per call here, and no batch procedure: one by one.
+        return revoke_each(self, usernames)
 
     def close(self) -> None:
         pass  # one connection per call: PyMySQL has no pool, and a login here is cheap

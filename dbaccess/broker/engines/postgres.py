@@ -11,10 +11,11 @@ Every value travels as a bound parameter; the functions validate and quote them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 
@@ -31,10 +32,13 @@ from dbaccess.broker.engines.base import (
     NewUser,
     TargetUnreachable,
     not_bootstrapped,
+    revoke_each,
 )
 from dbaccess.broker.engines.deadline import WATCHDOG
 from dbaccess.broker.engines.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
+
+log = logging.getLogger("dbaccess.broker.engines")
 
 POOL_SIZE = 10
 POOL_TIMEOUT = 3.0  # how long a call waits for a connection before the attempt fails
@@ -89,6 +93,7 @@ class PostgresEngine:
         self._liveness = _LivenessCheck()
         self._creating = CreateSlots(name, target.create_concurrency)
         self._troubled = False
+        self._no_batch_until = 0.0  # monotonic; while in the future: an old bootstrap
 
     def _connect_kwargs(self, password: str) -> dict[str, object]:
         return {
@@ -246,6 +251,41 @@ class PostgresEngine:
         if problem:
             raise EngineError(f"revoking {username} on '{self.name}': {problem}")
 
+    def revoke_users(self, usernames: Sequence[str]) -> dict[str, str | None]:
+        """Up to 50 names in one ``dbaccess.revoke_users`` call (one transaction, a
+        subtransaction per user: see postgres_bootstrap). A bootstrap older than that
+        function, or a batch the database refused as a whole, goes one by one."""
+        if not usernames:
+            return {}
+        if time.monotonic() < self._no_batch_until:
+            return revoke_each(self, usernames)
+        try:
+            with self._doing(f"revoking {len(usernames)} users") as conn:
+                try:
+                    rows = conn.execute("SELECT * FROM dbaccess.revoke_users(%s)",
+                                        (list(usernames),)).fetchall()
+                except psycopg.errors.UndefinedFunction:
+                    rows = None
+        except TargetUnreachable:
+            raise
+        except EngineError as exc:
+            log.warning("revoking a batch failed; revoking its users one by one",
+                        extra={"target": self.name, "error": str(exc)})
+            return revoke_each(self, usernames)
+        if rows is None:
+            if not self._no_batch_until:
+                log.warning("dbaccess.revoke_users is missing (a bootstrap older than the "
+                            "broker): revoking one user per call; re-run the bootstrap",
+                            extra={"target": self.name})
+            self._no_batch_until = time.monotonic() + NO_BATCH_RETRY
+            return revoke_each(self, usernames)
+        said = {str(name): problem for name, problem in rows}
+        return {
+            name: (None if (problem := said.get(name, "no answer for it")) is None
+                   else f"revoking {name} on '{self.name}': {problem}")
+            for name in usernames
+        }
+
     def list_managed_users(self) -> list[str]:
         with self._doing("listing users") as conn:
             rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
@@ -253,6 +293,7 @@ class PostgresEngine:
 
 
 LIFETIME_EXCEEDED = "DBA01"
+NO_BATCH_RETRY = 300.0  # after finding no dbaccess.revoke_users, look again this much later
 
 
 def _first_line(exc: BaseException) -> str:

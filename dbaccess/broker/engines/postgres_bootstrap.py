@@ -220,40 +220,13 @@ BEGIN
              WHERE u.rolname = p_username AND b.rolname::text = ANY ({allowed})
              ORDER BY 1 LIMIT 1;
         END IF;
-        BEGIN
-            EXECUTE format('GRANT %I TO {OWNER}', p_username);
-            IF v_group COLLATE "C" = ANY ({keeping}) THEN
-                -- "keep" (a migration template): the template's own NOLOGIN group role
-                -- owns what the session made, so it runs and reads with exactly the
-                -- template's rights, and the template's later sessions may alter it. Its
-                -- definer routines are not everyone's to call: that would lend the
-                -- template's rights to any role.
-                EXECUTE format('GRANT %I TO {OWNER}', v_group);
-                EXECUTE format('REASSIGN OWNED BY %I TO %I', p_username, v_group);
-                FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
-                           WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = v_group)
-                             AND p.prosecdef LOOP
-                    EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', fn);
-                END LOOP;
-                EXECUTE format('REVOKE %I FROM {OWNER}', v_group);
-            END IF;
-            -- "drop" (the default): everything it owns here goes, with its default
-            -- privileges and the privileges granted to it. RESTRICT: an object someone
-            -- else built on them stops this (visibly) instead of being dropped too.
-            EXECUTE format('DROP OWNED BY %I RESTRICT', p_username);
-            EXECUTE format('DROP ROLE %I', p_username);
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
-            RETURN format('%s cannot be dropped yet: %s%s; it stays NOLOGIN and is retried',
-                          p_username, SQLERRM,
-                          CASE WHEN detail <> '' THEN ' (' || replace(detail, E'\\n', '; ')
-                               || ')' ELSE '' END);
-        END;
+        {_drop_block("p_username", "v_group", keeping, "RETURN ")}
     END IF;
     DELETE FROM {SCHEMA}.managed_users WHERE username COLLATE "C" = p_username COLLATE "C";
     RETURN NULL;
 END
 $fn$""",
+        _revoke_users(allowed, keeping),
         f"""CREATE OR REPLACE FUNCTION {SCHEMA}.managed_users()
 RETURNS SETOF text LANGUAGE sql SECURITY DEFINER
 {PINNED} AS $fn$
@@ -305,6 +278,7 @@ $fn$""",
         "create_user(text, text, timestamptz, text, integer, boolean, integer, boolean)",
         "renew_user(text, timestamptz)",
         "revoke_user(text)",
+        "revoke_users(text[])",
         "managed_users()",
     ]
     for signature in signatures:
@@ -314,6 +288,174 @@ $fn$""",
             f"GRANT EXECUTE ON FUNCTION {SCHEMA}.{signature} TO {_id(provisioner)}",
         ]
     return statements
+
+
+def _drop_block(name: str, group: str, keeping: str, fail: str, then: str = "") -> str:
+    """The subtransaction that disposes of a locked user's objects and drops it, shared by
+    revoke_user and revoke_users: its objects are dropped, or for a "keep" template handed
+    to the template's group role; a failure (RESTRICT, a lock) undoes only this block, and
+    ``fail`` hands on the reason (the user stays NOLOGIN and is retried). ``then`` runs in
+    the block after the drop."""
+    return f"""BEGIN
+            EXECUTE format('GRANT %I TO {OWNER}', {name});
+            IF {group} COLLATE "C" = ANY ({keeping}) THEN
+                -- "keep" (a migration template): the template's own NOLOGIN group role
+                -- owns what the session made, so it runs and reads with exactly the
+                -- template's rights, and the template's later sessions may alter it. Its
+                -- definer routines are not everyone's to call: that would lend the
+                -- template's rights to any role.
+                EXECUTE format('GRANT %I TO {OWNER}', {group});
+                EXECUTE format('REASSIGN OWNED BY %I TO %I', {name}, {group});
+                FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p
+                           WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = {group})
+                             AND p.prosecdef LOOP
+                    EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', fn);
+                END LOOP;
+                EXECUTE format('REVOKE %I FROM {OWNER}', {group});
+            END IF;
+            -- "drop" (the default): everything it owns here goes, with its default
+            -- privileges and the privileges granted to it. RESTRICT: an object someone
+            -- else built on them stops this (visibly) instead of being dropped too.
+            EXECUTE format('DROP OWNED BY %I RESTRICT', {name});
+            EXECUTE format('DROP ROLE %I', {name});{then}
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            {fail}format('%s cannot be dropped yet: %s%s; it stays NOLOGIN and is retried',
+                          {name}, SQLERRM,
+                          CASE WHEN detail <> '' THEN ' (' || replace(detail, E'\\n', '; ')
+                               || ')' ELSE '' END);
+        END;"""
+
+
+MAX_REVOKE_BATCH = 1000  # names per revoke_users call (the broker sends 50 at most)
+
+
+def _revoke_users(allowed: str, keeping: str) -> str:
+    """``revoke_users(names)``: what revoke_user does, for a batch, in one transaction.
+
+    One NOLOGIN pass, one terminate-and-wait loop and one final terminate pass serve the
+    whole batch: in an expiry storm, revoke_user's two pg_stat_activity snapshots per user
+    (each reads every backend's entry) cost about as much as the drop itself. Each user's
+    drop is a subtransaction of its own, so one that fails (RESTRICT, objects in another
+    database, a session that will not end) stays NOLOGIN with its reason and the others
+    go. The broker sends at most 50 names a call, fewer than the 64 subtransactions a
+    backend tracks in shared memory: past that, every other session's snapshot looks
+    subtransactions up in pg_subtrans while this transaction runs.
+
+    One row per distinct name: ``outcome`` NULL when the user is gone (or never was),
+    else why not, in revoke_user's words. A role dbaccess did not create is not touched.
+    """
+    dropped = f"""
+            DELETE FROM {SCHEMA}.managed_users m
+             WHERE m.username COLLATE "C" = v_name COLLATE "C";
+            gone := gone || locked_oids[i];"""
+    return f"""CREATE OR REPLACE FUNCTION {SCHEMA}.revoke_users(p_usernames text[])
+RETURNS TABLE(username text, outcome text) LANGUAGE plpgsql SECURITY DEFINER
+{PINNED} AS $fn$
+#variable_conflict use_column
+DECLARE
+    deadline timestamptz := clock_timestamp() + interval '5 seconds';
+    -- drops not begun by then are left to the next call: the whole call stays within
+    -- the broker's statement_timeout (8 s) however slow each drop is
+    budget timestamptz := clock_timestamp() + interval '6 seconds';
+    u record;
+    locked_names text[] := '{{}}';
+    locked_oids oid[] := '{{}}';
+    locked_groups text[] := '{{}}';
+    gone oid[] := '{{}}';
+    i integer;
+    v_name text;
+    v_group text;
+    n_left integer;
+    elsewhere text;
+    fn regprocedure;
+    detail text;
+BEGIN
+    IF cardinality(p_usernames) > {MAX_REVOKE_BATCH} THEN
+        RAISE EXCEPTION 'dbaccess: at most {MAX_REVOKE_BATCH} names per revoke_users call';
+    END IF;
+    FOR u IN SELECT DISTINCT ON (n.name COLLATE "C") n.name, m.username IS NOT NULL AS managed,
+                    m.group_role, r.oid AS role_oid
+               FROM unnest(p_usernames) AS n(name)
+               LEFT JOIN {SCHEMA}.managed_users m
+                      ON m.username COLLATE "C" = n.name COLLATE "C"
+               LEFT JOIN pg_roles r ON r.rolname = n.name
+              WHERE n.name IS NOT NULL
+              ORDER BY n.name COLLATE "C" LOOP
+        username := u.name;
+        IF NOT u.managed THEN
+            -- not dbaccess's: never touched (absent: already gone, revoking is idempotent)
+            outcome := CASE WHEN u.role_oid IS NOT NULL
+                            THEN format('dbaccess: %s was not created by dbaccess', u.name) END;
+            RETURN NEXT;
+        ELSIF u.role_oid IS NULL THEN
+            DELETE FROM {SCHEMA}.managed_users m
+             WHERE m.username COLLATE "C" = u.name COLLATE "C";
+            outcome := NULL;
+            RETURN NEXT;
+        ELSE
+            -- NOLOGIN first: DROP ROLE alone would leave live sessions running.
+            EXECUTE format('ALTER ROLE %I NOLOGIN', u.name);
+            locked_names := locked_names || u.name;
+            locked_oids := locked_oids || u.role_oid;
+            locked_groups := locked_groups || u.group_role;
+        END IF;
+    END LOOP;
+    IF cardinality(locked_names) = 0 THEN
+        RETURN;
+    END IF;
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity a
+          WHERE a.usesysid = ANY (locked_oids);
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                               WHERE a.usesysid = ANY (locked_oids))
+               OR clock_timestamp() > deadline;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    FOR i IN 1 .. cardinality(locked_names) LOOP
+        v_name := locked_names[i];
+        v_group := locked_groups[i];
+        username := v_name;
+        -- the snapshot of the last pass: no new one per user
+        SELECT count(*) INTO n_left FROM pg_stat_activity a
+         WHERE a.usesysid = locked_oids[i];
+        SELECT string_agg(DISTINCT d.datname, ', ') INTO elsewhere
+          FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+         WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = locked_oids[i]
+           AND d.datname <> current_database();
+        IF n_left > 0 THEN
+            outcome := format('%s session(s) of %s did not terminate yet', n_left, v_name);
+        ELSIF elsewhere IS NOT NULL THEN
+            outcome := format('%s owns objects or holds privileges in database(s) %s, which '
+                              'revocation cannot reach (DROP OWNED works per database); it '
+                              'stays NOLOGIN and is retried: an administrator runs DROP OWNED '
+                              'BY %I (or REASSIGN OWNED) there', v_name, elsewhere, v_name);
+        ELSIF clock_timestamp() > budget THEN
+            outcome := format('%s is locked (NOLOGIN) but was not dropped within this '
+                              'call''s time; it is retried', v_name);
+        ELSE
+            IF v_group IS NULL THEN  -- registered by an older bootstrap: ask the catalog
+                SELECT b.rolname INTO v_group FROM pg_auth_members am
+                  JOIN pg_roles b ON b.oid = am.roleid
+                 WHERE am.member = locked_oids[i] AND b.rolname::text = ANY ({allowed})
+                 ORDER BY 1 LIMIT 1;
+            END IF;
+            outcome := NULL;
+            {_drop_block("v_name", "v_group", keeping, "outcome := ", dropped)}
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- A login that got in after the wait (NOLOGIN is not visible to other sessions before
+    -- this transaction commits) would outlive its dropped role: end it too.
+    IF cardinality(gone) > 0 THEN
+        PERFORM pg_stat_clear_snapshot();
+        PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity a
+          WHERE a.usesysid = ANY (gone);
+    END IF;
+END
+$fn$"""
 
 
 def _create_role_if_missing(name: str, options: str) -> str:
