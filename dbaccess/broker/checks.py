@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from dbaccess.broker.settings import Settings, TargetSection
 
 FUNCTIONS = ("create_user", "renew_user", "revoke_user", "managed_users")
+# PostgreSQL's bootstrap also has a batch revocation (the reaper's, in an expiry storm); a
+# broker works without it, one revoke_user call per user, as on an older bootstrap.
+POSTGRES_FUNCTIONS = ("create_user", "renew_user", "revoke_user", "revoke_users",
+                      "managed_users")
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def _missing_postgres(target: TargetSection, password: str) -> list[str]:
         present = {str(row[0]) for row in conn.execute(
             "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (groups,)).fetchall()}
     missing = []
-    for function in FUNCTIONS:
+    for function in POSTGRES_FUNCTIONS:
         if function not in functions:
             missing.append(f"function dbaccess.{function}")
         elif not functions[function][0]:

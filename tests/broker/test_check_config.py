@@ -73,7 +73,8 @@ def test_postgres_target_without_bootstrap(stack: Stack, tmp_path: Path) -> None
     assert result.returncode == 3
     assert ("is not bootstrapped: missing function dbaccess.create_user, function "
             "dbaccess.renew_user, function dbaccess.revoke_user, function "
-            "dbaccess.managed_users, group role fresh_readonly") in result.stderr
+            "dbaccess.revoke_users, function dbaccess.managed_users, group role "
+            "fresh_readonly") in result.stderr
     assert f"hint: dbaccess-broker bootstrap fresh --config {config} (prints the SQL" \
            in result.stderr
     # a broker serving it anyway says the same at the first request

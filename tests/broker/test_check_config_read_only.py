@@ -115,3 +115,25 @@ def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> Non
             "hands what a session made to dbaccess_owner)") in result.stderr
     assert "hint: dbaccess-broker bootstrap demo" in result.stderr
     assert check_config(stack, config).returncode == 0
+
+
+def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(stack: Stack,
+                                                                    config: Path) -> None:
+    """A bootstrap older than dbaccess.revoke_users: the broker revokes one user per call
+    there (tests/broker/test_postgres_revoke_batch.py); check-config asks for the bootstrap
+    that lets an expiry storm go in batches."""
+    from dbaccess.broker.engines import postgres_bootstrap
+    from dbaccess.broker.settings import load_settings
+
+    with stack.postgres.connect("demo") as admin:
+        admin.execute("DROP FUNCTION dbaccess.revoke_users(text[])")
+    try:
+        result = check_config(stack, config)
+    finally:
+        with stack.postgres.connect("demo") as admin:
+            postgres_bootstrap.apply(load_settings(config).targets["demo"], admin,
+                                     stack.provisioner_password)
+    assert result.returncode == 3
+    assert "is not bootstrapped: missing function dbaccess.revoke_users" in result.stderr
+    assert "hint: dbaccess-broker bootstrap demo" in result.stderr
+    assert check_config(stack, config).returncode == 0

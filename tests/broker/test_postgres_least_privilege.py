@@ -91,6 +91,14 @@ def test_cannot_touch_accounts_it_did_not_create(
         stack.postgres.connect(user="dba_victim_1", password="original-pw-1").close()
         with pytest.raises(psycopg.errors.RaiseException, match="not created by dbaccess"):
             provisioner.execute("SELECT dbaccess.revoke_user('dba_victim_1')")
+        # the batch revocation answers the same for each, and touches none of them
+        rows = provisioner.execute(
+            "SELECT * FROM dbaccess.revoke_users(%s)",
+            (["dba_victim_1", "dbaccess_admin", "dbaccess_readonly", PROVISIONER],)).fetchall()
+        assert sorted(rows) == sorted((name, f"dbaccess: {name} was not created by dbaccess")
+                                      for name in ["dba_victim_1", "dbaccess_admin",
+                                                   "dbaccess_readonly", PROVISIONER])
+        stack.postgres.connect(user="dba_victim_1", password="original-pw-1").close()
     finally:
         with stack.postgres.connect() as admin:
             admin.execute("DROP ROLE dba_victim_1")
