@@ -750,3 +750,49 @@ def test_keep_mode_leaves_objects_defined_as_the_role_no_more_power_than_kept_on
         drop_made(server, made)
         revoke(server, name)
         revoke(server, reader)
+
+
+def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
+    server: MariaDBServer, target: TargetSection,
+) -> None:
+    def role_warnings() -> list[str]:
+        return [w for w in mariadb_server_problems(target)[1] if "is the DEFINER of" in w]
+
+    assert role_warnings() == []
+    # An administrator defines things as the roles: revocation will drop the "drop"
+    # template's (whoever made them); a "keep" template's are what kept objects look like.
+    run(server, "CREATE DEFINER = dbaccess_readwrite PROCEDURE app.admin_rw() SELECT 1")
+    run(server, "CREATE DEFINER = dbaccess_readwrite SQL SECURITY INVOKER VIEW app.admin_v "
+        "AS SELECT 1 AS one")
+    run(server, "CREATE DEFINER = dbaccess_migrate PROCEDURE app.admin_mig() SELECT 1")
+    try:
+        found = role_warnings()
+        assert len(found) == 1 and "'dbaccess_readwrite' is the DEFINER of 2 " in found[0]
+        assert 'session_objects is "drop"' in found[0]
+        # As the warning says: the next revocation of a read-write session drops them.
+        name = create(server, new_name("adm"), "dbaccess_readwrite")
+        assert revoke(server, name) == 0
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' "
+                       "AND name = 'admin_rw'")
+        assert not run(server, "SELECT 1 FROM information_schema.VIEWS "
+                       "WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 'admin_v'")
+        assert role_warnings() == []
+        assert run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = 'admin_mig'")
+    finally:
+        for statement in ["DROP PROCEDURE IF EXISTS app.admin_rw",
+                          "DROP VIEW IF EXISTS app.admin_v",
+                          "DROP PROCEDURE IF EXISTS app.admin_mig"]:
+            run(server, statement)
+    # A server bootstrapped by an older release: check-config says to run it again.
+    run(server, "DROP PROCEDURE dbaccess.group_role_objects")
+    try:
+        assert any("no dbaccess.group_role_objects): run it again" in w
+                   for w in mariadb_server_problems(target)[1])
+    finally:
+        admin = server.connect()
+        try:
+            apply(target, admin, PROVISIONER_PASSWORD)
+        finally:
+            admin.close()
+    assert role_warnings() == [] and not any(
+        "run it again" in w for w in mariadb_server_problems(target)[1])

@@ -358,6 +358,7 @@ END""",
     ]
     for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
+    statements += _group_role_objects(groups, provisioner)
     # Shown to whoever runs the printed SQL (apply() says it too).
     statements.append(f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
                       f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note")
@@ -408,13 +409,39 @@ def _made_by_session(column: str) -> str:
     """Whether DEFINER ``column`` is one a session user ``p_user`` could have written: its
     own account, or a role granted to it (only its group role) by name, with any host or
     none. (mysql.proc writes a role as 'role', the others as 'role@'.)"""
-    definer = _exact(column)
     return (
-        f"({definer} = CONCAT(p_user, '@%') OR EXISTS (SELECT 1 FROM mysql.roles_mapping m"
+        f"({_exact(column)} = CONCAT(p_user, '@%') OR EXISTS (SELECT 1 FROM mysql.roles_mapping m"
         f" WHERE {_exact('m.User')} = p_user AND m.Host = '%' AND m.Role <> ''"
-        f" AND ({definer} = {_exact('m.Role')}"
-        f" OR LEFT({definer}, CHAR_LENGTH(m.Role) + 1) = CONCAT({_exact('m.Role')}, '@'))))"
+        f" AND {_names_role(column, _exact('m.Role'))}))"
     )
+
+
+def _names_role(column: str, role: str) -> str:
+    """Whether DEFINER ``column``'s name is ``role`` (an expression), any host or none."""
+    definer = _exact(column)
+    return (f"({definer} = {role}"
+            f" OR LEFT({definer}, CHAR_LENGTH({role}) + 1) = CONCAT({role}, '@'))")
+
+
+def _group_role_objects(groups: list[str], provisioner: str) -> list[str]:
+    """``group_role_objects()``: how many routines, events, triggers and views each group
+    role is the DEFINER of (by name, any host). check-config warns about a "drop"
+    template's: revocation drops them, whoever made them. Counts only, for the
+    provisioner (it cannot read mysql.proc); reads information_schema (tens of ms)."""
+    roles = " UNION ALL ".join(f"SELECT {_lit(g)} AS role" for g in groups)
+    counts = " + ".join(
+        f"(SELECT COUNT(*) FROM {table} WHERE {_names_role(column, 'r.role')})"
+        for table, column in (("mysql.proc", "definer"), ("mysql.event", "definer"),
+                              ("information_schema.TRIGGERS", "DEFINER"),
+                              ("information_schema.VIEWS", "DEFINER")))
+    return [
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.group_role_objects()
+SQL SECURITY DEFINER
+BEGIN
+    SELECT r.role, {counts} FROM ({roles}) r;
+END""",
+        f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.group_role_objects TO {provisioner}",
+    ]
 
 
 def _session_objects() -> list[str]:
