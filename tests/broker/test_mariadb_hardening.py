@@ -796,3 +796,21 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
             admin.close()
     assert role_warnings() == [] and not any(
         "run it again" in w for w in mariadb_server_problems(target)[1])
+
+
+def test_role_objects_go_even_when_the_account_is_gone_first(
+    server: MariaDBServer, secret: str,
+) -> None:
+    # A revocation retried after DROP USER (or an account an administrator dropped): the
+    # recorded group role still finds what the session defined as it.
+    name = create(server, new_name("rgone"), "dbaccess_readwrite")
+    made = make_role_objects(server, name, "CURRENT_ROLE")
+    try:
+        run(server, f"DROP USER '{name}'@'%'")
+        assert registered(server, name) and all(objects_named(server, made).values())
+        assert revoke(server, name) == 0
+        assert objects_named(server, made) == {
+            "procedure": [], "function": [], "event": [], "trigger": [], "view": []}
+        assert not registered(server, name)
+    finally:
+        drop_made(server, made)

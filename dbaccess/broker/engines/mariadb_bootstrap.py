@@ -310,7 +310,8 @@ BEGIN
         IF p_remaining = 0 THEN
             -- Its routines, events, triggers and views go before the account: they would
             -- outlive it, and come back to life with a later account of the same name.
-            CALL {SCHEMA}.session_objects(p_user, IF(v_role IN ({keep}), v_role, NULL));
+            CALL {SCHEMA}.session_objects(p_user, v_role,
+                                          IF(v_role IN ({keep}), v_role, NULL));
             {_exec(f"CONCAT('DROP USER IF EXISTS ', {account})")}
             -- A break-glass user leaves the statement-logging list with its account; before
             -- the record goes, so that a failure here is retried by the next revoke.
@@ -407,10 +408,12 @@ END""",
 
 def _made_by_session(column: str) -> str:
     """Whether DEFINER ``column`` is one a session user ``p_user`` could have written: its
-    own account, or a role granted to it (only its group role) by name, with any host or
-    none. (mysql.proc writes a role as 'role', the others as 'role@'.)"""
+    own account, or by name, with any host or none, a role granted to it (only its group
+    role) or its recorded group role ``p_group``, in case the account is gone already.
+    (mysql.proc writes a role as 'role', the others as 'role@'.)"""
     return (
-        f"({_exact(column)} = CONCAT(p_user, '@%') OR EXISTS (SELECT 1 FROM mysql.roles_mapping m"
+        f"({_exact(column)} = CONCAT(p_user, '@%') OR {_names_role(column, 'p_group')}"
+        " OR EXISTS (SELECT 1 FROM mysql.roles_mapping m"
         f" WHERE {_exact('m.User')} = p_user AND m.Host = '%' AND m.Role <> ''"
         f" AND {_names_role(column, _exact('m.Role'))}))"
     )
@@ -445,9 +448,10 @@ END""",
 
 
 def _session_objects() -> list[str]:
-    """``session_objects(user, keep_role)``: what revocation does with the routines,
-    events, triggers and views a session user can make, in every database: those whose
-    DEFINER is the session account, or a role granted to it (its group role).
+    """``session_objects(user, group_role, keep_role)``: what revocation does with the
+    routines, events, triggers and views a session user can make, in every database: those
+    whose DEFINER is the session account, or a role granted to it (its group role; the
+    recorded one too, should the account be gone already).
 
     Measured on 10.11: a session user cannot give an object another account as DEFINER
     (that needs SUPER or SET USER; dbaccess_owner, root, a role granted to its group role
@@ -502,7 +506,7 @@ def _session_objects() -> list[str]:
     )
     return [
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.session_objects(
-    IN p_user VARCHAR(80), IN p_keep VARCHAR(80))
+    IN p_user VARCHAR(80), IN p_group VARCHAR(80), IN p_keep VARCHAR(80))
 SQL SECURITY DEFINER
 BEGIN
     DECLARE v_db, v_name, v_type, v_table, v_timing, v_event, v_algorithm, v_check
@@ -516,7 +520,7 @@ BEGIN
     -- somewhere, at any level. Names are joined loosely (any host): more searches, never
     -- fewer.
     WITH RECURSIVE holders(name) AS (
-        SELECT p_user UNION SELECT 'PUBLIC'
+        SELECT p_user UNION SELECT 'PUBLIC' UNION SELECT p_group
         UNION SELECT m.Role FROM mysql.roles_mapping m JOIN holders h ON m.User = h.name
     )
     SELECT EXISTS (SELECT 1 FROM mysql.user u JOIN holders h ON u.User = h.name
