@@ -5,6 +5,7 @@ two targets share one server's roles."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from dbaccess.broker.settings import Settings, TargetSection
 
@@ -172,10 +173,16 @@ def mariadb_server_problems(target: TargetSection) -> tuple[list[str], list[str]
     (the server's default) stops only the server's own expiry event, the second clock
     next to the reaper (a warning). A ``server_audit_query_log_limit`` below the maximum
     cuts break-glass statements in the log (a warning: the next break-glass creation
-    raises it). All three are lost at a restart unless in my.cnf (docs/broker.md)."""
+    raises it). All three are lost at a restart unless in my.cnf (docs/broker.md). And a
+    "drop" template's group role that is the DEFINER of objects (a warning): revocation
+    drops every object defined as the role, an administrator's too."""
     import pymysql
 
-    from dbaccess.broker.engines.mariadb_bootstrap import INIT_CONNECT, QUERY_LOG_LIMIT_MAX
+    from dbaccess.broker.engines.mariadb_bootstrap import (
+        INIT_CONNECT,
+        QUERY_LOG_LIMIT_MAX,
+        kept_groups,
+    )
 
     conn = pymysql.connect(host=target.host, port=target.port, user=target.provisioner.user,
                            password=target.provisioner.read_password(), connect_timeout=5,
@@ -186,6 +193,7 @@ def mariadb_server_problems(target: TargetSection) -> tuple[list[str], list[str]
                         "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
                         "WHERE VARIABLE_NAME = 'SERVER_AUDIT_QUERY_LOG_LIMIT')")
             row = cur.fetchone()
+            defined = _group_role_objects(cur)
     finally:
         conn.close()
     init_connect, scheduler, log_limit = row if row else ("", "OFF", None)
@@ -205,7 +213,34 @@ def mariadb_server_problems(target: TargetSection) -> tuple[list[str], list[str]
                         "statements longer than that are cut in the server's log; put "
                         f"server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX} in my.cnf "
                         f"{my_cnf}")
+    if defined is None:
+        warnings.append("the bootstrap is older than this broker (no "
+                        "dbaccess.group_role_objects): run it again")
+    dropping = {role.group_role for role in target.roles.values()} - set(kept_groups(target))
+    for group, count in sorted((defined or {}).items()):
+        if group in dropping and count:
+            warnings.append(
+                f"group role '{group}' is the DEFINER of {count} routine(s), event(s), "
+                "trigger(s) or view(s): its template's session_objects is \"drop\", so the "
+                "next revocation of one of its sessions drops them, whoever made them; "
+                "define an administrator's objects as another account "
+                "(docs/broker.md, \"Objects a session user makes\")")
     return errors, warnings
+
+
+def _group_role_objects(cur: Any) -> dict[str, int] | None:
+    """How many objects each group role is the DEFINER of (bootstrap's
+    group_role_objects); None when the bootstrap predates it."""
+    import pymysql
+
+    try:
+        cur.execute("CALL dbaccess.group_role_objects()")
+    except pymysql.err.MySQLError as exc:
+        # does not exist, or (the provisioner has no right on a missing one) denied
+        if exc.args and exc.args[0] in (1305, 1370):
+            return None
+        raise
+    return {str(role): int(count) for role, count in cur.fetchall()}
 
 
 def log_mariadb_server_problems(targets: dict[str, TargetSection]) -> None:

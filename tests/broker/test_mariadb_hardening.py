@@ -1,8 +1,9 @@
 """MariaDB's definer procedures hold against hostile callers, on a real server (10.11).
 
-- Objects a session user made (routines, events, triggers, views, all with DEFINER = the
-  session account) are dropped at revocation, or with ``session_objects = "keep"`` left
-  with no more power than the template (issue 12, point 1).
+- Objects a session user made (routines, events, triggers, views, with DEFINER = the
+  session account or its group role: CURRENT_ROLE, the role by name, the role's name with
+  any host) are dropped at revocation, or with ``session_objects = "keep"`` left with no
+  more power than the template (issue 12, point 1).
 - The procedures answer the same whatever the caller's time_zone, sql_mode or character
   set, and a user lives at most max_lifetime from its creation however often it is
   renewed (point 2).
@@ -593,3 +594,223 @@ def test_objects_made_through_a_nested_role_or_public_are_found(server: MariaDBS
     finally:
         for statement in ["REVOKE CREATE VIEW ON app.* FROM PUBLIC", "DROP ROLE app_nested"]:
             run(server, statement)
+
+
+# --- point 1: objects a session user made as its group role -----------------------------
+
+# A session user may name the role it has on as DEFINER, without SUPER: CURRENT_ROLE, the
+# role by name, or the role's name with any host (the server compares the name only).
+ROLE_DEFINERS = {
+    "current_role": lambda role: "CURRENT_ROLE",
+    "by_name": lambda role: f"`{role}`",
+    "any_host": lambda role: f"'{role}'@'evil.example'",
+}
+
+
+@pytest.fixture(scope="module")
+def secret(server: MariaDBServer) -> str:
+    """A table the read-write and migration roles may read and the read-only one may not."""
+    for statement in ["CREATE DATABASE IF NOT EXISTS secret",
+                      "CREATE TABLE IF NOT EXISTS secret.codes (code TEXT)",
+                      "INSERT INTO secret.codes VALUES ('s3cr3t')",
+                      "GRANT SELECT ON secret.* TO dbaccess_readwrite, dbaccess_migrate"]:
+        run(server, statement)
+    return "secret.codes"
+
+
+def make_role_objects(server: MariaDBServer, name: str, definer: str) -> dict[str, str]:
+    """A procedure, a function, an event, a trigger (on a table of its own) and a view,
+    made by session user ``name`` with ``definer``; returns the names by kind."""
+    made = {kind: f"{kind[0]}r_{name}" for kind in ("procedure", "function", "event",
+                                                      "trigger", "view")}
+    made["table"] = f"t_{name}"
+    run(server, f"CREATE TABLE app.{made['table']} (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT)")
+    conn = server.connect("app", user=name, password="pw-" + name)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DEFINER = {definer} PROCEDURE app.{made['procedure']}() "
+                        "SQL SECURITY DEFINER INSERT INTO app.orders (note) VALUES ('by role')")
+            cur.execute(f"CREATE DEFINER = {definer} FUNCTION app.{made['function']}() "
+                        "RETURNS TEXT SQL SECURITY DEFINER "
+                        "RETURN (SELECT MAX(code) FROM secret.codes)")
+            cur.execute(f"CREATE DEFINER = {definer} EVENT app.{made['event']} "
+                        "ON SCHEDULE EVERY 1 HOUR COMMENT 'by role' "
+                        "DO INSERT INTO app.orders (note) VALUES ('event')")
+            cur.execute(f"CREATE DEFINER = {definer} TRIGGER app.{made['trigger']} "
+                        f"BEFORE INSERT ON app.{made['table']} FOR EACH ROW "
+                        "SET NEW.note = CONCAT(COALESCE(NEW.note, ''), ' [trigger]')")
+            cur.execute(f"CREATE DEFINER = {definer} SQL SECURITY DEFINER VIEW "
+                        f"app.{made['view']} AS SELECT code FROM secret.codes")
+    finally:
+        conn.close()
+    return made
+
+
+def objects_named(server: MariaDBServer,
+                  made: dict[str, str]) -> dict[str, list[tuple[object, ...]]]:
+    """(DEFINER, SQL SECURITY) of each object in ``made`` that still exists, by kind."""
+    def one(sql: str, obj: str) -> list[tuple[object, ...]]:
+        return run(server, sql, (obj,))
+    routine = ("SELECT DEFINER, SECURITY_TYPE FROM information_schema.ROUTINES "
+               "WHERE ROUTINE_SCHEMA = 'app' AND BINARY ROUTINE_NAME = %s")
+    return {
+        "procedure": one(routine, made["procedure"]),
+        "function": one(routine, made["function"]),
+        "event": one("SELECT DEFINER, 'DEFINER' FROM information_schema.EVENTS "
+                     "WHERE EVENT_SCHEMA = 'app' AND BINARY EVENT_NAME = %s", made["event"]),
+        "trigger": one("SELECT DEFINER, 'DEFINER' FROM information_schema.TRIGGERS "
+                       "WHERE TRIGGER_SCHEMA = 'app' AND BINARY TRIGGER_NAME = %s",
+                       made["trigger"]),
+        "view": one("SELECT DEFINER, SECURITY_TYPE FROM information_schema.VIEWS "
+                    "WHERE TABLE_SCHEMA = 'app' AND BINARY TABLE_NAME = %s", made["view"]),
+    }
+
+
+def drop_made(server: MariaDBServer, made: dict[str, str]) -> None:
+    for kind in ("procedure", "function", "event", "trigger", "view", "table"):
+        run(server, f"DROP {kind.upper()} IF EXISTS app.{made[kind]}")
+
+
+@pytest.mark.parametrize("form", sorted(ROLE_DEFINERS))
+def test_objects_defined_as_the_group_role_are_dropped_with_the_session(
+    server: MariaDBServer, secret: str, form: str,
+) -> None:
+    role = "dbaccess_readwrite"
+    name = create(server, new_name("rdrop"), role)
+    other = create(server, new_name("rlive"), role)  # another live session of the template
+    made = make_role_objects(server, name, ROLE_DEFINERS[form](role))
+    theirs = f"pr_{other}"
+    as_user(server, other, f"CREATE DEFINER = CURRENT_ROLE PROCEDURE app.{theirs}() SELECT 1")
+    reader = create(server, new_name("rread"), "dbaccess_readonly")
+    try:
+        assert all(objects_named(server, made).values())  # each kind exists while it lives
+        with pytest.raises(pymysql.err.OperationalError, match="SELECT command denied"):
+            as_user(server, reader, f"SELECT * FROM {secret}")
+        if form != "any_host":  # the hole: the reader gets the read-write role's rights
+            assert as_user(server, reader, f"SELECT code FROM app.{made['view']}") == [
+                ("s3cr3t",)]
+        assert revoke(server, name) == 0
+        assert objects_named(server, made) == {
+            "procedure": [], "function": [], "event": [], "trigger": [], "view": []}
+        # Nothing of the role is left for a later session of another role to use.
+        with pytest.raises(pymysql.err.ProgrammingError, match="doesn't exist"):
+            as_user(server, reader, f"SELECT code FROM app.{made['view']}")
+        # The table works again for every writer.
+        run(server, f"INSERT INTO app.{made['table']} (note) VALUES ('after')")
+        # In "drop" mode the role owns nothing: the live session's object went too, and
+        # the live session keeps its rights (it can make it again).
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s",
+                       (theirs,))
+        as_user(server, other, f"CREATE DEFINER = CURRENT_ROLE PROCEDURE app.{theirs}() "
+                "SELECT 1")
+        assert revoke(server, other) == 0
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s",
+                       (theirs,))
+    finally:
+        drop_made(server, made)
+        run(server, f"DROP PROCEDURE IF EXISTS app.{theirs}")
+        for user in (name, other, reader):
+            revoke(server, user)
+
+
+@pytest.mark.parametrize("form", sorted(ROLE_DEFINERS))
+def test_keep_mode_leaves_objects_defined_as_the_role_no_more_power_than_kept_ones(
+    server: MariaDBServer, secret: str, form: str,
+) -> None:
+    role = "dbaccess_migrate"
+    name = create(server, new_name("rkeep"), role)
+    made = make_role_objects(server, name, ROLE_DEFINERS[form](role))
+    reader = create(server, new_name("rread"), "dbaccess_readonly")
+    try:
+        assert revoke(server, name) == 0
+        # Exactly as kept objects end up: routines and views SQL SECURITY INVOKER, views,
+        # triggers and events defined as the group role (a role cannot log in).
+        kept = objects_named(server, made)
+        assert kept["procedure"][0][1] == "INVOKER" and kept["function"][0][1] == "INVOKER"
+        assert kept["view"] == [(f"{role}@", "INVOKER")]
+        assert kept["event"] == [(f"{role}@", "DEFINER")]
+        assert kept["trigger"] == [(f"{role}@", "DEFINER")]
+        # A read-only session gets its own rights through them, not the migration role's.
+        run(server, f"GRANT EXECUTE ON PROCEDURE app.{made['procedure']} TO '{reader}'@'%'")
+        run(server, f"GRANT EXECUTE ON FUNCTION app.{made['function']} TO '{reader}'@'%'")
+        with pytest.raises(pymysql.err.OperationalError, match="INSERT command denied"):
+            as_user(server, reader, f"CALL app.{made['procedure']}()")
+        with pytest.raises(pymysql.err.OperationalError, match="SELECT command denied"):
+            as_user(server, reader, f"SELECT app.{made['function']}()")
+        with pytest.raises(pymysql.err.OperationalError, match="lack rights to use them"):
+            as_user(server, reader, f"SELECT code FROM app.{made['view']}")
+        # The kept trigger works for a writer (with a host, it failed every write before).
+        run(server, f"INSERT INTO app.{made['table']} (note) VALUES ('kept')")
+        assert run(server, f"SELECT note FROM app.{made['table']}") == [("kept [trigger]",)]
+        # A second revocation of the template finds them already as they should be.
+        other = create(server, new_name("rkeep"), role)
+        assert revoke(server, other) == 0
+        assert objects_named(server, made) == kept
+    finally:
+        drop_made(server, made)
+        revoke(server, name)
+        revoke(server, reader)
+
+
+def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
+    server: MariaDBServer, target: TargetSection,
+) -> None:
+    def role_warnings() -> list[str]:
+        return [w for w in mariadb_server_problems(target)[1] if "is the DEFINER of" in w]
+
+    assert role_warnings() == []
+    # An administrator defines things as the roles: revocation will drop the "drop"
+    # template's (whoever made them); a "keep" template's are what kept objects look like.
+    run(server, "CREATE DEFINER = dbaccess_readwrite PROCEDURE app.admin_rw() SELECT 1")
+    run(server, "CREATE DEFINER = dbaccess_readwrite SQL SECURITY INVOKER VIEW app.admin_v "
+        "AS SELECT 1 AS one")
+    run(server, "CREATE DEFINER = dbaccess_migrate PROCEDURE app.admin_mig() SELECT 1")
+    try:
+        found = role_warnings()
+        assert len(found) == 1 and "'dbaccess_readwrite' is the DEFINER of 2 " in found[0]
+        assert 'session_objects is "drop"' in found[0]
+        # As the warning says: the next revocation of a read-write session drops them.
+        name = create(server, new_name("adm"), "dbaccess_readwrite")
+        assert revoke(server, name) == 0
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' "
+                       "AND name = 'admin_rw'")
+        assert not run(server, "SELECT 1 FROM information_schema.VIEWS "
+                       "WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 'admin_v'")
+        assert role_warnings() == []
+        assert run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = 'admin_mig'")
+    finally:
+        for statement in ["DROP PROCEDURE IF EXISTS app.admin_rw",
+                          "DROP VIEW IF EXISTS app.admin_v",
+                          "DROP PROCEDURE IF EXISTS app.admin_mig"]:
+            run(server, statement)
+    # A server bootstrapped by an older release: check-config says to run it again.
+    run(server, "DROP PROCEDURE dbaccess.group_role_objects")
+    try:
+        assert any("no dbaccess.group_role_objects): run it again" in w
+                   for w in mariadb_server_problems(target)[1])
+    finally:
+        admin = server.connect()
+        try:
+            apply(target, admin, PROVISIONER_PASSWORD)
+        finally:
+            admin.close()
+    assert role_warnings() == [] and not any(
+        "run it again" in w for w in mariadb_server_problems(target)[1])
+
+
+def test_role_objects_go_even_when_the_account_is_gone_first(
+    server: MariaDBServer, secret: str,
+) -> None:
+    # A revocation retried after DROP USER (or an account an administrator dropped): the
+    # recorded group role still finds what the session defined as it.
+    name = create(server, new_name("rgone"), "dbaccess_readwrite")
+    made = make_role_objects(server, name, "CURRENT_ROLE")
+    try:
+        run(server, f"DROP USER '{name}'@'%'")
+        assert registered(server, name) and all(objects_named(server, made).values())
+        assert revoke(server, name) == 0
+        assert objects_named(server, made) == {
+            "procedure": [], "function": [], "event": [], "trigger": [], "view": []}
+        assert not registered(server, name)
+    finally:
+        drop_made(server, made)

@@ -86,18 +86,16 @@ class MariaDBEngine:
                 if then is not None:
                     cur.execute(then)
                 rows = list(cur.fetchall())
-        except pymysql.err.OperationalError as exc:
+        except pymysql.err.Error as exc:
             code = exc.args[0] if exc.args else None
-            if code in (2006, 2013, 2014, 2055):  # gone away, lost, out of sync, read error
+            if isinstance(exc, pymysql.err.OperationalError) and code in (2006, 2013, 2014, 2055):
+                # gone away, lost, out of sync, read error: the server did not answer
                 self._troubled = True
                 raise TargetUnreachable(
                     f"{what} on '{self.name}' failed: {_message(exc)}"
                 ) from None
-            raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}") from None
-        except pymysql.err.Error as exc:
             # 1305: no such procedure; 1370: no EXECUTE on it (another target's bootstrap)
-            missing = exc.args[0] in (1305, 1370) if exc.args else False
-            hint = f"; {not_bootstrapped(self.name)}" if missing else ""
+            hint = f"; {not_bootstrapped(self.name)}" if code in (1305, 1370) else ""
             raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}{hint}") from None
         finally:
             conn.close()

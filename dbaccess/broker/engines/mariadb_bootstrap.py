@@ -310,7 +310,8 @@ BEGIN
         IF p_remaining = 0 THEN
             -- Its routines, events, triggers and views go before the account: they would
             -- outlive it, and come back to life with a later account of the same name.
-            CALL {SCHEMA}.session_objects(p_user, IF(v_role IN ({keep}), v_role, NULL));
+            CALL {SCHEMA}.session_objects(p_user, v_role,
+                                          IF(v_role IN ({keep}), v_role, NULL));
             {_exec(f"CONCAT('DROP USER IF EXISTS ', {account})")}
             -- A break-glass user leaves the statement-logging list with its account; before
             -- the record goes, so that a failure here is retried by the next revoke.
@@ -358,6 +359,7 @@ END""",
     ]
     for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
+    statements += _group_role_objects(groups, provisioner)
     # Shown to whoever runs the printed SQL (apply() says it too).
     statements.append(f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
                       f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note")
@@ -404,30 +406,85 @@ END""",
     ]
 
 
+def _made_by_session(column: str) -> str:
+    """Whether DEFINER ``column`` is one a session user ``p_user`` could have written: its
+    own account, or by name, with any host or none, a role granted to it (only its group
+    role) or its recorded group role ``p_group``, in case the account is gone already.
+    (mysql.proc writes a role as 'role', the others as 'role@'.)"""
+    return (
+        f"({_exact(column)} = CONCAT(p_user, '@%') OR {_names_role(column, 'p_group')}"
+        " OR EXISTS (SELECT 1 FROM mysql.roles_mapping m"
+        f" WHERE {_exact('m.User')} = p_user AND m.Host = '%' AND m.Role <> ''"
+        f" AND {_names_role(column, _exact('m.Role'))}))"
+    )
+
+
+def _names_role(column: str, role: str) -> str:
+    """Whether DEFINER ``column``'s name is ``role`` (an expression), any host or none."""
+    definer = _exact(column)
+    return (f"({definer} = {role}"
+            f" OR LEFT({definer}, CHAR_LENGTH({role}) + 1) = CONCAT({role}, '@'))")
+
+
+def _group_role_objects(groups: list[str], provisioner: str) -> list[str]:
+    """``group_role_objects()``: how many routines, events, triggers and views each group
+    role is the DEFINER of (by name, any host). check-config warns about a "drop"
+    template's: revocation drops them, whoever made them. Counts only, for the
+    provisioner (it cannot read mysql.proc); reads information_schema (tens of ms)."""
+    roles = " UNION ALL ".join(f"SELECT {_lit(g)} AS role" for g in groups)
+    counts = " + ".join(
+        f"(SELECT COUNT(*) FROM {table} WHERE {_names_role(column, 'r.role')})"
+        for table, column in (("mysql.proc", "definer"), ("mysql.event", "definer"),
+                              ("information_schema.TRIGGERS", "DEFINER"),
+                              ("information_schema.VIEWS", "DEFINER")))
+    return [
+        f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.group_role_objects()
+SQL SECURITY DEFINER
+BEGIN
+    SELECT r.role, {counts} FROM ({roles}) r;
+END""",
+        f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.group_role_objects TO {provisioner}",
+    ]
+
+
 def _session_objects() -> list[str]:
-    """``session_objects(user, keep_role)``: what revocation does with the routines,
-    events, triggers and views whose DEFINER is the session account, in every database.
+    """``session_objects(user, group_role, keep_role)``: what revocation does with the
+    routines, events, triggers and views a session user can make, in every database: those
+    whose DEFINER is the session account, or a role granted to it (its group role; the
+    recorded one too, should the account be gone already).
 
     Measured on 10.11: a session user cannot give an object another account as DEFINER
-    (that needs SUPER or SET USER; dbaccess_owner and root are refused). Its objects
+    (that needs SUPER or SET USER; dbaccess_owner, root, a role granted to its group role
+    and PUBLIC are refused). But it may name the role it has on: ``DEFINER = CURRENT_ROLE``,
+    the role by name, and even ``'<role>'@'<any host>'`` (the server compares only the
+    name with the current role). Such objects run with the template's rights (or fail, for
+    a host: no such account) and nothing else ties them to the session. Its own objects
     outlive DROP USER with its name as DEFINER: they then fail ("the user specified as a
     definer does not exist"; a trigger so fails every write to its table) and would come
     back to life with a later account of the same name. So:
 
-    - keep_role NULL ("drop", the default): they are dropped;
+    - keep_role NULL ("drop", the default): both kinds are dropped, so a "drop"
+      template's group role owns nothing for long: what another live session of the
+      template made as the role goes too (it was to go at that session's end anyway; the
+      session still has its rights and can make it again), and so does an object an
+      administrator defined as the role (docs/broker.md; check-config warns);
     - keep_role = the template's group role ("keep", for migrations): routines become
       SQL SECURITY INVOKER (they run with the rights of whoever calls them); views become
       SQL SECURITY INVOKER with the group role as DEFINER; triggers and events, which
       always run as their DEFINER, get the group role: a role cannot log in and has the
-      template's rights, never more (never dbaccess_owner's). A locked account holding
-      the role would not do: a definer's default role is not turned on when its objects
-      run (measured), so kept triggers would fail every write.
+      template's rights, never more (never dbaccess_owner's). Objects already in that
+      state are left alone. A locked account holding the role would not do: a definer's
+      default role is not turned on when its objects run (measured), so kept triggers
+      would fail every write.
 
     Packages (sql_mode=ORACLE) are dropped in both modes: they have no ALTER. Errors are
     not caught: the revocation fails and is retried; the account is locked and its
     sessions are gone by then."""
-    mine = f"{_exact('definer')} = CONCAT(p_user, '@%')"
-    mine_is = f"{_exact('DEFINER')} = CONCAT(p_user, '@%')"
+    mine = _made_by_session("definer")
+    mine_is = _made_by_session("DEFINER")
+    # Already as "keep" leaves it: the group role ('role' in mysql.proc, 'role@' elsewhere)
+    kept_as_role = f"{_exact('definer')} IN (p_keep, CONCAT(p_keep, '@'))"
+    kept_as_role_is = f"{_exact('DEFINER')} IN (p_keep, CONCAT(p_keep, '@'))"
     role = _q("p_keep")
     name = f"{_q('v_db')}, '.', {_q('v_name')}"
     bounded = (
@@ -449,7 +506,7 @@ def _session_objects() -> list[str]:
     )
     return [
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.session_objects(
-    IN p_user VARCHAR(80), IN p_keep VARCHAR(80))
+    IN p_user VARCHAR(80), IN p_group VARCHAR(80), IN p_keep VARCHAR(80))
 SQL SECURITY DEFINER
 BEGIN
     DECLARE v_db, v_name, v_type, v_table, v_timing, v_event, v_algorithm, v_check
@@ -463,7 +520,7 @@ BEGIN
     -- somewhere, at any level. Names are joined loosely (any host): more searches, never
     -- fewer.
     WITH RECURSIVE holders(name) AS (
-        SELECT p_user UNION SELECT 'PUBLIC'
+        SELECT p_user UNION SELECT 'PUBLIC' UNION SELECT p_group
         UNION SELECT m.Role FROM mysql.roles_mapping m JOIN holders h ON m.User = h.name
     )
     SELECT EXISTS (SELECT 1 FROM mysql.user u JOIN holders h ON u.User = h.name
@@ -498,7 +555,7 @@ BEGIN
     events: LOOP
         SET v_name = NULL;
         SELECT db, name, comment INTO v_db, v_name, v_comment FROM mysql.event
-            WHERE {mine} LIMIT 1;
+            WHERE {mine} AND (p_keep IS NULL OR NOT {kept_as_role}) LIMIT 1;
         IF v_name IS NULL THEN LEAVE events; END IF;
         {bounded}
         IF p_keep IS NULL THEN
@@ -513,7 +570,8 @@ BEGIN
         SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING,
                EVENT_MANIPULATION, ACTION_STATEMENT, SQL_MODE
             INTO v_db, v_name, v_table, v_timing, v_event, v_body, v_mode
-            FROM information_schema.TRIGGERS WHERE {mine_is} LIMIT 1;
+            FROM information_schema.TRIGGERS
+            WHERE {mine_is} AND (p_keep IS NULL OR NOT {kept_as_role_is}) LIMIT 1;
         IF v_name IS NULL THEN LEAVE triggers; END IF;
         {bounded}
         IF p_keep IS NULL THEN
@@ -528,7 +586,9 @@ BEGIN
         SET v_name = NULL;
         SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION, ALGORITHM, CHECK_OPTION
             INTO v_db, v_name, v_body, v_algorithm, v_check
-            FROM information_schema.VIEWS WHERE {mine_is} LIMIT 1;
+            FROM information_schema.VIEWS
+            WHERE {mine_is} AND (p_keep IS NULL OR SECURITY_TYPE = 'DEFINER'
+                                 OR NOT {kept_as_role_is}) LIMIT 1;
         IF v_name IS NULL THEN LEAVE views; END IF;
         {bounded}
         IF p_keep IS NULL THEN
