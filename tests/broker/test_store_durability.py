@@ -1,79 +1,29 @@
-"""Durable before the password leaves: a lease and its audit records are on stable storage
-before the response with the password is sent, and a store that cannot write answers 503.
-
-The store's disk is cut the way a power cut does it: the broker's SQLite store lives on a
-real ext4 filesystem (a loop device the test mounts) that is shut down mid-issuance with
-``EXT4_IOC_SHUTDOWN`` and ``NOLOGFLUSH`` — whatever had not reached the device is lost, as
-on power loss (with ``synchronous=NORMAL`` this test finds handed-out sessions whose lease
-is gone). Then the filesystem is mounted again and the store is read from the device.
-Needs root (CI runs as root) and mkfs.ext4.
+"""Durable before the password leaves: the SQLite store syncs every commit and a PostgreSQL
+store never runs with synchronous_commit off; a store that cannot write answers 503 in the
+envelope and /healthz says so. (Cutting the store's disk mid-issuance is a probe outside the
+suite for now: tests/broker/power_cut_probe.py says why.)
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import sqlite3
-import struct
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
-from dbaccess.broker.store import LIVE_STATES, Store, StoreUnavailable, audit, leases
-from dbaccess.sandbox.idp import device_tokens
+from dbaccess.broker.store import Store, StoreUnavailable
 from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
-EXT4_GOING_FLAGS_NOLOGFLUSH = 2  # drop what is not on the device yet: a power cut
 
 
 @contextmanager
-def ext4_disk(image: Path, mountpoint: Path, size_mb: int = 64) -> Iterator[Path]:
-    """A fresh ext4 filesystem on a loop device, mounted at ``mountpoint``."""
-    assert os.geteuid() == 0, "this test mounts a filesystem: run it as root (CI does)"
-    mkfs = shutil.which("mkfs.ext4")
-    assert mkfs, "mkfs.ext4 (e2fsprogs) is needed to build the store's disk"
-    with image.open("wb") as f:
-        f.truncate(size_mb * 1024 * 1024)
-    subprocess.run([mkfs, "-q", "-F", str(image)], check=True)
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    mount(image, mountpoint)
-    try:
-        yield mountpoint
-    finally:
-        unmount(mountpoint)
-
-
-def mount(image: Path, mountpoint: Path) -> None:
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-
-
-def unmount(mountpoint: Path) -> None:
-    if os.path.ismount(mountpoint):
-        if subprocess.run(["umount", str(mountpoint)], check=False).returncode:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def power_cut(mountpoint: Path) -> None:
-    fd = os.open(mountpoint, os.O_RDONLY)
-    try:
-        fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
-    finally:
-        os.close(fd)
-
-
 def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -119,123 +69,6 @@ def test_postgres_store_never_runs_with_synchronous_commit_off(stack: Stack) -> 
         store.close()
         with pg.connect() as admin:
             admin.execute("DROP DATABASE durable_store")
-
-
-@pytest.fixture(scope="module")
-def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Its own servers: the broker here reconciles every second against its own store.
-    stack = Stack(tmp_path_factory.mktemp("powercut"), reaper_interval="1s",
-                  reconcile_interval="1s", creation_timeout="2s")
-    with stack:
-        yield stack
-
-
-def test_power_cut_while_issuing_hands_out_nothing_unrecorded(
-        cut: Stack, tmp_path: Path) -> None:
-    people = ["alice", "erin", "bob"]
-    headers = {p: {"Authorization": "Bearer " + device_tokens(cut.idp, p)["id_token"]}
-               for p in people}
-    disk = tmp_path / "disk"
-    config = cut.broker_config.read_text()
-    with ext4_disk(tmp_path / "store.img", disk):
-        store_url = f"sqlite:///{disk / 'broker.db'}"
-        cut.stop_broker()
-        cut.broker_config.write_text(
-            config.replace('store = "sqlite:///broker.db"', f'store = "{store_url}"'))
-        try:
-            cut.start_broker()
-            answers = issue_through_a_power_cut(cut, headers, disk)
-            cut.stop_broker()  # SIGTERM, then SIGKILL: nothing more reaches the store
-            on_the_db = set(cut.managed_users())
-
-            unmount(disk)
-            mount(tmp_path / "store.img", disk)  # what the device holds, nothing else
-            granted = [body for status, body in answers if status == 201]
-            refused = [body for status, body in answers if status != 201]
-            assert len(granted) >= 12 and refused, (len(granted), len(refused))
-            assert {status for status, _ in answers} <= {201, 503}, answers
-            for body in refused:  # the envelope the CLI shows, not a plain-text 500
-                assert isinstance(body, dict) and body["error"]["code"] == "store_unavailable"
-                assert "store" in body["error"]["message"] and body["error"]["hint"]
-
-            stored, events = read_store(store_url)
-            unrecorded = [
-                body["id"] for body in granted
-                if body["id"] not in stored or stored[body["id"]].state != "active"
-                or not {"session.requested", "session.granted"} <= events.get(body["id"], set())
-            ]
-            assert unrecorded == [], "passwords handed out without a lease and grant on disk"
-            assert all(body["password"] for body in granted)
-
-            # Every user on the database is recorded: handed out, or a lease to revoke.
-            live = {row.db_user for row in stored.values() if row.state in LIVE_STATES}
-            assert on_the_db <= live, on_the_db - live
-            handed_out = {body["db_user"] for body in granted}
-            cut.start_broker()  # on the store as the device kept it
-            eventually(lambda: set(cut.managed_users()) == handed_out, what="the users "
-                       "nobody got a password for to be dropped (their leases revoked)")
-        finally:
-            cut.stop_broker()
-            cut.broker_config.write_text(config)
-
-
-def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
-    """Leases by id, and the audit events of each lease, as the store file holds them."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {row.id: row for row in conn.execute(sa.select(leases))}
-            events: dict[str | None, set[str]] = {}
-            for lease_id, event in conn.execute(sa.select(audit.c.lease_id, audit.c.event)):
-                events.setdefault(lease_id, set()).add(event)
-    finally:
-        engine.dispose()
-    return stored, events
-
-
-def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
-                              disk: Path) -> list[tuple[int, Any]]:
-    """Sessions asked for by several people at once; the disk is cut once a dozen are
-    granted, and asking goes on for a few seconds. Every answer, in order."""
-    answers: list[tuple[int, Any]] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def ask(person: str) -> None:
-        with httpx.Client(base_url=stack.broker_url, timeout=60) as http:
-            while not stop.is_set():
-                reply = http.post("/v1/sessions", headers=headers[person], json={
-                    "target": "demo", "role": "readonly", "duration_seconds": 1800,
-                    "reason": "durability test"})
-                try:
-                    body = reply.json()
-                except ValueError:
-                    body = reply.text  # fails the test: every answer is JSON
-                with lock:
-                    answers.append((reply.status_code, body))
-
-    askers = [threading.Thread(target=ask, args=(p,)) for p in list(headers) * 2]
-    for asker in askers:
-        asker.start()
-    try:
-        eventually(lambda: sum(s == 201 for s, _ in answers) >= 12, timeout=60,
-                   what="a dozen sessions")
-        power_cut(disk)
-        time.sleep(3)
-        # The broker says so: /healthz fails, and a read is the envelope too.
-        health = httpx.get(stack.broker_url + "/healthz", timeout=10)
-        assert health.status_code == 503
-        assert health.json()["status"] == "failing"
-        assert health.json()["store"]["status"] == "failing"
-        listing = httpx.get(stack.broker_url + "/v1/sessions", headers=headers["alice"],
-                            timeout=10)
-        assert listing.status_code == 503
-        assert listing.json()["error"]["code"] == "store_unavailable"
-    finally:
-        stop.set()
-        for asker in askers:
-            asker.join(timeout=60)
-    return answers
 
 
 def test_store_failure_is_store_unavailable_not_a_driver_error(tmp_path: Path) -> None:
