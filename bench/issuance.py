@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_of, cpu_seconds, median, percentile, table  # noqa: E402
 
 from dbaccess.broker.engines.base import make_password  # noqa: E402
-from dbaccess.broker.engines.scram import scram_sha256_verifier  # noqa: E402
+from dbaccess.broker.engines.postgres.scram import scram_sha256_verifier  # noqa: E402
 from dbaccess.broker.store import Store  # noqa: E402
 from dbaccess.sandbox.idp import device_tokens  # noqa: E402
 from dbaccess.sandbox.stack import PROVISIONER, Stack  # noqa: E402

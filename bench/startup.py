@@ -7,7 +7,7 @@ static password. Medians of --runs runs each.
 The exec overhead includes everything dbaccess adds: token from the keyring (a private
 gnome-keyring here), session creation at the broker (a user created in PostgreSQL),
 credential files, and revocation (the user dropped) after psql exits. stdin is not a
-terminal, as in a script, so exec takes its fast path (dbaccess/fast_exec.py); the same
+terminal, as in a script, so exec takes its fast path (dbaccess/cli/fast_exec.py); the same
 run with DBACCESS_FAST_EXEC=0 (the full typer CLI) is printed for comparison.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median, table  # noqa: E402
 
 import dbaccess  # noqa: E402
-from dbaccess.launch.psql import find_psql  # noqa: E402
+from dbaccess.client.dbclients.postgres import find_psql  # noqa: E402
 from dbaccess.sandbox.idp import approve_device_code  # noqa: E402
 from dbaccess.sandbox.secret_service import SecretService  # noqa: E402
 from dbaccess.sandbox.stack import Stack  # noqa: E402

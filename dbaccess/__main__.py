@@ -1,3 +1,3 @@
-from dbaccess.entry import main
+from dbaccess.cli.entry import main
 
 main()

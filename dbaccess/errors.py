@@ -88,7 +88,7 @@ def hint_profile(flag: str | None) -> str | None:
     """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE
     > config.toml's current), when a bare ``dbaccess`` would pick another — then the
     hint's command is right to copy. Shared by both exec paths and every command."""
-    from dbaccess.config import ProfileFile, profile_name
+    from dbaccess.client.config import ProfileFile, profile_name
 
     try:
         active = profile_name(flag)

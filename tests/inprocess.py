@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess import api
+from dbaccess.client import context as api
 
 BROKER = "http://testserver"
 

@@ -21,6 +21,6 @@ def test_command_reference_is_fresh() -> None:
 def test_every_command_is_documented() -> None:
     from typer.main import get_command
 
-    from dbaccess.cli import app
+    from dbaccess.cli.app import app
 
     assert set(get_command(app).commands) == set(gen.COMMANDS)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from dbaccess.broker.cli import app as broker_app
-from dbaccess.cli import app as cli_app
+from dbaccess.cli.app import app as cli_app
 
 
 def command_paths(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -86,7 +86,7 @@ def test_the_fast_exec_path_hands_h_to_the_full_cli(argv: list[str]) -> None:
 
 
 def test_h_after_the_double_dash_goes_to_the_command() -> None:
-    from dbaccess import fast_exec
+    from dbaccess.cli import fast_exec
 
     found = fast_exec.parse(["exec", "demo", "-r", "readonly", "--", "psql", "-h", "db"], {})
     assert found is not None and found.command == ("psql", "-h", "db")

@@ -58,7 +58,7 @@ def test_sdist_carries_what_its_tests_need(sdist: dict[str, bytes]) -> None:
                    "tests/idp/package.json", "tests/idp/package-lock.json",
                    "tests/idp/server.mjs", "completions/dbaccess.bash", "docs/commands.md",
                    "scripts/gen_command_reference.py",
-                   "dbaccess/broker/migrations/script.py.mako"):
+                   "dbaccess/broker/store/migrations/script.py.mako"):
         assert needed in sdist, needed
     junk = [name for name in sdist if any(part in name for part in NEVER_SHIPPED)]
     assert not junk, junk
@@ -170,9 +170,9 @@ def test_wheel_has_the_package_data_and_the_broker_shim(tmp_path: Path) -> None:
         scripts = archive.read(entry_points).decode()
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         info = archive.read(metadata).decode()
-    assert "dbaccess/broker/migrations/script.py.mako" in names
+    assert "dbaccess/broker/store/migrations/script.py.mako" in names
     assert not [n for n in names if n.startswith("tests/")]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "dbaccess-broker = dbaccess.entry:broker_main" in scripts
-    assert "dbaccess = dbaccess.entry:main" in scripts
+    assert "dbaccess-broker = dbaccess.cli.entry:broker_main" in scripts
+    assert "dbaccess = dbaccess.cli.entry:main" in scripts
     assert "License-Expression: Apache-2.0" in info

@@ -1,3 +1,3 @@
-from dbaccess.entry import broker_main
+from dbaccess.cli.entry import broker_main
 
 broker_main()

@@ -178,7 +178,7 @@ def mariadb_server_problems(target: TargetSection) -> tuple[list[str], list[str]
     drops every object defined as the role, an administrator's too."""
     import pymysql
 
-    from dbaccess.broker.engines.mariadb_bootstrap import (
+    from dbaccess.broker.engines.mariadb.bootstrap import (
         INIT_CONNECT,
         QUERY_LOG_LIMIT_MAX,
         kept_groups,

@@ -70,7 +70,7 @@ def serve(
     """
     import uvicorn
 
-    from dbaccess.broker.app import create_app
+    from dbaccess.broker.api.app import create_app
     from dbaccess.broker.logs import log_config
     from dbaccess.broker.settings import load_settings
     from dbaccess.errors import UsageError
@@ -88,7 +88,7 @@ def serve(
 
         os.environ["DBACCESS_BROKER_CONFIG"] = str(config.resolve())
     uvicorn.run(
-        "dbaccess.broker.app:app_from_env"
+        "dbaccess.broker.api.app:app_from_env"
         if workers > 1
         else create_app(settings, config_path=config),
         factory=workers > 1,
@@ -184,7 +184,8 @@ def bootstrap(
             f"{config}: there is no target '{target}'",
             hint=f"targets: {', '.join(sorted(settings.targets))}",
         )
-    from dbaccess.broker.engines import mariadb_bootstrap, postgres_bootstrap
+    from dbaccess.broker.engines.mariadb import bootstrap as mariadb_bootstrap
+    from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
 
     module = postgres_bootstrap if section.engine == "postgres" else mariadb_bootstrap
     if not apply:
@@ -248,9 +249,9 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 def audit_verify(config: ConfigOption = Path("broker.toml")) -> None:
     """Check the hash chain; name the first record that was edited, deleted or reordered."""
-    from dbaccess.broker.audit import raw_records, verify
     from dbaccess.broker.settings import load_settings
     from dbaccess.broker.store import Store
+    from dbaccess.broker.store.audit_chain import raw_records, verify
 
     store = Store(load_settings(config).broker.store_url())
     try:
@@ -274,9 +275,9 @@ def audit_export(
     """Write the audit trail as JSON lines on stdout, for a SIEM."""
     from datetime import UTC, datetime
 
-    from dbaccess.broker.audit import export_lines, raw_records
     from dbaccess.broker.settings import load_settings
     from dbaccess.broker.store import Store
+    from dbaccess.broker.store.audit_chain import export_lines, raw_records
     from dbaccess.errors import UsageError
 
     try:
@@ -350,7 +351,7 @@ def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -
 
     import pymysql
 
-    from dbaccess.broker.engines import mariadb_bootstrap
+    from dbaccess.broker.engines.mariadb import bootstrap as mariadb_bootstrap
     from dbaccess.errors import DatabaseError
 
     url = urlsplit(dsn)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 from dbaccess.broker import rotation
 from dbaccess.broker.engines import EngineError
-from dbaccess.broker.sessions import Outcome, SessionService
+from dbaccess.broker.services.sessions import Outcome, SessionService
 from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker.reaper")

@@ -83,7 +83,7 @@ def _change_own_password(name: str, target: TargetSection, new: str) -> None:
     import pymysql
 
     from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
-    from dbaccess.broker.engines.mariadb_bootstrap import native_password_hash
+    from dbaccess.broker.engines.mariadb.bootstrap import native_password_hash
 
     try:
         conn = pymysql.connect(

@@ -9,12 +9,12 @@ import typer
 from dbaccess.cli.output import Globals, result_table, session_table, shown
 
 if TYPE_CHECKING:
-    from dbaccess.auth.token_store import StoredLogin
+    from dbaccess.client.auth.token_store import StoredLogin
 
 
 def whoami(ctx: typer.Context) -> None:
     """Who the broker thinks you are, your groups, token expiry and live sessions."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.timestamps import human as human_time
     from dbaccess.timestamps import rfc3339
 
@@ -41,8 +41,8 @@ def whoami(ctx: typer.Context) -> None:
 
 def targets(ctx: typer.Context) -> None:
     """What you may request: targets, roles, longest duration, reason/ticket/approval."""
-    from dbaccess import name_cache
-    from dbaccess.api import logged_in
+    from dbaccess.client import name_cache
+    from dbaccess.client.context import logged_in
     from dbaccess.durations import format_duration
 
     g: Globals = ctx.obj
@@ -84,13 +84,13 @@ def logout(
 ) -> None:
     """Forget your tokens (and with --revoke, end your live sessions first). The refresh
     token is also revoked at the identity provider, where it offers that (RFC 7009)."""
-    from dbaccess.auth.token_store import delete_login, load_login
-    from dbaccess.config import profile_name
+    from dbaccess.client.auth.token_store import delete_login, load_login
+    from dbaccess.client.config import profile_name
 
     g: Globals = ctx.obj
     revoked: list[str] = []
     if revoke:
-        from dbaccess.api import logged_in
+        from dbaccess.client.context import logged_in
 
         with logged_in(g.profile) as (api, _):
             revoked = [api.revoke_session(s.id).id for s in api.list_sessions()]
@@ -112,8 +112,8 @@ def _revoke_refresh_token(g: Globals, login: StoredLogin | None) -> bool:
     happening (the refresh token then lives until it expires, as the warning says)."""
     if login is None or not login.refresh_token or login.kind == "entra":
         return False
-    from dbaccess import api
-    from dbaccess.auth.device_flow import DeviceFlow
+    from dbaccess.client import context as api
+    from dbaccess.client.auth.device_flow import DeviceFlow
     from dbaccess.errors import DbaccessError
 
     try:

@@ -21,7 +21,7 @@ def requests(
     ] = False,
 ) -> None:
     """Pending requests you can approve or deny (or, with --mine, your own)."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
@@ -48,7 +48,7 @@ def requests(
 
 def approve(ctx: typer.Context, request_id: RequestArg) -> None:
     """Approve someone else's request (members of the rule's approver groups)."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
@@ -68,7 +68,7 @@ def deny(
     reason: Annotated[str, typer.Option("--reason", help="Why (shown to the requester).")] = ...,  # type: ignore[assignment]
 ) -> None:
     """Deny someone else's request, with a reason."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError
 
     g: Globals = ctx.obj
@@ -85,7 +85,7 @@ def deny(
 def withdraw(ctx: typer.Context, request_id: RequestArg) -> None:
     """Take back your own request (pending, or approved and unused): nobody can approve
     or use it any more."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):

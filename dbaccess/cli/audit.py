@@ -38,8 +38,8 @@ def audit(
     import shlex
     from datetime import datetime
 
-    from dbaccess.api import logged_in
     from dbaccess.cli.output import emit_json, shown
+    from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError, hint_profile, with_profile
     from dbaccess.timestamps import human as human_time
 

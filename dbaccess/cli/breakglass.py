@@ -35,13 +35,13 @@ def breakglass(
     """Emergency access with the policy's elevated role: no approval wait, but the on-call
     channel is notified at once, every statement is logged by the database, and the
     session is marked for a post-incident review by someone else."""
-    from dbaccess.api import logged_in
     from dbaccess.cli.connect import run_session
-    from dbaccess.config import ProfileFile, profile_name
+    from dbaccess.client.config import ProfileFile, profile_name
+    from dbaccess.client.context import logged_in
+    from dbaccess.client.session.grant import choose_breakglass_target
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
-    from dbaccess.grant import choose_breakglass_target
-    from dbaccess.models import BreakglassCreate
+    from dbaccess.wire import BreakglassCreate
 
     g: Globals = ctx.obj
     g.child_owns_stdout = True  # even for errors: stdout is the client's
@@ -114,7 +114,7 @@ def review(
 ) -> None:
     """List open post-incident reviews, or close one with --note (reviewer groups; never
     the person who broke the glass)."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 

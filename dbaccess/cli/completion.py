@@ -1,5 +1,5 @@
 """Shell completion of target, role and session names, from what the last ``dbaccess
-targets`` and ``dbaccess sessions`` remembered (dbaccess/name_cache.py): no login and no
+targets`` and ``dbaccess sessions`` remembered (dbaccess/client/name_cache.py): no login and no
 broker call at <TAB>."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def _profile(ctx: Any) -> str | None:
 
 
 def complete_target(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
-    from dbaccess import name_cache
+    from dbaccess.client import name_cache
 
     return [(name, "roles: " + ", ".join(roles))
             for name, roles in sorted(name_cache.targets(_profile(ctx)).items())
@@ -22,7 +22,7 @@ def complete_target(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
 
 
 def complete_role(ctx: Any, incomplete: str) -> list[str]:
-    from dbaccess import name_cache
+    from dbaccess.client import name_cache
 
     known = name_cache.targets(_profile(ctx))
     target = ctx.params.get("target")
@@ -32,7 +32,7 @@ def complete_role(ctx: Any, incomplete: str) -> list[str]:
 
 
 def complete_session(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
-    from dbaccess import name_cache
+    from dbaccess.client import name_cache
 
     return [(s["id"], f"{s.get('target', '?')} ({s.get('role', '?')})")
             for s in name_cache.sessions(_profile(ctx)) if s["id"].startswith(incomplete)]

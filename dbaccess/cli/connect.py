@@ -21,8 +21,8 @@ from dbaccess.cli.options import (
 from dbaccess.cli.output import Globals, shown
 
 if TYPE_CHECKING:
-    from dbaccess.grant import Ask
-    from dbaccess.models import BreakglassCreate
+    from dbaccess.client.session.grant import Ask
+    from dbaccess.wire import BreakglassCreate
 
 
 def connect(
@@ -61,7 +61,7 @@ def asker(g: Globals, verb: str = "connect") -> Ask:
     """Prompts and a spinner on a terminal; nothing asked without one (or --no-input)."""
     from contextlib import contextmanager
 
-    from dbaccess.grant import Ask
+    from dbaccess.client.session.grant import Ask
 
     @contextmanager
     def waiting(request: Any) -> Iterator[None]:
@@ -96,15 +96,15 @@ def run_session(
     breakglass: BreakglassCreate | None = None,
 ) -> None:
     """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
-    from dbaccess import api
-    from dbaccess.config import chosen_clients, profile_name, resolve_broker
-    from dbaccess.connect import ConnectRequest
-    from dbaccess.connect import connect as run_connect
+    from dbaccess.client import context as api
+    from dbaccess.client.config import chosen_clients, profile_name, resolve_broker
+    from dbaccess.client.session.outcome import session_outcome
+    from dbaccess.client.session.run import ConnectRequest
+    from dbaccess.client.session.run import connect as run_connect
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
-    from dbaccess.models import SessionGranted
-    from dbaccess.outcome import session_outcome
     from dbaccess.timestamps import human as human_time
+    from dbaccess.wire import SessionGranted
 
     try:
         wanted = parse_duration(duration) if duration else None

@@ -15,7 +15,7 @@ from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Tick
 from dbaccess.cli.output import Globals, emit_json
 
 if TYPE_CHECKING:
-    from dbaccess.models import SessionGranted
+    from dbaccess.wire import SessionGranted
 
 
 def creds(
@@ -36,10 +36,10 @@ def creds(
     """Create a session and print its credentials (needs --reveal; not revoked at exit)."""
     import sys
 
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
+    from dbaccess.client.session.grant import Ask, Want, obtain
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
-    from dbaccess.grant import Ask, Want, obtain
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj

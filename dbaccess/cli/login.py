@@ -30,12 +30,12 @@ def login(
     """Log in through your organisation's SSO (device code: works over SSH)."""
     from rich.panel import Panel
 
-    from dbaccess import api
-    from dbaccess.auth.browser import open_in_browser
-    from dbaccess.auth.device_flow import DeviceCode
-    from dbaccess.auth.login import device_login
-    from dbaccess.client import BrokerClient
-    from dbaccess.config import Profile, ProfileFile, profile_name, resolve_broker
+    from dbaccess.client import context as api
+    from dbaccess.client.auth.browser import open_in_browser
+    from dbaccess.client.auth.device_flow import DeviceCode
+    from dbaccess.client.auth.login import device_login
+    from dbaccess.client.broker_api import BrokerClient
+    from dbaccess.client.config import Profile, ProfileFile, profile_name, resolve_broker
     from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj

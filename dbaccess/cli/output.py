@@ -231,7 +231,7 @@ def handled(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _announce_insecure_storage(g: Globals) -> None:
-    from dbaccess.config import ProfileFile, profile_name
+    from dbaccess.client.config import ProfileFile, profile_name
 
     name = profile_name(g.profile)
     stored = ProfileFile.load().profiles.get(name)

@@ -21,7 +21,7 @@ def list_profiles(ctx: typer.Context) -> None:
     """List profiles (the current one is marked)."""
     if ctx.invoked_subcommand is not None:
         return
-    from dbaccess.config import ProfileFile
+    from dbaccess.client.config import ProfileFile
 
     g: Globals = ctx.obj
     file = ProfileFile.load()
@@ -48,7 +48,7 @@ def add(
     ] = None,
 ) -> None:
     """Add (or change) a profile."""
-    from dbaccess.config import Profile, ProfileFile, check_broker_url, check_profile_name
+    from dbaccess.client.config import Profile, ProfileFile, check_broker_url, check_profile_name
 
     g: Globals = ctx.obj
     check_profile_name(name)
@@ -69,7 +69,7 @@ def add(
 @handled
 def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Make a profile the current one."""
-    from dbaccess.config import ProfileFile
+    from dbaccess.client.config import ProfileFile
     from dbaccess.errors import NotFoundError
 
     g: Globals = ctx.obj
@@ -87,8 +87,8 @@ def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile na
 @handled
 def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Remove a profile and its stored login."""
-    from dbaccess.auth.token_store import delete_login
-    from dbaccess.config import DEFAULT_PROFILE, ProfileFile
+    from dbaccess.client.auth.token_store import delete_login
+    from dbaccess.client.config import DEFAULT_PROFILE, ProfileFile
     from dbaccess.errors import KeyringUnavailable, NotFoundError
 
     g: Globals = ctx.obj

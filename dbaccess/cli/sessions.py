@@ -12,8 +12,8 @@ from dbaccess.cli.output import Globals, session_table
 
 def sessions(ctx: typer.Context) -> None:
     """List your live sessions."""
-    from dbaccess import name_cache
-    from dbaccess.api import logged_in
+    from dbaccess.client import name_cache
+    from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
     with logged_in(g.profile) as (api, _):
@@ -35,7 +35,7 @@ def revoke(
     all_sessions: Annotated[bool, typer.Option("--all", help="Revoke all of yours.")] = False,
 ) -> None:
     """Revoke a session now (its user is dropped and its connections are ended)."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError
 
     g: Globals = ctx.obj
@@ -72,7 +72,7 @@ def renew(
 ) -> None:
     """Extend a session, within the longest session the policy allows. It is never
     shortened unless you pass --shorten."""
-    from dbaccess.api import logged_in
+    from dbaccess.client.context import logged_in
     from dbaccess.durations import parse_duration
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time

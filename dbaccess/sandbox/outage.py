@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 
-from dbaccess.broker.engines import postgres_bootstrap
+from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.postgres import PostgresServer
 from dbaccess.sandbox.stack import PROVISIONER, PROVISIONER_ENV, Stack

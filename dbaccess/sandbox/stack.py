@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from dbaccess.broker.engines import mariadb_bootstrap as maria_bootstrap
-from dbaccess.broker.engines import postgres_bootstrap as bootstrap
+from dbaccess.broker.engines.mariadb import bootstrap as maria_bootstrap
+from dbaccess.broker.engines.postgres import bootstrap
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer

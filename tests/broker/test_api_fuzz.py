@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 

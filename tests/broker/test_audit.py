@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.cli import app
 from dbaccess.broker.store import Store, audit
+from dbaccess.broker.store.audit_chain import raw_records, verify
 
 CONFIG = """
 [broker]

@@ -16,13 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess import api as cli_api
-from dbaccess.auth.token_store import StoredLogin, save_login
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store
-from dbaccess.cli import app as cli
-from dbaccess.config import Profile, ProfileFile
+from dbaccess.cli.app import app as cli
+from dbaccess.client import context as cli_api
+from dbaccess.client.auth.token_store import StoredLogin, save_login
+from dbaccess.client.config import Profile, ProfileFile
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 from tests.inprocess import Shared
 

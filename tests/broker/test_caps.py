@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.capacity import capacity_warnings
 from dbaccess.broker.settings import LimitsSection, Settings, TargetLimits, load_settings
 from dbaccess.broker.store import Store

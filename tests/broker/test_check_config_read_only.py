@@ -96,7 +96,7 @@ def test_warns_when_a_read_only_group_may_insert(stack: Stack, config: Path,
 def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> None:
     """Until a target is bootstrapped again, its revoke_user still hands a session's objects
     to dbaccess_owner: check-config says so, with the bootstrap command."""
-    from dbaccess.broker.engines import postgres_bootstrap
+    from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
     from dbaccess.broker.settings import load_settings
 
     with stack.postgres.connect("demo") as admin:
@@ -122,7 +122,7 @@ def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(stack: Stack
     """A bootstrap older than dbaccess.revoke_users: the broker revokes one user per call
     there (tests/broker/test_postgres_revoke_batch.py); check-config asks for the bootstrap
     that lets an expiry storm go in batches."""
-    from dbaccess.broker.engines import postgres_bootstrap
+    from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
     from dbaccess.broker.settings import load_settings
 
     with stack.postgres.connect("demo") as admin:

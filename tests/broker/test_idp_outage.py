@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.keys import UNKNOWN_KID_INTERVAL, WAIT
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store

@@ -10,7 +10,7 @@ import pymysql
 import pytest
 
 from dbaccess.broker.engines import NewUser, engine_for
-from dbaccess.broker.engines.mariadb_bootstrap import native_password_hash
+from dbaccess.broker.engines.mariadb.bootstrap import native_password_hash
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 

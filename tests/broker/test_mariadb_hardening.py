@@ -36,7 +36,7 @@ import pytest
 from pymysql.constants import CLIENT
 
 from dbaccess.broker.checks import log_mariadb_server_problems, mariadb_server_problems
-from dbaccess.broker.engines.mariadb_bootstrap import (
+from dbaccess.broker.engines.mariadb.bootstrap import (
     AUDIT_LOCK,
     AUDIT_PLACEHOLDER,
     EVENT_SCHEDULER_OFF,
@@ -44,7 +44,7 @@ from dbaccess.broker.engines.mariadb_bootstrap import (
     apply,
     native_password_hash,
 )
-from dbaccess.broker.engines.mariadb_bootstrap import warnings as bootstrap_warnings
+from dbaccess.broker.engines.mariadb.bootstrap import warnings as bootstrap_warnings
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.mariadb import MariaDBServer
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pymysql
 import pytest
 
-from dbaccess.broker.engines.mariadb_bootstrap import native_password_hash
+from dbaccess.broker.engines.mariadb.bootstrap import native_password_hash
 from dbaccess.sandbox.stack import PROVISIONER, Stack
 
 pytestmark = pytest.mark.integration

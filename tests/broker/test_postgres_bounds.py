@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.engines import EngineRefused, engine_for
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from psycopg_pool import ConnectionPool
 
-from dbaccess.broker.engines import postgres
-from dbaccess.broker.engines.postgres import PostgresEngine
+from dbaccess.broker.engines.postgres import engine as postgres
+from dbaccess.broker.engines.postgres.engine import PostgresEngine
 from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 

@@ -24,10 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 from dbaccess.broker.engines import NewUser
-from dbaccess.broker.engines import postgres_bootstrap as bootstrap
-from dbaccess.broker.engines.postgres import PostgresEngine
+from dbaccess.broker.engines.postgres import bootstrap
+from dbaccess.broker.engines.postgres.engine import PostgresEngine
 from dbaccess.broker.reaper import TargetReaper
-from dbaccess.broker.sessions import SessionService
+from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, TargetSection
 from dbaccess.broker.store import Store, audit, leases
 from dbaccess.sandbox.stack import Stack

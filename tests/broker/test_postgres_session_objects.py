@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from dbaccess.broker.engines import EngineError, NewUser
-from dbaccess.broker.engines import postgres_bootstrap as bootstrap
-from dbaccess.broker.engines.postgres import PostgresEngine
+from dbaccess.broker.engines.postgres import bootstrap
+from dbaccess.broker.engines.postgres.engine import PostgresEngine
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.stack import Stack
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack

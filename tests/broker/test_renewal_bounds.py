@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import Rule, Settings, load_settings
 from dbaccess.broker.store import Store
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack

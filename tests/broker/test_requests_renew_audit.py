@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.audit_events import AUDIT_EVENTS
-from dbaccess.broker.app import create_app
-from dbaccess.broker.audit import raw_records, verify
+from dbaccess.broker.api.app import create_app
+from dbaccess.broker.audit_events import AUDIT_EVENTS
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store, approval_requests, leases
+from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration

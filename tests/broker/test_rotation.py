@@ -17,7 +17,7 @@ import pytest
 
 from dbaccess.broker.engines import NewUser, engine_for
 from dbaccess.broker.reaper import Reaper
-from dbaccess.broker.sessions import SessionService
+from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store
 from dbaccess.sandbox.stack import PROVISIONER, Stack

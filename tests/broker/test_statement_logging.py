@@ -23,7 +23,7 @@ from psycopg import sql
 
 from dbaccess.broker.engines import Engine, EngineError, NewUser, engine_for
 from dbaccess.broker.engines.base import make_password, make_username
-from dbaccess.broker.engines.mariadb_bootstrap import AUDIT_PLACEHOLDER
+from dbaccess.broker.engines.mariadb.bootstrap import AUDIT_PLACEHOLDER
 from dbaccess.broker.settings import TargetSection, load_settings
 from dbaccess.sandbox.stack import PROVISIONER, PROVISIONER_ENV, Stack
 

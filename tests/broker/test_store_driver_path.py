@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.store import Lease, Store
+from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.sandbox.stack import Stack
 
 

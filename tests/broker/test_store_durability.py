@@ -111,7 +111,7 @@ def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
         stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from dbaccess.broker.app import create_app
+    from dbaccess.broker.api.app import create_app
     from dbaccess.broker.settings import load_settings
 
     store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
@@ -141,7 +141,7 @@ def test_a_postgres_store_that_refuses_writes_is_a_503_and_a_failing_healthz(
         stack: Stack, tokens: dict[str, str], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from dbaccess.broker.app import create_app
+    from dbaccess.broker.api.app import create_app
     from dbaccess.broker.settings import load_settings
 
     pg = stack.postgres

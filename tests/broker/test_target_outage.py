@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from dbaccess.broker_replies import DEFAULT_TIMEOUT_SECONDS
+from dbaccess.client.replies import DEFAULT_TIMEOUT_SECONDS
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.outage import add_postgres_target, frozen
 from dbaccess.sandbox.postgres import PostgresServer

@@ -15,13 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess.auth import device_flow
-from dbaccess.auth.device_flow import DeviceFlow
-from dbaccess.auth.token_store import load_login
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
-from dbaccess.cli import app
-from dbaccess.config import ProfileFile
+from dbaccess.cli.app import app
+from dbaccess.client.auth import device_flow
+from dbaccess.client.auth.device_flow import DeviceFlow
+from dbaccess.client.auth.token_store import load_login
+from dbaccess.client.config import ProfileFile
 from dbaccess.errors import AuthError
 from dbaccess.sandbox.idp import approve_device_code
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess import api
-from dbaccess.auth.token_store import StoredLogin, save_login
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
-from dbaccess.cli import app
-from dbaccess.config import Profile, ProfileFile
+from dbaccess.cli.app import app
+from dbaccess.client import context as api
+from dbaccess.client.auth.token_store import StoredLogin, save_login
+from dbaccess.client.config import Profile, ProfileFile
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 from tests.inprocess import Shared

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from dbaccess.auth.token_store import StoredLogin, load_login, save_login
-from dbaccess.cli import app
+from dbaccess.cli.app import app
+from dbaccess.client.auth.token_store import StoredLogin, load_login, save_login
 
 runner = CliRunner()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.store import approval_requests
+from dbaccess.broker.store.audit_chain import raw_records, verify
 from tests.terminal import own_terminal, read_until
 
 from .conftest import DBACCESS, Cli

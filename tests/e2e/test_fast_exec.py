@@ -1,4 +1,4 @@
-"""``dbaccess exec`` without the CLI stack (dbaccess/fast_exec.py), end to end.
+"""``dbaccess exec`` without the CLI stack (dbaccess/cli/fast_exec.py), end to end.
 
 Every run here is ``python -X importtime -m dbaccess ...`` with stdin not a terminal, so each
 test knows which path really ran: the fast path imports neither typer nor httpx, the full

@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from dbaccess.auth import entra
-from dbaccess.auth.token_store import load_login, save_login
-from dbaccess.broker.app import create_app
+from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import IdentitySection, load_settings
-from dbaccess.cli import app
+from dbaccess.cli.app import app
+from dbaccess.client.auth import entra
+from dbaccess.client.auth.token_store import load_login, save_login
 from dbaccess.sandbox.idp import OidcProvider, approve_device_code
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 from dbaccess.sandbox.tls import make_certificates

@@ -9,12 +9,12 @@ import httpx
 import pytest
 
 from dbaccess import __version__
-from dbaccess.auth.device_flow import DeviceCode
-from dbaccess.auth.login import bearer_token, device_login
-from dbaccess.auth.token_store import load_login, save_login
+from dbaccess.client.auth.device_flow import DeviceCode
+from dbaccess.client.auth.login import bearer_token, device_login
+from dbaccess.client.auth.token_store import load_login, save_login
 from dbaccess.errors import AuthError
-from dbaccess.models import PublicConfig
 from dbaccess.sandbox.idp import OidcProvider, approve_device_code
+from dbaccess.wire import PublicConfig
 
 pytestmark = pytest.mark.integration
 

@@ -25,13 +25,13 @@ def test_token_store_round_trips_through_the_secret_service(
     backend = in_child(secret_service, "import keyring; print(type(keyring.get_keyring()))")
     assert "SecretService" in backend
     in_child(secret_service, """
-from dbaccess.auth.token_store import StoredLogin, save_login
+from dbaccess.client.auth.token_store import StoredLogin, save_login
 save_login("work", StoredLogin(issuer="https://idp", client_id="c", scopes=["openid"],
            id_token="header.payload.sig", refresh_token="r-1", expires_at=1.0, subject="alice"))
 """)
     # a second process (as the next CLI command would be) reads it back, then deletes it
     assert in_child(secret_service, """
-from dbaccess.auth.token_store import load_login, delete_login
+from dbaccess.client.auth.token_store import load_login, delete_login
 login = load_login("work")
 print(login.subject, login.refresh_token, delete_login("work"), load_login("work"))
 """) == "alice r-1 True None"

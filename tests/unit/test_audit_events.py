@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import dbaccess.broker
-from dbaccess.audit_events import AUDIT_EVENTS
-from dbaccess.broker.breakglass import example_of
+from dbaccess.broker.audit_events import AUDIT_EVENTS
+from dbaccess.broker.services.breakglass import example_of
 
 _EVENT = re.compile(r"(session|request|breakglass|review|reconcile|notify)\.[a-z_]+")
 

@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from dbaccess import broker_replies
+from dbaccess.client import replies as broker_replies
 from dbaccess.errors import (
     BrokerError,
     BrokerTimeout,

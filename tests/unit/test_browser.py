@@ -2,7 +2,7 @@ import webbrowser
 
 import pytest
 
-from dbaccess.auth.browser import open_in_browser
+from dbaccess.client.auth.browser import open_in_browser
 
 
 class Recorder(webbrowser.BaseBrowser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from dbaccess.launch.child import cleanup_on_signals, ignore_cleanup_signals
+from dbaccess.client.session.child import cleanup_on_signals, ignore_cleanup_signals
 
 
 def test_ctrl_c_comes_back_after_the_clean_up_set_it_aside() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from dbaccess.cli.creds import shell_exports
-from dbaccess.models import SessionGranted
+from dbaccess.wire import SessionGranted
 
 
 def granted(engine: str, sslmode: str | None) -> SessionGranted:

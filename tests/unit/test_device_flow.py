@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dbaccess.auth.device_flow import DeviceFlow
+from dbaccess.client.auth.device_flow import DeviceFlow
 from dbaccess.errors import AuthError
 
 ISSUER = "https://idp.example.com/realms/acme"

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import pytest
 import typer.main
 
-from dbaccess import fast_exec
-from dbaccess.auth import token_store
-from dbaccess.auth.token_store import StoredLogin
-from dbaccess.cli import app
-from dbaccess.fast_exec import EXEC_FLAGS, EXEC_VALUES, GLOBAL_ENV, GLOBAL_FLAGS, GLOBAL_VALUES
-from dbaccess.models import SessionGranted
+from dbaccess.cli import fast_exec
+from dbaccess.cli.app import app
+from dbaccess.cli.fast_exec import EXEC_FLAGS, EXEC_VALUES, GLOBAL_ENV, GLOBAL_FLAGS, GLOBAL_VALUES
+from dbaccess.client.auth import token_store
+from dbaccess.client.auth.token_store import StoredLogin
+from dbaccess.wire import SessionGranted
 
 ROOT = typer.main.get_command(app)
 EXEC = ROOT.commands["exec"]  # type: ignore[attr-defined]

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from dbaccess.errors import ApprovalPending, DeniedError, UsageError
-from dbaccess.grant import (
+from dbaccess.client.session.grant import (
     Ask,
     WaitStopped,
     Want,
@@ -17,7 +16,8 @@ from dbaccess.grant import (
     obtain,
     wait_for_approval,
 )
-from dbaccess.models import BreakglassPolicy, RequestInfo, SessionGranted
+from dbaccess.errors import ApprovalPending, DeniedError, UsageError
+from dbaccess.wire import BreakglassPolicy, RequestInfo, SessionGranted
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 

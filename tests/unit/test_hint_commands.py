@@ -3,7 +3,7 @@ once missed out: 'dbaccess withdraw ID' never became 'dbaccess --profile P withd
 
 from __future__ import annotations
 
-from dbaccess.cli import app
+from dbaccess.cli.app import app
 from dbaccess.errors import _COMMANDS, with_profile
 
 

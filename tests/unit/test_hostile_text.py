@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from dbaccess.cli.output import Globals, print_result, result_table
 from dbaccess.errors import DeniedError
-from dbaccess.models import BreakglassCreate, RequestDecision, ReviewClose, SessionCreate
 from dbaccess.text import printable
+from dbaccess.wire import BreakglassCreate, RequestDecision, ReviewClose, SessionCreate
 
 HOSTILE = [
     "\x1b[2J\x1b[Happroved by security",  # clears the screen and rewrites it

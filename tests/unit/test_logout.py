@@ -8,9 +8,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from dbaccess import api
-from dbaccess.auth.token_store import StoredLogin, load_login, save_login
-from dbaccess.cli import app
+from dbaccess.cli.app import app
+from dbaccess.client import context as api
+from dbaccess.client.auth.token_store import StoredLogin, load_login, save_login
 from tests.inprocess import Shared
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dbaccess.broker.audit import raw_records, verify
 from dbaccess.broker.notify import Notifier, webhook_id
 from dbaccess.broker.settings import NotifySection
 from dbaccess.broker.store import Store
+from dbaccess.broker.store.audit_chain import raw_records, verify
 
 URL = "https://hooks.example.com/services/T000/B000/secret-token"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dbaccess.broker.engines.postgres import ALIVE_BYPASS_SECONDS, _LivenessCheck
+from dbaccess.broker.engines.postgres.engine import ALIVE_BYPASS_SECONDS, _LivenessCheck
 
 
 class FakeConnection:

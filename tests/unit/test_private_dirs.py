@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dbaccess.auth.token_store import StoredLogin, save_login
-from dbaccess.config import Profile, ProfileFile, config_dir, runtime_dir
+from dbaccess.client.auth.token_store import StoredLogin, save_login
+from dbaccess.client.config import Profile, ProfileFile, config_dir, runtime_dir
+from dbaccess.client.session.directory import SessionDir, stale_sessions
 from dbaccess.errors import ConfigError
-from dbaccess.launch.session_dir import SessionDir, stale_sessions
 
 OWN = f"dbaccess-{os.geteuid()}"
 
@@ -228,7 +228,7 @@ def test_another_users_config_toml_in_a_shared_dir_stops_nobody(
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a file of another user")
 def test_completion_names_are_kept_in_a_directory_of_our_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dbaccess.name_cache import read_names, remember_targets
+    from dbaccess.client.name_cache import read_names, remember_targets
 
     class Allowed:
         target, role, engine = "demo", "readonly", "postgres"

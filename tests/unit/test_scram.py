@@ -3,7 +3,7 @@ import base64
 import psycopg
 import pytest
 
-from dbaccess.broker.engines.scram import scram_sha256_verifier
+from dbaccess.broker.engines.postgres.scram import scram_sha256_verifier
 
 
 def test_matches_libpq_for_the_same_salt() -> None:

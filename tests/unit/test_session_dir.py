@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from dbaccess.config import runtime_dir
-from dbaccess.launch.session_dir import PREFIX, SessionDir, stale_sessions, start_time
+from dbaccess.client.config import runtime_dir
+from dbaccess.client.session.directory import PREFIX, SessionDir, stale_sessions, start_time
 
 
 def leftover(session: str, owner: dict[str, object]) -> None:

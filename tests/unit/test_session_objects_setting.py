@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dbaccess.broker.engines.postgres_bootstrap import render
+from dbaccess.broker.engines.postgres.bootstrap import render
 from dbaccess.broker.settings import TargetSection
 
 

@@ -120,7 +120,8 @@ def test_provisioner_password_comes_from_env_at_use_time(
 
 
 def test_the_owner_the_prefix_check_knows_is_the_bootstraps() -> None:
-    from dbaccess.broker.engines import mariadb_bootstrap, postgres_bootstrap
+    from dbaccess.broker.engines.mariadb import bootstrap as mariadb_bootstrap
+    from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
     from dbaccess.broker.settings import FUNCTIONS_OWNER
 
     assert postgres_bootstrap.OWNER == FUNCTIONS_OWNER

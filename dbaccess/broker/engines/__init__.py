@@ -9,11 +9,11 @@ from dbaccess.broker.settings import TargetSection
 def engine_for(name: str, target: TargetSection) -> Engine:
     """Build the engine named by a target's ``engine`` key (imported lazily)."""
     if target.engine == "postgres":
-        from dbaccess.broker.engines.postgres import PostgresEngine
+        from dbaccess.broker.engines.postgres.engine import PostgresEngine
 
         return PostgresEngine(name, target)
     if target.engine == "mariadb":
-        from dbaccess.broker.engines.mariadb import MariaDBEngine
+        from dbaccess.broker.engines.mariadb.engine import MariaDBEngine
 
         return MariaDBEngine(name, target)
     raise ValueError(f"unknown engine {target.engine!r}")  # settings validation prevents this

@@ -1,0 +1,57 @@
+"""PostgreSQL clients: credentials through a 0600 passfile named by ``PGPASSFILE``.
+
+libpq ignores a passfile that is group- or world-readable, and psql re-reads it on ``\\c``;
+a password in a conninfo string would be visible to every user in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dbaccess.client.dbclients.programs import find_program
+from dbaccess.client.session.directory import SessionDir
+
+if TYPE_CHECKING:
+    from dbaccess.client.session.launch import Granted
+
+
+def find_psql() -> str:
+    """The real psql binary: Debian's /usr/bin/psql is a Perl wrapper that costs ~30 ms."""
+    override = os.environ.get("DBACCESS_PSQL")
+    if override:
+        return find_program(override, other="correct DBACCESS_PSQL")
+    found = find_program("psql", other="set DBACCESS_PSQL to its path")
+    if os.path.realpath(found).endswith("pg_wrapper"):
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
+                          key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+        if versions:
+            return str(versions[-1])
+    return found
+
+
+def _passfile_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def prepare(granted: Granted, directory: SessionDir, client: str,
+            args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for a PostgreSQL client; the password only in the passfile."""
+    line = ":".join(
+        _passfile_field(v)
+        for v in (granted.host, str(granted.port), granted.database, granted.db_user,
+                  granted.password.get_secret_value())
+    )
+    passfile = directory.write_file("pgpass", line + "\n")
+    env = {
+        "PGHOST": granted.host,
+        "PGPORT": str(granted.port),
+        "PGUSER": granted.db_user,
+        "PGDATABASE": granted.database,
+        "PGPASSFILE": str(passfile),
+        "PGAPPNAME": "dbaccess",
+    }
+    if granted.sslmode:
+        env["PGSSLMODE"] = granted.sslmode
+    return [client, *args], env

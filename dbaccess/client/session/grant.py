@@ -1,0 +1,195 @@
+"""Getting a granted session from the broker: directly, after approval, or by breaking
+the glass. No terminal code here: the CLI passes in how to ask and how to show waiting.
+
+Approval flow: ``POST /v1/sessions`` answers 202 with a pending request when the rule
+needs approvers. With ``wait`` the request is polled until it is approved (then redeemed
+with ``request_id``), denied or expired; without, ApprovalPending carries its id, so a
+script can exit with the 'approval pending' code and come back with ``--request ID``.
+Ctrl-C while waiting leaves the request open and says how to resume (``--request ID``,
+which waits again while it is pending) or withdraw it; asking again without ``--request``
+gets the same open request back from the broker, not a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pydantic import ValidationError
+
+from dbaccess.client.broker_api import BrokerClient
+from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, ExitCode, UsageError
+from dbaccess.timestamps import human as human_time
+from dbaccess.wire import BreakglassCreate, RequestInfo, SessionCreate, SessionGranted
+
+POLL_SECONDS = 2.0
+
+
+class WaitStopped(DbaccessError):
+    """Ctrl-C while waiting for approvers. Exits 130 like any interrupted command — the
+    person chose to stop — but names the request, which stays open, and the commands to
+    resume or withdraw it. (Scripts that want 'pending' as a result use --no-wait: 6.)"""
+
+    exit_code = ExitCode.INTERRUPTED
+    code = "interrupted"
+
+
+@contextmanager
+def _quietly(_: RequestInfo) -> Iterator[None]:
+    yield
+
+
+@dataclass(frozen=True)
+class Ask:
+    """How to talk to the person, when there is one. ``reason`` is None without a
+    terminal (or with --no-input): then nothing is asked and a missing answer is an error."""
+
+    reason: Callable[[str], str] | None = None
+    # Wraps the wait for approvers (the CLI shows a spinner); gets the pending request.
+    waiting: Callable[[RequestInfo], AbstractContextManager[None]] = _quietly
+    sleep: Callable[[float], None] = time.sleep
+    poll_seconds: float = POLL_SECONDS
+    # The command the person ran, for the "resume with" hint after Ctrl-C (connect/exec).
+    resume_verb: str = "connect"
+
+
+@dataclass(frozen=True)
+class Want:
+    """What to ask the broker for."""
+
+    target: str
+    role: str
+    duration: timedelta | None = None
+    reason: str | None = None
+    ticket: str | None = None
+    request_id: str | None = None  # redeem this approved request
+    wait: bool = True  # wait for approvers (False: --no-wait)
+    breakglass: BreakglassCreate | None = None
+
+
+def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
+    if want.breakglass is not None:
+        return api.breakglass(want.breakglass)
+    reason = want.reason
+    while True:
+        body = _session_create(
+            target=want.target,
+            role=want.role,
+            duration_seconds=int(want.duration.total_seconds()) if want.duration else None,
+            reason=reason,
+            ticket=want.ticket,
+            request_id=want.request_id,
+        )
+        try:
+            outcome = api.create_session(body)
+        except DeniedError as exc:
+            if exc.broker_code == "reason_required" and ask.reason is not None and not reason:
+                reason = ask.reason(exc.message)
+                if reason.strip():
+                    continue
+            if exc.broker_code == "request_pending" and want.request_id:
+                # --request names a request still waiting: wait for it (resuming after
+                # Ctrl-C), or with --no-wait say it is pending.
+                outcome = api.get_request(want.request_id)
+                want = once_approved(api, outcome, want, ask)
+                continue
+            raise
+        if isinstance(outcome, SessionGranted):
+            return outcome
+        want = once_approved(api, outcome, want, ask)
+        reason = None
+
+
+def _session_create(**fields: object) -> SessionCreate:
+    """The request body, or — for values the broker would refuse (too long...) — the
+    UsageError its 422 answer would give, without asking it."""
+    try:
+        return SessionCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise UsageError(
+            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                      for e in exc.errors())
+        ) from None
+
+
+def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask) -> Want:
+    """After the broker opened ``request``: wait for its approval and return what redeems
+    it — or, without ``want.wait``, raise ApprovalPending naming it. A request already
+    approved (an open one the broker handed back) is redeemed at once."""
+    if request.state == "approved":
+        return Want(target=want.target, role=want.role, request_id=request.id, wait=False)
+    if not want.wait:
+        raise ApprovalPending(
+            f"request {request.id} waits for {request.approvals_required} approval(s) "
+            f"from {', '.join(request.approver_groups)}",
+            hint=f"once approved: dbaccess connect {want.target} --role {want.role} "
+            f"--request {request.id}",
+        )
+    approved = wait_for_approval(api, request, ask)
+    return Want(target=want.target, role=want.role, request_id=approved.id, wait=False)
+
+
+def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> RequestInfo:
+    """Poll until the request is approved; denial and expiry are errors. Ctrl-C leaves
+    the request pending (it expires by itself) and raises WaitStopped naming it."""
+    try:
+        with ask.waiting(request):
+            while request.state == "pending":
+                ask.sleep(ask.poll_seconds)
+                request = api.get_request(request.id)
+    except KeyboardInterrupt:
+        raise WaitStopped(
+            f"stopped waiting; request {request.id} stays pending (until "
+            f"{human_time(request.expires_at)}) — approvers can still approve it",
+            hint=f"resume: dbaccess {ask.resume_verb} {request.target} --role {request.role} "
+            f"--request {request.id}{' -- ...' if ask.resume_verb == 'exec' else ''}; "
+            f"or withdraw it: dbaccess withdraw {request.id}",
+        ) from None
+    if request.state == "approved":
+        return request
+    if request.state == "denied":
+        raise DeniedError(
+            f"request {request.id} was denied by {request.denied_by}: {request.deny_reason}",
+            hint="talk to the approver, then ask again",
+        )
+    if request.state == "expired":
+        raise DeniedError(
+            f"request {request.id} expired before it was approved",
+            hint=f"ask again: dbaccess connect {request.target} --role {request.role}",
+        )
+    if request.state == "withdrawn":
+        raise DeniedError(
+            f"request {request.id} was withdrawn",
+            hint=f"ask again: dbaccess connect {request.target} --role {request.role} "
+            "--reason ...",
+        )
+    raise DbaccessError(f"request {request.id} is {request.state}")
+
+
+def choose_breakglass_target(
+    api: BrokerClient,
+    preferred: str | None,
+    choose: Callable[[list[str]], str] | None,
+) -> str:
+    """The target of a break-glass session: the one named (flag or profile), else the
+    policy's only one, else ask — or, without a terminal, fail listing the choices."""
+    if preferred:
+        return preferred
+    policy = api.breakglass_policy()
+    if not policy.allowed:
+        raise DeniedError(
+            "you may not break the glass on this broker",
+            hint="break-glass is for the on-call groups of the broker's policy",
+        )
+    choices = sorted(policy.targets)
+    if len(choices) == 1:
+        return choices[0]
+    if choose is None:
+        raise UsageError(
+            f"break-glass covers several targets: {', '.join(choices)}",
+            hint=f"name one: dbaccess breakglass {choices[0]} --incident ...",
+        )
+    return choose(choices)

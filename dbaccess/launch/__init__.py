@@ -1,1 +1,0 @@
-"""Launching native clients with a session's credentials, and cleaning up after them."""
