@@ -282,7 +282,7 @@ def mariadb_settings(settings: Settings, config: str) -> tuple[list[Problem], li
 # --- read-only templates hold only reading grants --------------------------------------
 # A session may lift read_only (SET default_transaction_read_only = off; MariaDB has no
 # such setting) and its statement timeout (SET statement_timeout = 0; SET SESSION
-# max_statement_time = 0): measured in tests/broker/test_session_limits.py. So what a
+# max_statement_time = 0): measured in tests/broker/engines/test_session_limits.py. So what a
 # read-only template's group role is granted is all that keeps its sessions from writing.
 
 # MariaDB privileges that do not write (EXECUTE runs routines whose definer decides).

@@ -120,7 +120,7 @@ def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> Non
 def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(stack: Stack,
                                                                     config: Path) -> None:
     """A bootstrap older than dbaccess.revoke_users: the broker revokes one user per call
-    there (tests/broker/test_postgres_revoke_batch.py); check-config asks for the bootstrap
+    there (tests/broker/engines/postgres/test_revoke_batch.py); check-config asks for the bootstrap
     that lets an expiry storm go in batches."""
     from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
     from dbaccess.broker.settings import load_settings

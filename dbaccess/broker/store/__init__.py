@@ -1577,7 +1577,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: every commit syncs the WAL before it returns. With NORMAL (WAL's usual
     # companion) a power cut loses the last commits: a lease and its audit records gone
-    # while the person holds the password (tests/broker/test_store_durability.py shows it
+    # while the person holds the password (tests/broker/store/test_durability.py shows it
     # on a real ext4; the cost is in bench/issuance.py's figures, docs/broker.md).
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")

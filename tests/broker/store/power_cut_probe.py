@@ -2,7 +2,7 @@
 store's disk mid-issuance (a real ext4 on a loop device, shut down with EXT4_IOC_SHUTDOWN
 and NOLOGFLUSH) and check that no handed-out password lacks its lease and grant on disk.
 
-    python -m pytest tests/broker/power_cut_probe.py   (as root; needs mkfs.ext4)
+    python -m pytest tests/broker/store/power_cut_probe.py   (as root; needs mkfs.ext4)
 
 Out of the suite because it is not reliable yet: over a dozen runs it failed about half
 the time, in three ways (a 201 whose lease the device still holds as `creating`; a user on

@@ -1,6 +1,6 @@
 """Telling access tokens from ID tokens, and reading the verified-email flag, for the
 providers the broker meets (issue 12, point 10). The real provider's tokens go through
-the broker in tests/broker/test_token_kinds.py; these are the other providers' shapes."""
+the broker in tests/broker/api/test_token_kinds.py; these are the other providers' shapes."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "broker.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "broker.md"
 
 
 def documented_sql() -> tuple[list[str], list[str]]:
