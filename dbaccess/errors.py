@@ -84,17 +84,6 @@ def with_profile(text: str, profile: str | None) -> str:
     return _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", text)
 
 
-def hint_profile(flag: str | None) -> str | None:
-    """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE
-    > config.toml's current), when a bare ``dbaccess`` would pick another — then the
-    hint's command is right to copy. Shared by both exec paths and every command."""
-    from dbaccess.client.config import ProfileFile, profile_name
-
-    try:
-        active = profile_name(flag)
-        return None if active == ProfileFile.load().current else active
-    except DbaccessError:
-        return None  # an unreadable config.toml is reported on its own
 
 
 class UsageError(DbaccessError):

@@ -173,6 +173,6 @@ def test_wheel_has_the_package_data_and_the_broker_shim(tmp_path: Path) -> None:
     assert "dbaccess/broker/store/migrations/script.py.mako" in names
     assert not [n for n in names if n.startswith("tests/")]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "dbaccess-broker = dbaccess.cli.entry:broker_main" in scripts
+    assert "dbaccess-broker = dbaccess.broker.entry:broker_main" in scripts
     assert "dbaccess = dbaccess.cli.entry:main" in scripts
     assert "License-Expression: Apache-2.0" in info

@@ -1,3 +1,3 @@
-from dbaccess.cli.entry import broker_main
+from dbaccess.broker.entry import broker_main
 
 broker_main()

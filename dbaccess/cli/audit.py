@@ -39,8 +39,9 @@ def audit(
     from datetime import datetime
 
     from dbaccess.cli.output import emit_json, shown
+    from dbaccess.client.config import hint_profile
     from dbaccess.client.context import logged_in
-    from dbaccess.errors import UsageError, hint_profile, with_profile
+    from dbaccess.errors import UsageError, with_profile
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj

@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbaccess.errors import BrokerError, DbaccessError, ExitCode, hint_profile
+from dbaccess.errors import BrokerError, DbaccessError, ExitCode
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
@@ -431,6 +431,8 @@ def _warn(text: str) -> None:
 def _report(exc: DbaccessError, found: Invocation) -> None:
     """As the full CLI: error/hint lines on stderr, or the JSON envelope — on stderr too,
     since stdout is the command's — with the commands in them naming the profile."""
+    from dbaccess.client.config import hint_profile
+
     exc.name_profile(hint_profile(found.profile))
     if found.json:
         _envelope({"error": exc.to_json()})

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from dbaccess.errors import DbaccessError, hint_profile, with_profile
+from dbaccess.client.config import hint_profile
+from dbaccess.errors import DbaccessError, with_profile
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -93,7 +93,8 @@ def renew(
         )
     g.data(info.model_dump(mode="json"), human)
     if not info.changed:  # the next command is a message, not part of the result
-        from dbaccess.errors import hint_profile, with_profile
+        from dbaccess.client.config import hint_profile
+        from dbaccess.errors import with_profile
 
         asked = f" --duration {duration}" if duration else ""
         hint = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbaccess.errors import ConfigError, NotFoundError, UsageError
+from dbaccess.errors import ConfigError, DbaccessError, NotFoundError, UsageError
 
 DEFAULT_PROFILE = "default"
 
@@ -332,3 +332,13 @@ def chosen_clients(profile: str, flag: str | None = None) -> dict[str, str]:
     if flag:
         chosen = {engine: flag for engine in CLIENT_ENV}
     return chosen
+
+def hint_profile(flag: str | None) -> str | None:
+    """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE
+    > config.toml's current), when a bare ``dbaccess`` would pick another — then the
+    hint's command is right to copy. Shared by both exec paths and every command."""
+    try:
+        active = profile_name(flag)
+        return None if active == ProfileFile.load().current else active
+    except DbaccessError:
+        return None  # an unreadable config.toml is reported on its own
