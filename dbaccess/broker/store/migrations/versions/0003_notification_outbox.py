@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dbaccess.broker.store import UTCDateTime
+from dbaccess.broker.store.migrations.types import UTCDateTime
 
 revision = "0003"
 down_revision = "0002"

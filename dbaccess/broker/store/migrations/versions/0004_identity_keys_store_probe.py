@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dbaccess.broker.store import UTCDateTime
+from dbaccess.broker.store.migrations.types import UTCDateTime
 
 revision = "0004"
 down_revision = "0003"
