@@ -110,7 +110,7 @@ class BrokerSection(_Section):
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("the store must be SQLite or PostgreSQL")
         if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
-            # the store's hot statements use psycopg's parameter style (store._DriverSql)
+            # the store's hot statements use psycopg's parameter style (store/driver_sql.py)
             raise ValueError("a PostgreSQL store goes through psycopg: postgresql+psycopg://...")
         return value
 

@@ -1,4 +1,5 @@
-"""Checking and exporting the hash-chained audit trail.
+"""The hash-chained audit trail, all of it: appending records (in the transaction of the
+change they describe), reading them, checking the chain and exporting it.
 
 Each record stores the hash of the previous one and its own hash over (previous hash,
 time, event, subject, lease, detail). Editing a record breaks its own hash; deleting or
@@ -8,14 +9,167 @@ shorter, valid chain: compare the count with an earlier export to catch that.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from dbaccess.broker.store import GENESIS, Store, _record_hash, audit
+from dbaccess.broker.store.database import Database
+from dbaccess.broker.store.driver_sql import driver_cursor
+from dbaccess.broker.store.rows import AuditRecord
+from dbaccess.broker.store.schema import audit
+from dbaccess.timestamps import json_default
+
+GENESIS = "0" * 64  # the "previous hash" of the first audit record
+
+
+def record_hash(
+    prev_hash: str, at: datetime, event: str, subject: str | None, lease_id: str | None, detail: str
+) -> str:
+    body = json.dumps(
+        [prev_hash, at.isoformat(), event, subject, lease_id, detail], separators=(",", ":")
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class AuditTrail(Database):
+    """The audit trail's appends and reads."""
+
+    def _append_audit(
+        self,
+        conn: Connection,
+        now: datetime,
+        event: str,
+        subject: str | None,
+        lease_id: str | None,
+        detail: dict[str, Any],
+    ) -> None:
+        cursor = driver_cursor(conn)
+        cursor.execute(self._sql.last_hash)
+        last = cursor.fetchone()
+        prev = last[0] if last else GENESIS
+        text = json.dumps(detail, sort_keys=True, default=json_default)
+        cursor.execute(
+            self._sql.audit_insert,
+            {
+                "at": self._sql.time(now),
+                "event": event,
+                "subject": subject,
+                "lease_id": lease_id,
+                "detail": text,
+                "prev_hash": prev,
+                "hash": record_hash(prev, now, event, subject, lease_id, text),
+            },
+        )
+
+    def _append_audits(
+        self,
+        conn: Connection,
+        now: datetime,
+        records: list[tuple[str, str | None, str | None, dict[str, Any]]],
+    ) -> None:
+        """``_append_audit`` for many records: the chain's last hash is read once and the
+        rows go in with one executemany."""
+        if not records:
+            return
+        cursor = driver_cursor(conn)
+        cursor.execute(self._sql.last_hash)
+        last = cursor.fetchone()
+        prev = last[0] if last else GENESIS
+        at = self._sql.time(now)
+        rows = []
+        for event, subject, lease_id, detail in records:
+            text = json.dumps(detail, sort_keys=True, default=json_default)
+            digest = record_hash(prev, now, event, subject, lease_id, text)
+            rows.append({"at": at, "event": event, "subject": subject, "lease_id": lease_id,
+                         "detail": text, "prev_hash": prev, "hash": digest})
+            prev = digest
+        cursor.executemany(self._sql.audit_insert, rows)
+
+    def record(
+        self,
+        now: datetime,
+        event: str,
+        subject: str | None,
+        detail: dict[str, Any],
+        lease_id: str | None = None,
+    ) -> None:
+        """An audit record that changes no lease (e.g. a denial)."""
+        with self._write() as conn:
+            self._append_audit(conn, now, event, subject, lease_id, detail)
+
+    def audit_records(
+        self,
+        lease_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        subject: str | None = None,
+        subjects: Iterable[str] | None = None,
+        event: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditRecord]:
+        query = sa.select(audit).order_by(audit.c.seq)
+        if lease_id is not None:
+            query = query.where(audit.c.lease_id == lease_id)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        if subject is not None:
+            query = query.where(audit.c.subject == subject)
+        if subjects is not None:
+            query = query.where(audit.c.subject.in_(sorted(subjects)))
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)}) for row in rows]
+
+    def audit_page(
+        self,
+        *,
+        limit: int,
+        before: int | None = None,
+        since: datetime | None = None,
+        subjects: Iterable[str] | None = None,
+        event: str | None = None,
+        target: str | None = None,
+    ) -> tuple[list[AuditRecord], int | None]:
+        """The newest ``limit`` records older than seq ``before`` that pass every filter,
+        newest first, and the seq to continue before (None: nothing older matches). Every
+        filter is in the query, before the LIMIT: a filter applied to a page afterwards
+        would show too few records, or none, while older ones match."""
+        query = sa.select(audit).order_by(audit.c.seq.desc()).limit(limit + 1)
+        if before is not None:
+            query = query.where(audit.c.seq < before)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        if subjects is not None:
+            query = query.where(audit.c.subject.in_(sorted(subjects)))
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if target is not None:
+            query = query.where(self._detail_text("target") == target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        records = [
+            AuditRecord(**{**row._mapping, "detail": json.loads(row.detail)})
+            for row in rows[:limit]
+        ]
+        more = len(rows) > limit and bool(records)
+        return records, (records[-1].seq if more else None)
+
+    def _detail_text(self, key: str) -> Any:
+        """The text of ``detail``'s top-level ``key`` (SQL NULL when absent), in SQL."""
+        if self.dialect == "postgresql":
+            return sa.func.json_extract_path_text(sa.cast(audit.c.detail, sa.JSON), key)
+        return sa.func.json_extract(audit.c.detail, f"$.{key}")
+
 
 
 @dataclass(frozen=True)
@@ -41,7 +195,7 @@ class Verdict:
         return self.first_bad is None
 
 
-def raw_records(store: Store, since: datetime | None = None) -> Iterator[RawRecord]:
+def raw_records(store: Database, since: datetime | None = None) -> Iterator[RawRecord]:
     query = sa.select(audit).order_by(audit.c.seq)
     if since is not None:
         query = query.where(audit.c.at >= since)
@@ -63,7 +217,7 @@ def verify(records: Iterable[RawRecord]) -> Verdict:
                 "does not link to the record before it "
                 "(a record was deleted, inserted or reordered)",
             )
-        recomputed = _record_hash(
+        recomputed = record_hash(
             record.prev_hash,
             record.at,
             record.event,

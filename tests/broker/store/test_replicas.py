@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from dbaccess.broker.store import Store, _record_hash
+from dbaccess.broker.store import Store, record_hash
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.processes import free_port, wait_until
 from dbaccess.sandbox.stack import Stack
@@ -79,7 +79,7 @@ def test_each_lease_is_revoked_exactly_once(replicas: tuple[Stack, str]) -> None
 
     for record in records:
         detail = json.dumps(record.detail, sort_keys=True, default=str)
-        assert record.hash == _record_hash(record.prev_hash, record.at, record.event,
+        assert record.hash == record_hash(record.prev_hash, record.at, record.event,
                                            record.subject, record.lease_id, detail)
 
 

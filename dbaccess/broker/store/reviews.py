@@ -1,0 +1,60 @@
+"""Post-incident reviews of break-glass leases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from dbaccess.broker.store.leasing import Leasing
+from dbaccess.broker.store.rows import Conflict, Lease
+from dbaccess.broker.store.schema import leases
+
+
+class Reviews(Leasing):
+    """Break-glass reviews."""
+
+    def open_reviews(self) -> list[Lease]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(leases)
+                .where(leases.c.review_state == "open")
+                .order_by(leases.c.created_at)
+            ).all()
+        return [Lease(**row._mapping) for row in rows]
+
+    def close_review(
+        self, lease_id: str, by: str, note: str, now: datetime, origin: dict[str, Any]
+    ) -> Lease:
+        with self._write() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
+            if row is None or row.kind != "breakglass":
+                raise LookupError(lease_id)
+            if row.review_state != "open":
+                raise Conflict(f"the review of {lease_id} was closed by {row.reviewed_by}")
+            if by == row.subject:
+                raise Conflict("the user who broke the glass cannot close its review")
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == lease_id)
+                .values(review_state="closed", reviewed_by=by, reviewed_at=now, review_note=note)
+            )
+            self._append_audit(
+                conn,
+                now,
+                "review.closed",
+                by,
+                lease_id,
+                {
+                    "user": row.subject,
+                    "target": row.target,
+                    "incident": row.incident,
+                    "drill": row.drill,
+                    "note": note,
+                    **origin,
+                },
+            )
+        lease = self.get(lease_id)
+        assert lease is not None
+        return lease

@@ -1,0 +1,154 @@
+"""Tables of the broker's state (SQLAlchemy Core; Alembic's ``target_metadata``) and
+the one column type they share."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Store naive UTC, hand back aware UTC (SQLite keeps no time zone)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(255), nullable=False, index=True),
+    sa.Column("email", sa.String(255)),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("engine", sa.String(16), nullable=False),
+    sa.Column("db_user", sa.String(64), nullable=False),
+    # creating -> active -> revoking -> revoked; a failed creation goes straight to revoking.
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("rule", sa.String(64)),
+    sa.Column("reason", sa.String(500)),
+    sa.Column("ticket", sa.String(100)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoke_cause", sa.String(32)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("last_error", sa.String(500)),
+    # The replica working on this lease, until claim_expires_at (see Store.claim).
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claim_expires_at", UTCDateTime),
+    # "session", or "breakglass" (incident set, statements logged, reviewed afterwards).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="session"),
+    sa.Column("incident", sa.String(100)),
+    sa.Column("drill", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("request_id", sa.String(36)),
+    sa.Column("user_agent", sa.String(255)),
+    # Break-glass only: open -> closed, by someone other than the subject.
+    sa.Column("review_state", sa.String(16), index=True),
+    sa.Column("reviewed_by", sa.String(255)),
+    sa.Column("reviewed_at", UTCDateTime),
+    sa.Column("review_note", sa.String(2000)),
+)
+
+
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("subject", sa.String(255), nullable=False, index=True),
+    sa.Column("email", sa.String(255)),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("duration_seconds", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("ticket", sa.String(100)),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("approvals_required", sa.Integer, nullable=False),
+    sa.Column("approver_groups", sa.Text, nullable=False),  # JSON list
+    # pending -> approved -> used; or denied / expired / withdrawn (by the requester)
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("approvals", sa.Text, nullable=False, server_default="[]"),  # JSON [{by, at}]
+    sa.Column("denied_by", sa.String(255)),
+    sa.Column("deny_reason", sa.String(500)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("decided_at", UTCDateTime),
+    sa.Column("lease_id", sa.String(36)),
+)
+
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(255)),
+    sa.Column("lease_id", sa.String(36), index=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+
+# The webhook outbox: an event is stored (once per webhook) before it is sent, so a crash
+# or restart delays a break-glass notification but does not lose it. Webhooks are named by
+# the SHA-256 of their URL: Slack-style URLs carry a token that must not land in the store.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    # pending -> delivered, or failed after the last attempt
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claim_expires_at", UTCDateTime),
+    sa.Column("settled_at", UTCDateTime),
+)
+
+
+# The identity provider's last good key set (JWKS), one row per issuer: a restarted broker
+# verifies tokens with it while the provider is unreachable (see ``broker/keys.py``).
+identity_keys = sa.Table(
+    "identity_keys",
+    metadata,
+    sa.Column("issuer", sa.String(500), primary_key=True),
+    sa.Column("jwks_uri", sa.String(500), nullable=False),
+    sa.Column("jwks", sa.Text, nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+
+# One row that ``/healthz`` rewrites: only a committed write proves the store can record
+# a lease now (a failing or full disk may still answer reads).
+store_probe = sa.Table(
+    "store_probe",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+
+LIVE_STATES = ("creating", "active", "revoking")
