@@ -1,6 +1,21 @@
-"""The one error type the broker's services raise for the API to answer."""
+"""The one error type the broker's services raise for the API to answer, and the handlers
+that turn every failure into the error envelope ``{"error": {code, message, hint}}`` — a
+validation error, a missing route, a failing store, the broker's own set-up, or a bug."""
 
 from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dbaccess.broker.api import body_limit
+from dbaccess.broker.store import StoreUnavailable
+from dbaccess.errors import DbaccessError
+
+log = logging.getLogger("dbaccess.broker")
 
 
 class ApiError(Exception):
@@ -9,3 +24,71 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.hint = status, code, message, hint
+
+
+def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "hint": hint}}, status_code=status
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every failure answers with the envelope the CLI shows (message and hint)."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(DbaccessError)
+    async def _cannot_serve(_: Request, exc: DbaccessError) -> JSONResponse:
+        # The broker's own set-up failed (e.g. a provisioner password that is not where the
+        # config says): the request was fine, the broker cannot serve it now. The envelope,
+        # not a plain-text 500; the operator finds the same words in the log.
+        log.error("cannot serve a request", extra={"error": exc.message})
+        return error_response(503, "broker_unavailable", exc.message, exc.hint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # No route matched (e.g. an id with a "/" in it): the envelope, not FastAPI's bare
+        # {"detail"}, so the CLI can say more than "the broker answered 404".
+        if exc.status_code == 404:
+            return error_response(
+                404,
+                "not_found",
+                f"there is nothing at {request.method} {request.url.path}",
+                "ids are hex digits and dashes: dbaccess sessions / dbaccess requests list them",
+            )
+        if exc.status_code == 413:
+            return error_response(413, "request_too_large", str(exc.detail), body_limit.HINT)
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_failed(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Nothing was recorded, so nothing was handed out (a password leaves only after
+        # its lease and audit records are on disk).
+        return error_response(
+            503,
+            "store_unavailable",
+            str(exc),
+            "nothing was recorded or handed out; try again in a minute. Operators: "
+            "GET /healthz shows the store's state (a full or failing disk, a store server "
+            "that is down)",
+        )
+
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        # Anything else: still the envelope (the CLI shows message and hint), never a bare
+        # "Internal Server Error". Starlette logs the traceback after this answer.
+        return error_response(
+            500,
+            "internal_error",
+            f"the broker failed on {request.method} {request.url.path} ({type(exc).__name__})",
+            "try again; if it keeps failing, the broker's log has the details",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        return error_response(422, "invalid_request", "; ".join(parts))

@@ -1,0 +1,78 @@
+"""What the routes depend on, as FastAPI dependencies: the services (``ServiceDep``), the
+caller (``PrincipalDep``: a verified bearer token) and where the call came from
+(``OriginDep``). ``create_app`` puts the service and the token verifier on ``app.state``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi import Path as InPath
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dbaccess.broker.api.errors import ApiError
+from dbaccess.broker.identity import IdentityUnavailable, InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.services.sessions import Origin, SessionService
+from dbaccess.wire import SessionGranted
+
+_bearer = HTTPBearer(auto_error=False)
+
+# A session or request id, or a prefix of one (services/ids.py): at most a whole UUID.
+AnId = Annotated[str, InPath(max_length=36)]
+
+
+def service(request: Request) -> SessionService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def verifier(request: Request) -> TokenVerifier:
+    return request.app.state.verifier  # type: ignore[no-any-return]
+
+
+async def principal(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> Principal:
+    # async, so a token seen before costs no thread hop; a new one is verified in the
+    # thread pool, since fetching the issuer's keys is blocking I/O.
+    if credentials is None:
+        raise ApiError(401, "not_logged_in", "this call needs a bearer token", "dbaccess login")
+    tokens = verifier(request)
+    known = tokens.cached(credentials.credentials)
+    if known is not None:
+        return known
+    try:
+        return await run_in_threadpool(tokens.verify, credentials.credentials)
+    except InvalidToken as exc:
+        raise ApiError(401, "invalid_token", str(exc), "dbaccess login") from None
+    except IdentityUnavailable as exc:
+        # Not "log in again": the login needs the same provider.
+        raise ApiError(
+            503,
+            "identity_provider_unreachable",
+            str(exc),
+            "your login is not the problem; try again in a minute. Operators: check "
+            "that the broker reaches the identity provider (GET /healthz shows it)",
+        ) from None
+
+
+def origin(request: Request) -> Origin:
+    return Origin(
+        source=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:255] or None,
+    )
+
+
+ServiceDep = Annotated[SessionService, Depends(service)]
+VerifierDep = Annotated[TokenVerifier, Depends(verifier)]
+PrincipalDep = Annotated[Principal, Depends(principal)]
+OriginDep = Annotated[Origin, Depends(origin)]
+
+
+def granted(session: SessionGranted) -> JSONResponse:
+    # Serialised by hand so the password is revealed only in this response body.
+    return JSONResponse(
+        session.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"}
+    )

@@ -1,0 +1,43 @@
+"""Break-glass routes: the caller's policy, opening a session, and the post-incident
+reviews of break-glass sessions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep, granted
+from dbaccess.wire import (
+    BreakglassCreate,
+    BreakglassPolicy,
+    ReviewClose,
+    ReviewInfo,
+    SessionGranted,
+)
+
+router = APIRouter()
+
+
+@router.get("/v1/breakglass", response_model=BreakglassPolicy)
+def breakglass_policy(service: ServiceDep, who: PrincipalDep) -> BreakglassPolicy:
+    return service.breakglass.policy_for(who)
+
+
+@router.post("/v1/breakglass", status_code=201, responses={201: {"model": SessionGranted}})
+def breakglass(
+    body: BreakglassCreate, service: ServiceDep, who: PrincipalDep, origin: OriginDep
+) -> JSONResponse:
+    return granted(service.breakglass.open(who, body, origin))
+
+
+@router.get("/v1/reviews", response_model=list[ReviewInfo])
+def list_reviews(service: ServiceDep, who: PrincipalDep) -> list[ReviewInfo]:
+    return service.breakglass.open_reviews(who)
+
+
+@router.post("/v1/reviews/{session_id}/close", response_model=ReviewInfo)
+def close_review(
+    session_id: AnId, body: ReviewClose, service: ServiceDep, who: PrincipalDep,
+    origin: OriginDep,
+) -> ReviewInfo:
+    return service.breakglass.close_review(who, session_id, body.note, origin)

@@ -1,0 +1,82 @@
+"""Routes about the broker itself and the caller: health, metrics, the public login
+configuration, who am I, and what may I request."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dbaccess import __version__
+from dbaccess.broker.api.deps import PrincipalDep, ServiceDep, VerifierDep
+from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
+from dbaccess.wire import Identity, PublicConfig, TargetAccess
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz(service: ServiceDep, verifier: VerifierDep) -> JSONResponse:
+    # 503 only for the store: without it nothing can be issued or revoked. An
+    # unreachable identity provider is reported but stays 200 — the broker still
+    # serves every token whose key it knows, and revokes on time.
+    failure = service.store.health()
+    store_state = {"status": "ok"} if failure is None else {
+        "status": "failing", "error": failure}
+    return JSONResponse(
+        {
+            "status": "ok" if failure is None else "failing",
+            "store": store_state,
+            "identity": verifier.keys.status(),
+        },
+        status_code=200 if failure is None else 503,
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(service: ServiceDep) -> Response:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/config", response_model=PublicConfig)
+def public_config(request: Request) -> PublicConfig:
+    # The identity the broker started with: its token verifier is built from it.
+    identity = request.app.state.identity
+    return PublicConfig(
+        issuer=identity.issuer,
+        client_id=identity.client_id,
+        scopes=identity.scopes,
+        kind=identity.kind,
+        broker_version=__version__,
+    )
+
+
+@router.get("/v1/me", response_model=Identity)
+def me(who: PrincipalDep) -> Identity:
+    return Identity(
+        subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups)
+    )
+
+
+@router.get("/v1/targets", response_model=list[TargetAccess])
+def list_targets(service: ServiceDep, who: PrincipalDep) -> list[TargetAccess]:
+    current = service.settings
+    return [
+        TargetAccess(
+            target=target,
+            engine=current.targets[target].engine,
+            role=role,
+            max_duration_seconds=int(rule.max_duration.total_seconds()),
+            default_duration_seconds=int(
+                min(
+                    rule.default_duration or DEFAULT_DURATION, rule.max_duration
+                ).total_seconds()
+            ),
+            reason_required=rule.require_reason,
+            ticket_pattern=rule.ticket_pattern,
+            approvals=rule.approvals,
+        )
+        for target, role, rule in entitlements(
+            who, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
+        )
+    ]
