@@ -80,9 +80,7 @@ def serve(
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise UsageError(f"{path}: no such file")
-    settings = load_settings(config)
-    for target in settings.targets.values():
-        target.provisioner.read_password()  # fail at start, not at the first request
+    settings = load_settings(config, read_secrets=True)  # fail at start, not at a request
     if workers > 1:
         import os
 
@@ -125,9 +123,7 @@ def check_config(
     )
     from dbaccess.broker.settings import load_settings
 
-    settings = load_settings(config)
-    for target in settings.targets.values():
-        target.provisioner.read_password()
+    settings = load_settings(config, read_secrets=True)
     for warning in shared_servers(settings):
         typer.echo(f"warning: {config}: {warning}", err=True)
     if not offline:

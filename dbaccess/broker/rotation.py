@@ -9,11 +9,10 @@ last two steps, ``<file>.new`` holds the password in force.
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from datetime import timedelta
 
+from dbaccess.broker.secrets import new_password
 from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import ConfigError, DatabaseError
 
@@ -26,18 +25,15 @@ def rotate(name: str, target: TargetSection) -> None:
             f"${target.provisioner.password_env}; rotation needs password_file",
             hint=f'set provisioner = {{ user = "...", password_file = "{name}.pw" }}',
         )
-    new = secrets.token_urlsafe(32)
-    staged = file.with_name(file.name + ".new")
-    staged.unlink(missing_ok=True)
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new + "\n")
+    secret = target.provisioner.password
+    new = new_password()
+    secret.stage(new)
     try:
         _change_own_password(name, target, new)
     except BaseException:
-        staged.unlink(missing_ok=True)
+        secret.discard_staged()
         raise
-    staged.replace(file)
+    secret.commit_staged()
 
 
 def due(target: TargetSection, every: timedelta) -> bool:

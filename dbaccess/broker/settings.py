@@ -8,7 +8,6 @@ its provisioner password, and the value is read only when a connection needs it.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from datetime import timedelta
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from dbaccess.broker.secrets import SecretRef
 from dbaccess.durations import MAX_SECONDS, parse_duration
 from dbaccess.errors import ConfigError
 
@@ -114,21 +114,21 @@ class BrokerSection(_Section):
             raise ValueError("a PostgreSQL store goes through psycopg: postgresql+psycopg://...")
         return value
 
+    @property
+    def store_password(self) -> SecretRef | None:
+        if self.store_password_env is None and self.store_password_file is None:
+            return None
+        return SecretRef("the store's password", env=self.store_password_env,
+                         file=self.store_password_file)
+
     def store_url(self) -> Any:
         """The store's sqlalchemy URL, with its password read from where the config points."""
         import sqlalchemy as sa
 
         url = sa.make_url(self.store)
-        if self.store_password_env:
-            password = os.environ.get(self.store_password_env)
-            if not password:
-                raise ConfigError(f"environment variable {self.store_password_env} "
-                                  "(the store's password) is not set")
-            url = url.set(password=password)
-        elif self.store_password_file:
-            url = url.set(password=self.store_password_file.read_text().strip())
+        if self.store_password is not None:
+            url = url.set(password=self.store_password.read())
         return url
-
 
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 
@@ -225,36 +225,18 @@ class ProvisionerSection(_Section):
             raise ValueError("set exactly one of password_env or password_file (never inline)")
         return self
 
+    @property
+    def password(self) -> SecretRef:
+        return SecretRef(f"the provisioner password of user {self.user}",
+                         env=self.password_env, file=self.password_file)
+
     def ensure_password(self) -> str:
         """The password, first generating one into a missing ``password_file`` (0600)."""
-        if self.password_file is not None and not self.password_file.exists():
-            import secrets
-
-            self.password_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
-        return self.read_password()
+        return self.password.ensure()
 
     def read_password(self) -> str:
         """Read the provisioner password from where the config points, at use time."""
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if not value:
-                raise ConfigError(
-                    f"environment variable {self.password_env} (the provisioner password "
-                    f"of user {self.user}) is not set",
-                    hint=f"export {self.password_env}=... before starting the broker",
-                )
-            return value
-        assert self.password_file is not None
-        try:
-            return self.password_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read provisioner password file {self.password_file}: {exc.strerror}"
-            ) from None
-
+        return self.password.read()
 
 class RoleTemplate(_Section):
     group_role: Annotated[str, Field(pattern=_SQL_NAME)]
@@ -536,8 +518,10 @@ class _KeyedError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate ``path``; raise ConfigError naming file, key and problem."""
+def load_settings(path: Path, *, read_secrets: bool = False) -> Settings:
+    """Read and validate ``path``; raise ConfigError naming file, key and problem. With
+    ``read_secrets``, also read every provisioner password once, so a broker about to
+    serve fails at start, not at the first request (the values are read again at use)."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -550,7 +534,11 @@ def load_settings(path: Path) -> Settings:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}", hint="fix the key named above") from None
-    return _resolve_paths(settings, path.parent)
+    settings = _resolve_paths(settings, path.parent)
+    if read_secrets:
+        for target in settings.targets.values():
+            target.provisioner.password.read()
+    return settings
 
 
 def _describe(exc: ValidationError) -> str:
@@ -567,6 +555,9 @@ def _describe(exc: ValidationError) -> str:
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     """Relative SQLite and password-file paths are relative to the config file."""
     store = settings.broker.store
+    store_password_file = settings.broker.store_password_file
+    if store_password_file is not None and not store_password_file.is_absolute():
+        store_password_file = (base / store_password_file).resolve()
     prefix = "sqlite:///"
     if store.startswith(prefix) and not store.startswith(prefix + "/") and ":memory:" not in store:
         store = prefix + str((base / store[len(prefix) :]).resolve())
@@ -583,5 +574,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             )
         targets[name] = target
     return settings.model_copy(
-        update={"broker": settings.broker.model_copy(update={"store": store}), "targets": targets}
+        update={
+            "broker": settings.broker.model_copy(
+                update={"store": store, "store_password_file": store_password_file}),
+            "targets": targets,
+        }
     )

@@ -95,19 +95,14 @@ def app_from_env() -> FastAPI:
     workers and retires the old ones only once the new ones are up, so an invalid file
     leaves the running workers (and the running configuration) in place."""
     path = Path(os.environ["DBACCESS_BROKER_CONFIG"])
-    settings = load_settings(path)
-    for target in settings.targets.values():
-        target.provisioner.read_password()
-    return create_app(settings)
+    return create_app(load_settings(path, read_secrets=True))
 
 
 def reload_settings(service: SessionService, path: Path) -> bool:
     """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
     leases stay in the store, and engines of removed targets are kept to revoke them."""
     try:
-        fresh = load_settings(path)
-        for target in fresh.targets.values():
-            target.provisioner.read_password()
+        fresh = load_settings(path, read_secrets=True)
     except DbaccessError as exc:
         log.error(
             "configuration reload refused; keeping the running one",
