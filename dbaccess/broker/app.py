@@ -28,6 +28,7 @@ from dbaccess.broker import body_limit
 from dbaccess.broker.api_errors import ApiError
 from dbaccess.broker.audit_pages import make_cursor, read_cursor
 from dbaccess.broker.body_limit import BodyLimit
+from dbaccess.broker.capacity import log_capacity_warnings
 from dbaccess.broker.checks import log_mariadb_server_problems
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import (
@@ -101,6 +102,7 @@ def create_app(
             reaper.start()
             threading.Thread(target=log_mariadb_server_problems, args=(settings.targets,),
                              name="mariadb-settings-check", daemon=True).start()
+            check_capacity(settings)
         verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:
             service.notifier.start()  # also sends what a previous run left in the outbox
@@ -427,6 +429,13 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
+def check_capacity(settings: Settings) -> None:
+    """Log, in the background, when a server's connection budget does not fit its
+    max_connections (as check-config warns); a server that does not answer delays nothing."""
+    threading.Thread(target=log_capacity_warnings, args=(settings,),
+                     name="capacity-check", daemon=True).start()
+
+
 def reload_settings(service: SessionService, path: Path) -> bool:
     """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
     leases stay in the store, and engines of removed targets are kept to revoke them."""
@@ -448,6 +457,7 @@ def reload_settings(service: SessionService, path: Path) -> bool:
                 previous.close()
     service.settings = fresh
     service.notifier.settings = fresh.notify
+    check_capacity(fresh)  # the caps or the targets may have changed
     log.info(
         "configuration reloaded",
         extra={
