@@ -1,6 +1,7 @@
 """Do the connection caps (``[limits]``) fit the servers? ``check-config`` asks each server
 its max_connections, as the provisioner, and warns when the session users the broker may
-create there could take every connection the server has left for others.
+create there could take every connection the server has left for others; ``serve`` logs
+the same warnings at start-up and after a configuration reload (log_capacity_warnings).
 
 A target's budget is what its session users may open at once — ``connections_per_target``,
 plus ``breakglass_connections_per_target`` where break-glass covers it — and the broker's
@@ -10,6 +11,7 @@ its max_connections, so their budgets are added up.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from dbaccess.broker.settings import Settings, TargetSection
@@ -110,3 +112,18 @@ def capacity_warnings(settings: Settings) -> list[str]:
                 "no connection for anyone else; lower those limits or raise max_connections"
             )
     return warnings
+
+
+def log_capacity_warnings(settings: Settings) -> None:
+    """At broker start-up (and after a reload), in a thread of its own: log what
+    capacity_warnings finds. Only a warning, never a refusal to start: a target that is
+    down, or a budget too large today, must not keep the broker from serving the others."""
+    log = logging.getLogger("dbaccess.broker")
+    try:
+        found = capacity_warnings(settings)
+    except Exception as exc:  # noqa: BLE001 - e.g. a provisioner password gone meanwhile
+        log.warning("connection caps: cannot check them against the servers: %s",
+                    type(exc).__name__)
+        return
+    for warning in found:
+        log.warning("connection caps: %s", warning)

@@ -136,6 +136,9 @@ def _missing_postgres(target: TargetSection, password: str) -> list[str]:
         # an older bootstrap: it reassigns a session's objects to dbaccess_owner
         missing.append("the current dbaccess.revoke_user (an older one hands what a "
                        "session made to dbaccess_owner)")
+    elif "revoke_user" in functions and "lo_unlink" not in functions["revoke_user"][1]:
+        missing.append("the current dbaccess.revoke_user (an older one leaves the large "
+                       "objects a session made after SET ROLE to its group role)")
     return missing
 
 
@@ -428,3 +431,67 @@ def _mariadb_writes(name: str, target: TargetSection,
     finally:
         engine.close()
     return result
+
+
+# --- large objects (PostgreSQL) ---------------------------------------------------------
+# lo_create is no DDL: the event trigger does not see a large object, so a session user
+# can SET ROLE to any role it is a member of and leave one owned by that role (PostgreSQL
+# 15 has no membership without SET ROLE). Revocation of a "drop" template's session
+# unlinks those of its group role; those of a role beyond it are out of its reach.
+
+_PG_LARGE_OBJECTS = """
+SELECT count(*) FROM pg_shdepend d
+ WHERE d.refclassid = 'pg_authid'::regclass
+   AND d.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %(g)s)
+   AND d.classid = 'pg_largeobject'::regclass AND d.deptype = 'o'
+   AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+_PG_BEYOND = """
+SELECT b.rolname::text FROM pg_roles b
+ WHERE b.rolname <> %(g)s AND pg_has_role(%(g)s, b.oid, 'MEMBER') ORDER BY 1
+"""
+
+
+def large_object_warnings(name: str, target: TargetSection) -> list[str]:
+    """PostgreSQL: a warning for each "drop" template's group role that owns large objects
+    (the next revocation of one of its sessions unlinks them, whoever made them), and for
+    each template's group role that is a member of other roles (a session can SET ROLE to
+    them and leave large objects owned by them, which no revocation unlinks)."""
+    if target.engine != "postgres":
+        return []
+    import psycopg
+
+    # as the bootstrap's revoke_user decides: a group any "keep" template uses keeps
+    keep = {r.group_role for r in target.roles.values() if r.session_objects == "keep"}
+    groups = sorted({role.group_role for role in target.roles.values()})
+    try:
+        with psycopg.connect(host=target.host, port=target.port, dbname=target.database,
+                             user=target.provisioner.user,
+                             password=target.provisioner.read_password(),
+                             sslmode=target.sslmode, connect_timeout=5,
+                             application_name="dbaccess-broker check-config") as conn:
+            found: dict[str, tuple[int, list[str]]] = {}
+            for group in groups:
+                row = conn.execute(_PG_LARGE_OBJECTS, {"g": group}).fetchone()
+                found[group] = (int(row[0]) if row else 0,
+                                [str(r[0]) for r in conn.execute(_PG_BEYOND, {"g": group})])
+    except Exception as exc:  # the target answered check_target a moment ago: say, go on
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [f"target '{name}': could not check its group roles' large objects: {line}"]
+    warnings = []
+    for group, (owned, beyond) in found.items():
+        if owned and group not in keep:
+            warnings.append(
+                f"target '{name}': group role {group} owns {owned} large object(s): its "
+                "template's session_objects is \"drop\", so the next revocation of one of "
+                "its sessions unlinks them, whoever made them; give an administrator's large "
+                "objects another owner (docs/broker.md, \"Objects a session user makes\")")
+        if beyond:
+            shown = ", ".join(beyond[:_SHOWN]) + (
+                f" (+{len(beyond) - _SHOWN} more)" if len(beyond) > _SHOWN else "")
+            warnings.append(
+                f"target '{name}': group role {group} is a member of {shown}: a session can "
+                "SET ROLE to them and make large objects owned by them (no DDL: the event "
+                "trigger does not see it), which its revocation does not unlink; grant "
+                f"{group} those roles' privileges instead of the roles (docs/security.md)")
+    return warnings

@@ -117,6 +117,7 @@ def check_config(
     group role can write."""
     from dbaccess.broker.checks import (
         check_target,
+        large_object_warnings,
         mariadb_settings,
         read_only_warnings,
         shared_servers,
@@ -134,7 +135,8 @@ def check_config(
         ]
         for name, target in settings.targets.items():
             if all(problem.target != name for problem in problems):
-                for warning in read_only_warnings(name, target):
+                for warning in [*read_only_warnings(name, target),
+                                *large_object_warnings(name, target)]:
                     typer.echo(f"warning: {config}: {warning}", err=True)
         server_problems, server_warnings = mariadb_settings(settings, str(config))
         for warning in server_warnings:

@@ -18,6 +18,7 @@ from dbaccess import __version__
 from dbaccess.broker.api.body_limit import BodyLimit
 from dbaccess.broker.api.errors import install_handlers
 from dbaccess.broker.api.routes import audit, breakglass, meta, requests, sessions
+from dbaccess.broker.capacity import log_capacity_warnings
 from dbaccess.broker.checks import log_mariadb_server_problems
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import TokenVerifier
@@ -60,6 +61,7 @@ def create_app(
             reaper.start()
             threading.Thread(target=log_mariadb_server_problems, args=(settings.targets,),
                              name="mariadb-settings-check", daemon=True).start()
+            check_capacity(settings)
         verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:
             service.notifier.start()  # also sends what a previous run left in the outbox
@@ -98,6 +100,13 @@ def app_from_env() -> FastAPI:
     return create_app(load_settings(path, read_secrets=True))
 
 
+def check_capacity(settings: Settings) -> None:
+    """Log, in the background, when a server's connection budget does not fit its
+    max_connections (as check-config warns); a server that does not answer delays nothing."""
+    threading.Thread(target=log_capacity_warnings, args=(settings,),
+                     name="capacity-check", daemon=True).start()
+
+
 def reload_settings(service: SessionService, path: Path) -> bool:
     """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
     leases stay in the store, and engines of removed targets are kept to revoke them."""
@@ -117,6 +126,7 @@ def reload_settings(service: SessionService, path: Path) -> bool:
                 previous.close()
     service.settings = fresh
     service.notifier.settings = fresh.notify
+    check_capacity(fresh)  # the caps or the targets may have changed
     log.info(
         "configuration reloaded",
         extra={

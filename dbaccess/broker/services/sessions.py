@@ -483,34 +483,43 @@ class SessionService:
             )
         total = expires_at - lease.created_at
         lifetime = self.settings.targets[lease.target].max_lifetime
-        if total > lifetime:
-            # The database refuses it too (its own bound, from the user's creation): say
-            # so here, not as a database error.
-            raise ApiError(
-                403,
-                "max_lifetime",
-                f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
-                f"{format_duration(total)} long: target '{lease.target}' allows "
-                f"{format_duration(lifetime)} from its start (max_lifetime), however often "
-                "it is renewed",
-                f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
-            )
-        basis = self._renewal_basis(principal, lease, total)
-        if isinstance(basis, _RenewRefusal):
+
+        def deny(code: str, explanation: str, rule: str | None, by: str) -> None:
             self.store.record(
                 now,
                 "session.renew_denied",
                 principal.subject,
                 {
+                    "email": principal.email,
                     "db_user": lease.db_user,
                     "target": lease.target,
+                    "role": lease.role,
                     "requested_until": expires_at,
-                    "explanation": basis.explanation,
-                    "rule": basis.rule,
+                    "code": code,
+                    "explanation": explanation,
+                    "rule": rule,
+                    "refused_by": by,
                     **(origin or Origin()).detail(),
                 },
                 lease_id,
             )
+
+        if total > lifetime:
+            # The database refuses it too (its own bound, from the user's creation): say
+            # so here, not as a database error.
+            explanation = (f"target '{lease.target}' allows {format_duration(lifetime)} "
+                           "from its start (max_lifetime), however often it is renewed")
+            deny("max_lifetime", explanation, None, "broker")
+            raise ApiError(
+                403,
+                "max_lifetime",
+                f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
+                f"{format_duration(total)} long: {explanation}",
+                f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
+            )
+        basis = self._renewal_basis(principal, lease, total)
+        if isinstance(basis, _RenewRefusal):
+            deny(basis.code, basis.explanation, basis.rule, "broker")
             raise ApiError(
                 403,
                 basis.code,
@@ -522,7 +531,9 @@ class SessionService:
             self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineRefused as exc:
             # the database's own bound (creation + max_lifetime) held where the broker's
-            # did not, e.g. its clock runs ahead of the broker's: still the caller's limit
+            # did not, e.g. its clock runs ahead of the broker's: still the caller's limit,
+            # and as much a refusal to account for as the broker's own
+            deny("max_lifetime", str(exc), basis.rule, "database")
             raise ApiError(
                 403,
                 "max_lifetime",

@@ -6,12 +6,18 @@ budget of its own, so a full target does not block an incident."""
 
 from __future__ import annotations
 
+import json
+import re
+import signal
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -20,6 +26,7 @@ from dbaccess.broker.api.app import create_app
 from dbaccess.broker.capacity import capacity_warnings
 from dbaccess.broker.settings import LimitsSection, Settings, TargetLimits, load_settings
 from dbaccess.broker.store import Store
+from dbaccess.sandbox.processes import end_process, free_port, wait_until
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
@@ -183,6 +190,70 @@ def test_check_config_compares_the_budget_with_max_connections(
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert any("on postgres 127.0.0.1:" in w and "210 in all" in w for w in warnings)
     assert "ok (2 target(s), each bootstrapped" in result.stdout
+
+
+def test_serve_logs_a_budget_that_does_not_fit_and_starts_all_the_same(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """``dbaccess-broker serve`` compares each server's budget with its max_connections at
+    start-up (and after a reload), as check-config does, and says so in its log; a server
+    that is down is a warning too, and the broker serves anyway."""
+    # A broker of its own (own store), on the suite's PostgreSQL but in a database with no
+    # bootstrap: its start-up reconciliation finds no dbaccess.managed_users there, so it
+    # cannot revoke the suite's users. Its MariaDB target is a port where nothing listens.
+    with stack.postgres.connect() as admin:
+        admin.execute("DROP DATABASE IF EXISTS caps_probe WITH (FORCE)")
+        admin.execute("CREATE DATABASE caps_probe")
+    text = stack.broker_config.read_text()
+    for old, new in [
+        (f"port = {stack.mariadb.port}\n", f"port = {free_port()}\n"),
+        ('database = "demo"', 'database = "caps_probe"'),
+        ("connections_per_target = 160", "connections_per_target = 180"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    text = re.sub(r"(?m)^store = .*$", f'store = "sqlite:///{tmp_path / "probe.db"}"', text)
+    config, log, port = tmp_path / "probe.toml", tmp_path / "probe.log", free_port()
+    config.write_text(text)
+    with log.open("ab") as out:
+        broker = subprocess.Popen(
+            [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(config),
+             "--port", str(port)],
+            env=stack.broker_env(), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def caps_warnings() -> list[str]:
+        lines = [json.loads(line) for line in log.read_text().splitlines()
+                 if line.startswith("{")]
+        return [line["msg"] for line in lines
+                if line["level"] == "warning" and line["msg"].startswith("connection caps: ")]
+
+    def healthy() -> bool:
+        assert broker.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, what="the probe broker")  # it starts all the same
+        wait_until(lambda: len(caps_warnings()) == 2, timeout=30, what="the caps warnings")
+        [mariadb, postgres] = caps_warnings()
+        assert "could not read max_connections of mariadb 127.0.0.1:" in mariadb
+        assert "targets 'demo' on postgres 127.0.0.1:" in postgres
+        assert "210 in all" in postgres
+        assert "the server allows 197 (max_connections 200, 3 reserved)" in postgres
+        # a reload that changes the caps checks them again
+        config.write_text(text.replace("connections_per_target = 180",
+                                       "connections_per_target = 190"))
+        broker.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("220 in all" in w for w in caps_warnings()), timeout=30,
+                   what="the caps warning after the reload")
+    finally:
+        end_process(broker)
+        with stack.postgres.connect() as admin:
+            admin.execute("DROP DATABASE IF EXISTS caps_probe WITH (FORCE)")
+    # The suite's own broker (caps within its servers) logged no such warning.
+    assert "connection caps: " not in stack.broker_log.read_text()
 
 
 def test_a_role_that_no_cap_admits_is_a_config_error(stack: Stack) -> None:

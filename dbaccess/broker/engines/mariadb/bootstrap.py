@@ -69,8 +69,15 @@ from dbaccess.broker.settings import TargetSection
 SCHEMA = "dbaccess"
 OWNER = "'dbaccess_owner'@'localhost'"
 MAX_USERNAME = 32  # MySQL 8's limit; MariaDB allows 80
-# renew_user's refusal past creation + max_lifetime; the engine tells it from a failure
-LIFETIME_REFUSAL = "beyond the maximum lifetime"
+# renew_user's refusal past creation + max_lifetime, its own condition so that the engine
+# tells it from a failure by number, not by message: SQLSTATE 45D01 (class 45, user-defined;
+# what the mariadb client shows) and MYSQL_ERRNO 30001 (what every PyMySQL gives:
+# exc.args[0]; exc.sqlstate only from PyMySQL 1.2). Measured on 10.11: MYSQL_ERRNO takes
+# 1..65534, and PyMySQL reads it as a signed 16-bit number (65534 arrives as -2), so it stays
+# below 32768, outside MariaDB's own (1000-4999) and the client's (2000-2999) numbers.
+LIFETIME_SQLSTATE = "45D01"
+LIFETIME_ERRNO = 30001
+LIFETIME_REFUSAL = "beyond the maximum lifetime"  # in the message, for people
 # \z, not $: in PCRE (REGEXP) $ also matches just before a trailing newline.
 HASH_PATTERN = r"^\*[0-9A-F]{40}\z"
 AUDIT_PLACEHOLDER = "dbaccess-none"  # keeps server_audit_incl_users from being empty
@@ -256,7 +263,7 @@ BEGIN
     -- However often it is renewed, a user lives at most max_lifetime from its creation.
     IF p_expires > (SELECT created_at FROM {SCHEMA}.managed_users WHERE username = p_user)
             + INTERVAL {max_seconds} SECOND THEN
-        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT =
+        SIGNAL SQLSTATE '{LIFETIME_SQLSTATE}' SET MYSQL_ERRNO = {LIFETIME_ERRNO}, MESSAGE_TEXT =
             'dbaccess: {LIFETIME_REFUSAL} of this user (max_lifetime from its creation)';
     END IF;
     UPDATE {SCHEMA}.managed_users SET expires_at = p_expires WHERE username = p_user;

@@ -26,6 +26,7 @@ from dbaccess.broker.engines.base import (
     revoke_each,
 )
 from dbaccess.broker.engines.mariadb.bootstrap import (
+    LIFETIME_ERRNO,
     LIFETIME_REFUSAL,
     MAX_USERNAME,
     native_password_hash,
@@ -78,7 +79,9 @@ class MariaDBEngine:
     def _call(
         self, what: str, sql: str, args: tuple[object, ...], then: str | None = None
     ) -> list[tuple[object, ...]]:
-        """Run ``sql`` (and ``then``, on the same connection); return the last result."""
+        """Run ``sql`` (and ``then``, on the same connection); return the last result.
+        The bootstrap's lifetime refusal (renew_user past creation + max_lifetime) is an
+        EngineRefused, told by its error number."""
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -94,6 +97,11 @@ class MariaDBEngine:
                 raise TargetUnreachable(
                     f"{what} on '{self.name}' failed: {_message(exc)}"
                 ) from None
+            if code == LIFETIME_ERRNO or (
+                # a bootstrap older than LIFETIME_ERRNO signals 45000 (errno 1644) with it
+                code == 1644 and LIFETIME_REFUSAL in _message(exc)
+            ):
+                raise EngineRefused(_message(exc).removeprefix("dbaccess: ")) from None
             # 1305: no such procedure; 1370: no EXECUTE on it (another target's bootstrap)
             hint = f"; {not_bootstrapped(self.name)}" if code in (1305, 1370) else ""
             raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}{hint}") from None
@@ -121,16 +129,11 @@ class MariaDBEngine:
             )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
-        try:
-            self._call(
-                f"renewing {username}",
-                "CALL dbaccess.renew_user(%s, %s)",
-                (username, _naive_utc(expires_at)),
-            )
-        except EngineError as exc:
-            if LIFETIME_REFUSAL in str(exc):  # the procedure's own bound, not a failure
-                raise EngineRefused(str(exc)) from None
-            raise
+        self._call(
+            f"renewing {username}",
+            "CALL dbaccess.renew_user(%s, %s)",
+            (username, _naive_utc(expires_at)),
+        )
 
     def revoke_user(self, username: str) -> None:
         rows = self._call(

@@ -312,6 +312,17 @@ def _drop_block(name: str, group: str, keeping: str, fail: str, then: str = "") 
                     EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', fn);
                 END LOOP;
                 EXECUTE format('REVOKE %I FROM {OWNER}', {group});
+            ELSIF EXISTS (SELECT 1 FROM pg_shdepend d WHERE {_group_large_objects(group)}) THEN
+                -- "drop": large objects owned by the group role. lo_create is no DDL, so
+                -- the event trigger does not see one made after SET ROLE to the group,
+                -- and DROP OWNED BY the session user does not reach it. No session may
+                -- leave anything owned by a "drop" group: this session's revocation (its
+                -- backends are gone) unlinks whatever the group owns, so none outlives
+                -- the session that made it (check-config warns of the group's own).
+                EXECUTE format('GRANT %I TO {OWNER}', {group});
+                PERFORM lo_unlink(d.objid) FROM pg_shdepend d
+                  WHERE {_group_large_objects(group)};
+                EXECUTE format('REVOKE %I FROM {OWNER}', {group});
             END IF;
             -- "drop" (the default): everything it owns here goes, with its default
             -- privileges and the privileges granted to it. RESTRICT: an object someone
@@ -325,6 +336,16 @@ def _drop_block(name: str, group: str, keeping: str, fail: str, then: str = "") 
                           CASE WHEN detail <> '' THEN ' (' || replace(detail, E'\\n', '; ')
                                || ')' ELSE '' END);
         END;"""
+
+
+def _group_large_objects(group: str) -> str:
+    """pg_shdepend ``d``'s rows of the large objects in this database owned by the role
+    named ``group`` (through the index on the referenced role: no scan of
+    pg_largeobject_metadata, which may hold millions)."""
+    return (f"d.refclassid = 'pg_authid'::regclass AND d.refobjid = (SELECT oid FROM pg_roles "
+            f"WHERE rolname = {group}) AND d.classid = 'pg_largeobject'::regclass "
+            "AND d.deptype = 'o' AND d.dbid = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())")
 
 
 MAX_REVOKE_BATCH = 1000  # names per revoke_users call (the broker sends 50 at most)

@@ -36,15 +36,19 @@ import pytest
 from pymysql.constants import CLIENT
 
 from dbaccess.broker.checks import log_mariadb_server_problems, mariadb_server_problems
+from dbaccess.broker.engines.base import EngineError, EngineRefused
 from dbaccess.broker.engines.mariadb.bootstrap import (
     AUDIT_LOCK,
     AUDIT_PLACEHOLDER,
     EVENT_SCHEDULER_OFF,
+    LIFETIME_ERRNO,
+    LIFETIME_SQLSTATE,
     QUERY_LOG_LIMIT_MAX,
     apply,
     native_password_hash,
 )
 from dbaccess.broker.engines.mariadb.bootstrap import warnings as bootstrap_warnings
+from dbaccess.broker.engines.mariadb.engine import MariaDBEngine
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.mariadb import MariaDBServer
 
@@ -297,14 +301,26 @@ def test_hostile_session_settings_do_not_bend_the_bounds(server: MariaDBServer) 
     assert revoke(server, name, HOSTILE) == 0 and not registered(server, name)
 
 
-def test_renewal_never_passes_max_lifetime_from_creation(server: MariaDBServer) -> None:
+def test_renewal_never_passes_max_lifetime_from_creation(
+    server: MariaDBServer, target: TargetSection
+) -> None:
     name = create(server, new_name("life"))
     # As if created 1h55m ago: now + 10 min is within "now + max" but beyond the total.
     run(server, "UPDATE dbaccess.managed_users SET created_at = UTC_TIMESTAMP() - INTERVAL "
         "115 MINUTE WHERE username = %s", (name,))
-    with pytest.raises(pymysql.err.OperationalError, match="beyond the maximum lifetime"):
+    with pytest.raises(pymysql.err.OperationalError, match="beyond the maximum lifetime") as out:
         provisioner(server, "CALL dbaccess.renew_user(%s, %s)",
                     (name, utc_in(timedelta(minutes=10))))
+    # its own condition, not the generic 45000 (errno 1644) every other refusal uses
+    assert out.value.args[0] == LIFETIME_ERRNO
+    assert out.value.sqlstate == LIFETIME_SQLSTATE == "45D01"
+    # which the engine tells from a failure by that number: a refusal (403), not a 502
+    engine = MariaDBEngine("hardening", target)
+    with pytest.raises(EngineRefused, match="^beyond the maximum lifetime of this user"):
+        engine.renew_user(name, datetime.now(UTC) + timedelta(minutes=10))
+    with pytest.raises(EngineError) as other:  # another refusal stays an error
+        engine.renew_user(name, datetime.now(UTC) + timedelta(hours=3))
+    assert not isinstance(other.value, EngineRefused)
     provisioner(server, "CALL dbaccess.renew_user(%s, %s)", (name, utc_in(timedelta(minutes=4))))
     revoke(server, name)
 

@@ -11,6 +11,7 @@ and run programs on the server.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from dbaccess.broker.checks import check_target, large_object_warnings
 from dbaccess.broker.engines import EngineError, NewUser
 from dbaccess.broker.engines.postgres import bootstrap
 from dbaccess.broker.engines.postgres.engine import PostgresEngine
@@ -388,3 +390,132 @@ def test_a_session_makes_objects_only_as_itself(world: World, how: str) -> None:
     with world.admin() as admin:
         assert admin.execute("SELECT 1 FROM pg_proc WHERE proname = 'so_stray'"
                              ).fetchone() is None
+
+
+def large_objects_of(world: World, role: str) -> list[int]:
+    with world.admin() as admin:
+        rows = admin.execute("SELECT m.oid::bigint FROM pg_largeobject_metadata m "
+                             "JOIN pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s "
+                             "ORDER BY 1", (role,)).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def unlink_large_objects(world: World, role: str) -> None:
+    with world.admin() as admin:
+        for oid in large_objects_of(world, role):
+            admin.execute("SELECT lo_unlink(%s)", (oid,))
+
+
+@pytest.mark.parametrize("how", ["lo_create", "lo_from_bytea", "lo_creat"])
+def test_large_objects_made_as_the_group_role_go_at_revocation(world: World, how: str) -> None:
+    """Large objects are no DDL: the event trigger does not see one made after SET ROLE to
+    the group role, and DROP OWNED BY the session user does not reach it (measured on
+    PostgreSQL 15: both survived revocation). Revocation of a "drop" template's session
+    unlinks the large objects its group role owns."""
+    user = world.session("readonly")
+    made = {"lo_create": "SELECT lo_create(0)",
+            "lo_from_bytea": "SELECT lo_from_bytea(0, 'left behind'::bytea)",
+            "lo_creat": "SELECT lo_creat(-1)"}[how]
+    try:
+        with world.login(user) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"SET ROLE {READONLY}")
+            conn.execute(made)
+            conn.execute("RESET ROLE")
+            conn.execute(made)  # as itself: DROP OWNED takes it
+        assert len(large_objects_of(world, READONLY)) == 1
+        world.engine.revoke_user(user[0])
+        assert not world.exists(user[0])
+        assert large_objects_of(world, READONLY) == [], "a large object outlived the session"
+        assert large_objects_of(world, user[0]) == []
+    finally:
+        world.engine.revoke_user(user[0])
+        unlink_large_objects(world, READONLY)
+
+
+def test_a_large_object_is_given_to_the_group_role_by_no_session(world: World) -> None:
+    """ALTER LARGE OBJECT ... OWNER TO is DDL: the event trigger refuses it."""
+    user = world.session("readonly")
+    try:
+        with world.login(user) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            row = conn.execute("SELECT lo_create(0)").fetchone()
+            assert row is not None
+            with pytest.raises(psycopg.errors.RaiseException,
+                               match=f"session user {user[0]} may not make objects owned by"):
+                conn.execute(f"ALTER LARGE OBJECT {int(row[0])} OWNER TO {READONLY}")
+    finally:
+        world.engine.revoke_user(user[0])
+        unlink_large_objects(world, READONLY)
+    assert large_objects_of(world, READONLY) == []
+
+
+def test_batch_revocation_unlinks_the_group_roles_large_objects_too(world: World) -> None:
+    users = [world.session("readonly") for _ in range(2)]
+    try:
+        for user in users:
+            with world.login(user) as conn:
+                conn.execute("SET default_transaction_read_only = off")
+                conn.execute(f"SET ROLE {READONLY}")
+                conn.execute("SELECT lo_from_bytea(0, 'left behind'::bytea)")
+        assert len(large_objects_of(world, READONLY)) == 2
+        outcome = world.engine.revoke_users([u[0] for u in users])
+        assert outcome == {u[0]: None for u in users}
+        assert large_objects_of(world, READONLY) == []
+    finally:
+        for user in users:
+            world.engine.revoke_user(user[0])
+        unlink_large_objects(world, READONLY)
+
+
+def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reach(
+    world: World,
+) -> None:
+    assert large_object_warnings("sessobj", world.target) == []
+    with world.admin() as admin:
+        # an administrator's large objects: the "drop" group's go at its next revocation
+        # (warned), the "keep" group's stay (no warning)
+        admin.execute(f"SET ROLE {READONLY}")
+        admin.execute("SELECT lo_create(0)")
+        admin.execute(f"SET ROLE {MIGRATE}")
+        admin.execute("SELECT lo_create(0)")
+        admin.execute("RESET ROLE")
+        # a role beyond the group: a session may SET ROLE to it, out of revocation's reach
+        admin.execute("DROP ROLE IF EXISTS sobj_beyond")
+        admin.execute("CREATE ROLE sobj_beyond NOLOGIN")
+        admin.execute(f"GRANT sobj_beyond TO {MIGRATE}")
+    try:
+        warnings = large_object_warnings("sessobj", world.target)
+        assert len(warnings) == 2, warnings
+        beyond, owns = warnings  # by group role: sobj_migrate, sobj_readonly
+        assert f"group role {READONLY} owns 1 large object(s)" in owns
+        assert "unlinks them, whoever made them" in owns
+        assert f"group role {MIGRATE} is a member of sobj_beyond: a session can SET ROLE" \
+            in beyond
+    finally:
+        unlink_large_objects(world, READONLY)
+        unlink_large_objects(world, MIGRATE)
+        with world.admin() as admin:
+            admin.execute("DROP ROLE sobj_beyond")
+    assert large_object_warnings("sessobj", world.target) == []
+
+
+def test_check_config_names_a_revoke_user_older_than_the_large_object_sweep(
+    world: World,
+) -> None:
+    [current] = [s for s in bootstrap.bootstrap_sql(world.target)
+                 if s.startswith("CREATE OR REPLACE FUNCTION dbaccess.revoke_user(")]
+    older = re.sub(r"\n            ELSIF EXISTS \(SELECT 1 FROM pg_shdepend .*?END IF;",
+                   "\n            END IF;", current, count=1, flags=re.S)
+    assert "lo_unlink" in current and "lo_unlink" not in older
+    assert check_target("sessobj", world.target, "broker.toml") is None
+    with world.admin() as admin:
+        admin.execute(older.encode())
+    try:
+        problem = check_target("sessobj", world.target, "broker.toml")
+        assert problem is not None and "the current dbaccess.revoke_user (an older one " \
+            "leaves the large objects a session made after SET ROLE" in problem.message
+    finally:
+        with world.admin() as admin:
+            admin.execute(current.encode())
+    assert check_target("sessobj", world.target, "broker.toml") is None
