@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import DbaccessError, ExitCode
 
 app = typer.Typer(
@@ -173,7 +172,7 @@ def bootstrap(
     import os
 
     from dbaccess.broker.settings import load_settings
-    from dbaccess.errors import ConfigError, DatabaseError, UsageError
+    from dbaccess.errors import ConfigError, UsageError
 
     settings = load_settings(config)
     section = settings.targets.get(target)
@@ -182,12 +181,10 @@ def bootstrap(
             f"{config}: there is no target '{target}'",
             hint=f"targets: {', '.join(sorted(settings.targets))}",
         )
-    from dbaccess.broker.engines.mariadb import bootstrap as mariadb_bootstrap
-    from dbaccess.broker.engines.postgres import bootstrap as postgres_bootstrap
+    from dbaccess.broker.engines import engine_part
 
-    module = postgres_bootstrap if section.engine == "postgres" else mariadb_bootstrap
     if not apply:
-        typer.echo(module.render(target, section), nl=False)
+        typer.echo(engine_part(section.engine, "bootstrap").render(target, section), nl=False)
         return
     dsn = os.environ.get("DBACCESS_ADMIN_DSN")
     if not dsn:
@@ -197,17 +194,9 @@ def bootstrap(
             "'mariadb://root:...@host:3306' (MariaDB)",
         )
     password = section.provisioner.ensure_password()
-    if section.engine == "postgres":
-        import psycopg
-
-        try:
-            with psycopg.connect(dsn, dbname=section.database, autocommit=True) as admin:
-                postgres_bootstrap.apply(section, admin, password)
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DatabaseError(f"bootstrap of '{target}' failed: {first}") from None
-    else:
-        _apply_mariadb(target, section, dsn, password)
+    admin = engine_part(section.engine, "admin")
+    for warning in admin.apply_bootstrap(target, section, dsn, password):
+        typer.echo(warning, err=True)
     typer.echo(
         f"bootstrapped target '{target}': provisioner {section.provisioner.user} "
         "can now only call the dbaccess.* functions",
@@ -342,35 +331,6 @@ def policy_explain(
         )
     if not decision.allowed:
         raise typer.Exit(5)
-
-
-def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -> None:
-    from urllib.parse import unquote, urlsplit
-
-    import pymysql
-
-    from dbaccess.broker.engines.mariadb import bootstrap as mariadb_bootstrap
-    from dbaccess.errors import DatabaseError
-
-    url = urlsplit(dsn)
-    try:
-        admin = pymysql.connect(
-            host=url.hostname or "127.0.0.1",
-            port=url.port or 3306,
-            user=unquote(url.username or "root"),
-            password=unquote(url.password or ""),
-            autocommit=True,
-        )
-    except pymysql.err.Error as exc:
-        raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
-    try:
-        mariadb_bootstrap.apply(section, admin, password)
-        for warning in mariadb_bootstrap.warnings(admin):
-            typer.echo(warning, err=True)
-    except pymysql.err.Error as exc:
-        raise DatabaseError(f"bootstrap of '{name}' failed: {exc.args[-1]}") from None
-    finally:
-        admin.close()
 
 
 # command path -> examples under its --help (tests/test_help.py: every command)

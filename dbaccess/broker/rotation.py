@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from dbaccess.broker.secrets import new_password
 from dbaccess.broker.settings import TargetSection
-from dbaccess.errors import ConfigError, DatabaseError
+from dbaccess.errors import ConfigError
 
 
 def rotate(name: str, target: TargetSection) -> None:
@@ -44,63 +44,10 @@ def due(target: TargetSection, every: timedelta) -> bool:
 
 
 def _change_own_password(name: str, target: TargetSection, new: str) -> None:
+    from dbaccess.broker.engines import engine_part
+
     old = target.provisioner.read_password()
-    user = target.provisioner.user
-    if target.engine == "postgres":
-        import psycopg
-        from psycopg import sql
-
-        from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
-        from dbaccess.broker.engines.deadline import WATCHDOG
-
-        try:
-            with WATCHDOG.watch(CALL_TIMEOUT) as deadline, psycopg.connect(
-                host=target.host,
-                port=target.port,
-                dbname=target.database,
-                user=user,
-                password=old,
-                sslmode=target.sslmode,
-                connect_timeout=int(CONNECT_TIMEOUT),
-                autocommit=True,
-            ) as conn:
-                deadline.attach(conn)  # a stopped server would hold the call forever
-                verifier = conn.pgconn.encrypt_password(
-                    new.encode(), user.encode(), b"scram-sha-256"
-                ).decode()
-                conn.execute(
-                    sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(verifier))
-                )
-        except psycopg.Error as exc:
-            raise DatabaseError(
-                f"rotating the provisioner of '{name}' failed: {str(exc).strip().splitlines()[0]}"
-            ) from None
-        return
-    import pymysql
-
-    from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
-    from dbaccess.broker.engines.mariadb.bootstrap import native_password_hash
-
-    try:
-        conn = pymysql.connect(
-            host=target.host,
-            port=target.port,
-            user=user,
-            password=old,
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=CALL_TIMEOUT,
-            write_timeout=CALL_TIMEOUT,
-            autocommit=True,
-        )
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET PASSWORD = %s", (native_password_hash(new),))
-        finally:
-            conn.close()
-    except pymysql.err.Error as exc:
-        raise DatabaseError(
-            f"rotating the provisioner of '{name}' failed: {exc.args[-1]}"
-        ) from None
+    engine_part(target.engine, "admin").change_own_password(name, target, old, new)
 
 
 __all__ = ["due", "rotate"]

@@ -277,7 +277,7 @@ class TargetLimits(_Section):
 
 
 class TargetSection(_Section):
-    engine: Literal["postgres", "mariadb"]
+    engine: str  # a name in engines/registry.py
     host: str
     port: int = Field(ge=1, le=65535)
     database: str
@@ -295,6 +295,19 @@ class TargetSection(_Section):
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
     limits: TargetLimits = Field(default_factory=TargetLimits)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        # Here, not at the top: the engines' package imports this module.
+        from dbaccess.broker.engines.registry import ENGINES
+
+        if value not in ENGINES:
+            known = list(ENGINES)
+            raise ValueError("Input should be " + " or ".join(
+                [", ".join(f"'{k}'" for k in known[:-1]), f"'{known[-1]}'"] if len(known) > 1
+                else [f"'{known[0]}'"]))
+        return value
 
     @model_validator(mode="after")
     def _rotation_needs_a_file(self) -> TargetSection:

@@ -163,3 +163,5 @@ def _message(exc: BaseException) -> str:
     if len(exc.args) >= 2:
         return str(exc.args[1])
     return str(exc) or type(exc).__name__
+
+ENGINE = MariaDBEngine  # what engines/registry.py finds in every engine's package

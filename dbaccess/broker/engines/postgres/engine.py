@@ -310,3 +310,5 @@ NO_BATCH_RETRY = 300.0  # after finding no dbaccess.revoke_users, look again thi
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+ENGINE = PostgresEngine  # what engines/registry.py finds in every engine's package

@@ -1,0 +1,53 @@
+"""What an operator's commands do on a PostgreSQL target, apart from the broker's own calls:
+apply the bootstrap as a superuser (``dbaccess-broker bootstrap --apply``) and change the
+provisioner's own password (``rotate-credential``). Both send a password only as a SCRAM
+verifier, never in the clear."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
+from dbaccess.broker.engines.deadline import WATCHDOG
+from dbaccess.broker.engines.postgres import bootstrap
+from dbaccess.broker.settings import TargetSection
+from dbaccess.errors import DatabaseError
+
+
+def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: str) -> list[str]:
+    """Run the bootstrap through ``admin_dsn`` (a superuser); what the operator should
+    know after (nothing, on PostgreSQL)."""
+    try:
+        with psycopg.connect(admin_dsn, dbname=target.database, autocommit=True) as admin:
+            bootstrap.apply(target, admin, password)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseError(f"bootstrap of '{name}' failed: {first}") from None
+    return []
+
+
+def change_own_password(name: str, target: TargetSection, old: str, new: str) -> None:
+    user = target.provisioner.user
+    try:
+        with WATCHDOG.watch(CALL_TIMEOUT) as deadline, psycopg.connect(
+            host=target.host,
+            port=target.port,
+            dbname=target.database,
+            user=user,
+            password=old,
+            sslmode=target.sslmode,
+            connect_timeout=int(CONNECT_TIMEOUT),
+            autocommit=True,
+        ) as conn:
+            deadline.attach(conn)  # a stopped server would hold the call forever
+            verifier = conn.pgconn.encrypt_password(
+                new.encode(), user.encode(), b"scram-sha-256"
+            ).decode()
+            conn.execute(
+                sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(verifier))
+            )
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"rotating the provisioner of '{name}' failed: {str(exc).strip().splitlines()[0]}"
+        ) from None
