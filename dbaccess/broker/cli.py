@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dbaccess.broker.settings import TargetSection
-from dbaccess.errors import DbaccessError, ExitCode
+from dbaccess.errors import ConfigError, DbaccessError, ExitCode, render
 
 app = typer.Typer(
     help="The dbaccess broker: verifies SSO identities, applies policy, mints and revokes "
@@ -145,8 +145,8 @@ def check_config(
             typer.echo(f"warning: {config}: {warning}", err=True)
         problems += server_problems
         for problem in problems:
-            typer.echo(f"error: {config}: {problem.message}", err=True)
-            typer.echo(f"hint: {problem.hint}", err=True)
+            render(ConfigError(f"{config}: {problem.message}", hint=problem.hint),
+                   as_json=False, stream=sys.stderr)
         if problems:
             raise typer.Exit(int(ExitCode.CONFIG))
         from dbaccess.broker.capacity import capacity_warnings
@@ -262,7 +262,7 @@ def audit_verify(config: ConfigOption = Path("broker.toml")) -> None:
         typer.echo(f"audit trail intact: {verdict.records} record(s)")
         return
     typer.echo(f"audit trail BROKEN at record #{verdict.first_bad}: {verdict.problem}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(int(ExitCode.ERROR))
 
 
 @audit_app.command("export")
@@ -343,7 +343,7 @@ def policy_explain(
             f"approvals: {decision.approvals_required} from {', '.join(decision.approver_groups)}"
         )
     if not decision.allowed:
-        raise typer.Exit(5)
+        raise typer.Exit(int(ExitCode.DENIED))
 
 
 def _apply_mariadb(name: str, section: TargetSection, dsn: str, password: str) -> None:
@@ -425,7 +425,5 @@ def main() -> None:
     try:
         app(prog_name="dbaccess-broker")  # also under python -m dbaccess.broker
     except DbaccessError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        render(exc, as_json=False, stream=sys.stderr)
         sys.exit(int(exc.exit_code))

@@ -35,7 +35,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbaccess.errors import BrokerError, DbaccessError, ExitCode
+from dbaccess.cli.flags import FALSE_WORDS, boolean
+from dbaccess.errors import BrokerError, DbaccessError, ExitCode, render
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
@@ -47,8 +48,6 @@ EXEC_VALUES = {"--role": "role", "-r": "role", "--duration": "duration", "-d": "
                "--reason": "reason", "--ticket": "ticket", "--request": "request"}
 EXEC_FLAGS = {"--no-wait": "no_wait"}
 
-_TRUE = ("1", "true", "t", "yes", "y", "on")  # click's boolean words
-_FALSE = ("0", "false", "f", "no", "n", "off")
 _JWT = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header-safe
 
 
@@ -121,13 +120,13 @@ def _env_globals(environ: Mapping[str, str]) -> dict[str, Any] | None:
         if name in ("profile", "timeout"):
             values[name] = raw
             continue
-        word = raw.strip().lower()
-        if word in _TRUE:
+        value = boolean(raw)  # click's words, as typer reads them
+        if value is None:
+            return None  # typer's error for a bad boolean
+        if value:
             if name == "debug":
                 return None  # tracebacks: the full CLI
             values[name] = True
-        elif word not in _FALSE:
-            return None  # typer's error for a bad boolean
     return values
 
 
@@ -270,7 +269,7 @@ def _tls_context() -> Any:
 def run(argv: list[str]) -> int | None:
     """Run ``dbaccess exec`` here and return its exit code, or None: use the full CLI."""
     environ = os.environ
-    if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in _FALSE:
+    if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in FALSE_WORDS:
         return None
     if environ.get("DBACCESS_SESSION") or any(
         # httpx (urllib's getproxies) reads *_proxy in any letter case
@@ -429,19 +428,13 @@ def _warn(text: str) -> None:
 
 
 def _report(exc: DbaccessError, found: Invocation) -> None:
-    """As the full CLI: error/hint lines on stderr, or the JSON envelope — on stderr too,
-    since stdout is the command's — with the commands in them naming the profile."""
+    """As the full CLI (``render``): error/hint lines on stderr, or the JSON envelope — on
+    stderr too, since stdout is the command's — with the commands in them naming the
+    profile."""
     from dbaccess.client.config import hint_profile
 
     exc.name_profile(hint_profile(found.profile))
-    if found.json:
-        _envelope({"error": exc.to_json()})
-        return
-    from dbaccess.text import printable  # broker messages quote what people typed
-
-    print(f"error: {printable(exc.message)}", file=sys.stderr)
-    if exc.hint:
-        print(f"hint: {printable(exc.hint)}", file=sys.stderr)
+    render(exc, as_json=found.json, stream=sys.stderr)
 
 
 def _envelope(envelope: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from dbaccess.client.config import hint_profile
-from dbaccess.errors import DbaccessError, with_profile
+from dbaccess.errors import DbaccessError, render, with_profile
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -121,20 +121,10 @@ class Globals:
         self.console.print(f"[yellow]warning:[/] {shown(text)}")  # plain text, never markup
 
     def error(self, exc: DbaccessError) -> None:
+        """Report ``exc`` as every dbaccess program does (``render``), with the commands in it
+        naming the profile: the JSON envelope where results go, else lines on stderr."""
         exc.name_profile(hint_profile(self.profile))
-        if self.json:
-            emit_json({"error": exc.to_json()}, self.envelope_stream)
-            return
-        from rich.markup import escape
-
-        # Messages quote what people and policies wrote (an incident pattern "[A-Z]{3}-..."):
-        # escaped, so rich does not take it for markup and swallow it.
-        from dbaccess.text import printable
-
-        console = self.console
-        console.print(f"[bold red]error:[/] {escape(printable(exc.message))}", markup=True)
-        if exc.hint:
-            console.print(f"[dim]hint:[/] {escape(printable(exc.hint))}")
+        render(exc, as_json=self.json, stream=self.envelope_stream if self.json else sys.stderr)
 
 
 def emit_json(envelope: dict[str, Any], stream: IO[str] | None = None) -> None:
@@ -211,22 +201,15 @@ def session_table(sessions: list[Any]) -> Any:
     return rows
 
 
-def handled(command: Callable[..., None]) -> Callable[..., None]:
-    """Run a command; turn a DbaccessError into ``error:``/``hint:`` (or the JSON envelope)
-    and its documented exit code. Tracebacks only with --debug."""
+def announced(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command after the notice every command gives (tokens kept in a plain file).
+    Its errors are reported by the one catch site, ``DbaccessGroup.main`` (cli/app.py)."""
     import typer
 
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> None:
-        try:
-            _announce_insecure_storage(ctx.obj if isinstance(ctx.obj, Globals) else Globals())
-            command(ctx, *args, **kwargs)
-        except DbaccessError as exc:
-            g: Globals = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
-            if g.debug:
-                raise
-            g.error(exc)
-            raise typer.Exit(int(exc.exit_code)) from None
+        _announce_insecure_storage(ctx.obj if isinstance(ctx.obj, Globals) else Globals())
+        command(ctx, *args, **kwargs)
 
     return wrapper
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, handled
+from dbaccess.cli.output import Globals, announced
 
 app = typer.Typer(
     help="List, add, choose and remove profiles.",
@@ -16,7 +16,7 @@ app = typer.Typer(
 
 
 @app.callback()
-@handled
+@announced
 def list_profiles(ctx: typer.Context) -> None:
     """List profiles (the current one is marked)."""
     if ctx.invoked_subcommand is not None:
@@ -37,7 +37,7 @@ def list_profiles(ctx: typer.Context) -> None:
 
 
 @app.command("add")
-@handled
+@announced
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Profile name.")],
@@ -66,7 +66,7 @@ def add(
 
 
 @app.command("use")
-@handled
+@announced
 def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Make a profile the current one."""
     from dbaccess.client.config import ProfileFile
@@ -84,7 +84,7 @@ def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile na
 
 
 @app.command("remove")
-@handled
+@announced
 def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Remove a profile and its stored login."""
     from dbaccess.client.auth.token_store import delete_login
