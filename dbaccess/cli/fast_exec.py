@@ -32,11 +32,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from dbaccess.cli.flags import FALSE_WORDS, boolean
 from dbaccess.errors import BrokerError, DbaccessError, ExitCode, render
+
+if TYPE_CHECKING:
+    from dbaccess.client.config import ProfileFile
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
@@ -280,16 +283,22 @@ def run(argv: list[str]) -> int | None:
     found = parse(argv, environ)
     if found is None or not (found.no_input or not sys.stdin.isatty()):
         return None
+    from dbaccess.client.config import ProfileFile
+
+    try:
+        profiles = ProfileFile.load()  # once: passed to all that reads a profile
+    except DbaccessError:
+        return None  # the full CLI reports it the usual way
     if found.timeout is not None:
         from dbaccess.client.replies import parse_timeout, set_timeout
 
         set_timeout(parse_timeout(found.timeout))
     try:
-        return _run(found)
+        return _run(found, profiles)
     except _FullCli:
         return None
     except DbaccessError as exc:
-        _report(exc, found)
+        _report(exc, found, profiles)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
@@ -299,7 +308,7 @@ class _FullCli(Exception):
     """Raised before any side effect: the full CLI takes over."""
 
 
-def _run(found: Invocation) -> int:
+def _run(found: Invocation, profiles: ProfileFile) -> int:
     from dbaccess.client.auth.token_store import (
         REFRESH_MARGIN,
         read_from_secret_service,
@@ -314,10 +323,10 @@ def _run(found: Invocation) -> int:
     from dbaccess.timestamps import human as human_time
 
     try:
-        profile = profile_name(found.profile)
-        base_url = resolve_broker(profile)
+        profile = profile_name(found.profile, profiles)
+        base_url = resolve_broker(profile, profiles=profiles)
         wanted = parse_duration(found.duration) if found.duration else None
-        if token_file(profile) is not None or stale_sessions():
+        if token_file(profile, profiles) is not None or stale_sessions():
             raise _FullCli
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
@@ -427,13 +436,13 @@ def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def _report(exc: DbaccessError, found: Invocation) -> None:
+def _report(exc: DbaccessError, found: Invocation, profiles: ProfileFile | None = None) -> None:
     """As the full CLI (``render``): error/hint lines on stderr, or the JSON envelope — on
     stderr too, since stdout is the command's — with the commands in them naming the
     profile."""
     from dbaccess.client.config import hint_profile
 
-    exc.name_profile(hint_profile(found.profile))
+    exc.name_profile(hint_profile(found.profile, profiles))
     render(exc, as_json=found.json, stream=sys.stderr)
 
 

@@ -23,6 +23,8 @@ from dbaccess.errors import DbaccessError, render, with_profile
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from dbaccess.client.config import ProfileFile
+
 
 # Commands whose stdout belongs to the child they run (psql, exec's command).
 CHILD_COMMANDS = frozenset({"connect", "exec", "breakglass"})
@@ -38,6 +40,31 @@ class Globals:
     # connect/exec/breakglass: stdout is the child's, so the envelope goes to stderr
     child_owns_stdout: bool = False
     _statuses: list[int] = field(default_factory=list, repr=False)
+    _profiles: ProfileFile | None = field(default=None, repr=False)
+
+    @property
+    def profiles(self) -> ProfileFile:
+        """config.toml, read once per invocation — on first use, so --help reads none —
+        and passed down to whatever needs a profile's settings."""
+        if self._profiles is None:
+            from dbaccess.client.config import ProfileFile
+
+            self._profiles = ProfileFile.load()
+        return self._profiles
+
+    @property
+    def profile_name(self) -> str:
+        """The profile this invocation uses: --profile > DBACCESS_PROFILE > current."""
+        from dbaccess.client.config import profile_name
+
+        return profile_name(self.profile, self.profiles)
+
+    def hint_profile(self) -> str | None:
+        """The profile the commands in hints must name (``config.hint_profile``)."""
+        try:
+            return hint_profile(self.profile, self.profiles)
+        except DbaccessError:
+            return None  # an unreadable config.toml is reported on its own
 
     @property
     def console(self) -> Console:
@@ -117,13 +144,13 @@ class Globals:
 
     def warn(self, text: str) -> None:
         # a warning's next command ("unless you run: dbaccess revoke ID") names the profile too
-        text = with_profile(text, hint_profile(self.profile))
+        text = with_profile(text, self.hint_profile())
         self.console.print(f"[yellow]warning:[/] {shown(text)}")  # plain text, never markup
 
     def error(self, exc: DbaccessError) -> None:
         """Report ``exc`` as every dbaccess program does (``render``), with the commands in it
         naming the profile: the JSON envelope where results go, else lines on stderr."""
-        exc.name_profile(hint_profile(self.profile))
+        exc.name_profile(self.hint_profile())
         render(exc, as_json=self.json, stream=self.envelope_stream if self.json else sys.stderr)
 
 
@@ -215,10 +242,8 @@ def announced(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _announce_insecure_storage(g: Globals) -> None:
-    from dbaccess.client.config import ProfileFile, profile_name
-
-    name = profile_name(g.profile)
-    stored = ProfileFile.load().profiles.get(name)
+    name = g.profile_name
+    stored = g.profiles.profiles.get(name)
     if stored is not None and stored.insecure_storage:
         g.warn(insecure_storage_notice(name))
 
