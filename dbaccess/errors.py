@@ -17,13 +17,19 @@
     +-- LaunchError               the native client could not be started      (LAUNCH)
     +-- NotFoundError             the named thing does not exist              (NOT_FOUND)
 
-Messages never contain a secret: they are printed and may be logged.
+Messages never contain a secret: they are printed and may be logged. :func:`render` is
+the one printer of an error — the full CLI, the fast exec path and ``dbaccess-broker``
+use it; the exit codes are documented in docs/user-guide.md#exit-codes (a test keeps
+that table equal to :class:`ExitCode`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from enum import IntEnum
+from typing import IO
 
 # The commands a hint may name; "dbaccess <one of these>" gets the profile inserted.
 _COMMANDS = (
@@ -34,7 +40,8 @@ _COMMAND_IN_TEXT = re.compile(rf"\bdbaccess (?=(?:{'|'.join(_COMMANDS)})\b)")
 
 
 class ExitCode(IntEnum):
-    """Stable exit codes (docs/exit-codes.md). ``connect`` returns the child's own code."""
+    """Stable exit codes (docs/user-guide.md#exit-codes). ``connect``, ``exec`` and
+    ``breakglass`` return the child's own code; 128+N after signal N."""
 
     OK = 0
     ERROR = 1
@@ -84,6 +91,31 @@ def with_profile(text: str, profile: str | None) -> str:
     return _COMMAND_IN_TEXT.sub(f"dbaccess --profile {profile} ", text)
 
 
+def render(exc: DbaccessError, *, as_json: bool, stream: IO[str]) -> None:
+    """Report ``exc`` on ``stream``: ``error: ...`` and ``hint: ...`` lines, or with
+    ``as_json`` the one envelope ``{"error": {code, message, hint}}`` as one line. Messages
+    quote what people and policies wrote: control characters are shown escaped. On a
+    terminal the two labels are coloured as rich would (NO_COLOR, TERM=dumb: plain)."""
+    from dbaccess.text import printable
+
+    if as_json:
+        stream.write(json.dumps({"error": exc.to_json()}) + "\n")
+    else:
+        error, hint, plain = ("\x1b[1;31m", "\x1b[2m", "\x1b[0m") if _coloured(stream) else (
+            "", "", "")
+        stream.write(f"{error}error:{plain} {printable(exc.message)}\n")
+        if exc.hint:
+            stream.write(f"{hint}hint:{plain} {printable(exc.hint)}\n")
+    stream.flush()
+
+
+def _coloured(stream: IO[str]) -> bool:
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM", "") in ("dumb", "unknown"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class UsageError(DbaccessError):

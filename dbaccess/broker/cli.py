@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.errors import DbaccessError, ExitCode
+from dbaccess.errors import ConfigError, DbaccessError, ExitCode, render
 
 app = typer.Typer(
     help="The dbaccess broker: verifies SSO identities, applies policy, mints and revokes "
@@ -142,8 +142,8 @@ def check_config(
             typer.echo(f"warning: {config}: {warning}", err=True)
         problems += server_problems
         for problem in problems:
-            typer.echo(f"error: {config}: {problem.message}", err=True)
-            typer.echo(f"hint: {problem.hint}", err=True)
+            render(ConfigError(f"{config}: {problem.message}", hint=problem.hint),
+                   as_json=False, stream=sys.stderr)
         if problems:
             raise typer.Exit(int(ExitCode.CONFIG))
         from dbaccess.broker.capacity import capacity_warnings
@@ -249,7 +249,7 @@ def audit_verify(config: ConfigOption = Path("broker.toml")) -> None:
         typer.echo(f"audit trail intact: {verdict.records} record(s)")
         return
     typer.echo(f"audit trail BROKEN at record #{verdict.first_bad}: {verdict.problem}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(int(ExitCode.ERROR))
 
 
 @audit_app.command("export")
@@ -330,7 +330,7 @@ def policy_explain(
             f"approvals: {decision.approvals_required} from {', '.join(decision.approver_groups)}"
         )
     if not decision.allowed:
-        raise typer.Exit(5)
+        raise typer.Exit(int(ExitCode.DENIED))
 
 
 # command path -> examples under its --help (tests/test_help.py: every command)
@@ -383,7 +383,5 @@ def main() -> None:
     try:
         app(prog_name="dbaccess-broker")  # also under python -m dbaccess.broker
     except DbaccessError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        render(exc, as_json=False, stream=sys.stderr)
         sys.exit(int(exc.exit_code))

@@ -19,7 +19,7 @@ def whoami(ctx: typer.Context) -> None:
     from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, login):
+    with logged_in(g.profile, g.profiles) as (api, login):
         me = api.me()
         live = api.list_sessions()
     human = (
@@ -46,7 +46,7 @@ def targets(ctx: typer.Context) -> None:
     from dbaccess.durations import format_duration
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         allowed = api.targets()
     name_cache.remember_targets(g.profile, allowed)  # for completion of target names
     table = result_table("target", "engine", "role", "max", "default", "needs")
@@ -85,18 +85,17 @@ def logout(
     """Forget your tokens (and with --revoke, end your live sessions first). The refresh
     token is also revoked at the identity provider, where it offers that (RFC 7009)."""
     from dbaccess.client.auth.token_store import delete_login, load_login
-    from dbaccess.client.config import profile_name
 
     g: Globals = ctx.obj
     revoked: list[str] = []
     if revoke:
         from dbaccess.client.context import logged_in
 
-        with logged_in(g.profile) as (api, _):
+        with logged_in(g.profile, g.profiles) as (api, _):
             revoked = [api.revoke_session(s.id).id for s in api.list_sessions()]
-    name = profile_name(g.profile)
-    at_idp = _revoke_refresh_token(g, load_login(name))
-    removed = delete_login(name)
+    name = g.profile_name
+    at_idp = _revoke_refresh_token(g, load_login(name, g.profiles))
+    removed = delete_login(name, g.profiles)
     g.data(
         {"profile": name, "logged_out": removed, "revoked": revoked,
          "refresh_token_revoked": at_idp},

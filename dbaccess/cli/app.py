@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from dbaccess import __version__
 from dbaccess.cli.account import logout, targets, version, whoami
@@ -17,13 +19,70 @@ from dbaccess.cli.connect import connect
 from dbaccess.cli.creds import creds
 from dbaccess.cli.examples import attach_examples
 from dbaccess.cli.exec_ import exec_command
+from dbaccess.cli.flags import json_before_typer
 from dbaccess.cli.login import login
-from dbaccess.cli.output import CHILD_COMMANDS, Globals, handled
+from dbaccess.cli.output import CHILD_COMMANDS, Globals, announced
 from dbaccess.cli.profiles import app as profiles_app
 from dbaccess.cli.sessions import renew, revoke, sessions
 from dbaccess.errors import DbaccessError, ExitCode
 
+
+class DbaccessGroup(TyperGroup):
+    """The ``dbaccess`` group, whose ``main`` is the one place the CLI catches: however it
+    is run (the entry point, ``python -m dbaccess``, typer's test runner), a DbaccessError
+    becomes ``error:``/``hint:`` (or the JSON envelope) and its documented exit code, and
+    click's own errors do too under --json. Tracebacks only with --debug (or
+    DBACCESS_DEBUG, read by typer with click's words), from the invocation context."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from dbaccess.client.session.child import Terminated
+
+        argv = list(sys.argv[1:] if args is None else args)
+        # The invocation context, made once: main_options fills it with the parsed options;
+        # until then (a mistyped option) --json is read as typer would.
+        g = extra.get("obj")
+        if not isinstance(g, Globals):
+            g = extra["obj"] = Globals(json=json_before_typer(argv, os.environ))
+        try:
+            # Not standalone: click's own errors (unknown option, missing argument, bad
+            # value) come here, so that --json reports them in the one envelope too.
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False,
+                                  **extra)
+            code = result if isinstance(result, int) else 0
+        except typer.TyperException as exc:  # click's errors (typer carries its own click)
+            ctx = getattr(exc, "ctx", None)
+            if g.json and isinstance(exc, _USAGE_ERROR):
+                g.child_owns_stdout = ctx is not None and ctx.command.name in CHILD_COMMANDS
+                g.error(_usage_error(exc))
+            else:
+                exc.show()  # type: ignore[attr-defined]
+            code = exc.exit_code
+        except typer.Abort:
+            print("Aborted!", file=sys.stderr)
+            code = int(ExitCode.ERROR)
+        except DbaccessError as exc:
+            if g.debug:
+                raise
+            g.error(exc)
+            code = int(exc.exit_code)
+        except Terminated as exc:
+            code = 128 + exc.signum
+        except KeyboardInterrupt:
+            code = int(ExitCode.INTERRUPTED)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=DbaccessGroup,
     help="Just-in-time database sessions after SSO login, instead of shared passwords.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals could hold a password
@@ -77,7 +136,7 @@ def main_options(
     from dbaccess.client import replies as broker_replies  # not at import: --help stays lean
     from dbaccess.client.replies import SLOW_CALL_SECONDS
 
-    # Filled in place: main() reports errors raised after typer returns with these flags.
+    # Filled in place: DbaccessGroup.main made it, and reports errors with these flags.
     g = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
     g.profile, g.json, g.no_input, g.debug, g.timeout = (
         profile, json_output, no_input, debug, timeout
@@ -107,40 +166,13 @@ for name, command in (
     ("audit", audit),
     ("version", version),
 ):
-    app.command(name)(handled(command))
+    app.command(name)(announced(command))
 app.add_typer(profiles_app, name="profiles")
 attach_examples(app)
 
 
 def main() -> None:
-    from dbaccess.client.session.child import Terminated
-
-    globals_ = Globals(json=_json_wanted())
-    try:
-        # Not standalone: click's own errors (unknown option, missing argument, bad value)
-        # come here, so that --json reports them in the one envelope too.
-        code = app(prog_name="dbaccess", obj=globals_, standalone_mode=False)
-    except typer.TyperException as exc:  # click's errors (typer carries its own click)
-        ctx = getattr(exc, "ctx", None)
-        if globals_.json and isinstance(exc, _USAGE_ERROR):
-            globals_.child_owns_stdout = ctx is not None and ctx.command.name in CHILD_COMMANDS
-            globals_.error(_usage_error(exc))
-        else:
-            exc.show()  # type: ignore[attr-defined]
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("Aborted!", file=sys.stderr)
-        sys.exit(1)
-    except DbaccessError as exc:
-        if _debug():
-            raise
-        globals_.error(exc)
-        sys.exit(int(exc.exit_code))
-    except Terminated as exc:
-        sys.exit(128 + exc.signum)
-    except KeyboardInterrupt:
-        sys.exit(int(ExitCode.INTERRUPTED))
-    sys.exit(code if isinstance(code, int) else 0)
+    app(prog_name="dbaccess")  # exits: DbaccessGroup.main
 
 
 # click's UsageError (unknown option, missing argument, bad value), which typer does not
@@ -155,21 +187,3 @@ def _usage_error(exc: Any) -> DbaccessError:
     ctx = exc.ctx
     where = ctx.command_path if ctx is not None else "dbaccess"
     return UsageError(exc.format_message(), hint=f"{where} --help")
-
-
-def _json_wanted() -> bool:
-    """--json or DBACCESS_JSON, read from the command line itself for errors found before
-    typer has read it (a mistyped option). What follows ``--`` is the child's."""
-    args = sys.argv[1:]
-    if "--" in args:
-        args = args[: args.index("--")]
-    raw = os.environ.get("DBACCESS_JSON", "").strip().lower()
-    return "--json" in args or raw in ("1", "true", "t", "yes", "y", "on")
-
-
-def _debug() -> bool:
-    return "--debug" in sys.argv or os.environ.get("DBACCESS_DEBUG", "").lower() in (
-        "1",
-        "true",
-        "yes",
-    )

@@ -25,7 +25,7 @@ def requests(
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         found = api.requests(mine=mine)
     table = result_table(
         "id", "who", "target", "role", "for", "reason", "state", "approvals", "expires"
@@ -51,7 +51,7 @@ def approve(ctx: typer.Context, request_id: RequestArg) -> None:
     from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         r = api.approve(request_id)
     left = r.approvals_required - len(r.approvals)
     human = (
@@ -74,7 +74,7 @@ def deny(
     g: Globals = ctx.obj
     if not reason.strip():
         raise UsageError("a denial needs a reason", hint=f"dbaccess deny {request_id} --reason ...")
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         r = api.deny(request_id, reason.strip())
     g.data(
         r.model_dump(mode="json"),
@@ -88,7 +88,7 @@ def withdraw(ctx: typer.Context, request_id: RequestArg) -> None:
     from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         r = api.withdraw(request_id)
     g.data(
         r.model_dump(mode="json"),

@@ -39,7 +39,6 @@ def audit(
     from datetime import datetime
 
     from dbaccess.cli.output import emit_json, shown
-    from dbaccess.client.config import hint_profile
     from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError, with_profile
     from dbaccess.timestamps import human as human_time
@@ -50,7 +49,7 @@ def audit(
             datetime.fromisoformat(since)
         except ValueError:
             raise UsageError(f"--since: '{since}' is not an ISO date, e.g. 2026-11-01") from None
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         records, more = api.audit(
             since=since, user=user, target=target, type=event_type, limit=limit, before=before
         )
@@ -80,5 +79,5 @@ def audit(
         if limit != 100:
             again += ["--limit", str(limit)]
         again += ["--before", more]
-        command = with_profile(shlex.join(again), hint_profile(g.profile))
+        command = with_profile(shlex.join(again), g.hint_profile())
         g.info(f"more: {shown(command)}")

@@ -36,7 +36,6 @@ def breakglass(
     channel is notified at once, every statement is logged by the database, and the
     session is marked for a post-incident review by someone else."""
     from dbaccess.cli.connect import run_session
-    from dbaccess.client.config import ProfileFile, profile_name
     from dbaccess.client.context import logged_in
     from dbaccess.client.session.grant import choose_breakglass_target
     from dbaccess.durations import parse_duration
@@ -62,10 +61,10 @@ def breakglass(
         reason = g.ask("Reason (what are you about to do?):")
         if not reason.strip():
             raise UsageError("break-glass needs a reason; nothing was opened")
-    stored = ProfileFile.load().profiles.get(profile_name(g.profile))
+    stored = g.profiles.profiles.get(g.profile_name)
     chosen = target or (stored.breakglass_target if stored else None)
     if chosen is None:  # only then does the policy have to be asked
-        with logged_in(g.profile) as (api, _):
+        with logged_in(g.profile, g.profiles) as (api, _):
             chosen = choose_breakglass_target(api, None, _chooser(g) if g.can_prompt else None)
     body = BreakglassCreate(
         target=chosen,
@@ -120,7 +119,7 @@ def review(
 
     g: Globals = ctx.obj
     if session_id is None:
-        with logged_in(g.profile) as (api, _):
+        with logged_in(g.profile, g.profiles) as (api, _):
             reviews = api.reviews()
         table = result_table("session", "when", "who", "target", "role", "incident", "reason")
         for r in reviews:
@@ -142,6 +141,6 @@ def review(
             "closing a review needs a note",
             hint=f"dbaccess review {session_id} --note 'what was done, and was it right'",
         )
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         closed = api.close_review(session_id, note.strip())
     g.data(closed.model_dump(mode="json"), f"review of {closed.id} ({closed.incident}) closed")

@@ -97,7 +97,7 @@ def run_session(
 ) -> None:
     """Shared by connect and exec: parse, run the core flow, exit with the child's code."""
     from dbaccess.client import context as api
-    from dbaccess.client.config import chosen_clients, profile_name, resolve_broker
+    from dbaccess.client.config import chosen_clients, resolve_broker
     from dbaccess.client.session.outcome import session_outcome
     from dbaccess.client.session.run import ConnectRequest
     from dbaccess.client.session.run import connect as run_connect
@@ -110,11 +110,11 @@ def run_session(
         wanted = parse_duration(duration) if duration else None
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
-    name = profile_name(g.profile)
+    name = g.profile_name
     request = ConnectRequest(
-        clients=chosen_clients(name, client),
+        clients=chosen_clients(name, client, profiles=g.profiles),
         profile=name,
-        broker=resolve_broker(name),
+        broker=resolve_broker(name, profiles=g.profiles),
         target=target,
         role=role,
         duration=wanted,
@@ -152,7 +152,7 @@ def run_session(
 
     with api.http_client() as http:
         ask = asker(g, "exec" if command is not None else "connect")
-        code = run_connect(request, http, on_granted, warn, ask)
+        code = run_connect(request, http, on_granted, warn, ask, profiles=g.profiles)
     g.info("[dim]dbaccess: session revoked, local files removed[/]")
     if ran:
         g.data(session_outcome(ran[0], code, warnings))

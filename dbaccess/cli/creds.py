@@ -55,7 +55,7 @@ def creds(
         wanted = parse_duration(duration) if duration else None
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         granted = obtain(
             api,
             Want(

@@ -32,10 +32,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from dbaccess.errors import BrokerError, DbaccessError, ExitCode
+from dbaccess.cli.flags import FALSE_WORDS, boolean
+from dbaccess.errors import BrokerError, DbaccessError, ExitCode, render
+
+if TYPE_CHECKING:
+    from dbaccess.client.config import ProfileFile
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
@@ -47,8 +51,6 @@ EXEC_VALUES = {"--role": "role", "-r": "role", "--duration": "duration", "-d": "
                "--reason": "reason", "--ticket": "ticket", "--request": "request"}
 EXEC_FLAGS = {"--no-wait": "no_wait"}
 
-_TRUE = ("1", "true", "t", "yes", "y", "on")  # click's boolean words
-_FALSE = ("0", "false", "f", "no", "n", "off")
 _JWT = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header-safe
 
 
@@ -121,13 +123,13 @@ def _env_globals(environ: Mapping[str, str]) -> dict[str, Any] | None:
         if name in ("profile", "timeout"):
             values[name] = raw
             continue
-        word = raw.strip().lower()
-        if word in _TRUE:
+        value = boolean(raw)  # click's words, as typer reads them
+        if value is None:
+            return None  # typer's error for a bad boolean
+        if value:
             if name == "debug":
                 return None  # tracebacks: the full CLI
             values[name] = True
-        elif word not in _FALSE:
-            return None  # typer's error for a bad boolean
     return values
 
 
@@ -270,7 +272,7 @@ def _tls_context() -> Any:
 def run(argv: list[str]) -> int | None:
     """Run ``dbaccess exec`` here and return its exit code, or None: use the full CLI."""
     environ = os.environ
-    if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in _FALSE:
+    if environ.get("DBACCESS_FAST_EXEC", "").strip().lower() in FALSE_WORDS:
         return None
     if environ.get("DBACCESS_SESSION") or any(
         # httpx (urllib's getproxies) reads *_proxy in any letter case
@@ -281,16 +283,22 @@ def run(argv: list[str]) -> int | None:
     found = parse(argv, environ)
     if found is None or not (found.no_input or not sys.stdin.isatty()):
         return None
+    from dbaccess.client.config import ProfileFile
+
+    try:
+        profiles = ProfileFile.load()  # once: passed to all that reads a profile
+    except DbaccessError:
+        return None  # the full CLI reports it the usual way
     if found.timeout is not None:
         from dbaccess.client.replies import parse_timeout, set_timeout
 
         set_timeout(parse_timeout(found.timeout))
     try:
-        return _run(found)
+        return _run(found, profiles)
     except _FullCli:
         return None
     except DbaccessError as exc:
-        _report(exc, found)
+        _report(exc, found, profiles)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
@@ -300,7 +308,7 @@ class _FullCli(Exception):
     """Raised before any side effect: the full CLI takes over."""
 
 
-def _run(found: Invocation) -> int:
+def _run(found: Invocation, profiles: ProfileFile) -> int:
     from dbaccess.client.auth.token_store import (
         REFRESH_MARGIN,
         read_from_secret_service,
@@ -315,10 +323,10 @@ def _run(found: Invocation) -> int:
     from dbaccess.timestamps import human as human_time
 
     try:
-        profile = profile_name(found.profile)
-        base_url = resolve_broker(profile)
+        profile = profile_name(found.profile, profiles)
+        base_url = resolve_broker(profile, profiles=profiles)
         wanted = parse_duration(found.duration) if found.duration else None
-        if token_file(profile) is not None or stale_sessions():
+        if token_file(profile, profiles) is not None or stale_sessions():
             raise _FullCli
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
@@ -428,20 +436,14 @@ def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def _report(exc: DbaccessError, found: Invocation) -> None:
-    """As the full CLI: error/hint lines on stderr, or the JSON envelope — on stderr too,
-    since stdout is the command's — with the commands in them naming the profile."""
+def _report(exc: DbaccessError, found: Invocation, profiles: ProfileFile | None = None) -> None:
+    """As the full CLI (``render``): error/hint lines on stderr, or the JSON envelope — on
+    stderr too, since stdout is the command's — with the commands in them naming the
+    profile."""
     from dbaccess.client.config import hint_profile
 
-    exc.name_profile(hint_profile(found.profile))
-    if found.json:
-        _envelope({"error": exc.to_json()})
-        return
-    from dbaccess.text import printable  # broker messages quote what people typed
-
-    print(f"error: {printable(exc.message)}", file=sys.stderr)
-    if exc.hint:
-        print(f"hint: {printable(exc.hint)}", file=sys.stderr)
+    exc.name_profile(hint_profile(found.profile, profiles))
+    render(exc, as_json=found.json, stream=sys.stderr)
 
 
 def _envelope(envelope: dict[str, Any]) -> None:

@@ -35,12 +35,12 @@ def login(
     from dbaccess.client.auth.device_flow import DeviceCode
     from dbaccess.client.auth.login import device_login
     from dbaccess.client.broker_api import BrokerClient
-    from dbaccess.client.config import Profile, ProfileFile, profile_name, resolve_broker
+    from dbaccess.client.config import Profile, resolve_broker
     from dbaccess.timestamps import rfc3339
 
     g: Globals = ctx.obj
-    name = profile_name(g.profile)
-    url = resolve_broker(name, broker)
+    name = g.profile_name
+    url = resolve_broker(name, broker, profiles=g.profiles)
 
     def show_code(code: DeviceCode) -> None:
         link = code.verification_uri_complete or code.verification_uri
@@ -66,22 +66,21 @@ def login(
             g.console.print("[dim](opened in your browser)[/]")
 
     if insecure_storage:  # recorded first, so the tokens land in the file
-        chosen_profiles = ProfileFile.load()
-        chosen = chosen_profiles.profiles.get(name) or Profile(name)
+        chosen = g.profiles.profiles.get(name) or Profile(name)
         chosen.insecure_storage = True
         chosen.broker = chosen.broker or url
-        chosen_profiles.profiles[name] = chosen
-        chosen_profiles.save()
+        g.profiles.profiles[name] = chosen
+        g.profiles.save()
         g.warn(insecure_storage_notice(name))
     with api.http_client() as http:
         config = BrokerClient(url, http).config()
         if g.json or g.no_input or not g.console.is_terminal:
-            stored = device_login(name, config, http, show_code)
+            stored = device_login(name, config, http, show_code, profiles=g.profiles)
         else:
             with g.status("Waiting for you to approve the login…"):
-                stored = device_login(name, config, http, show_code)
+                stored = device_login(name, config, http, show_code, profiles=g.profiles)
 
-    profiles = ProfileFile.load()
+    profiles = g.profiles
     existing = profiles.profiles.get(name) or Profile(name)
     existing.broker = url
     profiles.profiles[name] = existing

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from dbaccess.client.config import hint_profile
-from dbaccess.errors import DbaccessError, with_profile
+from dbaccess.errors import DbaccessError, render, with_profile
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from dbaccess.client.config import ProfileFile
 
 
 # Commands whose stdout belongs to the child they run (psql, exec's command).
@@ -38,6 +40,31 @@ class Globals:
     # connect/exec/breakglass: stdout is the child's, so the envelope goes to stderr
     child_owns_stdout: bool = False
     _statuses: list[int] = field(default_factory=list, repr=False)
+    _profiles: ProfileFile | None = field(default=None, repr=False)
+
+    @property
+    def profiles(self) -> ProfileFile:
+        """config.toml, read once per invocation — on first use, so --help reads none —
+        and passed down to whatever needs a profile's settings."""
+        if self._profiles is None:
+            from dbaccess.client.config import ProfileFile
+
+            self._profiles = ProfileFile.load()
+        return self._profiles
+
+    @property
+    def profile_name(self) -> str:
+        """The profile this invocation uses: --profile > DBACCESS_PROFILE > current."""
+        from dbaccess.client.config import profile_name
+
+        return profile_name(self.profile, self.profiles)
+
+    def hint_profile(self) -> str | None:
+        """The profile the commands in hints must name (``config.hint_profile``)."""
+        try:
+            return hint_profile(self.profile, self.profiles)
+        except DbaccessError:
+            return None  # an unreadable config.toml is reported on its own
 
     @property
     def console(self) -> Console:
@@ -117,24 +144,14 @@ class Globals:
 
     def warn(self, text: str) -> None:
         # a warning's next command ("unless you run: dbaccess revoke ID") names the profile too
-        text = with_profile(text, hint_profile(self.profile))
+        text = with_profile(text, self.hint_profile())
         self.console.print(f"[yellow]warning:[/] {shown(text)}")  # plain text, never markup
 
     def error(self, exc: DbaccessError) -> None:
-        exc.name_profile(hint_profile(self.profile))
-        if self.json:
-            emit_json({"error": exc.to_json()}, self.envelope_stream)
-            return
-        from rich.markup import escape
-
-        # Messages quote what people and policies wrote (an incident pattern "[A-Z]{3}-..."):
-        # escaped, so rich does not take it for markup and swallow it.
-        from dbaccess.text import printable
-
-        console = self.console
-        console.print(f"[bold red]error:[/] {escape(printable(exc.message))}", markup=True)
-        if exc.hint:
-            console.print(f"[dim]hint:[/] {escape(printable(exc.hint))}")
+        """Report ``exc`` as every dbaccess program does (``render``), with the commands in it
+        naming the profile: the JSON envelope where results go, else lines on stderr."""
+        exc.name_profile(self.hint_profile())
+        render(exc, as_json=self.json, stream=self.envelope_stream if self.json else sys.stderr)
 
 
 def emit_json(envelope: dict[str, Any], stream: IO[str] | None = None) -> None:
@@ -211,31 +228,22 @@ def session_table(sessions: list[Any]) -> Any:
     return rows
 
 
-def handled(command: Callable[..., None]) -> Callable[..., None]:
-    """Run a command; turn a DbaccessError into ``error:``/``hint:`` (or the JSON envelope)
-    and its documented exit code. Tracebacks only with --debug."""
+def announced(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command after the notice every command gives (tokens kept in a plain file).
+    Its errors are reported by the one catch site, ``DbaccessGroup.main`` (cli/app.py)."""
     import typer
 
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> None:
-        try:
-            _announce_insecure_storage(ctx.obj if isinstance(ctx.obj, Globals) else Globals())
-            command(ctx, *args, **kwargs)
-        except DbaccessError as exc:
-            g: Globals = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
-            if g.debug:
-                raise
-            g.error(exc)
-            raise typer.Exit(int(exc.exit_code)) from None
+        _announce_insecure_storage(ctx.obj if isinstance(ctx.obj, Globals) else Globals())
+        command(ctx, *args, **kwargs)
 
     return wrapper
 
 
 def _announce_insecure_storage(g: Globals) -> None:
-    from dbaccess.client.config import ProfileFile, profile_name
-
-    name = profile_name(g.profile)
-    stored = ProfileFile.load().profiles.get(name)
+    name = g.profile_name
+    stored = g.profiles.profiles.get(name)
     if stored is not None and stored.insecure_storage:
         g.warn(insecure_storage_notice(name))
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dbaccess.cli.output import Globals, handled
+from dbaccess.cli.output import Globals, announced
 
 app = typer.Typer(
     help="List, add, choose and remove profiles.",
@@ -16,15 +16,13 @@ app = typer.Typer(
 
 
 @app.callback()
-@handled
+@announced
 def list_profiles(ctx: typer.Context) -> None:
     """List profiles (the current one is marked)."""
     if ctx.invoked_subcommand is not None:
         return
-    from dbaccess.client.config import ProfileFile
-
     g: Globals = ctx.obj
-    file = ProfileFile.load()
+    file = g.profiles
     rows = [
         {"name": p.name, "broker": p.broker, "current": p.name == file.current}
         for p in sorted(file.profiles.values(), key=lambda p: p.name)
@@ -37,7 +35,7 @@ def list_profiles(ctx: typer.Context) -> None:
 
 
 @app.command("add")
-@handled
+@announced
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Profile name.")],
@@ -48,11 +46,11 @@ def add(
     ] = None,
 ) -> None:
     """Add (or change) a profile."""
-    from dbaccess.client.config import Profile, ProfileFile, check_broker_url, check_profile_name
+    from dbaccess.client.config import Profile, check_broker_url, check_profile_name
 
     g: Globals = ctx.obj
     check_profile_name(name)
-    file = ProfileFile.load()
+    file = g.profiles
     profile = file.profiles.get(name) or Profile(name)
     profile.broker = check_broker_url(broker)
     if breakglass_target is not None:
@@ -66,14 +64,13 @@ def add(
 
 
 @app.command("use")
-@handled
+@announced
 def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Make a profile the current one."""
-    from dbaccess.client.config import ProfileFile
     from dbaccess.errors import NotFoundError
 
     g: Globals = ctx.obj
-    file = ProfileFile.load()
+    file = g.profiles
     if name not in file.profiles:
         raise NotFoundError(
             f"there is no profile '{name}'", hint=f"dbaccess profiles add {name} --broker URL"
@@ -84,19 +81,19 @@ def use(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile na
 
 
 @app.command("remove")
-@handled
+@announced
 def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Remove a profile and its stored login."""
     from dbaccess.client.auth.token_store import delete_login
-    from dbaccess.client.config import DEFAULT_PROFILE, ProfileFile
+    from dbaccess.client.config import DEFAULT_PROFILE
     from dbaccess.errors import KeyringUnavailable, NotFoundError
 
     g: Globals = ctx.obj
-    file = ProfileFile.load()
+    file = g.profiles
     if name not in file.profiles:
         raise NotFoundError(f"there is no profile '{name}'", hint="dbaccess profiles")
     try:
-        delete_login(name)
+        delete_login(name, file)
     except KeyringUnavailable:
         pass  # no keyring, so no login was ever stored for it
     del file.profiles[name]

@@ -16,7 +16,7 @@ def sessions(ctx: typer.Context) -> None:
     from dbaccess.client.context import logged_in
 
     g: Globals = ctx.obj
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         live = api.list_sessions()
     name_cache.remember_sessions(g.profile, live)  # for completion of session ids
     g.data(
@@ -44,7 +44,7 @@ def revoke(
             "name one session id, or pass --all (not both)",
             hint="dbaccess sessions lists your session ids",
         )
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         ids = [session_id] if session_id else [s.id for s in api.list_sessions()]
         done = [api.revoke_session(i) for i in ids]
     g.data(
@@ -82,7 +82,7 @@ def renew(
         seconds = int(parse_duration(duration).total_seconds()) if duration else None
     except ValueError as exc:
         raise UsageError(f"--duration: {exc}") from None
-    with logged_in(g.profile) as (api, _):
+    with logged_in(g.profile, g.profiles) as (api, _):
         info = api.renew_session(session_id, seconds, shorten=shorten)
     if info.changed:
         human = f"{info.db_user} is now valid until {human_time(info.expires_at)}"
@@ -93,7 +93,6 @@ def renew(
         )
     g.data(info.model_dump(mode="json"), human)
     if not info.changed:  # the next command is a message, not part of the result
-        from dbaccess.client.config import hint_profile
         from dbaccess.errors import with_profile
 
         asked = f" --duration {duration}" if duration else ""
@@ -101,4 +100,4 @@ def renew(
             f"to end it earlier: dbaccess renew {info.id}{asked} --shorten "
             f"(or now: dbaccess revoke {info.id})"
         )
-        g.info(f"[dim]hint:[/] {with_profile(hint, hint_profile(g.profile))}")
+        g.info(f"[dim]hint:[/] {with_profile(hint, g.hint_profile())}")

@@ -278,15 +278,21 @@ class ProfileFile:
         tmp.replace(self.path)
 
 
-def profile_name(flag: str | None) -> str:
-    return flag or os.environ.get("DBACCESS_PROFILE") or ProfileFile.load().current
+# ``profiles`` below: the invocation's config.toml, read once by its caller (the CLI's
+# context, the fast exec path) and passed down; None reads the file here.
 
 
-def resolve_broker(profile: str, flag: str | None = None) -> str:
+def profile_name(flag: str | None, profiles: ProfileFile | None = None) -> str:
+    return (flag or os.environ.get("DBACCESS_PROFILE")
+            or (profiles or ProfileFile.load()).current)
+
+
+def resolve_broker(profile: str, flag: str | None = None, *,
+                   profiles: ProfileFile | None = None) -> str:
     """The broker URL by precedence: flag > DBACCESS_BROKER > profile."""
     url = flag or os.environ.get("DBACCESS_BROKER")
     if not url:
-        file = ProfileFile.load()
+        file = profiles or ProfileFile.load()
         stored = file.profiles.get(profile)
         url = stored.broker if stored else None
         if stored is None and file.profiles:
@@ -321,10 +327,11 @@ def check_profile_name(name: str) -> str:
 CLIENT_ENV = {"postgres": "DBACCESS_PSQL", "mariadb": "DBACCESS_MYSQL"}
 
 
-def chosen_clients(profile: str, flag: str | None = None) -> dict[str, str]:
+def chosen_clients(profile: str, flag: str | None = None, *,
+                   profiles: ProfileFile | None = None) -> dict[str, str]:
     """engine -> client program, by precedence: --client (both engines) > DBACCESS_PSQL /
     DBACCESS_MYSQL > the profile's ``client`` table > the built-in default (not listed)."""
-    stored = ProfileFile.load().profiles.get(profile)
+    stored = (profiles or ProfileFile.load()).profiles.get(profile)
     chosen = dict(stored.client) if stored else {}
     for engine, variable in CLIENT_ENV.items():
         if os.environ.get(variable):
@@ -333,12 +340,13 @@ def chosen_clients(profile: str, flag: str | None = None) -> dict[str, str]:
         chosen = {engine: flag for engine in CLIENT_ENV}
     return chosen
 
-def hint_profile(flag: str | None) -> str | None:
+def hint_profile(flag: str | None, profiles: ProfileFile | None = None) -> str | None:
     """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE
     > config.toml's current), when a bare ``dbaccess`` would pick another — then the
     hint's command is right to copy. Shared by both exec paths and every command."""
     try:
-        active = profile_name(flag)
-        return None if active == ProfileFile.load().current else active
+        file = profiles or ProfileFile.load()
+        active = profile_name(flag, file)
+        return None if active == file.current else active
     except DbaccessError:
         return None  # an unreadable config.toml is reported on its own

@@ -12,7 +12,7 @@ import httpx
 from dbaccess.client.auth.login import bearer_token
 from dbaccess.client.auth.token_store import StoredLogin
 from dbaccess.client.broker_api import BrokerClient
-from dbaccess.client.config import profile_name, resolve_broker
+from dbaccess.client.config import ProfileFile, profile_name, resolve_broker
 from dbaccess.client.replies import timeout_seconds
 
 
@@ -25,9 +25,11 @@ http_client: Callable[[], httpx.Client] = _default_http_client
 
 
 @contextmanager
-def logged_in(profile_flag: str | None) -> Iterator[tuple[BrokerClient, StoredLogin]]:
-    profile = profile_name(profile_flag)
-    broker = resolve_broker(profile)
+def logged_in(profile_flag: str | None, profiles: ProfileFile | None = None
+              ) -> Iterator[tuple[BrokerClient, StoredLogin]]:
+    """``profiles``: the invocation's config.toml (None reads it)."""
+    profile = profile_name(profile_flag, profiles)
+    broker = resolve_broker(profile, profiles=profiles)
     with http_client() as http:
-        login = bearer_token(profile, http)
+        login = bearer_token(profile, http, profiles=profiles)
         yield BrokerClient(broker, http, login.id_token), login

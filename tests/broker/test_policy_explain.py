@@ -7,6 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from dbaccess.broker.cli import app
+from dbaccess.errors import ExitCode
 
 CONFIG = """
 [identity]
@@ -57,13 +58,13 @@ def test_grant_names_the_rule_and_duration(tmp_path: Path) -> None:
 def test_denials_say_why(tmp_path: Path) -> None:
     code, out = explain(tmp_path, "--user", "alice", "--groups", "dev", "--target", "prod",
                         "--role", "readwrite")
-    assert code == 5
+    assert code == ExitCode.DENIED
     assert "DENY: no rule grants role 'readwrite' on 'prod' to alice" in out
     code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
                         "--role", "readwrite")
-    assert code == 5
+    assert code == ExitCode.DENIED
     assert "requires a ticket matching INC-[0-9]+" in out
     assert "rule: dba-readwrite" in out
     code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
                         "--role", "readwrite", "--ticket", "INC-42", "--duration", "5h")
-    assert code == 5 and "allows at most 4h" in out
+    assert code == ExitCode.DENIED and "allows at most 4h" in out

@@ -223,3 +223,26 @@ def test_absurd_durations_are_a_usage_error(
         assert code == 2, body
         assert "longer than 366d" in body["error"]["message"]
     assert set(stack.managed_users()) == before
+
+
+@pytest.mark.parametrize("args", [
+    ("connect", "demo", "--role", "readonly", "--client", "true"),
+    ("exec", "demo", "--role", "readonly", "--", "true"),
+], ids=["connect", "exec"])
+def test_one_session_reads_config_toml_once(broker: TestClient, args: tuple[str, ...],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invocation reads config.toml once and passes it down: the insecure-storage
+    notice, the profile's name, broker and clients, and the login's token storage (it was
+    read six times per session)."""
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counted(path: Path, *more: Any, **options: Any) -> str:
+        if path.name == "config.toml":
+            reads.append(path)
+        return read_text(path, *more, **options)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    code, outcome = run(*args)
+    assert code == 0 and outcome["data"]["exit_code"] == 0, outcome
+    assert len(reads) == 1, reads

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 import typer.main
@@ -158,7 +160,7 @@ def test_a_terminal_on_stdin_goes_to_the_full_cli_unless_no_input(
     script.setattr("sys.stdin.isatty", lambda: True)
     called: list[str] = []
 
-    def run_here(found: fast_exec.Invocation) -> int:
+    def run_here(found: fast_exec.Invocation, *_: object) -> int:
         called.append(found.target)
         return 0
 
@@ -215,3 +217,37 @@ def test_the_reply_it_reads_is_the_broker_model() -> None:
         else:
             assert ours == theirs
     assert "s3cret" not in repr(reply)
+
+
+def test_one_exec_reads_config_toml_once(script: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The profile (its name, broker, token storage) and the hints' profile come from one
+    reading of config.toml, passed down (it was read three times, four after an error)."""
+    script.delenv("DBACCESS_BROKER")
+    (tmp_path / "config.toml").write_text(
+        'current = "work"\n[profiles.work]\nbroker = "http://127.0.0.1:9"\n')
+    jwt_like = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9."
+    script.setattr(token_store, "read_from_secret_service", lambda _: StoredLogin(
+        issuer="https://idp", client_id="c", scopes=["openid"], id_token=jwt_like,
+        refresh_token=None, expires_at=time.time() + 3600, subject="alice"))
+    granted = {"id": "s-1", "target": "demo", "role": "readonly", "engine": "postgres",
+               "db_user": "dba_alice_1", "host": "127.0.0.1", "port": 5432, "database": "demo",
+               "expires_at": datetime.now(UTC).isoformat(), "password": "pw"}
+    calls: list[str] = []
+
+    def broker(_: object, method: str, path: str, body: object = None) -> tuple[int, object]:
+        calls.append(f"{method} {path}")
+        return (201, granted) if method == "POST" else (200, {"state": "revoked"})
+
+    script.setattr(fast_exec.Broker, "call", broker)
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.name == "config.toml":
+            reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    script.setattr(Path, "read_text", counted)
+    assert fast_exec.run(["exec", "demo", "--role", "readonly", "--", "true"]) == 0
+    assert calls == ["POST /v1/sessions", "DELETE /v1/sessions/s-1"]
+    assert reads == [tmp_path / "config.toml"]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from dbaccess.broker.store import approval_requests
 from dbaccess.broker.store.audit_chain import raw_records, verify
+from dbaccess.errors import ExitCode
 from tests.terminal import own_terminal, read_until
 
 from .conftest import DBACCESS, Cli
@@ -129,7 +130,7 @@ def test_breakglass_on_mariadb_is_logged_by_the_server(people: Cli) -> None:
 
 
 def _request_id(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 6, result.stderr + result.stdout  # ExitCode.APPROVAL_PENDING
+    assert result.returncode == ExitCode.APPROVAL_PENDING, result.stderr + result.stdout
     # connect/exec leave stdout to the child: their envelope is the last line on stderr
     assert result.stdout == ""
     error = json.loads(result.stderr.splitlines()[-1])["error"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dbaccess.errors import ExitCode
 from tests.e2e.conftest import Cli
 
 pytestmark = pytest.mark.integration
@@ -157,7 +158,7 @@ def test_policy_denial_is_clear_and_creates_nothing(cli: Cli) -> None:
     before = set(cli.managed_roles())
     result = cli.run("connect", "demo", "--role", "readonly", "--duration", "8h", "--",
                      "-c", "select 1")
-    assert result.returncode == 5  # ExitCode.DENIED
+    assert result.returncode == ExitCode.DENIED
     assert "rule 'dev-readonly' allows at most 1h" in result.stderr
     assert set(cli.managed_roles()) == before
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,6 +20,9 @@ from dbaccess.client.auth.token_store import (
 from dbaccess.errors import AuthError
 from dbaccess.wire import PublicConfig
 
+if TYPE_CHECKING:
+    from dbaccess.client.config import ProfileFile
+
 
 def _default_interval() -> float:
     # Used only when the provider sends no ``interval`` (RFC 8628 says 5 s then).
@@ -32,10 +36,12 @@ def device_login(
     http: httpx.Client,
     show_code: Callable[[DeviceCode], None],
     on_wait: Callable[[float], None] | None = None,
+    *,
+    profiles: ProfileFile | None = None,
 ) -> StoredLogin:
     """Run the device flow (RFC 8628 client, or msal for Entra ID), store the result in
-    the keyring and return it."""
-    ensure_storage(profile)
+    the keyring and return it (``profiles``: the invocation's config.toml)."""
+    ensure_storage(profile, profiles)
     if config.kind == "entra":
         from dbaccess.client.auth import entra
 
@@ -51,13 +57,14 @@ def device_login(
         show_code(code)
         tokens = flow.poll(code, on_wait)
     login = _stored(config.issuer, config.client_id, config.scopes, tokens, config.kind)
-    save_login(profile, login)
+    save_login(profile, login, profiles)
     return login
 
 
-def bearer_token(profile: str, http: httpx.Client) -> StoredLogin:
+def bearer_token(profile: str, http: httpx.Client, *,
+                 profiles: ProfileFile | None = None) -> StoredLogin:
     """The stored login, refreshed silently when it is about to expire."""
-    login = load_login(profile)
+    login = load_login(profile, profiles)
     if login is None:
         raise AuthError("you are not logged in", hint="dbaccess login")
     if login.expires_at - REFRESH_MARGIN > time.time():
@@ -75,7 +82,7 @@ def bearer_token(profile: str, http: httpx.Client) -> StoredLogin:
             login.refresh_token
         )
     refreshed = _stored(login.issuer, login.client_id, login.scopes, tokens, login.kind)
-    save_login(profile, refreshed)
+    save_login(profile, refreshed, profiles)
     return refreshed
 
 

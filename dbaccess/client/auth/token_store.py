@@ -17,8 +17,12 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbaccess.errors import KeyringUnavailable
+
+if TYPE_CHECKING:
+    from dbaccess.client.config import ProfileFile
 
 SERVICE = "dbaccess"
 REFRESH_MARGIN = 60.0  # refresh a token this many seconds before it expires
@@ -49,19 +53,20 @@ def _account(profile: str) -> str:
     return f"profile:{profile}"
 
 
-def token_file(profile: str) -> Path | None:
-    """The 0600 file holding the profile's tokens, if the profile opted in to one."""
+def token_file(profile: str, profiles: ProfileFile | None = None) -> Path | None:
+    """The 0600 file holding the profile's tokens, if the profile opted in to one
+    (``profiles``: the invocation's config.toml; None reads it)."""
     from dbaccess.client.config import ProfileFile, config_dir
 
-    stored = ProfileFile.load().profiles.get(profile)
+    stored = (profiles or ProfileFile.load()).profiles.get(profile)
     if stored is None or not stored.insecure_storage:
         return None
     return config_dir() / "tokens" / f"{profile}.json"
 
 
-def ensure_storage(profile: str) -> None:
+def ensure_storage(profile: str, profiles: ProfileFile | None = None) -> None:
     """Fail before a login starts, rather than after the person approved it."""
-    if token_file(profile) is not None:
+    if token_file(profile, profiles) is not None:
         return
     import keyring
     import keyring.backends.fail
@@ -71,11 +76,11 @@ def ensure_storage(profile: str) -> None:
                                  hint=_NO_BACKEND_HINT)
 
 
-def save_login(profile: str, login: StoredLogin) -> None:
+def save_login(profile: str, login: StoredLogin, profiles: ProfileFile | None = None) -> None:
     import keyring
     import keyring.errors
 
-    file = token_file(profile)
+    file = token_file(profile, profiles)
     if file is not None:
         from dbaccess.client.config import private_dir
 
@@ -100,11 +105,11 @@ def save_login(profile: str, login: StoredLogin) -> None:
         ) from None
 
 
-def load_login(profile: str) -> StoredLogin | None:
+def load_login(profile: str, profiles: ProfileFile | None = None) -> StoredLogin | None:
     import keyring
     import keyring.errors
 
-    file = token_file(profile)
+    file = token_file(profile, profiles)
     if file is not None:
         try:
             raw: str | None = file.read_text()
@@ -133,11 +138,11 @@ def _parse(raw: str | None) -> StoredLogin | None:
         return None  # an entry from another version: treat as logged out
 
 
-def delete_login(profile: str) -> bool:
+def delete_login(profile: str, profiles: ProfileFile | None = None) -> bool:
     import keyring
     import keyring.errors
 
-    file = token_file(profile)
+    file = token_file(profile, profiles)
     if file is not None:
         existed = file.exists()
         file.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import httpx
 from dbaccess.client import name_cache
 from dbaccess.client.auth.login import bearer_token
 from dbaccess.client.broker_api import BrokerClient
+from dbaccess.client.config import ProfileFile
 from dbaccess.client.dbclients.programs import find_program
 from dbaccess.client.session.child import cleanup_on_signals
 from dbaccess.client.session.directory import stale_sessions
@@ -63,14 +64,16 @@ def connect(
     on_granted: Callable[[SessionGranted], None] = lambda _: None,
     on_warning: Callable[[str], None] = lambda _: None,
     ask: Ask | None = None,
+    profiles: ProfileFile | None = None,
 ) -> int:
-    """Run the client for one session; return its exit code. Always revokes and wipes."""
+    """Run the client for one session; return its exit code. Always revokes and wipes.
+    ``profiles``: the invocation's config.toml (None reads it)."""
     if os.environ.get("DBACCESS_SESSION"):
         raise UsageError(
             "this shell already runs inside a dbaccess session",
             hint="exit the current session first (nested sessions are refused)",
         )
-    login = bearer_token(request.profile, http)
+    login = bearer_token(request.profile, http, profiles=profiles)
     api = BrokerClient(request.broker, http, login.id_token)
     sweep_stale_sessions(api, request.broker, on_warning)
     clients = find_programs(request, api)
