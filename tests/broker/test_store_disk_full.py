@@ -125,17 +125,19 @@ class Filler:
 
 
 def fill_while_users_wait_for_activation(
-        store: Path, filler: Filler, stack: Stack, answered: Callable[[], set[str]]) -> None:
+        store: Path, filler: Filler, stack: Stack, answered: Callable[[], set[str]]) -> int:
     """Fill the disk at the moment the case that matters most is under way: a database
     user created, its lease not active yet. The test takes the store's write lock, so every
     asker stops at its next store write; once some has its user on the database (it waits
     to activate the lease), the disk is filled, then the lock let go. The WAL is truncated
     first: a WAL file restarted after a checkpoint is overwritten in place, room SQLite
     would have without the filesystem's."""
-    for _ in range(5):
+    tried = []
+    for attempt in range(1, 11):
         holder = sqlite3.connect(store, isolation_level=None, timeout=30)
         try:
             busy, _, _ = holder.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            tried.append(f"busy {busy}")
             if busy:
                 continue
             holder.execute("BEGIN IMMEDIATE")
@@ -145,12 +147,15 @@ def fill_while_users_wait_for_activation(
                 now_waiting = set(stack.managed_users()) - answered()
                 if now_waiting and now_waiting == waiting:
                     filler.start()
-                    return
+                    return attempt
                 waiting = now_waiting
+                tried.append(str(sorted(waiting)))
                 time.sleep(0.5)
         finally:
             holder.close()  # rolls back: the test wrote nothing
-    raise AssertionError("no asker was ever caught between its user and its activation")
+        time.sleep(1)  # the askers go on; the next try catches them elsewhere
+    raise AssertionError(f"no asker was ever caught between its user and its activation: "
+                         f"{tried}")
 
 
 def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
@@ -210,9 +215,12 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
         asker.start()
     try:
         eventually(lambda: len(granted()) >= 12, timeout=90, what="a dozen sessions")
-        fill_while_users_wait_for_activation(
+        started = time.monotonic()
+        attempts = fill_while_users_wait_for_activation(
             disk / "broker.db", filler, stack,
             lambda: {body["db_user"] for body in granted()})
+        at_the_fill = len(granted())
+        took = time.monotonic() - started
         eventually(lambda: httpx.get(stack.broker_url + "/healthz", timeout=30).status_code
                    == 503, timeout=30, what="/healthz to report the full disk")
         time.sleep(3)  # asking goes on against a full disk
@@ -281,10 +289,11 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
     stored, events = read_store(store_url)
     interrupted = [row.db_user for row in stored.values()
                    if row.revoke_cause == "creation_interrupted"]
-    print(f"granted {len(handed)}, refused {len(refused)}, users made for no one and "
-          f"dropped {len(interrupted)}")
-    # The disk filled while some askers were between "user created" and "lease active"
-    # (creating the user is most of an issuance): the case the last check is about.
+    print(f"filled at try {attempts} ({took:.1f} s); granted {at_the_fill} before the fill "
+          f"and {len(handed) - at_the_fill} after, refused {len(refused)}, users made for no "
+          f"one and dropped {len(interrupted)}")
+    # The disk filled while some askers were between "user created" and "lease active":
+    # the case the recovery checks are about.
     assert interrupted, "no lease was caught between its user and its activation"
     stuck = [row.id for row in stored.values() if row.state in ("creating", "revoking")]
     assert stuck == [], "leases left half-made or half-revoked"
