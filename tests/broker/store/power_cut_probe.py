@@ -8,7 +8,12 @@ Out of the suite because it is not reliable yet: over a dozen runs it failed abo
 the time, in three ways (a 201 whose lease the device still holds as `creating`; a user on
 the database without a live lease; users left after the restart). Whether that is commits
 really lost after fsync, the shutdown racing fsyncs in flight, or the probe itself, is not
-known yet: see the closing note of the session that moved it here.
+known yet: see the closing note of the session that moved it here. Seen since, over 7 runs
+with the two fixes below: 3 passed; twice a 201 whose lease the device holds as `creating`
+(once answered 3 ms after the ioctl returned: the activation's commit racing the shutdown);
+twice users left after the restart (not analysed). It had also stopped running at all
+(``ext4_disk`` lacked ``@contextmanager``) and hit the sandbox's session cap (429) before
+the cut.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ import sqlalchemy as sa
 
 from dbaccess.broker.store import LIVE_STATES, audit, leases
 from dbaccess.sandbox.idp import device_tokens
-from dbaccess.sandbox.stack import Stack
+from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +44,7 @@ EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2  # drop what is not on the device yet: a power cut
 
 
+@contextmanager
 def ext4_disk(image: Path, mountpoint: Path, size_mb: int = 64) -> Iterator[Path]:
     """A fresh ext4 filesystem on a loop device, mounted at ``mountpoint``."""
     assert os.geteuid() == 0, "this test mounts a filesystem: run it as root (CI does)"
@@ -84,8 +91,12 @@ def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it")
 @pytest.fixture(scope="module")
 def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Its own servers: the broker here reconciles every second against its own store.
+    # Caps high enough that they never answer (429) in place of the store: with the
+    # sandbox's (32 sessions on the target) the probe hit them before the cut.
+    limits = dict(SANDBOX_LIMITS, sessions_per_person=400, connections_per_person=2000,
+                  sessions_per_target=1200, connections_per_target=6000)
     stack = Stack(tmp_path_factory.mktemp("powercut"), reaper_interval="1s",
-                  reconcile_interval="1s", creation_timeout="2s")
+                  reconcile_interval="1s", creation_timeout="2s", limits=limits)
     with stack:
         yield stack
 
