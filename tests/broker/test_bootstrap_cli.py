@@ -57,8 +57,16 @@ def test_apply_sets_up_a_database_and_a_provisioner(stack: Stack, tmp_path: Path
     assert oct(secret.stat().st_mode & 0o777) == "0o600"
     password = secret.read_text().strip()
     assert password not in result.stdout + result.stderr
+    # Roles are cluster-wide: the suite's other sessions on this server may still hold
+    # dba_ users, which managed_users() lists by prefix for recovery. A fresh database has
+    # none of its own, and the listing shows no user that is not on the server.
+    with pg.connect("bootstrap_probe") as admin:
+        assert admin.execute("SELECT * FROM dbaccess.managed_users").fetchall() == []
+        on_server = {row[0] for row in admin.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'dba_')")}
     with pg.connect("bootstrap_probe", user="probe_provisioner", password=password) as conn:
-        assert conn.execute("SELECT * FROM dbaccess.managed_users()").fetchall() == []
+        listed = {row[0] for row in conn.execute("SELECT * FROM dbaccess.managed_users()")}
+        assert listed <= on_server
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE ROLE nope")
     # running it again is harmless (idempotent)
