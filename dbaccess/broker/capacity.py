@@ -14,11 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from dbaccess.broker.settings import Settings, TargetSection
-
-# The provisioner's connections per broker process: PostgreSQL's pool (engines.postgres
-# POOL_SIZE); MariaDB opens one per call, at most creations plus revocations at a time.
-POSTGRES_POOL = 10
+from dbaccess.broker.engines import checks_for
+from dbaccess.broker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -28,7 +25,7 @@ class ServerBudget:
     port: int
     targets: tuple[str, ...]
     sessions: int  # what session users may open, break-glass included
-    broker: int  # the broker's own connections (one process)
+    broker: int  # the broker's own connections (one process: the engine's broker_connections)
 
     @property
     def total(self) -> int:
@@ -48,44 +45,10 @@ def budgets(settings: Settings) -> list[ServerBudget]:
             sessions += settings.limit(name, "connections_per_target")[0]
             if name in covered:
                 sessions += settings.limit(name, "breakglass_connections_per_target")[0]
-            target = settings.targets[name]
-            broker += (POSTGRES_POOL if engine == "postgres"
-                       else target.create_concurrency + settings.broker.revoke_workers)
+            broker += checks_for(engine).broker_connections(settings.targets[name],
+                                                            settings.broker.revoke_workers)
         found.append(ServerBudget(engine, host, port, tuple(names), sessions, broker))
     return found
-
-
-def server_connections(target: TargetSection) -> tuple[int, int]:
-    """(max_connections, connections reserved for superusers) of ``target``'s server, read
-    as its provisioner. Raises whatever the driver raises when it cannot ask."""
-    password = target.provisioner.read_password()
-    if target.engine == "postgres":
-        import psycopg
-
-        with psycopg.connect(host=target.host, port=target.port, dbname=target.database,
-                             user=target.provisioner.user, password=password,
-                             sslmode=target.sslmode, connect_timeout=5,
-                             application_name="dbaccess-broker check-config") as conn:
-            rows = conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', "
-                "'superuser_reserved_connections', 'reserved_connections')").fetchall()
-        settings = {str(name): int(value) for name, value in rows}
-        reserved = settings.get("superuser_reserved_connections", 0) + settings.get(
-            "reserved_connections", 0)
-        return settings["max_connections"], reserved
-    import pymysql
-
-    conn = pymysql.connect(host=target.host, port=target.port, user=target.provisioner.user,
-                           password=password, connect_timeout=5, read_timeout=10,
-                           program_name="dbaccess-broker check-config")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@max_connections")
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    assert row is not None
-    return int(row[0]), 0  # MariaDB keeps one extra connection for SUPER on top
 
 
 def capacity_warnings(settings: Settings) -> list[str]:
@@ -96,7 +59,8 @@ def capacity_warnings(settings: Settings) -> list[str]:
         where = f"{budget.engine} {budget.host}:{budget.port}"
         names = ", ".join(repr(n) for n in budget.targets)
         try:
-            most, reserved = server_connections(settings.targets[budget.targets[0]])
+            target = settings.targets[budget.targets[0]]
+            most, reserved = checks_for(budget.engine).server_connections(target)
         except Exception as exc:  # a warning only: check_target reports unreachable servers
             warnings.append(f"could not read max_connections of {where} (targets {names}): "
                             f"{type(exc).__name__}")

@@ -116,10 +116,10 @@ def check_config(
     group role can write."""
     from dbaccess.broker.checks import (
         check_target,
-        large_object_warnings,
-        mariadb_settings,
         read_only_warnings,
+        server_settings,
         shared_servers,
+        target_warnings,
     )
     from dbaccess.broker.settings import load_settings
 
@@ -135,9 +135,9 @@ def check_config(
         for name, target in settings.targets.items():
             if all(problem.target != name for problem in problems):
                 for warning in [*read_only_warnings(name, target),
-                                *large_object_warnings(name, target)]:
+                                *target_warnings(name, target)]:
                     typer.echo(f"warning: {config}: {warning}", err=True)
-        server_problems, server_warnings = mariadb_settings(settings, str(config))
+        server_problems, server_warnings = server_settings(settings, str(config))
         for warning in server_warnings:
             typer.echo(f"warning: {config}: {warning}", err=True)
         problems += server_problems
@@ -181,7 +181,7 @@ def bootstrap(
             f"{config}: there is no target '{target}'",
             hint=f"targets: {', '.join(sorted(settings.targets))}",
         )
-    from dbaccess.broker.engines import engine_part
+    from dbaccess.broker.engines import ENGINES, engine_part
 
     if not apply:
         typer.echo(engine_part(section.engine, "bootstrap").render(target, section), nl=False)
@@ -190,8 +190,8 @@ def bootstrap(
     if not dsn:
         raise ConfigError(
             "--apply needs an admin connection string in DBACCESS_ADMIN_DSN",
-            hint="export DBACCESS_ADMIN_DSN='host=... user=postgres' (PostgreSQL) or "
-            "'mariadb://root:...@host:3306' (MariaDB)",
+            hint="export DBACCESS_ADMIN_DSN=" + " or ".join(
+                engine_part(kind, "admin").ADMIN_DSN_EXAMPLE for kind in ENGINES),
         )
     password = section.provisioner.ensure_password()
     admin = engine_part(section.engine, "admin")

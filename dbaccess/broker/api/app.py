@@ -19,7 +19,7 @@ from dbaccess.broker.api.body_limit import BodyLimit
 from dbaccess.broker.api.errors import install_handlers
 from dbaccess.broker.api.routes import audit, breakglass, meta, requests, sessions
 from dbaccess.broker.capacity import log_capacity_warnings
-from dbaccess.broker.checks import log_mariadb_server_problems
+from dbaccess.broker.checks import log_server_problems
 from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import TokenVerifier
 from dbaccess.broker.metrics import live_sessions_by_target
@@ -59,8 +59,8 @@ def create_app(
         )
         if run_reaper:
             reaper.start()
-            threading.Thread(target=log_mariadb_server_problems, args=(settings.targets,),
-                             name="mariadb-settings-check", daemon=True).start()
+            threading.Thread(target=log_server_problems, args=(settings.targets,),
+                             name="server-settings-check", daemon=True).start()
             check_capacity(settings)
         verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:

@@ -7,14 +7,21 @@ import importlib
 from types import ModuleType
 from typing import cast
 
-from dbaccess.broker.engines.base import Engine, EngineError, EngineRefused, NewUser
+from dbaccess.broker.engines.base import (
+    Engine,
+    EngineChecks,
+    EngineError,
+    EngineRefused,
+    NewUser,
+)
 from dbaccess.broker.engines.registry import ENGINES
 from dbaccess.broker.settings import TargetSection
 
 
 def engine_part(kind: str, part: str) -> ModuleType:
-    """``part`` ("engine", "bootstrap" or "admin") of the engine ``kind``, imported now
-    (with its driver). ``kind`` is a registered name: settings validation sees to it."""
+    """``part`` ("engine", "bootstrap", "admin" or "checks") of the engine ``kind``,
+    imported now (with its driver, but for "checks"). ``kind`` is a registered name:
+    settings validation sees to it."""
     return importlib.import_module(f"{ENGINES[kind]}.{part}")
 
 
@@ -23,5 +30,10 @@ def engine_for(name: str, target: TargetSection) -> Engine:
     return cast(Engine, engine_part(target.engine, "engine").ENGINE(name, target))
 
 
-__all__ = ["ENGINES", "Engine", "EngineError", "EngineRefused", "NewUser", "engine_for",
-           "engine_part"]
+def checks_for(kind: str) -> EngineChecks:
+    """The checks (``check-config``, start-up) of the engine ``kind``."""
+    return cast(EngineChecks, engine_part(kind, "checks"))
+
+
+__all__ = ["ENGINES", "Engine", "EngineChecks", "EngineError", "EngineRefused", "NewUser",
+           "checks_for", "engine_for", "engine_part"]

@@ -1,17 +1,18 @@
-"""The small interface every engine implements, and the username scheme they share."""
+"""The small interface every engine implements — the broker's calls (``Engine``) and the
+operator's checks (``EngineChecks``) — and the username scheme the engines share."""
 
 from __future__ import annotations
 
 import re
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from dbaccess.broker.settings import RoleTemplate
+from dbaccess.broker.settings import RoleTemplate, TargetSection
 
 
 class EngineError(Exception):
@@ -26,6 +27,11 @@ class EngineRefused(EngineError):
 class TargetUnreachable(EngineError):
     """The target did not answer in time, or the connection broke: the database may not
     have seen the call, or may have done it without the broker hearing back."""
+
+
+class LoginFailed(EngineError):
+    """The target answered but refused the login (a wrong password, no such account, or
+    one not allowed to log in): e.g. a target not bootstrapped yet (check-config)."""
 
 
 # Every database call is bounded, so a target that is down, stopped (SIGSTOP) or wedged
@@ -117,6 +123,93 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release connections (at shutdown, or when the target is reconfigured)."""
+
+
+# An engine is a package of four modules (engines/registry.py names it), each one of the
+# protocols below; tests/broker/engines/test_interface.py checks every registered one.
+
+
+class EngineModule(Protocol):
+    """``engine.py``: the broker's calls."""
+
+    @property
+    def ENGINE(self) -> Callable[[str, TargetSection], Engine]:
+        """The Engine class: ``ENGINE(name, target)`` serves one target."""
+
+
+class EngineBootstrap(Protocol):
+    """``bootstrap.py``: the one-time set-up, as SQL an operator reviews."""
+
+    def render(self, target_name: str, target: TargetSection) -> str:
+        """The bootstrap's SQL for ``target`` (``dbaccess-broker bootstrap``)."""
+
+
+class EngineAdmin(Protocol):
+    """``admin.py``: the operator's commands beside the broker's calls."""
+
+    ADMIN_DSN_EXAMPLE: str  # what DBACCESS_ADMIN_DSN looks like, in the hint
+
+    def apply_bootstrap(self, name: str, target: TargetSection, admin_dsn: str,
+                        password: str) -> list[str]:
+        """Run the bootstrap through ``admin_dsn`` (``bootstrap --apply``), setting the
+        provisioner's ``password``; what the operator should know after. DatabaseError
+        when it fails."""
+
+    def change_own_password(self, name: str, target: TargetSection, old: str,
+                            new: str) -> None:
+        """The provisioner changes its own password (``rotate-credential``), sent as a
+        hash or verifier, never in the clear. DatabaseError when it fails."""
+
+
+Writes = dict[str, dict[str, list[str]]]  # group role -> kind of write -> objects
+
+
+class EngineChecks(Protocol):
+    """What ``check-config`` and the broker's start-up ask a target, in the engine's own
+    terms: the module ``engines/<engine>/checks.py`` (imported only when used; a driver
+    only inside its functions, so ``--offline`` needs none). broker/checks.py and
+    broker/capacity.py loop over the targets and word the findings; every function is
+    read as the provisioner, whose password the target's settings hold."""
+
+    # Why a read_only template's grants matter, completing "..., so these grants are what
+    # it may do": e.g. "A session can turn read-only off (it is only a default),".
+    read_only_caveat: str
+
+    def missing(self, target: TargetSection, password: str) -> list[str]:
+        """What the bootstrap should have set up that the provisioner cannot find or
+        use (functions, EXECUTE, group roles, an outdated function), in words; [] when
+        bootstrapped. LoginFailed when the target refuses the login, TargetUnreachable
+        when it cannot be reached."""
+
+    def read_only_writes(self, name: str, target: TargetSection, groups: list[str]) -> Writes:
+        """For each group role in ``groups`` (of read_only templates): each kind of write
+        privilege it holds ("CREATE on schema", ...) and on what."""
+
+    def shared_server_warning(self, listed: str, host: str, port: int,
+                              targets: list[TargetSection]) -> str:
+        """The warning for several targets (``listed``, already quoted) on one server:
+        what they share there and what to do."""
+
+    def broker_connections(self, target: TargetSection, revoke_workers: int) -> int:
+        """How many connections one broker process may hold to ``target`` at once."""
+
+    def server_connections(self, target: TargetSection) -> tuple[int, int]:
+        """(max_connections, connections reserved for superusers) of the target's server.
+        Raises whatever the driver raises when it cannot ask."""
+
+    def server_problems(self, target: TargetSection) -> tuple[list[str], list[str]]:
+        """(errors, warnings) about server settings the broker rests on (([], []) when
+        the engine has none to check). Raises when it cannot ask."""
+
+    def target_warnings(self, name: str, target: TargetSection) -> list[str]:
+        """Any other warning about a bootstrapped target, each starting
+        "target '<name>': "; never raises (a failure to ask is itself a warning)."""
+
+
+def first_few(objects: Sequence[str], shown: int = 5) -> str:
+    """``objects`` for a warning: the first ``shown`` named, the rest counted."""
+    more = f" (+{len(objects) - shown} more)" if len(objects) > shown else ""
+    return ", ".join(objects[:shown]) + more
 
 
 def revoke_each(engine: Engine, usernames: Sequence[str]) -> dict[str, str | None]:

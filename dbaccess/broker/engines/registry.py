@@ -1,8 +1,9 @@
 """The engines dbaccess knows: one line each. An engine is a package beside this module
 with ``engine.py`` (the broker's calls: ``ENGINE``, an Engine class), ``bootstrap.py``
-(``render``, the one-time SQL) and ``admin.py`` (``apply_bootstrap``,
-``change_own_password``). Nothing here imports a driver: the parts are imported when used.
-docs/development.md, "Adding an engine", walks through one."""
+(``render``, the one-time SQL), ``admin.py`` (``apply_bootstrap``, ``change_own_password``)
+and ``checks.py`` (what check-config asks), each a protocol of base.py. Nothing here
+imports a driver: the parts are imported when used. docs/development.md, "Adding an
+engine", walks through one."""
 
 from __future__ import annotations
 

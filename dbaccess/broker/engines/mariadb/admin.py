@@ -14,6 +14,9 @@ from dbaccess.broker.engines.mariadb import bootstrap
 from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import DatabaseError
 
+# what DBACCESS_ADMIN_DSN looks like (the hint when it is not set)
+ADMIN_DSN_EXAMPLE = "'mariadb://root:...@host:3306' (MariaDB)"
+
 
 def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: str) -> list[str]:
     """Run the bootstrap through ``admin_dsn``; what the operator should know after

@@ -14,6 +14,9 @@ from dbaccess.broker.engines.postgres import bootstrap
 from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import DatabaseError
 
+# what DBACCESS_ADMIN_DSN looks like (the hint when it is not set)
+ADMIN_DSN_EXAMPLE = "'host=... user=postgres' (PostgreSQL)"
+
 
 def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: str) -> list[str]:
     """Run the bootstrap through ``admin_dsn`` (a superuser); what the operator should

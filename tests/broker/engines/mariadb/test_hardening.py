@@ -35,7 +35,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from dbaccess.broker.checks import log_mariadb_server_problems, mariadb_server_problems
+from dbaccess.broker.checks import log_server_problems
 from dbaccess.broker.engines.base import EngineError, EngineRefused
 from dbaccess.broker.engines.mariadb.bootstrap import (
     AUDIT_LOCK,
@@ -48,6 +48,7 @@ from dbaccess.broker.engines.mariadb.bootstrap import (
     native_password_hash,
 )
 from dbaccess.broker.engines.mariadb.bootstrap import warnings as bootstrap_warnings
+from dbaccess.broker.engines.mariadb.checks import server_problems
 from dbaccess.broker.engines.mariadb.engine import MariaDBEngine
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.mariadb import MariaDBServer
@@ -467,12 +468,12 @@ def test_an_expired_user_cannot_log_in_whatever_event_scheduler_says(
         assert as_user(server, live, "SELECT 1") == [(1,)]
         assert run(server, "SELECT 1", user="app_account", password="pw-app") == [(1,)]
         assert registered(server, expired)  # nothing dropped it: the login check alone held
-        errors, warnings = mariadb_server_problems(target)
+        errors, warnings = server_problems(target)
         assert errors == [] and any("event_scheduler is OFF" in w for w in warnings)
         # Without init_connect (a restart without the my.cnf line) it is an error.
         run(server, "SET GLOBAL init_connect = ''")
         try:
-            errors, _ = mariadb_server_problems(target)
+            errors, _ = server_problems(target)
             assert len(errors) == 1 and "init_connect" in errors[0] and "my.cnf" in errors[0]
         finally:
             run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
@@ -509,7 +510,7 @@ def test_start_up_logs_what_is_missing(server: MariaDBServer, target: TargetSect
     run(server, "SET GLOBAL init_connect = ''")
     try:
         with caplog.at_level(logging.WARNING, logger="dbaccess.broker"):
-            log_mariadb_server_problems({"app": target})
+            log_server_problems({"app": target})
     finally:
         run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
         run(server, "SET GLOBAL event_scheduler = ON")
@@ -530,7 +531,7 @@ def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
         run(server, "SET GLOBAL init_connect = %s", (ours,))
         apply(target, admin, PROVISIONER_PASSWORD)
         assert run(server, "SELECT @@GLOBAL.init_connect") == [(ours,)]
-        assert mariadb_server_problems(target)[0] == []
+        assert server_problems(target)[0] == []
     finally:
         admin.close()
         run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
@@ -772,7 +773,7 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
     server: MariaDBServer, target: TargetSection,
 ) -> None:
     def role_warnings() -> list[str]:
-        return [w for w in mariadb_server_problems(target)[1] if "is the DEFINER of" in w]
+        return [w for w in server_problems(target)[1] if "is the DEFINER of" in w]
 
     assert role_warnings() == []
     # An administrator defines things as the roles: revocation will drop the "drop"
@@ -803,7 +804,7 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
     run(server, "DROP PROCEDURE dbaccess.group_role_objects")
     try:
         assert any("no dbaccess.group_role_objects): run it again" in w
-                   for w in mariadb_server_problems(target)[1])
+                   for w in server_problems(target)[1])
     finally:
         admin = server.connect()
         try:
@@ -811,7 +812,7 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
         finally:
             admin.close()
     assert role_warnings() == [] and not any(
-        "run it again" in w for w in mariadb_server_problems(target)[1])
+        "run it again" in w for w in server_problems(target)[1])
 
 
 def test_role_objects_go_even_when_the_account_is_gone_first(

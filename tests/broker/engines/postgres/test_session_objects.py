@@ -21,9 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbaccess.broker.checks import check_target, large_object_warnings
+from dbaccess.broker.checks import check_target
 from dbaccess.broker.engines import EngineError, NewUser
 from dbaccess.broker.engines.postgres import bootstrap
+from dbaccess.broker.engines.postgres.checks import target_warnings
 from dbaccess.broker.engines.postgres.engine import PostgresEngine
 from dbaccess.broker.settings import TargetSection
 from dbaccess.sandbox.stack import Stack
@@ -471,7 +472,7 @@ def test_batch_revocation_unlinks_the_group_roles_large_objects_too(world: World
 def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reach(
     world: World,
 ) -> None:
-    assert large_object_warnings("sessobj", world.target) == []
+    assert target_warnings("sessobj", world.target) == []
     with world.admin() as admin:
         # an administrator's large objects: the "drop" group's go at its next revocation
         # (warned), the "keep" group's stay (no warning)
@@ -485,7 +486,7 @@ def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reac
         admin.execute("CREATE ROLE sobj_beyond NOLOGIN")
         admin.execute(f"GRANT sobj_beyond TO {MIGRATE}")
     try:
-        warnings = large_object_warnings("sessobj", world.target)
+        warnings = target_warnings("sessobj", world.target)
         assert len(warnings) == 2, warnings
         beyond, owns = warnings  # by group role: sobj_migrate, sobj_readonly
         assert f"group role {READONLY} owns 1 large object(s)" in owns
@@ -497,7 +498,7 @@ def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reac
         unlink_large_objects(world, MIGRATE)
         with world.admin() as admin:
             admin.execute("DROP ROLE sobj_beyond")
-    assert large_object_warnings("sessobj", world.target) == []
+    assert target_warnings("sessobj", world.target) == []
 
 
 def test_check_config_names_a_revoke_user_older_than_the_large_object_sweep(
