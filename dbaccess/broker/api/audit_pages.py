@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 
-from dbaccess.broker.api.errors import ApiError
+from dbaccess.broker.services import refusals
 
 _PREFIX = "a1."
 _BODY = re.compile(r"^([1-9][0-9]{0,18})\.([0-9a-f]{16})$")
@@ -41,16 +41,14 @@ def read_cursor(cursor: str, filters: dict[str, object]) -> int:
             body = None
     match = _BODY.match(body) if body is not None else None
     if match is None:
-        raise ApiError(
-            400,
+        raise refusals.Malformed(
             "invalid_cursor",
             "before: not a cursor this broker gave out",
             "use the cursor of the previous page as it was (dbaccess audit prints it after "
             "'more:'), or leave out --before for the newest records",
         )
     if match.group(2) != _digest(filters):
-        raise ApiError(
-            400,
+        raise refusals.Malformed(
             "invalid_cursor",
             "before: that cursor belongs to a query with other filters",
             "repeat the filters of the page it came from, or leave out --before",

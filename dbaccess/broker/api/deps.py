@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.identity import IdentityUnavailable, InvalidToken, Principal, TokenVerifier
+from dbaccess.broker.services import refusals
 from dbaccess.broker.services.sessions import Origin, SessionService
 from dbaccess.wire import SessionGranted
 
@@ -38,7 +38,9 @@ async def principal(
     # async, so a token seen before costs no thread hop; a new one is verified in the
     # thread pool, since fetching the issuer's keys is blocking I/O.
     if credentials is None:
-        raise ApiError(401, "not_logged_in", "this call needs a bearer token", "dbaccess login")
+        raise refusals.Unauthenticated(
+            "not_logged_in", "this call needs a bearer token", "dbaccess login"
+        )
     tokens = verifier(request)
     known = tokens.cached(credentials.credentials)
     if known is not None:
@@ -46,11 +48,10 @@ async def principal(
     try:
         return await run_in_threadpool(tokens.verify, credentials.credentials)
     except InvalidToken as exc:
-        raise ApiError(401, "invalid_token", str(exc), "dbaccess login") from None
+        raise refusals.Unauthenticated("invalid_token", str(exc), "dbaccess login") from None
     except IdentityUnavailable as exc:
         # Not "log in again": the login needs the same provider.
-        raise ApiError(
-            503,
+        raise refusals.Unavailable(
             "identity_provider_unreachable",
             str(exc),
             "your login is not the problem; try again in a minute. Operators: check "

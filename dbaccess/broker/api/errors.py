@@ -1,6 +1,6 @@
-"""The one error type the broker's services raise for the API to answer, and the handlers
-that turn every failure into the error envelope ``{"error": {code, message, hint}}`` — a
-validation error, a missing route, a failing store, the broker's own set-up, or a bug."""
+"""The handlers that turn every failure into the error envelope ``{"error": {code, message,
+hint}}``: a refusal (``STATUS``, the one table from kind to HTTP status), a validation
+error, a missing route, a failing store, the broker's own set-up, or a bug."""
 
 from __future__ import annotations
 
@@ -12,18 +12,31 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dbaccess.broker.api import body_limit
+from dbaccess.broker.services import refusals
 from dbaccess.broker.store import StoreUnavailable
 from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker")
 
 
-class ApiError(Exception):
-    """An error the API returns as ``{"error": {code, message, hint}}`` with ``status``."""
+# Every kind of refusal (services/refusals.py) and the status it answers with.
+STATUS: dict[type[refusals.Refusal], int] = {
+    refusals.Malformed: 400,
+    refusals.Unauthenticated: 401,
+    refusals.Denied: 403,
+    refusals.NotFound: 404,
+    refusals.Conflict: 409,
+    refusals.Invalid: 422,
+    refusals.OverLimit: 429,
+    refusals.TargetFailed: 502,
+    refusals.Unavailable: 503,
+    refusals.TargetTimeout: 504,
+}
 
-    def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.hint = status, code, message, hint
+
+def status_of(refusal: refusals.Refusal) -> int:
+    """The status of ``refusal``'s kind (or of the nearest kind it derives from)."""
+    return next((STATUS[kind] for kind in type(refusal).__mro__ if kind in STATUS), 500)
 
 
 def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
@@ -35,9 +48,9 @@ def error_response(status: int, code: str, message: str, hint: str | None = None
 def install_handlers(app: FastAPI) -> None:
     """Every failure answers with the envelope the CLI shows (message and hint)."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.hint)
+    @app.exception_handler(refusals.Refusal)
+    async def _refused(_: Request, exc: refusals.Refusal) -> JSONResponse:
+        return error_response(status_of(exc), exc.code, exc.message, exc.hint)
 
     @app.exception_handler(DbaccessError)
     async def _cannot_serve(_: Request, exc: DbaccessError) -> JSONResponse:

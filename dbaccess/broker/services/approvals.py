@@ -14,9 +14,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import Decision, rule_applies
+from dbaccess.broker.services import refusals
 from dbaccess.broker.services.ids import DECISION_PREFIX, MIN_PREFIX, resolve_id
 from dbaccess.broker.store import ApprovalRequest, Conflict, approval_requests
 from dbaccess.durations import format_duration
@@ -95,8 +95,7 @@ class Approvals:
             if mine is not None and mine != theirs
         ]
         if differs:
-            raise ApiError(
-                409,
+            raise refusals.Conflict(
                 "request_open",
                 f"you already have request {request.id} ({request.state}) for {request.role} "
                 f"on {request.target}, and you asked for another {'; '.join(differs)}",
@@ -109,8 +108,7 @@ class Approvals:
         """The requester takes a pending (or approved, unused) request back."""
         request = self._visible(principal, request_id)
         if request.subject != principal.subject:
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "not_requester",
                 f"request {request.id} is {request.email or request.subject}'s: only the "
                 "requester withdraws a request",
@@ -121,8 +119,8 @@ class Approvals:
                 request.id, principal.subject, self.service.clock(), origin.detail()
             )
         except Conflict as exc:
-            raise ApiError(
-                409, "conflict", str(exc), "dbaccess requests --mine lists your requests"
+            raise refusals.Conflict(
+                "conflict", str(exc), "dbaccess requests --mine lists your requests"
             ) from None
         self.service.notifier.send(
             "request.withdrawn",
@@ -162,8 +160,8 @@ class Approvals:
                 request.id, principal.subject, self.service.clock(), origin.detail()
             )
         except Conflict as exc:
-            raise ApiError(
-                409, "conflict", str(exc), "dbaccess requests lists what you can act on"
+            raise refusals.Conflict(
+                "conflict", str(exc), "dbaccess requests lists what you can act on"
             ) from None
         remaining = request.approvals_required - len(request.approvals)
         text = (
@@ -190,8 +188,8 @@ class Approvals:
                 request.id, principal.subject, reason, self.service.clock(), origin.detail()
             )
         except Conflict as exc:
-            raise ApiError(
-                409, "conflict", str(exc), "dbaccess requests lists what you can act on"
+            raise refusals.Conflict(
+                "conflict", str(exc), "dbaccess requests lists what you can act on"
             ) from None
         self.service.notifier.send(
             "request.denied",
@@ -259,8 +257,7 @@ class Approvals:
             request_id,
             candidates,
             noun="request",
-            not_found=ApiError(
-                404,
+            not_found=refusals.NotFound(
                 "not_found",
                 f"no approval request {request_id} you can see",
                 "dbaccess requests lists what you can act on",
@@ -288,8 +285,7 @@ class Approvals:
                     "refusal": "own request",
                 },
             )
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "self_approval",
                 "nobody approves or denies their own request",
                 f"ask a member of {', '.join(request.approver_groups)}",

@@ -15,8 +15,8 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.identity import Principal
+from dbaccess.broker.services import refusals
 from dbaccess.broker.services.ids import resolve_id
 from dbaccess.broker.settings import BreakglassSection
 from dbaccess.broker.store import Conflict, Lease, leases
@@ -39,8 +39,7 @@ class Breakglass:
     def _policy(self) -> BreakglassSection:
         policy = self.service.settings.breakglass
         if policy is None:
-            raise ApiError(
-                404,
+            raise refusals.NotFound(
                 "breakglass_disabled",
                 "this broker has no break-glass policy",
                 "an administrator can add a [breakglass] section to the broker's config",
@@ -69,8 +68,7 @@ class Breakglass:
         target = body.target or (next(iter(policy.targets)) if len(policy.targets) == 1 else None)
         if refusal is None and target is None:
             choices = ", ".join(sorted(policy.targets))
-            raise ApiError(
-                409,
+            raise refusals.Conflict(
                 "target_required",
                 f"break-glass covers several targets: {choices}",
                 "name one: dbaccess breakglass TARGET --incident ...",
@@ -96,7 +94,7 @@ class Breakglass:
                     **origin.detail(),
                 },
             )
-            raise ApiError(403, "denied", *refusal)
+            raise refusals.Denied("denied", *refusal)
         assert target is not None
         duration = (
             timedelta(seconds=body.duration_seconds)
@@ -173,8 +171,7 @@ class Breakglass:
         policy = self._policy()
         reviewers = set(policy.reviewer_groups or self.service.settings.broker.auditor_groups)
         if not principal.groups & reviewers:
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "denied",
                 "reviewing break-glass sessions needs a reviewer group",
                 f"members of {', '.join(sorted(reviewers)) or '(none configured)'} review",
@@ -193,8 +190,7 @@ class Breakglass:
             lease_id,
             lambda prefix: store.ids_starting_with(leases, prefix, leases.c.kind == "breakglass"),
             noun="break-glass session",
-            not_found=ApiError(
-                404,
+            not_found=refusals.NotFound(
                 "not_found",
                 f"no break-glass session {lease_id}",
                 "dbaccess review lists the open reviews",
@@ -203,8 +199,7 @@ class Breakglass:
         )
         current = store.get(lease_id)
         if current is not None and principal.same_person(current.subject, current.email):
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "self_review",
                 "the user who broke the glass cannot close its review",
                 "ask another reviewer",
@@ -214,15 +209,14 @@ class Breakglass:
                 lease_id, principal.subject, note.strip(), self.service.clock(), origin.detail()
             )
         except LookupError:
-            raise ApiError(
-                404,
+            raise refusals.NotFound(
                 "not_found",
                 f"no break-glass session {lease_id}",
                 "dbaccess review lists the open reviews",
             ) from None
         except Conflict as exc:
-            raise ApiError(
-                409, "conflict", str(exc), "dbaccess review lists the open reviews"
+            raise refusals.Conflict(
+                "conflict", str(exc), "dbaccess review lists the open reviews"
             ) from None
         return review_info(lease)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from dbaccess.broker.api.errors import ApiError
+from dbaccess.broker.services import refusals
 
 MIN_PREFIX = 4  # 16^4 = 65536 values: short enough to type, long enough to be unique
 # Approving or denying by prefix: a requester who withdraws and asks again until a new id
@@ -25,7 +25,7 @@ def resolve_id(
     candidates: Callable[[str], Sequence[str]],
     *,
     noun: str,
-    not_found: ApiError,
+    not_found: refusals.NotFound,
     listing: str,
     min_prefix: int = MIN_PREFIX,
 ) -> str:
@@ -37,8 +37,7 @@ def resolve_id(
     if not _ID_CHARS.fullmatch(prefix):
         raise not_found
     if len(prefix) < min_prefix:
-        raise ApiError(
-            422,
+        raise refusals.Invalid(
             "invalid_request",
             f"'{given}' is too short to name a {noun}: give at least {min_prefix} "
             "characters of its id",
@@ -51,8 +50,7 @@ def resolve_id(
         raise not_found
     if len(found) > 1:
         shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise ApiError(
-            409,
+        raise refusals.Conflict(
             "ambiguous_id",
             f"'{given}' is the start of {len(found) if len(found) <= 5 else 'several'} "
             f"{noun}s you can see: {shown}",

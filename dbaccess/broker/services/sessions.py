@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.engines import Engine, EngineError, EngineRefused, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
 from dbaccess.broker.failpoints import failpoint
@@ -26,6 +25,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.metrics import Metrics
 from dbaccess.broker.notify import Notifier
 from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
+from dbaccess.broker.services import refusals
 from dbaccess.broker.services.approvals import Approvals
 from dbaccess.broker.services.breakglass import Breakglass
 from dbaccess.broker.services.ids import resolve_id
@@ -162,19 +162,18 @@ class SessionService:
             )
             self.metrics.denied.labels(body.target).inc()
             if decision.missing == "reason":
-                raise ApiError(403, "reason_required", decision.explanation, "add --reason TEXT")
+                raise refusals.Denied("reason_required", decision.explanation, "add --reason TEXT")
             if decision.max_duration is not None:
                 most = format_duration(decision.max_duration)
-                raise ApiError(
-                    403,
+                raise refusals.Denied(
                     "denied",
                     decision.explanation,
                     f"ask for at most {most}: dbaccess connect {body.target} --role "
                     f"{body.role} --duration {most}",
                 )
             if decision.rule is None:
-                raise ApiError(403, "denied", *self._what_you_may(principal, body.target))
-            raise ApiError(403, "denied", decision.explanation)
+                raise refusals.Denied("denied", *self._what_you_may(principal, body.target))
+            raise refusals.Denied("denied", decision.explanation)
         if decision.approvals_required and request is None:
             return self.approvals.open(principal, body, decision, origin)
         return self.issue(
@@ -218,16 +217,14 @@ class SessionService:
     def _target_role(self, target_name: str, role: str) -> tuple[TargetSection, RoleTemplate]:
         target = self.settings.targets.get(target_name)
         if target is None:
-            raise ApiError(
-                404,
+            raise refusals.NotFound(
                 "unknown_target",
                 f"there is no target '{target_name}'",
                 "dbaccess targets lists the targets you may use",
             )
         template = target.roles.get(role)
         if template is None:
-            raise ApiError(
-                404,
+            raise refusals.NotFound(
                 "unknown_role",
                 f"target '{target_name}' has no role '{role}'",
                 f"roles on {target_name}: {', '.join(sorted(target.roles))}",
@@ -242,8 +239,7 @@ class SessionService:
                 approval_requests, prefix, approval_requests.c.subject == principal.subject
             ),
             noun="request",
-            not_found=ApiError(
-                404,
+            not_found=refusals.NotFound(
                 "not_found",
                 f"no approval request {body.request_id} of yours",
                 "dbaccess requests --mine lists your requests",
@@ -253,8 +249,7 @@ class SessionService:
         request = self.store.get_request(found)
         assert request is not None
         if (request.target, request.role) != (body.target, body.role):
-            raise ApiError(
-                409,
+            raise refusals.Conflict(
                 "request_mismatch",
                 f"request {request.id} is for role '{request.role}' on '{request.target}'",
                 f"dbaccess connect {request.target} --role {request.role} --request {request.id}",
@@ -277,7 +272,7 @@ class SessionService:
                 else f"ask again: dbaccess connect {request.target} --role {request.role} "
                 "--reason ..."
             )
-            raise ApiError(409, f"request_{state}", message, hint)
+            raise refusals.Conflict(f"request_{state}", message, hint)
         return request
 
     def issue(
@@ -329,7 +324,7 @@ class SessionService:
             self._refuse_over_cap(principal, exc, target_name, role, breakglass, reason,
                                   incident, origin)
         except Conflict as exc:
-            raise ApiError(409, "request_used", str(exc), "open a new request") from None
+            raise refusals.Conflict("request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
         password = make_password()
         try:
@@ -341,8 +336,7 @@ class SessionService:
             self.store.begin_revoke(lease.id, self.clock(), "create_failed")
             self.metrics.issue_failures.labels(target_name).inc()
             log.warning("creating %s (lease %s) failed: %s", username, lease.id, exc)
-            raise ApiError(
-                502,
+            raise refusals.TargetFailed(
                 "database_error",
                 str(exc),
                 "the target database refused the request; try again later",
@@ -350,8 +344,7 @@ class SessionService:
         failpoint("issue.after_create")
         lease = self.store.activate(lease, self.clock())
         if lease.state != "active":  # the reconciler gave up on it (creation_timeout)
-            raise ApiError(
-                504,
+            raise refusals.TargetTimeout(
                 "creation_timeout",
                 f"creating {username} took too long; the broker has revoked it",
                 "try again; if it keeps happening, the target database is overloaded",
@@ -431,7 +424,7 @@ class SessionService:
             },
         )
         self.metrics.denied.labels(target).inc()
-        raise ApiError(429, "cap_reached", message, hint)
+        raise refusals.OverLimit("cap_reached", message, hint)
 
     def list_for(self, principal: Principal) -> list[SessionInfo]:
         return [_info(lease) for lease in self.store.sessions_of(principal.subject)]
@@ -444,8 +437,7 @@ class SessionService:
                 leases, prefix, leases.c.subject == principal.subject
             ),
             noun="session",
-            not_found=ApiError(
-                404,
+            not_found=refusals.NotFound(
                 "not_found",
                 f"no session {lease_id} of yours",
                 "dbaccess sessions lists your sessions",
@@ -468,8 +460,7 @@ class SessionService:
         lease_id = lease.id
         now = self.clock()
         if lease.state != "active" or lease.expires_at <= now:
-            raise ApiError(
-                409,
+            raise refusals.Conflict(
                 "not_active",
                 f"session {lease_id} is {lease.state}",
                 "start a new one with dbaccess connect",
@@ -510,8 +501,7 @@ class SessionService:
             explanation = (f"target '{lease.target}' allows {format_duration(lifetime)} "
                            "from its start (max_lifetime), however often it is renewed")
             deny("max_lifetime", explanation, None, "broker")
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "max_lifetime",
                 f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
                 f"{format_duration(total)} long: {explanation}",
@@ -520,8 +510,7 @@ class SessionService:
         basis = self._renewal_basis(principal, lease, total)
         if isinstance(basis, _RenewRefusal):
             deny(basis.code, basis.explanation, basis.rule, "broker")
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 basis.code,
                 f"renewing to {expires_at:%H:%M:%S} UTC would make the session "
                 f"{format_duration(total)} long: {basis.explanation}",
@@ -534,14 +523,13 @@ class SessionService:
             # did not, e.g. its clock runs ahead of the broker's: still the caller's limit,
             # and as much a refusal to account for as the broker's own
             deny("max_lifetime", str(exc), basis.rule, "database")
-            raise ApiError(
-                403,
+            raise refusals.Denied(
                 "max_lifetime",
                 f"session {lease_id} cannot last that long: {exc}",
                 f"start a new one: dbaccess connect {lease.target} --role {lease.role}",
             ) from None
         except EngineError as exc:
-            raise ApiError(502, "database_error", str(exc)) from None
+            raise refusals.TargetFailed("database_error", str(exc)) from None
         renewed = self.store.renew(
             lease_id, now, expires_at, principal.subject,
             {**basis.detail(), **(origin or Origin()).detail()},

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 
 from dbaccess.broker.api.audit_pages import make_cursor, read_cursor
 from dbaccess.broker.api.deps import PrincipalDep, ServiceDep
-from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.audit_events import AUDIT_EVENTS
+from dbaccess.broker.services import refusals
 from dbaccess.wire import AuditEntry
 
 # Records per page, by default and at most; the header with the next page's cursor.
@@ -43,15 +43,13 @@ def read_audit(
     """The newest records first; every filter applies before ``limit``. When older
     records match, the ``X-Next-Cursor`` header carries the cursor of the next page."""
     if not who.groups & set(service.settings.broker.auditor_groups):
-        raise ApiError(
-            403,
+        raise refusals.Denied(
             "denied",
             "reading the audit trail needs an auditor group",
             "ask for membership of an auditor group",
         )
     if type is not None and type not in AUDIT_EVENTS:
-        raise ApiError(
-            422,
+        raise refusals.Invalid(
             "invalid_request",
             f"type: '{type}' is not an audit event type",
             f"one of: {', '.join(AUDIT_EVENTS)}",

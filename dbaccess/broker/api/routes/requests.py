@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep
-from dbaccess.broker.api.errors import ApiError
+from dbaccess.broker.services import refusals
 from dbaccess.wire import RequestDecision, RequestInfo
 
 router = APIRouter()
@@ -44,5 +44,5 @@ def deny_request(
     origin: OriginDep,
 ) -> RequestInfo:
     if not (body.reason or "").strip():
-        raise ApiError(422, "invalid_request", "a denial needs a reason", "--reason TEXT")
+        raise refusals.Invalid("invalid_request", "a denial needs a reason", "--reason TEXT")
     return service.approvals.deny(who, request_id, (body.reason or "").strip(), origin)
