@@ -60,7 +60,7 @@ def test_new_user_repr_hides_password() -> None:
 def test_expiry_is_rounded_up_to_a_whole_second() -> None:
     from datetime import UTC, datetime
 
-    from dbaccess.broker.services.sessions import ceil_second
+    from dbaccess.broker.services.issuer import ceil_second
 
     moment = datetime(2026, 11, 22, 12, 0, 0, 900_000, tzinfo=UTC)
     assert ceil_second(moment) == datetime(2026, 11, 22, 12, 0, 1, tzinfo=UTC)

@@ -19,7 +19,8 @@ from concurrent.futures import Future
 
 from dbaccess.broker import rotation
 from dbaccess.broker.engines import EngineError
-from dbaccess.broker.services.sessions import Outcome, SessionService
+from dbaccess.broker.services.revocation import Outcome
+from dbaccess.broker.services.sessions import SessionService
 from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker.reaper")
@@ -52,7 +53,7 @@ class Reaper:
     def _sync_targets(self) -> None:
         """A thread for every engine (a reload may add targets; an engine of a removed
         target is kept, so its leases are still revoked)."""
-        for name in list(self._service.engines):
+        for name in list(self._service.ctx.engines):
             worker = self._targets.get(name)
             if worker is None or not worker.is_alive():
                 worker = self._targets[name] = TargetReaper(
@@ -63,7 +64,7 @@ class Reaper:
     def _rotate_due_credentials(self) -> None:
         """Rotate every target's provisioner password that is due (each target's thread
         does its own after reconciling; this is the same for all at once)."""
-        for name in self._service.settings.targets:
+        for name in self._service.ctx.settings.targets:
             TargetReaper(self._service, name, self._interval, self._reconcile_interval,
                          self._stop)._rotate_if_due()
 
@@ -73,7 +74,8 @@ class Reaper:
                 self._sync_targets()
                 # Leases of a target no engine serves (never configured here): they fail
                 # with a clear error and back off, instead of being nobody's.
-                self._service.reap(limit=100, not_targets=list(self._service.engines))
+                self._service.revocation.reap(
+                    limit=100, not_targets=list(self._service.ctx.engines))
                 self._service.approvals.expire()
             except Exception:  # never let one bad pass kill the clock
                 log.exception("reaper pass failed")
@@ -95,7 +97,8 @@ class TargetReaper:
         reconcile_interval: float,
         stop: threading.Event,
     ) -> None:
-        self._service = service
+        self._ctx = service.ctx
+        self._revocation = service.revocation
         self.name = name
         self._interval = interval
         self._reconcile_interval = reconcile_interval
@@ -118,7 +121,7 @@ class TargetReaper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            engine = self._service.engines.get(self.name)
+            engine = self._ctx.engines.get(self.name)
             if engine is None:
                 return
             try:
@@ -129,7 +132,7 @@ class TargetReaper:
                 # says when each should have gone and why it has not yet.
                 self.drain()
                 if not self.unreachable and time.monotonic() >= self._next_reconcile:
-                    self._service.reconcile(self.name)
+                    self._revocation.reconcile(self.name)
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
                     self._rotate_if_due()
             except Exception:  # never let one bad pass kill the clock
@@ -138,7 +141,7 @@ class TargetReaper:
                             else self._interval)
 
     def _check_answers(self) -> None:
-        engine = self._service.engines[self.name]
+        engine = self._ctx.engines[self.name]
         self.unreachable = True  # until it answers: its leases fail fast meanwhile
         try:
             engine.ping()
@@ -148,7 +151,7 @@ class TargetReaper:
                             extra={"target": self.name, "error": str(exc)})
                 self._warned = True
             return
-        retried = self._service.store.retry_now(self.name, self._service.clock())
+        retried = self._ctx.store.retry_now(self.name, self._ctx.clock())
         log.info("target answers again; retrying its revocations now",
                  extra={"target": self.name, "leases": retried})
         self.unreachable = self._warned = False
@@ -156,26 +159,26 @@ class TargetReaper:
 
     def drain(self) -> int:
         """Revoke every lease of this target that is due; returns how many were dropped."""
-        service = self._service
+        revocation = self._revocation
         dropped = 0
         previous: list[Future[list[Outcome]]] = []
         while True:
-            claimed = service.claim_due(BATCH, target=self.name)
-            running = service.start_drops(claimed, skip_troubled=True)
+            claimed = revocation.claim_due(BATCH, target=self.name)
+            running = revocation.start_drops(claimed, skip_troubled=True)
             if previous:
-                dropped += service.settle(_outcomes(previous))
+                dropped += revocation.settle(_outcomes(previous))
             previous = running
-            engine = service.engines.get(self.name)
+            engine = self._ctx.engines.get(self.name)
             if engine is not None and engine.troubled:
                 self.unreachable = True  # pinged before the next batch is claimed
             if not claimed or self.unreachable or self._stop.is_set():
                 break
         if previous:
-            dropped += service.settle(_outcomes(previous))
+            dropped += revocation.settle(_outcomes(previous))
         return dropped
 
     def _rotate_if_due(self) -> None:
-        target = self._service.settings.targets.get(self.name)
+        target = self._ctx.settings.targets.get(self.name)
         if target is None or target.rotate_every is None:
             return
         if rotation.due(target, target.rotate_every):

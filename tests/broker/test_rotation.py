@@ -17,6 +17,7 @@ import pytest
 
 from dbaccess.broker.engines import NewUser, engine_for
 from dbaccess.broker.reaper import Reaper
+from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store
@@ -86,7 +87,7 @@ def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
     os.utime(tmp_path / "demo.pw", (hours_ago, hours_ago))  # demo is due, shop is not
     settings = load_settings(config)
     engines = {name: engine_for(name, t) for name, t in settings.targets.items()}
-    service = SessionService(settings, Store("sqlite://"), engines)
+    service = SessionService(BrokerContext.build(settings, Store("sqlite://"), engines))
     Reaper(service, 1, 1)._rotate_due_credentials()
     assert (tmp_path / "demo.pw").read_text() != before["demo"]
     assert (tmp_path / "shop.pw").read_text() == before["shop"]

@@ -24,6 +24,7 @@ from dbaccess.broker.engines import Engine, engine_for
 from dbaccess.broker.identity import TokenVerifier
 from dbaccess.broker.metrics import live_sessions_by_target
 from dbaccess.broker.reaper import Reaper
+from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
@@ -46,9 +47,10 @@ def create_app(
     # The store keeps the provider's last good key set: a restart while the provider is
     # unreachable still accepts valid tokens.
     verifier = verifier or TokenVerifier(settings.identity, keeper=store)
-    service = SessionService(settings, store, engines)
-    service.metrics.watch_live_sessions(
-        lambda: live_sessions_by_target(service.store, list(service.settings.targets)))
+    ctx = BrokerContext.build(settings, store, engines)
+    service = SessionService(ctx)
+    ctx.metrics.watch_live_sessions(
+        lambda: live_sessions_by_target(ctx.store, list(ctx.settings.targets)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,10 +66,10 @@ def create_app(
             check_capacity(settings)
         verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:
-            service.notifier.start()  # also sends what a previous run left in the outbox
+            ctx.notifier.start()  # also sends what a previous run left in the outbox
         if config_path is not None:
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, reload_settings, service, config_path)
+            loop.add_signal_handler(signal.SIGHUP, reload_settings, ctx, config_path)
         try:
             yield
         finally:
@@ -75,9 +77,9 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if run_reaper:
                 reaper.stop()
-            for engine in service.engines.values():
+            for engine in ctx.engines.values():
                 engine.close()
-            service.notifier.close()
+            ctx.notifier.close()
 
     app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit)
@@ -107,7 +109,7 @@ def check_capacity(settings: Settings) -> None:
                      name="capacity-check", daemon=True).start()
 
 
-def reload_settings(service: SessionService, path: Path) -> bool:
+def reload_settings(ctx: BrokerContext, path: Path) -> bool:
     """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
     leases stay in the store, and engines of removed targets are kept to revoke them."""
     try:
@@ -119,13 +121,13 @@ def reload_settings(service: SessionService, path: Path) -> bool:
         )
         return False
     for name, target in fresh.targets.items():
-        if service.settings.targets.get(name) != target:
-            previous = service.engines.get(name)
-            service.engines[name] = engine_for(name, target)
+        if ctx.settings.targets.get(name) != target:
+            previous = ctx.engines.get(name)
+            ctx.engines[name] = engine_for(name, target)
             if previous is not None:
                 previous.close()
-    service.settings = fresh
-    service.notifier.settings = fresh.notify
+    ctx.settings = fresh
+    ctx.notifier.settings = fresh.notify
     check_capacity(fresh)  # the caps or the targets may have changed
     log.info(
         "configuration reloaded",

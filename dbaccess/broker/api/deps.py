@@ -1,6 +1,8 @@
-"""What the routes depend on, as FastAPI dependencies: the services (``ServiceDep``), the
-caller (``PrincipalDep``: a verified bearer token) and where the call came from
-(``OriginDep``). ``create_app`` puts the service and the token verifier on ``app.state``."""
+"""What the routes depend on, as FastAPI dependencies: the services (``ServiceDep``) and
+their context (``ContextDep``: settings, store, metrics), the caller (``PrincipalDep``: a
+verified bearer token) and where the call came from (``OriginDep``: read here, off the
+request, into plain data). ``create_app`` puts the service and the token verifier on
+``app.state``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dbaccess.broker.identity import IdentityUnavailable, InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.services import refusals
-from dbaccess.broker.services.sessions import Origin, SessionService
+from dbaccess.broker.services.context import BrokerContext, Origin
+from dbaccess.broker.services.sessions import SessionService
 from dbaccess.wire import SessionGranted
 
 _bearer = HTTPBearer(auto_error=False)
@@ -25,6 +28,10 @@ AnId = Annotated[str, InPath(max_length=36)]
 
 def service(request: Request) -> SessionService:
     return request.app.state.service  # type: ignore[no-any-return]
+
+
+def context(request: Request) -> BrokerContext:
+    return service(request).ctx
 
 
 def verifier(request: Request) -> TokenVerifier:
@@ -67,6 +74,7 @@ def origin(request: Request) -> Origin:
 
 
 ServiceDep = Annotated[SessionService, Depends(service)]
+ContextDep = Annotated[BrokerContext, Depends(context)]
 VerifierDep = Annotated[TokenVerifier, Depends(verifier)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
 OriginDep = Annotated[Origin, Depends(origin)]

@@ -12,31 +12,28 @@ audited and announced to the webhooks.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import Decision, rule_applies
 from dbaccess.broker.services import refusals
+from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import DECISION_PREFIX, MIN_PREFIX, resolve_id
 from dbaccess.broker.store import ApprovalRequest, Conflict, approval_requests
 from dbaccess.durations import format_duration
 from dbaccess.wire import ApprovalInfo, RequestInfo, SessionCreate
 
-if TYPE_CHECKING:
-    from dbaccess.broker.services.sessions import Origin, SessionService
-
 
 class Approvals:
-    def __init__(self, service: SessionService) -> None:
-        self.service = service
+    def __init__(self, ctx: BrokerContext) -> None:
+        self.ctx = ctx
 
     def open(
         self, principal: Principal, body: SessionCreate, decision: Decision, origin: Origin
     ) -> ApprovalRequest:
         assert decision.rule is not None and decision.duration is not None
-        service = self.service
-        request, created = service.store.create_request(
-            now=service.clock(),
+        ctx = self.ctx
+        request, created = ctx.store.create_request(
+            now=ctx.clock(),
             subject=principal.subject,
             email=principal.email,
             target=body.target,
@@ -47,13 +44,13 @@ class Approvals:
             rule=decision.rule,
             approvals_required=decision.approvals_required,
             approver_groups=list(decision.approver_groups),
-            ttl=service.settings.broker.request_ttl,
+            ttl=ctx.settings.broker.request_ttl,
             source=origin.source,
             user_agent=origin.user_agent,
         )
         if not created:  # another replica opened the same request a moment ago
             return request
-        service.notifier.send(
+        ctx.notifier.send(
             "request.created",
             f"{principal.handle} asks for {request.role} on {request.target} for "
             f"{format_duration(decision.duration)}: {request.reason} — needs "
@@ -67,20 +64,20 @@ class Approvals:
         """The caller's open request (pending, or approved and unused) for this target and
         role, which a retry gets back instead of a new one — so Ctrl-C and asking again,
         or a script retrying, never piles up requests for approvers. A retry may leave
-        out the duration, reason and ticket; one that names different ones is refused
-        (409) rather than silently dropped: the approvers decide on what they were shown.
+        out the duration, reason and ticket; one that names different ones is refused (a
+        Conflict) rather than silently dropped: the approvers decide on what they were shown.
 
         Only where a rule for this person, target and role needs approvers: sessions that
         need none (the hot path) cost no extra read."""
         if not any(
             rule.approvals and rule_applies(rule, principal, body.target, body.role)
-            for rule in self.service.settings.rules
+            for rule in self.ctx.settings.rules
         ):
             return None
         # Past their deadline, requests are not open (open_request compares expires_at),
         # whether or not the reaper has marked them expired yet.
-        request = self.service.store.open_request(
-            self.service.clock(), principal.subject, body.target, body.role
+        request = self.ctx.store.open_request(
+            self.ctx.clock(), principal.subject, body.target, body.role
         )
         if request is None:
             return None
@@ -115,14 +112,14 @@ class Approvals:
                 f"to refuse it: dbaccess deny {request.id} --reason ...",
             )
         try:
-            request = self.service.store.withdraw_request(
-                request.id, principal.subject, self.service.clock(), origin.detail()
+            request = self.ctx.store.withdraw_request(
+                request.id, principal.subject, self.ctx.clock(), origin.detail()
             )
         except Conflict as exc:
             raise refusals.Conflict(
                 "conflict", str(exc), "dbaccess requests --mine lists your requests"
             ) from None
-        self.service.notifier.send(
+        self.ctx.notifier.send(
             "request.withdrawn",
             f"{principal.handle} withdrew their request for {request.role} on "
             f"{request.target}: nothing to approve",
@@ -140,11 +137,11 @@ class Approvals:
         approve or deny. Requests past their deadline are expired first."""
         self.expire()
         if mine:
-            found = [r for r in self.service.store.requests() if r.subject == principal.subject]
+            found = [r for r in self.ctx.store.requests() if r.subject == principal.subject]
         else:
             found = [
                 r
-                for r in self.service.store.requests(states=("pending",))
+                for r in self.ctx.store.requests(states=("pending",))
                 if self.may_decide(principal, r)
             ]
         return [self.info(principal, r) for r in found]
@@ -156,8 +153,8 @@ class Approvals:
     def approve(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:
         request = self._decidable(principal, request_id)
         try:
-            request = self.service.store.approve_request(
-                request.id, principal.subject, self.service.clock(), origin.detail()
+            request = self.ctx.store.approve_request(
+                request.id, principal.subject, self.ctx.clock(), origin.detail()
             )
         except Conflict as exc:
             raise refusals.Conflict(
@@ -174,7 +171,7 @@ class Approvals:
                 f"--request {request.id}"
             )
         )
-        self.service.notifier.send(
+        self.ctx.notifier.send(
             "request.approved", text, approver=principal.subject, **_fields(request)
         )
         return self.info(principal, request)
@@ -184,14 +181,14 @@ class Approvals:
     ) -> RequestInfo:
         request = self._decidable(principal, request_id)
         try:
-            request = self.service.store.deny_request(
-                request.id, principal.subject, reason, self.service.clock(), origin.detail()
+            request = self.ctx.store.deny_request(
+                request.id, principal.subject, reason, self.ctx.clock(), origin.detail()
             )
         except Conflict as exc:
             raise refusals.Conflict(
                 "conflict", str(exc), "dbaccess requests lists what you can act on"
             ) from None
-        self.service.notifier.send(
+        self.ctx.notifier.send(
             "request.denied",
             f"{principal.handle} denied {request.subject}'s request for {request.role} on "
             f"{request.target}: {reason}",
@@ -202,9 +199,9 @@ class Approvals:
         return self.info(principal, request)
 
     def expire(self) -> int:
-        expired = self.service.store.expire_requests(self.service.clock())
+        expired = self.ctx.store.expire_requests(self.ctx.clock())
         for request in expired:
-            self.service.notifier.send(
+            self.ctx.notifier.send(
                 "request.expired",
                 f"{request.subject}'s request for {request.role} on {request.target} expired",
                 **_fields(request),
@@ -239,7 +236,7 @@ class Approvals:
         """The request ``request_id`` (a whole id or a unique prefix) names among those
         the caller may see: their own, and those of their approver groups."""
         self.expire()
-        store = self.service.store
+        store = self.ctx.store
 
         def seen(request: ApprovalRequest | None) -> bool:
             return request is not None and (
@@ -273,8 +270,8 @@ class Approvals:
         # _visible admits only the requester and the approver groups' members.
         request = self._visible(principal, request_id, DECISION_PREFIX)
         if principal.same_person(request.subject, request.email):  # refusals are evidence too
-            self.service.store.record(
-                self.service.clock(),
+            self.ctx.store.record(
+                self.ctx.clock(),
                 "request.decision_refused",
                 principal.subject,
                 {

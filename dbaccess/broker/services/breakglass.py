@@ -13,18 +13,17 @@ import importlib
 import itertools
 import re
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
+from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import resolve_id
+from dbaccess.broker.services.issuer import Issuer
 from dbaccess.broker.settings import BreakglassSection
 from dbaccess.broker.store import Conflict, Lease, leases
 from dbaccess.durations import format_duration
 from dbaccess.wire import BreakglassCreate, BreakglassPolicy, ReviewInfo, SessionGranted
-
-if TYPE_CHECKING:
-    from dbaccess.broker.services.sessions import Origin, SessionService
 
 # The standard library's own regex parser (the "sre_parse" of old) reads the pattern for
 # example_of; private (hence untyped), but stable since Python 3.11 and covered by a test.
@@ -33,11 +32,12 @@ _c: Any = importlib.import_module("re._constants")
 
 
 class Breakglass:
-    def __init__(self, service: SessionService) -> None:
-        self.service = service
+    def __init__(self, ctx: BrokerContext, issuer: Issuer) -> None:
+        self.ctx = ctx
+        self.issuer = issuer
 
     def _policy(self) -> BreakglassSection:
-        policy = self.service.settings.breakglass
+        policy = self.ctx.settings.breakglass
         if policy is None:
             raise refusals.NotFound(
                 "breakglass_disabled",
@@ -47,7 +47,7 @@ class Breakglass:
         return policy
 
     def policy_for(self, principal: Principal) -> BreakglassPolicy:
-        policy = self.service.settings.breakglass
+        policy = self.ctx.settings.breakglass
         if policy is None or not principal.groups & set(policy.groups):
             return BreakglassPolicy(allowed=False)
         return BreakglassPolicy(
@@ -55,7 +55,7 @@ class Breakglass:
             targets=dict(policy.targets),
             engines={
                 name: target.engine
-                for name, target in self.service.settings.targets.items()
+                for name, target in self.ctx.settings.targets.items()
                 if name in policy.targets
             },
             incident_pattern=policy.incident_pattern,
@@ -80,8 +80,8 @@ class Breakglass:
                 f"dbaccess breakglass {covered[0]} --incident {body.incident} --reason ...",
             )
         if refusal is not None:
-            self.service.store.record(
-                self.service.clock(),
+            self.ctx.store.record(
+                self.ctx.clock(),
                 "breakglass.denied",
                 principal.subject,
                 {
@@ -102,7 +102,7 @@ class Breakglass:
             else policy.max_duration
         )
         role = policy.targets[target]
-        granted = self.service.issue(
+        granted = self.issuer.issue(
             principal,
             target_name=target,
             role=role,
@@ -115,7 +115,7 @@ class Breakglass:
             drill=body.drill,
         )
         label = "DRILL: break-glass" if body.drill else "BREAK-GLASS"
-        self.service.notifier.send(
+        self.ctx.notifier.send(
             "breakglass.drill" if body.drill else "breakglass.opened",
             f"{label}: {principal.handle} opened {role} on {target} for incident "
             f"{body.incident} until {granted.expires_at:%Y-%m-%d %H:%M} UTC — "
@@ -169,7 +169,7 @@ class Breakglass:
 
     def _reviewer(self, principal: Principal) -> None:
         policy = self._policy()
-        reviewers = set(policy.reviewer_groups or self.service.settings.broker.auditor_groups)
+        reviewers = set(policy.reviewer_groups or self.ctx.settings.broker.auditor_groups)
         if not principal.groups & reviewers:
             raise refusals.Denied(
                 "denied",
@@ -179,13 +179,13 @@ class Breakglass:
 
     def open_reviews(self, principal: Principal) -> list[ReviewInfo]:
         self._reviewer(principal)
-        return [review_info(lease) for lease in self.service.store.open_reviews()]
+        return [review_info(lease) for lease in self.ctx.store.open_reviews()]
 
     def close_review(
         self, principal: Principal, lease_id: str, note: str, origin: Origin
     ) -> ReviewInfo:
         self._reviewer(principal)
-        store = self.service.store
+        store = self.ctx.store
         lease_id = resolve_id(
             lease_id,
             lambda prefix: store.ids_starting_with(leases, prefix, leases.c.kind == "breakglass"),
@@ -205,8 +205,8 @@ class Breakglass:
                 "ask another reviewer",
             )
         try:
-            lease = self.service.store.close_review(
-                lease_id, principal.subject, note.strip(), self.service.clock(), origin.detail()
+            lease = self.ctx.store.close_review(
+                lease_id, principal.subject, note.strip(), self.ctx.clock(), origin.detail()
             )
         except LookupError:
             raise refusals.NotFound(

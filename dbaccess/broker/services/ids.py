@@ -31,7 +31,7 @@ def resolve_id(
 ) -> str:
     """The one id the caller may see that ``given`` is or starts with. ``candidates``
     returns, for a prefix, the matching ids visible to the caller (a few are enough).
-    Not an id's characters or no match: ``not_found``; too short: 422; several: 409
+    Not an id's characters or no match: ``not_found``; too short: Invalid; several: Conflict
     listing them."""
     prefix = given.strip().lower()
     if not _ID_CHARS.fullmatch(prefix):

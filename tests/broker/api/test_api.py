@@ -133,7 +133,7 @@ def test_denials_and_bad_requests_change_nothing(
     assert managed() == before
     denials = [
         r
-        for r in Store(str(api.app.state.service.store.engine.url)).audit_records()  # type: ignore[attr-defined]
+        for r in Store(str(api.app.state.service.ctx.store.engine.url)).audit_records()  # type: ignore[attr-defined]
         if r.event == "session.denied"
     ]
     assert {r.subject for r in denials} == {"mallory", "alice", "bob"}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from dbaccess.broker.api.audit_pages import make_cursor, read_cursor
-from dbaccess.broker.api.deps import PrincipalDep, ServiceDep
+from dbaccess.broker.api.deps import ContextDep, PrincipalDep
 from dbaccess.broker.audit_events import AUDIT_EVENTS
 from dbaccess.broker.services import refusals
 from dbaccess.wire import AuditEntry
@@ -31,7 +31,7 @@ router = APIRouter()
 )
 def read_audit(
     response: Response,
-    service: ServiceDep,
+    ctx: ContextDep,
     who: PrincipalDep,
     since: datetime | None = None,
     user: Annotated[str | None, Query(max_length=320)] = None,  # an email's longest
@@ -42,7 +42,7 @@ def read_audit(
 ) -> list[AuditEntry]:
     """The newest records first; every filter applies before ``limit``. When older
     records match, the ``X-Next-Cursor`` header carries the cursor of the next page."""
-    if not who.groups & set(service.settings.broker.auditor_groups):
+    if not who.groups & set(ctx.settings.broker.auditor_groups):
         raise refusals.Denied(
             "denied",
             "reading the audit trail needs an auditor group",
@@ -65,8 +65,8 @@ def read_audit(
     start = read_cursor(before, filters) if before is not None else None
     # A person is a subject or an email: an email stands for every subject that has
     # used it (the trail is keyed by subject, which people rarely know by heart).
-    people = None if user is None else service.store.subjects_known_as(user)
-    records, older = service.store.audit_page(
+    people = None if user is None else ctx.store.subjects_known_as(user)
+    records, older = ctx.store.audit_page(
         limit=limit, before=start, since=since, subjects=people, event=type, target=target
     )
     if older is not None:

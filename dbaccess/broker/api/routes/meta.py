@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dbaccess import __version__
-from dbaccess.broker.api.deps import PrincipalDep, ServiceDep, VerifierDep
+from dbaccess.broker.api.deps import ContextDep, PrincipalDep, VerifierDep
 from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.wire import Identity, PublicConfig, TargetAccess
 
@@ -16,11 +16,11 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-def healthz(service: ServiceDep, verifier: VerifierDep) -> JSONResponse:
+def healthz(ctx: ContextDep, verifier: VerifierDep) -> JSONResponse:
     # 503 only for the store: without it nothing can be issued or revoked. An
     # unreachable identity provider is reported but stays 200 — the broker still
     # serves every token whose key it knows, and revokes on time.
-    failure = service.store.health()
+    failure = ctx.store.health()
     store_state = {"status": "ok"} if failure is None else {
         "status": "failing", "error": failure}
     return JSONResponse(
@@ -34,8 +34,8 @@ def healthz(service: ServiceDep, verifier: VerifierDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(service: ServiceDep) -> Response:
-    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(ctx: ContextDep) -> Response:
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/config", response_model=PublicConfig)
@@ -59,8 +59,8 @@ def me(who: PrincipalDep) -> Identity:
 
 
 @router.get("/v1/targets", response_model=list[TargetAccess])
-def list_targets(service: ServiceDep, who: PrincipalDep) -> list[TargetAccess]:
-    current = service.settings
+def list_targets(ctx: ContextDep, who: PrincipalDep) -> list[TargetAccess]:
+    current = ctx.settings
     return [
         TargetAccess(
             target=target,

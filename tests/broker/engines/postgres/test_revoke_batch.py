@@ -27,6 +27,7 @@ from dbaccess.broker.engines import NewUser
 from dbaccess.broker.engines.postgres import bootstrap
 from dbaccess.broker.engines.postgres.engine import PostgresEngine
 from dbaccess.broker.reaper import TargetReaper
+from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, TargetSection
 from dbaccess.broker.store import Store, audit, leases
@@ -291,7 +292,7 @@ def test_the_reaper_drains_a_batch_and_retries_only_the_user_that_failed(
         "targets": {TARGET: world.target.model_dump()},
     })
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    service = SessionService(settings, store, {TARGET: world.engine})
+    service = SessionService(BrokerContext.build(settings, store, {TARGET: world.engine}))
     users = [world.session() for _ in range(120)]
     stuck = users[57][0]
     suffix = secrets.token_hex(3)

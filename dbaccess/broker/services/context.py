@@ -1,0 +1,70 @@
+"""What every service works with: the broker's context (``BrokerContext``), and where a call
+came from (``Origin``, plain data: api/deps.py reads it off the HTTP request)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dbaccess.broker.engines import Engine
+from dbaccess.broker.metrics import Metrics
+from dbaccess.broker.notify import Notifier
+from dbaccess.broker.settings import Settings
+from dbaccess.broker.store import Store
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class BrokerContext:
+    """The broker's state the services share. A reload swaps ``settings`` here, once, and
+    replaces changed targets' ``engines`` in place; the services read both at each use."""
+
+    settings: Settings
+    store: Store
+    engines: dict[str, Engine]
+    clock: Callable[[], datetime]
+    metrics: Metrics
+    notifier: Notifier
+    # Names this process in lease claims, so replicas sharing a store never revoke the
+    # same lease at once.
+    replica: str
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        store: Store,
+        engines: Mapping[str, Engine],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+    ) -> BrokerContext:
+        replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return cls(
+            settings=settings,
+            store=store,
+            engines=dict(engines),
+            clock=clock,
+            metrics=metrics or Metrics(),
+            notifier=notifier or Notifier(settings.notify, store, owner=replica),
+            replica=replica,
+        )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an API call came from, for the audit trail."""
+
+    source: str | None = None
+    user_agent: str | None = None
+
+    def detail(self) -> dict[str, str | None]:
+        return {"source": self.source, "user_agent": self.user_agent}
