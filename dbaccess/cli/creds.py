@@ -37,8 +37,8 @@ def creds(
     import sys
 
     from dbaccess.client.context import logged_in
-    from dbaccess.client.session.grant import Ask, Want, obtain
-    from dbaccess.durations import parse_duration
+    from dbaccess.client.session.grant import Ask, obtain
+    from dbaccess.client.session.request import SessionRequest, parse_duration_option
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 
@@ -51,24 +51,17 @@ def creds(
         )
     if output_format not in ("env", "json"):
         raise UsageError(f"--format must be env or json, not '{output_format}'")
-    try:
-        wanted = parse_duration(duration) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    request = SessionRequest(
+        target=target,
+        role=role,
+        duration=parse_duration_option(duration),
+        reason=reason,
+        ticket=ticket,
+        request_id=request_id,
+        wait=False,
+    ).validate()
     with logged_in(g.profile, g.profiles) as (api, _):
-        granted = obtain(
-            api,
-            Want(
-                target=target,
-                role=role,
-                duration=wanted,
-                reason=reason,
-                ticket=ticket,
-                request_id=request_id,
-                wait=False,
-            ),
-            Ask(),
-        )
+        granted: SessionGranted = obtain(api, request, Ask())
     g.warn(
         f"printing the password of {granted.db_user}; it stays valid until "
         f"{human_time(granted.expires_at)} unless you run: "
