@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
-from dbaccess.cli.output import Globals, emit_json
+from dbaccess.cli.output import Globals, emit_json, shown
 
 if TYPE_CHECKING:
     from dbaccess.wire import SessionGranted
@@ -37,6 +37,7 @@ def creds(
     import sys
 
     from dbaccess.client.context import logged_in
+    from dbaccess.client.dbclients.registry import client_for
     from dbaccess.client.session.grant import Ask, obtain
     from dbaccess.client.session.request import SessionRequest, parse_duration_option
     from dbaccess.errors import UsageError
@@ -71,9 +72,9 @@ def creds(
         emit_json({"data": granted.model_dump(mode="json")})
         return
     sys.stdout.write(shell_exports(granted))
-    if granted.engine == "mariadb":
-        # the client reads MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD, but no user or database
-        g.info('[dim]dbaccess: then run: mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"[/]')
+    hint = client_for(granted.engine).CREDS_HINT
+    if hint:
+        g.info(f"[dim]{shown(hint)}[/]")
 
 
 def shell_exports(granted: SessionGranted) -> str:
@@ -81,28 +82,8 @@ def shell_exports(granted: SessionGranted) -> str:
     clients read, so the session reaches them as it would through ``connect``."""
     import shlex
 
-    password = granted.password.get_secret_value()
-    if granted.engine == "postgres":
-        pairs = {
-            "PGHOST": granted.host,
-            "PGPORT": str(granted.port),
-            "PGUSER": granted.db_user,
-            "PGDATABASE": granted.database,
-            "PGPASSWORD": password,
-            # Always set: a PGSSLMODE left in the shell (say, disable) would otherwise win
-            # over the target's. A target that names none gets the broker's default,
-            # prefer, which is libpq's own default and what connect and exec use.
-            "PGSSLMODE": granted.sslmode or "prefer",
-        }
-    else:
-        pairs = {
-            "MYSQL_HOST": granted.host,
-            "MYSQL_TCP_PORT": str(granted.port),
-            "MYSQL_PWD": password,
-            # mariadb and mysql read neither (they take $USER as the user): for
-            # `mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"`; mycli reads MYSQL_USER itself
-            "MYSQL_USER": granted.db_user,
-            "MYSQL_DATABASE": granted.database,
-        }
+    from dbaccess.client.dbclients.registry import client_for
+
+    pairs = client_for(granted.engine).export_env(granted)
     pairs["DBACCESS_SESSION_ID"] = granted.id
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in pairs.items())
