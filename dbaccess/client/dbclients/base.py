@@ -1,5 +1,6 @@
 """What every database client module of ``registry.CLIENTS`` works with and provides.
-Standard library only; a leaf (the session core and the clients both import it)."""
+Types only: imported under ``TYPE_CHECKING`` (creating Protocol classes costs the fast
+exec path's start-up for nothing at run time)."""
 
 from __future__ import annotations
 

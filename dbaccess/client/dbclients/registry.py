@@ -5,9 +5,13 @@ The broker's side is ``dbaccess/broker/engines/registry.py``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dbaccess.client.dbclients import mariadb, postgres
-from dbaccess.client.dbclients.base import DbClient
 from dbaccess.errors import UsageError
+
+if TYPE_CHECKING:
+    from dbaccess.client.dbclients.base import DbClient
 
 CLIENTS: dict[str, DbClient] = {
     "postgres": postgres,

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from dbaccess.client.dbclients.base import Granted, Secret
 from dbaccess.client.dbclients.programs import find_program
 from dbaccess.client.dbclients.registry import ENGINES, client_for
 from dbaccess.client.session.child import child_environment, ignore_cleanup_signals, run_child
@@ -18,11 +17,13 @@ from dbaccess.client.session.directory import SessionDir
 from dbaccess.errors import DbaccessError
 from dbaccess.timestamps import human as human_time
 
-__all__ = ["ENGINES", "Granted", "Launch", "Secret", "find_client", "prepare_client",
-           "run_granted"]
+if TYPE_CHECKING:
+    from dbaccess.client.dbclients.base import Granted
+
+__all__ = ["ENGINES", "Launch", "find_client", "prepare_client", "run_granted"]
 
 
-G = TypeVar("G", bound=Granted)
+G = TypeVar("G", bound="Granted")
 
 
 @dataclass(frozen=True)

@@ -4,21 +4,22 @@ Standard library only."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbaccess.timestamps import human as human_time
 
+if TYPE_CHECKING:  # types only: Protocol classes cost start-up
 
-class Markup(Protocol):
-    """How a front end dresses the parts of a line (identity for plain text)."""
+    class Markup(Protocol):
+        """How a front end dresses the parts of a line (identity for plain text)."""
 
-    def quote(self, text: str) -> str:
-        """Text from people or the broker (a name, a group), shown as written."""
-        ...
+        def quote(self, text: str) -> str:
+            """Text from people or the broker (a name, a group), shown as written."""
+            ...
 
-    def strong(self, text: str) -> str: ...
+        def strong(self, text: str) -> str: ...
 
-    def dim(self, text: str) -> str: ...
+        def dim(self, text: str) -> str: ...
 
 
 class Plain:

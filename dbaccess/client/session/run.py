@@ -14,18 +14,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dbaccess.client import name_cache
 from dbaccess.client.dbclients.programs import find_program
 from dbaccess.client.session import messages
 from dbaccess.client.session.child import cleanup_on_signals
 from dbaccess.client.session.directory import stale_sessions
-from dbaccess.client.session.grant import Ask, SessionBroker, obtain
+from dbaccess.client.session.grant import Ask, obtain
 from dbaccess.client.session.launch import ENGINES, Launch, find_client, run_granted
 from dbaccess.client.session.outcome import session_outcome
 from dbaccess.client.session.request import SessionRequest
 from dbaccess.errors import DbaccessError, LaunchError, UsageError
+
+if TYPE_CHECKING:
+    from dbaccess.client.session.grant import SessionBroker
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,19 @@ class Origin:
     clients: Mapping[str, str] = field(default_factory=dict)
 
 
-class Report(Protocol):
-    """How a front end prints: lines (``messages``), warnings, and the --json outcome."""
+if TYPE_CHECKING:  # types only: Protocol classes cost start-up
 
-    @property
-    def markup(self) -> messages.Markup: ...
+    class Report(Protocol):
+        """How a front end prints: lines (``messages``), warnings, and the --json outcome."""
 
-    def info(self, text: str) -> None: ...
+        @property
+        def markup(self) -> messages.Markup: ...
 
-    def warn(self, text: str) -> None: ...
+        def info(self, text: str) -> None: ...
 
-    def outcome(self, data: dict[str, Any]) -> None: ...
+        def warn(self, text: str) -> None: ...
+
+        def outcome(self, data: dict[str, Any]) -> None: ...
 
 
 def run_session(
@@ -121,6 +125,8 @@ def find_programs(request: SessionRequest, origin: Origin, api: SessionBroker) -
             missing[engine] = exc
     if not missing:
         return found
+    from dbaccess.client import name_cache  # connect's missing client only
+
     remembered = name_cache.remembered_engine(origin.profile, request.target)
     if remembered in found:
         return found  # its client is here; were the memory stale, the answer's engine decides
