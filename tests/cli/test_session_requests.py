@@ -44,10 +44,10 @@ def test_a_reason_the_broker_would_refuse_is_the_same_usage_error(command: str) 
             "reason: Value should have at most 500 items after validation, not 501")
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("command", [*COMMANDS, "renew"])
 def test_a_bad_duration_is_named_by_its_option(command: str) -> None:
-    code, error = refused(*COMMANDS[command], "--reason", "r", "--duration", "soon",
-                          *TAIL.get(command, []))
+    asked = ["renew", "s-1"] if command == "renew" else [*COMMANDS[command], "--reason", "r"]
+    code, error = refused(*asked, "--duration", "soon", *TAIL.get(command, []))
     assert code == 2 and error["message"] == (
         "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m")
 
