@@ -38,9 +38,8 @@ def breakglass(
     from dbaccess.cli.connect import run_session
     from dbaccess.client.context import logged_in
     from dbaccess.client.session.grant import choose_breakglass_target
-    from dbaccess.durations import parse_duration
+    from dbaccess.client.session.request import SessionRequest, parse_duration_option
     from dbaccess.errors import UsageError
-    from dbaccess.wire import BreakglassCreate
 
     g: Globals = ctx.obj
     g.child_owns_stdout = True  # even for errors: stdout is the client's
@@ -48,10 +47,7 @@ def breakglass(
         # `breakglass --incident X -- -c 'select 1'`: after --, click fills the optional
         # TARGET first; no target name starts with '-', so it is the client's.
         client_args, target = [target, *(client_args or [])], None
-    try:
-        wanted = parse_duration(duration) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    wanted = parse_duration_option(duration)
     if not (reason and reason.strip()):
         if not g.can_prompt:
             raise UsageError(
@@ -66,24 +62,17 @@ def breakglass(
     if chosen is None:  # only then does the policy have to be asked
         with logged_in(g.profile, g.profiles) as (api, _):
             chosen = choose_breakglass_target(api, None, _chooser(g) if g.can_prompt else None)
-    body = BreakglassCreate(
+    request = SessionRequest(
         target=chosen,
+        role="breakglass",  # a label only: the broker gives the policy's elevated role
         incident=incident,
         reason=reason.strip(),
-        duration_seconds=int(wanted.total_seconds()) if wanted else None,
+        duration=wanted,
         drill=drill,
-    )
-    run_session(
-        g,
-        chosen,
-        "breakglass",  # a label only: the broker gives the policy's elevated role
-        duration,
-        reason,
-        incident,
-        tuple(client_args or ()),
         client=client,
-        breakglass=body,
+        client_args=tuple(client_args or ()),
     )
+    run_session(g, request.validate())
 
 
 def _chooser(g: Globals) -> Callable[[list[str]], str]:

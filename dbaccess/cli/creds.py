@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
-from dbaccess.cli.output import Globals, emit_json
+from dbaccess.cli.output import Globals, emit_json, shown
 
 if TYPE_CHECKING:
     from dbaccess.wire import SessionGranted
@@ -37,8 +37,9 @@ def creds(
     import sys
 
     from dbaccess.client.context import logged_in
-    from dbaccess.client.session.grant import Ask, Want, obtain
-    from dbaccess.durations import parse_duration
+    from dbaccess.client.dbclients.registry import client_for
+    from dbaccess.client.session.grant import Ask, obtain
+    from dbaccess.client.session.request import SessionRequest, parse_duration_option
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 
@@ -51,24 +52,17 @@ def creds(
         )
     if output_format not in ("env", "json"):
         raise UsageError(f"--format must be env or json, not '{output_format}'")
-    try:
-        wanted = parse_duration(duration) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    request = SessionRequest(
+        target=target,
+        role=role,
+        duration=parse_duration_option(duration),
+        reason=reason,
+        ticket=ticket,
+        request_id=request_id,
+        wait=False,
+    ).validate()
     with logged_in(g.profile, g.profiles) as (api, _):
-        granted = obtain(
-            api,
-            Want(
-                target=target,
-                role=role,
-                duration=wanted,
-                reason=reason,
-                ticket=ticket,
-                request_id=request_id,
-                wait=False,
-            ),
-            Ask(),
-        )
+        granted: SessionGranted = obtain(api, request, Ask())
     g.warn(
         f"printing the password of {granted.db_user}; it stays valid until "
         f"{human_time(granted.expires_at)} unless you run: "
@@ -78,9 +72,9 @@ def creds(
         emit_json({"data": granted.model_dump(mode="json")})
         return
     sys.stdout.write(shell_exports(granted))
-    if granted.engine == "mariadb":
-        # the client reads MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD, but no user or database
-        g.info('[dim]dbaccess: then run: mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"[/]')
+    hint = client_for(granted.engine).CREDS_HINT
+    if hint:
+        g.info(f"[dim]{shown(hint)}[/]")
 
 
 def shell_exports(granted: SessionGranted) -> str:
@@ -88,28 +82,8 @@ def shell_exports(granted: SessionGranted) -> str:
     clients read, so the session reaches them as it would through ``connect``."""
     import shlex
 
-    password = granted.password.get_secret_value()
-    if granted.engine == "postgres":
-        pairs = {
-            "PGHOST": granted.host,
-            "PGPORT": str(granted.port),
-            "PGUSER": granted.db_user,
-            "PGDATABASE": granted.database,
-            "PGPASSWORD": password,
-            # Always set: a PGSSLMODE left in the shell (say, disable) would otherwise win
-            # over the target's. A target that names none gets the broker's default,
-            # prefer, which is libpq's own default and what connect and exec use.
-            "PGSSLMODE": granted.sslmode or "prefer",
-        }
-    else:
-        pairs = {
-            "MYSQL_HOST": granted.host,
-            "MYSQL_TCP_PORT": str(granted.port),
-            "MYSQL_PWD": password,
-            # mariadb and mysql read neither (they take $USER as the user): for
-            # `mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"`; mycli reads MYSQL_USER itself
-            "MYSQL_USER": granted.db_user,
-            "MYSQL_DATABASE": granted.database,
-        }
+    from dbaccess.client.dbclients.registry import client_for
+
+    pairs = client_for(granted.engine).export_env(granted)
     pairs["DBACCESS_SESSION_ID"] = granted.id
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in pairs.items())

@@ -28,18 +28,18 @@ def exec_command(
     The command's exit code is returned.
     """
     from dbaccess.cli.connect import run_session
+    from dbaccess.client.session.request import SessionRequest, parse_duration_option
 
     g: Globals = ctx.obj
     g.child_owns_stdout = True  # even for errors: stdout is the command's
-    run_session(
-        g,
-        target,
-        role,
-        duration,
-        reason,
-        ticket,
-        (),
-        tuple(command),
+    request = SessionRequest(
+        target=target,
+        role=role,
+        duration=parse_duration_option(duration),
+        reason=reason,
+        ticket=ticket,
         request_id=request_id,
         wait=not no_wait,
+        command=tuple(command),
     )
+    run_session(g, request.validate())

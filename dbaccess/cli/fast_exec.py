@@ -6,20 +6,19 @@ than the session itself. When nobody can be asked anything (stdin is not a termi
 --no-input) and the invocation is the common one, this module runs the same session with
 the standard library and secretstorage:
 
-- argv is read against the same options as the typer command (tests keep the two equal);
+- argv is read against the same options as the typer command (tests keep the two equal)
+  into the same ``SessionRequest``, validated the same way;
 - the login is the Secret Service entry keyring wrote (``read_from_secret_service``);
-- ``POST /v1/sessions`` and ``DELETE /v1/sessions/{id}`` go over http.client, with httpx's
-  certificate rules, the same --timeout and spinner, and failures become the same errors
-  (``broker_replies``);
-- with --json the one envelope (``outcome.session_outcome``, or the error) is the last
-  line on stderr, as in the full CLI: stdout is the command's;
-- the session runs through ``launch.session.run_granted``, exactly as connect and exec.
+- the broker is called over http.client (``client.stdlib_broker``), with httpx's
+  certificate rules, the same --timeout and spinner, and failures become the same errors;
+- the session runs through ``client.session.run.run_session``, the one session core of
+  connect and exec, with the same lines (``messages``); with --json the one envelope (the
+  outcome, or the error) is the last line on stderr, as in the full CLI.
 
 Anything else returns None *before any side effect* and the full CLI runs instead: --help
 or --debug, a flag not known here, a login to refresh, a token file, a keyring configured
 for another backend, stale session directories to sweep, a proxy, a nested session, or
-``DBACCESS_FAST_EXEC=0``. The one case found after the broker acted — a rule that needs
-approval — continues with the full client to wait for the approvers.
+``DBACCESS_FAST_EXEC=0``. This module only reads argv and wires the parts together.
 """
 
 from __future__ import annotations
@@ -29,17 +28,18 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from dbaccess.cli.flags import FALSE_WORDS, boolean
-from dbaccess.errors import BrokerError, DbaccessError, ExitCode, render
+from dbaccess.client.session import messages
+from dbaccess.errors import DbaccessError, ExitCode, render
 
 if TYPE_CHECKING:
     from dbaccess.client.config import ProfileFile
+    from dbaccess.client.session.request import SessionRequest
 
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
@@ -70,6 +70,16 @@ class Invocation:
     ticket: str | None = None
     request: str | None = None
     no_wait: bool = False
+
+    def session_request(self) -> SessionRequest:
+        """What the flags ask for, as connect and exec build it (UsageError if refused)."""
+        from dbaccess.client.session.request import SessionRequest, parse_duration_option
+
+        return SessionRequest(
+            target=self.target, role=self.role, duration=parse_duration_option(self.duration),
+            reason=self.reason, ticket=self.ticket, request_id=self.request,
+            wait=not self.no_wait, command=self.command,
+        ).validate()
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
@@ -156,119 +166,6 @@ def _take_option(args: list[str], into: Invocation, valued: dict[str, str],
     return False
 
 
-class _Secret:
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get_secret_value(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "_Secret('**********')"
-
-
-@dataclass(frozen=True)
-class GrantedReply:
-    """The fields of ``models.SessionGranted`` a session run needs (a test keeps them in
-    step with the model)."""
-
-    id: str
-    target: str
-    role: str
-    engine: str
-    db_user: str
-    host: str
-    port: int
-    database: str
-    expires_at: datetime
-    password: _Secret = field(repr=False)
-    sslmode: str | None = None
-    kind: str = "session"
-
-    @classmethod
-    def from_reply(cls, body: dict[str, Any]) -> GrantedReply:
-        try:
-            return cls(
-                id=str(body["id"]), target=str(body["target"]), role=str(body["role"]),
-                engine=str(body["engine"]), db_user=str(body["db_user"]),
-                host=str(body["host"]), port=int(body["port"]),
-                database=str(body["database"]),
-                expires_at=datetime.fromisoformat(str(body["expires_at"])),
-                password=_Secret(str(body["password"])),
-                sslmode=body.get("sslmode"),
-                kind=str(body.get("kind") or "session"),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise BrokerError("the broker's answer to POST /v1/sessions is not a session",
-                              hint="upgrade dbaccess, or the broker") from None
-
-
-class Broker:
-    """Two calls to the broker over http.client, one connection each (the child may run
-    for hours: no idle connection to outlive)."""
-
-    def __init__(self, base_url: str, token: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._token = token
-        parts = urlsplit(self.base_url)  # a bad port raises ValueError here, before any call
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._prefix = parts.path
-        self._tls = _tls_context() if parts.scheme == "https" else None
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None
-             ) -> tuple[int, Any]:
-        import http.client
-
-        from dbaccess.client import replies as broker_replies
-        from dbaccess.client.replies import USER_AGENT, error_from_reply, unreachable
-
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
-                   "Authorization": f"Bearer {self._token}"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        connection: http.client.HTTPConnection
-        timeout = broker_replies.timeout_seconds()
-        if self._tls is not None:
-            connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=self._tls)
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        try:
-            with _Spinner(f"waiting for the broker ({method} {path})"):
-                connection.request(method, self._prefix + path, body=payload, headers=headers)
-                response = connection.getresponse()
-                status, raw = response.status, response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise unreachable(self.base_url, exc) from None
-        finally:
-            connection.close()
-        if not 200 <= status < 300:
-            raise error_from_reply(status, raw)
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            raise BrokerError(f"the broker answered {method} {path} with no JSON") from None
-
-    def revoke(self, session_id: str) -> str:
-        return str(self.call("DELETE", f"/v1/sessions/{session_id}")[1].get("state"))
-
-
-def _tls_context() -> Any:
-    """httpx's rule: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle."""
-    import ssl
-
-    if os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    if os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 def run(argv: list[str]) -> int | None:
     """Run ``dbaccess exec`` here and return its exit code, or None: use the full CLI."""
     environ = os.environ
@@ -315,17 +212,16 @@ def _run(found: Invocation, profiles: ProfileFile) -> int:
         token_file,
     )
     from dbaccess.client.config import profile_name, resolve_broker
-    from dbaccess.client.dbclients.programs import find_program
-    from dbaccess.client.session.child import Terminated, cleanup_on_signals
+    from dbaccess.client.session.child import Terminated
     from dbaccess.client.session.directory import stale_sessions
-    from dbaccess.client.session.launch import Launch, run_granted
-    from dbaccess.durations import parse_duration
-    from dbaccess.timestamps import human as human_time
+    from dbaccess.client.session.grant import Ask
+    from dbaccess.client.session.run import Origin, run_session
+    from dbaccess.client.stdlib_broker import StdlibBroker
 
     try:
         profile = profile_name(found.profile, profiles)
         base_url = resolve_broker(profile, profiles=profiles)
-        wanted = parse_duration(found.duration) if found.duration else None
+        request = found.session_request()
         if token_file(profile, profiles) is not None or stale_sessions():
             raise _FullCli
     except (DbaccessError, ValueError):
@@ -335,105 +231,41 @@ def _run(found: Invocation, profiles: ProfileFile) -> int:
             or not _JWT.fullmatch(login.id_token)):
         raise _FullCli
     try:
-        broker = Broker(base_url, login.id_token)
+        broker = StdlibBroker(base_url, login.id_token)
     except (ValueError, OSError):
         raise _FullCli from None  # a bad URL or CA file: the full CLI reports it
-    # Before the broker is asked, and after the login, in the full CLI's order: a command
-    # that is not there fails here the same way.
-    find_program(found.command[0], other="give its full path after --")
-    ask: dict[str, Any] = {"target": found.target, "role": found.role}
-    for name, value in (("duration_seconds", int(wanted.total_seconds()) if wanted else None),
-                        ("reason", found.reason), ("ticket", found.ticket),
-                        ("request_id", found.request)):
-        if value is not None:
-            ask[name] = value
-    ran: list[Any] = []
-    warnings: list[str] = []
+    report = _Report(found)
 
-    def warn(text: str) -> None:
-        warnings.append(text)
-        _warn(text)
-
-    def on_granted(granted: Any) -> None:
-        ran.append(granted)
-        _info(found, f"dbaccess: connected as {granted.db_user} to {granted.target} "
-              f"({granted.role}), valid until {human_time(granted.expires_at)}")
+    @contextmanager
+    def waiting(pending: Any) -> Iterator[None]:
+        report.info(messages.needs_approval(pending))
+        yield
 
     try:
-        with cleanup_on_signals():
-            try:
-                status, body = broker.call("POST", "/v1/sessions", ask)
-            except DbaccessError as exc:
-                if exc.broker_code != "request_pending" or not found.request:
-                    raise
-                # --request names a request still waiting (resumed after Ctrl-C): wait.
-                from urllib.parse import quote
-
-                status, body = broker.call("GET", f"/v1/requests/{quote(found.request, safe='')}")
-                status = 202
-            granted: Any
-            if status == 202 and "password" not in body:
-                granted = _after_approval(found, base_url, login.id_token, body)
-            else:
-                granted = _read_grant(broker, body)
-            code = run_granted(
-                granted,
-                Launch(profile=profile, broker=base_url, command=found.command),
-                revoke=broker.revoke,
-                on_granted=on_granted,
-                on_warning=warn,
-            )
+        return run_session(request, lambda: broker, report, Origin(profile, base_url),
+                           Ask(waiting=waiting, resume_verb="exec"))
     except Terminated as exc:
         return 128 + exc.signum
-    _info(found, "dbaccess: session revoked, local files removed")
-    if found.json and ran:
-        from dbaccess.client.session.outcome import session_outcome
-
-        _envelope({"data": session_outcome(ran[0], code, warnings)})
-    return code
 
 
-def _read_grant(broker: Broker, body: dict[str, Any]) -> GrantedReply:
-    """The session in a 201 answer; if the answer cannot be read, the session it names is
-    revoked before the error is reported."""
-    try:
-        return GrantedReply.from_reply(body)
-    except BrokerError:
-        if isinstance(body, dict) and isinstance(body.get("id"), str):
-            try:
-                broker.revoke(body["id"])
-            except DbaccessError:
-                pass  # it expires on the broker's clock
-        raise
+class _Report:
+    """``run.Report`` in plain text on stderr (stdout is the command's)."""
 
+    markup = messages.PLAIN
 
-def _after_approval(found: Invocation, base_url: str, token: str, body: dict[str, Any]) -> Any:
-    """A rule that needs approvers: the request is open. Wait for it (or, with --no-wait,
-    stop with its id) through the full client — rare enough not to need speed."""
-    from dbaccess.client import context as api
-    from dbaccess.client.broker_api import BrokerClient
-    from dbaccess.client.session.grant import Ask, Want, obtain, once_approved
-    from dbaccess.wire import RequestInfo
+    def __init__(self, found: Invocation) -> None:
+        self._json = found.json
 
-    request = RequestInfo.model_validate(body)
-    want = Want(target=found.target, role=found.role, wait=not found.no_wait)
-    if want.wait:
-        _info(found, f"dbaccess: request {request.id} needs {request.approvals_required} "
-              f"approval(s) from {', '.join(request.approver_groups)}; approvers run: "
-              f"dbaccess approve {request.id}")
-    with api.http_client() as http:
-        client = BrokerClient(base_url, http, token)
-        ask = Ask(resume_verb="exec")
-        return obtain(client, once_approved(client, request, want, ask), ask)
+    def info(self, text: str) -> None:
+        if not self._json:
+            print(text, file=sys.stderr, flush=True)
 
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
-def _info(found: Invocation, text: str) -> None:
-    if not found.json:
-        print(text, file=sys.stderr, flush=True)
-
-
-def _warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
+    def outcome(self, data: dict[str, Any]) -> None:
+        if self._json:
+            _envelope({"data": data})
 
 
 def _report(exc: DbaccessError, found: Invocation, profiles: ProfileFile | None = None) -> None:
@@ -449,46 +281,3 @@ def _report(exc: DbaccessError, found: Invocation, profiles: ProfileFile | None 
 def _envelope(envelope: dict[str, Any]) -> None:
     sys.stderr.write(json.dumps(envelope) + "\n")
     sys.stderr.flush()
-
-
-class _Spinner:
-    """The full CLI's spinner for a slow broker call, in plain ANSI on a terminal's
-    stderr: frames after SLOW_CALL_SECONDS, the line wiped when the call ends."""
-
-    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._done: Any = None
-        self._thread: Any = None
-
-    def __enter__(self) -> None:
-        if not sys.stderr.isatty():
-            return
-        import threading
-
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from dbaccess.client.replies import SLOW_CALL_SECONDS
-
-        if self._done.wait(SLOW_CALL_SECONDS):
-            return
-        shown = False
-        for tick in range(1_000_000):
-            frame = self.FRAMES[tick % len(self.FRAMES)]
-            sys.stderr.write(f"\r{frame} {self._text}")
-            sys.stderr.flush()
-            shown = True
-            if self._done.wait(0.1):
-                break
-        if shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._done.set()
-            self._thread.join()

@@ -73,15 +73,12 @@ def renew(
     """Extend a session, within the longest session the policy allows. It is never
     shortened unless you pass --shorten."""
     from dbaccess.client.context import logged_in
-    from dbaccess.durations import parse_duration
-    from dbaccess.errors import UsageError
+    from dbaccess.client.session.request import parse_duration_option
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
-    try:
-        seconds = int(parse_duration(duration).total_seconds()) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    wanted = parse_duration_option(duration)
+    seconds = int(wanted.total_seconds()) if wanted else None
     with logged_in(g.profile, g.profiles) as (api, _):
         info = api.renew_session(session_id, seconds, shorten=shorten)
     if info.changed:

@@ -5,29 +5,29 @@ HTTP failures become DbaccessError subclasses carrying the broker's message and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from dbaccess.client import replies as broker_replies
-from dbaccess.client.replies import USER_AGENT, error_from_reply, unreachable
-from dbaccess.errors import BrokerError
+from dbaccess.client.replies import USER_AGENT, error_from_reply, no_json, unreachable
 from dbaccess.wire import (
     AuditEntry,
-    BreakglassCreate,
     BreakglassPolicy,
     Identity,
     PublicConfig,
     RequestInfo,
     ReviewInfo,
-    SessionCreate,
     SessionGranted,
     SessionInfo,
     SessionRenew,
     SessionRenewed,
     TargetAccess,
 )
+
+if TYPE_CHECKING:
+    from dbaccess.client.session.request import SessionRequest
 
 
 class BrokerClient:
@@ -42,9 +42,9 @@ class BrokerClient:
     def config(self) -> PublicConfig:
         return PublicConfig.model_validate(self._call("GET", "/v1/config"))
 
-    def create_session(self, request: SessionCreate) -> SessionGranted | RequestInfo:
+    def create_session(self, request: SessionRequest) -> SessionGranted | RequestInfo:
         """The session, or (rules needing approval) the pending request just opened."""
-        body = self._call("POST", "/v1/sessions", json=request.model_dump(exclude_none=True))
+        body = self._call("POST", "/v1/sessions", json=request.to_wire())
         if "password" not in body:
             return RequestInfo.model_validate(body)
         return SessionGranted.model_validate(body)
@@ -52,8 +52,8 @@ class BrokerClient:
     def breakglass_policy(self) -> BreakglassPolicy:
         return BreakglassPolicy.model_validate(self._call("GET", "/v1/breakglass"))
 
-    def breakglass(self, request: BreakglassCreate) -> SessionGranted:
-        body = self._call("POST", "/v1/breakglass", json=request.model_dump(exclude_none=True))
+    def breakglass(self, request: SessionRequest) -> SessionGranted:
+        body = self._call("POST", "/v1/breakglass", json=request.to_wire())
         return SessionGranted.model_validate(body)
 
     def requests(self, *, mine: bool = False) -> list[RequestInfo]:
@@ -121,6 +121,10 @@ class BrokerClient:
             self._call("DELETE", f"/v1/sessions/{_segment(session_id)}")
         )
 
+    def revoke(self, session_id: str) -> str:
+        """``revoke_session``, the session's new state only (``grant.SessionBroker``)."""
+        return self.revoke_session(session_id).state
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._call_with_headers(method, path, **kwargs)[0]
 
@@ -132,7 +136,7 @@ class BrokerClient:
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path
         try:
-            with broker_replies.waiting(f"waiting for the broker ({method} {path})"):
+            with broker_replies.waiting(broker_replies.waiting_text(method, path)):
                 # the timeout is the client's own (api.http_client: --timeout)
                 response = self._http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -141,7 +145,7 @@ class BrokerClient:
             try:
                 return response.json(), response.headers
             except ValueError:
-                raise BrokerError(f"the broker answered {method} {path} with no JSON") from None
+                raise no_json(method, path) from None
         raise error_from_reply(response.status_code, response.content)
 
 

@@ -324,20 +324,19 @@ def check_profile_name(name: str) -> str:
     return name
 
 
-CLIENT_ENV = {"postgres": "DBACCESS_PSQL", "mariadb": "DBACCESS_MYSQL"}
-
-
 def chosen_clients(profile: str, flag: str | None = None, *,
                    profiles: ProfileFile | None = None) -> dict[str, str]:
     """engine -> client program, by precedence: --client (both engines) > DBACCESS_PSQL /
     DBACCESS_MYSQL > the profile's ``client`` table > the built-in default (not listed)."""
+    from dbaccess.client.dbclients.registry import CLIENTS
+
     stored = (profiles or ProfileFile.load()).profiles.get(profile)
     chosen = dict(stored.client) if stored else {}
-    for engine, variable in CLIENT_ENV.items():
-        if os.environ.get(variable):
-            chosen[engine] = os.environ[variable]
+    for engine, clients in CLIENTS.items():
+        if os.environ.get(clients.VARIABLE):
+            chosen[engine] = os.environ[clients.VARIABLE]
     if flag:
-        chosen = {engine: flag for engine in CLIENT_ENV}
+        chosen = {engine: flag for engine in CLIENTS}
     return chosen
 
 def hint_profile(flag: str | None, profiles: ProfileFile | None = None) -> str | None:

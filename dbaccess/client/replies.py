@@ -61,6 +61,16 @@ def parse_timeout(raw: str) -> float:
 # Seconds a broker call may take before a spinner (on a terminal) says we wait for it.
 SLOW_CALL_SECONDS = 0.4
 
+def waiting_text(method: str, path: str) -> str:
+    """What the spinner of a slow broker call says, on either HTTP client."""
+    return f"waiting for the broker ({method} {path})"
+
+
+def no_json(method: str, path: str) -> BrokerError:
+    """The error for a 2xx answer that is not JSON."""
+    return BrokerError(f"the broker answered {method} {path} with no JSON")
+
+
 # Wraps every broker call: the CLI shows a spinner when one takes longer than a moment.
 waiting: Callable[[str], AbstractContextManager[None]] = lambda _text: nullcontext()  # noqa: E731
 

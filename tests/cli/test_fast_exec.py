@@ -15,6 +15,7 @@ import typer.main
 from dbaccess.cli import fast_exec
 from dbaccess.cli.app import app
 from dbaccess.cli.fast_exec import EXEC_FLAGS, EXEC_VALUES, GLOBAL_ENV, GLOBAL_FLAGS, GLOBAL_VALUES
+from dbaccess.client import stdlib_broker
 from dbaccess.client.auth import token_store
 from dbaccess.client.auth.token_store import StoredLogin
 from dbaccess.wire import SessionGranted
@@ -128,7 +129,7 @@ def script(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPa
     def no_call(*_: object, **__: object) -> None:
         raise AssertionError("the broker was called")
 
-    monkeypatch.setattr(fast_exec.Broker, "call", no_call)
+    monkeypatch.setattr(stdlib_broker.StdlibBroker, "call", no_call)
     return monkeypatch
 
 
@@ -208,8 +209,8 @@ def test_the_reply_it_reads_is_the_broker_model() -> None:
         expires_at=datetime(2026, 12, 1, 10, tzinfo=UTC), host="db", port=5432,
         database="demo", sslmode="require", password="s3cret",  # type: ignore[arg-type]
     )
-    reply = fast_exec.GrantedReply.from_reply(granted.model_dump(mode="json"))
-    for name in fast_exec.GrantedReply.__dataclass_fields__:
+    reply = stdlib_broker.GrantedReply.from_reply(granted.model_dump(mode="json"))
+    for name in stdlib_broker.GrantedReply.__dataclass_fields__:
         assert name in SessionGranted.model_fields
         ours, theirs = getattr(reply, name), getattr(granted, name)
         if name == "password":
@@ -238,7 +239,7 @@ def test_one_exec_reads_config_toml_once(script: pytest.MonkeyPatch, tmp_path: P
         calls.append(f"{method} {path}")
         return (201, granted) if method == "POST" else (200, {"state": "revoked"})
 
-    script.setattr(fast_exec.Broker, "call", broker)
+    script.setattr(stdlib_broker.StdlibBroker, "call", broker)
     reads: list[Path] = []
     read_text = Path.read_text
 

@@ -105,9 +105,11 @@ def assert_ran(result: Run, path: str) -> None:
 
 
 def assert_handed_over(result: Run) -> None:
-    """The fast path, continued with the full client for approvals: httpx and pydantic
-    (httpx brings click and rich), never typer's command line."""
-    assert "httpx" in result.imported and not result.full_cli, result.stderr
+    """The fast path, continued for approvals: the pending request read with the wire
+    models (pydantic), over the same standard-library transport (no httpx), never typer's
+    command line."""
+    assert "pydantic" in result.imported and not result.full_cli, result.stderr
+    assert "httpx" not in result.imported, result.stderr
 
 
 def session_dirs(cli: Cli) -> list[str]:
@@ -453,7 +455,7 @@ def test_a_login_about_to_expire_is_refreshed_by_the_full_cli(
     assert_nothing_left(cli, roles_before)
 
 
-# --- approvals: the fast path hands over to the full client ------------------------------
+# --- approvals: the fast path waits for them itself ------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbaccess.client.dbclients.programs import find_program
-from dbaccess.client.session.directory import SessionDir
 from dbaccess.errors import LaunchError
 
 if TYPE_CHECKING:
-    from dbaccess.client.session.launch import Granted
+    from dbaccess.client.dbclients.base import Granted
+    from dbaccess.client.session.directory import SessionDir
+
+VARIABLE = "DBACCESS_MYSQL"
+# the client reads MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD, but no user or database
+CREDS_HINT: str | None = 'dbaccess: then run: mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"'
+
+
+def find_default() -> str:
+    return find_mysql()
 
 
 def find_mysql() -> str:
-    override = os.environ.get("DBACCESS_MYSQL")
+    override = os.environ.get(VARIABLE)
     if override:
         return find_program(override, other="correct DBACCESS_MYSQL")
     for name in ("mariadb", "mysql"):
@@ -85,3 +93,16 @@ def mycli_argv(granted: Granted, directory: SessionDir, client: str, args: list[
         "--database", granted.database,
         *args,  # after ours: click takes the last of a repeated option (-D other)
     ]
+
+
+def export_env(granted: Granted) -> dict[str, str]:
+    """The variables the MariaDB/MySQL clients read, for ``creds``."""
+    return {
+        "MYSQL_HOST": granted.host,
+        "MYSQL_TCP_PORT": str(granted.port),
+        "MYSQL_PWD": granted.password.get_secret_value(),
+        # mariadb and mysql read neither (they take $USER as the user): for
+        # `mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"`; mycli reads MYSQL_USER itself
+        "MYSQL_USER": granted.db_user,
+        "MYSQL_DATABASE": granted.database,
+    }

@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbaccess.client.dbclients.programs import find_program
-from dbaccess.client.session.directory import SessionDir
 
 if TYPE_CHECKING:
-    from dbaccess.client.session.launch import Granted
+    from dbaccess.client.dbclients.base import Granted
+    from dbaccess.client.session.directory import SessionDir
+
+VARIABLE = "DBACCESS_PSQL"
+CREDS_HINT: str | None = None
+
+
+def find_default() -> str:
+    return find_psql()
 
 
 def find_psql() -> str:
     """The real psql binary: Debian's /usr/bin/psql is a Perl wrapper that costs ~30 ms."""
-    override = os.environ.get("DBACCESS_PSQL")
+    override = os.environ.get(VARIABLE)
     if override:
         return find_program(override, other="correct DBACCESS_PSQL")
     found = find_program("psql", other="set DBACCESS_PSQL to its path")
@@ -55,3 +62,18 @@ def prepare(granted: Granted, directory: SessionDir, client: str,
     if granted.sslmode:
         env["PGSSLMODE"] = granted.sslmode
     return [client, *args], env
+
+
+def export_env(granted: Granted) -> dict[str, str]:
+    """The variables libpq reads, for ``creds``."""
+    return {
+        "PGHOST": granted.host,
+        "PGPORT": str(granted.port),
+        "PGUSER": granted.db_user,
+        "PGDATABASE": granted.database,
+        "PGPASSWORD": granted.password.get_secret_value(),
+        # Always set: a PGSSLMODE left in the shell (say, disable) would otherwise win
+        # over the target's. A target that names none gets the broker's default,
+        # prefer, which is libpq's own default and what connect and exec use.
+        "PGSSLMODE": granted.sslmode or "prefer",
+    }

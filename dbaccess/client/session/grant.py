@@ -16,14 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
-
-from dbaccess.client.broker_api import BrokerClient
+from dbaccess.client.session.request import SessionRequest
 from dbaccess.errors import ApprovalPending, DbaccessError, DeniedError, ExitCode, UsageError
 from dbaccess.timestamps import human as human_time
-from dbaccess.wire import BreakglassCreate, RequestInfo, SessionCreate, SessionGranted
 
 POLL_SECONDS = 2.0
 
@@ -38,7 +35,7 @@ class WaitStopped(DbaccessError):
 
 
 @contextmanager
-def _quietly(_: RequestInfo) -> Iterator[None]:
+def _quietly(_: Any) -> Iterator[None]:
     yield
 
 
@@ -49,46 +46,80 @@ class Ask:
 
     reason: Callable[[str], str] | None = None
     # Wraps the wait for approvers (the CLI shows a spinner); gets the pending request.
-    waiting: Callable[[RequestInfo], AbstractContextManager[None]] = _quietly
+    waiting: Callable[[Any], AbstractContextManager[None]] = _quietly
     sleep: Callable[[float], None] = time.sleep
     poll_seconds: float = POLL_SECONDS
     # The command the person ran, for the "resume with" hint after Ctrl-C (connect/exec).
     resume_verb: str = "connect"
 
 
-@dataclass(frozen=True)
-class Want:
-    """What to ask the broker for."""
+# The broker and its pending request as the session core sees them; types only (Protocol
+# classes cost start-up, and the fast exec path imports this module).
+if TYPE_CHECKING:
 
-    target: str
-    role: str
-    duration: timedelta | None = None
-    reason: str | None = None
-    ticket: str | None = None
-    request_id: str | None = None  # redeem this approved request
-    wait: bool = True  # wait for approvers (False: --no-wait)
-    breakglass: BreakglassCreate | None = None
+    class Pending(Protocol):
+        """An open approval request as the broker describes it (``wire.RequestInfo``)."""
+
+        @property
+        def id(self) -> str: ...
+        @property
+        def state(self) -> str: ...
+        @property
+        def target(self) -> str: ...
+        @property
+        def role(self) -> str: ...
+        @property
+        def approvals_required(self) -> int: ...
+        @property
+        def approver_groups(self) -> list[str]: ...
+        @property
+        def expires_at(self) -> Any: ...
+        @property
+        def denied_by(self) -> str | None: ...
+        @property
+        def deny_reason(self) -> str | None: ...
+
+    class SessionBroker(Protocol):
+        """The broker calls a session needs, over httpx (``broker_api.BrokerClient``) or the
+        standard library (``stdlib_broker.StdlibBroker``, the fast exec path)."""
+
+        def create_session(self, request: SessionRequest) -> Any:
+            """The granted session (it has a ``password``), or the pending request opened."""
+            ...
+
+        def breakglass(self, request: SessionRequest) -> Any: ...
+
+        def get_request(self, request_id: str) -> Any: ...
+
+        def revoke(self, session_id: str) -> str:
+            """Revoke the session; its new state (``revoked``, or ``revoking`` while the
+            broker retries dropping the user)."""
+            ...
+
+        def targets(self) -> list[Any]: ...
+
+        def breakglass_policy(self) -> Any: ...
 
 
-def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
-    if want.breakglass is not None:
-        return api.breakglass(want.breakglass)
-    reason = want.reason
+def granted_answer(outcome: Any) -> bool:
+    """Whether the broker's answer to ``POST /v1/sessions`` is a session (it holds the
+    password), not a pending request."""
+    return hasattr(outcome, "password")
+
+
+def obtain(api: SessionBroker, want: SessionRequest, ask: Ask) -> Any:
+    """The granted session for ``want`` (validated already: ``SessionRequest.validate``)."""
+    if want.breakglass:
+        return api.breakglass(want)
     while True:
-        body = _session_create(
-            target=want.target,
-            role=want.role,
-            duration_seconds=int(want.duration.total_seconds()) if want.duration else None,
-            reason=reason,
-            ticket=want.ticket,
-            request_id=want.request_id,
-        )
         try:
-            outcome = api.create_session(body)
+            outcome = api.create_session(want)
         except DeniedError as exc:
-            if exc.broker_code == "reason_required" and ask.reason is not None and not reason:
+            if (exc.broker_code == "reason_required" and ask.reason is not None
+                    and not want.reason):
                 reason = ask.reason(exc.message)
                 if reason.strip():
+                    want = want.with_reason(reason)
                     continue
             if exc.broker_code == "request_pending" and want.request_id:
                 # --request names a request still waiting: wait for it (resuming after
@@ -97,30 +128,18 @@ def obtain(api: BrokerClient, want: Want, ask: Ask) -> SessionGranted:
                 want = once_approved(api, outcome, want, ask)
                 continue
             raise
-        if isinstance(outcome, SessionGranted):
+        if granted_answer(outcome):
             return outcome
         want = once_approved(api, outcome, want, ask)
-        reason = None
 
 
-def _session_create(**fields: object) -> SessionCreate:
-    """The request body, or — for values the broker would refuse (too long...) — the
-    UsageError its 422 answer would give, without asking it."""
-    try:
-        return SessionCreate.model_validate(fields)
-    except ValidationError as exc:
-        raise UsageError(
-            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                      for e in exc.errors())
-        ) from None
-
-
-def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask) -> Want:
+def once_approved(api: SessionBroker, request: Pending, want: SessionRequest,
+                  ask: Ask) -> SessionRequest:
     """After the broker opened ``request``: wait for its approval and return what redeems
     it — or, without ``want.wait``, raise ApprovalPending naming it. A request already
     approved (an open one the broker handed back) is redeemed at once."""
     if request.state == "approved":
-        return Want(target=want.target, role=want.role, request_id=request.id, wait=False)
+        return want.redeeming(request.id)
     if not want.wait:
         raise ApprovalPending(
             f"request {request.id} waits for {request.approvals_required} approval(s) "
@@ -129,10 +148,10 @@ def once_approved(api: BrokerClient, request: RequestInfo, want: Want, ask: Ask)
             f"--request {request.id}",
         )
     approved = wait_for_approval(api, request, ask)
-    return Want(target=want.target, role=want.role, request_id=approved.id, wait=False)
+    return want.redeeming(approved.id)
 
 
-def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> RequestInfo:
+def wait_for_approval(api: SessionBroker, request: Pending, ask: Ask) -> Pending:
     """Poll until the request is approved; denial and expiry are errors. Ctrl-C leaves
     the request pending (it expires by itself) and raises WaitStopped naming it."""
     try:
@@ -170,7 +189,7 @@ def wait_for_approval(api: BrokerClient, request: RequestInfo, ask: Ask) -> Requ
 
 
 def choose_breakglass_target(
-    api: BrokerClient,
+    api: SessionBroker,
     preferred: str | None,
     choose: Callable[[list[str]], str] | None,
 ) -> str:
@@ -184,7 +203,7 @@ def choose_breakglass_target(
             "you may not break the glass on this broker",
             hint="break-glass is for the on-call groups of the broker's policy",
         )
-    choices = sorted(policy.targets)
+    choices: list[str] = sorted(policy.targets)
     if len(choices) == 1:
         return choices[0]
     if choose is None:

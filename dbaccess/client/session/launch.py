@@ -8,46 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from dbaccess.client.dbclients import mariadb as mysql
-from dbaccess.client.dbclients import postgres as psql
 from dbaccess.client.dbclients.programs import find_program
+from dbaccess.client.dbclients.registry import ENGINES, client_for
 from dbaccess.client.session.child import child_environment, ignore_cleanup_signals, run_child
 from dbaccess.client.session.directory import SessionDir
-from dbaccess.errors import DbaccessError, UsageError
+from dbaccess.errors import DbaccessError
 from dbaccess.timestamps import human as human_time
 
+if TYPE_CHECKING:
+    from dbaccess.client.dbclients.base import Granted
 
-class Secret(Protocol):
-    def get_secret_value(self) -> str: ...
-
-
-class Granted(Protocol):
-    """What running a session needs from the broker's answer (``models.SessionGranted``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def engine(self) -> str: ...
-    @property
-    def db_user(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def database(self) -> str: ...
-    @property
-    def sslmode(self) -> str | None: ...
-    @property
-    def expires_at(self) -> datetime: ...
-    @property
-    def password(self) -> Secret: ...
+__all__ = ["ENGINES", "Launch", "find_client", "prepare_client", "run_granted"]
 
 
-G = TypeVar("G", bound=Granted)
+G = TypeVar("G", bound="Granted")
 
 
 @dataclass(frozen=True)
@@ -99,20 +75,12 @@ def run_granted(
                 )
 
 
-ENGINES = ("postgres", "mariadb")
 def find_client(engine: str, chosen: str | None = None) -> str:
     """The client to run for ``engine``: the one chosen (flag, variable, profile), else
     the engine's default. LaunchError when it is not there."""
     if chosen:
         return find_program(chosen)
-    if engine == "postgres":
-        return psql.find_psql()
-    if engine == "mariadb":
-        return mysql.find_mysql()
-    raise UsageError(
-        f"engine '{engine}' is not supported by this version of dbaccess",
-        hint="upgrade dbaccess",
-    )
+    return client_for(engine).find_default()
 
 
 def prepare_client(
@@ -124,11 +92,7 @@ def prepare_client(
 ) -> tuple[list[str], dict[str, str]]:
     """argv and environment for the session: the engine's native client with ``args``, or
     any ``command`` (exec) with the same credential files and variables prepared."""
-    if granted.engine not in ENGINES:
-        find_client(granted.engine)  # raises: not supported by this version
+    clients = client_for(granted.engine)  # raises: not supported by this version
     chosen = "" if command else find_client(granted.engine, client)
-    if granted.engine == "postgres":
-        argv, env = psql.prepare(granted, directory, chosen, args)
-    else:
-        argv, env = mysql.prepare(granted, directory, chosen, args)
+    argv, env = clients.prepare(granted, directory, chosen, args)
     return (list(command) if command else argv), env

@@ -1,4 +1,8 @@
-"""``connect``: get a session from the broker, run a native client with it, clean up.
+"""One session, start to end: get it from the broker, run a native client (or exec's
+command) with it, clean up. The one flow of ``connect``, ``exec`` and ``breakglass`` in
+the full CLI and of the fast exec path; they differ in the broker's transport (httpx or
+the standard library: ``grant.SessionBroker``) and in how they print (``Report``), not in
+what happens or what is said (``messages``). Standard library only.
 
 Order matters: signal handlers are in place before the session exists, so SIGTERM or SIGHUP
 at any point unwinds through the ``finally`` that wipes the session directory and revokes
@@ -10,92 +14,96 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
-from dbaccess.client import name_cache
-from dbaccess.client.auth.login import bearer_token
-from dbaccess.client.broker_api import BrokerClient
-from dbaccess.client.config import ProfileFile
 from dbaccess.client.dbclients.programs import find_program
+from dbaccess.client.session import messages
 from dbaccess.client.session.child import cleanup_on_signals
 from dbaccess.client.session.directory import stale_sessions
-from dbaccess.client.session.grant import Ask, Want, obtain
+from dbaccess.client.session.grant import Ask, obtain
 from dbaccess.client.session.launch import ENGINES, Launch, find_client, run_granted
+from dbaccess.client.session.outcome import session_outcome
+from dbaccess.client.session.request import SessionRequest
 from dbaccess.errors import DbaccessError, LaunchError, UsageError
-from dbaccess.wire import BreakglassCreate, SessionGranted
+
+if TYPE_CHECKING:
+    from dbaccess.client.session.grant import SessionBroker
 
 
 @dataclass(frozen=True)
-class ConnectRequest:
+class Origin:
+    """Where the session comes from: the profile, its broker, the clients it chose."""
+
     profile: str
     broker: str
-    target: str
-    role: str
-    duration: timedelta | None = None
-    reason: str | None = None
-    ticket: str | None = None
-    client_args: tuple[str, ...] = ()
-    # exec: run this command instead of the native client, with the same credentials
-    command: tuple[str, ...] | None = None
     # engine -> client program chosen by flag or profile (psql, pgcli, mariadb, mycli...)
     clients: Mapping[str, str] = field(default_factory=dict)
-    request_id: str | None = None  # redeem an approved request
-    wait: bool = True  # wait for approvers; False: exit 'approval pending' at once
-    breakglass: BreakglassCreate | None = None
-
-    def want(self) -> Want:
-        return Want(
-            target=self.target,
-            role=self.role,
-            duration=self.duration,
-            reason=self.reason,
-            ticket=self.ticket,
-            request_id=self.request_id,
-            wait=self.wait,
-            breakglass=self.breakglass,
-        )
 
 
-def connect(
-    request: ConnectRequest,
-    http: httpx.Client,
-    on_granted: Callable[[SessionGranted], None] = lambda _: None,
-    on_warning: Callable[[str], None] = lambda _: None,
-    ask: Ask | None = None,
-    profiles: ProfileFile | None = None,
+if TYPE_CHECKING:  # types only: Protocol classes cost start-up
+
+    class Report(Protocol):
+        """How a front end prints: lines (``messages``), warnings, and the --json outcome."""
+
+        @property
+        def markup(self) -> messages.Markup: ...
+
+        def info(self, text: str) -> None: ...
+
+        def warn(self, text: str) -> None: ...
+
+        def outcome(self, data: dict[str, Any]) -> None: ...
+
+
+def run_session(
+    request: SessionRequest,
+    broker: Callable[[], SessionBroker],
+    report: Report,
+    origin: Origin,
+    ask: Ask,
 ) -> int:
-    """Run the client for one session; return its exit code. Always revokes and wipes.
-    ``profiles``: the invocation's config.toml (None reads it)."""
+    """Run the client (or command) for one session; return its exit code. Always revokes
+    and wipes. ``request`` is validated; ``broker()`` logs in (after the nested-session
+    check, as before any other work)."""
     if os.environ.get("DBACCESS_SESSION"):
         raise UsageError(
             "this shell already runs inside a dbaccess session",
             hint="exit the current session first (nested sessions are refused)",
         )
-    login = bearer_token(request.profile, http, profiles=profiles)
-    api = BrokerClient(request.broker, http, login.id_token)
-    sweep_stale_sessions(api, request.broker, on_warning)
-    clients = find_programs(request, api)
+    api = broker()
+    warnings: list[str] = []
+    ran: list[Any] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        report.warn(text)
+
+    def on_granted(granted: Any) -> None:
+        ran.append(granted)
+        if getattr(granted, "kind", "session") == "breakglass":
+            report.warn(messages.breakglass_opened(granted))
+        report.info(messages.connected(granted, report.markup))
+
+    sweep_stale_sessions(api, origin.broker, warn)
+    clients = find_programs(request, origin, api)
     with cleanup_on_signals():
-        granted = obtain(api, request.want(), ask or Ask())
+        granted = obtain(api, request, ask)
         launch = Launch(
-            profile=request.profile,
-            broker=request.broker,
+            profile=origin.profile,
+            broker=origin.broker,
             client_args=request.client_args,
             command=request.command,
             client=clients.get(granted.engine),
         )
-        return run_granted(
-            granted,
-            launch,
-            revoke=lambda session_id: api.revoke_session(session_id).state,
-            on_granted=on_granted,
-            on_warning=on_warning,
-        )
+        code = run_granted(granted, launch, revoke=api.revoke, on_granted=on_granted,
+                           on_warning=warn)
+    report.info(messages.session_ended(report.markup))
+    if ran:
+        report.outcome(session_outcome(ran[0], code, warnings))
+    return code
 
 
-def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
+def find_programs(request: SessionRequest, origin: Origin, api: SessionBroker) -> dict[str, str]:
     """Check, before the broker creates anything, that what will run is there: exec's
     command, or the client of the target's engine. Returns engine -> client path.
 
@@ -112,20 +120,22 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
     missing: dict[str, LaunchError] = {}
     for engine in ENGINES:
         try:
-            found[engine] = find_client(engine, request.clients.get(engine))
+            found[engine] = find_client(engine, origin.clients.get(engine))
         except LaunchError as exc:
             missing[engine] = exc
     if not missing:
         return found
-    remembered = name_cache.remembered_engine(request.profile, request.target)
+    from dbaccess.client import name_cache  # connect's missing client only
+
+    remembered = name_cache.remembered_engine(origin.profile, request.target)
     if remembered in found:
         return found  # its client is here; were the memory stale, the answer's engine decides
-    if request.breakglass is not None:
+    if request.breakglass:
         known = api.breakglass_policy().engines.get(request.target)
         engines = {known} if known else set()
     else:
         allowed = api.targets()
-        name_cache.remember_targets(request.profile, allowed)
+        name_cache.remember_targets(origin.profile, allowed)
         engines = {t.engine for t in allowed if t.target == request.target}
     for engine in engines & missing.keys():
         raise missing[engine]
@@ -138,13 +148,14 @@ def find_programs(request: ConnectRequest, api: BrokerClient) -> dict[str, str]:
     return found
 
 
-def sweep_stale_sessions(api: BrokerClient, broker: str, on_warning: Callable[[str], None]) -> None:
+def sweep_stale_sessions(api: SessionBroker, broker: str,
+                         on_warning: Callable[[str], None]) -> None:
     """Finish the clean-up of sessions whose dbaccess process died without it."""
     for directory, owner in stale_sessions():
         directory.remove()
         session = owner.get("session")
         if isinstance(session, str) and owner.get("broker") == broker:
             try:
-                api.revoke_session(session)
+                api.revoke(session)
             except DbaccessError as exc:
                 on_warning(f"could not revoke leftover session {session}: {exc.message}")

@@ -11,11 +11,11 @@ import pytest
 from dbaccess.client.session.grant import (
     Ask,
     WaitStopped,
-    Want,
     choose_breakglass_target,
     obtain,
     wait_for_approval,
 )
+from dbaccess.client.session.request import SessionRequest
 from dbaccess.errors import ApprovalPending, DeniedError, UsageError
 from dbaccess.wire import BreakglassPolicy, RequestInfo, SessionGranted
 
@@ -35,6 +35,10 @@ def granted() -> SessionGranted:
         id="s1", target="demo", role="readwrite", engine="postgres", db_user="dba_alice_1",
         state="active", created_at=NOW, expires_at=NOW + timedelta(minutes=15),
         host="127.0.0.1", port=5432, database="demo", password="pw")  # type: ignore[arg-type]
+
+
+def want(**extra: Any) -> SessionRequest:
+    return SessionRequest(target="demo", role="readwrite", **extra)
 
 
 class FakeBroker:
@@ -85,7 +89,7 @@ def test_a_missing_reason_is_asked_once_then_sent() -> None:
     api = FakeBroker(answers=[missing, granted()])
     asked: list[str] = []
     ask = Ask(reason=lambda why: asked.append(why) or "because")
-    assert obtain(api, Want("demo", "readwrite"), ask).db_user == "dba_alice_1"  # type: ignore[arg-type]
+    assert obtain(api, want(), ask).db_user == "dba_alice_1"  # type: ignore[arg-type]
     assert asked == ["rule needs a reason"] and api.sent[1].reason == "because"
 
 
@@ -93,13 +97,13 @@ def test_without_a_person_a_missing_reason_is_the_error() -> None:
     missing = DeniedError("rule needs a reason")
     missing.broker_code = "reason_required"
     with pytest.raises(DeniedError, match="needs a reason"):
-        obtain(FakeBroker(answers=[missing]), Want("demo", "readwrite"), Ask())  # type: ignore[arg-type]
+        obtain(FakeBroker(answers=[missing]), want(), Ask())  # type: ignore[arg-type]
 
 
 def test_no_wait_reports_the_request_with_its_next_command() -> None:
     api = FakeBroker(answers=[request()])
     with pytest.raises(ApprovalPending) as raised:
-        obtain(api, Want("demo", "readwrite", reason="fix", wait=False), Ask())  # type: ignore[arg-type]
+        obtain(api, want(reason="fix", wait=False), Ask())  # type: ignore[arg-type]
     assert raised.value.exit_code == 6
     assert raised.value.hint == (
         "once approved: dbaccess connect demo --role readwrite "
@@ -111,7 +115,7 @@ def test_waiting_polls_then_redeems_the_approved_request() -> None:
                      polls=[request(), request("approved")])
     slept: list[float] = []
     ask = Ask(sleep=slept.append, poll_seconds=2)
-    assert obtain(api, Want("demo", "readwrite", reason="fix"), ask).id == "s1"  # type: ignore[arg-type]
+    assert obtain(api, want(reason="fix"), ask).id == "s1"  # type: ignore[arg-type]
     assert slept == [2, 2]
     assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
 
@@ -134,7 +138,7 @@ def test_ctrl_c_while_waiting_names_the_request_and_how_to_resume(verb: str, tai
     rid = "6f1c2a8e-0000-4000-8000-000000000001"
     api = FakeBroker(answers=[request()])
     with pytest.raises(WaitStopped) as raised:
-        obtain(api, Want("demo", "readwrite", reason="fix"),  # type: ignore[arg-type]
+        obtain(api, want(reason="fix"),  # type: ignore[arg-type]
                Ask(sleep=interrupted, resume_verb=verb))
     assert raised.value.exit_code == 130
     assert raised.value.message == (
@@ -150,14 +154,14 @@ def test_resuming_a_pending_request_waits_for_it() -> None:
     still.broker_code = "request_pending"
     api = FakeBroker(answers=[still, granted()], polls=[request(), request("approved")])
     ask = Ask(sleep=lambda _: None)
-    assert obtain(api, Want("demo", "readwrite", request_id="6f1c"), ask).id == "s1"  # type: ignore[arg-type]
+    assert obtain(api, want(request_id="6f1c"), ask).id == "s1"  # type: ignore[arg-type]
     assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
     with pytest.raises(ApprovalPending):  # --no-wait: pending is the answer (exit 6)
         obtain(FakeBroker(answers=[still], polls=[request()]),  # type: ignore[arg-type]
-               Want("demo", "readwrite", request_id="6f1c", wait=False), ask)
+               want(request_id="6f1c", wait=False), ask)
 
 
 def test_an_approved_open_request_handed_back_is_used_even_without_waiting() -> None:
     api = FakeBroker(answers=[request("approved"), granted()])
-    assert obtain(api, Want("demo", "readwrite", wait=False), Ask()).id == "s1"  # type: ignore[arg-type]
+    assert obtain(api, want(wait=False), Ask()).id == "s1"  # type: ignore[arg-type]
     assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
