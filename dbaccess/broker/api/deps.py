@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from dbaccess.broker.api.arrival import received_at
 from dbaccess.broker.api.errors import ApiError
 from dbaccess.broker.identity import IdentityUnavailable, InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.services.sessions import Origin, SessionService
@@ -62,6 +63,7 @@ def origin(request: Request) -> Origin:
     return Origin(
         source=request.client.host if request.client else None,
         user_agent=(request.headers.get("user-agent") or "")[:255] or None,
+        received_at=received_at(request.scope),  # target_guard: the delivery deadline
     )
 
 

@@ -29,6 +29,7 @@ from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
 from dbaccess.broker.services.approvals import Approvals
 from dbaccess.broker.services.breakglass import Breakglass
 from dbaccess.broker.services.ids import resolve_id
+from dbaccess.broker.services.target_guard import TargetGuard, guarded_issue
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import (
     ApprovalRequest,
@@ -73,6 +74,7 @@ class Origin:
 
     source: str | None = None
     user_agent: str | None = None
+    received_at: float | None = None  # time.monotonic() at arrival (target_guard's deadline)
 
     def detail(self) -> dict[str, str | None]:
         return {"source": self.source, "user_agent": self.user_agent}
@@ -106,6 +108,7 @@ class SessionService:
         self.notifier = notifier or Notifier(settings.notify, store, owner=self.replica)
         self.approvals = Approvals(self)
         self.breakglass = Breakglass(self)
+        self.guard = TargetGuard(self)  # fail fast on a target known down (target_guard.py)
         # Revocation workers, per target (see start_drops).
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._workers_lock = threading.Lock()
@@ -280,6 +283,7 @@ class SessionService:
             raise ApiError(409, f"request_{state}", message, hint)
         return request
 
+    @guarded_issue  # target_guard.py: 503 while the target is known down; late: revoked
     def issue(
         self,
         principal: Principal,
@@ -528,7 +532,10 @@ class SessionService:
                 self._renew_hint(lease, basis.most, now),
             )
         try:
-            self.engines[lease.target].renew_user(lease.db_user, expires_at)
+            with self.guard.admitted(lease.target, "renew", principal, origin or Origin(),
+                                     lease_id=lease_id, detail={"db_user": lease.db_user,
+                                     "role": lease.role, "requested_until": expires_at}):
+                self.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineRefused as exc:
             # the database's own bound (creation + max_lifetime) held where the broker's
             # did not, e.g. its clock runs ahead of the broker's: still the caller's limit,
@@ -660,7 +667,8 @@ class SessionService:
     ) -> SessionInfo:
         lease_id = self._own(principal, lease_id).id
         self.revoke_batch(
-            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail()
+            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail(),
+            skip_troubled=True,  # target known down: revoking now, dropped when it answers
         )
         current = self.store.get(lease_id)
         assert current is not None
@@ -694,12 +702,14 @@ class SessionService:
         wanted: list[tuple[str, str]],
         actor: str | None = None,
         origin: dict[str, str | None] | None = None,
+        skip_troubled: bool = False,
     ) -> int:
         """Mark and claim the leases (one store transaction), drop their users a few at a
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
         claimed = self.claim(wanted, actor, origin)
-        return self.settle([outcome for drop in self.start_drops(claimed)
+        return self.settle([outcome for drop in self.start_drops(claimed,
+                                                                 skip_troubled=skip_troubled)
                             for outcome in drop.result()])
 
     def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:
