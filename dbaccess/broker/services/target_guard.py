@@ -5,7 +5,7 @@
   (engines/health.py) is open, a request for a session on it, or a renewal of one, is
   answered at once with ``503 target_unreachable`` — nothing tried, nothing made — instead
   of holding a worker thread for the call's timeout; one call at a time is let through as
-  a probe once the window after the last failure has passed. Break-glass is always tried
+  a probe (none while the reaper's ping is finding out). Break-glass is always tried
   (in an incident a responder would rather wait than be refused). Revocation is never
   refused: ``DELETE`` marks the session ``revoking`` and the reaper drops the user as soon
   as the target answers again.
@@ -83,10 +83,9 @@ class TargetGuard:
         service.metrics.refused_unreachable.labels(target).inc()
         message = (f"target '{target}' is unreachable: the broker's calls to it got no answer "
                    f"for the last {down.seconds_ago:.0f} s ({down.reason})")
-        when = (f"in {down.retry_in:.0f} s" if down.retry_in >= 1 else "in a few seconds")
         hint = (f"nothing was {'renewed' if action == 'renew' else 'created'} on '{target}'; "
-                f"try again {when} (the broker tries '{target}' again meanwhile and serves it "
-                "as soon as it answers)")
+                f"try again in a few seconds (the broker keeps trying '{target}' and serves "
+                "it again as soon as it answers)")
         service.store.record(
             service.clock(),
             "session.renew_denied" if action == "renew" else "session.denied",

@@ -1,6 +1,7 @@
-"""The per-target circuit breaker (engines/health.py), on a fake clock: refused at once
-within the window after a failure to answer, one probe at a time after it, closed by any
-answer."""
+"""The per-target circuit breaker (engines/health.py), on a fake clock: while a target is
+unreachable one call at a time probes it and the others are refused at once; the reaper's
+ping is the probe while it runs; any answer closes the breaker; without news for the window
+calls go through again."""
 
 from __future__ import annotations
 
@@ -27,58 +28,48 @@ def test_an_answering_target_lets_every_call_through() -> None:
     assert not health.down
 
 
-def test_within_the_window_after_a_failure_every_call_is_refused() -> None:
+def test_an_unreachable_target_lets_one_probe_through_and_refuses_the_rest() -> None:
     clock = Clock()
-    health = TargetHealth("t", window=5.0, clock=clock)
+    health = TargetHealth("t", window=15.0, clock=clock)
     health.failed("no answer within 10 s")
-    clock.now += 4.9
+    clock.now += 1
     verdicts = [health.admit() for _ in range(20)]
-    assert all(isinstance(v, Down) for v in verdicts)
-    down = verdicts[0]
-    assert isinstance(down, Down)
-    assert down.reason == "no answer within 10 s"
-    assert round(down.seconds_ago, 1) == 4.9 and round(down.retry_in, 1) == 0.1
+    assert admitted(verdicts[0]).probe  # the first one probes
+    assert all(isinstance(v, Down) for v in verdicts[1:])  # 19 of 20 refused
+    down = verdicts[1]
+    assert isinstance(down, Down) and down.reason == "no answer within 10 s"
     assert health.down
 
 
-def test_after_the_window_one_probe_at_a_time_goes_through() -> None:
+def test_a_probe_that_fails_lets_the_next_one_go_and_one_that_answers_closes() -> None:
     clock = Clock()
-    health = TargetHealth("t", window=5.0, clock=clock)
+    health = TargetHealth("t", window=15.0, clock=clock)
     health.failed("refused")
-    clock.now += 5.0
-    verdicts = [health.admit() for _ in range(20)]
-    probes = [v for v in verdicts if isinstance(v, Admission)]
-    assert len(probes) == 1 and probes[0].probe  # 19 of 20 refused
-    assert isinstance(verdicts[0], Admission)  # the first one probes
-    probes[0].release()  # it failed to answer as well: the window starts again
-    health.failed("refused")
-    assert isinstance(health.admit(), Down)
-    clock.now += 5.0
     probe = admitted(health.admit())
-    assert probe.probe
-    health.answered()  # it came back
+    health.failed("refused again")  # what its call reported
     probe.release()
+    probe.release()  # twice is harmless
+    second = admitted(health.admit())
+    assert second.probe and isinstance(health.admit(), Down)
+    health.answered()  # it came back
+    second.release()
     assert not health.down
     assert not any(admitted(health.admit()).probe for _ in range(5))
 
 
-def test_a_probe_released_without_an_answer_lets_the_next_one_go() -> None:
+def test_while_the_reaper_pings_no_caller_probes() -> None:
     clock = Clock()
-    health = TargetHealth("t", window=5.0, clock=clock)
+    health = TargetHealth("t", window=15.0, clock=clock)
     health.failed("refused")
-    clock.now += 6
-    first = admitted(health.admit())
-    assert isinstance(health.admit(), Down)
-    first.release()  # e.g. the request was refused by a cap before reaching the target
-    first.release()  # twice is harmless
+    with health.pinging():
+        assert all(isinstance(health.admit(), Down) for _ in range(5))
     assert admitted(health.admit()).probe
 
 
 def test_a_probe_that_never_reports_lapses() -> None:
     clock = Clock()
-    health = TargetHealth("t", window=5.0, probe_lapse=15.0, clock=clock)
+    health = TargetHealth("t", window=60.0, probe_lapse=15.0, clock=clock)
     health.failed("refused")
-    clock.now += 6
     assert admitted(health.admit()).probe  # never released
     clock.now += 14
     assert isinstance(health.admit(), Down)
@@ -86,14 +77,24 @@ def test_a_probe_that_never_reports_lapses() -> None:
     assert admitted(health.admit()).probe
 
 
+def test_without_news_for_the_window_calls_go_through_again() -> None:
+    clock = Clock()
+    health = TargetHealth("t", window=15.0, clock=clock)
+    health.failed("a")
+    assert admitted(health.admit()).probe
+    clock.now += 15
+    assert not any(admitted(health.admit()).probe for _ in range(5))
+    assert health.down  # still troubled for the reaper until something answers
+
+
 def test_the_outage_is_timed_from_its_first_failure() -> None:
     clock = Clock()
-    health = TargetHealth("t", window=5.0, clock=clock)
+    health = TargetHealth("t", window=15.0, probe_lapse=60.0, clock=clock)
     health.failed("a")
-    clock.now += 30
+    admitted(health.admit())  # a probe under way
+    clock.now += 10
     health.failed("b")  # a ping failing again restarts the window, not the outage
-    clock.now += 1
+    clock.now += 10
     down = health.admit()
     assert isinstance(down, Down)
-    assert round(down.seconds_ago) == 31 and down.reason == "b"
-    assert round(down.retry_in) == 4
+    assert round(down.seconds_ago) == 20 and down.reason == "b"

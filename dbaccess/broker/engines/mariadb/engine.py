@@ -81,7 +81,8 @@ class MariaDBEngine:
         return self.health.down
 
     def ping(self) -> None:
-        self._call("checking the target", "SELECT 1", ())
+        with self.health.pinging():
+            self._call("checking the target", "SELECT 1", ())
 
     def _call(
         self, what: str, sql: str, args: tuple[object, ...], then: str | None = None

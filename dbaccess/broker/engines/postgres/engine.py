@@ -183,7 +183,7 @@ class PostgresEngine:
         fresh one at once instead of waiting for the old pool's next attempt."""
         kwargs = self._connect_kwargs(self.target.provisioner.read_password())
         try:
-            with WATCHDOG.watch(CALL_TIMEOUT) as deadline:
+            with self.health.pinging(), WATCHDOG.watch(CALL_TIMEOUT) as deadline:
                 with psycopg.connect(**kwargs) as conn:  # type: ignore[arg-type]
                     deadline.attach(conn)
                     conn.execute("SELECT 1")
