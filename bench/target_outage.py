@@ -16,6 +16,7 @@ many session requests on it fail.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -127,7 +128,8 @@ def main() -> None:
             stack.stop_broker()
             server.stop()
     print(f"target outage: one PostgreSQL target stopped (SIGSTOP) for {args.freeze:.0f} s, "
-          f"another healthy, {time.strftime('%Y-%m-%d')}")
+          f"another healthy, {time.strftime('%Y-%m-%d')}, load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(table(
         ["healthy sessions expired", "dropped", "lag p50 s", "lag max s"],
         [[len(healthy), len(lags), f"{median(lags):.2f}", f"{max(lags, default=0):.2f}"]]))
@@ -140,7 +142,9 @@ def main() -> None:
     print(table(
         [f"burst of {args.burst} session requests on it", "value"],
         [["refused at once (503 target_unreachable)", f"{len(refused)} of {len(burst)}"],
-         ["slowest refusal (s)", f"{max(refused, default=0):.2f}"],
+         ["refused within 0.2 s", f"{sum(took <= 0.2 for took in refused)} of {len(burst)}"],
+         ["median / slowest refusal (s)",
+          f"{median(refused) if refused else 0:.2f} / {max(refused, default=0):.2f}"],
          ["the others (status, s)",
           ", ".join(f"{status} {took:.1f}" for status, took in others) or "-"]]))
     print()
