@@ -1,19 +1,22 @@
 """One target stopped (SIGSTOP) for a minute: the revocation lag on a healthy target,
 the time calls naming the stopped one take, and what happens when it returns.
 
-    python bench/target_outage.py [--freeze 60] [--every 2]
+    python bench/target_outage.py [--freeze 60] [--every 2] [--burst 20]
 
 Set-up: the sandbox stack (healthy PostgreSQL target "demo") plus a second PostgreSQL
 target "frozen". Sessions are opened on both; then every process of "frozen" is stopped
 for ``--freeze`` seconds while sessions on "demo" expire every ``--every`` seconds. Each
 lag is the time from a session's expiry to its user's disappearance from pg_roles, polled
-every 50 ms. After SIGCONT: how soon the stopped target's expired users are gone and how
+every 50 ms. Once the first call naming the stopped target has failed, ``--burst``
+session requests on it are sent at once: how many are refused (503 target_unreachable)
+and how fast. After SIGCONT: how soon the stopped target's expired users are gone and how
 many session requests on it fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -42,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--freeze", type=float, default=60.0)
     parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dbaccess-outage-") as tmp, \
             Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack:
@@ -63,11 +67,31 @@ def main() -> None:
                        for r in (session("demo", s).json()
                                  for s in range(args.every, expiring, args.every))}
             calls: list[tuple[str, int, float]] = []
+            failed_once = threading.Event()
 
             def call(what: str, method: str, path: str, body: object = None) -> None:
                 started = time.monotonic()
                 status = http.request(method, path, json=body).status_code
                 calls.append((what, status, time.monotonic() - started))
+                if what == "create":
+                    failed_once.set()
+
+            burst: list[tuple[int, float]] = []
+
+            def burst_call() -> None:
+                started = time.monotonic()
+                status = http.post("/v1/sessions", json={
+                    "target": "frozen", "role": "readonly"}).status_code
+                burst.append((status, time.monotonic() - started))
+
+            def send_burst() -> None:
+                if not failed_once.wait(args.freeze):
+                    return
+                senders = [threading.Thread(target=burst_call) for _ in range(args.burst)]
+                for sender in senders:
+                    sender.start()
+                for sender in senders:
+                    sender.join()
 
             lags: list[float] = []
             with frozen(server):
@@ -81,6 +105,7 @@ def main() -> None:
                     threading.Thread(target=call, args=(
                         "renew", "POST", f"/v1/sessions/{renewable['id']}/renew",
                         {"duration_seconds": 1800})),
+                    threading.Thread(target=send_burst),
                 ]
                 for caller in callers:
                     caller.start()
@@ -103,13 +128,25 @@ def main() -> None:
             stack.stop_broker()
             server.stop()
     print(f"target outage: one PostgreSQL target stopped (SIGSTOP) for {args.freeze:.0f} s, "
-          f"another healthy, {time.strftime('%Y-%m-%d')}")
+          f"another healthy, {time.strftime('%Y-%m-%d')}, load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(table(
         ["healthy sessions expired", "dropped", "lag p50 s", "lag max s"],
         [[len(healthy), len(lags), f"{median(lags):.2f}", f"{max(lags, default=0):.2f}"]]))
     print()
     print(table(["call naming the stopped target", "status", "seconds"],
                 [[what, status, f"{took:.1f}"] for what, status, took in sorted(calls)]))
+    print()
+    refused = [took for status, took in burst if status == 503]
+    others = sorted((status, took) for status, took in burst if status != 503)
+    print(table(
+        [f"burst of {args.burst} session requests on it", "value"],
+        [["refused at once (503 target_unreachable)", f"{len(refused)} of {len(burst)}"],
+         ["refused within 0.2 s", f"{sum(took <= 0.2 for took in refused)} of {len(burst)}"],
+         ["median / slowest refusal (s)",
+          f"{median(refused) if refused else 0:.2f} / {max(refused, default=0):.2f}"],
+         ["the others (status, s)",
+          ", ".join(f"{status} {took:.1f}" for status, took in others) or "-"]]))
     print()
     print(table(
         ["after SIGCONT", "value"],

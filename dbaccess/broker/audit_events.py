@@ -10,6 +10,7 @@ AUDIT_EVENTS: tuple[str, ...] = (
     "session.denied",
     "session.renewed",
     "session.renew_denied",
+    "session.undelivered",
     "session.revoke_requested",
     "session.revoked",
     "session.revoke_failed",

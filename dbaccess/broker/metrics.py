@@ -50,6 +50,13 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.refused_unreachable = Counter(
+            "dbaccess_requests_refused_unreachable",
+            "Session requests and renewals refused at once: their target was known not to "
+            "answer (engines/health.py)",
+            ["target"],
+            registry=self.registry,
+        )
         self.revocation_lag = Histogram(
             "dbaccess_revocation_lag_seconds",
             "Seconds from a session's expiry to the end of its revocation",

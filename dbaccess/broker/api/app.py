@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from dbaccess import __version__
+from dbaccess.broker.api.arrival import StampArrival
 from dbaccess.broker.api.body_limit import BodyLimit
 from dbaccess.broker.api.errors import install_handlers
 from dbaccess.broker.api.routes import audit, breakglass, meta, requests, sessions
@@ -83,6 +84,7 @@ def create_app(
 
     app = FastAPI(title="dbaccess broker", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit)
+    app.add_middleware(StampArrival)  # added last, so it runs first
     # What the routes' dependencies (api/deps.py) hand them.
     app.state.service = service
     app.state.verifier = verifier

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from dbaccess.broker.api.arrival import received_at
 from dbaccess.broker.identity import IdentityUnavailable, InvalidToken, Principal, TokenVerifier
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
@@ -70,6 +71,7 @@ def origin(request: Request) -> Origin:
     return Origin(
         source=request.client.host if request.client else None,
         user_agent=(request.headers.get("user-agent") or "")[:255] or None,
+        received_at=received_at(request.scope),  # target_guard: the delivery deadline
     )
 
 

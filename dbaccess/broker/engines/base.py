@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dbaccess.broker.settings import RoleTemplate, TargetSection
+
+if TYPE_CHECKING:
+    from dbaccess.broker.engines.health import TargetHealth
 
 
 class EngineError(Exception):
@@ -95,6 +98,7 @@ class NewUser:
 class Engine(Protocol):
     name: str
     max_username_length: int
+    health: TargetHealth  # every call reports to it: see engines/health.py
 
     def create_user(self, user: NewUser) -> None:
         """Create the login, member of its role template, expiring at ``expires_at``."""
@@ -115,7 +119,8 @@ class Engine(Protocol):
 
     @property
     def troubled(self) -> bool:
-        """A call failed for want of an answer (TargetUnreachable) and none succeeded since."""
+        """A call failed for want of an answer (TargetUnreachable) and nothing answered
+        since (``health.down``)."""
 
     def ping(self) -> None:
         """Check the target answers, on a fresh connection (TargetUnreachable if not).

@@ -65,6 +65,7 @@ class Origin:
 
     source: str | None = None
     user_agent: str | None = None
+    received_at: float | None = None  # time.monotonic() at arrival (target_guard's deadline)
 
     def detail(self) -> dict[str, str | None]:
         return {"source": self.source, "user_agent": self.user_agent}

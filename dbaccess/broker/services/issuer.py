@@ -18,6 +18,7 @@ from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
+from dbaccess.broker.services.target_guard import Revoke, TargetGuard, guarded_issue
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import ApprovalRequest, CapReached, Caps, Conflict
@@ -55,9 +56,12 @@ def target_role(
 
 
 class Issuer:
-    def __init__(self, ctx: BrokerContext) -> None:
+    def __init__(self, ctx: BrokerContext, revoke: Revoke) -> None:
         self.ctx = ctx
+        self.revoke = revoke  # what a session ready too late goes through (target_guard)
+        self.guard = TargetGuard(ctx)  # fail fast on a target known down (target_guard.py)
 
+    @guarded_issue  # target_guard.py: 503 while the target is known down; late: revoked
     def issue(
         self,
         principal: Principal,

@@ -18,6 +18,7 @@ from dbaccess.broker.policy import AccessRequest, decide
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.issuer import ceil_second
+from dbaccess.broker.services.target_guard import TargetGuard
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.store import Lease
 from dbaccess.durations import format_duration
@@ -27,6 +28,7 @@ from dbaccess.wire import SessionRenew, SessionRenewed
 class Renewal:
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
+        self.guard = TargetGuard(ctx)  # fail fast on a target known down (target_guard.py)
 
     def renew(
         self, principal: Principal, lease: Lease, body: SessionRenew, origin: Origin | None = None
@@ -96,7 +98,10 @@ class Renewal:
                 self._renew_hint(lease, basis.most, now),
             )
         try:
-            self.ctx.engines[lease.target].renew_user(lease.db_user, expires_at)
+            with self.guard.admitted(lease.target, "renew", principal, origin or Origin(),
+                                     lease_id=lease_id, detail={"db_user": lease.db_user,
+                                     "role": lease.role, "requested_until": expires_at}):
+                self.ctx.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineRefused as exc:
             # the database's own bound (creation + max_lifetime) held where the broker's
             # did not, e.g. its clock runs ahead of the broker's: still the caller's limit,

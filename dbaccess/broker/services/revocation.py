@@ -69,12 +69,14 @@ class Revocation:
         wanted: list[tuple[str, str]],
         actor: str | None = None,
         origin: dict[str, str | None] | None = None,
+        skip_troubled: bool = False,
     ) -> int:
         """Mark and claim the leases (one store transaction), drop their users a few at a
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
         claimed = self.claim(wanted, actor, origin)
-        return self.settle([outcome for drop in self.start_drops(claimed)
+        return self.settle([outcome for drop in self.start_drops(claimed,
+                                                                 skip_troubled=skip_troubled)
                             for outcome in drop.result()])
 
     def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:

@@ -32,9 +32,9 @@ class SessionService:
 
     def __init__(self, ctx: BrokerContext) -> None:
         self.ctx = ctx
-        self.issuer = Issuer(ctx)
-        self.renewal = Renewal(ctx)
         self.revocation = Revocation(ctx)
+        self.issuer = Issuer(ctx, self.revocation.revoke_batch)
+        self.renewal = Renewal(ctx)
         self.approvals = Approvals(ctx)
         self.breakglass = Breakglass(ctx, self.issuer)
 
@@ -220,7 +220,8 @@ class SessionService:
     ) -> SessionInfo:
         lease_id = self._own(principal, lease_id).id
         self.revocation.revoke_batch(
-            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail()
+            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail(),
+            skip_troubled=True,  # target known down: revoking now, dropped when it answers
         )
         current = self.ctx.store.get(lease_id)
         assert current is not None

@@ -25,6 +25,7 @@ from dbaccess.broker.engines.base import (
     not_bootstrapped,
     revoke_each,
 )
+from dbaccess.broker.engines.health import TargetHealth
 from dbaccess.broker.engines.mariadb.bootstrap import (
     LIFETIME_ERRNO,
     LIFETIME_REFUSAL,
@@ -46,7 +47,7 @@ class MariaDBEngine:
         self.name = name
         self.target = target
         self._creating = CreateSlots(name, target.create_concurrency)
-        self._troubled = False
+        self.health = TargetHealth(name)
 
     def _connect(self) -> pymysql.connections.Connection:
         try:
@@ -64,17 +65,24 @@ class MariaDBEngine:
                 program_name="dbaccess-broker",
             )
         except pymysql.err.Error as exc:
-            self._troubled = True
-            raise TargetUnreachable(
-                f"cannot connect to target '{self.name}': {_message(exc)}"
-            ) from None
+            code = exc.args[0] if exc.args else None
+            said = f"cannot connect to target '{self.name}': {_message(exc)}"
+            if isinstance(code, int) and code < 2000:
+                # the server's own refusal (1045 access denied, 1040 too many
+                # connections): it answers, so it is not down
+                self.health.answered()
+                raise EngineError(said) from None
+            # 2003 refused or timed out, 2013 lost during the handshake (a client error)
+            self.health.failed(said)
+            raise TargetUnreachable(said) from None
 
     @property
     def troubled(self) -> bool:
-        return self._troubled
+        return self.health.down
 
     def ping(self) -> None:
-        self._call("checking the target", "SELECT 1", ())
+        with self.health.pinging():
+            self._call("checking the target", "SELECT 1", ())
 
     def _call(
         self, what: str, sql: str, args: tuple[object, ...], then: str | None = None
@@ -92,11 +100,14 @@ class MariaDBEngine:
         except pymysql.err.Error as exc:
             code = exc.args[0] if exc.args else None
             if isinstance(exc, pymysql.err.OperationalError) and code in (2006, 2013, 2014, 2055):
-                # gone away, lost, out of sync, read error: the server did not answer
-                self._troubled = True
-                raise TargetUnreachable(
-                    f"{what} on '{self.name}' failed: {_message(exc)}"
-                ) from None
+                # gone away, lost, out of sync, read error: the server did not answer.
+                # Not retried: there is no pool here, so no connection left over from
+                # before a restart (each call logs in afresh), and a call cut off midway
+                # may have taken effect.
+                said = f"{what} on '{self.name}' failed: {_message(exc)}"
+                self.health.failed(said)
+                raise TargetUnreachable(said) from None
+            self.health.answered()  # an error of the server's own: it answers
             if code == LIFETIME_ERRNO or (
                 # a bootstrap older than LIFETIME_ERRNO signals 45000 (errno 1644) with it
                 code == 1644 and LIFETIME_REFUSAL in _message(exc)
@@ -107,7 +118,7 @@ class MariaDBEngine:
             raise EngineError(f"{what} on '{self.name}' failed: {_message(exc)}{hint}") from None
         finally:
             conn.close()
-        self._troubled = False
+        self.health.answered()
         return rows
 
     def create_user(self, user: NewUser) -> None:

@@ -15,9 +15,9 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -34,7 +34,8 @@ from dbaccess.broker.engines.base import (
     not_bootstrapped,
     revoke_each,
 )
-from dbaccess.broker.engines.deadline import WATCHDOG
+from dbaccess.broker.engines.deadline import WATCHDOG, Deadline
+from dbaccess.broker.engines.health import TargetHealth
 from dbaccess.broker.engines.postgres.scram import scram_sha256_verifier
 from dbaccess.broker.settings import TargetSection
 
@@ -54,14 +55,28 @@ RECONNECT_GIVE_UP = 10.0
 ALIVE_BYPASS_SECONDS = 0.5
 
 Connection = psycopg.Connection[tuple[object, ...]]
+Pool = ConnectionPool[Connection]
+T = TypeVar("T")
+
+
+class _Broken(Exception):
+    """A pooled connection turned out dead before the deadline (the server restarted, or
+    ended it while it sat in the pool): the call is tried once more on a fresh pool."""
+
+    def __init__(self, error: psycopg.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _LivenessCheck:
-    """The pool's ``check`` callback: ping only the connections idle for longer than
-    ``ALIVE_BYPASS_SECONDS`` since ``returned`` saw them last. (``returned`` is called by
-    the engine, not as the pool's ``reset`` callback: with one, psycopg_pool hands every
-    returned connection to a worker thread, which costs more than the ping.) The ping runs
-    in the caller's thread, under the caller's deadline: a stopped server would hold it."""
+    """Ping only the connections idle for longer than ``ALIVE_BYPASS_SECONDS`` since
+    ``returned`` saw them last. (``returned`` is called by the engine, not as the pool's
+    ``reset`` callback: with one, psycopg_pool hands every returned connection to a worker
+    thread, which costs more than the ping.) The ping runs in the caller's thread, under
+    the caller's deadline: a stopped server would hold it. The engine calls ``check`` on
+    the connection the pool lent, not as the pool's ``check`` callback: there a dead
+    connection made the pool sleep a growing backoff (1 s, 2 s, ...) before lending the
+    next one, and after a restart every pooled connection is dead."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -88,11 +103,11 @@ class PostgresEngine:
         self.name = name
         self.target = target
         self._lock = threading.Lock()
-        self._pool: ConnectionPool[Connection] | None = None
+        self._pool: Pool | None = None
         self._pool_password: str | None = None
         self._liveness = _LivenessCheck()
         self._creating = CreateSlots(name, target.create_concurrency)
-        self._troubled = False
+        self.health = TargetHealth(name)
         self._no_batch_until = 0.0  # monotonic; while in the future: an old bootstrap
         self._batch_calls = threading.BoundedSemaphore(BATCH_CALLS)
 
@@ -120,29 +135,37 @@ class PostgresEngine:
             "autocommit": True,
         }
 
-    def _connection(self) -> AbstractContextManager[Connection]:
-        """A pooled connection as the provisioner (a SCRAM login costs ~10 ms per connect).
-
-        The pool is rebuilt when the provisioner's password changes (rotation)."""
+    def _current_pool(self) -> tuple[Pool, _LivenessCheck]:
+        """The pool of connections as the provisioner (a SCRAM login costs ~10 ms per
+        connect), and its liveness check. The pool is rebuilt when the provisioner's
+        password changes (rotation)."""
         password = self.target.provisioner.read_password()
         with self._lock:
             if self._pool is None or self._pool_password != password:
                 if self._pool is not None:
                     self._pool.close()
-                self._liveness = liveness = _LivenessCheck()
+                self._liveness = _LivenessCheck()
                 self._pool = ConnectionPool(
                     kwargs=self._connect_kwargs(password),
                     min_size=1,
                     max_size=POOL_SIZE,
                     timeout=POOL_TIMEOUT,
                     reconnect_timeout=RECONNECT_GIVE_UP,
-                    check=liveness.check,
                     name=f"dbaccess-{self.name}",
                     open=True,
                 )
                 self._pool_password = password
-            pool = self._pool
-        return pool.connection()
+            return self._pool, self._liveness
+
+    def _drop_pool(self, pool: Pool | None = None) -> None:
+        """Start afresh: the next call builds a new pool. Only ``pool`` if given (calls
+        that met dead connections of one pool at once drop it once, not its successor).
+        The old one is closed in the background: its connections may wait on dead sockets."""
+        with self._lock:
+            if self._pool is None or (pool is not None and self._pool is not pool):
+                return
+            stale, self._pool = self._pool, None
+        threading.Thread(target=stale.close, daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
@@ -152,7 +175,7 @@ class PostgresEngine:
 
     @property
     def troubled(self) -> bool:
-        return self._troubled
+        return self.health.down
 
     def ping(self) -> None:
         """``SELECT 1`` on a connection of its own (the pool may be empty and waiting out
@@ -160,78 +183,122 @@ class PostgresEngine:
         fresh one at once instead of waiting for the old pool's next attempt."""
         kwargs = self._connect_kwargs(self.target.provisioner.read_password())
         try:
-            with WATCHDOG.watch(CALL_TIMEOUT) as deadline:
+            with self.health.pinging(), WATCHDOG.watch(CALL_TIMEOUT) as deadline:
                 with psycopg.connect(**kwargs) as conn:  # type: ignore[arg-type]
                     deadline.attach(conn)
                     conn.execute("SELECT 1")
         except psycopg.Error as exc:
-            self._troubled = True
-            raise TargetUnreachable(
-                f"target '{self.name}' does not answer: {_first_line(exc)}"
-            ) from None
-        if self._troubled:
-            with self._lock:
-                stale, self._pool = self._pool, None
-            if stale is not None:  # its connections may be waiting on dead sockets
-                threading.Thread(target=stale.close, daemon=True).start()
-            self._troubled = False
+            said = f"target '{self.name}' does not answer: {_first_line(exc)}"
+            self.health.failed(said)
+            raise TargetUnreachable(said) from None
+        if self.health.down:
+            self._drop_pool()
+            self.health.answered()
 
-    @contextmanager
-    def _doing(self, what: str) -> Iterator[Connection]:
-        """A pooled connection; any failure becomes an EngineError saying ``what`` failed.
-        The whole call, waiting for the connection included, has CALL_TIMEOUT."""
+    def _call(self, what: str, work: Callable[[Connection], T]) -> T:
+        """``work`` on a pooled connection; any failure becomes an EngineError saying
+        ``what`` failed. The whole call, waiting for the connection included, has
+        CALL_TIMEOUT.
+
+        A connection found dead before the deadline (the server restarted, or ended it
+        while it sat in the pool) drops the whole pool — after a restart every pooled
+        connection is dead, and handing them out one after another made a burst of 502s —
+        and ``work`` is tried once more on a fresh one. That is safe for every call this
+        engine makes: ``renew_user`` sets an absolute expiry, ``revoke_user(s)`` drops what
+        is still there, ``managed_users`` reads, so each gives the same result run twice.
+        ``create_user`` is not idempotent, but its retry cannot do harm either: mostly the
+        connection was dead before the call was sent (the server had ended it), so the
+        first try did nothing; if the server did create the user before the connection
+        broke, the retry fails on the existing name (an EngineError: the issuer marks the
+        lease for revocation and the user is dropped). It never creates a second user,
+        nor makes one with a password other than the one handed out."""
         with WATCHDOG.watch(CALL_TIMEOUT) as deadline:
             try:
-                with self._connection() as conn:
-                    deadline.attach(conn)
-                    try:
-                        yield conn
-                    finally:
-                        self._liveness.returned(conn)
+                try:
+                    result = self._attempt(work, deadline)
+                except _Broken as broken:
+                    log.info("a pooled connection was dead; starting afresh and trying "
+                             "again", extra={"target": self.name,
+                                             "error": _first_line(broken.error)})
+                    result = self._attempt(work, deadline, again=True)
+            except _Broken as broken:
+                said = f"{what} on '{self.name}' failed: {_first_line(broken.error)}"
+                self.health.failed(said)
+                raise TargetUnreachable(said) from None
             except PoolTimeout:
-                self._troubled = True
-                raise TargetUnreachable(
-                    f"cannot connect to target '{self.name}' "
-                    f"(no connection within {POOL_TIMEOUT:.0f} s)"
-                ) from None
+                said = (f"cannot connect to target '{self.name}' "
+                        f"(no connection within {POOL_TIMEOUT:.0f} s)")
+                self.health.failed(said)
+                raise TargetUnreachable(said) from None
             except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+                self.health.answered()
                 raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}; "
                                   f"{not_bootstrapped(self.name)}") from None
             except psycopg.errors.QueryCanceled:
+                self.health.answered()  # slow, but it answered: its statement_timeout
                 raise EngineError(
                     f"{what} on '{self.name}' failed: the database took longer than "
                     f"{STATEMENT_TIMEOUT:.0f} s"
                 ) from None
             except psycopg.OperationalError as exc:
-                # The connection broke (the server restarted) or the watchdog shut it.
-                self._troubled = True
+                # The watchdog shut the connection (no answer within the deadline).
                 said = (f"no answer within {CALL_TIMEOUT:.0f} s" if deadline.expired
                         else _first_line(exc))
-                raise TargetUnreachable(f"{what} on '{self.name}' failed: {said}") from None
+                said = f"{what} on '{self.name}' failed: {said}"
+                self.health.failed(said)
+                raise TargetUnreachable(said) from None
+            except EngineRefused:
+                self.health.answered()
+                raise
             except psycopg.Error as exc:
+                self.health.answered()  # an error of the database's own: it answers
                 raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}") from None
-        self._troubled = False
+        self.health.answered()
+        return result
+
+    def _attempt(self, work: Callable[[Connection], T], deadline: Deadline,
+                 again: bool = False) -> T:
+        """One try of ``work`` on a connection of the current pool; ``_Broken`` if the
+        connection is dead (pinged after idling, or failing the call) before the deadline.
+        On the second try (``again``), the pool is the fresh one: its connection is new."""
+        pool, liveness = self._current_pool()
+        with pool.connection() as conn:
+            deadline.attach(conn)
+            try:
+                liveness.check(conn)
+                return work(conn)
+            except psycopg.OperationalError as exc:
+                if conn.broken and not deadline.expired:
+                    # handed back broken, the pool discards it; the rest of this pool
+                    # is suspect too: the next call builds a new one
+                    self._drop_pool(pool)
+                    raise _Broken(exc) from None
+                raise
+            finally:
+                liveness.returned(conn)
 
     def create_user(self, user: NewUser) -> None:
         timeout = user.role.statement_timeout
         verifier = scram_sha256_verifier(user.password)  # ~1.4 ms: not while holding a connection
-        with self._creating.hold(), self._doing(f"creating {user.username}") as conn:
-            conn.execute(
-                "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    user.username,
-                    verifier,
-                    user.expires_at,
-                    user.role.group_role,
-                    user.role.connection_limit,
-                    user.role.read_only,
-                    int(timeout.total_seconds() * 1000) if timeout else None,
-                    user.log_statements,
-                ),
+        args = (
+            user.username,
+            verifier,
+            user.expires_at,
+            user.role.group_role,
+            user.role.connection_limit,
+            user.role.read_only,
+            int(timeout.total_seconds() * 1000) if timeout else None,
+            user.log_statements,
+        )
+        with self._creating.hold():
+            self._call(
+                f"creating {user.username}",
+                lambda conn: conn.execute(
+                    "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)", args),
             )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
-        with self._doing(f"renewing {username}") as conn:
+        def renew(conn: Connection) -> None:
             try:
                 conn.execute("SELECT dbaccess.renew_user(%s, %s)", (username, expires_at))
             except psycopg.Error as exc:
@@ -240,9 +307,13 @@ class PostgresEngine:
                     raise EngineRefused(_first_line(exc).removeprefix("dbaccess: ")) from None
                 raise
 
+        self._call(f"renewing {username}", renew)
+
     def revoke_user(self, username: str) -> None:
-        with self._doing(f"revoking {username}") as conn:
-            row = conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone()
+        row = self._call(
+            f"revoking {username}",
+            lambda conn: conn.execute("SELECT dbaccess.revoke_user(%s)", (username,)).fetchone(),
+        )
         problem = row[0] if row else None
         # NULL: gone. Text: why not yet (the user stays NOLOGIN meanwhile). An integer:
         # sessions left, from a bootstrap older than the text answer.
@@ -261,7 +332,7 @@ class PostgresEngine:
             return revoke_each(self, usernames)
         try:
             with self._batch_calls:
-                if self._troubled:  # it stopped answering while this batch waited its turn
+                if self.health.down:  # it stopped answering while this batch waited its turn
                     raise TargetUnreachable(f"cannot connect to target '{self.name}' (it "
                                             "does not answer; tried again as soon as it does)")
                 return self._revoke_batch(usernames)
@@ -273,12 +344,14 @@ class PostgresEngine:
             return revoke_each(self, usernames)
 
     def _revoke_batch(self, usernames: Sequence[str]) -> dict[str, str | None]:
-        with self._doing(f"revoking {len(usernames)} users") as conn:
+        def revoke(conn: Connection) -> list[tuple[object, ...]] | None:
             try:
-                rows = conn.execute("SELECT * FROM dbaccess.revoke_users(%s)",
+                return conn.execute("SELECT * FROM dbaccess.revoke_users(%s)",
                                     (list(usernames),)).fetchall()
             except psycopg.errors.UndefinedFunction:
-                rows = None
+                return None
+
+        rows = self._call(f"revoking {len(usernames)} users", revoke)
         if rows is None:
             if not self._no_batch_until:
                 log.warning("dbaccess.revoke_users is missing (a bootstrap older than the "
@@ -294,8 +367,11 @@ class PostgresEngine:
         }
 
     def list_managed_users(self) -> list[str]:
-        with self._doing("listing users") as conn:
-            rows = conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1").fetchall()
+        rows = self._call(
+            "listing users",
+            lambda conn: conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1")
+            .fetchall(),
+        )
         return [str(row[0]) for row in rows]
 
 
