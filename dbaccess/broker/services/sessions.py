@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -37,6 +38,7 @@ from dbaccess.broker.store import (
     Conflict,
     Lease,
     Store,
+    StoreUnavailable,
     approval_requests,
     due_cause,
     leases,
@@ -348,7 +350,12 @@ class SessionService:
                 "the target database refused the request; try again later",
             ) from None
         failpoint("issue.after_create")
-        lease = self.store.activate(lease, self.clock())
+        try:
+            lease = self.store.activate(lease, self.clock())
+        except StoreUnavailable:  # outcome unknown (a failed fsync may still have landed):
+            with suppress(EngineError):  # the password goes to nobody, so neither does the user
+                engine.revoke_user(username)
+            raise
         if lease.state != "active":  # the reconciler gave up on it (creation_timeout)
             raise ApiError(
                 504,
