@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from dbaccess import __version__
+from dbaccess.broker.outages import Outage
 from dbaccess.broker.settings import NotifySection
 from dbaccess.broker.store import Store
 
@@ -131,12 +132,15 @@ class Notifier:
             )
 
     def _run(self) -> None:
+        outage = Outage(log, "webhook delivery (reading and settling the outbox)", IDLE_POLL)
         while not self._stop.is_set():
             try:
                 while self.deliver_due() and not self._stop.is_set():
                     pass
-            except Exception:  # never let one bad pass stop the sender
-                log.exception("webhook delivery pass failed")
+            except Exception as exc:  # never let one bad pass stop the sender
+                outage.failed(exc)  # the store down: one line while it lasts
+            else:
+                outage.passed()
             self._wake.wait(IDLE_POLL)
             self._wake.clear()
 

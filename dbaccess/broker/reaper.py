@@ -19,6 +19,7 @@ from concurrent.futures import Future
 
 from dbaccess.broker import rotation
 from dbaccess.broker.engines import EngineError
+from dbaccess.broker.outages import Outage
 from dbaccess.broker.services.revocation import Outcome
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.errors import DbaccessError
@@ -69,6 +70,8 @@ class Reaper:
                          self._stop)._rotate_if_due()
 
     def _run(self) -> None:
+        outage = Outage(log, "the reaper's pass (requests' expiry, leases of removed targets)",
+                        self._interval)
         while not self._stop.is_set():
             try:
                 self._sync_targets()
@@ -77,8 +80,10 @@ class Reaper:
                 self._service.revocation.reap(
                     limit=100, not_targets=list(self._service.ctx.engines))
                 self._service.approvals.expire()
-            except Exception:  # never let one bad pass kill the clock
-                log.exception("reaper pass failed")
+            except Exception as exc:  # never let one bad pass kill the clock
+                outage.failed(exc)  # one line while it lasts, not a traceback a pass
+            else:
+                outage.passed()
             self._stop.wait(self._interval)
 
 
@@ -120,6 +125,8 @@ class TargetReaper:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        outage = Outage(log, f"revoking the leases of target {self.name}",
+                        self._interval, target=self.name)
         while not self._stop.is_set():
             engine = self._ctx.engines.get(self.name)
             if engine is None:
@@ -135,8 +142,10 @@ class TargetReaper:
                     self._revocation.reconcile(self.name)
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
                     self._rotate_if_due()
-            except Exception:  # never let one bad pass kill the clock
-                log.exception("reaper pass failed", extra={"target": self.name})
+            except Exception as exc:  # never let one bad pass kill the clock
+                outage.failed(exc)  # the store down, say: one line, not one a pass
+            else:
+                outage.passed()
             self._stop.wait(min(self._interval, PING_EVERY) if self.unreachable
                             else self._interval)
 

@@ -9,6 +9,7 @@ was made; a password leaves only once its lease and audit records are on disk.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import NoReturn
 
@@ -21,7 +22,7 @@ from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.target_guard import Revoke, TargetGuard, guarded_issue
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
-from dbaccess.broker.store import ApprovalRequest, CapReached, Caps, Conflict
+from dbaccess.broker.store import ApprovalRequest, CapReached, Caps, Conflict, StoreUnavailable
 from dbaccess.wire import SessionGranted
 
 log = logging.getLogger("dbaccess.broker")
@@ -129,7 +130,12 @@ class Issuer:
                 "the target database refused the request; try again later",
             ) from None
         failpoint("issue.after_create")
-        lease = self.ctx.store.activate(lease, self.ctx.clock())
+        try:
+            lease = self.ctx.store.activate(lease, self.ctx.clock())
+        except StoreUnavailable:  # outcome unknown (a failed fsync may still have landed):
+            with suppress(EngineError):  # the password goes to nobody, so neither does the user
+                engine.revoke_user(username)
+            raise
         if lease.state != "active":  # the reconciler gave up on it (creation_timeout)
             raise refusals.TargetTimeout(
                 "creation_timeout",

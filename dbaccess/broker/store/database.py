@@ -115,6 +115,12 @@ class Database:
         self._probe_pool: ThreadPoolExecutor | None = None
         self._probe_running: Any = None  # the Future of the probe under way
         self._probed: tuple[float, str | None] | None = None  # (monotonic time, failure)
+        # While the store fails, every caller's failure would log a line (the reaper's
+        # threads and the webhook sender try every second): the first one, or one with
+        # another message, is an error, repeats are debug, and the first write that works
+        # again says how long it lasted.
+        self._failure_lock = threading.Lock()
+        self._failing: tuple[float, set[str]] | None = None  # (monotonic start, logged)
 
     def close(self) -> None:
         with self._write_lock:
@@ -138,9 +144,34 @@ class Database:
         reason = (str(raw).strip().splitlines() or [type(raw).__name__])[0][:200]
         if reason.startswith(("connection failed", "connection to server")):
             # psycopg's names the store's host, port and user: for the log, not for callers
-            log.error("cannot connect to the store", extra={"error": reason})
+            self._log_failure("cannot connect to the store", reason)
             reason = "cannot connect to the store's server (the broker's log says why)"
         return StoreUnavailable(f"the broker's state store failed: {reason}")
+
+    def _log_failure(self, message: str, reason: str) -> None:
+        with self._failure_lock:
+            if self._failing is None:
+                self._failing = (time.monotonic(), set())
+            # Once per message: a server shutting down refuses first with "shutting down",
+            # then with "connection refused"; the first reason is the one that says why.
+            seen = self._failing[1]
+            new = message not in seen
+            seen.add(message)
+        if new:
+            log.error("%s (until it works again, repeats are logged at debug level)",
+                      message, extra={"error": reason})
+        else:
+            log.debug(message, extra={"error": reason})
+
+    def _log_recovery(self) -> None:
+        if self._failing is None:  # the usual case: no lock taken
+            return
+        with self._failure_lock:
+            failing, self._failing = self._failing, None
+        if failing is not None:
+            lasted = time.monotonic() - failing[0]
+            log.info("the store takes writes again after %.1f s", lasted,
+                     extra={"outage_s": round(lasted, 1)})
 
     def _translate_error(self, context: sa.engine.ExceptionContext) -> None:
         failure = self._store_failure(context.original_exception)
@@ -198,6 +229,7 @@ class Database:
                             sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY}
                         )
                     yield conn
+                self._log_recovery()
             except BaseException as exc:
                 # Rolled back already. Statements on the driver's cursor bypass SQLAlchemy's
                 # disconnect detection, so the connection is discarded, not pooled: a fresh
@@ -210,8 +242,8 @@ class Database:
                     conn.close()
                 failure = self._store_failure(exc)
                 if failure is not None:
-                    log.error("a store write failed", extra={"error": str(failure)})
+                    self._log_failure("a store write failed", str(failure))
                     raise failure from exc
                 if isinstance(exc, StoreUnavailable):
-                    log.error("a store write failed", extra={"error": str(exc)})
+                    self._log_failure("a store write failed", str(exc))
                 raise

@@ -8,8 +8,8 @@ be activated (nobody holds their password) are dropped.
 The disk is a small tmpfs mounted for the test (as root: CI runs as root). A read-only
 cut is not tested here: ``mount -o remount,ro`` refuses (EBUSY) while the broker holds the
 store open for writing, and making a loop device read-only under ext4 (``blockdev
---setro``) fails the journal and fsync asynchronously: the power-cut probe
-(tests/broker/store/power_cut_probe.py) covers that kind of failure, not yet reliably.
+--setro``) fails the journal and fsync asynchronously: tests/broker/store/test_power_cut.py
+covers that kind of failure.
 """
 
 from __future__ import annotations

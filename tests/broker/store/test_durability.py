@@ -1,7 +1,7 @@
 """Durable before the password leaves: the SQLite store syncs every commit and a PostgreSQL
 store never runs with synchronous_commit off; a store that cannot write answers 503 in the
-envelope and /healthz says so. (Cutting the store's disk mid-issuance is a probe outside the
-suite for now: tests/broker/store/power_cut_probe.py says why.)
+envelope and /healthz says so. (Cutting the store's disk mid-issuance:
+tests/broker/store/test_power_cut.py.)
 """
 
 from __future__ import annotations
