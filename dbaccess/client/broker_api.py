@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from dbaccess.client import replies as broker_replies
-from dbaccess.client.replies import USER_AGENT, error_from_reply, no_json, unreachable
+from dbaccess.client.replies import error_from_reply, no_json, unreachable
 from dbaccess.wire import (
     AuditEntry,
     BreakglassPolicy,
@@ -131,7 +131,7 @@ class BrokerClient:
     def _call_with_headers(
         self, method: str, path: str, **kwargs: Any
     ) -> tuple[Any, httpx.Headers]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = broker_replies.request_headers()
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path

@@ -50,6 +50,18 @@ def timeout_seconds() -> float:
     return value if value > 0 else DEFAULT_TIMEOUT_SECONDS
 
 
+TIMEOUT_HEADER = "Dbaccess-Timeout"
+
+
+def request_headers() -> dict[str, str]:
+    """What every broker call sends, whichever HTTP client makes it: the User-Agent, and
+    how long this client waits for an answer — so the broker revokes a session it could
+    not hand out in time instead of handing a password to a client that has given up
+    (broker/services/target_guard.py)."""
+    return {"Accept": "application/json", "User-Agent": USER_AGENT,
+            TIMEOUT_HEADER: f"{timeout_seconds():g}"}
+
+
 def parse_timeout(raw: str) -> float:
     """A --timeout value: seconds, more than 0 (ValueError otherwise)."""
     value = float(raw)

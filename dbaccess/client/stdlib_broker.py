@@ -92,10 +92,9 @@ class StdlibBroker:
         import http.client
 
         from dbaccess.client import replies as broker_replies
-        from dbaccess.client.replies import USER_AGENT, error_from_reply, no_json, unreachable
+        from dbaccess.client.replies import error_from_reply, no_json, request_headers, unreachable
 
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
-                   "Authorization": f"Bearer {self._token}"}
+        headers = {**request_headers(), "Authorization": f"Bearer {self._token}"}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()

@@ -323,15 +323,22 @@ def test_after_the_target_restarts_every_session_request_succeeds(
     end_all()
 
 
+@pytest.mark.parametrize("deadline_from", ["broker", "client"])
 def test_a_session_ready_after_the_delivery_deadline_is_revoked_unseen(
     outage: tuple[Stack, PostgresServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    deadline_from: str,
 ) -> None:
     """A creation that ends after the deadline (the CLI may have given up) is not handed
     out: the user is dropped, the lease revoked, ``session.undelivered`` says why. Here the
-    database is stopped for 2 s mid-request and the deadline cut from 20 s to 1 s."""
+    database is stopped for 2 s mid-request, and the deadline is 1 s: the broker's own
+    (cut from 20 s), or three quarters of the 1.2 s the client says it waits."""
     stack, server = outage
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
-    monkeypatch.setattr(target_guard, "DELIVERY_DEADLINE", 1.0)
+    if deadline_from == "broker":
+        monkeypatch.setattr(target_guard, "DELIVERY_DEADLINE", 1.0)
+        waits: dict[str, str] = {}
+    else:
+        waits = {"Dbaccess-Timeout": "1.2"}
     settings = load_settings(stack.broker_config)
     store = Store(f"sqlite:///{tmp_path / 'late.db'}")
     auth = {"Authorization": "Bearer " + device_tokens(stack.idp, "alice")["id_token"]}
@@ -352,7 +359,7 @@ def test_a_session_ready_after_the_delivery_deadline_is_revoked_unseen(
         stopper.start()
         assert stopped.wait(10)
         started = time.monotonic()
-        late = api.post("/v1/sessions", headers=auth, json=ask)
+        late = api.post("/v1/sessions", headers={**auth, **waits}, json=ask)
         took = time.monotonic() - started
         stopper.join()
         assert thawed.is_set() and took > 1.5  # it did wait for the database
@@ -364,6 +371,7 @@ def test_a_session_ready_after_the_delivery_deadline_is_revoked_unseen(
     lease = store.get(str(record.lease_id))
     assert lease is not None and lease.state == "revoked"
     assert record.detail["target"] == "frozen" and record.detail["took_seconds"] > 1.0
+    assert record.detail["deadline_seconds"] == (1.0 if deadline_from == "broker" else 0.9)
     assert record.detail["db_user"] == lease.db_user
     assert lease.db_user not in users_on(server)  # made, then dropped
     assert users_on(server) <= before

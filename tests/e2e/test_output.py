@@ -269,6 +269,7 @@ def test_a_database_that_is_down_exits_9_on_both_paths(
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     delay = 0.0
+    seen: list[dict[str, str]]  # the headers of every request, per server (serve())
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self._answer()
@@ -277,6 +278,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer()
 
     def _answer(self) -> None:
+        self.seen.append(dict(self.headers.items()))
         time.sleep(self.delay)
         body = b'{"error": {"code": "oops", "message": "reached", "hint": null}}'
         self.send_response(500)
@@ -295,7 +297,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def serve(delay: float = 0.0, tls: ssl.SSLContext | None = None) -> http.server.HTTPServer:
-    handler = type("Handler", (_Handler,), {"delay": delay})
+    handler = type("Handler", (_Handler,), {"delay": delay, "seen": []})
     server = _Server(("127.0.0.1", 0), handler)
     if tls is not None:
         # the handshake on the first read, in the handler: a refused one closes its socket
@@ -390,6 +392,24 @@ def test_timeout_applies_to_broker_calls_on_both_paths(
     assert_ran(result, path)
     assert result.text.startswith(f"error: the broker at {slow_broker} did not answer within "
                                   "1 s hint: it may be overloaded"), result.text
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_both_paths_tell_the_broker_how_long_they_wait(cli: Cli, path: str) -> None:
+    """The broker revokes a session it could not hand out within this (Dbaccess-Timeout,
+    services/target_guard.py) rather than give a password to a client that gave up."""
+    server = serve()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        args = ("--timeout", "7.5", "exec", "demo", "--role", "readonly", "--", "true")
+        result = run(cli, *args, path=path, env={"DBACCESS_BROKER": url})
+        assert_ran(result, path)
+        assert result.returncode != 0 and "reached" in result.text
+        seen = server.RequestHandlerClass.seen  # type: ignore[attr-defined]
+        assert seen and all(h.get("Dbaccess-Timeout") == "7.5" for h in seen), seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("path", list(PATHS))

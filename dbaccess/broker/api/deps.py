@@ -72,7 +72,25 @@ def origin(request: Request) -> Origin:
         source=request.client.host if request.client else None,
         user_agent=(request.headers.get("user-agent") or "")[:255] or None,
         received_at=received_at(request.scope),  # target_guard: the delivery deadline
+        client_timeout=client_timeout(request.headers.get(TIMEOUT_HEADER)),
     )
+
+
+TIMEOUT_HEADER = "Dbaccess-Timeout"  # the client's twin: client/replies.py request_headers
+MAX_CLIENT_TIMEOUT = 3600.0
+
+
+def client_timeout(raw: str | None) -> float | None:
+    """Seconds the client waits for an answer, as it says; a value that is no such number
+    (absent, not finite, not above 0, or above an hour) is as good as none: the header
+    only ever shortens the delivery deadline, so ignoring it cannot widen anything."""
+    if raw is None or len(raw) > 32:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_CLIENT_TIMEOUT else None
 
 
 ServiceDep = Annotated[SessionService, Depends(service)]

@@ -66,6 +66,7 @@ class Origin:
     source: str | None = None
     user_agent: str | None = None
     received_at: float | None = None  # time.monotonic() at arrival (target_guard's deadline)
+    client_timeout: float | None = None  # how long the client waits (Dbaccess-Timeout)
 
     def detail(self) -> dict[str, str | None]:
         return {"source": self.source, "user_agent": self.user_agent}

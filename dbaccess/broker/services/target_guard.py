@@ -46,6 +46,19 @@ log = logging.getLogger("dbaccess.broker")
 # network and a busy broker.
 DELIVERY_DEADLINE = 20.0
 
+# Of the time a client says it waits (its Dbaccess-Timeout header: the CLI's --timeout),
+# the part an issuance may take: the rest is for the network and writing the answer.
+CLIENT_SHARE = 0.75
+
+
+def delivery_deadline(client_timeout: float | None) -> float:
+    """How long after its arrival a session may still be handed out: DELIVERY_DEADLINE,
+    or less when the client said it gives up sooner (``dbaccess --timeout 10``)."""
+    if client_timeout is None:
+        return DELIVERY_DEADLINE
+    return min(DELIVERY_DEADLINE, round(client_timeout * CLIENT_SHARE, 3))
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -113,11 +126,12 @@ class TargetGuard:
         if origin.received_at is None:
             return granted
         took = time.monotonic() - origin.received_at
-        if took <= DELIVERY_DEADLINE:
+        deadline = delivery_deadline(origin.client_timeout)
+        if took <= deadline:
             return granted
         service = self._ctx
         explanation = (f"the session was ready {took:.1f} s after the request arrived, later "
-                       f"than the {DELIVERY_DEADLINE:.0f} s within which a password is handed "
+                       f"than the {deadline:g} s within which a password is handed "
                        "out: its client may have given up, so it was revoked unseen")
         service.store.record(
             service.clock(),
@@ -129,7 +143,7 @@ class TargetGuard:
                 "role": granted.role,
                 "db_user": granted.db_user,
                 "took_seconds": round(took, 3),
-                "deadline_seconds": DELIVERY_DEADLINE,
+                "deadline_seconds": deadline,
                 "explanation": explanation,
                 **origin.detail(),
             },
@@ -142,7 +156,7 @@ class TargetGuard:
         raise refusals.TargetTimeout(
             "issuance_too_slow",
             f"creating the session on '{granted.target}' took {took:.0f} s, longer than the "
-            f"broker's {DELIVERY_DEADLINE:.0f} s deadline; it was revoked, its password "
+            f"broker's {deadline:g} s deadline; it was revoked, its password "
             "never handed out",
             "try again; if it keeps happening, the target database or the broker is "
             "overloaded",
@@ -176,4 +190,5 @@ def guarded_issue(issue: F) -> F:
     return cast(F, guarded)
 
 
-__all__ = ["DELIVERY_DEADLINE", "DOWN_WINDOW", "TargetGuard", "guarded_issue"]
+__all__ = ["CLIENT_SHARE", "DELIVERY_DEADLINE", "DOWN_WINDOW", "TargetGuard", "delivery_deadline",
+           "guarded_issue"]
