@@ -15,6 +15,7 @@ AUDIT_EVENTS: tuple[str, ...] = (
     "session.revoked",
     "session.revoke_failed",
     "request.created",
+    "request.reused",
     "request.approved",
     "request.denied",
     "request.decision_refused",

@@ -49,6 +49,7 @@ class Approvals:
             user_agent=origin.user_agent,
         )
         if not created:  # another replica opened the same request a moment ago
+            self._reused(principal, request, origin)
             return request
         ctx.notifier.send(
             "request.created",
@@ -60,7 +61,9 @@ class Approvals:
         )
         return request
 
-    def reusable(self, principal: Principal, body: SessionCreate) -> ApprovalRequest | None:
+    def reusable(
+        self, principal: Principal, body: SessionCreate, origin: Origin
+    ) -> ApprovalRequest | None:
         """The caller's open request (pending, or approved and unused) for this target and
         role, which a retry gets back instead of a new one — so Ctrl-C and asking again,
         or a script retrying, never piles up requests for approvers. A retry may leave
@@ -99,7 +102,19 @@ class Approvals:
                 f"use it: dbaccess connect {request.target} --role {request.role} --request "
                 f"{request.id}; or withdraw it first: dbaccess withdraw {request.id}",
             )
+        self._reused(principal, request, origin)
         return request
+
+    def _reused(self, principal: Principal, request: ApprovalRequest, origin: Origin) -> None:
+        """Each ask that got an open request back is on the trail too (who asked again,
+        when, from where), though nothing new was opened."""
+        self.ctx.store.record(
+            self.ctx.clock(),
+            "request.reused",
+            principal.subject,
+            {"request_id": request.id, "email": principal.email, "target": request.target,
+             "role": request.role, "state": request.state, **origin.detail()},
+        )
 
     def withdraw(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:
         """The requester takes a pending (or approved, unused) request back."""

@@ -50,7 +50,7 @@ class SessionService:
             # Asked again while a request is open: that one, not a second one (its policy
             # is checked again when it is used). Before the reason check, so a retry after
             # Ctrl-C need not type the reason again.
-            reused = self.approvals.reusable(principal, body)
+            reused = self.approvals.reusable(principal, body, origin)
             if reused is not None:
                 return reused
         request = self._approved_request(principal, body) if body.request_id else None

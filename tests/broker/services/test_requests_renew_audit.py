@@ -169,6 +169,12 @@ def test_asking_again_returns_the_open_request_instead_of_a_new_one(
 
     created = [d["request_id"] for d in events(store, "request.created")]
     assert sorted(created) == sorted([rid, erin, shop, fresh["id"]])  # no duplicates
+    # ...but every ask that got it back is on the trail: three retries, one after approval
+    reused = events(store, "request.reused")
+    assert [(d["request_id"], d["state"]) for d in reused] == [(rid, "pending")] * 3 + [
+        (rid, "approved")]
+    assert all(d["target"] == "demo" and d["role"] == "readwrite" and "source" in d
+               and "user_agent" in d for d in reused)
     assert [e["request_id"] for e in stack.webhooks.events
             if e["event"] == "request.created" and e["request_id"] == rid] == [rid]
 
@@ -191,6 +197,7 @@ def test_concurrent_asks_at_two_replicas_open_one_request(
     assert len({a.json()["id"] for a in answers}) == 1
     assert len(stores[0].requests()) == 1
     assert len(events(stores[0], "request.created")) == 1
+    assert len(events(stores[0], "request.reused")) == 7  # the other asks, each recorded
 
 
 # --- ids by prefix -------------------------------------------------------------------
