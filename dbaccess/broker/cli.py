@@ -302,14 +302,10 @@ def policy_explain(
     from dbaccess.broker.identity import Principal
     from dbaccess.broker.policy import AccessRequest, decide
     from dbaccess.broker.settings import load_settings
-    from dbaccess.durations import format_duration, parse_duration
-    from dbaccess.errors import UsageError
+    from dbaccess.durations import format_duration, parse_duration_option
 
     settings = load_settings(config)
-    try:
-        wanted = parse_duration(duration) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    wanted = parse_duration_option(duration)
     who = Principal(
         subject=user,
         email=user if "@" in user else None,
