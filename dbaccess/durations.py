@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from dbaccess.errors import UsageError
+
 _PART = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -29,6 +31,17 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"'{text}' is longer than {MAX_SECONDS // 86400}d, the longest "
                          "duration dbaccess takes")
     return timedelta(seconds=seconds)
+
+
+def parse_duration_option(text: str | None, option: str = "--duration") -> timedelta | None:
+    """A ``--duration`` value as typed (None: not given), or the usage error naming it: for
+    every command of both programs (``dbaccess``, ``dbaccess-broker``)."""
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def format_duration(delta: timedelta) -> str:

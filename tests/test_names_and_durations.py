@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from dbaccess.broker.engines.base import NewUser, make_password, make_username
 from dbaccess.broker.settings import RoleTemplate
-from dbaccess.durations import format_duration, parse_duration
+from dbaccess.durations import format_duration, parse_duration, parse_duration_option
+from dbaccess.errors import UsageError
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,21 @@ def test_expiry_is_rounded_up_to_a_whole_second() -> None:
     assert ceil_second(moment) == datetime(2026, 11, 22, 12, 0, 1, tzinfo=UTC)
     whole = datetime(2026, 11, 22, 12, 0, 1, tzinfo=UTC)
     assert ceil_second(whole) == whole
+
+
+@pytest.mark.parametrize("typed, seconds", [(None, None), ("", None), ("90", 90),
+                                             ("1h30m", 5400)])
+def test_the_duration_option(typed: str | None, seconds: int | None) -> None:
+    found = parse_duration_option(typed)
+    assert (int(found.total_seconds()) if found else None) == seconds
+
+
+@pytest.mark.parametrize("typed, message", [
+    ("soon", "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m"),
+    ("0m", "--duration: '0m' must be longer than zero"),
+    ("400d", "--duration: '400d' is longer than 366d, the longest duration dbaccess takes"),
+])
+def test_a_bad_duration_is_a_usage_error_naming_the_option(typed: str, message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        parse_duration_option(typed)
+    assert refused.value.message == message

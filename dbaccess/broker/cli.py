@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from dbaccess.broker.examples import EXAMPLES
 from dbaccess.errors import ConfigError, DbaccessError, ExitCode, render
+from dbaccess.help_examples import attach_examples
 
 app = typer.Typer(
     help="The dbaccess broker: verifies SSO identities, applies policy, mints and revokes "
@@ -302,14 +304,10 @@ def policy_explain(
     from dbaccess.broker.identity import Principal
     from dbaccess.broker.policy import AccessRequest, decide
     from dbaccess.broker.settings import load_settings
-    from dbaccess.durations import format_duration, parse_duration
-    from dbaccess.errors import UsageError
+    from dbaccess.durations import format_duration, parse_duration_option
 
     settings = load_settings(config)
-    try:
-        wanted = parse_duration(duration) if duration else None
-    except ValueError as exc:
-        raise UsageError(f"--duration: {exc}") from None
+    wanted = parse_duration_option(duration)
     who = Principal(
         subject=user,
         email=user if "@" in user else None,
@@ -333,50 +331,7 @@ def policy_explain(
         raise typer.Exit(int(ExitCode.DENIED))
 
 
-# command path -> examples under its --help (tests/test_help.py: every command)
-EXAMPLES: dict[str, tuple[str, ...]] = {
-    "": ("dbaccess-broker check-config --config /etc/dbaccess/broker.toml",
-         "dbaccess-broker serve --config /etc/dbaccess/broker.toml --host 0.0.0.0"),
-    "serve": ("dbaccess-broker serve --config broker.toml --host 0.0.0.0 --port 8443 "
-              "--tls-cert cert.pem --tls-key key.pem --workers 2",),
-    "check-config": ("dbaccess-broker check-config --config broker.toml",
-                     "dbaccess-broker check-config --offline --config broker.toml"),
-    "bootstrap": ("dbaccess-broker bootstrap prod --config broker.toml > bootstrap-prod.sql",
-                  "DBACCESS_ADMIN_DSN='host=db1 user=postgres' dbaccess-broker bootstrap prod "
-                  "--apply"),
-    "rotate-credential": ("dbaccess-broker rotate-credential prod --config broker.toml",),
-    "audit": ("dbaccess-broker audit verify", "dbaccess-broker audit export --since 2026-11-01"),
-    "audit verify": ("dbaccess-broker audit verify --config broker.toml",),
-    "audit export": ("dbaccess-broker audit export --since 2026-11-01 > audit.jsonl",),
-    "policy": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
-               "--target prod --role readonly",),
-    "policy explain": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
-                       "--target prod --role readwrite --duration 2h --reason 'JIRA-88'",),
-}
-
-
-def _attach_examples(typer_app: typer.Typer, path: str = "") -> None:
-    def epilog(name: str) -> str:
-        # "\b" keeps click from re-wrapping the lines into one paragraph
-        return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
-
-    if not path and not isinstance(typer_app.info.epilog, str):
-        typer_app.info.epilog = epilog("")
-    for info in typer_app.registered_commands:
-        # typer names an unnamed command after its function, with dashes
-        command = info.name or getattr(info.callback, "__name__", "").replace("_", "-")
-        name = f"{path} {command}".strip()
-        if name in EXAMPLES and info.epilog is None:
-            info.epilog = epilog(name)
-    for group in typer_app.registered_groups:
-        name = f"{path} {group.name}".strip()
-        if name in EXAMPLES and not isinstance(group.epilog, str):
-            group.epilog = epilog(name)
-        assert group.typer_instance is not None
-        _attach_examples(group.typer_instance, name)
-
-
-_attach_examples(app)
+attach_examples(app, EXAMPLES)
 
 
 def main() -> None:

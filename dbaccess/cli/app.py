@@ -17,7 +17,7 @@ from dbaccess.cli.audit import audit
 from dbaccess.cli.breakglass import breakglass, review
 from dbaccess.cli.connect import connect
 from dbaccess.cli.creds import creds
-from dbaccess.cli.examples import attach_examples
+from dbaccess.cli.examples import EXAMPLES
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.flags import json_before_typer
 from dbaccess.cli.login import login
@@ -25,6 +25,7 @@ from dbaccess.cli.output import CHILD_COMMANDS, Globals, announced
 from dbaccess.cli.profiles import app as profiles_app
 from dbaccess.cli.sessions import renew, revoke, sessions
 from dbaccess.errors import DbaccessError, ExitCode
+from dbaccess.help_examples import attach_examples
 
 
 class DbaccessGroup(TyperGroup):
@@ -168,7 +169,7 @@ for name, command in (
 ):
     app.command(name)(announced(command))
 app.add_typer(profiles_app, name="profiles")
-attach_examples(app)
+attach_examples(app, EXAMPLES)
 
 
 def main() -> None:

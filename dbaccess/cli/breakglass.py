@@ -38,7 +38,8 @@ def breakglass(
     from dbaccess.cli.connect import run_session
     from dbaccess.client.context import logged_in
     from dbaccess.client.session.grant import choose_breakglass_target
-    from dbaccess.client.session.request import SessionRequest, parse_duration_option
+    from dbaccess.client.session.request import SessionRequest
+    from dbaccess.durations import parse_duration_option
     from dbaccess.errors import UsageError
 
     g: Globals = ctx.obj

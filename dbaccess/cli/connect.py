@@ -42,7 +42,8 @@ def connect(
     When the policy needs approval, a request is opened and connect waits for it (a reason
     is asked for on a terminal); with --no-wait it prints the request id and exits 6.
     """
-    from dbaccess.client.session.request import SessionRequest, parse_duration_option
+    from dbaccess.client.session.request import SessionRequest
+    from dbaccess.durations import parse_duration_option
 
     ctx.obj.child_owns_stdout = True  # even for errors: stdout is the client's
     request = SessionRequest(

@@ -39,7 +39,8 @@ def creds(
     from dbaccess.client.context import logged_in
     from dbaccess.client.dbclients.registry import client_for
     from dbaccess.client.session.grant import Ask, obtain
-    from dbaccess.client.session.request import SessionRequest, parse_duration_option
+    from dbaccess.client.session.request import SessionRequest
+    from dbaccess.durations import parse_duration_option
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 

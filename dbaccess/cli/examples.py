@@ -1,10 +1,9 @@
-"""An example under every command's ``--help``, kept here rather than in each command's
-module: the wiring in ``cli/__init__`` hangs them on as typer epilogs, and
+"""The examples under every ``dbaccess`` command's ``--help``, kept here rather than in
+each command's module: ``cli/app.py`` hangs them on with ``help_examples.attach_examples``
+(shared with ``dbaccess-broker``, whose examples are ``broker/examples.py``), and
 tests/test_help.py fails when a command has none."""
 
 from __future__ import annotations
-
-from typing import Any
 
 # command path (as typed after "dbaccess") -> example invocations
 EXAMPLES: dict[str, tuple[str, ...]] = {
@@ -52,25 +51,3 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "profiles remove": ("dbaccess profiles remove staging",),
 }
 
-
-def epilog(examples: tuple[str, ...]) -> str:
-    # "\b" keeps click from re-wrapping the lines into one paragraph
-    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in examples)
-
-
-def attach_examples(app: Any, path: str = "") -> None:
-    """Give every command (and group) registered on the typer ``app`` its epilog."""
-    if not path and "" in EXAMPLES and not isinstance(app.info.epilog, str):
-        app.info.epilog = epilog(EXAMPLES[""])
-    for info in app.registered_commands:
-        # typer names an unnamed command after its function, with dashes
-        name = info.name or getattr(info.callback, "__name__", "").replace("_", "-")
-        examples = EXAMPLES.get(f"{path} {name}".strip())
-        if examples and info.epilog is None:
-            info.epilog = epilog(examples)
-    for group in app.registered_groups:
-        name = f"{path} {group.name}".strip()
-        examples = EXAMPLES.get(name)
-        if examples and not isinstance(group.epilog, str):  # unset: typer's Default(None)
-            group.epilog = epilog(examples)
-        attach_examples(group.typer_instance, name)

@@ -28,7 +28,8 @@ def exec_command(
     The command's exit code is returned.
     """
     from dbaccess.cli.connect import run_session
-    from dbaccess.client.session.request import SessionRequest, parse_duration_option
+    from dbaccess.client.session.request import SessionRequest
+    from dbaccess.durations import parse_duration_option
 
     g: Globals = ctx.obj
     g.child_owns_stdout = True  # even for errors: stdout is the command's

@@ -73,7 +73,8 @@ class Invocation:
 
     def session_request(self) -> SessionRequest:
         """What the flags ask for, as connect and exec build it (UsageError if refused)."""
-        from dbaccess.client.session.request import SessionRequest, parse_duration_option
+        from dbaccess.client.session.request import SessionRequest
+        from dbaccess.durations import parse_duration_option
 
         return SessionRequest(
             target=self.target, role=self.role, duration=parse_duration_option(self.duration),

@@ -73,7 +73,7 @@ def renew(
     """Extend a session, within the longest session the policy allows. It is never
     shortened unless you pass --shorten."""
     from dbaccess.client.context import logged_in
-    from dbaccess.client.session.request import parse_duration_option
+    from dbaccess.durations import parse_duration_option
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj

@@ -326,8 +326,9 @@ def check_profile_name(name: str) -> str:
 
 def chosen_clients(profile: str, flag: str | None = None, *,
                    profiles: ProfileFile | None = None) -> dict[str, str]:
-    """engine -> client program, by precedence: --client (both engines) > DBACCESS_PSQL /
-    DBACCESS_MYSQL > the profile's ``client`` table > the built-in default (not listed)."""
+    """engine -> client program, by precedence: --client (every engine) > the engine's
+    variable (DBACCESS_PSQL, DBACCESS_MYSQL: ``VARIABLE`` of its client module) > the
+    profile's ``client`` table > the built-in default (not listed)."""
     from dbaccess.client.dbclients.registry import CLIENTS
 
     stored = (profiles or ProfileFile.load()).profiles.get(profile)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from dbaccess.broker.cli import app
@@ -68,3 +70,21 @@ def test_denials_say_why(tmp_path: Path) -> None:
     code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
                         "--role", "readwrite", "--ticket", "INC-42", "--duration", "5h")
     assert code == ExitCode.DENIED and "allows at most 4h" in out
+
+
+def test_a_bad_duration_is_the_usage_error_of_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbaccess.broker import cli as broker_cli
+
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    monkeypatch.setattr(sys, "argv", [
+        "dbaccess-broker", "policy", "explain", "--config", str(config), "--user", "alice",
+        "--target", "prod", "--role", "readonly", "--duration", "soon"])
+    with pytest.raises(SystemExit) as exited:
+        broker_cli.main()
+    assert exited.value.code == ExitCode.USAGE
+    # the words of dbaccess connect/exec/creds/renew/breakglass --duration soon
+    assert capsys.readouterr().err.startswith(
+        "error: --duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m\n")

@@ -192,8 +192,12 @@ class Approvals:
         return self.info(principal, request)
 
     def deny(
-        self, principal: Principal, request_id: str, reason: str, origin: Origin
+        self, principal: Principal, request_id: str, reason: str | None, origin: Origin
     ) -> RequestInfo:
+        """Deny the request ``request_id`` names; a denial needs a reason, checked first."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise refusals.Invalid("invalid_request", "a denial needs a reason", "--reason TEXT")
         request = self._decidable(principal, request_id)
         try:
             request = self.ctx.store.deny_request(

@@ -11,19 +11,28 @@ from __future__ import annotations
 from datetime import timedelta
 
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.policy import AccessRequest, Decision, decide, entitlements
+from dbaccess.broker.policy import AccessRequest, Decision, decide
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.approvals import Approvals
+from dbaccess.broker.services.audit import AuditTrail
 from dbaccess.broker.services.breakglass import Breakglass
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import resolve_id
 from dbaccess.broker.services.issuer import Issuer, target_role
 from dbaccess.broker.services.renewal import Renewal
 from dbaccess.broker.services.revocation import Revocation
+from dbaccess.broker.services.targets import Targets
 from dbaccess.broker.services.views import session_info
 from dbaccess.broker.store import ApprovalRequest, Lease, approval_requests, leases
 from dbaccess.durations import format_duration
-from dbaccess.wire import SessionCreate, SessionGranted, SessionInfo, SessionRenew, SessionRenewed
+from dbaccess.wire import (
+    RequestInfo,
+    SessionCreate,
+    SessionGranted,
+    SessionInfo,
+    SessionRenew,
+    SessionRenewed,
+)
 
 
 class SessionService:
@@ -37,13 +46,23 @@ class SessionService:
         self.renewal = Renewal(ctx)
         self.approvals = Approvals(ctx)
         self.breakglass = Breakglass(ctx, self.issuer)
+        self.targets = Targets(ctx)
+        self.audit = AuditTrail(ctx)
 
     def create(
         self, principal: Principal, body: SessionCreate, origin: Origin | None = None
-    ) -> SessionGranted | ApprovalRequest:
+    ) -> SessionGranted | RequestInfo:
         """A session now, or — when the matching rule needs approvals — a pending approval
-        request (``body.request_id`` then redeems the approved request)."""
-        origin = origin or Origin()
+        request as the caller sees it (``body.request_id`` then redeems the approved
+        request)."""
+        outcome = self._ask(principal, body, origin or Origin())
+        if isinstance(outcome, SessionGranted):
+            return outcome
+        return self.approvals.info(principal, outcome)
+
+    def _ask(
+        self, principal: Principal, body: SessionCreate, origin: Origin
+    ) -> SessionGranted | ApprovalRequest:
         # 404s come before any policy answer
         target_role(self.ctx.settings, body.target, body.role)
         if not body.request_id:
@@ -101,7 +120,7 @@ class SessionService:
                     f"{body.role} --duration {most}",
                 )
             if decision.rule is None:
-                raise refusals.Denied("denied", *self._what_you_may(principal, body.target))
+                raise refusals.Denied("denied", *self.targets.what_you_may(principal, body.target))
             raise refusals.Denied("denied", decision.explanation)
         if decision.approvals_required and request is None:
             return self.approvals.open(principal, body, decision, origin)
@@ -115,32 +134,6 @@ class SessionService:
             ticket=ticket,
             origin=origin,
             request=request,
-        )
-
-    def _what_you_may(self, principal: Principal, target: str) -> tuple[str, str]:
-        """The message and hint of a request no rule grants: what the caller may ask for
-        instead — only their own entitlements, nothing about anyone else's."""
-        current = self.ctx.settings
-        mine = entitlements(
-            principal, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
-        )
-        here = [role for name, role, _ in mine if name == target]
-        if here:
-            return (
-                f"no rule grants you that role on '{target}'; there you may request: "
-                f"{', '.join(here)}",
-                f"dbaccess connect {target} --role {here[0]}",
-            )
-        elsewhere = sorted({name for name, _, _ in mine})
-        if elsewhere:
-            return (
-                f"no rule grants you any role on '{target}'; you may use: "
-                f"{', '.join(elsewhere)}",
-                "dbaccess targets lists the targets and roles you may request",
-            )
-        return (
-            f"no rule of this broker grants you access to '{target}' or any other target",
-            "ask an administrator to add you to a group the broker's rules name",
         )
 
     def _approved_request(self, principal: Principal, body: SessionCreate) -> ApprovalRequest:

@@ -45,6 +45,11 @@ class DbClient(Protocol):
     VARIABLE: str
     # what ``creds`` adds after the export lines, when the engine's client needs more
     CREDS_HINT: str | None
+    # the prefixes of the clients' own variables, kept out of every session's environment
+    # (whatever its engine: the user's shell must not mix into it)
+    SCRUBBED_PREFIXES: tuple[str, ...]
+    # program name -> how to get it, for the programs people name most
+    INSTALL_HINTS: dict[str, str]
 
     def find_default(self) -> str:
         """The engine's default client on PATH; LaunchError when it is not there."""

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 VARIABLE = "DBACCESS_MYSQL"
 # the client reads MYSQL_HOST, MYSQL_TCP_PORT and MYSQL_PWD, but no user or database
 CREDS_HINT: str | None = 'dbaccess: then run: mariadb -u "$MYSQL_USER" "$MYSQL_DATABASE"'
+# the client's variables: the user's shell's are kept out of every session
+SCRUBBED_PREFIXES: tuple[str, ...] = ("MYSQL_",)
+INSTALL_HINTS: dict[str, str] = {
+    "mariadb": "install the client (apt-get install mariadb-client)",
+    "mysql": "install the client (apt-get install mariadb-client)",
+    "mysqldump": "install the client (apt-get install mariadb-client)",
+    "mycli": "install it (pipx install mycli, or apt-get install mycli)",
+}
 
 
 def find_default() -> str:

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 VARIABLE = "DBACCESS_PSQL"
 CREDS_HINT: str | None = None
+# libpq's variables: the user's shell's are kept out of every session
+SCRUBBED_PREFIXES: tuple[str, ...] = ("PG",)
+INSTALL_HINTS: dict[str, str] = {
+    "psql": "install the PostgreSQL client (apt-get install postgresql-client)",
+    "pg_dump": "install the PostgreSQL client (apt-get install postgresql-client)",
+    "pgcli": "install it (pipx install pgcli, or apt-get install pgcli)",
+}
 
 
 def find_default() -> str:

@@ -7,16 +7,17 @@ import shutil
 
 from dbaccess.errors import LaunchError
 
-# How to get the clients people name most; anything else gets the generic hint.
-INSTALL_HINTS = {
-    "psql": "install the PostgreSQL client (apt-get install postgresql-client)",
-    "pg_dump": "install the PostgreSQL client (apt-get install postgresql-client)",
-    "mariadb": "install the client (apt-get install mariadb-client)",
-    "mysql": "install the client (apt-get install mariadb-client)",
-    "mysqldump": "install the client (apt-get install mariadb-client)",
-    "pgcli": "install it (pipx install pgcli, or apt-get install pgcli)",
-    "mycli": "install it (pipx install mycli, or apt-get install mycli)",
-}
+
+def install_hint(program: str) -> str:
+    """How to get ``program``: its engine's hint (each client module's ``INSTALL_HINTS``
+    names the programs people name most), or the generic one."""
+    # only on the way to an error: the registry imports every client module
+    from dbaccess.client.dbclients.registry import CLIENTS
+
+    for clients in CLIENTS.values():
+        if program in clients.INSTALL_HINTS:
+            return clients.INSTALL_HINTS[program]
+    return "install it"
 
 
 def find_program(name: str, *, other: str = "name another client with --client") -> str:
@@ -26,6 +27,6 @@ def find_program(name: str, *, other: str = "name another client with --client")
     found = shutil.which(name)
     if found is None:
         where = "is not an executable file" if os.sep in name else "was not found on PATH"
-        hint = INSTALL_HINTS.get(os.path.basename(name), "install it")
+        hint = install_hint(os.path.basename(name))
         raise LaunchError(f"{name} {where}", hint=f"{hint}, or {other}")
     return found

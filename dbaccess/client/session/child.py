@@ -19,8 +19,6 @@ from dbaccess.errors import LaunchError
 
 KILL_AFTER = 5.0  # seconds a client may take to exit after a forwarded signal
 CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-# Variables a client would otherwise pick up from the user's shell and mix into our session.
-SCRUBBED_PREFIXES = ("PG", "MYSQL_")
 
 
 class Terminated(BaseException):
@@ -58,7 +56,13 @@ def ignore_cleanup_signals() -> None:
 
 
 def child_environment(extra: Mapping[str, str], session_id: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    # Variables a client would otherwise pick up from the user's shell and mix into our
+    # session: every engine's (each client module's SCRUBBED_PREFIXES). Imported here, not
+    # above: every dbaccess command imports this module for Terminated.
+    from dbaccess.client.dbclients.registry import CLIENTS
+
+    scrubbed = tuple(p for clients in CLIENTS.values() for p in clients.SCRUBBED_PREFIXES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(scrubbed)}
     env.update(extra)
     env["DBACCESS_SESSION"] = session_id
     return env

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from dbaccess.durations import MAX_SECONDS, parse_duration
+from dbaccess.durations import MAX_SECONDS
 from dbaccess.errors import UsageError
 from dbaccess.text import refuse_unsafe
 
@@ -23,16 +23,6 @@ from dbaccess.text import refuse_unsafe
 _SESSION_FIELDS = {"target": (1, 64), "role": (1, 64), "reason": (None, 500),
                    "ticket": (None, 100), "request_id": (None, 36)}
 _BREAKGLASS_FIELDS = {"target": (None, 64), "incident": (1, 100), "reason": (1, 500)}
-
-
-def parse_duration_option(text: str | None, option: str = "--duration") -> timedelta | None:
-    """A ``--duration`` value as typed (None: not given), or the usage error naming it."""
-    if not text:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dbaccess.client.session.request import SessionRequest, parse_duration_option
+from dbaccess.client.session.request import SessionRequest
 from dbaccess.errors import ExitCode, UsageError
 from dbaccess.wire import BreakglassCreate, SessionCreate
 
@@ -133,19 +133,3 @@ def test_a_reason_asked_for_later_is_checked_too() -> None:
         asked.with_reason("fix\x1b[2J")
 
 
-@pytest.mark.parametrize("typed, seconds", [(None, None), ("", None), ("90", 90),
-                                             ("1h30m", 5400)])
-def test_the_duration_option(typed: str | None, seconds: int | None) -> None:
-    found = parse_duration_option(typed)
-    assert (int(found.total_seconds()) if found else None) == seconds
-
-
-@pytest.mark.parametrize("typed, message", [
-    ("soon", "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m"),
-    ("0m", "--duration: '0m' must be longer than zero"),
-    ("400d", "--duration: '400d' is longer than 366d, the longest duration dbaccess takes"),
-])
-def test_a_bad_duration_is_a_usage_error_naming_the_option(typed: str, message: str) -> None:
-    with pytest.raises(UsageError) as refused:
-        parse_duration_option(typed)
-    assert refused.value.message == message

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from dbaccess.broker.api.audit_pages import make_cursor, read_cursor
-from dbaccess.broker.api.deps import ContextDep, PrincipalDep
-from dbaccess.broker.audit_events import AUDIT_EVENTS
-from dbaccess.broker.services import refusals
+from dbaccess.broker.api.deps import PrincipalDep, ServiceDep
 from dbaccess.wire import AuditEntry
 
 # Records per page, by default and at most; the header with the next page's cursor.
@@ -31,7 +28,7 @@ router = APIRouter()
 )
 def read_audit(
     response: Response,
-    ctx: ContextDep,
+    service: ServiceDep,
     who: PrincipalDep,
     since: datetime | None = None,
     user: Annotated[str | None, Query(max_length=320)] = None,  # an email's longest
@@ -42,43 +39,9 @@ def read_audit(
 ) -> list[AuditEntry]:
     """The newest records first; every filter applies before ``limit``. When older
     records match, the ``X-Next-Cursor`` header carries the cursor of the next page."""
-    if not who.groups & set(ctx.settings.broker.auditor_groups):
-        raise refusals.Denied(
-            "denied",
-            "reading the audit trail needs an auditor group",
-            "ask for membership of an auditor group",
-        )
-    if type is not None and type not in AUDIT_EVENTS:
-        raise refusals.Invalid(
-            "invalid_request",
-            f"type: '{type}' is not an audit event type",
-            f"one of: {', '.join(AUDIT_EVENTS)}",
-        )
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    filters: dict[str, object] = {
-        "since": since.isoformat() if since else None,
-        "user": user,
-        "target": target,
-        "type": type,
-    }
-    start = read_cursor(before, filters) if before is not None else None
-    # A person is a subject or an email: an email stands for every subject that has
-    # used it (the trail is keyed by subject, which people rarely know by heart).
-    people = None if user is None else ctx.store.subjects_known_as(user)
-    records, older = ctx.store.audit_page(
-        limit=limit, before=start, since=since, subjects=people, event=type, target=target
+    page = service.audit.page(
+        who, limit=limit, since=since, user=user, target=target, event=type, before=before
     )
-    if older is not None:
-        response.headers[NEXT_CURSOR] = make_cursor(older, filters)
-    return [
-        AuditEntry(
-            seq=r.seq,
-            at=r.at,
-            event=r.event,
-            subject=r.subject,
-            lease_id=r.lease_id,
-            detail=r.detail,
-        )
-        for r in records
-    ]
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR] = page.next_cursor
+    return page.entries

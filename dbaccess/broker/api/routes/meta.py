@@ -8,8 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dbaccess import __version__
-from dbaccess.broker.api.deps import ContextDep, PrincipalDep, VerifierDep
-from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
+from dbaccess.broker.api.deps import ContextDep, PrincipalDep, ServiceDep, VerifierDep
 from dbaccess.wire import Identity, PublicConfig, TargetAccess
 
 router = APIRouter()
@@ -59,24 +58,5 @@ def me(who: PrincipalDep) -> Identity:
 
 
 @router.get("/v1/targets", response_model=list[TargetAccess])
-def list_targets(ctx: ContextDep, who: PrincipalDep) -> list[TargetAccess]:
-    current = ctx.settings
-    return [
-        TargetAccess(
-            target=target,
-            engine=current.targets[target].engine,
-            role=role,
-            max_duration_seconds=int(rule.max_duration.total_seconds()),
-            default_duration_seconds=int(
-                min(
-                    rule.default_duration or DEFAULT_DURATION, rule.max_duration
-                ).total_seconds()
-            ),
-            reason_required=rule.require_reason,
-            ticket_pattern=rule.ticket_pattern,
-            approvals=rule.approvals,
-        )
-        for target, role, rule in entitlements(
-            who, current.rules, {n: list(t.roles) for n, t in current.targets.items()}
-        )
-    ]
+def list_targets(service: ServiceDep, who: PrincipalDep) -> list[TargetAccess]:
+    return service.targets.visible_to(who)

@@ -33,8 +33,7 @@ def create_session(
     outcome = service.create(who, body, origin)
     if isinstance(outcome, SessionGranted):
         return granted(outcome)
-    info = service.approvals.info(who, outcome)
-    return JSONResponse(info.model_dump(mode="json"), status_code=202)
+    return JSONResponse(outcome.model_dump(mode="json"), status_code=202)
 
 
 @router.get("/v1/sessions", response_model=list[SessionInfo])

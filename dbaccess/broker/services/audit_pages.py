@@ -2,7 +2,7 @@
 
 A cursor is opaque to callers: ``a1.`` + base64url of ``<seq>.<digest>``, where the digest
 (16 hex digits of SHA-256) names the filters it was made for. So a cursor that was edited,
-truncated or made for other filters is refused (400) instead of quietly showing records
+truncated or made for other filters is refused (``Malformed``) instead of quietly showing records
 of another query, or skipping some.
 """
 
@@ -31,7 +31,8 @@ def make_cursor(before: int, filters: dict[str, object]) -> str:
 
 
 def read_cursor(cursor: str, filters: dict[str, object]) -> int:
-    """The seq the page continues before; a 400 naming what is wrong otherwise."""
+    """The seq the page continues before; a ``Malformed`` refusal naming what is wrong
+    otherwise."""
     body = None
     if cursor.startswith(_PREFIX) and len(cursor) <= 64:
         raw = cursor[len(_PREFIX):]
