@@ -59,8 +59,12 @@ from dbaccess.sandbox.stack import PROVISIONER, Stack  # noqa: E402
 
 # One person asks for thousands of sessions here, which the caps exist to stop; raised so
 # far that only the issuance path is measured (the count of live leases included).
-UNCAPPED = {"sessions_per_person": 10_000, "connections_per_person": 100_000,
-            "sessions_per_target": 100_000, "connections_per_target": 100_000}
+UNCAPPED = {
+    "sessions_per_person": 10_000,
+    "connections_per_person": 100_000,
+    "sessions_per_target": 100_000,
+    "connections_per_target": 100_000,
+}
 
 
 def through_broker(stack: Stack, token: str, clients: int, total: int) -> tuple[float, list[float]]:
@@ -102,8 +106,9 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
     backend_cpu: list[float] = []
 
     def worker(index: int) -> None:
-        with stack.postgres.connect("demo", user=PROVISIONER,
-                                    password=stack.provisioner_password) as conn:
+        with stack.postgres.connect(
+            "demo", user=PROVISIONER, password=stack.provisioner_password
+        ) as conn:
             while True:
                 with lock:
                     n = next(counter, None)
@@ -117,8 +122,17 @@ def raw(stack: Stack, clients: int, total: int, tag: str) -> tuple[float, list[f
                 verifier = scram_sha256_verifier(make_password())  # as the broker does
                 conn.execute(
                     "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (username, verifier, datetime.now(UTC) + timedelta(hours=1),
-                     "dbaccess_readonly", 5, True, 300000, False))
+                    (
+                        username,
+                        verifier,
+                        datetime.now(UTC) + timedelta(hours=1),
+                        "dbaccess_readonly",
+                        5,
+                        True,
+                        300000,
+                        False,
+                    ),
+                )
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
@@ -147,16 +161,27 @@ def store_commits(directory: Path, sessions: int, rounds: int) -> list[list[obje
                 for n in range(sessions):
                     started = time.perf_counter()
                     lease = store.open_lease(
-                        now=now, subject="alice", email=None, target="demo",
-                        role="readonly", engine="postgres", db_user=f"dba_sync_{n}",
-                        rule="bench", reason=None, ticket=None,
-                        expires_at=now + timedelta(hours=1), source=None)
+                        now=now,
+                        subject="alice",
+                        email=None,
+                        target="demo",
+                        role="readonly",
+                        engine="postgres",
+                        db_user=f"dba_sync_{n}",
+                        rule="bench",
+                        reason=None,
+                        ticket=None,
+                        expires_at=now + timedelta(hours=1),
+                        source=None,
+                    )
                     store.activate(lease, now)
                     took[mode].append(time.perf_counter() - started)
             finally:
                 store.close()
-    return [[mode, f"{percentile(v, 50) * 1000:.2f}", f"{percentile(v, 99) * 1000:.2f}",
-             len(v)] for mode, v in took.items()]
+    return [
+        [mode, f"{percentile(v, 50) * 1000:.2f}", f"{percentile(v, 99) * 1000:.2f}", len(v)]
+        for mode, v in took.items()
+    ]
 
 
 class Tally:
@@ -173,8 +198,9 @@ class Tally:
         self.cpu = [total + more for total, more in zip(self.cpu, cpu, strict=True)]
 
 
-def broker_round(tally: Tally, meters: list[Callable[[], float]], stack: Stack, token: str,
-                 clients: int, n: int) -> None:
+def broker_round(
+    tally: Tally, meters: list[Callable[[], float]], stack: Stack, token: str, clients: int, n: int
+) -> None:
     before = [meter() for meter in meters]
     rate, latencies = through_broker(stack, token, clients, n)
     tally.add(rate, latencies, [meter() - b for meter, b in zip(meters, before, strict=True)])
@@ -191,15 +217,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="sessions per round")
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--workers", type=int, default=1, help="broker worker processes")
-    parser.add_argument("--pairs", type=int, default=5,
-                        help="broker/raw round pairs per level (median reported)")
-    parser.add_argument("--store-sessions", type=int, default=300,
-                        help="sessions per round of the store's sync cost (0: skip)")
+    parser.add_argument(
+        "--pairs", type=int, default=5, help="broker/raw round pairs per level (median reported)"
+    )
+    parser.add_argument(
+        "--store-sessions",
+        type=int,
+        default=300,
+        help="sessions per round of the store's sync cost (0: skip)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
-    with tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp, \
-            Stack(Path(tmp) / "stack", reaper_interval="1m", reconcile_interval="1h",
-                  broker_workers=args.workers, limits=UNCAPPED) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp,
+        Stack(
+            Path(tmp) / "stack",
+            reaper_interval="1m",
+            reconcile_interval="1h",
+            broker_workers=args.workers,
+            limits=UNCAPPED,
+        ) as stack,
+    ):
         token = device_tokens(stack.idp, "alice")["id_token"]
         through_broker(stack, token, 2, 20)  # warm up: JWKS, pools, page cache
         raw(stack, 2, 20, "warm")
@@ -227,30 +265,48 @@ def main() -> None:
                         raw_round(direct, me, stack, clients, n, f"{clients}_{pair}")
                 ratios.append(broker.rates[-1] / direct.rates[-1])
             sessions = n * args.pairs
-            rows.append([
-                clients, f"{median(broker.rates):.0f}",
-                f"{percentile(broker.latencies, 50) * 1000:.1f}",
-                f"{percentile(broker.latencies, 99) * 1000:.1f}", f"{median(direct.rates):.0f}",
-                f"{percentile(direct.latencies, 50) * 1000:.1f}", f"{median(ratios):.2f}",
-            ])
+            rows.append(
+                [
+                    clients,
+                    f"{median(broker.rates):.0f}",
+                    f"{percentile(broker.latencies, 50) * 1000:.1f}",
+                    f"{percentile(broker.latencies, 99) * 1000:.1f}",
+                    f"{median(direct.rates):.0f}",
+                    f"{percentile(direct.latencies, 50) * 1000:.1f}",
+                    f"{median(ratios):.2f}",
+                ]
+            )
             spreads.append(f"{clients}: " + ", ".join(f"{r:.2f}" for r in ratios))
             cpu_rows.append(
                 [clients] + [f"{c / sessions * 1000:.2f}" for c in broker.cpu + direct.cpu]
             )
-        print(f"issuance, {args.requests} sessions per round, {args.pairs} pair(s) of rounds "
-              f"per level, {args.workers} broker worker(s), PostgreSQL "
-              f"{stack.postgres.version()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-        print(table(["clients", "broker/s", "p50 ms", "p99 ms", "raw/s", "raw p50 ms",
-                     "ratio"], rows))
+        print(
+            f"issuance, {args.requests} sessions per round, {args.pairs} pair(s) of rounds "
+            f"per level, {args.workers} broker worker(s), PostgreSQL "
+            f"{stack.postgres.version()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+        )
+        print(
+            table(["clients", "broker/s", "p50 ms", "p99 ms", "raw/s", "raw p50 ms", "ratio"], rows)
+        )
         print("\nratio of each pair of rounds, by clients: " + "; ".join(spreads))
         print("\nCPU ms per session (all on the same cores)")
-        print(table(["clients", "broker", "postgres", "bench client", "raw: postgres",
-                     "raw: client"], cpu_rows))
+        print(
+            table(
+                ["clients", "broker", "postgres", "bench client", "raw: postgres", "raw: client"],
+                cpu_rows,
+            )
+        )
         if args.store_sessions:
-            print("\nthe store's lease + activation (two commits) per session, SQLite "
-                  "synchronous NORMAL vs FULL (the broker's), alternating rounds")
-            print(table(["synchronous", "p50 ms", "p99 ms", "sessions"],
-                        store_commits(stack.broker_config.parent, args.store_sessions, 4)))
+            print(
+                "\nthe store's lease + activation (two commits) per session, SQLite "
+                "synchronous NORMAL vs FULL (the broker's), alternating rounds"
+            )
+            print(
+                table(
+                    ["synchronous", "p50 ms", "p99 ms", "sessions"],
+                    store_commits(stack.broker_config.parent, args.store_sessions, 4),
+                )
+            )
 
 
 def _parent(pid: int) -> int:

@@ -58,8 +58,9 @@ def in_parallel(stack: Stack, names: list[str], sql: str, args_for) -> float:  #
     todo = iter(names)
 
     def worker() -> None:
-        with stack.postgres.connect("demo", user=PROVISIONER,
-                                    password=stack.provisioner_password) as conn:
+        with stack.postgres.connect(
+            "demo", user=PROVISIONER, password=stack.provisioner_password
+        ) as conn:
             while True:
                 with lock:
                     name = next(todo, None)
@@ -78,9 +79,12 @@ def in_parallel(stack: Stack, names: list[str], sql: str, args_for) -> float:  #
 
 def create_users(stack: Stack, names: list[str]) -> float:
     until = datetime.now(UTC) + timedelta(hours=2)
-    return in_parallel(stack, names,
-                       "SELECT dbaccess.create_user(%s, %s, %s, 'dbaccess_readonly', 5, true, "
-                       "NULL, false)", lambda n: (n, VERIFIER, until))
+    return in_parallel(
+        stack,
+        names,
+        "SELECT dbaccess.create_user(%s, %s, %s, 'dbaccess_readonly', 5, true, NULL, false)",
+        lambda n: (n, VERIFIER, until),
+    )
 
 
 def drop_users(stack: Stack, names: list[str]) -> float:
@@ -104,14 +108,20 @@ def peak_rss(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=10_000)
-    parser.add_argument("--raw", type=int, default=None,
-                        help="users for the raw drop rate (default: as many as --leases; "
-                             "fewer is an easier job, see above)")
+    parser.add_argument(
+        "--raw",
+        type=int,
+        default=None,
+        help="users for the raw drop rate (default: as many as --leases; "
+        "fewer is an easier job, see above)",
+    )
     args = parser.parse_args()
     if args.raw is None:
         args.raw = args.leases
-    with tempfile.TemporaryDirectory(prefix="dbaccess-storm-") as tmp, \
-            Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="dbaccess-storm-") as tmp,
+        Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack,
+    ):
         token = device_tokens(stack.idp, "alice")["id_token"]
         stack.stop_broker()
 
@@ -127,14 +137,29 @@ def main() -> None:
         expired = datetime.now(UTC) - timedelta(seconds=1)
         store = Store(stack.store_url)
         with store.engine.begin() as conn:
-            conn.execute(leases.insert(), [
-                {"id": str(uuid.uuid4()), "subject": "storm", "target": "demo",
-                 "role": "readonly", "engine": "postgres", "db_user": name, "state": "active",
-                 "created_at": expired - timedelta(minutes=5), "expires_at": expired,
-                 "attempts": 0} for name in names])
+            conn.execute(
+                leases.insert(),
+                [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "subject": "storm",
+                        "target": "demo",
+                        "role": "readonly",
+                        "engine": "postgres",
+                        "db_user": name,
+                        "state": "active",
+                        "created_at": expired - timedelta(minutes=5),
+                        "expires_at": expired,
+                        "attempts": 0,
+                    }
+                    for name in names
+                ],
+            )
         vacuum_role_settings(stack)  # the raw phase's dead rows: not the storm's to scan
-        print(f"set-up: {args.leases} users and expired leases in "
-              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(
+            f"set-up: {args.leases} users and expired leases in {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
 
         latencies: list[float] = []
         errors = 0
@@ -142,8 +167,9 @@ def main() -> None:
 
         def probe() -> None:
             nonlocal errors
-            with httpx.Client(base_url=stack.broker_url, timeout=10,
-                              headers={"Authorization": f"Bearer {token}"}) as http:
+            with httpx.Client(
+                base_url=stack.broker_url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+            ) as http:
                 while not stop.is_set():
                     started = time.perf_counter()
                     try:
@@ -162,8 +188,13 @@ def main() -> None:
 
         def remaining() -> int:
             with store.engine.connect() as conn:
-                return int(conn.execute(sa.select(sa.func.count()).select_from(leases).where(
-                    leases.c.subject == "storm", leases.c.state != "revoked")).scalar_one())
+                return int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(leases)
+                        .where(leases.c.subject == "storm", leases.c.state != "revoked")
+                    ).scalar_one()
+                )
 
         while remaining():
             time.sleep(0.2)
@@ -175,23 +206,52 @@ def main() -> None:
         left = stack.managed_users()
         with store.engine.connect() as conn:
             first, last = conn.execute(
-                sa.select(sa.func.min(audit.c.at), sa.func.max(audit.c.at))
-                .where(audit.c.subject == "storm",
-                       audit.c.event.in_(("session.revoke_requested", "session.revoked")))
+                sa.select(sa.func.min(audit.c.at), sa.func.max(audit.c.at)).where(
+                    audit.c.subject == "storm",
+                    audit.c.event.in_(("session.revoke_requested", "session.revoked")),
+                )
             ).one()
         store.close()
         span = (last - first).total_seconds()
         rate = args.leases / span
-        print(f"revocation storm: {args.leases} leases expiring at once, PostgreSQL "
-              f"{stack.postgres.version()}, {time.strftime('%Y-%m-%d')}")
-        print(table(
-            ["leases", "broker revokes/s", "raw drops/s", "ratio", "with start-up s",
-             "API p50 ms", "API p99 ms", "API calls", "API errors", "users left",
-             "broker peak RSS MB", "broker CPU ms/lease"],
-            [[args.leases, f"{rate:.0f}", f"{raw_rate:.0f}", f"{rate / raw_rate:.2f}",
-              f"{elapsed:.1f}", f"{percentile(latencies, 50) * 1000:.1f}",
-              f"{percentile(latencies, 99) * 1000:.1f}", len(latencies), errors, len(left),
-              f"{peak_rss_mb:.0f}", f"{broker_cpu * 1000 / args.leases:.2f}"]]))
+        print(
+            f"revocation storm: {args.leases} leases expiring at once, PostgreSQL "
+            f"{stack.postgres.version()}, {time.strftime('%Y-%m-%d')}"
+        )
+        print(
+            table(
+                [
+                    "leases",
+                    "broker revokes/s",
+                    "raw drops/s",
+                    "ratio",
+                    "with start-up s",
+                    "API p50 ms",
+                    "API p99 ms",
+                    "API calls",
+                    "API errors",
+                    "users left",
+                    "broker peak RSS MB",
+                    "broker CPU ms/lease",
+                ],
+                [
+                    [
+                        args.leases,
+                        f"{rate:.0f}",
+                        f"{raw_rate:.0f}",
+                        f"{rate / raw_rate:.2f}",
+                        f"{elapsed:.1f}",
+                        f"{percentile(latencies, 50) * 1000:.1f}",
+                        f"{percentile(latencies, 99) * 1000:.1f}",
+                        len(latencies),
+                        errors,
+                        len(left),
+                        f"{peak_rss_mb:.0f}",
+                        f"{broker_cpu * 1000 / args.leases:.2f}",
+                    ]
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":

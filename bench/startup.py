@@ -39,8 +39,14 @@ def timed(argv: list[str], env: dict[str, str], runs: int) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            argv,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         samples.append(time.perf_counter() - started)
     return median(samples)
 
@@ -52,39 +58,66 @@ def main() -> None:
     env = dict(os.environ)
     # As a pip install does: dbaccess's own modules byte-compiled (an editable checkout
     # under PYTHONDONTWRITEBYTECODE=1 would otherwise compile them at every run).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(dbaccess.__file__).parent)],
-                   check=True, env={k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(Path(dbaccess.__file__).parent)],
+        check=True,
+        env={k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    )
     version = timed([DBACCESS, "--version"], env, args.runs)
     help_ = timed([DBACCESS, "--help"], env, args.runs)
-    with tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp, \
-            Stack(Path(tmp) / "stack", reconcile_interval="1h") as stack, \
-            SecretService(Path(tmp) / "secrets") as secrets:
+    with (
+        tempfile.TemporaryDirectory(prefix="dbaccess-bench-") as tmp,
+        Stack(Path(tmp) / "stack", reconcile_interval="1h") as stack,
+        SecretService(Path(tmp) / "secrets") as secrets,
+    ):
         cli_env = stack.cli_env()
         cli_env.update(secrets.env)
-        login = subprocess.Popen([DBACCESS, "--json", "login"], env=cli_env,
-                                 stdout=subprocess.PIPE, text=True)
+        login = subprocess.Popen(
+            [DBACCESS, "--json", "login"], env=cli_env, stdout=subprocess.PIPE, text=True
+        )
         assert login.stdout is not None
-        approve_device_code(json.loads(login.stdout.readline())["data"]
-                            ["verification_uri_complete"], "alice")
+        approve_device_code(
+            json.loads(login.stdout.readline())["data"]["verification_uri_complete"], "alice"
+        )
         login.communicate(timeout=60)
         psql = find_psql()
-        plain_env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(stack.postgres.port),
-                     "PGUSER": stack.postgres.admin_user, "PGDATABASE": "demo",
-                     "PGPASSWORD": stack.postgres.admin_password}
+        plain_env = {
+            **os.environ,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(stack.postgres.port),
+            "PGUSER": stack.postgres.admin_user,
+            "PGDATABASE": "demo",
+            "PGPASSWORD": stack.postgres.admin_password,
+        }
         plain = timed([psql, "-qAt", "-c", "select 1"], plain_env, args.runs)
-        exec_argv = [DBACCESS, "exec", "demo", "--role", "readonly", "--", psql, "-qAt",
-                     "-c", "select 1"]
+        exec_argv = [
+            DBACCESS,
+            "exec",
+            "demo",
+            "--role",
+            "readonly",
+            "--",
+            psql,
+            "-qAt",
+            "-c",
+            "select 1",
+        ]
         through = timed(exec_argv, cli_env, args.runs)
         full = timed(exec_argv, {**cli_env, "DBACCESS_FAST_EXEC": "0"}, args.runs)
     print(f"CLI speed, medians of {args.runs} runs, {time.strftime('%Y-%m-%d')}")
-    print(table(["measure", "median ms", "goal ms"], [
-        ["dbaccess --version", f"{version * 1000:.0f}", "100"],
-        ["dbaccess --help", f"{help_ * 1000:.0f}", "150"],
-        ["plain psql -c 'select 1'", f"{plain * 1000:.0f}", ""],
-        ["dbaccess exec ... psql -c 'select 1'", f"{through * 1000:.0f}", ""],
-        ["exec overhead", f"{(through - plain) * 1000:.0f}", "250"],
-        ["  the same through the full CLI", f"{(full - plain) * 1000:.0f}", ""],
-    ]))
+    print(
+        table(
+            ["measure", "median ms", "goal ms"],
+            [
+                ["dbaccess --version", f"{version * 1000:.0f}", "100"],
+                ["dbaccess --help", f"{help_ * 1000:.0f}", "150"],
+                ["plain psql -c 'select 1'", f"{plain * 1000:.0f}", ""],
+                ["dbaccess exec ... psql -c 'select 1'", f"{through * 1000:.0f}", ""],
+                ["exec overhead", f"{(through - plain) * 1000:.0f}", "250"],
+                ["  the same through the full CLI", f"{(full - plain) * 1000:.0f}", ""],
+            ],
+        )
+    )
     print(f"exec / plain ratio: {through / plain:.1f}")
 
 

@@ -47,25 +47,37 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=2)
     parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="dbaccess-outage-") as tmp, \
-            Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="dbaccess-outage-") as tmp,
+        Stack(Path(tmp) / "stack", reaper_interval="1s", reconcile_interval="1h") as stack,
+    ):
         stack.stop_broker()
         server = add_postgres_target(stack, "frozen", Path(tmp) / "frozen")
         try:
             stack.start_broker()
-            http = httpx.Client(base_url=stack.broker_url, timeout=120, headers={
-                "Authorization": "Bearer " + device_tokens(stack.idp, "alice")["id_token"]})
+            http = httpx.Client(
+                base_url=stack.broker_url,
+                timeout=120,
+                headers={
+                    "Authorization": "Bearer " + device_tokens(stack.idp, "alice")["id_token"]
+                },
+            )
 
             def session(target: str, seconds: int) -> httpx.Response:
-                return http.post("/v1/sessions", json={
-                    "target": target, "role": "readonly", "duration_seconds": seconds})
+                return http.post(
+                    "/v1/sessions",
+                    json={"target": target, "role": "readonly", "duration_seconds": seconds},
+                )
 
             stuck = [session("frozen", 3).json() for _ in range(5)]
             renewable = session("frozen", 600).json()
             expiring = int(args.freeze) - 5
-            healthy = {r["db_user"]: datetime.fromisoformat(r["expires_at"]).timestamp()
-                       for r in (session("demo", s).json()
-                                 for s in range(args.every, expiring, args.every))}
+            healthy = {
+                r["db_user"]: datetime.fromisoformat(r["expires_at"]).timestamp()
+                for r in (
+                    session("demo", s).json() for s in range(args.every, expiring, args.every)
+                )
+            }
             calls: list[tuple[str, int, float]] = []
             failed_once = threading.Event()
 
@@ -80,8 +92,9 @@ def main() -> None:
 
             def burst_call() -> None:
                 started = time.monotonic()
-                status = http.post("/v1/sessions", json={
-                    "target": "frozen", "role": "readonly"}).status_code
+                status = http.post(
+                    "/v1/sessions", json={"target": "frozen", "role": "readonly"}
+                ).status_code
                 burst.append((status, time.monotonic() - started))
 
             def send_burst() -> None:
@@ -97,14 +110,27 @@ def main() -> None:
             with frozen(server):
                 frozen_at = time.monotonic()
                 callers = [
-                    threading.Thread(target=call, args=(
-                        "create", "POST", "/v1/sessions",
-                        {"target": "frozen", "role": "readonly"})),
-                    threading.Thread(target=call, args=(
-                        "revoke", "DELETE", f"/v1/sessions/{stuck[0]['id']}")),
-                    threading.Thread(target=call, args=(
-                        "renew", "POST", f"/v1/sessions/{renewable['id']}/renew",
-                        {"duration_seconds": 1800})),
+                    threading.Thread(
+                        target=call,
+                        args=(
+                            "create",
+                            "POST",
+                            "/v1/sessions",
+                            {"target": "frozen", "role": "readonly"},
+                        ),
+                    ),
+                    threading.Thread(
+                        target=call, args=("revoke", "DELETE", f"/v1/sessions/{stuck[0]['id']}")
+                    ),
+                    threading.Thread(
+                        target=call,
+                        args=(
+                            "renew",
+                            "POST",
+                            f"/v1/sessions/{renewable['id']}/renew",
+                            {"duration_seconds": 1800},
+                        ),
+                    ),
                     threading.Thread(target=send_burst),
                 ]
                 for caller in callers:
@@ -127,33 +153,58 @@ def main() -> None:
         finally:
             stack.stop_broker()
             server.stop()
-    print(f"target outage: one PostgreSQL target stopped (SIGSTOP) for {args.freeze:.0f} s, "
-          f"another healthy, {time.strftime('%Y-%m-%d')}, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(table(
-        ["healthy sessions expired", "dropped", "lag p50 s", "lag max s"],
-        [[len(healthy), len(lags), f"{median(lags):.2f}", f"{max(lags, default=0):.2f}"]]))
+    print(
+        f"target outage: one PostgreSQL target stopped (SIGSTOP) for {args.freeze:.0f} s, "
+        f"another healthy, {time.strftime('%Y-%m-%d')}, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        table(
+            ["healthy sessions expired", "dropped", "lag p50 s", "lag max s"],
+            [[len(healthy), len(lags), f"{median(lags):.2f}", f"{max(lags, default=0):.2f}"]],
+        )
+    )
     print()
-    print(table(["call naming the stopped target", "status", "seconds"],
-                [[what, status, f"{took:.1f}"] for what, status, took in sorted(calls)]))
+    print(
+        table(
+            ["call naming the stopped target", "status", "seconds"],
+            [[what, status, f"{took:.1f}"] for what, status, took in sorted(calls)],
+        )
+    )
     print()
     refused = [took for status, took in burst if status == 503]
     others = sorted((status, took) for status, took in burst if status != 503)
-    print(table(
-        [f"burst of {args.burst} session requests on it", "value"],
-        [["refused at once (503 target_unreachable)", f"{len(refused)} of {len(burst)}"],
-         ["refused within 0.2 s", f"{sum(took <= 0.2 for took in refused)} of {len(burst)}"],
-         ["median / slowest refusal (s)",
-          f"{median(refused) if refused else 0:.2f} / {max(refused, default=0):.2f}"],
-         ["the others (status, s)",
-          ", ".join(f"{status} {took:.1f}" for status, took in others) or "-"]]))
+    print(
+        table(
+            [f"burst of {args.burst} session requests on it", "value"],
+            [
+                ["refused at once (503 target_unreachable)", f"{len(refused)} of {len(burst)}"],
+                ["refused within 0.2 s", f"{sum(took <= 0.2 for took in refused)} of {len(burst)}"],
+                [
+                    "median / slowest refusal (s)",
+                    f"{median(refused) if refused else 0:.2f} / {max(refused, default=0):.2f}",
+                ],
+                [
+                    "the others (status, s)",
+                    ", ".join(f"{status} {took:.1f}" for status, took in others) or "-",
+                ],
+            ],
+        )
+    )
     print()
-    print(table(
-        ["after SIGCONT", "value"],
-        [["its expired users gone after (s)", f"{drained:.1f}"],
-         ["session requests on it that failed", f"{sum(s != 201 for s in statuses)} of "
-                                                f"{len(statuses)}"],
-         ["p99 of the lags (s)", f"{percentile(lags, 99):.2f}"]]))
+    print(
+        table(
+            ["after SIGCONT", "value"],
+            [
+                ["its expired users gone after (s)", f"{drained:.1f}"],
+                [
+                    "session requests on it that failed",
+                    f"{sum(s != 201 for s in statuses)} of {len(statuses)}",
+                ],
+                ["p99 of the lags (s)", f"{percentile(lags, 99):.2f}"],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

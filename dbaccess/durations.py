@@ -28,8 +28,9 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError(f"'{text}' must be longer than zero")
     if seconds > MAX_SECONDS:
-        raise ValueError(f"'{text}' is longer than {MAX_SECONDS // 86400}d, the longest "
-                         "duration dbaccess takes")
+        raise ValueError(
+            f"'{text}' is longer than {MAX_SECONDS // 86400}d, the longest duration dbaccess takes"
+        )
     return timedelta(seconds=seconds)
 
 

@@ -101,8 +101,9 @@ def render(exc: DbaccessError, *, as_json: bool, stream: IO[str]) -> None:
     if as_json:
         stream.write(json.dumps({"error": exc.to_json()}) + "\n")
     else:
-        error, hint, plain = ("\x1b[1;31m", "\x1b[2m", "\x1b[0m") if _coloured(stream) else (
-            "", "", "")
+        error, hint, plain = (
+            ("\x1b[1;31m", "\x1b[2m", "\x1b[0m") if _coloured(stream) else ("", "", "")
+        )
         stream.write(f"{error}error:{plain} {printable(exc.message)}\n")
         if exc.hint:
             stream.write(f"{hint}hint:{plain} {printable(exc.hint)}\n")

@@ -47,5 +47,6 @@ def printable(text: str) -> str:
     escape (``\\x1b``, ``\\n``, ``\\u202e``), to show it without obeying it."""
     if first_unsafe(text) is None:
         return text
-    return "".join(char.encode("unicode_escape").decode() if _unsafe(char) else char
-                   for char in text)
+    return "".join(
+        char.encode("unicode_escape").decode() if _unsafe(char) else char for char in text
+    )

@@ -41,9 +41,7 @@ def json_default(value: Any) -> Any:
 def is_time_key(key: object) -> bool:
     """Keys whose values are points in time, in the models and in what the broker records
     (``at``, ``expires_at``, ``requested_until``, ``previous_expiry``...)."""
-    return isinstance(key, str) and (
-        key == "at" or key.endswith(("_at", "_until", "expiry"))
-    )
+    return isinstance(key, str) and (key == "at" or key.endswith(("_at", "_until", "expiry")))
 
 
 def json_ready(value: Any, key: object = None) -> Any:

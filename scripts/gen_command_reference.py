@@ -12,17 +12,40 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["login", "logout", "whoami", "targets", "connect", "exec", "sessions", "revoke",
-            "renew", "creds", "breakglass", "requests", "approve", "deny", "withdraw", "review",
-            "audit", "profiles", "version"]
+COMMANDS = [
+    "login",
+    "logout",
+    "whoami",
+    "targets",
+    "connect",
+    "exec",
+    "sessions",
+    "revoke",
+    "renew",
+    "creds",
+    "breakglass",
+    "requests",
+    "approve",
+    "deny",
+    "withdraw",
+    "review",
+    "audit",
+    "profiles",
+    "version",
+]
 SUBCOMMANDS = {"profiles": ["add", "use", "remove"]}
 
 
 def help_text(*args: str) -> str:
     env = {**os.environ, "COLUMNS": "100", "TERM": "dumb"}
     env.pop("DBACCESS_JSON", None)
-    result = subprocess.run([sys.executable, "-m", "dbaccess", *args, "--help"], env=env,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dbaccess", *args, "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.rstrip() + "\n"
 
 
@@ -31,13 +54,16 @@ def render() -> str:
         "# Command reference\n",
         "Generated from `dbaccess --help` by `scripts/gen_command_reference.py`; a test fails "
         "when it is stale. Exit codes: [user-guide.md](user-guide.md#exit-codes).\n",
-        "## dbaccess\n", "```\n" + help_text() + "```\n",
+        "## dbaccess\n",
+        "```\n" + help_text() + "```\n",
     ]
     for command in COMMANDS:
         parts += [f"## dbaccess {command}\n", "```\n" + help_text(command) + "```\n"]
         for sub in SUBCOMMANDS.get(command, []):
-            parts += [f"### dbaccess {command} {sub}\n",
-                      "```\n" + help_text(command, sub) + "```\n"]
+            parts += [
+                f"### dbaccess {command} {sub}\n",
+                "```\n" + help_text(command, sub) + "```\n",
+            ]
     return "\n".join(parts)
 
 

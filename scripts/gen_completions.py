@@ -1,6 +1,6 @@
 """Write the shell completion scripts in completions/ (tests/test_completions.py checks them).
 
-    python scripts/gen_completions.py
+python scripts/gen_completions.py
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ FILES = {
 def render(shell: str) -> str:
     """The script typer generates for ``shell`` (what ``--show-completion`` prints)."""
     env = {**os.environ, "_DBACCESS_COMPLETE": f"source_{shell}"}
-    result = subprocess.run([sys.executable, "-m", "dbaccess"], env=env, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dbaccess"], env=env, capture_output=True, text=True, check=True
+    )
     return result.stdout
 
 

@@ -24,8 +24,9 @@ def own_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def read_until(fd: int, pattern: str, timeout: float = 30, *, must: bool = True,
-               raw: bool = False) -> str:
+def read_until(
+    fd: int, pattern: str, timeout: float = 30, *, must: bool = True, raw: bool = False
+) -> str:
     """What the terminal showed (without escape sequences, unless ``raw``) up to the first
     match of ``pattern``; with ``must``, no match within ``timeout`` fails the test, else
     whatever arrived is returned (the other side closing ends the wait too)."""

@@ -45,15 +45,18 @@ def documented_layout() -> list[str]:
 def holds_code(path: Path) -> bool:
     """More than a docstring and ``from __future__`` imports."""
     body = ast.parse(path.read_text()).body
-    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
-               and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")
-               for node in body)
+    return any(
+        not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")
+        for node in body
+    )
 
 
 def test_the_layout_names_every_module_and_only_those() -> None:
     listed = documented_layout()
     modules = sorted(
-        str(path.relative_to(ROOT)) for path in (ROOT / "dbaccess").rglob("*.py")
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "dbaccess").rglob("*.py")
         # a package's __init__ is its folder's line, unless it holds code of its own
         if path.name != "__init__.py" or holds_code(path)
     )

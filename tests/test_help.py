@@ -23,8 +23,11 @@ def command_paths(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str,
 
 
 PROGRAMS = {"dbaccess": cli_app, "dbaccess-broker": broker_app}
-CASES = [(program, path) for program, app in PROGRAMS.items()
-         for path in command_paths(typer.main.get_command(app))]
+CASES = [
+    (program, path)
+    for program, app in PROGRAMS.items()
+    for path in command_paths(typer.main.get_command(app))
+]
 
 
 def test_every_command_is_covered() -> None:
@@ -34,8 +37,9 @@ def test_every_command_is_covered() -> None:
     assert {"serve", "check-config", "bootstrap", "audit verify", "policy explain"} <= broker
 
 
-@pytest.mark.parametrize(("program", "path"), CASES,
-                         ids=[f"{p} {' '.join(c)}".strip() for p, c in CASES])
+@pytest.mark.parametrize(
+    ("program", "path"), CASES, ids=[f"{p} {' '.join(c)}".strip() for p, c in CASES]
+)
 def test_h_shows_the_help_with_an_example(program: str, path: tuple[str, ...]) -> None:
     runner = CliRunner()
     app = PROGRAMS[program]
@@ -58,8 +62,9 @@ def test_h_shows_the_help_with_an_example(program: str, path: tuple[str, ...]) -
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "100"}
-    return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        list(args), capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+    )
 
 
 def test_h_through_the_installed_programs() -> None:
@@ -72,11 +77,14 @@ def test_h_through_the_installed_programs() -> None:
     assert "Examples:" in broker.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    ["exec", "demo", "--role", "readonly", "-h", "--", "true"],
-    ["exec", "-h"],
-    ["--no-input", "exec", "demo", "-h", "--role", "readonly", "--", "true"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "demo", "--role", "readonly", "-h", "--", "true"],
+        ["exec", "-h"],
+        ["--no-input", "exec", "demo", "-h", "--role", "readonly", "--", "true"],
+    ],
+)
 def test_the_fast_exec_path_hands_h_to_the_full_cli(argv: list[str]) -> None:
     """Scripts run exec without a terminal, where the fast path reads argv first."""
     result = run(sys.executable, "-m", "dbaccess", *argv)

@@ -49,8 +49,14 @@ def test_the_broker_refuses_control_and_direction_characters_in_every_text_field
 
 
 def test_ordinary_text_in_any_script_passes() -> None:
-    for value in ("fix order 7 [JIRA-88]", "Überweisung prüfen", "修复订单", "tab-free ok",
-                  "می\u200cخواهم", "👩\u200d💻 on call"):  # joiners are writing, not tricks
+    for value in (
+        "fix order 7 [JIRA-88]",
+        "Überweisung prüfen",
+        "修复订单",
+        "tab-free ok",
+        "می\u200cخواهم",
+        "👩\u200d💻 on call",
+    ):  # joiners are writing, not tricks
         assert SessionCreate(target="demo", role="readonly", reason=value).reason == value
 
 
@@ -78,8 +84,9 @@ def test_a_table_shows_each_value_as_written_and_obeys_none(
 def test_errors_quote_what_people_wrote_without_obeying_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    Globals().error(DeniedError("you asked for another reason '\x1b[2J[/]'",
-                                hint="dbaccess withdraw \u202eabc"))
+    Globals().error(
+        DeniedError("you asked for another reason '\x1b[2J[/]'", hint="dbaccess withdraw \u202eabc")
+    )
     err = capsys.readouterr().err
     assert "another reason '\\x1b[2J[/]'" in err
     assert "hint: dbaccess withdraw \\u202eabc" in err

@@ -18,9 +18,23 @@ def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "1x", "-5m", "0s", "1h 30m", "m",
-                                  # beyond a year: once a date overflow, not a clear error
-                                  "367d", "8785h", "99999999999d", "9" * 40])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "soon",
+        "1x",
+        "-5m",
+        "0s",
+        "1h 30m",
+        "m",
+        # beyond a year: once a date overflow, not a clear error
+        "367d",
+        "8785h",
+        "99999999999d",
+        "9" * 40,
+    ],
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -69,18 +83,20 @@ def test_expiry_is_rounded_up_to_a_whole_second() -> None:
     assert ceil_second(whole) == whole
 
 
-@pytest.mark.parametrize("typed, seconds", [(None, None), ("", None), ("90", 90),
-                                             ("1h30m", 5400)])
+@pytest.mark.parametrize("typed, seconds", [(None, None), ("", None), ("90", 90), ("1h30m", 5400)])
 def test_the_duration_option(typed: str | None, seconds: int | None) -> None:
     found = parse_duration_option(typed)
     assert (int(found.total_seconds()) if found else None) == seconds
 
 
-@pytest.mark.parametrize("typed, message", [
-    ("soon", "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m"),
-    ("0m", "--duration: '0m' must be longer than zero"),
-    ("400d", "--duration: '400d' is longer than 366d, the longest duration dbaccess takes"),
-])
+@pytest.mark.parametrize(
+    "typed, message",
+    [
+        ("soon", "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m"),
+        ("0m", "--duration: '0m' must be longer than zero"),
+        ("400d", "--duration: '400d' is longer than 366d, the longest duration dbaccess takes"),
+    ],
+)
 def test_a_bad_duration_is_a_usage_error_naming_the_option(typed: str, message: str) -> None:
     with pytest.raises(UsageError) as refused:
         parse_duration_option(typed)

@@ -26,8 +26,20 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Build the sdist as a release would (``python -m build --sdist``) and read it."""
     out = tmp_path_factory.mktemp("dist")
     built = subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(out),
-         str(ROOT)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--sdist",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (archive,) = out.glob("dbaccess-*.tar.gz")
     files: dict[str, bytes] = {}
@@ -46,7 +58,8 @@ def source_files() -> set[str]:
         for path in (ROOT / tree).rglob("*"):
             relative = path.relative_to(ROOT).as_posix()
             if path.is_file() and not any(
-                    part in relative for part in (*NEVER_SHIPPED, ".egg-info")):
+                part in relative for part in (*NEVER_SHIPPED, ".egg-info")
+            ):
                 found.add(relative)
     return found
 
@@ -54,11 +67,19 @@ def source_files() -> set[str]:
 def test_sdist_carries_what_its_tests_need(sdist: dict[str, bytes]) -> None:
     missing = source_files() - set(sdist)
     assert not missing, f"not in the sdist (MANIFEST.in): {sorted(missing)[:10]}"
-    for needed in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml",
-                   "tests/idp/package.json", "tests/idp/package-lock.json",
-                   "tests/idp/server.mjs", "completions/dbaccess.bash", "docs/commands.md",
-                   "scripts/gen_command_reference.py",
-                   "dbaccess/broker/store/migrations/script.py.mako"):
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "pyproject.toml",
+        "tests/idp/package.json",
+        "tests/idp/package-lock.json",
+        "tests/idp/server.mjs",
+        "completions/dbaccess.bash",
+        "docs/commands.md",
+        "scripts/gen_command_reference.py",
+        "dbaccess/broker/store/migrations/script.py.mako",
+    ):
         assert needed in sdist, needed
     junk = [name for name in sdist if any(part in name for part in NEVER_SHIPPED)]
     assert not junk, junk
@@ -105,33 +126,53 @@ sys.meta_path.insert(0, _Missing())
 """
 
 
-def run_broker_entry(tmp_path: Path, *args: str,
-                     blocked: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+def run_broker_entry(
+    tmp_path: Path, *args: str, blocked: tuple[str, ...]
+) -> subprocess.CompletedProcess[str]:
     """Run the ``dbaccess-broker`` entry point pyproject.toml declares, in a Python where
     ``blocked`` modules cannot be imported (a sitecustomize on PYTHONPATH)."""
     (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(blocked)))
     module, _, function = PYPROJECT["project"]["scripts"]["dbaccess-broker"].partition(":")
-    code = f"import sys; sys.argv[0] = 'dbaccess-broker'; from {module} import {function}; " \
-           f"{function}()"
+    code = (
+        f"import sys; sys.argv[0] = 'dbaccess-broker'; from {module} import {function}; "
+        f"{function}()"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
 
 
-BROKER_EXTRA = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "jwt",
-                "psycopg", "psycopg_pool", "pymysql", "prometheus_client", "httptools",
-                "uvloop")
+BROKER_EXTRA = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "jwt",
+    "psycopg",
+    "psycopg_pool",
+    "pymysql",
+    "prometheus_client",
+    "httptools",
+    "uvloop",
+)
 
 
 @pytest.mark.parametrize("command", [["serve"], ["check-config", "--offline"]])
-def test_broker_without_its_extra_says_what_to_install(tmp_path: Path,
-                                                       command: list[str]) -> None:
+def test_broker_without_its_extra_says_what_to_install(tmp_path: Path, command: list[str]) -> None:
     config = tmp_path / "broker.toml"
     # the store's URL is checked with sqlalchemy, part of the extra
-    config.write_text('[broker]\nstore = "sqlite:///b.db"\n[identity]\n'
-                      'issuer = "https://idp.example"\nclient_id = "x"\n[targets]\n')
-    result = run_broker_entry(tmp_path, *command, "--config", str(config),
-                              blocked=BROKER_EXTRA)
+    config.write_text(
+        '[broker]\nstore = "sqlite:///b.db"\n[identity]\n'
+        'issuer = "https://idp.example"\nclient_id = "x"\n[targets]\n'
+    )
+    result = run_broker_entry(tmp_path, *command, "--config", str(config), blocked=BROKER_EXTRA)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     assert "error: dbaccess-broker needs the broker's dependencies" in result.stderr
@@ -160,8 +201,20 @@ def test_wheel_has_the_package_data_and_the_broker_shim(tmp_path: Path) -> None:
     import zipfile
 
     built = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
-         str(ROOT)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = tmp_path.glob("dbaccess-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -45,8 +45,9 @@ def budgets(settings: Settings) -> list[ServerBudget]:
             sessions += settings.limit(name, "connections_per_target")[0]
             if name in covered:
                 sessions += settings.limit(name, "breakglass_connections_per_target")[0]
-            broker += checks_for(engine).broker_connections(settings.targets[name],
-                                                            settings.broker.revoke_workers)
+            broker += checks_for(engine).broker_connections(
+                settings.targets[name], settings.broker.revoke_workers
+            )
         found.append(ServerBudget(engine, host, port, tuple(names), sessions, broker))
     return found
 
@@ -62,8 +63,9 @@ def capacity_warnings(settings: Settings) -> list[str]:
             target = settings.targets[budget.targets[0]]
             most, reserved = checks_for(budget.engine).server_connections(target)
         except Exception as exc:  # a warning only: check_target reports unreachable servers
-            warnings.append(f"could not read max_connections of {where} (targets {names}): "
-                            f"{type(exc).__name__}")
+            warnings.append(
+                f"could not read max_connections of {where} (targets {names}): {type(exc).__name__}"
+            )
             continue
         room = most - reserved
         if budget.total >= room:
@@ -86,8 +88,9 @@ def log_capacity_warnings(settings: Settings) -> None:
     try:
         found = capacity_warnings(settings)
     except Exception as exc:  # noqa: BLE001 - e.g. a provisioner password gone meanwhile
-        log.warning("connection caps: cannot check them against the servers: %s",
-                    type(exc).__name__)
+        log.warning(
+            "connection caps: cannot check them against the servers: %s", type(exc).__name__
+        )
         return
     for warning in found:
         log.warning("connection caps: %s", warning)

@@ -23,8 +23,10 @@ class Problem:
 
 
 def bootstrap_hint(name: str, config: str) -> str:
-    return (f"dbaccess-broker bootstrap {name} --config {config} (prints the SQL to review; "
-            "--apply runs it with $DBACCESS_ADMIN_DSN)")
+    return (
+        f"dbaccess-broker bootstrap {name} --config {config} (prints the SQL to review; "
+        "--apply runs it with $DBACCESS_ADMIN_DSN)"
+    )
 
 
 def check_target(name: str, target: TargetSection, config: str) -> Problem | None:
@@ -42,8 +44,11 @@ def check_target(name: str, target: TargetSection, config: str) -> Problem | Non
             "provisioner's password (bootstrap --apply sets it)",
         )
     except TargetUnreachable as exc:
-        return Problem(name, f"target '{name}' ({where}): cannot connect: {exc}",
-                       "check targets." + name + ".host and .port, and that the server runs")
+        return Problem(
+            name,
+            f"target '{name}' ({where}): cannot connect: {exc}",
+            "check targets." + name + ".host and .port, and that the server runs",
+        )
     if not missing:
         return None
     return Problem(
@@ -64,8 +69,11 @@ def shared_servers(settings: Settings) -> list[str]:
         if len(names) < 2:
             continue
         listed = ", ".join(repr(n) for n in names)
-        warnings.append(checks_for(engine).shared_server_warning(
-            listed, host, port, [settings.targets[n] for n in names]))
+        warnings.append(
+            checks_for(engine).shared_server_warning(
+                listed, host, port, [settings.targets[n] for n in names]
+            )
+        )
     return warnings
 
 
@@ -77,8 +85,9 @@ def log_server_problems(targets: dict[str, TargetSection]) -> None:
         try:
             errors, warnings = checks_for(target.engine).server_problems(target)
         except Exception as exc:  # noqa: BLE001 - the reaper reports an unreachable target
-            log.warning("target '%s': cannot check its server settings: %s", name,
-                        type(exc).__name__)
+            log.warning(
+                "target '%s': cannot check its server settings: %s", name, type(exc).__name__
+            )
             continue
         for message in errors:
             log.error("target '%s': %s", name, message)
@@ -96,8 +105,10 @@ def server_settings(settings: Settings, config: str) -> tuple[list[Problem], lis
         except Exception:  # noqa: BLE001 - check_target reports the target's failure
             continue
         warnings += [f"target '{name}': {message}" for message in found]
-        problems += [Problem(name, f"target '{name}': {message}", bootstrap_hint(name, config))
-                     for message in errors]
+        problems += [
+            Problem(name, f"target '{name}': {message}", bootstrap_hint(name, config))
+            for message in errors
+        ]
     return problems, warnings
 
 
@@ -117,8 +128,10 @@ def read_only_warnings(name: str, target: TargetSection) -> list[str]:
         writes = checks.read_only_writes(name, target, sorted(templates))
     except Exception as exc:  # the target answered check_target a moment ago: say, go on
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return [f"target '{name}': could not check what the read_only templates' group "
-                f"roles may write: {line}"]
+        return [
+            f"target '{name}': could not check what the read_only templates' group "
+            f"roles may write: {line}"
+        ]
     warnings = []
     for group, found in writes.items():
         if not found:
@@ -128,7 +141,8 @@ def read_only_warnings(name: str, target: TargetSection) -> list[str]:
         warnings.append(
             f"target '{name}': role template {names} is read_only, but its group role "
             f"{group} holds {held}. {checks.read_only_caveat} so these grants are what it "
-            "may do: revoke them (docs/broker.md, \"What a session can change\")")
+            'may do: revoke them (docs/broker.md, "What a session can change")'
+        )
     return warnings
 
 

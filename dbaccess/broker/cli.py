@@ -42,6 +42,7 @@ def broker_options(
     """The dbaccess broker: verifies SSO identities, applies policy, mints and revokes
     database users."""
 
+
 ConfigOption = Annotated[
     Path,
     typer.Option("--config", "-c", envvar="DBACCESS_BROKER_CONFIG", help="Broker TOML file."),
@@ -136,16 +137,18 @@ def check_config(
         ]
         for name, target in settings.targets.items():
             if all(problem.target != name for problem in problems):
-                for warning in [*read_only_warnings(name, target),
-                                *target_warnings(name, target)]:
+                for warning in [*read_only_warnings(name, target), *target_warnings(name, target)]:
                     typer.echo(f"warning: {config}: {warning}", err=True)
         server_problems, server_warnings = server_settings(settings, str(config))
         for warning in server_warnings:
             typer.echo(f"warning: {config}: {warning}", err=True)
         problems += server_problems
         for problem in problems:
-            render(ConfigError(f"{config}: {problem.message}", hint=problem.hint),
-                   as_json=False, stream=sys.stderr)
+            render(
+                ConfigError(f"{config}: {problem.message}", hint=problem.hint),
+                as_json=False,
+                stream=sys.stderr,
+            )
         if problems:
             raise typer.Exit(int(ExitCode.CONFIG))
         from dbaccess.broker.capacity import capacity_warnings
@@ -153,8 +156,9 @@ def check_config(
         for warning in capacity_warnings(settings):
             typer.echo(f"warning: {config}: {warning}", err=True)
     checked = "" if offline else ", each bootstrapped"
-    typer.echo(f"{config}: ok ({len(settings.targets)} target(s){checked}, "
-               f"{len(settings.rules)} rule(s))")
+    typer.echo(
+        f"{config}: ok ({len(settings.targets)} target(s){checked}, {len(settings.rules)} rule(s))"
+    )
 
 
 @app.command()
@@ -192,8 +196,8 @@ def bootstrap(
     if not dsn:
         raise ConfigError(
             "--apply needs an admin connection string in DBACCESS_ADMIN_DSN",
-            hint="export DBACCESS_ADMIN_DSN=" + " or ".join(
-                engine_part(kind, "admin").ADMIN_DSN_EXAMPLE for kind in ENGINES),
+            hint="export DBACCESS_ADMIN_DSN="
+            + " or ".join(engine_part(kind, "admin").ADMIN_DSN_EXAMPLE for kind in ENGINES),
         )
     password = section.provisioner.ensure_password()
     admin = engine_part(section.engine, "admin")

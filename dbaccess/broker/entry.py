@@ -8,11 +8,25 @@ import sys
 
 # The top-level modules of the [broker] extra (pyproject.toml) and what they pull in; a
 # CLI-only install lacks them, and the broker imports them lazily, inside its commands.
-BROKER_MODULES = frozenset({
-    "fastapi", "starlette", "uvicorn", "httptools", "uvloop", "sqlalchemy", "alembic", "mako",
-    "jwt", "cryptography", "psycopg", "psycopg_pool", "psycopg_binary", "pymysql",
-    "prometheus_client",
-})
+BROKER_MODULES = frozenset(
+    {
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "sqlalchemy",
+        "alembic",
+        "mako",
+        "jwt",
+        "cryptography",
+        "psycopg",
+        "psycopg_pool",
+        "psycopg_binary",
+        "pymysql",
+        "prometheus_client",
+    }
+)
 BROKER_INSTALL = "pip install 'dbaccess[broker]'"
 
 
@@ -32,7 +46,9 @@ def broker_main() -> None:
         missing = (exc.name or "").partition(".")[0]
         if missing not in BROKER_MODULES:
             raise  # a bug, not a missing extra: keep the traceback
-        print(f"error: dbaccess-broker needs the broker's dependencies ({missing} is not "
-              "installed)", file=sys.stderr)
+        print(
+            f"error: dbaccess-broker needs the broker's dependencies ({missing} is not installed)",
+            file=sys.stderr,
+        )
         print(f"hint: {BROKER_INSTALL}", file=sys.stderr)
         sys.exit(int(ExitCode.CONFIG))

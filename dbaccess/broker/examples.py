@@ -6,21 +6,32 @@ from __future__ import annotations
 
 # command path (as typed after "dbaccess-broker") -> example invocations
 EXAMPLES: dict[str, tuple[str, ...]] = {
-    "": ("dbaccess-broker check-config --config /etc/dbaccess/broker.toml",
-         "dbaccess-broker serve --config /etc/dbaccess/broker.toml --host 0.0.0.0"),
-    "serve": ("dbaccess-broker serve --config broker.toml --host 0.0.0.0 --port 8443 "
-              "--tls-cert cert.pem --tls-key key.pem --workers 2",),
-    "check-config": ("dbaccess-broker check-config --config broker.toml",
-                     "dbaccess-broker check-config --offline --config broker.toml"),
-    "bootstrap": ("dbaccess-broker bootstrap prod --config broker.toml > bootstrap-prod.sql",
-                  "DBACCESS_ADMIN_DSN='host=db1 user=postgres' dbaccess-broker bootstrap prod "
-                  "--apply"),
+    "": (
+        "dbaccess-broker check-config --config /etc/dbaccess/broker.toml",
+        "dbaccess-broker serve --config /etc/dbaccess/broker.toml --host 0.0.0.0",
+    ),
+    "serve": (
+        "dbaccess-broker serve --config broker.toml --host 0.0.0.0 --port 8443 "
+        "--tls-cert cert.pem --tls-key key.pem --workers 2",
+    ),
+    "check-config": (
+        "dbaccess-broker check-config --config broker.toml",
+        "dbaccess-broker check-config --offline --config broker.toml",
+    ),
+    "bootstrap": (
+        "dbaccess-broker bootstrap prod --config broker.toml > bootstrap-prod.sql",
+        "DBACCESS_ADMIN_DSN='host=db1 user=postgres' dbaccess-broker bootstrap prod --apply",
+    ),
     "rotate-credential": ("dbaccess-broker rotate-credential prod --config broker.toml",),
     "audit": ("dbaccess-broker audit verify", "dbaccess-broker audit export --since 2026-11-01"),
     "audit verify": ("dbaccess-broker audit verify --config broker.toml",),
     "audit export": ("dbaccess-broker audit export --since 2026-11-01 > audit.jsonl",),
-    "policy": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
-               "--target prod --role readonly",),
-    "policy explain": ("dbaccess-broker policy explain --user alice@example.com --groups dev "
-                       "--target prod --role readwrite --duration 2h --reason 'JIRA-88'",),
+    "policy": (
+        "dbaccess-broker policy explain --user alice@example.com --groups dev "
+        "--target prod --role readonly",
+    ),
+    "policy explain": (
+        "dbaccess-broker policy explain --user alice@example.com --groups dev "
+        "--target prod --role readwrite --duration 2h --reason 'JIRA-88'",
+    ),
 }

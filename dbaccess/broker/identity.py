@@ -157,8 +157,9 @@ class TokenVerifier:
             subject=_claim_text(claims, "sub"),
             email=_claim_text(claims, "email", optional=True),
             # a display name only (no decision uses it): one that cannot be shown is dropped
-            name=name if isinstance(name := claims.get("name"), str)
-            and not first_unsafe(name) else None,
+            name=name
+            if isinstance(name := claims.get("name"), str) and not first_unsafe(name)
+            else None,
             groups=_groups(claims, self._identity.groups_claim),
             email_verified=bool(verified_claim) and _true(claims.get(verified_claim or "")),
         )

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from dbaccess.broker.store import Store
 
 LIVE_SESSIONS = "dbaccess_sessions_live"
-LIVE_HELP = ("Sessions whose database user may exist (creating, active or revoking), per "
-             "target; read from the store at each scrape, so every replica reports the same")
+LIVE_HELP = (
+    "Sessions whose database user may exist (creating, active or revoking), per "
+    "target; read from the store at each scrape, so every replica reports the same"
+)
 
 
 class Metrics:

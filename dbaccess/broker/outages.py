@@ -42,8 +42,14 @@ class Outage:
     leases of target demo"). Call ``failed`` from the loop's ``except`` and ``passed``
     after a pass that worked. One loop, one thread: no lock."""
 
-    def __init__(self, logger: logging.Logger, what: str, retry_every: float,
-                 clock: Callable[[], float] = time.monotonic, **extra: Any) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        retry_every: float,
+        clock: Callable[[], float] = time.monotonic,
+        **extra: Any,
+    ) -> None:
         self._log = logger
         self.what = what
         self.retry_every = retry_every
@@ -65,16 +71,28 @@ class Outage:
             self._errors.add(kind)  # another kind in the same outage is worth a line too
             self._log.warning(
                 "%s failed: %s; retrying every %g s (repeats are logged at debug level)",
-                self.what, error, self.retry_every,
-                extra={**self._extra, "error": error, "retry_every_s": self.retry_every})
-        self._log.debug("%s failed (pass %d of this outage)", self.what, self.failures,
-                        exc_info=exc, extra=self._extra)
+                self.what,
+                error,
+                self.retry_every,
+                extra={**self._extra, "error": error, "retry_every_s": self.retry_every},
+            )
+        self._log.debug(
+            "%s failed (pass %d of this outage)",
+            self.what,
+            self.failures,
+            exc_info=exc,
+            extra=self._extra,
+        )
 
     def passed(self) -> None:
         if self.since is None:
             return
         lasted = self._clock() - self.since
         self._log.info(
-            "%s recovered after %.1f s (%d failed passes)", self.what, lasted, self.failures,
-            extra={**self._extra, "outage_s": round(lasted, 1), "failed_passes": self.failures})
+            "%s recovered after %.1f s (%d failed passes)",
+            self.what,
+            lasted,
+            self.failures,
+            extra={**self._extra, "outage_s": round(lasted, 1), "failed_passes": self.failures},
+        )
         self.since, self._errors, self.failures = None, set(), 0

@@ -94,14 +94,13 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         "; ".join(reasons),
         matching[0].name,
         missing="reason" if only_reason_missing else None,
-        max_duration=(
-            max(r.max_duration for r in matching) if too_long == len(matching) else None
-        ),
+        max_duration=(max(r.max_duration for r in matching) if too_long == len(matching) else None),
     )
 
 
-def entitlements(principal: Principal, rules: Sequence[Rule],
-                 targets: dict[str, list[str]]) -> list[tuple[str, str, Rule]]:
+def entitlements(
+    principal: Principal, rules: Sequence[Rule], targets: dict[str, list[str]]
+) -> list[tuple[str, str, Rule]]:
     """(target, role, first matching rule) for every role the principal may request;
     ``targets`` maps each configured target to its role names."""
     found = []

@@ -66,19 +66,22 @@ class Reaper:
         """Rotate every target's provisioner password that is due (each target's thread
         does its own after reconciling; this is the same for all at once)."""
         for name in self._service.ctx.settings.targets:
-            TargetReaper(self._service, name, self._interval, self._reconcile_interval,
-                         self._stop)._rotate_if_due()
+            TargetReaper(
+                self._service, name, self._interval, self._reconcile_interval, self._stop
+            )._rotate_if_due()
 
     def _run(self) -> None:
-        outage = Outage(log, "the reaper's pass (requests' expiry, leases of removed targets)",
-                        self._interval)
+        outage = Outage(
+            log, "the reaper's pass (requests' expiry, leases of removed targets)", self._interval
+        )
         while not self._stop.is_set():
             try:
                 self._sync_targets()
                 # Leases of a target no engine serves (never configured here): they fail
                 # with a clear error and back off, instead of being nobody's.
                 self._service.revocation.reap(
-                    limit=100, not_targets=list(self._service.ctx.engines))
+                    limit=100, not_targets=list(self._service.ctx.engines)
+                )
                 self._service.approvals.expire()
             except Exception as exc:  # never let one bad pass kill the clock
                 outage.failed(exc)  # one line while it lasts, not a traceback a pass
@@ -125,8 +128,9 @@ class TargetReaper:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        outage = Outage(log, f"revoking the leases of target {self.name}",
-                        self._interval, target=self.name)
+        outage = Outage(
+            log, f"revoking the leases of target {self.name}", self._interval, target=self.name
+        )
         while not self._stop.is_set():
             engine = self._ctx.engines.get(self.name)
             if engine is None:
@@ -146,8 +150,7 @@ class TargetReaper:
                 outage.failed(exc)  # the store down, say: one line, not one a pass
             else:
                 outage.passed()
-            self._stop.wait(min(self._interval, PING_EVERY) if self.unreachable
-                            else self._interval)
+            self._stop.wait(min(self._interval, PING_EVERY) if self.unreachable else self._interval)
 
     def _check_answers(self) -> None:
         engine = self._ctx.engines[self.name]
@@ -156,13 +159,17 @@ class TargetReaper:
             engine.ping()
         except EngineError as exc:
             if not self._warned:
-                log.warning("target does not answer; its revocations wait until it does",
-                            extra={"target": self.name, "error": str(exc)})
+                log.warning(
+                    "target does not answer; its revocations wait until it does",
+                    extra={"target": self.name, "error": str(exc)},
+                )
                 self._warned = True
             return
         retried = self._ctx.store.retry_now(self.name, self._ctx.clock())
-        log.info("target answers again; retrying its revocations now",
-                 extra={"target": self.name, "leases": retried})
+        log.info(
+            "target answers again; retrying its revocations now",
+            extra={"target": self.name, "leases": retried},
+        )
         self.unreachable = self._warned = False
         self._next_reconcile = 0.0  # a user made by a call cut off meanwhile goes too
 
@@ -195,5 +202,7 @@ class TargetReaper:
                 rotation.rotate(self.name, target)
                 log.info("rotated the provisioner password", extra={"target": self.name})
             except DbaccessError as exc:
-                log.error("rotating the provisioner password failed",
-                          extra={"target": self.name, "error": exc.message})
+                log.error(
+                    "rotating the provisioner password failed",
+                    extra={"target": self.name, "error": exc.message},
+                )

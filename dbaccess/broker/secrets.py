@@ -37,9 +37,7 @@ class SecretRef:
         try:
             return self.file.read_text().strip()
         except OSError as exc:
-            raise ConfigError(
-                f"cannot read {self.what} from {self.file}: {exc.strerror}"
-            ) from None
+            raise ConfigError(f"cannot read {self.what} from {self.file}: {exc.strerror}") from None
 
     def ensure(self) -> str:
         """The secret, first generating a random one into a missing ``file`` (0600)."""

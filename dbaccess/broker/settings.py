@@ -42,8 +42,10 @@ def _to_timedelta(value: Any) -> Any:
         return parse_duration(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if value > MAX_SECONDS:
-            raise ValueError(f"{value} seconds is longer than {MAX_SECONDS // 86400}d, the "
-                             "longest duration dbaccess takes")
+            raise ValueError(
+                f"{value} seconds is longer than {MAX_SECONDS // 86400}d, the "
+                "longest duration dbaccess takes"
+            )
         return timedelta(seconds=value)
     return value
 
@@ -81,7 +83,6 @@ class BrokerSection(_Section):
     # audit trail); from anywhere else the header is ignored: anyone can send it.
     trusted_proxies: list[str] = Field(default_factory=list)
 
-
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -118,8 +119,9 @@ class BrokerSection(_Section):
     def store_password(self) -> SecretRef | None:
         if self.store_password_env is None and self.store_password_file is None:
             return None
-        return SecretRef("the store's password", env=self.store_password_env,
-                         file=self.store_password_file)
+        return SecretRef(
+            "the store's password", env=self.store_password_env, file=self.store_password_file
+        )
 
     def store_url(self) -> Any:
         """The store's sqlalchemy URL, with its password read from where the config points."""
@@ -129,6 +131,7 @@ class BrokerSection(_Section):
         if self.store_password is not None:
             url = url.set(password=self.store_password.read())
         return url
+
 
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 
@@ -189,7 +192,7 @@ class IdentitySection(_Section):
         if self.kind == "entra":
             if not self.issuer.startswith("https://") or not self.issuer.endswith("/v2.0"):
                 raise ValueError(
-                    "kind = \"entra\" needs tenant = \"...\", or an https issuer ending in "
+                    'kind = "entra" needs tenant = "...", or an https issuer ending in '
                     "/v2.0 (msal's authority is the issuer without it)"
                 )
         elif not self.issuer:
@@ -227,8 +230,11 @@ class ProvisionerSection(_Section):
 
     @property
     def password(self) -> SecretRef:
-        return SecretRef(f"the provisioner password of user {self.user}",
-                         env=self.password_env, file=self.password_file)
+        return SecretRef(
+            f"the provisioner password of user {self.user}",
+            env=self.password_env,
+            file=self.password_file,
+        )
 
     def ensure_password(self) -> str:
         """The password, first generating one into a missing ``password_file`` (0600)."""
@@ -237,6 +243,7 @@ class ProvisionerSection(_Section):
     def read_password(self) -> str:
         """Read the provisioner password from where the config points, at use time."""
         return self.password.read()
+
 
 class RoleTemplate(_Section):
     group_role: Annotated[str, Field(pattern=_SQL_NAME)]
@@ -304,16 +311,23 @@ class TargetSection(_Section):
 
         if value not in ENGINES:
             known = list(ENGINES)
-            raise ValueError("Input should be " + " or ".join(
-                [", ".join(f"'{k}'" for k in known[:-1]), f"'{known[-1]}'"] if len(known) > 1
-                else [f"'{known[0]}'"]))
+            raise ValueError(
+                "Input should be "
+                + " or ".join(
+                    [", ".join(f"'{k}'" for k in known[:-1]), f"'{known[-1]}'"]
+                    if len(known) > 1
+                    else [f"'{known[0]}'"]
+                )
+            )
         return value
 
     @model_validator(mode="after")
     def _rotation_needs_a_file(self) -> TargetSection:
         if self.rotate_every is not None and self.provisioner.password_file is None:
-            raise ValueError("rotate_every needs provisioner.password_file (the broker "
-                             "writes the new password there)")
+            raise ValueError(
+                "rotate_every needs provisioner.password_file (the broker "
+                "writes the new password there)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -328,7 +342,8 @@ class TargetSection(_Section):
                     f"roles.{seen[0]} and roles.{name} share group_role "
                     f"{role.group_role} but not session_objects ('{seen[1]}' and "
                     f"'{role.session_objects}'): give them the same value, or each its own "
-                    "group role")
+                    "group role"
+                )
         return self
 
     @field_validator("roles")
@@ -482,7 +497,10 @@ class Settings(_Section):
             fixed = {FUNCTIONS_OWNER: "the definer functions' owner"}
             for other in self.targets.values():
                 if (other.engine, other.host, other.port) != (
-                        target.engine, target.host, target.port):
+                    target.engine,
+                    target.host,
+                    target.port,
+                ):
                     continue
                 fixed.setdefault(other.provisioner.user, "the provisioner")
                 for role in other.roles.values():
@@ -589,7 +607,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(
         update={
             "broker": settings.broker.model_copy(
-                update={"store": store, "store_password_file": store_password_file}),
+                update={"store": store, "store_password_file": store_password_file}
+            ),
             "targets": targets,
         }
     )

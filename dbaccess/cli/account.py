@@ -97,8 +97,12 @@ def logout(
     at_idp = _revoke_refresh_token(g, load_login(name, g.profiles))
     removed = delete_login(name, g.profiles)
     g.data(
-        {"profile": name, "logged_out": removed, "revoked": revoked,
-         "refresh_token_revoked": at_idp},
+        {
+            "profile": name,
+            "logged_out": removed,
+            "revoked": revoked,
+            "refresh_token_revoked": at_idp,
+        },
         (f"logged out of profile {name}" if removed else f"profile {name} had no login")
         + (f"; revoked {len(revoked)} session(s)" if revoked else "")
         + ("; the identity provider revoked the refresh token" if at_idp else ""),
@@ -120,8 +124,10 @@ def _revoke_refresh_token(g: Globals, login: StoredLogin | None) -> bool:
             flow = DeviceFlow(login.issuer, login.client_id, login.scopes, http=http)
             return flow.revoke(login.refresh_token)
     except DbaccessError as exc:
-        g.warn(f"the refresh token could not be revoked at the identity provider "
-               f"({exc.message}); it stays valid there until it expires")
+        g.warn(
+            f"the refresh token could not be revoked at the identity provider "
+            f"({exc.message}); it stays valid there until it expires"
+        )
         return False
 
 

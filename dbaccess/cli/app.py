@@ -54,8 +54,7 @@ class DbaccessGroup(TyperGroup):
         try:
             # Not standalone: click's own errors (unknown option, missing argument, bad
             # value) come here, so that --json reports them in the one envelope too.
-            result = super().main(argv, prog_name, complete_var, standalone_mode=False,
-                                  **extra)
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
         except typer.TyperException as exc:  # click's errors (typer carries its own click)
             ctx = getattr(exc, "ctx", None)
@@ -140,7 +139,11 @@ def main_options(
     # Filled in place: DbaccessGroup.main made it, and reports errors with these flags.
     g = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
     g.profile, g.json, g.no_input, g.debug, g.timeout = (
-        profile, json_output, no_input, debug, timeout
+        profile,
+        json_output,
+        no_input,
+        debug,
+        timeout,
     )
     ctx.obj = g
     broker_replies.set_timeout(timeout)

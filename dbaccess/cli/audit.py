@@ -72,8 +72,12 @@ def audit(
     g.result(table if records else "no audit records match")
     if more is not None:
         again = ["dbaccess", "audit"]
-        for flag, value in (("--since", since), ("--user", user), ("--target", target),
-                            ("--type", event_type)):
+        for flag, value in (
+            ("--since", since),
+            ("--user", user),
+            ("--target", target),
+            ("--type", event_type),
+        ):
             if value is not None:
                 again += [flag, value]
         if limit != 100:

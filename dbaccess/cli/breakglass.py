@@ -16,8 +16,10 @@ def breakglass(
     ctx: typer.Context,
     target: Annotated[
         str | None,
-        typer.Argument(help="Target; may be left out when the policy or profile implies it.",
-                       autocompletion=complete_target),
+        typer.Argument(
+            help="Target; may be left out when the policy or profile implies it.",
+            autocompletion=complete_target,
+        ),
     ] = None,
     incident: Annotated[
         str, typer.Option("--incident", help="Incident id, e.g. INC-123 (policy's pattern).")

@@ -16,9 +16,11 @@ def _profile(ctx: Any) -> str | None:
 def complete_target(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
     from dbaccess.client import name_cache
 
-    return [(name, "roles: " + ", ".join(roles))
-            for name, roles in sorted(name_cache.targets(_profile(ctx)).items())
-            if name.startswith(incomplete)]
+    return [
+        (name, "roles: " + ", ".join(roles))
+        for name, roles in sorted(name_cache.targets(_profile(ctx)).items())
+        if name.startswith(incomplete)
+    ]
 
 
 def complete_role(ctx: Any, incomplete: str) -> list[str]:
@@ -26,13 +28,19 @@ def complete_role(ctx: Any, incomplete: str) -> list[str]:
 
     known = name_cache.targets(_profile(ctx))
     target = ctx.params.get("target")
-    roles = known.get(target, []) if target in known else sorted(
-        {role for names in known.values() for role in names})
+    roles = (
+        known.get(target, [])
+        if target in known
+        else sorted({role for names in known.values() for role in names})
+    )
     return [role for role in roles if role.startswith(incomplete)]
 
 
 def complete_session(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
     from dbaccess.client import name_cache
 
-    return [(s["id"], f"{s.get('target', '?')} ({s.get('role', '?')})")
-            for s in name_cache.sessions(_profile(ctx)) if s["id"].startswith(incomplete)]
+    return [
+        (s["id"], f"{s.get('target', '?')} ({s.get('role', '?')})")
+        for s in name_cache.sessions(_profile(ctx))
+        if s["id"].startswith(incomplete)
+    ]

@@ -107,9 +107,7 @@ def asker(g: Globals, verb: str = "connect") -> Ask:
         with g.status(messages.WAITING_FOR_APPROVAL):
             yield
 
-    return Ask(
-        reason=g.ask_reason if g.can_prompt else None, waiting=waiting, resume_verb=verb
-    )
+    return Ask(reason=g.ask_reason if g.can_prompt else None, waiting=waiting, resume_verb=verb)
 
 
 def run_session(g: Globals, request: SessionRequest) -> None:
@@ -124,8 +122,7 @@ def run_session(g: Globals, request: SessionRequest) -> None:
 
     name = g.profile_name
     clients = chosen_clients(name, request.client, profiles=g.profiles)
-    origin = Origin(profile=name, broker=resolve_broker(name, profiles=g.profiles),
-                    clients=clients)
+    origin = Origin(profile=name, broker=resolve_broker(name, profiles=g.profiles), clients=clients)
     # The child's stdout is the user's data: our envelope (and errors) go to stderr.
     g.child_owns_stdout = True
     with api.http_client() as http:

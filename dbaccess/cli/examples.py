@@ -28,10 +28,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "sessions": ("dbaccess sessions", "dbaccess --json sessions"),
     "revoke": ("dbaccess revoke 3f9c", "dbaccess revoke --all"),
-    "renew": ("dbaccess renew 3f9c --duration 30m",
-              "dbaccess renew 3f9c --duration 10m --shorten"),
+    "renew": ("dbaccess renew 3f9c --duration 30m", "dbaccess renew 3f9c --duration 10m --shorten"),
     "creds": (
-        "eval \"$(dbaccess creds prod --role readonly --reveal)\"",
+        'eval "$(dbaccess creds prod --role readonly --reveal)"',
         "dbaccess creds prod -r readonly --reveal --format json",
     ),
     "breakglass": (
@@ -50,4 +49,3 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "profiles use": ("dbaccess profiles use staging",),
     "profiles remove": ("dbaccess profiles remove staging",),
 }
-

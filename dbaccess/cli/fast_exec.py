@@ -44,11 +44,22 @@ if TYPE_CHECKING:
 # The options of ``dbaccess`` and of ``dbaccess exec`` this path understands, by flag.
 GLOBAL_VALUES = {"--profile": "profile", "--timeout": "timeout"}
 GLOBAL_FLAGS = {"--json": "json", "--no-input": "no_input"}
-GLOBAL_ENV = {"profile": "DBACCESS_PROFILE", "json": "DBACCESS_JSON",
-              "no_input": "DBACCESS_NO_INPUT", "debug": "DBACCESS_DEBUG",
-              "timeout": "DBACCESS_TIMEOUT"}
-EXEC_VALUES = {"--role": "role", "-r": "role", "--duration": "duration", "-d": "duration",
-               "--reason": "reason", "--ticket": "ticket", "--request": "request"}
+GLOBAL_ENV = {
+    "profile": "DBACCESS_PROFILE",
+    "json": "DBACCESS_JSON",
+    "no_input": "DBACCESS_NO_INPUT",
+    "debug": "DBACCESS_DEBUG",
+    "timeout": "DBACCESS_TIMEOUT",
+}
+EXEC_VALUES = {
+    "--role": "role",
+    "-r": "role",
+    "--duration": "duration",
+    "-d": "duration",
+    "--reason": "reason",
+    "--ticket": "ticket",
+    "--request": "request",
+}
 EXEC_FLAGS = {"--no-wait": "no_wait"}
 
 _JWT = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header-safe
@@ -77,9 +88,14 @@ class Invocation:
         from dbaccess.durations import parse_duration_option
 
         return SessionRequest(
-            target=self.target, role=self.role, duration=parse_duration_option(self.duration),
-            reason=self.reason, ticket=self.ticket, request_id=self.request,
-            wait=not self.no_wait, command=self.command,
+            target=self.target,
+            role=self.role,
+            duration=parse_duration_option(self.duration),
+            reason=self.reason,
+            ticket=self.ticket,
+            request_id=self.request,
+            wait=not self.no_wait,
+            command=self.command,
         ).validate()
 
 
@@ -103,7 +119,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
     if "--" not in args:
         return None  # typer reads the command without "--"; keep its rules
     split = args.index("--")
-    options, command = args[:split], args[split + 1:]
+    options, command = args[:split], args[split + 1 :]
     while options:
         if not options[0].startswith("-"):
             if found.target:
@@ -144,8 +160,9 @@ def _env_globals(environ: Mapping[str, str]) -> dict[str, Any] | None:
     return values
 
 
-def _take_option(args: list[str], into: Invocation, valued: dict[str, str],
-                 flags: dict[str, str]) -> bool:
+def _take_option(
+    args: list[str], into: Invocation, valued: dict[str, str], flags: dict[str, str]
+) -> bool:
     """Consume one option from ``args`` into ``into``; False if it is not one we know."""
     head = args.pop(0)
     # click splits "--role=x" but reads "-r=x" as the value "=x": split long options only
@@ -228,8 +245,11 @@ def _run(found: Invocation, profiles: ProfileFile) -> int:
     except (DbaccessError, ValueError):
         raise _FullCli from None  # the full CLI reports it the usual way
     login = read_from_secret_service(profile)
-    if (login is None or login.expires_at - REFRESH_MARGIN <= time.time()
-            or not _JWT.fullmatch(login.id_token)):
+    if (
+        login is None
+        or login.expires_at - REFRESH_MARGIN <= time.time()
+        or not _JWT.fullmatch(login.id_token)
+    ):
         raise _FullCli
     try:
         broker = StdlibBroker(base_url, login.id_token)
@@ -243,8 +263,13 @@ def _run(found: Invocation, profiles: ProfileFile) -> int:
         yield
 
     try:
-        return run_session(request, lambda: broker, report, Origin(profile, base_url),
-                           Ask(waiting=waiting, resume_verb="exec"))
+        return run_session(
+            request,
+            lambda: broker,
+            report,
+            Origin(profile, base_url),
+            Ask(waiting=waiting, resume_verb="exec"),
+        )
     except Terminated as exc:
         return 128 + exc.signum
 

@@ -10,8 +10,7 @@ from dbaccess.cli.completion import complete_role, complete_target
 
 Target = Annotated[
     str,
-    typer.Argument(help="Target database, as the broker names it.",
-                   autocompletion=complete_target),
+    typer.Argument(help="Target database, as the broker names it.", autocompletion=complete_target),
 ]
 Role = Annotated[
     str, typer.Option("--role", "-r", help="Role template to use.", autocompletion=complete_role)

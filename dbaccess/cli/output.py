@@ -184,7 +184,11 @@ def print_result(human: Any) -> None:
         human.pad_edge = False
     buffer = io.StringIO()
     Console(
-        file=buffer, width=1_000_000, no_color=True, highlight=False, soft_wrap=True,
+        file=buffer,
+        width=1_000_000,
+        no_color=True,
+        highlight=False,
+        soft_wrap=True,
         force_terminal=False,
     ).print(human)
     sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))

@@ -29,8 +29,9 @@ def revoke(
     ctx: typer.Context,
     session_id: Annotated[
         str | None,
-        typer.Argument(help="Session id or a unique prefix (see: sessions).",
-                       autocompletion=complete_session),
+        typer.Argument(
+            help="Session id or a unique prefix (see: sessions).", autocompletion=complete_session
+        ),
     ] = None,
     all_sessions: Annotated[bool, typer.Option("--all", help="Revoke all of yours.")] = False,
 ) -> None:
@@ -57,8 +58,9 @@ def renew(
     ctx: typer.Context,
     session_id: Annotated[
         str,
-        typer.Argument(help="Session id or a unique prefix (see: sessions).",
-                       autocompletion=complete_session),
+        typer.Argument(
+            help="Session id or a unique prefix (see: sessions).", autocompletion=complete_session
+        ),
     ],
     duration: Annotated[
         str | None, typer.Option("--duration", "-d", help="Last until now + this, e.g. 30m.")

@@ -61,9 +61,7 @@ class BrokerClient:
         return [RequestInfo.model_validate(r) for r in found]
 
     def get_request(self, request_id: str) -> RequestInfo:
-        return RequestInfo.model_validate(
-            self._call("GET", f"/v1/requests/{_segment(request_id)}")
-        )
+        return RequestInfo.model_validate(self._call("GET", f"/v1/requests/{_segment(request_id)}"))
 
     def approve(self, request_id: str) -> RequestInfo:
         return RequestInfo.model_validate(

@@ -86,8 +86,10 @@ def usable_dir(path: Path, *, private: bool, variable: str) -> Path:
     _create(path, variable)
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{variable}: {path} is not a directory",
-                          hint=f"set {variable} to a directory of your own")
+        raise ConfigError(
+            f"{variable}: {path} is not a directory",
+            hint=f"set {variable} to a directory of your own",
+        )
     _check_holders(path, variable)
     if info.st_uid == os.geteuid() and not _open_bits(info, closed):
         return path
@@ -101,8 +103,10 @@ def _resolve(path: Path, variable: str, depth: int = 0) -> Path:
     another user planted (``/tmp/runtime-1000`` when XDG_RUNTIME_DIR is unset) would
     otherwise send our session files into a directory of their choosing."""
     if depth > 40:
-        raise ConfigError(f"{variable}: too many symlinks in {path}",
-                          hint=f"set {variable} to a directory of your own")
+        raise ConfigError(
+            f"{variable}: too many symlinks in {path}",
+            hint=f"set {variable} to a directory of your own",
+        )
     resolved = Path("/")
     for part in path.absolute().parts[1:]:
         if part == "..":
@@ -142,18 +146,24 @@ def _create(path: Path, variable: str) -> None:
         except FileExistsError:
             pass  # made meanwhile: checked like any existing directory
         except OSError as exc:
-            raise ConfigError(f"{variable}: cannot create {directory}: {exc.strerror}",
-                              hint=f"set {variable} to a directory of your own") from None
+            raise ConfigError(
+                f"{variable}: cannot create {directory}: {exc.strerror}",
+                hint=f"set {variable} to a directory of your own",
+            ) from None
 
 
 def _check_own(path: Path, closed: int, variable: str) -> Path:
     info = path.lstat()  # not stat: a symlink planted here is refused, not followed
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{path} is not a plain directory; refusing to use it",
-                          hint=f"remove it, or set {variable} to a directory of your own")
+        raise ConfigError(
+            f"{path} is not a plain directory; refusing to use it",
+            hint=f"remove it, or set {variable} to a directory of your own",
+        )
     if info.st_uid != os.geteuid():
-        raise ConfigError(f"{path} belongs to another user; refusing to use it",
-                          hint=f"set {variable} to a directory of your own")
+        raise ConfigError(
+            f"{path} belongs to another user; refusing to use it",
+            hint=f"set {variable} to a directory of your own",
+        )
     mode = stat.S_IMODE(info.st_mode)
     if _open_bits(info, closed):
         raise ConfigError(
@@ -183,8 +193,9 @@ def _private_group(gid: int) -> bool:
         group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
     except KeyError:
         return False
-    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {
-        user.pw_name}
+    return (
+        gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+    )
 
 
 def _check_holders(path: Path, variable: str) -> None:
@@ -283,12 +294,12 @@ class ProfileFile:
 
 
 def profile_name(flag: str | None, profiles: ProfileFile | None = None) -> str:
-    return (flag or os.environ.get("DBACCESS_PROFILE")
-            or (profiles or ProfileFile.load()).current)
+    return flag or os.environ.get("DBACCESS_PROFILE") or (profiles or ProfileFile.load()).current
 
 
-def resolve_broker(profile: str, flag: str | None = None, *,
-                   profiles: ProfileFile | None = None) -> str:
+def resolve_broker(
+    profile: str, flag: str | None = None, *, profiles: ProfileFile | None = None
+) -> str:
     """The broker URL by precedence: flag > DBACCESS_BROKER > profile."""
     url = flag or os.environ.get("DBACCESS_BROKER")
     if not url:
@@ -324,8 +335,9 @@ def check_profile_name(name: str) -> str:
     return name
 
 
-def chosen_clients(profile: str, flag: str | None = None, *,
-                   profiles: ProfileFile | None = None) -> dict[str, str]:
+def chosen_clients(
+    profile: str, flag: str | None = None, *, profiles: ProfileFile | None = None
+) -> dict[str, str]:
     """engine -> client program, by precedence: --client (every engine) > the engine's
     variable (DBACCESS_PSQL, DBACCESS_MYSQL: ``VARIABLE`` of its client module) > the
     profile's ``client`` table > the built-in default (not listed)."""
@@ -339,6 +351,7 @@ def chosen_clients(profile: str, flag: str | None = None, *,
     if flag:
         chosen = {engine: flag for engine in CLIENTS}
     return chosen
+
 
 def hint_profile(flag: str | None, profiles: ProfileFile | None = None) -> str | None:
     """The profile that hints must name, or None: the active one (flag > DBACCESS_PROFILE

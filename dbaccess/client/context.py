@@ -25,8 +25,9 @@ http_client: Callable[[], httpx.Client] = _default_http_client
 
 
 @contextmanager
-def logged_in(profile_flag: str | None, profiles: ProfileFile | None = None
-              ) -> Iterator[tuple[BrokerClient, StoredLogin]]:
+def logged_in(
+    profile_flag: str | None, profiles: ProfileFile | None = None
+) -> Iterator[tuple[BrokerClient, StoredLogin]]:
     """``profiles``: the invocation's config.toml (None reads it)."""
     profile = profile_name(profile_flag, profiles)
     broker = resolve_broker(profile, profiles=profiles)

@@ -104,8 +104,9 @@ def remembered_engine(profile: str, target: str) -> str | None:
 
 def remember_sessions(profile: str | None, live: Iterable[_Session]) -> None:
     """Keep the ids of the live sessions ``GET /v1/sessions`` listed."""
-    _write(_profile(profile),
-           sessions=[{"id": s.id, "target": s.target, "role": s.role} for s in live])
+    _write(
+        _profile(profile), sessions=[{"id": s.id, "target": s.target, "role": s.role} for s in live]
+    )
 
 
 def _profile(flag: str | None) -> str:
@@ -124,5 +125,6 @@ def targets(profile: str | None) -> dict[str, list[str]]:
 
 def sessions(profile: str | None) -> list[dict[str, str]]:
     found = read_names(_profile(profile)).get("sessions")
-    return [s for s in found if isinstance(s, dict) and "id" in s] if isinstance(found, list) \
-        else []
+    return (
+        [s for s in found if isinstance(s, dict) and "id" in s] if isinstance(found, list) else []
+    )

@@ -58,8 +58,11 @@ def request_headers() -> dict[str, str]:
     how long this client waits for an answer — so the broker revokes a session it could
     not hand out in time instead of handing a password to a client that has given up
     (broker/services/target_guard.py)."""
-    return {"Accept": "application/json", "User-Agent": USER_AGENT,
-            TIMEOUT_HEADER: f"{timeout_seconds():g}"}
+    return {
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+        TIMEOUT_HEADER: f"{timeout_seconds():g}",
+    }
 
 
 def parse_timeout(raw: str) -> float:
@@ -72,6 +75,7 @@ def parse_timeout(raw: str) -> float:
 
 # Seconds a broker call may take before a spinner (on a terminal) says we wait for it.
 SLOW_CALL_SECONDS = 0.4
+
 
 def waiting_text(method: str, path: str) -> str:
     """What the spinner of a slow broker call says, on either HTTP client."""
@@ -155,9 +159,7 @@ def unreachable(base_url: str, exc: BaseException) -> BrokerUnreachable:
             f"cannot reach the broker at {base_url}: the name {host} does not resolve (DNS)",
             hint="check the host name in the URL; to change it: dbaccess login --broker URL",
         )
-    if any(isinstance(c, TimeoutError) for c in cause) or type(exc).__name__.endswith(
-        "Timeout"
-    ):
+    if any(isinstance(c, TimeoutError) for c in cause) or type(exc).__name__.endswith("Timeout"):
         seconds = timeout_seconds()
         return BrokerTimeout(
             f"the broker at {base_url} did not answer within {seconds:g} s",

@@ -58,9 +58,13 @@ class GrantedReply:
     def from_reply(cls, body: dict[str, Any], path: str = "/v1/sessions") -> GrantedReply:
         try:
             return cls(
-                id=str(body["id"]), target=str(body["target"]), role=str(body["role"]),
-                engine=str(body["engine"]), db_user=str(body["db_user"]),
-                host=str(body["host"]), port=int(body["port"]),
+                id=str(body["id"]),
+                target=str(body["target"]),
+                role=str(body["role"]),
+                engine=str(body["engine"]),
+                db_user=str(body["db_user"]),
+                host=str(body["host"]),
+                port=int(body["port"]),
                 database=str(body["database"]),
                 expires_at=datetime.fromisoformat(str(body["expires_at"])),
                 password=_Secret(str(body["password"])),
@@ -70,8 +74,10 @@ class GrantedReply:
                 drill=bool(body.get("drill")),
             )
         except (KeyError, TypeError, ValueError):
-            raise BrokerError(f"the broker's answer to POST {path} is not a session",
-                              hint="upgrade dbaccess, or the broker") from None
+            raise BrokerError(
+                f"the broker's answer to POST {path} is not a session",
+                hint="upgrade dbaccess, or the broker",
+            ) from None
 
 
 class StdlibBroker:
@@ -87,8 +93,7 @@ class StdlibBroker:
         self._prefix = parts.path
         self._tls = _tls_context() if parts.scheme == "https" else None
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None
-             ) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         import http.client
 
         from dbaccess.client import replies as broker_replies
@@ -103,7 +108,8 @@ class StdlibBroker:
         timeout = broker_replies.timeout_seconds()
         if self._tls is not None:
             connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=self._tls)
+                self._host, self._port, timeout=timeout, context=self._tls
+            )
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         try:
@@ -131,15 +137,17 @@ class StdlibBroker:
         return self._granted(body, "/v1/sessions")
 
     def breakglass(self, request: SessionRequest) -> GrantedReply:
-        return self._granted(self.call("POST", "/v1/breakglass", request.to_wire())[1],
-                             "/v1/breakglass")
+        return self._granted(
+            self.call("POST", "/v1/breakglass", request.to_wire())[1], "/v1/breakglass"
+        )
 
     def get_request(self, request_id: str) -> Any:
         return self._pending(self.call("GET", f"/v1/requests/{quote(request_id, safe='')}")[1])
 
     def revoke(self, session_id: str) -> str:
-        return str(self.call("DELETE", f"/v1/sessions/{quote(session_id, safe='')}")[1]
-                   .get("state"))
+        return str(
+            self.call("DELETE", f"/v1/sessions/{quote(session_id, safe='')}")[1].get("state")
+        )
 
     def targets(self) -> list[Any]:
         from dbaccess.wire import TargetAccess

@@ -71,9 +71,9 @@ def parse_args(argv: list[str]) -> list[str]:
         ),
         epilog="example: %(prog)s -- -c 'select * from orders'",
     )
-    before, psql_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if (
-        "--" in argv
-    ) else (argv, [])
+    before, psql_args = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if ("--" in argv) else (argv, [])
+    )
     parser.parse_args(before)
     return psql_args
 

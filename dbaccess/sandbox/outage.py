@@ -51,8 +51,14 @@ def add_postgres_target(stack: Stack, name: str, workdir: Path) -> PostgresServe
     server = PostgresServer(workdir)
     server.start()
     with stack.broker_config.open("a") as config:
-        config.write(TARGET_TOML.format(name=name, port=server.port, provisioner=PROVISIONER,
-                                        provisioner_env=PROVISIONER_ENV))
+        config.write(
+            TARGET_TOML.format(
+                name=name,
+                port=server.port,
+                provisioner=PROVISIONER,
+                provisioner_env=PROVISIONER_ENV,
+            )
+        )
     target = load_settings(stack.broker_config).targets[name]
     with server.connect() as admin:
         postgres_bootstrap.apply(target, admin, stack.provisioner_password)

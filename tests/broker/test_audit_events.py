@@ -23,19 +23,28 @@ def _recorded_events() -> set[str]:
     for path in Path(dbaccess.broker.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             sources: list[ast.AST] = []
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("record", "_append_audit")):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("record", "_append_audit")
+            ):
                 sources = list(node.args[:3])
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "_append_audits"):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_append_audits"
+            ):
                 sources = list(node.args[2:3])  # the records: (event, subject, lease, detail)
             elif isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == "event" for t in node.targets):
+                isinstance(t, ast.Name) and t.id == "event" for t in node.targets
+            ):
                 sources = [node.value]
             for source in sources:
                 found.update(
-                    inner.value for inner in ast.walk(source)
-                    if isinstance(inner, ast.Constant) and isinstance(inner.value, str)
+                    inner.value
+                    for inner in ast.walk(source)
+                    if isinstance(inner, ast.Constant)
+                    and isinstance(inner.value, str)
                     and _EVENT.fullmatch(inner.value)
                 )
     return found
@@ -49,16 +58,19 @@ def test_every_recorded_event_type_is_listed() -> None:
     assert len(AUDIT_EVENTS) == len(set(AUDIT_EVENTS))
 
 
-@pytest.mark.parametrize(("pattern", "example"), [
-    ("INC-[0-9]+", "INC-123"),
-    (r"INC-\d{4,6}", "INC-1234"),
-    ("(INC|SEV)-[0-9]+", "INC-123"),
-    ("JIRA-[1-9][0-9]*", "JIRA-1234"),
-    (r"(?i)inc-\d+", "inc-123"),
-    ("[^x]+", None),  # too clever for the generator: the regex alone is shown
-    ("(?=a)b", None),
-    (r"INC-\d{41}", "INC-" + "1234567890" * 4 + "1"),  # more digits than one round: was a 500
-])
+@pytest.mark.parametrize(
+    ("pattern", "example"),
+    [
+        ("INC-[0-9]+", "INC-123"),
+        (r"INC-\d{4,6}", "INC-1234"),
+        ("(INC|SEV)-[0-9]+", "INC-123"),
+        ("JIRA-[1-9][0-9]*", "JIRA-1234"),
+        (r"(?i)inc-\d+", "inc-123"),
+        ("[^x]+", None),  # too clever for the generator: the regex alone is shown
+        ("(?=a)b", None),
+        (r"INC-\d{41}", "INC-" + "1234567890" * 4 + "1"),  # more digits than one round: was a 500
+    ],
+)
 def test_incident_examples(pattern: str, example: str | None) -> None:
     assert example_of(pattern) == example
 

@@ -16,15 +16,22 @@ pytestmark = pytest.mark.integration
 
 
 def broker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dbaccess.broker", *args], text=True,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dbaccess.broker", *args],
+        text=True,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def config_for(stack: Stack, tmp_path: Path, database: str) -> Path:
     text = stack.broker_config.read_text()
     text = text.replace('database = "demo"', f'database = "{database}"')
-    text = text.replace('password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"',
-                        'password_file = "secrets/provisioner.pw"')
+    text = text.replace(
+        'password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"',
+        'password_file = "secrets/provisioner.pw"',
+    )
     text = text.replace('user = "dbaccess_provisioner"', 'user = "probe_provisioner"')
     path = tmp_path / "broker.toml"
     path.write_text(text)
@@ -46,12 +53,15 @@ def test_apply_sets_up_a_database_and_a_provisioner(stack: Stack, tmp_path: Path
         admin.execute("CREATE DATABASE bootstrap_probe")
     config = config_for(stack, tmp_path, "bootstrap_probe")
     pg = stack.postgres
-    dsn = (f"host={pg.host} port={pg.port} user={pg.admin_user} "
-           f"password={pg.admin_password} sslmode=disable")
+    dsn = (
+        f"host={pg.host} port={pg.port} user={pg.admin_user} "
+        f"password={pg.admin_password} sslmode=disable"
+    )
     missing = broker("bootstrap", "demo", "--config", str(config), "--apply")
     assert missing.returncode == 3 and "DBACCESS_ADMIN_DSN" in missing.stderr
-    result = broker("bootstrap", "demo", "--config", str(config), "--apply",
-                    env={"DBACCESS_ADMIN_DSN": dsn})
+    result = broker(
+        "bootstrap", "demo", "--config", str(config), "--apply", env={"DBACCESS_ADMIN_DSN": dsn}
+    )
     assert result.returncode == 0, result.stderr
     secret = tmp_path / "secrets" / "provisioner.pw"
     assert oct(secret.stat().st_mode & 0o777) == "0o600"
@@ -62,16 +72,21 @@ def test_apply_sets_up_a_database_and_a_provisioner(stack: Stack, tmp_path: Path
     # none of its own, and the listing shows no user that is not on the server.
     with pg.connect("bootstrap_probe") as admin:
         assert admin.execute("SELECT * FROM dbaccess.managed_users").fetchall() == []
-        on_server = {row[0] for row in admin.execute(
-            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'dba_')")}
+        on_server = {
+            row[0]
+            for row in admin.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'dba_')"
+            )
+        }
     with pg.connect("bootstrap_probe", user="probe_provisioner", password=password) as conn:
         listed = {row[0] for row in conn.execute("SELECT * FROM dbaccess.managed_users()")}
         assert listed <= on_server
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE ROLE nope")
     # running it again is harmless (idempotent)
-    again = broker("bootstrap", "demo", "--config", str(config), "--apply",
-                   env={"DBACCESS_ADMIN_DSN": dsn})
+    again = broker(
+        "bootstrap", "demo", "--config", str(config), "--apply", env={"DBACCESS_ADMIN_DSN": dsn}
+    )
     assert again.returncode == 0, again.stderr
     assert secret.read_text().strip() == password
 
@@ -85,10 +100,14 @@ def test_unknown_target(stack: Stack, tmp_path: Path) -> None:
 def test_apply_on_mariadb(stack: Stack, tmp_path: Path) -> None:
     import pymysql
 
-    text = stack.broker_config.read_text().replace(
-        'password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"',
-        'password_file = "secrets/provisioner.pw"').replace(
-        'user = "dbaccess_provisioner"', 'user = "probe_provisioner_m"')
+    text = (
+        stack.broker_config.read_text()
+        .replace(
+            'password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"',
+            'password_file = "secrets/provisioner.pw"',
+        )
+        .replace('user = "dbaccess_provisioner"', 'user = "probe_provisioner_m"')
+    )
     config = tmp_path / "broker.toml"
     config.write_text(text)
     printed = broker("bootstrap", "shop", "--config", str(config))
@@ -96,8 +115,9 @@ def test_apply_on_mariadb(stack: Stack, tmp_path: Path) -> None:
     assert "SQL SECURITY DEFINER" in printed.stdout and "DELIMITER //" in printed.stdout
     maria = stack.mariadb
     dsn = f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"
-    result = broker("bootstrap", "shop", "--config", str(config), "--apply",
-                    env={"DBACCESS_ADMIN_DSN": dsn})
+    result = broker(
+        "bootstrap", "shop", "--config", str(config), "--apply", env={"DBACCESS_ADMIN_DSN": dsn}
+    )
     assert result.returncode == 0, result.stderr
     password = (tmp_path / "secrets" / "provisioner.pw").read_text().strip()
     conn = maria.connect(user="probe_provisioner_m", password=password)

@@ -32,13 +32,19 @@ def config(stack: Stack, tmp_path: Path) -> Path:
 def check_config(stack: Stack, config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dbaccess.broker", "check-config", "--config", str(config)],
-        text=True, capture_output=True, timeout=120,
-        env={**os.environ, PROVISIONER_ENV: stack.provisioner_password})
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, PROVISIONER_ENV: stack.provisioner_password},
+    )
 
 
 def warnings(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("warning:")
-            and "read_only" in line]
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("warning:") and "read_only" in line
+    ]
 
 
 @pytest.fixture
@@ -69,8 +75,9 @@ def test_quiet_when_the_read_only_groups_only_read(stack: Stack, config: Path) -
         conn.close()
 
 
-def test_warns_when_a_read_only_group_may_insert(stack: Stack, config: Path,
-                                                 maria_insert: None) -> None:
+def test_warns_when_a_read_only_group_may_insert(
+    stack: Stack, config: Path, maria_insert: None
+) -> None:
     with stack.postgres.connect("demo") as admin:
         admin.execute("GRANT INSERT ON orders TO dbaccess_readonly")
         admin.execute("GRANT CREATE ON SCHEMA public TO dbaccess_readonly")
@@ -84,13 +91,17 @@ def test_warns_when_a_read_only_group_may_insert(stack: Stack, config: Path,
     found = warnings(result)
     assert len(found) == 2, result.stderr
     demo, shop = sorted(found)
-    assert demo.startswith(f"warning: {config}: target 'demo': role template 'readonly' is "
-                           "read_only, but its group role dbaccess_readonly holds "
-                           "INSERT/UPDATE/DELETE/TRUNCATE on orders; CREATE on schema public.")
+    assert demo.startswith(
+        f"warning: {config}: target 'demo': role template 'readonly' is "
+        "read_only, but its group role dbaccess_readonly holds "
+        "INSERT/UPDATE/DELETE/TRUNCATE on orders; CREATE on schema public."
+    )
     assert "A session can turn read-only off" in demo
-    assert shop.startswith(f"warning: {config}: target 'shop': role template 'readonly' is "
-                           "read_only, but its group role dbaccess_readonly holds INSERT on "
-                           "shop.orders. MariaDB has no read-only setting for an account,")
+    assert shop.startswith(
+        f"warning: {config}: target 'shop': role template 'readonly' is "
+        "read_only, but its group role dbaccess_readonly holds INSERT on "
+        "shop.orders. MariaDB has no read-only setting for an account,"
+    )
 
 
 def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> None:
@@ -100,25 +111,31 @@ def test_an_older_postgres_bootstrap_is_named(stack: Stack, config: Path) -> Non
     from dbaccess.broker.settings import load_settings
 
     with stack.postgres.connect("demo") as admin:
-        admin.execute("CREATE OR REPLACE FUNCTION dbaccess.revoke_user(p_username text) "
-                      "RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $fn$ BEGIN "
-                      "EXECUTE format('REASSIGN OWNED BY %I TO dbaccess_owner', p_username); "
-                      "RETURN NULL; END $fn$")
+        admin.execute(
+            "CREATE OR REPLACE FUNCTION dbaccess.revoke_user(p_username text) "
+            "RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $fn$ BEGIN "
+            "EXECUTE format('REASSIGN OWNED BY %I TO dbaccess_owner', p_username); "
+            "RETURN NULL; END $fn$"
+        )
     try:
         result = check_config(stack, config)
     finally:
         with stack.postgres.connect("demo") as admin:
-            postgres_bootstrap.apply(load_settings(config).targets["demo"], admin,
-                                     stack.provisioner_password)
+            postgres_bootstrap.apply(
+                load_settings(config).targets["demo"], admin, stack.provisioner_password
+            )
     assert result.returncode == 3
-    assert ("is not bootstrapped: missing the current dbaccess.revoke_user (an older one "
-            "hands what a session made to dbaccess_owner)") in result.stderr
+    assert (
+        "is not bootstrapped: missing the current dbaccess.revoke_user (an older one "
+        "hands what a session made to dbaccess_owner)"
+    ) in result.stderr
     assert "hint: dbaccess-broker bootstrap demo" in result.stderr
     assert check_config(stack, config).returncode == 0
 
 
-def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(stack: Stack,
-                                                                    config: Path) -> None:
+def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(
+    stack: Stack, config: Path
+) -> None:
     """A bootstrap older than dbaccess.revoke_users: the broker revokes one user per call
     there (tests/broker/engines/postgres/test_revoke_batch.py); check-config asks for the bootstrap
     that lets an expiry storm go in batches."""
@@ -131,8 +148,9 @@ def test_a_postgres_bootstrap_without_the_batch_revocation_is_named(stack: Stack
         result = check_config(stack, config)
     finally:
         with stack.postgres.connect("demo") as admin:
-            postgres_bootstrap.apply(load_settings(config).targets["demo"], admin,
-                                     stack.provisioner_password)
+            postgres_bootstrap.apply(
+                load_settings(config).targets["demo"], admin, stack.provisioner_password
+            )
     assert result.returncode == 3
     assert "is not bootstrapped: missing function dbaccess.revoke_users" in result.stderr
     assert "hint: dbaccess-broker bootstrap demo" in result.stderr

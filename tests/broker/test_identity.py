@@ -31,8 +31,10 @@ def issuer() -> Iterator[str]:
         def do_GET(self) -> None:  # noqa: N802
             base = f"http://127.0.0.1:{self.server.server_address[1]}/oidc"
             docs = {
-                "/oidc/.well-known/openid-configuration": {"issuer": base,
-                                                          "jwks_uri": base + "/jwks"},
+                "/oidc/.well-known/openid-configuration": {
+                    "issuer": base,
+                    "jwks_uri": base + "/jwks",
+                },
                 "/oidc/jwks": {"keys": [jwk]},
             }
             body = json.dumps(docs.get(self.path, {})).encode()
@@ -57,11 +59,19 @@ def verifier(issuer: str) -> TokenVerifier:
     return TokenVerifier(IdentitySection(issuer=issuer, client_id="dbaccess-cli"))
 
 
-def token(issuer: str, *, key: Any = KEY, alg: str = "RS256", kid: str = "k1",
-          **overrides: Any) -> str:
+def token(
+    issuer: str, *, key: Any = KEY, alg: str = "RS256", kid: str = "k1", **overrides: Any
+) -> str:
     now = int(time.time())
-    claims = {"iss": issuer, "aud": "dbaccess-cli", "sub": "alice", "iat": now,
-              "exp": now + 300, "email": "alice@example.com", "groups": ["dev"]}
+    claims = {
+        "iss": issuer,
+        "aud": "dbaccess-cli",
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 300,
+        "email": "alice@example.com",
+        "groups": ["dev"],
+    }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
@@ -84,16 +94,34 @@ def test_accepts_a_good_token_and_reads_groups(verifier: TokenVerifier, issuer: 
         (lambda iss: token(iss, nbf=int(time.time()) + 3600), "not valid yet"),
         (lambda iss: token(iss, exp=None), "exp"),
         (lambda iss: token(iss, sub=None), "sub"),
-        (lambda iss: token(iss, key="shared-secret-that-is-long-enough-for-hs256!", alg="HS256"),
-         "'HS256' is not allowed"),
-        (lambda iss: jwt.encode({"iss": iss, "aud": "dbaccess-cli", "sub": "alice",
-                                 "exp": int(time.time()) + 300}, None, algorithm="none"),
-         "'none' is not allowed"),
+        (
+            lambda iss: token(iss, key="shared-secret-that-is-long-enough-for-hs256!", alg="HS256"),
+            "'HS256' is not allowed",
+        ),
+        (
+            lambda iss: jwt.encode(
+                {"iss": iss, "aud": "dbaccess-cli", "sub": "alice", "exp": int(time.time()) + 300},
+                None,
+                algorithm="none",
+            ),
+            "'none' is not allowed",
+        ),
         (lambda iss: token(iss, kid="unknown"), "no usable signing key"),
         (lambda iss: "not-a-jwt", "not a JWT"),
     ],
-    ids=["bad-signature", "wrong-iss", "wrong-aud", "expired", "nbf-future", "no-exp",
-         "no-sub", "hs256", "alg-none", "unknown-kid", "garbage"],
+    ids=[
+        "bad-signature",
+        "wrong-iss",
+        "wrong-aud",
+        "expired",
+        "nbf-future",
+        "no-exp",
+        "no-sub",
+        "hs256",
+        "alg-none",
+        "unknown-kid",
+        "garbage",
+    ],
 )
 def test_rejects(verifier: TokenVerifier, issuer: str, make: Any, message: str) -> None:
     with pytest.raises(InvalidToken, match=message):
@@ -101,7 +129,8 @@ def test_rejects(verifier: TokenVerifier, issuer: str, make: Any, message: str) 
 
 
 def test_a_verified_token_is_remembered_until_it_expires(
-        verifier: TokenVerifier, issuer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier: TokenVerifier, issuer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = token(issuer, exp=int(time.time()) + 120)
     assert verifier.cached(good) is None  # never seen: the caller must verify it
     who = verifier.verify(good)
@@ -112,12 +141,16 @@ def test_a_verified_token_is_remembered_until_it_expires(
     assert verifier.cached(good) is None
 
 
-@pytest.mark.parametrize("make", [
-    lambda iss: token(iss, key=OTHER_KEY),
-    lambda iss: token(iss, exp=int(time.time()) - 3600),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda iss: token(iss, key=OTHER_KEY),
+        lambda iss: token(iss, exp=int(time.time()) - 3600),
+    ],
+)
 def test_a_rejected_token_is_never_remembered(
-        verifier: TokenVerifier, issuer: str, make: Any) -> None:
+    verifier: TokenVerifier, issuer: str, make: Any
+) -> None:
     bad = make(issuer)
     with pytest.raises(InvalidToken):
         verifier.verify(bad)
@@ -125,7 +158,8 @@ def test_a_rejected_token_is_never_remembered(
 
 
 def test_a_slow_identity_provider_never_blocks_the_cache(
-        verifier: TokenVerifier, issuer: str) -> None:
+    verifier: TokenVerifier, issuer: str
+) -> None:
     # cached() runs on the broker's event loop and must answer while the key set's lock
     # is taken (e.g. by a request waiting for a fetch).
     good = token(issuer)
@@ -139,20 +173,34 @@ def test_a_slow_identity_provider_never_blocks_the_cache(
     assert answers and answers[0] is not None
 
 
-@pytest.mark.parametrize("claims", [
-    {"sub": ""}, {"sub": "   "}, {"sub": "alice\x1b[2J"},
-    {"email": ["alice@example.com"]}, {"email": 7}, {"email": ""}, {"email": "a\u202e@x"},
-    {"groups": {"dev": True}}, {"groups": [["dev"]]}, {"groups": ["dev", 3]}, {"groups": 5},
-    {"groups": ["dev\n"]},
-], ids=repr)
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": ""},
+        {"sub": "   "},
+        {"sub": "alice\x1b[2J"},
+        {"email": ["alice@example.com"]},
+        {"email": 7},
+        {"email": ""},
+        {"email": "a\u202e@x"},
+        {"groups": {"dev": True}},
+        {"groups": [["dev"]]},
+        {"groups": ["dev", 3]},
+        {"groups": 5},
+        {"groups": ["dev\n"]},
+    ],
+    ids=repr,
+)
 def test_malformed_person_claims_are_refused_not_a_500_later(
-        verifier: TokenVerifier, issuer: str, claims: dict[str, Any]) -> None:
+    verifier: TokenVerifier, issuer: str, claims: dict[str, Any]
+) -> None:
     with pytest.raises(InvalidToken, match="malformed"):
         verifier.verify(token(issuer, **claims))
 
 
 def test_a_display_name_that_cannot_be_shown_is_dropped(
-        verifier: TokenVerifier, issuer: str) -> None:
+    verifier: TokenVerifier, issuer: str
+) -> None:
     assert verifier.verify(token(issuer, name={"first": "A"})).name is None
     assert verifier.verify(token(issuer, name="Alice \u200fA")).name is None
     assert verifier.verify(token(issuer, name="Alice A", groups="dev")).groups == {"dev"}

@@ -65,9 +65,12 @@ def forged(issuer: str, audience: str) -> str:
     """Well-formed, for this broker, signed by a key no provider has, under a new kid."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
-    return jwt.encode({"iss": issuer, "aud": audience, "sub": "mallory", "iat": now,
-                       "exp": now + 300}, key, algorithm="RS256",
-                      headers={"kid": "forged-" + uuid.uuid4().hex})
+    return jwt.encode(
+        {"iss": issuer, "aud": audience, "sub": "mallory", "iat": now, "exp": now + 300},
+        key,
+        algorithm="RS256",
+        headers={"kid": "forged-" + uuid.uuid4().hex},
+    )
 
 
 def timed_get(url: str, **kwargs: object) -> tuple[float, httpx.Response]:
@@ -111,9 +114,14 @@ def test_a_stopped_provider_does_not_hang_the_broker(outage: Stack) -> None:
         time.sleep(UNKNOWN_KID_INTERVAL)
         answers: list[tuple[float, httpx.Response]] = []
         peak = [0]
-        burst = [threading.Thread(target=lambda: answers.append(timed_get(
-            url + "/v1/me", headers=bearer(forged(idp.issuer, idp.client_id)))))
-            for _ in range(30)]
+        burst = [
+            threading.Thread(
+                target=lambda: answers.append(
+                    timed_get(url + "/v1/me", headers=bearer(forged(idp.issuer, idp.client_id)))
+                )
+            )
+            for _ in range(30)
+        ]
         for thread in burst:
             thread.start()
         while any(thread.is_alive() for thread in burst):
@@ -145,7 +153,8 @@ def test_a_stopped_provider_does_not_hang_the_broker(outage: Stack) -> None:
 
 
 def test_no_known_key_and_a_stopped_provider_is_a_503_that_says_so(
-        outage: Stack, tmp_path: Path) -> None:
+    outage: Stack, tmp_path: Path
+) -> None:
     # A broker with an empty store: it has never seen the provider's keys.
     token = device_tokens(outage.idp, "alice")["id_token"]
     settings = load_settings(outage.broker_config)

@@ -61,8 +61,9 @@ class Keeper:
     def load_identity_keys(self, issuer: str) -> tuple[str, dict[str, Any], datetime] | None:
         return self.kept.get(issuer)
 
-    def save_identity_keys(self, issuer: str, jwks_uri: str, jwks: dict[str, Any],
-                           now: datetime) -> None:
+    def save_identity_keys(
+        self, issuer: str, jwks_uri: str, jwks: dict[str, Any], now: datetime
+    ) -> None:
         self.kept[issuer] = (jwks_uri, jwks, now)
 
 
@@ -136,8 +137,7 @@ def test_kept_keys_are_used_while_the_provider_is_down_and_replaced_when_it_answ
 
 def test_an_old_kept_set_is_still_used_and_refreshed_behind() -> None:
     keeper = Keeper()
-    keeper.kept[ISSUER] = (ISSUER + "/jwks", jwks("k1"),
-                           datetime.now(UTC) - timedelta(days=3))
+    keeper.kept[ISSUER] = (ISSUER + "/jwks", jwks("k1"), datetime.now(UTC) - timedelta(days=3))
     provider = Provider(jwks("k1"))
     keys = IssuerKeys(ISSUER, http_get=provider, keeper=keeper)
     assert keys.signing_key("k1").key_id == "k1"
@@ -149,11 +149,17 @@ def test_a_malformed_kid_is_a_401_not_a_500(kid: Any) -> None:
     def part(value: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
-    token = ".".join([part({"alg": "RS256", "kid": kid}),
-                      part({"iss": ISSUER, "aud": "dbaccess-cli", "sub": "a"}), "c2ln"])
+    token = ".".join(
+        [
+            part({"alg": "RS256", "kid": kid}),
+            part({"iss": ISSUER, "aud": "dbaccess-cli", "sub": "a"}),
+            "c2ln",
+        ]
+    )
     provider = Provider(jwks("k1"))
-    verifier = TokenVerifier(IdentitySection(issuer=ISSUER, client_id="dbaccess-cli"),
-                             http_get=provider)
+    verifier = TokenVerifier(
+        IdentitySection(issuer=ISSUER, client_id="dbaccess-cli"), http_get=provider
+    )
     with pytest.raises(InvalidToken):
         verifier.verify(token)
     assert provider.fetches == 0

@@ -57,9 +57,12 @@ def test_events_carry_text_and_fields_and_are_retried_with_backoff(store: Store)
     clock = Clock()
     n = notifier(store, hook([500, 502], sent), clock)
     # (the sender thread is not started here: passes are driven by hand)
-    store.enqueue_notifications(clock(), "breakglass.opened", {
-        "event": "breakglass.opened", "text": "BREAK-GLASS: carol on demo", "user": "carol"},
-        [webhook_id(URL)])
+    store.enqueue_notifications(
+        clock(),
+        "breakglass.opened",
+        {"event": "breakglass.opened", "text": "BREAK-GLASS: carol on demo", "user": "carol"},
+        [webhook_id(URL)],
+    )
     assert n.deliver_due() == 1 and len(sent) == 1  # HTTP 500: retry in 1 s
     assert n.deliver_due() == 0  # not yet due
     clock.now += timedelta(seconds=1)
@@ -67,8 +70,11 @@ def test_events_carry_text_and_fields_and_are_retried_with_backoff(store: Store)
     clock.now += timedelta(seconds=2)
     assert n.deliver_due() == 1 and len(sent) == 3
     assert store.pending_notifications() == 0
-    assert sent[-1] == {"event": "breakglass.opened", "text": "BREAK-GLASS: carol on demo",
-                        "user": "carol"}
+    assert sent[-1] == {
+        "event": "breakglass.opened",
+        "text": "BREAK-GLASS: carol on demo",
+        "user": "carol",
+    }
 
 
 def test_nothing_is_lost_across_a_restart_and_nothing_is_sent_twice(store: Store) -> None:
@@ -124,10 +130,14 @@ def test_chat_text_cannot_mention_everyone_disguise_a_link_or_drive_a_terminal(
 ) -> None:
     sent: list[dict[str, object]] = []
     n = notifier(store, hook([], sent), Clock())
-    n.send("request.created",
-           "alice asks: <!channel> see <https://evil.example|the runbook> & \x1b]0;pwned\x07",
-           reason="raw fields stay as they are")
+    n.send(
+        "request.created",
+        "alice asks: <!channel> see <https://evil.example|the runbook> & \x1b]0;pwned\x07",
+        reason="raw fields stay as they are",
+    )
     assert n.deliver_due() == 1
-    assert sent[-1]["text"] == ("alice asks: &lt;!channel&gt; see "
-                                "&lt;https://evil.example|the runbook&gt; &amp; \\x1b]0;pwned\\x07")
+    assert sent[-1]["text"] == (
+        "alice asks: &lt;!channel&gt; see "
+        "&lt;https://evil.example|the runbook&gt; &amp; \\x1b]0;pwned\\x07"
+    )
     assert sent[-1]["reason"] == "raw fields stay as they are"

@@ -7,10 +7,21 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import AccessRequest, decide
 from dbaccess.broker.settings import Rule
 
-DEV_READONLY = Rule(name="dev-readonly", groups=["dev"], targets=["demo"], roles=["readonly"],
-                    max_duration=timedelta(hours=1))
-DBA_ANY = Rule(name="dba-all", groups=["dba"], targets=["*"], roles=["*"],
-               max_duration=timedelta(hours=4), require_reason=True)
+DEV_READONLY = Rule(
+    name="dev-readonly",
+    groups=["dev"],
+    targets=["demo"],
+    roles=["readonly"],
+    max_duration=timedelta(hours=1),
+)
+DBA_ANY = Rule(
+    name="dba-all",
+    groups=["dba"],
+    targets=["*"],
+    roles=["*"],
+    max_duration=timedelta(hours=4),
+    require_reason=True,
+)
 RULES = [DEV_READONLY, DBA_ANY]
 
 
@@ -50,10 +61,16 @@ def test_reason_required() -> None:
 
 
 def test_rule_by_user_email_needs_a_verified_email() -> None:
-    rule = Rule(name="alice-only", users=["alice@example.com"], targets=["demo"],
-                roles=["readonly"], max_duration=timedelta(minutes=30))
-    verified = Principal("sub-alice", "Alice@Example.COM", "Alice", frozenset(),
-                         email_verified=True)
+    rule = Rule(
+        name="alice-only",
+        users=["alice@example.com"],
+        targets=["demo"],
+        roles=["readonly"],
+        max_duration=timedelta(minutes=30),
+    )
+    verified = Principal(
+        "sub-alice", "Alice@Example.COM", "Alice", frozenset(), email_verified=True
+    )
     assert decide(verified, AccessRequest("demo", "readonly"), [rule]).allowed  # any case
     # anyone can put alice's address in an unverified email claim
     assert not decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
@@ -62,8 +79,13 @@ def test_rule_by_user_email_needs_a_verified_email() -> None:
 
 
 def test_rule_by_subject_matches_exactly_verified_or_not() -> None:
-    rule = Rule(name="alice-only", users=["sub-alice"], targets=["demo"],
-                roles=["readonly"], max_duration=timedelta(minutes=30))
+    rule = Rule(
+        name="alice-only",
+        users=["sub-alice"],
+        targets=["demo"],
+        roles=["readonly"],
+        max_duration=timedelta(minutes=30),
+    )
     assert decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
     other = Principal("SUB-ALICE", None, None, frozenset())
     assert not decide(other, AccessRequest("demo", "readonly"), [rule]).allowed
@@ -77,9 +99,13 @@ roles = st.sampled_from(["readonly", "readwrite", "admin"])
 groups = st.frozensets(st.sampled_from(["dev", "dba", "oncall", "sales"]), max_size=3)
 rules = st.lists(
     st.builds(
-        lambda i, g, t, r, m: Rule(name=f"r{i}", groups=[g], targets=[t], roles=[r],
-                                   max_duration=timedelta(minutes=m)),
-        st.integers(0, 1000), st.sampled_from(["dev", "dba", "oncall"]), names, roles,
+        lambda i, g, t, r, m: Rule(
+            name=f"r{i}", groups=[g], targets=[t], roles=[r], max_duration=timedelta(minutes=m)
+        ),
+        st.integers(0, 1000),
+        st.sampled_from(["dev", "dba", "oncall"]),
+        names,
+        roles,
         st.integers(1, 600),
     ),
     max_size=6,
@@ -88,8 +114,9 @@ rules = st.lists(
 
 
 @given(rules, groups, names, roles, st.one_of(st.none(), st.integers(1, 1200)))
-def test_never_grants_beyond_the_matching_rules_limit(rule_list, member_of, target, role,
-                                                      minutes) -> None:
+def test_never_grants_beyond_the_matching_rules_limit(
+    rule_list, member_of, target, role, minutes
+) -> None:
     who = Principal("s", "s@example.com", None, member_of)
     wanted = timedelta(minutes=minutes) if minutes else None
     decision = decide(who, AccessRequest(target, role, wanted), rule_list)
@@ -106,20 +133,32 @@ def test_never_grants_beyond_the_matching_rules_limit(rule_list, member_of, targ
 
 
 def test_ticket_pattern() -> None:
-    rule = Rule(name="prod-rw", groups=["dba"], targets=["prod"], roles=["readwrite"],
-                max_duration=timedelta(hours=1), ticket_pattern=r"(JIRA|INC)-\d+")
+    rule = Rule(
+        name="prod-rw",
+        groups=["dba"],
+        targets=["prod"],
+        roles=["readwrite"],
+        max_duration=timedelta(hours=1),
+        ticket_pattern=r"(JIRA|INC)-\d+",
+    )
     missing = decide(alice("dba"), AccessRequest("prod", "readwrite"), [rule])
     assert not missing.allowed
     assert r"requires a ticket matching (JIRA|INC)-\d+" in missing.explanation
     wrong = decide(alice("dba"), AccessRequest("prod", "readwrite", ticket="JIRA-12 x"), [rule])
     assert not wrong.allowed  # the whole ticket must match
-    assert decide(alice("dba"), AccessRequest("prod", "readwrite", ticket="INC-7"),
-                  [rule]).allowed
+    assert decide(alice("dba"), AccessRequest("prod", "readwrite", ticket="INC-7"), [rule]).allowed
 
 
 def test_approval_tier_is_reported() -> None:
-    rule = Rule(name="prod-rw", groups=["dba"], targets=["prod"], roles=["readwrite"],
-                max_duration=timedelta(hours=1), approvals=2, approver_groups=["leads"])
+    rule = Rule(
+        name="prod-rw",
+        groups=["dba"],
+        targets=["prod"],
+        roles=["readwrite"],
+        max_duration=timedelta(hours=1),
+        approvals=2,
+        approver_groups=["leads"],
+    )
     decision = decide(alice("dba"), AccessRequest("prod", "readwrite"), [rule])
     assert decision.allowed and decision.approvals_required == 2
     assert decision.approver_groups == ("leads",)

@@ -50,25 +50,54 @@ def explain(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 
 def test_grant_names_the_rule_and_duration(tmp_path: Path) -> None:
-    code, out = explain(tmp_path, "--user", "alice@example.com", "--groups", "dev,qa",
-                        "--target", "prod", "--role", "readonly", "--duration", "30m")
+    code, out = explain(
+        tmp_path,
+        "--user",
+        "alice@example.com",
+        "--groups",
+        "dev,qa",
+        "--target",
+        "prod",
+        "--role",
+        "readonly",
+        "--duration",
+        "30m",
+    )
     assert code == 0
-    assert out.splitlines() == ["GRANT: granted by rule 'dev-readonly'",
-                                "rule: dev-readonly", "duration: 30m"]
+    assert out.splitlines() == [
+        "GRANT: granted by rule 'dev-readonly'",
+        "rule: dev-readonly",
+        "duration: 30m",
+    ]
 
 
 def test_denials_say_why(tmp_path: Path) -> None:
-    code, out = explain(tmp_path, "--user", "alice", "--groups", "dev", "--target", "prod",
-                        "--role", "readwrite")
+    code, out = explain(
+        tmp_path, "--user", "alice", "--groups", "dev", "--target", "prod", "--role", "readwrite"
+    )
     assert code == ExitCode.DENIED
     assert "DENY: no rule grants role 'readwrite' on 'prod' to alice" in out
-    code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
-                        "--role", "readwrite")
+    code, out = explain(
+        tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod", "--role", "readwrite"
+    )
     assert code == ExitCode.DENIED
     assert "requires a ticket matching INC-[0-9]+" in out
     assert "rule: dba-readwrite" in out
-    code, out = explain(tmp_path, "--user", "bob", "--groups", "dba", "--target", "prod",
-                        "--role", "readwrite", "--ticket", "INC-42", "--duration", "5h")
+    code, out = explain(
+        tmp_path,
+        "--user",
+        "bob",
+        "--groups",
+        "dba",
+        "--target",
+        "prod",
+        "--role",
+        "readwrite",
+        "--ticket",
+        "INC-42",
+        "--duration",
+        "5h",
+    )
     assert code == ExitCode.DENIED and "allows at most 4h" in out
 
 
@@ -79,12 +108,29 @@ def test_a_bad_duration_is_the_usage_error_of_every_command(
 
     config = tmp_path / "broker.toml"
     config.write_text(CONFIG)
-    monkeypatch.setattr(sys, "argv", [
-        "dbaccess-broker", "policy", "explain", "--config", str(config), "--user", "alice",
-        "--target", "prod", "--role", "readonly", "--duration", "soon"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "dbaccess-broker",
+            "policy",
+            "explain",
+            "--config",
+            str(config),
+            "--user",
+            "alice",
+            "--target",
+            "prod",
+            "--role",
+            "readonly",
+            "--duration",
+            "soon",
+        ],
+    )
     with pytest.raises(SystemExit) as exited:
         broker_cli.main()
     assert exited.value.code == ExitCode.USAGE
     # the words of dbaccess connect/exec/creds/renew/breakglass --duration soon
     assert capsys.readouterr().err.startswith(
-        "error: --duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m\n")
+        "error: --duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m\n"
+    )

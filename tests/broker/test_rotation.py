@@ -33,8 +33,13 @@ def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def broker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dbaccess.broker", *args], text=True,
-                          capture_output=True, timeout=60, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "dbaccess.broker", *args],
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
 
 
 def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
@@ -69,8 +74,14 @@ def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
     for name, target in settings.targets.items():
         engine = engine_for(name, target)
         username = f"dba_rotation_{name}"
-        engine.create_user(NewUser(username, "session-pw-1234567890", target.roles["readonly"],
-                                   datetime.now(UTC) + timedelta(minutes=5)))
+        engine.create_user(
+            NewUser(
+                username,
+                "session-pw-1234567890",
+                target.roles["readonly"],
+                datetime.now(UTC) + timedelta(minutes=5),
+            )
+        )
         assert username in engine.list_managed_users()
         engine.revoke_user(username)
         assert username not in engine.list_managed_users()
@@ -78,9 +89,11 @@ def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
 
     # on a schedule: the reaper rotates every target whose password file is older than
     # rotate_every
-    scheduled = config.read_text().replace(
-        'database = "demo"', 'database = "demo"\nrotate_every = "1h"').replace(
-        'database = "shop"', 'database = "shop"\nrotate_every = "1h"')
+    scheduled = (
+        config.read_text()
+        .replace('database = "demo"', 'database = "demo"\nrotate_every = "1h"')
+        .replace('database = "shop"', 'database = "shop"\nrotate_every = "1h"')
+    )
     config.write_text(scheduled)
     before = {name: (tmp_path / f"{name}.pw").read_text() for name in ("demo", "shop")}
     hours_ago = time.time() - 7200
@@ -91,8 +104,9 @@ def test_rotation_on_both_engines(rotating: Stack, tmp_path: Path) -> None:
     Reaper(service, 1, 1)._rotate_due_credentials()
     assert (tmp_path / "demo.pw").read_text() != before["demo"]
     assert (tmp_path / "shop.pw").read_text() == before["shop"]
-    rotating.postgres.connect("demo", user=PROVISIONER,
-                              password=(tmp_path / "demo.pw").read_text().strip()).close()
+    rotating.postgres.connect(
+        "demo", user=PROVISIONER, password=(tmp_path / "demo.pw").read_text().strip()
+    ).close()
 
 
 def test_rotation_needs_a_password_file(rotating: Stack) -> None:

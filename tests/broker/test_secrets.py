@@ -72,10 +72,13 @@ roles = {{ readonly = {{ group_role = "demo_readonly" }} }}
 
 
 def test_the_store_password_file_is_relative_to_the_config_and_errors_are_clear(
-        tmp_path: Path) -> None:
-    path = _config(tmp_path, 'store = "postgresql+psycopg://dbaccess@db/broker"\n'
-                   'store_password_file = "store.pw"',
-                   '{ user = "p", password_file = "p.pw" }')
+    tmp_path: Path,
+) -> None:
+    path = _config(
+        tmp_path,
+        'store = "postgresql+psycopg://dbaccess@db/broker"\nstore_password_file = "store.pw"',
+        '{ user = "p", password_file = "p.pw" }',
+    )
     settings = load_settings(path)
     assert settings.broker.store_password_file == tmp_path / "store.pw"
     with pytest.raises(ConfigError) as caught:  # was a traceback (FileNotFoundError)
@@ -86,7 +89,8 @@ def test_the_store_password_file_is_relative_to_the_config_and_errors_are_clear(
 
 
 def test_read_secrets_fails_at_load_when_a_provisioner_password_is_missing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DBA_TEST_PROV", raising=False)
     path = _config(tmp_path, "", '{ user = "p", password_env = "DBA_TEST_PROV" }')
     load_settings(path)  # read only when needed

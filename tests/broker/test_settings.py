@@ -56,41 +56,73 @@ def test_good_file_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
     [
         ("port = 5432", 'port = "five"', "targets.demo.port: Input should be a valid integer"),
         ("port = 5432", "port = 70000", "targets.demo.port: Input should be less than"),
-        ('store = "sqlite:///state/broker.db"', 'store = "postgresql+pg8000://b@db/x"',
-         "broker.store: a PostgreSQL store goes through psycopg: postgresql+psycopg://"),
-        ("port = 5432", "port = 5432\ncreate_concurrency = 0",
-         "targets.demo.create_concurrency: Input should be greater than or equal to 1"),
+        (
+            'store = "sqlite:///state/broker.db"',
+            'store = "postgresql+pg8000://b@db/x"',
+            "broker.store: a PostgreSQL store goes through psycopg: postgresql+psycopg://",
+        ),
+        (
+            "port = 5432",
+            "port = 5432\ncreate_concurrency = 0",
+            "targets.demo.create_concurrency: Input should be greater than or equal to 1",
+        ),
         ('max_duration = "1h"', 'max_duration = "soon"', "rules.0.max_duration: 'soon' is not"),
-        ('roles = ["readonly"]', 'roles = ["readwrite"]',
-         "rules.0.roles: target 'demo' has no role 'readwrite'"),
+        (
+            'roles = ["readonly"]',
+            'roles = ["readwrite"]',
+            "rules.0.roles: target 'demo' has no role 'readwrite'",
+        ),
         ('targets = ["demo"]', 'targets = ["prod"]', "rules.0.targets: unknown target 'prod'"),
         ('engine = "postgres"', 'engine = "oracle"', "targets.demo.engine: Input should be"),
-        ('client_id = "dbaccess-cli"', 'client_id = "dbaccess-cli"\nalgorithms = ["HS256"]',
-         "identity.algorithms: only asymmetric algorithms are allowed, not HS256"),
-        ('password_file = "demo.pw"', 'password = "hunter2"',
-         "targets.demo.provisioner.password: Extra inputs are not permitted"),
-        ('password_file = "demo.pw"', 'password_env = "A", password_file = "b"',
-         "set exactly one of password_env or password_file"),
-        ('issuer = "https://login.example.com/realms/acme/"', 'issuer = "login.example.com"',
-         "identity.issuer: must be an http(s) URL"),
+        (
+            'client_id = "dbaccess-cli"',
+            'client_id = "dbaccess-cli"\nalgorithms = ["HS256"]',
+            "identity.algorithms: only asymmetric algorithms are allowed, not HS256",
+        ),
+        (
+            'password_file = "demo.pw"',
+            'password = "hunter2"',
+            "targets.demo.provisioner.password: Extra inputs are not permitted",
+        ),
+        (
+            'password_file = "demo.pw"',
+            'password_env = "A", password_file = "b"',
+            "set exactly one of password_env or password_file",
+        ),
+        (
+            'issuer = "https://login.example.com/realms/acme/"',
+            'issuer = "login.example.com"',
+            "identity.issuer: must be an http(s) URL",
+        ),
         ('groups = ["dev"]', "", "a rule must name at least one group or user"),
-        ('group_role = "dbaccess_readonly"', 'group_role = "x; drop table"',
-         "targets.demo.roles.readonly.group_role: String should match pattern"),
+        (
+            'group_role = "dbaccess_readonly"',
+            'group_role = "x; drop table"',
+            "targets.demo.roles.readonly.group_role: String should match pattern",
+        ),
         # a prefix that would make the reconciler see the bootstrap's own roles as its users
-        ('database = "demo"', 'database = "demo"\nusername_prefix = "dbaccess_"',
-         "targets.demo.username_prefix: 'dbaccess_' is also the start of dbaccess_owner "
-         "(the definer functions' owner): the broker would take it for a session user"),
-        ('database = "demo"\nprovisioner = { user = "dbaccess_provisioner"',
-         'database = "demo"\nusername_prefix = "jit_"\nprovisioner = { user = "jit_broker"',
-         "targets.demo.username_prefix: 'jit_' is also the start of jit_broker "
-         "(the provisioner)"),
-        ('group_role = "dbaccess_readonly"', 'group_role = "dba_readers"',
-         "targets.demo.username_prefix: 'dba_' is also the start of dba_readers "
-         "(a group role)"),
+        (
+            'database = "demo"',
+            'database = "demo"\nusername_prefix = "dbaccess_"',
+            "targets.demo.username_prefix: 'dbaccess_' is also the start of dbaccess_owner "
+            "(the definer functions' owner): the broker would take it for a session user",
+        ),
+        (
+            'database = "demo"\nprovisioner = { user = "dbaccess_provisioner"',
+            'database = "demo"\nusername_prefix = "jit_"\nprovisioner = { user = "jit_broker"',
+            "targets.demo.username_prefix: 'jit_' is also the start of jit_broker "
+            "(the provisioner)",
+        ),
+        (
+            'group_role = "dbaccess_readonly"',
+            'group_role = "dba_readers"',
+            "targets.demo.username_prefix: 'dba_' is also the start of dba_readers (a group role)",
+        ),
     ],
 )
-def test_errors_name_file_key_and_problem(tmp_path: Path, old: str, new: str,
-                                          expected: str) -> None:
+def test_errors_name_file_key_and_problem(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new))
     with pytest.raises(ConfigError) as caught:
@@ -129,7 +161,9 @@ def test_the_owner_the_prefix_check_knows_is_the_bootstraps() -> None:
 
 
 def test_a_prefix_may_match_roles_on_another_server(tmp_path: Path) -> None:
-    other = GOOD.replace("[[rules]]", """
+    other = GOOD.replace(
+        "[[rules]]",
+        """
 [targets.far]
 engine = "postgres"
 host = "db2.example"
@@ -141,10 +175,13 @@ provisioner = { user = "dba_broker", password_file = "far.pw" }
 [targets.far.roles.readonly]
 group_role = "readers_far"
 
-[[rules]]""")
+[[rules]]""",
+    )
     assert set(load_settings(write(tmp_path, other)).targets) == {"demo", "far"}
     clash = other.replace('host = "db2.example"', 'host = "127.0.0.1"')
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, clash))
-    assert "targets.demo.username_prefix: 'dba_' is also the start of dba_broker " \
-           "(the provisioner)" in caught.value.message
+    assert (
+        "targets.demo.username_prefix: 'dba_' is also the start of dba_broker "
+        "(the provisioner)" in caught.value.message
+    )

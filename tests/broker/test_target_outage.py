@@ -51,9 +51,12 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Po
 
 
 def session(stack: Stack, token: str, target: str, seconds: int) -> dict[str, object]:
-    reply = httpx.post(stack.broker_url + "/v1/sessions", timeout=60,
-                       headers={"Authorization": f"Bearer {token}"},
-                       json={"target": target, "role": "readonly", "duration_seconds": seconds})
+    reply = httpx.post(
+        stack.broker_url + "/v1/sessions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {token}"},
+        json={"target": target, "role": "readonly", "duration_seconds": seconds},
+    )
     assert reply.status_code == 201, reply.text
     return dict(reply.json())
 
@@ -76,23 +79,27 @@ def test_a_stopped_target_delays_no_revocation_elsewhere(
         frozen_at = time.monotonic()
         # Sessions on the healthy target expiring one after another during the outage:
         # each is dropped within a couple of seconds of its expiry.
-        pending = {str(s["db_user"]): datetime.fromisoformat(str(s["expires_at"])).timestamp()
-                   for s in [session(stack, token, "demo", seconds) for seconds in (3, 6, 9)]}
+        pending = {
+            str(s["db_user"]): datetime.fromisoformat(str(s["expires_at"])).timestamp()
+            for s in [session(stack, token, "demo", seconds) for seconds in (3, 6, 9)]
+        }
         # Calls naming the stopped target fail, in bounded time, with the JSON envelope
         # (from another thread: meanwhile the lags are watched here).
         calls: dict[str, tuple[httpx.Response, float]] = {}
 
         def call(what: str, method: str, path: str, body: object = None) -> None:
             started = time.monotonic()
-            reply = httpx.request(method, stack.broker_url + path, headers=auth, json=body,
-                                  timeout=60)
+            reply = httpx.request(
+                method, stack.broker_url + path, headers=auth, json=body, timeout=60
+            )
             calls[what] = reply, time.monotonic() - started
 
         callers = [
-            threading.Thread(target=call, args=("create", "POST", "/v1/sessions",
-                                                {"target": "frozen", "role": "readonly"})),
-            threading.Thread(target=call, args=("revoke", "DELETE",
-                                                f"/v1/sessions/{stuck['id']}")),
+            threading.Thread(
+                target=call,
+                args=("create", "POST", "/v1/sessions", {"target": "frozen", "role": "readonly"}),
+            ),
+            threading.Thread(target=call, args=("revoke", "DELETE", f"/v1/sessions/{stuck['id']}")),
         ]
         for caller in callers:
             caller.start()
@@ -118,29 +125,45 @@ def test_a_stopped_target_delays_no_revocation_elsewhere(
     # on a backoff grown during the outage) — the user of the refused create included, if
     # the database made it after all — and new sessions are granted at once, no 502s.
     returned_at = time.monotonic()
-    wait_until(lambda: str(stuck["db_user"]) not in users_on(server), timeout=10,
-               what="the revocation after the target returned")
+    wait_until(
+        lambda: str(stuck["db_user"]) not in users_on(server),
+        timeout=10,
+        what="the revocation after the target returned",
+    )
     time.sleep(1)
-    statuses = [httpx.post(stack.broker_url + "/v1/sessions", headers=auth, timeout=60,
-                           json={"target": "frozen", "role": "readonly"}).status_code
-                for _ in range(10)]
+    statuses = [
+        httpx.post(
+            stack.broker_url + "/v1/sessions",
+            headers=auth,
+            timeout=60,
+            json={"target": "frozen", "role": "readonly"},
+        ).status_code
+        for _ in range(10)
+    ]
     assert statuses == [201] * 10
     assert time.monotonic() - returned_at < 15
-    live = {str(s["db_user"]) for s in httpx.get(stack.broker_url + "/v1/sessions",
-                                                 headers=auth).json()}
+    live = {
+        str(s["db_user"]) for s in httpx.get(stack.broker_url + "/v1/sessions", headers=auth).json()
+    }
     wait_until(lambda: users_on(server) <= live, timeout=10, what="the orphans dropped")
 
 
 def test_a_session_outliving_its_expiry_while_the_broker_is_down_ends_at_start(
-    outage: tuple[Stack, PostgresServer], tmp_path: Path,
+    outage: tuple[Stack, PostgresServer],
+    tmp_path: Path,
 ) -> None:
     stack, _ = outage
     token = device_tokens(stack.idp, "alice")["id_token"]
     granted = session(stack, token, "demo", 3)
-    with psycopg.connect(host=str(granted["host"]), port=int(str(granted["port"])),
-                         dbname="demo", user=str(granted["db_user"]),
-                         password=str(granted["password"]), sslmode="disable",
-                         autocommit=True) as psql:
+    with psycopg.connect(
+        host=str(granted["host"]),
+        port=int(str(granted["port"])),
+        dbname="demo",
+        user=str(granted["db_user"]),
+        password=str(granted["password"]),
+        sslmode="disable",
+        autocommit=True,
+    ) as psql:
         stack.stop_broker()
         try:
             expires = datetime.fromisoformat(str(granted["expires_at"])).timestamp()
@@ -176,16 +199,24 @@ def test_a_stopped_mariadb_target_fails_calls_in_bounded_time(
 
     def create_on_shop() -> None:
         started = time.monotonic()
-        reply = httpx.post(stack.broker_url + "/v1/sessions", headers=auth, timeout=60,
-                           json={"target": "shop", "role": "readonly"})
+        reply = httpx.post(
+            stack.broker_url + "/v1/sessions",
+            headers=auth,
+            timeout=60,
+            json={"target": "shop", "role": "readonly"},
+        )
         calls.append((reply, time.monotonic() - started))
 
     with frozen(stack.mariadb):
         caller = threading.Thread(target=create_on_shop)
         caller.start()
         expires = datetime.fromisoformat(str(healthy["expires_at"])).timestamp()
-        wait_until(lambda: str(healthy["db_user"]) not in users_on(stack.postgres),
-                   timeout=30, what="the revocation on the healthy target", interval=0.1)
+        wait_until(
+            lambda: str(healthy["db_user"]) not in users_on(stack.postgres),
+            timeout=30,
+            what="the revocation on the healthy target",
+            interval=0.1,
+        )
         lag = time.time() - expires
         caller.join()
     assert lag < 3.0
@@ -193,8 +224,12 @@ def test_a_stopped_mariadb_target_fails_calls_in_bounded_time(
     assert refused.status_code == 502, refused.text
     assert "shop" in refused.json()["error"]["message"]
     assert took < API_BOUND
-    back = httpx.post(stack.broker_url + "/v1/sessions", headers=auth, timeout=60,
-                      json={"target": "shop", "role": "readonly"})
+    back = httpx.post(
+        stack.broker_url + "/v1/sessions",
+        headers=auth,
+        timeout=60,
+        json={"target": "shop", "role": "readonly"},
+    )
     assert back.status_code == 201, back.text
 
 
@@ -220,31 +255,53 @@ def test_calls_naming_a_target_known_down_are_refused_at_once(
 
     before = refused_so_far()
     with frozen(server):
-        first = httpx.post(url + "/v1/sessions", headers=auth, timeout=60,
-                           json={"target": "frozen", "role": "readonly"})
+        first = httpx.post(
+            url + "/v1/sessions",
+            headers=auth,
+            timeout=60,
+            json={"target": "frozen", "role": "readonly"},
+        )
         assert first.status_code == 502, first.text  # tried: the breaker opens
         # Twenty session requests and two renewals at once (and a revocation): while
         # the target is known down, one call at a time may probe it, the rest are
         # refused at once.
         answers: dict[str, list[tuple[httpx.Response, float]]] = {
-            "create": [], "renew": [], "revoke": []}
+            "create": [],
+            "renew": [],
+            "revoke": [],
+        }
 
-        client = httpx.Client(base_url=url, headers=auth, timeout=60,
-                              limits=httpx.Limits(max_connections=30))  # one TLS set-up
+        client = httpx.Client(
+            base_url=url, headers=auth, timeout=60, limits=httpx.Limits(max_connections=30)
+        )  # one TLS set-up
 
         def ask(what: str, method: str, path: str, body: object = None) -> None:
             started = time.monotonic()
             reply = client.request(method, path, json=body)
             answers[what].append((reply, time.monotonic() - started))
 
-        askers = [threading.Thread(target=ask, args=(
-            "create", "POST", "/v1/sessions", {"target": "frozen", "role": "readonly"}))
-            for _ in range(20)]
-        askers += [threading.Thread(target=ask, args=(
-            "renew", "POST", f"/v1/sessions/{kept['id']}/renew", {"duration_seconds": 1800}))
-            for _ in range(2)]
-        askers.append(threading.Thread(target=ask, args=(
-            "revoke", "DELETE", f"/v1/sessions/{ended['id']}")))
+        askers = [
+            threading.Thread(
+                target=ask,
+                args=("create", "POST", "/v1/sessions", {"target": "frozen", "role": "readonly"}),
+            )
+            for _ in range(20)
+        ]
+        askers += [
+            threading.Thread(
+                target=ask,
+                args=(
+                    "renew",
+                    "POST",
+                    f"/v1/sessions/{kept['id']}/renew",
+                    {"duration_seconds": 1800},
+                ),
+            )
+            for _ in range(2)
+        ]
+        askers.append(
+            threading.Thread(target=ask, args=("revoke", "DELETE", f"/v1/sessions/{ended['id']}"))
+        )
         for asker in askers:
             asker.start()
         for asker in askers:
@@ -254,7 +311,8 @@ def test_calls_naming_a_target_known_down_are_refused_at_once(
         fast = [(r, took) for r, took in tried if r.status_code == 503]
         assert len(fast) >= len(tried) - 1, [(r.status_code, took) for r, took in tried]
         assert max(took for _, took in fast) < 1.0, sorted(  # 0.2 s on an idle machine
-            (r.status_code, round(took, 2)) for r, took in tried)
+            (r.status_code, round(took, 2)) for r, took in tried
+        )
         assert max(took for _, took in tried) < API_BOUND  # a probe, if one went
         for what, done in (("create", "created"), ("renew", "renewed")):
             refusals = [r for r, _ in answers[what] if r.status_code == 503]
@@ -270,15 +328,26 @@ def test_calls_naming_a_target_known_down_are_refused_at_once(
     assert refused_so_far() - before >= 20
     # Back: the revoked user goes within seconds, and sessions are granted again at once
     # (the reaper's ping closed the breaker).
-    wait_until(lambda: str(ended["db_user"]) not in users_on(server), timeout=10,
-               what="the revocation after the target returned")
-    back = httpx.post(url + "/v1/sessions", headers=auth, timeout=60,
-                      json={"target": "frozen", "role": "readonly"})
+    wait_until(
+        lambda: str(ended["db_user"]) not in users_on(server),
+        timeout=10,
+        what="the revocation after the target returned",
+    )
+    back = httpx.post(
+        url + "/v1/sessions",
+        headers=auth,
+        timeout=60,
+        json={"target": "frozen", "role": "readonly"},
+    )
     assert back.status_code == 201, back.text
     auditor = {"Authorization": "Bearer " + device_tokens(stack.idp, "dave")["id_token"]}
-    denied = [r for r in httpx.get(url + "/v1/audit", headers=auditor,
-                                   params={"type": "session.denied", "limit": 100}).json()
-              if r["detail"].get("code") == "target_unreachable"]
+    denied = [
+        r
+        for r in httpx.get(
+            url + "/v1/audit", headers=auditor, params={"type": "session.denied", "limit": 100}
+        ).json()
+        if r["detail"].get("code") == "target_unreachable"
+    ]
     assert len(denied) >= 19 and denied[0]["detail"]["target"] == "frozen"
 
 
@@ -295,10 +364,14 @@ def test_after_the_target_restarts_every_session_request_succeeds(
         statuses: list[int] = []
 
         def ask() -> None:
-            statuses.append(httpx.post(stack.broker_url + "/v1/sessions", headers=auth,
-                                       timeout=60, json={"target": "frozen",
-                                                         "role": "readonly",
-                                                         "duration_seconds": 60}).status_code)
+            statuses.append(
+                httpx.post(
+                    stack.broker_url + "/v1/sessions",
+                    headers=auth,
+                    timeout=60,
+                    json={"target": "frozen", "role": "readonly", "duration_seconds": 60},
+                ).status_code
+            )
 
         askers = [threading.Thread(target=ask) for _ in range(n)]
         for asker in askers:
@@ -310,8 +383,12 @@ def test_after_the_target_restarts_every_session_request_succeeds(
     def end_all() -> None:  # alice may hold 30 live sessions per target
         for live in httpx.get(stack.broker_url + "/v1/sessions", headers=auth).json():
             if live["target"] == "frozen" and live["state"] == "active":
-                assert httpx.delete(f"{stack.broker_url}/v1/sessions/{live['id']}",
-                                    headers=auth, timeout=60).status_code == 200
+                assert (
+                    httpx.delete(
+                        f"{stack.broker_url}/v1/sessions/{live['id']}", headers=auth, timeout=60
+                    ).status_code
+                    == 200
+                )
 
     end_all()
     assert burst(8) == [201] * 8  # several pooled connections now
@@ -325,7 +402,9 @@ def test_after_the_target_restarts_every_session_request_succeeds(
 
 @pytest.mark.parametrize("deadline_from", ["broker", "client"])
 def test_a_session_ready_after_the_delivery_deadline_is_revoked_unseen(
-    outage: tuple[Stack, PostgresServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    outage: tuple[Stack, PostgresServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     deadline_from: str,
 ) -> None:
     """A creation that ends after the deadline (the CLI may have given up) is not handed

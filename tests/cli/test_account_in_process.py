@@ -29,14 +29,20 @@ from tests.inprocess import BROKER, route_cli_to
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def broker(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     monkeypatch.setenv("DBACCESS_DEVICE_POLL_INTERVAL", "0.2")
     monkeypatch.delenv("DBACCESS_BROKER", raising=False)
     settings = load_settings(stack.broker_config)
-    settings = settings.model_copy(update={"broker": settings.broker.model_copy(
-        update={"store": f"sqlite:///{tmp_path / 'accounts.db'}"})})
+    settings = settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(
+                update={"store": f"sqlite:///{tmp_path / 'accounts.db'}"}
+            )
+        }
+    )
     with TestClient(create_app(settings, run_reaper=False)) as client:
         http = route_cli_to(client, monkeypatch)
         yield
@@ -94,14 +100,14 @@ def test_login_whoami_logout(broker: None, person_approves: list[str], stack: St
     assert out["data"]["refresh_token_revoked"] is True
     with httpx.Client() as http, pytest.raises(AuthError, match="session expired"):
         DeviceFlow(stored.issuer, stored.client_id, stored.scopes, http=http).refresh(
-            stored.refresh_token)
+            stored.refresh_token
+        )
     code, after = run("whoami")
     assert code == 4 and after["error"]["hint"] == "dbaccess login"
 
 
 def test_profiles_in_process(broker: None, person_approves: list[str]) -> None:
-    code, added = run("profiles", "add", "work", "--broker", BROKER, "--breakglass-target",
-                      "demo")
+    code, added = run("profiles", "add", "work", "--broker", BROKER, "--breakglass-target", "demo")
     assert code == 0 and added["data"]["breakglass_target"] == "demo"
     code, bad = run("profiles", "add", "evil", "--broker", "ftp://example.com")
     assert code == 2 and "evil" not in ProfileFile.load().profiles
@@ -115,7 +121,8 @@ def test_profiles_in_process(broker: None, person_approves: list[str]) -> None:
     code, listed = run("profiles")
     assert code == 0
     assert [(p["name"], p["current"]) for p in listed["data"] if p["name"] == "work"] == [
-        ("work", True)]
+        ("work", True)
+    ]
     code, removed = run("profiles", "remove", "work")
     assert code == 0 and "work" not in ProfileFile.load().profiles
     code, missing = run("profiles", "use", "work")

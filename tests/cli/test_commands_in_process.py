@@ -32,22 +32,37 @@ def alice_token(stack: Stack) -> str:
 
 
 @pytest.fixture
-def broker(stack: Stack, alice_token: str, tmp_path: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def broker(
+    stack: Stack, alice_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     settings = load_settings(stack.broker_config)
-    settings = settings.model_copy(update={"broker": settings.broker.model_copy(
-        update={"store": f"sqlite:///{tmp_path / 'in-process.db'}"})})
+    settings = settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(
+                update={"store": f"sqlite:///{tmp_path / 'in-process.db'}"}
+            )
+        }
+    )
     with TestClient(create_app(settings, run_reaper=False)) as client:
         monkeypatch.setattr(api, "http_client", lambda: Shared(client))
         profiles = ProfileFile.load()
         profiles.profiles["default"] = Profile("default", "http://testserver")
         profiles.save()
         claims = jwt.decode(alice_token, options={"verify_signature": False})
-        save_login("default", StoredLogin(
-            issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
-            id_token=alice_token, refresh_token=None, expires_at=claims["exp"],
-            subject=claims["sub"], email=claims["email"]))
+        save_login(
+            "default",
+            StoredLogin(
+                issuer=stack.idp.issuer,
+                client_id=stack.idp.client_id,
+                scopes=["openid"],
+                id_token=alice_token,
+                refresh_token=None,
+                expires_at=claims["exp"],
+                subject=claims["sub"],
+                email=claims["email"],
+            ),
+        )
         yield client
 
 
@@ -70,8 +85,11 @@ def test_session_commands(broker: TestClient, stack: Stack) -> None:
     assert code == 0 and me["data"]["email"] == "alice@example.com"
     code, allowed = run("targets")
     assert {(t["target"], t["role"], t["approvals"]) for t in allowed["data"]} == {
-        ("demo", "readonly", 0), ("shop", "readonly", 0),
-        ("demo", "readwrite", 2), ("shop", "readwrite", 2)}
+        ("demo", "readonly", 0),
+        ("shop", "readonly", 0),
+        ("demo", "readwrite", 2),
+        ("shop", "readwrite", 2),
+    }
 
     code, shown = run("creds", "demo", "--role", "readonly", "--reveal", "--duration", "10m")
     assert code == 0
@@ -94,12 +112,16 @@ def test_session_commands(broker: TestClient, stack: Stack) -> None:
 
 def test_exec_and_denials(broker: TestClient, stack: Stack) -> None:
     before = set(stack.managed_users())
-    result = CliRunner().invoke(app, ["exec", "demo", "--role", "readonly", "--", "sh", "-c",
-                                      'test -f "$PGPASSFILE" && exit 3'], prog_name="dbaccess")
+    result = CliRunner().invoke(
+        app,
+        ["exec", "demo", "--role", "readonly", "--", "sh", "-c", 'test -f "$PGPASSFILE" && exit 3'],
+        prog_name="dbaccess",
+    )
     assert result.exit_code == 3  # the command's own code, after the session was revoked
     assert set(stack.managed_users()) == before
-    result = CliRunner().invoke(app, ["connect", "demo", "--role", "readonly", "--client",
-                                      "true"], prog_name="dbaccess")
+    result = CliRunner().invoke(
+        app, ["connect", "demo", "--role", "readonly", "--client", "true"], prog_name="dbaccess"
+    )
     assert result.exit_code == 0, result.output  # the client ran, then the session ended
     assert set(stack.managed_users()) == before
     code, version = run("version")
@@ -112,14 +134,26 @@ def test_exec_and_denials(broker: TestClient, stack: Stack) -> None:
 
 
 def test_inherited_variables_are_scrubbed_and_sessions_do_not_nest(
-        broker: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PGHOST", "evil.example.com")
     monkeypatch.setenv("PGPASSWORD", "an-old-shared-password")
     monkeypatch.setenv("MYSQL_PWD", "another-old-password")
-    result = CliRunner().invoke(app, [
-        "exec", "demo", "--role", "readonly", "--", "sh", "-c",
-        'test "$PGHOST" = 127.0.0.1 && test -z "$PGPASSWORD" && test -z "$MYSQL_PWD" '
-        '&& test -n "$DBACCESS_SESSION"'], prog_name="dbaccess")
+    result = CliRunner().invoke(
+        app,
+        [
+            "exec",
+            "demo",
+            "--role",
+            "readonly",
+            "--",
+            "sh",
+            "-c",
+            'test "$PGHOST" = 127.0.0.1 && test -z "$PGPASSWORD" && test -z "$MYSQL_PWD" '
+            '&& test -n "$DBACCESS_SESSION"',
+        ],
+        prog_name="dbaccess",
+    )
     assert result.exit_code == 0
     monkeypatch.setenv("DBACCESS_SESSION", "an-outer-session")
     code, nested = run("connect", "demo", "--role", "readonly")
@@ -135,16 +169,28 @@ def test_audit_is_for_auditors(broker: TestClient, stack: Stack) -> None:
 
     dave = device_tokens(stack.idp, "dave")["id_token"]
     claims = jwt.decode(dave, options={"verify_signature": False})
-    save_login("default", StoredLogin(
-        issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
-        id_token=dave, refresh_token=None, expires_at=claims["exp"], subject="dave"))
+    save_login(
+        "default",
+        StoredLogin(
+            issuer=stack.idp.issuer,
+            client_id=stack.idp.client_id,
+            scopes=["openid"],
+            id_token=dave,
+            refresh_token=None,
+            expires_at=claims["exp"],
+            subject="dave",
+        ),
+    )
     code, trail = run("audit", "--user", "alice", "--target", "demo")
     assert code == 0
     events = [(r["event"], r["detail"].get("db_user")) for r in trail["data"]]
     user = made["data"]["db_user"]
     assert ("session.requested", user) in events and ("session.revoked", user) in events
-    requested = next(r for r in trail["data"] if r["event"] == "session.requested"
-                     and r["detail"]["db_user"] == user)
+    requested = next(
+        r
+        for r in trail["data"]
+        if r["event"] == "session.requested" and r["detail"]["db_user"] == user
+    )
     assert requested["detail"]["reason"] == "INC-9"
     assert requested["detail"]["source"] == "testclient"
     code, granted_only = run("audit", "--type", "session.granted")
@@ -159,9 +205,18 @@ def _log_in_as(stack: Stack, person: str, profile: str) -> None:
     profiles = ProfileFile.load()
     profiles.profiles[profile] = Profile(profile, "http://testserver")
     profiles.save()
-    save_login(profile, StoredLogin(
-        issuer=stack.idp.issuer, client_id=stack.idp.client_id, scopes=["openid"],
-        id_token=token, refresh_token=None, expires_at=claims["exp"], subject=person))
+    save_login(
+        profile,
+        StoredLogin(
+            issuer=stack.idp.issuer,
+            client_id=stack.idp.client_id,
+            scopes=["openid"],
+            id_token=token,
+            refresh_token=None,
+            expires_at=claims["exp"],
+            subject=person,
+        ),
+    )
 
 
 def test_approval_and_breakglass_commands(broker: TestClient, stack: Stack) -> None:
@@ -181,20 +236,49 @@ def test_approval_and_breakglass_commands(broker: TestClient, stack: Stack) -> N
     code, second = run("--profile", "frank", "approve", request_id)
     assert code == 0 and second["data"]["state"] == "approved"
     before = set(stack.managed_users())
-    result = CliRunner().invoke(app, ["exec", "demo", "--role", "readwrite", "--request",
-                                      request_id, "--", "sh", "-c", 'test -n "$PGPASSFILE"'],
-                                prog_name="dbaccess")
+    result = CliRunner().invoke(
+        app,
+        [
+            "exec",
+            "demo",
+            "--role",
+            "readwrite",
+            "--request",
+            request_id,
+            "--",
+            "sh",
+            "-c",
+            'test -n "$PGPASSFILE"',
+        ],
+        prog_name="dbaccess",
+    )
     assert result.exit_code == 0, result.output
     assert set(stack.managed_users()) == before  # used, then revoked
 
     code, again = run("connect", "demo", "--role", "readwrite", "--reason", "more", "--no-wait")
-    code, denied = run("--profile", "frank", "deny", again["error"]["hint"].rsplit(" ", 1)[-1],
-                       "--reason", "no")
+    code, denied = run(
+        "--profile", "frank", "deny", again["error"]["hint"].rsplit(" ", 1)[-1], "--reason", "no"
+    )
     assert code == 0 and denied["data"]["state"] == "denied"
 
-    result = CliRunner().invoke(app, ["--profile", "carol", "--no-input", "breakglass", "demo",
-                                      "--incident", "INC-88", "--reason", "in-process drill",
-                                      "--drill", "--client", "true"], prog_name="dbaccess")
+    result = CliRunner().invoke(
+        app,
+        [
+            "--profile",
+            "carol",
+            "--no-input",
+            "breakglass",
+            "demo",
+            "--incident",
+            "INC-88",
+            "--reason",
+            "in-process drill",
+            "--drill",
+            "--client",
+            "true",
+        ],
+        prog_name="dbaccess",
+    )
     assert result.exit_code == 0, result.output
     code, reviews = run("--profile", "dave", "review")
     review = next(r for r in reviews["data"] if r["incident"] == "INC-88")
@@ -205,13 +289,16 @@ def test_approval_and_breakglass_commands(broker: TestClient, stack: Stack) -> N
     assert code == 0 and closed["data"]["reviewed_by"] == "dave"
 
 
-@pytest.mark.parametrize("command", [
-    ["connect", "demo", "--role", "readonly"],
-    ["exec", "demo", "--role", "readonly"],
-    ["creds", "demo", "--role", "readonly", "--reveal"],
-    ["breakglass", "demo", "--incident", "INC-1", "--reason", "r"],
-    ["renew", "0000"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["connect", "demo", "--role", "readonly"],
+        ["exec", "demo", "--role", "readonly"],
+        ["creds", "demo", "--role", "readonly", "--reveal"],
+        ["breakglass", "demo", "--incident", "INC-1", "--reason", "r"],
+        ["renew", "0000"],
+    ],
+)
 def test_absurd_durations_are_a_usage_error(
     broker: TestClient, stack: Stack, command: list[str]
 ) -> None:
@@ -225,12 +312,17 @@ def test_absurd_durations_are_a_usage_error(
     assert set(stack.managed_users()) == before
 
 
-@pytest.mark.parametrize("args", [
-    ("connect", "demo", "--role", "readonly", "--client", "true"),
-    ("exec", "demo", "--role", "readonly", "--", "true"),
-], ids=["connect", "exec"])
-def test_one_session_reads_config_toml_once(broker: TestClient, args: tuple[str, ...],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("connect", "demo", "--role", "readonly", "--client", "true"),
+        ("exec", "demo", "--role", "readonly", "--", "true"),
+    ],
+    ids=["connect", "exec"],
+)
+def test_one_session_reads_config_toml_once(
+    broker: TestClient, args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The invocation reads config.toml once and passes it down: the insecure-storage
     notice, the profile's name, broker and clients, and the login's token storage (it was
     read six times per session)."""

@@ -16,9 +16,12 @@ from dbaccess.errors import DeniedError, ExitCode
 
 
 def test_a_pattern_in_a_message_is_printed_as_is(capsys: pytest.CaptureFixture[str]) -> None:
-    Globals().error(DeniedError(
-        "incident id 'x' does not match [a-z]{3}-[0-9]+: give an id like abc-123",
-        hint="dbaccess breakglass demo --incident [abc]-123"))
+    Globals().error(
+        DeniedError(
+            "incident id 'x' does not match [a-z]{3}-[0-9]+: give an id like abc-123",
+            hint="dbaccess breakglass demo --incident [abc]-123",
+        )
+    )
     err = capsys.readouterr().err
     assert "does not match [a-z]{3}-[0-9]+: give an id like abc-123" in err
     assert "hint: dbaccess breakglass demo --incident [abc]-123" in err
@@ -49,15 +52,23 @@ def test_the_three_programs_print_an_error_alike(
         broker_cli.main()
     broker = capsys.readouterr().err
     assert exited.value.code == ExitCode.DENIED
-    assert full == fast == broker == (
-        "error: no rule lets you in as '\\x1b[2Jadmin'\nhint: dbaccess targets\n")
+    assert (
+        full
+        == fast
+        == broker
+        == ("error: no rule lets you in as '\\x1b[2Jadmin'\nhint: dbaccess targets\n")
+    )
     Globals(json=True).error(error())
     as_json = capsys.readouterr().out
     fast_exec._report(error(), fast_exec.Invocation(json=True))
     assert capsys.readouterr().err == as_json
-    assert json.loads(as_json) == {"error": {
-        "code": "denied", "message": "no rule lets you in as '\x1b[2Jadmin'",
-        "hint": "dbaccess targets"}}
+    assert json.loads(as_json) == {
+        "error": {
+            "code": "denied",
+            "message": "no rule lets you in as '\x1b[2Jadmin'",
+            "hint": "dbaccess targets",
+        }
+    }
 
 
 # --- --debug and DBACCESS_DEBUG: click's words, read once --------------------------------
@@ -84,22 +95,32 @@ def test_the_boolean_words_are_typers(word: str) -> None:
 def dbaccess(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The installed entry point (``python -m dbaccess``), no broker configured, no terminal."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DBACCESS_DEBUG")}
-    return subprocess.run([sys.executable, "-m", "dbaccess", *args], env={**environ, **env},
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dbaccess", *args],
+        env={**environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 NO_BROKER = "UsageError: no broker is configured for profile 'default'"
 
 
-@pytest.mark.parametrize("args", [("sessions",), ("exec", "demo", "--role", "r", "--", "true")],
-                         ids=["full CLI", "exec (fast path)"])
+@pytest.mark.parametrize(
+    "args",
+    [("sessions",), ("exec", "demo", "--role", "r", "--", "true")],
+    ids=["full CLI", "exec (fast path)"],
+)
 def test_debug_on_in_the_environment_is_debug(args: tuple[str, ...]) -> None:
     """DBACCESS_DEBUG=on is --debug, as typer reads it (it once printed the error instead:
     one catch site read typer's value, the other its own list of words)."""
     plain = dbaccess(*args)
     assert plain.returncode == ExitCode.USAGE
     assert plain.stderr.startswith("error: no broker is configured") and "Traceback" not in (
-        plain.stderr)
+        plain.stderr
+    )
     by_flag = dbaccess("--debug", *args)
     for variable in ("on", "1", "yes"):
         by_env = dbaccess(*args, DBACCESS_DEBUG=variable)

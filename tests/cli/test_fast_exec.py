@@ -29,7 +29,9 @@ LEFT_TO_TYPER = {"--debug", "--version", "--install-completion", "--show-complet
 def test_exec_options_are_the_typer_commands_options() -> None:
     typer_options = {
         opt: bool(getattr(p, "is_flag", False))
-        for p in EXEC.params if p.param_type_name == "option" for opt in p.opts
+        for p in EXEC.params
+        if p.param_type_name == "option"
+        for opt in p.opts
     }
     fast = {**{o: False for o in EXEC_VALUES}, **{o: True for o in EXEC_FLAGS}}
     assert fast == typer_options
@@ -46,7 +48,9 @@ def test_global_options_and_their_environment_twins_match_typer() -> None:
     known = {**{o: False for o in GLOBAL_VALUES}, **{o: True for o in GLOBAL_FLAGS}}
     typer_options = {
         opt: bool(getattr(p, "is_flag", False))
-        for p in ROOT.params for opt in p.opts if opt not in LEFT_TO_TYPER
+        for p in ROOT.params
+        for opt in p.opts
+        if opt not in LEFT_TO_TYPER
     }
     assert known == typer_options
     envvars = {p.opts[0]: p.envvar for p in ROOT.params if p.envvar}
@@ -57,24 +61,49 @@ def test_global_options_and_their_environment_twins_match_typer() -> None:
 
 def test_reads_the_common_invocation() -> None:
     found = fast_exec.parse(
-        ["--profile", "prod", "--json", "exec", "demo", "-r", "readonly", "--duration=30m",
-         "--reason", "nightly dump", "--no-wait", "--", "pg_dump", "-Fc", "--", "x"], {})
+        [
+            "--profile",
+            "prod",
+            "--json",
+            "exec",
+            "demo",
+            "-r",
+            "readonly",
+            "--duration=30m",
+            "--reason",
+            "nightly dump",
+            "--no-wait",
+            "--",
+            "pg_dump",
+            "-Fc",
+            "--",
+            "x",
+        ],
+        {},
+    )
     assert found is not None
     assert (found.profile, found.json, found.no_input) == ("prod", True, False)
     assert (found.target, found.role, found.duration, found.reason) == (
-        "demo", "readonly", "30m", "nightly dump")
+        "demo",
+        "readonly",
+        "30m",
+        "nightly dump",
+    )
     assert found.no_wait and found.request is None and found.ticket is None
     assert found.command == ("pg_dump", "-Fc", "--", "x")
 
 
 def test_environment_twins_apply_and_flags_win() -> None:
-    found = fast_exec.parse(["exec", "demo", "--role", "r", "--", "true"],
-                            {"DBACCESS_PROFILE": "ci", "DBACCESS_JSON": "yes",
-                             "DBACCESS_NO_INPUT": "1"})
+    found = fast_exec.parse(
+        ["exec", "demo", "--role", "r", "--", "true"],
+        {"DBACCESS_PROFILE": "ci", "DBACCESS_JSON": "yes", "DBACCESS_NO_INPUT": "1"},
+    )
     assert found is not None
     assert (found.profile, found.json, found.no_input) == ("ci", True, True)
-    found = fast_exec.parse(["--profile", "other", "exec", "demo", "--role", "r", "--", "true"],
-                            {"DBACCESS_PROFILE": "ci", "DBACCESS_JSON": "off"})
+    found = fast_exec.parse(
+        ["--profile", "other", "exec", "demo", "--role", "r", "--", "true"],
+        {"DBACCESS_PROFILE": "ci", "DBACCESS_JSON": "off"},
+    )
     assert found is not None and (found.profile, found.json) == ("other", False)
 
 
@@ -86,33 +115,43 @@ def test_the_timeout_is_read_by_flag_or_variable() -> None:
     assert found is not None and found.timeout == "9"
 
 
-@pytest.mark.parametrize("argv, environ", [
-    (["exec", "--help"], {}),
-    (["--debug", "exec", "demo", "--role", "r", "--", "true"], {}),
-    (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_DEBUG": "1"}),
-    (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_JSON": "maybe"}),
-    (["exec", "demo", "--role", "r", "true"], {}),  # no "--": typer's rules
-    (["exec", "demo", "--", "true"], {}),  # no role: typer's error
-    (["exec", "demo", "--role", "r", "--"], {}),  # no command
-    (["exec", "--role", "r", "--", "true"], {}),  # no target
-    (["exec", "demo", "other", "--role", "r", "--", "true"], {}),
-    (["exec", "demo", "--role", "r", "--bogus", "--", "true"], {}),
-    (["exec", "demo", "-rreadonly", "--", "true"], {}),
-    (["exec", "demo", "--json", "--role", "r", "--", "true"], {}),  # a global after exec
-    (["exec", "demo", "--role", "--", "true"], {}),
-    (["--profile", "exec"], {}),
-    (["--version", "exec", "demo", "--role", "r", "--", "true"], {}),
-    (["sessions"], {}),
-    (["--timeout", "0", "exec", "demo", "--role", "r", "--", "true"], {}),  # typer's error
-    (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_TIMEOUT": "soon"}),
-])
+@pytest.mark.parametrize(
+    "argv, environ",
+    [
+        (["exec", "--help"], {}),
+        (["--debug", "exec", "demo", "--role", "r", "--", "true"], {}),
+        (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_DEBUG": "1"}),
+        (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_JSON": "maybe"}),
+        (["exec", "demo", "--role", "r", "true"], {}),  # no "--": typer's rules
+        (["exec", "demo", "--", "true"], {}),  # no role: typer's error
+        (["exec", "demo", "--role", "r", "--"], {}),  # no command
+        (["exec", "--role", "r", "--", "true"], {}),  # no target
+        (["exec", "demo", "other", "--role", "r", "--", "true"], {}),
+        (["exec", "demo", "--role", "r", "--bogus", "--", "true"], {}),
+        (["exec", "demo", "-rreadonly", "--", "true"], {}),
+        (["exec", "demo", "--json", "--role", "r", "--", "true"], {}),  # a global after exec
+        (["exec", "demo", "--role", "--", "true"], {}),
+        (["--profile", "exec"], {}),
+        (["--version", "exec", "demo", "--role", "r", "--", "true"], {}),
+        (["sessions"], {}),
+        (["--timeout", "0", "exec", "demo", "--role", "r", "--", "true"], {}),  # typer's error
+        (["exec", "demo", "--role", "r", "--", "true"], {"DBACCESS_TIMEOUT": "soon"}),
+    ],
+)
 def test_anything_unusual_is_left_to_typer(argv: list[str], environ: dict[str, str]) -> None:
     assert fast_exec.parse(argv, environ) is None
 
 
 def _login(expires_in: float) -> StoredLogin:
-    return StoredLogin(issuer="https://idp", client_id="c", scopes=["openid"], id_token="t",
-                       refresh_token="r", expires_at=time.time() + expires_in, subject="alice")
+    return StoredLogin(
+        issuer="https://idp",
+        client_id="c",
+        scopes=["openid"],
+        id_token="t",
+        refresh_token="r",
+        expires_at=time.time() + expires_in,
+        subject="alice",
+    )
 
 
 @pytest.fixture
@@ -121,8 +160,16 @@ def script(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPa
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", f"{tmp_path}/run")
     monkeypatch.setenv("DBACCESS_BROKER", "http://127.0.0.1:9")
-    for name in ("DBACCESS_SESSION", "DBACCESS_FAST_EXEC", "HTTP_PROXY", "http_proxy",
-                 "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in (
+        "DBACCESS_SESSION",
+        "DBACCESS_FAST_EXEC",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
 
@@ -138,25 +185,34 @@ ARGV = ["exec", "demo", "--role", "readonly", "--", "true"]
 
 @pytest.mark.parametrize("stored", [None, _login(30)], ids=["no login", "token to refresh"])
 def test_a_login_it_cannot_use_goes_to_the_full_cli_before_any_call(
-        script: pytest.MonkeyPatch, stored: StoredLogin | None) -> None:
+    script: pytest.MonkeyPatch, stored: StoredLogin | None
+) -> None:
     script.setattr(token_store, "read_from_secret_service", lambda _: stored)
     assert fast_exec.run(ARGV) is None
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("DBACCESS_FAST_EXEC", "0"), ("DBACCESS_FAST_EXEC", "False"), ("DBACCESS_SESSION", "s-1"),
-    ("https_proxy", "http://p:3128"), ("Https_Proxy", "http://p:3128"),
-    ("ALL_PROXY", "socks5://p:1080"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("DBACCESS_FAST_EXEC", "0"),
+        ("DBACCESS_FAST_EXEC", "False"),
+        ("DBACCESS_SESSION", "s-1"),
+        ("https_proxy", "http://p:3128"),
+        ("Https_Proxy", "http://p:3128"),
+        ("ALL_PROXY", "socks5://p:1080"),
+    ],
+)
 def test_switches_that_send_it_to_the_full_cli(
-        script: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    script: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     script.setattr(token_store, "read_from_secret_service", lambda _: _login(3600))
     script.setenv(variable, value)
     assert fast_exec.run(ARGV) is None
 
 
 def test_a_terminal_on_stdin_goes_to_the_full_cli_unless_no_input(
-        script: pytest.MonkeyPatch) -> None:
+    script: pytest.MonkeyPatch,
+) -> None:
     script.setattr(token_store, "read_from_secret_service", lambda _: None)
     script.setattr("sys.stdin.isatty", lambda: True)
     called: list[str] = []
@@ -170,13 +226,17 @@ def test_a_terminal_on_stdin_goes_to_the_full_cli_unless_no_input(
     assert fast_exec.run(["--no-input", *ARGV]) == 0 and called == ["demo"]
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring"),
-    ("KEYRING_PROPERTY_PREFERRED_COLLECTION", "/org/freedesktop/secrets/collection/work"),
-    ("XDG_CURRENT_DESKTOP", "KDE"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring"),
+        ("KEYRING_PROPERTY_PREFERRED_COLLECTION", "/org/freedesktop/secrets/collection/work"),
+        ("XDG_CURRENT_DESKTOP", "KDE"),
+    ],
+)
 def test_a_keyring_that_may_look_elsewhere_is_not_bypassed(
-        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     monkeypatch.setattr(token_store, "sys", type("Linux", (), {"platform": "linux"}))
     monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
     monkeypatch.setenv(variable, value)
@@ -184,8 +244,9 @@ def test_a_keyring_that_may_look_elsewhere_is_not_bypassed(
     assert token_store.read_from_secret_service("default") is None
 
 
-def test_no_keyring_settings_means_secret_service(monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: object) -> None:
+def test_no_keyring_settings_means_secret_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
     for name in [n for n in os.environ if n.startswith("KEYRING_PROPERTY_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.SecretService.Keyring")
@@ -195,19 +256,34 @@ def test_no_keyring_settings_means_secret_service(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_token_that_is_not_a_jwt_goes_to_the_full_cli(script: pytest.MonkeyPatch) -> None:
-    odd = StoredLogin(issuer="https://idp", client_id="c", scopes=["openid"],
-                      id_token="a.b.c\r\nX-Injected: 1", refresh_token=None,
-                      expires_at=time.time() + 3600, subject="alice")
+    odd = StoredLogin(
+        issuer="https://idp",
+        client_id="c",
+        scopes=["openid"],
+        id_token="a.b.c\r\nX-Injected: 1",
+        refresh_token=None,
+        expires_at=time.time() + 3600,
+        subject="alice",
+    )
     script.setattr(token_store, "read_from_secret_service", lambda _: odd)
     assert fast_exec.run(ARGV) is None
 
 
 def test_the_reply_it_reads_is_the_broker_model() -> None:
     granted = SessionGranted(
-        id="s-1", target="demo", role="readonly", engine="postgres", db_user="dba_alice_1",
-        state="active", created_at=datetime(2026, 12, 1, 9, tzinfo=UTC),
-        expires_at=datetime(2026, 12, 1, 10, tzinfo=UTC), host="db", port=5432,
-        database="demo", sslmode="require", password="s3cret",  # type: ignore[arg-type]
+        id="s-1",
+        target="demo",
+        role="readonly",
+        engine="postgres",
+        db_user="dba_alice_1",
+        state="active",
+        created_at=datetime(2026, 12, 1, 9, tzinfo=UTC),
+        expires_at=datetime(2026, 12, 1, 10, tzinfo=UTC),
+        host="db",
+        port=5432,
+        database="demo",
+        sslmode="require",
+        password="s3cret",  # type: ignore[arg-type]
     )
     reply = stdlib_broker.GrantedReply.from_reply(granted.model_dump(mode="json"))
     for name in stdlib_broker.GrantedReply.__dataclass_fields__:
@@ -225,14 +301,34 @@ def test_one_exec_reads_config_toml_once(script: pytest.MonkeyPatch, tmp_path: P
     reading of config.toml, passed down (it was read three times, four after an error)."""
     script.delenv("DBACCESS_BROKER")
     (tmp_path / "config.toml").write_text(
-        'current = "work"\n[profiles.work]\nbroker = "http://127.0.0.1:9"\n')
+        'current = "work"\n[profiles.work]\nbroker = "http://127.0.0.1:9"\n'
+    )
     jwt_like = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9."
-    script.setattr(token_store, "read_from_secret_service", lambda _: StoredLogin(
-        issuer="https://idp", client_id="c", scopes=["openid"], id_token=jwt_like,
-        refresh_token=None, expires_at=time.time() + 3600, subject="alice"))
-    granted = {"id": "s-1", "target": "demo", "role": "readonly", "engine": "postgres",
-               "db_user": "dba_alice_1", "host": "127.0.0.1", "port": 5432, "database": "demo",
-               "expires_at": datetime.now(UTC).isoformat(), "password": "pw"}
+    script.setattr(
+        token_store,
+        "read_from_secret_service",
+        lambda _: StoredLogin(
+            issuer="https://idp",
+            client_id="c",
+            scopes=["openid"],
+            id_token=jwt_like,
+            refresh_token=None,
+            expires_at=time.time() + 3600,
+            subject="alice",
+        ),
+    )
+    granted = {
+        "id": "s-1",
+        "target": "demo",
+        "role": "readonly",
+        "engine": "postgres",
+        "db_user": "dba_alice_1",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "database": "demo",
+        "expires_at": datetime.now(UTC).isoformat(),
+        "password": "pw",
+    }
     calls: list[str] = []
 
     def broker(_: object, method: str, path: str, body: object = None) -> tuple[int, object]:

@@ -8,9 +8,9 @@ from dbaccess.errors import _COMMANDS, with_profile
 
 
 def test_every_command_of_the_cli_gets_the_profile_in_hints() -> None:
-    commands = {c.name for c in app.registered_commands} | {
-        g.name for g in app.registered_groups}
+    commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     assert commands == set(_COMMANDS)
     for name in commands:
         assert with_profile(f"run: dbaccess {name} X", "prod") == (
-            f"run: dbaccess --profile prod {name} X")
+            f"run: dbaccess --profile prod {name} X"
+        )

@@ -22,14 +22,27 @@ def test_an_unreachable_identity_provider_does_not_keep_you_logged_in(
 
     http = httpx.Client(transport=httpx.MockTransport(refuse))
     monkeypatch.setattr(api, "http_client", lambda: Shared(http))
-    save_login("default", StoredLogin(
-        issuer="https://idp.example.com", client_id="dbaccess", scopes=["openid"],
-        id_token="a.b.c", refresh_token="refresh-me", expires_at=0, subject="alice",
-        email=None))
+    save_login(
+        "default",
+        StoredLogin(
+            issuer="https://idp.example.com",
+            client_id="dbaccess",
+            scopes=["openid"],
+            id_token="a.b.c",
+            refresh_token="refresh-me",
+            expires_at=0,
+            subject="alice",
+            email=None,
+        ),
+    )
     result = CliRunner().invoke(app, ["--json", "logout"], prog_name="dbaccess")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[-1])["data"] == {
-        "profile": "default", "logged_out": True, "revoked": [], "refresh_token_revoked": False}
+        "profile": "default",
+        "logged_out": True,
+        "revoked": [],
+        "refresh_token_revoked": False,
+    }
     assert "could not be revoked at the identity provider" in result.stderr
     assert "refresh-me" not in result.stderr + result.stdout
     assert load_login("default") is None

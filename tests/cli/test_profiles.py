@@ -28,13 +28,24 @@ def test_add_use_list_remove() -> None:
         {"name": "stage", "broker": "http://127.0.0.1:8080", "current": True},
         {"name": "work", "broker": "https://broker.example.com", "current": False},
     ]
-    save_login("stage", StoredLogin(issuer="i", client_id="c", scopes=[], id_token="t",
-                                    refresh_token=None, expires_at=0, subject="s"))
+    save_login(
+        "stage",
+        StoredLogin(
+            issuer="i",
+            client_id="c",
+            scopes=[],
+            id_token="t",
+            refresh_token=None,
+            expires_at=0,
+            subject="s",
+        ),
+    )
     assert run("profiles", "remove", "stage")[0] == 0
     assert load_login("stage") is None  # its login went with it
     code, out = run("--json", "profiles")
     assert json.loads(out)["data"] == [
-        {"name": "work", "broker": "https://broker.example.com", "current": False}]
+        {"name": "work", "broker": "https://broker.example.com", "current": False}
+    ]
 
 
 def test_errors_say_what_to_do() -> None:

@@ -34,14 +34,14 @@ def refused(*args: str) -> tuple[int, dict[str, str]]:
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_reason_the_broker_would_refuse_is_the_same_usage_error(command: str) -> None:
-    code, error = refused(*COMMANDS[command], "--reason", LONG_REASON,
-                          *TAIL.get(command, []))
+    code, error = refused(*COMMANDS[command], "--reason", LONG_REASON, *TAIL.get(command, []))
     assert code == 2 and error["code"] == "usage"
     if command == "breakglass":  # a required field there
         assert error["message"] == "reason: String should have at most 500 characters"
     else:
         assert error["message"] == (
-            "reason: Value should have at most 500 items after validation, not 501")
+            "reason: Value should have at most 500 items after validation, not 501"
+        )
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "renew"])
@@ -49,7 +49,8 @@ def test_a_bad_duration_is_named_by_its_option(command: str) -> None:
     asked = ["renew", "s-1"] if command == "renew" else [*COMMANDS[command], "--reason", "r"]
     code, error = refused(*asked, "--duration", "soon", *TAIL.get(command, []))
     assert code == 2 and error["message"] == (
-        "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m")
+        "--duration: 'soon' is not a duration; use e.g. 90s, 15m, 1h or 1h30m"
+    )
 
 
 def test_a_breakglass_incident_too_long_is_a_usage_error_not_a_traceback() -> None:

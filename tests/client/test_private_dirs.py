@@ -30,16 +30,18 @@ def directory(path: Path, permissions: int) -> Path:
     return path
 
 
-def test_a_missing_runtime_dir_is_created_private(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_runtime_dir_is_created_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(tmp_path / "a" / "b"))
     assert runtime_dir() == tmp_path / "a" / "b"
     assert mode(tmp_path / "a" / "b") == 0o700
     assert mode(tmp_path / "a") == 0o700
 
 
-def test_a_private_runtime_dir_is_used_as_it_is(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_private_runtime_dir_is_used_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mine = directory(tmp_path / "mine", 0o700)
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(mine))
     assert runtime_dir() == mine
@@ -47,7 +49,8 @@ def test_a_private_runtime_dir_is_used_as_it_is(tmp_path: Path,
 
 @pytest.mark.parametrize("permissions", [0o755, 0o750, 0o1777])
 def test_a_shared_runtime_dir_keeps_its_mode_and_gets_a_private_subdirectory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissions: int) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissions: int
+) -> None:
     shared = directory(tmp_path / "shared", permissions)  # a home, a group dir, a /tmp
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(shared))
     used = runtime_dir()
@@ -58,21 +61,27 @@ def test_a_shared_runtime_dir_keeps_its_mode_and_gets_a_private_subdirectory(
 
 
 def test_sessions_are_created_and_swept_in_the_same_place(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o755)
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(shared))
     session = SessionDir.create("s-1", broker="http://b", profile="default")
     assert session.path.parent == shared / OWN
     assert mode(session.path) == 0o700
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     owner = json.loads((session.path / "owner.json").read_text())
     (session.path / "owner.json").write_text(json.dumps({**owner, "pid": int(dead)}))
     assert [(d.path, o["session"]) for d, o in stale_sessions()] == [(session.path, "s-1")]
 
 
 def test_a_planted_subdirectory_is_refused_not_chmod_ed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o1777)
     planted = directory(shared / OWN, 0o755)
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(shared))
@@ -84,7 +93,8 @@ def test_a_planted_subdirectory_is_refused_not_chmod_ed(
 
 
 def test_a_symlink_in_place_of_the_subdirectory_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o1777)
     elsewhere = directory(tmp_path / "elsewhere", 0o700)
     (shared / OWN).symlink_to(elsewhere)
@@ -94,7 +104,8 @@ def test_a_symlink_in_place_of_the_subdirectory_is_refused(
 
 
 def test_a_directory_others_may_rename_things_in_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     open_dir = directory(tmp_path / "open", 0o777)  # no sticky bit
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(open_dir / "runtime"))
     with pytest.raises(ConfigError, match=r"other users may rename .* \(mode 0777, no sticky"):
@@ -109,8 +120,9 @@ def test_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         runtime_dir()
 
 
-def test_a_symlink_the_user_names_is_followed(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_symlink_the_user_names_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = directory(tmp_path / "real", 0o700)
     (tmp_path / "link").symlink_to(real)
     monkeypatch.setenv("DBACCESS_RUNTIME_DIR", str(tmp_path / "link"))
@@ -118,7 +130,8 @@ def test_a_symlink_the_user_names_is_followed(tmp_path: Path,
 
 
 def test_a_shared_config_dir_keeps_its_mode_and_profiles_go_to_our_subdirectory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o1777)
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(shared))
     profiles = ProfileFile.load()
@@ -131,7 +144,8 @@ def test_a_shared_config_dir_keeps_its_mode_and_profiles_go_to_our_subdirectory(
 
 
 def test_a_readable_config_dir_of_ours_is_used_as_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # ~/.config/dbaccess is usually 0755: config.toml is no secret, only others' writes matter
     mine = directory(tmp_path / "config", 0o755)
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(mine))
@@ -140,12 +154,20 @@ def test_a_readable_config_dir_of_ours_is_used_as_it_is(
 
 
 def login() -> StoredLogin:
-    return StoredLogin(issuer="https://idp", client_id="c", scopes=["openid"], id_token="t",
-                       refresh_token=None, expires_at=0.0, subject="alice")
+    return StoredLogin(
+        issuer="https://idp",
+        client_id="c",
+        scopes=["openid"],
+        id_token="t",
+        refresh_token=None,
+        expires_at=0.0,
+        subject="alice",
+    )
 
 
 def test_the_token_file_directory_is_created_private_or_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mine = directory(tmp_path / "config", 0o755)
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(mine))
     profiles = ProfileFile.load()
@@ -161,27 +183,35 @@ def test_the_token_file_directory_is_created_private_or_refused(
 
 
 def test_group_write_of_the_users_private_group_is_not_others(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """umask 002 systems (a group per user) make ~/.config/dbaccess 0775: still ours."""
     import grp
     import pwd
 
     me = pwd.getpwuid(os.geteuid())
-    monkeypatch.setattr(grp, "getgrgid", lambda gid: grp.struct_group(
-        (me.pw_name, "x", gid, [] if gid == me.pw_gid else ["mallory"])))
+    monkeypatch.setattr(
+        grp,
+        "getgrgid",
+        lambda gid: grp.struct_group(
+            (me.pw_name, "x", gid, [] if gid == me.pw_gid else ["mallory"])
+        ),
+    )
     mine = directory(tmp_path / "config", 0o775)
     os.chown(mine, -1, me.pw_gid)
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(mine))
     assert config_dir() == mine  # the profiles a umask-002 user already has are found
-    monkeypatch.setattr(grp, "getgrgid", lambda gid: grp.struct_group(
-        (me.pw_name, "x", gid, ["mallory"])))
+    monkeypatch.setattr(
+        grp, "getgrgid", lambda gid: grp.struct_group((me.pw_name, "x", gid, ["mallory"]))
+    )
     with pytest.raises(ConfigError, match=r"other users may rename .* \(mode 0775"):
         config_dir()  # a group with someone else in it could replace config.toml
     assert mode(mine) == 0o775
 
 
 def test_profiles_left_in_a_shared_config_dir_are_not_read_nor_forgotten(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o1777)
     (shared / "config.toml").write_text('[profiles.default]\nbroker = "https://evil"\n')
     monkeypatch.setenv("DBACCESS_CONFIG_DIR", str(shared))
@@ -198,7 +228,8 @@ NOBODY = 65534  # the account ids tests can hand things to; as root, lchown just
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink to another user")
 def test_a_symlink_another_user_planted_on_the_way_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # As /tmp/runtime-UID would be, planted by someone else when XDG_RUNTIME_DIR is unset.
     target = directory(tmp_path / "victims-ssh", 0o700)
     planted = tmp_path / "runtime-1000"
@@ -215,7 +246,8 @@ def test_a_symlink_another_user_planted_on_the_way_is_refused(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a file of another user")
 def test_another_users_config_toml_in_a_shared_dir_stops_nobody(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = directory(tmp_path / "shared", 0o1777)
     stray = shared / "config.toml"
     stray.write_text('[profiles.default]\nbroker = "https://attacker.example.com"\n')
@@ -227,7 +259,8 @@ def test_another_users_config_toml_in_a_shared_dir_stops_nobody(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a file of another user")
 def test_completion_names_are_kept_in_a_directory_of_our_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dbaccess.client.name_cache import read_names, remember_targets
 
     class Allowed:

@@ -87,8 +87,10 @@ def test_the_timeout_is_the_flag_else_the_variable_else_30_s(
 
 
 def test_a_cap_on_live_sessions_is_a_refusal_with_the_brokers_words() -> None:
-    message = ("one person may hold at most 5 live sessions on 'prod' "
-               "(limits.sessions_per_person); this session would make 6")
+    message = (
+        "one person may hold at most 5 live sessions on 'prod' "
+        "(limits.sessions_per_person); this session would make 6"
+    )
     error = broker_replies.error_from_reply(429, envelope("cap_reached", message, "end one"))
     assert error.exit_code == ExitCode.DENIED and int(error.exit_code) == 5
     assert (error.message, error.hint, error.broker_code) == (message, "end one", "cap_reached")

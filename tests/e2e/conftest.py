@@ -36,15 +36,28 @@ class Cli:
         return Path(self.env["DBACCESS_RUNTIME_DIR"])
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*DBACCESS, *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*DBACCESS, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([*DBACCESS, *args], env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [*DBACCESS, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
 
-    def login(self, user: str, *, deny: bool = False,
-              profile: str | None = None) -> subprocess.CompletedProcess[str]:
+    def login(
+        self, user: str, *, deny: bool = False, profile: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``dbaccess login`` with a person approving the code at the provider."""
         process = self.popen(*(["--profile", profile] if profile else []), "--json", "login")
         assert process.stdout is not None
@@ -68,8 +81,10 @@ class Cli:
 
     def role_exists(self, name: str) -> bool:
         with self.stack.postgres.connect() as admin:
-            return admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                 (name,)).fetchone() is not None
+            return (
+                admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+                is not None
+            )
 
     def mariadb_account_exists(self, user: str) -> bool:
         conn = self.stack.mariadb.connect()
@@ -84,7 +99,8 @@ class Cli:
     def managed_roles(self) -> Sequence[str]:
         with self.stack.postgres.connect() as admin:
             rows = admin.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'dba\\_%'").fetchall()
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'dba\\_%'"
+            ).fetchall()
         return [str(r[0]) for r in rows]
 
 

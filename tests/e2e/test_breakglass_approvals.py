@@ -64,25 +64,45 @@ def test_breakglass_needs_a_target_and_a_reason_without_a_terminal(people: Cli) 
     assert "dbaccess --profile carol breakglass demo --incident" in flat(ambiguous.stderr)
     no_reason = as_(people, "carol", "breakglass", "demo", "--incident", "INC-123")
     assert no_reason.returncode == 2 and "break-glass needs a reason" in flat(no_reason.stderr)
-    not_oncall = people.run("--no-input", "breakglass", "demo", "--incident", "INC-1",
-                            "--reason", "curious")
+    not_oncall = people.run(
+        "--no-input", "breakglass", "demo", "--incident", "INC-1", "--reason", "curious"
+    )
     assert not_oncall.returncode == 5 and "break-glass is for members of oncall" in flat(
-        not_oncall.stderr)
+        not_oncall.stderr
+    )
 
 
 def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> None:
-    added = people.run("profiles", "add", "carol", "--broker", people.stack.broker_url,
-                       "--breakglass-target", "demo")
+    added = people.run(
+        "profiles",
+        "add",
+        "carol",
+        "--broker",
+        people.stack.broker_url,
+        "--breakglass-target",
+        "demo",
+    )
     assert added.returncode == 0, added.stderr
     loud, quiet = marker(), marker()
     incident = f"INC-{secrets.randbelow(10**6)}"  # this test's own webhook event and review
     # Exactly the 3 a.m. command (plus --reason, which a terminal would have asked for).
-    result = as_(people, "carol", "breakglass", "--incident", incident, "--reason",
-                 "orders stuck", "--", "-c", f"select '{loud}'")
+    result = as_(
+        people,
+        "carol",
+        "breakglass",
+        "--incident",
+        incident,
+        "--reason",
+        "orders stuck",
+        "--",
+        "-c",
+        f"select '{loud}'",
+    )
     assert result.returncode == 0, result.stderr
     assert f"BREAK-GLASS session for incident {incident}" in flat(result.stderr)
-    normal = people.run("--no-input", "connect", "demo", "--role", "readonly", "--",
-                        "-c", f"select '{quiet}'")
+    normal = people.run(
+        "--no-input", "connect", "demo", "--role", "readonly", "--", "-c", f"select '{quiet}'"
+    )
     assert normal.returncode == 0, normal.stderr
     log = people.stack.postgres.log_path.read_text(errors="replace")
     statement = next(line for line in log.splitlines() if loud in line)
@@ -90,8 +110,12 @@ def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> 
     assert quiet not in log  # only the break-glass user's statements are logged
 
     hook = people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "breakglass.opened" and e["incident"] == incident
-        and e["target"] == "demo")
+        lambda e: (
+            e["event"] == "breakglass.opened"
+            and e["incident"] == incident
+            and e["target"] == "demo"
+        )
+    )
     assert "carol" in hook["text"] and "orders stuck" in hook["text"]
 
     reviews = data(as_(people, "dave", "--json", "review"))
@@ -99,8 +123,9 @@ def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> 
     review = next(r for r in reviews if r["incident"] == incident)
     own = as_(people, "carol", "review", review["id"], "--note", "all good")
     assert own.returncode == 5 and "cannot close its review" in flat(own.stderr)
-    closed = data(as_(people, "dave", "--json", "review", review["id"], "--note",
-                      "restarted the stuck job"))
+    closed = data(
+        as_(people, "dave", "--json", "review", review["id"], "--note", "restarted the stuck job")
+    )
     assert isinstance(closed, dict) and closed["reviewed_by"] == "dave"
     left = data(as_(people, "dave", "--json", "review"))
     assert review["id"] not in [r["id"] for r in left]  # type: ignore[union-attr]
@@ -108,13 +133,26 @@ def test_breakglass_on_postgres_is_logged_notified_and_reviewed(people: Cli) -> 
 
 def test_breakglass_on_mariadb_is_logged_by_the_server(people: Cli) -> None:
     loud = marker()
-    result = as_(people, "carol", "breakglass", "shop", "--incident", "INC-124", "--reason",
-                 "stock table locked", "--drill", "--", "-e", f"select '{loud}'")
+    result = as_(
+        people,
+        "carol",
+        "breakglass",
+        "shop",
+        "--incident",
+        "INC-124",
+        "--reason",
+        "stock table locked",
+        "--drill",
+        "--",
+        "-e",
+        f"select '{loud}'",
+    )
     assert result.returncode == 0, result.stderr
     assert "BREAK-GLASS DRILL" in flat(result.stderr)
     quiet = marker()
-    normal = people.run("--no-input", "connect", "shop", "--role", "readonly", "--",
-                        "-e", f"select '{quiet}'")
+    normal = people.run(
+        "--no-input", "connect", "shop", "--role", "readonly", "--", "-e", f"select '{quiet}'"
+    )
     assert normal.returncode == 0, normal.stderr
     log = server_audit_log(people)
     line = next(line for line in log.splitlines() if loud in line)
@@ -126,7 +164,8 @@ def test_breakglass_on_mariadb_is_logged_by_the_server(people: Cli) -> None:
     assert "dba_carol_" not in listed  # the session ended: its user left the list
     assert listed  # never empty (empty would log everyone)
     people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "breakglass.drill" and e["incident"] == "INC-124")
+        lambda e: e["event"] == "breakglass.drill" and e["incident"] == "INC-124"
+    )
 
 
 def _request_id(result: subprocess.CompletedProcess[str]) -> str:
@@ -143,13 +182,30 @@ def _request_id(result: subprocess.CompletedProcess[str]) -> str:
 def test_two_person_approval_with_a_waiting_client(people: Cli) -> None:
     reason = f"fix order 7 ({marker()})"  # tells this request's webhook event apart
     waiting = subprocess.Popen(
-        [*DBACCESS, "--no-input", "exec", "demo", "--role", "readwrite", "--reason",
-         reason, "--", "psql", "-qAt", "-c",
-         "update orders set total = total where id = 1 returning current_user"],
-        env=people.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL)
+        [
+            *DBACCESS,
+            "--no-input",
+            "exec",
+            "demo",
+            "--role",
+            "readwrite",
+            "--reason",
+            reason,
+            "--",
+            "psql",
+            "-qAt",
+            "-c",
+            "update orders set total = total where id = 1 returning current_user",
+        ],
+        env=people.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     hook = people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.created" and e["reason"] == reason, timeout=30)
+        lambda e: e["event"] == "request.created" and e["reason"] == reason, timeout=30
+    )
     request_id = hook["request_id"]
     listed = data(as_(people, "erin", "--json", "requests"))
     assert request_id in [r["id"] for r in listed]  # type: ignore[union-attr]
@@ -158,14 +214,34 @@ def test_two_person_approval_with_a_waiting_client(people: Cli) -> None:
     out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
     assert out.strip().startswith("dba_alice_")  # the update ran as alice's own user
-    again = people.run("--no-input", "--json", "exec", "demo", "--role", "readwrite",
-                       "--request", request_id, "--", "true")
+    again = people.run(
+        "--no-input",
+        "--json",
+        "exec",
+        "demo",
+        "--role",
+        "readwrite",
+        "--request",
+        request_id,
+        "--",
+        "true",
+    )
     assert again.returncode == 5 and "was already used" in again.stderr  # one session only
 
 
 def test_no_wait_self_approval_and_denial(people: Cli) -> None:
-    pending = as_(people, "erin", "--json", "connect", "demo", "--role", "readwrite",
-                  "--reason", "backfill", "--no-wait")
+    pending = as_(
+        people,
+        "erin",
+        "--json",
+        "connect",
+        "demo",
+        "--role",
+        "readwrite",
+        "--reason",
+        "backfill",
+        "--no-wait",
+    )
     request_id = _request_id(pending)
     own = as_(people, "erin", "approve", request_id)
     assert own.returncode == 5 and "nobody approves or denies their own request" in flat(own.stderr)
@@ -177,24 +253,43 @@ def test_no_wait_self_approval_and_denial(people: Cli) -> None:
 
 
 def test_an_expired_request_cannot_be_approved_or_used(people: Cli) -> None:
-    request_id = _request_id(people.run("--no-input", "--json", "connect", "shop", "--role",
-                                        "readwrite", "--reason", "price fix", "--no-wait"))
+    request_id = _request_id(
+        people.run(
+            "--no-input",
+            "--json",
+            "connect",
+            "shop",
+            "--role",
+            "readwrite",
+            "--reason",
+            "price fix",
+            "--no-wait",
+        )
+    )
     # An hour passes (request_ttl): move the deadline instead of waiting for it.
     store = people.store()
     with store.engine.begin() as conn:
-        conn.execute(sa.update(approval_requests).where(approval_requests.c.id == request_id)
-                     .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        conn.execute(
+            sa.update(approval_requests)
+            .where(approval_requests.c.id == request_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
     late = as_(people, "erin", "approve", request_id)
     assert late.returncode == 5 and "expired" in late.stderr
-    use = people.run("--no-input", "connect", "shop", "--role", "readwrite", "--request",
-                     request_id)
+    use = people.run(
+        "--no-input", "connect", "shop", "--role", "readwrite", "--request", request_id
+    )
     assert use.returncode == 5 and f"request {request_id} expired at" in flat(use.stderr)
     people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.expired" and e["request_id"] == request_id)
+        lambda e: e["event"] == "request.expired" and e["request_id"] == request_id
+    )
     assert verify(raw_records(store)).ok
     time.sleep(0)  # (the reaper may also have expired it: either way, once)
-    expired = [r for r in raw_records(store) if r.event == "request.expired"
-               and json.loads(r.detail)["request_id"] == request_id]
+    expired = [
+        r
+        for r in raw_records(store)
+        if r.event == "request.expired" and json.loads(r.detail)["request_id"] == request_id
+    ]
     assert len(expired) == 1
 
 
@@ -209,21 +304,34 @@ def test_audit_verify_fails_after_tampering_with_the_real_store(
             Path(f"{copy}{suffix}").write_bytes(Path(f"{db}{suffix}").read_bytes())
     broker = [str(Path(DBACCESS[0]).with_name("dbaccess-broker"))]
     config = tmp_path / "broker.toml"
-    config.write_text(people.stack.broker_config.read_text().replace(
-        'store = "sqlite:///broker.db"', f'store = "sqlite:///{copy}"'))
+    config.write_text(
+        people.stack.broker_config.read_text().replace(
+            'store = "sqlite:///broker.db"', f'store = "sqlite:///{copy}"'
+        )
+    )
     env = {**people.env}
-    ok = subprocess.run([*broker, "audit", "verify", "--config", str(config)], env=env,
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [*broker, "audit", "verify", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr + ok.stdout
     engine = sa.create_engine(f"sqlite:///{copy}")
     with engine.begin() as conn:  # an insider hides who approved a request
-        seq = conn.execute(sa.text(
-            "SELECT seq FROM audit WHERE event = 'request.approved' ORDER BY seq LIMIT 1"
-        )).scalar_one()
+        seq = conn.execute(
+            sa.text("SELECT seq FROM audit WHERE event = 'request.approved' ORDER BY seq LIMIT 1")
+        ).scalar_one()
         conn.execute(sa.text("UPDATE audit SET subject = 'nobody' WHERE seq = :s"), {"s": seq})
     engine.dispose()
-    bad = subprocess.run([*broker, "audit", "verify", "--config", str(config)], env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*broker, "audit", "verify", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0
     assert f"BROKEN at record #{seq}" in bad.stderr
 
@@ -236,10 +344,13 @@ def _on_a_terminal(people: Cli, *args: str) -> tuple[int, subprocess.Popen[bytes
     controller, terminal = pty.openpty()
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "dbaccess", *args], stdin=terminal, stdout=terminal,
+        [sys.executable, "-m", "dbaccess", *args],
+        stdin=terminal,
+        stdout=terminal,
         stderr=terminal,
         env={**people.env, "TERM": "dumb", "COLUMNS": "200", "PAGER": "cat", "PSQL_PAGER": "cat"},
-        preexec_fn=own_terminal)
+        preexec_fn=own_terminal,
+    )
     os.close(terminal)
     return controller, process
 
@@ -250,8 +361,17 @@ def test_on_a_terminal_breakglass_asks_for_the_reason_and_the_target(people: Cli
     assert people.login("carol", profile="carol-tty").returncode == 0
     loud = marker()
     terminal, process = _on_a_terminal(
-        people, "--profile", "carol-tty", "breakglass", "--incident", "INC-77", "--drill",
-        "--", "-c", f"select '{loud}'")
+        people,
+        "--profile",
+        "carol-tty",
+        "breakglass",
+        "--incident",
+        "INC-77",
+        "--drill",
+        "--",
+        "-c",
+        f"select '{loud}'",
+    )
     try:
         read_until(terminal, r"Reason \(what are you about to do\?\):")
         os.write(terminal, b"rehearsing the runbook\n")
@@ -265,7 +385,8 @@ def test_on_a_terminal_breakglass_asks_for_the_reason_and_the_target(people: Cli
         process.kill()
         os.close(terminal)
     people.stack.webhooks.wait_for(
-        lambda e: e["event"] == "breakglass.drill" and e["reason"] == "rehearsing the runbook")
+        lambda e: e["event"] == "breakglass.drill" and e["reason"] == "rehearsing the runbook"
+    )
 
 
 def test_on_a_terminal_connect_asks_for_a_reason_and_waits_for_approvers(people: Cli) -> None:
@@ -273,7 +394,8 @@ def test_on_a_terminal_connect_asks_for_a_reason_and_waits_for_approvers(people:
 
     reason = f"pty {marker()}"
     terminal, process = _on_a_terminal(
-        people, "connect", "demo", "--role", "readwrite", "--", "-c", "select current_user")
+        people, "connect", "demo", "--role", "readwrite", "--", "-c", "select current_user"
+    )
     try:
         read_until(terminal, r"Reason:")
         os.write(terminal, reason.encode() + b"\n")

@@ -22,9 +22,18 @@ def complete(env: dict[str, str], line: str) -> list[str]:
     """What bash offers for ``line`` (the word being completed is its last, maybe empty)."""
     words = line.split(" ")
     result = subprocess.run(
-        [sys.executable, "-m", "dbaccess"], capture_output=True, text=True, timeout=30,
-        env={**env, "_DBACCESS_COMPLETE": "complete_bash", "COMP_WORDS": line,
-             "COMP_CWORD": str(len(words) - 1)}, stdin=subprocess.DEVNULL)
+        [sys.executable, "-m", "dbaccess"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **env,
+            "_DBACCESS_COMPLETE": "complete_bash",
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(len(words) - 1),
+        },
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
@@ -33,8 +42,13 @@ def test_completes_names_the_cli_has_seen(cli: Cli, tmp_path: Path) -> None:
     env = {**cli.env, "DBACCESS_CACHE_DIR": str(tmp_path / "cache")}
     assert complete(env, "dbaccess connect ") == []  # nothing seen yet, and no error
 
-    listed = subprocess.run([sys.executable, "-m", "dbaccess", "targets"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "dbaccess", "targets"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     assert complete(env, "dbaccess connect ") == ["demo", "shop"]
     assert complete(env, "dbaccess connect s") == ["shop"]
@@ -45,13 +59,32 @@ def test_completes_names_the_cli_has_seen(cli: Cli, tmp_path: Path) -> None:
     assert complete(env, "dbaccess --profile other connect ") == []
 
     granted = subprocess.run(
-        [sys.executable, "-m", "dbaccess", "--json", "creds", "demo", "--role", "readonly",
-         "--reveal"], env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "dbaccess",
+            "--json",
+            "creds",
+            "demo",
+            "--role",
+            "readonly",
+            "--reveal",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert granted.returncode == 0, granted.stderr
     session = json.loads(granted.stdout)["data"]
     try:
-        listed = subprocess.run([sys.executable, "-m", "dbaccess", "sessions"], env=env,
-                                capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(
+            [sys.executable, "-m", "dbaccess", "sessions"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert listed.returncode == 0, listed.stderr
         # no broker call at <TAB>: with the broker's address gone, the names still come
         offline = {**env, "DBACCESS_BROKER": "http://127.0.0.1:9"}

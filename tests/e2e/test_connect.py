@@ -44,8 +44,18 @@ def live_session_dirs(cli: Cli) -> list[str]:
 
 
 def test_connect_runs_psql_as_an_ephemeral_user_then_drops_it(cli: Cli) -> None:
-    result = cli.run("connect", "demo", "--role", "readonly", "--reason", "e2e check",
-                     "--", "-At", "-c", "select current_user")
+    result = cli.run(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--reason",
+        "e2e check",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+    )
     assert result.returncode == 0, result.stderr
     user = result.stdout.strip()
     assert re.fullmatch(r"dba_alice_[0-9a-f]{10}", user), result.stdout
@@ -62,21 +72,31 @@ def test_connect_runs_psql_as_an_ephemeral_user_then_drops_it(cli: Cli) -> None:
     events = [(r.event, r.detail.get("db_user")) for r in records]
     assert ("session.granted", user) in events
     assert ("session.revoked", user) in events
-    granted = next(r for r in records
-                   if r.event == "session.requested" and r.detail["db_user"] == user)
+    granted = next(
+        r for r in records if r.event == "session.requested" and r.detail["db_user"] == user
+    )
     assert granted.detail["reason"] == "e2e check"
     assert granted.detail["rule"] == "dev-readonly"
 
 
 def test_readonly_session_cannot_write(cli: Cli) -> None:
-    result = cli.run("connect", "demo", "--role", "readonly", "--",
-                     "-v", "ON_ERROR_STOP=1", "-c", "insert into orders (customer, total) "
-                     "values ('mallory', 1)")
+    result = cli.run(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "insert into orders (customer, total) values ('mallory', 1)",
+    )
     assert result.returncode != 0
     assert "read-only transaction" in result.stderr or "permission denied" in result.stderr
     # and reading works in the same kind of session
-    ok = cli.run("connect", "demo", "--role", "readonly", "--", "-At", "-c",
-                 "select count(*) from orders")
+    ok = cli.run(
+        "connect", "demo", "--role", "readonly", "--", "-At", "-c", "select count(*) from orders"
+    )
     assert ok.returncode == 0, ok.stderr
     assert int(ok.stdout.strip()) >= 3
 
@@ -88,8 +108,20 @@ def test_psql_exit_code_is_returned(cli: Cli) -> None:
 
 
 def test_session_expiry_terminates_a_connected_psql(cli: Cli) -> None:
-    started = cli.popen("connect", "demo", "--role", "readonly", "--duration", "3s", "--",
-                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    started = cli.popen(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--duration",
+        "3s",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+        "-c",
+        "select pg_sleep(60)",
+    )
     assert started.stdout is not None
     user = started.stdout.readline().strip()
     assert user.startswith("dba_alice_")
@@ -108,8 +140,18 @@ def test_session_expiry_terminates_a_connected_psql(cli: Cli) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_to_the_cli_revokes_and_wipes(cli: Cli, sig: signal.Signals) -> None:
-    started = cli.popen("connect", "demo", "--role", "readonly", "--",
-                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    started = cli.popen(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+        "-c",
+        "select pg_sleep(60)",
+    )
     assert started.stdout is not None
     user = started.stdout.readline().strip()
     assert cli.role_exists(user)
@@ -122,8 +164,18 @@ def test_signal_to_the_cli_revokes_and_wipes(cli: Cli, sig: signal.Signals) -> N
 
 
 def test_password_never_in_argv_env_or_stdout(cli: Cli) -> None:
-    started = cli.popen("connect", "demo", "--role", "readonly", "--",
-                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    started = cli.popen(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+        "-c",
+        "select pg_sleep(60)",
+    )
     assert started.stdout is not None
     user = started.stdout.readline().strip()
     (session,) = list(cli.runtime_dir.iterdir())
@@ -156,16 +208,27 @@ def test_password_never_in_argv_env_or_stdout(cli: Cli) -> None:
 
 def test_policy_denial_is_clear_and_creates_nothing(cli: Cli) -> None:
     before = set(cli.managed_roles())
-    result = cli.run("connect", "demo", "--role", "readonly", "--duration", "8h", "--",
-                     "-c", "select 1")
+    result = cli.run(
+        "connect", "demo", "--role", "readonly", "--duration", "8h", "--", "-c", "select 1"
+    )
     assert result.returncode == ExitCode.DENIED
     assert "rule 'dev-readonly' allows at most 1h" in result.stderr
     assert set(cli.managed_roles()) == before
 
 
 def test_after_sigkill_the_next_connect_sweeps_and_revokes(cli: Cli) -> None:
-    started = cli.popen("connect", "demo", "--role", "readonly", "--",
-                        "-At", "-c", "select current_user", "-c", "select pg_sleep(60)")
+    started = cli.popen(
+        "connect",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+        "-c",
+        "select pg_sleep(60)",
+    )
     assert started.stdout is not None
     user = started.stdout.readline().strip()
     psql = children_of(started.pid)

@@ -13,8 +13,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_connect_runs_mariadb_as_an_ephemeral_account_then_drops_it(cli: Cli) -> None:
-    result = cli.run("connect", "shop", "--role", "readonly", "--", "-N", "-e",
-                     "select current_user(), current_role(), count(*) from shop.orders")
+    result = cli.run(
+        "connect",
+        "shop",
+        "--role",
+        "readonly",
+        "--",
+        "-N",
+        "-e",
+        "select current_user(), current_role(), count(*) from shop.orders",
+    )
     assert result.returncode == 0, result.stderr
     user, role, count = result.stdout.strip().split("\t")
     assert re.fullmatch(r"dba_alice_[0-9a-f]{10}@%", user)
@@ -25,15 +33,32 @@ def test_connect_runs_mariadb_as_an_ephemeral_account_then_drops_it(cli: Cli) ->
 
 
 def test_readonly_account_cannot_write(cli: Cli) -> None:
-    result = cli.run("connect", "shop", "--role", "readonly", "--", "-e",
-                     "insert into shop.orders (customer, total) values ('mallory', 1)")
+    result = cli.run(
+        "connect",
+        "shop",
+        "--role",
+        "readonly",
+        "--",
+        "-e",
+        "insert into shop.orders (customer, total) values ('mallory', 1)",
+    )
     assert result.returncode == 1
     assert "INSERT command denied" in result.stderr
 
 
 def test_expiry_kills_a_connected_client(cli: Cli) -> None:
-    started = cli.popen("connect", "shop", "--role", "readonly", "--duration", "3s", "--",
-                        "-N", "-e", "select current_user(); select sleep(60)")
+    started = cli.popen(
+        "connect",
+        "shop",
+        "--role",
+        "readonly",
+        "--duration",
+        "3s",
+        "--",
+        "-N",
+        "-e",
+        "select current_user(); select sleep(60)",
+    )
     assert started.stdout is not None
     user = started.stdout.readline().strip().split("@")[0]
     assert user.startswith("dba_alice_")

@@ -64,8 +64,16 @@ def test_mysqldump_examples_of_the_guide(cli: Cli, args: list[str]) -> None:
 
 
 def test_the_mariadb_client_reads_the_option_file_without_warnings(cli: Cli) -> None:
-    result = cli.run("connect", "shop", "--role", "readonly", "--", "-N", "-e",
-                     "select database(), count(*) > 0 from big_orders")
+    result = cli.run(
+        "connect",
+        "shop",
+        "--role",
+        "readonly",
+        "--",
+        "-N",
+        "-e",
+        "select database(), count(*) > 0 from big_orders",
+    )
     assert result.returncode == 0, result.stderr
     assert foreign_stderr(result.stderr) == []
     assert result.stdout.split() == ["shop", "1"]

@@ -81,10 +81,17 @@ def environment(cli: Cli, path: str, extra: dict[str, str] | None = None) -> dic
     return env
 
 
-def run(cli: Cli, *args: str, path: str = "fast", env: dict[str, str] | None = None,
-        timeout: float = 60) -> Run:
-    done = subprocess.run(command(*args), env=environment(cli, path, env), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run(
+    cli: Cli, *args: str, path: str = "fast", env: dict[str, str] | None = None, timeout: float = 60
+) -> Run:
+    done = subprocess.run(
+        command(*args),
+        env=environment(cli, path, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     stderr, imported = split_importtime(done.stderr)
     return Run(done.returncode, done.stdout, stderr, imported)
 
@@ -99,7 +106,8 @@ def assert_ran(result: Run, path: str) -> None:
     """The run really took ``path``: no CLI stack on the fast path, typer on the full one."""
     if path == "fast":
         assert not result.imported & CLI_STACK, (
-            f"the fast path imported {sorted(result.imported & CLI_STACK)}: {result.stderr}")
+            f"the fast path imported {sorted(result.imported & CLI_STACK)}: {result.stderr}"
+        )
     else:
         assert result.full_cli, result.stderr
 
@@ -146,8 +154,7 @@ def roles_before(cli: Cli) -> set[str]:
 
 
 def test_fast_path_runs_exec_without_the_cli_stack(cli: Cli, roles_before: set[str]) -> None:
-    query = ("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c",
-             "select current_user")
+    query = ("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c", "select current_user")
     fast = run(cli, *query)
     assert fast.returncode == 0, fast.stderr
     user = fast.stdout.strip()
@@ -180,19 +187,43 @@ def test_command_gets_postgres_credentials_its_exit_code_passes_and_nothing_is_l
         "exit 7"
     )
     # Leftovers in the caller's shell must not reach the command.
-    result = run(cli, "exec", "demo", "--role", "readonly", "--", "sh", "-c", script,
-                 path=path, env={"PGPASSWORD": "stale-from-the-shell", "PGUSER": "someone"})
+    result = run(
+        cli,
+        "exec",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "sh",
+        "-c",
+        script,
+        path=path,
+        env={"PGPASSWORD": "stale-from-the-shell", "PGUSER": "someone"},
+    )
     assert result.returncode == 7, result.stderr
     assert_ran(result, path)
     seen = dict(line.split("=", 1) for line in result.stdout.splitlines())
-    assert set(seen) == {"PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSFILE", "PGAPPNAME",
-                         "PGSSLMODE", "DBACCESS_SESSION", "current_user"}, seen
+    assert set(seen) == {
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSFILE",
+        "PGAPPNAME",
+        "PGSSLMODE",
+        "DBACCESS_SESSION",
+        "current_user",
+    }, seen
     user = seen["PGUSER"]
     assert re.fullmatch(r"dba_alice_[0-9a-f]{10}", user)
     assert seen["current_user"] == user  # psql logged in with the passfile alone
-    assert (seen["PGHOST"], seen["PGPORT"], seen["PGDATABASE"], seen["PGSSLMODE"],
-            seen["PGAPPNAME"]) == ("127.0.0.1", str(cli.stack.postgres.port), "demo",
-                                   "disable", "dbaccess")
+    assert (
+        seen["PGHOST"],
+        seen["PGPORT"],
+        seen["PGDATABASE"],
+        seen["PGSSLMODE"],
+        seen["PGAPPNAME"],
+    ) == ("127.0.0.1", str(cli.stack.postgres.port), "demo", "disable", "dbaccess")
     passfile = Path(seen["PGPASSFILE"])
     assert passfile.parent == cli.runtime_dir / f"session-{seen['DBACCESS_SESSION']}"
     assert re.fullmatch(_UUID, seen["DBACCESS_SESSION"])
@@ -210,8 +241,19 @@ def test_command_gets_postgres_credentials_its_exit_code_passes_and_nothing_is_l
 
 @both_paths
 def test_command_on_mariadb_reads_its_credentials(cli: Cli, path: str) -> None:
-    result = run(cli, "exec", "shop", "--role", "readonly", "--", "mariadb", "-N", "-e",
-                 "select current_user()", path=path)
+    result = run(
+        cli,
+        "exec",
+        "shop",
+        "--role",
+        "readonly",
+        "--",
+        "mariadb",
+        "-N",
+        "-e",
+        "select current_user()",
+        path=path,
+    )
     assert result.returncode == 0, result.stderr
     assert_ran(result, path)
     found = re.fullmatch(r"(dba_alice_[0-9a-f]{10})@%", result.stdout.strip())
@@ -222,8 +264,20 @@ def test_command_on_mariadb_reads_its_credentials(cli: Cli, path: str) -> None:
 
 @both_paths
 def test_json_leaves_stdout_to_the_command(cli: Cli, path: str) -> None:
-    result = run(cli, "--json", "exec", "demo", "--role", "readonly", "--", "psql", "-At",
-                 "-c", "select 41 + 1", path=path)
+    result = run(
+        cli,
+        "--json",
+        "exec",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "psql",
+        "-At",
+        "-c",
+        "select 41 + 1",
+        path=path,
+    )
     assert result.returncode == 0, result.stderr
     assert_ran(result, path)
     assert result.stdout == "42\n"
@@ -235,10 +289,14 @@ def test_sigterm_ends_the_command_and_still_revokes(
     cli: Cli, roles_before: set[str], path: str
 ) -> None:
     with subprocess.Popen(
-        command("exec", "demo", "--role", "readonly", "--", "sh", "-c",
-                'echo "$PGUSER"; exec sleep 60'),
-        env=environment(cli, path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        command(
+            "exec", "demo", "--role", "readonly", "--", "sh", "-c", 'echo "$PGUSER"; exec sleep 60'
+        ),
+        env=environment(cli, path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as process:
         try:
             assert process.stdout is not None
@@ -268,19 +326,35 @@ class Failure:
 
 
 FAILURES = {
-    "unknown role": Failure(("exec", "demo", "--role", "nope", "--", "true"), 11, "not_found",
-                            "target 'demo' has no role 'nope'",
-                            "roles on demo: readonly, readwrite"),
-    "unknown target": Failure(("exec", "nope", "--role", "readonly", "--", "true"), 11,
-                              "not_found", "there is no target 'nope'",
-                              "dbaccess targets lists the targets you may use"),
-    "reason needed": Failure(("exec", "demo", "--role", "readwrite", "--", "true"), 5, "denied",
-                             "rule 'dev-readwrite' needs approval, and approvers need a reason",
-                             "add --reason TEXT"),
-    "broker unreachable": Failure(("exec", "demo", "--role", "readonly", "--", "true"), 7,
-                                  "broker_unreachable", "cannot reach the broker at ",
-                                  "check that the broker runs there and the URL is right; to "
-                                  "change it: dbaccess login --broker URL"),
+    "unknown role": Failure(
+        ("exec", "demo", "--role", "nope", "--", "true"),
+        11,
+        "not_found",
+        "target 'demo' has no role 'nope'",
+        "roles on demo: readonly, readwrite",
+    ),
+    "unknown target": Failure(
+        ("exec", "nope", "--role", "readonly", "--", "true"),
+        11,
+        "not_found",
+        "there is no target 'nope'",
+        "dbaccess targets lists the targets you may use",
+    ),
+    "reason needed": Failure(
+        ("exec", "demo", "--role", "readwrite", "--", "true"),
+        5,
+        "denied",
+        "rule 'dev-readwrite' needs approval, and approvers need a reason",
+        "add --reason TEXT",
+    ),
+    "broker unreachable": Failure(
+        ("exec", "demo", "--role", "readonly", "--", "true"),
+        7,
+        "broker_unreachable",
+        "cannot reach the broker at ",
+        "check that the broker runs there and the URL is right; to "
+        "change it: dbaccess login --broker URL",
+    ),
 }
 
 
@@ -291,13 +365,17 @@ def test_errors_are_the_same_on_both_paths(cli: Cli, roles_before: set[str], cas
     if case == "broker unreachable":
         broker = f"http://127.0.0.1:{closed_port()}"
         env["DBACCESS_BROKER"] = broker
-        failure = Failure(failure.args, failure.exit_code, failure.code,
-                          failure.message + broker + ": ", failure.hint)
+        failure = Failure(
+            failure.args,
+            failure.exit_code,
+            failure.code,
+            failure.message + broker + ": ",
+            failure.hint,
+        )
 
     human = {p: run(cli, *failure.args, path=p, env=env) for p in PATHS}
     as_json = {p: run(cli, "--json", *failure.args, path=p, env=env) for p in PATHS}
-    by_env = {p: run(cli, *failure.args, path=p, env={**env, "DBACCESS_JSON": "1"})
-              for p in PATHS}
+    by_env = {p: run(cli, *failure.args, path=p, env={**env, "DBACCESS_JSON": "1"}) for p in PATHS}
     for p in PATHS:
         for result in (human[p], as_json[p], by_env[p]):
             assert_ran(result, p)
@@ -311,8 +389,9 @@ def test_errors_are_the_same_on_both_paths(cli: Cli, roles_before: set[str], cas
     assert fast.text.endswith(f"hint: {failure.hint}"), fast.text
 
     # exec's envelope is the last line on stderr
-    envelopes = [json.loads(r.stderr.splitlines()[-1])
-                 for r in (*as_json.values(), *by_env.values())]
+    envelopes = [
+        json.loads(r.stderr.splitlines()[-1]) for r in (*as_json.values(), *by_env.values())
+    ]
     assert all(e == envelopes[0] for e in envelopes), envelopes
     error = envelopes[0]["error"]
     assert set(envelopes[0]) == {"error"} and set(error) == {"code", "message", "hint"}
@@ -332,8 +411,7 @@ def test_short_options_with_equals_are_read_as_typer_reads_them(
 ) -> None:
     args = ("exec", "demo", *spelling, "--", "psql", "-At", "-c", "select 1")
     fast, full = (run(cli, *args, path=p) for p in PATHS)
-    assert (fast.returncode, fast.stdout, fast.text) == (full.returncode, full.stdout,
-                                                        full.text)
+    assert (fast.returncode, fast.stdout, fast.text) == (full.returncode, full.stdout, full.text)
 
 
 @pytest.mark.parametrize("option", [("--reason", "x" * 501), ("--request", "0" * 37)])
@@ -359,9 +437,14 @@ def test_a_nested_session_is_refused_on_both_paths(cli: Cli, roles_before: set[s
         assert result.returncode == 2, (p, result.stderr)
         assert result.full_cli, "the fast path must leave nested sessions to the full CLI"
         assert result.stdout == ""
-    assert results["fast"].text == results["full"].text == (
-        "error: this shell already runs inside a dbaccess session "
-        "hint: exit the current session first (nested sessions are refused)")
+    assert (
+        results["fast"].text
+        == results["full"].text
+        == (
+            "error: this shell already runs inside a dbaccess session "
+            "hint: exit the current session first (nested sessions are refused)"
+        )
+    )
     as_json = run(cli, "--json", *args, env=env)
     assert as_json.returncode == 2 and as_json.stdout == ""
     assert json.loads(as_json.stderr.splitlines()[-1])["error"]["code"] == "usage"
@@ -370,8 +453,10 @@ def test_a_nested_session_is_refused_on_both_paths(cli: Cli, roles_before: set[s
 
 @both_paths
 def test_help_and_unknown_flags_are_typers(cli: Cli, roles_before: set[str], path: str) -> None:
-    for args in (("exec", "--help"),
-                 ("exec", "demo", "--role", "readonly", "--help", "--", "psql")):
+    for args in (
+        ("exec", "--help"),
+        ("exec", "demo", "--role", "readonly", "--help", "--", "psql"),
+    ):
         shown = run(cli, *args, path=path)
         assert shown.returncode == 0, shown.stderr
         assert shown.full_cli
@@ -390,10 +475,21 @@ def test_after_a_crash_the_next_exec_sweeps_the_leftover_session(
 ) -> None:
     sleeper = 0
     with subprocess.Popen(
-        command("exec", "demo", "--role", "readonly", "--", "sh", "-c",
-                'echo "$PGUSER $$"; exec sleep 60'),
-        env=environment(cli, "fast"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
+        command(
+            "exec",
+            "demo",
+            "--role",
+            "readonly",
+            "--",
+            "sh",
+            "-c",
+            'echo "$PGUSER $$"; exec sleep 60',
+        ),
+        env=environment(cli, "fast"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     ) as crashed:
         try:
             assert crashed.stdout is not None
@@ -407,8 +503,9 @@ def test_after_a_crash_the_next_exec_sweeps_the_leftover_session(
                 os.kill(sleeper, signal.SIGKILL)  # the orphaned command
     assert len(session_dirs(cli)) == 1 and cli.role_exists(user)
 
-    after = run(cli, "exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c",
-                "select current_user")
+    after = run(
+        cli, "exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c", "select current_user"
+    )
     assert after.returncode == 0, after.stderr
     assert after.full_cli  # the sweep is the full CLI's job
     assert after.stdout.strip().startswith("dba_alice_") and after.stdout.strip() != user
@@ -430,9 +527,13 @@ print(json.loads(raw)["expires_at"])
 def stored_expiry(cli: Cli, new: float | None = None) -> float:
     """The expiry of alice's stored login, read (and rewritten to ``new``) with keyring
     in the Secret Service the CLI uses."""
-    done = subprocess.run([sys.executable, "-c", _SET_EXPIRY,
-                           *([] if new is None else [repr(new)])],
-                          env=cli.env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _SET_EXPIRY, *([] if new is None else [repr(new)])],
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return float(done.stdout)
 
@@ -440,8 +541,7 @@ def stored_expiry(cli: Cli, new: float | None = None) -> float:
 def test_a_login_about_to_expire_is_refreshed_by_the_full_cli(
     cli: Cli, roles_before: set[str]
 ) -> None:
-    query = ("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c",
-             "select current_user")
+    query = ("exec", "demo", "--role", "readonly", "--", "psql", "-At", "-c", "select current_user")
     stored_expiry(cli, time.time() + 30)  # within the refresh margin
     refreshed = run(cli, *query)
     assert refreshed.returncode == 0, refreshed.stderr
@@ -486,8 +586,21 @@ def test_no_wait_names_the_request_and_the_request_redeems_on_the_fast_path(
     reason = f"fast no-wait {time.time_ns()}"
     envelopes = {}
     for p in PATHS:
-        pending = run(cli, "--no-input", "--json", "exec", "demo", "--role", "readwrite",
-                      "--reason", reason, "--no-wait", "--", "true", path=p)
+        pending = run(
+            cli,
+            "--no-input",
+            "--json",
+            "exec",
+            "demo",
+            "--role",
+            "readwrite",
+            "--reason",
+            reason,
+            "--no-wait",
+            "--",
+            "true",
+            path=p,
+        )
         assert pending.returncode == 6, pending.stderr + pending.stdout  # approval pending
         if p == "fast":
             assert_handed_over(pending)
@@ -495,31 +608,53 @@ def test_no_wait_names_the_request_and_the_request_redeems_on_the_fast_path(
             assert_ran(pending, p)
         assert pending.stdout == ""  # exec's envelope is the last line on stderr
         envelopes[p] = json.loads(pending.stderr.splitlines()[-1])
-    request_id = re.fullmatch(rf"request ({_UUID}) waits for 2 approval\(s\) from leads",
-                              envelopes["fast"]["error"]["message"])
+    request_id = re.fullmatch(
+        rf"request ({_UUID}) waits for 2 approval\(s\) from leads",
+        envelopes["fast"]["error"]["message"],
+    )
     assert request_id, envelopes
     rid = request_id.group(1)
-    assert envelopes["fast"] == {"error": {
-        "code": "approval_pending",
-        "message": f"request {rid} waits for 2 approval(s) from leads",
-        "hint": f"once approved: dbaccess connect demo --role readwrite --request {rid}"}}
+    assert envelopes["fast"] == {
+        "error": {
+            "code": "approval_pending",
+            "message": f"request {rid} waits for 2 approval(s) from leads",
+            "hint": f"once approved: dbaccess connect demo --role readwrite --request {rid}",
+        }
+    }
     other = envelopes["full"]["error"]["message"].split()[1]
     assert json.loads(json.dumps(envelopes["full"]).replace(other, rid)) == envelopes["fast"]
     opened = my_request(cli, rid)
     assert (opened["state"], opened["target"], opened["role"], opened["reason"]) == (
-        "pending", "demo", "readwrite", reason)
+        "pending",
+        "demo",
+        "readwrite",
+        reason,
+    )
     assert session_dirs(cli) == []
 
     approve(cli, rid)
-    used = run(cli, "exec", "demo", "--role", "readwrite", "--request", rid, "--", "psql",
-               "-At", "-c", "select current_user")
+    used = run(
+        cli,
+        "exec",
+        "demo",
+        "--role",
+        "readwrite",
+        "--request",
+        rid,
+        "--",
+        "psql",
+        "-At",
+        "-c",
+        "select current_user",
+    )
     assert used.returncode == 0, used.stderr
     assert_ran(used, "fast")
     assert used.stdout.strip().startswith("dba_alice_")
     assert not cli.role_exists(used.stdout.strip())
     for p in PATHS:  # one session per request, on either path
-        again = run(cli, "exec", "demo", "--role", "readwrite", "--request", rid, "--",
-                    "true", path=p)
+        again = run(
+            cli, "exec", "demo", "--role", "readwrite", "--request", rid, "--", "true", path=p
+        )
         assert again.returncode == 5, again.stderr
         assert "was already used" in again.text
     assert_nothing_left(cli, roles_before)
@@ -531,8 +666,7 @@ class Drained:
     def __init__(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
         self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._drain, args=(process.stderr,),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._drain, args=(process.stderr,), daemon=True)
         self._thread.start()
 
     def _drain(self, stream: Iterator[str]) -> None:
@@ -566,10 +700,25 @@ def test_waiting_for_approvers_continues_on_the_fast_path(
 ) -> None:
     cli = leads
     with subprocess.Popen(
-        command("--no-input", "exec", "demo", "--role", "readwrite", "--reason",
-                "fast wait", "--", "psql", "-qAt", "-c", "select current_user"),
-        env=environment(cli, "fast"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        command(
+            "--no-input",
+            "exec",
+            "demo",
+            "--role",
+            "readwrite",
+            "--reason",
+            "fast wait",
+            "--",
+            "psql",
+            "-qAt",
+            "-c",
+            "select current_user",
+        ),
+        env=environment(cli, "fast"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as waiting:
         try:
             stderr = Drained(waiting)

@@ -21,9 +21,14 @@ pytestmark = pytest.mark.integration
 def test_interactive_psql_through_a_pty(cli: Cli) -> None:
     controller, terminal = pty.openpty()
     env = {**cli.env, "TERM": "dumb", "PAGER": "cat", "PSQL_PAGER": "cat"}
-    process = subprocess.Popen([sys.executable, "-m", "dbaccess", "connect", "demo", "--role",
-                                "readonly"], stdin=terminal, stdout=terminal, stderr=terminal,
-                               env=env, preexec_fn=own_terminal)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess", "connect", "demo", "--role", "readonly"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        preexec_fn=own_terminal,
+    )
     os.close(terminal)
     try:
         banner = read_until(controller, r"demo=> ")

@@ -47,8 +47,9 @@ def test_tables_go_to_stdout_and_pipes_and_files_get_long_values_whole(
     cli: Cli, tmp_path: Path
 ) -> None:
     reason = "JIRA-4242 " + "checking why the nightly order export is slow " * 3
-    made = cli.run("--json", "creds", "demo", "--role", "readonly", "--reveal",
-                   "--reason", reason.strip())
+    made = cli.run(
+        "--json", "creds", "demo", "--role", "readonly", "--reveal", "--reason", reason.strip()
+    )
     assert made.returncode == 0, made.stderr
     session = json.loads(made.stdout)["data"]
     try:
@@ -56,9 +57,15 @@ def test_tables_go_to_stdout_and_pipes_and_files_get_long_values_whole(
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if session["id"] in line)
         # one line per session, nothing cut at 80 columns, no box drawing to split on
-        assert row.split() == [session["id"], "demo", "readonly", session["db_user"], "active",
-                               *session["expires_at"].replace("T", " ").rstrip("Z").split(),
-                               "UTC"]
+        assert row.split() == [
+            session["id"],
+            "demo",
+            "readonly",
+            session["db_user"],
+            "active",
+            *session["expires_at"].replace("T", " ").rstrip("Z").split(),
+            "UTC",
+        ]
         assert session["id"] not in listed.stderr
 
         auditor = cli.login("dave", profile="auditor")
@@ -67,13 +74,19 @@ def test_tables_go_to_stdout_and_pipes_and_files_get_long_values_whole(
         with saved.open("w") as out:  # `dbaccess audit > file`
             done = subprocess.run(
                 [*DBACCESS, "--profile", "auditor", "audit", "--user", "alice"],
-                env=cli.env, stdout=out, stderr=subprocess.PIPE, text=True, timeout=60,
-                stdin=subprocess.DEVNULL)
+                env=cli.env,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
         assert done.returncode == 0, done.stderr
         text = saved.read_text()
         assert text.splitlines()[0].split()[:3] == ["#", "when", "event"]
-        assert any(reason.strip() in line and session["db_user"] in line
-                   for line in text.splitlines()), text
+        assert any(
+            reason.strip() in line and session["db_user"] in line for line in text.splitlines()
+        ), text
         assert reason.strip() not in done.stderr
     finally:
         revoked = cli.run("revoke", session["id"])
@@ -90,8 +103,7 @@ def test_tables_go_to_stdout_and_pipes_and_files_get_long_values_whole(
 USAGE_ERRORS = {
     "unknown option": (("sessions", "--bogus"), "No such option: --bogus", "dbaccess sessions"),
     "missing argument": (("renew",), "Missing argument 'session_id'.", "dbaccess renew"),
-    "bad value": (("--timeout", "soon", "sessions"), "Invalid value for '--timeout'",
-                  "dbaccess"),
+    "bad value": (("--timeout", "soon", "sessions"), "Invalid value for '--timeout'", "dbaccess"),
     "unknown command": (("sesions",), "No such command 'sesions'.", "dbaccess"),
 }
 
@@ -99,9 +111,16 @@ USAGE_ERRORS = {
 @pytest.mark.parametrize("case", list(USAGE_ERRORS))
 def test_usage_errors_are_the_envelope_under_json(cli: Cli, case: str) -> None:
     args, message, command = USAGE_ERRORS[case]
-    for result in (cli.run("--json", *args),
-                   subprocess.run([*DBACCESS, *args], env={**cli.env, "DBACCESS_JSON": "1"},
-                                  capture_output=True, text=True, timeout=60)):
+    for result in (
+        cli.run("--json", *args),
+        subprocess.run(
+            [*DBACCESS, *args],
+            env={**cli.env, "DBACCESS_JSON": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ),
+    ):
         assert result.returncode == 2, result.stderr
         error = json.loads(result.stdout)["error"]
         assert error["code"] == "usage" and error["message"].startswith(message), error
@@ -116,8 +135,19 @@ def test_usage_errors_are_the_envelope_under_json(cli: Cli, case: str) -> None:
 def test_exec_reports_its_session_in_one_envelope_without_touching_stdout(
     cli: Cli, path: str
 ) -> None:
-    result = run(cli, "--json", "exec", "demo", "--role", "readonly", "--", "sh", "-c",
-                 'psql -At -c "select current_user"; exit 3', path=path)
+    result = run(
+        cli,
+        "--json",
+        "exec",
+        "demo",
+        "--role",
+        "readonly",
+        "--",
+        "sh",
+        "-c",
+        'psql -At -c "select current_user"; exit 3',
+        path=path,
+    )
     assert result.returncode == 3, result.stderr
     assert_ran(result, path)
     user = result.stdout.strip()  # the command's output, alone
@@ -125,7 +155,11 @@ def test_exec_reports_its_session_in_one_envelope_without_touching_stdout(
     outcome = envelope_on_stderr(result.stderr)["data"]
     assert outcome["db_user"] == user and outcome["exit_code"] == 3
     assert (outcome["target"], outcome["role"], outcome["engine"], outcome["kind"]) == (
-        "demo", "readonly", "postgres", "session")
+        "demo",
+        "readonly",
+        "postgres",
+        "session",
+    )
     assert RFC3339_UTC.fullmatch(outcome["expires_at"]) and outcome["warnings"] == []
     assert not cli.role_exists(user)
 
@@ -139,16 +173,29 @@ def test_exec_reports_its_session_in_one_envelope_without_touching_stdout(
 
 
 def test_connect_and_breakglass_report_their_session_too(cli: Cli) -> None:
-    result = cli.run("--json", "connect", "demo", "--role", "readonly", "--", "-At", "-c",
-                     "select 40 + 2")
+    result = cli.run(
+        "--json", "connect", "demo", "--role", "readonly", "--", "-At", "-c", "select 40 + 2"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "42\n"
     outcome = envelope_on_stderr(result.stderr)["data"]
     assert outcome["exit_code"] == 0 and outcome["db_user"].startswith("dba_alice_")
 
     assert cli.login("carol", profile="oncall").returncode == 0
-    drill = cli.run("--json", "--profile", "oncall", "breakglass", "demo", "--incident",
-                    "INC-7", "--reason", "drill of the envelope", "--drill", "--client", "true")
+    drill = cli.run(
+        "--json",
+        "--profile",
+        "oncall",
+        "breakglass",
+        "demo",
+        "--incident",
+        "INC-7",
+        "--reason",
+        "drill of the envelope",
+        "--drill",
+        "--client",
+        "true",
+    )
     assert drill.returncode == 0, drill.stderr
     assert drill.stdout == ""
     outcome = envelope_on_stderr(drill.stderr)["data"]
@@ -180,19 +227,26 @@ def test_every_timestamp_in_json_is_rfc3339_utc(cli: Cli) -> None:
     login = cli.login("alice")
     assert login.returncode == 0, login.stderr
     outputs["login"] = [json.loads(line) for line in login.stdout.splitlines()]
-    made = cli.run("--json", "creds", "demo", "--role", "readonly", "--reveal", "--reason",
-                   "timestamps")
+    made = cli.run(
+        "--json", "creds", "demo", "--role", "readonly", "--reveal", "--reason", "timestamps"
+    )
     outputs["creds"] = json.loads(made.stdout)
     session = outputs["creds"]["data"]["id"]
-    pending = cli.run("--json", "exec", "demo", "--role", "readwrite", "--reason", "t",
-                      "--no-wait", "--", "true")
+    pending = cli.run(
+        "--json", "exec", "demo", "--role", "readwrite", "--reason", "t", "--no-wait", "--", "true"
+    )
     outputs["exec --no-wait"] = envelope_on_stderr(pending.stderr)
     cli.withdraw_open_requests()  # asking again would reuse it, in other tests too
-    for command in (("whoami",), ("targets",), ("sessions",),
-                    ("renew", session, "--duration", "10m"),
-                    ("requests", "--mine"), ("revoke", session),
-                    ("--profile", "auditor", "audit", "--limit", "50"),
-                    ("--profile", "auditor", "review")):
+    for command in (
+        ("whoami",),
+        ("targets",),
+        ("sessions",),
+        ("renew", session, "--duration", "10m"),
+        ("requests", "--mine"),
+        ("revoke", session),
+        ("--profile", "auditor", "audit", "--limit", "50"),
+        ("--profile", "auditor", "review"),
+    ):
         if command[0] == "--profile" and cli.login("dave", profile="auditor").returncode:
             pytest.fail("dave could not log in")
         result = cli.run("--json", *command)
@@ -201,14 +255,27 @@ def test_every_timestamp_in_json_is_rfc3339_utc(cli: Cli) -> None:
     ran = cli.run("--json", "exec", "demo", "--role", "readonly", "--", "true")
     outputs["exec"] = envelope_on_stderr(ran.stderr)
 
-    found = [(name, path, value) for name, output in outputs.items()
-             for path, value in timestamps(output)]
+    found = [
+        (name, path, value)
+        for name, output in outputs.items()
+        for path, value in timestamps(output)
+    ]
     names = {name for name, _, _ in found}
-    assert {"login", "creds", "whoami", "sessions", f"renew {session} --duration 10m", "exec",
-            "requests --mine", "--profile auditor audit --limit 50"} <= names
-    wrong = [(name, path, value) for name, path, value in found
-             if value is not None and not (isinstance(value, str)
-                                           and RFC3339_UTC.fullmatch(value))]
+    assert {
+        "login",
+        "creds",
+        "whoami",
+        "sessions",
+        f"renew {session} --duration 10m",
+        "exec",
+        "requests --mine",
+        "--profile auditor audit --limit 50",
+    } <= names
+    wrong = [
+        (name, path, value)
+        for name, path, value in found
+        if value is not None and not (isinstance(value, str) and RFC3339_UTC.fullmatch(value))
+    ]
     assert wrong == [], wrong
 
 
@@ -216,19 +283,35 @@ def test_every_timestamp_in_json_is_rfc3339_utc(cli: Cli) -> None:
 
 
 @pytest.fixture(scope="module")
-def broker_with_a_dead_database(stack: Stack, tmp_path_factory: pytest.TempPathFactory
-                                ) -> Iterator[str]:
+def broker_with_a_dead_database(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A second broker on the same identity provider, its demo target on a closed port."""
     home = tmp_path_factory.mktemp("dead-db-broker")
     config = home / "broker.toml"
-    config.write_text(stack.broker_config.read_text().replace(
-        f"port = {stack.postgres.port}\n", f"port = {closed_port()}\n"))
+    config.write_text(
+        stack.broker_config.read_text().replace(
+            f"port = {stack.postgres.port}\n", f"port = {closed_port()}\n"
+        )
+    )
     port = free_port()
     with (home / "broker.log").open("ab") as log:
         broker = subprocess.Popen(
-            [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(config),
-             "--port", str(port)],
-            env=stack.broker_env(), stdout=log, stderr=subprocess.STDOUT, cwd=home)
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            env=stack.broker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=home,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -301,15 +384,15 @@ def serve(delay: float = 0.0, tls: ssl.SSLContext | None = None) -> http.server.
     server = _Server(("127.0.0.1", 0), handler)
     if tls is not None:
         # the handshake on the first read, in the handler: a refused one closes its socket
-        server.socket = tls.wrap_socket(server.socket, server_side=True,
-                                        do_handshake_on_connect=False)
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 @pytest.fixture(scope="module")
-def untrusted_broker(tmp_path_factory: pytest.TempPathFactory
-                     ) -> Iterator[tuple[str, Path]]:
+def untrusted_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An https server whose certificate comes from a CA nobody trusts; yields its URL and
     that CA (to show that trusting it is the fix)."""
     certs = make_certificates(tmp_path_factory.mktemp("untrusted-ca"))
@@ -335,10 +418,12 @@ def test_an_untrusted_certificate_says_so_on_both_paths(
         assert_ran(result, p)
     assert results["fast"].text == results["full"].text
     assert results["fast"].text.startswith(
-        f"error: the broker at {url} presented a TLS certificate this machine does not trust")
+        f"error: the broker at {url} presented a TLS certificate this machine does not trust"
+    )
     assert results["fast"].text.endswith(
         "hint: if your organisation has its own certificate authority, point SSL_CERT_FILE at "
-        "its CA bundle: export SSL_CERT_FILE=/path/to/ca.pem")
+        "its CA bundle: export SSL_CERT_FILE=/path/to/ca.pem"
+    )
     as_json = run(cli, "--json", *args, env=env)
     assert envelope_on_stderr(as_json.stderr)["error"]["code"] == "broker_untrusted"
 
@@ -346,8 +431,13 @@ def test_an_untrusted_certificate_says_so_on_both_paths(
     assert login.returncode == 7
     assert json.loads(login.stdout)["error"]["code"] == "broker_untrusted"
     trusted = subprocess.run(
-        [*DBACCESS, "login", "--broker", url], env={**cli.env, "SSL_CERT_FILE": str(ca)},
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        [*DBACCESS, "login", "--broker", url],
+        env={**cli.env, "SSL_CERT_FILE": str(ca)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert trusted.returncode == 8 and "error: reached" in trusted.stderr  # the hint's fix
 
 
@@ -356,14 +446,19 @@ def test_an_unknown_host_and_a_refused_connection_are_told_apart(cli: Cli, path:
     args = ("exec", "demo", "--role", "readonly", "--", "true")
     dns = run(cli, *args, path=path, env={"DBACCESS_BROKER": "http://broker.invalid"})
     assert dns.returncode == 7, dns.stderr
-    assert dns.text.startswith("error: cannot reach the broker at http://broker.invalid: the "
-                               "name broker.invalid does not resolve (DNS) hint: check the host")
-    refused = run(cli, *args, path=path,
-                  env={"DBACCESS_BROKER": f"http://127.0.0.1:{closed_port()}"})
+    assert dns.text.startswith(
+        "error: cannot reach the broker at http://broker.invalid: the "
+        "name broker.invalid does not resolve (DNS) hint: check the host"
+    )
+    refused = run(
+        cli, *args, path=path, env={"DBACCESS_BROKER": f"http://127.0.0.1:{closed_port()}"}
+    )
     assert refused.returncode == 7
-    assert refused.text.endswith(": connection refused hint: check that the broker runs there "
-                                 "and the URL is right; to change it: dbaccess login --broker "
-                                 "URL")
+    assert refused.text.endswith(
+        ": connection refused hint: check that the broker runs there "
+        "and the URL is right; to change it: dbaccess login --broker "
+        "URL"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -390,8 +485,9 @@ def test_timeout_applies_to_broker_calls_on_both_paths(
     assert time.monotonic() - started < 4.5, "the 5 s answer was waited for"
     assert result.returncode == 7, result.stderr
     assert_ran(result, path)
-    assert result.text.startswith(f"error: the broker at {slow_broker} did not answer within "
-                                  "1 s hint: it may be overloaded"), result.text
+    assert result.text.startswith(
+        f"error: the broker at {slow_broker} did not answer within 1 s hint: it may be overloaded"
+    ), result.text
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -413,14 +509,15 @@ def test_both_paths_tell_the_broker_how_long_they_wait(cli: Cli, path: str) -> N
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_a_slow_broker_shows_a_spinner_on_a_terminal(
-    cli: Cli, slow_broker: str, path: str
-) -> None:
+def test_a_slow_broker_shows_a_spinner_on_a_terminal(cli: Cli, slow_broker: str, path: str) -> None:
     controller, terminal = pty.openpty()
     env = {**cli.env, **PATHS[path], "DBACCESS_BROKER": slow_broker, "DBACCESS_TIMEOUT": "3"}
     with subprocess.Popen(
         [*DBACCESS, "--no-input", "exec", "demo", "--role", "readonly", "--", "true"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
     ) as process:
         os.close(terminal)
         try:
@@ -441,12 +538,14 @@ def test_a_slow_broker_shows_a_spinner_on_a_terminal(
 @pytest.mark.parametrize("path", list(PATHS))
 def test_hints_name_the_active_profile_on_both_paths(cli: Cli, path: str) -> None:
     assert cli.login("alice", profile="work").returncode == 0
-    result = run(cli, "--profile", "work", "exec", "nope", "--role", "readonly", "--",
-                 "true", path=path)
+    result = run(
+        cli, "--profile", "work", "exec", "nope", "--role", "readonly", "--", "true", path=path
+    )
     assert result.returncode == 11, result.stderr
     assert_ran(result, path)
     assert result.text.endswith(
-        "hint: dbaccess --profile work targets lists the targets you may use")
+        "hint: dbaccess --profile work targets lists the targets you may use"
+    )
     fresh = cli.run("--profile", "never-logged-in", "sessions")
     assert fresh.returncode == 4
     assert flat(fresh.stderr).endswith("hint: dbaccess --profile never-logged-in login")
@@ -456,13 +555,24 @@ def test_hints_name_the_active_profile_on_both_paths(cli: Cli, path: str) -> Non
 def test_a_mistyped_profile_lists_the_known_ones(cli: Cli, path: str) -> None:
     env = {k: v for k, v in cli.env.items() if k != "DBACCESS_BROKER"}
     env.update(PATHS[path])
-    for args in (("--profile", "defualt", "sessions"),
-                 ("--profile", "defualt", "exec", "demo", "--role", "readonly", "--", "true")):
-        done = subprocess.run([*DBACCESS, *args], env=env, capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
+    for args in (
+        ("--profile", "defualt", "sessions"),
+        ("--profile", "defualt", "exec", "demo", "--role", "readonly", "--", "true"),
+    ):
+        done = subprocess.run(
+            [*DBACCESS, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 11, done.stderr
         text = flat(done.stderr)
-        assert re.match(r"error: there is no profile 'defualt' in \S+config.toml; known "
-                        r"profiles: [a-z, -]*\bdefault\b", text), text
+        assert re.match(
+            r"error: there is no profile 'defualt' in \S+config.toml; known "
+            r"profiles: [a-z, -]*\bdefault\b",
+            text,
+        ), text
         assert "no broker is configured" not in text
         assert text.endswith("dbaccess --profile defualt login --broker URL")

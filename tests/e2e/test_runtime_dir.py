@@ -25,10 +25,24 @@ def test_a_shared_runtime_dir_is_not_chmod_ed(cli: Cli, tmp_path: Path, fast: bo
     if not fast:
         env["DBACCESS_FAST_EXEC"] = "0"
     result = subprocess.run(
-        [*DBACCESS, "exec", "demo", "--role", "readonly", "--", "sh", "-c",
-         'dirname "$(dirname "$PGPASSFILE")"; stat -c %a "$(dirname "$PGPASSFILE")"; '
-         'psql -Atc "select 1"'],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        [
+            *DBACCESS,
+            "exec",
+            "demo",
+            "--role",
+            "readonly",
+            "--",
+            "sh",
+            "-c",
+            'dirname "$(dirname "$PGPASSFILE")"; stat -c %a "$(dirname "$PGPASSFILE")"; '
+            'psql -Atc "select 1"',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     parent, session_mode, one = result.stdout.split()
     assert parent == str(shared / f"dbaccess-{os.geteuid()}")
@@ -39,14 +53,20 @@ def test_a_shared_runtime_dir_is_not_chmod_ed(cli: Cli, tmp_path: Path, fast: bo
 
 
 def test_a_runtime_dir_that_cannot_be_made_safe_is_refused_before_a_session(
-        cli: Cli, tmp_path: Path) -> None:
+    cli: Cli, tmp_path: Path
+) -> None:
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
     env = {**cli.env, "DBACCESS_RUNTIME_DIR": str(open_dir / "runtime")}
-    result = subprocess.run([*DBACCESS, "connect", "demo", "--role", "readonly"], env=env,
-                            capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*DBACCESS, "connect", "demo", "--role", "readonly"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 3, result.stderr  # CONFIG
     assert "other users may rename or replace what is in" in " ".join(result.stderr.split())
     assert "hint: set DBACCESS_RUNTIME_DIR to a directory of your own" in result.stderr

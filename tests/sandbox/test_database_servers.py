@@ -30,10 +30,10 @@ def test_postgres_checks_passwords_with_scram(stack: Stack) -> None:
 def test_postgres_enforces_valid_until(stack: Stack) -> None:
     pg = stack.postgres
     with pg.connect() as admin:
-        admin.execute("CREATE ROLE expired_probe LOGIN PASSWORD 'probe-pw-1' "
-                      "VALID UNTIL '2000-01-01'")
-        admin.execute("CREATE ROLE valid_probe LOGIN PASSWORD 'probe-pw-2' "
-                      "VALID UNTIL 'infinity'")
+        admin.execute(
+            "CREATE ROLE expired_probe LOGIN PASSWORD 'probe-pw-1' VALID UNTIL '2000-01-01'"
+        )
+        admin.execute("CREATE ROLE valid_probe LOGIN PASSWORD 'probe-pw-2' VALID UNTIL 'infinity'")
     try:
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             pg.connect(user="expired_probe", password="probe-pw-1")
@@ -47,10 +47,17 @@ def test_postgres_enforces_valid_until(stack: Stack) -> None:
 def test_real_psql_connects_with_password_from_env(stack: Stack) -> None:
     pg = stack.postgres
     psql = find_binary("psql", "/usr/lib/postgresql/*/bin/psql")
-    env = {**os.environ, "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.admin_user,
-           "PGPASSWORD": pg.admin_password, "PGDATABASE": "postgres"}
-    result = subprocess.run([psql, "-At", "-c", "select 40 + 2"], env=env, capture_output=True,
-                            text=True, timeout=30)
+    env = {
+        **os.environ,
+        "PGHOST": pg.host,
+        "PGPORT": str(pg.port),
+        "PGUSER": pg.admin_user,
+        "PGPASSWORD": pg.admin_password,
+        "PGDATABASE": "postgres",
+    }
+    result = subprocess.run(
+        [psql, "-At", "-c", "select 40 + 2"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "42"
 
@@ -73,12 +80,16 @@ def test_mariadb_is_reachable_and_strict(mariadb: MariaDBServer, tmp_path: Path)
     # the real client, credentials in a 0600 file named by the first argument
     defaults = tmp_path / "client.cnf"
     defaults.touch(mode=0o600)
-    defaults.write_text(f"[client]\nuser=probe\npassword=probe-pw-3\nhost=127.0.0.1\n"
-                        f"port={mariadb.port}\n")
+    defaults.write_text(
+        f"[client]\nuser=probe\npassword=probe-pw-3\nhost=127.0.0.1\nport={mariadb.port}\n"
+    )
     client = find_binary("mariadb", "/usr/bin/mariadb")
-    result = subprocess.run([client, f"--defaults-extra-file={defaults}", "-N", "-e",
-                             "select current_user()"], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [client, f"--defaults-extra-file={defaults}", "-N", "-e", "select current_user()"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "probe@%"
 

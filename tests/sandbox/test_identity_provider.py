@@ -23,15 +23,16 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
 
 
 def start(idp: OidcProvider) -> dict[str, Any]:
-    response = httpx.post(idp.issuer + "/device/auth", data={
-        "client_id": idp.client_id, "scope": "openid profile email groups offline_access"})
+    response = httpx.post(
+        idp.issuer + "/device/auth",
+        data={"client_id": idp.client_id, "scope": "openid profile email groups offline_access"},
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 def token(idp: OidcProvider, **data: str) -> dict[str, Any]:
-    return dict(httpx.post(idp.issuer + "/token",
-                           data={"client_id": idp.client_id, **data}).json())
+    return dict(httpx.post(idp.issuer + "/token", data={"client_id": idp.client_id, **data}).json())
 
 
 def test_discovery_names_the_issuer_and_device_endpoint(idp: OidcProvider) -> None:
@@ -43,8 +44,10 @@ def test_discovery_names_the_issuer_and_device_endpoint(idp: OidcProvider) -> No
 
 def test_device_code_approved_by_a_person_gives_tokens_with_groups(idp: OidcProvider) -> None:
     code = start(idp)
-    assert token(idp, grant_type=DEVICE_GRANT,
-                 device_code=code["device_code"])["error"] == "authorization_pending"
+    assert (
+        token(idp, grant_type=DEVICE_GRANT, device_code=code["device_code"])["error"]
+        == "authorization_pending"
+    )
     approve_device_code(code["verification_uri_complete"], "alice")
     tokens = token(idp, grant_type=DEVICE_GRANT, device_code=code["device_code"])
     claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
@@ -72,12 +75,15 @@ def test_approval_by_typing_the_user_code(idp: OidcProvider) -> None:
 def test_denied_device_code(idp: OidcProvider) -> None:
     code = start(idp)
     approve_device_code(code["verification_uri_complete"], "alice", deny=True)
-    assert token(idp, grant_type=DEVICE_GRANT,
-                 device_code=code["device_code"])["error"] == "access_denied"
+    assert (
+        token(idp, grant_type=DEVICE_GRANT, device_code=code["device_code"])["error"]
+        == "access_denied"
+    )
 
 
-def test_missing_node_modules_is_a_clear_error(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_node_modules_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dbaccess.sandbox import idp as module
     from dbaccess.sandbox.processes import ServiceError
 

@@ -26,13 +26,18 @@ pytestmark = pytest.mark.integration
 
 TOUR = [sys.executable, "-m", "dbaccess.sandbox"]
 WHERE = re.compile(r"in (\S+dbaccess-sandbox-\S+)")
-PORTS = re.compile(r"broker http://127\.0\.0\.1:(\d+), identity provider "
-                   r"http://127\.0\.0\.1:(\d+)/oidc, PostgreSQL 127\.0\.0\.1:(\d+)")
+PORTS = re.compile(
+    r"broker http://127\.0\.0\.1:(\d+), identity provider "
+    r"http://127\.0\.0\.1:(\d+)/oidc, PostgreSQL 127\.0\.0\.1:(\d+)"
+)
 
 
 def tour_env(tmp_path: Path, *, deep: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k != "PYTHONUNBUFFERED" and not k.startswith(("DBACCESS_", "PG", "MYSQL_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "PYTHONUNBUFFERED" and not k.startswith(("DBACCESS_", "PG", "MYSQL_"))
+    }
     # deep: a TMPDIR too deep for MariaDB's socket path under it (pytest's own base temp in
     # CI was), which the tour must survive
     tmp = tmp_path / ("deep" * 20 if deep else "") / "tmp"
@@ -67,22 +72,39 @@ def assert_nothing_left(tmp: Path, output: str, within: float = 30) -> None:
 def test_help_prints_help_and_starts_nothing(tmp_path: Path) -> None:
     env = tour_env(tmp_path)
     for flag in ("--help", "-h"):
-        result = subprocess.run([*TOUR, flag], env=env, capture_output=True, text=True,
-                                timeout=60, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [*TOUR, flag],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert result.returncode == 0, result.stderr
         assert "usage: python -m dbaccess.sandbox" in result.stdout
         assert "starting" not in result.stderr
-    wrong = subprocess.run([*TOUR, "--psql-args"], env=env, capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
+    wrong = subprocess.run(
+        [*TOUR, "--psql-args"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert wrong.returncode == 2 and "unrecognized arguments" in wrong.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_the_tour_runs_to_the_end_without_pythonunbuffered(tmp_path: Path) -> None:
     env = tour_env(tmp_path, deep=True)
-    result = subprocess.run([*TOUR, "--", "-At", "-c", "select current_user"], env=env,
-                            capture_output=True, text=True, timeout=240,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*TOUR, "--", "-At", "-c", "select current_user"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"dba_alice_[0-9a-f]{10}\n", result.stdout)
     assert "session users left in PostgreSQL: 0" in result.stderr
@@ -92,9 +114,14 @@ def test_the_tour_runs_to_the_end_without_pythonunbuffered(tmp_path: Path) -> No
 
 def test_a_killed_tour_leaves_no_daemons_or_files(tmp_path: Path) -> None:
     env = tour_env(tmp_path)
-    with subprocess.Popen([*TOUR, "--", "-c", "select pg_sleep(600)"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          stdin=subprocess.DEVNULL) as tour:
+    with subprocess.Popen(
+        [*TOUR, "--", "-c", "select pg_sleep(600)"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ) as tour:
         assert tour.stderr is not None
         seen = ""
         deadline = time.monotonic() + 180
@@ -117,8 +144,9 @@ def test_ctrl_c_at_the_psql_prompt_ends_the_tour_cleanly(tmp_path: Path) -> None
     env = {**tour_env(tmp_path), "TERM": "dumb", "PAGER": "cat", "PSQL_PAGER": "cat"}
     controller, terminal = pty.openpty()
 
-    tour = subprocess.Popen(TOUR, stdin=terminal, stdout=terminal, stderr=terminal, env=env,
-                            preexec_fn=own_terminal)
+    tour = subprocess.Popen(
+        TOUR, stdin=terminal, stdout=terminal, stderr=terminal, env=env, preexec_fn=own_terminal
+    )
     os.close(terminal)
     try:
         output = read_until(controller, r"demo=> ", 180, must=False)

@@ -51,7 +51,8 @@ def create_app(
     ctx = BrokerContext.build(settings, store, engines)
     service = SessionService(ctx)
     ctx.metrics.watch_live_sessions(
-        lambda: live_sessions_by_target(ctx.store, list(ctx.settings.targets)))
+        lambda: live_sessions_by_target(ctx.store, list(ctx.settings.targets))
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,8 +63,12 @@ def create_app(
         )
         if run_reaper:
             reaper.start()
-            threading.Thread(target=log_server_problems, args=(settings.targets,),
-                             name="server-settings-check", daemon=True).start()
+            threading.Thread(
+                target=log_server_problems,
+                args=(settings.targets,),
+                name="server-settings-check",
+                daemon=True,
+            ).start()
             check_capacity(settings)
         verifier.keys.refresh()  # in the background: a kept key set is replaced soon
         if settings.notify.webhooks:
@@ -107,8 +112,9 @@ def app_from_env() -> FastAPI:
 def check_capacity(settings: Settings) -> None:
     """Log, in the background, when a server's connection budget does not fit its
     max_connections (as check-config warns); a server that does not answer delays nothing."""
-    threading.Thread(target=log_capacity_warnings, args=(settings,),
-                     name="capacity-check", daemon=True).start()
+    threading.Thread(
+        target=log_capacity_warnings, args=(settings,), name="capacity-check", daemon=True
+    ).start()
 
 
 def reload_settings(ctx: BrokerContext, path: Path) -> bool:
@@ -140,4 +146,3 @@ def reload_settings(ctx: BrokerContext, path: Path) -> bool:
         },
     )
     return True
-

@@ -35,5 +35,14 @@ def checks_for(kind: str) -> EngineChecks:
     return cast(EngineChecks, engine_part(kind, "checks"))
 
 
-__all__ = ["ENGINES", "Engine", "EngineChecks", "EngineError", "EngineRefused", "NewUser",
-           "checks_for", "engine_for", "engine_part"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineChecks",
+    "EngineError",
+    "EngineRefused",
+    "NewUser",
+    "checks_for",
+    "engine_for",
+    "engine_part",
+]

@@ -49,8 +49,10 @@ CALL_TIMEOUT = 10.0  # client side: waiting for a connection plus the statement;
 def not_bootstrapped(target: str) -> str:
     """Said when the definer functions are missing: the first request after a forgotten
     bootstrap, which the message reaches (the CLI's error, the broker's log)."""
-    return (f"target '{target}' looks not bootstrapped; an operator runs: "
-            f"dbaccess-broker bootstrap {target} (dbaccess-broker check-config tells)")
+    return (
+        f"target '{target}' looks not bootstrapped; an operator runs: "
+        f"dbaccess-broker bootstrap {target} (dbaccess-broker check-config tells)"
+    )
 
 
 class CreateSlots:
@@ -154,14 +156,14 @@ class EngineAdmin(Protocol):
 
     ADMIN_DSN_EXAMPLE: str  # what DBACCESS_ADMIN_DSN looks like, in the hint
 
-    def apply_bootstrap(self, name: str, target: TargetSection, admin_dsn: str,
-                        password: str) -> list[str]:
+    def apply_bootstrap(
+        self, name: str, target: TargetSection, admin_dsn: str, password: str
+    ) -> list[str]:
         """Run the bootstrap through ``admin_dsn`` (``bootstrap --apply``), setting the
         provisioner's ``password``; what the operator should know after. DatabaseError
         when it fails."""
 
-    def change_own_password(self, name: str, target: TargetSection, old: str,
-                            new: str) -> None:
+    def change_own_password(self, name: str, target: TargetSection, old: str, new: str) -> None:
         """The provisioner changes its own password (``rotate-credential``), sent as a
         hash or verifier, never in the clear. DatabaseError when it fails."""
 
@@ -190,8 +192,9 @@ class EngineChecks(Protocol):
         """For each group role in ``groups`` (of read_only templates): each kind of write
         privilege it holds ("CREATE on schema", ...) and on what."""
 
-    def shared_server_warning(self, listed: str, host: str, port: int,
-                              targets: list[TargetSection]) -> str:
+    def shared_server_warning(
+        self, listed: str, host: str, port: int, targets: list[TargetSection]
+    ) -> str:
         """The warning for several targets (``listed``, already quoted) on one server:
         what they share there and what to do."""
 
@@ -225,8 +228,10 @@ def revoke_each(engine: Engine, usernames: Sequence[str]) -> dict[str, str | Non
     unreachable: TargetUnreachable | None = None
     for name in usernames:
         if unreachable is not None:
-            outcomes[name] = (f"cannot connect to target '{engine.name}' (it does not "
-                              "answer; tried again as soon as it does)")
+            outcomes[name] = (
+                f"cannot connect to target '{engine.name}' (it does not "
+                "answer; tried again as soon as it does)"
+            )
             continue
         try:
             engine.revoke_user(name)

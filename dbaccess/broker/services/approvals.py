@@ -87,8 +87,12 @@ class Approvals:
         differs = [
             f"{name} {shown(mine)} (the open request has {shown(theirs)})"
             for name, mine, theirs, shown in (
-                ("duration", body.duration_seconds, request.duration_seconds,
-                 lambda v: format_duration(timedelta(seconds=v))),
+                (
+                    "duration",
+                    body.duration_seconds,
+                    request.duration_seconds,
+                    lambda v: format_duration(timedelta(seconds=v)),
+                ),
                 ("reason", (body.reason or "").strip() or None, request.reason, repr),
                 ("ticket", body.ticket, request.ticket, repr),
             )
@@ -112,8 +116,14 @@ class Approvals:
             self.ctx.clock(),
             "request.reused",
             principal.subject,
-            {"request_id": request.id, "email": principal.email, "target": request.target,
-             "role": request.role, "state": request.state, **origin.detail()},
+            {
+                "request_id": request.id,
+                "email": principal.email,
+                "target": request.target,
+                "role": request.role,
+                "state": request.state,
+                **origin.detail(),
+            },
         )
 
     def withdraw(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:

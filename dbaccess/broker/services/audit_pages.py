@@ -35,7 +35,7 @@ def read_cursor(cursor: str, filters: dict[str, object]) -> int:
     otherwise."""
     body = None
     if cursor.startswith(_PREFIX) and len(cursor) <= 64:
-        raw = cursor[len(_PREFIX):]
+        raw = cursor[len(_PREFIX) :]
         try:
             body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
         except (binascii.Error, ValueError):

@@ -261,8 +261,11 @@ def example_of(pattern: str) -> str | None:
                         return digit if lo <= ord(digit) <= hi else "1"
                     return chr(lo)
                 if op is _c.CATEGORY:
-                    return {_c.CATEGORY_DIGIT: next(digits), _c.CATEGORY_WORD: "a",
-                            _c.CATEGORY_SPACE: " "}[value]
+                    return {
+                        _c.CATEGORY_DIGIT: next(digits),
+                        _c.CATEGORY_WORD: "a",
+                        _c.CATEGORY_SPACE: " ",
+                    }[value]
             raise ValueError(pattern)  # NEGATE and the like
 
         def emit(items: Any) -> str:

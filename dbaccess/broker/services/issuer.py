@@ -109,8 +109,9 @@ class Issuer:
                 caps=self._caps(target_name, breakglass),
             )
         except CapReached as exc:
-            self._refuse_over_cap(principal, exc, target_name, role, breakglass, reason,
-                                  incident, origin)
+            self._refuse_over_cap(
+                principal, exc, target_name, role, breakglass, reason, incident, origin
+            )
         except Conflict as exc:
             raise refusals.Conflict("request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
@@ -160,18 +161,31 @@ class Issuer:
             return settings.limit(target_name, key)[0]
 
         if breakglass:
-            return Caps(True, weights,
-                        person_sessions=value("breakglass_sessions_per_person"),
-                        target_connections=value("breakglass_connections_per_target"))
-        return Caps(False, weights,
-                    person_sessions=value("sessions_per_person"),
-                    person_connections=value("connections_per_person"),
-                    target_sessions=value("sessions_per_target"),
-                    target_connections=value("connections_per_target"))
+            return Caps(
+                True,
+                weights,
+                person_sessions=value("breakglass_sessions_per_person"),
+                target_connections=value("breakglass_connections_per_target"),
+            )
+        return Caps(
+            False,
+            weights,
+            person_sessions=value("sessions_per_person"),
+            person_connections=value("connections_per_person"),
+            target_sessions=value("sessions_per_target"),
+            target_connections=value("connections_per_target"),
+        )
 
     def _refuse_over_cap(
-        self, principal: Principal, exc: CapReached, target: str, role: str, breakglass: bool,
-        reason: str | None, incident: str | None, origin: Origin,
+        self,
+        principal: Principal,
+        exc: CapReached,
+        target: str,
+        role: str,
+        breakglass: bool,
+        reason: str | None,
+        incident: str | None,
+        origin: Origin,
     ) -> NoReturn:
         """OverLimit, naming the cap and its setting; the refusal is audited like any denial."""
         key = {
@@ -181,8 +195,10 @@ class Issuer:
             "target_connections": "connections_per_target",
         }[exc.cap]
         if breakglass:
-            key = {"sessions_per_person": "breakglass_sessions_per_person",
-                   "connections_per_target": "breakglass_connections_per_target"}[key]
+            key = {
+                "sessions_per_person": "breakglass_sessions_per_person",
+                "connections_per_target": "breakglass_connections_per_target",
+            }[key]
         _, setting = self.ctx.settings.limit(target, key)
         kind = "break-glass " if breakglass else ""
         unit = "sessions" if exc.cap.endswith("sessions") else "connections"
@@ -198,7 +214,8 @@ class Issuer:
                 f"{kind}sessions ({setting}); this session would make {exc.would_be}"
             )
             hint = (
-                "try again when sessions have ended; an administrator can raise " + setting
+                "try again when sessions have ended; an administrator can raise "
+                + setting
                 + (" (or, in an incident, use dbaccess breakglass)" if not breakglass else "")
             )
         self.ctx.store.record(

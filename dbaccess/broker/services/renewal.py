@@ -79,8 +79,10 @@ class Renewal:
         if total > lifetime:
             # The database refuses it too (its own bound, from the user's creation): say
             # so here, not as a database error.
-            explanation = (f"target '{lease.target}' allows {format_duration(lifetime)} "
-                           "from its start (max_lifetime), however often it is renewed")
+            explanation = (
+                f"target '{lease.target}' allows {format_duration(lifetime)} "
+                "from its start (max_lifetime), however often it is renewed"
+            )
             deny("max_lifetime", explanation, None, "broker")
             raise refusals.Denied(
                 "max_lifetime",
@@ -98,9 +100,18 @@ class Renewal:
                 self._renew_hint(lease, basis.most, now),
             )
         try:
-            with self.guard.admitted(lease.target, "renew", principal, origin or Origin(),
-                                     lease_id=lease_id, detail={"db_user": lease.db_user,
-                                     "role": lease.role, "requested_until": expires_at}):
+            with self.guard.admitted(
+                lease.target,
+                "renew",
+                principal,
+                origin or Origin(),
+                lease_id=lease_id,
+                detail={
+                    "db_user": lease.db_user,
+                    "role": lease.role,
+                    "requested_until": expires_at,
+                },
+            ):
                 self.ctx.engines[lease.target].renew_user(lease.db_user, expires_at)
         except EngineRefused as exc:
             # the database's own bound (creation + max_lifetime) held where the broker's
@@ -115,7 +126,10 @@ class Renewal:
         except EngineError as exc:
             raise refusals.TargetFailed("database_error", str(exc)) from None
         renewed = self.ctx.store.renew(
-            lease_id, now, expires_at, principal.subject,
+            lease_id,
+            now,
+            expires_at,
+            principal.subject,
             {**basis.detail(), **(origin or Origin()).detail()},
         )
         if lease.kind == "breakglass":  # loud, like the opening

@@ -60,8 +60,9 @@ class Revocation:
         stale = now - self.ctx.settings.broker.creation_timeout
         return [
             (lease.id, due_cause(lease, now))
-            for lease in self.ctx.store.due(now, stale, limit, target=target,
-                                        not_targets=not_targets)
+            for lease in self.ctx.store.due(
+                now, stale, limit, target=target, not_targets=not_targets
+            )
         ]
 
     def revoke_batch(
@@ -75,15 +76,23 @@ class Revocation:
         time in parallel, then record every outcome (one more transaction). Leases another
         replica holds are left to it. Returns how many users were dropped."""
         claimed = self.claim(wanted, actor, origin)
-        return self.settle([outcome for drop in self.start_drops(claimed,
-                                                                 skip_troubled=skip_troubled)
-                            for outcome in drop.result()])
+        return self.settle(
+            [
+                outcome
+                for drop in self.start_drops(claimed, skip_troubled=skip_troubled)
+                for outcome in drop.result()
+            ]
+        )
 
     def claim_due(self, limit: int, *, target: str | None = None) -> list[Lease]:
         """Claim up to ``limit`` due leases of ``target`` in one store transaction."""
         now, ctx = self.ctx.clock(), self.ctx
         claimed = ctx.store.claim_due(
-            now, now - ctx.settings.broker.creation_timeout, limit, ctx.replica, CLAIM_TTL,
+            now,
+            now - ctx.settings.broker.creation_timeout,
+            limit,
+            ctx.replica,
+            CLAIM_TTL,
             target=target,
         )
         if claimed:
@@ -122,8 +131,9 @@ class Revocation:
             workers = self.ctx.settings.broker.revoke_workers
             size = max(1, min(REVOKE_CHUNK, -(-len(group) // workers)))
             running += [
-                self._workers_of(target).submit(self._drop_users, group[i:i + size],
-                                                skip_troubled)
+                self._workers_of(target).submit(
+                    self._drop_users, group[i : i + size], skip_troubled
+                )
                 for i in range(0, len(group), size)
             ]
         return running
@@ -166,12 +176,15 @@ class Revocation:
         errors: dict[str, str | None]
         engine = self.ctx.engines.get(target)
         if engine is None:
-            errors = dict.fromkeys((lease.db_user for lease in chunk),
-                                   f"target '{target}' is no longer configured")
+            errors = dict.fromkeys(
+                (lease.db_user for lease in chunk), f"target '{target}' is no longer configured"
+            )
         elif skip_troubled and engine.troubled:
-            errors = dict.fromkeys((lease.db_user for lease in chunk),
-                                   f"cannot connect to target '{target}' (it does not "
-                                   "answer; tried again as soon as it does)")
+            errors = dict.fromkeys(
+                (lease.db_user for lease in chunk),
+                f"cannot connect to target '{target}' (it does not "
+                "answer; tried again as soon as it does)",
+            )
         else:
             try:
                 errors = engine.revoke_users([lease.db_user for lease in chunk])
@@ -184,8 +197,11 @@ class Revocation:
             # A target that does not answer is retried as soon as it answers again (the
             # reaper pings it, then makes its failed leases due): this backoff is for
             # errors.
-            retry_at = None if error is None else now + min(
-                timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
+            retry_at = (
+                None
+                if error is None
+                else now + min(timedelta(seconds=2 ** min(lease.attempts, 10)), MAX_BACKOFF)
+            )
             outcomes.append((lease, error, retry_at))
         return outcomes
 

@@ -213,7 +213,9 @@ class SessionService:
     ) -> SessionInfo:
         lease_id = self._own(principal, lease_id).id
         self.revocation.revoke_batch(
-            [(lease_id, "user")], actor=principal.subject, origin=(origin or Origin()).detail(),
+            [(lease_id, "user")],
+            actor=principal.subject,
+            origin=(origin or Origin()).detail(),
             skip_troubled=True,  # target known down: revoking now, dropped when it answers
         )
         current = self.ctx.store.get(lease_id)

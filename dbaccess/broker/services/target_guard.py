@@ -91,16 +91,26 @@ class TargetGuard:
             verdict.release()
 
     def _refuse(
-        self, target: str, action: str, down: Down, principal: Principal, origin: Origin,
-        lease_id: str | None, detail: dict[str, Any],
+        self,
+        target: str,
+        action: str,
+        down: Down,
+        principal: Principal,
+        origin: Origin,
+        lease_id: str | None,
+        detail: dict[str, Any],
     ) -> NoReturn:
         service = self._ctx
         service.metrics.refused_unreachable.labels(target).inc()
-        message = (f"target '{target}' is unreachable: the broker's calls to it got no answer "
-                   f"for the last {down.seconds_ago:.0f} s ({down.reason})")
-        hint = (f"nothing was {'renewed' if action == 'renew' else 'created'} on '{target}'; "
-                f"try again in a few seconds (the broker keeps trying '{target}' and serves "
-                "it again as soon as it answers)")
+        message = (
+            f"target '{target}' is unreachable: the broker's calls to it got no answer "
+            f"for the last {down.seconds_ago:.0f} s ({down.reason})"
+        )
+        hint = (
+            f"nothing was {'renewed' if action == 'renew' else 'created'} on '{target}'; "
+            f"try again in a few seconds (the broker keeps trying '{target}' and serves "
+            "it again as soon as it answers)"
+        )
         service.store.record(
             service.clock(),
             "session.renew_denied" if action == "renew" else "session.denied",
@@ -130,9 +140,11 @@ class TargetGuard:
         if took <= deadline:
             return granted
         service = self._ctx
-        explanation = (f"the session was ready {took:.1f} s after the request arrived, later "
-                       f"than the {deadline:g} s within which a password is handed "
-                       "out: its client may have given up, so it was revoked unseen")
+        explanation = (
+            f"the session was ready {took:.1f} s after the request arrived, later "
+            f"than the {deadline:g} s within which a password is handed "
+            "out: its client may have given up, so it was revoked unseen"
+        )
         service.store.record(
             service.clock(),
             "session.undelivered",
@@ -149,17 +161,17 @@ class TargetGuard:
             },
             granted.id,
         )
-        log.warning("a session was ready too late to be handed out; revoking it",
-                    extra={"target": granted.target, "lease": granted.id,
-                           "took_seconds": round(took, 3)})
+        log.warning(
+            "a session was ready too late to be handed out; revoking it",
+            extra={"target": granted.target, "lease": granted.id, "took_seconds": round(took, 3)},
+        )
         revoke([(granted.id, "undelivered")], None, origin.detail())
         raise refusals.TargetTimeout(
             "issuance_too_slow",
             f"creating the session on '{granted.target}' took {took:.0f} s, longer than the "
             f"broker's {deadline:g} s deadline; it was revoked, its password "
             "never handed out",
-            "try again; if it keeps happening, the target database or the broker is "
-            "overloaded",
+            "try again; if it keeps happening, the target database or the broker is overloaded",
         )
 
 
@@ -181,14 +193,24 @@ def guarded_issue(issue: F) -> F:
         if kw.get("incident") is not None:  # break-glass: always tried
             granted = issue(service, principal, **kw)
         else:
-            with guard.admitted(kw["target_name"], "create", principal, origin,
-                                detail={"role": kw["role"], "reason": kw.get("reason")}):
+            with guard.admitted(
+                kw["target_name"],
+                "create",
+                principal,
+                origin,
+                detail={"role": kw["role"], "reason": kw.get("reason")},
+            ):
                 granted = issue(service, principal, **kw)
-        return guard.deliverable(cast(SessionGranted, granted), principal, origin,
-                                service.revoke)
+        return guard.deliverable(cast(SessionGranted, granted), principal, origin, service.revoke)
 
     return cast(F, guarded)
 
 
-__all__ = ["CLIENT_SHARE", "DELIVERY_DEADLINE", "DOWN_WINDOW", "TargetGuard", "delivery_deadline",
-           "guarded_issue"]
+__all__ = [
+    "CLIENT_SHARE",
+    "DELIVERY_DEADLINE",
+    "DOWN_WINDOW",
+    "TargetGuard",
+    "delivery_deadline",
+    "guarded_issue",
+]

@@ -56,8 +56,7 @@ class Targets:
         elsewhere = sorted({name for name, _, _ in mine})
         if elsewhere:
             return (
-                f"no rule grants you any role on '{target}'; you may use: "
-                f"{', '.join(elsewhere)}",
+                f"no rule grants you any role on '{target}'; you may use: {', '.join(elsewhere)}",
                 "dbaccess targets lists the targets and roles you may request",
             )
         return (

@@ -30,4 +30,3 @@ def session_fields(lease: Lease) -> dict[str, Any]:
         incident=lease.incident,
         drill=lease.drill,
     )
-

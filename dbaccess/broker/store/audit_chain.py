@@ -86,8 +86,17 @@ class AuditTrail(Database):
         for event, subject, lease_id, detail in records:
             text = json.dumps(detail, sort_keys=True, default=json_default)
             digest = record_hash(prev, now, event, subject, lease_id, text)
-            rows.append({"at": at, "event": event, "subject": subject, "lease_id": lease_id,
-                         "detail": text, "prev_hash": prev, "hash": digest})
+            rows.append(
+                {
+                    "at": at,
+                    "event": event,
+                    "subject": subject,
+                    "lease_id": lease_id,
+                    "detail": text,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
             prev = digest
         cursor.executemany(self._sql.audit_insert, rows)
 
@@ -169,7 +178,6 @@ class AuditTrail(Database):
         if self.dialect == "postgresql":
             return sa.func.json_extract_path_text(sa.cast(audit.c.detail, sa.JSON), key)
         return sa.func.json_extract(audit.c.detail, f"$.{key}")
-
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def _sqlite_begin_immediate(conn: Connection) -> None:
 def chunks(items: list[_T], size: int = 500) -> Iterator[list[_T]]:
     """``items`` in lists of at most ``size`` (bound parameters per statement stay few)."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 _T = TypeVar("_T")
@@ -158,8 +158,11 @@ class Database:
             new = message not in seen
             seen.add(message)
         if new:
-            log.error("%s (until it works again, repeats are logged at debug level)",
-                      message, extra={"error": reason})
+            log.error(
+                "%s (until it works again, repeats are logged at debug level)",
+                message,
+                extra={"error": reason},
+            )
         else:
             log.debug(message, extra={"error": reason})
 
@@ -170,8 +173,11 @@ class Database:
             failing, self._failing = self._failing, None
         if failing is not None:
             lasted = time.monotonic() - failing[0]
-            log.info("the store takes writes again after %.1f s", lasted,
-                     extra={"outage_s": round(lasted, 1)})
+            log.info(
+                "the store takes writes again after %.1f s",
+                lasted,
+                extra={"outage_s": round(lasted, 1)},
+            )
 
     def _translate_error(self, context: sa.engine.ExceptionContext) -> None:
         failure = self._store_failure(context.original_exception)

@@ -14,9 +14,26 @@ from sqlalchemy.engine import Connection
 from dbaccess.broker.store.schema import LIVE_STATES, audit, leases
 
 _LEASE_COLUMNS = (
-    "id", "subject", "email", "target", "role", "engine", "db_user", "state", "rule", "reason",
-    "ticket", "created_at", "expires_at", "attempts", "kind", "incident", "drill", "request_id",
-    "user_agent", "review_state",
+    "id",
+    "subject",
+    "email",
+    "target",
+    "role",
+    "engine",
+    "db_user",
+    "state",
+    "rule",
+    "reason",
+    "ticket",
+    "created_at",
+    "expires_at",
+    "attempts",
+    "kind",
+    "incident",
+    "drill",
+    "request_id",
+    "user_agent",
+    "review_state",
 )
 
 

@@ -23,15 +23,23 @@ def _check_caps(
     conn: Connection, sql: DriverSql, caps: Caps, subject: str, target: str, role: str
 ) -> None:
     cursor = driver_cursor(conn)
-    cursor.execute(sql.live_counts, {
-        "subject": subject, "target": target,
-        "kind": "breakglass" if caps.breakglass else "session"})
+    cursor.execute(
+        sql.live_counts,
+        {
+            "subject": subject,
+            "target": target,
+            "kind": "breakglass" if caps.breakglass else "session",
+        },
+    )
     rows = cursor.fetchall()
     # An unknown role (removed from the config since) counts as the heaviest one.
     heaviest = max(caps.weights.values(), default=1)
-    counts = {"person_sessions": 1, "target_sessions": 1,
-              "person_connections": caps.weights.get(role, heaviest),
-              "target_connections": caps.weights.get(role, heaviest)}
+    counts = {
+        "person_sessions": 1,
+        "target_sessions": 1,
+        "person_connections": caps.weights.get(role, heaviest),
+        "target_connections": caps.weights.get(role, heaviest),
+    }
     for is_mine, lease_role, count in rows:
         weight = caps.weights.get(lease_role, heaviest)
         counts["target_sessions"] += count
@@ -39,8 +47,7 @@ def _check_caps(
         if is_mine:
             counts["person_sessions"] += count
             counts["person_connections"] += count * weight
-    for cap in ("person_sessions", "person_connections", "target_sessions",
-                "target_connections"):
+    for cap in ("person_sessions", "person_connections", "target_sessions", "target_connections"):
         limit = getattr(caps, cap)
         if limit is not None and counts[cap] > limit:
             raise CapReached(cap, counts[cap], limit)
@@ -325,24 +332,34 @@ class Leasing(AuditTrail):
             conn.execute(
                 leases.update()
                 .where(leases.c.id.in_(ids))
-                .values(state="revoking", revoke_cause=cause, next_attempt_at=now,
-                        **claim)
+                .values(state="revoking", revoke_cause=cause, next_attempt_at=now, **claim)
             )
         if retried:
             conn.execute(leases.update().where(leases.c.id.in_(retried)).values(**claim))
-        self._append_audits(conn, now, [
-            ("session.revoke_requested", actor or row.subject, row.id,
-             {"cause": cause_of[row.id], "db_user": row.db_user, "target": row.target,
-              **(origin or {})})
-            for row in marked
-        ])
+        self._append_audits(
+            conn,
+            now,
+            [
+                (
+                    "session.revoke_requested",
+                    actor or row.subject,
+                    row.id,
+                    {
+                        "cause": cause_of[row.id],
+                        "db_user": row.db_user,
+                        "target": row.target,
+                        **(origin or {}),
+                    },
+                )
+                for row in marked
+            ],
+        )
         for row in rows:
             if row.state not in ("creating", "active", "revoking"):
                 continue
             fields = dict(row._mapping, **claim)
             if row.state != "revoking":
-                fields.update(state="revoking", revoke_cause=cause_of[row.id],
-                              next_attempt_at=now)
+                fields.update(state="revoking", revoke_cause=cause_of[row.id], next_attempt_at=now)
             claimed.append(Lease(**fields))
         return claimed
 
@@ -365,14 +382,22 @@ class Leasing(AuditTrail):
                     ).all()
                 }
                 done = [lease for lease, error, _ in chunk if error is None and lease.id in mine]
-                failed = [(lease, error, retry_at) for lease, error, retry_at in chunk
-                          if error is not None and lease.id in mine]
+                failed = [
+                    (lease, error, retry_at)
+                    for lease, error, retry_at in chunk
+                    if error is not None and lease.id in mine
+                ]
                 if done:
                     conn.execute(
                         leases.update()
                         .where(leases.c.id.in_([lease.id for lease in done]))
-                        .values(state="revoked", revoked_at=now, last_error=None,
-                                claimed_by=None, claim_expires_at=None)
+                        .values(
+                            state="revoked",
+                            revoked_at=now,
+                            last_error=None,
+                            claimed_by=None,
+                            claim_expires_at=None,
+                        )
                     )
                 if failed:
                     conn.execute(
@@ -386,34 +411,64 @@ class Leasing(AuditTrail):
                             claim_expires_at=None,
                         ),
                         [
-                            {"b_id": lease.id, "b_attempts": lease.attempts + 1,
-                             "b_error": (error or "")[:500], "b_retry_at": retry_at}
+                            {
+                                "b_id": lease.id,
+                                "b_attempts": lease.attempts + 1,
+                                "b_error": (error or "")[:500],
+                                "b_retry_at": retry_at,
+                            }
                             for lease, error, retry_at in failed
                         ],
                     )
-                self._append_audits(conn, now, [
-                    ("session.revoked", lease.subject, lease.id,
-                     {"cause": lease.revoke_cause, "db_user": lease.db_user,
-                      "target": lease.target, "attempts": lease.attempts + 1})
-                    for lease in done
-                ] + [
-                    ("session.revoke_failed", lease.subject, lease.id,
-                     {"db_user": lease.db_user, "target": lease.target,
-                      "error": (error or "")[:500], "attempt": lease.attempts + 1,
-                      "retry_at": retry_at})
-                    for lease, error, retry_at in failed
-                ])
+                self._append_audits(
+                    conn,
+                    now,
+                    [
+                        (
+                            "session.revoked",
+                            lease.subject,
+                            lease.id,
+                            {
+                                "cause": lease.revoke_cause,
+                                "db_user": lease.db_user,
+                                "target": lease.target,
+                                "attempts": lease.attempts + 1,
+                            },
+                        )
+                        for lease in done
+                    ]
+                    + [
+                        (
+                            "session.revoke_failed",
+                            lease.subject,
+                            lease.id,
+                            {
+                                "db_user": lease.db_user,
+                                "target": lease.target,
+                                "error": (error or "")[:500],
+                                "attempt": lease.attempts + 1,
+                                "retry_at": retry_at,
+                            },
+                        )
+                        for lease, error, retry_at in failed
+                    ],
+                )
 
     def retry_now(self, target: str, now: datetime) -> int:
         """Make every failed revocation on ``target`` due now (the target answers again:
         waiting out a backoff that grew during the outage would leave expired users)."""
         with self._write() as conn:
-            return int(conn.execute(
-                leases.update()
-                .where(leases.c.target == target, leases.c.state == "revoking",
-                       leases.c.next_attempt_at > now)
-                .values(next_attempt_at=now)
-            ).rowcount)
+            return int(
+                conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.target == target,
+                        leases.c.state == "revoking",
+                        leases.c.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                ).rowcount
+            )
 
     def get(self, lease_id: str) -> Lease | None:
         with self.engine.connect() as conn:
@@ -470,9 +525,6 @@ class Leasing(AuditTrail):
         where = _due_where(now, stale_before, target, not_targets)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(leases)
-                .where(*where)
-                .order_by(leases.c.expires_at)
-                .limit(limit)
+                sa.select(leases).where(*where).order_by(leases.c.expires_at).limit(limit)
             ).all()
         return [Lease(**row._mapping) for row in rows]

@@ -71,9 +71,7 @@ class Outbox(AuditTrail):
                 .where(notifications.c.id.in_(ids))
                 .values(claimed_by=owner, claim_expires_at=now + ttl)
             )
-            rows = conn.execute(
-                sa.select(notifications).where(notifications.c.id.in_(ids))
-            ).all()
+            rows = conn.execute(sa.select(notifications).where(notifications.c.id.in_(ids))).all()
         return [dict(row._mapping) for row in rows]
 
     def settle_notification(
@@ -87,9 +85,7 @@ class Outbox(AuditTrail):
     ) -> None:
         """Delivered (error None); or failed once, to retry at ``retry_at``; or given up
         (``retry_at`` None), which is an audit record."""
-        mine = sa.and_(
-            notifications.c.id == notification_id, notifications.c.claimed_by == owner
-        )
+        mine = sa.and_(notifications.c.id == notification_id, notifications.c.claimed_by == owner)
         with self._write() as conn:
             row = conn.execute(sa.select(notifications).where(mine)).first()
             if row is None:

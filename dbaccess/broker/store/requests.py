@@ -74,9 +74,7 @@ class Requests(AuditTrail):
             # Checked and inserted under the store's write lock, which orders writers across
             # replicas too (BEGIN IMMEDIATE / advisory lock): two retries arriving at two
             # brokers at once still leave one open request.
-            existing = conn.execute(
-                _open_requests(now, subject, target, role).limit(1)
-            ).first()
+            existing = conn.execute(_open_requests(now, subject, target, role).limit(1)).first()
             if existing is not None:
                 return ApprovalRequest.from_row(existing), False
             conn.execute(approval_requests.insert(), values)

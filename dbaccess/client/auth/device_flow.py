@@ -177,16 +177,22 @@ class DeviceFlow:
         endpoint = self.endpoints().get("revocation_endpoint")
         if not isinstance(endpoint, str):
             return False
-        data = {"token": refresh_token, "token_type_hint": "refresh_token",
-                "client_id": self.client_id}
+        data = {
+            "token": refresh_token,
+            "token_type_hint": "refresh_token",
+            "client_id": self.client_id,
+        }
         try:
             response = self._http.post(endpoint, data=data)
         except httpx.HTTPError as exc:
             raise BrokerUnreachable(
-                f"cannot reach the identity provider at {endpoint}: {exc}") from None
+                f"cannot reach the identity provider at {endpoint}: {exc}"
+            ) from None
         if response.status_code != 200:  # RFC 7009: 200 whether or not the token was valid
-            raise AuthError(f"the identity provider answered {response.status_code} to the "
-                            "revocation of the refresh token")
+            raise AuthError(
+                f"the identity provider answered {response.status_code} to the "
+                "revocation of the refresh token"
+            )
         return True
 
     def _token_set(self, body: dict[str, Any]) -> TokenSet:

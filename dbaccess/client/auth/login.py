@@ -47,12 +47,21 @@ def device_login(
 
         poll = os.environ.get("DBACCESS_DEVICE_POLL_INTERVAL")
         tokens = entra.device_login(
-            config.issuer, config.client_id, config.scopes, http, show_code,
+            config.issuer,
+            config.client_id,
+            config.scopes,
+            http,
+            show_code,
             float(poll) if poll else None,
         )
     else:
-        flow = DeviceFlow(config.issuer, config.client_id, config.scopes, http=http,
-                          default_interval=_default_interval())
+        flow = DeviceFlow(
+            config.issuer,
+            config.client_id,
+            config.scopes,
+            http=http,
+            default_interval=_default_interval(),
+        )
         code = flow.start()
         show_code(code)
         tokens = flow.poll(code, on_wait)
@@ -61,8 +70,9 @@ def device_login(
     return login
 
 
-def bearer_token(profile: str, http: httpx.Client, *,
-                 profiles: ProfileFile | None = None) -> StoredLogin:
+def bearer_token(
+    profile: str, http: httpx.Client, *, profiles: ProfileFile | None = None
+) -> StoredLogin:
     """The stored login, refreshed silently when it is about to expire."""
     login = load_login(profile, profiles)
     if login is None:
@@ -90,7 +100,13 @@ def _stored(
     issuer: str, client_id: str, scopes: list[str], tokens: TokenSet, kind: str = "oidc"
 ) -> StoredLogin:
     return StoredLogin(
-        issuer=issuer, client_id=client_id, scopes=list(scopes), id_token=tokens.id_token,
-        refresh_token=tokens.refresh_token, expires_at=tokens.expires_at,
-        subject=tokens.subject, email=tokens.email, kind=kind,
+        issuer=issuer,
+        client_id=client_id,
+        scopes=list(scopes),
+        id_token=tokens.id_token,
+        refresh_token=tokens.refresh_token,
+        expires_at=tokens.expires_at,
+        subject=tokens.subject,
+        email=tokens.email,
+        kind=kind,
     )

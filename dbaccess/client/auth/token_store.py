@@ -72,8 +72,9 @@ def ensure_storage(profile: str, profiles: ProfileFile | None = None) -> None:
     import keyring.backends.fail
 
     if isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring):
-        raise KeyringUnavailable("no keyring backend is available to keep your login",
-                                 hint=_NO_BACKEND_HINT)
+        raise KeyringUnavailable(
+            "no keyring backend is available to keep your login", hint=_NO_BACKEND_HINT
+        )
 
 
 def save_login(profile: str, login: StoredLogin, profiles: ProfileFile | None = None) -> None:
@@ -175,13 +176,18 @@ def read_from_secret_service(profile: str) -> StoredLogin | None:
             if collection.is_locked():
                 return None
             # The attributes keyring's SecretService backend stores and searches by.
-            for item in collection.search_items({"username": _account(profile),
-                                                 "service": SERVICE}):
+            for item in collection.search_items(
+                {"username": _account(profile), "service": SERVICE}
+            ):
                 if item.is_locked():
                     return None
                 return _parse(item.get_secret().decode("utf-8"))
-    except (secretstorage.exceptions.SecretStorageException, DBusErrorResponse, OSError,
-            ValueError):
+    except (
+        secretstorage.exceptions.SecretStorageException,
+        DBusErrorResponse,
+        OSError,
+        ValueError,
+    ):
         return None
     return None
 

@@ -55,8 +55,9 @@ class DbClient(Protocol):
         """The engine's default client on PATH; LaunchError when it is not there."""
         ...
 
-    def prepare(self, granted: Granted, directory: SessionDir, client: str,
-                args: list[str]) -> tuple[list[str], dict[str, str]]:
+    def prepare(
+        self, granted: Granted, directory: SessionDir, client: str, args: list[str]
+    ) -> tuple[list[str], dict[str, str]]:
         """argv and environment for ``client``; the password only in a 0600 file."""
         ...
 

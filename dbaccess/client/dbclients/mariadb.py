@@ -42,9 +42,11 @@ def find_mysql() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise LaunchError("neither mariadb nor mysql was found on PATH",
-                      hint="install the client (apt-get install mariadb-client), or set "
-                      "DBACCESS_MYSQL to its path")
+    raise LaunchError(
+        "neither mariadb nor mysql was found on PATH",
+        hint="install the client (apt-get install mariadb-client), or set "
+        "DBACCESS_MYSQL to its path",
+    )
 
 
 def _option_value(value: str) -> str:
@@ -72,8 +74,9 @@ def option_file(granted: Granted) -> str:
     )
 
 
-def prepare(granted: Granted, directory: SessionDir, client: str,
-            args: list[str]) -> tuple[list[str], dict[str, str]]:
+def prepare(
+    granted: Granted, directory: SessionDir, client: str, args: list[str]
+) -> tuple[list[str], dict[str, str]]:
     """argv and environment for a MariaDB/MySQL client; the password only in the file."""
     path = directory.write_file("my.cnf", option_file(granted))
     # For exec: MariaDB and MySQL tools also read $MYSQL_HOME/my.cnf by themselves.
@@ -97,8 +100,14 @@ def mycli_argv(granted: Granted, directory: SessionDir, client: str, args: list[
         # for that, and it would outlive the session there
         "--use-keyring=false",
         f"--password-file={secret}",
-        "--host", granted.host, "--port", str(granted.port), "--user", granted.db_user,
-        "--database", granted.database,
+        "--host",
+        granted.host,
+        "--port",
+        str(granted.port),
+        "--user",
+        granted.db_user,
+        "--database",
+        granted.database,
         *args,  # after ours: click takes the last of a repeated option (-D other)
     ]
 

@@ -38,8 +38,10 @@ def find_psql() -> str:
         return find_program(override, other="correct DBACCESS_PSQL")
     found = find_program("psql", other="set DBACCESS_PSQL to its path")
     if os.path.realpath(found).endswith("pg_wrapper"):
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
-                          key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+        versions = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/psql"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
         if versions:
             return str(versions[-1])
     return found
@@ -49,13 +51,19 @@ def _passfile_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def prepare(granted: Granted, directory: SessionDir, client: str,
-            args: list[str]) -> tuple[list[str], dict[str, str]]:
+def prepare(
+    granted: Granted, directory: SessionDir, client: str, args: list[str]
+) -> tuple[list[str], dict[str, str]]:
     """argv and environment for a PostgreSQL client; the password only in the passfile."""
     line = ":".join(
         _passfile_field(v)
-        for v in (granted.host, str(granted.port), granted.database, granted.db_user,
-                  granted.password.get_secret_value())
+        for v in (
+            granted.host,
+            str(granted.port),
+            granted.database,
+            granted.db_user,
+            granted.password.get_secret_value(),
+        )
     )
     passfile = directory.write_file("pgpass", line + "\n")
     env = {

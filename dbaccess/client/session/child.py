@@ -73,8 +73,9 @@ def run_child(argv: list[str], env: Mapping[str, str]) -> int:
     try:
         child = subprocess.Popen(argv, env=dict(env))
     except OSError as exc:
-        raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}",
-                          hint="install it, or name another client") from None
+        raise LaunchError(
+            f"cannot start {argv[0]}: {exc.strerror}", hint="install it, or name another client"
+        ) from None
     received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:

@@ -29,8 +29,15 @@ class SessionDir:
         directory = cls(path)
         directory.write_file(
             "owner.json",
-            json.dumps({"pid": os.getpid(), "started": start_time(os.getpid()),
-                        "session": session_id, "broker": broker, "profile": profile}),
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "started": start_time(os.getpid()),
+                    "session": session_id,
+                    "broker": broker,
+                    "profile": profile,
+                }
+            ),
         )
         return directory
 

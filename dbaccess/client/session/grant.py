@@ -115,8 +115,7 @@ def obtain(api: SessionBroker, want: SessionRequest, ask: Ask) -> Any:
         try:
             outcome = api.create_session(want)
         except DeniedError as exc:
-            if (exc.broker_code == "reason_required" and ask.reason is not None
-                    and not want.reason):
+            if exc.broker_code == "reason_required" and ask.reason is not None and not want.reason:
                 reason = ask.reason(exc.message)
                 if reason.strip():
                     want = want.with_reason(reason)
@@ -133,8 +132,9 @@ def obtain(api: SessionBroker, want: SessionRequest, ask: Ask) -> Any:
         want = once_approved(api, outcome, want, ask)
 
 
-def once_approved(api: SessionBroker, request: Pending, want: SessionRequest,
-                  ask: Ask) -> SessionRequest:
+def once_approved(
+    api: SessionBroker, request: Pending, want: SessionRequest, ask: Ask
+) -> SessionRequest:
     """After the broker opened ``request``: wait for its approval and return what redeems
     it — or, without ``want.wait``, raise ApprovalPending naming it. A request already
     approved (an open one the broker handed back) is redeemed at once."""
@@ -182,8 +182,7 @@ def wait_for_approval(api: SessionBroker, request: Pending, ask: Ask) -> Pending
     if request.state == "withdrawn":
         raise DeniedError(
             f"request {request.id} was withdrawn",
-            hint=f"ask again: dbaccess connect {request.target} --role {request.role} "
-            "--reason ...",
+            hint=f"ask again: dbaccess connect {request.target} --role {request.role} --reason ...",
         )
     raise DbaccessError(f"request {request.id} is {request.state}")
 

@@ -20,8 +20,13 @@ from dbaccess.text import refuse_unsafe
 
 # The broker's limits on the text of a request (wire.SessionCreate, wire.BreakglassCreate).
 # Required fields: (min, max); optional ones have a max only.
-_SESSION_FIELDS = {"target": (1, 64), "role": (1, 64), "reason": (None, 500),
-                   "ticket": (None, 100), "request_id": (None, 36)}
+_SESSION_FIELDS = {
+    "target": (1, 64),
+    "role": (1, 64),
+    "reason": (None, 500),
+    "ticket": (None, 100),
+    "request_id": (None, 36),
+}
 _BREAKGLASS_FIELDS = {"target": (None, 64), "incident": (1, 100), "reason": (1, 500)}
 
 
@@ -57,8 +62,11 @@ class SessionRequest:
         """``self``, or UsageError with every refusal the broker would answer, in its order."""
         problems: list[str] = []
         fields = _BREAKGLASS_FIELDS if self.breakglass else _SESSION_FIELDS
-        order = (("target", "incident", "reason", "duration_seconds") if self.breakglass
-                 else ("target", "role", "duration_seconds", "reason", "ticket", "request_id"))
+        order = (
+            ("target", "incident", "reason", "duration_seconds")
+            if self.breakglass
+            else ("target", "role", "duration_seconds", "reason", "ticket", "request_id")
+        )
         for name in order:
             if name == "duration_seconds":
                 problem = _seconds_problem(self.duration_seconds)
@@ -75,16 +83,21 @@ class SessionRequest:
         """The JSON body the broker expects, without the fields left out."""
         if self.breakglass:
             body: dict[str, Any] = {
-                "target": self.target, "incident": self.incident, "reason": self.reason,
+                "target": self.target,
+                "incident": self.incident,
+                "reason": self.reason,
                 "duration_seconds": self.duration_seconds,
             }
             if self.drill:
                 body["drill"] = True
         else:
             body = {
-                "target": self.target, "role": self.role,
-                "duration_seconds": self.duration_seconds, "reason": self.reason,
-                "ticket": self.ticket, "request_id": self.request_id,
+                "target": self.target,
+                "role": self.role,
+                "duration_seconds": self.duration_seconds,
+                "reason": self.reason,
+                "ticket": self.ticket,
+                "request_id": self.request_id,
             }
         return {k: v for k, v in body.items() if v is not None}
 
@@ -95,8 +108,9 @@ class SessionRequest:
     def redeeming(self, request_id: str) -> SessionRequest:
         """What redeems an approved request: its id, nothing more to wait for (the
         duration, reason and ticket are the request's own)."""
-        return replace(self, duration=None, reason=None, ticket=None,
-                       request_id=request_id, wait=False)
+        return replace(
+            self, duration=None, reason=None, ticket=None, request_id=request_id, wait=False
+        )
 
 
 def _text_problem(value: str | None, low: int | None, high: int) -> str | None:

@@ -95,8 +95,9 @@ def run_session(
             command=request.command,
             client=clients.get(granted.engine),
         )
-        code = run_granted(granted, launch, revoke=api.revoke, on_granted=on_granted,
-                           on_warning=warn)
+        code = run_granted(
+            granted, launch, revoke=api.revoke, on_granted=on_granted, on_warning=warn
+        )
     report.info(messages.session_ended(report.markup))
     if ran:
         report.outcome(session_outcome(ran[0], code, warnings))
@@ -143,13 +144,16 @@ def find_programs(request: SessionRequest, origin: Origin, api: SessionBroker) -
         errors = list(missing.values())
         if len({e.message for e in errors}) == 1:
             raise errors[0]
-        raise LaunchError("; ".join(e.message for e in errors),
-                          hint="; ".join(dict.fromkeys(e.hint for e in errors if e.hint)))
+        raise LaunchError(
+            "; ".join(e.message for e in errors),
+            hint="; ".join(dict.fromkeys(e.hint for e in errors if e.hint)),
+        )
     return found
 
 
-def sweep_stale_sessions(api: SessionBroker, broker: str,
-                         on_warning: Callable[[str], None]) -> None:
+def sweep_stale_sessions(
+    api: SessionBroker, broker: str, on_warning: Callable[[str], None]
+) -> None:
     """Finish the clean-up of sessions whose dbaccess process died without it."""
     for directory, owner in stale_sessions():
         directory.remove()

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def tokens(stack: Stack) -> dict[str, str]:
-    return {name: device_tokens(stack.idp, name)["id_token"]
-            for name in ("alice", "bob", "mallory")}
+    return {
+        name: device_tokens(stack.idp, name)["id_token"] for name in ("alice", "bob", "mallory")
+    }
 
 
 @pytest.fixture
@@ -140,36 +141,47 @@ def test_denials_and_bad_requests_change_nothing(
     assert any("at most 1h" in r.detail["explanation"] for r in denials)
 
 
-def test_renew_moves_the_expiry_within_the_rules_limit(api: TestClient, tokens: dict[str, str],
-                                                       stack: Stack) -> None:
+def test_renew_moves_the_expiry_within_the_rules_limit(
+    api: TestClient, tokens: dict[str, str], stack: Stack
+) -> None:
     from datetime import datetime
 
     alice = bearer(tokens["alice"])
-    session = api.post("/v1/sessions", headers=alice, json={
-        "target": "demo", "role": "readonly", "duration_seconds": 600}).json()
+    session = api.post(
+        "/v1/sessions",
+        headers=alice,
+        json={"target": "demo", "role": "readonly", "duration_seconds": 600},
+    ).json()
 
     def valid_until() -> datetime:
         with stack.postgres.connect() as admin:
-            row = admin.execute("SELECT rolvaliduntil FROM pg_roles WHERE rolname = %s",
-                                (session["db_user"],)).fetchone()
+            row = admin.execute(
+                "SELECT rolvaliduntil FROM pg_roles WHERE rolname = %s", (session["db_user"],)
+            ).fetchone()
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
 
     before = valid_until()
-    renewed = api.post(f"/v1/sessions/{session['id']}/renew", headers=alice,
-                       json={"duration_seconds": 1800})
+    renewed = api.post(
+        f"/v1/sessions/{session['id']}/renew", headers=alice, json={"duration_seconds": 1800}
+    )
     assert renewed.status_code == 200, renewed.text
     new_expiry = datetime.fromisoformat(renewed.json()["expires_at"])
     assert new_expiry > datetime.fromisoformat(session["expires_at"])
     assert valid_until() == new_expiry > before  # the database's clock moved too
 
-    too_long = api.post(f"/v1/sessions/{session['id']}/renew", headers=alice,
-                        json={"duration_seconds": 7200})
+    too_long = api.post(
+        f"/v1/sessions/{session['id']}/renew", headers=alice, json={"duration_seconds": 7200}
+    )
     assert too_long.status_code == 403
     assert "allows at most 1h" in too_long.json()["error"]["message"]
     assert valid_until() == new_expiry  # unchanged
-    assert api.post(f"/v1/sessions/{session['id']}/renew", headers=bearer(tokens["bob"]),
-                    json={}).status_code == 404
+    assert (
+        api.post(
+            f"/v1/sessions/{session['id']}/renew", headers=bearer(tokens["bob"]), json={}
+        ).status_code
+        == 404
+    )
     api.delete(f"/v1/sessions/{session['id']}", headers=alice)
     gone = api.post(f"/v1/sessions/{session['id']}/renew", headers=alice, json={})
     assert gone.status_code == 409

@@ -31,8 +31,9 @@ def fuzzed_app(
 ) -> Iterator[FastAPI]:
     settings_ = load_settings(stack.broker_config)
     store = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    settings_ = settings_.model_copy(update={"broker": settings_.broker.model_copy(
-        update={"store": f"sqlite:///{store}"})})
+    settings_ = settings_.model_copy(
+        update={"broker": settings_.broker.model_copy(update={"store": f"sqlite:///{store}"})}
+    )
     app = create_app(settings_, run_reaper=False)
     with TestClient(app) as client:
         yield app
@@ -68,8 +69,9 @@ _CALLERS = ("alice", "bob", "carol", "dave")
 # Names that exist in the sandbox's broker config (dbaccess/sandbox/stack.py).
 _REAL_NAMES = st.one_of(
     st.just({}),
-    st.sampled_from([{"target": t, "role": r} for t in ("demo", "shop")
-                     for r in ("readonly", "readwrite")]),
+    st.sampled_from(
+        [{"target": t, "role": r} for t in ("demo", "shop") for r in ("readonly", "readwrite")]
+    ),
 )
 
 
@@ -78,7 +80,9 @@ def _has_input(operation: schemathesis.APIOperation) -> bool:
 
 
 def test_no_input_makes_the_broker_fail(
-    api_schema: schemathesis.BaseSchema, tokens: dict[str, str], stack: Stack,
+    api_schema: schemathesis.BaseSchema,
+    tokens: dict[str, str],
+    stack: Stack,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
@@ -90,10 +94,14 @@ def test_no_input_makes_the_broker_fail(
         if mode is GenerationMode.NEGATIVE and not _has_input(operation):
             continue  # nothing to make invalid
 
-        @given(case=operation.as_strategy(generation_mode=mode), real=_REAL_NAMES,
-               person=st.sampled_from(_CALLERS))
-        @settings(max_examples=40, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @given(
+            case=operation.as_strategy(generation_mode=mode),
+            real=_REAL_NAMES,
+            person=st.sampled_from(_CALLERS),
+        )
+        @settings(
+            max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def call(case: schemathesis.Case, real: dict[str, str], person: str) -> None:
             # Random names rarely hit a real target: often use real ones, so that the
             # durations, reasons and tickets reach the code past the name checks.
@@ -123,19 +131,24 @@ def test_numbers_beyond_their_bound_are_a_422(
             ("/v1/sessions", {"target": "demo", "role": "readonly"}, "alice"),
             ("/v1/breakglass", {"target": "demo", "incident": "INC-1", "reason": "r"}, "carol"),
         ]:
-            answer = api.post(path, json={**body, "duration_seconds": seconds},
-                              headers=_bearer(tokens[who]))
+            answer = api.post(
+                path, json={**body, "duration_seconds": seconds}, headers=_bearer(tokens[who])
+            )
             assert answer.status_code == 422, answer.text
             assert "duration_seconds" in answer.json()["error"]["message"]
     assert set(stack.managed_users()) == before
 
     alice = _bearer(tokens["alice"])
-    session = api.post("/v1/sessions", json={"target": "demo", "role": "readonly"},
-                       headers=alice).json()
+    session = api.post(
+        "/v1/sessions", json={"target": "demo", "role": "readonly"}, headers=alice
+    ).json()
     try:
         for seconds in huge:
-            answer = api.post(f"/v1/sessions/{session['id']}/renew",
-                              json={"duration_seconds": seconds}, headers=alice)
+            answer = api.post(
+                f"/v1/sessions/{session['id']}/renew",
+                json={"duration_seconds": seconds},
+                headers=alice,
+            )
             assert answer.status_code == 422, answer.text
         listed = {s["id"]: s for s in api.get("/v1/sessions", headers=alice).json()}
         assert listed[session["id"]]["expires_at"] == session["expires_at"]  # unchanged
@@ -154,8 +167,11 @@ def test_a_broker_that_cannot_serve_answers_with_the_envelope(
     cleared it) was a plain-text 500; it is a 503 saying what the operator must fix."""
     api = TestClient(fuzzed_app, raise_server_exceptions=False)
     before = set(stack.managed_users())
-    answer = api.post("/v1/sessions", json={"target": "demo", "role": "readonly"},
-                      headers=_bearer(tokens["alice"]))
+    answer = api.post(
+        "/v1/sessions",
+        json={"target": "demo", "role": "readonly"},
+        headers=_bearer(tokens["alice"]),
+    )
     assert answer.status_code == 503, answer.text
     error = answer.json()["error"]
     assert error["code"] == "broker_unavailable"
@@ -172,10 +188,14 @@ def test_sizes_beyond_their_bound_are_refused_before_anything_reads_them(
     before = set(stack.managed_users())
     # A body past 64 KiB, declared or streamed without a length: 413, nothing created.
     big = b'{"target": "demo", "role": "readonly", "reason": "' + b"x" * 70_000 + b'"}'
-    declared = api.post("/v1/sessions", content=big,
-                        headers={**alice, "Content-Type": "application/json"})
-    streamed = api.post("/v1/sessions", content=iter([big[:40_000], big[40_000:]]),
-                        headers={**alice, "Content-Type": "application/json"})
+    declared = api.post(
+        "/v1/sessions", content=big, headers={**alice, "Content-Type": "application/json"}
+    )
+    streamed = api.post(
+        "/v1/sessions",
+        content=iter([big[:40_000], big[40_000:]]),
+        headers={**alice, "Content-Type": "application/json"},
+    )
     for answer in (declared, streamed):
         assert answer.status_code == 413, answer.text
         assert answer.json()["error"]["code"] == "request_too_large"

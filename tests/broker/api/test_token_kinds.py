@@ -23,10 +23,20 @@ pytestmark = pytest.mark.integration
 
 # eve may type any address into her profile: the provider sends it unverified
 EVE = IdpUser("eve", "Alice@example.com", "Eve", [], email_verified=False)
-ALICE_BY_EMAIL = Rule(name="alice-by-email", users=["alice@example.com"], targets=["demo"],
-                      roles=["readwrite"], max_duration=timedelta(hours=1))
-EVE_BY_SUBJECT = Rule(name="eve-by-subject", users=["eve"], targets=["demo"],
-                      roles=["readonly"], max_duration=timedelta(hours=1))
+ALICE_BY_EMAIL = Rule(
+    name="alice-by-email",
+    users=["alice@example.com"],
+    targets=["demo"],
+    roles=["readwrite"],
+    max_duration=timedelta(hours=1),
+)
+EVE_BY_SUBJECT = Rule(
+    name="eve-by-subject",
+    users=["eve"],
+    targets=["demo"],
+    roles=["readonly"],
+    max_duration=timedelta(hours=1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +47,25 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
 
 @pytest.fixture(scope="module")
 def minted(idp: OidcProvider) -> dict[str, str]:
-    alice = device_tokens(idp, "alice", scope="openid email profile groups api",
-                          resource=TEST_API)
-    return {"alice": alice["id_token"], "alice_access": alice["access_token"],
-            "eve": device_tokens(idp, "eve")["id_token"]}
+    alice = device_tokens(idp, "alice", scope="openid email profile groups api", resource=TEST_API)
+    return {
+        "alice": alice["id_token"],
+        "alice_access": alice["access_token"],
+        "eve": device_tokens(idp, "eve")["id_token"],
+    }
 
 
 def broker(stack: Stack, idp: OidcProvider, tmp_path: Path, **identity: Any) -> TestClient:
     settings: Settings = load_settings(stack.broker_config)
-    settings = settings.model_copy(update={
-        "broker": settings.broker.model_copy(
-            update={"store": f"sqlite:///{tmp_path / 'kinds.db'}"}),
-        "identity": settings.identity.model_copy(update={"issuer": idp.issuer, **identity}),
-        "rules": [ALICE_BY_EMAIL, EVE_BY_SUBJECT],
-    })
+    settings = settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(
+                update={"store": f"sqlite:///{tmp_path / 'kinds.db'}"}
+            ),
+            "identity": settings.identity.model_copy(update={"issuer": idp.issuer, **identity}),
+            "rules": [ALICE_BY_EMAIL, EVE_BY_SUBJECT],
+        }
+    )
     return TestClient(create_app(settings, run_reaper=False))
 
 
@@ -59,8 +74,11 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def test_an_access_token_is_not_an_id_token_unless_configured(
-    stack: Stack, idp: OidcProvider, minted: dict[str, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
+    idp: OidcProvider,
+    minted: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import jwt
 
@@ -79,8 +97,9 @@ def test_an_access_token_is_not_an_id_token_unless_configured(
             "(identity.accept_access_tokens allows access tokens)",
             "hint": "dbaccess login",
         }
-        made = api.post("/v1/sessions", headers=bearer(access),
-                        json={"target": "demo", "role": "readwrite"})
+        made = api.post(
+            "/v1/sessions", headers=bearer(access), json={"target": "demo", "role": "readwrite"}
+        )
         assert made.status_code == 401  # nothing else takes it either
         assert api.get("/v1/me", headers=bearer(minted["alice"])).status_code == 200
     with broker(stack, idp, tmp_path, accept_access_tokens=True) as api:
@@ -90,8 +109,11 @@ def test_an_access_token_is_not_an_id_token_unless_configured(
 
 
 def test_a_rule_naming_an_email_needs_it_verified(
-    stack: Stack, idp: OidcProvider, minted: dict[str, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
+    idp: OidcProvider,
+    minted: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     want = {"target": "demo", "role": "readwrite", "duration_seconds": 600}
@@ -101,8 +123,9 @@ def test_a_rule_naming_an_email_needs_it_verified(
         stolen = api.post("/v1/sessions", headers=eve, json=want)
         assert stolen.status_code == 403, stolen.text
         # what eve may request: her rule by subject, not alice's by email
-        assert [(t["target"], t["role"]) for t in
-                api.get("/v1/targets", headers=eve).json()] == [("demo", "readonly")]
+        assert [(t["target"], t["role"]) for t in api.get("/v1/targets", headers=eve).json()] == [
+            ("demo", "readonly")
+        ]
         granted = api.post("/v1/sessions", headers=alice, json=want)
         assert granted.status_code == 201, granted.text
         api.delete(f"/v1/sessions/{granted.json()['id']}", headers=alice)

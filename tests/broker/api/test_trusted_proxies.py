@@ -24,9 +24,12 @@ FORGED = "203.0.113.9"
 
 def audited_source(stack: Stack, url: str, token: str) -> str:
     auth = {"Authorization": f"Bearer {token}", "X-Forwarded-For": FORGED}
-    made = httpx.post(f"{url}/v1/sessions", headers=auth,
-                      json={"target": "demo", "role": "readonly", "duration_seconds": 60},
-                      timeout=30)
+    made = httpx.post(
+        f"{url}/v1/sessions",
+        headers=auth,
+        json={"target": "demo", "role": "readonly", "duration_seconds": 60},
+        timeout=30,
+    )
     assert made.status_code == 201, made.text
     session = made.json()["id"]
     assert httpx.delete(f"{url}/v1/sessions/{session}", headers=auth, timeout=30).is_success
@@ -45,15 +48,29 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(stack: Stack, tmp_path
 
     # The same broker behind a proxy on 127.0.0.1, as the config says.
     behind = stack.broker_config.with_name("behind-proxy.toml")  # same directory: same store
-    behind.write_text(stack.broker_config.read_text().replace(
-        "[broker]\n", '[broker]\ntrusted_proxies = ["127.0.0.1/32"]\n', 1))
+    behind.write_text(
+        stack.broker_config.read_text().replace(
+            "[broker]\n", '[broker]\ntrusted_proxies = ["127.0.0.1/32"]\n', 1
+        )
+    )
     port = free_port()
     with (tmp_path / "behind.log").open("ab") as log:
         replica = subprocess.Popen(
-            [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(behind),
-             "--port", str(port)],
-            env=stack.broker_env(), stdout=log, stderr=subprocess.STDOUT,
-            cwd=behind.parent)
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "serve",
+                "--config",
+                str(behind),
+                "--port",
+                str(port),
+            ],
+            env=stack.broker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=behind.parent,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -77,6 +94,7 @@ def test_a_trusted_proxy_must_be_an_address_or_network(tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
     config.write_text(
         '[broker]\ntrusted_proxies = ["10.0.0.0/8", "proxy.internal"]\n'
-        '[identity]\nissuer = "https://idp.example.com"\nclient_id = "c"\n')
+        '[identity]\nissuer = "https://idp.example.com"\nclient_id = "c"\n'
+    )
     with pytest.raises(ConfigError, match="proxy.internal' is not an IP address or network"):
         load_settings(config)

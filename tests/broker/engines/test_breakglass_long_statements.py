@@ -42,8 +42,11 @@ def breakglass(targets: dict[str, TargetSection]) -> Iterator[Users]:
     for name, engine in engines.items():
         users[name] = NewUser(
             make_username(targets[name].username_prefix, "longlog", engine.max_username_length),
-            make_password(), targets[name].roles["readonly"],
-            datetime.now(UTC) + timedelta(minutes=10), log_statements=True)
+            make_password(),
+            targets[name].roles["readonly"],
+            datetime.now(UTC) + timedelta(minutes=10),
+            log_statements=True,
+        )
         engine.create_user(users[name])
     try:
         yield engines["demo"], engines["shop"], users
@@ -77,8 +80,12 @@ def test_postgres_logs_a_long_statement_whole(breakglass: Users, stack: Stack) -
         conn.execute(f"SELECT '{mark}', '{filler}', 'end-{mark}'".encode())  # simple protocol
         conn.execute("SELECT %s::text", (f"{param_mark}{filler}end-{param_mark}",))  # extended
         # Nothing the session may run lowers its own logging (each is superuser-only).
-        for setting in ("log_statement = 'none'", "log_min_duration_statement = -1",
-                        "log_parameter_max_length = 0", "log_min_error_statement = panic"):
+        for setting in (
+            "log_statement = 'none'",
+            "log_min_duration_statement = -1",
+            "log_parameter_max_length = 0",
+            "log_min_error_statement = panic",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SET {setting}")
             conn.rollback()
@@ -117,9 +124,11 @@ def test_mariadb_session_cannot_lower_the_limit(breakglass: Users, stack: Stack)
     conn = stack.mariadb.connect(user=user.username, password=user.password)
     try:
         with conn.cursor() as cur:
-            for statement in ("SET GLOBAL server_audit_query_log_limit = 10",
-                              "SET sql_log_off = 1",
-                              f"SET GLOBAL server_audit_excl_users = '{user.username}'"):
+            for statement in (
+                "SET GLOBAL server_audit_query_log_limit = 10",
+                "SET sql_log_off = 1",
+                f"SET GLOBAL server_audit_excl_users = '{user.username}'",
+            ):
                 with pytest.raises(pymysql.err.OperationalError, match="SUPER"):
                     cur.execute(statement)
     finally:

@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "broker.md"
 def documented_sql() -> tuple[list[str], list[str]]:
     """The PostgreSQL and the MariaDB statements of "Granting the group roles ..."."""
     text = DOC.read_text()
-    section = text[text.index("### Granting the group roles"):text.index("### Several targets")]
+    section = text[text.index("### Granting the group roles") : text.index("### Several targets")]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
     assert len(blocks) == 2, "expected one PostgreSQL and one MariaDB block"
 
@@ -35,8 +35,11 @@ def documented_sql() -> tuple[list[str], list[str]]:
 def renamed(statement: str, database: str) -> str:
     """The same statement for this test's own database and roles (the shared servers'
     demo and shop databases and dbaccess_* roles belong to other tests)."""
-    return (statement.replace("dbaccess_read", "docgrant_read")
-            .replace(" demo", f" {database}").replace("shop.", f"{database}."))
+    return (
+        statement.replace("dbaccess_read", "docgrant_read")
+        .replace(" demo", f" {database}")
+        .replace("shop.", f"{database}.")
+    )
 
 
 def test_postgres_grants(stack: Stack) -> None:
@@ -67,8 +70,11 @@ def test_postgres_grants(stack: Stack) -> None:
         # what pg_dump reads of a sequence, also of one created after the grants
         assert ro.execute("SELECT last_value FROM later_id_seq").fetchone() is not None
         assert ro.execute("SELECT last_value FROM before_id_seq").fetchone() is not None
-        for attempt in ("INSERT INTO later (v) VALUES ('x')", "DELETE FROM before",
-                        "CREATE TABLE mine (id int)"):
+        for attempt in (
+            "INSERT INTO later (v) VALUES ('x')",
+            "DELETE FROM before",
+            "CREATE TABLE mine (id int)",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 ro.execute(attempt)
     with pg.connect("docgrants", user="doc_rw", password="pw") as rw:
@@ -76,8 +82,11 @@ def test_postgres_grants(stack: Stack) -> None:
         rw.execute("INSERT INTO before (v) VALUES ('d')")
         rw.execute("UPDATE later SET v = 'e' WHERE v = 'c'")
         rw.execute("DELETE FROM before WHERE v = 'd'")
-        for attempt in ("DROP TABLE later", "CREATE TABLE mine (id int)",
-                        "ALTER TABLE before ADD COLUMN w text"):
+        for attempt in (
+            "DROP TABLE later",
+            "CREATE TABLE mine (id int)",
+            "ALTER TABLE before ADD COLUMN w text",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 rw.execute(attempt)
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
@@ -91,16 +100,18 @@ def test_mariadb_grants(stack: Stack) -> None:
     try:
         with admin.cursor() as cur:
             cur.execute("CREATE DATABASE docgrants")
-            cur.execute("CREATE TABLE docgrants.before (id INT AUTO_INCREMENT PRIMARY KEY, "
-                        "v VARCHAR(10))")
+            cur.execute(
+                "CREATE TABLE docgrants.before (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10))"
+            )
             cur.execute("INSERT INTO docgrants.before (v) VALUES ('a')")
             cur.execute("CREATE VIEW docgrants.seen AS SELECT v FROM docgrants.before")
             for role in ("docgrant_readonly", "docgrant_readwrite"):
                 cur.execute(f"CREATE ROLE {role}")
             for statement in maria_statements:
                 cur.execute(renamed(statement, "docgrants"))
-            cur.execute("CREATE TABLE docgrants.later (id INT AUTO_INCREMENT PRIMARY KEY, "
-                        "v VARCHAR(10))")
+            cur.execute(
+                "CREATE TABLE docgrants.later (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10))"
+            )
             cur.execute("INSERT INTO docgrants.later (v) VALUES ('b')")
             for user, role in (("doc_ro", "docgrant_readonly"), ("doc_rw", "docgrant_readwrite")):
                 cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
@@ -122,14 +133,29 @@ def test_mariadb_grants(stack: Stack) -> None:
         finally:
             conn.close()
 
-    attempts("doc_ro",
-             ["SELECT v FROM docgrants.before", "SELECT v FROM docgrants.later",
-              "SHOW CREATE VIEW docgrants.seen"],
-             ["INSERT INTO docgrants.later (v) VALUES ('x')", "DELETE FROM docgrants.before",
-              "CREATE TABLE docgrants.mine (id INT)"])
-    attempts("doc_rw",
-             ["INSERT INTO docgrants.later (v) VALUES ('c')",
-              "UPDATE docgrants.later SET v = 'e' WHERE v = 'c'",
-              "DELETE FROM docgrants.before WHERE v = 'zz'"],
-             ["DROP TABLE docgrants.later", "CREATE TABLE docgrants.mine (id INT)",
-              "ALTER TABLE docgrants.before ADD COLUMN w INT"])
+    attempts(
+        "doc_ro",
+        [
+            "SELECT v FROM docgrants.before",
+            "SELECT v FROM docgrants.later",
+            "SHOW CREATE VIEW docgrants.seen",
+        ],
+        [
+            "INSERT INTO docgrants.later (v) VALUES ('x')",
+            "DELETE FROM docgrants.before",
+            "CREATE TABLE docgrants.mine (id INT)",
+        ],
+    )
+    attempts(
+        "doc_rw",
+        [
+            "INSERT INTO docgrants.later (v) VALUES ('c')",
+            "UPDATE docgrants.later SET v = 'e' WHERE v = 'c'",
+            "DELETE FROM docgrants.before WHERE v = 'zz'",
+        ],
+        [
+            "DROP TABLE docgrants.later",
+            "CREATE TABLE docgrants.mine (id INT)",
+            "ALTER TABLE docgrants.before ADD COLUMN w INT",
+        ],
+    )

@@ -37,8 +37,7 @@ def members(protocol: type[Any]) -> dict[str, Any]:
     """A protocol's members: name -> its function or property, or None for an attribute."""
     found: dict[str, Any] = dict.fromkeys(getattr(protocol, "__annotations__", {}))
     for name, value in vars(protocol).items():
-        if not name.startswith("_") and (inspect.isfunction(value)
-                                         or isinstance(value, property)):
+        if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, property)):
             found[name] = value
     return found
 
@@ -51,12 +50,29 @@ def parameters(function: Any, *, bound: bool) -> list[str]:
 def test_the_protocols_have_the_members_this_test_looks_for() -> None:
     # so that a change to members() cannot make every check below vacuous
     assert set(members(EngineChecks)) == {
-        "read_only_caveat", "missing", "read_only_writes", "shared_server_warning",
-        "broker_connections", "server_connections", "server_problems", "target_warnings"}
-    assert set(members(EngineAdmin)) == {"ADMIN_DSN_EXAMPLE", "apply_bootstrap",
-                                         "change_own_password"}
-    assert {"name", "max_username_length", "create_user", "revoke_users", "troubled",
-            "ping", "close"} <= set(members(Engine))
+        "read_only_caveat",
+        "missing",
+        "read_only_writes",
+        "shared_server_warning",
+        "broker_connections",
+        "server_connections",
+        "server_problems",
+        "target_warnings",
+    }
+    assert set(members(EngineAdmin)) == {
+        "ADMIN_DSN_EXAMPLE",
+        "apply_bootstrap",
+        "change_own_password",
+    }
+    assert {
+        "name",
+        "max_username_length",
+        "create_user",
+        "revoke_users",
+        "troubled",
+        "ping",
+        "close",
+    } <= set(members(Engine))
 
 
 @pytest.mark.parametrize("kind", sorted(ENGINES))
@@ -69,17 +85,23 @@ def test_every_part_of_every_engine_has_the_whole_protocol(kind: str, part: str)
         if inspect.isfunction(declared):
             assert callable(found), f"engines/{kind}/{part}.py: {name} is not a function"
             assert parameters(found, bound=False) == parameters(declared, bound=True), (
-                f"engines/{kind}/{part}.py: {name}'s parameters differ from engines/base.py")
+                f"engines/{kind}/{part}.py: {name}'s parameters differ from engines/base.py"
+            )
         elif declared is None:
             assert isinstance(found, str) and found, f"engines/{kind}/{part}.py: {name}"
 
 
 def target(kind: str) -> TargetSection:
-    return TargetSection.model_validate({
-        "engine": kind, "host": "127.0.0.1", "port": 1, "database": "app",
-        "provisioner": {"user": "dbaccess_provisioner", "password_env": "UNSET_IN_THIS_TEST"},
-        "roles": {"readonly": {"group_role": "app_readonly", "read_only": True}},
-    })
+    return TargetSection.model_validate(
+        {
+            "engine": kind,
+            "host": "127.0.0.1",
+            "port": 1,
+            "database": "app",
+            "provisioner": {"user": "dbaccess_provisioner", "password_env": "UNSET_IN_THIS_TEST"},
+            "roles": {"readonly": {"group_role": "app_readonly", "read_only": True}},
+        }
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(ENGINES))
@@ -95,7 +117,8 @@ def test_every_engine_class_has_the_broker_calls(kind: str) -> None:
                 assert isinstance(inspect.getattr_static(engine, name), property), name
             elif inspect.isfunction(declared):
                 assert parameters(getattr(engine, name), bound=False) == parameters(
-                    declared, bound=True), f"{kind}: {name}'s parameters differ"
+                    declared, bound=True
+                ), f"{kind}: {name}'s parameters differ"
     finally:
         engine.close()
 
@@ -104,12 +127,15 @@ def test_every_engine_class_has_the_broker_calls(kind: str) -> None:
 def test_the_checks_need_no_database_driver_to_be_imported(kind: str) -> None:
     # check-config --offline imports every target's checks (shared_servers) and logs in to
     # nothing: the checks module reaches its driver only inside the functions that ask.
-    probe = ("import sys; from dbaccess.broker.engines import checks_for; "
-             f"checks_for({kind!r}); "
-             "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'pymysql') "
-             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    probe = (
+        "import sys; from dbaccess.broker.engines import checks_for; "
+        f"checks_for({kind!r}); "
+        "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'pymysql') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -154,7 +180,8 @@ def test_the_search_finds_an_engine_named_outside_engines(tmp_path: Path) -> Non
         "import dbaccess.broker.engines.mariadb.checks\n"
         "def f(target):\n"
         "    # a comment naming postgres\n"
-        '    return target.engine == "mariadb"\n')
+        '    return target.engine == "mariadb"\n'
+    )
     found = engine_names_outside_engines(broker)
     assert sorted(line.split(": ", 1)[1] for line in found) == [
         "dbaccess.broker.engines.mariadb.bootstrap",

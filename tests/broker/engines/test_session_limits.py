@@ -26,8 +26,9 @@ from dbaccess.broker.settings import RoleTemplate, load_settings
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
-READONLY = RoleTemplate(group_role="dbaccess_readonly", read_only=True,
-                        statement_timeout=timedelta(seconds=1))
+READONLY = RoleTemplate(
+    group_role="dbaccess_readonly", read_only=True, statement_timeout=timedelta(seconds=1)
+)
 
 
 @pytest.fixture
@@ -43,13 +44,15 @@ def engines(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
 def new_user(engine: Engine, prefix: str = "dba_") -> tuple[str, str]:
     username = f"{prefix}limits_{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(16)
-    engine.create_user(NewUser(username, password, READONLY,
-                               datetime.now(UTC) + timedelta(minutes=10)))
+    engine.create_user(
+        NewUser(username, password, READONLY, datetime.now(UTC) + timedelta(minutes=10))
+    )
     return username, password
 
 
 def test_postgres_session_lifts_both_defaults_and_still_cannot_write(
-        stack: Stack, engines: dict[str, Engine]) -> None:
+    stack: Stack, engines: dict[str, Engine]
+) -> None:
     user, password = new_user(engines["demo"])
     try:
         with stack.postgres.connect("demo", user=user, password=password) as conn:
@@ -66,9 +69,13 @@ def test_postgres_session_lifts_both_defaults_and_still_cannot_write(
             conn.execute("BEGIN READ WRITE")
             conn.execute("ROLLBACK")
             # ... the grants hold: the group role has SELECT only
-            for statement in ("INSERT INTO orders (customer, total) VALUES ('mallory', 1)",
-                              "UPDATE orders SET total = 0", "DELETE FROM orders",
-                              "TRUNCATE orders", "CREATE TABLE mine (a int)"):
+            for statement in (
+                "INSERT INTO orders (customer, total) VALUES ('mallory', 1)",
+                "UPDATE orders SET total = 0",
+                "DELETE FROM orders",
+                "TRUNCATE orders",
+                "CREATE TABLE mine (a int)",
+            ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement.encode())
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
@@ -77,7 +84,8 @@ def test_postgres_session_lifts_both_defaults_and_still_cannot_write(
 
 
 def test_mariadb_session_lifts_the_statement_time_and_still_cannot_write(
-        stack: Stack, engines: dict[str, Engine]) -> None:
+    stack: Stack, engines: dict[str, Engine]
+) -> None:
     user, password = new_user(engines["shop"])
     conn = stack.mariadb.connect(user=user, password=password)
     try:
@@ -91,10 +99,13 @@ def test_mariadb_session_lifts_the_statement_time_and_still_cannot_write(
             started = time.monotonic()
             cur.execute("SELECT SLEEP(1.5)")
             assert cur.fetchone() == (0,) and time.monotonic() - started >= 1.5
-            for statement in ("INSERT INTO shop.orders (customer, total) VALUES ('m', 1)",
-                              "UPDATE shop.orders SET total = 0", "DELETE FROM shop.orders",
-                              "CREATE TABLE shop.mine (a int)",
-                              "CREATE PROCEDURE shop.p() SELECT 1"):
+            for statement in (
+                "INSERT INTO shop.orders (customer, total) VALUES ('m', 1)",
+                "UPDATE shop.orders SET total = 0",
+                "DELETE FROM shop.orders",
+                "CREATE TABLE shop.mine (a int)",
+                "CREATE PROCEDURE shop.p() SELECT 1",
+            ):
                 with pytest.raises(pymysql.err.OperationalError) as denied:
                     cur.execute(statement)
                 assert denied.value.args[0] in (1142, 1044), denied.value.args

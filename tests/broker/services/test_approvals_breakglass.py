@@ -20,6 +20,7 @@ from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
 
+
 def _settings(stack: Stack, tmp_path: Path, **broker: Any) -> Settings:
     settings = load_settings(stack.broker_config)
     return settings.model_copy(
@@ -99,8 +100,9 @@ def test_two_person_approval_then_one_session(
     second = api.post(f"/v1/requests/{rid}/approve", headers=as_(tokens, "frank")).json()
     assert second["state"] == "approved"
     stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.approved" and e["request_id"] == rid
-        and e["state"] == "approved"
+        lambda e: (
+            e["event"] == "request.approved" and e["request_id"] == rid and e["state"] == "approved"
+        )
     )
 
     # Someone else cannot redeem it; the requester can, once.
@@ -143,9 +145,10 @@ def test_self_approval_is_refused_and_recorded(
     assert refused.json()["error"]["code"] == "self_approval"
     listed = api.get("/v1/requests", headers=as_(tokens, "erin")).json()
     assert pending["id"] not in [r["id"] for r in listed]  # not offered to herself
-    assert api.get(f"/v1/requests/{pending['id']}", headers=as_(tokens, "erin")).json()[
-        "approvals"
-    ] == []
+    assert (
+        api.get(f"/v1/requests/{pending['id']}", headers=as_(tokens, "erin")).json()["approvals"]
+        == []
+    )
     refusal = [d for e, s, d in audit_events(store) if e == "request.decision_refused"]
     assert refusal and refusal[0]["refusal"] == "own request"
 
@@ -161,14 +164,18 @@ def test_denied_request_cannot_be_used(
         f"/v1/requests/{rid}/deny", headers=as_(tokens, "frank"), json={"reason": "not today"}
     ).json()
     assert (denied["state"], denied["denied_by"], denied["deny_reason"]) == (
-        "denied", "frank", "not today")
+        "denied",
+        "frank",
+        "not today",
+    )
     used = api.post("/v1/sessions", headers=as_(tokens, "alice"), json={**want, "request_id": rid})
     assert used.status_code == 409 and used.json()["error"]["code"] == "request_denied"
     late = api.post(f"/v1/requests/{rid}/approve", headers=as_(tokens, "erin"))
     assert late.status_code == 409
     stack.webhooks.wait_for(
-        lambda e: e["event"] == "request.denied" and e["request_id"] == rid
-        and "not today" in e["text"]
+        lambda e: (
+            e["event"] == "request.denied" and e["request_id"] == rid and "not today" in e["text"]
+        )
     )
 
 
@@ -201,19 +208,29 @@ def test_breakglass_rules(api: TestClient, tokens: dict[str, str], store: Store)
     assert policy["allowed"] and policy["targets"] == {"demo": "readwrite", "shop": "readwrite"}
     assert policy["engines"] == {"demo": "postgres", "shop": "mariadb"}
     assert api.get("/v1/breakglass", headers=as_(tokens, "alice")).json() == {
-        "allowed": False, "targets": {}, "engines": {}, "incident_pattern": None,
-        "max_duration_seconds": None}
+        "allowed": False,
+        "targets": {},
+        "engines": {},
+        "incident_pattern": None,
+        "max_duration_seconds": None,
+    }
     body = {"incident": "INC-9", "reason": "orders stuck"}
     ambiguous = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json=body)
     assert ambiguous.status_code == 409
     assert ambiguous.json()["error"]["message"] == "break-glass covers several targets: demo, shop"
     cases = [
         ("alice", {**body, "target": "demo"}, "break-glass is for members of oncall"),
-        ("carol", {**body, "target": "demo", "incident": "whatever"},
-         "incident id 'whatever' does not match INC-[0-9]+"),
+        (
+            "carol",
+            {**body, "target": "demo", "incident": "whatever"},
+            "incident id 'whatever' does not match INC-[0-9]+",
+        ),
         ("carol", {**body, "target": "demo", "reason": "  "}, "break-glass needs a reason"),
-        ("carol", {**body, "target": "demo", "duration_seconds": 7200},
-         "break-glass lasts at most 1h"),
+        (
+            "carol",
+            {**body, "target": "demo", "duration_seconds": 7200},
+            "break-glass lasts at most 1h",
+        ),
     ]
     for who, request, message in cases:
         answer = api.post("/v1/breakglass", headers=as_(tokens, who), json=request)
@@ -235,19 +252,29 @@ def test_breakglass_is_loud_short_elevated_and_reviewed(
     assert answer.status_code == 201, answer.text
     session = answer.json()
     assert (session["kind"], session["role"], session["incident"]) == (
-        "breakglass", "readwrite", "INC-123")
-    lasts = (
-        _parse(session["expires_at"]) - _parse(session["created_at"])
-    ).total_seconds()
+        "breakglass",
+        "readwrite",
+        "INC-123",
+    )
+    lasts = (_parse(session["expires_at"]) - _parse(session["created_at"])).total_seconds()
     assert 3590 <= lasts <= 3601  # the policy's short maximum, 1h
     hook = stack.webhooks.wait_for(
         lambda e: e["event"] == "breakglass.opened" and e.get("session_id") == session["id"]
     )
-    for fact in ("carol", target, "INC-123", "orders stuck", session["expires_at"][:16].replace(
-            "T", " ")):
+    for fact in (
+        "carol",
+        target,
+        "INC-123",
+        "orders stuck",
+        session["expires_at"][:16].replace("T", " "),
+    ):
         assert fact in hook["text"], fact
     assert (hook["user"], hook["incident"], hook["reason"], hook["drill"]) == (
-        "carol", "INC-123", "orders stuck", False)
+        "carol",
+        "INC-123",
+        "orders stuck",
+        False,
+    )
 
     reviews = api.get("/v1/reviews", headers=as_(tokens, "dave")).json()
     assert [r["id"] for r in reviews] == [session["id"]]
@@ -281,8 +308,13 @@ def test_drill_is_recorded_and_announced_as_a_drill(
     session = api.post(
         "/v1/breakglass",
         headers=as_(tokens, "carol"),
-        json={"target": "demo", "incident": "INC-1", "reason": "quarterly drill",
-              "drill": True, "duration_seconds": 60},
+        json={
+            "target": "demo",
+            "incident": "INC-1",
+            "reason": "quarterly drill",
+            "drill": True,
+            "duration_seconds": 60,
+        },
     ).json()
     assert session["drill"] is True
     hook = stack.webhooks.wait_for(

@@ -31,20 +31,28 @@ from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
 
-LIMITS = LimitsSection(sessions_per_person=2, connections_per_person=100,
-                       sessions_per_target=3, connections_per_target=100,
-                       breakglass_sessions_per_person=1, breakglass_connections_per_target=20)
+LIMITS = LimitsSection(
+    sessions_per_person=2,
+    connections_per_person=100,
+    sessions_per_target=3,
+    connections_per_target=100,
+    breakglass_sessions_per_person=1,
+    breakglass_connections_per_target=20,
+)
 
 
 def _settings(stack: Stack, db: Path) -> Settings:
     settings = load_settings(stack.broker_config)
-    shop = settings.targets["shop"].model_copy(update={"limits": TargetLimits(
-        sessions_per_person=10, connections_per_person=10)})  # readonly: 5 connections
-    return settings.model_copy(update={
-        "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
-        "limits": LIMITS,
-        "targets": {**settings.targets, "shop": shop},
-    })
+    shop = settings.targets["shop"].model_copy(
+        update={"limits": TargetLimits(sessions_per_person=10, connections_per_person=10)}
+    )  # readonly: 5 connections
+    return settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
+            "limits": LIMITS,
+            "targets": {**settings.targets, "shop": shop},
+        }
+    )
 
 
 @pytest.fixture
@@ -53,8 +61,9 @@ def store(tmp_path: Path) -> Store:
 
 
 @pytest.fixture
-def api(stack: Stack, tmp_path: Path, store: Store,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def api(
+    stack: Stack, tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     app = create_app(_settings(stack, tmp_path / "caps.db"), store=store, run_reaper=False)
     with TestClient(app) as client:
@@ -65,10 +74,17 @@ def as_(tokens: dict[str, str], who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[who]}"}
 
 
-def ask(api: TestClient, tokens: dict[str, str], who: str, target: str = "demo",
-        role: str = "readonly", **more: Any) -> Any:
-    return api.post("/v1/sessions", headers=as_(tokens, who),
-                    json={"target": target, "role": role, **more})
+def ask(
+    api: TestClient,
+    tokens: dict[str, str],
+    who: str,
+    target: str = "demo",
+    role: str = "readonly",
+    **more: Any,
+) -> Any:
+    return api.post(
+        "/v1/sessions", headers=as_(tokens, who), json={"target": target, "role": role, **more}
+    )
 
 
 def test_caps_per_person_and_per_target_refuse_with_429_and_create_nothing(
@@ -97,8 +113,10 @@ def test_caps_per_person_and_per_target_refuse_with_429_and_create_nothing(
     erins = ask(api, tokens, "erin")
     assert erins.status_code == 429
     message = erins.json()["error"]["message"]
-    assert message == ("'demo' has no sessions to spare: at most 3 for all live sessions "
-                       "(limits.sessions_per_target); this session would make 4")
+    assert message == (
+        "'demo' has no sessions to spare: at most 3 for all live sessions "
+        "(limits.sessions_per_target); this session would make 4"
+    )
     assert "limits.sessions_per_target" in erins.json()["error"]["hint"]
     assert "dbaccess breakglass" in erins.json()["error"]["hint"]
 
@@ -109,7 +127,8 @@ def test_caps_per_person_and_per_target_refuse_with_429_and_create_nothing(
     assert over.status_code == 429
     assert over.json()["error"]["message"] == (
         "one person may hold at most 10 live connections on 'shop' "
-        "(targets.shop.limits.connections_per_person); this session would make 15")
+        "(targets.shop.limits.connections_per_person); this session would make 15"
+    )
 
     # an ended session frees its place at once
     gone = api.delete(f"/v1/sessions/{made[0]['id']}", headers=as_(tokens, "alice"))
@@ -132,7 +151,8 @@ def test_breakglass_has_its_own_budget(
     assert again.status_code == 429
     assert again.json()["error"]["message"] == (
         "one person may hold at most 1 live break-glass sessions on 'demo' "
-        "(limits.breakglass_sessions_per_person); this session would make 2")
+        "(limits.breakglass_sessions_per_person); this session would make 2"
+    )
     assert set(stack.managed_users()) == before
 
 
@@ -167,8 +187,9 @@ def test_check_config_compares_the_budget_with_max_connections(
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     settings = load_settings(stack.broker_config)
     assert capacity_warnings(settings) == []  # 160 + 20 + the broker's 10 < 197
-    crowded = settings.model_copy(update={"limits": settings.limits.model_copy(
-        update={"connections_per_target": 180})})
+    crowded = settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"connections_per_target": 180})}
+    )
     [mariadb, postgres] = capacity_warnings(crowded)  # by engine, host, port
     assert postgres.startswith("targets 'demo' on postgres 127.0.0.1:")
     assert "may open 200 connections" in postgres and "210 in all" in postgres
@@ -183,8 +204,7 @@ def test_check_config_compares_the_budget_with_max_connections(
     text = stack.broker_config.read_text()
     assert "connections_per_target = 160" in text
     config = tmp_path / "crowded.toml"
-    config.write_text(text.replace("connections_per_target = 160",
-                                   "connections_per_target = 180"))
+    config.write_text(text.replace("connections_per_target = 160", "connections_per_target = 180"))
     result = CliRunner().invoke(broker_cli, ["check-config", "--config", str(config)])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -217,15 +237,29 @@ def test_serve_logs_a_budget_that_does_not_fit_and_starts_all_the_same(
     config.write_text(text)
     with log.open("ab") as out:
         broker = subprocess.Popen(
-            [sys.executable, "-m", "dbaccess.broker", "serve", "--config", str(config),
-             "--port", str(port)],
-            env=stack.broker_env(), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            env=stack.broker_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
 
     def caps_warnings() -> list[str]:
-        lines = [json.loads(line) for line in log.read_text().splitlines()
-                 if line.startswith("{")]
-        return [line["msg"] for line in lines
-                if line["level"] == "warning" and line["msg"].startswith("connection caps: ")]
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return [
+            line["msg"]
+            for line in lines
+            if line["level"] == "warning" and line["msg"].startswith("connection caps: ")
+        ]
 
     def healthy() -> bool:
         assert broker.poll() is None, log.read_text()
@@ -243,11 +277,15 @@ def test_serve_logs_a_budget_that_does_not_fit_and_starts_all_the_same(
         assert "210 in all" in postgres
         assert "the server allows 197 (max_connections 200, 3 reserved)" in postgres
         # a reload that changes the caps checks them again
-        config.write_text(text.replace("connections_per_target = 180",
-                                       "connections_per_target = 190"))
+        config.write_text(
+            text.replace("connections_per_target = 180", "connections_per_target = 190")
+        )
         broker.send_signal(signal.SIGHUP)
-        wait_until(lambda: any("220 in all" in w for w in caps_warnings()), timeout=30,
-                   what="the caps warning after the reload")
+        wait_until(
+            lambda: any("220 in all" in w for w in caps_warnings()),
+            timeout=30,
+            what="the caps warning after the reload",
+        )
     finally:
         end_process(broker)
         with stack.postgres.connect() as admin:
@@ -259,8 +297,11 @@ def test_serve_logs_a_budget_that_does_not_fit_and_starts_all_the_same(
 def test_a_role_that_no_cap_admits_is_a_config_error(stack: Stack) -> None:
     raw = tomllib.loads(stack.broker_config.read_text())
     raw["limits"] = {"connections_per_person": 4}  # the roles' connection_limit is 5
-    with pytest.raises(ValidationError, match=r"targets\.demo\.roles\.readonly\."
-                       r"connection_limit: 5 is more than limits\.connections_per_person"):
+    with pytest.raises(
+        ValidationError,
+        match=r"targets\.demo\.roles\.readonly\."
+        r"connection_limit: 5 is more than limits\.connections_per_person",
+    ):
         Settings.model_validate(raw)
 
 
@@ -275,8 +316,10 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
         database = f"caps_{uuid.uuid4().hex[:8]}"
         with pg.connect() as admin:
             admin.execute(f'CREATE DATABASE "{database}"')
-        url = (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
-               f"{pg.port}/{database}")
+        url = (
+            f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
+            f"{pg.port}/{database}"
+        )
     opened = Store(url)
     yield opened
     opened.close()
@@ -292,10 +335,22 @@ def test_the_count_weighs_each_live_lease_by_its_role_on_both_stores(any_store: 
 
     def lease(subject: str, role: str, caps: Caps | None = None, kind: str = "session") -> Any:
         return any_store.open_lease(
-            now=now, subject=subject, email=None, target="demo", role=role, engine="postgres",
-            db_user=f"dba_{subject}_{next(n)}", rule="r", reason=None, ticket=None,
-            expires_at=now + timedelta(hours=1), source=None, kind=kind,
-            incident="INC-1" if kind == "breakglass" else None, caps=caps)
+            now=now,
+            subject=subject,
+            email=None,
+            target="demo",
+            role=role,
+            engine="postgres",
+            db_user=f"dba_{subject}_{next(n)}",
+            rule="r",
+            reason=None,
+            ticket=None,
+            expires_at=now + timedelta(hours=1),
+            source=None,
+            kind=kind,
+            incident="INC-1" if kind == "breakglass" else None,
+            caps=caps,
+        )
 
     weights = {"readonly": 2, "readwrite": 10}
     lease("alice", "readonly")
@@ -311,11 +366,21 @@ def test_the_count_weighs_each_live_lease_by_its_role_on_both_stores(any_store: 
     with pytest.raises(CapReached) as person:
         lease("alice", "readonly", Caps(False, weights, person_connections=13))
     assert (person.value.cap, person.value.would_be, person.value.limit) == (
-        "person_connections", 14, 13)
+        "person_connections",
+        14,
+        13,
+    )
     with pytest.raises(CapReached) as target:
         lease("dave", "readwrite", Caps(False, weights, target_connections=33))
     assert (target.value.cap, target.value.would_be) == ("target_connections", 34)
-    lease("dave", "readwrite", Caps(False, weights, person_sessions=1, target_sessions=5,
-                                    target_connections=34))  # exactly at the caps: granted
-    lease("carol", "readwrite", Caps(True, weights, person_sessions=2, target_connections=20),
-          kind="breakglass")
+    lease(
+        "dave",
+        "readwrite",
+        Caps(False, weights, person_sessions=1, target_sessions=5, target_connections=34),
+    )  # exactly at the caps: granted
+    lease(
+        "carol",
+        "readwrite",
+        Caps(True, weights, person_sessions=2, target_connections=20),
+        kind="breakglass",
+    )

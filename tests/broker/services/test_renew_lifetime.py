@@ -36,10 +36,12 @@ def api(
     db = tmp_path / "api.db"
     # A bound below the rule's 1h; the database's own (from the bootstrap) stays 24h.
     shop = settings.targets["shop"].model_copy(update={"max_lifetime": timedelta(minutes=50)})
-    settings = settings.model_copy(update={
-        "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
-        "targets": {**settings.targets, "shop": shop},
-    })
+    settings = settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
+            "targets": {**settings.targets, "shop": shop},
+        }
+    )
     with TestClient(create_app(settings, store=store, run_reaper=False)) as client:
         yield client
 
@@ -48,23 +50,28 @@ def test_renewal_past_max_lifetime_is_a_clear_403(
     api: TestClient, tokens: dict[str, str], stack: Stack, store: Store
 ) -> None:
     alice = {"Authorization": f"Bearer {tokens['alice']}"}
-    session = api.post("/v1/sessions", headers=alice, json={
-        "target": "shop", "role": "readonly", "duration_seconds": 600}).json()
+    session = api.post(
+        "/v1/sessions",
+        headers=alice,
+        json={"target": "shop", "role": "readonly", "duration_seconds": 600},
+    ).json()
     path = f"/v1/sessions/{session['id']}/renew"
     try:
         refused = api.post(path, headers=alice, json={"duration_seconds": 55 * 60})
         assert refused.status_code == 403, refused.text
         assert refused.json()["error"]["code"] == "max_lifetime"
         assert "max_lifetime" in refused.json()["error"]["message"]
-        assert api.post(path, headers=alice,
-                        json={"duration_seconds": 40 * 60}).status_code == 200
+        assert api.post(path, headers=alice, json={"duration_seconds": 40 * 60}).status_code == 200
         # As if the database had created it 23h55m ago: its own bound (24h from
         # managed_users.created_at) refuses what the broker allows. Still a 403.
         admin = stack.mariadb.connect()
         try:
             with admin.cursor() as cur:
-                cur.execute("UPDATE dbaccess.managed_users SET created_at = created_at - "
-                            "INTERVAL 1435 MINUTE WHERE username = %s", (session["db_user"],))
+                cur.execute(
+                    "UPDATE dbaccess.managed_users SET created_at = created_at - "
+                    "INTERVAL 1435 MINUTE WHERE username = %s",
+                    (session["db_user"],),
+                )
         finally:
             admin.close()
         by_database = api.post(path, headers=alice, json={"duration_seconds": 45 * 60})

@@ -27,12 +27,19 @@ def _settings(stack: Stack, db: Path) -> Settings:
     settings = load_settings(stack.broker_config)
     # carol is on call (break-glass) and, here, a DBA too: an everyday rule that would let
     # her hold readwrite for 8h must not stretch her break-glass session.
-    carol_dba = Rule(name="carol-dba", users=["carol"], targets=["demo", "shop"],
-                     roles=["readwrite"], max_duration=timedelta(hours=8))
-    return settings.model_copy(update={
-        "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
-        "rules": [*settings.rules, carol_dba],
-    })
+    carol_dba = Rule(
+        name="carol-dba",
+        users=["carol"],
+        targets=["demo", "shop"],
+        roles=["readwrite"],
+        max_duration=timedelta(hours=8),
+    )
+    return settings.model_copy(
+        update={
+            "broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"}),
+            "rules": [*settings.rules, carol_dba],
+        }
+    )
 
 
 @pytest.fixture
@@ -58,16 +65,22 @@ def renewals(store: Store, lease_id: str, event: str = "session.renewed") -> lis
     return [r.detail for r in store.audit_records(lease_id, event=event)]
 
 
-def approved_session(api: TestClient, tokens: dict[str, str], target: str,
-                     seconds: int) -> dict[str, Any]:
-    want = {"target": target, "role": "readwrite", "duration_seconds": seconds,
-            "reason": "fix order 7"}
+def approved_session(
+    api: TestClient, tokens: dict[str, str], target: str, seconds: int
+) -> dict[str, Any]:
+    want = {
+        "target": target,
+        "role": "readwrite",
+        "duration_seconds": seconds,
+        "reason": "fix order 7",
+    }
     request = api.post("/v1/sessions", headers=as_(tokens, "alice"), json=want).json()
     for lead in ("erin", "frank"):
         answer = api.post(f"/v1/requests/{request['id']}/approve", headers=as_(tokens, lead))
         assert answer.status_code == 200, answer.text
-    granted = api.post("/v1/sessions", headers=as_(tokens, "alice"),
-                       json={**want, "request_id": request["id"]})
+    granted = api.post(
+        "/v1/sessions", headers=as_(tokens, "alice"), json={**want, "request_id": request["id"]}
+    )
     assert granted.status_code == 201, granted.text
     return {**granted.json(), "request_id": request["id"]}
 
@@ -109,11 +122,19 @@ def test_a_session_granted_without_approval_cannot_renew_into_a_rule_that_needs_
 ) -> None:
     # bob's 8h dba rule is the one that granted; a renewal names it in its record
     bob = as_(tokens, "bob")
-    session = api.post("/v1/sessions", headers=bob, json={
-        "target": "demo", "role": "readwrite", "reason": "vacuum", "duration_seconds": 600,
-    }).json()
-    renewed = api.post(f"/v1/sessions/{session['id']}/renew", headers=bob,
-                       json={"duration_seconds": 1200})
+    session = api.post(
+        "/v1/sessions",
+        headers=bob,
+        json={
+            "target": "demo",
+            "role": "readwrite",
+            "reason": "vacuum",
+            "duration_seconds": 600,
+        },
+    ).json()
+    renewed = api.post(
+        f"/v1/sessions/{session['id']}/renew", headers=bob, json={"duration_seconds": 1200}
+    )
     assert renewed.status_code == 200, renewed.text
     [record] = renewals(store, session["id"])
     assert record["rule"] == "dba-readwrite" and "request_id" not in record
@@ -124,12 +145,25 @@ def test_a_session_granted_without_approval_cannot_renew_into_a_rule_that_needs_
     # (Such a lease arises when a rule loses its approvals then regains them by reload.)
     now = datetime.fromisoformat(session["created_at"])
     lease = store.open_lease(
-        now=now, subject="alice", email="alice@example.com", target="demo", role="readwrite",
-        engine="postgres", db_user="dba_alice_renew1", rule="dev-readwrite", reason="x",
-        ticket=None, expires_at=now + timedelta(minutes=10), source=None)
+        now=now,
+        subject="alice",
+        email="alice@example.com",
+        target="demo",
+        role="readwrite",
+        engine="postgres",
+        db_user="dba_alice_renew1",
+        rule="dev-readwrite",
+        reason="x",
+        ticket=None,
+        expires_at=now + timedelta(minutes=10),
+        source=None,
+    )
     store.activate(lease, now)
-    refused = api.post(f"/v1/sessions/{lease.id}/renew", headers=as_(tokens, "alice"),
-                       json={"duration_seconds": 900})
+    refused = api.post(
+        f"/v1/sessions/{lease.id}/renew",
+        headers=as_(tokens, "alice"),
+        json={"duration_seconds": 900},
+    )
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "approval_required"
     assert "was not approved" in refused.json()["error"]["message"]
@@ -142,10 +176,16 @@ def test_a_breakglass_session_renews_only_under_the_breakglass_policy(
 ) -> None:
     carol = as_(tokens, "carol")
     mark = len(stack.webhooks.events)
-    opened = api.post("/v1/breakglass", headers=carol, json={
-        "target": target, "incident": "INC-77", "reason": "orders stuck",
-        "duration_seconds": 1200,
-    })
+    opened = api.post(
+        "/v1/breakglass",
+        headers=carol,
+        json={
+            "target": target,
+            "incident": "INC-77",
+            "reason": "orders stuck",
+            "duration_seconds": 1200,
+        },
+    )
     assert opened.status_code == 201, opened.text
     session = opened.json()
     path = f"/v1/sessions/{session['id']}/renew"
@@ -155,8 +195,9 @@ def test_a_breakglass_session_renews_only_under_the_breakglass_policy(
     assert longer.status_code == 403, longer.text
     error = longer.json()["error"]
     assert "break-glass lasts at most 1h in all" in error["message"]
-    assert error["hint"].startswith(f"it may last 1h in all; the most left: dbaccess renew "
-                                    f"{session['id']} --duration ")
+    assert error["hint"].startswith(
+        f"it may last 1h in all; the most left: dbaccess renew {session['id']} --duration "
+    )
     [denied] = renewals(store, session["id"], "session.renew_denied")
     assert denied["rule"] == "breakglass"
 
@@ -166,6 +207,7 @@ def test_a_breakglass_session_renews_only_under_the_breakglass_policy(
     assert (record["rule"], record["incident"]) == ("breakglass", "INC-77")
     # as loud as the opening
     loud = stack.webhooks.wait_for(
-        lambda e: e["event"] == "breakglass.renewed" and e.get("session_id") == session["id"])
+        lambda e: e["event"] == "breakglass.renewed" and e.get("session_id") == session["id"]
+    )
     assert "INC-77" in loud["text"] and loud in stack.webhooks.events[mark:]
     api.delete(f"/v1/sessions/{session['id']}", headers=carol)

@@ -23,6 +23,7 @@ from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 
 pytestmark = pytest.mark.integration
 
+
 def _settings(stack: Stack, db: Path, **changes: Any) -> Settings:
     settings = load_settings(stack.broker_config)
     return settings.model_copy(
@@ -76,8 +77,7 @@ def test_the_requester_withdraws_and_then_nobody_can_approve_or_use_it(
     assert approver.status_code == 403
     assert error(approver) == {
         "code": "not_requester",
-        "message": f"request {rid} is alice@example.com's: only the requester withdraws a "
-        "request",
+        "message": f"request {rid} is alice@example.com's: only the requester withdraws a request",
         "hint": f"to refuse it: dbaccess deny {rid} --reason ...",
     }
     assert api.get(f"/v1/requests/{rid}", headers=as_(tokens, "alice")).json()["state"] == (
@@ -133,13 +133,15 @@ def test_asking_again_returns_the_open_request_instead_of_a_new_one(
     assert first.status_code == 202
     rid = first.json()["id"]
     # A retry may leave out the reason (a retry after Ctrl-C is not asked for it again)...
-    for body in (WANT, {"target": "demo", "role": "readwrite"},
-                 {**WANT, "duration_seconds": 3600}):
+    for body in (WANT, {"target": "demo", "role": "readwrite"}, {**WANT, "duration_seconds": 3600}):
         again = api.post("/v1/sessions", headers=as_(tokens, "alice"), json=body)
         assert (again.status_code, again.json()["id"]) == (202, rid), body
     # ...but one that asks for something else is told, not silently merged.
-    other = api.post("/v1/sessions", headers=as_(tokens, "alice"),
-                     json={**WANT, "reason": "something else", "duration_seconds": 600})
+    other = api.post(
+        "/v1/sessions",
+        headers=as_(tokens, "alice"),
+        json={**WANT, "reason": "something else", "duration_seconds": 600},
+    )
     assert other.status_code == 409
     assert error(other) == {
         "code": "request_open",
@@ -151,8 +153,9 @@ def test_asking_again_returns_the_open_request_instead_of_a_new_one(
     }
     # Other people, roles and targets are not affected.
     erin = api.post("/v1/sessions", headers=as_(tokens, "erin"), json=WANT).json()["id"]
-    shop = api.post("/v1/sessions", headers=as_(tokens, "alice"),
-                    json={**WANT, "target": "shop"}).json()["id"]
+    shop = api.post(
+        "/v1/sessions", headers=as_(tokens, "alice"), json={**WANT, "target": "shop"}
+    ).json()["id"]
     assert len({rid, erin, shop}) == 3
 
     # Approved but unused: a retry gets the approved request, which the CLI then uses.
@@ -160,9 +163,13 @@ def test_asking_again_returns_the_open_request_instead_of_a_new_one(
         assert api.post(f"/v1/requests/{rid}/approve", headers=as_(tokens, lead)).is_success
     approved = api.post("/v1/sessions", headers=as_(tokens, "alice"), json=WANT)
     assert (approved.status_code, approved.json()["id"], approved.json()["state"]) == (
-        202, rid, "approved")
-    session = api.post("/v1/sessions", headers=as_(tokens, "alice"),
-                       json={**WANT, "request_id": rid}).json()
+        202,
+        rid,
+        "approved",
+    )
+    session = api.post(
+        "/v1/sessions", headers=as_(tokens, "alice"), json={**WANT, "request_id": rid}
+    ).json()
     fresh = api.post("/v1/sessions", headers=as_(tokens, "alice"), json=WANT).json()
     assert fresh["state"] == "pending" and fresh["id"] != rid  # used: a new ask is new
     api.delete(f"/v1/sessions/{session['id']}", headers=as_(tokens, "alice"))
@@ -172,11 +179,17 @@ def test_asking_again_returns_the_open_request_instead_of_a_new_one(
     # ...but every ask that got it back is on the trail: three retries, one after approval
     reused = events(store, "request.reused")
     assert [(d["request_id"], d["state"]) for d in reused] == [(rid, "pending")] * 3 + [
-        (rid, "approved")]
-    assert all(d["target"] == "demo" and d["role"] == "readwrite" and "source" in d
-               and "user_agent" in d for d in reused)
-    assert [e["request_id"] for e in stack.webhooks.events
-            if e["event"] == "request.created" and e["request_id"] == rid] == [rid]
+        (rid, "approved")
+    ]
+    assert all(
+        d["target"] == "demo" and d["role"] == "readwrite" and "source" in d and "user_agent" in d
+        for d in reused
+    )
+    assert [
+        e["request_id"]
+        for e in stack.webhooks.events
+        if e["event"] == "request.created" and e["request_id"] == rid
+    ] == [rid]
 
 
 def test_concurrent_asks_at_two_replicas_open_one_request(
@@ -189,10 +202,14 @@ def test_concurrent_asks_at_two_replicas_open_one_request(
     apps = [create_app(_settings(stack, db), store=s, run_reaper=False) for s in stores]
     with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(
-                lambda i: (one, two)[i % 2].post(
-                    "/v1/sessions", headers=as_(tokens, "alice"), json=WANT),
-                range(8)))
+            answers = list(
+                pool.map(
+                    lambda i: (one, two)[i % 2].post(
+                        "/v1/sessions", headers=as_(tokens, "alice"), json=WANT
+                    ),
+                    range(8),
+                )
+            )
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["id"] for a in answers}) == 1
     assert len(stores[0].requests()) == 1
@@ -207,31 +224,57 @@ def _lease(store: Store, lease_id: str, subject: str) -> None:
     """A live lease row with an id chosen by the test (real ids are random)."""
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
-        conn.execute(leases.insert().values(
-            id=lease_id, subject=subject, target="demo", role="readonly", engine="postgres",
-            db_user=f"dba_{subject}_{lease_id[:6]}", state="active", created_at=now,
-            expires_at=now + timedelta(minutes=30), attempts=0))
+        conn.execute(
+            leases.insert().values(
+                id=lease_id,
+                subject=subject,
+                target="demo",
+                role="readonly",
+                engine="postgres",
+                db_user=f"dba_{subject}_{lease_id[:6]}",
+                state="active",
+                created_at=now,
+                expires_at=now + timedelta(minutes=30),
+                attempts=0,
+            )
+        )
 
 
 def _request(store: Store, request_id: str, subject: str, groups: list[str]) -> None:
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
-        conn.execute(approval_requests.insert().values(
-            id=request_id, subject=subject, target="shop", role="readwrite",
-            duration_seconds=600, reason="prefix test", rule="dev-readwrite",
-            approvals_required=2, approver_groups=json.dumps(groups), state="pending",
-            approvals="[]", created_at=now, expires_at=now + timedelta(hours=1)))
+        conn.execute(
+            approval_requests.insert().values(
+                id=request_id,
+                subject=subject,
+                target="shop",
+                role="readwrite",
+                duration_seconds=600,
+                reason="prefix test",
+                rule="dev-readwrite",
+                approvals_required=2,
+                approver_groups=json.dumps(groups),
+                state="pending",
+                approvals="[]",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
 
 
 def test_session_and_request_ids_by_unique_prefix(
     api: TestClient, tokens: dict[str, str], stack: Stack, store: Store
 ) -> None:
     alice, bob = as_(tokens, "alice"), as_(tokens, "bob")
-    session = api.post("/v1/sessions", headers=alice,
-                       json={"target": "demo", "role": "readonly", "duration_seconds": 600}).json()
+    session = api.post(
+        "/v1/sessions",
+        headers=alice,
+        json={"target": "demo", "role": "readonly", "duration_seconds": 600},
+    ).json()
     prefix = session["id"][:8]
-    renewed = api.post(f"/v1/sessions/{prefix.upper()}/renew", headers=alice,
-                       json={"duration_seconds": 1200})
+    renewed = api.post(
+        f"/v1/sessions/{prefix.upper()}/renew", headers=alice, json={"duration_seconds": 1200}
+    )
     assert renewed.status_code == 200, renewed.text
     assert renewed.json()["id"] == session["id"] and renewed.json()["changed"] is True
     assert api.delete(f"/v1/sessions/{prefix}", headers=bob).status_code == 404  # not bob's
@@ -282,8 +325,11 @@ def test_session_and_request_ids_by_unique_prefix(
     assert one["id"] == "beef0002-0000-4000-8000-000000000000" and len(one["approvals"]) == 1
     withdrawn = api.post("/v1/requests/beef0001/withdraw", headers=alice).json()
     assert withdrawn["state"] == "withdrawn"
-    early = api.post("/v1/sessions", headers=alice, json={
-        "target": "shop", "role": "readwrite", "request_id": "beef0002"})
+    early = api.post(
+        "/v1/sessions",
+        headers=alice,
+        json={"target": "shop", "role": "readwrite", "request_id": "beef0002"},
+    )
     assert early.status_code == 409 and error(early)["code"] == "request_pending"
 
 
@@ -297,8 +343,9 @@ def test_renew_never_shortens_unless_asked(
 
     def valid_until(user: str) -> datetime:
         with stack.postgres.connect() as admin:
-            row = admin.execute("SELECT rolvaliduntil FROM pg_roles WHERE rolname = %s",
-                                (user,)).fetchone()
+            row = admin.execute(
+                "SELECT rolvaliduntil FROM pg_roles WHERE rolname = %s", (user,)
+            ).fetchone()
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
 
@@ -306,8 +353,9 @@ def test_renew_never_shortens_unless_asked(
         conn = stack.mariadb.connect()
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT expires_at FROM dbaccess.managed_users WHERE username = %s",
-                            (user,))
+                cur.execute(
+                    "SELECT expires_at FROM dbaccess.managed_users WHERE username = %s", (user,)
+                )
                 row = cur.fetchone()
         finally:
             conn.close()
@@ -315,14 +363,16 @@ def test_renew_never_shortens_unless_asked(
         return row[0].replace(tzinfo=UTC)  # type: ignore[no-any-return]
 
     for target, expiry in (("demo", valid_until), ("shop", maria_expiry)):
-        session = api.post("/v1/sessions", headers=alice, json={
-            "target": target, "role": "readonly", "duration_seconds": 3000}).json()
+        session = api.post(
+            "/v1/sessions",
+            headers=alice,
+            json={"target": target, "role": "readonly", "duration_seconds": 3000},
+        ).json()
         ends = datetime.fromisoformat(session["expires_at"])
         path = f"/v1/sessions/{session['id']}/renew"
         kept = api.post(path, headers=alice, json={"duration_seconds": 600})
         assert kept.status_code == 200, kept.text
-        assert (kept.json()["changed"], kept.json()["expires_at"]) == (
-            False, session["expires_at"])
+        assert (kept.json()["changed"], kept.json()["expires_at"]) == (False, session["expires_at"])
         assert expiry(session["db_user"]) == ends  # the database's clock did not move
         shortened = api.post(path, headers=alice, json={"duration_seconds": 600, "shorten": True})
         assert shortened.json()["changed"] is True
@@ -330,19 +380,25 @@ def test_renew_never_shortens_unless_asked(
         assert new_end < ends - timedelta(minutes=30)
         assert datetime.fromisoformat(shortened.json()["previous_expires_at"]) == ends
         assert expiry(session["db_user"]) == new_end  # ...and now it did, earlier
-        renewed = [d for d in events(store, "session.renewed") if d["db_user"] ==
-                   session["db_user"]]
+        renewed = [
+            d for d in events(store, "session.renewed") if d["db_user"] == session["db_user"]
+        ]
         assert len(renewed) == 1  # the no-op left no record; the shortening did
         api.delete(f"/v1/sessions/{session['id']}", headers=alice)
 
-    too_long = api.post("/v1/sessions", headers=alice, json={
-        "target": "demo", "role": "readonly", "duration_seconds": 600}).json()
-    refused = api.post(f"/v1/sessions/{too_long['id']}/renew", headers=alice,
-                       json={"duration_seconds": 7200})
+    too_long = api.post(
+        "/v1/sessions",
+        headers=alice,
+        json={"target": "demo", "role": "readonly", "duration_seconds": 600},
+    ).json()
+    refused = api.post(
+        f"/v1/sessions/{too_long['id']}/renew", headers=alice, json={"duration_seconds": 7200}
+    )
     assert refused.status_code == 403
     hint = error(refused)["hint"]
-    assert hint.startswith(f"it may last 1h in all; the most left: dbaccess renew "
-                           f"{too_long['id']} --duration ")
+    assert hint.startswith(
+        f"it may last 1h in all; the most left: dbaccess renew {too_long['id']} --duration "
+    )
     assert hint.rsplit(" ", 1)[1] in ("59m", "58m")
     api.delete(f"/v1/sessions/{too_long['id']}", headers=alice)
 
@@ -350,22 +406,23 @@ def test_renew_never_shortens_unless_asked(
 # --- audit filters -------------------------------------------------------------------
 
 
-def test_audit_by_email_and_known_event_types(
-    api: TestClient, tokens: dict[str, str]
-) -> None:
+def test_audit_by_email_and_known_event_types(api: TestClient, tokens: dict[str, str]) -> None:
     alice, dave = as_(tokens, "alice"), as_(tokens, "dave")
-    session = api.post("/v1/sessions", headers=alice,
-                       json={"target": "demo", "role": "readonly"}).json()
+    session = api.post(
+        "/v1/sessions", headers=alice, json={"target": "demo", "role": "readonly"}
+    ).json()
     api.delete(f"/v1/sessions/{session['id']}", headers=alice)
-    api.post("/v1/sessions", headers=as_(tokens, "bob"), json={"target": "demo",
-                                                                "role": "readonly"})
+    api.post(
+        "/v1/sessions", headers=as_(tokens, "bob"), json={"target": "demo", "role": "readonly"}
+    )
     by_subject = api.get("/v1/audit", params={"user": "alice"}, headers=dave).json()
     by_email = api.get("/v1/audit", params={"user": "Alice@Example.com"}, headers=dave).json()
     assert by_email == by_subject and by_email
     assert {r["subject"] for r in by_email} == {"alice"}
     assert api.get("/v1/audit", params={"user": "nobody@example.com"}, headers=dave).json() == []
-    granted = api.get("/v1/audit", params={"type": "session.granted", "user": "alice"},
-                      headers=dave).json()
+    granted = api.get(
+        "/v1/audit", params={"type": "session.granted", "user": "alice"}, headers=dave
+    ).json()
     assert [r["lease_id"] for r in granted] == [session["id"]]
 
     unknown = api.get("/v1/audit", params={"type": "session.grant"}, headers=dave)
@@ -388,6 +445,7 @@ def test_denials_name_what_the_person_may_request(
     readonly_on_demo = settings.rules[0].model_copy(update={"targets": ["demo"]})
     narrow = settings.model_copy(update={"rules": [readonly_on_demo]})
     with TestClient(create_app(narrow, run_reaper=False)) as api:
+
         def ask(who: str, **body: Any) -> dict[str, str]:
             answer = api.post("/v1/sessions", headers=as_(tokens, who), json=body)
             assert answer.status_code == 403, answer.text
@@ -395,8 +453,7 @@ def test_denials_name_what_the_person_may_request(
 
         assert ask("alice", target="demo", role="readwrite") == {
             "code": "denied",
-            "message": "no rule grants you that role on 'demo'; there you may request: "
-            "readonly",
+            "message": "no rule grants you that role on 'demo'; there you may request: readonly",
             "hint": "dbaccess connect demo --role readonly",
         }
         assert ask("alice", target="shop", role="readonly") == {
@@ -406,8 +463,7 @@ def test_denials_name_what_the_person_may_request(
         }
         assert ask("frank", target="demo", role="readonly") == {
             "code": "denied",
-            "message": "no rule of this broker grants you access to 'demo' or any other "
-            "target",
+            "message": "no rule of this broker grants you access to 'demo' or any other target",
             "hint": "ask an administrator to add you to a group the broker's rules name",
         }
         assert ask("alice", target="demo", role="readonly", duration_seconds=7200) == {
@@ -420,32 +476,40 @@ def test_denials_name_what_the_person_may_request(
         wrong = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json=body)
         assert error(wrong) == {
             "code": "denied",
-            "message": "incident id 'whatever' does not match INC-[0-9]+: give an id like "
-            "INC-123",
+            "message": "incident id 'whatever' does not match INC-[0-9]+: give an id like INC-123",
             "hint": "dbaccess breakglass demo --incident INC-123 --reason ...",
         }
-        long = api.post("/v1/breakglass", headers=as_(tokens, "carol"),
-                        json={**body, "incident": "INC-9", "duration_seconds": 7200})
+        long = api.post(
+            "/v1/breakglass",
+            headers=as_(tokens, "carol"),
+            json={**body, "incident": "INC-9", "duration_seconds": 7200},
+        )
         assert error(long)["hint"] == (
             "ask for at most 1h (or leave out --duration): dbaccess breakglass demo "
-            "--incident INC-9 --duration 1h --reason ...")
+            "--incident INC-9 --duration 1h --reason ..."
+        )
         outsider = api.post("/v1/breakglass", headers=as_(tokens, "alice"), json=body)
         assert error(outsider)["hint"] == (
-            "for everyday access, dbaccess targets lists what you may request")
-
+            "for everyday access, dbaccess targets lists what you may request"
+        )
 
 
 def test_a_review_is_closed_by_a_prefix_of_its_session_id(
     api: TestClient, tokens: dict[str, str], stack: Stack
 ) -> None:
-    opened = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json={
-        "target": "demo", "incident": "INC-5", "reason": "drill", "drill": True}).json()
+    opened = api.post(
+        "/v1/breakglass",
+        headers=as_(tokens, "carol"),
+        json={"target": "demo", "incident": "INC-5", "reason": "drill", "drill": True},
+    ).json()
     api.delete(f"/v1/sessions/{opened['id']}", headers=as_(tokens, "carol"))
-    short = api.post(f"/v1/reviews/{opened['id'][:2]}/close", headers=as_(tokens, "dave"),
-                     json={"note": "fine"})
+    short = api.post(
+        f"/v1/reviews/{opened['id'][:2]}/close", headers=as_(tokens, "dave"), json={"note": "fine"}
+    )
     assert short.status_code == 422
-    closed = api.post(f"/v1/reviews/{opened['id'][:6]}/close", headers=as_(tokens, "dave"),
-                      json={"note": "fine"})
+    closed = api.post(
+        f"/v1/reviews/{opened['id'][:6]}/close", headers=as_(tokens, "dave"), json={"note": "fine"}
+    )
     assert closed.status_code == 200, closed.text
     assert (closed.json()["id"], closed.json()["reviewed_by"]) == (opened["id"], "dave")
 
@@ -456,24 +520,53 @@ def test_a_second_account_of_the_same_person_neither_approves_nor_reviews(
     # erin's other account (another subject, her email in another letter case) asked
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
-        conn.execute(approval_requests.insert().values(
-            id="cafe0001-0000-4000-8000-000000000000", subject="erin-admin",
-            email="Erin@Example.com", target="shop", role="readwrite", duration_seconds=600,
-            reason="second account", rule="dev-readwrite", approvals_required=2,
-            approver_groups=json.dumps(["leads"]), state="pending", approvals="[]",
-            created_at=now, expires_at=now + timedelta(hours=1)))
-        conn.execute(leases.insert().values(
-            id="cafe0002-0000-4000-8000-000000000000", subject="carol-admin",
-            email="CAROL@example.com", target="demo", role="readwrite", engine="postgres",
-            db_user="dba_caroladmin_cafe02", state="revoked", kind="breakglass",
-            incident="INC-9", created_at=now, expires_at=now + timedelta(minutes=30),
-            revoked_at=now, attempts=0))
-    own = api.post("/v1/requests/cafe0001-0000-4000-8000-000000000000/approve",
-                   headers=as_(tokens, "erin"))
+        conn.execute(
+            approval_requests.insert().values(
+                id="cafe0001-0000-4000-8000-000000000000",
+                subject="erin-admin",
+                email="Erin@Example.com",
+                target="shop",
+                role="readwrite",
+                duration_seconds=600,
+                reason="second account",
+                rule="dev-readwrite",
+                approvals_required=2,
+                approver_groups=json.dumps(["leads"]),
+                state="pending",
+                approvals="[]",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+        conn.execute(
+            leases.insert().values(
+                id="cafe0002-0000-4000-8000-000000000000",
+                subject="carol-admin",
+                email="CAROL@example.com",
+                target="demo",
+                role="readwrite",
+                engine="postgres",
+                db_user="dba_caroladmin_cafe02",
+                state="revoked",
+                kind="breakglass",
+                incident="INC-9",
+                created_at=now,
+                expires_at=now + timedelta(minutes=30),
+                revoked_at=now,
+                attempts=0,
+            )
+        )
+    own = api.post(
+        "/v1/requests/cafe0001-0000-4000-8000-000000000000/approve", headers=as_(tokens, "erin")
+    )
     assert own.status_code == 403 and error(own)["code"] == "self_approval"
-    other = api.post("/v1/requests/cafe0001-0000-4000-8000-000000000000/approve",
-                     headers=as_(tokens, "frank"))
+    other = api.post(
+        "/v1/requests/cafe0001-0000-4000-8000-000000000000/approve", headers=as_(tokens, "frank")
+    )
     assert other.status_code == 200, other.text  # a different person may
-    review = api.post("/v1/reviews/cafe0002-0000-4000-8000-000000000000/close",
-                      headers=as_(tokens, "carol"), json={"note": "all fine"})
+    review = api.post(
+        "/v1/reviews/cafe0002-0000-4000-8000-000000000000/close",
+        headers=as_(tokens, "carol"),
+        json={"note": "all fine"},
+    )
     assert review.status_code == 403 and error(review)["code"] == "self_review"

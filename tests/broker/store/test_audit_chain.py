@@ -37,10 +37,20 @@ def trail(tmp_path: Path) -> tuple[Path, Store]:
     store = Store(f"sqlite:///{tmp_path / 'audit.db'}")
     now = datetime.now(UTC)
     for i in range(4):
-        lease = store.open_lease(now=now, subject=f"user{i}", email=None, target="demo",
-                                 role="readonly", engine="postgres", db_user=f"dba_u_{i}",
-                                 rule="r", reason="why", ticket=None,
-                                 expires_at=now + timedelta(hours=1), source="127.0.0.1")
+        lease = store.open_lease(
+            now=now,
+            subject=f"user{i}",
+            email=None,
+            target="demo",
+            role="readonly",
+            engine="postgres",
+            db_user=f"dba_u_{i}",
+            rule="r",
+            reason="why",
+            ticket=None,
+            expires_at=now + timedelta(hours=1),
+            source="127.0.0.1",
+        )
         store.activate(lease, now)
     return config, store
 
@@ -57,14 +67,18 @@ def test_intact_trail_verifies(trail: tuple[Path, Store]) -> None:
     assert result.exit_code == 0 and "audit trail intact: 8 record(s)" in result.output
 
 
-@pytest.mark.parametrize(("statement", "first_bad", "problem"), [
-    ("UPDATE audit SET detail = replace(detail, 'why', 'fun') WHERE seq = 3", 3, "edited"),
-    ("UPDATE audit SET subject = 'someone-else' WHERE seq = 5", 5, "edited"),
-    ("DELETE FROM audit WHERE seq = 4", 5, "deleted"),
-    ("UPDATE audit SET seq = seq + 100 WHERE seq = 2", 3, "reordered"),
-])
-def test_tampering_is_caught(trail: tuple[Path, Store], statement: str, first_bad: int,
-                             problem: str) -> None:
+@pytest.mark.parametrize(
+    ("statement", "first_bad", "problem"),
+    [
+        ("UPDATE audit SET detail = replace(detail, 'why', 'fun') WHERE seq = 3", 3, "edited"),
+        ("UPDATE audit SET subject = 'someone-else' WHERE seq = 5", 5, "edited"),
+        ("DELETE FROM audit WHERE seq = 4", 5, "deleted"),
+        ("UPDATE audit SET seq = seq + 100 WHERE seq = 2", 3, "reordered"),
+    ],
+)
+def test_tampering_is_caught(
+    trail: tuple[Path, Store], statement: str, first_bad: int, problem: str
+) -> None:
     config, store = trail
     tamper(store, statement)
     verdict = verify(raw_records(store))
@@ -83,8 +97,9 @@ def test_export_is_json_lines(trail: tuple[Path, Store]) -> None:
     assert lines[0]["event"] == "session.requested"
     assert lines[0]["detail"]["reason"] == "why"
     assert lines[1]["prev_hash"] == lines[0]["hash"]
-    later = CliRunner().invoke(app, ["audit", "export", "--config", str(config), "--since",
-                                     "2999-01-01"])
+    later = CliRunner().invoke(
+        app, ["audit", "export", "--config", str(config), "--since", "2999-01-01"]
+    )
     assert later.exit_code == 0 and later.output == ""
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar() == 8

@@ -51,11 +51,13 @@ def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A small filesystem of its own (tmpfs) for the broker's store."""
     assert os.geteuid() == 0, (
-        "this test mounts a small filesystem for the broker's store: run it as root "
-        "(CI does)")
+        "this test mounts a small filesystem for the broker's store: run it as root (CI does)"
+    )
     mountpoint = tmp_path_factory.mktemp("store-disk")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs",
-                    str(mountpoint)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs", str(mountpoint)],
+        check=True,
+    )
     try:
         yield mountpoint
     finally:
@@ -68,16 +70,29 @@ def full_disk_stack(tmp_path_factory: pytest.TempPathFactory, disk: Path) -> Ite
     # Its own servers: the broker reaps and reconciles every second here, and gives up on
     # a lease still "creating" after 2 s. Caps high enough that they never answer (429)
     # in place of the store: only this test's sessions count against them.
-    limits = dict(SANDBOX_LIMITS, sessions_per_person=400, connections_per_person=2000,
-                  sessions_per_target=1200, connections_per_target=6000)
-    stack = Stack(tmp_path_factory.mktemp("diskfull"), reaper_interval="1s",
-                  reconcile_interval="1s", creation_timeout="2s", limits=limits)
+    limits = dict(
+        SANDBOX_LIMITS,
+        sessions_per_person=400,
+        connections_per_person=2000,
+        sessions_per_target=1200,
+        connections_per_target=6000,
+    )
+    stack = Stack(
+        tmp_path_factory.mktemp("diskfull"),
+        reaper_interval="1s",
+        reconcile_interval="1s",
+        creation_timeout="2s",
+        limits=limits,
+    )
     with stack:
         stack.stop_broker()
         config = stack.broker_config.read_text()
         assert 'store = "sqlite:///broker.db"' in config
-        stack.broker_config.write_text(config.replace(
-            'store = "sqlite:///broker.db"', f'store = "sqlite:///{disk / "broker.db"}"'))
+        stack.broker_config.write_text(
+            config.replace(
+                'store = "sqlite:///broker.db"', f'store = "sqlite:///{disk / "broker.db"}"'
+            )
+        )
         stack.start_broker()
         yield stack
 
@@ -125,7 +140,8 @@ class Filler:
 
 
 def fill_while_users_wait_for_activation(
-        store: Path, filler: Filler, stack: Stack, answered: Callable[[], set[str]]) -> int:
+    store: Path, filler: Filler, stack: Stack, answered: Callable[[], set[str]]
+) -> int:
     """Fill the disk at the moment the case that matters most is under way: a database
     user created, its lease not active yet. The test takes the store's write lock, so every
     asker stops at its next store write; once some has its user on the database (it waits
@@ -154,8 +170,7 @@ def fill_while_users_wait_for_activation(
         finally:
             holder.close()  # rolls back: the test wrote nothing
         time.sleep(1)  # the askers go on; the next try catches them elsewhere
-    raise AssertionError(f"no asker was ever caught between its user and its activation: "
-                         f"{tried}")
+    raise AssertionError(f"no asker was ever caught between its user and its activation: {tried}")
 
 
 def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
@@ -180,11 +195,13 @@ def assert_store_unavailable(reply: httpx.Response) -> None:
 
 
 def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
-        full_disk_stack: Stack, disk: Path) -> None:
+    full_disk_stack: Stack, disk: Path
+) -> None:
     stack = full_disk_stack
     store_url = f"sqlite:///{disk / 'broker.db'}"
-    headers = {p: {"Authorization": "Bearer " + device_tokens(stack.idp, p)["id_token"]}
-               for p in PEOPLE}
+    headers = {
+        p: {"Authorization": "Bearer " + device_tokens(stack.idp, p)["id_token"]} for p in PEOPLE
+    }
     answers: list[tuple[int, Any]] = []
     owner: dict[str, str] = {}  # session id -> who got it
     lock = threading.Lock()
@@ -193,9 +210,16 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
     def ask(person: str) -> None:
         with httpx.Client(base_url=stack.broker_url, timeout=60) as http:
             while not stop.is_set():
-                reply = http.post("/v1/sessions", headers=headers[person], json={
-                    "target": "demo", "role": "readonly", "duration_seconds": 1800,
-                    "reason": "disk full test"})
+                reply = http.post(
+                    "/v1/sessions",
+                    headers=headers[person],
+                    json={
+                        "target": "demo",
+                        "role": "readonly",
+                        "duration_seconds": 1800,
+                        "reason": "disk full test",
+                    },
+                )
                 try:
                     body = reply.json()
                 except ValueError:
@@ -217,12 +241,15 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
         eventually(lambda: len(granted()) >= 12, timeout=90, what="a dozen sessions")
         started = time.monotonic()
         attempts = fill_while_users_wait_for_activation(
-            disk / "broker.db", filler, stack,
-            lambda: {body["db_user"] for body in granted()})
+            disk / "broker.db", filler, stack, lambda: {body["db_user"] for body in granted()}
+        )
         at_the_fill = len(granted())
         took = time.monotonic() - started
-        eventually(lambda: httpx.get(stack.broker_url + "/healthz", timeout=30).status_code
-                   == 503, timeout=30, what="/healthz to report the full disk")
+        eventually(
+            lambda: httpx.get(stack.broker_url + "/healthz", timeout=30).status_code == 503,
+            timeout=30,
+            what="/healthz to report the full disk",
+        )
         time.sleep(3)  # asking goes on against a full disk
 
         # While it is full: /healthz fails on the store; a write other than an issuance
@@ -232,14 +259,19 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
         assert health.json()["status"] == "failing"
         assert health.json()["store"]["status"] == "failing"
         assert "store" in health.json()["store"]["error"]
-        listing = httpx.get(stack.broker_url + "/v1/sessions", headers=headers["alice"],
-                            timeout=30)  # a read: answered, or refused with the envelope
+        listing = httpx.get(
+            stack.broker_url + "/v1/sessions", headers=headers["alice"], timeout=30
+        )  # a read: answered, or refused with the envelope
         if listing.status_code != 200:
             assert_store_unavailable(listing)
         some = granted()[0]
-        assert_store_unavailable(httpx.delete(
-            f"{stack.broker_url}/v1/sessions/{some['id']}",
-            headers=headers[owner[some["id"]]], timeout=30))
+        assert_store_unavailable(
+            httpx.delete(
+                f"{stack.broker_url}/v1/sessions/{some['id']}",
+                headers=headers[owner[some["id"]]],
+                timeout=30,
+            )
+        )
     finally:
         stop.set()
         for asker in askers:
@@ -264,37 +296,55 @@ def test_a_full_disk_hands_out_nothing_unrecorded_and_the_broker_recovers(
     # that failed was rolled back, room does not bring it back.
     stored, events = read_store(store_url)
     unrecorded = [
-        body["id"] for body in handed
-        if body["id"] not in stored or stored[body["id"]].state != "active"
+        body["id"]
+        for body in handed
+        if body["id"] not in stored
+        or stored[body["id"]].state != "active"
         or not {"session.requested", "session.granted"} <= events.get(body["id"], set())
     ]
     assert unrecorded == [], "passwords handed out without a lease and grant on the store"
     assert all(body["password"] for body in handed)
 
     # Room again: the broker recovers by itself, without a restart.
-    eventually(lambda: httpx.get(stack.broker_url + "/healthz", timeout=30).status_code
-               == 200, what="/healthz to be ok once the disk has room")
+    eventually(
+        lambda: httpx.get(stack.broker_url + "/healthz", timeout=30).status_code == 200,
+        what="/healthz to be ok once the disk has room",
+    )
     handed_out = {body["db_user"] for body in handed}
-    eventually(lambda: set(stack.managed_users()) == handed_out, what="the users nobody "
-               "got a password for to be dropped (their leases revoked)")
-    again = httpx.post(stack.broker_url + "/v1/sessions", headers=headers["alice"], json={
-        "target": "demo", "role": "readonly", "duration_seconds": 600,
-        "reason": "disk has room again"}, timeout=30)
+    eventually(
+        lambda: set(stack.managed_users()) == handed_out,
+        what="the users nobody got a password for to be dropped (their leases revoked)",
+    )
+    again = httpx.post(
+        stack.broker_url + "/v1/sessions",
+        headers=headers["alice"],
+        json={
+            "target": "demo",
+            "role": "readonly",
+            "duration_seconds": 600,
+            "reason": "disk has room again",
+        },
+        timeout=30,
+    )
     assert again.status_code == 201, again.text
-    revoked = httpx.delete(f"{stack.broker_url}/v1/sessions/{some['id']}",
-                           headers=headers[owner[some["id"]]], timeout=30)
+    revoked = httpx.delete(
+        f"{stack.broker_url}/v1/sessions/{some['id']}",
+        headers=headers[owner[some["id"]]],
+        timeout=30,
+    )
     assert revoked.status_code == 200, revoked.text
-    assert set(stack.managed_users()) == handed_out - {some["db_user"]} | {
-        again.json()["db_user"]}
+    assert set(stack.managed_users()) == handed_out - {some["db_user"]} | {again.json()["db_user"]}
     stored, events = read_store(store_url)
-    interrupted = [row.db_user for row in stored.values()
-                   if row.revoke_cause == "creation_interrupted"]
-    print(f"filled at try {attempts} ({took:.1f} s); granted {at_the_fill} before the fill "
-          f"and {len(handed) - at_the_fill} after, refused {len(refused)}, users made for no "
-          f"one and dropped {len(interrupted)}")
+    interrupted = [
+        row.db_user for row in stored.values() if row.revoke_cause == "creation_interrupted"
+    ]
+    print(
+        f"filled at try {attempts} ({took:.1f} s); granted {at_the_fill} before the fill "
+        f"and {len(handed) - at_the_fill} after, refused {len(refused)}, users made for no "
+        f"one and dropped {len(interrupted)}"
+    )
     # The disk filled while some askers were between "user created" and "lease active":
     # the case the recovery checks are about.
     assert interrupted, "no lease was caught between its user and its activation"
     stuck = [row.id for row in stored.values() if row.state in ("creating", "revoking")]
     assert stuck == [], "leases left half-made or half-revoked"
-

@@ -22,7 +22,6 @@ from dbaccess.sandbox.stack import Stack
 pytestmark = pytest.mark.integration
 
 
-
 @contextmanager
 def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
@@ -54,8 +53,10 @@ def test_postgres_store_never_runs_with_synchronous_commit_off(stack: Stack) -> 
         admin.execute("CREATE DATABASE durable_store")
         # an operator's "speed-up": COMMIT acknowledged before it is on disk
         admin.execute("ALTER DATABASE durable_store SET synchronous_commit = off")
-    url = (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}"
-           "/durable_store")
+    url = (
+        f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}"
+        "/durable_store"
+    )
     store = Store(url)
     try:
         with store.engine.connect() as conn:
@@ -75,10 +76,13 @@ def test_store_failure_is_store_unavailable_not_a_driver_error(tmp_path: Path) -
     """Every driver failure class the store can meet comes out as one exception."""
     store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
     try:
-        for raw in (sqlite3.OperationalError("disk I/O error"),
-                    sqlite3.DatabaseError("database disk image is malformed"),
-                    sa.exc.OperationalError("INSERT ...", {"reason": "x"},
-                                            sqlite3.OperationalError("database or disk is full"))):
+        for raw in (
+            sqlite3.OperationalError("disk I/O error"),
+            sqlite3.DatabaseError("database disk image is malformed"),
+            sa.exc.OperationalError(
+                "INSERT ...", {"reason": "x"}, sqlite3.OperationalError("database or disk is full")
+            ),
+        ):
             failure = store._store_failure(raw)
             assert isinstance(failure, StoreUnavailable)
             assert "INSERT" not in str(failure) and "reason" not in str(failure)
@@ -93,22 +97,27 @@ def test_postgres_store_failures_are_store_unavailable_too() -> None:
 
     store = Store("postgresql+psycopg://broker@127.0.0.1:1/none", migrate=False)  # no connect
     try:
-        for raw in (psycopg.OperationalError("connection failed: connection to server at "
-                                             '"10.1.2.3", port 5432 failed: FATAL: password '
-                                             'authentication failed for user "broker"'),
-                    psycopg.errors.DiskFull("could not extend file: No space left on device"),
-                    psycopg.InterfaceError("the connection is closed")):
+        for raw in (
+            psycopg.OperationalError(
+                "connection failed: connection to server at "
+                '"10.1.2.3", port 5432 failed: FATAL: password '
+                'authentication failed for user "broker"'
+            ),
+            psycopg.errors.DiskFull("could not extend file: No space left on device"),
+            psycopg.InterfaceError("the connection is closed"),
+        ):
             failure = store._store_failure(raw)
             assert isinstance(failure, StoreUnavailable), raw
             # what callers see names no host or user of the store
-            assert "10.1.2.3" not in str(failure) and "broker\"" not in str(failure)
+            assert "10.1.2.3" not in str(failure) and 'broker"' not in str(failure)
         assert store._store_failure(psycopg.errors.UniqueViolation("dup")) is None
     finally:
         store.close()
 
 
 def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
-        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastapi.testclient import TestClient
 
     from dbaccess.broker.api.app import create_app
@@ -117,6 +126,7 @@ def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
     store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
     app = create_app(load_settings(stack.broker_config), store=store, run_reaper=False)
     with TestClient(app, raise_server_exceptions=False) as api:
+
         def broken(**_: object) -> None:
             raise StoreUnavailable("the broker's state store failed: disk I/O error")
 
@@ -138,7 +148,8 @@ def test_an_unexpected_failure_is_the_json_envelope_not_plain_text(
 
 
 def test_a_postgres_store_that_refuses_writes_is_a_503_and_a_failing_healthz(
-        stack: Stack, tokens: dict[str, str], tmp_path: Path) -> None:
+    stack: Stack, tokens: dict[str, str], tmp_path: Path
+) -> None:
     from fastapi.testclient import TestClient
 
     from dbaccess.broker.api.app import create_app
@@ -148,22 +159,28 @@ def test_a_postgres_store_that_refuses_writes_is_a_503_and_a_failing_healthz(
     with pg.connect() as admin:
         admin.execute("DROP DATABASE IF EXISTS refusing_store")
         admin.execute("CREATE DATABASE refusing_store")
-    url = (f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}"
-           "/refusing_store")
+    url = (
+        f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}"
+        "/refusing_store"
+    )
     store = Store(url)
     alice = {"Authorization": "Bearer " + tokens["alice"]}
     # readwrite needs approvals and a reason: without one, a denial is recorded — a write
     asking = {"target": "demo", "role": "readwrite"}
     try:
-        with TestClient(create_app(load_settings(stack.broker_config), store=store,
-                                   run_reaper=False)) as api:
+        with TestClient(
+            create_app(load_settings(stack.broker_config), store=store, run_reaper=False)
+        ) as api:
             assert api.post("/v1/sessions", headers=alice, json=asking).status_code == 403
             assert api.get("/healthz").status_code == 200
             with pg.connect() as admin:  # the store's server stops taking writes
                 admin.execute(
-                    "ALTER DATABASE refusing_store SET default_transaction_read_only = on")
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()")
+                    "ALTER DATABASE refusing_store SET default_transaction_read_only = on"
+                )
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()"
+                )
             # (the first calls may meet a reader's or the writer's connection terminated:
             # a 503 too, and the next call connects afresh)
             messages = []
@@ -173,15 +190,21 @@ def test_a_postgres_store_that_refuses_writes_is_a_503_and_a_failing_healthz(
                 assert reply.json()["error"]["code"] == "store_unavailable"
                 messages.append(reply.json()["error"]["message"])
             assert "read-only" in messages[-1], messages
-            eventually(lambda: api.get("/healthz").status_code == 503, timeout=10,
-                       what="/healthz to fail")
+            eventually(
+                lambda: api.get("/healthz").status_code == 503, timeout=10, what="/healthz to fail"
+            )
             assert api.get("/healthz").json()["store"]["status"] == "failing"
             with pg.connect() as admin:  # back: the next probe and request succeed
                 admin.execute("ALTER DATABASE refusing_store RESET default_transaction_read_only")
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()")
-            eventually(lambda: api.get("/healthz").status_code == 200, timeout=10,
-                       what="/healthz to recover")
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = 'refusing_store' AND pid <> pg_backend_pid()"
+                )
+            eventually(
+                lambda: api.get("/healthz").status_code == 200,
+                timeout=10,
+                what="/healthz to recover",
+            )
             assert api.post("/v1/sessions", headers=alice, json=asking).status_code == 403
     finally:
         store.close()

@@ -39,4 +39,5 @@ def test_the_comparison_sees_a_missing_column(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert [(d[0], d[3].name) for d in differences if d[0] == "add_column"] == [
-        ("add_column", "not_migrated")]
+        ("add_column", "not_migrated")
+    ]

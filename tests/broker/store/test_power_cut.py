@@ -96,26 +96,37 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Its own servers: the broker here reconciles every second against its own store.
     # Caps high enough that they never answer (429) in place of the store: with the
     # sandbox's (32 sessions on the target) the probe hit them before the cut.
-    limits = dict(SANDBOX_LIMITS, sessions_per_person=400, connections_per_person=2000,
-                  sessions_per_target=1200, connections_per_target=6000)
-    stack = Stack(tmp_path_factory.mktemp("powercut"), reaper_interval="1s",
-                  reconcile_interval="1s", creation_timeout="2s", limits=limits)
+    limits = dict(
+        SANDBOX_LIMITS,
+        sessions_per_person=400,
+        connections_per_person=2000,
+        sessions_per_target=1200,
+        connections_per_target=6000,
+    )
+    stack = Stack(
+        tmp_path_factory.mktemp("powercut"),
+        reaper_interval="1s",
+        reconcile_interval="1s",
+        creation_timeout="2s",
+        limits=limits,
+    )
     with stack:
         yield stack
 
 
-def test_power_cut_while_issuing_hands_out_nothing_unrecorded(
-        cut: Stack, tmp_path: Path) -> None:
+def test_power_cut_while_issuing_hands_out_nothing_unrecorded(cut: Stack, tmp_path: Path) -> None:
     people = ["alice", "erin", "bob"]
-    headers = {p: {"Authorization": "Bearer " + device_tokens(cut.idp, p)["id_token"]}
-               for p in people}
+    headers = {
+        p: {"Authorization": "Bearer " + device_tokens(cut.idp, p)["id_token"]} for p in people
+    }
     disk = tmp_path / "disk"
     config = cut.broker_config.read_text()
     with ext4_disk(tmp_path / "store.img", disk):
         store_url = f"sqlite:///{disk / 'broker.db'}"
         cut.stop_broker()
         cut.broker_config.write_text(
-            config.replace('store = "sqlite:///broker.db"', f'store = "{store_url}"'))
+            config.replace('store = "sqlite:///broker.db"', f'store = "{store_url}"')
+        )
         try:
             cut.start_broker()
             answers = issue_through_a_power_cut(cut, headers, disk)
@@ -141,17 +152,22 @@ def test_power_cut_while_issuing_hands_out_nothing_unrecorded(
             before_cut = [body for body in granted if answered_at[body["id"]] < CUT["called"]]
             assert len(before_cut) >= 12, len(before_cut)
             unrecorded = [
-                body["id"] for body in before_cut
-                if body["id"] not in stored or stored[body["id"]].state != "active"
+                body["id"]
+                for body in before_cut
+                if body["id"] not in stored
+                or stored[body["id"]].state != "active"
                 or not {"session.requested", "session.granted"} <= events.get(body["id"], set())
             ]
             assert unrecorded == [], (
-                "passwords handed out without a lease and grant on disk: " + "; ".join(
+                "passwords handed out without a lease and grant on disk: "
+                + "; ".join(
                     f"{i}: {stored[i].state if i in stored else 'absent'}, events "
                     f"{sorted(events.get(i, set()))}, answered "
                     f"{answered_at[i] - CUT['returned']:+.3f} s after the ioctl returned "
                     f"(it took {CUT['returned'] - CUT['called']:.3f} s)"
-                    for i in unrecorded))
+                    for i in unrecorded
+                )
+            )
             assert all(body["password"] for body in granted)
 
             # Every user on the database is recorded: handed out, or a lease to revoke.
@@ -159,16 +175,23 @@ def test_power_cut_while_issuing_hands_out_nothing_unrecorded(
             assert on_the_db <= live, on_the_db - live
             # Those answered while the cut ran keep their user if the device kept their
             # activation, else it is dropped like any lease left "creating".
-            handed_out = {body["db_user"] for body in granted
-                          if body["id"] in stored and stored[body["id"]].state == "active"}
+            handed_out = {
+                body["db_user"]
+                for body in granted
+                if body["id"] in stored and stored[body["id"]].state == "active"
+            }
             racing = len(granted) - len(before_cut)
             lost = len(granted) - len(handed_out)  # all while the cut ran (checked above)
-            print(f"granted {len(before_cut)} before the cut, {racing} while it ran ({lost} "
-                  f"of those not kept by the device); refused {len(refused)}")
+            print(
+                f"granted {len(before_cut)} before the cut, {racing} while it ran ({lost} "
+                f"of those not kept by the device); refused {len(refused)}"
+            )
             cut.start_broker()  # on the store as the device kept it
             try:
-                eventually(lambda: set(cut.managed_users()) == handed_out, what="the users "
-                           "nobody got a password for to be dropped (their leases revoked)")
+                eventually(
+                    lambda: set(cut.managed_users()) == handed_out,
+                    what="the users nobody got a password for to be dropped (their leases revoked)",
+                )
             except AssertionError:
                 now_on_db = set(cut.managed_users())
                 by_user = {row.db_user: row for row in stored.values()}
@@ -177,15 +200,21 @@ def test_power_cut_while_issuing_hands_out_nothing_unrecorded(
 
                 def said(user: str) -> str:
                     row, now = by_user.get(user), after_by_user.get(user)
-                    log = [line for line in cut.broker_log.read_text().splitlines()
-                           if user in line][-3:]
-                    return (f"{user}: on the device {row.state if row else 'no lease'}, "
-                            f"after the restart {now.state if now else 'no lease'} "
-                            f"({now.last_error if now else ''}); log {log}")
+                    log = [
+                        line for line in cut.broker_log.read_text().splitlines() if user in line
+                    ][-3:]
+                    return (
+                        f"{user}: on the device {row.state if row else 'no lease'}, "
+                        f"after the restart {now.state if now else 'no lease'} "
+                        f"({now.last_error if now else ''}); log {log}"
+                    )
+
                 raise AssertionError(
-                    "after the restart, left: " + "; ".join(map(said, now_on_db - handed_out))
+                    "after the restart, left: "
+                    + "; ".join(map(said, now_on_db - handed_out))
                     + " | handed out but gone: "
-                    + "; ".join(map(said, handed_out - now_on_db))) from None
+                    + "; ".join(map(said, handed_out - now_on_db))
+                ) from None
         finally:
             cut.stop_broker()
             cut.broker_config.write_text(config)
@@ -209,8 +238,9 @@ def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
     return stored, events
 
 
-def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
-                              disk: Path) -> list[tuple[int, Any]]:
+def issue_through_a_power_cut(
+    stack: Stack, headers: dict[str, dict[str, str]], disk: Path
+) -> list[tuple[int, Any]]:
     """Sessions asked for by several people at once; the disk is cut once a dozen are
     granted, and asking goes on for a few seconds. Every answer, in order."""
     answers: list[tuple[int, Any]] = []
@@ -221,9 +251,16 @@ def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
     def ask(person: str) -> None:
         with httpx.Client(base_url=stack.broker_url, timeout=60) as http:
             while not stop.is_set():
-                reply = http.post("/v1/sessions", headers=headers[person], json={
-                    "target": "demo", "role": "readonly", "duration_seconds": 1800,
-                    "reason": "durability test"})
+                reply = http.post(
+                    "/v1/sessions",
+                    headers=headers[person],
+                    json={
+                        "target": "demo",
+                        "role": "readonly",
+                        "duration_seconds": 1800,
+                        "reason": "durability test",
+                    },
+                )
                 at = time.monotonic()  # the answer is in: the broker sent it before this
                 try:
                     body = reply.json()
@@ -238,8 +275,9 @@ def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
     for asker in askers:
         asker.start()
     try:
-        eventually(lambda: sum(s == 201 for s, _ in answers) >= 12, timeout=60,
-                   what="a dozen sessions")
+        eventually(
+            lambda: sum(s == 201 for s, _ in answers) >= 12, timeout=60, what="a dozen sessions"
+        )
         CUT["called"] = time.monotonic()
         power_cut(disk)
         CUT["returned"] = time.monotonic()
@@ -249,8 +287,7 @@ def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
         assert health.status_code == 503
         assert health.json()["status"] == "failing"
         assert health.json()["store"]["status"] == "failing"
-        listing = httpx.get(stack.broker_url + "/v1/sessions", headers=headers["alice"],
-                            timeout=10)
+        listing = httpx.get(stack.broker_url + "/v1/sessions", headers=headers["alice"], timeout=10)
         assert listing.status_code == 503
         assert listing.json()["error"]["code"] == "store_unavailable"
     finally:
@@ -258,5 +295,3 @@ def issue_through_a_power_cut(stack: Stack, headers: dict[str, dict[str, str]],
         for asker in askers:
             asker.join(timeout=60)
     return answers
-
-

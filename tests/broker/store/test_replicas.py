@@ -28,11 +28,13 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
         second = stack.spawn_broker(port, workdir / "replica-2.log")
         url = f"http://127.0.0.1:{port}"
         try:
+
             def healthy() -> bool:
                 try:
                     return httpx.get(url + "/healthz", timeout=1).status_code == 200
                 except httpx.HTTPError:
                     return False
+
             wait_until(healthy, timeout=30, what="the second replica")
             yield stack, url
         finally:
@@ -42,8 +44,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
 
 def revoked_total(url: str) -> float:
     text = httpx.get(url + "/metrics").text
-    return sum(float(v) for v in re.findall(r"^dbaccess_sessions_revoked_total\{.*\} (\S+)$",
-                                             text, re.M))
+    return sum(
+        float(v) for v in re.findall(r"^dbaccess_sessions_revoked_total\{.*\} (\S+)$", text, re.M)
+    )
 
 
 def test_each_lease_is_revoked_exactly_once(replicas: tuple[Stack, str]) -> None:
@@ -52,12 +55,19 @@ def test_each_lease_is_revoked_exactly_once(replicas: tuple[Stack, str]) -> None
     created = []
     for i in range(SESSIONS):
         url = stack.broker_url if i % 2 else second
-        answer = httpx.post(url + "/v1/sessions", headers=headers, timeout=30, json={
-            "target": "demo" if i % 3 else "shop", "role": "readonly", "duration_seconds": 2})
+        answer = httpx.post(
+            url + "/v1/sessions",
+            headers=headers,
+            timeout=30,
+            json={"target": "demo" if i % 3 else "shop", "role": "readonly", "duration_seconds": 2},
+        )
         assert answer.status_code == 201, answer.text
         created.append(answer.json())
-    wait_until(lambda: not set(stack.managed_users()) & {s["db_user"] for s in created},
-               timeout=30, what="every session user to be dropped")
+    wait_until(
+        lambda: not set(stack.managed_users()) & {s["db_user"] for s in created},
+        timeout=30,
+        what="every session user to be dropped",
+    )
     time.sleep(1.5)  # a replica that revoked twice would have done so by now
 
     store = Store(stack.store_url, migrate=False)
@@ -79,8 +89,9 @@ def test_each_lease_is_revoked_exactly_once(replicas: tuple[Stack, str]) -> None
 
     for record in records:
         detail = json.dumps(record.detail, sort_keys=True, default=str)
-        assert record.hash == record_hash(record.prev_hash, record.at, record.event,
-                                           record.subject, record.lease_id, detail)
+        assert record.hash == record_hash(
+            record.prev_hash, record.at, record.event, record.subject, record.lease_id, detail
+        )
 
 
 def test_concurrent_asks_at_both_replicas_open_one_approval_request(
@@ -104,13 +115,19 @@ def test_concurrent_asks_at_both_replicas_open_one_approval_request(
     (rid,) = {a.json()["id"] for a in answers}
     store = Store(stack.store_url, migrate=False)
     try:
-        mine = [r for r in store.requests() if r.subject == "alice" and r.target == "demo"
-                and r.role == "readwrite" and r.state == "pending"]
-        created = [r for r in store.audit_records(event="request.created")
-                   if r.detail["request_id"] == rid]
+        mine = [
+            r
+            for r in store.requests()
+            if r.subject == "alice"
+            and r.target == "demo"
+            and r.role == "readwrite"
+            and r.state == "pending"
+        ]
+        created = [
+            r for r in store.audit_records(event="request.created") if r.detail["request_id"] == rid
+        ]
     finally:
         store.close()
     assert [r.id for r in mine] == [rid] and len(created) == 1
-    withdrawn = httpx.post(f"{second}/v1/requests/{rid[:8]}/withdraw", headers=headers,
-                           timeout=30)
+    withdrawn = httpx.post(f"{second}/v1/requests/{rid[:8]}/withdraw", headers=headers, timeout=30)
     assert withdrawn.json()["state"] == "withdrawn"

@@ -27,6 +27,7 @@ from tests.inprocess import BROKER, route_cli_to
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def entra_idp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OidcProvider]:
     certs = make_certificates(tmp_path / "tls")
@@ -48,11 +49,14 @@ def entra_broker(
         client_id=entra_idp.client_id,
         scopes=["openid", "profile", "email", "groups", "offline_access"],
     )
-    settings = settings.model_copy(update={
-        "identity": identity,
-        "broker": settings.broker.model_copy(
-            update={"store": f"sqlite:///{tmp_path / 'entra.db'}"}),
-    })
+    settings = settings.model_copy(
+        update={
+            "identity": identity,
+            "broker": settings.broker.model_copy(
+                update={"store": f"sqlite:///{tmp_path / 'entra.db'}"}
+            ),
+        }
+    )
     with TestClient(create_app(settings, run_reaper=False)) as client:
         http = route_cli_to(client, monkeypatch)
         yield
@@ -64,12 +68,22 @@ def approves_as(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     who: list[str] = []
     login = entra.device_login
 
-    def device_login(issuer: str, client_id: str, scopes: list[str], http: httpx.Client,
-                     show_code: Callable[[Any], None], poll: float | None = None) -> Any:
+    def device_login(
+        issuer: str,
+        client_id: str,
+        scopes: list[str],
+        http: httpx.Client,
+        show_code: Callable[[Any], None],
+        poll: float | None = None,
+    ) -> Any:
         def show_and_approve(code: Any) -> None:
             show_code(code)
-            threading.Thread(target=approve_device_code,
-                             args=(code.verification_uri_complete, who[0]), daemon=True).start()
+            threading.Thread(
+                target=approve_device_code,
+                args=(code.verification_uri_complete, who[0]),
+                daemon=True,
+            ).start()
+
         return login(issuer, client_id, scopes, http, show_and_approve, 1)
 
     monkeypatch.setattr(entra, "device_login", device_login)
@@ -110,11 +124,11 @@ def test_entra_login_refresh_and_a_session(
 
 
 def test_entra_identity_settings() -> None:
-    from_tenant = IdentitySection(kind="entra", tenant="contoso.onmicrosoft.com",
-                                  client_id="x")
+    from_tenant = IdentitySection(kind="entra", tenant="contoso.onmicrosoft.com", client_id="x")
     assert from_tenant.issuer == "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
     assert entra.authority(from_tenant.issuer) == (
-        "https://login.microsoftonline.com/contoso.onmicrosoft.com")
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com"
+    )
     with pytest.raises(ValueError, match="needs tenant"):
         IdentitySection(kind="entra", issuer="http://127.0.0.1:1/t/v2.0", client_id="x")
     with pytest.raises(ValueError, match="issuer is required"):

@@ -26,19 +26,24 @@ def short_lived_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcPr
         yield provider
 
 
-def test_login_then_silent_refresh(short_lived_idp: OidcProvider,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_then_silent_refresh(
+    short_lived_idp: OidcProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DBACCESS_DEVICE_POLL_INTERVAL", "0.1")
-    config = PublicConfig(issuer=short_lived_idp.issuer, client_id=short_lived_idp.client_id,
-                          scopes=["openid", "email", "groups", "offline_access"],
-                          broker_version=__version__)
+    config = PublicConfig(
+        issuer=short_lived_idp.issuer,
+        client_id=short_lived_idp.client_id,
+        scopes=["openid", "email", "groups", "offline_access"],
+        broker_version=__version__,
+    )
     shown: list[DeviceCode] = []
 
     def show(code: DeviceCode) -> None:
         shown.append(code)
         assert code.verification_uri_complete is not None
-        threading.Thread(target=approve_device_code,
-                         args=(code.verification_uri_complete, "alice")).start()
+        threading.Thread(
+            target=approve_device_code, args=(code.verification_uri_complete, "alice")
+        ).start()
 
     with httpx.Client() as http:
         first = device_login("work", config, http, show)

@@ -54,7 +54,8 @@ def test_the_search_finds_an_engine_named_outside_its_module(tmp_path: Path) -> 
     (root / "client" / "dbclients" / "mariadb.py").write_text('NAMES = ("mariadb", "mysql")\n')
     (root / "client" / "dbclients" / "registry.py").write_text(
         "from dbaccess.client.dbclients import mariadb, postgres\n"
-        'CLIENTS = {"postgres": postgres, "mariadb": mariadb}\n')
+        'CLIENTS = {"postgres": postgres, "mariadb": mariadb}\n'
+    )
     (root / "client" / "launch.py").write_text(
         '"""Runs psql (or mariadb) for a granted session."""\n'
         "from dbaccess.client.dbclients import postgres\n"
@@ -62,9 +63,11 @@ def test_the_search_finds_an_engine_named_outside_its_module(tmp_path: Path) -> 
         "def find(granted):\n"
         "    # a comment naming postgres\n"
         '    if granted.engine == "postgres":\n'
-        "        return postgres.find_psql()\n")
+        "        return postgres.find_psql()\n"
+    )
     (root / "cli" / "programs.py").write_text(
-        'HINTS = {"mariadb": "apt-get install mariadb-client", "psql": "apt-get ..."}\n')
+        'HINTS = {"mariadb": "apt-get install mariadb-client", "psql": "apt-get ..."}\n'
+    )
     found = engine_names_outside_client_modules(root)
     assert sorted(line.split(":", 1)[0] + ": " + line.rsplit(": ", 1)[1] for line in found) == [
         "dbaccess/cli/programs.py: mariadb",

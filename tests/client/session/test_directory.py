@@ -30,7 +30,10 @@ def test_a_reused_pid_does_not_keep_a_dead_sessions_files() -> None:
             other.kill()
     assert stale == {"s-reused"}
     assert {owner["session"] for _, owner in stale_sessions()} == {
-        "s-alive", "s-reused", "s-old-format"}  # once the process is gone, all of them
+        "s-alive",
+        "s-reused",
+        "s-old-format",
+    }  # once the process is gone, all of them
 
 
 def test_a_session_directory_records_who_made_it() -> None:

@@ -24,17 +24,37 @@ NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 def request(state: str = "pending", **extra: Any) -> RequestInfo:
     return RequestInfo(
-        id="6f1c2a8e-0000-4000-8000-000000000001", subject="alice", target="demo",
-        role="readwrite", duration_seconds=900, reason="fix", rule="dev-readwrite",
-        state=state, approvals_required=2, approver_groups=["leads"], created_at=NOW,
-        expires_at=NOW + timedelta(hours=1), **extra)
+        id="6f1c2a8e-0000-4000-8000-000000000001",
+        subject="alice",
+        target="demo",
+        role="readwrite",
+        duration_seconds=900,
+        reason="fix",
+        rule="dev-readwrite",
+        state=state,
+        approvals_required=2,
+        approver_groups=["leads"],
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=1),
+        **extra,
+    )
 
 
 def granted() -> SessionGranted:
     return SessionGranted(
-        id="s1", target="demo", role="readwrite", engine="postgres", db_user="dba_alice_1",
-        state="active", created_at=NOW, expires_at=NOW + timedelta(minutes=15),
-        host="127.0.0.1", port=5432, database="demo", password="pw")  # type: ignore[arg-type]
+        id="s1",
+        target="demo",
+        role="readwrite",
+        engine="postgres",
+        db_user="dba_alice_1",
+        state="active",
+        created_at=NOW,
+        expires_at=NOW + timedelta(minutes=15),
+        host="127.0.0.1",
+        port=5432,
+        database="demo",
+        password="pw",
+    )  # type: ignore[arg-type]
 
 
 def want(**extra: Any) -> SessionRequest:
@@ -42,8 +62,12 @@ def want(**extra: Any) -> SessionRequest:
 
 
 class FakeBroker:
-    def __init__(self, policy: BreakglassPolicy | None = None,
-                 answers: list[Any] | None = None, polls: list[RequestInfo] | None = None):
+    def __init__(
+        self,
+        policy: BreakglassPolicy | None = None,
+        answers: list[Any] | None = None,
+        polls: list[RequestInfo] | None = None,
+    ):
         self.policy = policy
         self.answers = answers or []
         self.polls = polls or []
@@ -107,12 +131,12 @@ def test_no_wait_reports_the_request_with_its_next_command() -> None:
     assert raised.value.exit_code == 6
     assert raised.value.hint == (
         "once approved: dbaccess connect demo --role readwrite "
-        "--request 6f1c2a8e-0000-4000-8000-000000000001")
+        "--request 6f1c2a8e-0000-4000-8000-000000000001"
+    )
 
 
 def test_waiting_polls_then_redeems_the_approved_request() -> None:
-    api = FakeBroker(answers=[request(), granted()],
-                     polls=[request(), request("approved")])
+    api = FakeBroker(answers=[request(), granted()], polls=[request(), request("approved")])
     slept: list[float] = []
     ask = Ask(sleep=slept.append, poll_seconds=2)
     assert obtain(api, want(reason="fix"), ask).id == "s1"  # type: ignore[arg-type]
@@ -120,10 +144,16 @@ def test_waiting_polls_then_redeems_the_approved_request() -> None:
     assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
 
 
-@pytest.mark.parametrize(("final", "message"), [
-    (request("denied", denied_by="frank", deny_reason="not today"), "denied by frank: not today"),
-    (request("expired"), "expired before it was approved"),
-])
+@pytest.mark.parametrize(
+    ("final", "message"),
+    [
+        (
+            request("denied", denied_by="frank", deny_reason="not today"),
+            "denied by frank: not today",
+        ),
+        (request("expired"), "expired before it was approved"),
+    ],
+)
 def test_a_wait_ends_in_denial_or_expiry(final: RequestInfo, message: str) -> None:
     api = FakeBroker(polls=[final])
     with pytest.raises(DeniedError, match=message):
@@ -138,15 +168,20 @@ def test_ctrl_c_while_waiting_names_the_request_and_how_to_resume(verb: str, tai
     rid = "6f1c2a8e-0000-4000-8000-000000000001"
     api = FakeBroker(answers=[request()])
     with pytest.raises(WaitStopped) as raised:
-        obtain(api, want(reason="fix"),  # type: ignore[arg-type]
-               Ask(sleep=interrupted, resume_verb=verb))
+        obtain(
+            api,
+            want(reason="fix"),  # type: ignore[arg-type]
+            Ask(sleep=interrupted, resume_verb=verb),
+        )
     assert raised.value.exit_code == 130
     assert raised.value.message == (
         f"stopped waiting; request {rid} stays pending (until 2026-11-22 04:00:00 UTC) — "
-        "approvers can still approve it")
+        "approvers can still approve it"
+    )
     assert raised.value.hint == (
         f"resume: dbaccess {verb} demo --role readwrite --request {rid}{tail}; "
-        f"or withdraw it: dbaccess withdraw {rid}")
+        f"or withdraw it: dbaccess withdraw {rid}"
+    )
 
 
 def test_resuming_a_pending_request_waits_for_it() -> None:
@@ -157,8 +192,11 @@ def test_resuming_a_pending_request_waits_for_it() -> None:
     assert obtain(api, want(request_id="6f1c"), ask).id == "s1"  # type: ignore[arg-type]
     assert api.sent[1].request_id == "6f1c2a8e-0000-4000-8000-000000000001"
     with pytest.raises(ApprovalPending):  # --no-wait: pending is the answer (exit 6)
-        obtain(FakeBroker(answers=[still], polls=[request()]),  # type: ignore[arg-type]
-               want(request_id="6f1c", wait=False), ask)
+        obtain(
+            FakeBroker(answers=[still], polls=[request()]),  # type: ignore[arg-type]
+            want(request_id="6f1c", wait=False),
+            ask,
+        )
 
 
 def test_an_approved_open_request_handed_back_is_used_even_without_waiting() -> None:

@@ -14,14 +14,16 @@ from dbaccess.errors import ExitCode, UsageError
 from dbaccess.wire import BreakglassCreate, SessionCreate
 
 
-def pydantic_says(model: type[SessionCreate] | type[BreakglassCreate], body: dict[str, Any]
-                  ) -> str | None:
+def pydantic_says(
+    model: type[SessionCreate] | type[BreakglassCreate], body: dict[str, Any]
+) -> str | None:
     """The usage error the client gave with the wire models (before SessionRequest)."""
     try:
         model.model_validate(body)
     except ValidationError as exc:
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                         for e in exc.errors())
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
     return None
 
 
@@ -63,8 +65,10 @@ def test_a_session_request_is_refused_as_the_broker_would(change: dict[str, Any]
     request = SessionRequest(**fields)
     assert we_say(request) == pydantic_says(SessionCreate, request.to_wire())
     if we_say(request) is None:
-        assert SessionCreate.model_validate(request.to_wire()).model_dump(
-            exclude_none=True) == request.to_wire()
+        assert (
+            SessionCreate.model_validate(request.to_wire()).model_dump(exclude_none=True)
+            == request.to_wire()
+        )
 
 
 BREAKGLASS_CASES = [
@@ -80,8 +84,13 @@ BREAKGLASS_CASES = [
 
 @pytest.mark.parametrize("change", BREAKGLASS_CASES)
 def test_a_breakglass_request_is_refused_as_the_broker_would(change: dict[str, Any]) -> None:
-    fields: dict[str, Any] = {"target": "prod", "role": "breakglass", "incident": "INC-1",
-                              "reason": "disk full", **change}
+    fields: dict[str, Any] = {
+        "target": "prod",
+        "role": "breakglass",
+        "incident": "INC-1",
+        "reason": "disk full",
+        **change,
+    }
     request = SessionRequest(**fields)
     assert request.breakglass
     assert we_say(request) == pydantic_says(BreakglassCreate, request.to_wire())
@@ -93,34 +102,56 @@ def test_several_refusals_are_named_together_in_the_brokers_order() -> None:
     assert refused.value.message == (
         "target: String should have at least 1 character; "
         "reason: Value should have at most 500 items after validation, not 501; "
-        "request_id: Value should have at most 36 items after validation, not 37")
+        "request_id: Value should have at most 36 items after validation, not 37"
+    )
 
 
 def test_the_body_is_what_was_asked_without_the_rest() -> None:
-    asked = SessionRequest(target="demo", role="readonly", duration=timedelta(minutes=90),
-                           reason="nightly dump", command=("pg_dump",), client="pgcli",
-                           client_args=("-x",), wait=False)
+    asked = SessionRequest(
+        target="demo",
+        role="readonly",
+        duration=timedelta(minutes=90),
+        reason="nightly dump",
+        command=("pg_dump",),
+        client="pgcli",
+        client_args=("-x",),
+        wait=False,
+    )
     assert asked.validate() is asked
-    assert asked.to_wire() == {"target": "demo", "role": "readonly",
-                               "duration_seconds": 5400, "reason": "nightly dump"}
-    assert SessionRequest(target="demo", role="readonly", ticket="OPS-1",
-                          request_id="6f1c").to_wire() == {
-        "target": "demo", "role": "readonly", "ticket": "OPS-1", "request_id": "6f1c"}
+    assert asked.to_wire() == {
+        "target": "demo",
+        "role": "readonly",
+        "duration_seconds": 5400,
+        "reason": "nightly dump",
+    }
+    assert SessionRequest(
+        target="demo", role="readonly", ticket="OPS-1", request_id="6f1c"
+    ).to_wire() == {"target": "demo", "role": "readonly", "ticket": "OPS-1", "request_id": "6f1c"}
 
 
 def test_a_breakglass_body_carries_the_incident_not_the_role() -> None:
-    body = SessionRequest(target="prod", role="breakglass", incident="INC-7",
-                          reason="disk full", drill=True).to_wire()
-    assert body == {"target": "prod", "incident": "INC-7", "reason": "disk full",
-                    "drill": True}
+    body = SessionRequest(
+        target="prod", role="breakglass", incident="INC-7", reason="disk full", drill=True
+    ).to_wire()
+    assert body == {"target": "prod", "incident": "INC-7", "reason": "disk full", "drill": True}
     assert BreakglassCreate.model_validate(body).drill
-    assert "drill" not in SessionRequest(target="prod", role="breakglass", incident="INC-7",
-                                         reason="r").to_wire()
+    assert (
+        "drill"
+        not in SessionRequest(
+            target="prod", role="breakglass", incident="INC-7", reason="r"
+        ).to_wire()
+    )
 
 
 def test_redeeming_an_approved_request_sends_its_id_alone() -> None:
-    asked = SessionRequest(target="demo", role="readwrite", duration=timedelta(hours=1),
-                           reason="fix", ticket="OPS-1", command=("true",))
+    asked = SessionRequest(
+        target="demo",
+        role="readwrite",
+        duration=timedelta(hours=1),
+        reason="fix",
+        ticket="OPS-1",
+        command=("true",),
+    )
     redeem = asked.redeeming("6f1c")
     assert redeem.to_wire() == {"target": "demo", "role": "readwrite", "request_id": "6f1c"}
     assert not redeem.wait and redeem.command == ("true",)
@@ -131,5 +162,3 @@ def test_a_reason_asked_for_later_is_checked_too() -> None:
     assert asked.with_reason("because").reason == "because"
     with pytest.raises(UsageError, match="^reason: Value error, must not contain control"):
         asked.with_reason("fix\x1b[2J")
-
-

@@ -22,9 +22,17 @@ router = APIRouter()
 @router.get(
     "/v1/audit",
     response_model=list[AuditEntry],
-    responses={200: {"headers": {NEXT_CURSOR: {
-        "description": "present when older records match: pass it as ?before= for "
-        "the next page", "schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "headers": {
+                NEXT_CURSOR: {
+                    "description": "present when older records match: pass it as ?before= for "
+                    "the next page",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
 )
 def read_audit(
     response: Response,

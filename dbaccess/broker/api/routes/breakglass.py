@@ -37,7 +37,10 @@ def list_reviews(service: ServiceDep, who: PrincipalDep) -> list[ReviewInfo]:
 
 @router.post("/v1/reviews/{session_id}/close", response_model=ReviewInfo)
 def close_review(
-    session_id: AnId, body: ReviewClose, service: ServiceDep, who: PrincipalDep,
+    session_id: AnId,
+    body: ReviewClose,
+    service: ServiceDep,
+    who: PrincipalDep,
     origin: OriginDep,
 ) -> ReviewInfo:
     return service.breakglass.close_review(who, session_id, body.note, origin)

@@ -20,8 +20,7 @@ def healthz(ctx: ContextDep, verifier: VerifierDep) -> JSONResponse:
     # unreachable identity provider is reported but stays 200 — the broker still
     # serves every token whose key it knows, and revokes on time.
     failure = ctx.store.health()
-    store_state = {"status": "ok"} if failure is None else {
-        "status": "failing", "error": failure}
+    store_state = {"status": "ok"} if failure is None else {"status": "failing", "error": failure}
     return JSONResponse(
         {
             "status": "ok" if failure is None else "failing",
@@ -52,9 +51,7 @@ def public_config(request: Request) -> PublicConfig:
 
 @router.get("/v1/me", response_model=Identity)
 def me(who: PrincipalDep) -> Identity:
-    return Identity(
-        subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups)
-    )
+    return Identity(subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups))
 
 
 @router.get("/v1/targets", response_model=list[TargetAccess])

@@ -43,7 +43,10 @@ def list_sessions(service: ServiceDep, who: PrincipalDep) -> list[SessionInfo]:
 
 @router.post("/v1/sessions/{session_id}/renew", response_model=SessionRenewed)
 def renew_session(
-    session_id: AnId, body: SessionRenew, service: ServiceDep, who: PrincipalDep,
+    session_id: AnId,
+    body: SessionRenew,
+    service: ServiceDep,
+    who: PrincipalDep,
     origin: OriginDep,
 ) -> SessionRenewed:
     return service.renew_for(who, session_id, body, origin)

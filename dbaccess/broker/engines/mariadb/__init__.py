@@ -16,4 +16,8 @@ if TYPE_CHECKING:  # mypy --strict (scripts/check) holds the modules to the prot
     from dbaccess.broker.engines.mariadb import admin, bootstrap, checks, engine
 
     _PARTS: tuple[EngineModule, EngineBootstrap, EngineAdmin, EngineChecks] = (
-        engine, bootstrap, admin, checks)
+        engine,
+        bootstrap,
+        admin,
+        checks,
+    )

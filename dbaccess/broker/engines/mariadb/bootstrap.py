@@ -294,17 +294,17 @@ BEGIN
         END IF;
     ELSE
         SELECT group_role INTO v_role FROM {SCHEMA}.managed_users WHERE username = p_user;
-        IF EXISTS (SELECT 1 FROM mysql.user WHERE {_exact('user')} = p_user AND host = '%') THEN
+        IF EXISTS (SELECT 1 FROM mysql.user WHERE {_exact("user")} = p_user AND host = '%') THEN
             -- Lock first: DROP USER alone would leave live sessions working.
             {_exec(f"CONCAT('ALTER USER ', {account}, ' ACCOUNT LOCK')")}
             kill_loop: LOOP
                 SELECT MIN(ID) INTO v_id FROM information_schema.PROCESSLIST
-                    WHERE {_exact('USER')} = p_user AND ID <> CONNECTION_ID();
+                    WHERE {_exact("USER")} = p_user AND ID <> CONNECTION_ID();
                 IF v_id IS NULL THEN LEAVE kill_loop; END IF;
                 SET v_tries = v_tries + 1;
                 IF v_tries > 500 THEN
                     SELECT COUNT(*) INTO p_remaining FROM information_schema.PROCESSLIST
-                        WHERE {_exact('USER')} = p_user;
+                        WHERE {_exact("USER")} = p_user;
                     LEAVE kill_loop;
                 END IF;
                 BEGIN
@@ -333,7 +333,7 @@ SQL SECURITY DEFINER
 BEGIN
     SELECT username FROM {SCHEMA}.managed_users
     UNION
-    SELECT {_exact('user')} FROM mysql.user WHERE user LIKE {like_prefix}
+    SELECT {_exact("user")} FROM mysql.user WHERE user LIKE {like_prefix}
         AND is_role = 'N';
 END""",
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.expire_due()
@@ -368,8 +368,10 @@ END""",
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
     statements += _group_role_objects(groups, provisioner)
     # Shown to whoever runs the printed SQL (apply() says it too).
-    statements.append(f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
-                      f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note")
+    statements.append(
+        f"SELECT IF(@@GLOBAL.event_scheduler = 'ON', 'event_scheduler is ON', "
+        f"{_lit(EVENT_SCHEDULER_OFF)}) AS dbaccess_note"
+    )
     return statements
 
 
@@ -389,11 +391,16 @@ def _login_check() -> list[str]:
     runs it, so EXECUTE goes to PUBLIC (it only reads), and it must stay simple."""
     # USER() is what the client logged in as, user@client-host; the user is what comes
     # before the last @ (a host has none).
-    user = ("SUBSTRING(USER(), 1, CHAR_LENGTH(USER()) "
-            "- CHAR_LENGTH(SUBSTRING_INDEX(USER(), '@', -1)) - 1)")
+    user = (
+        "SUBSTRING(USER(), 1, CHAR_LENGTH(USER()) "
+        "- CHAR_LENGTH(SUBSTRING_INDEX(USER(), '@', -1)) - 1)"
+    )
     ours = _lit(INIT_CONNECT)
-    busy = ("dbaccess: init_connect is already set; add " + INIT_CONNECT
-            + " to it (statements separated by ;), then run the bootstrap again")
+    busy = (
+        "dbaccess: init_connect is already set; add "
+        + INIT_CONNECT
+        + " to it (statements separated by ;), then run the bootstrap again"
+    )
     return [
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.login_check()
 SQL SECURITY DEFINER
@@ -429,8 +436,7 @@ def _made_by_session(column: str) -> str:
 def _names_role(column: str, role: str) -> str:
     """Whether DEFINER ``column``'s name is ``role`` (an expression), any host or none."""
     definer = _exact(column)
-    return (f"({definer} = {role}"
-            f" OR LEFT({definer}, CHAR_LENGTH({role}) + 1) = CONCAT({role}, '@'))")
+    return f"({definer} = {role} OR LEFT({definer}, CHAR_LENGTH({role}) + 1) = CONCAT({role}, '@'))"
 
 
 def _group_role_objects(groups: list[str], provisioner: str) -> list[str]:
@@ -441,9 +447,13 @@ def _group_role_objects(groups: list[str], provisioner: str) -> list[str]:
     roles = " UNION ALL ".join(f"SELECT {_lit(g)} AS role" for g in groups)
     counts = " + ".join(
         f"(SELECT COUNT(*) FROM {table} WHERE {_names_role(column, 'r.role')})"
-        for table, column in (("mysql.proc", "definer"), ("mysql.event", "definer"),
-                              ("information_schema.TRIGGERS", "DEFINER"),
-                              ("information_schema.VIEWS", "DEFINER")))
+        for table, column in (
+            ("mysql.proc", "definer"),
+            ("mysql.event", "definer"),
+            ("information_schema.TRIGGERS", "DEFINER"),
+            ("information_schema.VIEWS", "DEFINER"),
+        )
+    )
     return [
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.group_role_objects()
 SQL SECURITY DEFINER
@@ -499,17 +509,26 @@ def _session_objects() -> list[str]:
         "SET MESSAGE_TEXT = 'dbaccess: too many objects to revoke'; END IF;"
     )
     alter_view = (
-        "CONCAT('ALTER ALGORITHM = ', v_algorithm, ' DEFINER = ', " + role
-        + ", ' SQL SECURITY INVOKER VIEW ', " + name + ", ' AS ', v_body, "
+        "CONCAT('ALTER ALGORITHM = ', v_algorithm, ' DEFINER = ', "
+        + role
+        + ", ' SQL SECURITY INVOKER VIEW ', "
+        + name
+        + ", ' AS ', v_body, "
         "IF(v_check = 'NONE', '', CONCAT(' WITH ', v_check, ' CHECK OPTION')))"
     )
     alter_event = (
         f"CONCAT('ALTER DEFINER = ', {role}, ' EVENT ', {name}, ' COMMENT ', QUOTE(v_comment))"
     )
     create_trigger = (
-        "CONCAT('CREATE OR REPLACE DEFINER = ', " + role + ", ' TRIGGER ', " + name
-        + ", ' ', v_timing, ' ', v_event, ' ON ', " + _q("v_db") + ", '.', "
-        + _q("v_table") + ", ' FOR EACH ROW ', v_body)"
+        "CONCAT('CREATE OR REPLACE DEFINER = ', "
+        + role
+        + ", ' TRIGGER ', "
+        + name
+        + ", ' ', v_timing, ' ', v_event, ' ON ', "
+        + _q("v_db")
+        + ", '.', "
+        + _q("v_table")
+        + ", ' FOR EACH ROW ', v_body)"
     )
     return [
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.session_objects(

@@ -27,18 +27,29 @@ read_only_caveat = "MariaDB has no read-only setting for an account,"
 def _connect(target: TargetSection, password: str) -> pymysql.connections.Connection:
     import pymysql
 
-    return pymysql.connect(host=target.host, port=target.port, user=target.provisioner.user,
-                           password=password, connect_timeout=5, read_timeout=10,
-                           program_name="dbaccess-broker check-config")
+    return pymysql.connect(
+        host=target.host,
+        port=target.port,
+        user=target.provisioner.user,
+        password=password,
+        connect_timeout=5,
+        read_timeout=10,
+        program_name="dbaccess-broker check-config",
+    )
 
 
 def missing(target: TargetSection, password: str) -> list[str]:
     import pymysql
 
     try:
-        conn = pymysql.connect(host=target.host, port=target.port,
-                               user=target.provisioner.user, password=password,
-                               connect_timeout=5, program_name="dbaccess-broker check-config")
+        conn = pymysql.connect(
+            host=target.host,
+            port=target.port,
+            user=target.provisioner.user,
+            password=password,
+            connect_timeout=5,
+            program_name="dbaccess-broker check-config",
+        )
     except pymysql.err.OperationalError as exc:
         code, text = (exc.args + ("",))[:2]
         if code in (1044, 1045, 1698, 4151):  # access denied / account locked
@@ -47,22 +58,28 @@ def missing(target: TargetSection, password: str) -> list[str]:
     try:
         with conn.cursor() as cur:
             # ROUTINES lists only the procedures this user may execute: the provisioner's view
-            cur.execute("SELECT ROUTINE_NAME FROM information_schema.ROUTINES "
-                        "WHERE ROUTINE_SCHEMA = 'dbaccess' AND ROUTINE_TYPE = 'PROCEDURE'")
+            cur.execute(
+                "SELECT ROUTINE_NAME FROM information_schema.ROUTINES "
+                "WHERE ROUTINE_SCHEMA = 'dbaccess' AND ROUTINE_TYPE = 'PROCEDURE'"
+            )
             visible = {str(row[0]) for row in cur.fetchall()}
     finally:
         conn.close()
-    return [f"procedure dbaccess.{name} (EXECUTE for {target.provisioner.user})"
-            for name in PROCEDURES if name not in visible]
+    return [
+        f"procedure dbaccess.{name} (EXECUTE for {target.provisioner.user})"
+        for name in PROCEDURES
+        if name not in visible
+    ]
 
 
-def shared_server_warning(listed: str, host: str, port: int,
-                          targets: list[TargetSection]) -> str:
-    return (f"targets {listed} are on one MariaDB server ({host}:{port}): it holds one "
-            "dbaccess database, so the last bootstrap's procedures serve them all and "
-            "each target's reconciler would drop the others' session users; keep one "
-            "target per MariaDB server (docs/broker.md, \"Several targets on one "
-            "server\")")
+def shared_server_warning(listed: str, host: str, port: int, targets: list[TargetSection]) -> str:
+    return (
+        f"targets {listed} are on one MariaDB server ({host}:{port}): it holds one "
+        "dbaccess database, so the last bootstrap's procedures serve them all and "
+        "each target's reconciler would drop the others' session users; keep one "
+        'target per MariaDB server (docs/broker.md, "Several targets on one '
+        'server")'
+    )
 
 
 def server_problems(target: TargetSection) -> tuple[list[str], list[str]]:
@@ -79,42 +96,52 @@ def server_problems(target: TargetSection) -> tuple[list[str], list[str]]:
     conn = _connect(target, target.provisioner.read_password())
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT @@GLOBAL.init_connect, @@GLOBAL.event_scheduler, "
-                        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
-                        "WHERE VARIABLE_NAME = 'SERVER_AUDIT_QUERY_LOG_LIMIT')")
+            cur.execute(
+                "SELECT @@GLOBAL.init_connect, @@GLOBAL.event_scheduler, "
+                "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+                "WHERE VARIABLE_NAME = 'SERVER_AUDIT_QUERY_LOG_LIMIT')"
+            )
             row = cur.fetchone()
             defined = _group_role_objects(cur)
     finally:
         conn.close()
     init_connect, scheduler, log_limit = row if row else ("", "OFF", None)
     errors, warnings = [], []
-    my_cnf = "(docs/broker.md, \"MariaDB: expiry without account expiry\")"
+    my_cnf = '(docs/broker.md, "MariaDB: expiry without account expiry")'
     if INIT_CONNECT not in str(init_connect or ""):
-        errors.append(f"init_connect does not run {INIT_CONNECT}: an expired session user "
-                      "can log in until the broker's reaper drops it; run the bootstrap "
-                      f"again and put init_connect = \"{INIT_CONNECT}\" in my.cnf {my_cnf}")
+        errors.append(
+            f"init_connect does not run {INIT_CONNECT}: an expired session user "
+            "can log in until the broker's reaper drops it; run the bootstrap "
+            f'again and put init_connect = "{INIT_CONNECT}" in my.cnf {my_cnf}'
+        )
     if str(scheduler).upper() != "ON":
-        warnings.append(f"event_scheduler is {scheduler}: the server's own expiry event does "
-                        "not run, only the broker's reaper drops expired users (logins are "
-                        f"still refused by init_connect); set event_scheduler = ON in my.cnf "
-                        f"{my_cnf}")
+        warnings.append(
+            f"event_scheduler is {scheduler}: the server's own expiry event does "
+            "not run, only the broker's reaper drops expired users (logins are "
+            f"still refused by init_connect); set event_scheduler = ON in my.cnf "
+            f"{my_cnf}"
+        )
     if log_limit is not None and int(str(log_limit)) < QUERY_LOG_LIMIT_MAX:
-        warnings.append(f"server_audit_query_log_limit is {log_limit}: break-glass "
-                        "statements longer than that are cut in the server's log; put "
-                        f"server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX} in my.cnf "
-                        f"{my_cnf}")
+        warnings.append(
+            f"server_audit_query_log_limit is {log_limit}: break-glass "
+            "statements longer than that are cut in the server's log; put "
+            f"server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX} in my.cnf "
+            f"{my_cnf}"
+        )
     if defined is None:
-        warnings.append("the bootstrap is older than this broker (no "
-                        "dbaccess.group_role_objects): run it again")
+        warnings.append(
+            "the bootstrap is older than this broker (no dbaccess.group_role_objects): run it again"
+        )
     dropping = {role.group_role for role in target.roles.values()} - set(kept_groups(target))
     for group, count in sorted((defined or {}).items()):
         if group in dropping and count:
             warnings.append(
                 f"group role '{group}' is the DEFINER of {count} routine(s), event(s), "
-                "trigger(s) or view(s): its template's session_objects is \"drop\", so the "
+                'trigger(s) or view(s): its template\'s session_objects is "drop", so the '
                 "next revocation of one of its sessions drops them, whoever made them; "
                 "define an administrator's objects as another account "
-                "(docs/broker.md, \"Objects a session user makes\")")
+                '(docs/broker.md, "Objects a session user makes")'
+            )
     return errors, warnings
 
 
@@ -159,16 +186,28 @@ def read_only_writes(name: str, target: TargetSection, groups: list[str]) -> Wri
     result: Writes = {}
     try:
         for group in groups:
-            username = make_username(target.username_prefix, "checkconfig",
-                                     engine.max_username_length)
+            username = make_username(
+                target.username_prefix, "checkconfig", engine.max_username_length
+            )
             password = make_password()
             # a one-minute user with no power beyond the template's; if this process
             # dies before the revocation, the reconciler and the expiry event drop it
-            engine.create_user(NewUser(username, password, RoleTemplate(group_role=group),
-                                       datetime.now(UTC) + timedelta(minutes=1)))
+            engine.create_user(
+                NewUser(
+                    username,
+                    password,
+                    RoleTemplate(group_role=group),
+                    datetime.now(UTC) + timedelta(minutes=1),
+                )
+            )
             try:
-                conn = pymysql.connect(host=target.host, port=target.port, user=username,
-                                       password=password, connect_timeout=5)
+                conn = pymysql.connect(
+                    host=target.host,
+                    port=target.port,
+                    user=username,
+                    password=password,
+                    connect_timeout=5,
+                )
                 try:
                     with conn.cursor() as cur:
                         cur.execute(f"SHOW GRANTS FOR `{group}`")  # a validated SQL name
@@ -185,14 +224,13 @@ def read_only_writes(name: str, target: TargetSection, groups: list[str]) -> Wri
                 grant = re.fullmatch(r"GRANT (.+?) ON (\S+) TO .*", line)
                 if grant is None:
                     continue
-                privileges = {p.strip() for p in re.sub(r"\([^)]*\)", "",
-                                                        grant.group(1)).split(",")}
+                privileges = {
+                    p.strip() for p in re.sub(r"\([^)]*\)", "", grant.group(1)).split(",")
+                }
                 for privilege in sorted(privileges - READING):
-                    found.setdefault(f"{privilege} on", []).append(
-                        grant.group(2).replace("`", ""))
+                    found.setdefault(f"{privilege} on", []).append(grant.group(2).replace("`", ""))
                 if "WITH GRANT OPTION" in line:
-                    found.setdefault("GRANT OPTION on", []).append(
-                        grant.group(2).replace("`", ""))
+                    found.setdefault("GRANT OPTION on", []).append(grant.group(2).replace("`", ""))
             result[group] = found
     finally:
         engine.close()
@@ -205,6 +243,7 @@ def target_warnings(name: str, target: TargetSection) -> list[str]:
 
 
 # --- connections ------------------------------------------------------------------------
+
 
 def broker_connections(target: TargetSection, revoke_workers: int) -> int:
     """One connection per call: at most the creations plus the revocations at a time."""

@@ -175,4 +175,5 @@ def _message(exc: BaseException) -> str:
         return str(exc.args[1])
     return str(exc) or type(exc).__name__
 
+
 ENGINE = MariaDBEngine  # what engines/registry.py finds in every engine's package

@@ -33,16 +33,19 @@ def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: 
 def change_own_password(name: str, target: TargetSection, old: str, new: str) -> None:
     user = target.provisioner.user
     try:
-        with WATCHDOG.watch(CALL_TIMEOUT) as deadline, psycopg.connect(
-            host=target.host,
-            port=target.port,
-            dbname=target.database,
-            user=user,
-            password=old,
-            sslmode=target.sslmode,
-            connect_timeout=int(CONNECT_TIMEOUT),
-            autocommit=True,
-        ) as conn:
+        with (
+            WATCHDOG.watch(CALL_TIMEOUT) as deadline,
+            psycopg.connect(
+                host=target.host,
+                port=target.port,
+                dbname=target.database,
+                user=user,
+                password=old,
+                sslmode=target.sslmode,
+                connect_timeout=int(CONNECT_TIMEOUT),
+                autocommit=True,
+            ) as conn,
+        ):
             deadline.attach(conn)  # a stopped server would hold the call forever
             verifier = conn.pgconn.encrypt_password(
                 new.encode(), user.encode(), b"scram-sha-256"

@@ -67,19 +67,21 @@ def bootstrap_sql(target: TargetSection) -> list[str]:
         # The group a user was made in decides what revocation does with its objects.
         f"ALTER TABLE {SCHEMA}.managed_users ADD COLUMN IF NOT EXISTS group_role text",
         # Names are compared byte by byte, whatever the database's default collation.
-        f"ALTER TABLE {SCHEMA}.managed_users ALTER COLUMN username TYPE text COLLATE \"C\"",
+        f'ALTER TABLE {SCHEMA}.managed_users ALTER COLUMN username TYPE text COLLATE "C"',
         f"ALTER TABLE {SCHEMA}.managed_users OWNER TO {_id(OWNER)}",
         f"REVOKE ALL ON {SCHEMA}.managed_users FROM PUBLIC",
     ]
     statements += [_create_role_if_missing(group, "NOLOGIN") for group in groups]
-    keep_groups = sorted({role.group_role for role in target.roles.values()
-                          if role.session_objects == "keep"})
+    keep_groups = sorted(
+        {role.group_role for role in target.roles.values() if role.session_objects == "keep"}
+    )
     keeping = "ARRAY[" + ", ".join(_lit(g) for g in keep_groups) + "]::text[]"
     statements += [
         # Kept objects are reassigned to their template's group role, which must therefore
         # hold no attribute a definer function or view of its own could borrow.
         f"ALTER ROLE {_id(group)} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-        "NOBYPASSRLS" for group in keep_groups
+        "NOBYPASSRLS"
+        for group in keep_groups
     ]
     statements += [
         _create_role_if_missing(provisioner, "LOGIN"),
@@ -342,10 +344,12 @@ def _group_large_objects(group: str) -> str:
     """pg_shdepend ``d``'s rows of the large objects in this database owned by the role
     named ``group`` (through the index on the referenced role: no scan of
     pg_largeobject_metadata, which may hold millions)."""
-    return (f"d.refclassid = 'pg_authid'::regclass AND d.refobjid = (SELECT oid FROM pg_roles "
-            f"WHERE rolname = {group}) AND d.classid = 'pg_largeobject'::regclass "
-            "AND d.deptype = 'o' AND d.dbid = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database())")
+    return (
+        f"d.refclassid = 'pg_authid'::regclass AND d.refobjid = (SELECT oid FROM pg_roles "
+        f"WHERE rolname = {group}) AND d.classid = 'pg_largeobject'::regclass "
+        "AND d.deptype = 'o' AND d.dbid = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database())"
+    )
 
 
 MAX_REVOKE_BATCH = 1000  # names per revoke_users call (the broker sends 50 at most)

@@ -25,10 +25,16 @@ read_only_caveat = "A session can turn read-only off (it is only a default),"
 def _connect(target: TargetSection, password: str) -> psycopg.Connection[tuple[Any, ...]]:
     import psycopg
 
-    return psycopg.connect(host=target.host, port=target.port, dbname=target.database,
-                           user=target.provisioner.user, password=password,
-                           sslmode=target.sslmode, connect_timeout=5,
-                           application_name="dbaccess-broker check-config")
+    return psycopg.connect(
+        host=target.host,
+        port=target.port,
+        dbname=target.database,
+        user=target.provisioner.user,
+        password=password,
+        sslmode=target.sslmode,
+        connect_timeout=5,
+        application_name="dbaccess-broker check-config",
+    )
 
 
 def missing(target: TargetSection, password: str) -> list[str]:
@@ -41,19 +47,27 @@ def missing(target: TargetSection, password: str) -> list[str]:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _, found, reason = line.rpartition(" failed: ")
         text = (reason if found else line).removeprefix("FATAL:").strip()
-        if "authentication failed" in text or "does not exist" in text \
-                or "not permitted to log in" in text:
+        if (
+            "authentication failed" in text
+            or "does not exist" in text
+            or "not permitted to log in" in text
+        ):
             raise LoginFailed(text) from None
         raise TargetUnreachable(text) from None
     with conn:
         rows = conn.execute(
             "SELECT p.proname, has_function_privilege(p.oid, 'EXECUTE'), p.prosrc "
             "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = 'dbaccess'").fetchall()
+            "WHERE n.nspname = 'dbaccess'"
+        ).fetchall()
         functions = {str(row[0]): (bool(row[1]), str(row[2])) for row in rows}
         groups = sorted({role.group_role for role in target.roles.values()})
-        present = {str(row[0]) for row in conn.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (groups,)).fetchall()}
+        present = {
+            str(row[0])
+            for row in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (groups,)
+            ).fetchall()
+        }
     absent = []
     for function in FUNCTIONS:
         if function not in functions:
@@ -64,27 +78,35 @@ def missing(target: TargetSection, password: str) -> list[str]:
     if "create_user" in functions:
         # a role template added after the bootstrap: its group is not in the allow-list
         source = functions["create_user"][1]
-        absent += [f"group role {group} in the allow-list of dbaccess.create_user"
-                   for group in groups if group in present and f"'{group}'" not in source]
-    if "revoke_user" in functions and "DROP OWNED BY %I RESTRICT" not in functions[
-            "revoke_user"][1]:
+        absent += [
+            f"group role {group} in the allow-list of dbaccess.create_user"
+            for group in groups
+            if group in present and f"'{group}'" not in source
+        ]
+    if (
+        "revoke_user" in functions
+        and "DROP OWNED BY %I RESTRICT" not in functions["revoke_user"][1]
+    ):
         # an older bootstrap: it reassigns a session's objects to dbaccess_owner
-        absent.append("the current dbaccess.revoke_user (an older one hands what a "
-                      "session made to dbaccess_owner)")
+        absent.append(
+            "the current dbaccess.revoke_user (an older one hands what a "
+            "session made to dbaccess_owner)"
+        )
     elif "revoke_user" in functions and "lo_unlink" not in functions["revoke_user"][1]:
-        absent.append("the current dbaccess.revoke_user (an older one leaves the large "
-                      "objects a session made after SET ROLE to its group role)")
+        absent.append(
+            "the current dbaccess.revoke_user (an older one leaves the large "
+            "objects a session made after SET ROLE to its group role)"
+        )
     return absent
 
 
-def shared_server_warning(listed: str, host: str, port: int,
-                          targets: list[TargetSection]) -> str:
+def shared_server_warning(listed: str, host: str, port: int, targets: list[TargetSection]) -> str:
     prefixes = {target.username_prefix for target in targets}
     same = " and the same username_prefix" if len(prefixes) < len(targets) else ""
     return (
         f"targets {listed} are on one server ({host}:{port}{same}): its roles are "
-        "shared by all its databases (docs/broker.md, \"Several targets on one "
-        "server\"); give each target its own username_prefix and group_role names, "
+        'shared by all its databases (docs/broker.md, "Several targets on one '
+        'server"); give each target its own username_prefix and group_role names, '
         "and revoke CONNECT on each database from PUBLIC"
     )
 
@@ -167,8 +189,10 @@ def target_warnings(name: str, target: TargetSection) -> list[str]:
             found: dict[str, tuple[int, list[str]]] = {}
             for group in groups:
                 row = conn.execute(_LARGE_OBJECTS, {"g": group}).fetchone()
-                found[group] = (int(row[0]) if row else 0,
-                                [str(r[0]) for r in conn.execute(_BEYOND, {"g": group})])
+                found[group] = (
+                    int(row[0]) if row else 0,
+                    [str(r[0]) for r in conn.execute(_BEYOND, {"g": group})],
+                )
     except Exception as exc:  # the target answered check_target a moment ago: say, go on
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [f"target '{name}': could not check its group roles' large objects: {line}"]
@@ -177,20 +201,23 @@ def target_warnings(name: str, target: TargetSection) -> list[str]:
         if owned and group not in keep:
             warnings.append(
                 f"target '{name}': group role {group} owns {owned} large object(s): its "
-                "template's session_objects is \"drop\", so the next revocation of one of "
+                'template\'s session_objects is "drop", so the next revocation of one of '
                 "its sessions unlinks them, whoever made them; give an administrator's large "
-                "objects another owner (docs/broker.md, \"Objects a session user makes\")")
+                'objects another owner (docs/broker.md, "Objects a session user makes")'
+            )
         if beyond:
             warnings.append(
                 f"target '{name}': group role {group} is a member of {first_few(beyond)}: a "
                 "session can SET ROLE to them and make large objects owned by them (no DDL: "
                 "the event trigger does not see it), which its revocation does not unlink; "
                 f"grant {group} those roles' privileges instead of the roles "
-                "(docs/security.md)")
+                "(docs/security.md)"
+            )
     return warnings
 
 
 # --- connections ------------------------------------------------------------------------
+
 
 def broker_connections(target: TargetSection, revoke_workers: int) -> int:
     """The provisioner's pool, whatever the creations and revocations at a time."""
@@ -203,10 +230,12 @@ def server_connections(target: TargetSection) -> tuple[int, int]:
     with _connect(target, target.provisioner.read_password()) as conn:
         rows = conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', "
-            "'superuser_reserved_connections', 'reserved_connections')").fetchall()
+            "'superuser_reserved_connections', 'reserved_connections')"
+        ).fetchall()
     settings = {str(name): int(value) for name, value in rows}
     reserved = settings.get("superuser_reserved_connections", 0) + settings.get(
-        "reserved_connections", 0)
+        "reserved_connections", 0
+    )
     return settings["max_connections"], reserved
 
 

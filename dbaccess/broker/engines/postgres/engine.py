@@ -217,23 +217,28 @@ class PostgresEngine:
                 try:
                     result = self._attempt(work, deadline)
                 except _Broken as broken:
-                    log.info("a pooled connection was dead; starting afresh and trying "
-                             "again", extra={"target": self.name,
-                                             "error": _first_line(broken.error)})
+                    log.info(
+                        "a pooled connection was dead; starting afresh and trying again",
+                        extra={"target": self.name, "error": _first_line(broken.error)},
+                    )
                     result = self._attempt(work, deadline, again=True)
             except _Broken as broken:
                 said = f"{what} on '{self.name}' failed: {_first_line(broken.error)}"
                 self.health.failed(said)
                 raise TargetUnreachable(said) from None
             except PoolTimeout:
-                said = (f"cannot connect to target '{self.name}' "
-                        f"(no connection within {POOL_TIMEOUT:.0f} s)")
+                said = (
+                    f"cannot connect to target '{self.name}' "
+                    f"(no connection within {POOL_TIMEOUT:.0f} s)"
+                )
                 self.health.failed(said)
                 raise TargetUnreachable(said) from None
             except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
                 self.health.answered()
-                raise EngineError(f"{what} on '{self.name}' failed: {_first_line(exc)}; "
-                                  f"{not_bootstrapped(self.name)}") from None
+                raise EngineError(
+                    f"{what} on '{self.name}' failed: {_first_line(exc)}; "
+                    f"{not_bootstrapped(self.name)}"
+                ) from None
             except psycopg.errors.QueryCanceled:
                 self.health.answered()  # slow, but it answered: its statement_timeout
                 raise EngineError(
@@ -242,8 +247,11 @@ class PostgresEngine:
                 ) from None
             except psycopg.OperationalError as exc:
                 # The watchdog shut the connection (no answer within the deadline).
-                said = (f"no answer within {CALL_TIMEOUT:.0f} s" if deadline.expired
-                        else _first_line(exc))
+                said = (
+                    f"no answer within {CALL_TIMEOUT:.0f} s"
+                    if deadline.expired
+                    else _first_line(exc)
+                )
                 said = f"{what} on '{self.name}' failed: {said}"
                 self.health.failed(said)
                 raise TargetUnreachable(said) from None
@@ -256,8 +264,9 @@ class PostgresEngine:
         self.health.answered()
         return result
 
-    def _attempt(self, work: Callable[[Connection], T], deadline: Deadline,
-                 again: bool = False) -> T:
+    def _attempt(
+        self, work: Callable[[Connection], T], deadline: Deadline, again: bool = False
+    ) -> T:
         """One try of ``work`` on a connection of the current pool; ``_Broken`` if the
         connection is dead (pinged after idling, or failing the call) before the deadline.
         On the second try (``again``), the pool is the fresh one: its connection is new."""
@@ -294,7 +303,8 @@ class PostgresEngine:
             self._call(
                 f"creating {user.username}",
                 lambda conn: conn.execute(
-                    "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)", args),
+                    "SELECT dbaccess.create_user(%s, %s, %s, %s, %s, %s, %s, %s)", args
+                ),
             )
 
     def renew_user(self, username: str, expires_at: datetime) -> None:
@@ -318,8 +328,9 @@ class PostgresEngine:
         # NULL: gone. Text: why not yet (the user stays NOLOGIN meanwhile). An integer:
         # sessions left, from a bootstrap older than the text answer.
         if isinstance(problem, int):
-            problem = f"{problem} session(s) of {username} did not terminate yet" \
-                if problem else None
+            problem = (
+                f"{problem} session(s) of {username} did not terminate yet" if problem else None
+            )
         if problem:
             raise EngineError(f"revoking {username} on '{self.name}': {problem}")
 
@@ -333,44 +344,55 @@ class PostgresEngine:
         try:
             with self._batch_calls:
                 if self.health.down:  # it stopped answering while this batch waited its turn
-                    raise TargetUnreachable(f"cannot connect to target '{self.name}' (it "
-                                            "does not answer; tried again as soon as it does)")
+                    raise TargetUnreachable(
+                        f"cannot connect to target '{self.name}' (it "
+                        "does not answer; tried again as soon as it does)"
+                    )
                 return self._revoke_batch(usernames)
         except TargetUnreachable:
             raise
         except EngineError as exc:
-            log.warning("revoking a batch failed; revoking its users one by one",
-                        extra={"target": self.name, "error": str(exc)})
+            log.warning(
+                "revoking a batch failed; revoking its users one by one",
+                extra={"target": self.name, "error": str(exc)},
+            )
             return revoke_each(self, usernames)
 
     def _revoke_batch(self, usernames: Sequence[str]) -> dict[str, str | None]:
         def revoke(conn: Connection) -> list[tuple[object, ...]] | None:
             try:
-                return conn.execute("SELECT * FROM dbaccess.revoke_users(%s)",
-                                    (list(usernames),)).fetchall()
+                return conn.execute(
+                    "SELECT * FROM dbaccess.revoke_users(%s)", (list(usernames),)
+                ).fetchall()
             except psycopg.errors.UndefinedFunction:
                 return None
 
         rows = self._call(f"revoking {len(usernames)} users", revoke)
         if rows is None:
             if not self._no_batch_until:
-                log.warning("dbaccess.revoke_users is missing (a bootstrap older than the "
-                            "broker): revoking one user per call; re-run the bootstrap",
-                            extra={"target": self.name})
+                log.warning(
+                    "dbaccess.revoke_users is missing (a bootstrap older than the "
+                    "broker): revoking one user per call; re-run the bootstrap",
+                    extra={"target": self.name},
+                )
             self._no_batch_until = time.monotonic() + NO_BATCH_RETRY
             return revoke_each(self, usernames)
         said = {str(name): problem for name, problem in rows}
         return {
-            name: (None if (problem := said.get(name, "no answer for it")) is None
-                   else f"revoking {name} on '{self.name}': {problem}")
+            name: (
+                None
+                if (problem := said.get(name, "no answer for it")) is None
+                else f"revoking {name} on '{self.name}': {problem}"
+            )
             for name in usernames
         }
 
     def list_managed_users(self) -> list[str]:
         rows = self._call(
             "listing users",
-            lambda conn: conn.execute("SELECT * FROM dbaccess.managed_users() ORDER BY 1")
-            .fetchall(),
+            lambda conn: conn.execute(
+                "SELECT * FROM dbaccess.managed_users() ORDER BY 1"
+            ).fetchall(),
         )
         return [str(row[0]) for row in rows]
 
@@ -386,5 +408,6 @@ NO_BATCH_RETRY = 300.0  # after finding no dbaccess.revoke_users, look again thi
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
 
 ENGINE = PostgresEngine  # what engines/registry.py finds in every engine's package

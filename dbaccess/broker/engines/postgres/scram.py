@@ -16,8 +16,9 @@ import os
 ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
 
 
-def scram_sha256_verifier(password: str, salt: bytes | None = None,
-                          iterations: int = ITERATIONS) -> str:
+def scram_sha256_verifier(
+    password: str, salt: bytes | None = None, iterations: int = ITERATIONS
+) -> str:
     if not password.isascii():
         raise ValueError("only ASCII passwords (no SASLprep here)")
     salt = salt if salt is not None else os.urandom(16)

@@ -28,8 +28,9 @@ def expiry_of(stack: Stack, user: str) -> datetime | None:
     conn = stack.mariadb.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT expires_at FROM dbaccess.managed_users WHERE username = %s",
-                        (user,))
+            cur.execute(
+                "SELECT expires_at FROM dbaccess.managed_users WHERE username = %s", (user,)
+            )
             row = cur.fetchone()
     finally:
         conn.close()
@@ -47,8 +48,9 @@ def test_revoke_kills_live_connections_and_renew_moves_expiry(engine, stack: Sta
 
     later = expires + timedelta(minutes=20)
     shop.renew_user("dba_live_1", later)
-    assert expiry_of(stack, "dba_live_1") == later.astimezone(UTC).replace(tzinfo=None,
-                                                                          microsecond=0)
+    assert expiry_of(stack, "dba_live_1") == later.astimezone(UTC).replace(
+        tzinfo=None, microsecond=0
+    )
     shop.revoke_user("dba_live_1")
     with pytest.raises(pymysql.err.OperationalError), session.cursor() as cur:
         cur.execute("SELECT 1")
@@ -59,14 +61,16 @@ def test_revoke_kills_live_connections_and_renew_moves_expiry(engine, stack: Sta
 
 
 def test_event_drops_expired_accounts_without_the_broker(stack: Stack) -> None:
-    provisioner = stack.mariadb.connect(user="dbaccess_provisioner",
-                                        password=stack.provisioner_password)
+    provisioner = stack.mariadb.connect(
+        user="dbaccess_provisioner", password=stack.provisioner_password
+    )
     soon = (datetime.now(UTC) + timedelta(seconds=2)).replace(tzinfo=None, microsecond=0)
     try:
         with provisioner.cursor() as cur:
-            cur.execute("CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, FALSE)",
-                        ("dba_event_1", native_password_hash("event-pw-1"),
-                         "dbaccess_readonly", soon))
+            cur.execute(
+                "CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, FALSE)",
+                ("dba_event_1", native_password_hash("event-pw-1"), "dbaccess_readonly", soon),
+            )
     finally:
         provisioner.close()
     live = stack.mariadb.connect(user="dba_event_1", password="event-pw-1")

@@ -59,21 +59,30 @@ PROVISIONER = "dbaccess_provisioner"
 PROVISIONER_PASSWORD = secrets.token_urlsafe(16)
 PROVISIONER_ENV = "DBACCESS_TEST_HARDENING_PW"
 MAX_LIFETIME = timedelta(hours=2)
-Errors = (pymysql.err.OperationalError, pymysql.err.ProgrammingError,
-          pymysql.err.InternalError, pymysql.err.DataError)
+Errors = (
+    pymysql.err.OperationalError,
+    pymysql.err.ProgrammingError,
+    pymysql.err.InternalError,
+    pymysql.err.DataError,
+)
 
 
 def target_for(server: MariaDBServer) -> TargetSection:
-    return TargetSection.model_validate({
-        "engine": "mariadb", "host": server.host, "port": server.port, "database": "app",
-        "max_lifetime": "2h",
-        "provisioner": {"user": PROVISIONER, "password_env": PROVISIONER_ENV},
-        "roles": {
-            "readonly": {"group_role": "dbaccess_readonly"},
-            "readwrite": {"group_role": "dbaccess_readwrite"},
-            "migrate": {"group_role": "dbaccess_migrate", "session_objects": "keep"},
-        },
-    })
+    return TargetSection.model_validate(
+        {
+            "engine": "mariadb",
+            "host": server.host,
+            "port": server.port,
+            "database": "app",
+            "max_lifetime": "2h",
+            "provisioner": {"user": PROVISIONER, "password_env": PROVISIONER_ENV},
+            "roles": {
+                "readonly": {"group_role": "dbaccess_readonly"},
+                "readwrite": {"group_role": "dbaccess_readwrite"},
+                "migrate": {"group_role": "dbaccess_migrate", "session_objects": "keep"},
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +112,15 @@ def target(server: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> TargetSect
     return target_for(server)
 
 
-def run(server: MariaDBServer, sql: str, args: tuple[object, ...] = (), *,
-        user: str | None = None, password: str | None = None,
-        init: tuple[str, ...] = ()) -> list[tuple[object, ...]]:
+def run(
+    server: MariaDBServer,
+    sql: str,
+    args: tuple[object, ...] = (),
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    init: tuple[str, ...] = (),
+) -> list[tuple[object, ...]]:
     """``sql`` on a fresh connection (as root unless ``user``), after the ``init``
     statements; the rows of its last result."""
     conn = server.connect(user=user, password=password)
@@ -122,8 +137,9 @@ def run(server: MariaDBServer, sql: str, args: tuple[object, ...] = (), *,
         conn.close()
 
 
-def provisioner(server: MariaDBServer, sql: str, args: tuple[object, ...] = (),
-                init: tuple[str, ...] = ()) -> list[tuple[object, ...]]:
+def provisioner(
+    server: MariaDBServer, sql: str, args: tuple[object, ...] = (), init: tuple[str, ...] = ()
+) -> list[tuple[object, ...]]:
     return run(server, sql, args, user=PROVISIONER, password=PROVISIONER_PASSWORD, init=init)
 
 
@@ -135,12 +151,22 @@ def new_name(what: str = "u") -> str:
     return f"dba_{what}_{secrets.token_hex(4)}"
 
 
-def create(server: MariaDBServer, name: str, role: str = "dbaccess_readwrite", *,
-           log: bool = False, init: tuple[str, ...] = (),
-           until: timedelta = timedelta(minutes=10)) -> str:
+def create(
+    server: MariaDBServer,
+    name: str,
+    role: str = "dbaccess_readwrite",
+    *,
+    log: bool = False,
+    init: tuple[str, ...] = (),
+    until: timedelta = timedelta(minutes=10),
+) -> str:
     """Creates session user ``name`` (password "pw-" + name) as the broker would."""
-    provisioner(server, "CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, %s)",
-                (name, native_password_hash("pw-" + name), role, utc_in(until), log), init)
+    provisioner(
+        server,
+        "CALL dbaccess.create_user(%s, %s, %s, %s, 5, NULL, %s)",
+        (name, native_password_hash("pw-" + name), role, utc_in(until), log),
+        init,
+    )
     return name
 
 
@@ -168,21 +194,36 @@ def account_exists(server: MariaDBServer, name: str) -> bool:
 
 
 def registered(server: MariaDBServer, name: str) -> bool:
-    return bool(run(server, "SELECT 1 FROM dbaccess.managed_users WHERE BINARY username = %s",
-                    (name,)))
+    return bool(
+        run(server, "SELECT 1 FROM dbaccess.managed_users WHERE BINARY username = %s", (name,))
+    )
 
 
 def objects_of(server: MariaDBServer, definer: str) -> dict[str, list[tuple[object, ...]]]:
     """What the server has with this DEFINER, by kind."""
     return {
-        "routines": run(server, "SELECT ROUTINE_NAME, SECURITY_TYPE FROM "
-                        "information_schema.ROUTINES WHERE BINARY DEFINER = %s", (definer,)),
-        "events": run(server, "SELECT EVENT_NAME FROM information_schema.EVENTS "
-                      "WHERE BINARY DEFINER = %s", (definer,)),
-        "triggers": run(server, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
-                        "WHERE BINARY DEFINER = %s", (definer,)),
-        "views": run(server, "SELECT TABLE_NAME, SECURITY_TYPE FROM information_schema.VIEWS "
-                     "WHERE BINARY DEFINER = %s", (definer,)),
+        "routines": run(
+            server,
+            "SELECT ROUTINE_NAME, SECURITY_TYPE FROM "
+            "information_schema.ROUTINES WHERE BINARY DEFINER = %s",
+            (definer,),
+        ),
+        "events": run(
+            server,
+            "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE BINARY DEFINER = %s",
+            (definer,),
+        ),
+        "triggers": run(
+            server,
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE BINARY DEFINER = %s",
+            (definer,),
+        ),
+        "views": run(
+            server,
+            "SELECT TABLE_NAME, SECURITY_TYPE FROM information_schema.VIEWS "
+            "WHERE BINARY DEFINER = %s",
+            (definer,),
+        ),
     }
 
 
@@ -194,18 +235,29 @@ def make_objects(server: MariaDBServer, name: str) -> list[str]:
     conn = server.connect("app", user=name, password="pw-" + name)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE PROCEDURE app.{p}() SQL SECURITY DEFINER "
-                        "INSERT INTO app.orders (note) VALUES (CONCAT('by ', CURRENT_USER()))")
-            cur.execute(f"CREATE FUNCTION app.{f}() RETURNS INT SQL SECURITY DEFINER "
-                        "RETURN (SELECT COUNT(*) FROM app.orders)")
+            cur.execute(
+                f"CREATE PROCEDURE app.{p}() SQL SECURITY DEFINER "
+                "INSERT INTO app.orders (note) VALUES (CONCAT('by ', CURRENT_USER()))"
+            )
+            cur.execute(
+                f"CREATE FUNCTION app.{f}() RETURNS INT SQL SECURITY DEFINER "
+                "RETURN (SELECT COUNT(*) FROM app.orders)"
+            )
             cur.execute(f"CREATE VIEW app.{v} AS SELECT id, note FROM app.orders")
-            cur.execute(f"CREATE TRIGGER app.{tr} BEFORE INSERT ON app.orders FOR EACH ROW "
-                        "SET NEW.note = CONCAT(COALESCE(NEW.note, ''), ' [trigger]')")
-            cur.execute(f"CREATE EVENT app.{ev} ON SCHEDULE EVERY 1 HOUR COMMENT 'kept?' "
-                        "DO INSERT INTO app.orders (note) VALUES ('event')")
+            cur.execute(
+                f"CREATE TRIGGER app.{tr} BEFORE INSERT ON app.orders FOR EACH ROW "
+                "SET NEW.note = CONCAT(COALESCE(NEW.note, ''), ' [trigger]')"
+            )
+            cur.execute(
+                f"CREATE EVENT app.{ev} ON SCHEDULE EVERY 1 HOUR COMMENT 'kept?' "
+                "DO INSERT INTO app.orders (note) VALUES ('event')"
+            )
             # Any other DEFINER is refused: it needs SUPER or SET USER.
-            for definer in ("'dbaccess_owner'@'localhost'", "'root'@'localhost'",
-                            "'dbaccess_provisioner'@'%'"):
+            for definer in (
+                "'dbaccess_owner'@'localhost'",
+                "'root'@'localhost'",
+                "'dbaccess_provisioner'@'%'",
+            ):
                 with pytest.raises(pymysql.err.OperationalError, match="SUPER, SET USER"):
                     cur.execute(f"CREATE DEFINER = {definer} PROCEDURE app.x_{name}() SELECT 1")
     finally:
@@ -222,8 +274,12 @@ def test_revocation_drops_every_object_the_session_user_made(server: MariaDBServ
     definer = f"{name}@%"
     assert all(objects_of(server, definer).values())  # each kind exists while it lives
     assert revoke(server, name) == 0
-    assert objects_of(server, definer) == {"routines": [], "events": [], "triggers": [],
-                                           "views": []}
+    assert objects_of(server, definer) == {
+        "routines": [],
+        "events": [],
+        "triggers": [],
+        "views": [],
+    }
     assert not account_exists(server, name)
     # The table works again for everyone: a trigger of a dropped definer would fail writes.
     run(server, "INSERT INTO app.orders (note) VALUES ('after')")
@@ -244,8 +300,7 @@ def test_keep_mode_leaves_objects_no_more_power_than_the_template(
     assert objects_of(server, f"{name}@%")["triggers"] == []
     assert objects_of(server, f"{name}@%")["views"] == []
     # Routines stay, run with the caller's rights (SQL SECURITY INVOKER).
-    assert sorted(objects_of(server, f"{name}@%")["routines"]) == [
-        (f, "INVOKER"), (p, "INVOKER")]
+    assert sorted(objects_of(server, f"{name}@%")["routines"]) == [(f, "INVOKER"), (p, "INVOKER")]
     # Triggers, events and views belong to the template's group role: a role cannot log
     # in and has the template's rights; never dbaccess_owner, which holds SUPER.
     kept = objects_of(server, "dbaccess_migrate@")
@@ -256,7 +311,8 @@ def test_keep_mode_leaves_objects_no_more_power_than_the_template(
     # The kept trigger still works for a writer (a missing definer would fail every write).
     run(server, "INSERT INTO app.orders (note) VALUES ('kept')")
     assert run(server, "SELECT note FROM app.orders ORDER BY id DESC LIMIT 1") == [
-        ("kept [trigger]",)]
+        ("kept [trigger]",)
+    ]
     # A read-only session calling the kept procedure gets its own rights, not the maker's.
     reader = create(server, new_name("reader"), "dbaccess_readonly")
     run(server, f"GRANT EXECUTE ON PROCEDURE app.{p} TO '{reader}'@'%'")
@@ -284,20 +340,31 @@ def test_hostile_session_settings_do_not_bend_the_bounds(server: MariaDBServer) 
     name = create(server, new_name("tz"), until=timedelta(hours=1), init=HOSTILE)
     # An expiry past max_lifetime in UTC is refused, whatever the session's time zone.
     with pytest.raises(pymysql.err.OperationalError, match="expiry is out of bounds"):
-        provisioner(server, "CALL dbaccess.renew_user(%s, %s)",
-                    (name, utc_in(MAX_LIFETIME + timedelta(minutes=1))), HOSTILE)
+        provisioner(
+            server,
+            "CALL dbaccess.renew_user(%s, %s)",
+            (name, utc_in(MAX_LIFETIME + timedelta(minutes=1))),
+            HOSTILE,
+        )
     with pytest.raises(pymysql.err.OperationalError, match="expiry is out of bounds"):
-        provisioner(server, "CALL dbaccess.renew_user(%s, %s)",
-                    (name, utc_in(-timedelta(minutes=1))), HOSTILE)
+        provisioner(
+            server,
+            "CALL dbaccess.renew_user(%s, %s)",
+            (name, utc_in(-timedelta(minutes=1))),
+            HOSTILE,
+        )
     # An invalid date is an error, not a zero date (the caller's sql_mode does not count).
     with pytest.raises(Errors):
-        provisioner(server, "CALL dbaccess.renew_user(%s, '2031-02-31 00:00:00')", (name,),
-                    HOSTILE)
+        provisioner(server, "CALL dbaccess.renew_user(%s, '2031-02-31 00:00:00')", (name,), HOSTILE)
     # A name in another case or collation is not a managed name.
     with pytest.raises(pymysql.err.OperationalError, match="not a managed user name"):
         create(server, name.upper() + "x", init=HOSTILE)
-    stored = run(server, "SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), expires_at) "
-                 "FROM dbaccess.managed_users WHERE username = %s", (name,))
+    stored = run(
+        server,
+        "SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), expires_at) "
+        "FROM dbaccess.managed_users WHERE username = %s",
+        (name,),
+    )
     assert 3500 < int(str(stored[0][0])) <= 3600  # UTC, as given
     assert revoke(server, name, HOSTILE) == 0 and not registered(server, name)
 
@@ -307,11 +374,16 @@ def test_renewal_never_passes_max_lifetime_from_creation(
 ) -> None:
     name = create(server, new_name("life"))
     # As if created 1h55m ago: now + 10 min is within "now + max" but beyond the total.
-    run(server, "UPDATE dbaccess.managed_users SET created_at = UTC_TIMESTAMP() - INTERVAL "
-        "115 MINUTE WHERE username = %s", (name,))
+    run(
+        server,
+        "UPDATE dbaccess.managed_users SET created_at = UTC_TIMESTAMP() - INTERVAL "
+        "115 MINUTE WHERE username = %s",
+        (name,),
+    )
     with pytest.raises(pymysql.err.OperationalError, match="beyond the maximum lifetime") as out:
-        provisioner(server, "CALL dbaccess.renew_user(%s, %s)",
-                    (name, utc_in(timedelta(minutes=10))))
+        provisioner(
+            server, "CALL dbaccess.renew_user(%s, %s)", (name, utc_in(timedelta(minutes=10)))
+        )
     # its own condition, not the generic 45000 (errno 1644) every other refusal uses
     assert out.value.args[0] == LIFETIME_ERRNO
     assert out.value.sqlstate == LIFETIME_SQLSTATE == "45D01"
@@ -331,10 +403,23 @@ def test_renewal_never_passes_max_lifetime_from_creation(
 
 def variants(name: str) -> list[str]:
     return [
-        name.upper(), name[:4] + name[4].upper() + name[5:], name + "\n", name + " ",
-        name + "\t", name[:-1] + ".", name[:-2] + ".*", name[:-1] + "_", name[:-2] + "%",
-        name + "," + AUDIT_PLACEHOLDER, AUDIT_PLACEHOLDER + "," + name, name + "\x00",
-        name + "x" * 80, name + "x" * 10000, "dba_%", "dba_.*", "",
+        name.upper(),
+        name[:4] + name[4].upper() + name[5:],
+        name + "\n",
+        name + " ",
+        name + "\t",
+        name[:-1] + ".",
+        name[:-2] + ".*",
+        name[:-1] + "_",
+        name[:-2] + "%",
+        name + "," + AUDIT_PLACEHOLDER,
+        AUDIT_PLACEHOLDER + "," + name,
+        name + "\x00",
+        name + "x" * 80,
+        name + "x" * 10000,
+        "dba_%",
+        "dba_.*",
+        "",
     ]
 
 
@@ -346,8 +431,10 @@ def test_no_variant_of_a_live_name_touches_it(server: MariaDBServer) -> None:
             for call, args in [
                 ("CALL dbaccess.revoke_user(%s, @r)", (variant,)),
                 ("CALL dbaccess.renew_user(%s, %s)", (variant, utc_in(timedelta(minutes=20)))),
-                ("CALL dbaccess.create_user(%s, %s, 'dbaccess_readonly', %s, 5, NULL, TRUE)",
-                 (variant, native_password_hash("x"), utc_in(timedelta(minutes=5)))),
+                (
+                    "CALL dbaccess.create_user(%s, %s, 'dbaccess_readonly', %s, 5, NULL, TRUE)",
+                    (variant, native_password_hash("x"), utc_in(timedelta(minutes=5))),
+                ),
             ]:
                 try:
                     provisioner(server, call, args, HOSTILE[2:4])
@@ -373,10 +460,18 @@ def test_expire_due_passes_over_a_user_it_cannot_revoke(server: MariaDBServer) -
     run(server, "SET GLOBAL event_scheduler = OFF")
     stuck, healthy = create(server, new_name("stuck"), log=True), create(server, new_name("ok"))
     # Expire both, the stuck one first; its revocation fails on the held logging lock.
-    run(server, "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 2 "
-        "MINUTE WHERE username = %s", (stuck,))
-    run(server, "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 1 "
-        "MINUTE WHERE username = %s", (healthy,))
+    run(
+        server,
+        "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 2 "
+        "MINUTE WHERE username = %s",
+        (stuck,),
+    )
+    run(
+        server,
+        "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 1 "
+        "MINUTE WHERE username = %s",
+        (healthy,),
+    )
     holder = server.connect()
     try:
         with holder.cursor() as cur:
@@ -407,13 +502,15 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
     name = create(server, new_name("loud"), log=True)
     try:
         assert run(server, "SELECT @@GLOBAL.server_audit_query_log_limit") == [
-            (QUERY_LOG_LIMIT_MAX,)]
-        marks = {what: f"mark-{what}-{secrets.token_hex(4)}" for what in
-                 ("long", "multi", "prepared", "immediate", "comment", "inside")}
+            (QUERY_LOG_LIMIT_MAX,)
+        ]
+        marks = {
+            what: f"mark-{what}-{secrets.token_hex(4)}"
+            for what in ("long", "multi", "prepared", "immediate", "comment", "inside")
+        }
         run(server, f"CREATE OR REPLACE PROCEDURE app.sp_{name}() SELECT '{marks['inside']}'")
         long_statement = f"SELECT '{marks['long']}', '{'y' * 200_000}', 'end-{marks['long']}'"
-        conn = server.connect(user=name, password="pw-" + name,
-                              client_flag=CLIENT.MULTI_STATEMENTS)
+        conn = server.connect(user=name, password="pw-" + name, client_flag=CLIENT.MULTI_STATEMENTS)
         try:
             with conn.cursor() as cur:
                 cur.execute(long_statement)
@@ -426,10 +523,13 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
                 cur.execute(f"/* {marks['comment']} */ SELECT 1")
                 cur.execute(f"CALL app.sp_{name}()")  # what a procedure runs is logged too
                 # Nothing the session user may run turns its logging off.
-                for statement in ("SET sql_log_off = 1", "SET GLOBAL server_audit_logging = OFF",
-                                  f"SET GLOBAL server_audit_excl_users = '{name}'",
-                                  "SET GLOBAL server_audit_query_log_limit = 10",
-                                  "SET GLOBAL server_audit_incl_users = 'nobody'"):
+                for statement in (
+                    "SET sql_log_off = 1",
+                    "SET GLOBAL server_audit_logging = OFF",
+                    f"SET GLOBAL server_audit_excl_users = '{name}'",
+                    "SET GLOBAL server_audit_query_log_limit = 10",
+                    "SET GLOBAL server_audit_incl_users = 'nobody'",
+                ):
                     with pytest.raises(pymysql.err.OperationalError, match="SUPER"):
                         cur.execute(statement)
                 cur.execute("SELECT 1")  # the plugin logs a query after answering it
@@ -445,8 +545,11 @@ def test_breakglass_statements_reach_the_log_whole(server: MariaDBServer) -> Non
         assert lines and f"end-{marks['long']}" in lines[0]
         assert "y" * 200_000 in lines[0]  # not cut
         for what in ("multi", "prepared", "immediate", "comment", "inside"):
-            assert [line for line in log.splitlines() if marks[what] in line
-                    and f",{name}," in line and "CREATE" not in line], f"no {what} statement"
+            assert [
+                line
+                for line in log.splitlines()
+                if marks[what] in line and f",{name}," in line and "CREATE" not in line
+            ], f"no {what} statement"
     finally:
         revoke(server, name)
 
@@ -461,8 +564,12 @@ def test_an_expired_user_cannot_log_in_whatever_event_scheduler_says(
     try:
         expired, live = create(server, new_name("late")), create(server, new_name("live"))
         run(server, "CREATE USER IF NOT EXISTS 'app_account'@'%' IDENTIFIED BY 'pw-app'")
-        run(server, "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - "
-            "INTERVAL 1 SECOND WHERE username = %s", (expired,))
+        run(
+            server,
+            "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - "
+            "INTERVAL 1 SECOND WHERE username = %s",
+            (expired,),
+        )
         with pytest.raises(pymysql.err.OperationalError, match="init_connect command failed"):
             as_user(server, expired, "SELECT 1")
         assert as_user(server, live, "SELECT 1") == [(1,)]
@@ -488,8 +595,11 @@ def test_the_expiry_event_and_the_reaper_revoking_at_once_both_succeed(
     names = [create(server, new_name("race"), log=True) for _ in range(6)]
     # live sessions, so that each revocation takes a while (the revocation kills them)
     sessions = [server.connect(user=name, password="pw-" + name) for name in names]
-    run(server, "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 1 "
-        "SECOND WHERE username LIKE 'dba\\_race\\_%'")
+    run(
+        server,
+        "UPDATE dbaccess.managed_users SET expires_at = UTC_TIMESTAMP() - INTERVAL 1 "
+        "SECOND WHERE username LIKE 'dba\\_race\\_%'",
+    )
 
     def reaper(name: str) -> int:
         return revoke(server, name)
@@ -504,8 +614,9 @@ def test_the_expiry_event_and_the_reaper_revoking_at_once_both_succeed(
         assert not registered(server, name) and not account_exists(server, name)
 
 
-def test_start_up_logs_what_is_missing(server: MariaDBServer, target: TargetSection,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_start_up_logs_what_is_missing(
+    server: MariaDBServer, target: TargetSection, caplog: pytest.LogCaptureFixture
+) -> None:
     run(server, "SET GLOBAL event_scheduler = OFF")
     run(server, "SET GLOBAL init_connect = ''")
     try:
@@ -514,13 +625,15 @@ def test_start_up_logs_what_is_missing(server: MariaDBServer, target: TargetSect
     finally:
         run(server, "SET GLOBAL init_connect = 'CALL dbaccess.login_check()'")
         run(server, "SET GLOBAL event_scheduler = ON")
-    found = {(r.levelname, r.getMessage().split(":")[1].strip().split(" ")[0])
-             for r in caplog.records}
+    found = {
+        (r.levelname, r.getMessage().split(":")[1].strip().split(" ")[0]) for r in caplog.records
+    }
     assert found == {("ERROR", "init_connect"), ("WARNING", "event_scheduler")}
 
 
-def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
-                                                        target: TargetSection) -> None:
+def test_bootstrap_keeps_an_administrators_init_connect(
+    server: MariaDBServer, target: TargetSection
+) -> None:
     run(server, "SET GLOBAL init_connect = 'SET @site_setting = 1'")
     admin = server.connect()
     try:
@@ -547,8 +660,7 @@ def test_bootstrap_keeps_an_administrators_init_connect(server: MariaDBServer,
         again.close()
 
 
-def test_check_config_says_what_the_server_misses(server: MariaDBServer,
-                                                  tmp_path: Path) -> None:
+def test_check_config_says_what_the_server_misses(server: MariaDBServer, tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
     config.write_text(f"""\
 [identity]
@@ -570,8 +682,11 @@ group_role = "dbaccess_readwrite"
     def check() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "dbaccess.broker", "check-config", "--config", str(config)],
-            text=True, capture_output=True, timeout=60,
-            env={**os.environ, PROVISIONER_ENV: PROVISIONER_PASSWORD})
+            text=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, PROVISIONER_ENV: PROVISIONER_PASSWORD},
+        )
 
     ok = check()
     assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
@@ -585,8 +700,11 @@ group_role = "dbaccess_readwrite"
         run(server, "SET GLOBAL event_scheduler = ON")
         run(server, f"SET GLOBAL server_audit_query_log_limit = {QUERY_LOG_LIMIT_MAX}")
     assert result.returncode == 3, result.stderr
-    assert ("error: " in result.stderr and "init_connect does not run CALL "
-            "dbaccess.login_check(): an expired session user can log in") in result.stderr
+    assert (
+        "error: " in result.stderr
+        and "init_connect does not run CALL "
+        "dbaccess.login_check(): an expired session user can log in"
+    ) in result.stderr
     assert "warning: " in result.stderr and "event_scheduler is OFF" in result.stderr
     assert "server_audit_query_log_limit is 1024" in result.stderr
 
@@ -594,20 +712,29 @@ group_role = "dbaccess_readwrite"
 def test_objects_made_through_a_nested_role_or_public_are_found(server: MariaDBServer) -> None:
     # Revocation searches triggers and views only where someone the account is could make
     # them: a right two roles away, or given to PUBLIC, counts too.
-    for statement in ["CREATE ROLE IF NOT EXISTS app_nested",
-                      "GRANT TRIGGER ON app.orders TO app_nested",
-                      "GRANT app_nested TO dbaccess_readonly",
-                      "GRANT CREATE VIEW ON app.* TO PUBLIC"]:
+    for statement in [
+        "CREATE ROLE IF NOT EXISTS app_nested",
+        "GRANT TRIGGER ON app.orders TO app_nested",
+        "GRANT app_nested TO dbaccess_readonly",
+        "GRANT CREATE VIEW ON app.* TO PUBLIC",
+    ]:
         run(server, statement)
     try:
         name = create(server, new_name("nest"), "dbaccess_readonly")
-        as_user(server, name, f"CREATE TRIGGER app.tr_{name} AFTER INSERT ON app.orders "
-                "FOR EACH ROW SET @seen = 1")
+        as_user(
+            server,
+            name,
+            f"CREATE TRIGGER app.tr_{name} AFTER INSERT ON app.orders FOR EACH ROW SET @seen = 1",
+        )
         as_user(server, name, f"CREATE VIEW app.v_{name} AS SELECT 1 AS one")
         assert objects_of(server, f"{name}@%")["triggers"] == [(f"tr_{name}",)]
         assert revoke(server, name) == 0
-        assert objects_of(server, f"{name}@%") == {"routines": [], "events": [],
-                                                   "triggers": [], "views": []}
+        assert objects_of(server, f"{name}@%") == {
+            "routines": [],
+            "events": [],
+            "triggers": [],
+            "views": [],
+        }
     finally:
         for statement in ["REVOKE CREATE VIEW ON app.* FROM PUBLIC", "DROP ROLE app_nested"]:
             run(server, statement)
@@ -627,10 +754,12 @@ ROLE_DEFINERS = {
 @pytest.fixture(scope="module")
 def secret(server: MariaDBServer) -> str:
     """A table the read-write and migration roles may read and the read-only one may not."""
-    for statement in ["CREATE DATABASE IF NOT EXISTS secret",
-                      "CREATE TABLE IF NOT EXISTS secret.codes (code TEXT)",
-                      "INSERT INTO secret.codes VALUES ('s3cr3t')",
-                      "GRANT SELECT ON secret.* TO dbaccess_readwrite, dbaccess_migrate"]:
+    for statement in [
+        "CREATE DATABASE IF NOT EXISTS secret",
+        "CREATE TABLE IF NOT EXISTS secret.codes (code TEXT)",
+        "INSERT INTO secret.codes VALUES ('s3cr3t')",
+        "GRANT SELECT ON secret.* TO dbaccess_readwrite, dbaccess_migrate",
+    ]:
         run(server, statement)
     return "secret.codes"
 
@@ -638,48 +767,72 @@ def secret(server: MariaDBServer) -> str:
 def make_role_objects(server: MariaDBServer, name: str, definer: str) -> dict[str, str]:
     """A procedure, a function, an event, a trigger (on a table of its own) and a view,
     made by session user ``name`` with ``definer``; returns the names by kind."""
-    made = {kind: f"{kind[0]}r_{name}" for kind in ("procedure", "function", "event",
-                                                      "trigger", "view")}
+    made = {
+        kind: f"{kind[0]}r_{name}" for kind in ("procedure", "function", "event", "trigger", "view")
+    }
     made["table"] = f"t_{name}"
     run(server, f"CREATE TABLE app.{made['table']} (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT)")
     conn = server.connect("app", user=name, password="pw-" + name)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DEFINER = {definer} PROCEDURE app.{made['procedure']}() "
-                        "SQL SECURITY DEFINER INSERT INTO app.orders (note) VALUES ('by role')")
-            cur.execute(f"CREATE DEFINER = {definer} FUNCTION app.{made['function']}() "
-                        "RETURNS TEXT SQL SECURITY DEFINER "
-                        "RETURN (SELECT MAX(code) FROM secret.codes)")
-            cur.execute(f"CREATE DEFINER = {definer} EVENT app.{made['event']} "
-                        "ON SCHEDULE EVERY 1 HOUR COMMENT 'by role' "
-                        "DO INSERT INTO app.orders (note) VALUES ('event')")
-            cur.execute(f"CREATE DEFINER = {definer} TRIGGER app.{made['trigger']} "
-                        f"BEFORE INSERT ON app.{made['table']} FOR EACH ROW "
-                        "SET NEW.note = CONCAT(COALESCE(NEW.note, ''), ' [trigger]')")
-            cur.execute(f"CREATE DEFINER = {definer} SQL SECURITY DEFINER VIEW "
-                        f"app.{made['view']} AS SELECT code FROM secret.codes")
+            cur.execute(
+                f"CREATE DEFINER = {definer} PROCEDURE app.{made['procedure']}() "
+                "SQL SECURITY DEFINER INSERT INTO app.orders (note) VALUES ('by role')"
+            )
+            cur.execute(
+                f"CREATE DEFINER = {definer} FUNCTION app.{made['function']}() "
+                "RETURNS TEXT SQL SECURITY DEFINER "
+                "RETURN (SELECT MAX(code) FROM secret.codes)"
+            )
+            cur.execute(
+                f"CREATE DEFINER = {definer} EVENT app.{made['event']} "
+                "ON SCHEDULE EVERY 1 HOUR COMMENT 'by role' "
+                "DO INSERT INTO app.orders (note) VALUES ('event')"
+            )
+            cur.execute(
+                f"CREATE DEFINER = {definer} TRIGGER app.{made['trigger']} "
+                f"BEFORE INSERT ON app.{made['table']} FOR EACH ROW "
+                "SET NEW.note = CONCAT(COALESCE(NEW.note, ''), ' [trigger]')"
+            )
+            cur.execute(
+                f"CREATE DEFINER = {definer} SQL SECURITY DEFINER VIEW "
+                f"app.{made['view']} AS SELECT code FROM secret.codes"
+            )
     finally:
         conn.close()
     return made
 
 
-def objects_named(server: MariaDBServer,
-                  made: dict[str, str]) -> dict[str, list[tuple[object, ...]]]:
+def objects_named(
+    server: MariaDBServer, made: dict[str, str]
+) -> dict[str, list[tuple[object, ...]]]:
     """(DEFINER, SQL SECURITY) of each object in ``made`` that still exists, by kind."""
+
     def one(sql: str, obj: str) -> list[tuple[object, ...]]:
         return run(server, sql, (obj,))
-    routine = ("SELECT DEFINER, SECURITY_TYPE FROM information_schema.ROUTINES "
-               "WHERE ROUTINE_SCHEMA = 'app' AND BINARY ROUTINE_NAME = %s")
+
+    routine = (
+        "SELECT DEFINER, SECURITY_TYPE FROM information_schema.ROUTINES "
+        "WHERE ROUTINE_SCHEMA = 'app' AND BINARY ROUTINE_NAME = %s"
+    )
     return {
         "procedure": one(routine, made["procedure"]),
         "function": one(routine, made["function"]),
-        "event": one("SELECT DEFINER, 'DEFINER' FROM information_schema.EVENTS "
-                     "WHERE EVENT_SCHEMA = 'app' AND BINARY EVENT_NAME = %s", made["event"]),
-        "trigger": one("SELECT DEFINER, 'DEFINER' FROM information_schema.TRIGGERS "
-                       "WHERE TRIGGER_SCHEMA = 'app' AND BINARY TRIGGER_NAME = %s",
-                       made["trigger"]),
-        "view": one("SELECT DEFINER, SECURITY_TYPE FROM information_schema.VIEWS "
-                    "WHERE TABLE_SCHEMA = 'app' AND BINARY TABLE_NAME = %s", made["view"]),
+        "event": one(
+            "SELECT DEFINER, 'DEFINER' FROM information_schema.EVENTS "
+            "WHERE EVENT_SCHEMA = 'app' AND BINARY EVENT_NAME = %s",
+            made["event"],
+        ),
+        "trigger": one(
+            "SELECT DEFINER, 'DEFINER' FROM information_schema.TRIGGERS "
+            "WHERE TRIGGER_SCHEMA = 'app' AND BINARY TRIGGER_NAME = %s",
+            made["trigger"],
+        ),
+        "view": one(
+            "SELECT DEFINER, SECURITY_TYPE FROM information_schema.VIEWS "
+            "WHERE TABLE_SCHEMA = 'app' AND BINARY TABLE_NAME = %s",
+            made["view"],
+        ),
     }
 
 
@@ -690,7 +843,9 @@ def drop_made(server: MariaDBServer, made: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("form", sorted(ROLE_DEFINERS))
 def test_objects_defined_as_the_group_role_are_dropped_with_the_session(
-    server: MariaDBServer, secret: str, form: str,
+    server: MariaDBServer,
+    secret: str,
+    form: str,
 ) -> None:
     role = "dbaccess_readwrite"
     name = create(server, new_name("rdrop"), role)
@@ -704,11 +859,15 @@ def test_objects_defined_as_the_group_role_are_dropped_with_the_session(
         with pytest.raises(pymysql.err.OperationalError, match="SELECT command denied"):
             as_user(server, reader, f"SELECT * FROM {secret}")
         if form != "any_host":  # the hole: the reader gets the read-write role's rights
-            assert as_user(server, reader, f"SELECT code FROM app.{made['view']}") == [
-                ("s3cr3t",)]
+            assert as_user(server, reader, f"SELECT code FROM app.{made['view']}") == [("s3cr3t",)]
         assert revoke(server, name) == 0
         assert objects_named(server, made) == {
-            "procedure": [], "function": [], "event": [], "trigger": [], "view": []}
+            "procedure": [],
+            "function": [],
+            "event": [],
+            "trigger": [],
+            "view": [],
+        }
         # Nothing of the role is left for a later session of another role to use.
         with pytest.raises(pymysql.err.ProgrammingError, match="doesn't exist"):
             as_user(server, reader, f"SELECT code FROM app.{made['view']}")
@@ -716,13 +875,10 @@ def test_objects_defined_as_the_group_role_are_dropped_with_the_session(
         run(server, f"INSERT INTO app.{made['table']} (note) VALUES ('after')")
         # In "drop" mode the role owns nothing: the live session's object went too, and
         # the live session keeps its rights (it can make it again).
-        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s",
-                       (theirs,))
-        as_user(server, other, f"CREATE DEFINER = CURRENT_ROLE PROCEDURE app.{theirs}() "
-                "SELECT 1")
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s", (theirs,))
+        as_user(server, other, f"CREATE DEFINER = CURRENT_ROLE PROCEDURE app.{theirs}() SELECT 1")
         assert revoke(server, other) == 0
-        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s",
-                       (theirs,))
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = %s", (theirs,))
     finally:
         drop_made(server, made)
         run(server, f"DROP PROCEDURE IF EXISTS app.{theirs}")
@@ -732,7 +888,9 @@ def test_objects_defined_as_the_group_role_are_dropped_with_the_session(
 
 @pytest.mark.parametrize("form", sorted(ROLE_DEFINERS))
 def test_keep_mode_leaves_objects_defined_as_the_role_no_more_power_than_kept_ones(
-    server: MariaDBServer, secret: str, form: str,
+    server: MariaDBServer,
+    secret: str,
+    form: str,
 ) -> None:
     role = "dbaccess_migrate"
     name = create(server, new_name("rkeep"), role)
@@ -770,7 +928,8 @@ def test_keep_mode_leaves_objects_defined_as_the_role_no_more_power_than_kept_on
 
 
 def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
-    server: MariaDBServer, target: TargetSection,
+    server: MariaDBServer,
+    target: TargetSection,
 ) -> None:
     def role_warnings() -> list[str]:
         return [w for w in server_problems(target)[1] if "is the DEFINER of" in w]
@@ -779,8 +938,11 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
     # An administrator defines things as the roles: revocation will drop the "drop"
     # template's (whoever made them); a "keep" template's are what kept objects look like.
     run(server, "CREATE DEFINER = dbaccess_readwrite PROCEDURE app.admin_rw() SELECT 1")
-    run(server, "CREATE DEFINER = dbaccess_readwrite SQL SECURITY INVOKER VIEW app.admin_v "
-        "AS SELECT 1 AS one")
+    run(
+        server,
+        "CREATE DEFINER = dbaccess_readwrite SQL SECURITY INVOKER VIEW app.admin_v "
+        "AS SELECT 1 AS one",
+    )
     run(server, "CREATE DEFINER = dbaccess_migrate PROCEDURE app.admin_mig() SELECT 1")
     try:
         found = role_warnings()
@@ -789,22 +951,27 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
         # As the warning says: the next revocation of a read-write session drops them.
         name = create(server, new_name("adm"), "dbaccess_readwrite")
         assert revoke(server, name) == 0
-        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' "
-                       "AND name = 'admin_rw'")
-        assert not run(server, "SELECT 1 FROM information_schema.VIEWS "
-                       "WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 'admin_v'")
+        assert not run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = 'admin_rw'")
+        assert not run(
+            server,
+            "SELECT 1 FROM information_schema.VIEWS "
+            "WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 'admin_v'",
+        )
         assert role_warnings() == []
         assert run(server, "SELECT 1 FROM mysql.proc WHERE db = 'app' AND name = 'admin_mig'")
     finally:
-        for statement in ["DROP PROCEDURE IF EXISTS app.admin_rw",
-                          "DROP VIEW IF EXISTS app.admin_v",
-                          "DROP PROCEDURE IF EXISTS app.admin_mig"]:
+        for statement in [
+            "DROP PROCEDURE IF EXISTS app.admin_rw",
+            "DROP VIEW IF EXISTS app.admin_v",
+            "DROP PROCEDURE IF EXISTS app.admin_mig",
+        ]:
             run(server, statement)
     # A server bootstrapped by an older release: check-config says to run it again.
     run(server, "DROP PROCEDURE dbaccess.group_role_objects")
     try:
-        assert any("no dbaccess.group_role_objects): run it again" in w
-                   for w in server_problems(target)[1])
+        assert any(
+            "no dbaccess.group_role_objects): run it again" in w for w in server_problems(target)[1]
+        )
     finally:
         admin = server.connect()
         try:
@@ -812,11 +979,13 @@ def test_check_config_warns_of_objects_defined_as_a_drop_templates_role(
         finally:
             admin.close()
     assert role_warnings() == [] and not any(
-        "run it again" in w for w in server_problems(target)[1])
+        "run it again" in w for w in server_problems(target)[1]
+    )
 
 
 def test_role_objects_go_even_when_the_account_is_gone_first(
-    server: MariaDBServer, secret: str,
+    server: MariaDBServer,
+    secret: str,
 ) -> None:
     # A revocation retried after DROP USER (or an account an administrator dropped): the
     # recorded group role still finds what the session defined as it.
@@ -827,7 +996,12 @@ def test_role_objects_go_even_when_the_account_is_gone_first(
         assert registered(server, name) and all(objects_named(server, made).values())
         assert revoke(server, name) == 0
         assert objects_named(server, made) == {
-            "procedure": [], "function": [], "event": [], "trigger": [], "view": []}
+            "procedure": [],
+            "function": [],
+            "event": [],
+            "trigger": [],
+            "view": [],
+        }
         assert not registered(server, name)
     finally:
         drop_made(server, made)

@@ -63,46 +63,64 @@ class World:
         """A new session user of ``role``, created by the provisioner as the broker does."""
         username = f"rbt_{role[:4]}_{secrets.token_hex(5)}"
         password = secrets.token_urlsafe(16)
-        self.engine.create_user(NewUser(username, password, self.target.roles[role],
-                                        datetime.now(UTC) + timedelta(minutes=10)))
+        self.engine.create_user(
+            NewUser(
+                username,
+                password,
+                self.target.roles[role],
+                datetime.now(UTC) + timedelta(minutes=10),
+            )
+        )
         return username, password
 
     def login(self, user: User, db: str = DB) -> Conn:
         return self.stack.postgres.connect(db, user=user[0], password=user[1])
 
     def provisioner(self) -> Conn:
-        return self.stack.postgres.connect(DB, user=PROVISIONER,
-                                           password=self.target.provisioner.read_password())
+        return self.stack.postgres.connect(
+            DB, user=PROVISIONER, password=self.target.provisioner.read_password()
+        )
 
     def exists(self, username: str) -> bool:
         with self.admin() as admin:
-            return admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                 (username,)).fetchone() is not None
+            return (
+                admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone()
+                is not None
+            )
 
     def can_login(self, username: str) -> bool:
         with self.admin() as admin:
-            row = admin.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s",
-                                (username,)).fetchone()
+            row = admin.execute(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (username,)
+            ).fetchone()
         assert row is not None, f"{username} does not exist"
         return bool(row[0])
 
     def registered(self) -> set[str]:
         with self.admin() as admin:
-            return {str(row[0]) for row in
-                    admin.execute("SELECT username FROM dbaccess.managed_users").fetchall()}
+            return {
+                str(row[0])
+                for row in admin.execute("SELECT username FROM dbaccess.managed_users").fetchall()
+            }
 
 
 @pytest.fixture(scope="module")
 def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     password_file = tmp_path_factory.mktemp("revbatch") / "provisioner.pw"
     password_file.write_text(secrets.token_urlsafe(24) + "\n")
-    target = TargetSection.model_validate({
-        "engine": "postgres", "host": "127.0.0.1", "port": stack.postgres.port,
-        "database": DB, "sslmode": "disable", "username_prefix": "rbt_",
-        "max_lifetime": "2h",
-        "provisioner": {"user": PROVISIONER, "password_file": str(password_file)},
-        "roles": TEMPLATES,
-    })
+    target = TargetSection.model_validate(
+        {
+            "engine": "postgres",
+            "host": "127.0.0.1",
+            "port": stack.postgres.port,
+            "database": DB,
+            "sslmode": "disable",
+            "username_prefix": "rbt_",
+            "max_lifetime": "2h",
+            "provisioner": {"user": PROVISIONER, "password_file": str(password_file)},
+            "roles": TEMPLATES,
+        }
+    )
     with stack.postgres.connect() as admin:
         admin.execute(f"CREATE DATABASE {DB}")
         admin.execute(f"CREATE DATABASE {OTHER_DB}")
@@ -128,8 +146,9 @@ def make_table(world: World, user: User, name: str, db: str = DB) -> None:
 
 def table_owner(world: World, name: str) -> str | None:
     with world.admin() as admin:
-        row = admin.execute("SELECT tableowner FROM pg_tables WHERE tablename = %s",
-                            (name,)).fetchone()
+        row = admin.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = %s", (name,)
+        ).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -150,8 +169,9 @@ def test_a_batch_is_dropped_with_its_sessions_and_objects(world: World) -> None:
     names = [name for name, _ in users]
     try:
         with world.provisioner() as provisioner:
-            rows = provisioner.execute("SELECT * FROM dbaccess.revoke_users(%s)",
-                                       ([*names, gone_already, names[0]],)).fetchall()
+            rows = provisioner.execute(
+                "SELECT * FROM dbaccess.revoke_users(%s)", ([*names, gone_already, names[0]],)
+            ).fetchall()
         assert sorted(rows) == sorted((name, None) for name in [*names, gone_already])
         for name in names:
             assert not world.exists(name)
@@ -183,10 +203,12 @@ def test_roles_it_did_not_create_are_refused_and_left_alone(world: World) -> Non
     near_misses = [resembled[0].upper(), resembled[0] + "\n", f'{resembled[0]}" SUPERUSER --']
     try:
         outcome = world.engine.revoke_users(
-            [foreign, PROVISIONER, READONLY, "dbaccess_owner", *near_misses, mine[0]])
+            [foreign, PROVISIONER, READONLY, "dbaccess_owner", *near_misses, mine[0]]
+        )
         for name in (foreign, PROVISIONER, READONLY, "dbaccess_owner"):
-            assert outcome[name] == (f"revoking {name} on '{TARGET}': dbaccess: {name} was "
-                                     "not created by dbaccess")
+            assert outcome[name] == (
+                f"revoking {name} on '{TARGET}': dbaccess: {name} was not created by dbaccess"
+            )
         assert {name: outcome[name] for name in near_misses} == dict.fromkeys(near_misses)
         assert outcome[mine[0]] is None and not world.exists(mine[0])
         assert world.can_login(foreign) and world.can_login(PROVISIONER)
@@ -213,24 +235,26 @@ def test_one_users_failure_does_not_stop_the_others(world: World) -> None:
     suffix = secrets.token_hex(3)
     make_table(world, depended_on, f"base_{suffix}")
     with world.admin() as admin:
-        admin.execute(f"CREATE VIEW public.admin_view_{suffix} AS SELECT a FROM "
-                      f"public.base_{suffix}".encode())
+        admin.execute(
+            f"CREATE VIEW public.admin_view_{suffix} AS SELECT a FROM public.base_{suffix}".encode()
+        )
     make_table(world, elsewhere, f"left_{suffix}", db=OTHER_DB)
     live = world.login(connected)
     try:
-        outcome = world.engine.revoke_users(
-            [depended_on[0], elsewhere[0], plain[0], connected[0]])
+        outcome = world.engine.revoke_users([depended_on[0], elsewhere[0], plain[0], connected[0]])
         assert outcome[plain[0]] is None and outcome[connected[0]] is None
         assert not world.exists(plain[0]) and not world.exists(connected[0])
         assert outcome[depended_on[0]] is not None
         assert outcome[depended_on[0]].startswith(
-            f"revoking {depended_on[0]} on '{TARGET}': {depended_on[0]} cannot be dropped "
-            "yet: ")
+            f"revoking {depended_on[0]} on '{TARGET}': {depended_on[0]} cannot be dropped yet: "
+        )
         assert f"admin_view_{suffix}" in outcome[depended_on[0]]
         assert outcome[depended_on[0]].endswith("it stays NOLOGIN and is retried")
         assert outcome[elsewhere[0]] is not None
-        assert (f"{elsewhere[0]} owns objects or holds privileges in database(s) {OTHER_DB}, "
-                "which revocation cannot reach") in outcome[elsewhere[0]]
+        assert (
+            f"{elsewhere[0]} owns objects or holds privileges in database(s) {OTHER_DB}, "
+            "which revocation cannot reach"
+        ) in outcome[elsewhere[0]]
         for user in (depended_on, elsewhere):
             assert world.exists(user[0]) and not world.can_login(user[0])
             assert user[0] in world.registered()
@@ -247,20 +271,26 @@ def test_one_users_failure_does_not_stop_the_others(world: World) -> None:
             admin.execute(f"REVOKE ALL ON DATABASE {OTHER_DB} FROM {READONLY}")
             admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {READONLY}")
     assert world.engine.revoke_users([depended_on[0], elsewhere[0]]) == {
-        depended_on[0]: None, elsewhere[0]: None}
+        depended_on[0]: None,
+        elsewhere[0]: None,
+    }
     assert not world.exists(depended_on[0]) and not world.exists(elsewhere[0])
     assert world.registered().isdisjoint([depended_on[0], elsewhere[0]])
 
 
 def test_a_call_is_bounded(world: World) -> None:
-    with world.provisioner() as provisioner, \
-            pytest.raises(psycopg.errors.RaiseException, match="at most 1000 names"):
-        provisioner.execute("SELECT * FROM dbaccess.revoke_users(%s)",
-                            ([f"rbt_x_{i}" for i in range(1001)],))
+    with (
+        world.provisioner() as provisioner,
+        pytest.raises(psycopg.errors.RaiseException, match="at most 1000 names"),
+    ):
+        provisioner.execute(
+            "SELECT * FROM dbaccess.revoke_users(%s)", ([f"rbt_x_{i}" for i in range(1001)],)
+        )
 
 
-def test_an_older_bootstrap_is_revoked_one_by_one(world: World,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_an_older_bootstrap_is_revoked_one_by_one(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     """A target bootstrapped before revoke_users existed still has its users revoked, a
     revoke_user call each, and the log says to re-run the bootstrap."""
     users = [world.session() for _ in range(3)]
@@ -272,8 +302,10 @@ def test_an_older_bootstrap_is_revoked_one_by_one(world: World,
             outcome = engine.revoke_users([name for name, _ in users])
         assert outcome == dict.fromkeys(name for name, _ in users)
         assert not any(world.exists(name) for name, _ in users)
-        assert any("dbaccess.revoke_users is missing" in r.getMessage() and "bootstrap" in
-                   r.getMessage() for r in caplog.records)
+        assert any(
+            "dbaccess.revoke_users is missing" in r.getMessage() and "bootstrap" in r.getMessage()
+            for r in caplog.records
+        )
     finally:
         engine.close()
         with world.admin() as admin:
@@ -281,16 +313,19 @@ def test_an_older_bootstrap_is_revoked_one_by_one(world: World,
 
 
 def test_the_reaper_drains_a_batch_and_retries_only_the_user_that_failed(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     """The reaper's path end to end, with a store of its own: 120 leases expire at once
     (8 calls of 15 names on the 8 revocation workers). One user a view depends on fails:
     its lease stays ``revoking`` with the reason, a ``session.revoke_failed`` record and a
     retry time; the other 119 are revoked with their audit records. Once the view is
     gone, the next pass revokes it."""
-    settings = Settings.model_validate({
-        "identity": {"issuer": "https://idp.example", "client_id": "dbaccess"},
-        "targets": {TARGET: world.target.model_dump()},
-    })
+    settings = Settings.model_validate(
+        {
+            "identity": {"issuer": "https://idp.example", "client_id": "dbaccess"},
+            "targets": {TARGET: world.target.model_dump()},
+        }
+    )
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     service = SessionService(BrokerContext.build(settings, store, {TARGET: world.engine}))
     users = [world.session() for _ in range(120)]
@@ -298,15 +333,30 @@ def test_the_reaper_drains_a_batch_and_retries_only_the_user_that_failed(
     suffix = secrets.token_hex(3)
     make_table(world, users[57], f"base_{suffix}")
     with world.admin() as admin:
-        admin.execute(f"CREATE VIEW public.reaper_view_{suffix} AS SELECT a FROM "
-                      f"public.base_{suffix}".encode())
+        admin.execute(
+            f"CREATE VIEW public.reaper_view_{suffix} AS SELECT a FROM "
+            f"public.base_{suffix}".encode()
+        )
     expired = datetime.now(UTC) - timedelta(seconds=1)
     with store.engine.begin() as conn:
-        conn.execute(leases.insert(), [
-            {"id": str(uuid.uuid4()), "subject": "storm", "target": TARGET,
-             "role": "readonly", "engine": "postgres", "db_user": name, "state": "active",
-             "created_at": expired - timedelta(minutes=5), "expires_at": expired,
-             "attempts": 0} for name, _ in users])
+        conn.execute(
+            leases.insert(),
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "subject": "storm",
+                    "target": TARGET,
+                    "role": "readonly",
+                    "engine": "postgres",
+                    "db_user": name,
+                    "state": "active",
+                    "created_at": expired - timedelta(minutes=5),
+                    "expires_at": expired,
+                    "attempts": 0,
+                }
+                for name, _ in users
+            ],
+        )
     reaper = TargetReaper(service, TARGET, 1.0, 3600.0, threading.Event())
     try:
         assert reaper.drain() == 119
@@ -315,15 +365,19 @@ def test_the_reaper_drains_a_batch_and_retries_only_the_user_that_failed(
         with store.engine.connect() as conn:
             states = dict(conn.execute(sa.select(leases.c.db_user, leases.c.state)).all())
             row = conn.execute(sa.select(leases).where(leases.c.db_user == stuck)).one()
-            events = conn.execute(sa.select(audit.c.event, sa.func.count())
-                                  .group_by(audit.c.event)).all()
+            events = conn.execute(
+                sa.select(audit.c.event, sa.func.count()).group_by(audit.c.event)
+            ).all()
         assert states == {name: "revoked" if name != stuck else "revoking" for name, _ in users}
         assert row.attempts == 1 and row.claimed_by is None
         assert f"reaper_view_{suffix}" in row.last_error
         assert "stays NOLOGIN and is retried" in row.last_error
         assert row.next_attempt_at is not None
-        assert dict(events) == {"session.revoke_requested": 120, "session.revoked": 119,
-                                "session.revoke_failed": 1}
+        assert dict(events) == {
+            "session.revoke_requested": 120,
+            "session.revoked": 119,
+            "session.revoke_failed": 1,
+        }
     finally:
         with world.admin() as admin:
             admin.execute(f"DROP VIEW IF EXISTS public.reaper_view_{suffix}".encode())
@@ -331,6 +385,8 @@ def test_the_reaper_drains_a_batch_and_retries_only_the_user_that_failed(
     assert reaper.drain() == 1
     assert not world.exists(stuck)
     with store.engine.connect() as conn:
-        assert conn.execute(sa.select(leases.c.state).where(leases.c.db_user == stuck)
-                            ).scalar_one() == "revoked"
+        assert (
+            conn.execute(sa.select(leases.c.state).where(leases.c.db_user == stuck)).scalar_one()
+            == "revoked"
+        )
     store.close()

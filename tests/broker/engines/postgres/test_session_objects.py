@@ -52,8 +52,14 @@ class World:
         """A new session user of ``role`` (created by the provisioner, as the broker does)."""
         username = f"so_{role[:4]}_{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(16)
-        self.engine.create_user(NewUser(username, password, self.target.roles[role],
-                                        datetime.now(UTC) + timedelta(minutes=10)))
+        self.engine.create_user(
+            NewUser(
+                username,
+                password,
+                self.target.roles[role],
+                datetime.now(UTC) + timedelta(minutes=10),
+            )
+        )
         return username, password
 
     def login(self, user: tuple[str, str], db: str = DB) -> Conn:
@@ -61,8 +67,10 @@ class World:
 
     def exists(self, username: str) -> bool:
         with self.admin() as admin:
-            return admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                 (username,)).fetchone() is not None
+            return (
+                admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone()
+                is not None
+            )
 
 
 TEMPLATES = {
@@ -75,13 +83,19 @@ TEMPLATES = {
 def world(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     password_file = tmp_path_factory.mktemp("sessobj") / "provisioner.pw"
     password_file.write_text(secrets.token_urlsafe(24) + "\n")
-    target = TargetSection.model_validate({
-        "engine": "postgres", "host": "127.0.0.1", "port": stack.postgres.port,
-        "database": DB, "sslmode": "disable", "username_prefix": "so_",
-        "max_lifetime": "2h",
-        "provisioner": {"user": PROVISIONER, "password_file": str(password_file)},
-        "roles": TEMPLATES,
-    })
+    target = TargetSection.model_validate(
+        {
+            "engine": "postgres",
+            "host": "127.0.0.1",
+            "port": stack.postgres.port,
+            "database": DB,
+            "sslmode": "disable",
+            "username_prefix": "so_",
+            "max_lifetime": "2h",
+            "provisioner": {"user": PROVISIONER, "password_file": str(password_file)},
+            "roles": TEMPLATES,
+        }
+    )
     with stack.postgres.connect() as admin:
         admin.execute(f"CREATE DATABASE {DB}")
         admin.execute(f"CREATE DATABASE {OTHER_DB}")
@@ -116,8 +130,7 @@ def clean_up(world: World) -> None:
 
 
 @pytest.mark.parametrize("create_for", [READONLY, "PUBLIC"])
-def test_a_definer_function_left_behind_cannot_run_programs(world: World,
-                                                            create_for: str) -> None:
+def test_a_definer_function_left_behind_cannot_run_programs(world: World, create_for: str) -> None:
     """The exploit: a read-only session makes a SECURITY DEFINER function, the session is
     revoked, a later read-only session calls the function and runs a program."""
     with world.admin() as admin:
@@ -129,8 +142,8 @@ def test_a_definer_function_left_behind_cannot_run_programs(world: World,
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(
                 "CREATE FUNCTION public.pwn() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
-                "AS $$ BEGIN EXECUTE 'GRANT pg_execute_server_program TO " + READONLY
-                + "'; END $$")
+                "AS $$ BEGIN EXECUTE 'GRANT pg_execute_server_program TO " + READONLY + "'; END $$"
+            )
         world.engine.revoke_user(first[0])
         assert not world.exists(first[0])
 
@@ -149,8 +162,8 @@ def test_a_definer_function_left_behind_cannot_run_programs(world: World,
             world.engine.revoke_user(later[0])
         with world.admin() as admin:
             owners = admin.execute(
-                "SELECT p.proowner::regrole::text FROM pg_proc p "
-                "WHERE p.proname = 'pwn'").fetchall()
+                "SELECT p.proowner::regrole::text FROM pg_proc p WHERE p.proname = 'pwn'"
+            ).fetchall()
         assert owners == [], "the session's function outlived it"
     finally:
         with world.admin() as admin:
@@ -181,8 +194,19 @@ OBJECTS = [
     "CREATE FUNCTION sobj_extra.so_definer2() RETURNS text LANGUAGE sql SECURITY DEFINER "
     "AS $$ SELECT current_user::text $$",
 ]
-NAMES = ["so_definer", "so_invoker", "so_proc", "so_table", "so_trigger_fn", "so_view",
-         "so_seq", "so_type", "===", "so_elsewhere", "so_definer2"]
+NAMES = [
+    "so_definer",
+    "so_invoker",
+    "so_proc",
+    "so_table",
+    "so_trigger_fn",
+    "so_view",
+    "so_seq",
+    "so_type",
+    "===",
+    "so_elsewhere",
+    "so_definer2",
+]
 
 OWNERS_SQL = """
 SELECT name, owner FROM (
@@ -230,7 +254,8 @@ def privileged_owned(world: World) -> list[str]:
             "AND s.classid = 'pg_proc'::regclass), (SELECT relnamespace FROM pg_class "
             "WHERE oid = s.objid AND s.classid = 'pg_class'::regclass), (SELECT "
             "typnamespace FROM pg_type WHERE oid = s.objid AND s.classid = "
-            "'pg_type'::regclass))) = 'dbaccess')").fetchall()
+            "'pg_type'::regclass))) = 'dbaccess')"
+        ).fetchall()
     return [f"{what} owned by {role}" for what, role in rows]
 
 
@@ -238,8 +263,9 @@ def test_drop_mode_drops_every_kind_of_object(world: World) -> None:
     user = world.session("readonly")
     make_everything(world, user)
     made = owners(world)
-    assert set(made) >= {*NAMES, "default acl"} and any(k.startswith("large object")
-                                                        for k in made), made
+    assert set(made) >= {*NAMES, "default acl"} and any(
+        k.startswith("large object") for k in made
+    ), made
     assert set(made.values()) == {user[0]}
     world.engine.revoke_user(user[0])
     assert not world.exists(user[0])
@@ -264,22 +290,32 @@ def test_keep_mode_gives_objects_to_the_template_group_not_to_a_power(world: Wor
                 "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, "
                 "array(SELECT b.rolname::text FROM pg_auth_members m JOIN pg_roles b "
                 "ON b.oid = m.roleid WHERE m.member = r.oid) FROM pg_roles r "
-                "WHERE rolname = %s", (MIGRATE,)).fetchone()
+                "WHERE rolname = %s",
+                (MIGRATE,),
+            ).fetchone()
             public_execute = admin.execute(
                 "SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') "
-                "FROM pg_proc p WHERE p.proname LIKE 'so\\_%%' ORDER BY 1").fetchall()
+                "FROM pg_proc p WHERE p.proname LIKE 'so\\_%%' ORDER BY 1"
+            ).fetchall()
         assert group == (False, False, False, False, False, [])
         # definer routines are not everyone's: they would lend the template's rights
-        assert dict(public_execute) == {"so_definer": False, "so_definer2": False,
-                                        "so_invoker": True, "so_proc": False,
-                                        "so_trigger_fn": False}
+        assert dict(public_execute) == {
+            "so_definer": False,
+            "so_definer2": False,
+            "so_invoker": True,
+            "so_proc": False,
+            "so_trigger_fn": False,
+        }
 
         # a later session of another template cannot borrow them ...
         reader = world.session("readonly")
         try:
             with world.login(reader) as conn:
-                for call in ("SELECT public.so_definer()", "SELECT sobj_extra.so_definer2()",
-                             "CALL public.so_proc()"):
+                for call in (
+                    "SELECT public.so_definer()",
+                    "SELECT sobj_extra.so_definer2()",
+                    "CALL public.so_proc()",
+                ):
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         conn.execute(call.encode())
         finally:
@@ -289,8 +325,9 @@ def test_keep_mode_gives_objects_to_the_template_group_not_to_a_power(world: Wor
         again = world.session("migrate")
         try:
             with world.login(again) as conn:
-                row = conn.execute("SELECT public.so_definer(), count(*) FROM public.so_table "
-                                   ).fetchone()
+                row = conn.execute(
+                    "SELECT public.so_definer(), count(*) FROM public.so_table "
+                ).fetchone()
                 assert row == (MIGRATE, 1)
                 conn.execute("ALTER TABLE public.so_table ADD COLUMN note text")
         finally:
@@ -317,8 +354,11 @@ def test_objects_in_another_database_keep_the_user_locked_and_say_so(world: Worl
         with world.login(user, OTHER_DB) as conn:
             conn.execute("SET default_transaction_read_only = off")
             conn.execute("CREATE TABLE public.left_behind (a int)")
-        with pytest.raises(EngineError, match=rf"in database\(s\) {OTHER_DB}, which "
-                                              r"revocation cannot reach.*stays NOLOGIN"):
+        with pytest.raises(
+            EngineError,
+            match=rf"in database\(s\) {OTHER_DB}, which "
+            r"revocation cannot reach.*stays NOLOGIN",
+        ):
             world.engine.revoke_user(user[0])
         assert world.exists(user[0])
         assert user[0] in world.engine.list_managed_users()
@@ -343,13 +383,18 @@ def test_an_object_built_on_a_session_object_stops_the_drop_visibly(world: World
     with world.admin() as admin:
         admin.execute("CREATE VIEW public.admin_view AS SELECT a FROM public.so_base")
     try:
-        with pytest.raises(EngineError, match=r"cannot be dropped yet: .*depend.*admin_view"
-                                              r".*stays NOLOGIN"):
+        with pytest.raises(
+            EngineError,
+            match=r"cannot be dropped yet: .*depend.*admin_view"
+            r".*stays NOLOGIN",
+        ):
             world.engine.revoke_user(user[0])
         assert world.exists(user[0])
         with world.admin() as admin:
-            assert admin.execute("SELECT 1 FROM pg_views WHERE viewname = 'admin_view'"
-                                 ).fetchone() is not None
+            assert (
+                admin.execute("SELECT 1 FROM pg_views WHERE viewname = 'admin_view'").fetchone()
+                is not None
+            )
     finally:
         with world.admin() as admin:
             admin.execute("DROP VIEW public.admin_view")
@@ -365,16 +410,20 @@ def test_a_session_makes_objects_only_as_itself(world: World, how: str) -> None:
     another one: "must have admin option", measured on PostgreSQL 15.)"""
     user = world.session("readonly")
     other = world.session("readonly")
-    definer = ("CREATE FUNCTION public.so_stray() RETURNS text LANGUAGE sql SECURITY DEFINER "
-               "AS $$ SELECT current_user::text $$")
+    definer = (
+        "CREATE FUNCTION public.so_stray() RETURNS text LANGUAGE sql SECURITY DEFINER "
+        "AS $$ SELECT current_user::text $$"
+    )
     try:
         with world.login(other) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(f"GRANT {other[0]} TO {user[0]}")
         with world.login(user) as conn:
             conn.execute("SET default_transaction_read_only = off")
-            with pytest.raises(psycopg.errors.RaiseException,
-                               match=f"session user {user[0]} may not make objects owned by"):
+            with pytest.raises(
+                psycopg.errors.RaiseException,
+                match=f"session user {user[0]} may not make objects owned by",
+            ):
                 if how == "set role":
                     conn.execute(f"SET ROLE {READONLY}")
                     conn.execute(definer)
@@ -389,15 +438,17 @@ def test_a_session_makes_objects_only_as_itself(world: World, how: str) -> None:
         world.engine.revoke_user(user[0])
         world.engine.revoke_user(other[0])
     with world.admin() as admin:
-        assert admin.execute("SELECT 1 FROM pg_proc WHERE proname = 'so_stray'"
-                             ).fetchone() is None
+        assert admin.execute("SELECT 1 FROM pg_proc WHERE proname = 'so_stray'").fetchone() is None
 
 
 def large_objects_of(world: World, role: str) -> list[int]:
     with world.admin() as admin:
-        rows = admin.execute("SELECT m.oid::bigint FROM pg_largeobject_metadata m "
-                             "JOIN pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s "
-                             "ORDER BY 1", (role,)).fetchall()
+        rows = admin.execute(
+            "SELECT m.oid::bigint FROM pg_largeobject_metadata m "
+            "JOIN pg_roles r ON r.oid = m.lomowner WHERE r.rolname = %s "
+            "ORDER BY 1",
+            (role,),
+        ).fetchall()
     return [int(row[0]) for row in rows]
 
 
@@ -414,9 +465,11 @@ def test_large_objects_made_as_the_group_role_go_at_revocation(world: World, how
     PostgreSQL 15: both survived revocation). Revocation of a "drop" template's session
     unlinks the large objects its group role owns."""
     user = world.session("readonly")
-    made = {"lo_create": "SELECT lo_create(0)",
-            "lo_from_bytea": "SELECT lo_from_bytea(0, 'left behind'::bytea)",
-            "lo_creat": "SELECT lo_creat(-1)"}[how]
+    made = {
+        "lo_create": "SELECT lo_create(0)",
+        "lo_from_bytea": "SELECT lo_from_bytea(0, 'left behind'::bytea)",
+        "lo_creat": "SELECT lo_creat(-1)",
+    }[how]
     try:
         with world.login(user) as conn:
             conn.execute("SET default_transaction_read_only = off")
@@ -442,8 +495,10 @@ def test_a_large_object_is_given_to_the_group_role_by_no_session(world: World) -
             conn.execute("SET default_transaction_read_only = off")
             row = conn.execute("SELECT lo_create(0)").fetchone()
             assert row is not None
-            with pytest.raises(psycopg.errors.RaiseException,
-                               match=f"session user {user[0]} may not make objects owned by"):
+            with pytest.raises(
+                psycopg.errors.RaiseException,
+                match=f"session user {user[0]} may not make objects owned by",
+            ):
                 conn.execute(f"ALTER LARGE OBJECT {int(row[0])} OWNER TO {READONLY}")
     finally:
         world.engine.revoke_user(user[0])
@@ -491,8 +546,7 @@ def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reac
         beyond, owns = warnings  # by group role: sobj_migrate, sobj_readonly
         assert f"group role {READONLY} owns 1 large object(s)" in owns
         assert "unlinks them, whoever made them" in owns
-        assert f"group role {MIGRATE} is a member of sobj_beyond: a session can SET ROLE" \
-            in beyond
+        assert f"group role {MIGRATE} is a member of sobj_beyond: a session can SET ROLE" in beyond
     finally:
         unlink_large_objects(world, READONLY)
         unlink_large_objects(world, MIGRATE)
@@ -504,18 +558,30 @@ def test_check_config_warns_of_large_objects_revocation_would_unlink_or_not_reac
 def test_check_config_names_a_revoke_user_older_than_the_large_object_sweep(
     world: World,
 ) -> None:
-    [current] = [s for s in bootstrap.bootstrap_sql(world.target)
-                 if s.startswith("CREATE OR REPLACE FUNCTION dbaccess.revoke_user(")]
-    older = re.sub(r"\n            ELSIF EXISTS \(SELECT 1 FROM pg_shdepend .*?END IF;",
-                   "\n            END IF;", current, count=1, flags=re.S)
+    [current] = [
+        s
+        for s in bootstrap.bootstrap_sql(world.target)
+        if s.startswith("CREATE OR REPLACE FUNCTION dbaccess.revoke_user(")
+    ]
+    older = re.sub(
+        r"\n            ELSIF EXISTS \(SELECT 1 FROM pg_shdepend .*?END IF;",
+        "\n            END IF;",
+        current,
+        count=1,
+        flags=re.S,
+    )
     assert "lo_unlink" in current and "lo_unlink" not in older
     assert check_target("sessobj", world.target, "broker.toml") is None
     with world.admin() as admin:
         admin.execute(older.encode())
     try:
         problem = check_target("sessobj", world.target, "broker.toml")
-        assert problem is not None and "the current dbaccess.revoke_user (an older one " \
-            "leaves the large objects a session made after SET ROLE" in problem.message
+        assert (
+            problem is not None
+            and "the current dbaccess.revoke_user (an older one "
+            "leaves the large objects a session made after SET ROLE"
+            in problem.message
+        )
     finally:
         with world.admin() as admin:
             admin.execute(current.encode())

@@ -11,9 +11,16 @@ from dbaccess.broker.settings import TargetSection
 
 
 def target(roles: dict[str, dict[str, str]]) -> TargetSection:
-    return TargetSection.model_validate({
-        "engine": "postgres", "host": "db", "port": 5432, "database": "app",
-        "provisioner": {"user": "prov", "password_env": "PW"}, "roles": roles})
+    return TargetSection.model_validate(
+        {
+            "engine": "postgres",
+            "host": "db",
+            "port": 5432,
+            "database": "app",
+            "provisioner": {"user": "prov", "password_env": "PW"},
+            "roles": roles,
+        }
+    )
 
 
 def test_drop_is_the_default() -> None:
@@ -21,19 +28,36 @@ def test_drop_is_the_default() -> None:
 
 
 def test_templates_sharing_a_group_role_must_agree() -> None:
-    with pytest.raises(ValidationError, match="roles.a and roles.b share group_role app_mig "
-                                              "but not session_objects"):
-        target({"a": {"group_role": "app_mig", "session_objects": "keep"},
-                "b": {"group_role": "app_mig"}})
-    both = target({"a": {"group_role": "app_mig", "session_objects": "keep"},
-                   "b": {"group_role": "app_mig", "session_objects": "keep"}})
+    with pytest.raises(
+        ValidationError,
+        match="roles.a and roles.b share group_role app_mig but not session_objects",
+    ):
+        target(
+            {
+                "a": {"group_role": "app_mig", "session_objects": "keep"},
+                "b": {"group_role": "app_mig"},
+            }
+        )
+    both = target(
+        {
+            "a": {"group_role": "app_mig", "session_objects": "keep"},
+            "b": {"group_role": "app_mig", "session_objects": "keep"},
+        }
+    )
     assert {r.session_objects for r in both.roles.values()} == {"keep"}
 
 
 def test_the_mode_is_baked_into_the_bootstrap_per_group_role() -> None:
-    keep = render("t", target({"mig": {"group_role": "app_mig", "session_objects": "keep"},
-                               "ro": {"group_role": "app_ro"}}))
+    keep = render(
+        "t",
+        target(
+            {
+                "mig": {"group_role": "app_mig", "session_objects": "keep"},
+                "ro": {"group_role": "app_ro"},
+            }
+        ),
+    )
     assert "v_group COLLATE \"C\" = ANY (ARRAY['app_mig']::text[])" in keep
     drop = render("t", target({"mig": {"group_role": "app_mig"}, "ro": {"group_role": "app_ro"}}))
-    assert "v_group COLLATE \"C\" = ANY (ARRAY[]::text[])" in drop
+    assert 'v_group COLLATE "C" = ANY (ARRAY[]::text[])' in drop
     assert "REASSIGN OWNED BY %I TO dbaccess_owner" not in drop  # the old hole

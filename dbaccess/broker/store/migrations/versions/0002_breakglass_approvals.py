@@ -22,9 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("leases") as batch:
         batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="session"))
         batch.add_column(sa.Column("incident", sa.String(100)))
-        batch.add_column(
-            sa.Column("drill", sa.Boolean, nullable=False, server_default=sa.false())
-        )
+        batch.add_column(sa.Column("drill", sa.Boolean, nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column("request_id", sa.String(36)))
         batch.add_column(sa.Column("user_agent", sa.String(255)))
         batch.add_column(sa.Column("review_state", sa.String(16)))
@@ -60,6 +58,15 @@ def downgrade() -> None:
     op.drop_table("approval_requests")
     op.drop_index("ix_leases_review_state", "leases")
     with op.batch_alter_table("leases") as batch:
-        for column in ("review_note", "reviewed_at", "reviewed_by", "review_state",
-                       "user_agent", "request_id", "drill", "incident", "kind"):
+        for column in (
+            "review_note",
+            "reviewed_at",
+            "reviewed_by",
+            "review_state",
+            "user_agent",
+            "request_id",
+            "drill",
+            "incident",
+            "kind",
+        ):
             batch.drop_column(column)
