@@ -26,25 +26,15 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from dbaccess.broker.store import audit, leases
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
+from tests.broker.store.faults import eventually, read_store
 
 pytestmark = pytest.mark.integration
 
 PEOPLE = ("alice", "erin", "bob")
 DISK_MB = 16
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -171,20 +161,6 @@ def fill_while_users_wait_for_activation(
             holder.close()  # rolls back: the test wrote nothing
         time.sleep(1)  # the askers go on; the next try catches them elsewhere
     raise AssertionError(f"no asker was ever caught between its user and its activation: {tried}")
-
-
-def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
-    """Leases by id, and the audit events of each lease, as the store file holds them."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {row.id: row for row in conn.execute(sa.select(leases))}
-            events: dict[str | None, set[str]] = {}
-            for lease_id, event in conn.execute(sa.select(audit.c.lease_id, audit.c.event)):
-                events.setdefault(lease_id, set()).add(event)
-    finally:
-        engine.dispose()
-    return stored, events
 
 
 def assert_store_unavailable(reply: httpx.Response) -> None:

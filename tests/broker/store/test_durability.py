@@ -7,9 +7,6 @@ tests/broker/store/test_power_cut.py.)
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,18 +15,9 @@ import sqlalchemy as sa
 
 from dbaccess.broker.store import Store, StoreUnavailable
 from dbaccess.sandbox.stack import Stack
+from tests.broker.store.faults import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sqlite_store_syncs_every_commit(tmp_path: Path) -> None:

@@ -28,18 +28,18 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from dbaccess.broker.store import LIVE_STATES, audit, leases
+from dbaccess.broker.store import LIVE_STATES
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
+from tests.broker.store.faults import eventually, read_store
 
 pytestmark = pytest.mark.integration
 
@@ -80,15 +80,6 @@ def power_cut(mountpoint: Path) -> None:
         fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
     finally:
         os.close(fd)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -222,20 +213,6 @@ def test_power_cut_while_issuing_hands_out_nothing_unrecorded(cut: Stack, tmp_pa
 
 answered_at: dict[str, float] = {}  # a 201's lease id: when its answer arrived
 CUT: dict[str, float] = {}  # when the ioctl was called and when it returned
-
-
-def read_store(url: str) -> tuple[dict[str, Any], dict[str | None, set[str]]]:
-    """Leases by id, and the audit events of each lease, as the store file holds them."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {row.id: row for row in conn.execute(sa.select(leases))}
-            events: dict[str | None, set[str]] = {}
-            for lease_id, event in conn.execute(sa.select(audit.c.lease_id, audit.c.event)):
-                events.setdefault(lease_id, set()).add(event)
-    finally:
-        engine.dispose()
-    return stored, events
 
 
 def issue_through_a_power_cut(
