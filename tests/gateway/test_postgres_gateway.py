@@ -109,15 +109,13 @@ def test_psycopg_prepared_statements(gateway: RunningGateway, binary: bool) -> N
                 cur.execute("INSERT INTO t VALUES (%s, %s)", (i, f"note {i}"))
             cur.execute("SELECT id, note FROM t WHERE id >= %s ORDER BY id", (1,))
             assert cur.fetchall() == [(1, "note 1"), (2, "note 2")]
-            with pytest.raises(psycopg.errors.UniqueViolation if False else psycopg.Error):
-                cur.execute("SELECT 1 / %s", (0,))
+            with pytest.raises(psycopg.errors.DivisionByZero):  # at run time, not at Bind
+                cur.execute("SELECT 1 / (id - %s) FROM t WHERE id = 1", (1,))
     records = gateway.assert_all_audited(session)
     assert [r.kind for r in records] == ["execute"] * 6
     assert records[1].sql == "INSERT INTO t VALUES ($1, $2)"
-    if binary:
-        assert records[1].params == ("\\x00000000", "note 0") or records[1].params[1] == "note 0"
-    else:
-        assert records[1].params == ("0", "note 0")
+    # psycopg sends an int in binary even from a text cursor (int2 here)
+    assert records[1].params == ("\\x0000", "note 0")
     assert records[4].rows == 2 and records[4].sqlstate is None
     assert records[5].sqlstate == "22012"
 
@@ -150,17 +148,20 @@ def test_pipeline_batch_with_an_error_midway(gateway: RunningGateway) -> None:
         with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
             for i in range(5):
                 conn.execute("INSERT INTO p VALUES (%s)", (i,))
-            conn.execute("SELECT 1 / %s", (0,))
+            conn.execute("SELECT 1 / (id - %s) FROM p WHERE id = 1", (1,))
             conn.execute("INSERT INTO p VALUES (%s)", (99,))  # skipped by the server
-        assert conn.execute("SELECT count(*) FROM p").fetchone() == (5,)
+        # the batch is one implicit transaction up to its Sync: the error rolled it back
+        assert conn.execute("SELECT count(*) FROM p").fetchone() == (0,)
     records = gateway.assert_all_audited(session)
     statuses = [(r.sql, r.status, r.sqlstate) for r in records]
     assert statuses[1:7] == [("INSERT INTO p VALUES ($1)", "completed", None)] * 5 + [
-        ("SELECT 1 / $1", "completed", "22012")
+        ("SELECT 1 / (id - $1) FROM p WHERE id = 1", "completed", "22012")
     ]
     assert statuses[7] == ("INSERT INTO p VALUES ($1)", "not_run", None)
 
 
+@pytest.mark.skip(reason="hangs in this increment: the forwarded CancelRequest does not end the "
+                  "pg_sleep yet (next session); CI counts this skip as a failure on purpose")
 def test_cancel_request_really_cancels(gateway: RunningGateway) -> None:
     session = gateway.new_session()
     with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
