@@ -1,0 +1,1 @@
+"""The PostgreSQL wire protocol side of the gateway."""

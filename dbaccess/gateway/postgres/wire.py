@@ -1,0 +1,260 @@
+"""PostgreSQL protocol 3 framing: the few messages the gateway builds, reading the ones it
+inspects, and the server-to-client header scanner.
+
+The scanner never builds an object per DataRow: server bytes are forwarded in bulk and
+only message headers are read, plus the bodies of the handful of messages that end a
+statement (CommandComplete, ErrorResponse, ReadyForQuery ...), which are short.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Protocol
+
+# The first message of a connection has no type byte: length, then one of these codes.
+PROTOCOL_3_0 = 196608  # 3 << 16
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+MAX_STARTUP_LENGTH = 10_000  # PostgreSQL's own limit for a startup packet
+
+_INT32 = struct.Struct("!i")
+_UINT32 = struct.Struct("!I")
+_INT16 = struct.Struct("!h")
+_HEADER = struct.Struct("!cI")
+
+# Server message types (bytes values), the ones the scanner looks at.
+COMMAND_COMPLETE = ord("C")
+ERROR_RESPONSE = ord("E")
+READY_FOR_QUERY = ord("Z")
+EMPTY_QUERY = ord("I")
+PORTAL_SUSPENDED = ord("s")
+COPY_IN_RESPONSE = ord("G")
+COPY_OUT_RESPONSE = ord("H")
+COPY_BOTH_RESPONSE = ord("W")
+DATA_ROW = ord("D")
+
+# The server messages whose body the scanner hands over (all short).
+SCANNED = frozenset(
+    {
+        COMMAND_COMPLETE,
+        ERROR_RESPONSE,
+        READY_FOR_QUERY,
+        EMPTY_QUERY,
+        PORTAL_SUSPENDED,
+        COPY_IN_RESPONSE,
+        COPY_OUT_RESPONSE,
+        COPY_BOTH_RESPONSE,
+    }
+)
+# ErrorResponse bodies are kept up to this size; the SQLSTATE field comes first anyway.
+MAX_SCANNED_BODY = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """Bytes that are not PostgreSQL protocol 3 (the connection is closed)."""
+
+
+def message(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + _UINT32.pack(len(body) + 4) + body
+
+
+def cstring(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def error_response(code: str, text: str, severity: str = "FATAL") -> bytes:
+    fields = b"S" + cstring(severity) + b"V" + cstring(severity)
+    fields += b"C" + cstring(code) + b"M" + cstring(text)
+    return message(b"E", fields + b"\0")
+
+
+def authentication(code: int, data: bytes = b"") -> bytes:
+    return message(b"R", _INT32.pack(code) + data)
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return message(b"S", cstring(name) + cstring(value))
+
+
+def backend_key_data(pid: int, secret: int) -> bytes:
+    return message(b"K", _INT32.pack(pid) + _INT32.pack(secret))
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    body = _INT32.pack(PROTOCOL_3_0)
+    for name, value in params.items():
+        body += cstring(name) + cstring(value)
+    body += b"\0"
+    return _UINT32.pack(len(body) + 4) + body
+
+
+def cancel_request(pid: int, secret: int) -> bytes:
+    return _UINT32.pack(16) + _INT32.pack(CANCEL_REQUEST) + _INT32.pack(pid) + _INT32.pack(secret)
+
+
+def negotiate_protocol_version(minor: int, unknown: list[str]) -> bytes:
+    body = _INT32.pack(minor) + _INT32.pack(len(unknown))
+    return message(b"v", body + b"".join(cstring(name) for name in unknown))
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def int32(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    return int(_INT32.unpack_from(data, offset)[0])
+
+
+def int16(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    return int(_INT16.unpack_from(data, offset)[0])
+
+
+def read_cstring(data: bytes, offset: int) -> tuple[bytes, int]:
+    """The NUL-terminated string at ``offset`` and the offset after its NUL."""
+    end = data.find(b"\0", offset)
+    if end < 0:
+        raise ProtocolError("a string is not terminated")
+    return data[offset:end], end + 1
+
+
+def startup_length(buf: bytes | bytearray) -> int | None:
+    """The whole length of the startup-phase packet at the start of ``buf`` (None: not yet)."""
+    if len(buf) < 4:
+        return None
+    length = int(_UINT32.unpack_from(buf, 0)[0])
+    if length < 8 or length > MAX_STARTUP_LENGTH:
+        raise ProtocolError("invalid startup packet length")
+    return length
+
+
+def startup_params(body: bytes) -> dict[str, str]:
+    """name/value pairs of a StartupMessage body (after the protocol version)."""
+    params: dict[str, str] = {}
+    offset = 0
+    while offset < len(body) and body[offset] != 0:
+        name, offset = read_cstring(body, offset)
+        value, offset = read_cstring(body, offset)
+        params[name.decode(errors="replace")] = value.decode(errors="replace")
+    return params
+
+
+def split_messages(buf: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
+    """(type, body start, end) of each complete typed message at the start of ``buf``."""
+    pos = 0
+    size = len(buf)
+    while size - pos >= 5:
+        length = int(_UINT32.unpack_from(buf, pos + 1)[0])
+        if length < 4:
+            raise ProtocolError("invalid message length")
+        end = pos + 1 + length
+        if end > size:
+            return
+        yield buf[pos], pos + 5, end
+        pos = end
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    """The fields of an ErrorResponse or NoticeResponse body, by their one-letter code."""
+    fields: dict[str, str] = {}
+    offset = 0
+    while offset < len(body) and body[offset] != 0:
+        code = chr(body[offset])
+        value, offset = read_cstring(body, offset + 1)
+        fields[code] = value.decode(errors="replace")
+    return fields
+
+
+def sqlstate(body: bytes) -> str | None:
+    try:
+        return error_fields(body).get("C")
+    except ProtocolError:  # a truncated body (over MAX_SCANNED_BODY)
+        start = body.find(b"\0C")
+        return body[start + 2 : start + 7].decode(errors="replace") if start >= 0 else None
+
+
+def command_rows(body: bytes) -> int | None:
+    """Rows in a CommandComplete tag ("SELECT 5", "INSERT 0 3", "COPY 10"); None for "BEGIN"."""
+    tag = body.rstrip(b"\0")
+    last = tag.rpartition(b" ")[2]
+    return int(last) if tag != last and last.isdigit() else None
+
+
+class ScanHandler(Protocol):
+    def on_server_message(self, kind: int, body: bytes, rows: int, nbytes: int) -> None:
+        """One of the SCANNED messages; ``rows`` DataRows and ``nbytes`` bytes (this message
+        included) went by since the previous call."""
+
+
+class ServerScanner:
+    """Follows message boundaries in the server's byte stream, chunk by chunk."""
+
+    __slots__ = ("_handler", "_header", "_skip", "_body", "_kind", "_rows", "_bytes")
+
+    def __init__(self, handler: ScanHandler) -> None:
+        self._handler = handler
+        self._header = bytearray()  # a header split across chunks
+        self._skip = 0  # body bytes of the current message still to come
+        self._body: bytearray | None = None  # the body of a SCANNED message being gathered
+        self._kind = 0
+        self._rows = 0
+        self._bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            if self._skip:
+                take = min(self._skip, size - pos)
+                if self._body is not None:
+                    if len(self._body) < MAX_SCANNED_BODY:
+                        self._body += data[pos : pos + take]
+                    self._skip -= take
+                    pos += take
+                    if not self._skip:
+                        body, self._body = bytes(self._body), None
+                        self._emit(self._kind, body)
+                else:
+                    self._skip -= take
+                    pos += take
+                continue
+            if self._header or size - pos < 5:
+                need = 5 - len(self._header)
+                self._header += data[pos : pos + need]
+                pos += min(need, size - pos)
+                if len(self._header) < 5:
+                    return
+                kind = self._header[0]
+                length = int(_UINT32.unpack_from(self._header, 1)[0])
+                self._header.clear()
+            else:
+                kind = data[pos]
+                length = int(_UINT32.unpack_from(data, pos + 1)[0])
+                pos += 5
+            if length < 4:
+                raise ProtocolError("invalid message length from the server")
+            body_length = length - 4
+            self._bytes += length + 1
+            if kind == DATA_ROW:
+                self._rows += 1
+            elif kind in SCANNED:
+                if size - pos >= body_length:
+                    self._emit(kind, data[pos : pos + body_length])
+                    pos += body_length
+                else:
+                    self._kind = kind
+                    self._body = bytearray(data[pos:])
+                    self._skip = body_length - (size - pos)
+                    return
+                continue
+            # any other message: skip its body, here or in the next chunks
+            if size - pos >= body_length:
+                pos += body_length
+            else:
+                self._skip = body_length - (size - pos)
+                return
+
+    def _emit(self, kind: int, body: bytes) -> None:
+        rows, nbytes = self._rows, self._bytes
+        self._rows = self._bytes = 0
+        self._handler.on_server_message(kind, body, rows, nbytes)

@@ -1,0 +1,163 @@
+"""Statement records: one per statement a client runs through the gateway (engine-neutral).
+
+The protocol server hands each finished record to a ``BatchingWriter`` (a list append under
+a lock); a thread of its own delivers them in order, in batches, to a ``RecordSink`` (the
+store later; a list in tests), so the hot path never waits for a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["query", "execute", "copy", "function"]
+ParamsPolicy = Literal["none", "redacted", "full"]
+# completed: the server answered it (sqlstate None) or refused it (sqlstate set);
+# not_run: an earlier statement of the same pipeline failed, so the server skipped it;
+# interrupted: the connection ended before the server's answer was complete.
+Status = Literal["completed", "not_run", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRecord:
+    lease_id: str
+    person: str
+    target: str
+    role: str
+    kind: Kind
+    sql: str
+    params_policy: ParamsPolicy
+    params: tuple[str | None, ...] | None  # None unless the policy shows them
+    started: datetime
+    duration: float  # seconds, from the client's message to the server's last answer
+    rows: int | None  # returned or affected, as the server counted them
+    bytes_out: int  # server -> client bytes of the answer
+    bytes_in: int  # client -> server COPY data
+    sqlstate: str | None  # the server's error, None when it succeeded
+    status: Status
+    connection: int  # the gateway's number for the client connection
+
+
+class RecordSink(Protocol):
+    def write(self, records: Sequence[StatementRecord]) -> None:
+        """Keep a batch of records, in order; raise if they were not kept."""
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.records: list[StatementRecord] = []
+        self.batches = 0
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[StatementRecord]) -> None:
+        with self._lock:
+            self.records.extend(records)
+            self.batches += 1
+
+    def for_lease(self, lease_id: str) -> list[StatementRecord]:
+        with self._lock:
+            return [r for r in self.records if r.lease_id == lease_id]
+
+
+class BatchingWriter:
+    """Delivers records in order, off the caller's thread; ``close`` delivers the rest."""
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.2,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._sink = sink
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._retry_delay = retry_delay
+        self._pending: list[StatementRecord] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._flushing = False
+        self.lost = 0  # records a failing sink never took before close
+        self._added = 0
+        self._done = 0  # delivered or lost
+        self._thread = threading.Thread(target=self._run, name="gateway-records", daemon=True)
+        self._thread.start()
+
+    def add(self, record: StatementRecord) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the record writer is closed")
+            self._pending.append(record)
+            self._added += 1
+            if len(self._pending) >= self._max_batch:
+                self._cond.notify()
+
+    def flush(self, timeout: float = 10) -> bool:
+        """Wait until every record added so far is delivered (tests, shutdown)."""
+        with self._cond:
+            target = self._added
+            self._flushing = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._done >= target, timeout)
+            finally:
+                self._flushing = False
+
+    def close(self, timeout: float | None = 30) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: (
+                        self._closed
+                        or len(self._pending) >= self._max_batch
+                        or (self._flushing and bool(self._pending))
+                    ),
+                    timeout=self._max_delay,
+                )
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                closing = self._closed
+                more = bool(self._pending)
+            if batch and not self._deliver(batch):
+                with self._cond:
+                    self.lost += len(batch) + len(self._pending)
+                    self._done += len(batch) + len(self._pending)
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+            if batch:
+                with self._cond:
+                    self._done += len(batch)
+                    self._cond.notify_all()
+            if closing and not more:
+                return
+
+    def _deliver(self, batch: list[StatementRecord]) -> bool:
+        """Write one batch, retrying while open; False when given up after close."""
+        tries_after_close = 0
+        while True:
+            try:
+                self._sink.write(batch)
+                return True
+            except Exception as exc:  # the sink's own failure; records stay in order
+                log.warning("statement records not written (%s), retrying", type(exc).__name__)
+            with self._cond:
+                if self._closed:
+                    tries_after_close += 1
+                    if tries_after_close > 1:
+                        return False
+                    continue
+                self._cond.wait(self._retry_delay)

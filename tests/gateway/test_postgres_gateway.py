@@ -1,0 +1,326 @@
+"""Real clients through the gateway to the suite's PostgreSQL, and every statement audited."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import scramp
+
+from tests.gateway.conftest import HIGH_WATER, RunningGateway, Session
+
+pytestmark = pytest.mark.integration
+
+
+def psql(
+    gw: RunningGateway,
+    session: Session,
+    *args: str,
+    tls: bool = True,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(gw.port),
+        "PGUSER": session.user,
+        "PGDATABASE": "postgres",
+        "PGPASSWORD": session.secret,  # the test's own env, never argv
+        "PGSSLMODE": "verify-full" if tls else "disable",
+        "PGSSLROOTCERT": str(gw.certs.ca),
+    }
+    return subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=0", "-At", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+        cwd=cwd,
+    )
+
+
+def test_psql_command_and_script_over_tls(gateway: RunningGateway, tmp_path: Path) -> None:
+    session = gateway.new_session()
+    one = psql(
+        gateway,
+        session,
+        "-c",
+        "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    assert one.returncode == 0, one.stderr
+    # upstream the session's ephemeral user, over plain TCP (the sandbox server has no TLS)
+    assert one.stdout.strip() == f"{session.upstream_user}|f"
+    script = tmp_path / "script.sql"
+    script.write_text(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);\n"
+        "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 5) g;\n"
+        "UPDATE items\n   SET name = upper(name)\n WHERE id <= 2;\n"
+        "SELECT 1 / 0;\n"
+        "SELECT count(*) FROM items;\n"
+        "SELECT 1; SELECT 2;\n"
+    )
+    run = psql(gateway, session, "-f", str(script))
+    assert run.returncode == 0, run.stderr
+    assert "division by zero" in run.stderr
+    assert run.stdout.split() == [
+        "CREATE",
+        "TABLE",
+        "INSERT",
+        "0",
+        "5",
+        "UPDATE",
+        "2",
+        "5",
+        "1",
+        "2",
+    ]
+    # one Query message with two statements: one record, the rows of both
+    two = psql(gateway, session, "-c", "SELECT 1 UNION SELECT 2; SELECT 3")
+    assert two.stdout.split() == ["1", "2", "3"], two.stderr
+    records = gateway.assert_all_audited(session)
+    assert [r.kind for r in records] == ["query"] * 9
+    assert (
+        records[2].sql == "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 5) g;"
+    )
+    assert [r.rows for r in records[1:]] == [None, 5, 2, None, 1, 1, 1, 3]
+    assert [r.sqlstate for r in records] == [None] * 4 + ["22012"] + [None] * 4
+    assert all(r.status == "completed" and r.bytes_out > 0 for r in records)
+    assert {(r.person, r.target, r.role) for r in records} == {
+        ("alice@example.com", "pg-test", "readwrite")
+    }
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_psycopg_prepared_statements(gateway: RunningGateway, binary: bool) -> None:
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("CREATE TABLE t (id int, note text)")
+        with conn.cursor(binary=binary) as cur:
+            for i in range(3):
+                cur.execute("INSERT INTO t VALUES (%s, %s)", (i, f"note {i}"))
+            cur.execute("SELECT id, note FROM t WHERE id >= %s ORDER BY id", (1,))
+            assert cur.fetchall() == [(1, "note 1"), (2, "note 2")]
+            with pytest.raises(psycopg.errors.DivisionByZero):  # at run time, not at Bind
+                cur.execute("SELECT 1 / (id - %s) FROM t WHERE id = 1", (1,))
+    records = gateway.assert_all_audited(session)
+    assert [r.kind for r in records] == ["execute"] * 6
+    assert records[1].sql == "INSERT INTO t VALUES ($1, $2)"
+    # psycopg sends an int in binary even from a text cursor (int2 here)
+    assert records[1].params == ("\\x0000", "note 0")
+    assert records[4].rows == 2 and records[4].sqlstate is None
+    assert records[5].sqlstate == "22012"
+
+
+def test_copy_out_and_in_through_psql(gateway: RunningGateway, tmp_path: Path) -> None:
+    session = gateway.new_session()
+    data = "".join(f"{i}\tline {i}\n" for i in range(1000))
+    (tmp_path / "in.tsv").write_text(data)
+    run = psql(
+        gateway,
+        session,
+        cwd=tmp_path,
+        stdin="CREATE TABLE lines (id int, text text);\n"
+        "\\copy lines FROM 'in.tsv'\n"
+        "\\copy (SELECT * FROM lines ORDER BY id) TO 'out.tsv'\n",
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out.tsv").read_text() == data
+    records = gateway.assert_all_audited(session)
+    copy_in, copy_out = records[1], records[2]
+    assert (copy_in.kind, copy_in.rows, copy_in.bytes_in) == ("copy", 1000, len(data))
+    assert (copy_out.kind, copy_out.rows) == ("copy", 1000)
+    assert copy_out.bytes_out > len(data)
+
+
+def test_pipeline_batch_with_an_error_midway(gateway: RunningGateway) -> None:
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        conn.execute("CREATE TABLE p (id int)")
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+            for i in range(5):
+                conn.execute("INSERT INTO p VALUES (%s)", (i,))
+            conn.execute("SELECT 1 / (id - %s) FROM p WHERE id = 1", (1,))
+            conn.execute("INSERT INTO p VALUES (%s)", (99,))  # skipped by the server
+        # the batch is one implicit transaction up to its Sync: the error rolled it back
+        assert conn.execute("SELECT count(*) FROM p").fetchone() == (0,)
+    records = gateway.assert_all_audited(session)
+    statuses = [(r.sql, r.status, r.sqlstate) for r in records]
+    assert statuses[1:7] == [("INSERT INTO p VALUES ($1)", "completed", None)] * 5 + [
+        ("SELECT 1 / (id - $1) FROM p WHERE id = 1", "completed", "22012")
+    ]
+    assert statuses[7] == ("INSERT INTO p VALUES ($1)", "not_run", None)
+
+
+def test_cancel_request_really_cancels(gateway: RunningGateway) -> None:
+    """psycopg's cancel_safe (its legacy cancel() blocks holding the GIL, which would
+    starve this process's own gateway thread; a client in another process is psql's test
+    below)."""
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        assert conn.execute("SELECT 42").fetchone() == (42,)  # the session goes on
+    records = gateway.assert_all_audited(session)
+    assert [(r.sql, r.sqlstate) for r in records] == [
+        ("SELECT pg_sleep(30)", "57014"),
+        ("SELECT 42", None),
+    ]
+
+
+def test_ctrl_c_in_psql_cancels_through_the_gateway(gateway: RunningGateway) -> None:
+    """psql sends a CancelRequest of its own on SIGINT, over a connection of its own."""
+    session = gateway.new_session()
+    env = {
+        "PATH": os.environ["PATH"],
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(gateway.port),
+        "PGUSER": session.user,
+        "PGDATABASE": "postgres",
+        "PGPASSWORD": session.secret,
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(gateway.certs.ca),
+    }
+    started = time.monotonic()
+    client = subprocess.Popen(
+        ["psql", "-X", "-At", "-c", "SELECT pg_sleep(30)"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=15)
+    finally:
+        client.kill()
+    assert time.monotonic() - started < 10
+    assert "canceling statement due to user request" in err, err
+    records = gateway.assert_all_audited(session)
+    assert [(r.sql, r.sqlstate) for r in records] == [("SELECT pg_sleep(30)", "57014")]
+
+
+def test_wrong_secret_fails_without_an_upstream_connection(gateway: RunningGateway) -> None:
+    session = gateway.new_session()
+    before = gateway.postgres.log_path.read_text(errors="replace").count(session.upstream_user)
+    for dsn in (
+        gateway.dsn(session, password="not-the-secret"),
+        gateway.dsn(session, user="nobody_here"),
+    ):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(dsn, connect_timeout=5)
+    time.sleep(0.3)
+    after = gateway.postgres.log_path.read_text(errors="replace").count(session.upstream_user)
+    assert after == before  # the database never heard of the attempt
+    assert gateway.records(session) == []
+
+
+def test_revocation_ends_the_connection_with_57P01(gateway: RunningGateway) -> None:
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert gateway.directory.end(session.session.lease_id, "the lease was revoked") == 1
+        time.sleep(0.2)
+        with pytest.raises(psycopg.OperationalError, match="the lease was revoked"):
+            conn.execute("SELECT 2")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(gateway.dsn(session), connect_timeout=5)
+
+
+# -- a raw client: for what libpq never does (stop reading, vanish mid-result) -------------
+
+
+def raw_login(gw: RunningGateway, session: Session) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    params = b"user\0" + session.user.encode() + b"\0database\0postgres\0\0"
+    body = struct.pack("!i", 196608) + params
+    sock.sendall(struct.pack("!I", len(body) + 4) + body)
+
+    def read() -> tuple[bytes, bytes]:
+        head = recv_exact(sock, 5)
+        return head[:1], recv_exact(sock, struct.unpack("!I", head[1:])[0] - 4)
+
+    client = scramp.ScramClient(["SCRAM-SHA-256"], session.user, session.secret)
+    assert read()[0] == b"R"
+    first = client.get_client_first().encode()
+    msg = b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first
+    sock.sendall(b"p" + struct.pack("!I", len(msg) + 4) + msg)
+    client.set_server_first(read()[1][4:].decode())
+    final = client.get_client_final().encode()
+    sock.sendall(b"p" + struct.pack("!I", len(final) + 4) + final)
+    while read()[0] != b"Z":
+        pass
+    return sock
+
+
+def recv_exact(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "the gateway closed the connection"
+        data += chunk
+    return data
+
+
+def query(sock: socket.socket, sql: str) -> None:
+    body = sql.encode() + b"\0"
+    sock.sendall(b"Q" + struct.pack("!I", len(body) + 4) + body)
+
+
+def upstream_backends(gw: RunningGateway, session: Session) -> int:
+    with gw.postgres.connect() as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (session.upstream_user,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_for(predicate: object, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_slow_reader_is_backpressured_and_vanishing_client_ends_upstream(
+    gateway: RunningGateway,
+) -> None:
+    session = gateway.new_session()
+    sock = raw_login(gateway, session)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    query(sock, "SELECT repeat('x', 1000) FROM generate_series(1, 500000)")  # ~500 MB
+    time.sleep(2)  # the client reads nothing
+
+    async def buffered() -> list[int]:
+        return [
+            c.client.transport.get_write_buffer_size()
+            for c in gateway.gateway._connections
+            if c.session is not None
+            and c.session.lease_id == session.session.lease_id
+            and c.client.transport is not None
+        ]
+
+    sizes = [gateway.call(buffered()) for _ in range(5)]
+    # bounded by the high-water mark plus the one chunk read before the pause
+    assert all(0 < s[0] <= HIGH_WATER + 512 * 1024 for s in sizes), sizes
+    sock.close()  # vanish mid-result
+    assert wait_for(lambda: upstream_backends(gateway, session) == 0), "upstream still there"
+    records = gateway.assert_all_audited(session)
+    assert [r.status for r in records] == ["interrupted"]
