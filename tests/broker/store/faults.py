@@ -5,11 +5,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from dbaccess.broker.store import audit, leases
+from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
+
+
+def fault_stack(directory: Path) -> Stack:
+    """A stack of its own servers for a test that breaks the store: the broker reaps and
+    reconciles every second against its own store and gives up on a lease still
+    "creating" after 2 s; caps high enough never to answer (429) in place of the store
+    (with the sandbox's 32 sessions on the target, a test hit them before its fault)."""
+    limits = dict(
+        SANDBOX_LIMITS,
+        sessions_per_person=400,
+        connections_per_person=2000,
+        sessions_per_target=1200,
+        connections_per_target=6000,
+    )
+    return Stack(
+        directory,
+        reaper_interval="1s",
+        reconcile_interval="1s",
+        creation_timeout="2s",
+        limits=limits,
+    )
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "it") -> None:

@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from dbaccess.sandbox.idp import device_tokens
-from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
-from tests.broker.store.faults import eventually, read_store
+from dbaccess.sandbox.stack import Stack
+from tests.broker.store.faults import eventually, fault_stack, read_store
 
 pytestmark = pytest.mark.integration
 
@@ -57,23 +57,7 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def full_disk_stack(tmp_path_factory: pytest.TempPathFactory, disk: Path) -> Iterator[Stack]:
-    # Its own servers: the broker reaps and reconciles every second here, and gives up on
-    # a lease still "creating" after 2 s. Caps high enough that they never answer (429)
-    # in place of the store: only this test's sessions count against them.
-    limits = dict(
-        SANDBOX_LIMITS,
-        sessions_per_person=400,
-        connections_per_person=2000,
-        sessions_per_target=1200,
-        connections_per_target=6000,
-    )
-    stack = Stack(
-        tmp_path_factory.mktemp("diskfull"),
-        reaper_interval="1s",
-        reconcile_interval="1s",
-        creation_timeout="2s",
-        limits=limits,
-    )
+    stack = fault_stack(tmp_path_factory.mktemp("diskfull"))
     with stack:
         stack.stop_broker()
         config = stack.broker_config.read_text()

@@ -38,8 +38,8 @@ import pytest
 
 from dbaccess.broker.store import LIVE_STATES
 from dbaccess.sandbox.idp import device_tokens
-from dbaccess.sandbox.stack import SANDBOX_LIMITS, Stack
-from tests.broker.store.faults import eventually, read_store
+from dbaccess.sandbox.stack import Stack
+from tests.broker.store.faults import eventually, fault_stack, read_store
 
 pytestmark = pytest.mark.integration
 
@@ -84,23 +84,7 @@ def power_cut(mountpoint: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Its own servers: the broker here reconciles every second against its own store.
-    # Caps high enough that they never answer (429) in place of the store: with the
-    # sandbox's (32 sessions on the target) the probe hit them before the cut.
-    limits = dict(
-        SANDBOX_LIMITS,
-        sessions_per_person=400,
-        connections_per_person=2000,
-        sessions_per_target=1200,
-        connections_per_target=6000,
-    )
-    stack = Stack(
-        tmp_path_factory.mktemp("powercut"),
-        reaper_interval="1s",
-        reconcile_interval="1s",
-        creation_timeout="2s",
-        limits=limits,
-    )
+    stack = fault_stack(tmp_path_factory.mktemp("powercut"))
     with stack:
         yield stack
 
