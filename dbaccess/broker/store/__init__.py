@@ -40,6 +40,8 @@ from dbaccess.broker.store.schema import (
     leases,
     metadata,
     notifications,
+    statement_heads,
+    statements,
     store_probe,
 )
 
@@ -82,6 +84,8 @@ __all__ = [
     "leases",
     "metadata",
     "notifications",
+    "statement_heads",
+    "statements",
     "store_probe",
     "upgrade",
 ]

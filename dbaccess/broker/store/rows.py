@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,8 @@ class Lease:
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
     review_note: str | None = None
+    access: str | None = None  # "gateway", or None (direct)
+    gateway_verifier: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ leases = sa.Table(
     sa.Column("reviewed_by", sa.String(255)),
     sa.Column("reviewed_at", UTCDateTime),
     sa.Column("review_note", sa.String(2000)),
+    # "gateway" when clients reach the target through the gateway (NULL: direct); then the
+    # SCRAM verifier of the session's gateway secret (the secret itself is never kept).
+    sa.Column("access", sa.String(16)),
+    sa.Column("gateway_verifier", sa.String(200)),
+    # The revocation claim reads live leases by state and expiry.
+    sa.Index("ix_leases_state_expires_at", "state", "expires_at"),
 )
 
 
@@ -148,6 +154,50 @@ store_probe = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("at", UTCDateTime, nullable=False),
+)
+
+
+# Statement records of gateway sessions, one per statement (dbaccess/gateway/records.py),
+# each carrying the hash of the session's previous one; ``statement_heads`` holds each
+# session's last hash, and the seal that copied it into the main audit at session end.
+statements = sa.Table(
+    "statements",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("lease_id", sa.String(36), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("sql", sa.Text, nullable=False),
+    sa.Column("params_policy", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text),  # JSON list, NULL unless the policy shows them
+    sa.Column("started", UTCDateTime, nullable=False),
+    sa.Column("duration", sa.Float, nullable=False),  # seconds
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False),
+    sa.Column("bytes_in", sa.BigInteger, nullable=False),
+    sa.Column("sqlstate", sa.String(5)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("rule", sa.String(64)),  # the guardrail that refused it
+    sa.Column("connection", sa.Integer, nullable=False),
+    sa.Column("gateway", sa.String(64), nullable=False),
+    sa.Column("written_at", UTCDateTime, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("lease_id", "seq", name="uq_statements_lease_seq"),
+)
+
+statement_heads = sa.Table(
+    "statement_heads",
+    metadata,
+    sa.Column("lease_id", sa.String(36), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("head", sa.String(64), nullable=False),
+    sa.Column("sealed_at", UTCDateTime),
+    sa.Column("sealed_count", sa.Integer),
+    sa.Column("sealed_head", sa.String(64)),
 )
 
 
