@@ -201,6 +201,10 @@ class SessionGranted(SessionInfo):
     database: str
     sslmode: str | None = None
     password: SecretStr
+    # "gateway": host/port are the gateway's, the password is the session's gateway
+    # secret (not the database user's), and ca_certificate (PEM) verifies the gateway.
+    access: str = "direct"
+    ca_certificate: str | None = None
 
     @field_serializer("password", when_used="json")
     def _reveal_on_the_wire(self, value: SecretStr) -> str:

@@ -14,6 +14,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dbaccess-broker serve --config broker.toml --host 0.0.0.0 --port 8443 "
         "--tls-cert cert.pem --tls-key key.pem --workers 2",
     ),
+    "gateway": (
+        "dbaccess-broker gateway --config /etc/dbaccess/broker.toml",
+        "dbaccess-broker gateway --config broker.toml --listen 0.0.0.0:6432 --name gw-1",
+    ),
     "check-config": (
         "dbaccess-broker check-config --config broker.toml",
         "dbaccess-broker check-config --offline --config broker.toml",

@@ -302,6 +302,10 @@ class TargetSection(_Section):
     provisioner: ProvisionerSection
     roles: dict[Annotated[str, Field(pattern=_NAME)], RoleTemplate]
     limits: TargetLimits = Field(default_factory=TargetLimits)
+    # "direct": clients get the database's address and the session user's password.
+    # "gateway": they get the gateway's address and a session secret for it; the session
+    # user's password never leaves the broker and gateway (needs [gateway]).
+    access: Literal["direct", "gateway"] = "direct"
 
     @field_validator("engine")
     @classmethod
@@ -432,6 +436,85 @@ class NotifySection(_Section):
         return value
 
 
+class GatewaySection(_Section):
+    """``[gateway]``: the server-side access proxy (``dbaccess-broker gateway``) that clients
+    of ``access = "gateway"`` targets reach instead of the database (docs/gateway.md)."""
+
+    # Where the gateway process listens, and what clients are told to connect to (a load
+    # balancer's name in front of several gateways); address defaults to listen.
+    listen: str = "127.0.0.1:6432"
+    address: str | None = None
+    # The gateway's TLS certificate and key, and the CA clients verify it with (handed to
+    # them with each session; defaults to the certificate itself, when self-signed).
+    tls_cert_file: Path
+    tls_key_file: Path
+    ca_file: Path | None = None
+    # The key the session users' database passwords are derived from (HMAC of the lease
+    # id): the broker and every gateway share it, and the store never holds a password.
+    # A missing key_file is generated (0600) by the first process that needs it.
+    key_env: str | None = None
+    key_file: Path | None = None
+    # Bind parameters in statement records: none, redacted (their count only), full.
+    params: Literal["none", "redacted", "full"] = "redacted"
+    # The local address the gateway's database connections leave from, for a database
+    # (pg_hba.conf, a firewall) that admits session users from the gateway's address only.
+    upstream_source_address: str | None = None
+
+    @field_validator("upstream_source_address")
+    @classmethod
+    def _an_ip(cls, value: str | None) -> str | None:
+        import ipaddress
+
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"'{value}' is not an IP address") from None
+        return value
+
+    @field_validator("listen", "address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_key_source(self) -> GatewaySection:
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError("set exactly one of key_env or key_file (never inline)")
+        return self
+
+    @property
+    def key(self) -> SecretRef:
+        return SecretRef("the gateway key", env=self.key_env, file=self.key_file)
+
+    @property
+    def client_address(self) -> tuple[str, int]:
+        return split_address(self.address or self.listen)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return split_address(self.listen)
+
+    def client_ca(self) -> str:
+        """The PEM clients verify the gateway with."""
+        path = self.ca_file or self.tls_cert_file
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read gateway.ca_file {path}: {exc.strerror}") from None
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as a pair, or ValueError naming the expected form."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' is not host:port, e.g. 127.0.0.1:6432")
+    return host, int(port)
+
+
 class Settings(_Section):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     identity: IdentitySection
@@ -440,6 +523,7 @@ class Settings(_Section):
     breakglass: BreakglassSection | None = None
     notify: NotifySection = Field(default_factory=NotifySection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    gateway: GatewaySection | None = None
 
     def limit(self, target: str, key: str) -> tuple[int, str]:
         """The value of limits key ``key`` for ``target``, and the setting it comes from
@@ -467,6 +551,23 @@ class Settings(_Section):
                             f"{role.connection_limit} is more than {setting} ({most}): no "
                             "session of this role could ever be granted",
                         )
+        return self
+
+    @model_validator(mode="after")
+    def _gateway_targets_have_a_gateway(self) -> Settings:
+        for name, target in self.targets.items():
+            if target.access != "gateway":
+                continue
+            if self.gateway is None:
+                raise _KeyedError(
+                    f"targets.{name}.access",
+                    '"gateway" needs a [gateway] section (listen, tls_cert_file, ...)',
+                )
+            if target.engine != "postgres":
+                raise _KeyedError(
+                    f"targets.{name}.access",
+                    f'the gateway speaks PostgreSQL only; a {target.engine} target is "direct"',
+                )
         return self
 
     @model_validator(mode="after")
@@ -569,6 +670,11 @@ def load_settings(path: Path, *, read_secrets: bool = False) -> Settings:
     if read_secrets:
         for target in settings.targets.values():
             target.provisioner.password.read()
+        if settings.gateway is not None and any(
+            t.access == "gateway" for t in settings.targets.values()
+        ):
+            settings.gateway.key.ensure()
+            settings.gateway.client_ca()
     return settings
 
 
@@ -604,11 +710,21 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
                 }
             )
         targets[name] = target
+    gateway = settings.gateway
+    if gateway is not None:
+        gateway = gateway.model_copy(
+            update={
+                key: (base / value).resolve()
+                for key in ("tls_cert_file", "tls_key_file", "ca_file", "key_file")
+                if (value := getattr(gateway, key)) is not None and not value.is_absolute()
+            }
+        )
     return settings.model_copy(
         update={
             "broker": settings.broker.model_copy(
                 update={"store": store, "store_password_file": store_password_file}
             ),
             "targets": targets,
+            "gateway": gateway,
         }
     )

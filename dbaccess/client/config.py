@@ -43,6 +43,22 @@ def config_dir() -> Path:
     return used
 
 
+def ca_file(pem: str) -> Path:
+    """A gateway's CA certificate as a file libpq can name (PGSSLROOTCERT), for ``creds``:
+    in the config directory (only we can change it, so nobody swaps the CA under us), named
+    by its content's hash, so each CA is written once and a changed one is a new file."""
+    import hashlib
+
+    folder = config_dir() / "ca"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{hashlib.sha256(pem.encode()).hexdigest()[:32]}.pem"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(pem)
+        os.replace(partial, path)  # never a half-written CA under the final name
+    return path
+
+
 def _ours(path: Path) -> bool:
     """A plain file of ours: another user's file in a shared directory is none of our
     business (it must not stop our commands, and its content is not to be trusted)."""

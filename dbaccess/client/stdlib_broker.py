@@ -50,6 +50,8 @@ class GrantedReply:
     expires_at: datetime
     password: _Secret = field(repr=False)
     sslmode: str | None = None
+    access: str = "direct"
+    ca_certificate: str | None = None
     kind: str = "session"
     incident: str | None = None
     drill: bool = False
@@ -69,6 +71,8 @@ class GrantedReply:
                 expires_at=datetime.fromisoformat(str(body["expires_at"])),
                 password=_Secret(str(body["password"])),
                 sslmode=body.get("sslmode"),
+                access=str(body.get("access") or "direct"),
+                ca_certificate=body.get("ca_certificate"),
                 kind=str(body.get("kind") or "session"),
                 incident=body.get("incident"),
                 drill=bool(body.get("drill")),

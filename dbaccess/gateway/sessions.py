@@ -13,6 +13,7 @@ import hmac
 import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 SCRAM_ITERATIONS = 4096
@@ -92,6 +93,9 @@ class GatewaySession:
     user: str  # the user name the client presents to the gateway
     verifier: ScramVerifier = field(repr=False)
     upstream: Upstream
+    # When the session ends; the gateway closes its connections then even if it cannot
+    # reach the store. None: only revocation ends it (tests' in-memory sessions).
+    expires_at: datetime | None = None
 
 
 class SessionDirectory(Protocol):
@@ -122,6 +126,11 @@ class LiveConnections:
                 open_.discard(connection)
                 if not open_:
                     del self._by_lease[lease_id]
+
+    def leases(self) -> list[str]:
+        """The sessions that have a connection open now."""
+        with self._lock:
+            return list(self._by_lease)
 
     def count(self, lease_id: str) -> int:
         with self._lock:

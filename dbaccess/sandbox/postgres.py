@@ -40,6 +40,8 @@ class PostgresServer:
         self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self.port = port or free_port()
         self.admin_password = secrets.token_urlsafe(24)
+        # pg_hba.conf lines before the catch-all (the first matching line decides)
+        self.hba_first: list[str] = []
         self.data_dir = workdir / "data"
         self.log_path = workdir / "postgres.log"
         self._user = service_user("postgres")
@@ -81,7 +83,8 @@ class PostgresServer:
             raise ServiceError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
         (self.data_dir / "pg_hba.conf").write_text(
             "# dbaccess test server: passwords only, loopback only\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            + "".join(line + "\n" for line in self.hba_first)
+            + "host all all 127.0.0.1/32 scram-sha-256\n"
         )
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(

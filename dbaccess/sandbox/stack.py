@@ -83,14 +83,14 @@ group_role = "dbaccess_readwrite"
 [[rules]]
 name = "dev-readonly"
 groups = ["dev"]
-targets = ["demo", "shop"]
+targets = ["demo", "shop"{gateway_rule_targets}]
 roles = ["readonly"]
 max_duration = "{max_duration}"
 
 [[rules]]
 name = "dba-readwrite"
 groups = ["dba"]
-targets = ["demo", "shop"]
+targets = ["demo", "shop"{gateway_rule_targets}]
 roles = ["readonly", "readwrite"]
 max_duration = "8h"
 require_reason = true
@@ -99,7 +99,7 @@ require_reason = true
 [[rules]]
 name = "dev-readwrite"
 groups = ["dev"]
-targets = ["demo", "shop"]
+targets = ["demo", "shop"{gateway_rule_targets}]
 roles = ["readwrite"]
 max_duration = "1h"
 approvals = 2
@@ -107,11 +107,12 @@ approver_groups = ["leads"]
 
 [breakglass]
 groups = ["oncall"]
-targets = {{ demo = "readwrite", shop = "readwrite" }}
+targets = {{ demo = "readwrite", shop = "readwrite"{gateway_breakglass} }}
 incident_pattern = "INC-[0-9]+"
 max_duration = "1h"
 reviewer_groups = ["auditors", "oncall"]
 
+{gateway}
 [notify]
 webhooks = [{webhooks}]
 
@@ -121,6 +122,39 @@ webhooks = [{webhooks}]
 [limits]
 {limits}
 """
+
+# With ``Stack(gateway=True)``: the gateway, and a target reached only through it. Its
+# database admits session users from the gateway's source address alone (pg_hba.conf),
+# so a session user of "vault" has no other path in. Its users have a prefix of their
+# own: demo's reconciler, on the same server, lists users by prefix.
+GATEWAY_TOML = """\
+[gateway]
+listen = "127.0.0.1:{gateway_port}"
+tls_cert_file = "gateway/server.pem"
+tls_key_file = "gateway/server.key"
+ca_file = "gateway/ca.pem"
+key_file = "gateway/gateway.key"
+upstream_source_address = "{gateway_source}"
+
+[targets.vault]
+engine = "postgres"
+host = "127.0.0.1"
+port = {pg_port}
+database = "vault"
+sslmode = "disable"
+access = "gateway"
+username_prefix = "gw_"
+provisioner = {{ user = "{provisioner}", password_env = "{provisioner_env}" }}
+
+[targets.vault.roles.readonly]
+group_role = "dbaccess_readonly"
+read_only = true
+statement_timeout = "5m"
+
+[targets.vault.roles.readwrite]
+group_role = "dbaccess_readwrite"
+"""
+GATEWAY_SOURCE = "127.0.0.2"  # loopback too, but not the address clients come from
 
 # The stack's [limits]: 160 + 20 break-glass + the broker's pool of 10 < 200 - 3 reserved.
 SANDBOX_LIMITS = {
@@ -173,11 +207,15 @@ class Stack:
     max_duration: str = "1h"
     request_ttl: str = "1h"
     limits: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_LIMITS))
+    # A gateway process and the "vault" target behind it (docs/gateway.md).
+    gateway: bool = False
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
     idp: OidcProvider = field(init=False)
     broker_port: int = field(init=False)
     _broker: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _gateway: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    gateway_port: int = field(init=False)
     provisioner_password: str = field(
         default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
     )
@@ -189,6 +227,15 @@ class Stack:
         self.mariadb = MariaDBServer(self.workdir / "mariadb")
         self.idp = OidcProvider(self.workdir / "idp")
         self.broker_port = free_port()
+        self.gateway_port = free_port()
+        if self.gateway:
+            pg = self.postgres
+            pg.hba_first = [
+                f"host vault {PROVISIONER} 127.0.0.1/32 scram-sha-256",
+                f"host vault {pg.admin_user} 127.0.0.1/32 scram-sha-256",
+                f"host vault all {GATEWAY_SOURCE}/32 scram-sha-256",
+                "host vault all all reject",
+            ]
         # Break-glass and approval events land here, as they would in a chat channel.
         self.webhooks = WebhookSink(self.workdir / "webhooks.jsonl")
 
@@ -213,12 +260,17 @@ class Stack:
             self._write_broker_config()
             self._create_demo_database()
             self._create_shop_database()
+            if self.gateway:
+                self._create_vault_database()
             self.start_broker()
+            if self.gateway:
+                self.start_gateway()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
+        self.stop_gateway()
         self.stop_broker()
         self.webhooks.stop()
         self.idp.stop()
@@ -262,6 +314,16 @@ class Stack:
             for statement in DEMO_SQL:
                 demo.execute(statement)
 
+    def _create_vault_database(self) -> None:
+        """The gateway's target: the demo's tables in a database of its own."""
+        with self.postgres.connect() as admin:
+            admin.execute("CREATE DATABASE vault")
+        target = load_settings(self.broker_config).targets["vault"]
+        with self.postgres.connect("vault") as vault:
+            bootstrap.apply(target, vault, self.provisioner_password)
+            for statement in DEMO_SQL:
+                vault.execute(statement.replace("DATABASE demo", "DATABASE vault"))
+
     def _create_shop_database(self) -> None:
         """The same on MariaDB: bootstrap, then the grants of the group roles."""
         target = load_settings(self.broker_config).targets["shop"]
@@ -298,8 +360,71 @@ class Stack:
                 webhooks=f'"{self.webhooks.url}"',
                 request_ttl=self.request_ttl,
                 limits="\n".join(f"{key} = {value}" for key, value in self.limits.items()),
+                gateway=self._gateway_toml(),
+                gateway_rule_targets=', "vault"' if self.gateway else "",
+                gateway_breakglass=', vault = "readwrite"' if self.gateway else "",
             )
         )
+
+    def _gateway_toml(self) -> str:
+        if not self.gateway:
+            return ""
+        from dbaccess.sandbox.tls import make_certificates
+
+        make_certificates(self.broker_config.parent / "gateway")  # ca.pem, server.pem, .key
+        return GATEWAY_TOML.format(
+            gateway_port=self.gateway_port,
+            gateway_source=GATEWAY_SOURCE,
+            pg_port=self.postgres.port,
+            provisioner=PROVISIONER,
+            provisioner_env=PROVISIONER_ENV,
+        )
+
+    @property
+    def gateway_log(self) -> Path:
+        return self.workdir / "broker" / "gateway.log"
+
+    def start_gateway(self) -> None:
+        """Start ``dbaccess-broker gateway`` on this stack's config; wait until it listens."""
+        import socket
+
+        log = self.gateway_log.open("ab")
+        self._gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "gateway",
+                "--config",
+                str(self.broker_config),
+            ],
+            env=self.broker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.broker_config.parent,
+            process_group=DAEMON_GROUP,
+        )
+        log.close()
+
+        def listening() -> bool:
+            if self._gateway is not None and self._gateway.poll() is not None:
+                raise ServiceError("the gateway exited at start:\n" + self.gateway_log.read_text())
+            try:
+                socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, timeout=30, what="the gateway")
+
+    def stop_gateway(self) -> None:
+        gateway, self._gateway = self._gateway, None
+        end_process(gateway, timeout=10)
+
+    @property
+    def gateway_pid(self) -> int:
+        assert self._gateway is not None
+        return self._gateway.pid
 
     def stop_broker(self) -> None:
         broker, self._broker = self._broker, None

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dbaccess.broker.store import Store
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.processes import free_port, wait_until
 from dbaccess.sandbox.stack import Stack
@@ -171,11 +172,19 @@ def test_check_config(ops: Stack, tmp_path: Path) -> None:
     assert f"error: {bad}: rules.1.max_duration: 'forever' is not a duration" in refused.stderr
 
 
-def test_reload_on_sighup_keeps_sessions_and_refuses_bad_files(ops: Stack) -> None:
+def test_reload_on_sighup_revokes_what_it_withdraws_and_refuses_bad_files(ops: Stack) -> None:
     alice = bearer(ops, "alice")
-    live = httpx.post(
-        ops.broker_url + "/v1/sessions", headers=alice, json={"target": "demo", "role": "readonly"}
-    ).json()
+
+    def ask(target: str) -> dict[str, str]:
+        answer = httpx.post(
+            ops.broker_url + "/v1/sessions",
+            headers=alice,
+            json={"target": target, "role": "readonly"},
+        )
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    withdrawn, kept = ask("demo"), ask("shop")
     original = ops.broker_config.read_text()
     pid = ops.broker_pid
     try:
@@ -197,9 +206,17 @@ def test_reload_on_sighup_keeps_sessions_and_refuses_bad_files(ops: Stack) -> No
             return answer.status_code == 403
 
         wait_until(denied, timeout=10, what="the new policy")
+        # the session the rule no longer grants is revoked; the one it still grants stays
+        wait_until(
+            lambda: withdrawn["db_user"] not in ops.managed_users(),
+            timeout=10,
+            what="the withdrawn session's revocation",
+        )
         sessions = httpx.get(ops.broker_url + "/v1/sessions", headers=alice).json()
-        assert live["id"] in [s["id"] for s in sessions]  # the live session stays
-        assert live["db_user"] in ops.managed_users()
+        ids = [s["id"] for s in sessions]
+        assert kept["id"] in ids and withdrawn["id"] not in ids
+        lease = Store(ops.store_url).get(withdrawn["id"])
+        assert lease is not None and lease.revoke_cause == "policy_withdrawn"
 
         # a broken file is refused and the running policy stays
         ops.broker_config.write_text("[identity\n")
@@ -210,17 +227,12 @@ def test_reload_on_sighup_keeps_sessions_and_refuses_bad_files(ops: Stack) -> No
             what="the refusal",
         )
         assert denied()
-        shop = httpx.post(
-            ops.broker_url + "/v1/sessions",
-            headers=alice,
-            json={"target": "shop", "role": "readonly"},
-        )
-        assert shop.status_code == 201, shop.text
-        httpx.delete(f"{ops.broker_url}/v1/sessions/{shop.json()['id']}", headers=alice)
+        shop = ask("shop")
+        httpx.delete(f"{ops.broker_url}/v1/sessions/{shop['id']}", headers=alice)
     finally:
         ops.broker_config.write_text(original)
         os.kill(pid, signal.SIGHUP)
-    httpx.delete(f"{ops.broker_url}/v1/sessions/{live['id']}", headers=alice)
+    httpx.delete(f"{ops.broker_url}/v1/sessions/{kept['id']}", headers=alice)
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:

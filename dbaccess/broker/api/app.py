@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -75,7 +75,9 @@ def create_app(
             ctx.notifier.start()  # also sends what a previous run left in the outbox
         if config_path is not None:
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, reload_settings, ctx, config_path)
+            loop.add_signal_handler(
+                signal.SIGHUP, reload_settings, ctx, config_path, service.revocation.withdraw
+            )
         try:
             yield
         finally:
@@ -117,9 +119,11 @@ def check_capacity(settings: Settings) -> None:
     ).start()
 
 
-def reload_settings(ctx: BrokerContext, path: Path) -> bool:
-    """Re-read ``path``; swap it in only if it is valid. Live sessions are untouched: their
-    leases stay in the store, and engines of removed targets are kept to revoke them."""
+def reload_settings(
+    ctx: BrokerContext, path: Path, withdraw: Callable[[Settings], int] | None = None
+) -> bool:
+    """Re-read ``path``; swap it in only if it is valid, then ``withdraw`` (in a thread) the
+    live sessions it no longer grants. Engines of removed targets are kept to revoke them."""
     try:
         fresh = load_settings(path, read_secrets=True)
     except DbaccessError as exc:
@@ -136,6 +140,10 @@ def reload_settings(ctx: BrokerContext, path: Path) -> bool:
                 previous.close()
     ctx.settings = fresh
     ctx.notifier.settings = fresh.notify
+    if withdraw is not None:  # sessions the new policy no longer grants (gateway ends them too)
+        threading.Thread(
+            target=withdraw, args=(fresh,), name="policy-withdrawal", daemon=True
+        ).start()
     check_capacity(fresh)  # the caps or the targets may have changed
     log.info(
         "configuration reloaded",

@@ -23,6 +23,7 @@ from dbaccess.broker.services.target_guard import Revoke, TargetGuard, guarded_i
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import ApprovalRequest, CapReached, Caps, Conflict, StoreUnavailable
+from dbaccess.gateway.credentials import new_session_secret, upstream_password
 from dbaccess.wire import SessionGranted
 
 log = logging.getLogger("dbaccess.broker")
@@ -87,6 +88,11 @@ class Issuer:
         )
         now = self.ctx.clock()
         breakglass = incident is not None
+        gateway = self.ctx.settings.gateway if target.access == "gateway" else None
+        gateway_key = secret = verifier = None
+        if gateway is not None:  # before the lease: a missing key refuses with nothing written
+            gateway_key = gateway.key.ensure()
+            secret, verifier = new_session_secret()
         try:
             lease = self.ctx.store.open_lease(
                 now=now,
@@ -107,6 +113,8 @@ class Issuer:
                 drill=drill,
                 request=request,
                 caps=self._caps(target_name, breakglass),
+                access=target.access if gateway is not None else None,
+                gateway_verifier=str(verifier) if verifier is not None else None,
             )
         except CapReached as exc:
             self._refuse_over_cap(
@@ -115,7 +123,10 @@ class Issuer:
         except Conflict as exc:
             raise refusals.Conflict("request_used", str(exc), "open a new request") from None
         failpoint("issue.after_lease")
-        password = make_password()
+        # Through the gateway the user's password is derived from the lease, never handed out.
+        password = (
+            make_password() if gateway_key is None else upstream_password(gateway_key, lease.id)
+        )
         try:
             engine.create_user(
                 NewUser(username, password, template, lease.expires_at, log_statements=breakglass)
@@ -144,6 +155,18 @@ class Issuer:
                 "try again; if it keeps happening, the target database is overloaded",
             )
         self.ctx.metrics.issued.labels(target_name, role).inc()
+        if gateway is not None and secret is not None:
+            host, port = gateway.client_address
+            return SessionGranted(
+                **session_fields(lease),
+                host=host,
+                port=port,
+                database=target.database,
+                sslmode="verify-full",
+                password=secret,  # type: ignore[arg-type]
+                access="gateway",
+                ca_certificate=gateway.client_ca(),
+            )
         return SessionGranted(
             **session_fields(lease),
             host=target.host,

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from dbaccess.broker.engines import EngineError
 from dbaccess.broker.failpoints import failpoint
 from dbaccess.broker.services.context import BrokerContext
+from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Lease, due_cause
 
 log = logging.getLogger("dbaccess.broker")
@@ -40,6 +41,18 @@ class Revocation:
         # Revocation workers, per target (see start_drops).
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._workers_lock = threading.Lock()
+
+    def withdraw(self, settings: Settings) -> int:
+        """After a configuration reload: revoke the live sessions ``settings`` no longer
+        grants (cause ``policy_withdrawn``). How many were revoked."""
+        wanted = [
+            (lease.id, "policy_withdrawn")
+            for lease in self.ctx.store.live_leases()
+            if lease.state != "revoking" and not still_granted(settings, lease)
+        ]
+        if wanted:
+            log.warning("revoking %d session(s) the new configuration withdraws", len(wanted))
+        return self.revoke_batch(wanted) if wanted else 0
 
     def reap(
         self, limit: int = 100, *, target: str | None = None, not_targets: Iterable[str] = ()
@@ -240,3 +253,25 @@ class Revocation:
                 )
                 revoked += 1
         return revoked
+
+
+def still_granted(settings: Settings, lease: Lease) -> bool:
+    """Does ``settings`` still grant what ``lease`` was granted by? Its target and role
+    must exist, and the rule (or break-glass) that granted it must still name them. Who
+    the person is (their groups) is known only from their token: a rule that stops naming
+    a group does not withdraw sessions already granted to its members."""
+    target = settings.targets.get(lease.target)
+    if target is None or lease.role not in target.roles:
+        return False
+    if lease.kind == "breakglass":
+        return settings.breakglass is not None and (
+            settings.breakglass.targets.get(lease.target) == lease.role
+        )
+    if lease.rule is None:
+        return True
+    rule = next((r for r in settings.rules if r.name == lease.rule), None)
+    return (
+        rule is not None
+        and any(t in ("*", lease.target) for t in rule.targets)
+        and any(r in ("*", lease.role) for r in rule.roles)
+    )

@@ -34,6 +34,8 @@ _LEASE_COLUMNS = (
     "request_id",
     "user_agent",
     "review_state",
+    "access",
+    "gateway_verifier",
 )
 
 

@@ -105,6 +105,8 @@ class Leasing(AuditTrail):
         drill: bool = False,
         request: ApprovalRequest | None = None,
         caps: Caps | None = None,
+        access: str | None = None,
+        gateway_verifier: str | None = None,
     ) -> Lease:
         """Record the lease (state ``creating``) before its user exists. With ``request``,
         that approved request is consumed in the same transaction: it grants one session.
@@ -133,6 +135,8 @@ class Leasing(AuditTrail):
             request_id=request.id if request else None,
             user_agent=user_agent,
             review_state="open" if kind == "breakglass" else None,
+            access=access,
+            gateway_verifier=gateway_verifier,
         )
         detail: dict[str, Any] = {
             "email": email,
@@ -148,6 +152,8 @@ class Leasing(AuditTrail):
         }
         if kind == "breakglass":
             detail.update(incident=incident, drill=drill)
+        if access is not None:
+            detail["access"] = access
         if request is not None:
             detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:
@@ -474,6 +480,42 @@ class Leasing(AuditTrail):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
         return None if row is None else Lease(**row._mapping)
+
+    def gateway_lease(self, db_user: str, now: datetime) -> Lease | None:
+        """The active, unexpired gateway lease whose user a client names at the gateway."""
+        query = (
+            sa.select(leases)
+            .where(
+                leases.c.db_user == db_user,
+                leases.c.access == "gateway",
+                leases.c.state == "active",
+                leases.c.expires_at > now,
+            )
+            .order_by(leases.c.created_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else Lease(**row._mapping)
+
+    def standing(self, lease_ids: Iterable[str]) -> dict[str, tuple[str, datetime, str | None]]:
+        """State, expiry and revocation cause of each lease (one that is gone is missing)."""
+        ids = list(lease_ids)
+        found: dict[str, tuple[str, datetime, str | None]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(
+                        leases.c.id, leases.c.state, leases.c.expires_at, leases.c.revoke_cause
+                    ).where(leases.c.id.in_(ids[start : start + 500]))
+                )
+                found.update({str(r.id): (r.state, r.expires_at, r.revoke_cause) for r in rows})
+        return found
+
+    def live_leases(self) -> list[Lease]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(leases).where(leases.c.state.in_(LIVE_STATES))).all()
+        return [Lease(**row._mapping) for row in rows]
 
     def sessions_of(self, subject: str, *, live_only: bool = True) -> list[Lease]:
         query = sa.select(leases).where(leases.c.subject == subject)

@@ -76,11 +76,18 @@ def prepare(
     }
     if granted.sslmode:
         env["PGSSLMODE"] = granted.sslmode
+    if granted.ca_certificate:  # a gateway target: verify the gateway with the broker's CA
+        env["PGSSLROOTCERT"] = str(directory.write_file("root.crt", granted.ca_certificate))
     return [client, *args], env
 
 
 def export_env(granted: Granted) -> dict[str, str]:
     """The variables libpq reads, for ``creds``."""
+    extra = {}
+    if granted.ca_certificate:
+        from dbaccess.client.config import ca_file  # creds only: not on the fast path
+
+        extra["PGSSLROOTCERT"] = str(ca_file(granted.ca_certificate))
     return {
         "PGHOST": granted.host,
         "PGPORT": str(granted.port),
@@ -91,4 +98,5 @@ def export_env(granted: Granted) -> dict[str, str]:
         # over the target's. A target that names none gets the broker's default,
         # prefer, which is libpq's own default and what connect and exec use.
         "PGSSLMODE": granted.sslmode or "prefer",
+        **extra,
     }

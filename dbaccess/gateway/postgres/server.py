@@ -55,11 +55,18 @@ class GatewayConfig:
     tls: ssl.SSLContext | None = None  # None: SSLRequest is answered 'N'
     require_tls: bool = False
     upstream_tls: ssl.SSLContext | None = None  # None: plain TCP to the database
+    # The address upstream connections leave from, when the database's pg_hba.conf (or a
+    # firewall) admits the gateway by it; None: the system chooses.
+    upstream_source: str | None = None
     params: ParamsPolicy = "none"
     high_water: int = 256 * 1024  # a side's write buffer above this pauses the other side
     low_water: int = 64 * 1024
     handshake_timeout: float = 30.0
     connect_timeout: float = 10.0
+
+    @property
+    def source_address(self) -> tuple[str, int] | None:
+        return None if self.upstream_source is None else (self.upstream_source, 0)
 
 
 class RecordWriter(Protocol):
@@ -372,7 +379,10 @@ class Connection:
         config = self.gateway.config
         side = self.upstream = _Side(self)
         await asyncio.wait_for(
-            loop.create_connection(lambda: side, up.host, up.port), config.connect_timeout
+            loop.create_connection(
+                lambda: side, up.host, up.port, local_addr=config.source_address
+            ),
+            config.connect_timeout,
         )
         if config.upstream_tls is not None:
             side.write(_INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST))
@@ -678,7 +688,8 @@ class Gateway:
         up = connection.session.upstream
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(up.host, up.port), self.config.connect_timeout
+                asyncio.open_connection(up.host, up.port, local_addr=self.config.source_address),
+                self.config.connect_timeout,
             )
             if self.config.upstream_tls is not None:
                 writer.write(_INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST))

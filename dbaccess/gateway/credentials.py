@@ -1,0 +1,35 @@
+"""The two credentials of a gateway session, and why neither is ever stored.
+
+- The **session secret** is what the client logs in to the gateway with. The broker makes
+  it, hands it to the client once, and keeps only its SCRAM verifier (the lease's
+  ``gateway_verifier``), which cannot log anyone in.
+- The **upstream password** is the session user's password in the database. It is derived,
+  HMAC-SHA-256 of the lease id under the key the broker and every gateway share
+  (``[gateway] key_env``/``key_file``): the broker sets it when it creates the user, a
+  gateway recomputes it when the client arrives. The store, its backups and the client
+  never hold it; without the key the store's lease ids are worth nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+
+from dbaccess.gateway.sessions import ScramVerifier
+
+_CONTEXT = b"dbaccess gateway upstream password v1\x00"
+
+
+def upstream_password(key: str, lease_id: str) -> str:
+    """The session user's database password for ``lease_id``: 256 bits, URL-safe ASCII."""
+    if not key:
+        raise ValueError("the gateway key is empty")
+    digest = hmac.digest(key.encode(), _CONTEXT + lease_id.encode(), "sha256")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def new_session_secret() -> tuple[str, ScramVerifier]:
+    """A fresh client secret (192 bits) and the verifier the store keeps instead."""
+    secret = secrets.token_urlsafe(24)
+    return secret, ScramVerifier.for_secret(secret)

@@ -1,0 +1,124 @@
+"""One gateway process (``dbaccess-broker gateway``): the broker's configuration and store,
+the PostgreSQL protocol server, the statement-record writer and the revocation watcher.
+
+Runs until SIGTERM or SIGINT; then it stops accepting, ends the open connections, and
+delivers the statement records it still holds before it exits. Several processes may
+listen behind one address: they share nothing but the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dbaccess.broker.settings import GatewaySection, Settings
+from dbaccess.broker.store import Store
+from dbaccess.errors import ConfigError
+from dbaccess.gateway.postgres.server import Gateway, GatewayConfig, serve
+from dbaccess.gateway.records import BatchingWriter, RecordSink
+from dbaccess.gateway.sessions import LiveConnections
+from dbaccess.gateway.store_directory import StoreDirectory
+from dbaccess.gateway.watcher import RevocationWatcher
+
+log = logging.getLogger("dbaccess.gateway")
+
+
+def default_name() -> str:
+    """How this process signs its statement records: host and pid, unique while it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:64]
+
+
+def server_tls(section: GatewaySection) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(section.tls_cert_file, section.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"gateway.tls_cert_file/tls_key_file: cannot load them: {exc}",
+            hint="both PEM files, the key unencrypted, readable by the gateway",
+        ) from None
+    return context
+
+
+@dataclass
+class Running:
+    """A started gateway process's parts (tests stop it with ``stop``)."""
+
+    gateway: Gateway
+    writer: BatchingWriter
+    watcher: RevocationWatcher
+    store: Store
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.gateway.address
+
+    async def stop(self) -> None:
+        self.watcher.stop()
+        await self.gateway.close()
+        self.writer.close()
+        self.store.close()
+
+
+async def start(
+    settings: Settings,
+    sink_for: Callable[[Store], RecordSink],
+    *,
+    listen: tuple[str, int] | None = None,
+    store: Store | None = None,
+    watch_interval: float = 0.25,
+) -> Running:
+    section = settings.gateway
+    if section is None:
+        raise ConfigError(
+            "the configuration has no [gateway] section",
+            hint="see docs/gateway.md: listen, tls_cert_file, tls_key_file, key_file",
+        )
+    key = section.key.ensure()
+    store = store or Store(settings.broker.store_url())
+    live = LiveConnections()
+    directory = StoreDirectory(store, settings, key, live)
+    writer = BatchingWriter(sink_for(store))
+    host, port = listen or section.listen_address
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        tls=server_tls(section),
+        require_tls=True,
+        params=section.params,
+        upstream_source=section.upstream_source_address,
+    )
+    gateway = await serve(directory, writer, config, live)
+    watcher = RevocationWatcher(live, store.standing, interval=watch_interval)
+    watcher.start()
+    return Running(gateway, writer, watcher, store)
+
+
+def run(settings: Settings, sink_for: Callable[[Store], RecordSink], name: str) -> None:
+    """Serve until SIGTERM/SIGINT (uvloop when it is installed)."""
+
+    async def main() -> None:
+        running = await start(settings, sink_for)
+        host, port = running.address
+        log.info("gateway %s listening on %s:%d", name, host, port, extra={"gateway": name})
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        log.info("gateway %s stopping", name, extra={"gateway": name})
+        await running.stop()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

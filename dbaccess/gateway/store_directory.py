@@ -1,0 +1,66 @@
+"""The gateway's sessions as the broker's store holds them.
+
+A client names its session user at the gateway; the store has the lease (active, of a
+``access = "gateway"`` target, not expired) with the SCRAM verifier of the session
+secret. The upstream password is derived from the lease id under the shared gateway key
+(credentials.py), and the target's address comes from the same configuration file the
+broker reads, so nothing secret is ever read from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from dbaccess.broker.settings import Settings
+from dbaccess.broker.store import Store
+from dbaccess.gateway.credentials import upstream_password
+from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StoreDirectory:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        key: str,
+        live: LiveConnections | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._key = key
+        self.live = live or LiveConnections()
+        self.clock = clock
+
+    def lookup(self, user: str) -> GatewaySession | None:
+        lease = self.store.gateway_lease(user, self.clock())
+        if lease is None or lease.gateway_verifier is None:
+            return None
+        target = self.settings.targets.get(lease.target)
+        if target is None or target.access != "gateway":
+            return None  # a target since removed from the configuration, or made direct
+        try:
+            verifier = ScramVerifier.parse(lease.gateway_verifier)
+        except ValueError:
+            return None
+        return GatewaySession(
+            lease_id=lease.id,
+            person=lease.subject,
+            target=lease.target,
+            role=lease.role,
+            user=lease.db_user,
+            verifier=verifier,
+            upstream=Upstream(
+                host=target.host,
+                port=target.port,
+                database=target.database,
+                user=lease.db_user,
+                password=upstream_password(self._key, lease.id),
+            ),
+            expires_at=lease.expires_at,
+        )

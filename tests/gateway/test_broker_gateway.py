@@ -1,0 +1,151 @@
+"""A gateway target end to end: the real CLI, broker, ``dbaccess-broker gateway`` process
+and PostgreSQL. The client gets the gateway's address, its CA and a session secret; the
+database admits the session user only from the gateway; revocation ends live connections
+at the gateway within a second."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbaccess.broker.settings import load_settings
+from dbaccess.gateway.credentials import upstream_password
+from dbaccess.sandbox.secret_service import SecretService
+from dbaccess.sandbox.stack import Stack
+from tests.e2e.conftest import Cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("gwstack"), reconcile_interval="1h", gateway=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def gw_cli(gw_stack: Stack, secret_service: SecretService) -> Cli:
+    runner = Cli(gw_stack, secret_service)
+    result = runner.login("alice")
+    assert result.returncode == 0, result.stderr
+    return runner
+
+
+def creds(cli: Cli, *args: str) -> dict[str, object]:
+    result = cli.run("creds", "vault", "--role", "readonly", "--reveal", "--format", "json", *args)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout)["data"])
+
+
+def gateway_conninfo(granted: dict[str, object], ca: Path) -> dict[str, object]:
+    return dict(
+        host=granted["host"],
+        port=granted["port"],
+        dbname=granted["database"],
+        user=granted["db_user"],
+        password=granted["password"],
+        sslmode="verify-full",
+        sslrootcert=str(ca),
+        connect_timeout=5,
+    )
+
+
+def test_exec_runs_psql_through_the_gateway_with_tls_verified(gw_cli: Cli, gw_stack: Stack) -> None:
+    result = gw_cli.run(
+        "exec", "vault", "--role", "readonly", "--",
+        "psql", "-At", "-c", "select current_user, count(*) from orders",
+        "-c", "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    who, tls_upstream = result.stdout.splitlines()
+    user, count = who.split("|")
+    assert user.startswith("gw_alice_") and count == "3"
+    assert tls_upstream == "f"  # the database saw the gateway (plain, next to it), not psql
+    assert gw_stack.gateway_port != gw_stack.postgres.port
+    assert not gw_cli.role_exists(user)  # exec's session is revoked when psql exits
+
+
+def test_the_client_gets_the_gateway_and_a_secret_never_the_database_password(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    granted = creds(gw_cli)
+    try:
+        assert granted["access"] == "gateway"
+        assert (granted["host"], granted["port"]) == ("127.0.0.1", gw_stack.gateway_port)
+        assert granted["sslmode"] == "verify-full"
+        ca = tmp_path / "ca.pem"
+        ca.write_text(str(granted["ca_certificate"]))
+        with psycopg.connect(**gateway_conninfo(granted, ca)) as conn:  # type: ignore[arg-type]
+            assert conn.execute("select count(*) from orders").fetchone() == (3,)
+
+        direct = dict(
+            host="127.0.0.1",
+            port=gw_stack.postgres.port,
+            dbname="vault",
+            user=granted["db_user"],
+            connect_timeout=5,
+        )
+        # the secret is not the database user's password ...
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**direct, password=granted["password"])  # type: ignore[arg-type]
+        # ... and even with the real one (which only the broker and gateway can derive),
+        # the database admits the session user from the gateway's address alone
+        settings = load_settings(gw_stack.broker_config)
+        assert settings.gateway is not None
+        real = upstream_password(settings.gateway.key.read(), str(granted["id"]))
+        with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects"):
+            psycopg.connect(**direct, password=real)  # type: ignore[arg-type]
+        # the store holds the secret's verifier, and no password of either kind
+        lease = gw_cli.store().get(str(granted["id"]))
+        assert lease is not None and lease.access == "gateway"
+        assert lease.gateway_verifier and lease.gateway_verifier.startswith("SCRAM-SHA-256$")
+        dump = "\n".join(
+            " ".join(repr(v) for v in row)
+            for row in subprocess.run(
+                ["sqlite3", str(gw_stack.broker_config.parent / "broker.db"), ".dump"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.splitlines()
+        )
+        assert str(granted["password"]) not in dump and real not in dump
+    finally:
+        assert gw_cli.run("revoke", str(granted["id"])).returncode == 0
+
+
+def test_revocation_ends_a_live_gateway_connection_within_a_second(
+    gw_cli: Cli, tmp_path: Path
+) -> None:
+    granted = creds(gw_cli)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+    try:
+        assert conn.execute("select 1").fetchone() == (1,)
+        revoked = gw_cli.run("revoke", str(granted["id"]))
+        assert revoked.returncode == 0, revoked.stderr
+        returned = time.monotonic()
+        error: psycopg.Error | None = None
+        while time.monotonic() - returned < 5:
+            try:
+                conn.execute("select 1")
+            except psycopg.Error as exc:
+                error = exc
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - returned
+        assert error is not None, "the connection still works 5 s after revocation"
+        assert took < 1.0, f"ended {took:.2f} s after revoke returned"
+        assert error.sqlstate in ("57P01", None)  # None: the FATAL arrived before the query
+        assert "revoked" in str(error) or conn.closed
+    finally:
+        conn.close()
+    # and no new connection gets in
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**gateway_conninfo(granted, ca))  # type: ignore[arg-type]

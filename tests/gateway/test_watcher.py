@@ -1,0 +1,100 @@
+"""The revocation watcher: which sessions it ends, with what reason, and that an
+unreachable store still lets expiry end them (unit tests over LiveConnections)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dbaccess.gateway.credentials import new_session_secret, upstream_password
+from dbaccess.gateway.sessions import LiveConnections
+from dbaccess.gateway.watcher import RevocationWatcher, Standing
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+class Connection:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def terminate(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def watcher_with(standing: dict[str, tuple[str, datetime, str | None]] | Exception):
+    live = LiveConnections()
+    clock = Clock()
+
+    def read(ids: list[str]) -> Standing:
+        if isinstance(standing, Exception):
+            raise standing
+        return {i: standing[i] for i in ids if i in standing}
+
+    return live, clock, RevocationWatcher(live, read, clock=clock)
+
+
+def test_only_sessions_that_left_active_are_ended_with_their_reason() -> None:
+    later = NOW + timedelta(hours=1)
+    standing = {
+        "live": ("active", later, None),
+        "revoked": ("revoking", later, "revoked_by_user"),
+        "expired": ("revoked", NOW, "expired"),
+    }
+    live, _, watcher = watcher_with(standing)
+    connections = {name: Connection() for name in [*standing, "gone"]}
+    for name, connection in connections.items():
+        live.attach(name, connection)
+    assert watcher.check() == 3
+    assert connections["live"].reasons == []
+    assert connections["revoked"].reasons == ["the session was revoked (revoked_by_user)"]
+    assert connections["expired"].reasons == ["the session expired"]
+    assert connections["gone"].reasons == ["the session no longer exists"]
+    assert live.leases() == ["live"]
+
+
+def test_expiry_ends_a_session_by_the_gateways_clock_when_the_store_is_down() -> None:
+    standing: dict[str, tuple[str, datetime, str | None]] = {
+        "a": ("active", NOW + timedelta(seconds=30), None)
+    }
+    live, clock, watcher = watcher_with(standing)
+    connection = Connection()
+    live.attach("a", connection)
+    assert watcher.check() == 0  # learns the expiry
+    watcher._standing = lambda ids: (_ for _ in ()).throw(OSError("store down"))  # type: ignore[method-assign]
+    assert watcher.check() == 0 and connection.reasons == []  # down, not yet due
+    clock.now = NOW + timedelta(seconds=31)
+    assert watcher.check() == 1
+    assert connection.reasons == ["the session expired"]
+
+
+def test_a_store_that_never_answered_ends_nothing_it_does_not_know(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live, _, watcher = watcher_with(OSError("store down"))
+    connection = Connection()
+    live.attach("a", connection)
+    assert watcher.check() == 0 and connection.reasons == []
+    assert "reading the standing of live gateway sessions" in caplog.text
+
+
+def test_the_upstream_password_is_derived_per_lease_and_key() -> None:
+    one = upstream_password("key-1", "lease-a")
+    assert one == upstream_password("key-1", "lease-a")
+    assert (
+        len({one, upstream_password("key-1", "lease-b"), upstream_password("key-2", "lease-a")})
+        == 3
+    )
+    assert len(one) == 43 and one.isascii()
+    with pytest.raises(ValueError):
+        upstream_password("", "lease-a")
+    secret, verifier = new_session_secret()
+    assert secret not in str(verifier) and str(verifier).startswith("SCRAM-SHA-256$4096:")
