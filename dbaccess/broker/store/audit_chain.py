@@ -255,10 +255,12 @@ def verify(records: Iterable[RawRecord]) -> Verdict:
 
 
 def export_lines(records: Iterable[RawRecord]) -> Iterator[str]:
-    """JSON lines for a SIEM: one object per record, detail expanded."""
+    """JSON lines for a SIEM: one object per record, detail expanded ("type": "audit";
+    the statement records that follow in an export are "type": "statement")."""
     for r in records:
         yield json.dumps(
             {
+                "type": "audit",
                 "seq": r.seq,
                 "at": r.at.isoformat(),
                 "event": r.event,

@@ -419,3 +419,22 @@ def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) 
         "gateway": gateway,
         "written_at": written_at,
     }
+
+
+def statement_lines(records: Iterable[StoredStatement]) -> Iterator[str]:
+    """JSON lines for a SIEM, one per statement record ("type": "statement"): every stored
+    field, params as a list, and the hashes to check the chain with."""
+    for r in records:
+        fields = r.fields()
+        yield json.dumps(
+            {
+                "type": "statement",
+                **fields,
+                "started": r.started.isoformat(),
+                "written_at": r.written_at.isoformat(),
+                "params": r.param_values(),
+                "prev_hash": r.prev_hash,
+                "hash": r.hash,
+            },
+            sort_keys=True,
+        )

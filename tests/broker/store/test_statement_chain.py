@@ -4,6 +4,10 @@ audit trail, records after the seal kept and flagged — on SQLite and a Postgre
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,8 +15,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
-from dbaccess.broker.store import Lease, Store, statement_heads, statements
+from dbaccess.broker import reaper
+from dbaccess.broker.cli import app
+from dbaccess.broker.services.context import BrokerContext
+from dbaccess.broker.services.sessions import SessionService
+from dbaccess.broker.settings import load_settings
+from dbaccess.broker.store import Lease, Store, StoreUnavailable, statement_heads, statements
 from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.gateway.records import BatchingWriter, StatementRecord
 from dbaccess.gateway.store_sink import StoreSink, to_new_statement
@@ -223,3 +233,119 @@ def test_hostile_text_is_stored_as_given(store: Store) -> None:
     page, _ = store.statement_page(lease.id)
     assert page[0].sql == sql and page[0].param_values() == ["\x1b[31m", "é"]
     assert store.verify_statements(lease.id).ok
+
+
+CONFIG = """
+[broker]
+store = "sqlite:///broker.db"
+[identity]
+issuer = "https://login.example.com/realms/acme"
+client_id = "dbaccess-cli"
+[targets.demo]
+engine = "postgres"
+host = "db"
+port = 5432
+database = "demo"
+provisioner = { user = "p", password_env = "P" }
+roles.readonly = { group_role = "ro" }
+"""
+
+
+def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write(
+        [record(lease, n, params_policy="full", params=(str(n), None)) for n in range(1, 4)]
+    )
+    end(store, lease, NOW)
+    assert store.seal_statements(NOW + timedelta(seconds=11)) == 1
+
+    exported = CliRunner().invoke(app, ["audit", "export", "--config", str(config)])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in exported.output.splitlines()]
+    audit_lines = [line for line in lines if line["type"] == "audit"]
+    statement_lines = [line for line in lines if line["type"] == "statement"]
+    assert [line["event"] for line in audit_lines][-1] == "session.statements_sealed"
+    assert [line["seq"] for line in statement_lines] == [1, 2, 3]
+    first = statement_lines[0]
+    assert first["lease_id"] == lease.id and first["sql"] == "SELECT 1"
+    assert first["params"] == ["1", None] and first["gateway"] == "gw-a"
+    assert first["started"] == (NOW + timedelta(seconds=1, microseconds=1)).isoformat()
+    assert statement_lines[1]["prev_hash"] == first["hash"]
+    # An export is checkable on its own: each hash recomputed from the line (params as
+    # the JSON text the store keeps), the last one the sealed head.
+    prev = "0" * 64
+    for line in statement_lines:
+        fields = {k: v for k, v in line.items() if k not in ("type", "prev_hash", "hash")}
+        fields["params"] = json.dumps(fields["params"])
+        body = json.dumps([prev, fields], sort_keys=True, separators=(",", ":"))
+        assert hashlib.sha256(body.encode()).hexdigest() == line["hash"]
+        prev = line["hash"]
+    assert audit_lines[-1]["detail"]["head"] == prev
+
+    later = CliRunner().invoke(
+        app, ["audit", "export", "--config", str(config), "--since", "2999-01-01"]
+    )
+    assert later.exit_code == 0 and later.output == ""
+
+    intact = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert intact.exit_code == 0, intact.output
+    assert "statement records intact: 3 record(s) of 1 session(s)" in intact.output
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE statements SET sql = 'SELECT 2' WHERE seq = 1 AND lease_id = :id"),
+            {"id": lease.id},
+        )
+    broken = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert broken.exit_code == 1
+    assert "audit trail intact" in broken.output
+    assert f"statement records of session {lease.id} BROKEN at record #1" in broken.output
+    store.close()
+
+
+def test_the_reaper_seals_and_logs_a_failing_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write([record(lease, 1)])
+    end(store, lease, NOW)
+    service = SessionService(BrokerContext.build(load_settings(config), store, {}))
+    failing = {"on": True}
+    real_seal = store.seal_statements
+
+    def seal(now: datetime, grace: float = 10.0) -> int:
+        if failing["on"]:
+            raise StoreUnavailable("the broker's state store failed: disk I/O error")
+        return real_seal(now, grace)
+
+    monkeypatch.setattr(store, "seal_statements", seal)
+    monkeypatch.setattr(reaper, "SEAL_EVERY", 0.05)
+    caplog.set_level(logging.INFO, logger="dbaccess.broker.reaper")
+    running = reaper.Reaper(service, 0.02, 3600)
+    running.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any("sealing the statement" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        failing["on"] = False
+        while getattr(store.statement_head(lease.id), "sealed_at", None) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        running.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    failed = [
+        m
+        for m in messages
+        if m.startswith("sealing the statement records of ended sessions failed")
+    ]
+    assert len(failed) == 1 and "disk I/O error" in failed[0]  # one line, not one a pass
+    assert any("sealing the statement records of ended sessions recovered" in m for m in messages)
+    assert len(store.audit_records(lease.id, event="session.statements_sealed")) == 1
+    store.close()
