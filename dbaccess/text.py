@@ -11,6 +11,7 @@ it shows, records written before this rule included.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Controls (Cc); line and paragraph separators (Zl, Zp), which split a row or a chat line
@@ -50,3 +51,27 @@ def printable(text: str) -> str:
     return "".join(
         char.encode("unicode_escape").decode() if _unsafe(char) else char for char in text
     )
+
+
+_LINE_BREAKS = re.compile(r"[ \t\r\n]+")
+
+
+def one_line(text: str, width: int) -> str:
+    """``text`` as one line of at most ``width`` characters, for a table cell (SQL a client
+    sent, say): runs of spaces, tabs and line breaks as one space, every other control or
+    override character escaped as ``printable`` writes it (an escape is never cut in half),
+    and "…" at the end when shortened."""
+    units = [
+        char.encode("unicode_escape").decode() if _unsafe(char) else char
+        for char in _LINE_BREAKS.sub(" ", text).strip()
+    ]
+    if sum(len(unit) for unit in units) <= width:
+        return "".join(units)
+    kept: list[str] = []
+    used = 0
+    for unit in units:
+        if used + len(unit) > width - 1:
+            break
+        kept.append(unit)
+        used += len(unit)
+    return "".join(kept) + "…"

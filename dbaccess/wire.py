@@ -232,3 +232,60 @@ class AuditEntry(_Wire):
     subject: str | None = None
     lease_id: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatementEntry(_Wire):
+    """``GET /v1/sessions/{id}/statements``: one statement the gateway saw. ``sql`` and
+    ``params`` are what the client sent, unfiltered: show them with text.printable."""
+
+    seq: int
+    started: datetime
+    duration: float  # seconds
+    kind: str  # query, execute, copy, function
+    sql: str
+    params_policy: str  # none, redacted, full
+    params: list[str | None] | None = None
+    rows: int | None = None
+    bytes_out: int
+    bytes_in: int
+    sqlstate: str | None = None
+    status: str  # completed, not_run, interrupted, refused
+    rule: str | None = None  # the guardrail that refused it
+    connection: int
+    gateway: str
+    written_at: datetime
+    prev_hash: str
+    hash: str
+
+
+class StatementSeal(_Wire):
+    """The session's count and head as sealed into the audit trail at its end."""
+
+    at: datetime
+    count: int
+    head: str
+
+
+class StatementVerification(_Wire):
+    """The session's chain recomputed: ``first_bad`` names the first record that does not
+    fit; ``after_seal`` counts records stored after the seal."""
+
+    ok: bool
+    records: int
+    expected: int
+    first_bad: int | None = None
+    problem: str | None = None
+    after_seal: int = 0
+
+
+class StatementPage(_Wire):
+    """A page of a session's statement records, oldest first; ``next_after``: pass it as
+    ``?after=`` for the next page (null on the last)."""
+
+    session_id: str
+    entries: list[StatementEntry]
+    next_after: int | None = None
+    head: str | None = None  # the chain's newest hash (null: no record yet)
+    count: int = 0
+    verification: StatementVerification
+    seal: StatementSeal | None = None

@@ -110,3 +110,24 @@ def test_warnings_and_the_brokers_prompts_are_plain_text(
     monkeypatch.setattr(Globals, "ask", lambda self, question: "ok")
     assert Globals().ask_reason("a reason is required [red]by rule[/]") == "ok"
     assert "a reason is required [red]by rule[/]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_one_line_shows_hostile_sql_on_one_safe_line(value: str) -> None:
+    from dbaccess.text import first_unsafe, one_line
+
+    for width in range(1, 40):
+        shown = one_line(f"SELECT '{value}' FROM t\nWHERE x = 1", width)
+        assert first_unsafe(shown) is None and "\n" not in shown
+        assert len(shown) <= width
+        if shown.endswith("…"):
+            # never an escape cut in half: what is kept is a prefix of the whole line
+            assert one_line(f"SELECT '{value}' FROM t\nWHERE x = 1", 1000).startswith(shown[:-1])
+
+
+def test_one_line_folds_line_breaks_and_keeps_short_text() -> None:
+    from dbaccess.text import one_line
+
+    assert one_line("SELECT 1,\n\t  2\r\nFROM t", 60) == "SELECT 1, 2 FROM t"
+    assert one_line("SELECT '\x1b[2J'", 60) == "SELECT '\\x1b[2J'"
+    assert one_line("SELECT '\x1b[2J'", 11) == "SELECT '…"  # not "SELECT '\\x1…"

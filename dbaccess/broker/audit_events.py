@@ -14,6 +14,7 @@ AUDIT_EVENTS: tuple[str, ...] = (
     "session.revoke_requested",
     "session.revoked",
     "session.revoke_failed",
+    "session.statements_sealed",
     "request.created",
     "request.reused",
     "request.approved",

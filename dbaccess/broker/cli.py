@@ -249,13 +249,35 @@ def audit_verify(config: ConfigOption = Path("broker.toml")) -> None:
     store = Store(load_settings(config).broker.store_url())
     try:
         verdict = verify(raw_records(store))
+        chains = list(store.verify_all_statements())
     finally:
         store.close()
+    broken = [c for c in chains if not c.ok]
     if verdict.ok:
         typer.echo(f"audit trail intact: {verdict.records} record(s)")
-        return
-    typer.echo(f"audit trail BROKEN at record #{verdict.first_bad}: {verdict.problem}", err=True)
-    raise typer.Exit(int(ExitCode.ERROR))
+    else:
+        typer.echo(
+            f"audit trail BROKEN at record #{verdict.first_bad}: {verdict.problem}", err=True
+        )
+    if not broken:
+        typer.echo(
+            f"statement records intact: {sum(c.records for c in chains)} record(s) of "
+            f"{len(chains)} session(s)"
+        )
+    for chain in broken:
+        typer.echo(
+            f"statement records of session {chain.lease_id} BROKEN at record "
+            f"#{chain.first_bad}: {chain.problem}",
+            err=True,
+        )
+    for chain in chains:
+        if chain.after_seal:
+            typer.echo(
+                f"session {chain.lease_id}: {chain.after_seal} statement record(s) arrived "
+                "after its seal"
+            )
+    if not verdict.ok or broken:
+        raise typer.Exit(int(ExitCode.ERROR))
 
 
 @audit_app.command("export")
@@ -265,12 +287,14 @@ def audit_export(
         str | None, typer.Option("--since", help="ISO date/time (UTC), e.g. 2026-11-01")
     ] = None,
 ) -> None:
-    """Write the audit trail as JSON lines on stdout, for a SIEM."""
+    """Write the audit trail as JSON lines on stdout, for a SIEM; then the gateway's
+    statement records, one line each, marked "type": "statement"."""
     from datetime import UTC, datetime
 
     from dbaccess.broker.settings import load_settings
     from dbaccess.broker.store import Store
     from dbaccess.broker.store.audit_chain import export_lines, raw_records
+    from dbaccess.broker.store.statement_chain import statement_lines
     from dbaccess.errors import UsageError
 
     try:
@@ -282,6 +306,8 @@ def audit_export(
     store = Store(load_settings(config).broker.store_url())
     try:
         for line in export_lines(raw_records(store, start)):
+            typer.echo(line)
+        for line in statement_lines(store.export_statements(start)):
             typer.echo(line)
     finally:
         store.close()

@@ -28,6 +28,10 @@ log = logging.getLogger("dbaccess.broker.reaper")
 
 BATCH = 1000  # leases claimed per store transaction (a batch drops in ~0.3 s)
 PING_EVERY = 1.0  # how often a target that does not answer is tried again
+# How often the statement records of ended gateway sessions are sealed into the audit
+# trail: a seal waits out a grace period anyway (store/statement_chain.py), so seconds more
+# change nothing, and an idle store is not queried every pass.
+SEAL_EVERY = 5.0
 
 
 class Reaper:
@@ -74,7 +78,12 @@ class Reaper:
         outage = Outage(
             log, "the reaper's pass (requests' expiry, leases of removed targets)", self._interval
         )
+        sealing = Outage(log, "sealing the statement records of ended sessions", SEAL_EVERY)
+        next_seal = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_seal:
+                next_seal = time.monotonic() + SEAL_EVERY
+                self._seal_statements(sealing)
             try:
                 self._sync_targets()
                 # Leases of a target no engine serves (never configured here): they fail
@@ -88,6 +97,16 @@ class Reaper:
             else:
                 outage.passed()
             self._stop.wait(self._interval)
+
+    def _seal_statements(self, outage: Outage) -> None:
+        try:
+            sealed = self._service.statements.seal()
+        except Exception as exc:  # its own outage: revocation goes on meanwhile
+            outage.failed(exc)
+            return
+        outage.passed()
+        if sealed:
+            log.info("sealed the statement records of ended sessions", extra={"sessions": sealed})
 
 
 def _outcomes(drops: list[Future[list[Outcome]]]) -> list[Outcome]:

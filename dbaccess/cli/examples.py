@@ -42,7 +42,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "deny": ('dbaccess deny 7b1e --reason "use the replica"',),
     "withdraw": ("dbaccess withdraw 7b1e",),
     "review": ("dbaccess review", 'dbaccess review 3f9c --note "restarted the job"'),
-    "audit": ("dbaccess audit --since 2026-11-01 --target prod", "dbaccess --json audit"),
+    "audit": (
+        "dbaccess audit --since 2026-11-01 --target prod",
+        "dbaccess --json audit",
+        "dbaccess audit --statements 3f9c",
+    ),
     "version": ("dbaccess version",),
     "profiles": ("dbaccess profiles", "dbaccess profiles use staging"),
     "profiles add": ("dbaccess profiles add staging --broker https://dbaccess.staging.example",),

@@ -23,6 +23,7 @@ from dbaccess.wire import (
     SessionInfo,
     SessionRenew,
     SessionRenewed,
+    StatementPage,
     TargetAccess,
 )
 
@@ -113,6 +114,17 @@ class BrokerClient:
         params = {k: v for k, v in filters.items() if v is not None}
         found, headers = self._call_with_headers("GET", "/v1/audit", params=params)
         return [AuditEntry.model_validate(r) for r in found], headers.get("x-next-cursor")
+
+    def statements(self, session_id: str, *, after: int = 0, limit: int = 100) -> StatementPage:
+        """A page of a gateway session's statement records, oldest first, after seq
+        ``after``; with the chain's verification and seal."""
+        return StatementPage.model_validate(
+            self._call(
+                "GET",
+                f"/v1/sessions/{_segment(session_id)}/statements",
+                params={"after": after, "limit": limit},
+            )
+        )
 
     def revoke_session(self, session_id: str) -> SessionInfo:
         return SessionInfo.model_validate(

@@ -21,6 +21,7 @@ from dbaccess.broker.services.ids import resolve_id
 from dbaccess.broker.services.issuer import Issuer, target_role
 from dbaccess.broker.services.renewal import Renewal
 from dbaccess.broker.services.revocation import Revocation
+from dbaccess.broker.services.statements import StatementRecords
 from dbaccess.broker.services.targets import Targets
 from dbaccess.broker.services.views import session_info
 from dbaccess.broker.store import ApprovalRequest, Lease, approval_requests, leases
@@ -48,6 +49,7 @@ class SessionService:
         self.breakglass = Breakglass(ctx, self.issuer)
         self.targets = Targets(ctx)
         self.audit = AuditTrail(ctx)
+        self.statements = StatementRecords(ctx)
 
     def create(
         self, principal: Principal, body: SessionCreate, origin: Origin | None = None

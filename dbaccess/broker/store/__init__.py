@@ -44,16 +44,18 @@ from dbaccess.broker.store.schema import (
     statements,
     store_probe,
 )
+from dbaccess.broker.store.statement_chain import Statements
 
 
-class Store(Reviews, Requests, Outbox, IdentityKeys):
+class Store(Reviews, Requests, Outbox, IdentityKeys, Statements):
     """The broker's state. Several broker processes may share one store (PostgreSQL, or
     SQLite on one host): writes are serialised by the database itself (``BEGIN IMMEDIATE``
     on SQLite, a transaction-scoped advisory lock on PostgreSQL), so the audit chain has
     one order, and leases are claimed before revocation so no two replicas revoke one.
 
     One class over one module per aggregate (leasing.py, requests.py, reviews.py,
-    outbox.py, identity_keys.py), each built on audit_chain.py, built on database.py."""
+    outbox.py, identity_keys.py, statement_chain.py), each built on audit_chain.py, built on
+    database.py."""
 
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "Outbox",
     "Requests",
     "Reviews",
+    "Statements",
     "Store",
     "StoreUnavailable",
     "UTCDateTime",

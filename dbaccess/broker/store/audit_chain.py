@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,19 @@ def record_hash(
     body = json.dumps(
         [prev_hash, at.isoformat(), event, subject, lease_id, detail], separators=(",", ":")
     )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def statement_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    """A statement record's hash (store/statement_chain.py): over the session's previous hash
+    and every stored field but the hash itself, as canonical JSON (keys sorted, times in
+    UTC ISO form), so editing any field, or moving a record to another seq or session,
+    breaks it."""
+    canonical = {
+        name: value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+        for name, value in fields.items()
+    }
+    body = json.dumps([prev_hash, canonical], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -242,10 +255,12 @@ def verify(records: Iterable[RawRecord]) -> Verdict:
 
 
 def export_lines(records: Iterable[RawRecord]) -> Iterator[str]:
-    """JSON lines for a SIEM: one object per record, detail expanded."""
+    """JSON lines for a SIEM: one object per record, detail expanded ("type": "audit";
+    the statement records that follow in an export are "type": "statement")."""
     for r in records:
         yield json.dumps(
             {
+                "type": "audit",
                 "seq": r.seq,
                 "at": r.at.isoformat(),
                 "event": r.event,

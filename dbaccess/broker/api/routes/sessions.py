@@ -1,12 +1,15 @@
 """Session routes: ask for one (granted at once, or a request that needs approval), list
-mine, renew, revoke."""
+mine, renew, revoke; read a gateway session's statement records."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep, granted
+from dbaccess.broker.services.statements import PAGE_DEFAULT, PAGE_MAX
 from dbaccess.wire import (
     RequestInfo,
     SessionCreate,
@@ -14,6 +17,7 @@ from dbaccess.wire import (
     SessionInfo,
     SessionRenew,
     SessionRenewed,
+    StatementPage,
 )
 
 router = APIRouter()
@@ -57,3 +61,17 @@ def revoke_session(
     session_id: AnId, service: ServiceDep, who: PrincipalDep, origin: OriginDep
 ) -> SessionInfo:
     return service.revoke_for(who, session_id, origin)
+
+
+@router.get("/v1/sessions/{session_id}/statements", response_model=StatementPage)
+def read_statements(
+    session_id: AnId,
+    service: ServiceDep,
+    who: PrincipalDep,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+) -> StatementPage:
+    """The statements a gateway session ran, oldest first, ``limit`` at a time after seq
+    ``after``; with the chain's verification and its seal. For the session's owner and
+    auditors (anyone else: 404, as for an unknown id)."""
+    return service.statements.page(who, session_id, after=after, limit=limit)

@@ -1,0 +1,351 @@
+"""Statement records in the store: chained per session across batches and gateways,
+tampering and deleted newest records caught at their seq, the seal written once into the
+audit trail, records after the seal kept and flagged — on SQLite and a PostgreSQL store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from dbaccess.broker import reaper
+from dbaccess.broker.cli import app
+from dbaccess.broker.services.context import BrokerContext
+from dbaccess.broker.services.sessions import SessionService
+from dbaccess.broker.settings import load_settings
+from dbaccess.broker.store import Lease, Store, StoreUnavailable, statement_heads, statements
+from dbaccess.broker.store.audit_chain import raw_records, verify
+from dbaccess.gateway.records import BatchingWriter, StatementRecord
+from dbaccess.gateway.store_sink import StoreSink, to_new_statement
+from dbaccess.sandbox.stack import Stack
+
+NOW = datetime(2026, 12, 2, 12, 0, 0, 250000, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        stack: Stack = request.getfixturevalue("stack")
+        pg = stack.postgres
+        database = f"store_{uuid.uuid4().hex[:8]}"
+        with pg.connect() as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        url = (
+            f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:"
+            f"{pg.port}/{database}"
+        )
+    opened = Store(url)
+    yield opened
+    opened.close()
+
+
+def open_lease(store: Store, subject: str = "alice") -> Lease:
+    lease = store.open_lease(
+        now=NOW, subject=subject, email=None, target="demo", role="readonly",
+        engine="postgres", db_user=f"dba_{uuid.uuid4().hex[:10]}", rule="dev",
+        reason="look", ticket=None, expires_at=NOW + timedelta(hours=1), source="127.0.0.1",
+    )  # fmt: skip
+    return store.activate(lease, NOW)
+
+
+def record(lease: Lease, n: int, **changes: object) -> StatementRecord:
+    values: dict[str, object] = dict(
+        lease_id=lease.id, person=lease.subject, target=lease.target, role=lease.role,
+        kind="query", sql=f"SELECT {n}", params_policy="none", params=None,
+        started=NOW + timedelta(seconds=n, microseconds=n), duration=0.000125 * n,
+        rows=n, bytes_out=100 + n, bytes_in=0, sqlstate=None, status="completed",
+        connection=1,
+    )  # fmt: skip
+    values.update(changes)
+    return StatementRecord(**values)  # type: ignore[arg-type]
+
+
+def end(store: Store, lease: Lease, at: datetime) -> None:
+    """The lease revoked at ``at`` (as the reaper leaves it)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(
+                sa.table("leases", sa.column("id"), sa.column("state"), sa.column("revoked_at"))
+            )
+            .where(sa.column("id") == lease.id)
+            .values(state="revoked", revoked_at=at.replace(tzinfo=None))
+        )
+
+
+def test_a_chain_continues_across_batches_and_gateways(store: Store) -> None:
+    alice, bob = open_lease(store), open_lease(store, "bob")
+    first, second = StoreSink(store, "gw-a"), StoreSink(store, "gw-b")
+    writer = BatchingWriter(first, max_batch=3, max_delay=0.01)
+    for n in range(1, 8):
+        writer.add(record(alice, n))
+        if n % 2:
+            writer.add(record(bob, n, kind="execute", params_policy="full", params=("1", None)))
+    assert writer.flush()
+    writer.close()
+    second.write([record(alice, 8, status="refused", sqlstate="42501", rows=None)])
+    second.write([record(bob, 9, kind="copy", bytes_in=4096)])
+
+    page, more = store.statement_page(alice.id, after=0, limit=5)
+    assert [r.seq for r in page] == [1, 2, 3, 4, 5] and more == 5
+    rest, more = store.statement_page(alice.id, after=5, limit=5)
+    assert [r.seq for r in rest] == [6, 7, 8] and more is None
+    assert [r.sql for r in page + rest] == [f"SELECT {n}" for n in range(1, 9)]
+    assert rest[-1].gateway == "gw-b" and page[0].gateway == "gw-a"
+    assert rest[-1].status == "refused" and rest[-1].rows is None
+    assert page[0].started == NOW + timedelta(seconds=1, microseconds=1)
+    assert page[1].prev_hash == page[0].hash
+    bobs, _ = store.statement_page(bob.id)
+    assert [r.seq for r in bobs] == [1, 2, 3, 4, 5]
+    assert bobs[0].param_values() == ["1", None] and bobs[-1].bytes_in == 4096
+    for lease, count in ((alice, 8), (bob, 5)):
+        verdict = store.verify_statements(lease.id)
+        assert verdict.ok and verdict.records == count == verdict.expected
+        head = store.statement_head(lease.id)
+        assert head is not None and head.count == count and head.sealed_at is None
+    assert [v.lease_id for v in store.verify_all_statements()] == sorted([alice.id, bob.id])
+    assert all(v.ok for v in store.verify_all_statements())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "sql = 'SELECT 1; DROP TABLE x'",
+        "rows = 0",
+        "status = 'completed', sqlstate = NULL, bytes_out = 1",
+        "gateway = 'elsewhere'",
+    ],
+)
+def test_an_edited_record_is_caught_at_its_seq(store: Store, change: str) -> None:
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write([record(lease, n) for n in range(1, 6)])
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE statements SET {change} WHERE lease_id = :id AND seq = 3"),
+            {"id": lease.id},
+        )
+    verdict = store.verify_statements(lease.id)
+    assert not verdict.ok and verdict.first_bad == 3 and "edited" in (verdict.problem or "")
+
+
+def test_a_deleted_record_or_newest_record_is_caught(store: Store) -> None:
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write([record(lease, n) for n in range(1, 6)])
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.delete(statements).where(statements.c.lease_id == lease.id, statements.c.seq == 5)
+        )
+    verdict = store.verify_statements(lease.id)
+    assert verdict.first_bad == 5 and "newest records were deleted" in (verdict.problem or "")
+    assert verdict.records == 4 and verdict.expected == 5
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.delete(statements).where(statements.c.lease_id == lease.id, statements.c.seq == 2)
+        )
+    verdict = store.verify_statements(lease.id)
+    assert verdict.first_bad == 2 and "missing" in (verdict.problem or "")
+
+
+def test_the_seal_is_written_once_and_late_records_are_flagged(store: Store) -> None:
+    lease, live, unrecorded = open_lease(store), open_lease(store), open_lease(store)
+    sink = StoreSink(store, "gw-a")
+    sink.write([record(lease, n) for n in range(1, 4)])
+    sink.write([record(live, 1)])
+    end(store, lease, NOW + timedelta(minutes=1))
+    end(store, unrecorded, NOW + timedelta(minutes=1))  # not a gateway lease: nothing to seal
+    # Within the grace period the gateway's last batch may still be on its way.
+    assert store.seal_statements(NOW + timedelta(minutes=1, seconds=5), grace=10) == 0
+    sealed_at = NOW + timedelta(minutes=1, seconds=11)
+    assert store.seal_statements(sealed_at, grace=10) == 1
+    assert store.seal_statements(sealed_at + timedelta(minutes=1), grace=10) == 0  # once
+
+    head = store.statement_head(lease.id)
+    assert head is not None and head.sealed_at == sealed_at
+    assert head.sealed_count == 3 and head.sealed_head == head.head
+    events = store.audit_records(lease.id, event="session.statements_sealed")
+    assert len(events) == 1
+    assert events[0].detail == {"count": 3, "head": head.head, "target": "demo"}
+    assert events[0].subject == "alice"
+    assert store.statement_head(live.id).sealed_at is None  # type: ignore[union-attr]
+    assert verify(raw_records(store)).ok
+
+    sink.write([record(lease, 4), record(lease, 5)])  # late: kept, and shown as such
+    page, _ = store.statement_page(lease.id)
+    assert [r.seq for r in page] == [1, 2, 3, 4, 5]
+    verdict = store.verify_statements(lease.id)
+    assert verdict.ok and verdict.after_seal == 2 and verdict.sealed_count == 3
+    assert verdict.records == verdict.expected == 5
+
+    # Rewriting the sealed records and their hashes, head included, still disagrees with
+    # the seal the audit trail holds.
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(statements).where(statements.c.lease_id == lease.id))
+        conn.execute(sa.delete(statement_heads).where(statement_heads.c.lease_id == lease.id))
+    store.append_statements(
+        [to_new_statement(record(lease, n, sql="SELECT 'innocent'")) for n in range(1, 4)],
+        "gw-a",
+        NOW,
+    )
+    forged = store.statement_head(lease.id)
+    assert forged is not None
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(statement_heads)
+            .where(statement_heads.c.lease_id == lease.id)
+            .values(sealed_at=sealed_at, sealed_count=3, sealed_head=forged.head)
+        )
+    verdict = store.verify_statements(lease.id)
+    assert not verdict.ok and "seal" in (verdict.problem or "")
+
+
+def test_a_gateway_session_without_records_is_sealed_with_none(store: Store) -> None:
+    lease = open_lease(store)
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(sa.table("leases", sa.column("id"), sa.column("access")))
+            .where(sa.column("id") == lease.id)
+            .values(access="gateway")
+        )
+    end(store, lease, NOW)
+    assert store.seal_statements(NOW + timedelta(seconds=11)) == 1
+    head = store.statement_head(lease.id)
+    assert head is not None and head.sealed_count == 0 and head.count == 0
+    verdict = store.verify_statements(lease.id)
+    assert verdict.ok and verdict.records == 0 and verdict.sealed_count == 0
+
+
+def test_hostile_text_is_stored_as_given(store: Store) -> None:
+    lease = open_lease(store)
+    sql = "SELECT '\x1b[2J\x1b]0;pwned\x07' -- \u202e ✓ 'quote' \\ \"dq\""
+    StoreSink(store, "gw-a").write(
+        [record(lease, 1, sql=sql, params_policy="full", params=("\x1b[31m", "é"))]
+    )
+    page, _ = store.statement_page(lease.id)
+    assert page[0].sql == sql and page[0].param_values() == ["\x1b[31m", "é"]
+    assert store.verify_statements(lease.id).ok
+
+
+CONFIG = """
+[broker]
+store = "sqlite:///broker.db"
+[identity]
+issuer = "https://login.example.com/realms/acme"
+client_id = "dbaccess-cli"
+[targets.demo]
+engine = "postgres"
+host = "db"
+port = 5432
+database = "demo"
+provisioner = { user = "p", password_env = "P" }
+roles.readonly = { group_role = "ro" }
+"""
+
+
+def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write(
+        [record(lease, n, params_policy="full", params=(str(n), None)) for n in range(1, 4)]
+    )
+    end(store, lease, NOW)
+    assert store.seal_statements(NOW + timedelta(seconds=11)) == 1
+
+    exported = CliRunner().invoke(app, ["audit", "export", "--config", str(config)])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in exported.output.splitlines()]
+    audit_lines = [line for line in lines if line["type"] == "audit"]
+    statement_lines = [line for line in lines if line["type"] == "statement"]
+    assert [line["event"] for line in audit_lines][-1] == "session.statements_sealed"
+    assert [line["seq"] for line in statement_lines] == [1, 2, 3]
+    first = statement_lines[0]
+    assert first["lease_id"] == lease.id and first["sql"] == "SELECT 1"
+    assert first["params"] == ["1", None] and first["gateway"] == "gw-a"
+    assert first["started"] == (NOW + timedelta(seconds=1, microseconds=1)).isoformat()
+    assert statement_lines[1]["prev_hash"] == first["hash"]
+    # An export is checkable on its own: each hash recomputed from the line (params as
+    # the JSON text the store keeps), the last one the sealed head.
+    prev = "0" * 64
+    for line in statement_lines:
+        fields = {k: v for k, v in line.items() if k not in ("type", "prev_hash", "hash")}
+        fields["params"] = json.dumps(fields["params"])
+        body = json.dumps([prev, fields], sort_keys=True, separators=(",", ":"))
+        assert hashlib.sha256(body.encode()).hexdigest() == line["hash"]
+        prev = line["hash"]
+    assert audit_lines[-1]["detail"]["head"] == prev
+
+    later = CliRunner().invoke(
+        app, ["audit", "export", "--config", str(config), "--since", "2999-01-01"]
+    )
+    assert later.exit_code == 0 and later.output == ""
+
+    intact = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert intact.exit_code == 0, intact.output
+    assert "statement records intact: 3 record(s) of 1 session(s)" in intact.output
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE statements SET sql = 'SELECT 2' WHERE seq = 1 AND lease_id = :id"),
+            {"id": lease.id},
+        )
+    broken = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert broken.exit_code == 1
+    assert "audit trail intact" in broken.output
+    assert f"statement records of session {lease.id} BROKEN at record #1" in broken.output
+    store.close()
+
+
+def test_the_reaper_seals_and_logs_a_failing_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write([record(lease, 1)])
+    end(store, lease, NOW)
+    service = SessionService(BrokerContext.build(load_settings(config), store, {}))
+    failing = {"on": True}
+    real_seal = store.seal_statements
+
+    def seal(now: datetime, grace: float = 10.0) -> int:
+        if failing["on"]:
+            raise StoreUnavailable("the broker's state store failed: disk I/O error")
+        return real_seal(now, grace)
+
+    monkeypatch.setattr(store, "seal_statements", seal)
+    monkeypatch.setattr(reaper, "SEAL_EVERY", 0.05)
+    caplog.set_level(logging.INFO, logger="dbaccess.broker.reaper")
+    running = reaper.Reaper(service, 0.02, 3600)
+    running.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any("sealing the statement" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        failing["on"] = False
+        while getattr(store.statement_head(lease.id), "sealed_at", None) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        running.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    failed = [
+        m
+        for m in messages
+        if m.startswith("sealing the statement records of ended sessions failed")
+    ]
+    assert len(failed) == 1 and "disk I/O error" in failed[0]  # one line, not one a pass
+    assert any("sealing the statement records of ended sessions recovered" in m for m in messages)
+    assert len(store.audit_records(lease.id, event="session.statements_sealed")) == 1
+    store.close()
