@@ -67,8 +67,9 @@ def serve(
 ) -> None:
     """Serve the broker API (and run the reaper) until interrupted.
 
-    SIGHUP re-reads the configuration: a valid file replaces the policy and targets (live
-    sessions stay); an invalid one is refused and the running configuration stays.
+    SIGHUP re-reads the configuration: a valid file replaces the policy and targets and
+    revokes the live sessions it no longer grants; an invalid one is refused and the
+    running configuration stays.
     """
     import uvicorn
 
@@ -103,6 +104,55 @@ def serve(
         proxy_headers=bool(settings.broker.trusted_proxies),
         forwarded_allow_ips=",".join(settings.broker.trusted_proxies) or "",
     )
+
+
+@app.command()
+def gateway(
+    config: ConfigOption = Path("broker.toml"),
+    listen: Annotated[
+        str | None,
+        typer.Option(help="host:port to listen on, instead of [gateway] listen."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This gateway's name in statement records (default: host:pid)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the gateway for the targets with access = "gateway" until interrupted.
+
+    Clients log in with their session's gateway secret; the gateway connects as the
+    session's database user, records every statement in the store, and ends a session's
+    connections within a second of its revocation or expiry. Run one or more next to the
+    databases, with the broker's configuration file and store.
+    """
+    import logging.config
+
+    from dbaccess.broker.logs import log_config
+    from dbaccess.broker.settings import load_settings, split_address
+    from dbaccess.errors import UsageError
+    from dbaccess.gateway import process
+    from dbaccess.gateway.store_sink import MAX_GATEWAY_NAME, StoreSink
+
+    settings = load_settings(config, read_secrets=True)
+    if settings.gateway is None:
+        raise ConfigError(
+            f"{config}: there is no [gateway] section",
+            hint="add one (listen, tls_cert_file, tls_key_file, key_file): docs/gateway.md",
+        )
+    if listen is not None:
+        try:
+            split_address(listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen: {exc}") from None
+        settings = settings.model_copy(
+            update={"gateway": settings.gateway.model_copy(update={"listen": listen})}
+        )
+    if name is not None and not 1 <= len(name) <= MAX_GATEWAY_NAME:
+        raise UsageError(f"--name: 1 to {MAX_GATEWAY_NAME} characters")
+    signed = name or process.default_name()
+    logging.config.dictConfig(log_config(log_level.upper()))
+    process.run(settings, lambda store: StoreSink(store, signed), signed)
 
 
 @app.command("check-config")

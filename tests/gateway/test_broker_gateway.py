@@ -149,3 +149,32 @@ def test_revocation_ends_a_live_gateway_connection_within_a_second(
     # and no new connection gets in
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(**gateway_conninfo(granted, ca))  # type: ignore[arg-type]
+
+
+def test_every_statement_through_the_gateway_is_in_the_audit_with_its_result(
+    gw_cli: Cli, tmp_path: Path
+) -> None:
+    granted = creds(gw_cli)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    with psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute("select customer from orders order by id")
+        conn.execute("select customer from orders where total > %s", (20,), prepare=True)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("delete from orders")  # readonly: the database refuses it
+    assert gw_cli.run("revoke", str(granted["id"])).returncode == 0
+
+    def page() -> dict[str, object]:
+        shown = gw_cli.run("--json", "audit", "--statements", str(granted["id"]))
+        assert shown.returncode == 0, shown.stderr
+        return dict(json.loads(shown.stdout)["data"])
+
+    deadline = time.monotonic() + 10
+    while len(entries := list(page()["entries"])) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the gateway writes in batches, off the hot path
+    got = [(e["kind"], e["sql"], e["rows"], e["sqlstate"], e["status"]) for e in entries]
+    assert got[0] == ("query", "select customer from orders order by id", 3, None, "completed")
+    assert got[1][:4] == ("execute", "select customer from orders where total > $1", 2, None)
+    assert got[2] == ("query", "delete from orders", None, "25006", "completed")
+    assert all(e["params_policy"] == "redacted" and e["bytes_out"] > 0 for e in entries)
+    assert page()["verification"]["ok"] is True  # type: ignore[index]
