@@ -286,3 +286,34 @@ def wait_for(condition: object, what: str, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def test_expiry_ends_the_connection_with_the_broker_stopped_and_the_database_frozen(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    import os
+    import select
+    import signal
+    from datetime import datetime
+
+    granted = creds(gw_cli, "--duration", "4s")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+    assert conn.execute("select 1").fetchone() == (1,)
+    expires_at = datetime.fromisoformat(str(granted["expires_at"]))
+    gw_stack.stop_broker()  # no API, no reaper
+    os.killpg(gw_stack.postgres.pid, signal.SIGSTOP)  # and a database that answers nothing
+    try:
+        left = (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()
+        readable, _, _ = select.select([conn.fileno()], [], [], max(left, 0) + 3)
+        ended = datetime.now(expires_at.tzinfo)
+        assert readable, "the gateway kept the connection open after the session's end"
+        late = (ended - expires_at).total_seconds()
+        assert -0.1 < late < 1.0, f"ended {late:.2f} s after the expiry"
+        with pytest.raises(psycopg.OperationalError, match="the session expired"):
+            conn.execute("select 1")
+    finally:
+        os.killpg(gw_stack.postgres.pid, signal.SIGCONT)
+        conn.close()
+        gw_stack.start_broker()
