@@ -317,3 +317,16 @@ def test_expiry_ends_the_connection_with_the_broker_stopped_and_the_database_fro
         os.killpg(gw_stack.postgres.pid, signal.SIGCONT)
         conn.close()
         gw_stack.start_broker()
+
+
+def test_targets_says_which_are_reached_through_the_gateway(gw_cli: Cli) -> None:
+    listed = gw_cli.run("--json", "targets")
+    assert listed.returncode == 0, listed.stderr
+    access = {(t["target"], t["role"]): t["access"] for t in json.loads(listed.stdout)["data"]}
+    assert access[("vault", "readonly")] == "gateway"
+    assert access[("demo", "readonly")] == "direct"
+    table = gw_cli.run("targets")
+    assert table.returncode == 0, table.stderr
+    assert any(
+        line.split()[:3] == ["vault", "postgres", "via"] for line in table.stdout.splitlines()
+    ), table.stdout
