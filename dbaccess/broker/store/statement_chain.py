@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from dbaccess.broker.store.audit_chain import GENESIS, AuditTrail, statement_hash
 from dbaccess.broker.store.database import chunks
+from dbaccess.broker.store.driver_sql import driver_cursor
 from dbaccess.broker.store.schema import LIVE_STATES, audit, leases, statement_heads, statements
 
 SEALED_EVENT = "session.statements_sealed"
@@ -245,8 +246,14 @@ class Statements(AuditTrail):
                         .where(statement_heads.c.lease_id == lease_id)
                         .values(count=count, head=prev)
                     )
-            for chunk in chunks(rows):
-                conn.execute(statements.insert(), chunk)
+            # On the driver's cursor, as the audit trail's appends: SQLAlchemy's
+            # executemany costs more than the rows themselves (times in the store's form).
+            time, stored_at = self._sql.time, self._sql.time(written_at)
+            cursor = driver_cursor(conn)
+            cursor.executemany(
+                _insert_sql(self._sql.sqlite),
+                [{**row, "started": time(row["started"]), "written_at": stored_at} for row in rows],
+            )
 
     def _heads(self, conn: Connection, lease_ids: list[str]) -> dict[str, StatementHead]:
         found: dict[str, StatementHead] = {}
@@ -391,9 +398,23 @@ class Statements(AuditTrail):
         return len(due)
 
 
+def _insert_sql(sqlite: bool) -> str:
+    names = [c for c in statements.columns.keys() if c != "id"]
+    values = ", ".join(f":{n}" if sqlite else f"%({n})s" for n in names)
+    return f"INSERT INTO statements ({', '.join(names)}) VALUES ({values})"
+
+
+def _text(value: str) -> str:
+    """``value`` as both stores can keep it: PostgreSQL refuses NUL in text, and a batch
+    it refuses would be retried forever, holding back every later record of the gateway.
+    A client may send NUL inside a Query's text; it is kept as U+FFFD, as the gateway
+    keeps bytes it cannot decode."""
+    return value.replace("\x00", "\ufffd")
+
+
 def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) -> dict[str, Any]:
     """The stored, hashed fields of a record, normalised so that what is read back hashes
-    alike (UTC times, a float duration, params as JSON text)."""
+    alike (UTC times, a float duration, params as JSON text, no NUL)."""
     started = record.started
     if started.tzinfo is None:
         raise ValueError("naive datetime given to the store")
@@ -404,8 +425,9 @@ def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) 
         "target": record.target,
         "role": record.role,
         "kind": record.kind,
-        "sql": record.sql,
+        "sql": _text(record.sql),
         "params_policy": record.params_policy,
+        # JSON writes a NUL in a parameter as the six characters \u0000: no NUL reaches SQL
         "params": None if record.params is None else json.dumps(list(record.params)),
         "started": started.astimezone(UTC),
         "duration": float(record.duration),
@@ -414,7 +436,7 @@ def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) 
         "bytes_in": int(record.bytes_in),
         "sqlstate": record.sqlstate,
         "status": record.status,
-        "rule": record.rule,
+        "rule": None if record.rule is None else record.rule[:64],  # statements.rule
         "connection": int(record.connection),
         "gateway": gateway,
         "written_at": written_at,

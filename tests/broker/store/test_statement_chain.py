@@ -235,6 +235,23 @@ def test_hostile_text_is_stored_as_given(store: Store) -> None:
     assert store.verify_statements(lease.id).ok
 
 
+def test_a_nul_in_the_sql_does_not_stop_the_records(store: Store) -> None:
+    # PostgreSQL keeps no NUL in text: a batch it refused would be retried for ever,
+    # holding back every later record of that gateway.
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write(
+        [
+            record(lease, 1, sql="SELECT 1\x00; DROP TABLE t", params_policy="full",
+                   params=("a\x00b",)),
+            record(lease, 2),
+        ]
+    )  # fmt: skip
+    page, _ = store.statement_page(lease.id)
+    assert [r.sql for r in page] == ["SELECT 1\ufffd; DROP TABLE t", "SELECT 2"]
+    assert page[0].param_values() == ["a\x00b"]
+    assert store.verify_statements(lease.id).ok
+
+
 CONFIG = """
 [broker]
 store = "sqlite:///broker.db"
