@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -284,42 +285,34 @@ class Statements(AuditTrail):
         page = rows[:limit]
         return page, (page[-1].seq if len(rows) > limit and page else None)
 
-    def _statement_rows(self, lease_id: str | None = None) -> Iterator[StoredStatement]:
-        query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
-        if lease_id is not None:
-            query = query.where(statements.c.lease_id == lease_id)
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """One consistent view of records, heads and seals: a batch committed between
+        reading a head and reading the rows would otherwise look like tampering. SQLite's
+        read transaction is a snapshot already (WAL); PostgreSQL's needs REPEATABLE READ."""
         with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                yield _stored(row)
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
-    def _seal_events(self, lease_id: str | None = None) -> dict[str, dict[str, Any]]:
-        query = sa.select(audit.c.lease_id, audit.c.detail).where(audit.c.event == SEALED_EVENT)
-        if lease_id is not None:
-            query = query.where(audit.c.lease_id == lease_id)
-        with self.engine.connect() as conn:
-            return {row.lease_id: json.loads(row.detail) for row in conn.execute(query)}
-
-    def verify_statements(self, lease_id: str) -> StatementVerdict:
-        """Recompute one session's chain and compare it with its head and its seal."""
-        return check_chain(
-            lease_id,
-            self._statement_rows(lease_id),
-            self.statement_head(lease_id),
-            self._seal_events(lease_id).get(lease_id),
+    def _verdicts(self, conn: Connection, lease_id: str | None) -> Iterator[StatementVerdict]:
+        heads_query = sa.select(statement_heads)
+        rows_query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
+        seals_query = sa.select(audit.c.lease_id, audit.c.detail).where(
+            audit.c.event == SEALED_EVENT
         )
-
-    def verify_all_statements(self) -> Iterator[StatementVerdict]:
-        """``verify_statements`` for every session with records or a head, in one pass."""
-        with self.engine.connect() as conn:
-            heads = {
-                row.lease_id: StatementHead(**row._mapping)
-                for row in conn.execute(sa.select(statement_heads))
-            }
-        seals = self._seal_events()
+        if lease_id is not None:
+            heads_query = heads_query.where(statement_heads.c.lease_id == lease_id)
+            rows_query = rows_query.where(statements.c.lease_id == lease_id)
+            seals_query = seals_query.where(audit.c.lease_id == lease_id)
+        heads = {row.lease_id: StatementHead(**row._mapping) for row in conn.execute(heads_query)}
+        seals = {row.lease_id: json.loads(row.detail) for row in conn.execute(seals_query)}
         current: str | None = None
         batch: list[StoredStatement] = []
         seen: set[str] = set()
-        for record in self._statement_rows():
+        for row in conn.execute(rows_query):
+            record = _stored(row)
             if record.lease_id != current:
                 if current is not None:
                     seen.add(current)
@@ -329,8 +322,19 @@ class Statements(AuditTrail):
         if current is not None:
             seen.add(current)
             yield check_chain(current, batch, heads.get(current), seals.get(current))
-        for lease_id in sorted(set(heads) - seen):
-            yield check_chain(lease_id, [], heads[lease_id], seals.get(lease_id))
+        for unseen in sorted(set(heads) - seen):
+            yield check_chain(unseen, [], heads[unseen], seals.get(unseen))
+
+    def verify_statements(self, lease_id: str) -> StatementVerdict:
+        """Recompute one session's chain and compare it with its head and its seal."""
+        with self._snapshot() as conn:
+            found = list(self._verdicts(conn, lease_id))
+        return found[0] if found else StatementVerdict(lease_id=lease_id, records=0, expected=0)
+
+    def verify_all_statements(self) -> Iterator[StatementVerdict]:
+        """``verify_statements`` for every session with records or a head, in one pass."""
+        with self._snapshot() as conn:
+            yield from self._verdicts(conn, None)
 
     def export_statements(self, since: datetime | None = None) -> Iterator[StoredStatement]:
         """Every record, by session and seq (``since``: those started then or later)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -366,3 +367,30 @@ def test_the_reaper_seals_and_logs_a_failing_pass(
     assert any("sealing the statement records of ended sessions recovered" in m for m in messages)
     assert len(store.audit_records(lease.id, event="session.statements_sealed")) == 1
     store.close()
+
+
+def test_verifying_while_a_gateway_writes_raises_no_false_alarm(store: Store) -> None:
+    # The head, the rows and the seal are read in one snapshot: a batch landing between
+    # reading the head and the rows must not look like rows inserted without the head.
+    lease = open_lease(store)
+    sink = StoreSink(store, "gw-a")
+    done = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not done.is_set():
+            sink.write([record(lease, n + k) for k in range(1, 6)])
+            n += 5
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    verdicts = []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            verdicts.append(store.verify_statements(lease.id))
+    finally:
+        done.set()
+        writer.join()
+    assert verdicts and all(v.ok for v in verdicts), [v for v in verdicts if not v.ok][:1]
+    assert max(v.records for v in verdicts) > 0
