@@ -167,7 +167,15 @@ def check_chain(
         expected_prev, expected_seq = record.hash, record.seq + 1
     count = head.count if head is not None else 0
     last = expected_seq - 1
-    if first_bad is None and head is None and found:
+    if first_bad is None and head is None and sealed_event is not None:
+        first_bad, problem = (
+            1,
+            (
+                f"the audit trail sealed {sealed_event.get('count')} record(s) but the "
+                "session's head is gone (its records were deleted)"
+            ),
+        )
+    elif first_bad is None and head is None and found:
         first_bad, problem = 1, "the session's records have no head (it was deleted)"
     elif first_bad is None and last < count:
         first_bad, problem = (
@@ -322,8 +330,8 @@ class Statements(AuditTrail):
         if current is not None:
             seen.add(current)
             yield check_chain(current, batch, heads.get(current), seals.get(current))
-        for unseen in sorted(set(heads) - seen):
-            yield check_chain(unseen, [], heads[unseen], seals.get(unseen))
+        for unseen in sorted((set(heads) | set(seals)) - seen):
+            yield check_chain(unseen, [], heads.get(unseen), seals.get(unseen))
 
     def verify_statements(self, lease_id: str) -> StatementVerdict:
         """Recompute one session's chain and compare it with its head and its seal."""
@@ -372,11 +380,20 @@ class Statements(AuditTrail):
                 leases.outerjoin(statement_heads, statement_heads.c.lease_id == leases.c.id)
             )
             .where(ended, unsealed)
-            .order_by(leases.c.revoked_at)
-            .limit(SEAL_BATCH)
         )
+        # Found without the write lock (a read blocks no writer): the search reads every
+        # ended lease, and under the lock it would hold up issuance each sweep. Under the
+        # lock, only the candidates are read again, by id, in case another replica or a
+        # late batch got there first.
+        with self.engine.connect() as conn:
+            candidates = [
+                row.id
+                for row in conn.execute(query.order_by(leases.c.revoked_at).limit(SEAL_BATCH))
+            ]
+        if not candidates:
+            return 0
         with self._write() as conn:
-            due = conn.execute(query).all()
+            due = conn.execute(query.where(leases.c.id.in_(candidates))).all()
             if not due:
                 return 0
             event = "session.statements_sealed"  # SEALED_EVENT, spelled out for the list test

@@ -208,6 +208,15 @@ def test_the_seal_is_written_once_and_late_records_are_flagged(store: Store) -> 
     verdict = store.verify_statements(lease.id)
     assert not verdict.ok and "seal" in (verdict.problem or "")
 
+    # Deleting a sealed session's records and head altogether: the seal remains.
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(statements).where(statements.c.lease_id == lease.id))
+        conn.execute(sa.delete(statement_heads).where(statement_heads.c.lease_id == lease.id))
+    verdict = store.verify_statements(lease.id)
+    assert not verdict.ok and "sealed 3 record(s)" in (verdict.problem or "")
+    [whole] = [v for v in store.verify_all_statements() if v.lease_id == lease.id]
+    assert not whole.ok and whole.first_bad == 1
+
 
 def test_a_gateway_session_without_records_is_sealed_with_none(store: Store) -> None:
     lease = open_lease(store)
