@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dbaccess.cli.completion import complete_session
 from dbaccess.cli.output import Globals, result_table
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def audit(
             metavar="SESSION",
             help="The statements a gateway session ran (its id or the start of it), oldest "
             "first, and whether their hash chain verifies. Its owner or an auditor.",
+            autocompletion=complete_session,
         ),
     ] = None,
     after: Annotated[
