@@ -178,7 +178,11 @@ def test_no_known_key_and_a_stopped_provider_is_a_503_that_says_so(
         while (reply := api.get("/v1/me", headers=bearer(token))).status_code != 200:
             assert time.monotonic() < deadline, reply.text
             time.sleep(0.5)
-        assert store.load_identity_keys(outage.idp.issuer) is not None  # kept for a restart
+        # kept for a restart: written by the fetch, just after the keys are in use
+        deadline = time.monotonic() + 10
+        while store.load_identity_keys(outage.idp.issuer) is None:
+            assert time.monotonic() < deadline, "the fetched key set was never stored"
+            time.sleep(0.1)
     finally:
         api.close()
         store.close()
