@@ -95,7 +95,8 @@ def cancel_request(pid: int, secret: int) -> bytes:
 
 
 def negotiate_protocol_version(minor: int, unknown: list[str]) -> bytes:
-    body = _INT32.pack(minor) + _INT32.pack(len(unknown))
+    # the full version (3 << 16 | minor), as the server sends it and libpq reads it
+    body = _INT32.pack(PROTOCOL_3_0 | minor) + _INT32.pack(len(unknown))
     return message(b"v", body + b"".join(cstring(name) for name in unknown))
 
 
@@ -253,6 +254,13 @@ class ServerScanner:
             else:
                 self._skip = body_length - (size - pos)
                 return
+
+    def take(self) -> tuple[int, int]:
+        """The DataRows and bytes counted since the last message handed over (for a statement
+        the connection ends in the middle of)."""
+        rows, nbytes = self._rows, self._bytes
+        self._rows = self._bytes = 0
+        return rows, nbytes
 
     def _emit(self, kind: int, body: bytes) -> None:
         rows, nbytes = self._rows, self._bytes
