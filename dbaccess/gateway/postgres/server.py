@@ -253,6 +253,13 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        head = self.pending[0] if self.pending else None
+        if head is not None:  # what went out of it before the end
+            rows, nbytes = self.scanner.take()
+            head.data_rows += rows
+            head.bytes_out += nbytes
+            if head.rows is None and head.data_rows:
+                head.rows = head.data_rows
         while self.pending:
             item = self.pending[0]
             if item is None:
@@ -543,14 +550,17 @@ class Connection:
     # -- relay: server -> client ---------------------------------------------------------
 
     def from_server(self, data: bytes) -> None:
-        transport = self.client.transport
-        if transport is not None:
-            transport.write(data)
+        # scan first: a statement's record is handed to the writer before the client can
+        # see its answer (and a client that checks the audit right after finds it)
         try:
             self.scanner.feed(data)
         except wire.ProtocolError:
             log.error("gateway connection %d: invalid bytes from the database", self.number)
             self.close()
+            return
+        transport = self.client.transport
+        if transport is not None:
+            transport.write(data)
 
     def on_server_message(self, kind: int, body: bytes, rows: int, nbytes: int) -> None:
         pending = self.pending

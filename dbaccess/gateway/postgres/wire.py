@@ -95,7 +95,8 @@ def cancel_request(pid: int, secret: int) -> bytes:
 
 
 def negotiate_protocol_version(minor: int, unknown: list[str]) -> bytes:
-    body = _INT32.pack(minor) + _INT32.pack(len(unknown))
+    # the full version (3 << 16 | minor), as the server sends it and libpq reads it
+    body = _INT32.pack(PROTOCOL_3_0 | minor) + _INT32.pack(len(unknown))
     return message(b"v", body + b"".join(cstring(name) for name in unknown))
 
 
@@ -203,7 +204,30 @@ class ServerScanner:
     def feed(self, data: bytes) -> None:
         pos = 0
         size = len(data)
+        unpack = _UINT32.unpack_from
         while pos < size:
+            if not self._skip and not self._header:
+                # the hot path: whole messages in this chunk, in a loop of locals; bytes
+                # are counted as the distance covered, handed over with each SCANNED one
+                start = pos
+                rows = 0
+                while pos + 5 <= size:
+                    kind = data[pos]
+                    end = pos + 1 + unpack(data, pos + 1)[0]
+                    if end > size or end < pos + 5:
+                        break  # a partial message (or a bad length): the general path
+                    if kind == DATA_ROW:
+                        rows += 1
+                    elif kind in SCANNED:
+                        self._rows += rows
+                        self._bytes += end - start
+                        rows, start = 0, end
+                        self._emit(kind, data[pos + 5 : end])
+                    pos = end
+                self._rows += rows
+                self._bytes += pos - start
+                if pos >= size:
+                    return
             if self._skip:
                 take = min(self._skip, size - pos)
                 if self._body is not None:
@@ -253,6 +277,13 @@ class ServerScanner:
             else:
                 self._skip = body_length - (size - pos)
                 return
+
+    def take(self) -> tuple[int, int]:
+        """The DataRows and bytes counted since the last message handed over (for a statement
+        the connection ends in the middle of)."""
+        rows, nbytes = self._rows, self._bytes
+        self._rows = self._bytes = 0
+        return rows, nbytes
 
     def _emit(self, kind: int, body: bytes) -> None:
         rows, nbytes = self._rows, self._bytes

@@ -1,0 +1,308 @@
+"""The gateway's speed (issue 14, point 7): ``pgbench -S`` at 1 and 8 clients straight to
+PostgreSQL, through PgBouncer (session mode) and through the gateway with auditing on; the
+gateway's CPU per transaction; p50 latency per statement at 1 client; a 1M-row SELECT and a
+COPY out through the gateway against direct.
+
+    python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10]
+
+All on this box: a private PostgreSQL (dbaccess.sandbox.postgres), PgBouncer and pgbench
+from the Debian packages (``apt-get install pgbouncer postgresql-client``), and the gateway
+in a process of its own (bench/gateway_server.py: uvloop if installed, a MemoryDirectory,
+every statement a record delivered in batches to a counting sink). The three paths take
+turns within each round, in an order that alternates between rounds; figures are medians
+of the rounds, ratios the medians of each round's ratio. pgbench uses the simple protocol
+and one connection per client for the whole run (no -C), so the figures are the relay's,
+not the log-in's. The big results are read by psql into /dev/null.
+
+Targets: gateway >= 0.8 x PgBouncer tps at 8 clients, <= 25 us gateway CPU per
+transaction, <= +0.05 ms p50 at 1 client, 1M rows <= 1.5 x direct. The last line is
+``gateway/pgbouncer at 8 clients: R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_seconds, median, percentile, table  # noqa: E402
+
+from dbaccess.sandbox.postgres import PostgresServer  # noqa: E402
+from dbaccess.sandbox.processes import (  # noqa: E402
+    end_process,
+    free_port,
+    hand_over,
+    service_user,
+    wait_until,
+)
+
+HERE = Path(__file__).resolve().parent
+PATHS = ("direct", "pgbouncer", "gateway")
+BENCH_USER = "bench"
+
+
+def find(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/lib/postgresql/15/bin")
+
+
+class Endpoint:
+    def __init__(self, name: str, port: int, user: str, password: str) -> None:
+        self.name, self.port, self.user, self.password = name, port, user, password
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ["PATH"],
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": "postgres",
+            "PGPASSWORD": self.password,  # environment, never argv
+            "PGSSLMODE": "disable",
+        }
+
+
+def start_pgbouncer(
+    binary: str, workdir: Path, pg_port: int, password: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "userlist.txt").write_text(f'"{BENCH_USER}" "{password}"\n')
+    os.chmod(workdir / "userlist.txt", 0o600)
+    (workdir / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"postgres = host=127.0.0.1 port={pg_port} dbname=postgres\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        "auth_type = scram-sha-256\n"
+        f"auth_file = {workdir / 'userlist.txt'}\n"
+        "pool_mode = session\nmax_client_conn = 100\ndefault_pool_size = 20\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+    )
+    user = service_user("postgres")  # pgbouncer refuses to run as root
+    hand_over(workdir, user)
+    process = subprocess.Popen(
+        [binary, str(workdir / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        **({"user": user, "group": user} if user else {}),
+    )
+    wait_until(lambda: port_open(port), timeout=20, what="PgBouncer")
+    return process, port
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def start_gateway(pg_port: int, password: str) -> tuple[subprocess.Popen[str], Endpoint]:
+    user, secret = "bench_gw", secrets.token_urlsafe(24)
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "gateway_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    settings = {
+        "upstream": {
+            "host": "127.0.0.1",
+            "port": pg_port,
+            "database": "postgres",
+            "user": BENCH_USER,
+            "password": password,
+        },
+        "user": user,
+        "secret": secret,
+    }
+    process.stdin.write(json.dumps(settings) + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    match = re.match(r"port (\d+)", line)
+    if not match:
+        raise SystemExit(f"the gateway did not start: {line!r}")
+    return process, Endpoint("gateway", int(match.group(1)), user, secret)
+
+
+def pgbench(
+    binary: str, endpoint: Endpoint, clients: int, seconds: int, logdir: Path
+) -> tuple[float, int, list[float]]:
+    """tps, transactions, and (at 1 client) each transaction's latency in ms."""
+    for old in logdir.glob("pgbench_log*"):
+        old.unlink()
+    argv = [binary, "-n", "-S", "-c", str(clients), "-j", str(clients), "-T", str(seconds)]
+    if clients == 1:
+        argv += ["-l", "--log-prefix", str(logdir / "pgbench_log")]
+    run = subprocess.run(argv, env=endpoint.env(), capture_output=True, text=True, cwd=logdir)
+    if run.returncode != 0:
+        raise SystemExit(f"pgbench via {endpoint.name} failed:\n{run.stderr}")
+    tps = float(re.search(r"tps = ([\d.]+) \(without", run.stdout).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"actually processed: (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+    latencies: list[float] = []
+    for log in logdir.glob("pgbench_log*"):
+        for line in log.read_text().splitlines():
+            latencies.append(int(line.split()[2]) / 1000)  # µs -> ms
+    return tps, done, latencies
+
+
+def timed_psql(endpoint: Endpoint, sql: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["psql", "-X", "-At", "-c", sql],
+        env=endpoint.env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="each pgbench run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=10, help="pgbench scale: 10 is 1M rows")
+    args = parser.parse_args()
+    pgbench_bin, pgbouncer_bin = find("pgbench"), find("pgbouncer")
+    missing = [n for n, b in (("pgbench", pgbench_bin), ("pgbouncer", pgbouncer_bin)) if not b]
+    if missing:
+        raise SystemExit(
+            f"bench/gateway.py needs {' and '.join(missing)}: apt-get install -y "
+            + " ".join(
+                {"pgbench": "postgresql-client", "pgbouncer": "pgbouncer"}[n] for n in missing
+            )
+        )
+    assert pgbench_bin is not None and pgbouncer_bin is not None
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        postgres = PostgresServer(work / "pg")
+        postgres.start()
+        bouncer: subprocess.Popen[bytes] | None = None
+        gateway: subprocess.Popen[str] | None = None
+        try:
+            password = secrets.token_urlsafe(24)
+            with postgres.connect() as admin:
+                admin.execute(f"CREATE ROLE {BENCH_USER} LOGIN PASSWORD '{password}'")
+                admin.execute(f"GRANT CREATE ON SCHEMA public TO {BENCH_USER}")
+            direct = Endpoint("direct", postgres.port, BENCH_USER, password)
+            print(f"pgbench -i -s {args.scale} ...", flush=True)
+            subprocess.run(
+                [pgbench_bin, "-i", "-q", "-s", str(args.scale)],
+                env=direct.env(),
+                check=True,
+                capture_output=True,
+            )
+            bouncer, bouncer_port = start_pgbouncer(
+                pgbouncer_bin, work / "pgbouncer", postgres.port, password
+            )
+            gateway, via_gateway = start_gateway(postgres.port, password)
+            endpoints = {
+                "direct": direct,
+                "pgbouncer": Endpoint("pgbouncer", bouncer_port, BENCH_USER, password),
+                "gateway": via_gateway,
+            }
+            logdir = work / "logs"
+            logdir.mkdir()
+            tps: dict[tuple[str, int], list[float]] = {}
+            p50: dict[str, list[float]] = {}
+            cpu_us: dict[tuple[str, int], list[float]] = {}  # process CPU (user + system)
+            ratio8: list[float] = []
+            ratio1: list[float] = []
+            for round_ in range(args.rounds):
+                order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
+                this: dict[tuple[str, int], float] = {}
+                for clients in (1, 8):
+                    for name in order:
+                        pid = {"gateway": gateway.pid, "pgbouncer": bouncer.pid}.get(name)
+                        before = cpu_seconds(pid) if pid else 0.0
+                        got, done, latencies = pgbench(
+                            pgbench_bin, endpoints[name], clients, args.seconds, logdir
+                        )
+                        if pid:
+                            cpu = cpu_seconds(pid) - before
+                            cpu_us.setdefault((name, clients), []).append(cpu / done * 1e6)
+                        this[name, clients] = got
+                        tps.setdefault((name, clients), []).append(got)
+                        if clients == 1:
+                            p50.setdefault(name, []).append(percentile(latencies, 50))
+                        print(f"round {round_ + 1}: {name:9} {clients} clients {got:9.0f} tps")
+                ratio8.append(this["gateway", 8] / this["pgbouncer", 8])
+                ratio1.append(this["gateway", 1] / this["pgbouncer", 1])
+            big: dict[tuple[str, str], list[float]] = {}
+            statements = {
+                "SELECT 1M rows": "SELECT * FROM pgbench_accounts",
+                "COPY out 1M rows": "COPY pgbench_accounts TO STDOUT",
+            }
+            for round_ in range(args.rounds):
+                order = ("direct", "gateway") if round_ % 2 == 0 else ("gateway", "direct")
+                for what, sql in statements.items():
+                    for name in order:
+                        big.setdefault((what, name), []).append(timed_psql(endpoints[name], sql))
+        finally:
+            if gateway is not None:
+                assert gateway.stdin is not None
+                gateway.stdin.close()
+                records = gateway.stdout.read() if gateway.stdout else ""
+                gateway.wait(20)
+                print(f"gateway audit: {records.strip()}")
+            if bouncer is not None:
+                end_process(bouncer)
+            postgres.stop()
+    print()
+    print(f"pgbench -S, {args.seconds} s runs, {args.rounds} rounds (medians)")
+    rows = []
+    for name in PATHS:
+        rows.append(
+            [
+                name,
+                f"{median(tps[name, 1]):.0f}",
+                f"{median(tps[name, 8]):.0f}",
+                f"{median(p50[name]):.3f}",
+                f"{median(cpu_us[name, 1]):.1f}" if (name, 1) in cpu_us else "",
+                f"{median(cpu_us[name, 8]):.1f}" if (name, 8) in cpu_us else "",
+            ]
+        )
+    print(
+        table(
+            ["path", "tps 1 client", "tps 8 clients", "p50 ms 1 client", "CPU us/txn 1", "8"],
+            rows,
+        )
+    )
+    print()
+    print("big results through psql (s, medians)")
+    big_rows = []
+    for what in statements:
+        d, g = median(big[what, "direct"]), median(big[what, "gateway"])
+        big_rows.append([what, f"{d:.2f}", f"{g:.2f}", f"{g / d:.2f}"])
+    print(table(["", "direct", "gateway", "gateway/direct"], big_rows))
+    print()
+    added = median(p50["gateway"]) - median(p50["direct"])
+    to_direct = median(tps["gateway", 8]) / median(tps["direct", 8])
+    print(f"gateway/direct tps at 8 clients: {to_direct:.2f}")
+    print(f"gateway/pgbouncer at 1 client: {median(ratio1):.2f}")
+    print(f"gateway p50 added at 1 client: {added:+.3f} ms (target <= +0.05)")
+    print(
+        f"gateway CPU per transaction at 8 clients: {median(cpu_us['gateway', 8]):.1f} us"
+        f" (target <= 25; PgBouncer's {median(cpu_us['pgbouncer', 8]):.1f} us)"
+    )
+    print(f"gateway/pgbouncer at 8 clients: {median(ratio8):.2f}")
+
+
+if __name__ == "__main__":
+    main()
