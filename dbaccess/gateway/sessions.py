@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
+
 SCRAM_ITERATIONS = 4096
 
 
@@ -92,6 +94,7 @@ class GatewaySession:
     user: str  # the user name the client presents to the gateway
     verifier: ScramVerifier = field(repr=False)
     upstream: Upstream
+    policy: Policy = ALLOW_ALL  # the role template's guardrails
 
 
 class SessionDirectory(Protocol):

@@ -34,6 +34,8 @@ COPY_IN_RESPONSE = ord("G")
 COPY_OUT_RESPONSE = ord("H")
 COPY_BOTH_RESPONSE = ord("W")
 DATA_ROW = ord("D")
+COPY_DATA = ord("d")
+NO_LIMIT = 1 << 62
 
 # The server messages whose body the scanner hands over (all short).
 SCANNED = frozenset(
@@ -185,11 +187,28 @@ class ScanHandler(Protocol):
         """One of the SCANNED messages; ``rows`` DataRows and ``nbytes`` bytes (this message
         included) went by since the previous call."""
 
+    def on_limit(self, start: int, rows_exceeded: bool) -> None:
+        """A DataRow or CopyData at ``start`` of the current chunk went over ``row_limit``
+        (rows since the previous SCANNED message) or ``byte_limit`` (``total`` bytes); both
+        limits are off until set again."""
+
 
 class ServerScanner:
     """Follows message boundaries in the server's byte stream, chunk by chunk."""
 
-    __slots__ = ("_handler", "_header", "_skip", "_body", "_kind", "_rows", "_bytes")
+    __slots__ = (
+        "_handler",
+        "_header",
+        "_skip",
+        "_body",
+        "_kind",
+        "_rows",
+        "_bytes",
+        "total",
+        "row_limit",
+        "byte_limit",
+        "end",
+    )
 
     def __init__(self, handler: ScanHandler) -> None:
         self._handler = handler
@@ -199,6 +218,10 @@ class ServerScanner:
         self._kind = 0
         self._rows = 0
         self._bytes = 0
+        self.total = 0  # every byte scanned
+        self.row_limit = NO_LIMIT  # DataRows (or COPY rows) of one answer
+        self.byte_limit = NO_LIMIT  # compared with ``total``
+        self.end = 0  # offset in the chunk just after the message being handed over
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -213,6 +236,7 @@ class ServerScanner:
                     pos += take
                     if not self._skip:
                         body, self._body = bytes(self._body), None
+                        self.end = pos
                         self._emit(self._kind, body)
                 else:
                     self._skip -= take
@@ -227,7 +251,9 @@ class ServerScanner:
                 kind = self._header[0]
                 length = int(_UINT32.unpack_from(self._header, 1)[0])
                 self._header.clear()
+                start = -1  # began in an earlier chunk, already forwarded
             else:
+                start = pos
                 kind = data[pos]
                 length = int(_UINT32.unpack_from(data, pos + 1)[0])
                 pos += 5
@@ -235,10 +261,16 @@ class ServerScanner:
                 raise ProtocolError("invalid message length from the server")
             body_length = length - 4
             self._bytes += length + 1
-            if kind == DATA_ROW:
+            self.total += length + 1
+            if kind == DATA_ROW or kind == COPY_DATA:
                 self._rows += 1
+                if (self._rows > self.row_limit or self.total > self.byte_limit) and start >= 0:
+                    rows_exceeded = self._rows > self.row_limit
+                    self.row_limit = self.byte_limit = NO_LIMIT
+                    self._handler.on_limit(start, rows_exceeded)
             elif kind in SCANNED:
                 if size - pos >= body_length:
+                    self.end = pos + body_length
                     self._emit(kind, data[pos : pos + body_length])
                     pos += body_length
                 else:
