@@ -21,6 +21,10 @@ class StatementClass(StrEnum):
     COPY_OUT = "copy_out"
     COPY_IN = "copy_in"
     UNTRUSTED = "untrusted"  # code in an untrusted language, or a program on the server
+    # settings that change how the server reads the text (standard_conforming_strings,
+    # backslash_quote, a client-only client_encoding): after one, the gateway's parser and
+    # the server's could read the same string differently, so classes could be hidden
+    PARSER_SETTINGS = "parser_settings"
     # transaction control, SET/SHOW, LISTEN/NOTIFY, cursors' FETCH/CLOSE ...: always
     # allowed, or no client could even start (they all send BEGIN, SET, DISCARD)
     SESSION = "session"
@@ -59,6 +63,7 @@ ALLOW_ALL = Policy()
 class Refusal:
     rule: str
     message: str
+    sqlstate: str = "42501"  # insufficient_privilege
 
 
 def decide(policy: Policy, role: str, classes: Iterable[StatementClass] | None) -> Refusal | None:
@@ -69,6 +74,7 @@ def decide(policy: Policy, role: str, classes: Iterable[StatementClass] | None) 
             UNPARSED_RULE,
             f"dbaccess gateway: the statement does not parse, so its class cannot be "
             f"checked for role {role} (rule {UNPARSED_RULE})",
+            "42601",  # syntax_error
         )
     for cls in sorted(classes):  # sorted: the same message for the same statement
         if cls is not StatementClass.SESSION and cls not in policy.allowed:

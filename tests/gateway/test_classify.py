@@ -81,6 +81,12 @@ CASES = [
     ("SHOW ALL", {C.SESSION}),
     ("LISTEN x", {C.SESSION}),
     ("", {C.SESSION}),
+    ("SET standard_conforming_strings = off", {C.PARSER_SETTINGS}),
+    ("RESET backslash_quote", {C.PARSER_SETTINGS}),
+    ("SET client_encoding = 'SJIS'", {C.PARSER_SETTINGS}),
+    ("SET NAMES 'shift_jis_2004'", {C.PARSER_SETTINGS}),
+    ("SET client_encoding = 'UTF8'", {C.SESSION}),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", {C.READ, C.PARSER_SETTINGS}),
     ("SELECT 1; CREATE TABLE t (a int)", {C.READ, C.DDL}),
 ]
 

@@ -82,7 +82,8 @@ def test_readonly_role_over_simple_query_with_psql(gateway: RunningGateway) -> N
     records = assert_audited(gateway, session)  # nothing refused reached the server
     refused = [r for r in records if r.status == "refused"]
     assert [(r.sql, r.rule, r.sqlstate) for r in refused] == [
-        (f"{sql};", f"statements.{cls}", "42501") for sql, cls in REFUSED
+        (f"{sql};", f"statements.{cls}", "42601" if cls == "unparsed" else "42501")
+        for sql, cls in REFUSED
     ]
     assert all(r.status == "completed" for r in records if r.status != "refused")
 
@@ -169,6 +170,31 @@ def test_untrusted_language_refused_where_ddl_is_allowed(gateway: RunningGateway
     )
     assert run.stdout.split() == ["CREATE", "FUNCTION", "1"], run.stderr
     assert run.stderr.count("rule statements.untrusted") == 2
+
+
+def test_settings_that_change_the_lexing_are_refused(gateway: RunningGateway) -> None:
+    """With standard_conforming_strings off the server would read 'a\\'' ; DROP ... --'
+    as a string and a DROP where our parser (and PostgreSQL's default) sees one string."""
+    session = guarded(gateway, Policy(allowed=frozenset({C.READ, C.DDL})), "owner")
+    for options in (
+        {"options": "'-c standard_conforming_strings=off'"},
+        {"client_encoding": "SJIS"},
+    ):
+        with pytest.raises(psycopg.OperationalError, match=r"rule statements\.parser_settings"):
+            psycopg.connect(gateway.dsn(session, **options), connect_timeout=5)
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"statements\.parser_settings"
+        ):
+            conn.execute("SET standard_conforming_strings = off")
+        # what the text does not show, the server's ParameterStatus does: a function's SET
+        conn.execute(
+            "CREATE FUNCTION lax() RETURNS text LANGUAGE sql AS "
+            "$$ SELECT set_config('standard_conforming_strings', 'off', false) $$"
+        )
+        with pytest.raises(psycopg.Error, match="cannot parse safely"):
+            conn.execute("SELECT lax()")
+            conn.execute("SELECT 1")
 
 
 def test_rows_per_result_limit(gateway: RunningGateway) -> None:

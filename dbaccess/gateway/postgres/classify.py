@@ -66,6 +66,15 @@ WRITING_FUNCTIONS = frozenset(
 )
 # GUCs whose change is a change of identity
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+# GUCs that change how the server lexes string literals (see StatementClass.PARSER_SETTINGS)
+LEXICAL_SETTINGS = frozenset({"standard_conforming_strings", "backslash_quote"})
+# Client-only encodings: a multibyte character's second byte may be a backslash or a quote
+# (https://www.postgresql.org/docs/current/multibyte.html, "Client only")
+CLIENT_ONLY_ENCODINGS = frozenset(
+    # with their aliases, as normalised by unsafe_encoding (upper case, letters and digits)
+    {"BIG5", "WIN950", "GB18030", "GBK", "WIN936", "JOHAB", "SJIS", "SHIFTJIS", "MSKANJI"}
+    | {"WIN932", "SHIFTJIS2004", "UHC", "WIN949"}
+)
 
 DCL_NODES = frozenset(
     {
@@ -145,8 +154,16 @@ def _statement(name: str, node: dict[str, Any]) -> set[C]:
         ((inner, body),) = node["query"].items()
         return _statement(inner, body)
     if name == "VariableSetStmt":
-        if node.get("name") in ROLE_SETTINGS:
+        setting = node.get("name")
+        if setting in ROLE_SETTINGS:
             return {C.DCL}
+        if setting in LEXICAL_SETTINGS:
+            return {C.PARSER_SETTINGS}
+        if setting == "client_encoding":
+            args = node.get("args", [])
+            value = _constant(args[0]) if args else "UTF8"  # RESET, DEFAULT: the login's
+            if value is None or unsafe_encoding(value):
+                return {C.PARSER_SETTINGS}
         return {C.SESSION} | _inner(node)
     if name == "LockStmt":
         # ACCESS SHARE is what pg_dump takes; stronger modes block writers
@@ -190,7 +207,30 @@ def _inner(node: dict[str, Any]) -> set[C]:
                 setting = _constant(args[0]) if args else None
                 if setting is None or setting.lower() in ROLE_SETTINGS:
                     classes.add(C.DCL)  # set_config('role', ...) is SET ROLE
+                elif setting.lower() in LEXICAL_SETTINGS | {"client_encoding"}:
+                    classes.add(C.PARSER_SETTINGS)
     return classes
+
+
+def unsafe_encoding(name: str) -> bool:
+    """A client_encoding the gateway's parser (UTF-8) could read differently."""
+    normal = "".join(ch for ch in name.upper() if ch.isalnum())
+    return normal in CLIENT_ONLY_ENCODINGS
+
+
+def unsafe_startup(params: dict[str, str]) -> str | None:
+    """The start-up parameter that would change the lexing, if any (libpq's ``options``
+    carries ``-c name=value`` settings)."""
+    for name, value in params.items():
+        if name in LEXICAL_SETTINGS:
+            return name
+        if name == "client_encoding" and unsafe_encoding(value):
+            return name
+        if name == "options":
+            lowered = value.lower()
+            if any(s in lowered for s in (*LEXICAL_SETTINGS, "client_encoding")):
+                return name
+    return None
 
 
 def _walk(value: Any) -> Iterator[tuple[str, Any]]:

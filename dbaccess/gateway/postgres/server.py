@@ -30,7 +30,7 @@ import scramp
 from dbaccess.gateway import guardrails
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
-from dbaccess.gateway.postgres.classify import classify
+from dbaccess.gateway.postgres.classify import classify, unsafe_encoding, unsafe_startup
 from dbaccess.gateway.records import Kind, ParamsPolicy, StatementRecord, Status
 from dbaccess.gateway.sessions import (
     GatewaySession,
@@ -336,6 +336,7 @@ class Connection:
             self._refuse("28000", f'this session is for database "{session.upstream.database}"')
             raise _Closed
         self.session = session
+        self._check_startup(session, params)
         forwarded = {
             name: value
             for name, value in params.items()
@@ -587,7 +588,7 @@ class Connection:
             self.close()
             return
         transport = self.client.transport
-        if transport is not None:
+        if transport is not None and not self.closed:
             transport.write(data)
 
     def on_server_message(self, kind: int, body: bytes, rows: int, nbytes: int) -> None:
@@ -595,6 +596,8 @@ class Connection:
             self.status = body[:1]
             if self.limiting or self.idle_timer is not None:
                 self._ready_for_query(body)
+        elif kind == wire.PARAMETER_STATUS and self.guarding:
+            self._parameter_changed(body)
         pending = self.pending
         head = pending[0] if pending else None
         if head is not None:
@@ -693,6 +696,34 @@ class Connection:
         if self.limiting:
             self._count_bytes()
 
+    def _check_startup(self, session: GatewaySession, params: dict[str, str]) -> None:
+        """Start-up settings that would make the server read text unlike our parser."""
+        name = unsafe_startup(params) if session.policy.restricts_statements else None
+        if name is not None:
+            rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
+            self._refuse(
+                "42501",
+                f"dbaccess gateway: the start-up parameter {name} is not allowed for role "
+                f"{session.role} (rule {rule})",
+            )
+            raise _Closed
+
+    def _parameter_changed(self, body: bytes) -> None:
+        """The backstop for what the text did not show (a function's SET): once the server
+        lexes unlike our parser, no later statement can be classified, so end it."""
+        name, offset = wire.read_cstring(body, 0)
+        value, _ = wire.read_cstring(body, offset)
+        if (name == b"standard_conforming_strings" and value != b"on") or (
+            name == b"client_encoding" and unsafe_encoding(value.decode(errors="replace"))
+        ):
+            rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
+            self._refuse(
+                "42501",
+                f"terminating connection: {name.decode()} changed to "
+                f"{value.decode(errors='replace')}, which the gateway cannot parse safely "
+                f"(rule {rule})",
+            )
+
     def _guard(self, kind: int, body: bytes) -> bytes | None:
         """None: forward the message; else what to send upstream instead (maybe nothing)."""
         if self.skipping:  # after a refused Parse, as the server skips after an error
@@ -726,7 +757,7 @@ class Connection:
             simple,
             datetime.now(UTC),
             time.monotonic(),
-            sqlstate="42501",
+            sqlstate=refusal.sqlstate,
             rule=refusal.rule,
         )
         log.info("gateway connection %d: refused (%s)", self.number, refusal.rule)
@@ -741,7 +772,7 @@ class Connection:
                 return wire.message(b"P", wire.cstring(name.decode()) + text + b"\0\0")
             return wire.message(b"Q", text)
         self._record(item, "completed")
-        error = wire.error_response("42501", refusal.message, severity="ERROR")
+        error = wire.error_response(refusal.sqlstate, refusal.message, severity="ERROR")
         if simple:
             self.client.write(error + wire.message(b"Z", self.status))
         else:
@@ -800,7 +831,7 @@ class Connection:
             self.close()
             return
         transport = self.client.transport
-        if transport is None:
+        if transport is None or self.closed:
             return
         pos = 0
         for at, resume in self.events:

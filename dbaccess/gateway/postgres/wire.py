@@ -35,6 +35,7 @@ COPY_OUT_RESPONSE = ord("H")
 COPY_BOTH_RESPONSE = ord("W")
 DATA_ROW = ord("D")
 COPY_DATA = ord("d")
+PARAMETER_STATUS = ord("S")
 NO_LIMIT = 1 << 62
 
 # The server messages whose body the scanner hands over (all short).
@@ -48,6 +49,7 @@ SCANNED = frozenset(
         COPY_IN_RESPONSE,
         COPY_OUT_RESPONSE,
         COPY_BOTH_RESPONSE,
+        PARAMETER_STATUS,  # rare: a SET of a reported setting
     }
 )
 # ErrorResponse bodies are kept up to this size; the SQLSTATE field comes first anyway.
