@@ -206,9 +206,9 @@ class ServerScanner:
         "_kind",
         "_rows",
         "_bytes",
-        "total",
+        "_base",
+        "_budget",
         "row_limit",
-        "byte_limit",
         "end",
     )
 
@@ -220,10 +220,24 @@ class ServerScanner:
         self._kind = 0
         self._rows = 0
         self._bytes = 0
-        self.total = 0  # every byte scanned
+        self._base = 0  # bytes scanned before the current ``_bytes``
+        self._budget = NO_LIMIT  # byte_limit - _base: what ``_bytes`` may reach
         self.row_limit = NO_LIMIT  # DataRows (or COPY rows) of one answer
-        self.byte_limit = NO_LIMIT  # compared with ``total``
         self.end = 0  # offset in the chunk just after the message being handed over
+
+    @property
+    def total(self) -> int:
+        """Every byte scanned."""
+        return self._base + self._bytes
+
+    @property
+    def byte_limit(self) -> int:
+        """The ``total`` above which a DataRow or CopyData is over the limit."""
+        return self._base + self._budget
+
+    @byte_limit.setter
+    def byte_limit(self, value: int) -> None:
+        self._budget = value - self._base
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -263,10 +277,9 @@ class ServerScanner:
                 raise ProtocolError("invalid message length from the server")
             body_length = length - 4
             self._bytes += length + 1
-            self.total += length + 1
             if kind == DATA_ROW or kind == COPY_DATA:
                 self._rows += 1
-                if (self._rows > self.row_limit or self.total > self.byte_limit) and start >= 0:
+                if (self._rows > self.row_limit or self._bytes > self._budget) and start >= 0:
                     rows_exceeded = self._rows > self.row_limit
                     self.row_limit = self.byte_limit = NO_LIMIT
                     self._handler.on_limit(start, rows_exceeded)
@@ -291,4 +304,6 @@ class ServerScanner:
     def _emit(self, kind: int, body: bytes) -> None:
         rows, nbytes = self._rows, self._bytes
         self._rows = self._bytes = 0
+        self._base += nbytes
+        self._budget -= nbytes
         self._handler.on_server_message(kind, body, rows, nbytes)
