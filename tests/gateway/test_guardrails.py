@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from dbaccess.gateway.guardrails import Policy, StatementClass
+from dbaccess.gateway.postgres.classify import classify
 from dbaccess.gateway.records import StatementRecord
 from tests.gateway.conftest import RunningGateway, Session
 from tests.gateway.test_postgres_gateway import psql, query, raw_login, recv_exact
@@ -195,6 +196,21 @@ def test_settings_that_change_the_lexing_are_refused(gateway: RunningGateway) ->
         with pytest.raises(psycopg.Error, match="cannot parse safely"):
             conn.execute("SELECT lax()")
             conn.execute("SELECT 1")
+
+
+def test_the_lexing_difference_is_real_on_the_server(gateway: RunningGateway) -> None:
+    """Why parser_settings exists: the text our parser reads as one SELECT drops a table
+    on a server whose standard_conforming_strings is off (straight to the server here)."""
+    smuggled = "SELECT 'a\\'' ; DROP TABLE smuggle_target; --'"
+    assert classify(smuggled) == {C.READ}
+    with gateway.postgres.connect() as admin:
+        admin.autocommit = True
+        admin.execute("CREATE TABLE smuggle_target (id int)")
+        admin.execute("SET standard_conforming_strings = off")
+        admin.execute(smuggled.encode())  # bytes: psycopg sends them as one simple Query
+        admin.execute("RESET standard_conforming_strings")
+        gone = admin.execute("SELECT to_regclass('smuggle_target')").fetchone()
+    assert gone == (None,)
 
 
 def test_rows_per_result_limit(gateway: RunningGateway) -> None:

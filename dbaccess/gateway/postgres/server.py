@@ -730,6 +730,8 @@ class Connection:
             if kind == S:
                 self.skipping = False
                 self.client.write(wire.message(b"Z", self.status))
+            elif kind == X:
+                self.terminating = True
             return b""
         session = self.session
         assert session is not None
