@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import threading
+import time
 
 import psycopg
 import pytest
@@ -79,3 +81,22 @@ def test_a_broken_client_hello_is_closed(gateway: RunningGateway) -> None:
         while chunk := raw.recv(100):  # a TLS alert at most, then the close
             received += chunk
         assert not received or received[:1] == b"\x15"  # an alert record
+
+
+def test_cancel_over_direct_tls(gateway: RunningGateway) -> None:
+    """libpq's new cancel API connects as the connection did: direct TLS, then CancelRequest."""
+    session = gateway.new_session()
+    dsn = gateway.dsn(
+        session,
+        sslmode="verify-full",
+        sslrootcert=str(gateway.certs.ca),
+        sslnegotiation="direct",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        assert conn.execute("SELECT 1").fetchone() == (1,)
