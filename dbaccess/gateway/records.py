@@ -20,8 +20,10 @@ Kind = Literal["query", "execute", "copy", "function"]
 ParamsPolicy = Literal["none", "redacted", "full"]
 # completed: the server answered it (sqlstate None) or refused it (sqlstate set);
 # not_run: an earlier statement of the same pipeline failed, so the server skipped it;
-# interrupted: the connection ended before the server's answer was complete.
-Status = Literal["completed", "not_run", "interrupted"]
+# interrupted: the connection ended before the server's answer was complete;
+# refused: a guardrail stopped it (``rule`` names which): before execution, nothing reached
+# the server, or during its answer (a rows or bytes limit), the rest was not forwarded.
+Status = Literal["completed", "not_run", "interrupted", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class StatementRecord:
     sqlstate: str | None  # the server's error, None when it succeeded
     status: Status
     connection: int  # the gateway's number for the client connection
+    rule: str | None = None  # the guardrail that refused it (guardrails.py's rule names)
 
 
 class RecordSink(Protocol):

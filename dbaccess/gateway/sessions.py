@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
+
 SCRAM_ITERATIONS = 4096
 
 
@@ -96,6 +98,7 @@ class GatewaySession:
     # When the session ends; the gateway closes its connections then even if it cannot
     # reach the store. None: only revocation ends it (tests' in-memory sessions).
     expires_at: datetime | None = None
+    policy: Policy = ALLOW_ALL  # the role template's guardrails
 
 
 class SessionDirectory(Protocol):

@@ -27,7 +27,10 @@ from typing import Protocol, cast
 
 import scramp
 
+from dbaccess.gateway import guardrails
+from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
+from dbaccess.gateway.postgres.classify import classify, unsafe_encoding, unsafe_startup
 from dbaccess.gateway.records import Kind, ParamsPolicy, StatementRecord, Status
 from dbaccess.gateway.sessions import (
     GatewaySession,
@@ -46,6 +49,12 @@ MAX_PARAM_TEXT = 4096  # characters of one bind parameter kept under params = "f
 Q, P, B, E, S, F, X, CLOSE = (ord(c) for c in "QPBESFXC")
 COPY_DATA, COPY_DONE, COPY_FAIL = (ord(c) for c in "dcf")
 INSPECTED = frozenset({Q, P, B, E, S, F, X, CLOSE, COPY_DATA, COPY_DONE, COPY_FAIL})
+TLS_HANDSHAKE = 0x16  # the first byte of a TLS record: a direct TLS ClientHello
+ALPN = "postgresql"
+# a text the server refuses at parse time: stands in for a refused statement that cannot be
+# answered by the gateway itself because earlier pipelined messages are still unanswered
+# (one identifier: the server's "syntax error at or near" names it, and so the rule)
+REFUSED_TEXT = "refused_by_dbaccess_gateway_rule_{}"
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,7 @@ class _Open:
     bytes_out: int = 0
     bytes_in: int = 0
     sqlstate: str | None = None
+    rule: str | None = None  # the guardrail that refused it
 
 
 class Connection:
@@ -208,6 +218,18 @@ class Connection:
         self.terminating = False
         self.closed = False
         self._task: asyncio.Task[None] | None = None
+        # guardrails (the session's policy, set at login)
+        self.policy: Policy = ALLOW_ALL
+        self.guarding = False  # statement classes are checked (Q, P, F)
+        self.limiting = False  # rows or bytes limits: the server's bytes are cut if over
+        self.status = b"I"  # the server's transaction status at its last ReadyForQuery
+        self.unsynced = False  # extended-protocol messages forwarded since the last Sync
+        self.skipping = False  # a refused Parse: drop client messages up to the Sync
+        self.discard_rule: str | None = None  # over a limit: server bytes dropped until Z
+        self.events: list[tuple[int, bytes | None]] = []  # cut (None) / resume, in a chunk
+        self.bytes_counted = 0  # of scanner.total, already added to the session's count
+        self.last_active = 0.0  # loop time of the last client message or ReadyForQuery
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -268,6 +290,7 @@ class Connection:
                 self._finish(item, "interrupted")
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        self._end_guardrails()
         for side in (self.client, self.upstream):
             if side is not None and side.transport is not None:
                 side.transport.close()
@@ -280,6 +303,10 @@ class Connection:
         config = self.gateway.config
         tls_done = False
         while True:
+            if not tls_done and await self._starts_with_tls():
+                await self._direct_tls()
+                tls_done = True
+                continue
             packet = await client.read_startup()
             code = wire.int32(packet, 4)
             if code == wire.SSL_REQUEST:
@@ -326,6 +353,7 @@ class Connection:
             self._refuse("28000", f'this session is for database "{session.upstream.database}"')
             raise _Closed
         self.session = session
+        self._check_startup(session, params)
         forwarded = {
             name: value
             for name, value in params.items()
@@ -335,6 +363,7 @@ class Connection:
         self.key = self.gateway.issue_key(self)
         client.write(wire.backend_key_data(*self.key) + wire.message(b"Z", ready))
         self.gateway.live.attach(session.lease_id, self)
+        self._start_guardrails(session.policy)
         upstream = self.upstream
         assert upstream is not None
         client.peer, upstream.peer = upstream, client
@@ -468,21 +497,34 @@ class Connection:
 
     def from_client(self, data: bytes) -> None:
         self.client.buf += data
+        if self.idle_timer is not None:
+            self.last_active = self.gateway.loop.time()
         self._frame_client()
 
     def _frame_client(self) -> None:
         buf = self.client.buf
         end = 0
+        sent = 0  # bytes before this offset are forwarded or dropped already
+        upstream = self.upstream.transport if self.upstream is not None else None
         try:
             for kind, start, stop in wire.split_messages(buf):
+                if self.guarding and (self.skipping or kind in (Q, P, F)):
+                    replacement = self._guard(kind, bytes(buf[start:stop]))
+                    if replacement is not None:  # not this message, maybe another
+                        if upstream is not None:
+                            upstream.write(bytes(buf[sent : start - 5]) + replacement)
+                        sent = stop
+                        end = stop
+                        continue
                 if kind in INSPECTED:
                     self._client_message(kind, bytes(buf[start:stop]))
                 end = stop
         except (wire.ProtocolError, struct.error):
             self._refuse("08P01", "invalid message from the client")
             return
-        if end and self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(bytes(buf[:end]))
+        if end and upstream is not None:
+            if end > sent:
+                upstream.write(bytes(buf[sent:end]))
             del buf[:end]
         if self.terminating:
             self.close()
@@ -494,17 +536,21 @@ class Connection:
             name, offset = wire.read_cstring(body, 0)
             query, _ = wire.read_cstring(body, offset)
             self.statements[name] = query.decode(errors="replace")
+            self.unsynced = True
         elif kind == B:
             portal, offset = wire.read_cstring(body, 0)
             statement, offset = wire.read_cstring(body, offset)
             params = None if self.gateway.config.params == "none" else self._params(body, offset)
             self.portals[portal] = (self.statements.get(statement, ""), params)
+            self.unsynced = True
         elif kind == E:
             portal, _ = wire.read_cstring(body, 0)
             sql, params = self.portals.get(portal, ("", None))
             self._open("execute", sql, params, simple=False)
+            self.unsynced = True
         elif kind == S:
             self.pending.append(None)
+            self.unsynced = False
         elif kind == F:
             self._open("function", f"function call, oid {wire.int32(body, 0)}", None, simple=True)
         elif kind == CLOSE:
@@ -550,8 +596,11 @@ class Connection:
     # -- relay: server -> client ---------------------------------------------------------
 
     def from_server(self, data: bytes) -> None:
-        # scan first: a statement's record is handed to the writer before the client can
-        # see its answer (and a client that checks the audit right after finds it)
+        if self.limiting:
+            self._from_server_limited(data)
+            return
+        # scanned first: a statement's record is added before its client sees the answer
+        # (a client's next move, or a test's flush, never races the record)
         try:
             self.scanner.feed(data)
         except wire.ProtocolError:
@@ -559,10 +608,16 @@ class Connection:
             self.close()
             return
         transport = self.client.transport
-        if transport is not None:
+        if transport is not None and not self.closed:
             transport.write(data)
 
     def on_server_message(self, kind: int, body: bytes, rows: int, nbytes: int) -> None:
+        if kind == wire.READY_FOR_QUERY:
+            self.status = body[:1]
+            if self.limiting or self.idle_timer is not None:
+                self._ready_for_query(body)
+        elif kind == wire.PARAMETER_STATUS and self.guarding:
+            self._parameter_changed(body)
         pending = self.pending
         head = pending[0] if pending else None
         if head is not None:
@@ -609,6 +664,11 @@ class Connection:
 
     def _finish(self, item: _Open, status: Status) -> None:
         self.pending.popleft()  # always the head
+        self._record(item, status)
+
+    def _record(self, item: _Open, status: Status) -> None:
+        if item.rule is not None and status == "completed":
+            status = "refused"
         session = self.session
         assert session is not None
         self.gateway.records.add(
@@ -629,8 +689,254 @@ class Connection:
                 sqlstate=item.sqlstate,
                 status=status,
                 connection=self.number,
+                rule=item.rule,
             )
         )
+
+    # -- guardrails ----------------------------------------------------------------------
+
+    def _start_guardrails(self, policy: Policy) -> None:
+        self.policy = policy
+        self.guarding = policy.restricts_statements
+        scanner = self.scanner
+        if policy.max_rows_per_result is not None:
+            scanner.row_limit = policy.max_rows_per_result
+        if policy.max_bytes_per_session is not None:
+            scanner.byte_limit = self._bytes_left()
+        self.limiting = (
+            policy.max_rows_per_result is not None or policy.max_bytes_per_session is not None
+        )
+        if policy.idle_timeout is not None:
+            self.last_active = self.gateway.loop.time()
+            self.idle_timer = self.gateway.loop.call_later(policy.idle_timeout, self._check_idle)
+
+    def _end_guardrails(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.limiting:
+            self._count_bytes()
+
+    def _check_startup(self, session: GatewaySession, params: dict[str, str]) -> None:
+        """Start-up settings that would make the server read text unlike our parser."""
+        name = unsafe_startup(params) if session.policy.restricts_statements else None
+        if name is not None:
+            rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
+            self._refuse(
+                "42501",
+                f"dbaccess gateway: the start-up parameter {name} is not allowed for role "
+                f"{session.role} (rule {rule})",
+            )
+            raise _Closed
+
+    def _parameter_changed(self, body: bytes) -> None:
+        """The backstop for what the text did not show (a function's SET): once the server
+        lexes unlike our parser, no later statement can be classified, so end it."""
+        name, offset = wire.read_cstring(body, 0)
+        value, _ = wire.read_cstring(body, offset)
+        if (name == b"standard_conforming_strings" and value != b"on") or (
+            name == b"client_encoding" and unsafe_encoding(value.decode(errors="replace"))
+        ):
+            rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
+            self._refuse(
+                "42501",
+                f"terminating connection: {name.decode()} changed to "
+                f"{value.decode(errors='replace')}, which the gateway cannot parse safely "
+                f"(rule {rule})",
+            )
+
+    def _guard(self, kind: int, body: bytes) -> bytes | None:
+        """None: forward the message; else what to send upstream instead (maybe nothing)."""
+        if self.skipping:  # after a refused Parse, as the server skips after an error
+            if kind == S:
+                self.skipping = False
+                self.client.write(wire.message(b"Z", self.status))
+            elif kind == X:
+                self.terminating = True
+            return b""
+        session = self.session
+        assert session is not None
+        if kind == F:
+            sql = f"function call, oid {wire.int32(body, 0)}"
+            classes: frozenset[guardrails.StatementClass] | None = frozenset(
+                {guardrails.StatementClass.WRITE}  # by oid: what it does is not known
+            )
+        elif kind == Q:
+            sql = body[:-1].decode(errors="replace")
+            classes = classify(sql)
+        else:
+            name, offset = wire.read_cstring(body, 0)
+            query, _ = wire.read_cstring(body, offset)
+            sql = query.decode(errors="replace")
+            classes = classify(sql)
+        refusal = guardrails.decide(self.policy, session.role, classes)
+        if refusal is None:
+            return None
+        simple = kind != P
+        item = _Open(
+            "function" if kind == F else "query" if simple else "execute",
+            sql,
+            None,
+            simple,
+            datetime.now(UTC),
+            time.monotonic(),
+            sqlstate=refusal.sqlstate,
+            rule=refusal.rule,
+        )
+        log.info("gateway connection %d: refused (%s)", self.number, refusal.rule)
+        if self.pending or self.unsynced:
+            # earlier messages are still unanswered: the refusal must come after their
+            # answers, and end the batch as an error would, so let the server refuse it
+            self.pending.append(item)
+            text = REFUSED_TEXT.format(refusal.rule.replace(".", "_")).encode() + b"\0"
+            if kind == P:
+                self.unsynced = True
+                self.statements[name] = sql  # for the records of its skipped Executes
+                return wire.message(b"P", wire.cstring(name.decode()) + text + b"\0\0")
+            return wire.message(b"Q", text)
+        self._record(item, "completed")
+        error = wire.error_response(refusal.sqlstate, refusal.message, severity="ERROR")
+        if simple:
+            self.client.write(error + wire.message(b"Z", self.status))
+        else:
+            self.client.write(error)
+            self.skipping = True
+        return b""
+
+    def on_limit(self, start: int, rows_exceeded: bool) -> None:
+        """Over the rows or bytes limit: the rest of this answer is dropped, the query
+        cancelled, and the client gets an error before the server's ReadyForQuery."""
+        if self.discard_rule is not None:
+            return
+        rule = guardrails.ROWS_RULE if rows_exceeded else guardrails.BYTES_RULE
+        self.discard_rule = rule
+        self.events.append((start, None))
+        head = self.pending[0] if self.pending else None
+        if head is not None:
+            head.rule, head.sqlstate = rule, "54000"
+        log.info("gateway connection %d: answer cut (%s)", self.number, rule)
+        self.gateway.loop.create_task(self.gateway.forward_cancel(self))
+
+    def _ready_for_query(self, body: bytes) -> None:
+        if self.idle_timer is not None:
+            self.last_active = self.gateway.loop.time()
+        if not self.limiting:
+            return
+        if self.discard_rule is not None:
+            rule, self.discard_rule = self.discard_rule, None
+            policy = self.policy
+            limit = (
+                f"{policy.max_rows_per_result} rows per result"
+                if rule == guardrails.ROWS_RULE
+                else f"{policy.max_bytes_per_session} bytes per session"
+            )
+            text = (
+                f"dbaccess gateway: the answer went over the limit of {limit} for role "
+                f"{self.session.role if self.session else ''} (rule {rule})"
+            )
+            error = wire.error_response("54000", text, severity="ERROR")
+            self.events.append((self.scanner.end, error + wire.message(b"Z", body)))
+        if self.policy.max_rows_per_result is not None:
+            self.scanner.row_limit = self.policy.max_rows_per_result
+        if self.policy.max_bytes_per_session is not None:
+            self._count_bytes()
+            self.scanner.byte_limit = self.scanner.total + self._bytes_left()
+
+    def _from_server_limited(self, data: bytes) -> None:
+        """from_server with cuts: bytes between a cut and the ReadyForQuery after it are
+        not forwarded; in their place the client gets the limit's error."""
+        self.events.clear()
+        dropping = self.discard_rule is not None
+        try:
+            self.scanner.feed(data)
+        except wire.ProtocolError:
+            log.error("gateway connection %d: invalid bytes from the database", self.number)
+            self.close()
+            return
+        transport = self.client.transport
+        if transport is None or self.closed:
+            return
+        pos = 0
+        for at, resume in self.events:
+            if resume is None:  # cut
+                if not dropping and at > pos:
+                    transport.write(data[pos:at])
+                dropping = True
+            else:
+                transport.write(resume)
+                dropping = False
+            pos = at
+        if not dropping and pos < len(data):
+            transport.write(data[pos:] if pos else data)
+
+    def _count_bytes(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        delta = self.scanner.total - self.bytes_counted
+        self.bytes_counted = self.scanner.total
+        used = self.gateway.session_bytes
+        used[session.lease_id] = used.get(session.lease_id, 0) + delta
+
+    def _bytes_left(self) -> int:
+        limit = self.policy.max_bytes_per_session
+        if limit is None or self.session is None:
+            return wire.NO_LIMIT
+        return limit - self.gateway.session_bytes.get(self.session.lease_id, 0)
+
+    def _check_idle(self) -> None:
+        timeout = self.policy.idle_timeout
+        if self.closed or timeout is None:
+            return
+        loop = self.gateway.loop
+        idle = loop.time() - self.last_active
+        if not self.pending and not self.unsynced and idle >= timeout:
+            self._refuse(
+                "57P05",
+                f"terminating connection due to idle-session timeout of {timeout:g} s "
+                f"(dbaccess gateway, rule {guardrails.IDLE_RULE})",
+            )
+            return
+        wait = timeout - idle if idle < timeout else timeout
+        self.idle_timer = loop.call_later(max(wait, 0.05), self._check_idle)
+
+    # -- direct TLS (sslnegotiation=direct) ----------------------------------------------
+
+    async def _starts_with_tls(self) -> bool:
+        client = self.client
+        while not client.buf:
+            await client._more()
+        return client.buf[0] == TLS_HANDSHAKE
+
+    async def _direct_tls(self) -> None:
+        """TLS from the first byte (libpq 17+), with ALPN "postgresql" required as
+        PostgreSQL 17 requires it (a client without it may be a confused HTTPS client)."""
+        client = self.client
+        context = self.gateway.config.tls
+        if context is None:
+            raise _Closed  # a TLS client and no certificate: nothing to say in clear text
+        transport = client.transport
+        assert transport is not None
+        hello = bytes(client.buf)
+        client.buf.clear()
+        loop = self.gateway.loop
+        task = loop.create_task(loop.start_tls(transport, client, context, server_side=True))
+        # the ClientHello was read already: hand it to the TLS protocol start_tls installs,
+        # after its connection_made and before the socket is read again
+        while transport.get_protocol() is client and not task.done():
+            await asyncio.sleep(0)
+        loop.call_soon(_feed_protocol, transport.get_protocol(), hello)
+        tls = await task
+        if tls is None:
+            raise _Closed
+        client.set_transport(tls)
+        ssl_object = tls.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
+            self._refuse(
+                "08P01",
+                "received direct SSL connection request without ALPN protocol "
+                "negotiation extension",
+            )
+            raise _Closed
 
 
 class Gateway:
@@ -651,6 +957,9 @@ class Gateway:
         self._connections: set[Connection] = set()
         self._keys: dict[tuple[int, int], Connection] = {}
         self._mock_nonce = secrets.token_bytes(32)
+        self.session_bytes: dict[str, int] = {}  # bytes out per lease (guardrails)
+        if self.config.tls is not None:  # libpq 17+ checks it, direct TLS requires it
+            self.config.tls.set_alpn_protocols([ALPN])
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = (self.config.host, self.config.port)
 
@@ -701,7 +1010,12 @@ class Gateway:
     async def cancel(self, pid: int, secret: int) -> None:
         """Forward a CancelRequest for a key we issued, over a fresh upstream connection."""
         connection = self._keys.get((pid, secret))
-        if connection is None or connection.upstream_key is None or connection.session is None:
+        if connection is not None:
+            await self.forward_cancel(connection)
+
+    async def forward_cancel(self, connection: Connection) -> None:
+        """Cancel what the connection's upstream runs, over a fresh upstream connection."""
+        if connection.upstream_key is None or connection.session is None:
             return  # like the server: no answer either way
         up = connection.session.upstream
         try:
@@ -744,3 +1058,16 @@ async def serve(
     gateway = Gateway(directory, records, config, live)
     await gateway.start()
     return gateway
+
+
+def _feed_protocol(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver bytes read before ``start_tls`` to the TLS protocol it installed."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        while data:
+            buffer = memoryview(protocol.get_buffer(len(data)))
+            count = min(len(buffer), len(data))
+            buffer[:count] = data[:count]
+            protocol.buffer_updated(count)
+            data = data[count:]
+    elif isinstance(protocol, asyncio.Protocol):
+        protocol.data_received(data)

@@ -34,6 +34,9 @@ COPY_IN_RESPONSE = ord("G")
 COPY_OUT_RESPONSE = ord("H")
 COPY_BOTH_RESPONSE = ord("W")
 DATA_ROW = ord("D")
+COPY_DATA = ord("d")
+PARAMETER_STATUS = ord("S")
+NO_LIMIT = 1 << 62
 
 # The server messages whose body the scanner hands over (all short).
 SCANNED = frozenset(
@@ -46,6 +49,7 @@ SCANNED = frozenset(
         COPY_IN_RESPONSE,
         COPY_OUT_RESPONSE,
         COPY_BOTH_RESPONSE,
+        PARAMETER_STATUS,  # rare: a SET of a reported setting
     }
 )
 # ErrorResponse bodies are kept up to this size; the SQLSTATE field comes first anyway.
@@ -186,11 +190,28 @@ class ScanHandler(Protocol):
         """One of the SCANNED messages; ``rows`` DataRows and ``nbytes`` bytes (this message
         included) went by since the previous call."""
 
+    def on_limit(self, start: int, rows_exceeded: bool) -> None:
+        """A DataRow or CopyData at ``start`` of the current chunk went over ``row_limit``
+        (rows since the previous SCANNED message) or ``byte_limit`` (``total`` bytes); both
+        limits are off until set again."""
+
 
 class ServerScanner:
     """Follows message boundaries in the server's byte stream, chunk by chunk."""
 
-    __slots__ = ("_handler", "_header", "_skip", "_body", "_kind", "_rows", "_bytes")
+    __slots__ = (
+        "_handler",
+        "_header",
+        "_skip",
+        "_body",
+        "_kind",
+        "_rows",
+        "_bytes",
+        "_base",
+        "_budget",
+        "row_limit",
+        "end",
+    )
 
     def __init__(self, handler: ScanHandler) -> None:
         self._handler = handler
@@ -200,6 +221,24 @@ class ServerScanner:
         self._kind = 0
         self._rows = 0
         self._bytes = 0
+        self._base = 0  # bytes scanned before the current ``_bytes``
+        self._budget = NO_LIMIT  # byte_limit - _base: what ``_bytes`` may reach
+        self.row_limit = NO_LIMIT  # DataRows (or COPY rows) of one answer
+        self.end = 0  # offset in the chunk just after the message being handed over
+
+    @property
+    def total(self) -> int:
+        """Every byte scanned."""
+        return self._base + self._bytes
+
+    @property
+    def byte_limit(self) -> int:
+        """The ``total`` above which a DataRow or CopyData is over the limit."""
+        return self._base + self._budget
+
+    @byte_limit.setter
+    def byte_limit(self, value: int) -> None:
+        self._budget = value - self._base
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -237,6 +276,7 @@ class ServerScanner:
                     pos += take
                     if not self._skip:
                         body, self._body = bytes(self._body), None
+                        self.end = pos
                         self._emit(self._kind, body)
                 else:
                     self._skip -= take
@@ -251,7 +291,9 @@ class ServerScanner:
                 kind = self._header[0]
                 length = int(_UINT32.unpack_from(self._header, 1)[0])
                 self._header.clear()
+                start = -1  # began in an earlier chunk, already forwarded
             else:
+                start = pos
                 kind = data[pos]
                 length = int(_UINT32.unpack_from(data, pos + 1)[0])
                 pos += 5
@@ -259,10 +301,15 @@ class ServerScanner:
                 raise ProtocolError("invalid message length from the server")
             body_length = length - 4
             self._bytes += length + 1
-            if kind == DATA_ROW:
+            if kind == DATA_ROW or kind == COPY_DATA:
                 self._rows += 1
+                if (self._rows > self.row_limit or self._bytes > self._budget) and start >= 0:
+                    rows_exceeded = self._rows > self.row_limit
+                    self.row_limit = self.byte_limit = NO_LIMIT
+                    self._handler.on_limit(start, rows_exceeded)
             elif kind in SCANNED:
                 if size - pos >= body_length:
+                    self.end = pos + body_length
                     self._emit(kind, data[pos : pos + body_length])
                     pos += body_length
                 else:
@@ -288,4 +335,6 @@ class ServerScanner:
     def _emit(self, kind: int, body: bytes) -> None:
         rows, nbytes = self._rows, self._bytes
         self._rows = self._bytes = 0
+        self._base += nbytes
+        self._budget -= nbytes
         self._handler.on_server_message(kind, body, rows, nbytes)
