@@ -245,9 +245,15 @@ class ServerScanner:
         size = len(data)
         unpack = _UINT32.unpack_from
         while pos < size:
-            if not self._skip and not self._header:
-                # the hot path: whole messages in this chunk, in a loop of locals; bytes
-                # are counted as the distance covered, handed over with each SCANNED one
+            if (
+                not self._skip
+                and not self._header
+                and self.row_limit == NO_LIMIT
+                and self._base + self._budget >= NO_LIMIT
+            ):
+                # the hot path, while no limit applies: whole messages in this chunk, in a
+                # loop of locals; bytes are counted as the distance covered, handed over
+                # with each SCANNED one
                 start = pos
                 rows = 0
                 while pos + 5 <= size:
@@ -255,13 +261,17 @@ class ServerScanner:
                     end = pos + 1 + unpack(data, pos + 1)[0]
                     if end > size or end < pos + 5:
                         break  # a partial message (or a bad length): the general path
-                    if kind == DATA_ROW:
+                    if kind == DATA_ROW or kind == COPY_DATA:
                         rows += 1
                     elif kind in SCANNED:
                         self._rows += rows
                         self._bytes += end - start
                         rows, start = 0, end
+                        self.end = end
                         self._emit(kind, data[pos + 5 : end])
+                        if self.row_limit != NO_LIMIT or self._base + self._budget < NO_LIMIT:
+                            pos = end
+                            break  # a limit set by the handler: counted from here on
                     pos = end
                 self._rows += rows
                 self._bytes += pos - start
