@@ -245,6 +245,46 @@ class ProvisionerSection(_Section):
         return self.password.read()
 
 
+class GatewayRules(_Section):
+    """``[targets.T.roles.R.gateway]``: what a session of this role may do through the
+    gateway, checked before the statement runs (docs/gateway.md, "Guardrails")."""
+
+    # The statement classes allowed (read, write, ddl, dcl, copy_out, copy_in, untrusted,
+    # parser_settings); transaction control, SET and SHOW always are. Default: all.
+    statements: list[str] | None = None
+    max_rows_per_result: int | None = Field(default=None, ge=1)
+    max_bytes_per_session: int | None = Field(default=None, ge=1)
+    idle_timeout: Duration | None = None
+
+    @field_validator("statements")
+    @classmethod
+    def _known_classes(cls, value: list[str] | None) -> list[str] | None:
+        from dbaccess.gateway.guardrails import StatementClass
+
+        if value is not None:
+            known = [c.value for c in StatementClass if c is not StatementClass.SESSION]
+            unknown = [v for v in value if v not in known]
+            if unknown:
+                raise ValueError(
+                    f"unknown statement class {', '.join(map(repr, unknown))} "
+                    f"(choose from {', '.join(known)})"
+                )
+        return value
+
+    def policy(self) -> Any:
+        """The gateway's ``guardrails.Policy`` for these rules."""
+        from dbaccess.gateway.guardrails import ALL_CLASSES, Policy, StatementClass
+
+        return Policy(
+            allowed=ALL_CLASSES
+            if self.statements is None
+            else frozenset({StatementClass.SESSION, *map(StatementClass, self.statements)}),
+            max_rows_per_result=self.max_rows_per_result,
+            max_bytes_per_session=self.max_bytes_per_session,
+            idle_timeout=None if self.idle_timeout is None else self.idle_timeout.total_seconds(),
+        )
+
+
 class RoleTemplate(_Section):
     group_role: Annotated[str, Field(pattern=_SQL_NAME)]
     read_only: bool = False
@@ -253,6 +293,8 @@ class RoleTemplate(_Section):
     # What happens at revocation to objects the session user made: "drop" them (default),
     # or "keep" them owned by a powerless role of this template (for migrations).
     session_objects: Literal["drop", "keep"] = "drop"
+    # Guardrails for sessions through the gateway (access = "gateway" targets only).
+    gateway: GatewayRules | None = None
 
 
 class LimitsSection(_Section):
@@ -564,6 +606,13 @@ class Settings(_Section):
     def _gateway_targets_have_a_gateway(self) -> Settings:
         for name, target in self.targets.items():
             if target.access != "gateway":
+                for role_name, role in target.roles.items():
+                    if role.gateway is not None:
+                        raise _KeyedError(
+                            f"targets.{name}.roles.{role_name}.gateway",
+                            'guardrails apply through the gateway only: set access = "gateway" '
+                            "on the target, or remove them",
+                        )
                 continue
             if self.gateway is None:
                 raise _KeyedError(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Store
 from dbaccess.gateway.credentials import upstream_password
+from dbaccess.gateway.guardrails import ALLOW_ALL
 from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
 
 
@@ -44,6 +45,9 @@ class StoreDirectory:
         target = self.settings.targets.get(lease.target)
         if target is None or target.access != "gateway":
             return None  # a target since removed from the configuration, or made direct
+        template = target.roles.get(lease.role)
+        if template is None:
+            return None  # a role since removed (a reload revokes its sessions too)
         try:
             verifier = ScramVerifier.parse(lease.gateway_verifier)
         except ValueError:
@@ -63,4 +67,5 @@ class StoreDirectory:
                 password=upstream_password(self._key, lease.id),
             ),
             expires_at=lease.expires_at,
+            policy=ALLOW_ALL if template.gateway is None else template.gateway.policy(),
         )

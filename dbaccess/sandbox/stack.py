@@ -152,8 +152,19 @@ read_only = true
 statement_timeout = "5m"
 connection_limit = 16             # a GUI opens several; the tests spread them over gateways
 
+# Checked by the gateway before a statement runs: reads and exports only, at most 100,000
+# rows per result (the grants make the session read-only as well).
+[targets.vault.roles.readonly.gateway]
+statements = ["read", "copy_out"]
+max_rows_per_result = 100000
+
 [targets.vault.roles.readwrite]
 group_role = "dbaccess_readwrite"
+
+# Writes, but no DDL, role changes or server-side code: stopped before they run.
+[targets.vault.roles.readwrite.gateway]
+statements = ["read", "write", "copy_out", "copy_in"]
+idle_timeout = "30m"
 """
 GATEWAY_SOURCE = "127.0.0.2"  # loopback too, but not the address clients come from
 

@@ -160,8 +160,10 @@ def test_every_statement_through_the_gateway_is_in_the_audit_with_its_result(
     with psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True) as conn:  # type: ignore[arg-type]
         conn.execute("select customer from orders order by id")
         conn.execute("select customer from orders where total > %s", (20,), prepare=True)
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            conn.execute("delete from orders")  # readonly: the database refuses it
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute("delete from orders")  # the role's guardrails: reads only
+        assert "rule statements.write" in str(refused.value)
+        assert conn.execute("select count(*) from orders").fetchone() == (3,)  # still usable
     assert gw_cli.run("revoke", str(granted["id"])).returncode == 0
 
     def page() -> dict[str, object]:
@@ -170,13 +172,17 @@ def test_every_statement_through_the_gateway_is_in_the_audit_with_its_result(
         return dict(json.loads(shown.stdout)["data"])
 
     deadline = time.monotonic() + 10
-    while len(entries := list(page()["entries"])) < 3 and time.monotonic() < deadline:
+    while len(entries := list(page()["entries"])) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)  # the gateway writes in batches, off the hot path
     got = [(e["kind"], e["sql"], e["rows"], e["sqlstate"], e["status"]) for e in entries]
     assert got[0] == ("query", "select customer from orders order by id", 3, None, "completed")
     assert got[1][:4] == ("execute", "select customer from orders where total > $1", 2, None)
-    assert got[2] == ("query", "delete from orders", None, "25006", "completed")
-    assert all(e["params_policy"] == "redacted" and e["bytes_out"] > 0 for e in entries)
+    assert got[2] == ("query", "delete from orders", None, "42501", "refused")
+    assert entries[2]["rule"] == "statements.write"  # type: ignore[index]
+    assert got[3] == ("query", "select count(*) from orders", 1, None, "completed")
+    assert all(e["params_policy"] == "redacted" for e in entries)
+    # what the server sent; the refusal was the gateway's own answer: nothing went upstream
+    assert [e["bytes_out"] > 0 for e in entries] == [True, True, False, True]
     assert page()["verification"]["ok"] is True  # type: ignore[index]
 
 

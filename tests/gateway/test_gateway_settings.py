@@ -113,3 +113,49 @@ def test_serving_reads_the_key_and_the_ca_at_start(
 def test_a_direct_target_needs_no_gateway_section(tmp_path: Path) -> None:
     settings = load_settings(gateway_config(tmp_path, "", "direct"))
     assert settings.gateway is None and settings.targets["demo"].access == "direct"
+
+
+def test_role_guardrails_become_the_gateways_policy(tmp_path: Path) -> None:
+    from dbaccess.gateway.guardrails import StatementClass
+
+    rules = (
+        "\n[targets.demo.roles.readonly.gateway]\n"
+        'statements = ["read", "copy_out"]\nmax_rows_per_result = 500\n'
+        'max_bytes_per_session = 1000000\nidle_timeout = "15m"\n'
+    )
+    settings = load_settings(gateway_config(tmp_path, GATEWAY + rules))
+    rules_ = settings.targets["demo"].roles["readonly"].gateway
+    assert rules_ is not None
+    policy = rules_.policy()
+    assert policy.allowed == {StatementClass.READ, StatementClass.COPY_OUT, StatementClass.SESSION}
+    assert (policy.max_rows_per_result, policy.max_bytes_per_session) == (500, 1_000_000)
+    assert policy.idle_timeout == 900 and policy.restricts_statements
+
+
+@pytest.mark.parametrize(
+    ("rules", "access", "expected"),
+    [
+        (
+            'statements = ["read", "select"]',
+            "gateway",
+            "targets.demo.roles.readonly.gateway.statements: unknown statement class 'select'",
+        ),
+        (
+            "max_rows_per_result = 0",
+            "gateway",
+            "targets.demo.roles.readonly.gateway.max_rows_per_result: Input should be greater",
+        ),
+        (
+            'statements = ["read"]',
+            "direct",
+            "targets.demo.roles.readonly.gateway: guardrails apply through the gateway only",
+        ),
+    ],
+)
+def test_bad_guardrails_name_the_key(
+    tmp_path: Path, rules: str, access: str, expected: str
+) -> None:
+    text = GATEWAY + f"\n[targets.demo.roles.readonly.gateway]\n{rules}\n"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(gateway_config(tmp_path, text, access))
+    assert expected in raised.value.message
