@@ -177,6 +177,13 @@ def check_config(
     from dbaccess.broker.settings import load_settings
 
     settings = load_settings(config, read_secrets=True)
+    if settings.gateway is not None:  # the certificate and key load as a pair
+        from dbaccess.gateway.process import server_tls
+
+        try:
+            server_tls(settings.gateway)
+        except ConfigError as exc:
+            raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
     for warning in shared_servers(settings):
         typer.echo(f"warning: {config}: {warning}", err=True)
     if not offline:

@@ -159,3 +159,28 @@ def test_bad_guardrails_name_the_key(
     with pytest.raises(ConfigError) as raised:
         load_settings(gateway_config(tmp_path, text, access))
     assert expected in raised.value.message
+
+
+def test_check_config_says_when_the_gateway_certificate_and_key_do_not_load(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from dbaccess.sandbox.tls import make_certificates
+
+    made = make_certificates(tmp_path / "tls")
+    other = make_certificates(tmp_path / "other")
+    (tmp_path / "demo.pw").write_text("pw\n")
+    section = GATEWAY.replace('"tls/gw.pem"', f'"{made.cert}"').replace(
+        '"tls/gw.key"',
+        f'"{other.key}"',  # not this certificate's key
+    )
+    path = gateway_config(tmp_path, section)
+    check = [sys.executable, "-m", "dbaccess.broker", "check-config", "--offline", "-c", str(path)]
+    result = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "gateway.tls_cert_file/tls_key_file: cannot load them" in result.stderr
+    path.write_text(path.read_text().replace(str(other.key), str(made.key)))
+    result = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
