@@ -16,6 +16,7 @@ import pytest
 
 from dbaccess.broker.settings import load_settings
 from dbaccess.gateway.credentials import upstream_password
+from dbaccess.sandbox.outage import frozen
 from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
 from tests.e2e.conftest import Cli
@@ -297,9 +298,7 @@ def wait_for(condition: object, what: str, timeout: float = 10) -> None:
 def test_expiry_ends_the_connection_with_the_broker_stopped_and_the_database_frozen(
     gw_cli: Cli, gw_stack: Stack, tmp_path: Path
 ) -> None:
-    import os
     import select
-    import signal
     from datetime import datetime
 
     granted = creds(gw_cli, "--duration", "4s")
@@ -309,18 +308,17 @@ def test_expiry_ends_the_connection_with_the_broker_stopped_and_the_database_fro
     assert conn.execute("select 1").fetchone() == (1,)
     expires_at = datetime.fromisoformat(str(granted["expires_at"]))
     gw_stack.stop_broker()  # no API, no reaper
-    os.killpg(gw_stack.postgres.pid, signal.SIGSTOP)  # and a database that answers nothing
     try:
-        left = (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()
-        readable, _, _ = select.select([conn.fileno()], [], [], max(left, 0) + 3)
-        ended = datetime.now(expires_at.tzinfo)
-        assert readable, "the gateway kept the connection open after the session's end"
-        late = (ended - expires_at).total_seconds()
-        assert -0.1 < late < 1.0, f"ended {late:.2f} s after the expiry"
-        with pytest.raises(psycopg.OperationalError, match="the session expired"):
-            conn.execute("select 1")
+        with frozen(gw_stack.postgres):  # and a database that answers nothing
+            left = (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()
+            readable, _, _ = select.select([conn.fileno()], [], [], max(left, 0) + 3)
+            ended = datetime.now(expires_at.tzinfo)
+            assert readable, "the gateway kept the connection open after the session's end"
+            late = (ended - expires_at).total_seconds()
+            assert -0.1 < late < 1.0, f"ended {late:.2f} s after the expiry"
+            with pytest.raises(psycopg.OperationalError, match="the session expired"):
+                conn.execute("select 1")
     finally:
-        os.killpg(gw_stack.postgres.pid, signal.SIGCONT)
         conn.close()
         gw_stack.start_broker()
 
@@ -336,3 +334,29 @@ def test_targets_says_which_are_reached_through_the_gateway(gw_cli: Cli) -> None
     assert any(
         line.split()[:3] == ["vault", "postgres", "via"] for line in table.stdout.splitlines()
     ), table.stdout
+
+
+def test_revocation_with_the_database_frozen_still_ends_the_connection_at_once(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    import select
+
+    granted = creds(gw_cli)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+    assert conn.execute("select 1").fetchone() == (1,)
+    try:
+        with frozen(gw_stack.postgres):  # the user cannot be dropped now
+            revoked = gw_cli.run("--json", "revoke", str(granted["id"]), timeout=30)
+            assert revoked.returncode == 0, revoked.stderr
+            returned = time.monotonic()
+            readable, _, _ = select.select([conn.fileno()], [], [], 3)
+            took = time.monotonic() - returned
+            assert readable and took < 1.0, f"the gateway ended it {took:.2f} s after revoke"
+            with pytest.raises(psycopg.OperationalError, match="the session was revoked"):
+                conn.execute("select 1")
+    finally:
+        conn.close()
+    # and once the database answers again, the broker finishes dropping the user
+    wait_for(lambda: not gw_cli.role_exists(str(granted["db_user"])), "the drop", timeout=30)
