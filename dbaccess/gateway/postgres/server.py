@@ -1042,8 +1042,15 @@ class Gateway:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for connection in list(self._connections):
+        connections = list(self._connections)
+        tasks = [c._task for c in connections if c._task is not None and not c._task.done()]
+        for connection in connections:
             connection.close()
+        # The cancelled start-ups finish, and the closed transports' connection_lost runs
+        # (scheduled by close): a loop stopped before would leave both half-done.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
         if self._server is not None:
             await self._server.wait_closed()
 
