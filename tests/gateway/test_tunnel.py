@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,6 +228,7 @@ def test_a_revoked_session_is_replaced_for_the_next_connection(gw_cli: Cli) -> N
         assert replacement["id"] != session["id"] and replacement["db_user"] == second
         assert t.current_user() == second  # one session for the connections that follow
     assert t.code == 0, t.stderr
+    assert "could not revoke" not in t.stderr
     assert not gw_cli.role_exists(second)
 
 
@@ -237,6 +239,22 @@ def test_an_expired_session_is_replaced_without_the_gui_changing_anything(gw_cli
         second = t.current_user()
         assert second != first and second.startswith("gw_alice_")
     assert t.code == 0, t.stderr
+    assert "could not revoke" not in t.stderr
+
+
+def test_a_cancel_request_reaches_the_query_through_the_tunnel(gw_cli: Cli) -> None:
+    with tunnel(gw_cli) as t, psycopg.connect(**t.conninfo()) as conn:
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(30)")
+        finally:
+            timer.cancel()
+        assert time.monotonic() - started < 10
+        conn.rollback()
+        assert conn.execute("select 1").fetchone() == (1,)  # the connection stays usable
 
 
 def test_sigint_and_sigterm_revoke_the_tunnels_sessions_and_exit_0(gw_cli: Cli) -> None:
@@ -287,3 +305,13 @@ def test_the_text_output_says_what_to_paste(gw_cli: Cli) -> None:
     assert process.returncode == 0, err
     assert re.search(r"session [0-9a-f-]+ \(gw_alice_\w+\) until", err)
     assert "revoked" in err
+
+
+def test_a_direct_target_is_refused_and_its_session_revoked(gw_cli: Cli) -> None:
+    result = gw_cli.run("tunnel", "demo", "--role", "readonly", "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    assert "demo is not reached through the gateway" in result.stderr
+    assert "hint: for a direct target: dbaccess creds demo --role readonly --reveal" in (
+        result.stderr
+    )
+    assert active_sessions(gw_cli) == []

@@ -11,6 +11,7 @@ tunnel revokes them all when it stops.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,14 +72,14 @@ class SessionKeeper:
         self._clock = clock
         self._on_new = on_new
         self._lock = asyncio.Lock()
+        self._kept = threading.Lock()
         self.current: Held | None = None
         self.obtained: list[Held] = []
 
     def adopt(self, granted: Any) -> Held:
         """A session obtained before the tunnel started serving (the first one)."""
-        held = Held(granted, obtained_at=self._clock())
+        held = self._keep(granted)
         self.current = held
-        self.obtained.append(held)
         self._on_new(held)
         return held
 
@@ -86,10 +87,22 @@ class SessionKeeper:
         """The session for a new connection: the current one, or a fresh one."""
         async with self._lock:  # connections arriving meanwhile wait for the same answer
             if needs_fresh(self.current, self._clock()):
-                granted = await asyncio.to_thread(self._obtain)
-                self.adopt(granted)
+                held = await asyncio.to_thread(self._obtain_and_keep)
+                self.current = held
+                self._on_new(held)
             assert self.current is not None
             return self.current
+
+    def _obtain_and_keep(self) -> Held:
+        # kept in the thread itself: a tunnel stopped while the broker answers still
+        # revokes the session that answer made (asyncio.run waits for the thread)
+        return self._keep(self._obtain())
+
+    def _keep(self, granted: Any) -> Held:
+        held = Held(granted, obtained_at=self._clock())
+        with self._kept:
+            self.obtained.append(held)
+        return held
 
     def ended(self, held: Held) -> None:
         """The gateway no longer knows ``held``: the next connection gets a fresh one."""

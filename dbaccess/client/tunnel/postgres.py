@@ -100,6 +100,9 @@ class Tunnel:
             )
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass  # the client (or the gateway) went away
+        except Exception as exc:  # the type only: a message could quote a secret
+            self.warn(f"a connection failed: {type(exc).__name__}")
+            writer.write(wire.error_response("XX000", "the tunnel failed to set up the connection"))
         finally:
             writer.close()
             if task is not None:
@@ -300,10 +303,15 @@ class Tunnel:
         if held is None:
             return
         with contextlib.suppress(Refused, OSError, TimeoutError, asyncio.IncompleteReadError):
-            _, writer = await self._open_gateway(held)
-            writer.write(packet)
-            await writer.drain()
-            writer.close()
+            reader, writer = await self._open_gateway(held)
+            try:
+                writer.write(packet)
+                await writer.drain()
+                # as libpq does: wait for the gateway to close (closing first would end
+                # its connection before it forwarded the cancel)
+                await asyncio.wait_for(reader.read(1), self.timeouts.connect)
+            finally:
+                writer.close()
 
 
 async def _relay(

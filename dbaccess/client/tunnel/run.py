@@ -55,7 +55,7 @@ class TunnelReport(Protocol):
 
 def listen(port: int) -> socket.socket:
     """The tunnel's socket on 127.0.0.1, or a UsageError saying the port is taken."""
-    if not 0 <= port <= 65535:
+    if not 1 <= port <= 65535:
         raise UsageError(f"--port: {port} is not a TCP port (1-65535)")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # a previous tunnel's closed connections (TIME_WAIT) must not keep the port from us;
