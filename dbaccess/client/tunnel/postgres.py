@@ -108,10 +108,13 @@ class Tunnel:
             if task is not None:
                 self.tasks.discard(task)
 
-    def close(self) -> None:
-        """End every connection (the tunnel stops)."""
-        for task in list(self.tasks):
+    async def aclose(self) -> None:
+        """End every connection (the tunnel stops) and let their sockets close."""
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)  # the transports' close callbacks (TLS: close_notify)
 
     # -- the GUI's side ------------------------------------------------------------------
 

@@ -134,8 +134,8 @@ def run_tunnel(
         return obtain(broker(), later[0], Ask())
 
     keeper = SessionKeeper(obtain_again, on_new=lambda held: report.info(_opened(held)))
-    try:
-        with cleanup_on_signals():
+    with cleanup_on_signals():
+        try:
             granted = obtain(broker(), setup.request, first_ask)
             keeper.adopt(granted)
             later.append(later_request(setup.request, given[-1] if given else None))
@@ -150,9 +150,9 @@ def run_tunnel(
             settings = paste_settings(setup, port, granted.database, secret, secret_file)
             tunnel = Tunnel(login, keeper, warn=report.warn)
             asyncio.run(_serve(sock, tunnel, lambda: report.ready(settings)))
-    finally:
-        sock.close()
-        _revoke_all(broker, keeper.obtained, report)
+        finally:
+            sock.close()
+            _revoke_all(broker, keeper.obtained, report)
     return 0
 
 
@@ -169,10 +169,11 @@ async def _serve(sock: socket.socket, tunnel: Tunnel, ready: Callable[[], None])
         await stop.wait()
     finally:
         server.close()
-        tunnel.close()
+        await tunnel.aclose()
         await server.wait_closed()
         for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # which leaves SIGTERM to kill us: not yet
+            signal.signal(sig, signal.SIG_IGN)  # the revocations come first (_revoke_all)
 
 
 def _opened(held: Held) -> str:
