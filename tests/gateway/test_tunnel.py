@@ -148,6 +148,9 @@ def test_psql_and_psycopg_query_through_the_tunnel(gw_cli: Cli, gw_stack: Stack)
         )  # fmt: skip
         assert psql.returncode == 0, psql.stderr
         assert psql.stdout.splitlines() == ["3", "f"]
+        # never in the tunnel's argv or environment
+        for part in ("cmdline", "environ"):
+            assert s["password"].encode() not in Path(f"/proc/{t.process.pid}/{part}").read_bytes()
         # the GUI's password is the local secret, kept in a private file — not the session's
         path = Path(s["password_file"])
         assert path.read_text().strip() == s["password"]

@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +34,7 @@ LOOPBACK = "127.0.0.1"  # never a wildcard: other machines must not reach the tu
 DEFAULT_PORT = 15432
 LOCAL_USER = "dbaccess"  # the same for every tunnel, session and restart: GUIs save it
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CLOCK_SLACK = timedelta(minutes=1)  # how far the broker's clock may lag ours
 
 
 @dataclass(frozen=True)
@@ -185,11 +187,16 @@ def _opened(held: Held) -> str:
 def _revoke_all(
     broker: Callable[[], SessionBroker], obtained: list[Held], report: TunnelReport
 ) -> None:
-    """Revoke each session, however the tunnel ended; signals wait until it is done."""
+    """Revoke each session, however the tunnel ended; signals wait until it is done. A
+    session past its end (by a clock a little behind ours) is over already: a tunnel that
+    ran for a week does not call the broker for each of its hours."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         api: SessionBroker | None = None
+        over = datetime.now(UTC) - CLOCK_SLACK
         for held in obtained:
+            if held.expires_at < over:
+                continue
             try:
                 api = api or broker()
                 api.revoke(held.id)
