@@ -54,6 +54,7 @@ class TargetAccess(_Wire):
     reason_required: bool
     ticket_pattern: str | None = None
     approvals: int = 0
+    access: str = "direct"  # or "gateway": reached through the gateway only
 
 
 class SessionCreate(_Wire):

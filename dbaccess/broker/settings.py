@@ -506,6 +506,13 @@ class GatewaySection(_Section):
             raise ConfigError(f"cannot read gateway.ca_file {path}: {exc.strerror}") from None
 
 
+def gateway_speaks(engine: str) -> bool:
+    """The gateway has one sub-package per engine whose protocol it speaks."""
+    from importlib.util import find_spec
+
+    return find_spec(f"dbaccess.gateway.{engine}") is not None
+
+
 def split_address(value: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) as a pair, or ValueError naming the expected form."""
     host, sep, port = value.rpartition(":")
@@ -563,10 +570,11 @@ class Settings(_Section):
                     f"targets.{name}.access",
                     '"gateway" needs a [gateway] section (listen, tls_cert_file, ...)',
                 )
-            if target.engine != "postgres":
+            if not gateway_speaks(target.engine):
                 raise _KeyedError(
                     f"targets.{name}.access",
-                    f'the gateway speaks PostgreSQL only; a {target.engine} target is "direct"',
+                    f"the gateway does not speak {target.engine} yet; a "
+                    f'{target.engine} target is "direct"',
                 )
         return self
 

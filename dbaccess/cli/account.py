@@ -64,7 +64,7 @@ def targets(ctx: typer.Context) -> None:
 
         table.add_row(
             t.target,
-            t.engine,
+            f"{t.engine} via gateway" if t.access == "gateway" else t.engine,
             t.role,
             format_duration(timedelta(seconds=t.max_duration_seconds)),
             format_duration(timedelta(seconds=t.default_duration_seconds)),

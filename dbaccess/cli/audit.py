@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dbaccess.cli.completion import complete_session
 from dbaccess.cli.output import Globals, result_table
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def audit(
             metavar="SESSION",
             help="The statements a gateway session ran (its id or the start of it), oldest "
             "first, and whether their hash chain verifies. Its owner or an auditor.",
+            autocompletion=complete_session,
         ),
     ] = None,
     after: Annotated[
@@ -156,7 +158,10 @@ def show_statements(g: Globals, session: str, *, after: int, limit: int) -> None
             statement_result(r.status, r.sqlstate, r.rule),
             one_line(r.sql, SQL_WIDTH),
         )
-    g.result(table if page.entries else "no statement records on this page")
+    if page.entries:
+        g.result(table)
+    elif page.verification.records:
+        g.result(f"no statement records after #{after}")
     g.result(shown(chain_verdict(page)))
     if page.next_after is not None:
         again = ["dbaccess", "audit", "--statements", page.session_id]
@@ -178,6 +183,11 @@ def statement_result(status: str, sqlstate: str | None, rule: str | None) -> str
 def chain_verdict(page: StatementPage) -> str:
     """One line: whether the records' hash chain verifies, and whether it is sealed."""
     v = page.verification
+    if v.ok and v.records == 0 and page.seal is None:
+        return (
+            "no statement records: none went through the gateway yet (a session reached "
+            "directly, not through the gateway, has none)"
+        )
     if v.ok:
         line = f"chain verifies: {v.records} record(s)"
     else:

@@ -94,6 +94,7 @@ async def start(
         require_tls=True,
         params=section.params,
         upstream_source=section.upstream_source_address,
+        reuse_port=True,  # more processes may join on the same address
     )
     gateway = await serve(directory, writer, config, live)
     watcher = RevocationWatcher(live, store.standing, interval=watch_interval)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -30,6 +31,7 @@ from dbaccess.sandbox import lifeline
 from dbaccess.sandbox.idp import approve_device_code
 from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
+from dbaccess.text import one_line
 
 DBACCESS = [sys.executable, "-m", "dbaccess"]
 
@@ -56,11 +58,12 @@ def _interrupted(signum: int, _frame: FrameType | None) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def parse_args(argv: list[str]) -> list[str]:
-    """The psql arguments (those after ``--``); ``-h``/``--help`` prints help and exits."""
+def parse_args(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--gateway``, and the psql arguments (those after ``--``); ``-h``/``--help`` prints
+    help and exits."""
     parser = argparse.ArgumentParser(
         prog="python -m dbaccess.sandbox",
-        usage="%(prog)s [-h] [-- PSQL ARGS...]",
+        usage="%(prog)s [-h] [--gateway] [-- PSQL ARGS...]",
         description=(
             "Try dbaccess on this machine: starts a private PostgreSQL (database 'demo'), "
             "MariaDB, an OpenID Connect provider, a Secret Service and a broker on "
@@ -71,11 +74,17 @@ def parse_args(argv: list[str]) -> list[str]:
         ),
         epilog="example: %(prog)s -- -c 'select * from orders'",
     )
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also start the gateway, and open psql on the 'vault' database through it "
+        "(the database admits the session user from the gateway only); at the end, show "
+        "the statements the gateway recorded",
+    )
     before, psql_args = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if ("--" in argv) else (argv, [])
     )
-    parser.parse_args(before)
-    return psql_args
+    return parser.parse_args(before).gateway, psql_args
 
 
 def _short_tmp() -> str:
@@ -86,14 +95,14 @@ def _short_tmp() -> str:
 
 
 def main(argv: list[str]) -> int:
-    psql_args = parse_args(argv)
+    gateway, psql_args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dbaccess-sandbox-", dir=_short_tmp()))
     lifeline.start(workdir)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupted)
     say(f"starting PostgreSQL, the identity provider and the broker in {workdir}")
     try:
-        return _tour(workdir, psql_args)
+        return _tour(workdir, psql_args, gateway)
     except Interrupted as stop:
         say("stopped; everything the sandbox started has been stopped and removed")
         return 128 + stop.signum
@@ -103,9 +112,9 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _tour(workdir: Path, psql_args: list[str]) -> int:
+def _tour(workdir: Path, psql_args: list[str], gateway: bool = False) -> int:
     with (
-        Stack(workdir / "stack", reaper_interval="1s") as stack,
+        Stack(workdir / "stack", reaper_interval="1s", gateway=gateway) as stack,
         SecretService(workdir / "secrets") as secrets,
     ):
         env = stack.cli_env()
@@ -113,6 +122,7 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
         say(
             f"broker {stack.broker_url}, identity provider {stack.idp.issuer}, "
             f"PostgreSQL 127.0.0.1:{stack.postgres.port}"
+            + (f", gateway 127.0.0.1:{stack.gateway_port}" if gateway else "")
         )
 
         say("$ dbaccess login   (the sandbox approves the code as 'alice', like a browser)")
@@ -127,7 +137,8 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
             say("login failed")
             return login.returncode
 
-        command = ["connect", "demo", "--role", "readonly", "--reason", "sandbox tour"]
+        target = "vault" if gateway else "demo"
+        command = ["connect", target, "--role", "readonly", "--reason", "sandbox tour"]
         if psql_args:
             command += ["--", *psql_args]
         say("$ dbaccess " + shlex.join(command))
@@ -145,7 +156,8 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
 
         with stack.postgres.connect() as admin:
             left = admin.execute(
-                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dba\\_%'"
+                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dba\\_%' "
+                "OR rolname LIKE 'gw\\_%'"
             ).fetchone()
         say(f"psql exited with {code_}; session users left in PostgreSQL: {left[0] if left else 0}")
         store = Store(f"sqlite:///{stack.broker_config.parent / 'broker.db'}")
@@ -154,11 +166,39 @@ def _tour(workdir: Path, psql_args: list[str]) -> int:
                 f"audit #{record.seq} {record.at:%H:%M:%S} {record.event} "
                 f"{record.detail.get('db_user', '')} by {record.subject}"
             )
+        if gateway:
+            show_statements(store)
         store.close()
         say("stopping the sandbox")
         if interrupted is not None:
             raise interrupted
     return code_
+
+
+def show_statements(store: Store) -> None:
+    """What the gateway recorded of the tour's session (its last batch may take a moment)."""
+    import sqlalchemy as sa
+
+    from dbaccess.broker.store import leases
+
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(leases.c.id, leases.c.db_user)
+            .where(leases.c.target == "vault")
+            .order_by(leases.c.created_at.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return
+    lease_id, db_user = str(row.id), str(row.db_user)
+    deadline = time.monotonic() + 2
+    while (head := store.statement_head(lease_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries, _ = store.statement_page(lease_id, after=0, limit=50)
+    say(f"the gateway recorded {head.count if head else 0} statement(s) of {db_user}:")
+    for entry in entries:
+        rows = "" if entry.rows is None else f", {entry.rows} row(s)"
+        say(f"  #{entry.seq} {entry.kind}: {one_line(entry.sql, 70)}{rows}, {entry.status}")
 
 
 if __name__ == "__main__":

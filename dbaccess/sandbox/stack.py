@@ -150,6 +150,7 @@ provisioner = {{ user = "{provisioner}", password_env = "{provisioner_env}" }}
 group_role = "dbaccess_readonly"
 read_only = true
 statement_timeout = "5m"
+connection_limit = 16             # a GUI opens several; the tests spread them over gateways
 
 [targets.vault.roles.readwrite]
 group_role = "dbaccess_readwrite"
@@ -384,27 +385,32 @@ class Stack:
     def gateway_log(self) -> Path:
         return self.workdir / "broker" / "gateway.log"
 
+    def spawn_gateway(self, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+        """Another ``dbaccess-broker gateway`` process on this stack's config (by default on
+        the same address: the processes share it)."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dbaccess.broker",
+                    "gateway",
+                    "--config",
+                    str(self.broker_config),
+                    *extra,
+                ],
+                env=self.broker_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.broker_config.parent,
+                process_group=DAEMON_GROUP,
+            )
+
     def start_gateway(self) -> None:
         """Start ``dbaccess-broker gateway`` on this stack's config; wait until it listens."""
         import socket
 
-        log = self.gateway_log.open("ab")
-        self._gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dbaccess.broker",
-                "gateway",
-                "--config",
-                str(self.broker_config),
-            ],
-            env=self.broker_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.broker_config.parent,
-            process_group=DAEMON_GROUP,
-        )
-        log.close()
+        self._gateway = self.spawn_gateway(self.gateway_log)
 
         def listening() -> bool:
             if self._gateway is not None and self._gateway.poll() is not None:

@@ -178,3 +178,155 @@ def test_every_statement_through_the_gateway_is_in_the_audit_with_its_result(
     assert got[2] == ("query", "delete from orders", None, "25006", "completed")
     assert all(e["params_policy"] == "redacted" and e["bytes_out"] > 0 for e in entries)
     assert page()["verification"]["ok"] is True  # type: ignore[index]
+
+
+def test_two_gateways_share_one_address_and_a_killed_one_drops_only_its_connections(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    log = tmp_path / "gateway-b.log"
+    second = gw_stack.spawn_gateway(log, "--name", "gw-b")
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), "the second gateway")
+        granted = creds(gw_cli)
+        ca = tmp_path / "ca.pem"
+        ca.write_text(str(granted["ca_certificate"]))
+        conns = [
+            psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+            for _ in range(12)
+        ]
+        for number, conn in enumerate(conns):
+            conn.execute(f"select {number}")
+        store = gw_cli.store()
+        wait_for(
+            lambda: (
+                store.statement_head(str(granted["id"])) is not None
+                and store.statement_head(str(granted["id"])).count >= 12
+            ),  # type: ignore[union-attr]
+            "the records of both gateways",
+        )
+        served_by = {
+            int(entry.sql.removeprefix("select ")): entry.gateway
+            for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
+        }
+        assert len(served_by) == 12
+        assert "gw-b" in served_by.values() and len(set(served_by.values())) == 2
+
+        second.kill()  # SIGKILL: no goodbye to anyone
+        second.wait(10)
+        for number, conn in enumerate(conns):
+            if served_by[number] == "gw-b":
+                with pytest.raises(psycopg.OperationalError):
+                    conn.execute("select 1")  # a clean error, not a hang
+            else:
+                assert conn.execute("select 1").fetchone() == (1,)
+        # the records gw-b had acknowledged survive it, and the chain still verifies
+        assert store.verify_statements(str(granted["id"])).ok
+        # the killed gateway's upstream connections are gone from the database too
+        survivors = sum(1 for n in served_by if served_by[n] != "gw-b")
+
+        def backends() -> int:
+            with gw_stack.postgres.connect() as admin:
+                row = admin.execute(
+                    "select count(*) from pg_stat_activity where usename = %s",
+                    (granted["db_user"],),
+                ).fetchone()
+            return int(row[0]) if row else -1
+
+        wait_for(lambda: backends() == survivors, "the killed gateway's backends to end")
+        # a new connection is served by the gateway still running
+        with psycopg.connect(**gateway_conninfo(granted, ca)) as fresh:  # type: ignore[arg-type]
+            assert fresh.execute("select 2").fetchone() == (2,)
+        for conn in conns:
+            conn.close()
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.wait(10)
+        gw_cli.run("revoke", str(granted["id"]))
+
+
+def test_no_secret_reaches_argv_environment_logs_or_records(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    granted = creds(gw_cli)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    with psycopg.connect(**gateway_conninfo(granted, ca)) as conn:  # type: ignore[arg-type]
+        conn.execute("select %s::text", ("a bind parameter",))
+    settings = load_settings(gw_stack.broker_config)
+    assert settings.gateway is not None
+    secrets = [
+        str(granted["password"]),
+        upstream_password(settings.gateway.key.read(), str(granted["id"])),
+        settings.gateway.key.read(),
+    ]
+    assert gw_cli.run("revoke", str(granted["id"])).returncode == 0
+    pid = gw_stack.gateway_pid
+    exposed = {
+        "argv": Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"),
+        "environment": Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace"),
+        "gateway log": gw_stack.gateway_log.read_text(),
+        "broker log": gw_stack.broker_log.read_text(),
+    }
+    store = gw_cli.store()
+    wait_for(lambda: store.statement_head(str(granted["id"])) is not None, "the record")
+    exposed["records"] = "\n".join(
+        repr(entry) for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
+    )
+    for where, text in exposed.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret is in the gateway's {where}"
+    assert "a bind parameter" not in exposed["records"]  # params = "redacted" (the default)
+
+
+def wait_for(condition: object, what: str, timeout: float = 10) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_expiry_ends_the_connection_with_the_broker_stopped_and_the_database_frozen(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    import os
+    import select
+    import signal
+    from datetime import datetime
+
+    granted = creds(gw_cli, "--duration", "4s")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+    assert conn.execute("select 1").fetchone() == (1,)
+    expires_at = datetime.fromisoformat(str(granted["expires_at"]))
+    gw_stack.stop_broker()  # no API, no reaper
+    os.killpg(gw_stack.postgres.pid, signal.SIGSTOP)  # and a database that answers nothing
+    try:
+        left = (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()
+        readable, _, _ = select.select([conn.fileno()], [], [], max(left, 0) + 3)
+        ended = datetime.now(expires_at.tzinfo)
+        assert readable, "the gateway kept the connection open after the session's end"
+        late = (ended - expires_at).total_seconds()
+        assert -0.1 < late < 1.0, f"ended {late:.2f} s after the expiry"
+        with pytest.raises(psycopg.OperationalError, match="the session expired"):
+            conn.execute("select 1")
+    finally:
+        os.killpg(gw_stack.postgres.pid, signal.SIGCONT)
+        conn.close()
+        gw_stack.start_broker()
+
+
+def test_targets_says_which_are_reached_through_the_gateway(gw_cli: Cli) -> None:
+    listed = gw_cli.run("--json", "targets")
+    assert listed.returncode == 0, listed.stderr
+    access = {(t["target"], t["role"]): t["access"] for t in json.loads(listed.stdout)["data"]}
+    assert access[("vault", "readonly")] == "gateway"
+    assert access[("demo", "readonly")] == "direct"
+    table = gw_cli.run("targets")
+    assert table.returncode == 0, table.stderr
+    assert any(
+        line.split()[:3] == ["vault", "postgres", "via"] for line in table.stdout.splitlines()
+    ), table.stdout

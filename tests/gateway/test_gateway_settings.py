@@ -83,7 +83,7 @@ def test_a_mariadb_target_cannot_use_the_gateway(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as raised:
         load_settings(write(tmp_path, text + GATEWAY))
-    assert "targets.demo.access: the gateway speaks PostgreSQL only" in raised.value.message
+    assert "targets.demo.access: the gateway does not speak mariadb yet" in raised.value.message
 
 
 def test_serving_reads_the_key_and_the_ca_at_start(

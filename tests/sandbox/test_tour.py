@@ -171,3 +171,27 @@ def test_a_mariadb_socket_path_too_long_is_said_at_once(tmp_path: Path) -> None:
     server = MariaDBServer(tmp_path / ("x" * 100))
     with pytest.raises(ServiceError, match="longer than a Unix socket allows"):
         server.start()
+
+
+def test_the_gateway_tour_reaches_vault_through_the_gateway_and_shows_its_records(
+    tmp_path: Path,
+) -> None:
+    env = tour_env(tmp_path)
+    result = subprocess.run(
+        [*TOUR, "--gateway", "--", "-At", "-c", "select current_user", "-c", "select 42"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"gw_alice_[0-9a-f]{10}\n42\n", result.stdout)
+    gateway = re.search(r", gateway 127\.0\.0\.1:(\d+)", result.stderr)
+    assert gateway, result.stderr
+    assert f"through the gateway 127.0.0.1:{gateway.group(1)}" in result.stderr
+    assert "session users left in PostgreSQL: 0" in result.stderr
+    assert "the gateway recorded 2 statement(s)" in result.stderr
+    assert "#2 query: select 42, 1 row(s), completed" in result.stderr
+    assert_nothing_left(Path(env["TMPDIR"]), result.stderr)
+    assert not listening(int(gateway.group(1)))

@@ -28,6 +28,7 @@ class Targets:
             TargetAccess(
                 target=target,
                 engine=current.targets[target].engine,
+                access=current.targets[target].access,
                 role=role,
                 max_duration_seconds=int(rule.max_duration.total_seconds()),
                 default_duration_seconds=int(

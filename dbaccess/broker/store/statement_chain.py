@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from dbaccess.broker.store.audit_chain import GENESIS, AuditTrail, statement_hash
 from dbaccess.broker.store.database import chunks
+from dbaccess.broker.store.driver_sql import driver_cursor
 from dbaccess.broker.store.schema import LIVE_STATES, audit, leases, statement_heads, statements
 
 SEALED_EVENT = "session.statements_sealed"
@@ -165,7 +167,15 @@ def check_chain(
         expected_prev, expected_seq = record.hash, record.seq + 1
     count = head.count if head is not None else 0
     last = expected_seq - 1
-    if first_bad is None and head is None and found:
+    if first_bad is None and head is None and sealed_event is not None:
+        first_bad, problem = (
+            1,
+            (
+                f"the audit trail sealed {sealed_event.get('count')} record(s) but the "
+                "session's head is gone (its records were deleted)"
+            ),
+        )
+    elif first_bad is None and head is None and found:
         first_bad, problem = 1, "the session's records have no head (it was deleted)"
     elif first_bad is None and last < count:
         first_bad, problem = (
@@ -245,8 +255,14 @@ class Statements(AuditTrail):
                         .where(statement_heads.c.lease_id == lease_id)
                         .values(count=count, head=prev)
                     )
-            for chunk in chunks(rows):
-                conn.execute(statements.insert(), chunk)
+            # On the driver's cursor, as the audit trail's appends: SQLAlchemy's
+            # executemany costs more than the rows themselves (times in the store's form).
+            time, stored_at = self._sql.time, self._sql.time(written_at)
+            cursor = driver_cursor(conn)
+            cursor.executemany(
+                _insert_sql(self._sql.sqlite),
+                [{**row, "started": time(row["started"]), "written_at": stored_at} for row in rows],
+            )
 
     def _heads(self, conn: Connection, lease_ids: list[str]) -> dict[str, StatementHead]:
         found: dict[str, StatementHead] = {}
@@ -277,42 +293,34 @@ class Statements(AuditTrail):
         page = rows[:limit]
         return page, (page[-1].seq if len(rows) > limit and page else None)
 
-    def _statement_rows(self, lease_id: str | None = None) -> Iterator[StoredStatement]:
-        query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
-        if lease_id is not None:
-            query = query.where(statements.c.lease_id == lease_id)
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """One consistent view of records, heads and seals: a batch committed between
+        reading a head and reading the rows would otherwise look like tampering. SQLite's
+        read transaction is a snapshot already (WAL); PostgreSQL's needs REPEATABLE READ."""
         with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                yield _stored(row)
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
-    def _seal_events(self, lease_id: str | None = None) -> dict[str, dict[str, Any]]:
-        query = sa.select(audit.c.lease_id, audit.c.detail).where(audit.c.event == SEALED_EVENT)
-        if lease_id is not None:
-            query = query.where(audit.c.lease_id == lease_id)
-        with self.engine.connect() as conn:
-            return {row.lease_id: json.loads(row.detail) for row in conn.execute(query)}
-
-    def verify_statements(self, lease_id: str) -> StatementVerdict:
-        """Recompute one session's chain and compare it with its head and its seal."""
-        return check_chain(
-            lease_id,
-            self._statement_rows(lease_id),
-            self.statement_head(lease_id),
-            self._seal_events(lease_id).get(lease_id),
+    def _verdicts(self, conn: Connection, lease_id: str | None) -> Iterator[StatementVerdict]:
+        heads_query = sa.select(statement_heads)
+        rows_query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
+        seals_query = sa.select(audit.c.lease_id, audit.c.detail).where(
+            audit.c.event == SEALED_EVENT
         )
-
-    def verify_all_statements(self) -> Iterator[StatementVerdict]:
-        """``verify_statements`` for every session with records or a head, in one pass."""
-        with self.engine.connect() as conn:
-            heads = {
-                row.lease_id: StatementHead(**row._mapping)
-                for row in conn.execute(sa.select(statement_heads))
-            }
-        seals = self._seal_events()
+        if lease_id is not None:
+            heads_query = heads_query.where(statement_heads.c.lease_id == lease_id)
+            rows_query = rows_query.where(statements.c.lease_id == lease_id)
+            seals_query = seals_query.where(audit.c.lease_id == lease_id)
+        heads = {row.lease_id: StatementHead(**row._mapping) for row in conn.execute(heads_query)}
+        seals = {row.lease_id: json.loads(row.detail) for row in conn.execute(seals_query)}
         current: str | None = None
         batch: list[StoredStatement] = []
         seen: set[str] = set()
-        for record in self._statement_rows():
+        for row in conn.execute(rows_query):
+            record = _stored(row)
             if record.lease_id != current:
                 if current is not None:
                     seen.add(current)
@@ -322,8 +330,19 @@ class Statements(AuditTrail):
         if current is not None:
             seen.add(current)
             yield check_chain(current, batch, heads.get(current), seals.get(current))
-        for lease_id in sorted(set(heads) - seen):
-            yield check_chain(lease_id, [], heads[lease_id], seals.get(lease_id))
+        for unseen in sorted((set(heads) | set(seals)) - seen):
+            yield check_chain(unseen, [], heads.get(unseen), seals.get(unseen))
+
+    def verify_statements(self, lease_id: str) -> StatementVerdict:
+        """Recompute one session's chain and compare it with its head and its seal."""
+        with self._snapshot() as conn:
+            found = list(self._verdicts(conn, lease_id))
+        return found[0] if found else StatementVerdict(lease_id=lease_id, records=0, expected=0)
+
+    def verify_all_statements(self) -> Iterator[StatementVerdict]:
+        """``verify_statements`` for every session with records or a head, in one pass."""
+        with self._snapshot() as conn:
+            yield from self._verdicts(conn, None)
 
     def export_statements(self, since: datetime | None = None) -> Iterator[StoredStatement]:
         """Every record, by session and seq (``since``: those started then or later)."""
@@ -361,11 +380,20 @@ class Statements(AuditTrail):
                 leases.outerjoin(statement_heads, statement_heads.c.lease_id == leases.c.id)
             )
             .where(ended, unsealed)
-            .order_by(leases.c.revoked_at)
-            .limit(SEAL_BATCH)
         )
+        # Found without the write lock (a read blocks no writer): the search reads every
+        # ended lease, and under the lock it would hold up issuance each sweep. Under the
+        # lock, only the candidates are read again, by id, in case another replica or a
+        # late batch got there first.
+        with self.engine.connect() as conn:
+            candidates = [
+                row.id
+                for row in conn.execute(query.order_by(leases.c.revoked_at).limit(SEAL_BATCH))
+            ]
+        if not candidates:
+            return 0
         with self._write() as conn:
-            due = conn.execute(query).all()
+            due = conn.execute(query.where(leases.c.id.in_(candidates))).all()
             if not due:
                 return 0
             event = "session.statements_sealed"  # SEALED_EVENT, spelled out for the list test
@@ -391,9 +419,23 @@ class Statements(AuditTrail):
         return len(due)
 
 
+def _insert_sql(sqlite: bool) -> str:
+    names = [c for c in statements.columns.keys() if c != "id"]
+    values = ", ".join(f":{n}" if sqlite else f"%({n})s" for n in names)
+    return f"INSERT INTO statements ({', '.join(names)}) VALUES ({values})"
+
+
+def _text(value: str) -> str:
+    """``value`` as both stores can keep it: PostgreSQL refuses NUL in text, and a batch
+    it refuses would be retried forever, holding back every later record of the gateway.
+    A client may send NUL inside a Query's text; it is kept as U+FFFD, as the gateway
+    keeps bytes it cannot decode."""
+    return value.replace("\x00", "\ufffd")
+
+
 def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) -> dict[str, Any]:
     """The stored, hashed fields of a record, normalised so that what is read back hashes
-    alike (UTC times, a float duration, params as JSON text)."""
+    alike (UTC times, a float duration, params as JSON text, no NUL)."""
     started = record.started
     if started.tzinfo is None:
         raise ValueError("naive datetime given to the store")
@@ -404,8 +446,9 @@ def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) 
         "target": record.target,
         "role": record.role,
         "kind": record.kind,
-        "sql": record.sql,
+        "sql": _text(record.sql),
         "params_policy": record.params_policy,
+        # JSON writes a NUL in a parameter as the six characters \u0000: no NUL reaches SQL
         "params": None if record.params is None else json.dumps(list(record.params)),
         "started": started.astimezone(UTC),
         "duration": float(record.duration),
@@ -414,7 +457,7 @@ def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) 
         "bytes_in": int(record.bytes_in),
         "sqlstate": record.sqlstate,
         "status": record.status,
-        "rule": record.rule,
+        "rule": None if record.rule is None else record.rule[:64],  # statements.rule
         "connection": int(record.connection),
         "gateway": gateway,
         "written_at": written_at,

@@ -42,9 +42,14 @@ WAITING_FOR_APPROVAL = "waiting for approval (Ctrl-C stops waiting; the request 
 
 
 def connected(granted: Any, m: Markup = PLAIN) -> str:
+    through = (
+        f" through the gateway {m.quote(f'{granted.host}:{granted.port}')}"
+        if getattr(granted, "access", "direct") == "gateway"
+        else ""
+    )
     return (
         f"{m.dim('dbaccess:')} connected as {m.strong(m.quote(granted.db_user))} to "
-        f"{m.quote(granted.target)} ({m.quote(granted.role)}), valid until "
+        f"{m.quote(granted.target)} ({m.quote(granted.role)}){through}, valid until "
         f"{human_time(granted.expires_at)}"
     )
 

@@ -62,6 +62,9 @@ class GatewayConfig:
     high_water: int = 256 * 1024  # a side's write buffer above this pauses the other side
     low_water: int = 64 * 1024
     handshake_timeout: float = 30.0
+    # SO_REUSEPORT: several gateway processes on one address share its connections (the
+    # kernel spreads them; Linux admits only processes of the same user to the port).
+    reuse_port: bool = False
     connect_timeout: float = 10.0
 
     @property
@@ -648,7 +651,12 @@ class Gateway:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, self.config.host, self.config.port)
+        self._server = await loop.create_server(
+            self._accept,
+            self.config.host,
+            self.config.port,
+            reuse_port=self.config.reuse_port or None,
+        )
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (host, port)
 

@@ -237,6 +237,10 @@ def test_the_cli_shows_a_table_safely_and_the_verdict(
     assert "sealed into the audit trail with 5 record(s)" in out
     assert "1 record(s) arrived after the seal" in out
     assert "more:" not in human.stderr
+    beyond = CliRunner().invoke(
+        cli, ["audit", "--statements", setup.session_id, "--after", "6"], prog_name="dbaccess"
+    )
+    assert beyond.exit_code == 0 and beyond.stdout.startswith("no statement records after #6")
 
     paged = CliRunner().invoke(
         cli,
@@ -276,3 +280,24 @@ def test_the_cli_refuses_mixed_options_and_others(
     )
     assert other.exit_code != 0
     assert json.loads(other.stdout)["error"]["code"] == "not_found"
+
+
+def test_a_session_without_records_says_so(
+    setup: Setup, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = bearer(tokens, "alice")
+    made = setup.api.post(
+        "/v1/sessions", headers=alice, json={"target": "demo", "role": "readonly"}
+    )
+    assert made.status_code == 201, made.text
+    other = made.json()["id"]
+    try:
+        page = setup.api.get(f"/v1/sessions/{other}/statements", headers=alice).json()
+        assert page["entries"] == [] and page["count"] == 0 and page["head"] is None
+        assert page["verification"]["ok"] is True and page["seal"] is None
+        login_cli(setup, tokens, "alice", monkeypatch)
+        human = CliRunner().invoke(cli, ["audit", "--statements", other], prog_name="dbaccess")
+        assert human.exit_code == 0, human.output
+        assert human.stdout.startswith("no statement records: none went through the gateway")
+    finally:
+        setup.api.delete(f"/v1/sessions/{other}", headers=alice)

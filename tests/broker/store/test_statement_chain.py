@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -207,6 +208,15 @@ def test_the_seal_is_written_once_and_late_records_are_flagged(store: Store) -> 
     verdict = store.verify_statements(lease.id)
     assert not verdict.ok and "seal" in (verdict.problem or "")
 
+    # Deleting a sealed session's records and head altogether: the seal remains.
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(statements).where(statements.c.lease_id == lease.id))
+        conn.execute(sa.delete(statement_heads).where(statement_heads.c.lease_id == lease.id))
+    verdict = store.verify_statements(lease.id)
+    assert not verdict.ok and "sealed 3 record(s)" in (verdict.problem or "")
+    [whole] = [v for v in store.verify_all_statements() if v.lease_id == lease.id]
+    assert not whole.ok and whole.first_bad == 1
+
 
 def test_a_gateway_session_without_records_is_sealed_with_none(store: Store) -> None:
     lease = open_lease(store)
@@ -232,6 +242,23 @@ def test_hostile_text_is_stored_as_given(store: Store) -> None:
     )
     page, _ = store.statement_page(lease.id)
     assert page[0].sql == sql and page[0].param_values() == ["\x1b[31m", "é"]
+    assert store.verify_statements(lease.id).ok
+
+
+def test_a_nul_in_the_sql_does_not_stop_the_records(store: Store) -> None:
+    # PostgreSQL keeps no NUL in text: a batch it refused would be retried for ever,
+    # holding back every later record of that gateway.
+    lease = open_lease(store)
+    StoreSink(store, "gw-a").write(
+        [
+            record(lease, 1, sql="SELECT 1\x00; DROP TABLE t", params_policy="full",
+                   params=("a\x00b",)),
+            record(lease, 2),
+        ]
+    )  # fmt: skip
+    page, _ = store.statement_page(lease.id)
+    assert [r.sql for r in page] == ["SELECT 1\ufffd; DROP TABLE t", "SELECT 2"]
+    assert page[0].param_values() == ["a\x00b"]
     assert store.verify_statements(lease.id).ok
 
 
@@ -349,3 +376,30 @@ def test_the_reaper_seals_and_logs_a_failing_pass(
     assert any("sealing the statement records of ended sessions recovered" in m for m in messages)
     assert len(store.audit_records(lease.id, event="session.statements_sealed")) == 1
     store.close()
+
+
+def test_verifying_while_a_gateway_writes_raises_no_false_alarm(store: Store) -> None:
+    # The head, the rows and the seal are read in one snapshot: a batch landing between
+    # reading the head and the rows must not look like rows inserted without the head.
+    lease = open_lease(store)
+    sink = StoreSink(store, "gw-a")
+    done = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not done.is_set():
+            sink.write([record(lease, n + k) for k in range(1, 6)])
+            n += 5
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    verdicts = []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            verdicts.append(store.verify_statements(lease.id))
+    finally:
+        done.set()
+        writer.join()
+    assert verdicts and all(v.ok for v in verdicts), [v for v in verdicts if not v.ok][:1]
+    assert max(v.records for v in verdicts) > 0

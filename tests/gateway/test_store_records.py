@@ -1,0 +1,102 @@
+"""A real client through the gateway with the store as its record sink: every statement the
+server ran is a stored record, chained and verifying, SQL and parameters as sent."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbaccess.broker.store import Store
+from dbaccess.gateway.postgres.server import GatewayConfig, serve
+from dbaccess.gateway.records import BatchingWriter, MemorySink
+from dbaccess.gateway.sessions import MemoryDirectory
+from dbaccess.gateway.store_sink import StoreSink
+from dbaccess.sandbox.postgres import PostgresServer
+from dbaccess.sandbox.tls import make_certificates
+from tests.gateway.conftest import HIGH_WATER, RunningGateway
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGateway, Store]]:
+    postgres = PostgresServer(Path(tmp_path_factory.mktemp("gateway-store-pg")))
+    postgres.start()
+    certs = make_certificates(Path(tmp_path_factory.mktemp("gateway-store-tls")))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certs.cert, certs.key)
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('gateway-store') / 'broker.db'}")
+    writer = BatchingWriter(StoreSink(store, "gw-test"), max_batch=4, max_delay=0.05)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="gateway-loop", daemon=True)
+    thread.start()
+    directory = MemoryDirectory()
+    config = GatewayConfig(tls=tls, params="full", high_water=HIGH_WATER, low_water=HIGH_WATER // 4)
+    running = RunningGateway(
+        gateway=asyncio.run_coroutine_threadsafe(
+            serve(directory, writer, config, live=directory.live), loop
+        ).result(10),
+        loop=loop,
+        sink=MemorySink(),  # unused: the records go to the store
+        writer=writer,
+        directory=directory,
+        postgres=postgres,
+        certs=certs,
+        made=[],
+    )
+    try:
+        yield running, store
+    finally:
+        running.call(running.gateway.close())
+        writer.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        store.close()
+        postgres.stop()
+
+
+def test_every_statement_is_a_stored_verifying_record(
+    stored: tuple[RunningGateway, Store],
+) -> None:
+    gateway, store = stored
+    session = gateway.new_session()
+    hostile = "SELECT 'x' /* \x1b[2J\x1b]0;owned\x07 */"
+    with psycopg.connect(gateway.dsn(session), prepare_threshold=0) as conn:
+        conn.execute("SELECT 1")
+        for n in range(6):  # prepared, more records than one batch
+            conn.execute("SELECT %s::text || 'x'", (f"v{n}",))
+        conn.execute(hostile)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        conn.rollback()
+        with conn.cursor().copy("COPY (SELECT generate_series(1, 50)) TO STDOUT") as copy:
+            assert len(b"".join(bytes(chunk) for chunk in copy)) > 0
+    assert gateway.writer.flush(10)
+
+    lease = session.session.lease_id
+    page, more = store.statement_page(lease, limit=1000)
+    assert more is None
+    # 0 unaudited: a record for each statement the server's log shows it ran (1/0 fails
+    # while being planned, before the log's "execute" line: recorded, with its SQLSTATE)
+    ran = [r for r in page if r.status != "not_run" and r.sqlstate is None]
+    assert len(ran) == len(gateway.server_statements(session))
+    assert [r.seq for r in page] == list(range(1, len(page) + 1))
+    assert {r.gateway for r in page} == {"gw-test"}
+    sqls = [r.sql for r in page]
+    assert "SELECT 1" in sqls and hostile in sqls
+    prepared = [r for r in page if r.sql == "SELECT $1::text || 'x'"]
+    assert [r.param_values() for r in prepared] == [[f"v{n}"] for n in range(6)]
+    [failed] = [r for r in page if r.sqlstate == "22012"]
+    assert failed.sql == "SELECT 1/0"
+    [copied] = [r for r in page if r.kind == "copy"]
+    assert copied.rows == 50 and copied.bytes_out > 0
+    assert all(r.subject == "alice@example.com" and r.target == "pg-test" for r in page)
+    verdict = store.verify_statements(lease)
+    assert verdict.ok and verdict.records == verdict.expected == len(page)
