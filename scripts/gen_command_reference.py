@@ -23,6 +23,7 @@ COMMANDS = [
     "revoke",
     "renew",
     "creds",
+    "tunnel",
     "breakglass",
     "requests",
     "approve",

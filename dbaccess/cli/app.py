@@ -24,6 +24,7 @@ from dbaccess.cli.login import login
 from dbaccess.cli.output import CHILD_COMMANDS, Globals, announced
 from dbaccess.cli.profiles import app as profiles_app
 from dbaccess.cli.sessions import renew, revoke, sessions
+from dbaccess.cli.tunnel import tunnel
 from dbaccess.errors import DbaccessError, ExitCode
 from dbaccess.help_examples import attach_examples
 
@@ -161,6 +162,7 @@ for name, command in (
     ("revoke", revoke),
     ("renew", renew),
     ("creds", creds),
+    ("tunnel", tunnel),
     ("breakglass", breakglass),
     ("requests", requests),
     ("approve", approve),

@@ -33,6 +33,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         'eval "$(dbaccess creds prod --role readonly --reveal)"',
         "dbaccess creds prod -r readonly --reveal --format json",
     ),
+    "tunnel": (
+        "dbaccess tunnel vault --role readonly",
+        'dbaccess tunnel vault -r readwrite --port 15433 --duration 1h --reason "JIRA-88"',
+    ),
     "breakglass": (
         'dbaccess breakglass prod --incident INC-123 --reason "checkout down"',
         'dbaccess breakglass prod --incident INC-1 --reason "practice" --drill',
