@@ -110,7 +110,9 @@ def port_open(port: int) -> bool:
     return True
 
 
-def start_gateway(pg_port: int, password: str) -> tuple[subprocess.Popen[str], Endpoint]:
+def start_gateway(
+    pg_port: int, password: str, store: str | None = None
+) -> tuple[subprocess.Popen[str], Endpoint]:
     user, secret = "bench_gw", secrets.token_urlsafe(24)
     process = subprocess.Popen(
         [sys.executable, str(HERE / "gateway_server.py")],
@@ -129,6 +131,7 @@ def start_gateway(pg_port: int, password: str) -> tuple[subprocess.Popen[str], E
         },
         "user": user,
         "secret": secret,
+        "store": store,
     }
     process.stdin.write(json.dumps(settings) + "\n")
     process.stdin.flush()
@@ -177,6 +180,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="each pgbench run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale: 10 is 1M rows")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="records to this store (e.g. sqlite:////tmp/b.db), as the gateway process does, "
+        "instead of a counting sink",
+    )
     args = parser.parse_args()
     pgbench_bin, pgbouncer_bin = find("pgbench"), find("pgbouncer")
     missing = [n for n, b in (("pgbench", pgbench_bin), ("pgbouncer", pgbouncer_bin)) if not b]
@@ -211,7 +220,7 @@ def main() -> None:
             bouncer, bouncer_port = start_pgbouncer(
                 pgbouncer_bin, work / "pgbouncer", postgres.port, password
             )
-            gateway, via_gateway = start_gateway(postgres.port, password)
+            gateway, via_gateway = start_gateway(postgres.port, password, args.store)
             endpoints = {
                 "direct": direct,
                 "pgbouncer": Endpoint("pgbouncer", bouncer_port, BENCH_USER, password),

@@ -6,7 +6,8 @@ One JSON line on stdin (never argv: it holds the secrets): ``{"upstream": {"host
 "database", "user", "password"}, "user": gateway user name, "secret": gateway secret}``.
 Serves one session from a MemoryDirectory with auditing on: every statement becomes a record,
 handed to a BatchingWriter whose sink counts them (the store's write cost is not in the
-figure). Prints ``port N`` once listening; exits when stdin closes, printing
+figure), or, with ``"store": URL``, writes them to that store as the gateway process does.
+Prints ``port N`` once listening; exits when stdin closes, printing
 ``records N``. uvloop when installed, as the gateway command would.
 """
 
@@ -55,6 +56,19 @@ async def main() -> None:
         )
     )
     sink = CountingSink()
+    if settings.get("store"):
+        from dbaccess.broker.store import Store
+        from dbaccess.gateway.store_sink import StoreSink
+
+        store_sink = StoreSink(Store(settings["store"]), "bench")
+
+        count = sink.write
+
+        def both(records: Sequence[StatementRecord]) -> None:
+            store_sink.write(records)
+            count(records)
+
+        sink.write = both  # type: ignore[method-assign]
     writer = BatchingWriter(sink)
     gateway = await serve(directory, writer, GatewayConfig(), live=directory.live)
     print(f"port {gateway.address[1]}", flush=True)

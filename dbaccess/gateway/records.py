@@ -1,17 +1,19 @@
 """Statement records: one per statement a client runs through the gateway (engine-neutral).
 
-The protocol server hands each finished record to a ``BatchingWriter`` (a list append under
-a lock); a thread of its own delivers them in order, in batches, to a ``RecordSink`` (the
-store later; a list in tests), so the hot path never waits for a write.
+The protocol server hands each finished record to a ``BatchingWriter``: on the hot path as a
+plain tuple of its fields (``add_fields``: a deque append, no lock, no datetime), which the
+writer's own thread turns into a ``StatementRecord`` and delivers in order, in batches, to a
+``RecordSink`` (the store; a list in tests), so the hot path never waits for a write.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,45 @@ class StatementRecord:
     status: Status
     connection: int  # the gateway's number for the client connection
     rule: str | None = None  # the guardrail that refused it (guardrails.py's rule names)
+
+
+# StatementRecord's fields in order, ``started`` as a POSIX timestamp (seconds): what the
+# protocol server builds per statement; the writer thread makes the record of it.
+RecordFields = tuple[
+    str,
+    str,
+    str,
+    str,
+    Kind,
+    str,
+    ParamsPolicy,
+    "tuple[str | None, ...] | None",
+    float,
+    float,
+    "int | None",
+    int,
+    int,
+    "str | None",
+    Status,
+    int,
+    "str | None",
+]
+
+
+def from_fields(fields: RecordFields) -> StatementRecord:
+    (lease, person, target, role, kind, sql, policy, params, started) = fields[:9]
+    return StatementRecord(
+        lease,
+        person,
+        target,
+        role,
+        kind,
+        sql,
+        policy,
+        params,
+        datetime.fromtimestamp(started, UTC),
+        *fields[9:],
+    )
 
 
 class RecordSink(Protocol):
@@ -83,7 +124,9 @@ class BatchingWriter:
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._retry_delay = retry_delay
-        self._pending: list[StatementRecord] = []
+        # appended to without the lock (deque.append is atomic); the thread is woken only
+        # when a batch is full or on flush/close, else it looks every max_delay
+        self._pending: deque[StatementRecord | RecordFields] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._flushing = False
@@ -94,12 +137,17 @@ class BatchingWriter:
         self._thread.start()
 
     def add(self, record: StatementRecord) -> None:
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the record writer is closed")
-            self._pending.append(record)
-            self._added += 1
-            if len(self._pending) >= self._max_batch:
+        self.add_fields(record)
+
+    def add_fields(self, record: StatementRecord | RecordFields) -> None:
+        """Called from one thread (the event loop's): ``_added`` is counted without a lock."""
+        if self._closed:
+            raise RuntimeError("the record writer is closed")
+        pending = self._pending
+        pending.append(record)
+        self._added += 1
+        if len(pending) == self._max_batch:
+            with self._cond:
                 self._cond.notify()
 
     def flush(self, timeout: float = 10) -> bool:
@@ -130,10 +178,15 @@ class BatchingWriter:
                     ),
                     timeout=self._max_delay,
                 )
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                pending = self._pending
+                batch = [
+                    item if isinstance(item, StatementRecord) else from_fields(item)
+                    for item in (
+                        pending.popleft() for _ in range(min(len(pending), self._max_batch))
+                    )
+                ]
                 closing = self._closed
-                more = bool(self._pending)
+                more = bool(pending)
             if batch and not self._deliver(batch):
                 with self._cond:
                     self.lost += len(batch) + len(self._pending)
