@@ -127,3 +127,29 @@ def test_decide_refuses_exactly_what_is_not_allowed(
     assert (refusal is None) == (not missing)
     if refusal is not None:
         assert refusal.rule in {f"statements.{c.value}" for c in missing}
+
+
+@pytest.mark.parametrize(
+    ("params", "refused"),
+    [
+        # found by review: PostgreSQL compares setting names without case, '-' as '_'
+        ({"options": "-c standard-conforming-strings=off"}, "options"),
+        ({"options": "--standard_conforming_strings=off"}, "options"),
+        ({"STANDARD_CONFORMING_STRINGS": "off"}, "STANDARD_CONFORMING_STRINGS"),
+        ({"role": "dbaccess_readwrite"}, "role"),  # a SET ROLE at login
+        ({"options": "-c default_transaction_read_only=off"}, "options"),
+        ({"client_encoding": "WINDOWS932"}, "client_encoding"),  # an alias of SJIS
+        ({"client_encoding": "shift-jis-2004"}, "client_encoding"),
+        ({"client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC"}, None),
+        ({"application_name": "DBeaver", "extra_float_digits": "3", "options": " "}, None),
+        ({"client_encoding": "windows-1252", "search_path": "public"}, None),
+    ],
+)
+def test_start_up_parameters_are_an_allow_list(params: dict[str, str], refused: str | None) -> None:
+    from dbaccess.gateway.postgres.classify import unsafe_startup
+
+    assert unsafe_startup({"user": "u", "database": "d", **params}) == refused
+
+
+def test_a_quoted_upper_case_lexing_setting_is_still_one() -> None:
+    assert classify('SET "STANDARD_CONFORMING_STRINGS" = off') == {C.PARSER_SETTINGS}

@@ -68,12 +68,25 @@ WRITING_FUNCTIONS = frozenset(
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 # GUCs that change how the server lexes string literals (see StatementClass.PARSER_SETTINGS)
 LEXICAL_SETTINGS = frozenset({"standard_conforming_strings", "backslash_quote"})
-# Client-only encodings: a multibyte character's second byte may be a backslash or a quote
-# (https://www.postgresql.org/docs/current/multibyte.html, "Client only")
-CLIENT_ONLY_ENCODINGS = frozenset(
-    # with their aliases, as normalised by unsafe_encoding (upper case, letters and digits)
-    {"BIG5", "WIN950", "GB18030", "GBK", "WIN936", "JOHAB", "SJIS", "SHIFTJIS", "MSKANJI"}
-    | {"WIN932", "SHIFTJIS2004", "UHC", "WIN949"}
+# Encodings whose bytes the gateway's parser reads as the server does: every ASCII byte
+# means itself (no multibyte character hides a backslash or a quote, as the client-only
+# SJIS, BIG5, GBK, UHC, GB18030 and JOHAB can: https://www.postgresql.org/docs/current/
+# multibyte.html). An allow-list, not a deny-list, so an alias we do not know is refused.
+# Names as PostgreSQL compares them: lower case, letters and digits only.
+SAFE_ENCODINGS = frozenset(
+    {"utf8", "unicode", "sqlascii", "koi8", "koi8r", "koi8u", "mulecinternal"}
+    | {"eucjp", "euccn", "euckr", "euctw", "eucjis2004"}
+    | {f"latin{n}" for n in range(1, 11)}
+    | {f"iso8859{n}" for n in range(1, 17)}
+    | {f"{prefix}{n}" for prefix in ("win", "windows") for n in (866, 874, *range(1250, 1259))}
+)
+# The start-up parameters a session with statement checks may send, as PostgreSQL compares
+# names (lower case, '-' as '_'). Anything else, ``options`` (``-c name=value`` for any
+# setting: role, default_transaction_read_only, standard_conforming_strings...) above all,
+# could change identity, lexing or limits before the first statement is checked.
+STARTUP_ALLOWED = frozenset(
+    {"user", "database", "application_name", "client_encoding", "datestyle", "timezone"}
+    | {"extra_float_digits", "intervalstyle", "search_path"}
 )
 
 DCL_NODES = frozenset(
@@ -154,7 +167,7 @@ def _statement(name: str, node: dict[str, Any]) -> set[C]:
         ((inner, body),) = node["query"].items()
         return _statement(inner, body)
     if name == "VariableSetStmt":
-        setting = node.get("name")
+        setting = str(node.get("name") or "").lower()  # names compare without case
         if setting in ROLE_SETTINGS:
             return {C.DCL}
         if setting in LEXICAL_SETTINGS:
@@ -214,22 +227,27 @@ def _inner(node: dict[str, Any]) -> set[C]:
 
 def unsafe_encoding(name: str) -> bool:
     """A client_encoding the gateway's parser (UTF-8) could read differently."""
-    normal = "".join(ch for ch in name.upper() if ch.isalnum())
-    return normal in CLIENT_ONLY_ENCODINGS
+    normal = "".join(ch for ch in name.lower() if ch.isalnum())
+    return normal not in SAFE_ENCODINGS
+
+
+def setting_name(name: str) -> str:
+    """A setting's name as PostgreSQL compares it."""
+    return name.lower().replace("-", "_")
 
 
 def unsafe_startup(params: dict[str, str]) -> str | None:
-    """The start-up parameter that would change the lexing, if any (libpq's ``options``
-    carries ``-c name=value`` settings)."""
+    """The first start-up parameter a session with statement checks may not send: one
+    outside ``STARTUP_ALLOWED`` (``options`` unless empty), or a client_encoding outside
+    ``SAFE_ENCODINGS``."""
     for name, value in params.items():
-        if name in LEXICAL_SETTINGS:
+        normal = setting_name(name)
+        if normal == "options" and not value.strip():
+            continue
+        if normal not in STARTUP_ALLOWED:
             return name
-        if name == "client_encoding" and unsafe_encoding(value):
+        if normal == "client_encoding" and unsafe_encoding(value):
             return name
-        if name == "options":
-            lowered = value.lower()
-            if any(s in lowered for s in (*LEXICAL_SETTINGS, "client_encoding")):
-                return name
     return None
 
 
