@@ -38,6 +38,11 @@ class SecretRef:
             return self.file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read {self.what} from {self.file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{self.what} in {self.file} is not UTF-8 text",
+                hint="write the secret as text on one line",
+            ) from None
 
     def ensure(self) -> str:
         """The secret, first generating a random one into a missing ``file`` (0600)."""

@@ -96,8 +96,9 @@ async def start(
         upstream_source=section.upstream_source_address,
         reuse_port=True,  # more processes may join on the same address
     )
-    gateway = await serve(directory, writer, config, live)
     watcher = RevocationWatcher(live, store.standing, interval=watch_interval)
+    directory.seen = watcher.expect
+    gateway = await serve(directory, writer, config, live)
     watcher.start()
     return Running(gateway, writer, watcher, store)
 

@@ -31,12 +31,14 @@ class StoreDirectory:
         key: str,
         live: LiveConnections | None = None,
         clock: Callable[[], datetime] = utc_now,
+        seen: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._key = key
         self.live = live or LiveConnections()
         self.clock = clock
+        self.seen = seen  # told each session's end as it is looked up (the watcher)
 
     def lookup(self, user: str) -> GatewaySession | None:
         lease = self.store.gateway_lease(user, self.clock())
@@ -52,6 +54,8 @@ class StoreDirectory:
             verifier = ScramVerifier.parse(lease.gateway_verifier)
         except ValueError:
             return None
+        if self.seen is not None:
+            self.seen(lease.id, lease.expires_at)
         return GatewaySession(
             lease_id=lease.id,
             person=lease.subject,

@@ -46,51 +46,76 @@ class RevocationWatcher:
         self.clock = clock
         self.expiry: dict[str, datetime] = {}  # lease -> its end as last read
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._outage = Outage(log, "reading the standing of live gateway sessions", interval)
-        self._thread = threading.Thread(target=self._run, name="gateway-watcher", daemon=True)
+        # Two threads: a store that hangs holds up the store's pass only, never the clock's.
+        self._threads = [
+            threading.Thread(target=self._run, args=(pass_,), name=name, daemon=True)
+            for pass_, name in (
+                (self.check_store, "gateway-watcher-store"),
+                (self.check_clock, "gateway-watcher-clock"),
+            )
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
+
+    def expect(self, lease_id: str, expires_at: datetime | None) -> None:
+        """What the directory read when a client came in: its end is known before the
+        first pass (a store down from then on still lets the clock end the session)."""
+        if expires_at is not None:
+            with self._lock:
+                self.expiry.setdefault(lease_id, expires_at)
 
     def check(self) -> int:
         """One pass: end the sessions that are over; how many were ended."""
+        return self.check_store() + self.check_clock()
+
+    def check_store(self) -> int:
+        """End the sessions the store says are no longer active; learn the others' ends."""
         open_ = self.live.leases()
-        for gone in set(self.expiry) - set(open_):
-            del self.expiry[gone]
+        with self._lock:
+            for gone in set(self.expiry) - set(open_):
+                del self.expiry[gone]
         if not open_:
             return 0
-        ended = 0
-        now = self.clock()
         try:
             standing = self._standing(open_)
-        except Exception as exc:  # the store is down: the clock still ends expired ones
+        except Exception as exc:  # the store is down: the clock thread still ends them
             self._outage.failed(exc)
-            standing = None
-        else:
-            self._outage.passed()
+            return 0
+        self._outage.passed()
+        ended = 0
         for lease_id in open_:
-            if standing is not None:
-                found = standing.get(lease_id)
-                if found is None:
-                    ended += self._end(lease_id, reason_for(None, None))
-                    continue
-                state, expires_at, cause = found
-                if state != "active":
-                    ended += self._end(lease_id, reason_for(state, cause))
-                    continue
+            found = standing.get(lease_id)
+            if found is None:
+                ended += self._end(lease_id, reason_for(None, None))
+                continue
+            state, expires_at, cause = found
+            if state != "active":
+                ended += self._end(lease_id, reason_for(state, cause))
+                continue
+            with self._lock:
                 self.expiry[lease_id] = expires_at
-            end = self.expiry.get(lease_id)
-            if end is not None and end <= now:
-                ended += self._end(lease_id, reason_for("revoking", "expired"))
         return ended
+
+    def check_clock(self) -> int:
+        """End the sessions whose end, as last read, has passed."""
+        now = self.clock()
+        with self._lock:
+            due = [lease for lease, end in self.expiry.items() if end <= now]
+        return sum(self._end(lease, reason_for("revoking", "expired")) for lease in due)
 
     def _end(self, lease_id: str, reason: str) -> int:
         count = self.live.end(lease_id, reason)
-        self.expiry.pop(lease_id, None)
+        with self._lock:
+            self.expiry.pop(lease_id, None)
         if count:
             log.info(
                 "gateway: ended %d connection(s) of lease %s: %s",
@@ -101,9 +126,9 @@ class RevocationWatcher:
             )
         return 1 if count else 0
 
-    def _run(self) -> None:
+    def _run(self, pass_: Callable[[], int]) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.check()
+                pass_()
             except Exception:  # never let the one revocation thread die
                 log.exception("gateway: the revocation pass failed")

@@ -98,3 +98,14 @@ def test_the_upstream_password_is_derived_per_lease_and_key() -> None:
         upstream_password("", "lease-a")
     secret, verifier = new_session_secret()
     assert secret not in str(verifier) and str(verifier).startswith("SCRAM-SHA-256$4096:")
+
+
+def test_an_end_learnt_at_login_is_kept_with_the_store_down_from_the_start() -> None:
+    live, clock, watcher = watcher_with(OSError("store down"))
+    connection = Connection()
+    live.attach("a", connection)
+    watcher.expect("a", NOW + timedelta(seconds=5))  # what the directory read at login
+    assert watcher.check() == 0 and connection.reasons == []
+    clock.now = NOW + timedelta(seconds=6)
+    assert watcher.check_clock() == 1  # the clock's own pass, no store needed
+    assert connection.reasons == ["the session expired"]

@@ -89,9 +89,10 @@ class Issuer:
         now = self.ctx.clock()
         breakglass = incident is not None
         gateway = self.ctx.settings.gateway if target.access == "gateway" else None
-        gateway_key = secret = verifier = None
-        if gateway is not None:  # before the lease: a missing key refuses with nothing written
+        gateway_key = secret = verifier = ca = None
+        if gateway is not None:  # before the lease: a missing key or CA refuses, nothing made
             gateway_key = gateway.key.ensure()
+            ca = gateway.client_ca()
             secret, verifier = new_session_secret()
         try:
             lease = self.ctx.store.open_lease(
@@ -155,7 +156,7 @@ class Issuer:
                 "try again; if it keeps happening, the target database is overloaded",
             )
         self.ctx.metrics.issued.labels(target_name, role).inc()
-        if gateway is not None and secret is not None:
+        if gateway is not None and secret is not None and ca is not None:
             host, port = gateway.client_address
             return SessionGranted(
                 **session_fields(lease),
@@ -165,7 +166,7 @@ class Issuer:
                 sslmode="verify-full",
                 password=secret,  # type: ignore[arg-type]
                 access="gateway",
-                ca_certificate=gateway.client_ca(),
+                ca_certificate=ca,
             )
         return SessionGranted(
             **session_fields(lease),

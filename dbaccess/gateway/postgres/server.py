@@ -385,7 +385,14 @@ class Connection:
     async def _authenticate(self, user: str) -> GatewaySession:
         """SCRAM-SHA-256 against the session's verifier; an unknown user fails the same way."""
         client = self.client
-        session = self.gateway.directory.lookup(user) if user else None
+        # in a thread: the directory may ask the store, which must not stall the loop
+        session = (
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.gateway.directory.lookup, user
+            )
+            if user
+            else None
+        )
         verifier = session.verifier if session is not None else self.gateway.mock_verifier(user)
         client.write(wire.authentication(10, b"SCRAM-SHA-256\0\0"))
         server = SCRAM.make_server(lambda _name: verifier.auth_info())
