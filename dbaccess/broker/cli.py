@@ -152,7 +152,12 @@ def gateway(
         raise UsageError(f"--name: 1 to {MAX_GATEWAY_NAME} characters")
     signed = name or process.default_name()
     logging.config.dictConfig(log_config(log_level.upper()))
-    process.run(settings, lambda store: StoreSink(store, signed), signed)
+    process.run(
+        settings,
+        lambda store: StoreSink(store, signed),
+        signed,
+        reload=lambda: load_settings(config, read_secrets=True),
+    )
 
 
 @app.command("check-config")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dbaccess.broker.settings import GatewaySection, Settings
 from dbaccess.broker.store import Store
-from dbaccess.errors import ConfigError
+from dbaccess.errors import ConfigError, DbaccessError
 from dbaccess.gateway.postgres.server import Gateway, GatewayConfig, serve
 from dbaccess.gateway.records import BatchingWriter, RecordSink
 from dbaccess.gateway.sessions import LiveConnections
@@ -55,6 +55,7 @@ class Running:
     writer: BatchingWriter
     watcher: RevocationWatcher
     store: Store
+    directory: StoreDirectory
 
     @property
     def address(self) -> tuple[str, int]:
@@ -100,11 +101,19 @@ async def start(
     directory.seen = watcher.expect
     gateway = await serve(directory, writer, config, live)
     watcher.start()
-    return Running(gateway, writer, watcher, store)
+    return Running(gateway, writer, watcher, store, directory)
 
 
-def run(settings: Settings, sink_for: Callable[[Store], RecordSink], name: str) -> None:
-    """Serve until SIGTERM/SIGINT (uvloop when it is installed)."""
+def run(
+    settings: Settings,
+    sink_for: Callable[[Store], RecordSink],
+    name: str,
+    reload: Callable[[], Settings] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (uvloop when it is installed). SIGHUP calls ``reload``:
+    a valid configuration's targets and guardrails apply to the connections that come
+    next (the listener, TLS and key stay as started); an invalid one is logged, and the
+    running one stays."""
 
     async def main() -> None:
         running = await start(settings, sink_for)
@@ -114,6 +123,18 @@ def run(settings: Settings, sink_for: Callable[[Store], RecordSink], name: str) 
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+
+        def reread() -> None:
+            if reload is None:
+                return
+            try:
+                running.directory.settings = reload()
+            except DbaccessError as exc:
+                log.error("gateway %s: configuration reload refused: %s", name, exc.message)
+            else:
+                log.info("gateway %s: configuration reloaded", name)
+
+        loop.add_signal_handler(signal.SIGHUP, reread)
         await stopping.wait()
         log.info("gateway %s stopping", name, extra={"gateway": name})
         await running.stop()

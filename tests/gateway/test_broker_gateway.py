@@ -360,3 +360,13 @@ def test_revocation_with_the_database_frozen_still_ends_the_connection_at_once(
         conn.close()
     # and once the database answers again, the broker finishes dropping the user
     wait_for(lambda: not gw_cli.role_exists(str(granted["db_user"])), "the drop", timeout=30)
+
+
+def test_sighup_rereads_the_configuration_and_keeps_serving(gw_cli: Cli, gw_stack: Stack) -> None:
+    import os
+    import signal
+
+    os.kill(gw_stack.gateway_pid, signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in gw_stack.gateway_log.read_text(), "the reload")
+    result = gw_cli.run("exec", "vault", "--role", "readonly", "--", "psql", "-Atc", "select 7")
+    assert result.returncode == 0 and result.stdout == "7\n", result.stderr

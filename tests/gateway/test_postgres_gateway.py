@@ -324,3 +324,32 @@ def test_slow_reader_is_backpressured_and_vanishing_client_ends_upstream(
     assert wait_for(lambda: upstream_backends(gateway, session) == 0), "upstream still there"
     records = gateway.assert_all_audited(session)
     assert [r.status for r in records] == ["interrupted"]
+
+
+@pytest.mark.parametrize(
+    ("method", "said"),
+    [
+        ("password", "sends the session user's password by SCRAM-SHA-256 only"),
+        ("trust", "let the gateway in without SCRAM-SHA-256"),
+    ],
+)
+def test_the_upstream_password_goes_by_scram_only(
+    gateway: RunningGateway, method: str, said: str
+) -> None:
+    """A server (or a machine in the middle) that asks for the password in clear, or lets
+    anyone in, gets nothing: the gateway refuses before sending a password."""
+    session = gateway.new_session()
+    hba = gateway.postgres.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f"host all {session.upstream_user} 127.0.0.1/32 {method}\n" + original)
+    try:
+        with gateway.postgres.connect() as admin:
+            admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # the postmaster reloads asynchronously
+        with pytest.raises(psycopg.OperationalError, match=said):
+            psycopg.connect(gateway.dsn(session), connect_timeout=10)
+    finally:
+        hba.write_text(original)
+        with gateway.postgres.connect() as admin:
+            admin.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)

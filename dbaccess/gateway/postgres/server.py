@@ -464,7 +464,11 @@ class Connection:
                 relayed += wire.message(bytes([kind]), body)
 
     async def _upstream_login(self, side: _Side, up: Upstream) -> None:
+        """SCRAM-SHA-256 only, and the server must prove it holds the verifier: the session
+        user's password is never sent as cleartext or md5 (which a machine in the middle
+        could ask for and keep), and a server that skips authentication is refused."""
         scram: scramp.ScramClient | None = None
+        proven = False
         while True:
             kind, body = await side.read_message()
             if kind == ord("E"):
@@ -473,14 +477,15 @@ class Connection:
                 raise wire.ProtocolError("unexpected message during the database's login")
             code = wire.int32(body, 0)
             if code == 0:
+                if not proven:
+                    self._refuse(
+                        "28000",
+                        "the database let the gateway in without SCRAM-SHA-256; the gateway "
+                        "connects only to servers that authenticate the session user by it",
+                    )
+                    raise _Closed
                 return
-            if code == 3:  # cleartext, as the server asks
-                side.write(wire.message(b"p", wire.cstring(up.password)))
-            elif code == 5:  # md5
-                inner = hashlib.md5((up.password + up.user).encode()).hexdigest().encode()
-                digest = hashlib.md5(inner + body[4:8]).hexdigest()
-                side.write(wire.message(b"p", wire.cstring("md5" + digest)))
-            elif code == 10:
+            if code == 10:
                 if b"SCRAM-SHA-256\0" not in body[4:]:
                     raise wire.ProtocolError("the database offers no SCRAM-SHA-256")
                 scram = scramp.ScramClient(["SCRAM-SHA-256"], up.user, up.password)
@@ -494,9 +499,15 @@ class Connection:
                 scram.set_server_first(body[4:].decode())
                 side.write(wire.message(b"p", scram.get_client_final().encode()))
             elif code == 12 and scram is not None:
-                scram.set_server_final(body[4:].decode())
+                scram.set_server_final(body[4:].decode())  # raises unless the server's proof holds
+                proven = True
             else:
-                raise wire.ProtocolError(f"unsupported authentication request {code}")
+                self._refuse(
+                    "28000",
+                    f"the database asked for authentication method {code}; the gateway "
+                    "sends the session user's password by SCRAM-SHA-256 only",
+                )
+                raise _Closed
 
     def _upstream_refused(self, body: bytes) -> None:
         fields = wire.error_fields(body)
