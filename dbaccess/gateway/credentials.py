@@ -2,7 +2,9 @@
 
 - The **session secret** is what the client logs in to the gateway with. The broker makes
   it, hands it to the client once, and keeps only its SCRAM verifier (the lease's
-  ``gateway_verifier``), which cannot log anyone in.
+  ``gateway_verifier``), which cannot log anyone in, bound by a MAC under the gateway key
+  to the lease's user, target and role (``bind_verifier``): one written into the store by
+  anyone but the broker is refused.
 - The **upstream password** is the session user's password in the database. It is derived,
   HMAC-SHA-256 of the lease id under the key the broker and every gateway share
   (``[gateway] key_env``/``key_file``): the broker sets it when it creates the user, a
@@ -33,3 +35,33 @@ def new_session_secret() -> tuple[str, ScramVerifier]:
     """A fresh client secret (192 bits) and the verifier the store keeps instead."""
     secret = secrets.token_urlsafe(24)
     return secret, ScramVerifier.for_secret(secret)
+
+
+_BINDING = b"dbaccess gateway lease binding v1\x00"
+
+
+def _binding_mac(key: str, verifier: str, db_user: str, target: str, role: str) -> str:
+    fields = "\x00".join((db_user, target, role, verifier)).encode()
+    digest = hmac.digest(key.encode(), _BINDING + fields, "sha256")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def bind_verifier(key: str, verifier: ScramVerifier, db_user: str, target: str, role: str) -> str:
+    """What the lease keeps: the verifier and a MAC, under the gateway key, tying it to the
+    session's user, target and role. Whoever can write the store cannot put a verifier of
+    their own on someone's lease, nor move a lease to a role with fewer guardrails."""
+    text = str(verifier)
+    return f"{text}#{_binding_mac(key, text, db_user, target, role)}"
+
+
+def bound_verifier(
+    key: str, stored: str, db_user: str, target: str, role: str
+) -> ScramVerifier | None:
+    """The verifier ``stored`` holds, if its MAC matches this lease; else None."""
+    text, sep, mac = stored.rpartition("#")
+    if not sep or not hmac.compare_digest(mac, _binding_mac(key, text, db_user, target, role)):
+        return None
+    try:
+        return ScramVerifier.parse(text)
+    except ValueError:
+        return None

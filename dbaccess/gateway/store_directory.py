@@ -4,19 +4,24 @@ A client names its session user at the gateway; the store has the lease (active,
 ``access = "gateway"`` target, not expired) with the SCRAM verifier of the session
 secret. The upstream password is derived from the lease id under the shared gateway key
 (credentials.py), and the target's address comes from the same configuration file the
-broker reads, so nothing secret is ever read from the store.
+broker reads, so nothing secret is ever read from the store; and the verifier counts only
+with its MAC under that key (credentials.bind_verifier), so writing the store does not
+let anyone in.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Store
-from dbaccess.gateway.credentials import upstream_password
+from dbaccess.gateway.credentials import bound_verifier, upstream_password
 from dbaccess.gateway.guardrails import ALLOW_ALL
-from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
+from dbaccess.gateway.sessions import GatewaySession, LiveConnections, Upstream
+
+log = logging.getLogger("dbaccess.gateway")
 
 
 def utc_now() -> datetime:
@@ -50,9 +55,11 @@ class StoreDirectory:
         template = target.roles.get(lease.role)
         if template is None:
             return None  # a role since removed (a reload revokes its sessions too)
-        try:
-            verifier = ScramVerifier.parse(lease.gateway_verifier)
-        except ValueError:
+        verifier = bound_verifier(
+            self._key, lease.gateway_verifier, lease.db_user, lease.target, lease.role
+        )
+        if verifier is None:  # not one the broker wrote for this lease: a store edited
+            log.warning("gateway: lease %s has a verifier the broker did not bind", lease.id)
             return None
         if self.seen is not None:
             self.seen(lease.id, lease.expires_at)

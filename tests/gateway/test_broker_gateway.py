@@ -370,3 +370,32 @@ def test_sighup_rereads_the_configuration_and_keeps_serving(gw_cli: Cli, gw_stac
     wait_for(lambda: "configuration reloaded" in gw_stack.gateway_log.read_text(), "the reload")
     result = gw_cli.run("exec", "vault", "--role", "readonly", "--", "psql", "-Atc", "select 7")
     assert result.returncode == 0 and result.stdout == "7\n", result.stderr
+
+
+def test_a_verifier_written_into_the_store_lets_nobody_in(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    """Whoever can write the store (not the key) puts their own secret's verifier on a
+    live lease: the gateway refuses it, as it would an unknown user."""
+    from dbaccess.broker.store import leases
+    from dbaccess.gateway.credentials import new_session_secret
+
+    granted = creds(gw_cli)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    mine, verifier = new_session_secret()
+    store = gw_cli.store()
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                leases.update()
+                .where(leases.c.id == granted["id"])
+                .values(gateway_verifier=str(verifier))
+            )
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**{**gateway_conninfo(granted, ca), "password": mine})  # type: ignore[arg-type]
+        with pytest.raises(psycopg.OperationalError):  # nor the real secret, any more
+            psycopg.connect(**gateway_conninfo(granted, ca))  # type: ignore[arg-type]
+        assert "did not bind" in gw_stack.gateway_log.read_text()
+    finally:
+        gw_cli.run("revoke", str(granted["id"]))

@@ -109,3 +109,22 @@ def test_an_end_learnt_at_login_is_kept_with_the_store_down_from_the_start() -> 
     clock.now = NOW + timedelta(seconds=6)
     assert watcher.check_clock() == 1  # the clock's own pass, no store needed
     assert connection.reasons == ["the session expired"]
+
+
+def test_a_verifier_counts_only_bound_to_its_lease_under_the_key() -> None:
+    from dbaccess.gateway.credentials import bind_verifier, bound_verifier
+
+    _, verifier = new_session_secret()
+    stored = bind_verifier("key", verifier, "gw_alice_1", "vault", "readonly")
+    assert bound_verifier("key", stored, "gw_alice_1", "vault", "readonly") == verifier
+    # moved to another role, user or target, under another key, or replaced: refused
+    for args in [
+        ("key", stored, "gw_alice_1", "vault", "readwrite"),
+        ("key", stored, "gw_bob_1", "vault", "readonly"),
+        ("key", stored, "gw_alice_1", "demo", "readonly"),
+        ("other", stored, "gw_alice_1", "vault", "readonly"),
+        ("key", str(new_session_secret()[1]) + stored[stored.index("#") :], "gw_alice_1",
+         "vault", "readonly"),
+        ("key", str(verifier), "gw_alice_1", "vault", "readonly"),
+    ]:  # fmt: skip
+        assert bound_verifier(*args) is None

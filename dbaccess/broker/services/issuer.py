@@ -23,7 +23,7 @@ from dbaccess.broker.services.target_guard import Revoke, TargetGuard, guarded_i
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.settings import RoleTemplate, Settings, TargetSection
 from dbaccess.broker.store import ApprovalRequest, CapReached, Caps, Conflict, StoreUnavailable
-from dbaccess.gateway.credentials import new_session_secret, upstream_password
+from dbaccess.gateway.credentials import bind_verifier, new_session_secret, upstream_password
 from dbaccess.wire import SessionGranted
 
 log = logging.getLogger("dbaccess.broker")
@@ -115,7 +115,11 @@ class Issuer:
                 request=request,
                 caps=self._caps(target_name, breakglass),
                 access=target.access if gateway is not None else None,
-                gateway_verifier=str(verifier) if verifier is not None else None,
+                gateway_verifier=(
+                    bind_verifier(gateway_key, verifier, username, target_name, role)
+                    if verifier is not None and gateway_key is not None
+                    else None
+                ),
             )
         except CapReached as exc:
             self._refuse_over_cap(
