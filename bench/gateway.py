@@ -3,12 +3,14 @@ PostgreSQL, through PgBouncer (session mode) and through the gateway with auditi
 gateway's CPU per transaction; p50 latency per statement at 1 client; a 1M-row SELECT and a
 COPY out through the gateway against direct.
 
-    python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10]
+    python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10] [--store URL | --no-store]
 
 All on this box: a private PostgreSQL (dbaccess.sandbox.postgres), PgBouncer and pgbench
 from the Debian packages (``apt-get install pgbouncer postgresql-client``), and the gateway
 in a process of its own (bench/gateway_server.py: uvloop if installed, a MemoryDirectory,
-every statement a record delivered in batches to a counting sink). The three paths take
+every statement a record written in batches to a store, a SQLite file in the run's
+directory unless --store names another, as the gateway command writes them; --no-store
+only counts them, to tell the relay's cost from the store's). The three paths take
 turns within each round, in an order that alternates between rounds; figures are medians
 of the rounds, ratios the medians of each round's ratio. pgbench uses the simple protocol
 and one connection per client for the whole run (no -C), so the figures are the relay's,
@@ -183,8 +185,13 @@ def main() -> None:
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="records to this store (e.g. sqlite:////tmp/b.db), as the gateway process does, "
-        "instead of a counting sink",
+        help="the store the records go to, as the gateway process writes them (default: a "
+        "SQLite store in the run's temporary directory)",
+    )
+    parser.add_argument(
+        "--no-store",
+        action="store_true",
+        help="records counted, not stored: the relay's cost without the store's",
     )
     args = parser.parse_args()
     pgbench_bin, pgbouncer_bin = find("pgbench"), find("pgbouncer")
@@ -220,7 +227,8 @@ def main() -> None:
             bouncer, bouncer_port = start_pgbouncer(
                 pgbouncer_bin, work / "pgbouncer", postgres.port, password
             )
-            gateway, via_gateway = start_gateway(postgres.port, password, args.store)
+            store = None if args.no_store else args.store or f"sqlite:///{Path(tmp) / 'store.db'}"
+            gateway, via_gateway = start_gateway(postgres.port, password, store)
             endpoints = {
                 "direct": direct,
                 "pgbouncer": Endpoint("pgbouncer", bouncer_port, BENCH_USER, password),

@@ -5,8 +5,8 @@
 One JSON line on stdin (never argv: it holds the secrets): ``{"upstream": {"host", "port",
 "database", "user", "password"}, "user": gateway user name, "secret": gateway secret}``.
 Serves one session from a MemoryDirectory with auditing on: every statement becomes a record,
-handed to a BatchingWriter whose sink counts them (the store's write cost is not in the
-figure), or, with ``"store": URL``, writes them to that store as the gateway process does.
+handed to a BatchingWriter whose sink, with ``"store": URL``, writes them to that store as
+the gateway process does, and counts them (without a store, only counts them).
 Prints ``port N`` once listening; exits when stdin closes, printing
 ``records N``. uvloop when installed, as the gateway command would.
 """
@@ -23,21 +23,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dbaccess.gateway.postgres.server import GatewayConfig, serve  # noqa: E402
-from dbaccess.gateway.records import BatchingWriter, StatementRecord  # noqa: E402
+from dbaccess.gateway.records import (  # noqa: E402
+    BatchingWriter,
+    RecordFields,
+    StatementRecord,
+    to_fields,
+)
 from dbaccess.gateway.sessions import (  # noqa: E402
     GatewaySession,
     MemoryDirectory,
     ScramVerifier,
     Upstream,
 )
+from dbaccess.gateway.store_sink import StoreSink  # noqa: E402
 
 
 class CountingSink:
-    def __init__(self) -> None:
+    """Counts the records; with ``store``, writes them there first, as the gateway
+    process does (the field tuples, as its writer hands them to the store)."""
+
+    def __init__(self, store: StoreSink | None = None) -> None:
         self.count = 0
+        self.store = store
 
     def write(self, records: Sequence[StatementRecord]) -> None:
-        self.count += len(records)
+        self.write_fields([to_fields(r) for r in records])
+
+    def write_fields(self, batch: Sequence[RecordFields]) -> None:
+        if self.store is not None:
+            self.store.write_fields(batch)
+        self.count += len(batch)
 
 
 async def main() -> None:
@@ -55,20 +70,12 @@ async def main() -> None:
             upstream=Upstream(up["host"], up["port"], up["database"], up["user"], up["password"]),
         )
     )
-    sink = CountingSink()
+    store_sink = None
     if settings.get("store"):
         from dbaccess.broker.store import Store
-        from dbaccess.gateway.store_sink import StoreSink
 
         store_sink = StoreSink(Store(settings["store"]), "bench")
-
-        count = sink.write
-
-        def both(records: Sequence[StatementRecord]) -> None:
-            store_sink.write(records)
-            count(records)
-
-        sink.write = both  # type: ignore[method-assign]
+    sink = CountingSink(store_sink)
     writer = BatchingWriter(sink)
     gateway = await serve(directory, writer, GatewayConfig(), live=directory.live)
     print(f"port {gateway.address[1]}", flush=True)

@@ -255,6 +255,9 @@ class StatementEntry(_Wire):
     connection: int
     gateway: str
     written_at: datetime
+    # The block (records written together) this record is stored and hashed in: its first
+    # and last seq, and its hashes in the session's chain.
+    block: tuple[int, int]
     prev_hash: str
     hash: str
 

@@ -369,7 +369,7 @@ def audit_export(
     try:
         for line in export_lines(raw_records(store, start)):
             typer.echo(line)
-        for line in statement_lines(store.export_statements(start)):
+        for line in statement_lines(store.export_blocks(start), start):
             typer.echo(line)
     finally:
         store.close()

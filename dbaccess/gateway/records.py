@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,38 @@ def from_fields(fields: RecordFields) -> StatementRecord:
     )
 
 
+def to_fields(record: StatementRecord) -> RecordFields:
+    return (
+        record.lease_id,
+        record.person,
+        record.target,
+        record.role,
+        record.kind,
+        record.sql,
+        record.params_policy,
+        record.params,
+        record.started.timestamp(),
+        record.duration,
+        record.rows,
+        record.bytes_out,
+        record.bytes_in,
+        record.sqlstate,
+        record.status,
+        record.connection,
+        record.rule,
+    )
+
+
 class RecordSink(Protocol):
     def write(self, records: Sequence[StatementRecord]) -> None:
         """Keep a batch of records, in order; raise if they were not kept."""
+
+
+class FieldsSink(RecordSink, Protocol):
+    """A sink that takes the protocol server's field tuples as they are (the store's: it
+    needs no record object, and making one per statement would be half its cost)."""
+
+    def write_fields(self, batch: Sequence[RecordFields]) -> None: ...
 
 
 class MemorySink:
@@ -121,6 +150,7 @@ class BatchingWriter:
         retry_delay: float = 1.0,
     ) -> None:
         self._sink = sink
+        self._raw = callable(getattr(sink, "write_fields", None))
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._retry_delay = retry_delay
@@ -179,12 +209,8 @@ class BatchingWriter:
                     timeout=self._max_delay,
                 )
                 pending = self._pending
-                batch = [
-                    item if isinstance(item, StatementRecord) else from_fields(item)
-                    for item in (
-                        pending.popleft() for _ in range(min(len(pending), self._max_batch))
-                    )
-                ]
+                taken = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+                batch = self._convert(taken)
                 closing = self._closed
                 more = bool(pending)
             if batch and not self._deliver(batch):
@@ -201,12 +227,23 @@ class BatchingWriter:
             if closing and not more:
                 return
 
-    def _deliver(self, batch: list[StatementRecord]) -> bool:
+    def _convert(
+        self, taken: list[StatementRecord | RecordFields]
+    ) -> list[StatementRecord] | list[RecordFields]:
+        """The batch in the form the sink takes."""
+        if self._raw:
+            return [to_fields(i) if isinstance(i, StatementRecord) else i for i in taken]
+        return [i if isinstance(i, StatementRecord) else from_fields(i) for i in taken]
+
+    def _deliver(self, batch: list[StatementRecord] | list[RecordFields]) -> bool:
         """Write one batch, retrying while open; False when given up after close."""
         tries_after_close = 0
         while True:
             try:
-                self._sink.write(batch)
+                if self._raw:
+                    cast(FieldsSink, self._sink).write_fields(cast(list[RecordFields], batch))
+                else:
+                    self._sink.write(cast(list[StatementRecord], batch))
                 return True
             except Exception as exc:  # the sink's own failure; records stay in order
                 log.warning("statement records not written (%s), retrying", type(exc).__name__)

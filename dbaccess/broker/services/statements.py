@@ -106,6 +106,7 @@ def statement_entry(r: StoredStatement) -> StatementEntry:
         connection=r.connection,
         gateway=r.gateway,
         written_at=r.written_at,
-        prev_hash=r.prev_hash,
-        hash=r.hash,
+        block=(r.block.first_seq, r.block.last_seq),
+        prev_hash=r.block.prev_hash,
+        hash=r.block.hash,
     )

@@ -40,8 +40,8 @@ from dbaccess.broker.store.schema import (
     leases,
     metadata,
     notifications,
+    statement_blocks,
     statement_heads,
-    statements,
     store_probe,
 )
 from dbaccess.broker.store.statement_chain import Statements
@@ -87,8 +87,8 @@ __all__ = [
     "leases",
     "metadata",
     "notifications",
+    "statement_blocks",
     "statement_heads",
-    "statements",
     "store_probe",
     "upgrade",
 ]

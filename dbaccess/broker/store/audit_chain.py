@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,23 +37,26 @@ def record_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _utc_iso(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    raise TypeError(f"{type(value).__name__} in a statement record")
-
-
-# Built once: json.dumps with options builds an encoder per call, a third of a hash's cost
-# (the gateway's writer hashes every statement).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_utc_iso)
-
-
-def statement_hash(prev_hash: str, fields: dict[str, Any]) -> str:
-    """A statement record's hash (store/statement_chain.py): over the session's previous hash
-    and every stored field but the hash itself, as canonical JSON (keys sorted, times in
-    UTC ISO form), so editing any field, or moving a record to another seq or session,
-    breaks it."""
-    body = _CANONICAL.encode([prev_hash, fields])
+def block_hash(
+    prev_hash: str,
+    lease_id: str,
+    first_seq: int,
+    last_seq: int,
+    subject: str,
+    target: str,
+    role: str,
+    gateway: str,
+    written_at: str,
+    records: str,
+) -> str:
+    """A block of statement records' hash (store/statement_chain.py): over the session's
+    previous hash, the block's place and owner, and its records' JSON text as stored, so
+    editing any record, or moving a block to another seq or session, breaks it."""
+    body = json.dumps(
+        [prev_hash, lease_id, first_seq, last_seq, subject, target, role, gateway, written_at,
+         records],
+        separators=(",", ":"),
+    )  # fmt: skip
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -160,33 +160,25 @@ store_probe = sa.Table(
 # Statement records of gateway sessions, one per statement (dbaccess/gateway/records.py),
 # each carrying the hash of the session's previous one; ``statement_heads`` holds each
 # session's last hash, and the seal that copied it into the main audit at session end.
-statements = sa.Table(
-    "statements",
+# A gateway's statement records, a block per session per batch written (migration 0006):
+# ``records`` is a JSON array of the records first_seq..last_seq, each an array of
+# statement_chain.RECORD_FIELDS; the hash covers the block as stored.
+statement_blocks = sa.Table(
+    "statement_blocks",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("lease_id", sa.String(36), nullable=False),
-    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("first_seq", sa.Integer, nullable=False),
+    sa.Column("last_seq", sa.Integer, nullable=False),
     sa.Column("subject", sa.String(255), nullable=False),
     sa.Column("target", sa.String(64), nullable=False),
     sa.Column("role", sa.String(64), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("sql", sa.Text, nullable=False),
-    sa.Column("params_policy", sa.String(16), nullable=False),
-    sa.Column("params", sa.Text),  # JSON list, NULL unless the policy shows them
-    sa.Column("started", UTCDateTime, nullable=False),
-    sa.Column("duration", sa.Float, nullable=False),  # seconds
-    sa.Column("rows", sa.BigInteger),
-    sa.Column("bytes_out", sa.BigInteger, nullable=False),
-    sa.Column("bytes_in", sa.BigInteger, nullable=False),
-    sa.Column("sqlstate", sa.String(5)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("rule", sa.String(64)),  # the guardrail that refused it
-    sa.Column("connection", sa.Integer, nullable=False),
     sa.Column("gateway", sa.String(64), nullable=False),
     sa.Column("written_at", UTCDateTime, nullable=False),
+    sa.Column("records", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
-    sa.UniqueConstraint("lease_id", "seq", name="uq_statements_lease_seq"),
+    sa.UniqueConstraint("lease_id", "first_seq", name="uq_statement_blocks_lease_seq"),
 )
 
 statement_heads = sa.Table(

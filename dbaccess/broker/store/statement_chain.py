@@ -1,13 +1,18 @@
-"""Statement records of gateway sessions: appended in batches, chained per session, read a
+"""Statement records of gateway sessions: appended in blocks, chained per session, read a
 page at a time, verified, and sealed into the main audit trail when the session has ended.
 
-Each record stores the hash of its session's previous record (the first one: GENESIS) and
-its own hash over that and every stored field (audit_chain.statement_hash). The session's
-last hash and record count are kept in ``statement_heads``, so deleting the newest records
-is caught too. When the session has ended (plus a grace period, so the gateway's last batch
-lands first), ``seal_statements`` copies count and head into the audit trail
-(``session.statements_sealed``), whose own chain then vouches for them. A record that
-arrives after the seal is still stored (nothing is lost) and reported as after the seal.
+A gateway writes its records in batches; each batch becomes, per session, one block: a row
+holding that session's records seq first..last as one JSON array (each record an array of
+RECORD_FIELDS), the hash of the session's previous block (the first one: GENESIS) and its
+own hash over that and everything stored (audit_chain.block_hash). A row per record cost
+the gateway's writer ~70 us a statement, mostly SQLite's insert and a JSON encoding per
+record; a block costs a few (bench/gateway.py --store), so auditing keeps up with the relay.
+The session's last hash and record count are kept in ``statement_heads``, so deleting the
+newest blocks is caught too. When the session has ended (plus a grace period, so the
+gateway's last batch lands first), ``seal_statements`` copies count and head into the
+audit trail (``session.statements_sealed``), whose own chain then vouches for them. A
+record that arrives after the seal is still stored (nothing is lost) and reported as after
+the seal. Tampering is located to the block: the first seq of the block that does not fit.
 """
 
 from __future__ import annotations
@@ -22,55 +27,128 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dbaccess.broker.store.audit_chain import GENESIS, AuditTrail, statement_hash
+from dbaccess.broker.store.audit_chain import GENESIS, AuditTrail, block_hash
 from dbaccess.broker.store.database import chunks
 from dbaccess.broker.store.driver_sql import driver_cursor
-from dbaccess.broker.store.schema import LIVE_STATES, audit, leases, statement_heads, statements
+from dbaccess.broker.store.schema import (
+    LIVE_STATES,
+    audit,
+    leases,
+    statement_blocks,
+    statement_heads,
+)
 
 SEALED_EVENT = "session.statements_sealed"
 SEAL_GRACE = 10.0  # seconds after the revocation before a session's records are sealed
 SEAL_BATCH = 500  # sessions sealed per transaction
 
-# The stored fields a record's hash covers, in the table's order (all but id and hash;
-# prev_hash is hashed first, on its own).
-HASHED = tuple(c for c in statements.columns.keys() if c not in ("id", "prev_hash", "hash"))
+# A record in a block, in this order: what the gateway saw of one statement. ``started``
+# is an ISO time in UTC, ``params`` a list or null (the policy decides), ``rule`` the
+# guardrail that refused it.
+RECORD_FIELDS = (
+    "kind",
+    "sql",
+    "params_policy",
+    "params",
+    "started",
+    "duration",
+    "rows",
+    "bytes_out",
+    "bytes_in",
+    "sqlstate",
+    "status",
+    "rule",
+    "connection",
+)
+MAX_RULE = 64  # a rule name's length as records keep it
+
+# Compact and ASCII-only: the text is stored and hashed as it is, and a verifier rebuilds
+# it from an export's lines with the same options (docs/gateway.md, "Records").
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
-class NewStatement:
-    """A statement record as a gateway hands it over (gateway/store_sink.py maps the
-    gateway's StatementRecord to this); the store adds seq, gateway, time and hashes."""
+class NewBlock:
+    """One session's records of a batch, oldest first, each already in RECORD_FIELDS form
+    and normalised as the store keeps it (gateway/store_sink.py builds them)."""
 
     lease_id: str
     subject: str
     target: str
     role: str
-    kind: str
-    sql: str
-    params_policy: str
-    params: Sequence[str | None] | None
-    started: datetime
-    duration: float
-    rows: int | None
-    bytes_out: int
-    bytes_in: int
-    sqlstate: str | None
-    status: str
-    connection: int
-    rule: str | None = None
+    records: list[list[Any]]
+
+
+def text(value: str) -> str:
+    """``value`` as both stores can keep it: PostgreSQL refuses NUL in text, and a batch
+    it refuses would be retried forever, holding back every later record of the gateway.
+    A client may send NUL inside a Query's text; it is kept as U+FFFD, as the gateway
+    keeps bytes it cannot decode. (JSON writes a NUL in a parameter as \\u0000 already.)"""
+    return value.replace("\x00", "\ufffd")
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    id: int
+    lease_id: str
+    first_seq: int
+    last_seq: int
+    subject: str
+    target: str
+    role: str
+    gateway: str
+    written_at: datetime
+    records: str  # the JSON text, as stored (and hashed)
+    prev_hash: str
+    hash: str
+
+    def computed_hash(self) -> str:
+        return block_hash(
+            self.prev_hash,
+            self.lease_id,
+            self.first_seq,
+            self.last_seq,
+            self.subject,
+            self.target,
+            self.role,
+            self.gateway,
+            self.written_at.isoformat(),
+            self.records,
+        )
+
+    def values(self) -> list[list[Any]]:
+        """The block's records as stored, one list of RECORD_FIELDS each; none when its
+        text is not what the store writes (an edit, which verification reports)."""
+        try:
+            values = json.loads(self.records)
+        except ValueError:
+            return []
+        if not isinstance(values, list) or len(values) != self.last_seq - self.first_seq + 1:
+            return []
+        if not all(isinstance(r, list) and len(r) == len(RECORD_FIELDS) for r in values):
+            return []
+        return values
+
+    def statements(self) -> list[StoredStatement]:
+        found = []
+        for seq, record in enumerate(self.values(), self.first_seq):
+            fields = dict(zip(RECORD_FIELDS, record, strict=True))
+            try:
+                fields["started"] = datetime.fromisoformat(fields["started"])
+            except (TypeError, ValueError):
+                return []
+            found.append(StoredStatement(block=self, seq=seq, **fields))
+        return found
 
 
 @dataclass(frozen=True)
 class StoredStatement:
-    lease_id: str
+    block: StoredBlock
     seq: int
-    subject: str
-    target: str
-    role: str
     kind: str
     sql: str
     params_policy: str
-    params: str | None  # JSON text, as stored (and hashed)
+    params: list[str | None] | None
     started: datetime
     duration: float
     rows: int | None
@@ -80,16 +158,34 @@ class StoredStatement:
     status: str
     rule: str | None
     connection: int
-    gateway: str
-    written_at: datetime
-    prev_hash: str
-    hash: str
 
-    def fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in HASHED}
+    # what every record of the block shares
+    @property
+    def lease_id(self) -> str:
+        return self.block.lease_id
+
+    @property
+    def subject(self) -> str:
+        return self.block.subject
+
+    @property
+    def target(self) -> str:
+        return self.block.target
+
+    @property
+    def role(self) -> str:
+        return self.block.role
+
+    @property
+    def gateway(self) -> str:
+        return self.block.gateway
+
+    @property
+    def written_at(self) -> datetime:
+        return self.block.written_at
 
     def param_values(self) -> list[str | None] | None:
-        return None if self.params is None else list(json.loads(self.params))
+        return None if self.params is None else list(self.params)
 
 
 @dataclass(frozen=True)
@@ -104,12 +200,12 @@ class StatementHead:
 
 @dataclass(frozen=True)
 class StatementVerdict:
-    """What ``verify_statements`` found for one session. ``first_bad`` is the seq of the
-    first record that does not fit (for deleted newest records: the seq after the last one
-    left); ``after_seal`` counts records stored after the seal."""
+    """What ``verify_statements`` found for one session. ``first_bad`` is the first seq of
+    the first block that does not fit (for deleted newest blocks: the seq after the last
+    one left); ``after_seal`` counts records stored after the seal."""
 
     lease_id: str
-    records: int  # rows found
+    records: int  # records found
     expected: int  # the count the head says
     first_bad: int | None = None
     problem: str | None = None
@@ -123,48 +219,45 @@ class StatementVerdict:
         return self.first_bad is None
 
 
-def _stored(row: Any) -> StoredStatement:
-    values = dict(row._mapping)
-    values.pop("id", None)
-    return StoredStatement(**values)
+def _block(row: Any) -> StoredBlock:
+    return StoredBlock(**row._mapping)
 
 
 def check_chain(
     lease_id: str,
-    rows: Iterable[StoredStatement],
+    blocks: Iterable[StoredBlock],
     head: StatementHead | None,
     sealed_event: dict[str, Any] | None = None,
 ) -> StatementVerdict:
-    """Walk one session's records in seq order against its head and its seal."""
+    """Walk one session's blocks in seq order against its head and its seal."""
     expected_prev, expected_seq, found = GENESIS, 1, 0
     first_bad: int | None = None
     problem: str | None = None
     hash_at: dict[int, str] = {}
     sealed_count = head.sealed_count if head is not None else None
-    for record in rows:
-        found += 1
+    for block in blocks:
+        found += max(0, block.last_seq - block.first_seq + 1)
         if first_bad is None:
-            if record.seq != expected_seq:
+            if block.first_seq != expected_seq:
                 first_bad, problem = (
                     expected_seq,
-                    (f"record {expected_seq} is missing (deleted, or its seq was changed)"),
+                    f"record {expected_seq} is missing (deleted, or its seq was changed)",
                 )
-            elif record.prev_hash != expected_prev:
+            elif block.prev_hash != expected_prev:
                 first_bad, problem = (
-                    record.seq,
-                    (
-                        "does not link to the record before it (a record was deleted, inserted "
-                        "or reordered)"
-                    ),
+                    block.first_seq,
+                    "does not link to the records before it (records were deleted, inserted "
+                    "or reordered)",
                 )
-            elif statement_hash(record.prev_hash, record.fields()) != record.hash:
+            elif block.last_seq < block.first_seq or block.computed_hash() != block.hash:
                 first_bad, problem = (
-                    record.seq,
-                    ("its content does not match its hash (the record was edited)"),
+                    block.first_seq,
+                    f"records {block.first_seq}-{block.last_seq}, written together, do not "
+                    "match their hash (a record was edited)",
                 )
-        if sealed_count is not None and record.seq == sealed_count:
-            hash_at[record.seq] = record.hash
-        expected_prev, expected_seq = record.hash, record.seq + 1
+        if sealed_count is not None and block.last_seq == sealed_count:
+            hash_at[block.last_seq] = block.hash
+        expected_prev, expected_seq = block.hash, block.last_seq + 1
     count = head.count if head is not None else 0
     last = expected_seq - 1
     if first_bad is None and head is None and sealed_event is not None:
@@ -222,47 +315,61 @@ def check_chain(
 class Statements(AuditTrail):
     """The gateway's statement records."""
 
-    def append_statements(
-        self, records: Sequence[NewStatement], gateway: str, now: datetime
-    ) -> None:
-        """Store a batch in one transaction, each session's records continuing its chain
-        in the order given."""
-        if not records:
+    def append_blocks(self, blocks: Sequence[NewBlock], gateway: str, now: datetime) -> None:
+        """Store a batch in one transaction, each block continuing its session's chain in
+        the order given (several blocks of one session are allowed)."""
+        blocks = [block for block in blocks if block.records]
+        if not blocks:
             return
-        by_lease: dict[str, list[NewStatement]] = {}
-        for record in records:
-            by_lease.setdefault(record.lease_id, []).append(record)
         written_at = now.astimezone(UTC)
+        written_iso = written_at.isoformat()
+        stored_at = self._sql.time(written_at)
         with self._write() as conn:
-            heads = self._heads(conn, list(by_lease))
-            rows: list[dict[str, Any]] = []
-            for lease_id, batch in by_lease.items():
-                head = heads.get(lease_id)
-                count, prev = (head.count, head.head) if head else (0, GENESIS)
-                for record in batch:
-                    count += 1
-                    fields = _fields(record, count, gateway, written_at)
-                    digest = statement_hash(prev, fields)
-                    rows.append({**fields, "prev_hash": prev, "hash": digest})
-                    prev = digest
-                if head is None:
-                    conn.execute(
-                        statement_heads.insert().values(lease_id=lease_id, count=count, head=prev)
-                    )
-                else:
-                    conn.execute(
-                        statement_heads.update()
-                        .where(statement_heads.c.lease_id == lease_id)
-                        .values(count=count, head=prev)
-                    )
+            heads = self._heads(conn, list({block.lease_id: None for block in blocks}))
+            chain = {lease: (head.count, head.head) for lease, head in heads.items()}
+            rows = []
+            for block in blocks:
+                count, prev = chain.get(block.lease_id, (0, GENESIS))
+                first, last = count + 1, count + len(block.records)
+                records = _ENCODE(block.records)
+                digest = block_hash(
+                    prev,
+                    block.lease_id,
+                    first,
+                    last,
+                    block.subject,
+                    block.target,
+                    block.role,
+                    gateway,
+                    written_iso,
+                    records,
+                )
+                rows.append(
+                    (block.lease_id, first, last, block.subject, block.target, block.role,
+                     gateway, stored_at, records, prev, digest)
+                )  # fmt: skip
+                chain[block.lease_id] = (last, digest)
+            new_heads = [(lease, count, head) for lease, (count, head) in chain.items()
+                         if lease not in heads]  # fmt: skip
+            moved = [(count, head, lease) for lease, (count, head) in chain.items()
+                     if lease in heads]  # fmt: skip
             # On the driver's cursor, as the audit trail's appends: SQLAlchemy's
             # executemany costs more than the rows themselves (times in the store's form).
-            time, stored_at = self._sql.time, self._sql.time(written_at)
             cursor = driver_cursor(conn)
-            cursor.executemany(
-                _insert_sql(self._sql.sqlite),
-                [{**row, "started": time(row["started"]), "written_at": stored_at} for row in rows],
-            )
+            mark = "?" if self._sql.sqlite else "%s"
+            if new_heads:
+                cursor.executemany(
+                    f"INSERT INTO statement_heads (lease_id, count, head) "
+                    f"VALUES ({mark}, {mark}, {mark})",
+                    new_heads,
+                )
+            if moved:
+                cursor.executemany(
+                    f"UPDATE statement_heads SET count = {mark}, head = {mark} "
+                    f"WHERE lease_id = {mark}",
+                    moved,
+                )
+            cursor.executemany(_insert_sql(self._sql.sqlite), rows)
 
     def _heads(self, conn: Connection, lease_ids: list[str]) -> dict[str, StatementHead]:
         found: dict[str, StatementHead] = {}
@@ -282,21 +389,29 @@ class Statements(AuditTrail):
     ) -> tuple[list[StoredStatement], int | None]:
         """Records of one session with seq above ``after``, oldest first, and the seq to
         continue after (None: no more)."""
+        blocks = statement_blocks.c
+        # seqs have no gaps: records after+1 .. after+limit+1 (one more, to know whether
+        # there are more) are in the blocks that end after ``after`` and start by then
         query = (
-            sa.select(statements)
-            .where(statements.c.lease_id == lease_id, statements.c.seq > after)
-            .order_by(statements.c.seq)
-            .limit(limit + 1)
+            sa.select(statement_blocks)
+            .where(
+                blocks.lease_id == lease_id,
+                blocks.last_seq > after,
+                blocks.first_seq <= after + limit + 1,
+            )
+            .order_by(blocks.first_seq)
         )
+        found: list[StoredStatement] = []
         with self.engine.connect() as conn:
-            rows = [_stored(row) for row in conn.execute(query)]
-        page = rows[:limit]
-        return page, (page[-1].seq if len(rows) > limit and page else None)
+            for row in conn.execute(query):
+                found += [r for r in _block(row).statements() if after < r.seq <= after + limit + 1]
+        page = found[:limit]
+        return page, (page[-1].seq if len(found) > limit and page else None)
 
     @contextmanager
     def _snapshot(self) -> Iterator[Connection]:
-        """One consistent view of records, heads and seals: a batch committed between
-        reading a head and reading the rows would otherwise look like tampering. SQLite's
+        """One consistent view of blocks, heads and seals: a batch committed between
+        reading a head and reading the blocks would otherwise look like tampering. SQLite's
         read transaction is a snapshot already (WAL); PostgreSQL's needs REPEATABLE READ."""
         with self.engine.connect() as conn:
             if self.dialect == "postgresql":
@@ -306,27 +421,29 @@ class Statements(AuditTrail):
 
     def _verdicts(self, conn: Connection, lease_id: str | None) -> Iterator[StatementVerdict]:
         heads_query = sa.select(statement_heads)
-        rows_query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
+        blocks_query = sa.select(statement_blocks).order_by(
+            statement_blocks.c.lease_id, statement_blocks.c.first_seq
+        )
         seals_query = sa.select(audit.c.lease_id, audit.c.detail).where(
             audit.c.event == SEALED_EVENT
         )
         if lease_id is not None:
             heads_query = heads_query.where(statement_heads.c.lease_id == lease_id)
-            rows_query = rows_query.where(statements.c.lease_id == lease_id)
+            blocks_query = blocks_query.where(statement_blocks.c.lease_id == lease_id)
             seals_query = seals_query.where(audit.c.lease_id == lease_id)
         heads = {row.lease_id: StatementHead(**row._mapping) for row in conn.execute(heads_query)}
         seals = {row.lease_id: json.loads(row.detail) for row in conn.execute(seals_query)}
         current: str | None = None
-        batch: list[StoredStatement] = []
+        batch: list[StoredBlock] = []
         seen: set[str] = set()
-        for row in conn.execute(rows_query):
-            record = _stored(row)
-            if record.lease_id != current:
+        for row in conn.execute(blocks_query):
+            block = _block(row)
+            if block.lease_id != current:
                 if current is not None:
                     seen.add(current)
                     yield check_chain(current, batch, heads.get(current), seals.get(current))
-                current, batch = record.lease_id, []
-            batch.append(record)
+                current, batch = block.lease_id, []
+            batch.append(block)
         if current is not None:
             seen.add(current)
             yield check_chain(current, batch, heads.get(current), seals.get(current))
@@ -344,14 +461,18 @@ class Statements(AuditTrail):
         with self._snapshot() as conn:
             yield from self._verdicts(conn, None)
 
-    def export_statements(self, since: datetime | None = None) -> Iterator[StoredStatement]:
-        """Every record, by session and seq (``since``: those started then or later)."""
-        query = sa.select(statements).order_by(statements.c.lease_id, statements.c.seq)
+    def export_blocks(self, since: datetime | None = None) -> Iterator[StoredBlock]:
+        """Every block, by session and seq (``since``: those with a record started then or
+        later; a block is written after all its records started)."""
+        query = sa.select(statement_blocks).order_by(
+            statement_blocks.c.lease_id, statement_blocks.c.first_seq
+        )
         if since is not None:
-            query = query.where(statements.c.started >= since)
+            query = query.where(statement_blocks.c.written_at >= since)
         with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                yield _stored(row)
+            with conn.execution_options(yield_per=64).execute(query) as rows:
+                for row in rows:
+                    yield _block(row)
 
     def seal_statements(self, now: datetime, grace: float = SEAL_GRACE) -> int:
         """Seal the records of sessions that ended more than ``grace`` seconds ago and are
@@ -420,64 +541,39 @@ class Statements(AuditTrail):
 
 
 def _insert_sql(sqlite: bool) -> str:
-    names = [c for c in statements.columns.keys() if c != "id"]
-    values = ", ".join(f":{n}" if sqlite else f"%({n})s" for n in names)
-    return f"INSERT INTO statements ({', '.join(names)}) VALUES ({values})"
+    names = [c for c in statement_blocks.columns.keys() if c != "id"]
+    values = ", ".join("?" if sqlite else "%s" for _ in names)
+    return f"INSERT INTO statement_blocks ({', '.join(names)}) VALUES ({values})"
 
 
-def _text(value: str) -> str:
-    """``value`` as both stores can keep it: PostgreSQL refuses NUL in text, and a batch
-    it refuses would be retried forever, holding back every later record of the gateway.
-    A client may send NUL inside a Query's text; it is kept as U+FFFD, as the gateway
-    keeps bytes it cannot decode."""
-    return value.replace("\x00", "\ufffd")
+def statement_lines(blocks: Iterable[StoredBlock], since: datetime | None = None) -> Iterator[str]:
+    """JSON lines for a SIEM, one per statement record ("type": "statement"): the record's
+    fields and its block's (seq range, hashes), enough to check the chain from the export
+    alone (docs/gateway.md, "Records"). ``since``: only records started then or later."""
+    for block in blocks:
+        shared = {
+            "type": "statement",
+            "lease_id": block.lease_id,
+            "subject": block.subject,
+            "target": block.target,
+            "role": block.role,
+            "gateway": block.gateway,
+            "written_at": block.written_at.isoformat(),
+            "block": [block.first_seq, block.last_seq],
+            "prev_hash": block.prev_hash,
+            "hash": block.hash,
+        }
+        # the values as stored (the start as its stored text), so that the lines rebuild
+        # the block's text exactly
+        for seq, record in enumerate(block.values(), block.first_seq):
+            fields = dict(zip(RECORD_FIELDS, record, strict=True))
+            if since is not None and _started(fields["started"]) < since:
+                continue
+            yield json.dumps({**shared, "seq": seq, **fields}, sort_keys=True)
 
 
-def _fields(record: NewStatement, seq: int, gateway: str, written_at: datetime) -> dict[str, Any]:
-    """The stored, hashed fields of a record, normalised so that what is read back hashes
-    alike (UTC times, a float duration, params as JSON text, no NUL)."""
-    started = record.started
-    if started.tzinfo is None:
-        raise ValueError("naive datetime given to the store")
-    return {
-        "lease_id": record.lease_id,
-        "seq": seq,
-        "subject": record.subject,
-        "target": record.target,
-        "role": record.role,
-        "kind": record.kind,
-        "sql": _text(record.sql),
-        "params_policy": record.params_policy,
-        # JSON writes a NUL in a parameter as the six characters \u0000: no NUL reaches SQL
-        "params": None if record.params is None else json.dumps(list(record.params)),
-        "started": started.astimezone(UTC),
-        "duration": float(record.duration),
-        "rows": record.rows,
-        "bytes_out": int(record.bytes_out),
-        "bytes_in": int(record.bytes_in),
-        "sqlstate": record.sqlstate,
-        "status": record.status,
-        "rule": None if record.rule is None else record.rule[:64],  # statements.rule
-        "connection": int(record.connection),
-        "gateway": gateway,
-        "written_at": written_at,
-    }
-
-
-def statement_lines(records: Iterable[StoredStatement]) -> Iterator[str]:
-    """JSON lines for a SIEM, one per statement record ("type": "statement"): every stored
-    field, params as a list, and the hashes to check the chain with."""
-    for r in records:
-        fields = r.fields()
-        yield json.dumps(
-            {
-                "type": "statement",
-                **fields,
-                "started": r.started.isoformat(),
-                "written_at": r.written_at.isoformat(),
-                "params": r.param_values(),
-                "prev_hash": r.prev_hash,
-                "hash": r.hash,
-            },
-            sort_keys=True,
-        )
+def _started(value: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)  # shown: an edit verification reports

@@ -184,13 +184,18 @@ def test_a_bad_id_is_a_4xx(setup: Setup, tokens: dict[str, str]) -> None:
 def test_tampering_shows_in_the_page(setup: Setup, tokens: dict[str, str]) -> None:
     with setup.store.engine.begin() as conn:
         conn.execute(
-            sa.text("UPDATE statements SET rows = 0 WHERE lease_id = :id AND seq = 2"),
+            # record 2 is in the block of records 1-2: its rows (1 to 0) after its bytes_in
+            sa.text(
+                "UPDATE statement_blocks SET records = replace(records, ',2,66,0,', ',0,66,0,')"
+                " WHERE lease_id = :id AND first_seq = 1"
+            ),
             {"id": setup.session_id},
         )
     page = setup.api.get(
         f"/v1/sessions/{setup.session_id}/statements", headers=bearer(tokens, "dave")
     ).json()
-    assert page["verification"]["ok"] is False and page["verification"]["first_bad"] == 2
+    # located to the block: the first seq of the records written together with it
+    assert page["verification"]["ok"] is False and page["verification"]["first_bad"] == 1
     assert "edited" in page["verification"]["problem"]
 
 

@@ -23,10 +23,17 @@ from dbaccess.broker.cli import app
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import load_settings
-from dbaccess.broker.store import Lease, Store, StoreUnavailable, statement_heads, statements
-from dbaccess.broker.store.audit_chain import raw_records, verify
+from dbaccess.broker.store import (
+    Lease,
+    Store,
+    StoreUnavailable,
+    statement_blocks,
+    statement_heads,
+)
+from dbaccess.broker.store.audit_chain import GENESIS, raw_records, verify
+from dbaccess.broker.store.statement_chain import RECORD_FIELDS
 from dbaccess.gateway.records import BatchingWriter, StatementRecord
-from dbaccess.gateway.store_sink import StoreSink, to_new_statement
+from dbaccess.gateway.store_sink import StoreSink
 from dbaccess.sandbox.stack import Stack
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, 250000, tzinfo=UTC)
@@ -105,7 +112,11 @@ def test_a_chain_continues_across_batches_and_gateways(store: Store) -> None:
     assert rest[-1].gateway == "gw-b" and page[0].gateway == "gw-a"
     assert rest[-1].status == "refused" and rest[-1].rows is None
     assert page[0].started == NOW + timedelta(seconds=1, microseconds=1)
-    assert page[1].prev_hash == page[0].hash
+    # stored in blocks (a batch's records of one session), each linked to the one before
+    blocks = list({r.block.first_seq: r.block for r in page + rest}.values())
+    assert len(blocks) > 2 and blocks[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(blocks, blocks[1:], strict=False))
+    assert [b.first_seq for b in blocks[1:]] == [a.last_seq + 1 for a in blocks[:-1]]
     bobs, _ = store.statement_page(bob.id)
     assert [r.seq for r in bobs] == [1, 2, 3, 4, 5]
     assert bobs[0].param_values() == ["1", None] and bobs[-1].bytes_in == 4096
@@ -121,37 +132,48 @@ def test_a_chain_continues_across_batches_and_gateways(store: Store) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        "sql = 'SELECT 1; DROP TABLE x'",
-        "rows = 0",
-        "status = 'completed', sqlstate = NULL, bytes_out = 1",
+        "records = replace(records, 'SELECT 3', 'SELECT 1; DROP TABLE x')",
+        "records = replace(records, ',3,103,', ',0,103,')",  # rows 3 -> 0
+        "records = replace(records, '\"completed\"', '\"refused\"')",
         "gateway = 'elsewhere'",
+        "subject = 'mallory'",
+        "last_seq = 3",
     ],
 )
-def test_an_edited_record_is_caught_at_its_seq(store: Store, change: str) -> None:
+def test_an_edited_record_is_caught_at_its_block(store: Store, change: str) -> None:
     lease = open_lease(store)
-    StoreSink(store, "gw-a").write([record(lease, n) for n in range(1, 6)])
+    sink = StoreSink(store, "gw-a")
+    sink.write([record(lease, n) for n in (1, 2)])
+    sink.write([record(lease, n) for n in (3, 4)])  # the block of records 3-4
+    sink.write([record(lease, 5)])
+    assert store.verify_statements(lease.id).ok
     with store.engine.begin() as conn:
-        conn.execute(
-            sa.text(f"UPDATE statements SET {change} WHERE lease_id = :id AND seq = 3"),
+        changed = conn.execute(
+            sa.text(f"UPDATE statement_blocks SET {change} WHERE lease_id = :id AND first_seq = 3"),
             {"id": lease.id},
         )
+        assert changed.rowcount == 1
     verdict = store.verify_statements(lease.id)
-    assert not verdict.ok and verdict.first_bad == 3 and "edited" in (verdict.problem or "")
+    assert not verdict.ok and verdict.first_bad == 3, verdict
+    assert "edited" in (verdict.problem or "")
 
 
 def test_a_deleted_record_or_newest_record_is_caught(store: Store) -> None:
     lease = open_lease(store)
-    StoreSink(store, "gw-a").write([record(lease, n) for n in range(1, 6)])
+    sink = StoreSink(store, "gw-a")
+    for n in range(1, 6):
+        sink.write([record(lease, n)])  # a block each
+    blocks = statement_blocks.c
     with store.engine.begin() as conn:
         conn.execute(
-            sa.delete(statements).where(statements.c.lease_id == lease.id, statements.c.seq == 5)
+            sa.delete(statement_blocks).where(blocks.lease_id == lease.id, blocks.first_seq == 5)
         )
     verdict = store.verify_statements(lease.id)
     assert verdict.first_bad == 5 and "newest records were deleted" in (verdict.problem or "")
     assert verdict.records == 4 and verdict.expected == 5
     with store.engine.begin() as conn:
         conn.execute(
-            sa.delete(statements).where(statements.c.lease_id == lease.id, statements.c.seq == 2)
+            sa.delete(statement_blocks).where(blocks.lease_id == lease.id, blocks.first_seq == 2)
         )
     verdict = store.verify_statements(lease.id)
     assert verdict.first_bad == 2 and "missing" in (verdict.problem or "")
@@ -190,13 +212,9 @@ def test_the_seal_is_written_once_and_late_records_are_flagged(store: Store) -> 
     # Rewriting the sealed records and their hashes, head included, still disagrees with
     # the seal the audit trail holds.
     with store.engine.begin() as conn:
-        conn.execute(sa.delete(statements).where(statements.c.lease_id == lease.id))
+        conn.execute(sa.delete(statement_blocks).where(statement_blocks.c.lease_id == lease.id))
         conn.execute(sa.delete(statement_heads).where(statement_heads.c.lease_id == lease.id))
-    store.append_statements(
-        [to_new_statement(record(lease, n, sql="SELECT 'innocent'")) for n in range(1, 4)],
-        "gw-a",
-        NOW,
-    )
+    sink.write([record(lease, n, sql="SELECT 'innocent'") for n in range(1, 4)])
     forged = store.statement_head(lease.id)
     assert forged is not None
     with store.engine.begin() as conn:
@@ -210,7 +228,7 @@ def test_the_seal_is_written_once_and_late_records_are_flagged(store: Store) -> 
 
     # Deleting a sealed session's records and head altogether: the seal remains.
     with store.engine.begin() as conn:
-        conn.execute(sa.delete(statements).where(statements.c.lease_id == lease.id))
+        conn.execute(sa.delete(statement_blocks).where(statement_blocks.c.lease_id == lease.id))
         conn.execute(sa.delete(statement_heads).where(statement_heads.c.lease_id == lease.id))
     verdict = store.verify_statements(lease.id)
     assert not verdict.ok and "sealed 3 record(s)" in (verdict.problem or "")
@@ -300,16 +318,26 @@ def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None
     assert first["lease_id"] == lease.id and first["sql"] == "SELECT 1"
     assert first["params"] == ["1", None] and first["gateway"] == "gw-a"
     assert first["started"] == (NOW + timedelta(seconds=1, microseconds=1)).isoformat()
-    assert statement_lines[1]["prev_hash"] == first["hash"]
-    # An export is checkable on its own: each hash recomputed from the line (params as
-    # the JSON text the store keeps), the last one the sealed head.
+    assert all(line["block"] == [1, 3] for line in statement_lines)  # written together
+    # An export is checkable on its own: each block's records text rebuilt from its lines
+    # (RECORD_FIELDS, compact JSON), its hash recomputed, the last one the sealed head.
     prev = "0" * 64
+    by_block: dict[tuple[int, int], list[dict[str, object]]] = {}
     for line in statement_lines:
-        fields = {k: v for k, v in line.items() if k not in ("type", "prev_hash", "hash")}
-        fields["params"] = json.dumps(fields["params"])
-        body = json.dumps([prev, fields], sort_keys=True, separators=(",", ":"))
-        assert hashlib.sha256(body.encode()).hexdigest() == line["hash"]
-        prev = line["hash"]
+        by_block.setdefault(tuple(line["block"]), []).append(line)
+    for (first_seq, last_seq), lines_of in by_block.items():
+        assert [line["seq"] for line in lines_of] == list(range(first_seq, last_seq + 1))
+        text = json.dumps([[line[f] for f in RECORD_FIELDS] for line in lines_of],
+                          separators=(",", ":"))  # fmt: skip
+        one = lines_of[0]
+        body = json.dumps(
+            [prev, one["lease_id"], first_seq, last_seq, one["subject"], one["target"],
+             one["role"], one["gateway"], one["written_at"], text],
+            separators=(",", ":"),
+        )  # fmt: skip
+        assert hashlib.sha256(body.encode()).hexdigest() == one["hash"]
+        assert one["prev_hash"] == prev
+        prev = str(one["hash"])
     assert audit_lines[-1]["detail"]["head"] == prev
 
     later = CliRunner().invoke(
@@ -322,7 +350,10 @@ def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None
     assert "statement records intact: 3 record(s) of 1 session(s)" in intact.output
     with store.engine.begin() as conn:
         conn.execute(
-            sa.text("UPDATE statements SET sql = 'SELECT 2' WHERE seq = 1 AND lease_id = :id"),
+            sa.text(
+                "UPDATE statement_blocks SET records = replace(records, 'SELECT 1', 'SELECT 2')"
+                " WHERE first_seq = 1 AND lease_id = :id"
+            ),
             {"id": lease.id},
         )
     broken = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
