@@ -122,6 +122,11 @@ class FieldsSink(RecordSink, Protocol):
     def write_fields(self, batch: Sequence[RecordFields]) -> None: ...
 
 
+# Records the writer holds before statements are refused: at 10,000 statements a second,
+# 5 s of a store that takes nothing; a few tens of MB of memory.
+MAX_UNWRITTEN = 50_000
+
+
 class MemorySink:
     def __init__(self) -> None:
         self.records: list[StatementRecord] = []
@@ -148,8 +153,15 @@ class BatchingWriter:
         max_batch: int = 500,
         max_delay: float = 0.2,
         retry_delay: float = 1.0,
+        max_unwritten: int = MAX_UNWRITTEN,
     ) -> None:
         self._sink = sink
+        self._max_unwritten = max_unwritten
+        # True while more than max_unwritten records wait (the sink fails or is slow): the
+        # protocol server then refuses new statements rather than run what it cannot record
+        # or hold records without bound. Set by the caller's thread, cleared by the
+        # writer's once half have been written; a bool, read and written atomically.
+        self.backlogged = False
         self._raw = callable(getattr(sink, "write_fields", None))
         self._max_batch = max_batch
         self._max_delay = max_delay
@@ -176,7 +188,15 @@ class BatchingWriter:
         pending = self._pending
         pending.append(record)
         self._added += 1
-        if len(pending) == self._max_batch:
+        waiting = len(pending)
+        if waiting > self._max_unwritten and not self.backlogged:
+            self.backlogged = True
+            log.error(
+                "%d statement records are not written yet: new statements are refused "
+                "until the store takes them",
+                waiting,
+            )
+        if waiting == self._max_batch:
             with self._cond:
                 self._cond.notify()
 
@@ -224,6 +244,9 @@ class BatchingWriter:
                 with self._cond:
                     self._done += len(batch)
                     self._cond.notify_all()
+                if self.backlogged and len(self._pending) <= self._max_unwritten // 2:
+                    self.backlogged = False
+                    log.warning("statement records are written again: statements run again")
             if closing and not more:
                 return
 

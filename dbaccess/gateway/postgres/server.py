@@ -55,6 +55,12 @@ ALPN = "postgresql"
 # answered by the gateway itself because earlier pipelined messages are still unanswered
 # (one identifier: the server's "syntax error at or near" names it, and so the rule)
 REFUSED_TEXT = "refused_by_dbaccess_gateway_rule_{}"
+UNRECORDED = guardrails.Refusal(
+    "records.unwritten",
+    "dbaccess gateway: statement records cannot be written now (the store is unreachable or "
+    "slow), so no statement runs; nothing was run, retry in a moment (rule records.unwritten)",
+    "53000",  # insufficient_resources
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class GatewayConfig:
 
 
 class RecordWriter(Protocol):
+    backlogged: bool  # too many records unwritten: new statements are refused
+
     def add(self, record: StatementRecord) -> None: ...
 
     def add_fields(self, record: StatementRecord | RecordFields) -> None: ...
@@ -234,6 +242,7 @@ class Connection:
         # per connection, not per statement: a statement's wall start is its monotonic
         # start plus this offset (one clock read, and no datetime, on the hot path)
         self.wall_offset = time.time() - time.monotonic()
+        self.records = gateway.records
         self.add_record = gateway.records.add_fields
         self.params_policy = gateway.config.params
 
@@ -523,7 +532,13 @@ class Connection:
         if self.idle_timer is not None:
             self.last_active = self.gateway.loop.time()
         buf = self.client.buf
-        if buf or self.guarding or self.upstream is None:
+        if (
+            buf
+            or self.guarding
+            or self.upstream is None
+            or self.records.backlogged
+            or self.skipping  # still dropping up to the Sync of a refused Parse
+        ):
             buf += data
             self._frame_client()
             return
@@ -570,7 +585,9 @@ class Connection:
         upstream = self.upstream.transport if self.upstream is not None else None
         try:
             for kind, start, stop in wire.split_messages(buf):
-                if self.guarding and (self.skipping or kind in (Q, P, F)):
+                if self.skipping or (
+                    (self.guarding or self.records.backlogged) and kind in (Q, P, F)
+                ):
                     replacement = self._guard(kind, bytes(buf[start:stop]))
                     if replacement is not None:  # not this message, maybe another
                         if upstream is not None:
@@ -820,6 +837,8 @@ class Connection:
             return b""
         session = self.session
         assert session is not None
+        # what cannot be recorded is not run (a store that has taken nothing for seconds)
+        backlogged = self.records.backlogged
         if kind == F:
             sql = f"function call, oid {wire.int32(body, 0)}"
             classes: frozenset[guardrails.StatementClass] | None = frozenset(
@@ -827,13 +846,15 @@ class Connection:
             )
         elif kind == Q:
             sql = body[:-1].decode(errors="replace")
-            classes = classify(sql)
+            classes = None if backlogged else classify(sql)
         else:
             name, offset = wire.read_cstring(body, 0)
             query, _ = wire.read_cstring(body, offset)
             sql = query.decode(errors="replace")
-            classes = classify(sql)
-        refusal = guardrails.decide(self.policy, session.role, classes)
+            classes = None if backlogged else classify(sql)
+        refusal = (
+            UNRECORDED if backlogged else guardrails.decide(self.policy, session.role, classes)
+        )
         if refusal is None:
             return None
         simple = kind != P

@@ -1,0 +1,90 @@
+"""A store that takes no records: the gateway does not run what it cannot record. Once more
+than ``max_unwritten`` records wait, new statements are refused (SQLSTATE 53000, rule
+records.unwritten) with the session left usable; when the store takes them again,
+everything waiting is written, refusals included, and statements run again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import psycopg
+import pytest
+
+from dbaccess.gateway.records import BatchingWriter, MemorySink, StatementRecord
+from tests.gateway.conftest import RunningGateway
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 20
+
+
+class StalledSink(MemorySink):
+    """A store that fails every write while ``stalled`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = threading.Event()
+
+    def write(self, records: Sequence[StatementRecord]) -> None:
+        if self.stalled.is_set():
+            raise OSError("the store is unreachable")
+        super().write(records)
+
+
+@pytest.fixture
+def stalled(gateway: RunningGateway) -> Iterator[tuple[StalledSink, BatchingWriter]]:
+    sink = StalledSink()
+    writer = BatchingWriter(sink, max_delay=0.01, retry_delay=0.05, max_unwritten=LIMIT)
+    usual = gateway.gateway.records
+    gateway.gateway.records = writer  # the connections made from now on
+    try:
+        yield sink, writer
+    finally:
+        gateway.gateway.records = usual
+        sink.stalled.clear()
+        writer.close()
+
+
+def test_statements_are_refused_while_records_cannot_be_written(
+    gateway: RunningGateway, stalled: tuple[StalledSink, BatchingWriter]
+) -> None:
+    sink, writer = stalled
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert writer.flush(5)
+        sink.stalled.set()
+        ran = 0
+        with pytest.raises(psycopg.errors.InsufficientResources) as refused:
+            for n in range(LIMIT * 3):
+                conn.execute(f"SELECT {n}")
+                ran += 1
+        assert LIMIT - 1 <= ran <= LIMIT + 1  # run while the waiting records fit
+        assert "records.unwritten" in str(refused.value) and "nothing was run" in str(refused.value)
+        # every kind of statement, simple or prepared, and the session stays usable
+        with pytest.raises(psycopg.errors.InsufficientResources):
+            conn.execute("SELECT %s::int", (7,), prepare=True)
+        with pytest.raises(psycopg.errors.InsufficientResources):
+            conn.execute("SELECT 'not run'")
+        assert not writer.flush(0.3)  # nothing written meanwhile
+
+        sink.stalled.clear()  # the store is back
+        assert writer.flush(10)
+        deadline = time.monotonic() + 5
+        while writer.backlogged:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert conn.execute("SELECT 'runs again'").fetchone() == ("runs again",)
+        assert conn.execute("SELECT %s::int", (8,), prepare=True).fetchone() == (8,)
+    assert writer.flush(10)
+    records = sink.for_lease(session.session.lease_id)
+    refusals = [r for r in records if r.rule == "records.unwritten"]
+    assert len(refusals) == 3 and {r.sqlstate for r in refusals} == {"53000"}
+    assert {r.status for r in refusals} == {"refused"}
+    # no record lost, and none of a statement the server did not run but the refusals
+    ran_records = [r for r in records if r.status != "refused"]
+    logged = gateway.server_statements(session)
+    assert len(ran_records) == len(logged) == ran + 3  # SELECT 1, runs again, 8
+    assert not any("not run" in line for line in logged)
