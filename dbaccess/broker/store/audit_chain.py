@@ -51,13 +51,14 @@ def block_hash(
 ) -> str:
     """A block of statement records' hash (store/statement_chain.py): over the session's
     previous hash, the block's place and owner, and its records' JSON text as stored, so
-    editing any record, or moving a block to another seq or session, breaks it."""
-    body = json.dumps(
-        [prev_hash, lease_id, first_seq, last_seq, subject, target, role, gateway, written_at,
-         records],
+    editing any record, or moving a block to another seq or session, breaks it. The text
+    follows the header's compact JSON line as it is (escaping it again would cost more
+    than the encoding that made it); the header, ASCII JSON, cannot hold a newline."""
+    header = json.dumps(
+        [prev_hash, lease_id, first_seq, last_seq, subject, target, role, gateway, written_at],
         separators=(",", ":"),
-    )  # fmt: skip
-    return hashlib.sha256(body.encode()).hexdigest()
+    )
+    return hashlib.sha256(f"{header}\n{records}".encode()).hexdigest()
 
 
 class AuditTrail(Database):

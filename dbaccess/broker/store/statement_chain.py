@@ -42,25 +42,26 @@ SEALED_EVENT = "session.statements_sealed"
 SEAL_GRACE = 10.0  # seconds after the revocation before a session's records are sealed
 SEAL_BATCH = 500  # sessions sealed per transaction
 
-# A record in a block, in this order: what the gateway saw of one statement. ``started``
-# is an ISO time in UTC, ``params`` a list or null (the policy decides), ``rule`` the
-# guardrail that refused it.
+# A record in a block, in this order: what the gateway saw of one statement, in the order
+# of the protocol server's field tuple after its session fields (gateway/records.py
+# RecordFields), so the gateway stores that tuple's tail as it is. ``started_posix`` is
+# seconds since the epoch (JSON keeps the float exactly), ``params`` a list or null (the
+# policy decides), ``rule`` the guardrail that refused it.
 RECORD_FIELDS = (
     "kind",
     "sql",
     "params_policy",
     "params",
-    "started",
+    "started_posix",
     "duration",
     "rows",
     "bytes_out",
     "bytes_in",
     "sqlstate",
     "status",
-    "rule",
     "connection",
+    "rule",
 )
-MAX_RULE = 64  # a rule name's length as records keep it
 
 # Compact and ASCII-only: the text is stored and hashed as it is, and a verifier rebuilds
 # it from an export's lines with the same options (docs/gateway.md, "Records").
@@ -76,7 +77,7 @@ class NewBlock:
     subject: str
     target: str
     role: str
-    records: list[list[Any]]
+    records: list[Sequence[Any]]
 
 
 def text(value: str) -> str:
@@ -133,11 +134,10 @@ class StoredBlock:
         found = []
         for seq, record in enumerate(self.values(), self.first_seq):
             fields = dict(zip(RECORD_FIELDS, record, strict=True))
-            try:
-                fields["started"] = datetime.fromisoformat(fields["started"])
-            except (TypeError, ValueError):
+            started = _started(fields.pop("started_posix"))
+            if started is None:
                 return []
-            found.append(StoredStatement(block=self, seq=seq, **fields))
+            found.append(StoredStatement(block=self, seq=seq, started=started, **fields))
         return found
 
 
@@ -563,17 +563,22 @@ def statement_lines(blocks: Iterable[StoredBlock], since: datetime | None = None
             "prev_hash": block.prev_hash,
             "hash": block.hash,
         }
-        # the values as stored (the start as its stored text), so that the lines rebuild
-        # the block's text exactly
+        # the values as stored, so that the lines rebuild the block's text exactly, and
+        # the start in ISO form beside them
         for seq, record in enumerate(block.values(), block.first_seq):
             fields = dict(zip(RECORD_FIELDS, record, strict=True))
-            if since is not None and _started(fields["started"]) < since:
+            started = _started(fields["started_posix"])
+            if since is not None and started is not None and started < since:
                 continue
-            yield json.dumps({**shared, "seq": seq, **fields}, sort_keys=True)
+            iso = None if started is None else started.isoformat()
+            yield json.dumps({**shared, "seq": seq, **fields, "started": iso}, sort_keys=True)
 
 
-def _started(value: Any) -> datetime:
+def _started(value: Any) -> datetime | None:
+    """A record's start; None for what the store does not write (an edit)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
     try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return datetime.max.replace(tzinfo=UTC)  # shown: an edit verification reports
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
