@@ -21,7 +21,8 @@ def test_a_stored_record_is_the_tail_of_its_field_tuple() -> None:
 
 
 def fields(lease: str, n: int) -> RecordFields:
-    return (lease, "alice", "demo", "readonly", "query", f"SELECT {n}" + "\x00" * (n == 1), "none", None,
+    sql = f"SELECT {n}" + "\x00" * (n == 1)  # a NUL in the first one
+    return (lease, "alice", "demo", "readonly", "query", sql, "none", None,
             1.7e9 + n, 0.25, n, 10, 0, None, "completed", 1, "r" * 80)  # fmt: skip
 
 
