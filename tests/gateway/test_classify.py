@@ -13,7 +13,7 @@ from dbaccess.gateway.guardrails import (
     StatementClass,
     decide,
 )
-from dbaccess.gateway.postgres.classify import classify
+from dbaccess.gateway.postgres.classify import UNKNOWN_CALLS, classify
 
 C = StatementClass
 
@@ -88,7 +88,130 @@ CASES = [
     ("SET client_encoding = 'UTF8'", {C.SESSION}),
     ("SELECT set_config('standard_conforming_strings', 'off', false)", {C.READ, C.PARSER_SETTINGS}),
     ("SELECT 1; CREATE TABLE t (a int)", {C.READ, C.DDL}),
+    # found by review: COPY with a server file is the server's OS user at work
+    ("COPY t FROM '/etc/passwd'", {C.COPY_IN, C.UNTRUSTED}),
+    ("COPY t TO '/var/lib/postgresql/.psqlrc'", {C.COPY_OUT, C.UNTRUSTED}),
+    ("COPY (SELECT 1) TO '/tmp/x' WITH (FORMAT csv)", {C.COPY_OUT, C.UNTRUSTED}),
+    # SQL text that a built-in runs is classified in turn; what the text does not show
+    # (a parameter, an expression, a named argument) could be anything a call can do
+    ("SELECT query_to_xml('SELECT nextval(''s'')', true, false, '')", {C.READ, C.WRITE}),
+    ("SELECT query_to_xml('SELECT * FROM t', true, false, '')", {C.READ}),
+    (
+        "SELECT query_to_xmlschema('SELECT set_config(''role'', ''x'', false)', true, false, '')",
+        {C.READ, C.DCL},
+    ),
+    ("SELECT query_to_xml($1, true, false, '')", {C.READ} | UNKNOWN_CALLS),
+    ("SELECT query_to_xml(query => 'SELECT 1', nulls => true)", {C.READ} | UNKNOWN_CALLS),
+    ("SELECT query_to_xml('SELEC 1', true, false, '')", {C.READ} | UNKNOWN_CALLS),
+    ("SELECT * FROM ts_stat('SELECT lo_unlink(1)::text::tsvector')", {C.READ, C.WRITE}),
+    ("SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery')", {C.READ}),
+    ("SELECT ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", {C.READ}),
+    ("SELECT * FROM crosstab('SELECT 1', 'SELECT pg_promote()') AS c(a int)", {C.READ, C.WRITE}),
+    ("SELECT * FROM crosstab('SELECT 1', 2) AS c(a int)", {C.READ}),
+    ("SELECT * FROM connectby('t', 'id', 'parent', '1', 0) AS c(id int)", {C.READ} | UNKNOWN_CALLS),
+    # server files: untrusted (lo_import creates a large object too)
+    ("SELECT pg_read_file('/etc/passwd')", {C.READ, C.UNTRUSTED}),
+    ("SELECT * FROM pg_ls_dir('.')", {C.READ, C.UNTRUSTED}),
+    ("SELECT pg_stat_file('postgresql.conf')", {C.READ, C.UNTRUSTED}),
+    ("SELECT lo_import('/etc/passwd')", {C.READ, C.WRITE, C.UNTRUSTED}),
+    ("SELECT lo_export(16400, '/tmp/x')", {C.READ, C.UNTRUSTED}),
+    ("SELECT dblink_connect_u('dbname=postgres')", {C.READ, C.UNTRUSTED}),
+    ("SELECT * FROM pg_get_wal_records_info('0/0', '0/1')", {C.READ, C.UNTRUSTED}),
+    # volatile reads stay reads
+    ("SELECT random(), clock_timestamp(), currval('s'), pg_notify('c', 'x')", {C.READ}),
+    ("SELECT loread(lo_open(16400, 262144), 10), lo_get(16400)", {C.READ}),
+    ("SELECT * FROM pg_hba_file_rules", {C.READ}),
+    ("SELECT my_function(1)", {C.READ}),  # a user's function: the grants decide
 ]
+
+# found by review: each new member of the writing built-ins, called as a SELECT would
+NEW_WRITING = [
+    "lowrite(0, 'x')",
+    "lo_put(16400, 0, 'x')",
+    "lo_truncate64(0, 1)",
+    "lo_from_bytea(0, 'x')",
+    "txid_current()",
+    "pg_current_xact_id()",
+    "pg_try_advisory_lock(1)",
+    "pg_try_advisory_xact_lock(1)",
+    "pg_try_advisory_lock_shared(1)",
+    "pg_try_advisory_xact_lock_shared(1)",
+    "pg_advisory_lock_shared(1)",
+    "pg_advisory_xact_lock_shared(1)",
+    "pg_advisory_unlock(1)",
+    "pg_advisory_unlock_shared(1)",
+    "pg_advisory_unlock_all()",
+    "pg_logical_slot_get_changes('s', NULL, NULL)",
+    "pg_logical_slot_get_binary_changes('s', NULL, NULL)",
+    "pg_logical_slot_peek_changes('s', NULL, NULL)",
+    "pg_logical_slot_peek_binary_changes('s', NULL, NULL)",
+    "pg_replication_slot_advance('s', '0/1')",
+    "pg_copy_logical_replication_slot('s', 't')",
+    "pg_copy_physical_replication_slot('s', 't')",
+    "pg_promote()",
+    "pg_wal_replay_pause()",
+    "pg_wal_replay_resume()",
+    "pg_backup_start('x')",
+    "pg_backup_stop()",
+    "pg_start_backup('x')",
+    "pg_stop_backup()",
+    "pg_import_system_collations('pg_catalog')",
+    "pg_stat_reset_shared('bgwriter')",
+    "pg_stat_reset_slru('x')",
+    "pg_stat_reset_single_table_counters(1)",
+    "pg_replication_origin_drop('o')",
+    "pg_replication_origin_session_setup('o')",
+    "pg_replication_origin_advance('o', '0/1')",
+    "pg_log_backend_memory_contexts(1)",
+    "brin_summarize_new_values('i')",
+    "brin_summarize_range('i', 0)",
+    "brin_desummarize_range('i', 0)",
+    "gin_clean_pending_list('i')",
+    "binary_upgrade_set_next_pg_type_oid(1)",
+    "pg_nextoid('t', 'a', 'i')",
+    "dblink('dbname=postgres', 'DELETE FROM t')",
+    "dblink_connect('dbname=postgres')",
+    "dblink_send_query('c', 'DELETE FROM t')",
+    "dblink_open('c', 'SELECT 1')",
+    "dblink_fetch('c', 1)",
+    "dblink_get_result('c')",
+    "pg_prewarm('t')",
+    "autoprewarm_dump_now()",
+    "pg_stat_statements_reset()",
+    "heap_force_kill('t', ARRAY['(0,1)'::tid])",
+    "pg_truncate_visibility_map('t')",
+]
+
+
+@pytest.mark.parametrize("call", NEW_WRITING)
+def test_writing_built_ins_are_writes(call: str) -> None:
+    assert classify(f"SELECT {call}") == {C.READ, C.WRITE}
+    assert classify(f"SELECT * FROM {call}") == {C.READ, C.WRITE}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_catalog.lowrite(0, 'x')",  # qualified with pg_catalog
+        "SELECT public.dblink_exec('DELETE FROM t')",  # contrib lives in any schema
+        "SELECT \"lowrite\"(0, 'x')",  # quoted, as the parser keeps it: the same function
+        "SELECT LOWRITE(0, 'x')",  # unquoted: folded to lower case by the parser
+        # quoted upper case: another function for PostgreSQL (none exists), a look-alike
+        # of a writing built-in; refused too (fail closed)
+        "SELECT \"LOWRITE\"(0, 'x')",
+        'SELECT "PG_CATALOG"."Lo_Unlink"(16400)',
+        "SELECT 1 WHERE EXISTS (SELECT pg_try_advisory_lock(1))",
+        "WITH w AS (SELECT lo_create(0)) SELECT * FROM w",
+        "COPY (SELECT pg_promote()) TO STDOUT",
+        "EXPLAIN ANALYZE SELECT setval('s', 1)",
+    ],
+)
+def test_writing_built_ins_in_any_spelling_or_place(sql: str) -> None:
+    assert C.WRITE in (classify(sql) or ())
+
+
+def test_explain_without_analyze_does_not_call() -> None:
+    assert classify("EXPLAIN SELECT lowrite(0, 'x')") == {C.READ}
 
 
 @pytest.mark.parametrize(("sql", "classes"), CASES, ids=[c[0][:40] for c in CASES])
