@@ -8,6 +8,7 @@ code the way a person in a browser would: it fetches each page and submits its f
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
@@ -69,6 +70,7 @@ class OidcProvider:
     ) -> None:
         self.workdir = workdir.absolute()  # servers change directory; paths must not be relative
         self.users = users if users is not None else DEFAULT_USERS
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.client_id = client_id
         self.ttl = {
@@ -101,6 +103,37 @@ class OidcProvider:
                 "run: npm ci --prefix tests/idp"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        node = find_binary("node")
+        # Seen twice in CI on a loaded 2-core machine: node hung before listening, after
+        # loading oidc-provider and before the provider was built (the second time, both
+        # starts on one port hung). Each retry takes a fresh port unless one was asked for,
+        # and what the kernel says about the hung node's threads goes into the log, so the
+        # next hang says whether it spins or waits.
+        for attempt in (1, 2, 3):
+            if attempt > 1 and not self._fixed_port:
+                self.port = free_port()
+            config = self._write_config()
+            log = self.log_path.open("ab")
+            self._process = subprocess.Popen(
+                [node, str(IDP_DIR / "server.mjs"), str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=IDP_DIR,
+                process_group=DAEMON_GROUP,
+            )
+            log.close()
+            try:
+                wait_until(self._ready, timeout=timeout, what="the OIDC provider")
+                return
+            except ServiceError as exc:
+                if "exited" not in str(exc):
+                    self._log_hang_report()
+                self.stop()
+                if attempt == 3 or "exited" in str(exc):
+                    raise ServiceError(f"{exc}; log:\n{self.log_path.read_text()}") from None
+
+    def _write_config(self) -> Path:
         config = self.workdir / "idp.json"
         config.write_text(
             json.dumps(
@@ -122,28 +155,31 @@ class OidcProvider:
                 }
             )
         )
-        node = find_binary("node")
-        # Seen once in CI on a loaded 2-core machine: node hung before listening (after
-        # loading oidc-provider, before the provider was built). A second start, same
-        # port and config, is cheaper than a red build; a second hang is reported.
-        for attempt in (1, 2):
-            log = self.log_path.open("ab")
-            self._process = subprocess.Popen(
-                [node, str(IDP_DIR / "server.mjs"), str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=IDP_DIR,
-                process_group=DAEMON_GROUP,
-            )
-            log.close()
+        return config
+
+    def _log_hang_report(self) -> None:
+        """Append what the kernel says about the hung node to the log: per thread, its state
+        (running or sleeping), CPU seconds, and what it waits in. A hang in JavaScript or in
+        OpenSSL spins (R, CPU growing); a blocked system call sleeps (S, with a wait channel)."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        lines = []
+        tick = os.sysconf("SC_CLK_TCK")
+        for task in sorted(Path(f"/proc/{process.pid}/task").glob("*")):
             try:
-                wait_until(self._ready, timeout=timeout, what="the OIDC provider")
-                return
-            except ServiceError as exc:
-                self.stop()
-                if attempt == 2 or "exited" in str(exc):
-                    raise ServiceError(f"{exc}; log:\n{self.log_path.read_text()}") from None
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                comm = (task / "comm").read_text().strip()
+                wchan = (task / "wchan").read_text().strip() or "-"
+                syscall = (task / "syscall").read_text().split()[0]
+            except OSError:
+                continue
+            cpu = (int(stat[11]) + int(stat[12])) / tick
+            lines.append(
+                f"  {task.name} {comm}: {stat[0]} cpu={cpu:.2f}s wchan={wchan} syscall={syscall}"
+            )
+        with self.log_path.open("a") as log:
+            log.write("idp: no answer; node's threads:\n" + "\n".join(lines) + "\n")
 
     def _ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:

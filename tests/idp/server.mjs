@@ -40,6 +40,10 @@ const users = config.users;
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
+// A landmark in the log: it tells a start that hangs in key generation from one that hangs
+// building the provider (a hang between the runtime warning and the adapter warning was seen
+// twice in CI, cause unknown).
+process.stderr.write('idp: signing key made\n');
 
 const provider = new Provider(config.issuer, {
   clients: [{

@@ -90,3 +90,31 @@ def test_missing_node_modules_is_a_clear_error(
     monkeypatch.setattr(module, "IDP_DIR", tmp_path)
     with pytest.raises(ServiceError, match="npm ci --prefix tests/idp"):
         OidcProvider(tmp_path / "w").start()
+
+
+def test_a_provider_that_never_answers_is_retried_on_fresh_ports_and_described(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that hangs before listening (seen in CI) is started again on another port,
+    and the error's log says, per start, what the kernel saw the hung threads doing."""
+    import re
+
+    from dbaccess.sandbox import idp as module
+    from dbaccess.sandbox.processes import ServiceError
+
+    (tmp_path / "node_modules" / "oidc-provider").mkdir(parents=True)
+    # prints the port it was given, then waits forever without listening
+    (tmp_path / "server.mjs").write_text(
+        "import { readFileSync } from 'node:fs';\n"
+        "console.log('port', JSON.parse(readFileSync(process.argv[2], 'utf8')).port);\n"
+        "setInterval(() => {}, 1000);\n"
+    )
+    monkeypatch.setattr(module, "IDP_DIR", tmp_path)
+    with pytest.raises(ServiceError, match="did not become ready") as caught:
+        OidcProvider(tmp_path / "w").start(timeout=2)
+    log = str(caught.value)
+    ports = re.findall(r"^port (\d+)$", log, re.MULTILINE)
+    assert len(ports) == 3 and len(set(ports)) == 3, log
+    assert log.count("idp: no answer; node's threads:") == 3, log
+    # the main thread waits in the event loop: sleeping, in a system call
+    assert re.search(r"node: S cpu=[\d.]+s wchan=\S+ syscall=\d+", log), log
