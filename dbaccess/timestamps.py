@@ -5,7 +5,7 @@ RFC 3339 in UTC for JSON ("2026-12-02T01:20:31Z") and one human form
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # A string that is unmistakably a point in time: a date, a time and a UTC offset (ISO 8601
@@ -60,3 +60,18 @@ def json_ready(value: Any, key: object = None) -> Any:
     if isinstance(value, list | tuple):
         return [json_ready(item, key) for item in value]
     return value
+
+
+# Statement records keep their times as integer nanoseconds since the epoch (exact, and
+# cheap to encode); these make datetimes of them, to the microsecond, without a float.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def from_epoch_ns(ns: int) -> datetime:
+    """The UTC time ``ns`` nanoseconds after the epoch, to the microsecond."""
+    return EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def to_epoch_ns(moment: datetime) -> int:
+    return (moment - EPOCH) // _MICROSECOND * 1000

@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from dbaccess.broker.store.statement_chain import RECORD_FIELDS
-from dbaccess.gateway.records import BatchingWriter, RecordFields, StatementRecord, to_fields
+from dbaccess.gateway.records import (
+    BatchingWriter,
+    RecordFields,
+    StatementRecord,
+    from_fields,
+    to_fields,
+)
 from dbaccess.gateway.store_sink import blocks
 
 
@@ -17,13 +23,16 @@ def test_a_stored_record_is_the_tail_of_its_field_tuple() -> None:
     # the store keeps fields[4:] as it is: the orders must agree, name for name
     names = [f.name for f in dataclasses.fields(StatementRecord)]
     assert names[:4] == ["lease_id", "person", "target", "role"]
-    assert [n.replace("started", "started_posix") for n in names[4:]] == list(RECORD_FIELDS)
+    # the times as integer nanoseconds there
+    stored = {"started": "started_ns", "duration": "duration_ns"}
+    assert [stored.get(n, n) for n in names[4:]] == list(RECORD_FIELDS)
 
 
 def fields(lease: str, n: int) -> RecordFields:
     sql = f"SELECT {n}" + "\x00" * (n == 1)  # a NUL in the first one
     return (lease, "alice", "demo", "readonly", "query", sql, "none", None,
-            1.7e9 + n, 0.25, n, 10, 0, None, "completed", 1, "r" * 80)  # fmt: skip
+            1_700_000_000_000_000_000 + n, 250_000_000, n, 10, 0, None, "completed", 1,
+            "r" * 80)  # fmt: skip
 
 
 def test_a_batch_becomes_a_block_per_session_in_order() -> None:
@@ -59,3 +68,16 @@ def test_the_writer_hands_a_fields_sink_the_tuples() -> None:
     assert writer.flush()
     writer.close()
     assert sink.got == [fields("a", 1), to_fields(record)]
+
+
+def test_record_times_survive_the_integer_form_to_the_microsecond() -> None:
+    started = datetime(2026, 12, 2, 12, 0, 0, 123456, tzinfo=UTC)
+    record = StatementRecord(
+        "a", "alice", "demo", "readonly", "query", "SELECT 1", "none", None,
+        started, 0.000375, 1, 10, 0, None, "completed", 1,
+    )  # fmt: skip
+    tail = to_fields(record)[8:10]
+    assert tail == (1_796_212_800_123_456_000, 375_000)
+    assert all(type(v) is int for v in tail)  # no float reaches the JSON
+    again = from_fields(to_fields(record))
+    assert (again.started, again.duration) == (started, 0.000375)

@@ -20,9 +20,9 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import scramp
 
@@ -97,6 +97,10 @@ class RecordWriter(Protocol):
 
 class _Closed(Exception):
     """The connection ended (or was refused) during the handshake."""
+
+
+# How long Gateway.close waits for its connections' sockets to close cleanly.
+CLOSE_GRACE = 1.0
 
 
 class _Side(asyncio.Protocol):
@@ -199,7 +203,7 @@ class _Open:
     sql: str
     params: tuple[str | None, ...] | None
     simple: bool  # Query or FunctionCall: ends at ReadyForQuery, not at CommandComplete
-    t0: float  # time.monotonic() at the client's message; the wall time is derived from it
+    t0: int  # time.monotonic_ns() at the client's message; the wall time is derived from it
     rows: int | None = None
     data_rows: int = 0
     bytes_out: int = 0
@@ -241,7 +245,7 @@ class Connection:
         self.idle_timer: asyncio.TimerHandle | None = None
         # per connection, not per statement: a statement's wall start is its monotonic
         # start plus this offset (one clock read, and no datetime, on the hot path)
-        self.wall_offset = time.time() - time.monotonic()
+        self.wall_offset = time.time_ns() - time.monotonic_ns()
         self.records = gateway.records
         self.add_record = gateway.records.add_fields
         self.params_policy = gateway.config.params
@@ -670,7 +674,7 @@ class Connection:
     def _open(
         self, kind: Kind, sql: str, params: tuple[str | None, ...] | None, *, simple: bool
     ) -> None:
-        self.pending.append(_Open(kind, sql, params, simple, time.monotonic()))
+        self.pending.append(_Open(kind, sql, params, simple, time.monotonic_ns()))
 
     # -- relay: server -> client ---------------------------------------------------------
 
@@ -764,7 +768,7 @@ class Connection:
                 self.params_policy,
                 item.params,
                 t0 + self.wall_offset,
-                time.monotonic() - t0,
+                time.monotonic_ns() - t0,
                 item.rows,
                 item.bytes_out,
                 item.bytes_in,
@@ -863,7 +867,7 @@ class Connection:
             sql,
             None,
             simple,
-            time.monotonic(),
+            time.monotonic_ns(),
             sqlstate=refusal.sqlstate,
             rule=refusal.rule,
         )
@@ -899,7 +903,7 @@ class Connection:
         if head is not None:
             head.rule, head.sqlstate = rule, "54000"
         log.info("gateway connection %d: answer cut (%s)", self.number, rule)
-        self.gateway.loop.create_task(self.gateway.forward_cancel(self))
+        self.gateway.in_background(self.gateway.forward_cancel(self))
 
     def _ready_for_query(self, body: bytes) -> None:
         if self.idle_timer is not None:
@@ -1041,6 +1045,9 @@ class Gateway:
         self._numbers = itertools.count(1)
         self._connections: set[Connection] = set()
         self._keys: dict[tuple[int, int], Connection] = {}
+        # tasks no connection owns (a cancel after a cut answer): referenced until done, so
+        # that none is collected half-way, and ended by close() with what they opened
+        self._background: set[asyncio.Task[None]] = set()
         self._mock_nonce = secrets.token_bytes(32)
         self.session_bytes: dict[str, int] = {}  # bytes out per lease (guardrails)
         if self.config.tls is not None:  # libpq 17+ checks it, direct TLS requires it
@@ -1092,6 +1099,11 @@ class Gateway:
         salt = hashlib.sha256(self._mock_nonce + user.encode()).digest()[:16]
         return ScramVerifier(salt, secrets.token_bytes(32), secrets.token_bytes(32))
 
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def cancel(self, pid: int, secret: int) -> None:
         """Forward a CancelRequest for a key we issued, over a fresh upstream connection."""
         connection = self._keys.get((pid, secret))
@@ -1103,23 +1115,26 @@ class Gateway:
         if connection.upstream_key is None or connection.session is None:
             return  # like the server: no answer either way
         up = connection.session.upstream
+        opened: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(up.host, up.port, local_addr=self.config.source_address),
                 self.config.connect_timeout,
             )
+            opened = writer
             if self.config.upstream_tls is not None:
                 writer.write(_INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST))
                 if await reader.readexactly(1) != b"S":
-                    writer.close()
                     return
                 await writer.start_tls(self.config.upstream_tls, server_hostname=up.host)
             writer.write(wire.cancel_request(*connection.upstream_key))
             await writer.drain()
             await asyncio.wait_for(reader.read(1), self.config.connect_timeout)  # its close
-            writer.close()
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.warning("gateway: cancel not forwarded (%s)", type(exc).__name__)
+        finally:
+            if opened is not None:  # closed however it ended (a timeout, close())
+                opened.close()
 
     def end(self, lease_id: str, reason: str) -> int:
         return self.live.end(lease_id, reason)
@@ -1129,11 +1144,25 @@ class Gateway:
             self._server.close()
         connections = list(self._connections)
         tasks = [c._task for c in connections if c._task is not None and not c._task.done()]
+        sides = [s for c in connections for s in (c.client, c.upstream) if s is not None]
         for connection in connections:
             connection.close()
+        for task in self._background:
+            task.cancel()
+        tasks += self._background
         # The cancelled start-ups finish, and the closed transports' connection_lost runs
-        # (scheduled by close): a loop stopped before would leave both half-done.
+        # (scheduled by close): a loop stopped before would leave both half-done, and
+        # their sockets open.
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A TLS transport closes once the peer answers its close_notify (or after
+        # ssl_shutdown_timeout, 30 s): a peer that does not answer within a moment has
+        # its socket aborted.
+        deadline = asyncio.get_running_loop().time() + CLOSE_GRACE
+        while any(not s.lost for s in sides) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for side in sides:
+            if not side.lost and side.transport is not None:
+                side.transport.abort()
         for _ in range(3):
             await asyncio.sleep(0)
         if self._server is not None:

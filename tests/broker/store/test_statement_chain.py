@@ -302,7 +302,13 @@ def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None
     store = Store(f"sqlite:///{tmp_path / 'broker.db'}")
     lease = open_lease(store)
     StoreSink(store, "gw-a").write(
-        [record(lease, n, params_policy="full", params=(str(n), None)) for n in range(1, 4)]
+        [record(lease, n, params_policy="full", params=(str(n), None)) for n in range(1, 3)]
+        # text outside ASCII is stored as UTF-8, not escaped: the rebuild must say so too
+        + [
+            record(
+                lease, 3, sql="SELECT 'crème ✓ \u202e'", params_policy="full", params=("é\n", None)
+            )
+        ]  # fmt: skip
     )
     end(store, lease, NOW)
     assert store.seal_statements(NOW + timedelta(seconds=11)) == 1
@@ -328,7 +334,7 @@ def test_export_ships_the_records_and_verify_checks_them(tmp_path: Path) -> None
     for (first_seq, last_seq), lines_of in by_block.items():
         assert [line["seq"] for line in lines_of] == list(range(first_seq, last_seq + 1))
         text = json.dumps([[line[f] for f in RECORD_FIELDS] for line in lines_of],
-                          separators=(",", ":"))  # fmt: skip
+                          separators=(",", ":"), ensure_ascii=False)  # fmt: skip
         one = lines_of[0]
         header = json.dumps(
             [prev, one["lease_id"], first_seq, last_seq, one["subject"], one["target"],
