@@ -3,8 +3,9 @@
 - The **session secret** is what the client logs in to the gateway with. The broker makes
   it, hands it to the client once, and keeps only its SCRAM verifier (the lease's
   ``gateway_verifier``), which cannot log anyone in, bound by a MAC under the gateway key
-  to the lease's user, target and role (``bind_verifier``): one written into the store by
-  anyone but the broker is refused.
+  to the lease's user, target, role and expiry (``bind_verifier``): one written into the
+  store by anyone but the broker is refused, and so is an expiry moved by anyone but the
+  broker (a renewal binds it again).
 - The **upstream password** is the session user's password in the database. It is derived,
   HMAC-SHA-256 of the lease id under the key the broker and every gateway share
   (``[gateway] key_env``/``key_file``): the broker sets it when it creates the user, a
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from datetime import datetime
 
 from dbaccess.gateway.sessions import ScramVerifier
 
@@ -37,31 +39,62 @@ def new_session_secret() -> tuple[str, ScramVerifier]:
     return secret, ScramVerifier.for_secret(secret)
 
 
-_BINDING = b"dbaccess gateway lease binding v1\x00"
+_BINDING = b"dbaccess gateway lease binding v2\x00"
 
 
-def _binding_mac(key: str, verifier: str, db_user: str, target: str, role: str) -> str:
-    fields = "\x00".join((db_user, target, role, verifier)).encode()
+def _binding_mac(
+    key: str, verifier: str, db_user: str, target: str, role: str, expires_at: datetime
+) -> str:
+    # the expiry as whole epoch seconds: the broker rounds it up to a second, and the form
+    # does not depend on how a store gives back its time zone
+    expiry = str(int(expires_at.timestamp()))
+    fields = "\x00".join((db_user, target, role, expiry, verifier)).encode()
     digest = hmac.digest(key.encode(), _BINDING + fields, "sha256")
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def bind_verifier(key: str, verifier: ScramVerifier, db_user: str, target: str, role: str) -> str:
+def bind_verifier(
+    key: str,
+    verifier: ScramVerifier,
+    db_user: str,
+    target: str,
+    role: str,
+    expires_at: datetime,
+) -> str:
     """What the lease keeps: the verifier and a MAC, under the gateway key, tying it to the
-    session's user, target and role. Whoever can write the store cannot put a verifier of
-    their own on someone's lease, nor move a lease to a role with fewer guardrails."""
+    session's user, target, role and expiry. Whoever can write the store cannot put a
+    verifier of their own on someone's lease, move a lease to a role with fewer
+    guardrails, or keep a session open past its end."""
     text = str(verifier)
-    return f"{text}#{_binding_mac(key, text, db_user, target, role)}"
+    return f"{text}#{_binding_mac(key, text, db_user, target, role, expires_at)}"
 
 
 def bound_verifier(
-    key: str, stored: str, db_user: str, target: str, role: str
+    key: str, stored: str, db_user: str, target: str, role: str, expires_at: datetime
 ) -> ScramVerifier | None:
     """The verifier ``stored`` holds, if its MAC matches this lease; else None."""
     text, sep, mac = stored.rpartition("#")
-    if not sep or not hmac.compare_digest(mac, _binding_mac(key, text, db_user, target, role)):
+    expected = _binding_mac(key, text, db_user, target, role, expires_at)
+    if not sep or not hmac.compare_digest(mac, expected):
         return None
     try:
         return ScramVerifier.parse(text)
     except ValueError:
         return None
+
+
+def rebind_verifier(
+    key: str,
+    stored: str,
+    db_user: str,
+    target: str,
+    role: str,
+    expires_at: datetime,
+    new_expires_at: datetime,
+) -> str | None:
+    """A renewal's binding: the same verifier bound to the new expiry, if ``stored`` is
+    one the broker bound (a verifier edited into the store is not laundered); else None."""
+    verifier = bound_verifier(key, stored, db_user, target, role, expires_at)
+    if verifier is None:
+        return None
+    return bind_verifier(key, verifier, db_user, target, role, new_expires_at)

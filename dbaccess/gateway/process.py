@@ -97,7 +97,7 @@ async def start(
         upstream_source=section.upstream_source_address,
         reuse_port=True,  # more processes may join on the same address
     )
-    watcher = RevocationWatcher(live, store.standing, interval=watch_interval)
+    watcher = RevocationWatcher(live, directory.standing, interval=watch_interval)
     directory.seen = watcher.expect
     gateway = await serve(directory, writer, config, live)
     watcher.start()

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from dbaccess.broker.settings import Settings
-from dbaccess.broker.store import Store
+from dbaccess.broker.store import Lease, Store
 from dbaccess.gateway.credentials import bound_verifier, upstream_password
 from dbaccess.gateway.guardrails import ALLOW_ALL
-from dbaccess.gateway.sessions import GatewaySession, LiveConnections, Upstream
+from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
+from dbaccess.gateway.watcher import UNBOUND, Standing
 
 log = logging.getLogger("dbaccess.gateway")
 
@@ -55,9 +56,7 @@ class StoreDirectory:
         template = target.roles.get(lease.role)
         if template is None:
             return None  # a role since removed (a reload revokes its sessions too)
-        verifier = bound_verifier(
-            self._key, lease.gateway_verifier, lease.db_user, lease.target, lease.role
-        )
+        verifier = self._verifier(lease)
         if verifier is None:  # not one the broker wrote for this lease: a store edited
             log.warning("gateway: lease %s has a verifier the broker did not bind", lease.id)
             return None
@@ -80,3 +79,29 @@ class StoreDirectory:
             expires_at=lease.expires_at,
             policy=ALLOW_ALL if template.gateway is None else template.gateway.policy(),
         )
+
+    def _verifier(self, lease: Lease) -> ScramVerifier | None:
+        if lease.gateway_verifier is None:
+            return None
+        return bound_verifier(
+            self._key,
+            lease.gateway_verifier,
+            lease.db_user,
+            lease.target,
+            lease.role,
+            lease.expires_at,
+        )
+
+    def standing(self, lease_ids: list[str]) -> Standing:
+        """State, expiry and cause of each lease, for the revocation watcher. An active
+        lease whose expiry (or user, target, role) is not what the broker bound is
+        reported as ``unbound``: its end was moved in the store by someone else, and the
+        watcher ends its connections rather than trust the new one."""
+        found: dict[str, tuple[str, datetime, str | None]] = {}
+        for lease_id, lease in self.store.gateway_standing(lease_ids).items():
+            state = lease.state
+            if state == "active" and self._verifier(lease) is None:
+                log.warning("gateway: lease %s has an expiry the broker did not bind", lease_id)
+                state = UNBOUND
+            found[lease_id] = (state, lease.expires_at, lease.revoke_cause)
+        return found

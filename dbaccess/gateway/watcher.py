@@ -22,10 +22,16 @@ log = logging.getLogger("dbaccess.gateway")
 Standing = Mapping[str, tuple[str, datetime, str | None]]
 
 
+# A lease the store calls active whose binding (store_directory.py) does not hold.
+UNBOUND = "unbound"
+
+
 def reason_for(state: str | None, cause: str | None) -> str:
     """What the client is told: worded for the person whose session it was."""
     if state is None:
         return "the session no longer exists"
+    if state == UNBOUND:
+        return "the session's record was changed outside the broker"
     if cause == "expired":
         return "the session expired"
     return f"the session was revoked ({cause or state})"

@@ -399,3 +399,53 @@ def test_a_verifier_written_into_the_store_lets_nobody_in(
         assert "did not bind" in gw_stack.gateway_log.read_text()
     finally:
         gw_cli.run("revoke", str(granted["id"]))
+
+
+def test_a_renewal_keeps_the_session_and_an_expiry_moved_in_the_store_ends_it(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    """The verifier's binding covers the expiry: a renewal binds it again, and the
+    connection and new logins go on; whoever writes the store without the key and moves
+    the end later gets the session ended (within a second) instead of kept."""
+    from datetime import timedelta
+
+    from dbaccess.broker.store import leases
+
+    granted = creds(gw_cli, "--duration", "10m")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(str(granted["ca_certificate"]))
+    conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+    try:
+        renewed = gw_cli.run("renew", str(granted["id"]), "--duration", "20m")
+        assert renewed.returncode == 0, renewed.stderr
+        time.sleep(1)  # four passes of the watcher
+        assert conn.execute("select 1").fetchone() == (1,)
+        psycopg.connect(**gateway_conninfo(granted, ca)).close()  # type: ignore[arg-type]
+
+        store = gw_cli.store()
+        lease = store.get(str(granted["id"]))
+        assert lease is not None
+        with store.engine.begin() as edit:
+            edit.execute(
+                leases.update()
+                .where(leases.c.id == granted["id"])
+                .values(expires_at=lease.expires_at + timedelta(days=7))
+            )
+        edited = time.monotonic()
+        error: psycopg.Error | None = None
+        while time.monotonic() - edited < 5:
+            try:
+                conn.execute("select 1")
+            except psycopg.Error as exc:
+                error = exc
+                break
+            time.sleep(0.05)
+        assert error is not None, "the connection outlived an expiry moved in the store"
+        assert time.monotonic() - edited < 1.5
+        assert "changed outside the broker" in str(error) or conn.closed
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**gateway_conninfo(granted, ca))  # type: ignore[arg-type]
+        assert "did not bind" in gw_stack.gateway_log.read_text()
+    finally:
+        conn.close()
+        gw_cli.run("revoke", str(granted["id"]))

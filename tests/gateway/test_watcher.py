@@ -3,13 +3,13 @@ unreachable store still lets expiry end them (unit tests over LiveConnections)."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from dbaccess.gateway.credentials import new_session_secret, upstream_password
 from dbaccess.gateway.sessions import LiveConnections
-from dbaccess.gateway.watcher import RevocationWatcher, Standing
+from dbaccess.gateway.watcher import UNBOUND, RevocationWatcher, Standing
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -115,16 +115,45 @@ def test_a_verifier_counts_only_bound_to_its_lease_under_the_key() -> None:
     from dbaccess.gateway.credentials import bind_verifier, bound_verifier
 
     _, verifier = new_session_secret()
-    stored = bind_verifier("key", verifier, "gw_alice_1", "vault", "readonly")
-    assert bound_verifier("key", stored, "gw_alice_1", "vault", "readonly") == verifier
-    # moved to another role, user or target, under another key, or replaced: refused
+    end = NOW + timedelta(hours=1)
+    stored = bind_verifier("key", verifier, "gw_alice_1", "vault", "readonly", end)
+    assert bound_verifier("key", stored, "gw_alice_1", "vault", "readonly", end) == verifier
+    # moved to another role, user, target or end, under another key, or replaced: refused
     for args in [
-        ("key", stored, "gw_alice_1", "vault", "readwrite"),
-        ("key", stored, "gw_bob_1", "vault", "readonly"),
-        ("key", stored, "gw_alice_1", "demo", "readonly"),
-        ("other", stored, "gw_alice_1", "vault", "readonly"),
+        ("key", stored, "gw_alice_1", "vault", "readwrite", end),
+        ("key", stored, "gw_bob_1", "vault", "readonly", end),
+        ("key", stored, "gw_alice_1", "demo", "readonly", end),
+        ("key", stored, "gw_alice_1", "vault", "readonly", end + timedelta(seconds=1)),
+        ("other", stored, "gw_alice_1", "vault", "readonly", end),
         ("key", str(new_session_secret()[1]) + stored[stored.index("#") :], "gw_alice_1",
-         "vault", "readonly"),
-        ("key", str(verifier), "gw_alice_1", "vault", "readonly"),
+         "vault", "readonly", end),
+        ("key", str(verifier), "gw_alice_1", "vault", "readonly", end),
     ]:  # fmt: skip
         assert bound_verifier(*args) is None
+    # the same end in another time zone is the same end
+    other_zone = end.astimezone(timezone(timedelta(hours=5)))
+    assert bound_verifier("key", stored, "gw_alice_1", "vault", "readonly", other_zone)
+
+
+def test_a_renewal_binds_the_verifier_to_the_new_end_and_launders_nothing() -> None:
+    from dbaccess.gateway.credentials import bind_verifier, bound_verifier, rebind_verifier
+
+    _, verifier = new_session_secret()
+    end, later = NOW + timedelta(hours=1), NOW + timedelta(hours=2)
+    stored = bind_verifier("key", verifier, "gw_alice_1", "vault", "readonly", end)
+    again = rebind_verifier("key", stored, "gw_alice_1", "vault", "readonly", end, later)
+    assert again is not None
+    assert bound_verifier("key", again, "gw_alice_1", "vault", "readonly", later) == verifier
+    assert bound_verifier("key", again, "gw_alice_1", "vault", "readonly", end) is None
+    # a verifier the broker did not bind (or not to this end) is not bound anew
+    planted = str(new_session_secret()[1]) + "#forged"
+    assert rebind_verifier("key", planted, "gw_alice_1", "vault", "readonly", end, later) is None
+    assert rebind_verifier("key", stored, "gw_alice_1", "vault", "readonly", later, later) is None
+
+
+def test_an_unbound_lease_is_ended_with_its_reason() -> None:
+    live, _clock, watcher = watcher_with({"a": (UNBOUND, NOW + timedelta(days=7), None)})
+    connection = Connection()
+    live.attach("a", connection)
+    assert watcher.check_store() == 1
+    assert connection.reasons == ["the session's record was changed outside the broker"]

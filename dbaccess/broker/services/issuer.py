@@ -87,6 +87,7 @@ class Issuer:
             target.username_prefix, principal.handle, engine.max_username_length
         )
         now = self.ctx.clock()
+        expires_at = ceil_second(now + duration)
         breakglass = incident is not None
         gateway = self.ctx.settings.gateway if target.access == "gateway" else None
         gateway_key = secret = verifier = ca = None
@@ -106,7 +107,7 @@ class Issuer:
                 rule=rule,
                 reason=reason,
                 ticket=ticket,
-                expires_at=ceil_second(now + duration),
+                expires_at=expires_at,
                 source=origin.source,
                 user_agent=origin.user_agent,
                 kind="breakglass" if breakglass else "session",
@@ -116,7 +117,7 @@ class Issuer:
                 caps=self._caps(target_name, breakglass),
                 access=target.access if gateway is not None else None,
                 gateway_verifier=(
-                    bind_verifier(gateway_key, verifier, username, target_name, role)
+                    bind_verifier(gateway_key, verifier, username, target_name, role, expires_at)
                     if verifier is not None and gateway_key is not None
                     else None
                 ),

@@ -22,6 +22,7 @@ from dbaccess.broker.services.target_guard import TargetGuard
 from dbaccess.broker.services.views import session_fields
 from dbaccess.broker.store import Lease
 from dbaccess.durations import format_duration
+from dbaccess.gateway.credentials import rebind_verifier
 from dbaccess.wire import SessionRenew, SessionRenewed
 
 
@@ -131,6 +132,7 @@ class Renewal:
             expires_at,
             principal.subject,
             {**basis.detail(), **(origin or Origin()).detail()},
+            gateway_verifier=self._rebound(lease, expires_at),
         )
         if lease.kind == "breakglass":  # loud, like the opening
             label = "DRILL: break-glass" if lease.drill else "BREAK-GLASS"
@@ -149,6 +151,23 @@ class Renewal:
             )
         return SessionRenewed(
             **session_fields(renewed), changed=True, previous_expires_at=lease.expires_at
+        )
+
+    def _rebound(self, lease: Lease, expires_at: datetime) -> str | None:
+        """A gateway session's verifier bound to its new expiry (the gateway refuses an
+        expiry its binding does not cover); None: nothing to change. One the broker did
+        not bind stays as it is, refused by the gateway as before."""
+        gateway = self.ctx.settings.gateway
+        if lease.gateway_verifier is None or gateway is None:
+            return None
+        return rebind_verifier(
+            gateway.key.ensure(),
+            lease.gateway_verifier,
+            lease.db_user,
+            lease.target,
+            lease.role,
+            lease.expires_at,
+            expires_at,
         )
 
     def _renewal_basis(

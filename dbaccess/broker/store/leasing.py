@@ -212,13 +212,19 @@ class Leasing(AuditTrail):
         expires_at: datetime,
         actor: str,
         origin: dict[str, Any] | None = None,
+        *,
+        gateway_verifier: str | None = None,
     ) -> Lease:
+        """The new expiry; for a gateway session, with its verifier bound to it again."""
+        changes: dict[str, Any] = {"expires_at": expires_at}
+        if gateway_verifier is not None:
+            changes["gateway_verifier"] = gateway_verifier
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
             conn.execute(
                 leases.update()
                 .where(leases.c.id == lease_id, leases.c.state == "active")
-                .values(expires_at=expires_at)
+                .values(**changes)
             )
             self._append_audit(
                 conn,
@@ -510,6 +516,19 @@ class Leasing(AuditTrail):
                     ).where(leases.c.id.in_(ids[start : start + 500]))
                 )
                 found.update({str(r.id): (r.state, r.expires_at, r.revoke_cause) for r in rows})
+        return found
+
+    def gateway_standing(self, lease_ids: Iterable[str]) -> dict[str, Lease]:
+        """The leases (one that is gone is missing), for the gateway's watcher: their
+        state, expiry and cause, and what checks that the expiry is the broker's."""
+        ids = list(lease_ids)
+        found: dict[str, Lease] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(leases).where(leases.c.id.in_(ids[start : start + 500]))
+                )
+                found.update({str(r.id): Lease(**r._mapping) for r in rows})
         return found
 
     def live_leases(self) -> list[Lease]:
