@@ -331,6 +331,10 @@ class TargetSection(_Section):
     port: int = Field(ge=1, le=65535)
     database: str
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    # The CA file that verifies the database's certificate (verify-ca, verify-full), for the
+    # broker's connections and the gateway's; default: libpq's (~/.postgresql/root.crt) for
+    # the broker, the system's trust store for the gateway.
+    sslrootcert: Path | None = None
     username_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{1,8}_$")] = "dba_"
     # The longest a session user may live; enforced again inside the database by the
     # bootstrap functions, so even the broker's credential cannot mint a longer one.
@@ -747,7 +751,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    """Relative SQLite and password-file paths are relative to the config file."""
+    """Relative SQLite, password-file and certificate paths are relative to the config file."""
     store = settings.broker.store
     store_password_file = settings.broker.store_password_file
     if store_password_file is not None and not store_password_file.is_absolute():
@@ -757,6 +761,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         store = prefix + str((base / store[len(prefix) :]).resolve())
     targets = {}
     for name, target in settings.targets.items():
+        if target.sslrootcert is not None and not target.sslrootcert.is_absolute():
+            target = target.model_copy(
+                update={"sslrootcert": (base / target.sslrootcert).resolve()}
+            )
         file = target.provisioner.password_file
         if file is not None and not file.is_absolute():
             target = target.model_copy(

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
+from dbaccess.gateway.upstream_tls import PLAIN, UpstreamTls
 
 SCRAM_ITERATIONS = 4096
 
@@ -84,6 +85,8 @@ class Upstream:
     database: str
     user: str
     password: str = field(repr=False)
+    # TLS to the database (upstream_tls.py; the target's sslmode): plain TCP by default
+    tls: UpstreamTls = field(default=PLAIN, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

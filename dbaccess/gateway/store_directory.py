@@ -20,6 +20,7 @@ from dbaccess.broker.store import Lease, Store
 from dbaccess.gateway.credentials import bound_verifier, upstream_password
 from dbaccess.gateway.guardrails import ALLOW_ALL
 from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
+from dbaccess.gateway.upstream_tls import PLAIN, UpstreamTls, upstream_tls
 from dbaccess.gateway.watcher import UNBOUND, Standing
 
 log = logging.getLogger("dbaccess.gateway")
@@ -40,11 +41,27 @@ class StoreDirectory:
         seen: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self.store = store
+        self._tls: dict[str, UpstreamTls] = {}
         self.settings = settings
         self._key = key
         self.live = live or LiveConnections()
         self.clock = clock
         self.seen = seen  # told each session's end as it is looked up (the watcher)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """The configuration (again, on SIGHUP): each gateway target's TLS to its database
+        is made here, so a CA file that cannot be read refuses the configuration whole."""
+        self._tls = {
+            name: upstream_tls(target.sslmode, target.sslrootcert, f"target {name}")
+            for name, target in settings.targets.items()
+            if target.access == "gateway"
+        }
+        self._settings = settings
 
     def lookup(self, user: str) -> GatewaySession | None:
         lease = self.store.gateway_lease(user, self.clock())
@@ -75,6 +92,7 @@ class StoreDirectory:
                 database=target.database,
                 user=lease.db_user,
                 password=upstream_password(self._key, lease.id),
+                tls=self._tls.get(lease.target, PLAIN),
             ),
             expires_at=lease.expires_at,
             policy=ALLOW_ALL if template.gateway is None else template.gateway.policy(),

@@ -42,6 +42,8 @@ class PostgresServer:
         self.admin_password = secrets.token_urlsafe(24)
         # pg_hba.conf lines before the catch-all (the first matching line decides)
         self.hba_first: list[str] = []
+        # (certificate, key) PEM files: the server speaks TLS with them (set before start)
+        self.tls: tuple[Path, Path] | None = None
         self.data_dir = workdir / "data"
         self.log_path = workdir / "postgres.log"
         self._user = service_user("postgres")
@@ -96,6 +98,12 @@ class PostgresServer:
                 "logging_collector = off\nlog_destination = 'stderr'\nlog_connections = on\n"
                 "log_line_prefix = '%m [%p] user=%u db=%d '\n"
             )
+            if self.tls is not None:
+                # copies in the data directory: the server wants its key 0600 and its own
+                for source, name in zip(self.tls, ("server.crt", "server.key"), strict=True):
+                    (self.data_dir / name).write_bytes(source.read_bytes())
+                    os.chmod(self.data_dir / name, 0o600)
+                conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
         hand_over(self.data_dir, self._user)
         self.resume(timeout)
 

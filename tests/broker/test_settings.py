@@ -51,6 +51,13 @@ def test_good_file_loads_and_resolves_relative_paths(tmp_path: Path) -> None:
     assert settings.rules[0].max_duration.total_seconds() == 3600
 
 
+def test_sslrootcert_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GOOD)).targets["demo"].sslrootcert is None
+    text = GOOD.replace("port = 5432", 'port = 5432\nsslrootcert = "ca/demo.pem"', 1)
+    settings = load_settings(write(tmp_path, text))
+    assert settings.targets["demo"].sslrootcert == (tmp_path / "ca" / "demo.pem").resolve()
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [

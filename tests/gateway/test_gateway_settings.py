@@ -184,3 +184,26 @@ def test_check_config_says_when_the_gateway_certificate_and_key_do_not_load(
     path.write_text(path.read_text().replace(str(other.key), str(made.key)))
     result = subprocess.run(check, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_gateway_targets_sslrootcert_is_read_with_the_configuration(tmp_path: Path) -> None:
+    from typing import cast
+
+    from dbaccess.broker.store import Store
+    from dbaccess.gateway.store_directory import StoreDirectory
+    from dbaccess.sandbox.tls import make_certificates
+
+    path = gateway_config(tmp_path)
+    path.write_text(path.read_text().replace(
+        'access = "gateway"', 'access = "gateway"\nsslmode = "verify-full"\nsslrootcert = "ca.pem"'
+    ))  # fmt: skip
+    settings = load_settings(path)
+    # the gateway starts (and a SIGHUP reloads) only with a CA it can read, not failing at
+    # the first session's connection
+    with pytest.raises(ConfigError, match=r"target demo: cannot read sslrootcert .*ca\.pem"):
+        StoreDirectory(cast(Store, None), settings, "k" * 40)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="cannot read sslrootcert"):
+        StoreDirectory(cast(Store, None), settings, "k" * 40)
+    (tmp_path / "ca.pem").write_bytes(make_certificates(tmp_path / "certs").ca.read_bytes())
+    StoreDirectory(cast(Store, None), settings, "k" * 40)

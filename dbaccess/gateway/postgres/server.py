@@ -38,6 +38,7 @@ from dbaccess.gateway.sessions import (
     SessionDirectory,
     Upstream,
 )
+from dbaccess.gateway.upstream_tls import tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ ALPN = "postgresql"
 # answered by the gateway itself because earlier pipelined messages are still unanswered
 # (one identifier: the server's "syntax error at or near" names it, and so the rule)
 REFUSED_TEXT = "refused_by_dbaccess_gateway_rule_{}"
+SSL_REQUEST = _INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST)
 UNRECORDED = guardrails.Refusal(
     "records.unwritten",
     "dbaccess gateway: statement records cannot be written now (the store is unreachable or "
@@ -69,7 +71,6 @@ class GatewayConfig:
     port: int = 0
     tls: ssl.SSLContext | None = None  # None: SSLRequest is answered 'N'
     require_tls: bool = False
-    upstream_tls: ssl.SSLContext | None = None  # None: plain TCP to the database
     # The address upstream connections leave from, when the database's pg_hba.conf (or a
     # firewall) admits the gateway by it; None: the system chooses.
     upstream_source: str | None = None
@@ -449,18 +450,8 @@ class Connection:
             ),
             config.connect_timeout,
         )
-        if config.upstream_tls is not None:
-            side.write(_INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST))
-            if await side.read_exact(1) != b"S":
-                self._refuse("08006", "the database does not offer TLS to the gateway")
-                raise _Closed
-            assert side.transport is not None
-            transport = await loop.start_tls(
-                side.transport, side, config.upstream_tls, server_hostname=up.host
-            )
-            if transport is None:
-                raise _Closed
-            side.set_transport(transport)
+        if up.tls.context is not None:
+            await self._upstream_tls(side, up)
         side.write(wire.startup_message({"user": up.user, "database": up.database, **params}))
         await self._upstream_login(side, up)
         relayed = bytearray()
@@ -475,6 +466,57 @@ class Connection:
                 self._upstream_refused(body)
             else:  # ParameterStatus, NoticeResponse, NegotiateProtocolVersion
                 relayed += wire.message(bytes([kind]), body)
+
+    async def _upstream_tls(self, side: _Side, up: Upstream) -> None:
+        """SSLRequest, then the TLS handshake, each within connect_timeout (a database that
+        never answers must not hold the client until the handshake timeout); a failure is
+        the client's 08006 naming the target and what TLS said, before any password."""
+        assert self.session is not None and up.tls.context is not None
+        timeout = self.gateway.config.connect_timeout
+        target = f'target "{self.session.target}"'
+        side.write(SSL_REQUEST)
+        try:
+            answer = await asyncio.wait_for(side.read_exact(1), timeout)
+        except TimeoutError:
+            self._refuse(
+                "08006",
+                f"{target}: the database did not answer the gateway's SSLRequest "
+                f"within {timeout:g} s",
+            )
+            raise _Closed from None
+        if answer == b"N":
+            if up.tls.required:
+                self._refuse(
+                    "08006",
+                    f"{target}: the database does not offer TLS to the gateway, "
+                    "and the target's sslmode requires it",
+                )
+                raise _Closed
+            return  # prefer: plain TCP, as libpq goes on
+        if answer != b"S" or side.buf:  # bytes before the handshake: injected (CVE-2021-23222)
+            self._refuse(
+                "08006",
+                f"{target}: the database answered the gateway's SSLRequest with "
+                "something other than S or N",
+            )
+            raise _Closed
+        assert side.transport is not None
+        try:
+            transport = await self.gateway.loop.start_tls(
+                side.transport,
+                side,
+                up.tls.context,
+                server_hostname=up.host,
+                ssl_handshake_timeout=timeout,
+            )
+        except OSError as exc:  # ssl.SSLError too; its text names no secret (none was sent)
+            failure = tls_failure(exc)
+            log.warning("gateway connection %d: %s: TLS: %s", self.number, target, failure)
+            self._refuse("08006", f"{target}: the gateway's TLS to the database failed: {failure}")
+            raise _Closed from None
+        if transport is None:
+            raise _Closed
+        side.set_transport(transport)
 
     async def _upstream_login(self, side: _Side, up: Upstream) -> None:
         """SCRAM-SHA-256 only, and the server must prove it holds the verifier: the session
@@ -1115,26 +1157,33 @@ class Gateway:
         if connection.upstream_key is None or connection.session is None:
             return  # like the server: no answer either way
         up = connection.session.upstream
-        opened: asyncio.StreamWriter | None = None
+        timeout = self.config.connect_timeout
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(up.host, up.port, local_addr=self.config.source_address),
-                self.config.connect_timeout,
+                timeout,
             )
-            opened = writer
-            if self.config.upstream_tls is not None:
-                writer.write(_INT32.pack(8) + _INT32.pack(wire.SSL_REQUEST))
-                if await reader.readexactly(1) != b"S":
+        except (OSError, TimeoutError) as exc:
+            log.warning("gateway: cancel not forwarded (%s)", type(exc).__name__)
+            return
+        try:
+            if up.tls.context is not None:  # as the session's connection went
+                writer.write(SSL_REQUEST)
+                answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+                if answer == b"S":
+                    await writer.start_tls(
+                        up.tls.context, server_hostname=up.host, ssl_handshake_timeout=timeout
+                    )
+                elif answer != b"N" or up.tls.required:
+                    log.warning("gateway: cancel not forwarded (the database offers no TLS)")
                     return
-                await writer.start_tls(self.config.upstream_tls, server_hostname=up.host)
             writer.write(wire.cancel_request(*connection.upstream_key))
             await writer.drain()
-            await asyncio.wait_for(reader.read(1), self.config.connect_timeout)  # its close
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await asyncio.wait_for(reader.read(1), timeout)  # its close
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:  # SSLError: OSError
             log.warning("gateway: cancel not forwarded (%s)", type(exc).__name__)
         finally:
-            if opened is not None:  # closed however it ended (a timeout, close())
-                opened.close()
+            writer.close()
 
     def end(self, lease_id: str, reason: str) -> int:
         return self.live.end(lease_id, reason)

@@ -11,6 +11,7 @@ from psycopg import sql
 from dbaccess.broker.engines.base import CALL_TIMEOUT, CONNECT_TIMEOUT
 from dbaccess.broker.engines.deadline import WATCHDOG
 from dbaccess.broker.engines.postgres import bootstrap
+from dbaccess.broker.engines.postgres.tls import ssl_root
 from dbaccess.broker.settings import TargetSection
 from dbaccess.errors import DatabaseError
 
@@ -42,6 +43,7 @@ def change_own_password(name: str, target: TargetSection, old: str, new: str) ->
                 user=user,
                 password=old,
                 sslmode=target.sslmode,
+                sslrootcert=ssl_root(target),
                 connect_timeout=int(CONNECT_TIMEOUT),
                 autocommit=True,
             ) as conn,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dbaccess.broker.engines.base import LoginFailed, TargetUnreachable, Writes, first_few
+from dbaccess.broker.engines.postgres.tls import ssl_root
 from dbaccess.broker.settings import TargetSection
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def _connect(target: TargetSection, password: str) -> psycopg.Connection[tuple[A
         user=target.provisioner.user,
         password=password,
         sslmode=target.sslmode,
+        sslrootcert=ssl_root(target),
         connect_timeout=5,
         application_name="dbaccess-broker check-config",
     )

@@ -37,6 +37,7 @@ from dbaccess.broker.engines.base import (
 from dbaccess.broker.engines.deadline import WATCHDOG, Deadline
 from dbaccess.broker.engines.health import TargetHealth
 from dbaccess.broker.engines.postgres.scram import scram_sha256_verifier
+from dbaccess.broker.engines.postgres.tls import ssl_root
 from dbaccess.broker.settings import TargetSection
 
 log = logging.getLogger("dbaccess.broker.engines")
@@ -119,6 +120,7 @@ class PostgresEngine:
             "user": self.target.provisioner.user,
             "password": password,
             "sslmode": self.target.sslmode,
+            "sslrootcert": ssl_root(self.target),
             "connect_timeout": int(CONNECT_TIMEOUT),
             # A slow server ends the statement itself (the definer functions run within it).
             "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}",
