@@ -2,12 +2,14 @@
 target and the store's password. The configuration never holds a secret itself, only
 where it is — an environment variable or a file — and the value is read when it is used,
 so a rotated file takes effect without a restart. Files the broker writes (a generated
-password, a rotation's staged one) are created 0600 and never overwritten in place."""
+password, a rotation's staged one) are created 0600 and never overwritten in place; a
+generated one appears whole, even when several processes start at once."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,10 @@ class SecretRef:
         try:
             return self.file.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read {self.what} from {self.file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot read {self.what} from {self.file}: {exc.strerror}",
+                hint="it must be a file readable by the user the broker or gateway runs as",
+            ) from None
         except UnicodeDecodeError:
             raise ConfigError(
                 f"{self.what} in {self.file} is not UTF-8 text",
@@ -45,11 +50,22 @@ class SecretRef:
             ) from None
 
     def ensure(self) -> str:
-        """The secret, first generating a random one into a missing ``file`` (0600)."""
-        if self.file is not None and not self.file.exists():
+        """The secret, first generating a random one into a missing ``file`` (0600).
+
+        Processes starting together (a broker and its gateways, or several gateways) may
+        all find the file missing: the first link wins and every one reads its value."""
+        if self.file is None:
+            return self.read()
+        if not self.file.exists():
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            _write_new(self.file, new_password())
-        return self.read()
+            _create_complete(self.file, new_password())
+        value = self.read()
+        if not value:
+            raise ConfigError(
+                f"{self.file} ({self.what}) is empty",
+                hint="delete it to have a new one generated, or write the secret into it",
+            )
+        return value
 
     # A rotation: the new password is staged next to the file, set in the database, and
     # only then moved over the file. If the broker dies between the last two steps, the
@@ -74,6 +90,25 @@ class SecretRef:
 
 def new_password() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _create_complete(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value``, or leave the one another process made first.
+
+    Written whole to a private temporary file next to it, then linked into place: nobody
+    ever sees the file empty or half-written, and a link never replaces an existing one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp: 0600
+            handle.write(value + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process won; ensure() reads its value
+    finally:
+        os.unlink(temporary)
 
 
 def _write_new(path: Path, value: str) -> None:

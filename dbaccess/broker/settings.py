@@ -63,6 +63,12 @@ class BrokerSection(_Section):
     store: str = "sqlite:///broker.db"
     store_password_env: str | None = None
     store_password_file: Path | None = None
+    # A PostgreSQL store's bounds: how long to wait for its server to answer a connection,
+    # and for any one statement (a lock held by a hung replica included), so that a store
+    # that stops answering fails requests and the gateway's writes instead of hanging
+    # them. (A SQLite store waits at most 10 s for another process's write lock.)
+    store_connect_timeout: Duration = timedelta(seconds=5)
+    store_statement_timeout: Duration = timedelta(seconds=30)
     reaper_interval: Duration = timedelta(seconds=5)
     # Members of these groups may read the audit trail (GET /v1/audit, dbaccess audit).
     auditor_groups: list[str] = Field(default_factory=list)
@@ -95,6 +101,21 @@ class BrokerSection(_Section):
                 raise ValueError(
                     f"'{entry}' is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
                 ) from None
+        return value
+
+    @field_validator("store_connect_timeout")
+    @classmethod
+    def _connect_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=2) <= value <= timedelta(minutes=5):
+            # libpq waits at least 2 s whatever it is told
+            raise ValueError("must be between 2s and 5m, e.g. 5s")
+        return value
+
+    @field_validator("store_statement_timeout")
+    @classmethod
+    def _statement_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+            raise ValueError("must be between 1s and 1h, e.g. 30s")
         return value
 
     @field_validator("store")
@@ -130,6 +151,15 @@ class BrokerSection(_Section):
         url = sa.make_url(self.store)
         if self.store_password is not None:
             url = url.set(password=self.store_password.read())
+        if url.get_backend_name() == "postgresql":
+            # libpq's own parameters; one the URL names itself wins (a later -c, too)
+            query = dict(url.query)
+            query.setdefault(
+                "connect_timeout", str(int(self.store_connect_timeout.total_seconds()))
+            )
+            ms = int(self.store_statement_timeout.total_seconds() * 1000)
+            query["options"] = f"-c statement_timeout={ms} {query.get('options', '')}".strip()
+            url = url.set(query=query)
         return url
 
 

@@ -31,13 +31,15 @@ def tunnel(
     private file, printed here); the tunnel gets sessions from the broker as they are
     needed (a new one when the last has ended) and revokes them all when it stops.
     """
+    from dataclasses import replace
+
     from dbaccess.cli.connect import asker
     from dbaccess.client import context as api
     from dbaccess.client.auth.login import bearer_token
     from dbaccess.client.broker_api import BrokerClient
     from dbaccess.client.config import resolve_broker
     from dbaccess.client.session.request import SessionRequest
-    from dbaccess.client.tunnel.run import TunnelSetup, run_tunnel
+    from dbaccess.client.tunnel.run import DEFAULT_PORT, TunnelSetup, run_tunnel
     from dbaccess.durations import parse_duration_option
 
     g: Globals = ctx.obj
@@ -60,7 +62,10 @@ def tunnel(
             return BrokerClient(broker_url, http, login.id_token)
 
         setup = TunnelSetup(request=request, profile=name, port=port)
-        code = run_tunnel(setup, logged_in, TunnelCliReport(g), asker(g, "tunnel"))
+        ask = asker(g, "tunnel")
+        if port != DEFAULT_PORT:  # resumed elsewhere, the GUI's saved settings break
+            ask = replace(ask, resume_options=f" --port {port}")
+        code = run_tunnel(setup, logged_in, TunnelCliReport(g), ask)
     raise typer.Exit(code)
 
 

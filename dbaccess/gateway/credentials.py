@@ -11,6 +11,9 @@
   (``[gateway] key_env``/``key_file``): the broker sets it when it creates the user, a
   gateway recomputes it when the client arrives. The store, its backups and the client
   never hold it; without the key the store's lease ids are worth nothing.
+
+A user name no session has is answered with a **mock salt** (``mock_salt``), also under
+the key: the same from every gateway process and across restarts, like a real lease's.
 """
 
 from __future__ import annotations
@@ -98,3 +101,16 @@ def rebind_verifier(
     if verifier is None:
         return None
     return bind_verifier(key, verifier, db_user, target, role, new_expires_at)
+
+
+_MOCK_SALT = b"dbaccess gateway mock salt v1\x00"
+
+
+def mock_salt(key: str, user: str) -> bytes:
+    """The SCRAM salt shown for ``user`` when no session has that name: 16 bytes, like a
+    real verifier's, and stable under the key. A salt random per process would tell a
+    client that asks the processes behind one address (SO_REUSEPORT) in turn which names
+    are real: a real one's salt comes from the store and never changes."""
+    if not key:
+        raise ValueError("the gateway key is empty")
+    return hmac.digest(key.encode(), _MOCK_SALT + user.encode(), "sha256")[:16]

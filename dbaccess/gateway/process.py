@@ -96,6 +96,7 @@ async def start(
         params=section.params,
         upstream_source=section.upstream_source_address,
         reuse_port=True,  # more processes may join on the same address
+        mock_salt_key=key,  # all of them then show an unknown user the same salt
     )
     watcher = RevocationWatcher(live, directory.standing, interval=watch_interval)
     directory.seen = watcher.expect

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,8 +162,14 @@ class BatchingWriter:
         max_delay: float = 0.2,
         retry_delay: float = 1.0,
         max_unwritten: int = MAX_UNWRITTEN,
+        log_every: float = 60.0,
     ) -> None:
         self._sink = sink
+        # A store that is down fails a try every retry_delay: the first failure is logged
+        # at once, then one line per log_every with how many more, and one when records
+        # are written again (the writer's thread alone reads and sets these).
+        self._log_every = log_every
+        self._failing: _Outage | None = None
         self._max_unwritten = max_unwritten
         # True while more than max_unwritten records wait (the sink fails or is slow): the
         # protocol server then refuses new statements rather than run what it cannot record
@@ -274,9 +281,11 @@ class BatchingWriter:
                     cast(FieldsSink, self._sink).write_fields(cast(list[RecordFields], batch))
                 else:
                     self._sink.write(cast(list[StatementRecord], batch))
-                return True
             except Exception as exc:  # the sink's own failure; records stay in order
-                log.warning("statement records not written (%s), retrying", type(exc).__name__)
+                self._failed(type(exc).__name__)
+            else:
+                self._recovered()
+                return True
             with self._cond:
                 if self._closed:
                     tries_after_close += 1
@@ -284,3 +293,48 @@ class BatchingWriter:
                         return False
                     continue
                 self._cond.wait(self._retry_delay)
+
+    def _failed(self, error: str) -> None:
+        now = time.monotonic()
+        outage = self._failing
+        if outage is None:
+            self._failing = _Outage(started=now, logged=now)
+            log.warning(
+                "statement records not written (%s), retrying every %g s",
+                error,
+                self._retry_delay,
+                extra={"error": error},
+            )
+            return
+        outage.tries += 1
+        outage.unlogged += 1
+        if now - outage.logged >= self._log_every:
+            log.warning(
+                "statement records still not written (%s): %d more failed tries in %.0f s",
+                error,
+                outage.unlogged,
+                now - outage.logged,
+                extra={"error": error, "failed_tries": outage.tries},
+            )
+            outage.logged, outage.unlogged = now, 0
+
+    def _recovered(self) -> None:
+        outage, self._failing = self._failing, None
+        if outage is not None:
+            lasted = time.monotonic() - outage.started
+            log.info(
+                "statement records are written again after %.1f s and %d failed tries",
+                lasted,
+                outage.tries,
+                extra={"outage_s": round(lasted, 1), "failed_tries": outage.tries},
+            )
+
+
+@dataclass
+class _Outage:
+    """The sink's failures since the last write that worked."""
+
+    started: float  # monotonic
+    logged: float  # when the last line about it was logged
+    tries: int = 1  # failed tries in all
+    unlogged: int = 0  # failed tries since that line

@@ -3,8 +3,11 @@ file (never the value), and files the broker writes are private and never half-w
 
 from __future__ import annotations
 
+import multiprocessing
 import stat
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +100,42 @@ def test_read_secrets_fails_at_load_when_a_provisioner_password_is_missing(
     with pytest.raises(ConfigError) as caught:
         load_settings(path, read_secrets=True)
     assert "DBA_TEST_PROV (the provisioner password of user p) is not set" in caught.value.message
+
+
+def _ensure_in_a_process(path: str, start: Any) -> str:
+    start.wait()
+    return SecretRef("the gateway key", file=Path(path)).ensure()
+
+
+def test_processes_starting_together_all_get_the_one_key_they_created(tmp_path: Path) -> None:
+    for attempt in range(5):  # a race: each round is a fresh chance to lose it
+        path = tmp_path / f"keys-{attempt}" / "gateway.key"
+        path.parent.mkdir()
+        with multiprocessing.Manager() as manager:
+            start = manager.Event()
+            with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_ensure_in_a_process, str(path), start) for _ in range(8)]
+                with ThreadPoolExecutor(8) as threads:
+                    ref = SecretRef("the gateway key", file=path)
+                    local = [threads.submit(ref.ensure) for _ in range(8)]
+                    start.set()
+                    keys = {f.result(30) for f in futures} | {f.result(30) for f in local}
+        assert len(keys) == 1 and len(keys.pop()) >= 32
+        assert [p.name for p in path.parent.iterdir()] == ["gateway.key"]  # no temp files
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_empty_or_unreadable_key_file_is_refused_not_used(tmp_path: Path) -> None:
+    empty = tmp_path / "gateway.key"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        SecretRef("the gateway key", file=empty).ensure()
+    assert caught.value.message == f"{empty} (the gateway key) is empty"
+    assert caught.value.hint is not None and "delete it" in caught.value.hint
+    assert empty.read_text() == "\n"  # not replaced behind the operator's back
+    unreadable = tmp_path / "dir.key"
+    unreadable.mkdir()  # exists, cannot be read as a file (root reads any 0000 file)
+    with pytest.raises(ConfigError) as caught:
+        SecretRef("the gateway key", file=unreadable).ensure()
+    assert f"cannot read the gateway key from {unreadable}" in caught.value.message
+    assert caught.value.hint is not None and "readable" in caught.value.hint

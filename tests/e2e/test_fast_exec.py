@@ -618,7 +618,7 @@ def test_no_wait_names_the_request_and_the_request_redeems_on_the_fast_path(
         "error": {
             "code": "approval_pending",
             "message": f"request {rid} waits for 2 approval(s) from leads",
-            "hint": f"once approved: dbaccess connect demo --role readwrite --request {rid}",
+            "hint": f"once approved: dbaccess exec demo --role readwrite --request {rid} -- ...",
         }
     }
     other = envelopes["full"]["error"]["message"].split()[1]

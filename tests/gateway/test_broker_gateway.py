@@ -6,6 +6,7 @@ at the gateway within a second."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from dbaccess.sandbox.outage import frozen
 from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
 from tests.e2e.conftest import Cli
+from tests.gateway.scram_probe import scram_first
 
 pytestmark = pytest.mark.integration
 
@@ -248,6 +250,28 @@ def test_two_gateways_share_one_address_and_a_killed_one_drops_only_its_connecti
     finally:
         if second.poll() is None:
             second.kill()
+        second.wait(10)
+        gw_cli.run("revoke", str(granted["id"]))
+
+
+def test_gateways_behind_one_address_do_not_tell_real_user_names_from_guesses(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    """The kernel spreads connections over both processes: a guessed name's salt is the
+    same from each, as a real lease's is (it comes from the store)."""
+    log = tmp_path / "gateway-c.log"
+    second = gw_stack.spawn_gateway(log, "--name", "gw-c")
+    granted = creds(gw_cli)
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), "the second gateway")
+        tls = ssl.create_default_context(cafile=gw_stack.broker_config.parent / "gateway/ca.pem")
+        for user in ("gw_alice_guessed", str(granted["db_user"])):
+            answers = {scram_first(gw_stack.gateway_port, user, tls=tls) for _ in range(24)}
+            assert len(answers) == 1, user  # 24 connections: both processes answered
+            [(salt, iterations)] = answers
+            assert (len(salt), iterations) == (16, 4096)
+    finally:
+        second.kill()
         second.wait(10)
         gw_cli.run("revoke", str(granted["id"]))
 

@@ -318,3 +318,27 @@ def test_a_direct_target_is_refused_and_its_session_revoked(gw_cli: Cli) -> None
         result.stderr
     )
     assert active_sessions(gw_cli) == []
+
+
+def test_a_tunnel_waiting_for_approval_names_the_tunnel_command_to_run_once_approved(
+    gw_cli: Cli,
+) -> None:
+    port = free_port()
+    result = gw_cli.run(
+        "tunnel", "vault", "--role", "readwrite", "--reason", "fix", "--no-wait",
+        "--port", str(port),
+    )  # fmt: skip
+    assert result.returncode == 6, result.stderr  # approval pending
+    found = re.search(
+        r"request ([0-9a-f-]{36}) waits for 2 approval\(s\) from leads", result.stderr
+    )
+    assert found, result.stderr
+    rid = found.group(1)
+    try:
+        assert (
+            f"hint: once approved: dbaccess tunnel vault --role readwrite --port {port} "
+            f"--request {rid}\n" in result.stderr
+        )
+    finally:
+        gw_cli.run("withdraw", rid)
+    assert active_sessions(gw_cli) == []

@@ -32,6 +32,9 @@ def upgrade(engine: sa.Engine) -> None:
     config = Config()
     config.set_main_option("script_location", "dbaccess.broker.store:migrations")
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # a migration rewrites whole tables: not bound by [broker] store_statement_timeout
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
@@ -46,6 +49,8 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # while the person holds the password (tests/broker/store/test_durability.py shows it
     # on a real ext4; the cost is in bench/issuance.py's figures, docs/broker.md).
     cursor.execute("PRAGMA synchronous=FULL")
+    # On every connection the pool opens (this is its "connect" event): a writer waits up
+    # to 10 s for another process's lock rather than failing with "database is locked".
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 

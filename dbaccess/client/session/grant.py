@@ -49,8 +49,18 @@ class Ask:
     waiting: Callable[[Any], AbstractContextManager[None]] = _quietly
     sleep: Callable[[float], None] = time.sleep
     poll_seconds: float = POLL_SECONDS
-    # The command the person ran, for the "resume with" hint after Ctrl-C (connect/exec).
+    # The command the person ran, for the hints that say what to run next (connect, exec,
+    # tunnel), and the options of theirs it needs again (the tunnel's " --port 5433").
     resume_verb: str = "connect"
+    resume_options: str = ""
+
+    def again(self, target: str, role: str, *more: str) -> str:
+        """The command the person ran, for ``target`` and ``role``, with ``more`` options."""
+        tail = " -- ..." if self.resume_verb == "exec" else ""
+        extra = "".join(f" {option}" for option in more)
+        return (
+            f"dbaccess {self.resume_verb} {target} --role {role}{self.resume_options}{extra}{tail}"
+        )
 
 
 # The broker and its pending request as the session core sees them; types only (Protocol
@@ -144,8 +154,7 @@ def once_approved(
         raise ApprovalPending(
             f"request {request.id} waits for {request.approvals_required} approval(s) "
             f"from {', '.join(request.approver_groups)}",
-            hint=f"once approved: dbaccess connect {want.target} --role {want.role} "
-            f"--request {request.id}",
+            hint=f"once approved: {ask.again(want.target, want.role, '--request', request.id)}",
         )
     approved = wait_for_approval(api, request, ask)
     return want.redeeming(approved.id)
@@ -163,8 +172,7 @@ def wait_for_approval(api: SessionBroker, request: Pending, ask: Ask) -> Pending
         raise WaitStopped(
             f"stopped waiting; request {request.id} stays pending (until "
             f"{human_time(request.expires_at)}) — approvers can still approve it",
-            hint=f"resume: dbaccess {ask.resume_verb} {request.target} --role {request.role} "
-            f"--request {request.id}{' -- ...' if ask.resume_verb == 'exec' else ''}; "
+            hint=f"resume: {ask.again(request.target, request.role, '--request', request.id)}; "
             f"or withdraw it: dbaccess withdraw {request.id}",
         ) from None
     if request.state == "approved":
@@ -177,12 +185,12 @@ def wait_for_approval(api: SessionBroker, request: Pending, ask: Ask) -> Pending
     if request.state == "expired":
         raise DeniedError(
             f"request {request.id} expired before it was approved",
-            hint=f"ask again: dbaccess connect {request.target} --role {request.role}",
+            hint=f"ask again: {ask.again(request.target, request.role)}",
         )
     if request.state == "withdrawn":
         raise DeniedError(
             f"request {request.id} was withdrawn",
-            hint=f"ask again: dbaccess connect {request.target} --role {request.role} --reason ...",
+            hint=f"ask again: {ask.again(request.target, request.role, '--reason ...')}",
         )
     raise DbaccessError(f"request {request.id} is {request.state}")
 

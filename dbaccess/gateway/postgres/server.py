@@ -12,7 +12,6 @@ path); the relay is plain callbacks (hot path).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import secrets
@@ -27,6 +26,7 @@ from typing import Any, Protocol, cast
 import scramp
 
 from dbaccess.gateway import guardrails
+from dbaccess.gateway.credentials import mock_salt
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
 from dbaccess.gateway.postgres.classify import classify, unsafe_encoding, unsafe_startup
@@ -82,6 +82,11 @@ class GatewayConfig:
     # kernel spreads them; Linux admits only processes of the same user to the port).
     reuse_port: bool = False
     connect_timeout: float = 10.0
+    # The gateway key (``[gateway] key_file``): the mock salt of a user name no session has
+    # derives from it, so every process behind one address, before and after a restart,
+    # shows the same salt, as the store does for a real user. None: a key of this process
+    # (one gateway, e.g. in tests).
+    mock_salt_key: str | None = None
 
     @property
     def source_address(self) -> tuple[str, int] | None:
@@ -1090,7 +1095,7 @@ class Gateway:
         # tasks no connection owns (a cancel after a cut answer): referenced until done, so
         # that none is collected half-way, and ended by close() with what they opened
         self._background: set[asyncio.Task[None]] = set()
-        self._mock_nonce = secrets.token_bytes(32)
+        self._mock_salt_key = self.config.mock_salt_key or secrets.token_urlsafe(32)
         self.session_bytes: dict[str, int] = {}  # bytes out per lease (guardrails)
         if self.config.tls is not None:  # libpq 17+ checks it, direct TLS requires it
             self.config.tls.set_alpn_protocols([ALPN])
@@ -1138,7 +1143,7 @@ class Gateway:
 
     def mock_verifier(self, user: str) -> ScramVerifier:
         """For a user name no session has: a stable salt, keys nobody knows."""
-        salt = hashlib.sha256(self._mock_nonce + user.encode()).digest()[:16]
+        salt = mock_salt(self._mock_salt_key, user)
         return ScramVerifier(salt, secrets.token_bytes(32), secrets.token_bytes(32))
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:

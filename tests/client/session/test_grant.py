@@ -135,6 +135,32 @@ def test_no_wait_reports_the_request_with_its_next_command() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("ask", "command"),
+    [
+        (Ask(resume_verb="exec"), "dbaccess exec demo --role readwrite --request {rid} -- ..."),
+        (Ask(resume_verb="tunnel"), "dbaccess tunnel demo --role readwrite --request {rid}"),
+        (
+            Ask(resume_verb="tunnel", resume_options=" --port 5433"),
+            "dbaccess tunnel demo --role readwrite --port 5433 --request {rid}",
+        ),
+    ],
+)
+def test_no_wait_names_the_command_the_person_ran(ask: Ask, command: str) -> None:
+    rid = "6f1c2a8e-0000-4000-8000-000000000001"
+    with pytest.raises(ApprovalPending) as raised:
+        obtain(FakeBroker(answers=[request()]), want(reason="fix", wait=False), ask)  # type: ignore[arg-type]
+    assert raised.value.hint == "once approved: " + command.format(rid=rid)
+
+
+def test_an_expired_wait_says_to_ask_again_with_the_same_command() -> None:
+    api = FakeBroker(polls=[request("expired")])
+    ask = Ask(sleep=lambda _: None, resume_verb="tunnel", resume_options=" --port 5433")
+    with pytest.raises(DeniedError) as raised:
+        wait_for_approval(api, request(), ask)  # type: ignore[arg-type]
+    assert raised.value.hint == "ask again: dbaccess tunnel demo --role readwrite --port 5433"
+
+
 def test_waiting_polls_then_redeems_the_approved_request() -> None:
     api = FakeBroker(answers=[request(), granted()], polls=[request(), request("approved")])
     slept: list[float] = []
