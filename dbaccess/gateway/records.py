@@ -202,15 +202,17 @@ class BatchingWriter:
         pending = self._pending
         pending.append(record)
         self._added += 1
-        waiting = len(pending)
-        if waiting > self._max_unwritten and not self.backlogged:
+        # not written yet: those pending and the batch the writer holds (a failing store
+        # keeps one batch in its hands, up to max_batch, while the rest piles up)
+        unwritten = self._added - self._done
+        if unwritten > self._max_unwritten and not self.backlogged:
             self.backlogged = True
             log.error(
                 "%d statement records are not written yet: new statements are refused "
                 "until the store takes them",
-                waiting,
+                unwritten,
             )
-        if waiting == self._max_batch:
+        if len(pending) == self._max_batch:
             with self._cond:
                 self._cond.notify()
 
@@ -258,7 +260,7 @@ class BatchingWriter:
                 with self._cond:
                     self._done += len(batch)
                     self._cond.notify_all()
-                if self.backlogged and len(self._pending) <= self._max_unwritten // 2:
+                if self.backlogged and self._added - self._done <= self._max_unwritten // 2:
                     self.backlogged = False
                     log.warning("statement records are written again: statements run again")
             if closing and not more:

@@ -88,3 +88,30 @@ def test_statements_are_refused_while_records_cannot_be_written(
     logged = gateway.server_statements(session)
     assert len(ran_records) == len(logged) == ran + 3  # SELECT 1, runs again, 8
     assert not any("not run" in line for line in logged)
+
+
+def test_the_batch_a_failing_store_holds_counts_as_unwritten() -> None:
+    """The writer keeps retrying the batch it took: those records are not written either,
+    so they count towards the limit as much as the ones still queued."""
+    sink = StalledSink()
+    sink.stalled.set()
+    writer = BatchingWriter(sink, max_delay=0.01, retry_delay=0.05, max_unwritten=10)
+    try:
+        for n in range(6):
+            writer.add_fields(fields(n))
+        time.sleep(0.2)  # the writer has taken them into the batch it retries
+        assert not writer.backlogged
+        for n in range(5):
+            writer.add_fields(fields(6 + n))
+        assert writer.backlogged  # 11 unwritten, though only 5 are queued
+        sink.stalled.clear()
+        assert writer.flush(5)
+        assert not writer.backlogged
+        assert [r.sql for r in sink.records] == [f"SELECT {n}" for n in range(11)]
+    finally:
+        writer.close()
+
+
+def fields(n: int) -> tuple[object, ...]:
+    return ("lease", "alice", "demo", "readonly", "query", f"SELECT {n}", "none", None,
+            1_700_000_000_000_000_000, 1000, 1, 10, 0, None, "completed", 1, None)  # fmt: skip

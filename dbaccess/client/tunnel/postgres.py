@@ -24,6 +24,7 @@ import scramp
 from dbaccess.client.tunnel.keeper import Held, SessionKeeper
 from dbaccess.errors import DbaccessError
 from dbaccess.gateway.postgres import wire
+from dbaccess.gateway.postgres.scram_login import LoginRefused, ScramLogin
 
 SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 MAX_HANDSHAKE_MESSAGE = 64 * 1024  # authentication messages are a few hundred bytes
@@ -261,7 +262,7 @@ class Tunnel:
                     {"user": granted.db_user, "database": granted.database, **params}
                 )
             )
-            client: scramp.ScramClient | None = None
+            login = ScramLogin(granted.db_user, granted.password.get_secret_value())
             while True:
                 kind, body = await _read_message(reader)
                 if kind == ord("E"):
@@ -273,25 +274,16 @@ class Tunnel:
                     )
                 if kind != ord("R"):
                     raise Refused("08P01", "unexpected message from the gateway during login")
-                code = wire.int32(body, 0)
-                if code == 0:
+                # never the secret in clear or md5 to anyone, and the gateway proves it
+                # knew us before its OK counts
+                try:
+                    reply = login.answer(body)
+                except (LoginRefused, wire.ProtocolError) as exc:
+                    raise Refused("08P01", f"the gateway's login: {exc}") from None
+                if reply is None:
                     return reader, writer
-                if code == 10 and b"SCRAM-SHA-256\0" in body[4:]:
-                    secret = granted.password.get_secret_value()
-                    client = scramp.ScramClient(["SCRAM-SHA-256"], granted.db_user, secret)
-                    first = client.get_client_first().encode()
-                    writer.write(
-                        wire.message(
-                            b"p", wire.cstring("SCRAM-SHA-256") + _INT32.pack(len(first)) + first
-                        )
-                    )
-                elif code == 11 and client is not None:
-                    client.set_server_first(body[4:].decode())
-                    writer.write(wire.message(b"p", client.get_client_final().encode()))
-                elif code == 12 and client is not None:
-                    client.set_server_final(body[4:].decode())  # the gateway proves it knew us
-                else:  # never the secret in clear or md5 to anyone: only SCRAM
-                    raise Refused("08P01", f"the gateway asked for authentication {code}")
+                if reply:
+                    writer.write(reply)
         except scramp.ScramException:
             writer.close()
             raise Refused("08006", "the gateway's SCRAM answer did not verify") from None

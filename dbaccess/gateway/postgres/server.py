@@ -30,6 +30,7 @@ from dbaccess.gateway.credentials import mock_salt
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
 from dbaccess.gateway.postgres.classify import classify, unsafe_encoding, unsafe_startup
+from dbaccess.gateway.postgres.scram_login import LoginRefused, ScramLogin
 from dbaccess.gateway.records import Kind, ParamsPolicy, RecordFields, StatementRecord, Status
 from dbaccess.gateway.sessions import (
     GatewaySession,
@@ -527,47 +528,29 @@ class Connection:
         """SCRAM-SHA-256 only, and the server must prove it holds the verifier: the session
         user's password is never sent as cleartext or md5 (which a machine in the middle
         could ask for and keep), and a server that skips authentication is refused."""
-        scram: scramp.ScramClient | None = None
-        proven = False
+        login = ScramLogin(up.user, up.password)
         while True:
             kind, body = await side.read_message()
             if kind == ord("E"):
                 self._upstream_refused(body)
             if kind != ord("R"):
                 raise wire.ProtocolError("unexpected message during the database's login")
-            code = wire.int32(body, 0)
-            if code == 0:
-                if not proven:
-                    self._refuse(
-                        "28000",
-                        "the database let the gateway in without SCRAM-SHA-256; the gateway "
-                        "connects only to servers that authenticate the session user by it",
-                    )
-                    raise _Closed
-                return
-            if code == 10:
-                if b"SCRAM-SHA-256\0" not in body[4:]:
-                    raise wire.ProtocolError("the database offers no SCRAM-SHA-256")
-                scram = scramp.ScramClient(["SCRAM-SHA-256"], up.user, up.password)
-                first = scram.get_client_first().encode()
-                side.write(
-                    wire.message(
-                        b"p", wire.cstring("SCRAM-SHA-256") + _INT32.pack(len(first)) + first
-                    )
-                )
-            elif code == 11 and scram is not None:
-                scram.set_server_first(body[4:].decode())
-                side.write(wire.message(b"p", scram.get_client_final().encode()))
-            elif code == 12 and scram is not None:
-                scram.set_server_final(body[4:].decode())  # raises unless the server's proof holds
-                proven = True
-            else:
+            try:
+                reply = login.answer(body)  # scramp's error unless the server's proof holds
+            except LoginRefused as refused:
                 self._refuse(
                     "28000",
-                    f"the database asked for authentication method {code}; the gateway "
-                    "sends the session user's password by SCRAM-SHA-256 only",
+                    "the database let the gateway in without SCRAM-SHA-256; the gateway "
+                    "connects only to servers that authenticate the session user by it"
+                    if refused.method is None
+                    else f"the database asked for authentication method {refused.method}; "
+                    "the gateway sends the session user's password by SCRAM-SHA-256 only",
                 )
-                raise _Closed
+                raise _Closed from None
+            if reply is None:
+                return
+            if reply:
+                side.write(reply)
 
     def _upstream_refused(self, body: bytes) -> None:
         fields = wire.error_fields(body)
