@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from time import monotonic_ns
 from typing import Any, Protocol, cast
 
 import scramp
@@ -106,6 +107,9 @@ class _Closed(Exception):
     """The connection ended (or was refused) during the handshake."""
 
 
+_READY = wire.READY_FOR_QUERY
+_COMPLETE = wire.COMMAND_COMPLETE
+
 # How long Gateway.close waits for its connections' sockets to close cleanly.
 CLOSE_GRACE = 1.0
 
@@ -137,6 +141,15 @@ class _Side(asyncio.Protocol):
         else:
             self.buf += data
             self._wake()
+
+    def start_relay(self, relay: Callable[[bytes], None]) -> None:
+        """From now on each chunk goes to ``relay``, called by the transport itself: the
+        method is shadowed on the instance and the protocol set again, because uvloop
+        keeps the bound ``data_received`` it found (one Python call less per chunk)."""
+        self.relay = relay
+        self.data_received = relay  # type: ignore[method-assign, assignment]
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.set_protocol(self)
 
     def eof_received(self) -> bool | None:
         return None  # close
@@ -393,8 +406,8 @@ class Connection:
         upstream = self.upstream
         assert upstream is not None
         client.peer, upstream.peer = upstream, client
-        upstream.relay = self.from_server
-        client.relay = self.from_client
+        upstream.start_relay(self.from_server)
+        client.start_relay(self.from_client)
         if upstream.buf:
             data = bytes(upstream.buf)
             upstream.buf.clear()
@@ -590,13 +603,9 @@ class Connection:
                 if stop > size:
                     break
                 kind = data[end]
-                if kind == Q:
-                    self._open(
-                        "query",
-                        data[end + 5 : stop - 1].decode(errors="replace"),
-                        None,
-                        simple=True,
-                    )
+                if kind == Q:  # _open, inlined
+                    sql = str(data[end + 5 : stop - 1], "utf-8", "replace")
+                    self.pending.append(_Open("query", sql, None, True, monotonic_ns()))
                 elif kind in inspected:
                     self._client_message(kind, data[end + 5 : stop])
                 end = stop
@@ -704,7 +713,7 @@ class Connection:
     def _open(
         self, kind: Kind, sql: str, params: tuple[str | None, ...] | None, *, simple: bool
     ) -> None:
-        self.pending.append(_Open(kind, sql, params, simple, time.monotonic_ns()))
+        self.pending.append(_Open(kind, sql, params, simple, monotonic_ns()))
 
     # -- relay: server -> client ---------------------------------------------------------
 
@@ -725,24 +734,33 @@ class Connection:
             transport.write(data)
 
     def on_server_message(self, kind: int, body: bytes, rows: int, nbytes: int) -> None:
-        if kind == wire.READY_FOR_QUERY:
-            self.status = body[:1]
-            if self.limiting or self.idle_timer is not None:
-                self._ready_for_query(body)
-        elif kind == wire.PARAMETER_STATUS and self.guarding:
-            self._parameter_changed(body)
+        # ReadyForQuery and CommandComplete first: one or two of them per statement, and
+        # this runs for each (module constants, not wire.X: an attribute load each)
         pending = self.pending
         head = pending[0] if pending else None
         if head is not None:
             head.bytes_out += nbytes
             head.data_rows += rows
-        if kind == wire.COMMAND_COMPLETE:
+        if kind == _READY:
+            self.status = body[:1]
+            if self.limiting or self.idle_timer is not None:
+                self._ready_for_query(body)
+            while pending and pending[0] is not None and not pending[0].simple:
+                self._finish(pending[0], "not_run")
+            if pending:
+                item = pending.popleft()
+                if item is not None:
+                    self._record(item, "completed")
+        elif kind == _COMPLETE:
             if head is not None:
                 counted = wire.command_rows(body)
                 if counted is not None:
                     head.rows = (head.rows or 0) + counted
                 if not head.simple:
                     self._finish(head, "completed")
+        elif kind == wire.PARAMETER_STATUS:
+            if self.guarding:
+                self._parameter_changed(body)
         elif kind == wire.EMPTY_QUERY:
             if head is not None and not head.simple:
                 self._finish(head, "completed")
@@ -761,15 +779,6 @@ class Connection:
                 # the server skips the rest of the pipeline up to the next Sync
                 while pending and pending[0] is not None and not pending[0].simple:
                     self._finish(pending[0], "not_run")
-        elif kind == wire.READY_FOR_QUERY:
-            while pending and pending[0] is not None and not pending[0].simple:
-                self._finish(pending[0], "not_run")
-            if pending:
-                item = pending[0]
-                if item is None:
-                    pending.popleft()
-                else:
-                    self._finish(item, "completed")
         elif kind in (wire.COPY_IN_RESPONSE, wire.COPY_OUT_RESPONSE, wire.COPY_BOTH_RESPONSE):
             if head is not None:
                 head.kind = "copy"
@@ -798,7 +807,7 @@ class Connection:
                 self.params_policy,
                 item.params,
                 t0 + self.wall_offset,
-                time.monotonic_ns() - t0,
+                monotonic_ns() - t0,
                 item.rows,
                 item.bytes_out,
                 item.bytes_in,

@@ -208,8 +208,9 @@ class ServerScanner:
         "_rows",
         "_bytes",
         "_base",
-        "_budget",
-        "row_limit",
+        "_row_limit",
+        "_byte_limit",
+        "limited",
         "end",
     )
 
@@ -222,8 +223,9 @@ class ServerScanner:
         self._rows = 0
         self._bytes = 0
         self._base = 0  # bytes scanned before the current ``_bytes``
-        self._budget = NO_LIMIT  # byte_limit - _base: what ``_bytes`` may reach
-        self.row_limit = NO_LIMIT  # DataRows (or COPY rows) of one answer
+        self._row_limit = NO_LIMIT
+        self._byte_limit = NO_LIMIT
+        self.limited = False  # either limit is set: every DataRow is checked
         self.end = 0  # offset in the chunk just after the message being handed over
 
     @property
@@ -232,30 +234,38 @@ class ServerScanner:
         return self._base + self._bytes
 
     @property
+    def row_limit(self) -> int:
+        """DataRows (or COPY rows) of one answer above which a row is over the limit."""
+        return self._row_limit
+
+    @row_limit.setter
+    def row_limit(self, value: int) -> None:
+        self._row_limit = value
+        self.limited = value != NO_LIMIT or self._byte_limit < NO_LIMIT
+
+    @property
     def byte_limit(self) -> int:
         """The ``total`` above which a DataRow or CopyData is over the limit."""
-        return self._base + self._budget
+        return self._byte_limit
 
     @byte_limit.setter
     def byte_limit(self, value: int) -> None:
-        self._budget = value - self._base
+        self._byte_limit = value
+        self.limited = value < NO_LIMIT or self._row_limit != NO_LIMIT
 
     def feed(self, data: bytes) -> None:
         pos = 0
         size = len(data)
         unpack = _UINT32.unpack_from
         while pos < size:
-            if (
-                not self._skip
-                and not self._header
-                and self.row_limit == NO_LIMIT
-                and self._base + self._budget >= NO_LIMIT
-            ):
+            if not self._skip and not self._header and not self.limited:
                 # the hot path, while no limit applies: whole messages in this chunk, in a
-                # loop of locals; bytes are counted as the distance covered, handed over
-                # with each SCANNED one
-                start = pos
-                rows = 0
+                # loop of locals; bytes are counted as the distance covered (from before
+                # this chunk: ``start`` counts the bytes carried over), handed over with
+                # each SCANNED one
+                rows = self._rows
+                start = pos - self._bytes
+                handle = self._handler.on_server_message
                 while pos + 5 <= size:
                     kind = data[pos]
                     end = pos + 1 + unpack(data, pos + 1)[0]
@@ -264,17 +274,19 @@ class ServerScanner:
                     if kind == DATA_ROW or kind == COPY_DATA:
                         rows += 1
                     elif kind in SCANNED:
-                        self._rows += rows
-                        self._bytes += end - start
-                        rows, start = 0, end
+                        # _emit, inlined: this runs once or twice per statement
+                        nbytes = end - start
+                        self._base += nbytes
+                        self._rows = self._bytes = 0  # what the handler may read (total)
                         self.end = end
-                        self._emit(kind, data[pos + 5 : end])
-                        if self.row_limit != NO_LIMIT or self._base + self._budget < NO_LIMIT:
+                        handle(kind, data[pos + 5 : end], rows, nbytes)
+                        rows, start = 0, end
+                        if self.limited:
                             pos = end
                             break  # a limit set by the handler: counted from here on
                     pos = end
-                self._rows += rows
-                self._bytes += pos - start
+                self._rows = rows
+                self._bytes = pos - start
                 if pos >= size:
                     return
             if self._skip:
@@ -313,8 +325,9 @@ class ServerScanner:
             self._bytes += length + 1
             if kind == DATA_ROW or kind == COPY_DATA:
                 self._rows += 1
-                if (self._rows > self.row_limit or self._bytes > self._budget) and start >= 0:
-                    rows_exceeded = self._rows > self.row_limit
+                over_rows = self._rows > self._row_limit
+                if (over_rows or self._base + self._bytes > self._byte_limit) and start >= 0:
+                    rows_exceeded = over_rows
                     self.row_limit = self.byte_limit = NO_LIMIT
                     self._handler.on_limit(start, rows_exceeded)
             elif kind in SCANNED:
@@ -346,5 +359,4 @@ class ServerScanner:
         rows, nbytes = self._rows, self._bytes
         self._rows = self._bytes = 0
         self._base += nbytes
-        self._budget -= nbytes
         self._handler.on_server_message(kind, body, rows, nbytes)
