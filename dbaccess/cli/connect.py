@@ -42,22 +42,14 @@ def connect(
     When the policy needs approval, a request is opened and connect waits for it (a reason
     is asked for on a terminal); with --no-wait it prints the request id and exits 6.
     """
-    from dbaccess.client.session.request import SessionRequest
-    from dbaccess.durations import parse_duration_option
+    from dbaccess.cli.options import session_request
 
     ctx.obj.child_owns_stdout = True  # even for errors: stdout is the client's
-    request = SessionRequest(
-        target=target,
-        role=role,
-        duration=parse_duration_option(duration),
-        reason=reason,
-        ticket=ticket,
-        request_id=request_id,
-        wait=not no_wait,
-        client=client,
-        client_args=tuple(client_args or ()),
-    )
-    run_session(ctx.obj, request.validate())
+    request = session_request(
+        target, role, duration, reason, ticket, request_id, wait=not no_wait,
+        client=client, client_args=tuple(client_args or ()),
+    )  # fmt: skip
+    run_session(ctx.obj, request)
 
 
 class RichMarkup:

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dbaccess.cli.options import Duration, Reason, RequestId, Role, Target, Ticket
+from dbaccess.cli.options import (
+    Duration,
+    Reason,
+    RequestId,
+    Role,
+    Target,
+    Ticket,
+    session_request,
+)
 from dbaccess.cli.output import Globals, emit_json, shown
 
 if TYPE_CHECKING:
@@ -39,8 +47,6 @@ def creds(
     from dbaccess.client.context import logged_in
     from dbaccess.client.dbclients.registry import client_for
     from dbaccess.client.session.grant import Ask, obtain
-    from dbaccess.client.session.request import SessionRequest
-    from dbaccess.durations import parse_duration_option
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 
@@ -53,15 +59,7 @@ def creds(
         )
     if output_format not in ("env", "json"):
         raise UsageError(f"--format must be env or json, not '{output_format}'")
-    request = SessionRequest(
-        target=target,
-        role=role,
-        duration=parse_duration_option(duration),
-        reason=reason,
-        ticket=ticket,
-        request_id=request_id,
-        wait=False,
-    ).validate()
+    request = session_request(target, role, duration, reason, ticket, request_id, wait=False)
     with logged_in(g.profile, g.profiles) as (api, _):
         granted: SessionGranted = obtain(api, request, Ask())
     g.warn(

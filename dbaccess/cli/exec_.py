@@ -28,19 +28,12 @@ def exec_command(
     The command's exit code is returned.
     """
     from dbaccess.cli.connect import run_session
-    from dbaccess.client.session.request import SessionRequest
-    from dbaccess.durations import parse_duration_option
+    from dbaccess.cli.options import session_request
 
     g: Globals = ctx.obj
     g.child_owns_stdout = True  # even for errors: stdout is the command's
-    request = SessionRequest(
-        target=target,
-        role=role,
-        duration=parse_duration_option(duration),
-        reason=reason,
-        ticket=ticket,
-        request_id=request_id,
-        wait=not no_wait,
+    request = session_request(
+        target, role, duration, reason, ticket, request_id, wait=not no_wait,
         command=tuple(command),
-    )
-    run_session(g, request.validate())
+    )  # fmt: skip
+    run_session(g, request)

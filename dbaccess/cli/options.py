@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dbaccess.cli.completion import complete_role, complete_target
+
+if TYPE_CHECKING:
+    from dbaccess.client.session.request import SessionRequest
 
 Target = Annotated[
     str,
@@ -38,3 +41,31 @@ Client = Annotated[
 ClientArgs = Annotated[
     list[str] | None, typer.Argument(help="Arguments after -- go to the client (psql).")
 ]
+
+
+def session_request(
+    target: str,
+    role: str,
+    duration: str | None,
+    reason: str | None,
+    ticket: str | None,
+    request_id: str | None,
+    *,
+    wait: bool,
+    **command: Any,
+) -> SessionRequest:
+    """The request the shared options above make, checked: one place for connect, exec,
+    creds and tunnel (``command``: what only one of them adds, e.g. its client)."""
+    from dbaccess.client.session.request import SessionRequest
+    from dbaccess.durations import parse_duration_option
+
+    return SessionRequest(
+        target=target,
+        role=role,
+        duration=parse_duration_option(duration),
+        reason=reason,
+        ticket=ticket,
+        request_id=request_id,
+        wait=wait,
+        **command,
+    ).validate()

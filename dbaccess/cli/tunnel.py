@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from dbaccess.cli.options import Duration, NoWait, Reason, RequestId, Role, Target, Ticket
+from dbaccess.cli.options import (
+    Duration,
+    NoWait,
+    Reason,
+    RequestId,
+    Role,
+    Target,
+    Ticket,
+    session_request,
+)
 from dbaccess.cli.output import Globals, shown
 
 
@@ -38,20 +47,10 @@ def tunnel(
     from dbaccess.client.auth.login import bearer_token
     from dbaccess.client.broker_api import BrokerClient
     from dbaccess.client.config import resolve_broker
-    from dbaccess.client.session.request import SessionRequest
     from dbaccess.client.tunnel.run import DEFAULT_PORT, TunnelSetup, run_tunnel
-    from dbaccess.durations import parse_duration_option
 
     g: Globals = ctx.obj
-    request = SessionRequest(
-        target=target,
-        role=role,
-        duration=parse_duration_option(duration),
-        reason=reason,
-        ticket=ticket,
-        request_id=request_id,
-        wait=not no_wait,
-    ).validate()
+    request = session_request(target, role, duration, reason, ticket, request_id, wait=not no_wait)
     name = g.profile_name
     broker_url = resolve_broker(name, profiles=g.profiles)
     with api.http_client() as http:
