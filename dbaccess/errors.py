@@ -55,6 +55,7 @@ class ExitCode(IntEnum):
     DATABASE_ERROR = 9
     LAUNCH = 10
     NOT_FOUND = 11
+    FINDINGS = 12  # inventory: a standing account no allow entry names (for CI and cron)
     INTERRUPTED = 130
 
 

@@ -297,6 +297,88 @@ def rotate_credential(
     )
 
 
+@app.command()
+def inventory(
+    target: Annotated[
+        str | None, typer.Argument(help="Only this target (default: every one).")
+    ] = None,
+    config: ConfigOption = Path("broker.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="The inventory as JSON.")] = False,
+    diff: Annotated[
+        Path | None,
+        typer.Option("--diff", help="An earlier --json inventory: say what appeared and went."),
+    ] = None,
+) -> None:
+    """List every login account of the targets that is not a live dbaccess session user,
+    with what makes it risky. Exit 12 when any is a finding (not the provisioner, not in
+    [inventory] allow), 9 when a target could not be read."""
+    import json
+    from datetime import UTC, datetime
+
+    from dbaccess.broker.engines import engine_for
+    from dbaccess.broker.inventory import difference, take
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.broker.store import Store
+
+    settings = load_settings(config, read_secrets=True)
+    if target is not None and target not in settings.targets:
+        raise ConfigError(
+            f"{config}: no target '{target}'",
+            hint=f"one of: {', '.join(sorted(settings.targets))}",
+        )
+    previous = None
+    if diff is not None:
+        try:
+            previous = json.loads(diff.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot read {diff} as an inventory: {exc}",
+                hint="pass a file written by: dbaccess-broker inventory --json",
+            ) from None
+    names = [target] if target is not None else sorted(settings.targets)
+    store = Store(settings.broker.store_url())
+    try:
+        live: dict[str, set[str]] = {}
+        for lease in store.live_leases():
+            live.setdefault(lease.target, set()).add(lease.db_user)
+    finally:
+        store.close()
+    engines = {name: engine_for(name, settings.targets[name]) for name in names}
+    try:
+        taken = take(settings, engines, live, names)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    document = taken.as_json(datetime.now(UTC))
+    changes = None
+    if previous is not None:
+        try:
+            changes = difference(previous, document)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{diff}: {exc}", hint="pass a file written by: dbaccess-broker inventory --json"
+            ) from None
+    if changes is not None:
+        document["diff"] = {
+            "appeared": changes.appeared,
+            "went": changes.went,
+            "changed": [{"before": b, "now": n} for b, n in changes.changed],
+        }
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        from dbaccess.inventory_view import report_lines
+
+        for line in report_lines(document):
+            typer.echo(line)
+    for name, error in taken.errors.items():
+        typer.echo(f"error: target '{name}' was not read: {error}", err=True)
+    if taken.errors:
+        raise typer.Exit(int(ExitCode.DATABASE_ERROR))
+    if taken.findings:
+        raise typer.Exit(int(ExitCode.FINDINGS))
+
+
 audit_app = typer.Typer(help="Check and export the audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

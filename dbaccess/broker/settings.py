@@ -598,6 +598,18 @@ def split_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class InventorySection(_Section):
+    """``[inventory]``: the standing login accounts of the targets that are known and meant
+    to be there (service accounts, the DBA's own): listed as allowed, not as findings
+    (``dbaccess-broker inventory``, docs/policies.md). Each entry is an account's name, on
+    every target, or ``TARGET:NAME`` for one (MariaDB names are ``user@host``)."""
+
+    allow: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list)
+
+    def allows(self, target: str, account: str) -> bool:
+        return account in self.allow or f"{target}:{account}" in self.allow
+
+
 class Settings(_Section):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     identity: IdentitySection
@@ -607,6 +619,7 @@ class Settings(_Section):
     notify: NotifySection = Field(default_factory=NotifySection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     gateway: GatewaySection | None = None
+    inventory: InventorySection = Field(default_factory=InventorySection)
 
     def limit(self, target: str, key: str) -> tuple[int, str]:
         """The value of limits key ``key`` for ``target``, and the setting it comes from

@@ -97,6 +97,21 @@ class NewUser:
         return f"NewUser(username={self.username!r}, role={self.role.group_role!r})"
 
 
+@dataclass(frozen=True)
+class Account:
+    """A login account of a target as its catalog shows it (``Engine.inventory``), in the
+    engine's own words: what an auditor asks of every standing path to the data."""
+
+    name: str  # as the engine names accounts (MariaDB: user@host)
+    user: str  # the user name alone, as a session user's is kept in its lease
+    powers: tuple[str, ...]  # risky attributes or privileges, e.g. ("SUPERUSER",)
+    member_of: tuple[str, ...]  # roles it holds, directly or through others
+    privileged_roles: tuple[str, ...]  # of those, the ones that carry powers themselves
+    password_expires: datetime | None  # None: never
+    owns: int  # objects it owns (on MariaDB: is the DEFINER of)
+    managed: bool  # carries the target's managed prefix, or dbaccess made it
+
+
 class Engine(Protocol):
     name: str
     max_username_length: int
@@ -118,6 +133,10 @@ class Engine(Protocol):
 
     def list_managed_users(self) -> list[str]:
         """Every login that carries this target's managed prefix."""
+
+    def inventory(self) -> list[Account]:
+        """Every login account of the target, through the bootstrap's definer routine
+        (the provisioner reads the catalog only)."""
 
     @property
     def troubled(self) -> bool:

@@ -336,6 +336,7 @@ BEGIN
     SELECT {_exact("user")} FROM mysql.user WHERE user LIKE {like_prefix}
         AND is_role = 'N';
 END""",
+        _inventory(like_prefix),
         f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.expire_due()
 SQL SECURITY DEFINER
 BEGIN
@@ -364,7 +365,7 @@ END""",
         f"CREATE OR REPLACE DEFINER = {OWNER} EVENT {SCHEMA}.expire_due "
         f"ON SCHEDULE EVERY 2 SECOND DO CALL {SCHEMA}.expire_due()",
     ]
-    for procedure in ("create_user", "renew_user", "revoke_user", "managed_users"):
+    for procedure in ("create_user", "renew_user", "revoke_user", "managed_users", "inventory"):
         statements.append(f"GRANT EXECUTE ON PROCEDURE {SCHEMA}.{procedure} TO {provisioner}")
     statements += _group_role_objects(groups, provisioner)
     # Shown to whoever runs the printed SQL (apply() says it too).
@@ -380,6 +381,49 @@ EVENT_SCHEDULER_OFF = (
     "reaper drops expired users (init_connect still refuses their logins); set "
     "event_scheduler = ON, and put it in my.cnf with the lines in docs/broker.md"
 )
+
+
+def _inventory(like_prefix: str) -> str:
+    """Every account and role of the server, one row each: its global powers, the roles
+    granted to it directly (the broker follows roles of roles), when its password expires
+    (NULL: never), how many routines and events it is the DEFINER of, and whether dbaccess
+    made it. The definer reads mysql.* for the provisioner, which cannot."""
+    ident = "CONCAT(u.User, '@', u.Host)"
+    # days; -1 (or none) in the account: the server's default_password_lifetime
+    lifetime = (
+        "COALESCE(NULLIF(CAST(JSON_VALUE(g.Priv, '$.password_lifetime') AS SIGNED), -1), "
+        "@@GLOBAL.default_password_lifetime)"
+    )
+    return f"""CREATE OR REPLACE DEFINER = {OWNER} PROCEDURE {SCHEMA}.inventory()
+SQL SECURITY DEFINER
+BEGIN
+    SELECT {_exact("u.User")} AS username, {_exact("u.Host")} AS host, u.is_role,
+           u.Super_priv = 'Y' AS super,
+           (u.Select_priv = 'Y' AND u.Insert_priv = 'Y' AND u.Update_priv = 'Y'
+            AND u.Delete_priv = 'Y' AND u.Create_priv = 'Y' AND u.Drop_priv = 'Y'
+            AND u.Alter_priv = 'Y') AS all_privileges,
+           u.Grant_priv = 'Y' AS grant_option,
+           u.Create_user_priv = 'Y' AS create_user,
+           u.File_priv = 'Y' AS file,
+           (SELECT GROUP_CONCAT({_exact("m.Role")} ORDER BY m.Role SEPARATOR '\n')
+              FROM mysql.roles_mapping m
+             WHERE m.User = u.User AND m.Host = IF(u.is_role = 'Y', '', u.Host)) AS roles,
+           CASE WHEN u.is_role = 'Y' THEN NULL
+                WHEN u.password_expired = 'Y' THEN '1970-01-01 00:00:00'
+                WHEN {lifetime} = 0 THEN NULL
+                -- from epoch seconds by arithmetic: FROM_UNIXTIME would read the
+                -- caller's time_zone, which a procedure does not pin
+                ELSE DATE_FORMAT(DATE_ADD(DATE_ADD('1970-01-01 00:00:00', INTERVAL
+                     CAST(JSON_VALUE(g.Priv, '$.password_last_changed') AS SIGNED) SECOND),
+                     INTERVAL {lifetime} DAY), '%Y-%m-%d %H:%i:%s') END AS password_expires,
+           (SELECT COUNT(*) FROM mysql.proc p WHERE p.definer = {ident})
+           + (SELECT COUNT(*) FROM mysql.event e WHERE e.definer = {ident}) AS owns,
+           (u.User LIKE {like_prefix}
+            OR u.User IN (SELECT username FROM {SCHEMA}.managed_users)) AS managed
+      FROM mysql.user u
+      LEFT JOIN mysql.global_priv g ON g.User = u.User AND g.Host = u.Host
+     ORDER BY {_exact("u.User")}, {_exact("u.Host")};
+END"""
 
 
 def _login_check() -> list[str]:

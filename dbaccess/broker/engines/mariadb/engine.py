@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pymysql
 
 from dbaccess.broker.engines.base import (
     CALL_TIMEOUT,
     CONNECT_TIMEOUT,
+    Account,
     CreateSlots,
     EngineError,
     EngineRefused,
@@ -167,6 +169,51 @@ class MariaDBEngine:
     def list_managed_users(self) -> list[str]:
         rows = self._call("listing users", "CALL dbaccess.managed_users()", ())
         return sorted(str(row[0]) for row in rows)
+
+    def inventory(self) -> list[Account]:
+        return _accounts(self._call("reading the accounts", "CALL dbaccess.inventory()", ()))
+
+
+def _accounts(rows: list[tuple[Any, ...]]) -> list[Account]:
+    """The accounts of ``CALL dbaccess.inventory()``, with roles of roles followed (a role
+    granted to a role is held by whoever holds the first) and the roles themselves left
+    out: they cannot log in."""
+    powers: dict[str, tuple[str, ...]] = {}
+    grants: dict[str, list[str]] = {}
+    logins = []
+    for user, host, is_role, sup, every, grant, create, file, roles, expires, owns, ours in rows:
+        words = (("SUPER", sup), ("ALL PRIVILEGES", every), ("GRANT OPTION", grant),
+                 ("CREATE USER", create), ("FILE", file))  # fmt: skip
+        key = str(user) if is_role == "Y" else f"{user}@{host}"
+        powers[key] = tuple(word for word, on in words if on)
+        grants[key] = str(roles).split("\n") if roles else []
+        if is_role != "Y":
+            logins.append((key, str(user), expires, owns, ours))
+    accounts = []
+    for key, user_name, expires, owns, ours in logins:
+        held: list[str] = []
+        todo = list(grants[key])
+        while todo:
+            role = todo.pop()
+            if role not in held:
+                held.append(role)
+                todo += grants.get(role, [])
+        held.sort()
+        accounts.append(
+            Account(
+                name=key,
+                user=user_name,
+                powers=powers[key],
+                member_of=tuple(held),
+                privileged_roles=tuple(r for r in held if powers.get(r)),
+                password_expires=None
+                if expires is None
+                else datetime.fromisoformat(str(expires)).replace(tzinfo=UTC),
+                owns=int(owns),
+                managed=bool(ours),
+            )
+        )
+    return accounts
 
 
 def _message(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -26,6 +26,7 @@ from dbaccess.broker.engines.base import (
     CALL_TIMEOUT,
     CONNECT_TIMEOUT,
     STATEMENT_TIMEOUT,
+    Account,
     CreateSlots,
     EngineError,
     EngineRefused,
@@ -397,6 +398,29 @@ class PostgresEngine:
             ).fetchall(),
         )
         return [str(row[0]) for row in rows]
+
+    def inventory(self) -> list[Account]:
+        rows: list[tuple[Any, ...]] = self._call(
+            "reading the login roles",
+            lambda conn: conn.execute("SELECT * FROM dbaccess.inventory()").fetchall(),
+        )
+        accounts = []
+        for name, sup, createrole, createdb, bypass, repl, until, held, strong, owned, ours in rows:
+            flags = (("SUPERUSER", sup), ("CREATEROLE", createrole), ("CREATEDB", createdb),
+                     ("BYPASSRLS", bypass), ("REPLICATION", repl))  # fmt: skip
+            accounts.append(
+                Account(
+                    name=str(name),
+                    user=str(name),
+                    powers=tuple(word for word, on in flags if on),
+                    member_of=tuple(held),
+                    privileged_roles=tuple(strong),
+                    password_expires=None if until is None else datetime.fromisoformat(until),
+                    owns=int(owned),
+                    managed=bool(ours),
+                )
+            )
+        return accounts
 
 
 LIFETIME_EXCEEDED = "DBA01"
