@@ -87,15 +87,25 @@ class MariaDBEngine:
             self._call("checking the target", "SELECT 1", ())
 
     def _call(
-        self, what: str, sql: str, args: tuple[object, ...], then: str | None = None
+        self,
+        what: str,
+        sql: str,
+        args: tuple[object, ...],
+        then: str | None = None,
+        results: list[list[tuple[object, ...]]] | None = None,
     ) -> list[tuple[object, ...]]:
-        """Run ``sql`` (and ``then``, on the same connection); return the last result.
+        """Run ``sql`` (and ``then``, on the same connection); return the last result
+        (``results``, when given, gets each result of ``sql``: a procedure's SELECTs).
         The bootstrap's lifetime refusal (renew_user past creation + max_lifetime) is an
         EngineRefused, told by its error number."""
         conn = self._connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, args)
+                if results is not None:
+                    results.append(list(cur.fetchall()))
+                    while cur.nextset():
+                        results.append(list(cur.fetchall()))
                 if then is not None:
                     cur.execute(then)
                 rows = list(cur.fetchall())
@@ -171,24 +181,27 @@ class MariaDBEngine:
         return sorted(str(row[0]) for row in rows)
 
     def inventory(self) -> list[Account]:
-        return _accounts(self._call("reading the accounts", "CALL dbaccess.inventory()", ()))
+        results: list[list[tuple[object, ...]]] = []
+        self._call("reading the accounts", "CALL dbaccess.inventory()", (), results=results)
+        definers = {str(definer): int(str(n)) for definer, n in results[1]}
+        return _accounts(results[0], definers)
 
 
-def _accounts(rows: list[tuple[Any, ...]]) -> list[Account]:
+def _accounts(rows: list[tuple[Any, ...]], definers: dict[str, int]) -> list[Account]:
     """The accounts of ``CALL dbaccess.inventory()``, with roles of roles followed (a role
     granted to a role is held by whoever holds the first) and the roles themselves left
     out: they cannot log in."""
     powers: dict[str, tuple[str, ...]] = {}
     grants: dict[str, list[str]] = {}
     logins = []
-    for user, host, is_role, sup, every, grant, create, file, roles, expires, owns, ours in rows:
+    for user, host, is_role, sup, every, grant, create, file, roles, expires, ours in rows:
         words = (("SUPER", sup), ("ALL PRIVILEGES", every), ("GRANT OPTION", grant),
                  ("CREATE USER", create), ("FILE", file))  # fmt: skip
         key = str(user) if is_role == "Y" else f"{user}@{host}"
         powers[key] = tuple(word for word, on in words if on)
         grants[key] = str(roles).split("\n") if roles else []
         if is_role != "Y":
-            logins.append((key, str(user), expires, owns, ours))
+            logins.append((key, str(user), expires, definers.get(key, 0), ours))
     accounts = []
     for key, user_name, expires, owns, ours in logins:
         held: list[str] = []
