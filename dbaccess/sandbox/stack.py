@@ -469,9 +469,16 @@ class Stack:
         return env
 
     def spawn_broker(
-        self, port: int, log: Path, *extra: str, extra_env: dict[str, str] | None = None
+        self,
+        port: int,
+        log: Path,
+        *extra: str,
+        extra_env: dict[str, str] | None = None,
+        config: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Another replica of the broker on the same config and store."""
+        """Another replica of the broker on the same config and store, or on ``config``
+        (a variant of it; run in its directory, where a relative store path points)."""
+        config = config or self.broker_config
         return spawn_logged(
             [
                 sys.executable,
@@ -479,14 +486,14 @@ class Stack:
                 "dbaccess.broker",
                 "serve",
                 "--config",
-                str(self.broker_config),
+                str(config),
                 "--port",
                 str(port),
                 *extra,
             ],
             log,
             env=self.broker_env(extra_env),
-            cwd=self.broker_config.parent,
+            cwd=config.parent,
         )
 
     def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
