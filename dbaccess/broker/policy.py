@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.settings import Rule
+from dbaccess.broker.settings import BreakglassSection, Rule
 from dbaccess.durations import format_duration
 
 DEFAULT_DURATION = timedelta(hours=1)
@@ -42,13 +42,23 @@ class Decision:
     max_duration: timedelta | None = None
 
 
+def rule_covers(rule: Rule, target: str, role: str) -> bool:
+    """Does ``rule`` name ``target`` and ``role`` (``*`` matching any)? Who it is for aside:
+    the one place a rule's targets and roles are matched, by policy and revocation alike."""
+    return ("*" in rule.targets or target in rule.targets) and (
+        "*" in rule.roles or role in rule.roles
+    )
+
+
 def rule_applies(rule: Rule, principal: Principal, target: str, role: str) -> bool:
     who = bool(principal.groups & set(rule.groups)) or principal.named_by(rule.users)
-    return (
-        who
-        and ("*" in rule.targets or target in rule.targets)
-        and ("*" in rule.roles or role in rule.roles)
-    )
+    return who and rule_covers(rule, target, role)
+
+
+def breakglass_covers(section: BreakglassSection | None, target: str, role: str) -> bool:
+    """Does the break-glass section (None: there is none) open ``role`` on ``target``?
+    It names one role per target, matched exactly (no wildcards)."""
+    return section is not None and section.targets.get(target) == role
 
 
 def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) -> Decision:

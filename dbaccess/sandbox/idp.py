@@ -18,11 +18,11 @@ from urllib.parse import urljoin
 import httpx
 
 from dbaccess.sandbox.processes import (
-    DAEMON_GROUP,
     ServiceError,
     end_process,
     find_binary,
     free_port,
+    spawn_logged,
     wait_until,
 )
 from dbaccess.sandbox.tls import TestCertificates
@@ -113,16 +113,9 @@ class OidcProvider:
             if attempt > 1 and not self._fixed_port:
                 self.port = free_port()
             config = self._write_config()
-            log = self.log_path.open("ab")
-            self._process = subprocess.Popen(
-                [node, str(IDP_DIR / "server.mjs"), str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=IDP_DIR,
-                process_group=DAEMON_GROUP,
+            self._process = spawn_logged(
+                [node, str(IDP_DIR / "server.mjs"), str(config)], self.log_path, cwd=IDP_DIR
             )
-            log.close()
             try:
                 wait_until(self._ready, timeout=timeout, what="the OIDC provider")
                 return

@@ -15,7 +15,6 @@ from typing import Any
 import pymysql
 
 from dbaccess.sandbox.processes import (
-    DAEMON_GROUP,
     ServiceError,
     end_process,
     find_binary,
@@ -24,7 +23,8 @@ from dbaccess.sandbox.processes import (
     make_traversable,
     port_open,
     service_user,
-    wait_until,
+    spawn_logged,
+    wait_started,
 )
 
 # sun_path holds 108 bytes with the final NUL on Linux.
@@ -79,8 +79,7 @@ class MariaDBServer:
         if result.returncode != 0:
             raise ServiceError(f"mariadb-install-db failed:\n{result.stdout}\n{result.stderr}")
         mariadbd = find_binary("mariadbd", "/usr/sbin/mariadbd")
-        log = (self.workdir / "mariadbd.out").open("ab")
-        self._process = subprocess.Popen(
+        self._process = spawn_logged(
             [
                 mariadbd,
                 "--no-defaults",
@@ -99,25 +98,25 @@ class MariaDBServer:
                 "--innodb-flush-log-at-trx-commit=0",
                 *user_flag,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            self.workdir / "mariadbd.out",
             env=env,
-            process_group=DAEMON_GROUP,
         )
-        log.close()
+        # the server writes its own log (--log-error): the reason for a failed start is there
+        wait_started(
+            self._process,
+            self._socket_ready,
+            timeout=timeout,
+            what="MariaDB",
+            log_path=self.log_path,
+            stop=self.stop,
+        )
         try:
-            wait_until(self._socket_ready, timeout=timeout, what="MariaDB")
             self._secure()
-        except BaseException as exc:
+        except BaseException:
             self.stop()
-            if isinstance(exc, ServiceError):
-                raise ServiceError(f"{exc}; log tail:\n{self._log_tail()}") from None
             raise
 
     def _socket_ready(self) -> bool:
-        if self._process is not None and self._process.poll() is not None:
-            raise ServiceError("mariadbd exited at start")
         if not port_open(self.port):  # PyMySQL leaks a socket when it cannot connect
             return False
         try:
@@ -140,12 +139,6 @@ class MariaDBServer:
                 cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
         finally:
             conn.close()
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
 
     @property
     def pid(self) -> int:

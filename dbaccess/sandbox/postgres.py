@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 
 from dbaccess.sandbox.processes import (
-    DAEMON_GROUP,
     ServiceError,
     end_process,
     find_binary,
@@ -26,7 +25,8 @@ from dbaccess.sandbox.processes import (
     hand_over,
     make_traversable,
     service_user,
-    wait_until,
+    spawn_logged,
+    wait_started,
 )
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/"
@@ -110,21 +110,17 @@ class PostgresServer:
     def resume(self, timeout: float = 60) -> None:
         """Start the server again on its existing data directory (after ``stop``)."""
         postgres = find_binary("postgres", PG_BIN_GLOB + "postgres")
-        log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [postgres, "-D", str(self.data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            **self._run_as(),
-            process_group=DAEMON_GROUP,
+        self._process = spawn_logged(
+            [postgres, "-D", str(self.data_dir)], self.log_path, user=self._user
         )
-        log.close()
-        try:
-            wait_until(self._ready, timeout=timeout, what="PostgreSQL")
-        except ServiceError as exc:
-            self.stop()
-            raise ServiceError(f"{exc}; log tail:\n{self._log_tail()}") from None
+        wait_started(
+            self._process,
+            self._ready,
+            timeout=timeout,
+            what="PostgreSQL",
+            log_path=self.log_path,
+            stop=self.stop,
+        )
 
     @property
     def pid(self) -> int:
@@ -133,19 +129,11 @@ class PostgresServer:
         return self._process.pid
 
     def _ready(self) -> bool:
-        if self._process is not None and self._process.poll() is not None:
-            raise ServiceError(f"postgres exited at start:\n{self._log_tail()}")
         try:
             self.connect().close()
         except psycopg.OperationalError:
             return False
         return True
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # ``process_group=`` for every server: a group of its own, out of the terminal's foreground
@@ -111,3 +111,61 @@ def end_process(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def spawn_logged(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server: its stdout and stderr appended to ``log_path``, stdin closed, in a
+    process group of its own (``DAEMON_GROUP``), as ``user`` (and that user's group) when one
+    is given. The log is opened before and closed after: the child keeps its own copy."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            process_group=DAEMON_GROUP,
+            user=user,
+            group=user,
+        )
+
+
+def log_tail(log_path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a server's log, for an error message."""
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    log_path: Path,
+    stop: Callable[[], None],
+) -> None:
+    """Poll ``ready`` until it returns True. Should ``process`` exit first, or time run out,
+    ``stop`` it (each server has its own way) and raise ServiceError with the tail of
+    ``log_path``, where the reason is."""
+
+    def check() -> bool:
+        if process.poll() is not None:
+            raise ServiceError(f"{what} exited at start")
+        return ready()
+
+    try:
+        wait_until(check, timeout=timeout, what=what)
+    except ServiceError as exc:
+        stop()
+        raise ServiceError(f"{exc}; log tail:\n{log_tail(log_path)}") from None

@@ -23,11 +23,11 @@ from dbaccess.sandbox.idp import OidcProvider
 from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.postgres import PostgresServer
 from dbaccess.sandbox.processes import (
-    DAEMON_GROUP,
-    ServiceError,
     end_process,
     free_port,
-    wait_until,
+    port_open,
+    spawn_logged,
+    wait_started,
 )
 from dbaccess.sandbox.webhook import WebhookSink
 
@@ -399,40 +399,32 @@ class Stack:
     def spawn_gateway(self, log: Path, *extra: str) -> subprocess.Popen[bytes]:
         """Another ``dbaccess-broker gateway`` process on this stack's config (by default on
         the same address: the processes share it)."""
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dbaccess.broker",
-                    "gateway",
-                    "--config",
-                    str(self.broker_config),
-                    *extra,
-                ],
-                env=self.broker_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.broker_config.parent,
-                process_group=DAEMON_GROUP,
-            )
+        return spawn_logged(
+            [
+                sys.executable,
+                "-m",
+                "dbaccess.broker",
+                "gateway",
+                "--config",
+                str(self.broker_config),
+                *extra,
+            ],
+            log,
+            env=self.broker_env(),
+            cwd=self.broker_config.parent,
+        )
 
     def start_gateway(self) -> None:
         """Start ``dbaccess-broker gateway`` on this stack's config; wait until it listens."""
-        import socket
-
         self._gateway = self.spawn_gateway(self.gateway_log)
-
-        def listening() -> bool:
-            if self._gateway is not None and self._gateway.poll() is not None:
-                raise ServiceError("the gateway exited at start:\n" + self.gateway_log.read_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(listening, timeout=30, what="the gateway")
+        wait_started(
+            self._gateway,
+            lambda: port_open(self.gateway_port),
+            timeout=30,
+            what="the gateway",
+            log_path=self.gateway_log,
+            stop=self.stop_gateway,
+        )
 
     def stop_gateway(self) -> None:
         gateway, self._gateway = self._gateway, None
@@ -476,62 +468,58 @@ class Stack:
         env[STORE_ENV] = self.postgres.admin_password
         return env
 
-    def spawn_broker(self, port: int, log: Path) -> subprocess.Popen[bytes]:
-        """Another replica of the broker on the same config and store."""
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dbaccess.broker",
-                    "serve",
-                    "--config",
-                    str(self.broker_config),
-                    "--port",
-                    str(port),
-                ],
-                env=self.broker_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.broker_config.parent,
-                process_group=DAEMON_GROUP,
-            )
-
-    def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
-        """Start ``dbaccess-broker serve`` on this stack's config and wait until healthy."""
-        directory = self.broker_config.parent
-        env = self.broker_env(extra_env)
-        log = self.broker_log.open("ab")
-        self._broker = subprocess.Popen(
+    def spawn_broker(
+        self,
+        port: int,
+        log: Path,
+        *extra: str,
+        extra_env: dict[str, str] | None = None,
+        config: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Another replica of the broker on the same config and store, or on ``config``
+        (a variant of it; run in its directory, where a relative store path points)."""
+        config = config or self.broker_config
+        return spawn_logged(
             [
                 sys.executable,
                 "-m",
                 "dbaccess.broker",
                 "serve",
                 "--config",
-                str(self.broker_config),
+                str(config),
                 "--port",
-                str(self.broker_port),
-                "--workers",
-                str(self.broker_workers),
+                str(port),
+                *extra,
             ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            process_group=DAEMON_GROUP,
+            log,
+            env=self.broker_env(extra_env),
+            cwd=config.parent,
         )
-        log.close()
+
+    def start_broker(self, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``dbaccess-broker serve`` on this stack's config and wait until healthy."""
+        self._broker = self.spawn_broker(
+            self.broker_port,
+            self.broker_log,
+            "--workers",
+            str(self.broker_workers),
+            extra_env=extra_env,
+        )
 
         def healthy() -> bool:
-            if self._broker is not None and self._broker.poll() is not None:
-                raise ServiceError("the broker exited at start:\n" + self.broker_log.read_text())
             try:
                 return httpx.get(self.broker_url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_until(healthy, timeout=30, what="the broker")
+        wait_started(
+            self._broker,
+            healthy,
+            timeout=30,
+            what="the broker",
+            log_path=self.broker_log,
+            stop=self.stop_broker,
+        )
 
     def managed_users(self) -> list[str]:
         """Session users that exist in the demo database right now."""

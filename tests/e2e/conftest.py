@@ -119,9 +119,14 @@ def readline_within(process: subprocess.Popen[str], seconds: float) -> str:
     return line
 
 
-@pytest.fixture(scope="session")
-def cli(stack: Stack, secret_service: SecretService) -> Cli:
+def logged_in_cli(stack: Stack, secret_service: SecretService) -> Cli:
+    """The real CLI on ``stack``, logged in as alice (the fixtures of several folders)."""
     runner = Cli(stack, secret_service)
     result = runner.login("alice")
     assert result.returncode == 0, result.stderr
     return runner
+
+
+@pytest.fixture(scope="session")
+def cli(stack: Stack, secret_service: SecretService) -> Cli:
+    return logged_in_cli(stack, secret_service)

@@ -12,7 +12,6 @@ import pty
 import re
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -295,23 +294,7 @@ def broker_with_a_dead_database(
         )
     )
     port = free_port()
-    with (home / "broker.log").open("ab") as log:
-        broker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dbaccess.broker",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            env=stack.broker_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-        )
+    broker = stack.spawn_broker(port, home / "broker.log", config=config)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

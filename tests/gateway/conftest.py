@@ -3,6 +3,9 @@
 Each test makes its own session: an ephemeral upstream user (created here as the admin,
 with ``log_statement = all`` so the server's log is an independent count of the statements
 it ran), a gateway user name and a gateway secret.
+
+And for the end-to-end modules: a whole stack with a ``dbaccess-broker gateway`` process
+(``gw_stack``, one per module) and the real CLI logged in as alice (``gw_cli``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import secrets
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,10 +24,13 @@ from typing import Any, TypeVar
 import pytest
 
 from dbaccess.gateway.postgres.server import Gateway, GatewayConfig, serve
-from dbaccess.gateway.records import BatchingWriter, MemorySink, StatementRecord
+from dbaccess.gateway.records import BatchingWriter, MemorySink, RecordSink, StatementRecord
 from dbaccess.gateway.sessions import GatewaySession, MemoryDirectory, ScramVerifier, Upstream
 from dbaccess.sandbox.postgres import PostgresServer
+from dbaccess.sandbox.secret_service import SecretService
+from dbaccess.sandbox.stack import Stack
 from dbaccess.sandbox.tls import TestCertificates, make_certificates
+from tests.e2e.conftest import Cli, logged_in_cli
 
 T = TypeVar("T")
 HIGH_WATER = 256 * 1024
@@ -47,7 +54,7 @@ class Session:
 class RunningGateway:
     gateway: Gateway
     loop: asyncio.AbstractEventLoop
-    sink: MemorySink
+    sink: RecordSink
     writer: BatchingWriter
     directory: MemoryDirectory
     postgres: PostgresServer
@@ -85,6 +92,7 @@ class RunningGateway:
 
     def records(self, session: Session) -> list[StatementRecord]:
         assert self.writer.flush(10), "records not delivered within 10 s"
+        assert isinstance(self.sink, MemorySink), "records() reads a MemorySink"
         return self.sink.for_lease(session.session.lease_id)
 
     def server_statements(self, session: Session) -> list[str]:
@@ -120,19 +128,27 @@ class RunningGateway:
         return " ".join(f"{k}={v}" for k, v in parts.items())
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+@contextmanager
+def running_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    sink: RecordSink,
+    *,
+    name: str = "gateway",
+    **writer_options: Any,
+) -> Iterator[RunningGateway]:
+    """An in-process gateway whose records go to ``sink`` (through a BatchingWriter made
+    with ``writer_options``), in front of a private PostgreSQL of its own; temporary
+    directories named after ``name``."""
     # a private server: the statement log of its own, and no IdP or broker to start
-    postgres = PostgresServer(Path(tmp_path_factory.mktemp("gateway-pg")))
+    postgres = PostgresServer(Path(tmp_path_factory.mktemp(f"{name}-pg")))
     postgres.start()
-    certs = make_certificates(Path(tmp_path_factory.mktemp("gateway-tls")))
+    certs = make_certificates(Path(tmp_path_factory.mktemp(f"{name}-tls")))
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(certs.cert, certs.key)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway-loop", daemon=True)
     thread.start()
-    sink = MemorySink()
-    writer = BatchingWriter(sink, max_delay=0.05)
+    writer = BatchingWriter(sink, **{"max_delay": 0.05, **writer_options})
     directory = MemoryDirectory()
     config = GatewayConfig(tls=tls, params="full", high_water=HIGH_WATER, low_water=HIGH_WATER // 4)
     running = RunningGateway(
@@ -156,3 +172,20 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         thread.join(10)
         loop.close()
         postgres.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    with running_gateway(tmp_path_factory, MemorySink()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("gwstack"), reconcile_interval="1h", gateway=True) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def gw_cli(gw_stack: Stack, secret_service: SecretService) -> Cli:
+    return logged_in_cli(gw_stack, secret_service)

@@ -9,7 +9,6 @@ import json
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,26 +17,11 @@ import pytest
 from dbaccess.broker.settings import load_settings
 from dbaccess.gateway.credentials import upstream_password
 from dbaccess.sandbox.outage import frozen
-from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
 from tests.e2e.conftest import Cli
 from tests.gateway.scram_probe import scram_first
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("gwstack"), reconcile_interval="1h", gateway=True) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def gw_cli(gw_stack: Stack, secret_service: SecretService) -> Cli:
-    runner = Cli(gw_stack, secret_service)
-    result = runner.login("alice")
-    assert result.returncode == 0, result.stderr
-    return runner
 
 
 def creds(cli: Cli, *args: str) -> dict[str, object]:

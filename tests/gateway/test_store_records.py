@@ -3,63 +3,28 @@ server ran is a stored record, chained and verifying, SQL and parameters as sent
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from dbaccess.broker.store import Store
-from dbaccess.gateway.postgres.server import GatewayConfig, serve
-from dbaccess.gateway.records import BatchingWriter, MemorySink
-from dbaccess.gateway.sessions import MemoryDirectory
 from dbaccess.gateway.store_sink import StoreSink
-from dbaccess.sandbox.postgres import PostgresServer
-from dbaccess.sandbox.tls import make_certificates
-from tests.gateway.conftest import HIGH_WATER, RunningGateway
+from tests.gateway.conftest import RunningGateway, running_gateway
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGateway, Store]]:
-    postgres = PostgresServer(Path(tmp_path_factory.mktemp("gateway-store-pg")))
-    postgres.start()
-    certs = make_certificates(Path(tmp_path_factory.mktemp("gateway-store-tls")))
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(certs.cert, certs.key)
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('gateway-store') / 'broker.db'}")
-    writer = BatchingWriter(StoreSink(store, "gw-test"), max_batch=4, max_delay=0.05)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="gateway-loop", daemon=True)
-    thread.start()
-    directory = MemoryDirectory()
-    config = GatewayConfig(tls=tls, params="full", high_water=HIGH_WATER, low_water=HIGH_WATER // 4)
-    running = RunningGateway(
-        gateway=asyncio.run_coroutine_threadsafe(
-            serve(directory, writer, config, live=directory.live), loop
-        ).result(10),
-        loop=loop,
-        sink=MemorySink(),  # unused: the records go to the store
-        writer=writer,
-        directory=directory,
-        postgres=postgres,
-        certs=certs,
-        made=[],
-    )
+    sink = StoreSink(store, "gw-test")
     try:
-        yield running, store
+        # batches of 4: the test's statements make more records than one batch
+        with running_gateway(tmp_path_factory, sink, name="gateway-store", max_batch=4) as gw:
+            yield gw, store
     finally:
-        running.call(running.gateway.close())
-        writer.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
         store.close()
-        postgres.stop()
 
 
 def test_every_statement_is_a_stored_verifying_record(

@@ -25,25 +25,10 @@ import pytest
 
 from dbaccess.gateway.sessions import ScramVerifier
 from dbaccess.sandbox.processes import free_port
-from dbaccess.sandbox.secret_service import SecretService
 from dbaccess.sandbox.stack import Stack
 from tests.e2e.conftest import Cli, readline_within
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gw_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with Stack(tmp_path_factory.mktemp("tunstack"), reconcile_interval="1h", gateway=True) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def gw_cli(gw_stack: Stack, secret_service: SecretService) -> Cli:
-    runner = Cli(gw_stack, secret_service)
-    result = runner.login("alice")
-    assert result.returncode == 0, result.stderr
-    return runner
 
 
 @dataclass

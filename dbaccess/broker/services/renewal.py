@@ -14,7 +14,7 @@ from typing import Any
 
 from dbaccess.broker.engines import EngineError, EngineRefused
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.policy import AccessRequest, decide
+from dbaccess.broker.policy import AccessRequest, breakglass_covers, decide
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.issuer import ceil_second
@@ -225,7 +225,7 @@ class Renewal:
         self, principal: Principal, lease: Lease, total: timedelta
     ) -> _RenewBasis | _RenewRefusal:
         policy = self.ctx.settings.breakglass
-        if policy is None or policy.targets.get(lease.target) != lease.role:
+        if policy is None or not breakglass_covers(policy, lease.target, lease.role):
             return _RenewRefusal(
                 f"the break-glass policy no longer covers {lease.role} on '{lease.target}'",
                 "breakglass",

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from dbaccess.broker.engines import EngineError
 from dbaccess.broker.failpoints import failpoint
+from dbaccess.broker.policy import breakglass_covers, rule_covers
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Lease, due_cause
@@ -264,14 +265,8 @@ def still_granted(settings: Settings, lease: Lease) -> bool:
     if target is None or lease.role not in target.roles:
         return False
     if lease.kind == "breakglass":
-        return settings.breakglass is not None and (
-            settings.breakglass.targets.get(lease.target) == lease.role
-        )
+        return breakglass_covers(settings.breakglass, lease.target, lease.role)
     if lease.rule is None:
         return True
     rule = next((r for r in settings.rules if r.name == lease.rule), None)
-    return (
-        rule is not None
-        and any(t in ("*", lease.target) for t in rule.targets)
-        and any(r in ("*", lease.role) for r in rule.roles)
-    )
+    return rule is not None and rule_covers(rule, lease.target, lease.role)

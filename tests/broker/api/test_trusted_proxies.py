@@ -5,8 +5,6 @@ broker's host could have written any address into the audit trail."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -54,23 +52,7 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(stack: Stack, tmp_path
         )
     )
     port = free_port()
-    with (tmp_path / "behind.log").open("ab") as log:
-        replica = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dbaccess.broker",
-                "serve",
-                "--config",
-                str(behind),
-                "--port",
-                str(port),
-            ],
-            env=stack.broker_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=behind.parent,
-        )
+    replica = stack.spawn_broker(port, tmp_path / "behind.log", config=behind)
     try:
         url = f"http://127.0.0.1:{port}"
 

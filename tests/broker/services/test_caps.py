@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -235,23 +233,7 @@ def test_serve_logs_a_budget_that_does_not_fit_and_starts_all_the_same(
     text = re.sub(r"(?m)^store = .*$", f'store = "sqlite:///{tmp_path / "probe.db"}"', text)
     config, log, port = tmp_path / "probe.toml", tmp_path / "probe.log", free_port()
     config.write_text(text)
-    with log.open("ab") as out:
-        broker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dbaccess.broker",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            env=stack.broker_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    broker = stack.spawn_broker(port, log, config=config)
 
     def caps_warnings() -> list[str]:
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
