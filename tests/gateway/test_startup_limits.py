@@ -9,6 +9,7 @@ the suite's PostgreSQL, with the sessions of the ``gateway`` fixture."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -23,12 +24,16 @@ import pytest
 
 from dbaccess.broker.settings import load_settings
 from dbaccess.errors import ConfigError
+from dbaccess.gateway import process
 from dbaccess.gateway.postgres import wire
 from dbaccess.gateway.postgres.server import Gateway, GatewayConfig, serve
+from dbaccess.gateway.records import MemorySink
 from dbaccess.gateway.sessions import GatewaySession, MemoryDirectory
+from dbaccess.sandbox.tls import make_certificates
 from tests.gateway.conftest import RunningGateway, Session
 from tests.gateway.test_gateway_settings import GATEWAY, gateway_config
 
+LOCAL = ("127.0.0.1", 0)
 SSL_REQUEST = (8).to_bytes(4, "big") + wire.SSL_REQUEST.to_bytes(4, "big")
 
 
@@ -359,3 +364,30 @@ def test_start_raises_the_open_files_limit_and_says_when_it_is_too_low(
             in (warning[0])
         )
         assert "LimitNOFILE=1100" in warning[0] and "max_connections to 462" in warning[0]
+
+
+def test_a_gateway_process_takes_its_limits_from_the_settings(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "tls")
+    section = GATEWAY.replace("tls/gw.pem", str(certs.cert)).replace("tls/gw.key", str(certs.key))
+    section += "max_startups = 2\nmax_startups_per_source = 2\nmax_connections = 3\n"
+    settings = load_settings(gateway_config(tmp_path, section))
+    (tmp_path / "state").mkdir()
+
+    async def scenario() -> tuple[GatewayConfig, bytes]:
+        running = await process.start(settings, lambda _store: MemorySink(), listen=LOCAL)
+        try:
+            idle = [await asyncio.open_connection(*running.address) for _ in range(2)]
+            while running.gateway.startups < 2:
+                await asyncio.sleep(0.01)
+            reader, writer = await asyncio.open_connection(*running.address)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            for _, w in [*idle, (reader, writer)]:
+                w.close()
+            return running.gateway.config, answer
+        finally:
+            await running.stop()
+
+    config, answer = asyncio.run(scenario())
+    assert (config.max_startups, config.max_startups_per_source) == (2, 2)
+    assert config.max_connections == 3
+    assert b"C53300\0" in answer and b"max_startups = 2" in answer
