@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,44 @@ def test_every_way_a_start_up_ends_gives_its_slot_back(gateway: RunningGateway) 
         with psycopg.connect(dsn(gw, session)) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         wait_for(lambda: counts(gw) == (0, {}, 0) and gw.connections == 0)
+
+
+def test_start_ups_that_end_at_the_database_give_their_slot_back(
+    gateway: RunningGateway,
+) -> None:
+    session = gateway.new_session()
+    # a database that accepts and never answers, and the real one with a wrong password
+    mute = socket.create_server(("127.0.0.1", 0))
+    OPENED.append(mute)
+    up = session.session.upstream
+    variants = {
+        "mute": replace(up, host="127.0.0.1", port=mute.getsockname()[1]),
+        "refusing": replace(up, password="not-the-password"),
+        "closed": replace(up, port=closed_port()),
+    }
+    limits = {"max_startups": 5, "connect_timeout": 0.5, "handshake_timeout": 1.0}
+    with limited_gateway(gateway, **limits) as (gw, _):
+        for name, upstream in variants.items():
+            user = f"{session.user}_{name}"
+            gateway.directory.add(replace(session.session, user=user, upstream=upstream))
+            for _ in range(3):
+                with pytest.raises(psycopg.OperationalError) as raised:
+                    psycopg.connect(dsn(gw, session, user=user, connect_timeout="3"))
+                assert "FATAL" in str(raised.value)  # 08006, 28000, 08006
+        # and a client that gives up while the gateway waits for the mute database
+        user = f"{session.user}_mute"
+        for _ in range(3):
+            sock = socket.create_connection(gw.address, 5)
+            sock.sendall(wire.startup_message({"user": user, "database": "postgres"}))
+            sock.close()
+        wait_for(lambda: counts(gw) == (0, {}, 0) and gw.connections == 0)
+        with psycopg.connect(dsn(gw, session)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
 
 
 def test_closing_the_gateway_mid_start_up_leaves_the_counts_at_zero(
