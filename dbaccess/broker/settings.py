@@ -51,6 +51,8 @@ def _to_timedelta(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
+# A count of things (connections): a TOML integer of at least 1, not "20" or 20.0 or true.
+PositiveCount = Annotated[int, Field(strict=True, ge=1)]
 
 
 class _Section(BaseModel):
@@ -535,6 +537,12 @@ class GatewaySection(_Section):
     # The local address the gateway's database connections leave from, for a database
     # (pg_hba.conf, a firewall) that admits session users from the gateway's address only.
     upstream_source_address: str | None = None
+    # Caps against connection floods (docs/gateway.md, "Limits"): connections still in
+    # their start-up (not authenticated yet) per process and per client IP address, and
+    # client connections (starting or established) per process; one over gets 53300.
+    max_startups: PositiveCount = 100
+    max_startups_per_source: PositiveCount = 20
+    max_connections: PositiveCount = 5000
 
     @field_validator("upstream_source_address")
     @classmethod
@@ -559,6 +567,22 @@ class GatewaySection(_Section):
     def _exactly_one_key_source(self) -> GatewaySection:
         if (self.key_env is None) == (self.key_file is None):
             raise ValueError("set exactly one of key_env or key_file (never inline)")
+        return self
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> GatewaySection:
+        if self.max_startups_per_source > self.max_startups:
+            raise ValueError(
+                f"max_startups_per_source ({self.max_startups_per_source}) is more than "
+                f"max_startups ({self.max_startups}): one address could never reach it; "
+                "lower it or raise max_startups"
+            )
+        if self.max_startups > self.max_connections:
+            raise ValueError(
+                f"max_startups ({self.max_startups}) is more than max_connections "
+                f"({self.max_connections}), which counts starting connections too; "
+                "lower it or raise max_connections"
+            )
         return self
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -45,6 +46,41 @@ def server_tls(section: GatewaySection) -> ssl.SSLContext:
             hint="both PEM files, the key unencrypted, readable by the gateway",
         ) from None
     return context
+
+
+# File descriptors a gateway process needs besides two per client connection (the client's
+# and its upstream one): the listener, the store's pool, forwarded cancels, logs.
+FD_MARGIN = 100
+
+
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (the default soft 1024 would stop a
+    gateway at ~500 connections with EMFILE), and warn when even that is below what
+    ``max_connections`` needs. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        # unlimited hard: a large finite soft limit (the kernel caps it at fs.nr_open)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # e.g. above fs.nr_open: keep the soft limit, the warning below says more
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    needed = 2 * max_connections + FD_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "gateway: the open files limit is %d, below the %d that max_connections = %d "
+            "needs (2 per connection + %d): raise the hard limit (LimitNOFILE=%d in the "
+            "systemd unit, ulimit -Hn, nofile in limits.conf) or lower [gateway] "
+            "max_connections to %d",
+            soft,
+            needed,
+            max_connections,
+            FD_MARGIN,
+            needed,
+            max(1, (soft - FD_MARGIN) // 2),
+        )
+    return soft
 
 
 @dataclass
@@ -82,6 +118,7 @@ async def start(
             "the configuration has no [gateway] section",
             hint="see docs/gateway.md: listen, tls_cert_file, tls_key_file, key_file",
         )
+    raise_open_files_limit(section.max_connections)
     key = section.key.ensure()
     store = store or Store(settings.broker.store_url())
     live = LiveConnections()
@@ -97,6 +134,9 @@ async def start(
         upstream_source=section.upstream_source_address,
         reuse_port=True,  # more processes may join on the same address
         mock_salt_key=key,  # all of them then show an unknown user the same salt
+        max_startups=section.max_startups,
+        max_startups_per_source=section.max_startups_per_source,
+        max_connections=section.max_connections,
     )
     watcher = RevocationWatcher(live, directory.standing, interval=watch_interval)
     directory.seen = watcher.expect

@@ -89,6 +89,14 @@ class GatewayConfig:
     # shows the same salt, as the store does for a real user. None: a key of this process
     # (one gateway, e.g. in tests).
     mock_salt_key: str | None = None
+    # Before they authenticate, anyone who reaches the port can open connections: the
+    # connections still in their start-up are capped per process and per client address
+    # (OpenSSH's MaxStartups), and all client connections, starting or established, per
+    # process, so that a flood cannot take the file descriptors the store, the upstream
+    # connections and the listener need. One over a cap gets FATAL 53300 at once.
+    max_startups: int = 100
+    max_startups_per_source: int = 20
+    max_connections: int = 5000
 
     @property
     def source_address(self) -> tuple[str, int] | None:
@@ -109,6 +117,12 @@ class _Closed(Exception):
 
 _READY = wire.READY_FOR_QUERY
 _COMPLETE = wire.COMMAND_COMPLETE
+
+# A connection's place in the gateway's counts (Gateway.admit, established, forget): each
+# moves forward only, so each count is raised and lowered exactly once per connection.
+_UNCOUNTED, _STARTING, _ESTABLISHED, _GONE = range(4)
+TOO_MANY = "53300"  # too_many_connections
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between warnings about refused connections
 
 # How long Gateway.close waits for its connections' sockets to close cleanly.
 CLOSE_GRACE = 1.0
@@ -269,10 +283,19 @@ class Connection:
         self.records = gateway.records
         self.add_record = gateway.records.add_fields
         self.params_policy = gateway.config.params
+        self.phase = _UNCOUNTED
+        self.source = ""  # the client's IP address, for max_startups_per_source
 
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        assert self.client.transport is not None
+        peer = self.client.transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        refusal = self.gateway.admit(self)
+        if refusal is not None:  # before any read: no store lookup, no upstream connection
+            self._refuse(TOO_MANY, refusal)  # clear text: a TLS handshake costs too much
+            return
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -399,6 +422,7 @@ class Connection:
             if name not in ("user", "database", "replication") and not name.startswith("_pq_.")
         }
         ready = await self._connect_upstream(session.upstream, forwarded)
+        self.gateway.established(self)  # counted before the client can see it is in
         self.key = self.gateway.issue_key(self)
         client.write(wire.backend_key_data(*self.key) + wire.message(b"Z", ready))
         self.gateway.live.attach(session.lease_id, self)
@@ -1084,6 +1108,12 @@ class Gateway:
         self._numbers = itertools.count(1)
         self._connections: set[Connection] = set()
         self._keys: dict[tuple[int, int], Connection] = {}
+        # the limits' counts: changed at a connection's start and end only (not per chunk)
+        self.startups = 0  # connections in their start-up
+        self.startups_by_source: dict[str, int] = {}
+        self.established_connections = 0
+        self.refused = 0  # connections refused by a cap, since start
+        self._refused_logged = (0, -REFUSAL_LOG_INTERVAL)  # (refused, monotonic) at the last log
         # tasks no connection owns (a cancel after a cut answer): referenced until done, so
         # that none is collected half-way, and ended by close() with what they opened
         self._background: set[asyncio.Task[None]] = set()
@@ -1119,7 +1149,77 @@ class Gateway:
     def connections(self) -> int:
         return len(self._connections)
 
+    def admit(self, connection: Connection) -> str | None:
+        """Count a new connection as starting, or say why it is refused (a cap is full)."""
+        refusal = self._over_a_cap(connection)
+        if refusal is not None:
+            self._log_refused(refusal)
+            return refusal
+        source = connection.source
+        self.startups += 1
+        self.startups_by_source[source] = self.startups_by_source.get(source, 0) + 1
+        connection.phase = _STARTING
+        return None
+
+    def _log_refused(self, refusal: str) -> None:
+        """A warning at most every REFUSAL_LOG_INTERVAL: a flood must not flood the log.
+        (A TLS client may not show the reason: libpq hides what a server sends before
+        TLS, CVE-2024-10977; this log is where an operator reads it.)"""
+        self.refused += 1
+        count, at = self._refused_logged
+        now = time.monotonic()
+        if now - at >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "gateway: %d connection(s) refused since the last such warning, the latest "
+                "with: %s",
+                self.refused - count,
+                refusal,
+            )
+            self._refused_logged = (self.refused, now)
+
+    def _over_a_cap(self, connection: Connection) -> str | None:
+        config = self.config
+        source = connection.source
+        if self.startups + self.established_connections >= config.max_connections:
+            return (
+                "too many connections at the gateway (max_connections = "
+                f"{config.max_connections}); try again later"
+            )
+        if self.startups >= config.max_startups:
+            return (
+                "too many connections are starting at the gateway (max_startups = "
+                f"{config.max_startups}); try again in a moment"
+            )
+        from_source = self.startups_by_source.get(source, 0)
+        if from_source >= config.max_startups_per_source:
+            return (
+                f"too many connections from {source} are starting at the gateway "
+                f"(max_startups_per_source = {config.max_startups_per_source}); "
+                "try again in a moment"
+            )
+        return None
+
+    def established(self, connection: Connection) -> None:
+        """The start-up is over (client authenticated, upstream logged in)."""
+        if connection.phase == _STARTING:
+            self._end_startup(connection)
+            self.established_connections += 1
+            connection.phase = _ESTABLISHED
+
+    def _end_startup(self, connection: Connection) -> None:
+        self.startups -= 1
+        left = self.startups_by_source[connection.source] - 1
+        if left:
+            self.startups_by_source[connection.source] = left
+        else:
+            del self.startups_by_source[connection.source]
+
     def forget(self, connection: Connection) -> None:
+        if connection.phase == _STARTING:
+            self._end_startup(connection)
+        elif connection.phase == _ESTABLISHED:
+            self.established_connections -= 1
+        connection.phase = _GONE
         self._connections.discard(connection)
         if connection.key is not None:
             self._keys.pop(connection.key, None)
