@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from dbaccess.broker.store import Store
 from dbaccess.broker.store.statement_chain import NewBlock, text
@@ -28,6 +29,7 @@ MAX_SQL_TEXT = 64 * 1024
 # at most: JSON writes a control character in 6 bytes, and 2,000 records of 64 Ki such
 # characters in one block would come near PostgreSQL's limit for one value.
 BLOCK_SQL_TEXT = 16 * 1024 * 1024
+MARKER_TEXT = 128  # characters capped_sql adds at most
 
 
 class StoreSink:
@@ -65,28 +67,37 @@ def capped_sql(sql: str, limit: int) -> str:
     return f"{sql[:limit]}\u2026 [truncated: {len(sql)} characters in all, sha256 {digest}]"
 
 
+def stored_sql(sql: str, max_sql_text: int) -> str:
+    """``sql`` as a record keeps it: capped, and without NUL (statement_chain.text)."""
+    if len(sql) > max_sql_text:
+        sql = capped_sql(sql, max_sql_text)
+    return text(sql) if "\x00" in sql else sql
+
+
 def blocks(batch: Sequence[RecordFields], max_sql_text: int = MAX_SQL_TEXT) -> list[NewBlock]:
     """A block per session, its records in the order given: each the tail of its field
     tuple (RECORD_FIELDS follows that order), rebuilt only for SQL over ``max_sql_text``
     characters (capped_sql) or holding a NUL. Here, in the writer's thread, not on the
     event loop: the protocol server only decodes the text. A session's SQL over
-    BLOCK_SQL_TEXT characters in a batch continues in another block."""
-    made: list[NewBlock] = []
-    by_lease: dict[str, tuple[NewBlock, list[int]]] = {}  # the open block, its SQL size
+    BLOCK_SQL_TEXT characters in a batch continues in another block (sizes are summed
+    only for a session with enough records to get there: ~300 ns a record otherwise)."""
+    by_lease: dict[str, tuple[tuple[str, str, str], list[Sequence[Any]]]] = {}
     for fields in batch:
-        record = fields[4:]
-        sql = record[1]
-        if len(sql) > max_sql_text:
-            sql = capped_sql(sql, max_sql_text)
-            record = (record[0], sql, *record[2:])
-        if "\x00" in sql:
-            sql = text(sql)
-            record = (record[0], sql, *record[2:])
         entry = by_lease.get(fields[0])
-        if entry is None or entry[1][0] + len(sql) > BLOCK_SQL_TEXT and entry[0].records:
-            block = NewBlock(fields[0], fields[1], fields[2], fields[3], [])
-            made.append(block)
-            entry = by_lease[fields[0]] = (block, [0])
-        entry[0].records.append(record)
-        entry[1][0] += len(sql)
+        if entry is None:
+            entry = by_lease[fields[0]] = ((fields[1], fields[2], fields[3]), [])
+        record = fields[4:]
+        if len(record[1]) > max_sql_text or "\x00" in record[1]:
+            record = (record[0], stored_sql(record[1], max_sql_text), *record[2:])
+        entry[1].append(record)
+    made = []
+    for lease, ((person, target, role), records) in by_lease.items():
+        start = size = 0
+        if len(records) * (max_sql_text + MARKER_TEXT) > BLOCK_SQL_TEXT:
+            for index, record in enumerate(records):
+                if size + len(record[1]) > BLOCK_SQL_TEXT and index > start:
+                    made.append(NewBlock(lease, person, target, role, records[start:index]))
+                    start, size = index, 0
+                size += len(record[1])
+        made.append(NewBlock(lease, person, target, role, records[start:] if start else records))
     return made

@@ -435,6 +435,8 @@ def test_verifying_while_a_gateway_writes_raises_no_false_alarm(store: Store) ->
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             verdicts.append(store.verify_statements(lease.id))
+            # and a page's verdict, continuing the walk across the batches landing
+            verdicts.append(store.page_verdict(lease.id, after=len(verdicts) % 3))
     finally:
         done.set()
         writer.join()
