@@ -94,10 +94,10 @@ def blocks(batch: Sequence[RecordFields], max_sql_text: int = MAX_SQL_TEXT) -> l
     for lease, ((person, target, role), records) in by_lease.items():
         start = size = 0
         if len(records) * (max_sql_text + MARKER_TEXT) > BLOCK_SQL_TEXT:
-            for index, record in enumerate(records):
-                if size + len(record[1]) > BLOCK_SQL_TEXT and index > start:
+            for index, kept in enumerate(records):
+                if size + len(kept[1]) > BLOCK_SQL_TEXT and index > start:
                     made.append(NewBlock(lease, person, target, role, records[start:index]))
                     start, size = index, 0
-                size += len(record[1])
+                size += len(kept[1])
         made.append(NewBlock(lease, person, target, role, records[start:] if start else records))
     return made
