@@ -51,7 +51,7 @@ SEAL_BATCH = 500  # sessions sealed per transaction
 # sees edits made through SQL, not a store's file rewritten underneath it.
 VERIFIED_TTL = 60.0
 VERIFIED_SESSIONS = 256  # sessions whose walked chain a process keeps
-_COUNTS_EDITS = "statement_edits SET count = count + 1"  # the triggers' body (migration 0007)
+_COUNTS_EDITS = "statement_edits SET count = count + 1"  # what the triggers update (0007)
 
 # A record in a block, in this order: what the gateway saw of one statement, in the order
 # of the protocol server's field tuple after its session fields (gateway/records.py
@@ -533,22 +533,31 @@ class Statements(AuditTrail):
                     )
                 ).all()
             )
-            counting = [name for name, sql in triggers if _COUNTS_EDITS in (sql or "")]
-            intact = counting == ["statement_blocks_deleted", "statement_blocks_updated"]
+            # exactly as migration 0007 wrote them (SQLite keeps the CREATE text)
+            intact = {
+                f"CREATE TRIGGER statement_blocks_{done} AFTER {event} ON statement_blocks "
+                f"BEGIN UPDATE {_COUNTS_EDITS}; END"
+                for done, event in (("updated", "UPDATE"), ("deleted", "DELETE"))
+            } <= {sql for _, sql in triggers}
         else:
             triggers = tuple(
                 conn.execute(
                     sa.text(
-                        "SELECT t.tgname, t.tgenabled, t.tgtype, p.prosrc FROM pg_trigger t "
-                        "JOIN pg_proc p ON p.oid = t.tgfoid "
+                        "SELECT t.tgname, t.tgenabled, t.tgtype, t.tgqual IS NULL, p.prosrc "
+                        "FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
                         "WHERE t.tgrelid = 'statement_blocks'::regclass ORDER BY t.tgname"
                     )
                 ).all()
             )
-            # enabled as created ('O'), or always ('A'): not disabled, not replica-only
+            # enabled as created ('O') or always ('A'), not disabled or replica-only; after
+            # each UPDATE, DELETE and TRUNCATE (tgtype bits 16, 8, 32), without a WHEN
             intact = any(
-                name == "statement_blocks_edited" and enabled in ("O", "A") and _COUNTS_EDITS in src
-                for name, enabled, _, src in triggers
+                name == "statement_blocks_edited"
+                and enabled in ("O", "A")
+                and kind & 56 == 56
+                and unconditional
+                and f"UPDATE {_COUNTS_EDITS};" in src
+                for name, enabled, kind, unconditional, src in triggers
             )
         if edits is None or not intact:
             return ()

@@ -499,7 +499,7 @@ def test_later_pages_check_only_new_blocks_and_still_see_any_edit(
     assert not store.page_verdict(lease.id, after=33).ok  # and stays reported
 
 
-@pytest.mark.parametrize("bypass", ["drop", "disable", "reset"])
+@pytest.mark.parametrize("bypass", ["drop", "disable", "retarget", "reset"])
 def test_pages_walk_the_chain_again_when_edits_might_not_be_counted(
     store: Store, bypass: str
 ) -> None:
@@ -519,6 +519,22 @@ def test_pages_walk_the_chain_again_when_edits_might_not_be_counted(
             )
         elif bypass == "disable" and postgres:
             conn.execute(sa.text("ALTER TABLE statement_blocks DISABLE TRIGGER ALL"))
+        elif bypass == "retarget" and postgres:  # the same trigger, on INSERT only
+            conn.execute(sa.text("DROP TRIGGER statement_blocks_edited ON statement_blocks"))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER statement_blocks_edited AFTER INSERT ON statement_blocks "
+                    "FOR EACH STATEMENT EXECUTE PROCEDURE statement_edits_count()"
+                )
+            )
+        elif bypass == "retarget":
+            conn.execute(sa.text("DROP TRIGGER statement_blocks_updated"))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER statement_blocks_updated AFTER INSERT ON statement_blocks "
+                    "BEGIN UPDATE statement_edits SET count = count + 1; END"
+                )
+            )
         elif bypass == "disable":  # SQLite cannot disable one: a trigger that counts nothing
             conn.execute(sa.text("DROP TRIGGER statement_blocks_updated"))
             conn.execute(
