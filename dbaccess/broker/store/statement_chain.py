@@ -601,7 +601,9 @@ class Statements(AuditTrail):
                     sa.select(statement_blocks)
                     .where(
                         statement_blocks.c.lease_id == lease_id,
-                        statement_blocks.c.last_seq > known.count,
+                        # an index seek; a block reaching back into the walked part
+                        # leaves the chain short of the head, which is reported too
+                        statement_blocks.c.first_seq > known.count,
                     )
                     .order_by(statement_blocks.c.first_seq)
                 )
