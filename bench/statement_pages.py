@@ -16,7 +16,8 @@ listing time is ``--sample`` pages timed, spread over the session, times the num
 pages. "continue the walk" is ``page_verdict``: the first page walks the chain, later
 ones hash only the blocks written since (none here), O(n) over a listing; all pages are
 timed. ``ratio`` is the first's listing time over the second's. On a shared 2-core
-machine (SQLite, blocks of 10, pages of 100): 563 s against 12.8 s, ratio 44.
+machine (blocks of 10, pages of 100): SQLite 563 s against 12.8 s (ratio 44), a local
+PostgreSQL 15 store 574 s against 10.5 s (ratio 55).
 """
 
 from __future__ import annotations
