@@ -140,6 +140,7 @@ def gateway(
             f"{config}: there is no [gateway] section",
             hint="add one (listen, tls_cert_file, tls_key_file, key_file): docs/gateway.md",
         )
+    max_sql_text = settings.gateway.max_sql_text  # read at start, as the listen address
     if listen is not None:
         try:
             split_address(listen)
@@ -154,7 +155,7 @@ def gateway(
     logging.config.dictConfig(log_config(log_level.upper()))
     process.run(
         settings,
-        lambda store: StoreSink(store, signed),
+        lambda store: StoreSink(store, signed, max_sql_text=max_sql_text),
         signed,
         reload=lambda: load_settings(config, read_secrets=True),
     )

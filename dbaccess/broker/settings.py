@@ -534,6 +534,9 @@ class GatewaySection(_Section):
     key_file: Path | None = None
     # Bind parameters in statement records: none, redacted (their count only), full.
     params: Literal["none", "redacted", "full"] = "redacted"
+    # Characters of a statement's SQL a record keeps; longer text is kept as its head and
+    # a marker with its whole length and SHA-256 (gateway/store_sink.py). Read at start.
+    max_sql_text: int = 64 * 1024
     # The local address the gateway's database connections leave from, for a database
     # (pg_hba.conf, a firewall) that admits session users from the gateway's address only.
     upstream_source_address: str | None = None
@@ -554,6 +557,15 @@ class GatewaySection(_Section):
                 ipaddress.ip_address(value)
             except ValueError:
                 raise ValueError(f"'{value}' is not an IP address") from None
+        return value
+
+    @field_validator("max_sql_text")
+    @classmethod
+    def _sql_text(cls, value: int) -> int:
+        # under 1 KiB a record would hardly say which statement it was; over 1 MiB a
+        # block of a batch's records (up to 2,000) could outgrow what a store takes
+        if not 1024 <= value <= 1024 * 1024:
+            raise ValueError(f"{value} is not between 1024 and 1048576 (characters)")
         return value
 
     @field_validator("listen", "address")

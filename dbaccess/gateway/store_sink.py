@@ -10,6 +10,7 @@ to a loop over tuples."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,16 @@ from dbaccess.broker.store.statement_chain import NewBlock, text
 from dbaccess.gateway.records import RecordFields, StatementRecord, to_fields
 
 MAX_GATEWAY_NAME = 64  # statement_blocks.gateway
+# Characters of a statement's SQL a record keeps ([gateway] max_sql_text): a client may send
+# a 200 MB INSERT ... VALUES, which the record, its block's JSON and a PostgreSQL store's
+# text (1 GB at most) would otherwise hold whole, and a batch the store refuses is retried
+# forever, holding back every later record of the gateway.
+MAX_SQL_TEXT = 64 * 1024
+# A session's records in one batch go into blocks of about this many characters of SQL
+# at most: JSON writes a control character in 6 bytes, and 2,000 records of 64 Ki such
+# characters in one block would come near PostgreSQL's limit for one value.
+BLOCK_SQL_TEXT = 16 * 1024 * 1024
+MARKER_TEXT = 128  # characters capped_sql adds at most
 
 
 class StoreSink:
@@ -30,33 +41,63 @@ class StoreSink:
         store: Store,
         gateway_name: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_sql_text: int = MAX_SQL_TEXT,
     ) -> None:
         if not gateway_name or len(gateway_name) > MAX_GATEWAY_NAME:
             raise ValueError(f"a gateway's name has 1 to {MAX_GATEWAY_NAME} characters")
         self._store = store
         self.gateway_name = gateway_name
         self._clock = clock
+        self.max_sql_text = max_sql_text
 
     def write(self, records: Sequence[StatementRecord]) -> None:
         self.write_fields([to_fields(r) for r in records])
 
     def write_fields(self, batch: Sequence[RecordFields]) -> None:
-        self._store.append_blocks(blocks(batch), self.gateway_name, self._clock())
+        self._store.append_blocks(
+            blocks(batch, self.max_sql_text), self.gateway_name, self._clock()
+        )
 
 
-def blocks(batch: Sequence[RecordFields]) -> list[NewBlock]:
+def capped_sql(sql: str, limit: int) -> str:
+    """The head of ``sql`` (``limit`` characters) and a marker saying how long the whole
+    text was and its SHA-256 (of its UTF-8), so the statement stays identifiable: the
+    client's text, a server's log or pg_stat_statements can be matched against it."""
+    digest = hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{sql[:limit]}\u2026 [truncated: {len(sql)} characters in all, sha256 {digest}]"
+
+
+def stored_sql(sql: str, max_sql_text: int) -> str:
+    """``sql`` as a record keeps it: capped, and without NUL (statement_chain.text)."""
+    if len(sql) > max_sql_text:
+        sql = capped_sql(sql, max_sql_text)
+    return text(sql) if "\x00" in sql else sql
+
+
+def blocks(batch: Sequence[RecordFields], max_sql_text: int = MAX_SQL_TEXT) -> list[NewBlock]:
     """A block per session, its records in the order given: each the tail of its field
-    tuple (RECORD_FIELDS follows that order), rebuilt only for a NUL in its SQL."""
+    tuple (RECORD_FIELDS follows that order), rebuilt only for SQL over ``max_sql_text``
+    characters (capped_sql) or holding a NUL. Here, in the writer's thread, not on the
+    event loop: the protocol server only decodes the text. A session's SQL over
+    BLOCK_SQL_TEXT characters in a batch continues in another block (sizes are summed
+    only for a session with enough records to get there: ~300 ns a record otherwise)."""
     by_lease: dict[str, tuple[tuple[str, str, str], list[Sequence[Any]]]] = {}
     for fields in batch:
         entry = by_lease.get(fields[0])
         if entry is None:
             entry = by_lease[fields[0]] = ((fields[1], fields[2], fields[3]), [])
         record = fields[4:]
-        if "\x00" in record[1]:
-            record = (record[0], text(record[1]), *record[2:])
+        if len(record[1]) > max_sql_text or "\x00" in record[1]:
+            record = (record[0], stored_sql(record[1], max_sql_text), *record[2:])
         entry[1].append(record)
-    return [
-        NewBlock(lease, person, target, role, records)
-        for lease, ((person, target, role), records) in by_lease.items()
-    ]
+    made = []
+    for lease, ((person, target, role), records) in by_lease.items():
+        start = size = 0
+        if len(records) * (max_sql_text + MARKER_TEXT) > BLOCK_SQL_TEXT:
+            for index, kept in enumerate(records):
+                if size + len(kept[1]) > BLOCK_SQL_TEXT and index > start:
+                    made.append(NewBlock(lease, person, target, role, records[start:index]))
+                    start, size = index, 0
+                size += len(kept[1])
+        made.append(NewBlock(lease, person, target, role, records[start:] if start else records))
+    return made

@@ -35,6 +35,9 @@ def test_a_gateway_target_loads_with_paths_next_to_the_file(tmp_path: Path) -> N
     assert gateway.tls_cert_file == (tmp_path / "tls/gw.pem").resolve()
     assert gateway.key_file == (tmp_path / "gateway.key").resolve()
     assert gateway.params == "redacted"
+    assert gateway.max_sql_text == 65536  # 64 KiB characters of SQL in a record
+    raised = load_settings(gateway_config(tmp_path, GATEWAY + "max_sql_text = 1048576\n"))
+    assert raised.gateway is not None and raised.gateway.max_sql_text == 1048576
 
 
 @pytest.mark.parametrize(
@@ -61,6 +64,16 @@ def test_a_gateway_target_loads_with_paths_next_to_the_file(tmp_path: Path) -> N
             GATEWAY + 'params = "all"\n',
             "gateway",
             "gateway.params: Input should be 'none', 'redacted' or 'full'",
+        ),
+        (
+            GATEWAY + "max_sql_text = 100\n",
+            "gateway",
+            "gateway.max_sql_text: 100 is not between 1024 and 1048576 (characters)",
+        ),
+        (
+            GATEWAY + 'max_sql_text = "64k"\n',
+            "gateway",
+            "gateway.max_sql_text: Input should be a valid integer",
         ),
         (
             GATEWAY + 'upstream_source_address = "gateway-host"\n',

@@ -3,13 +3,14 @@ server ran is a stored record, chained and verifying, SQL and parameters as sent
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from dbaccess.broker.store import Store
-from dbaccess.gateway.store_sink import StoreSink
+from dbaccess.gateway.store_sink import MAX_SQL_TEXT, StoreSink
 from tests.gateway.conftest import RunningGateway, running_gateway
 
 pytestmark = pytest.mark.integration
@@ -65,3 +66,38 @@ def test_every_statement_is_a_stored_verifying_record(
     assert all(r.subject == "alice@example.com" and r.target == "pg-test" for r in page)
     verdict = store.verify_statements(lease)
     assert verdict.ok and verdict.records == verdict.expected == len(page)
+
+
+def test_a_huge_statement_runs_and_its_record_keeps_the_head_and_a_marker(
+    stored: tuple[RunningGateway, Store],
+) -> None:
+    # a client's multi-MB INSERT ... VALUES: the record, its block's JSON and the store
+    # would hold it whole; the writer keeps MAX_SQL_TEXT characters and says what was cut
+    gateway, store = stored
+    session = gateway.new_session()
+    value = "é" + "x" * (3 * 1024 * 1024)
+    insert = f"INSERT INTO big (v) VALUES ('{value}')"
+    params = f"SELECT length(%s::text), '{value[:200_000]}' IS NOT NULL"
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE big (v text)")
+        simple = psycopg.ClientCursor(conn)  # the simple protocol: one Query message
+        simple.execute(insert)
+        assert simple.rowcount == 1
+        got = conn.execute(params, ("y" * 5000,)).fetchone()  # Parse/Bind, params = full
+        assert got == (5000, True)
+        assert conn.execute("SELECT length(v) FROM big").fetchone() == (len(value),)
+    assert gateway.writer.flush(10)
+
+    page, _ = store.statement_page(session.session.lease_id, limit=1000)
+    by_start = {r.sql[:40]: r for r in page}
+    for sent in (insert, params.replace("%s", "$1")):
+        record = by_start[sent[:40]]
+        assert record.status == "completed" and record.sqlstate is None
+        digest = hashlib.sha256(sent.encode()).hexdigest()
+        marker = f"\u2026 [truncated: {len(sent)} characters in all, sha256 {digest}]"
+        assert record.sql == sent[:MAX_SQL_TEXT] + marker
+    [bound] = [r for r in page if r.kind == "execute" and r.sql.startswith("SELECT length")]
+    assert bound.param_values() == ["y" * 4096]  # a bind parameter: 4096 characters
+    [small] = [r for r in page if r.sql == "SELECT length(v) FROM big"]  # short: whole
+    assert small.rows == 1
+    assert store.verify_statements(session.session.lease_id).ok

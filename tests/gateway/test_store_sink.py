@@ -81,3 +81,22 @@ def test_record_times_survive_the_integer_form_to_the_microsecond() -> None:
     assert all(type(v) is int for v in tail)  # no float reaches the JSON
     again = from_fields(to_fields(record))
     assert (again.started, again.duration) == (started, 0.000375)
+
+
+def test_sql_over_the_limit_is_capped_and_a_big_batch_split_into_blocks() -> None:
+    from dbaccess.gateway import store_sink
+
+    def sized(lease: str, n: int, size: int) -> RecordFields:
+        record = fields(lease, n + 2)
+        return (*record[:5], "x" * size, *record[6:])  # type: ignore[return-value]
+
+    limit = store_sink.MAX_SQL_TEXT
+    made = blocks([sized("a", 1, limit), sized("a", 2, limit + 1)])
+    assert made[0].records[0][1] == "x" * limit  # at the limit: kept whole
+    assert made[0].records[1][1].startswith("x" * limit + "\u2026 [truncated: 65537 characters")
+    # a session's SQL in one batch goes into blocks of BLOCK_SQL_TEXT characters at most
+    many = [sized("a", n, limit) for n in range(store_sink.BLOCK_SQL_TEXT // limit + 10)]
+    split = blocks([*many, fields("b", 3)])
+    assert [b.lease_id for b in split] == ["a", "a", "b"]
+    assert [len(b.records) for b in split] == [store_sink.BLOCK_SQL_TEXT // limit, 10, 1]
+    assert split[1].records[0] == many[store_sink.BLOCK_SQL_TEXT // limit][4:]

@@ -60,7 +60,7 @@ class StatementRecords:
         found = self._visible(principal, lease_id)
         store = self.ctx.store
         records, more = store.statement_page(found, after=after, limit=limit)
-        verdict = store.verify_statements(found)
+        verdict = store.page_verdict(found, after=after)
         head = store.statement_head(found)
         seal = None
         if head is not None and head.sealed_at is not None:

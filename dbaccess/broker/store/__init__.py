@@ -41,6 +41,7 @@ from dbaccess.broker.store.schema import (
     metadata,
     notifications,
     statement_blocks,
+    statement_edits,
     statement_heads,
     store_probe,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "metadata",
     "notifications",
     "statement_blocks",
+    "statement_edits",
     "statement_heads",
     "store_probe",
     "upgrade",

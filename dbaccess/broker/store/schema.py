@@ -192,5 +192,15 @@ statement_heads = sa.Table(
     sa.Column("sealed_head", sa.String(64)),
 )
 
+# One row counting UPDATEs, DELETEs and TRUNCATEs of statement_blocks, kept by triggers
+# (migration 0007): blocks are only ever inserted, so a change of the count means an edit,
+# and a session's verified chain must be walked again (statement_chain.page_verdict).
+statement_edits = sa.Table(
+    "statement_edits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
 
 LIVE_STATES = ("creating", "active", "revoking")

@@ -18,6 +18,9 @@ the seal. Tampering is located to the block: the first seq of the block that doe
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from dbaccess.broker.store.schema import (
     audit,
     leases,
     statement_blocks,
+    statement_edits,
     statement_heads,
 )
 from dbaccess.timestamps import from_epoch_ns
@@ -43,6 +47,11 @@ from dbaccess.timestamps import from_epoch_ns
 SEALED_EVENT = "session.statements_sealed"
 SEAL_GRACE = 10.0  # seconds after the revocation before a session's records are sealed
 SEAL_BATCH = 500  # sessions sealed per transaction
+# A chain walked whole is continued by later pages for this long at most: the edit count
+# sees edits made through SQL, not a store's file rewritten underneath it.
+VERIFIED_TTL = 60.0
+VERIFIED_SESSIONS = 256  # sessions whose walked chain a process keeps
+_COUNTS_EDITS = "statement_edits SET count = count + 1"  # what the triggers update (0007)
 
 # A record in a block, in this order: what the gateway saw of one statement, in the order
 # of the protocol server's field tuple after its session fields (gateway/records.py
@@ -232,6 +241,21 @@ class StatementVerdict:
         return self.first_bad is None
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A session's chain as a full walk found it, whole and fitting its head and seal:
+    records 1..``count``, the last block's hash ``head``. ``guard`` is what has to stand
+    still for that to hold without walking it again (the store's edit count, its triggers,
+    the seal); ``at`` when it was walked (monotonic seconds)."""
+
+    count: int
+    head: str
+    records: int
+    sealed_hash: str | None
+    guard: tuple[Any, ...]
+    at: float
+
+
 def _block(row: Any) -> StoredBlock:
     return StoredBlock(**row._mapping)
 
@@ -241,13 +265,19 @@ def check_chain(
     blocks: Iterable[StoredBlock],
     head: StatementHead | None,
     sealed_event: dict[str, Any] | None = None,
+    verified: Verified | None = None,
 ) -> StatementVerdict:
-    """Walk one session's blocks in seq order against its head and its seal."""
+    """Walk one session's blocks in seq order against its head and its seal; with
+    ``verified``, only the blocks after that prefix, which a walk found whole before."""
     expected_prev, expected_seq, found = GENESIS, 1, 0
     first_bad: int | None = None
     problem: str | None = None
     hash_at: dict[int, str] = {}
     sealed_count = head.sealed_count if head is not None else None
+    if verified is not None:
+        expected_prev, expected_seq, found = verified.head, verified.count + 1, verified.records
+        if verified.sealed_hash is not None and sealed_count is not None:
+            hash_at[sealed_count] = verified.sealed_hash
     for block in blocks:
         found += max(0, block.last_seq - block.first_seq + 1)
         if first_bad is None:
@@ -327,6 +357,13 @@ def check_chain(
 
 class Statements(AuditTrail):
     """The gateway's statement records."""
+
+    def __init__(self, url: str | sa.URL, *, migrate: bool = True) -> None:
+        super().__init__(url, migrate=migrate)
+        # Sessions whose chain this process walked whole (page_verdict), the most recently
+        # read last; a page after the first continues from there.
+        self._verified: OrderedDict[str, Verified] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def append_blocks(self, blocks: Sequence[NewBlock], gateway: str, now: datetime) -> None:
         """Store a batch in one transaction, each block continuing its session's chain in
@@ -412,19 +449,27 @@ class Statements(AuditTrail):
         continue after (None: no more)."""
         blocks = statement_blocks.c
         # seqs have no gaps: records after+1 .. after+limit+1 (one more, to know whether
-        # there are more) are in the blocks that end after ``after`` and start by then
-        query = (
+        # there are more) are in the block holding after+1 and those starting after it, by
+        # after+limit+1. Two seeks on (lease_id, first_seq): "last_seq > after" alone
+        # would read every block from the session's first, a page costing its position.
+        holding = (
+            sa.select(statement_blocks)
+            .where(blocks.lease_id == lease_id, blocks.first_seq <= after + 1)
+            .order_by(blocks.first_seq.desc())
+            .limit(1)
+        )
+        following = (
             sa.select(statement_blocks)
             .where(
                 blocks.lease_id == lease_id,
-                blocks.last_seq > after,
+                blocks.first_seq > after + 1,
                 blocks.first_seq <= after + limit + 1,
             )
             .order_by(blocks.first_seq)
         )
         found: list[StoredStatement] = []
         with self.engine.connect() as conn:
-            for row in conn.execute(query):
+            for row in [*conn.execute(holding), *conn.execute(following)]:
                 found += [r for r in _block(row).statements() if after < r.seq <= after + limit + 1]
         page = found[:limit]
         return page, (page[-1].seq if len(found) > limit and page else None)
@@ -470,6 +515,120 @@ class Statements(AuditTrail):
             yield check_chain(current, batch, heads.get(current), seals.get(current))
         for unseen in sorted((set(heads) | set(seals)) - seen):
             yield check_chain(unseen, [], heads.get(unseen), seals.get(unseen))
+
+    def _guard(self, conn: Connection, head: StatementHead | None, seal: Any) -> tuple[Any, ...]:
+        """What must not change for a walked chain to stand without walking it again:
+        the store's count of edits to blocks, the triggers that keep it (dropped,
+        disabled or rewritten, they would count nothing), and the session's seal. None
+        of it changes when a gateway appends. An empty guard: no count kept, walk."""
+        edits = conn.execute(
+            sa.select(statement_edits.c.count).where(statement_edits.c.id == 1)
+        ).scalar()
+        if self.dialect == "sqlite":
+            triggers = tuple(
+                conn.execute(
+                    sa.text(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                        "AND tbl_name = 'statement_blocks' ORDER BY name"
+                    )
+                ).all()
+            )
+            # exactly as migration 0007 wrote them (SQLite keeps the CREATE text)
+            intact = {
+                f"CREATE TRIGGER statement_blocks_{done} AFTER {event} ON statement_blocks "
+                f"BEGIN UPDATE {_COUNTS_EDITS}; END"
+                for done, event in (("updated", "UPDATE"), ("deleted", "DELETE"))
+            } <= {sql for _, sql in triggers}
+        else:
+            triggers = tuple(
+                conn.execute(
+                    sa.text(
+                        "SELECT t.tgname, t.tgenabled, t.tgtype, t.tgqual IS NULL, p.prosrc "
+                        "FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                        "WHERE t.tgrelid = 'statement_blocks'::regclass ORDER BY t.tgname"
+                    )
+                ).all()
+            )
+            # enabled as created ('O') or always ('A'), not disabled or replica-only; after
+            # each UPDATE, DELETE and TRUNCATE (tgtype bits 16, 8, 32), without a WHEN
+            intact = any(
+                name == "statement_blocks_edited"
+                and enabled in ("O", "A")
+                and kind & 56 == 56
+                and unconditional
+                and f"UPDATE {_COUNTS_EDITS};" in src
+                for name, enabled, kind, unconditional, src in triggers
+            )
+        if edits is None or not intact:
+            return ()
+        sealed = None if head is None else (head.sealed_count, head.sealed_head)
+        return (edits, triggers, sealed, json.dumps(seal, sort_keys=True, default=str))
+
+    def page_verdict(self, lease_id: str, *, after: int = 0) -> StatementVerdict:
+        """``verify_statements`` for one page of a listing, at the cost of the blocks
+        written since the last page. The first page (``after`` 0) walks the whole chain;
+        a later one continues from the chain this process walked for the session, if
+        nothing that walk relied on changed since (``_guard``: no block edited, deleted,
+        or its triggers touched, the seal as it was) and it is under VERIFIED_TTL old.
+        An edit anywhere in the chain, before the page too, is so reported by the next
+        page read: paging through n records costs one walk, not one a page (O(n), not
+        O(n^2); bench/statement_pages.py). ``verify_statements`` always walks."""
+        now = time.monotonic()
+        with self._verified_lock:
+            known = self._verified.get(lease_id)
+        with self._snapshot() as conn:
+            head = self._heads(conn, [lease_id]).get(lease_id)
+            seal = conn.execute(
+                sa.select(audit.c.detail)
+                .where(audit.c.lease_id == lease_id, audit.c.event == SEALED_EVENT)
+                .order_by(audit.c.seq.desc())  # as _verdicts: the last one
+                .limit(1)
+            ).scalar()
+            seal_event = None if seal is None else json.loads(seal)
+            guard = self._guard(conn, head, seal_event)
+            usable = (
+                known is not None
+                and after > 0
+                and guard
+                and known.guard == guard
+                and now - known.at < VERIFIED_TTL
+                and head is not None
+                and head.count >= known.count
+            )
+            if usable:
+                assert known is not None
+                new = conn.execute(
+                    sa.select(statement_blocks)
+                    .where(
+                        statement_blocks.c.lease_id == lease_id,
+                        # an index seek; a block reaching back into the walked part
+                        # leaves the chain short of the head, which is reported too
+                        statement_blocks.c.first_seq > known.count,
+                    )
+                    .order_by(statement_blocks.c.first_seq)
+                )
+                verdict = check_chain(
+                    lease_id, (_block(row) for row in new), head, seal_event, known
+                )
+                walked_at = known.at
+            else:
+                found = list(self._verdicts(conn, lease_id))
+                verdict = found[0] if found else StatementVerdict(lease_id, 0, 0)
+                walked_at = now
+        with self._verified_lock:
+            if verdict.ok and guard and head is not None and head.count == verdict.records:
+                sealed_hash = None
+                if head.sealed_count is not None and 0 < head.sealed_count <= head.count:
+                    sealed_hash = head.sealed_head
+                self._verified[lease_id] = Verified(
+                    head.count, head.head, verdict.records, sealed_hash, guard, walked_at
+                )
+                self._verified.move_to_end(lease_id)
+                while len(self._verified) > VERIFIED_SESSIONS:
+                    self._verified.popitem(last=False)
+            else:
+                self._verified.pop(lease_id, None)
+        return verdict
 
     def verify_statements(self, lease_id: str) -> StatementVerdict:
         """Recompute one session's chain and compare it with its head and its seal."""

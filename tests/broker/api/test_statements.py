@@ -306,3 +306,31 @@ def test_a_session_without_records_says_so(
         assert human.stdout.startswith("no statement records: none went through the gateway")
     finally:
         setup.api.delete(f"/v1/sessions/{other}", headers=alice)
+
+
+def test_an_edit_before_the_page_shows_in_the_next_page(
+    setup: Setup, tokens: dict[str, str]
+) -> None:
+    # later pages continue the chain the first page walked (paging stays O(n)); an edit
+    # to a block already shown must still be reported by the next page
+    url = f"/v1/sessions/{setup.session_id}/statements"
+    first = setup.api.get(url, params={"limit": 2}, headers=bearer(tokens, "dave")).json()
+    assert first["verification"]["ok"] is True and first["next_after"] == 2
+    second = setup.api.get(
+        url, params={"limit": 2, "after": 2}, headers=bearer(tokens, "dave")
+    ).json()
+    assert second["verification"]["ok"] is True and second["verification"]["after_seal"] == 1
+    with setup.store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE statement_blocks SET records = replace(records, ',2,66,0,', ',0,66,0,')"
+                " WHERE lease_id = :id AND first_seq = 1"
+            ),
+            {"id": setup.session_id},
+        )
+    third = setup.api.get(
+        url, params={"limit": 2, "after": 4}, headers=bearer(tokens, "dave")
+    ).json()
+    assert [e["seq"] for e in third["entries"]] == [5, 6]
+    assert third["verification"]["ok"] is False and third["verification"]["first_bad"] == 1
+    assert "edited" in third["verification"]["problem"]

@@ -435,8 +435,157 @@ def test_verifying_while_a_gateway_writes_raises_no_false_alarm(store: Store) ->
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             verdicts.append(store.verify_statements(lease.id))
+            # and a page's verdict, continuing the walk across the batches landing
+            verdicts.append(store.page_verdict(lease.id, after=len(verdicts) % 3))
     finally:
         done.set()
         writer.join()
     assert verdicts and all(v.ok for v in verdicts), [v for v in verdicts if not v.ok][:1]
     assert max(v.records for v in verdicts) > 0
+
+
+def hashes_computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The first seqs of the blocks whose hash is recomputed from here on."""
+    from dbaccess.broker.store.statement_chain import StoredBlock
+
+    seen: list[int] = []
+    real = StoredBlock.computed_hash
+
+    def counted(block: StoredBlock) -> str:
+        seen.append(block.first_seq)
+        return real(block)
+
+    monkeypatch.setattr(StoredBlock, "computed_hash", counted)
+    return seen
+
+
+def write_blocks(store: Store, lease: Lease, blocks: int, start: int = 1) -> None:
+    sink = StoreSink(store, "gw-a")
+    for b in range(blocks):
+        sink.write([record(lease, start + 3 * b + k) for k in range(3)])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE statement_blocks SET records = replace(records, 'SELECT 2', 'SELECT 9') "
+        "WHERE lease_id = :id AND first_seq = 1",
+        "DELETE FROM statement_blocks WHERE lease_id = :id AND first_seq = 4",
+        "UPDATE statement_blocks SET gateway = 'elsewhere' WHERE lease_id = :id AND first_seq = 7",
+        "UPDATE statement_heads SET head = prev_head.hash FROM (SELECT hash FROM "
+        "statement_blocks WHERE lease_id = :id AND first_seq = 25) AS prev_head "
+        "WHERE lease_id = :id",
+        # a block inserted reaching back into the part already walked, the head moved on
+        "INSERT INTO statement_blocks (lease_id, first_seq, last_seq, subject, target, role, "
+        "gateway, written_at, records, prev_hash, hash) SELECT lease_id, 35, 37, subject, "
+        "target, role, gateway, written_at, records, prev_hash, hash FROM statement_blocks "
+        "WHERE lease_id = :id AND first_seq = 34; "
+        "UPDATE statement_heads SET count = 37 WHERE lease_id = :id",
+    ],
+)
+def test_later_pages_check_only_new_blocks_and_still_see_any_edit(
+    store: Store, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    lease = open_lease(store)
+    write_blocks(store, lease, 10)  # records 1-30, blocks of 3
+    first = store.page_verdict(lease.id, after=0)
+    assert first.ok and first.records == 30
+    computed = hashes_computed(monkeypatch)
+    # a later page continues the walk: no block hashed again, only the new ones
+    assert store.page_verdict(lease.id, after=10).ok
+    write_blocks(store, lease, 2, start=31)
+    later = store.page_verdict(lease.id, after=20)
+    assert later.ok and later.records == later.expected == 36
+    assert computed == [31, 34]
+    # an edit to a block the reader has already seen, long before the page
+    with store.engine.begin() as conn:
+        for statement in edit.split("; "):
+            conn.execute(sa.text(statement), {"id": lease.id})
+    broken, walked = store.page_verdict(lease.id, after=30), store.verify_statements(lease.id)
+    assert not broken.ok and broken.first_bad == walked.first_bad, (broken, walked)
+    assert not store.page_verdict(lease.id, after=33).ok  # and stays reported
+
+
+@pytest.mark.parametrize("bypass", ["drop", "disable", "retarget", "reset"])
+def test_pages_walk_the_chain_again_when_edits_might_not_be_counted(
+    store: Store, bypass: str
+) -> None:
+    lease = open_lease(store)
+    write_blocks(store, lease, 4)
+    assert store.page_verdict(lease.id, after=0).ok
+    assert store.page_verdict(lease.id, after=3).ok
+    postgres = store.dialect == "postgresql"
+    with store.engine.begin() as conn:
+        if bypass == "drop":
+            conn.execute(
+                sa.text(
+                    "DROP TRIGGER statement_blocks_edited ON statement_blocks"
+                    if postgres
+                    else "DROP TRIGGER statement_blocks_updated"
+                )
+            )
+        elif bypass == "disable" and postgres:
+            conn.execute(sa.text("ALTER TABLE statement_blocks DISABLE TRIGGER ALL"))
+        elif bypass == "retarget" and postgres:  # the same trigger, on INSERT only
+            conn.execute(sa.text("DROP TRIGGER statement_blocks_edited ON statement_blocks"))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER statement_blocks_edited AFTER INSERT ON statement_blocks "
+                    "FOR EACH STATEMENT EXECUTE PROCEDURE statement_edits_count()"
+                )
+            )
+        elif bypass == "retarget":
+            conn.execute(sa.text("DROP TRIGGER statement_blocks_updated"))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER statement_blocks_updated AFTER INSERT ON statement_blocks "
+                    "BEGIN UPDATE statement_edits SET count = count + 1; END"
+                )
+            )
+        elif bypass == "disable":  # SQLite cannot disable one: a trigger that counts nothing
+            conn.execute(sa.text("DROP TRIGGER statement_blocks_updated"))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER statement_blocks_updated AFTER UPDATE ON statement_blocks "
+                    "BEGIN SELECT 1; END"
+                )
+            )
+        conn.execute(
+            sa.text(
+                "UPDATE statement_blocks SET records = replace(records, 'SELECT 5', 'SELECT 6') "
+                "WHERE lease_id = :id AND first_seq = 4"
+            ),
+            {"id": lease.id},
+        )
+        if bypass == "reset":  # the count put back as it was
+            conn.execute(sa.text("UPDATE statement_edits SET count = count - 1"))
+    verdict = store.page_verdict(lease.id, after=6)
+    if bypass == "reset":
+        # the count looks unchanged: the edit is caught when the walk is due again (the
+        # first page of a listing, or VERIFIED_TTL later)
+        assert verdict.ok
+        assert store.page_verdict(lease.id, after=0).first_bad == 4
+    else:
+        assert not verdict.ok and verdict.first_bad == 4, verdict
+
+
+def test_a_huge_statement_is_stored_capped_and_identifiable(store: Store) -> None:
+    # 2 MB of SQL, a NUL in the part kept and control characters JSON writes in 6 bytes:
+    # stored as its head and a marker (length, SHA-256 of the whole text), chain intact
+    from dbaccess.gateway.store_sink import MAX_SQL_TEXT
+
+    lease = open_lease(store)
+    huge = "INSERT INTO t VALUES ('\x00" + "\x01" * (2 * 1024 * 1024) + "')"
+    StoreSink(store, "gw-a").write([record(lease, 1, sql=huge), record(lease, 2)])
+    page, _ = store.statement_page(lease.id)
+    digest = hashlib.sha256(huge.encode()).hexdigest()
+    assert page[0].sql == (
+        huge[:MAX_SQL_TEXT].replace("\x00", "\ufffd")
+        + f"\u2026 [truncated: {len(huge)} characters in all, sha256 {digest}]"
+    )
+    assert page[1].sql == "SELECT 2"
+    assert store.verify_statements(lease.id).ok
+    # the limit is the gateway's setting
+    StoreSink(store, "gw-a", max_sql_text=1024).write([record(lease, 3, sql=huge)])
+    last = store.statement_page(lease.id, after=2)[0][0]
+    assert last.sql == huge[:1024].replace("\x00", "\ufffd") + page[0].sql[MAX_SQL_TEXT:]
