@@ -235,6 +235,26 @@ class AuditEntry(_Wire):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class InventoryAccount(_Wire):
+    """``GET /v1/inventory``: one standing login account of a target. Names and roles are
+    the database's, unfiltered: show them with text.printable."""
+
+    target: str
+    account: str
+    status: str  # finding, allowed, provisioner
+    risks: list[str]
+    member_of: list[str]
+
+
+class InventoryReport(_Wire):
+    """``GET /v1/inventory``: every standing account of the targets asked for; a target
+    that could not be read is in ``errors`` with why."""
+
+    taken_at: datetime
+    accounts: list[InventoryAccount]
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
 class StatementEntry(_Wire):
     """``GET /v1/sessions/{id}/statements``: one statement the gateway saw. ``sql`` and
     ``params`` are what the client sent, unfiltered: show them with text.printable."""

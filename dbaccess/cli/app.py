@@ -20,6 +20,7 @@ from dbaccess.cli.creds import creds
 from dbaccess.cli.examples import EXAMPLES
 from dbaccess.cli.exec_ import exec_command
 from dbaccess.cli.flags import json_before_typer
+from dbaccess.cli.inventory import inventory
 from dbaccess.cli.login import login
 from dbaccess.cli.output import CHILD_COMMANDS, Globals, announced
 from dbaccess.cli.profiles import app as profiles_app
@@ -170,6 +171,7 @@ for name, command in (
     ("withdraw", withdraw),
     ("review", review),
     ("audit", audit),
+    ("inventory", inventory),
     ("version", version),
 ):
     app.command(name)(announced(command))

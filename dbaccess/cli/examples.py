@@ -51,6 +51,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dbaccess --json audit",
         "dbaccess audit --statements 3f9c",
     ),
+    "inventory": ("dbaccess inventory", "dbaccess inventory prod", "dbaccess --json inventory"),
     "version": ("dbaccess version",),
     "profiles": ("dbaccess profiles", "dbaccess profiles use staging"),
     "profiles add": ("dbaccess profiles add staging --broker https://dbaccess.staging.example",),

@@ -16,6 +16,7 @@ from dbaccess.wire import (
     AuditEntry,
     BreakglassPolicy,
     Identity,
+    InventoryReport,
     PublicConfig,
     RequestInfo,
     ReviewInfo,
@@ -114,6 +115,11 @@ class BrokerClient:
         params = {k: v for k, v in filters.items() if v is not None}
         found, headers = self._call_with_headers("GET", "/v1/audit", params=params)
         return [AuditEntry.model_validate(r) for r in found], headers.get("x-next-cursor")
+
+    def inventory(self, target: str | None = None) -> InventoryReport:
+        """The standing accounts of the targets (auditors only)."""
+        params = {} if target is None else {"target": target}
+        return InventoryReport.model_validate(self._call("GET", "/v1/inventory", params=params))
 
     def statements(self, session_id: str, *, after: int = 0, limit: int = 100) -> StatementPage:
         """A page of a gateway session's statement records, oldest first, after seq

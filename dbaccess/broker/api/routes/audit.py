@@ -1,4 +1,5 @@
-"""``GET /v1/audit``: the trail for auditors, newest first, a page at a time."""
+"""``GET /v1/audit``: the trail for auditors, newest first, a page at a time; and
+``GET /v1/inventory``: the standing accounts of the targets, for the same people."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from dbaccess.broker.api.deps import PrincipalDep, ServiceDep
-from dbaccess.wire import AuditEntry
+from dbaccess.wire import AuditEntry, InventoryReport
 
 # Records per page, by default and at most; the header with the next page's cursor.
 AUDIT_PAGE_DEFAULT = 100
@@ -53,3 +54,15 @@ def read_audit(
     if page.next_cursor is not None:
         response.headers[NEXT_CURSOR] = page.next_cursor
     return page.entries
+
+
+@router.get("/v1/inventory", response_model=InventoryReport)
+def read_inventory(
+    service: ServiceDep,
+    who: PrincipalDep,
+    target: Annotated[str | None, Query(max_length=64)] = None,
+) -> InventoryReport:
+    """Every login account of each target (or of ``target``) that is not a live dbaccess
+    session user, with what makes it risky; ``status`` "finding" for every one neither
+    the provisioner nor named by ``[inventory] allow``. Read from the databases now."""
+    return service.inventory.report(who, target)
