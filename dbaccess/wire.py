@@ -43,8 +43,18 @@ class Identity(_Wire):
     groups: list[str] = Field(default_factory=list)
 
 
+class TierInfo(_Wire):
+    """A tier of the rule that asks more approvals of this role: beyond ``longer_than``
+    (seconds), or at any length when that is null."""
+
+    name: str
+    approvals: int
+    longer_than_seconds: int | None = None
+
+
 class TargetAccess(_Wire):
-    """``GET /v1/targets``: one target and role the caller may request, and on what terms."""
+    """``GET /v1/targets``: one target and role the caller may request, and on what terms
+    (``approvals``: at the default duration; ``tiers``: where longer sessions land)."""
 
     target: str
     engine: str
@@ -55,6 +65,8 @@ class TargetAccess(_Wire):
     ticket_pattern: str | None = None
     approvals: int = 0
     access: str = "direct"  # or "gateway": reached through the gateway only
+    tier: str | None = None  # the tier a request of the default duration lands in
+    tiers: list[TierInfo] = Field(default_factory=list)
 
 
 class SessionCreate(_Wire):

@@ -496,6 +496,8 @@ def policy_explain(
     verdict = "GRANT" if decision.allowed else "DENY"
     typer.echo(f"{verdict}: {decision.explanation}")
     typer.echo(f"rule: {decision.rule or '(none)'}")
+    if decision.tier is not None:
+        typer.echo(f"tier: {decision.tier}")
     if decision.duration is not None:
         typer.echo(f"duration: {format_duration(decision.duration)}")
     if decision.approvals_required:

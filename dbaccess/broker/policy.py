@@ -40,6 +40,7 @@ class Decision:
     missing: str | None = None
     # Refused for its length alone: the longest any matching rule allows (for the hint)
     max_duration: timedelta | None = None
+    tier: str | None = None  # the rule's tier the request landed in (more approvals)
 
 
 def rule_covers(rule: Rule, target: str, role: str) -> bool:
@@ -91,13 +92,25 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
                 f"rule '{rule.name}' requires a ticket matching {rule.ticket_pattern} (--ticket)"
             )
             continue
+        tier = rule.tier_for(request.role, duration)
+        approvals = tier.approvals if tier is not None else rule.approvals
+        approvers = tuple(
+            (tier.approver_groups or rule.approver_groups) if tier is not None
+            else rule.approver_groups
+        )  # fmt: skip
         explanation = f"granted by rule '{rule.name}'"
-        if rule.approvals:
-            explanation += (
-                f" once approved by {rule.approvals} member(s) of {', '.join(rule.approver_groups)}"
-            )
+        if tier is not None:
+            explanation += f", tier '{tier.name}'"
+        if approvals:
+            explanation += f" once approved by {approvals} member(s) of {', '.join(approvers)}"
         return Decision(
-            True, explanation, rule.name, duration, rule.approvals, tuple(rule.approver_groups)
+            True,
+            explanation,
+            rule.name,
+            duration,
+            approvals,
+            approvers,
+            tier=None if tier is None else tier.name,
         )
     return Decision(
         False,

@@ -438,6 +438,27 @@ class TargetSection(_Section):
         return value
 
 
+class Tier(_Section):
+    """A higher bar inside a rule for what a session may do: more approvals for some of its
+    roles (a DDL-capable one), or for sessions longer than ``longer_than``. A request
+    lands in the matching tier that asks the most (docs/policies.md, "Tiers")."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    roles: list[str] = Field(default_factory=list)  # none: any of the rule's roles
+    longer_than: Duration | None = None  # none: any duration
+    approvals: int = Field(ge=0, le=5)
+    approver_groups: list[str] = Field(default_factory=list)  # none: the rule's
+
+    @model_validator(mode="after")
+    def _says_when(self) -> Tier:
+        if not self.roles and self.longer_than is None:
+            raise ValueError(
+                f"tier '{self.name}' names no roles and no longer_than: it would be the "
+                "rule's own approvals (set those instead)"
+            )
+        return self
+
+
 class Rule(_Section):
     name: Annotated[str, Field(pattern=_NAME)]
     groups: list[str] = Field(default_factory=list)
@@ -453,6 +474,8 @@ class Rule(_Section):
     # requester); the requester must then give a reason.
     approvals: int = Field(default=0, ge=0, le=5)
     approver_groups: list[str] = Field(default_factory=list)
+    # More approvals for some roles or longer sessions (Tier); the highest matching wins.
+    tiers: list[Tier] = Field(default_factory=list)
 
     @field_validator("ticket_pattern")
     @classmethod
@@ -472,7 +495,46 @@ class Rule(_Section):
             raise ValueError("a rule must name at least one group or user")
         if self.default_duration is not None and self.default_duration > self.max_duration:
             raise ValueError("default_duration is longer than max_duration")
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("two tiers have the same name")
+        for tier in self.tiers:
+            stray = [r for r in tier.roles if "*" not in self.roles and r not in self.roles]
+            if stray:
+                raise ValueError(
+                    f"tier '{tier.name}' names role(s) the rule does not grant: {', '.join(stray)}"
+                )
+            if tier.approvals and not (tier.approver_groups or self.approver_groups):
+                raise ValueError(
+                    f"tier '{tier.name}' needs approver_groups (its own or the rule's)"
+                )
+            if tier.longer_than is not None and tier.longer_than >= self.max_duration:
+                raise ValueError(
+                    f"tier '{tier.name}': longer_than is not shorter than the rule's "
+                    "max_duration, so no session could land in it"
+                )
         return self
+
+    def tier_for(self, role: str, duration: timedelta) -> Tier | None:
+        """The matching tier that asks the most approvals (the first of equals); None when
+        none asks more than the rule itself."""
+        best: Tier | None = None
+        for tier in self.tiers:
+            if tier.roles and role not in tier.roles:
+                continue
+            if tier.longer_than is not None and duration <= tier.longer_than:
+                continue
+            if tier.approvals > self.approvals and (
+                best is None or tier.approvals > best.approvals
+            ):
+                best = tier
+        return best
+
+    def may_need_approval(self, role: str) -> bool:
+        """Some request for ``role`` under this rule needs approvals (of any length)."""
+        return bool(self.approvals) or any(
+            tier.approvals and (not tier.roles or role in tier.roles) for tier in self.tiers
+        )
 
 
 class BreakglassSection(_Section):

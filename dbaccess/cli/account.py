@@ -62,6 +62,14 @@ def targets(ctx: typer.Context) -> None:
         ]
         from datetime import timedelta
 
+        # where longer sessions land: "2 approval(s) over 2h"
+        needs += [
+            f"{tier.approvals} approval(s) over "
+            f"{format_duration(timedelta(seconds=tier.longer_than_seconds))}"
+            for tier in t.tiers
+            if tier.longer_than_seconds is not None and tier.approvals > t.approvals
+        ]
+
         table.add_row(
             t.target,
             f"{t.engine} via gateway" if t.access == "gateway" else t.engine,

@@ -73,7 +73,8 @@ class Approvals:
         Only where a rule for this person, target and role needs approvers: sessions that
         need none (the hot path) cost no extra read."""
         if not any(
-            rule.approvals and rule_applies(rule, principal, body.target, body.role)
+            rule.may_need_approval(body.role)
+            and rule_applies(rule, principal, body.target, body.role)
             for rule in self.ctx.settings.rules
         ):
             return None

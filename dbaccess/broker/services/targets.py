@@ -8,7 +8,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.settings import Rule
-from dbaccess.wire import TargetAccess
+from dbaccess.wire import TargetAccess, TierInfo
 
 
 class Targets:
@@ -22,26 +22,40 @@ class Targets:
         )
 
     def visible_to(self, principal: Principal) -> list[TargetAccess]:
-        """Every target and role the caller may request, with the first matching rule's terms."""
+        """Every target and role the caller may request, with the first matching rule's
+        terms: the tier a request of the default length lands in, and the tiers that ask
+        more of this role (so the bar is known before the request is made)."""
         current = self.ctx.settings
-        return [
-            TargetAccess(
-                target=target,
-                engine=current.targets[target].engine,
-                access=current.targets[target].access,
-                role=role,
-                max_duration_seconds=int(rule.max_duration.total_seconds()),
-                default_duration_seconds=int(
-                    min(
-                        rule.default_duration or DEFAULT_DURATION, rule.max_duration
-                    ).total_seconds()
-                ),
-                reason_required=rule.require_reason,
-                ticket_pattern=rule.ticket_pattern,
-                approvals=rule.approvals,
+        found = []
+        for target, role, rule in self._entitled(principal):
+            default = min(rule.default_duration or DEFAULT_DURATION, rule.max_duration)
+            tier = rule.tier_for(role, default)
+            found.append(
+                TargetAccess(
+                    target=target,
+                    engine=current.targets[target].engine,
+                    access=current.targets[target].access,
+                    role=role,
+                    max_duration_seconds=int(rule.max_duration.total_seconds()),
+                    default_duration_seconds=int(default.total_seconds()),
+                    reason_required=rule.require_reason,
+                    ticket_pattern=rule.ticket_pattern,
+                    approvals=rule.approvals if tier is None else tier.approvals,
+                    tier=None if tier is None else tier.name,
+                    tiers=[
+                        TierInfo(
+                            name=t.name,
+                            approvals=t.approvals,
+                            longer_than_seconds=None
+                            if t.longer_than is None
+                            else int(t.longer_than.total_seconds()),
+                        )
+                        for t in rule.tiers
+                        if (not t.roles or role in t.roles) and t.approvals > rule.approvals
+                    ],
+                )
             )
-            for target, role, rule in self._entitled(principal)
-        ]
+        return found
 
     def what_you_may(self, principal: Principal, target: str) -> tuple[str, str]:
         """The message and hint of a request no rule grants: what the caller may ask for
