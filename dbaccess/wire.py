@@ -105,6 +105,21 @@ class BreakglassPolicy(_Wire):
     engines: dict[str, str] = Field(default_factory=dict)
     incident_pattern: str | None = None
     max_duration_seconds: int | None = None
+    # [breakglass] drill_every: how often a drill is due, when the last one (anyone's) was,
+    # and whether one is overdue
+    drill_every_seconds: int | None = None
+    last_drill: datetime | None = None
+    drill_overdue: bool = False
+
+
+class DrillInfo(_Wire):
+    """``GET /v1/drills``: one person who has broken the glass (drills included)."""
+
+    subject: str
+    email: str | None = None
+    last_drill: datetime | None = None  # never: null
+    breakglass_sessions: int  # drills included
+    overdue: bool  # no drill within [breakglass] drill_every
 
 
 class ApprovalInfo(_Wire):

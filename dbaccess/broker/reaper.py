@@ -92,6 +92,7 @@ class Reaper:
                     limit=100, not_targets=list(self._service.ctx.engines)
                 )
                 self._service.approvals.expire()
+                self._service.breakglass.announce_overdue_drill()
             except Exception as exc:  # never let one bad pass kill the clock
                 outage.failed(exc)  # one line while it lasts, not a traceback a pass
             else:

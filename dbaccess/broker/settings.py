@@ -548,6 +548,9 @@ class BreakglassSection(_Section):
     max_duration: Duration = timedelta(hours=1)
     # Who may close post-incident reviews (never the user who broke the glass).
     reviewer_groups: list[str] = Field(default_factory=list)
+    # Practice: a drill (breakglass --drill) is due this often; once none was run for that
+    # long the broker says so (webhook, dbaccess targets) and review --drills shows who.
+    drill_every: Duration | None = None
 
     @field_validator("incident_pattern")
     @classmethod

@@ -41,9 +41,12 @@ def whoami(ctx: typer.Context) -> None:
 
 def targets(ctx: typer.Context) -> None:
     """What you may request: targets, roles, longest duration, reason/ticket/approval."""
+    from datetime import timedelta
+
     from dbaccess.client import name_cache
     from dbaccess.client.context import logged_in
     from dbaccess.durations import format_duration
+    from dbaccess.errors import DbaccessError
 
     g: Globals = ctx.obj
     with logged_in(g.profile, g.profiles) as (api, _):
@@ -60,8 +63,6 @@ def targets(ctx: typer.Context) -> None:
             )
             if on
         ]
-        from datetime import timedelta
-
         # where longer sessions land: "2 approval(s) over 2h"
         needs += [
             f"{tier.approvals} approval(s) over "
@@ -82,6 +83,21 @@ def targets(ctx: typer.Context) -> None:
         [t.model_dump(mode="json") for t in allowed],
         table if allowed else "the policy grants you nothing yet",
     )
+    if not g.json:  # the one who may break the glass hears of an overdue drill here
+        try:
+            with logged_in(g.profile, g.profiles) as (api, _):
+                glass = api.breakglass_policy()
+        except DbaccessError:  # an older broker, or one without break-glass: nothing to say
+            return
+        if glass.allowed and glass.drill_overdue and glass.drill_every_seconds:
+            from dbaccess.timestamps import human as human_time
+
+            every = format_duration(timedelta(seconds=glass.drill_every_seconds))
+            last = human_time(glass.last_drill) if glass.last_drill else "never"
+            g.warn(
+                f"a break-glass drill is overdue: one is due every {every}, the last was "
+                f"{last}; practice with: dbaccess breakglass TARGET --incident ... --drill"
+            )
 
 
 def logout(

@@ -102,14 +102,36 @@ def review(
     note: Annotated[
         str | None, typer.Option("--note", help="Review outcome (needed to close one).")
     ] = None,
+    drills: Annotated[
+        bool,
+        typer.Option("--drills", help="Everyone who broke the glass, and their last drill."),
+    ] = False,
 ) -> None:
     """List open post-incident reviews, or close one with --note (reviewer groups; never
-    the person who broke the glass)."""
+    the person who broke the glass); --drills: the last drill of each person."""
     from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
+    if drills:
+        if session_id is not None or note is not None:
+            raise UsageError("--drills lists drills: give no session and no --note with it")
+        with logged_in(g.profile, g.profiles) as (api, _):
+            people = api.drills()
+        table = result_table("who", "last drill", "break-glass sessions", "overdue")
+        for p in people:
+            table.add_row(
+                p.email or p.subject,
+                human_time(p.last_drill) if p.last_drill else "never",
+                str(p.breakglass_sessions),
+                "yes" if p.overdue else "-",
+            )
+        g.data(
+            [p.model_dump(mode="json") for p in people],
+            table if people else "nobody has broken the glass yet",
+        )
+        return
     if session_id is None:
         with logged_in(g.profile, g.profiles) as (api, _):
             reviews = api.reviews()

@@ -15,6 +15,7 @@ from dbaccess.client.replies import error_from_reply, no_json, unreachable
 from dbaccess.wire import (
     AuditEntry,
     BreakglassPolicy,
+    DrillInfo,
     Identity,
     InventoryReport,
     PublicConfig,
@@ -79,6 +80,9 @@ class BrokerClient:
         return RequestInfo.model_validate(
             self._call("POST", f"/v1/requests/{_segment(request_id)}/withdraw", json={})
         )
+
+    def drills(self) -> list[DrillInfo]:
+        return [DrillInfo.model_validate(r) for r in self._call("GET", "/v1/drills")]
 
     def reviews(self) -> list[ReviewInfo]:
         return [ReviewInfo.model_validate(r) for r in self._call("GET", "/v1/reviews")]

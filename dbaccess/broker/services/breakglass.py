@@ -23,7 +23,17 @@ from dbaccess.broker.services.issuer import Issuer
 from dbaccess.broker.settings import BreakglassSection
 from dbaccess.broker.store import Conflict, Lease, leases
 from dbaccess.durations import format_duration
-from dbaccess.wire import BreakglassCreate, BreakglassPolicy, ReviewInfo, SessionGranted
+from dbaccess.timestamps import human as human_time
+from dbaccess.wire import (
+    BreakglassCreate,
+    BreakglassPolicy,
+    DrillInfo,
+    ReviewInfo,
+    SessionGranted,
+)
+
+DRILL_OVERDUE = "breakglass.drill_overdue"
+DRILL_REMINDER_EVERY = timedelta(days=1)  # an overdue drill is announced at most this often
 
 # The standard library's own regex parser (the "sre_parse" of old) reads the pattern for
 # example_of; private (hence untyped), but stable since Python 3.11 and covered by a test.
@@ -59,6 +69,7 @@ class Breakglass:
                 if name in policy.targets
             },
             incident_pattern=policy.incident_pattern,
+            **self._drill_status(policy),
             max_duration_seconds=int(policy.max_duration.total_seconds()),
         )
 
@@ -164,6 +175,59 @@ class Breakglass:
                 f"{target} --incident {body.incident} --duration {most} --reason ...",
             )
         return None
+
+    # -- drills ----------------------------------------------------------------------
+
+    def _drill_status(self, policy: BreakglassSection) -> dict[str, Any]:
+        if policy.drill_every is None:
+            return {}
+        last = self.ctx.store.last_drill()
+        return {
+            "drill_every_seconds": int(policy.drill_every.total_seconds()),
+            "last_drill": last,
+            "drill_overdue": last is None or self.ctx.clock() - last > policy.drill_every,
+        }
+
+    def drills(self, principal: Principal) -> list[DrillInfo]:
+        """Everyone who has broken the glass, with their last drill (reviewers)."""
+        self._reviewer(principal)
+        every = self._policy().drill_every
+        now = self.ctx.clock()
+        return [
+            DrillInfo(
+                subject=subject,
+                email=email,
+                last_drill=last,
+                breakglass_sessions=count,
+                overdue=every is not None and (last is None or now - last > every),
+            )
+            for subject, email, last, count in self.ctx.store.drills()
+        ]
+
+    def announce_overdue_drill(self) -> bool:
+        """From the reaper: when no drill ran within drill_every, say so (audit record and
+        webhook), at most once a day; True when it did."""
+        policy = self.ctx.settings.breakglass
+        if policy is None or policy.drill_every is None:
+            return False
+        store, now = self.ctx.store, self.ctx.clock()
+        last = store.last_drill()
+        if last is not None and now - last <= policy.drill_every:
+            return False
+        announced = store.last_event_at(DRILL_OVERDUE)
+        if announced is not None and now - announced < DRILL_REMINDER_EVERY:
+            return False
+        every = format_duration(policy.drill_every)
+        since = "no drill was ever run" if last is None else f"the last was {human_time(last)}"
+        store.record(now, DRILL_OVERDUE, None, {"last_drill": last, "drill_every": every})
+        self.ctx.notifier.send(
+            DRILL_OVERDUE,
+            f"break-glass drill overdue: one is due every {every} and {since}; practice "
+            "with: dbaccess breakglass TARGET --incident INC-... --reason ... --drill",
+            last_drill=last,
+            drill_every_seconds=int(policy.drill_every.total_seconds()),
+        )
+        return True
 
     # -- reviews ---------------------------------------------------------------------
 

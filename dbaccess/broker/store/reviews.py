@@ -9,11 +9,43 @@ import sqlalchemy as sa
 
 from dbaccess.broker.store.leasing import Leasing
 from dbaccess.broker.store.rows import Conflict, Lease
-from dbaccess.broker.store.schema import leases
+from dbaccess.broker.store.schema import audit, leases
 
 
 class Reviews(Leasing):
     """Break-glass reviews."""
+
+    def drills(self) -> list[tuple[str, str | None, datetime | None, int]]:
+        """Per person who has broken the glass, drills included: an email, the last drill
+        (None: never), and how many break-glass sessions in all."""
+        column = leases.c.created_at
+        last = sa.type_coerce(
+            sa.func.max(sa.case((leases.c.drill == sa.true(), column), else_=None)), column.type
+        )
+        query = (
+            sa.select(leases.c.subject, sa.func.max(leases.c.email), last, sa.func.count())
+            .where(leases.c.kind == "breakglass")
+            .group_by(leases.c.subject)
+            .order_by(leases.c.subject)
+        )
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2], int(r[3])) for r in conn.execute(query)]
+
+    def last_drill(self) -> datetime | None:
+        column = leases.c.created_at
+        query = sa.select(sa.type_coerce(sa.func.max(column), column.type)).where(
+            leases.c.kind == "breakglass", leases.c.drill == sa.true()
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def last_event_at(self, event: str) -> datetime | None:
+        column = audit.c.at
+        query = sa.select(sa.type_coerce(sa.func.max(column), column.type)).where(
+            audit.c.event == event
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def open_reviews(self) -> list[Lease]:
         with self.engine.connect() as conn:

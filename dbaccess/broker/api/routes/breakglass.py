@@ -10,6 +10,7 @@ from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep, 
 from dbaccess.wire import (
     BreakglassCreate,
     BreakglassPolicy,
+    DrillInfo,
     ReviewClose,
     ReviewInfo,
     SessionGranted,
@@ -44,3 +45,10 @@ def close_review(
     origin: OriginDep,
 ) -> ReviewInfo:
     return service.breakglass.close_review(who, session_id, body.note, origin)
+
+
+@router.get("/v1/drills", response_model=list[DrillInfo])
+def drills(service: ServiceDep, who: PrincipalDep) -> list[DrillInfo]:
+    """Everyone who has broken the glass, with their last drill and whether one is
+    overdue under ``[breakglass] drill_every`` (reviewer groups)."""
+    return service.breakglass.drills(who)
