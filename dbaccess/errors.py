@@ -34,7 +34,7 @@ from typing import IO
 # The commands a hint may name; "dbaccess <one of these>" gets the profile inserted.
 _COMMANDS = (
     "login logout whoami targets connect exec sessions revoke renew creds breakglass "
-    "requests approve deny withdraw review audit version profiles tunnel"
+    "requests approve deny withdraw review audit inventory version profiles tunnel"
 ).split()
 _COMMAND_IN_TEXT = re.compile(rf"\bdbaccess (?=(?:{'|'.join(_COMMANDS)})\b)")
 

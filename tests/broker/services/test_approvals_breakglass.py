@@ -213,6 +213,9 @@ def test_breakglass_rules(api: TestClient, tokens: dict[str, str], store: Store)
         "engines": {},
         "incident_pattern": None,
         "max_duration_seconds": None,
+        "drill_every_seconds": None,
+        "last_drill": None,
+        "drill_overdue": False,
     }
     body = {"incident": "INC-9", "reason": "orders stuck"}
     ambiguous = api.post("/v1/breakglass", headers=as_(tokens, "carol"), json=body)
