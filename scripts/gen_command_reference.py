@@ -31,6 +31,7 @@ COMMANDS = [
     "withdraw",
     "review",
     "audit",
+    "inventory",
     "profiles",
     "version",
 ]

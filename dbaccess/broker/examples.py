@@ -27,6 +27,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "DBACCESS_ADMIN_DSN='host=db1 user=postgres' dbaccess-broker bootstrap prod --apply",
     ),
     "rotate-credential": ("dbaccess-broker rotate-credential prod --config broker.toml",),
+    "inventory": (
+        "dbaccess-broker inventory --config broker.toml",
+        "dbaccess-broker inventory prod --json > inventory.json",
+        "dbaccess-broker inventory --diff inventory.json",
+    ),
     "audit": ("dbaccess-broker audit verify", "dbaccess-broker audit export --since 2026-11-01"),
     "audit verify": ("dbaccess-broker audit verify --config broker.toml",),
     "audit export": ("dbaccess-broker audit export --since 2026-11-01 > audit.jsonl",),
