@@ -219,7 +219,10 @@ class Breakglass:
             return False
         every = format_duration(policy.drill_every)
         since = "no drill was ever run" if last is None else f"the last was {human_time(last)}"
-        store.record(now, DRILL_OVERDUE, None, {"last_drill": last, "drill_every": every})
+        # the event's name as a literal: tests/broker/test_audit_events.py reads it here
+        store.record(
+            now, "breakglass.drill_overdue", None, {"last_drill": last, "drill_every": every}
+        )
         self.ctx.notifier.send(
             DRILL_OVERDUE,
             f"break-glass drill overdue: one is due every {every} and {since}; practice "
