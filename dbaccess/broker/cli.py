@@ -317,7 +317,7 @@ def inventory(
     from datetime import UTC, datetime
 
     from dbaccess.broker.engines import engine_for
-    from dbaccess.broker.inventory import difference, take
+    from dbaccess.broker.inventory import difference, live_users, take
     from dbaccess.broker.settings import load_settings
     from dbaccess.broker.store import Store
 
@@ -339,9 +339,7 @@ def inventory(
     names = [target] if target is not None else sorted(settings.targets)
     store = Store(settings.broker.store_url())
     try:
-        live: dict[str, set[str]] = {}
-        for lease in store.live_leases():
-            live.setdefault(lease.target, set()).add(lease.db_user)
+        live = live_users(store.live_leases())
     finally:
         store.close()
     engines = {name: engine_for(name, settings.targets[name]) for name in names}

@@ -21,6 +21,7 @@ from typing import Any
 
 from dbaccess.broker.engines.base import Account, Engine, EngineError
 from dbaccess.broker.settings import Settings
+from dbaccess.broker.store.rows import Lease
 from dbaccess.timestamps import rfc3339
 
 # What each kind of entry is, in the report's order of concern.
@@ -103,6 +104,14 @@ def judge(
             status = FINDING
         entries.append(Entry(target, account.name, status, risks, account.member_of))
     return entries
+
+
+def live_users(leases: Iterable[Lease]) -> dict[str, set[str]]:
+    """The database users of live sessions, per target: what an inventory leaves out."""
+    live: dict[str, set[str]] = {}
+    for lease in leases:
+        live.setdefault(lease.target, set()).add(lease.db_user)
+    return live
 
 
 def take(

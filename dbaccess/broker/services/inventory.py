@@ -5,7 +5,7 @@ engines and store, for the people in an auditor group only."""
 from __future__ import annotations
 
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.inventory import take
+from dbaccess.broker.inventory import live_users, take
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.wire import InventoryReport
@@ -29,9 +29,7 @@ class StandingAccounts:
                 f"no target '{target}'",
                 f"one of: {', '.join(sorted(settings.targets))}",
             )
-        live: dict[str, set[str]] = {}
-        for lease in self.ctx.store.live_leases():
-            live.setdefault(lease.target, set()).add(lease.db_user)
+        live = live_users(self.ctx.store.live_leases())
         names = [target] if target is not None else sorted(settings.targets)
         taken = take(settings, self.ctx.engines, live, names)
         return InventoryReport.model_validate(taken.as_json(self.ctx.clock()))
