@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import scramp
 
+from dbaccess.gateway.postgres.server import CLOSE_GRACE
 from tests.gateway.conftest import HIGH_WATER, RunningGateway, Session
 
 pytestmark = pytest.mark.integration
@@ -324,6 +325,44 @@ def test_slow_reader_is_backpressured_and_vanishing_client_ends_upstream(
     assert wait_for(lambda: upstream_backends(gateway, session) == 0), "upstream still there"
     records = gateway.assert_all_audited(session)
     assert [r.status for r in records] == ["interrupted"]
+
+
+def test_revoked_connection_of_a_reader_that_stopped_is_closed_within_the_grace(
+    gateway: RunningGateway,
+) -> None:
+    """close() waits for the write buffer to drain: a client that stopped reading would
+    keep the socket (and the buffered rows) at the gateway until it reads again."""
+    session = gateway.new_session()
+    sock = raw_login(gateway, session)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    query(sock, "SELECT repeat('x', 1000) FROM generate_series(1, 500000)")
+    time.sleep(1)  # the buffers fill up: the client reads nothing
+
+    async def open_to_the_client() -> int:
+        return sum(
+            1
+            for side in gateway.gateway.open_sides
+            if side is side.conn.client and side.conn.number == number
+        )
+
+    async def number_of_the_connection() -> int:
+        (connection,) = [
+            c
+            for c in gateway.gateway._connections
+            if c.session is not None and c.session.lease_id == session.session.lease_id
+        ]
+        return connection.number
+
+    try:
+        number = gateway.call(number_of_the_connection())
+        assert gateway.directory.end(session.session.lease_id, "the lease was revoked") == 1
+        time.sleep(0.3)
+        assert gateway.call(open_to_the_client()) == 1, "closed at once: the test shows nothing"
+        assert wait_for(lambda: gateway.call(open_to_the_client()) == 0, CLOSE_GRACE + 2), (
+            "the gateway kept the socket of a revoked connection whose client stopped reading"
+        )
+    finally:
+        sock.close()
 
 
 @pytest.mark.parametrize(

@@ -146,8 +146,9 @@ class _Side(asyncio.Protocol):
 
     def set_transport(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        config = self.conn.gateway.config
-        transport.set_write_buffer_limits(config.high_water, config.low_water)
+        gateway = self.conn.gateway
+        gateway.open_sides.add(self)
+        transport.set_write_buffer_limits(gateway.config.high_water, gateway.config.low_water)
 
     def data_received(self, data: bytes) -> None:
         if self.relay is not None:
@@ -170,8 +171,13 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.conn.gateway.open_sides.discard(self)
         self._wake()
         self.conn.side_lost(self)
+
+    def abort_unless_lost(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -356,6 +362,10 @@ class Connection:
         for side in (self.client, self.upstream):
             if side is not None and side.transport is not None:
                 side.transport.close()
+                if not side.lost:
+                    # close() waits for the write buffer to drain: a peer that stopped
+                    # reading would hold the socket (and up to high_water bytes) forever
+                    self.gateway.loop.call_later(CLOSE_GRACE, side.abort_unless_lost)
         self.gateway.forget(self)
 
     # -- start-up ------------------------------------------------------------------------
@@ -1117,6 +1127,9 @@ class Gateway:
         # tasks no connection owns (a cancel after a cut answer): referenced until done, so
         # that none is collected half-way, and ended by close() with what they opened
         self._background: set[asyncio.Task[None]] = set()
+        # every socket not yet lost, the closed connections' too (one may still be flushing
+        # to a peer that does not read): close() ends them all
+        self.open_sides: set[_Side] = set()
         self._mock_salt_key = self.config.mock_salt_key or secrets.token_urlsafe(32)
         self.session_bytes: dict[str, int] = {}  # bytes out per lease (guardrails)
         if self.config.tls is not None:  # libpq 17+ checks it, direct TLS requires it
@@ -1290,7 +1303,6 @@ class Gateway:
             self._server.close()
         connections = list(self._connections)
         tasks = [c._task for c in connections if c._task is not None and not c._task.done()]
-        sides = [s for c in connections for s in (c.client, c.upstream) if s is not None]
         for connection in connections:
             connection.close()
         for task in self._background:
@@ -1300,6 +1312,7 @@ class Gateway:
         # (scheduled by close): a loop stopped before would leave both half-done, and
         # their sockets open.
         await asyncio.gather(*tasks, return_exceptions=True)
+        sides = list(self.open_sides)
         # A TLS transport closes once the peer answers its close_notify (or after
         # ssl_shutdown_timeout, 30 s): a peer that does not answer within a moment has
         # its socket aborted.
@@ -1307,8 +1320,7 @@ class Gateway:
         while any(not s.lost for s in sides) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         for side in sides:
-            if not side.lost and side.transport is not None:
-                side.transport.abort()
+            side.abort_unless_lost()
         for _ in range(3):
             await asyncio.sleep(0)
         if self._server is not None:
