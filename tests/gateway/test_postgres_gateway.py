@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import scramp
 
-from dbaccess.gateway.postgres.server import CLOSE_GRACE
+from dbaccess.gateway.postgres.server import CLOSE_GRACE, MAX_PARAM_TEXT, MAX_PARAMS_TEXT
 from tests.gateway.conftest import HIGH_WATER, RunningGateway, Session
 
 pytestmark = pytest.mark.integration
@@ -363,6 +363,30 @@ def test_revoked_connection_of_a_reader_that_stopped_is_closed_within_the_grace(
         )
     finally:
         sock.close()
+
+
+def test_bind_parameters_kept_in_a_record_are_bounded(gateway: RunningGateway) -> None:
+    """A Bind may carry 65535 parameters (more than a signed 16-bit count reads): the
+    record keeps their first MAX_PARAMS_TEXT characters in all and counts the rest."""
+    session = gateway.new_session()
+    many = 40_000  # over 32767: a count read as signed would show none
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT cardinality(ARRAY[" + ",".join(["%s::int"] * many) + "])", [1] * many
+        ).fetchone()
+        assert row == (many,)
+        big = ["y" * 100_000] * 100
+        row = conn.execute("SELECT length(" + "||".join(["%s::text"] * 100) + ")", big).fetchone()
+        assert row == (100 * 100_000,)
+    records = gateway.assert_all_audited(session)
+    assert len(records) == 2
+    for record, count in zip(records, (many, 100), strict=True):
+        assert record.params is not None
+        *kept, marker = record.params
+        assert marker == f"<{count - len(kept)} more parameter(s) not kept>"
+        shown = sum(len(p or "") for p in kept)
+        assert MAX_PARAMS_TEXT <= shown <= MAX_PARAMS_TEXT + MAX_PARAM_TEXT
+    assert all(len(p or "") == MAX_PARAM_TEXT for p in records[1].params[:-1])
 
 
 @pytest.mark.parametrize(

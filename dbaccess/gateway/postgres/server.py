@@ -48,6 +48,9 @@ SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 MAX_PARAM_TEXT = 4096  # characters of one bind parameter kept under params = "full"
+# Characters of a Bind's parameters kept in all (the shown values, "<n bytes>" under
+# "redacted"): a Bind may carry 65535 of them; past this the rest is counted in a marker.
+MAX_PARAMS_TEXT = 64 * 1024
 
 Q, P, B, E, S, F, X, CLOSE = (ord(c) for c in "QPBESFXC")
 COPY_DATA, COPY_DONE, COPY_FAIL = (ord(c) for c in "dcf")
@@ -722,26 +725,35 @@ class Connection:
 
     def _params(self, body: bytes, offset: int) -> tuple[str | None, ...]:
         """Bind parameters as the policy shows them: "<n bytes>" or their text."""
-        nformats = wire.int16(body, offset)
-        formats = [wire.int16(body, offset + 2 + 2 * i) for i in range(nformats)]
+        nformats = wire.uint16(body, offset)
+        formats = [wire.uint16(body, offset + 2 + 2 * i) for i in range(nformats)]
         offset += 2 + 2 * nformats
-        count = wire.int16(body, offset)
+        count = wire.uint16(body, offset)
         offset += 2
         shown: list[str | None] = []
+        kept = 0  # characters shown so far
+        redacted = self.gateway.config.params == "redacted"
         for index in range(count):
+            if kept >= MAX_PARAMS_TEXT:
+                shown.append(f"<{count - index} more parameter(s) not kept>")
+                break
             length = wire.int32(body, offset)
             offset += 4
             if length < 0:
                 shown.append(None)
+                kept += 4  # as the JSON null
                 continue
-            value = body[offset : offset + length]
+            if redacted:
+                text = f"<{length} bytes>"
+            else:
+                binary = (formats[index] if nformats > 1 else formats[0] if formats else 0) == 1
+                value = body[offset : offset + min(length, MAX_PARAM_TEXT)]  # no more decoded
+                text = ("\\x" + value.hex() if binary else value.decode(errors="replace"))[
+                    :MAX_PARAM_TEXT
+                ]
             offset += length
-            if self.gateway.config.params == "redacted":
-                shown.append(f"<{length} bytes>")
-                continue
-            binary = (formats[index] if nformats > 1 else formats[0] if formats else 0) == 1
-            text = "\\x" + value.hex() if binary else value.decode(errors="replace")
-            shown.append(text[:MAX_PARAM_TEXT])
+            shown.append(text)
+            kept += len(text)
         return tuple(shown)
 
     def _open(

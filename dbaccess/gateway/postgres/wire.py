@@ -21,7 +21,7 @@ MAX_STARTUP_LENGTH = 10_000  # PostgreSQL's own limit for a startup packet
 
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
-_INT16 = struct.Struct("!h")
+_UINT16 = struct.Struct("!H")
 _HEADER = struct.Struct("!cI")
 
 # Server message types (bytes values), the ones the scanner looks at.
@@ -111,8 +111,8 @@ def int32(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(_INT32.unpack_from(data, offset)[0])
 
 
-def int16(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
-    return int(_INT16.unpack_from(data, offset)[0])
+def uint16(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    return int(_UINT16.unpack_from(data, offset)[0])
 
 
 def read_cstring(data: bytes, offset: int) -> tuple[bytes, int]:
