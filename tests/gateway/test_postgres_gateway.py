@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import scramp
 
+from dbaccess.gateway.postgres import server, wire
 from dbaccess.gateway.postgres.server import CLOSE_GRACE, MAX_PARAM_TEXT, MAX_PARAMS_TEXT
 from tests.gateway.conftest import HIGH_WATER, RunningGateway, Session
 
@@ -387,6 +388,118 @@ def test_bind_parameters_kept_in_a_record_are_bounded(gateway: RunningGateway) -
         shown = sum(len(p or "") for p in kept)
         assert MAX_PARAMS_TEXT <= shown <= MAX_PARAMS_TEXT + MAX_PARAM_TEXT
     assert all(len(p or "") == MAX_PARAM_TEXT for p in records[1].params[:-1])
+
+
+def read_until_ready(sock: socket.socket) -> bytes:
+    """The server's messages up to ReadyForQuery; its transaction status."""
+    while True:
+        head = recv_exact(sock, 5)
+        body = recv_exact(sock, struct.unpack("!I", head[1:])[0] - 4)
+        if head[:1] == b"Z":
+            return body
+
+
+def bind(portal: str, statement: str = "") -> bytes:
+    return wire.message(b"B", wire.cstring(portal) + wire.cstring(statement) + b"\0" * 6)
+
+
+def test_portals_are_forgotten_when_their_transaction_ends(gateway: RunningGateway) -> None:
+    """The server drops a transaction's portals at its end; the gateway's copies (SQL and
+    parameters, for the records) go then too, or a client that never closes them grows the
+    gateway without bound. One still open in a transaction keeps its text."""
+    session = gateway.new_session()
+    sock = raw_login(gateway, session)
+
+    async def portals() -> set[bytes]:
+        (connection,) = [
+            c
+            for c in gateway.gateway._connections
+            if c.session is not None and c.session.lease_id == session.session.lease_id
+        ]
+        return set(connection.portals)
+
+    try:
+        parse = wire.message(b"P", wire.cstring("") + wire.cstring("SELECT 7") + b"\0\0")
+        sock.sendall(parse + b"".join(bind(f"p{i}") for i in range(100)) + SYNC)
+        assert read_until_ready(sock) == b"I"
+        assert gateway.call(portals()) == set()
+        query(sock, "BEGIN")
+        assert read_until_ready(sock) == b"T"
+        sock.sendall(parse + bind("kept") + SYNC)
+        assert read_until_ready(sock) == b"T"
+        assert gateway.call(portals()) == {b"kept"}
+        execute = wire.message(b"E", wire.cstring("kept") + b"\0\0\0\0")
+        sock.sendall(execute + SYNC)
+        assert read_until_ready(sock) == b"T"
+        query(sock, "COMMIT")
+        assert read_until_ready(sock) == b"I"
+        assert gateway.call(portals()) == set()
+    finally:
+        sock.close()
+    records = gateway.assert_all_audited(session)
+    assert ("execute", "SELECT 7", 1) in [(r.kind, r.sql, r.rows) for r in records]
+
+
+def test_prepared_statements_text_is_bounded(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_PREPARED_TEXT", 100_000)
+    session = gateway.new_session()
+    pad = "z" * 25_000
+
+    async def held() -> int:
+        (connection,) = [
+            c
+            for c in gateway.gateway._connections
+            if c.session is not None and c.session.lease_id == session.session.lease_id
+        ]
+        return connection.statement_text
+
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        # psycopg deallocates (with SQL) what falls out of its cache: freed at the gateway
+        conn.prepared_max = 2
+        for i in range(10):
+            assert conn.execute(f"SELECT {i}, '{pad}'", prepare=True).fetchone() == (i, pad)
+        assert gateway.call(held()) <= 3 * 25_100
+        conn.execute("DISCARD ALL")
+        assert gateway.call(held()) == 0
+        conn.prepared_max = 100
+        with pytest.raises(psycopg.OperationalError, match="prepared statements' text"):
+            for i in range(10):
+                conn.execute(f"SELECT {i} AS m, '{pad}'", prepare=True)
+    gateway.assert_all_audited(session)
+
+
+def test_deallocate_by_name_frees_the_statement_at_the_gateway(gateway: RunningGateway) -> None:
+    session = gateway.new_session()
+    sock = raw_login(gateway, session)
+
+    async def names() -> set[bytes]:
+        (connection,) = [
+            c
+            for c in gateway.gateway._connections
+            if c.session is not None and c.session.lease_id == session.session.lease_id
+        ]
+        return set(connection.statements)
+
+    def parse(name: str) -> bytes:
+        return wire.message(b"P", wire.cstring(name) + wire.cstring("SELECT 1") + b"\0\0")
+
+    try:
+        sock.sendall(parse("MixedCase") + parse("lower") + parse("kept") + SYNC)
+        assert read_until_ready(sock) == b"I"
+        assert gateway.call(names()) == {b"MixedCase", b"lower", b"kept"}
+        query(sock, 'DEALLOCATE "MixedCase"; DEALLOCATE PREPARE LOWER')
+        assert read_until_ready(sock) == b"I"
+        assert gateway.call(names()) == {b"kept"}
+        query(sock, "DEALLOCATE nosuch")  # fails at the server: nothing else goes
+        assert read_until_ready(sock) == b"I"
+        assert gateway.call(names()) == {b"kept"}
+    finally:
+        sock.close()
+
+
+SYNC = wire.message(b"S")
 
 
 @pytest.mark.parametrize(

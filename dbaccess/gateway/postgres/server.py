@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import secrets
 import ssl
 import struct
@@ -48,6 +49,13 @@ SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 MAX_PARAM_TEXT = 4096  # characters of one bind parameter kept under params = "full"
+# Characters of prepared statements' SQL a connection may hold at the gateway (named ones
+# live until closed; the records of their Executes need the text): over it, FATAL 53200.
+MAX_PREPARED_TEXT = 64 * 1024 * 1024
+# The names a DEALLOCATE statement drops (its tag says which ran; unquoted names fold to
+# lower case, as the server folds them)
+_DEALLOCATE = re.compile(r'\bDEALLOCATE\s+(?:PREPARE\s+)?("(?:[^"]|"")*"|[^\s;]+)', re.I)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Characters of a Bind's parameters kept in all (the shown values, "<n bytes>" under
 # "redacted"): a Bind may carry 65535 of them; past this the rest is counted in a marker.
 MAX_PARAMS_TEXT = 64 * 1024
@@ -116,6 +124,15 @@ class RecordWriter(Protocol):
 
 class _Closed(Exception):
     """The connection ended (or was refused) during the handshake."""
+
+
+class _OverLimit(Exception):
+    """A client message over one of the connection's limits: FATAL ``code``, ``text``."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
 
 
 _READY = wire.READY_FOR_QUERY
@@ -268,6 +285,7 @@ class Connection:
         self.key: tuple[int, int] | None = None
         self.pending: deque[_Open | None] = deque()  # None: a Sync
         self.statements: dict[bytes, str] = {}
+        self.statement_text = 0  # characters in self.statements (MAX_PREPARED_TEXT)
         self.portals: dict[bytes, tuple[str, tuple[str | None, ...] | None]] = {}
         self.scanner = wire.ServerScanner(self)
         self.copy_in = False
@@ -649,6 +667,9 @@ class Connection:
         except (wire.ProtocolError, struct.error):
             self._refuse("08P01", "invalid message from the client")
             return
+        except _OverLimit as over:
+            self._refuse(over.code, over.text)
+            return
         transport = self.upstream.transport
         if end < size:
             buf += data[end:]
@@ -681,6 +702,9 @@ class Connection:
         except (wire.ProtocolError, struct.error):
             self._refuse("08P01", "invalid message from the client")
             return
+        except _OverLimit as over:
+            self._refuse(over.code, over.text)
+            return
         if end and upstream is not None:
             if end > sent:
                 upstream.write(bytes(buf[sent:end]))
@@ -694,7 +718,7 @@ class Connection:
         elif kind == P:
             name, offset = wire.read_cstring(body, 0)
             query, _ = wire.read_cstring(body, offset)
-            self.statements[name] = query.decode(errors="replace")
+            self._remember(name, query.decode(errors="replace"))
             self.unsynced = True
         elif kind == B:
             portal, offset = wire.read_cstring(body, 0)
@@ -714,7 +738,10 @@ class Connection:
             self._open("function", f"function call, oid {wire.int32(body, 0)}", None, simple=True)
         elif kind == CLOSE:
             name, _ = wire.read_cstring(body, 1)
-            (self.statements if body[:1] == b"S" else self.portals).pop(name, None)
+            if body[:1] == b"S":
+                self.statement_text -= len(self.statements.pop(name, ""))
+            else:
+                self.portals.pop(name, None)
         elif kind == COPY_DATA:
             if self.copy_in and self.pending and self.pending[0] is not None:
                 self.pending[0].bytes_in += len(body)
@@ -722,6 +749,33 @@ class Connection:
             self.copy_in = False
         elif kind == X:
             self.terminating = True
+
+    def _remember(self, name: bytes, sql: str) -> None:
+        self.statement_text += len(sql) - len(self.statements.get(name, ""))
+        self.statements[name] = sql
+        if self.statement_text > MAX_PREPARED_TEXT:
+            raise _OverLimit(
+                "53200",
+                "this connection holds more than "
+                f"{MAX_PREPARED_TEXT // (1024 * 1024)} MiB of prepared statements' text at "
+                "the gateway; close the statements it no longer uses (the protocol's Close "
+                "message), or reconnect",
+            )
+
+    def _deallocated(self, sql: str, tag: bytes) -> None:
+        """Forget the prepared statements a completed DEALLOCATE or DISCARD ALL dropped
+        (psycopg, for one, deallocates with SQL): their text no longer counts."""
+        if tag.startswith((b"DEALLOCATE ALL", b"DISCARD ALL")):
+            self.statements.clear()
+            self.statement_text = 0
+        elif tag.startswith(b"DEALLOCATE"):
+            for match in _DEALLOCATE.finditer(sql):
+                name = match[1]
+                if name.startswith('"'):
+                    name = name[1:-1].replace('""', '"')
+                else:
+                    name = name.translate(_ASCII_LOWER)
+                self.statement_text -= len(self.statements.pop(name.encode(), ""))
 
     def _params(self, body: bytes, offset: int) -> tuple[str | None, ...]:
         """Bind parameters as the policy shows them: "<n bytes>" or their text."""
@@ -797,11 +851,17 @@ class Connection:
                 item = pending.popleft()
                 if item is not None:
                     self._record(item, "completed")
+            if self.portals and not pending and not self.unsynced and body[:1] == b"I":
+                # every Bind seen came before this Sync and the transaction is over: the
+                # server has dropped the portals (none is holdable), so do we
+                self.portals.clear()
         elif kind == _COMPLETE:
             if head is not None:
                 counted = wire.command_rows(body)
                 if counted is not None:
                     head.rows = (head.rows or 0) + counted
+                if self.statements and body[0] == 68:  # "D": DEALLOCATE, DISCARD (DELETE)
+                    self._deallocated(head.sql, bytes(body))
                 if not head.simple:
                     self._finish(head, "completed")
         elif kind == wire.PARAMETER_STATUS:
@@ -964,7 +1024,7 @@ class Connection:
             text = REFUSED_TEXT.format(refusal.rule.replace(".", "_")).encode() + b"\0"
             if kind == P:
                 self.unsynced = True
-                self.statements[name] = sql  # for the records of its skipped Executes
+                self._remember(name, sql)  # for the records of its skipped Executes
                 return wire.message(b"P", wire.cstring(name.decode()) + text + b"\0\0")
             return wire.message(b"Q", text)
         self._record(item, "completed")
