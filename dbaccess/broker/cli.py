@@ -490,12 +490,29 @@ def policy_explain(
         name=None,
         groups=frozenset(g.strip() for g in groups.split(",") if g.strip()),
     )
-    decision = decide(who, AccessRequest(target, role, wanted, reason, ticket), settings.rules)
+    from datetime import UTC, datetime
+
+    from dbaccess.broker.oncall import Schedules
+
+    decision = decide(
+        who,
+        AccessRequest(target, role, wanted, reason, ticket),
+        settings.rules,
+        on_call=Schedules(settings.oncall).shift,  # the schedules as the broker reads them
+        now=datetime.now(UTC),
+    )
     verdict = "GRANT" if decision.allowed else "DENY"
     typer.echo(f"{verdict}: {decision.explanation}")
     typer.echo(f"rule: {decision.rule or '(none)'}")
     if decision.tier is not None:
         typer.echo(f"tier: {decision.tier}")
+    if decision.on_call is not None:
+        shift = decision.on_call
+        typer.echo(
+            f"on call: '{shift.source}' level {shift.level}, shift "
+            f"{shift.start:%Y-%m-%d %H:%M} to {shift.end:%Y-%m-%d %H:%M} UTC"
+            + (f" ({shift.summary})" if shift.summary else "")
+        )
     if decision.duration is not None:
         typer.echo(f"duration: {format_duration(decision.duration)}")
     if decision.approvals_required:

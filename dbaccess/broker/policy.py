@@ -8,15 +8,21 @@ file order; the first matching rule that allows the requested duration wins.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dbaccess.broker.identity import Principal
+from dbaccess.broker.oncall import Shift
 from dbaccess.broker.settings import BreakglassSection, Rule
 from dbaccess.durations import format_duration
 
 DEFAULT_DURATION = timedelta(hours=1)
+# A shift ending sooner grants nothing without approvals (a session that short is no use)
+MIN_ON_CALL_LEFT = timedelta(minutes=1)
+
+# (source, verified email or None, now) -> the shift of that person then, or None
+OnCallLookup = Callable[[str, str | None, datetime], Shift | None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Decision:
     # Refused for its length alone: the longest any matching rule allows (for the hint)
     max_duration: timedelta | None = None
     tier: str | None = None  # the rule's tier the request landed in (more approvals)
+    on_call: Shift | None = None  # approvals waived: the requester's shift (its evidence)
 
 
 def rule_covers(rule: Rule, target: str, role: str) -> bool:
@@ -62,7 +69,15 @@ def breakglass_covers(section: BreakglassSection | None, target: str, role: str)
     return section is not None and section.targets.get(target) == role
 
 
-def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) -> Decision:
+def decide(
+    principal: Principal,
+    request: AccessRequest,
+    rules: Sequence[Rule],
+    on_call: OnCallLookup | None = None,
+    now: datetime | None = None,
+) -> Decision:
+    """``on_call`` (with ``now``) is asked only where a rule's approvals could be waived
+    for the people on call; without it, those rules ask their approvals."""
     matching = [r for r in rules if rule_applies(r, principal, request.target, request.role)]
     if not matching:
         return Decision(
@@ -101,8 +116,28 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
         explanation = f"granted by rule '{rule.name}'"
         if tier is not None:
             explanation += f", tier '{tier.name}'"
+        shift, off_call = None, ""
+        if approvals and rule.oncall is not None and rule.oncall_covers(request.role):
+            if on_call is not None and now is not None:
+                email = principal.email if principal.email_verified else None
+                shift = on_call(rule.oncall.source, email, now)
+                if shift is not None and (
+                    shift.level not in rule.oncall.levels or shift.end - now < MIN_ON_CALL_LEFT
+                ):
+                    shift = None
+            if shift is None:
+                off_call = f" (not on call in '{rule.oncall.source}' now)"
+        if shift is not None:
+            assert now is not None
+            duration = min(duration, timedelta(seconds=int((shift.end - now).total_seconds())))
+            approvals, approvers = 0, ()
+            explanation += (
+                f" without approval: on call in '{shift.source}' (level {shift.level}) "
+                f"until {shift.end:%Y-%m-%d %H:%M} UTC"
+            )
         if approvals:
             explanation += f" once approved by {approvals} member(s) of {', '.join(approvers)}"
+        explanation += off_call
         return Decision(
             True,
             explanation,
@@ -111,6 +146,7 @@ def decide(principal: Principal, request: AccessRequest, rules: Sequence[Rule]) 
             approvals,
             approvers,
             tier=None if tier is None else tier.name,
+            on_call=shift,
         )
     return Decision(
         False,

@@ -459,6 +459,42 @@ class Tier(_Section):
         return self
 
 
+class OncallSource(_Section):
+    """A schedule: an iCalendar feed (a file, or an https:// URL) whose events name the
+    people on call as ATTENDEE (docs/policies.md, "On-call tiers")."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    ics: Annotated[str, Field(min_length=1)]
+    ca_file: Path | None = None  # the CA of an https feed, if not a public one
+    level: int = Field(default=1, ge=1, le=10)  # the escalation level its shifts stand for
+    max_age: Duration = timedelta(minutes=5)  # a copy is used this long at most
+    timeout: Duration = timedelta(seconds=1.5)  # a look-up waits this long at most
+
+    @field_validator("ics")
+    @classmethod
+    def _where(cls, value: str) -> str:
+        if "://" in value and not value.startswith("https://"):
+            raise ValueError("a feed is a file path or an https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> OncallSource:
+        if not timedelta(0) < self.timeout <= timedelta(seconds=2):
+            raise ValueError("timeout must be over 0 and at most 2s (a decision waits for it)")
+        if not timedelta(seconds=10) <= self.max_age <= timedelta(hours=1):
+            raise ValueError("max_age must be between 10s and 1h")
+        return self
+
+
+class OncallGrant(_Section):
+    """Approvals waived for the people on call now: in ``source``, at one of ``levels``,
+    for ``roles`` (none: all the rule's); the session ends with the shift."""
+
+    source: str
+    roles: list[str] = Field(default_factory=list)
+    levels: list[int] = Field(default_factory=lambda: [1], min_length=1)
+
+
 class Rule(_Section):
     name: Annotated[str, Field(pattern=_NAME)]
     groups: list[str] = Field(default_factory=list)
@@ -476,6 +512,8 @@ class Rule(_Section):
     approver_groups: list[str] = Field(default_factory=list)
     # More approvals for some roles or longer sessions (Tier); the highest matching wins.
     tiers: list[Tier] = Field(default_factory=list)
+    # None for the people on call now (OncallGrant), until their shift ends.
+    oncall: OncallGrant | None = None
 
     @field_validator("ticket_pattern")
     @classmethod
@@ -495,6 +533,12 @@ class Rule(_Section):
             raise ValueError("a rule must name at least one group or user")
         if self.default_duration is not None and self.default_duration > self.max_duration:
             raise ValueError("default_duration is longer than max_duration")
+        if self.oncall is not None:
+            stray = [r for r in self.oncall.roles if "*" not in self.roles and r not in self.roles]
+            if stray:
+                raise ValueError(
+                    f"oncall names role(s) the rule does not grant: {', '.join(stray)}"
+                )
         names = [tier.name for tier in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError("two tiers have the same name")
@@ -529,6 +573,10 @@ class Rule(_Section):
             ):
                 best = tier
         return best
+
+    def oncall_covers(self, role: str) -> bool:
+        """Do the people on call get ``role`` without approvals under this rule?"""
+        return self.oncall is not None and (not self.oncall.roles or role in self.oncall.roles)
 
     def may_need_approval(self, role: str) -> bool:
         """Some request for ``role`` under this rule needs approvals (of any length)."""
@@ -721,6 +769,7 @@ class Settings(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     gateway: GatewaySection | None = None
     inventory: InventorySection = Field(default_factory=InventorySection)
+    oncall: list[OncallSource] = Field(default_factory=list)
 
     def limit(self, target: str, key: str) -> tuple[int, str]:
         """The value of limits key ``key`` for ``target``, and the setting it comes from
@@ -729,6 +778,20 @@ class Settings(_Section):
         if own is not None:
             return int(own), f"targets.{target}.limits.{key}"
         return int(getattr(self.limits, key)), f"limits.{key}"
+
+    @model_validator(mode="after")
+    def _oncall_sources_exist(self) -> Settings:
+        names = [source.name for source in self.oncall]
+        if len(set(names)) != len(names):
+            raise _KeyedError("oncall", "two sources have the same name")
+        for index, rule in enumerate(self.rules):
+            if rule.oncall is not None and rule.oncall.source not in names:
+                raise _KeyedError(
+                    f"rules.{index}.oncall.source",
+                    f"'{rule.oncall.source}' is not an [[oncall]] source"
+                    + (f" (there are: {', '.join(names)})" if names else " (there is none)"),
+                )
+        return self
 
     @model_validator(mode="after")
     def _every_role_fits_its_limits(self) -> Settings:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from dbaccess.broker.engines import Engine
 from dbaccess.broker.metrics import Metrics
 from dbaccess.broker.notify import Notifier
+from dbaccess.broker.oncall import Schedules
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Store
 
@@ -35,6 +36,14 @@ class BrokerContext:
     # Names this process in lease claims, so replicas sharing a store never revoke the
     # same lease at once.
     replica: str
+    _schedules: tuple[object, Schedules] | None = None
+
+    @property
+    def schedules(self) -> Schedules:
+        """The on-call look-up of the current settings (made again after a reload)."""
+        if self._schedules is None or self._schedules[0] is not self.settings.oncall:
+            self._schedules = (self.settings.oncall, Schedules(self.settings.oncall))
+        return self._schedules[1]
 
     @classmethod
     def build(

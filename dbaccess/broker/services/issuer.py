@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dbaccess.broker.engines import EngineError, NewUser
 from dbaccess.broker.engines.base import make_password, make_username
@@ -78,6 +78,7 @@ class Issuer:
         request: ApprovalRequest | None = None,
         incident: str | None = None,
         drill: bool = False,
+        on_call: dict[str, Any] | None = None,
     ) -> SessionGranted:
         """Lease, user, activation — the crash-safe order every kind of session shares.
         ``incident`` makes it a break-glass session (statements logged, review opened)."""
@@ -115,6 +116,7 @@ class Issuer:
                 drill=drill,
                 request=request,
                 caps=self._caps(target_name, breakglass),
+                on_call=on_call,
                 access=target.access if gateway is not None else None,
                 gateway_verifier=(
                     bind_verifier(gateway_key, verifier, username, target_name, role, expires_at)

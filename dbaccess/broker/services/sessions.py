@@ -84,12 +84,15 @@ class SessionService:
         else:
             requested = timedelta(seconds=body.duration_seconds) if body.duration_seconds else None
             reason, ticket = body.reason, body.ticket
+        now = self.ctx.clock()
         decision = decide(
             principal,
             AccessRequest(body.target, body.role, requested, reason, ticket),
             self.ctx.settings.rules,
+            # an approved request was decided by its approvers: the schedule is not asked
+            on_call=None if request is not None else self.ctx.schedules.shift,
+            now=now,
         )
-        now = self.ctx.clock()
         if decision.allowed and decision.approvals_required and not (reason or "").strip():
             decision = Decision(
                 False,
@@ -138,6 +141,7 @@ class SessionService:
             ticket=ticket,
             origin=origin,
             request=request,
+            on_call=None if decision.on_call is None else decision.on_call.evidence(),
         )
 
     def _approved_request(self, principal: Principal, body: SessionCreate) -> ApprovalRequest:

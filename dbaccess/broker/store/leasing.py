@@ -107,6 +107,7 @@ class Leasing(AuditTrail):
         caps: Caps | None = None,
         access: str | None = None,
         gateway_verifier: str | None = None,
+        on_call: dict[str, Any] | None = None,
     ) -> Lease:
         """Record the lease (state ``creating``) before its user exists. With ``request``,
         that approved request is consumed in the same transaction: it grants one session.
@@ -154,6 +155,8 @@ class Leasing(AuditTrail):
             detail.update(incident=incident, drill=drill)
         if access is not None:
             detail["access"] = access
+        if on_call is not None:  # approvals waived: the shift they were waived for
+            detail["on_call"] = on_call
         if request is not None:
             detail.update(request_id=request.id, approved_by=[a["by"] for a in request.approvals])
         with self._write() as conn:

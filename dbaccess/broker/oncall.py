@@ -1,0 +1,235 @@
+"""Who is on call now, from the schedule sources of ``[[oncall]]``.
+
+A source is an iCalendar (RFC 5545) feed or file, the export PagerDuty, Opsgenie and
+Google Calendar all offer; recurring shifts are expanded by ``recurring-ical-events``. A
+person is on call during an event that names them as ATTENDEE (``mailto:`` their verified
+email, as PagerDuty's feeds do). A feed stands for one escalation level (``level``).
+
+A look-up never waits longer than the source's ``timeout``, and a copy is used for
+``max_age`` at most: a source that is down, slow, or unreadable gives no shift, so the
+rule's normal approvals apply (never a grant). Failures are logged at most once a minute
+per source.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dbaccess.broker.settings import OncallSource
+from dbaccess.text import one_line
+
+log = logging.getLogger("dbaccess.broker.oncall")
+
+FAILURE_LOG_INTERVAL = 60.0  # seconds between two warnings about one source
+MAX_FEED_BYTES = 16 * 1024 * 1024  # a feed larger than this is refused, not parsed
+_MARGIN = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The evidence an on-call grant rests on (in the decision and the audit record)."""
+
+    source: str
+    level: int
+    start: datetime
+    end: datetime
+    summary: str
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "level": self.level,
+            "shift_start": self.start.isoformat(),
+            "shift_end": self.end.isoformat(),
+            "summary": self.summary,
+        }
+
+
+class SourceUnavailable(Exception):
+    """The feed could not be read or parsed (the message names why, never a secret)."""
+
+
+class _Feed:
+    """One source's parsed calendar, fetched again once older than ``max_age``."""
+
+    def __init__(self, source: OncallSource, fetch: Callable[[OncallSource], bytes]) -> None:
+        self.source = source
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._calendar: Any = None
+        self._fetched = -1e18  # monotonic time of the copy in _calendar
+        self._failure_logged = -1e18
+
+    def calendar(self) -> Any:
+        """The parsed calendar not older than max_age, or SourceUnavailable."""
+        max_age = self.source.max_age.total_seconds()
+        with self._lock:  # one fetch at a time per source; the others wait for it
+            if time.monotonic() - self._fetched <= max_age:
+                return self._calendar
+            self._calendar = None  # a stale copy is never used
+            try:
+                self._calendar = _parse(self._fetch(self.source))
+            except SourceUnavailable as exc:
+                self._log_failure(str(exc))
+                raise
+            self._fetched = time.monotonic()
+            return self._calendar
+
+    def _log_failure(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._failure_logged >= FAILURE_LOG_INTERVAL:
+            self._failure_logged = now
+            log.warning(
+                "on-call source '%s' is unavailable (%s): its rules fall back to their approvals",
+                self.source.name,
+                why,
+            )
+
+
+def fetch_feed(source: OncallSource) -> bytes:
+    """The feed's bytes, from a file or over HTTPS, within the source's timeout."""
+    where = source.ics
+    if where.startswith("https://"):
+        import httpx
+
+        try:
+            with httpx.stream(
+                "GET",
+                where,
+                timeout=source.timeout.total_seconds(),
+                follow_redirects=False,
+                verify=(
+                    ssl.create_default_context(cafile=str(source.ca_file))
+                    if source.ca_file is not None
+                    else True
+                ),
+            ) as reply:
+                if reply.status_code != 200:
+                    raise SourceUnavailable(f"HTTP {reply.status_code}")
+                data = bytearray()
+                deadline = time.monotonic() + source.timeout.total_seconds()
+                for chunk in reply.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_FEED_BYTES:
+                        raise SourceUnavailable("the feed is larger than 16 MiB")
+                    if time.monotonic() > deadline:  # a trickle: each read within timeout
+                        raise SourceUnavailable("the feed took longer than its timeout")
+                return bytes(data)
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(type(exc).__name__) from None
+    try:
+        path = Path(where)
+        if path.stat().st_size > MAX_FEED_BYTES:
+            raise SourceUnavailable("the feed is larger than 16 MiB")
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceUnavailable(exc.strerror or type(exc).__name__) from None
+
+
+def _parse(data: bytes) -> Any:
+    import icalendar
+
+    try:
+        return icalendar.Calendar.from_ical(data)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise SourceUnavailable(f"not an iCalendar feed ({type(exc).__name__})") from None
+
+
+def _attendees(event: Any) -> set[str]:
+    found = event.get("ATTENDEE")
+    values = found if isinstance(found, list) else [found] if found is not None else []
+    emails = set()
+    for value in values:
+        text = str(value)
+        if text.lower().startswith("mailto:"):
+            emails.add(text[len("mailto:") :].strip().lower())
+    return emails
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # a floating time: read as UTC, the broker's zone
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    # an all-day event (a date): from its midnight, in UTC
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Occurrence:
+    start: datetime
+    end: datetime
+    attendees: frozenset[str]
+    summary: str
+
+
+class Schedules:
+    """The look-up a decision calls: ``shift(source, email, now)``."""
+
+    def __init__(
+        self,
+        sources: list[OncallSource],
+        fetch: Callable[[OncallSource], bytes] = fetch_feed,
+    ) -> None:
+        self._feeds = {source.name: _Feed(source, fetch) for source in sources}
+        # per source: the calendar expanded, the window it was expanded for, its shifts
+        self._expanded: dict[str, tuple[Any, datetime, datetime, list[_Occurrence]]] = {}
+        self._lock = threading.Lock()
+
+    def shift(self, source: str, email: str | None, now: datetime) -> Shift | None:
+        """The shift of ``email`` in ``source`` at ``now`` (the one ending last when
+        several overlap), or None: not on call, no email, or the source unavailable."""
+        feed = self._feeds.get(source)
+        if feed is None or not email:
+            return None
+        try:
+            calendar = feed.calendar()
+            occurrences = self._occurrences(feed, calendar, now)
+        except SourceUnavailable:
+            return None
+        who = email.strip().lower()
+        best: _Occurrence | None = None
+        for item in occurrences:
+            if who in item.attendees and item.start <= now < item.end:
+                if best is None or item.end > best.end:
+                    best = item
+        if best is None:
+            return None
+        return Shift(feed.source.name, feed.source.level, best.start, best.end, best.summary)
+
+    def _occurrences(self, feed: _Feed, calendar: Any, now: datetime) -> list[_Occurrence]:
+        """The shifts around ``now``, expanded once per copy of the calendar and window
+        (a copy lives max_age at most, so the window spans that and a day either side:
+        the library's window test can be an hour off for a shift across a DST change)."""
+        with self._lock:
+            cached = self._expanded.get(feed.source.name)
+            if cached is not None and cached[0] is calendar and cached[1] <= now < cached[2]:
+                return cached[3]
+        import recurring_ical_events
+
+        since, until = now - _MARGIN, now + feed.source.max_age + _MARGIN
+        try:
+            events = recurring_ical_events.of(calendar).between(since, until)
+            found = [
+                _Occurrence(
+                    _as_utc(event.start),  # DTEND or DURATION
+                    _as_utc(event.end),
+                    frozenset(_attendees(event)),
+                    one_line(str(event.get("SUMMARY", "")), 200),
+                )
+                for event in events
+            ]
+        except Exception as exc:  # a malformed rule in the feed: treated as unavailable
+            feed._log_failure(f"its events cannot be expanded ({type(exc).__name__})")
+            raise SourceUnavailable("expansion") from None
+        with self._lock:
+            self._expanded[feed.source.name] = (calendar, since + _MARGIN, until - _MARGIN, found)
+        return found
