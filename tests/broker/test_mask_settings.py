@@ -70,3 +70,13 @@ def test_globs_become_anchored_regexes() -> None:
     assert re.match(part_regex("cust?mers"), "customers")
     assert not re.match(part_regex("ssn"), "ssn_old")
     assert part_regex("a$b") == "^a\\$b$"
+
+
+def test_mariadb_refuses_masks_rather_than_leave_them_readable() -> None:
+    from dbaccess.broker.engines.mariadb.bootstrap import render as maria_render
+    from dbaccess.errors import ConfigError
+
+    section = target(ro={"group_role": "app_ro", "read_only": True, "masked": ["shop.t.c"]})
+    section = section.model_copy(update={"engine": "mariadb"})
+    with pytest.raises(ConfigError, match="not implemented on MariaDB yet"):
+        maria_render("t", section)
