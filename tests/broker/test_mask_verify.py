@@ -100,6 +100,9 @@ def target(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "'p' || i || '@example.org' FROM generate_series(1, 200) i"
         )
         admin.execute("CREATE TABLE orders (id int, email text)")
+        # a hostile name the glob reaches: every statement quotes it
+        admin.execute('CREATE TABLE "We""ird; DROP TABLE orders" (email text)')
+        admin.execute("""INSERT INTO "We""ird; DROP TABLE orders" VALUES ('w@example.org')""")
         admin.execute("ANALYZE customers")
     bootstrap(stack, config)  # the group role exists from here on
     with stack.postgres.connect("mask_pg") as admin:
@@ -118,6 +121,7 @@ def test_no_probe_leaks_and_the_view_shows_the_masked_form(target: Path, stack: 
             "functions", "join", "masked-view"} <= names  # fmt: skip
     assert {p["column"] for p in verdict["probes"]} == {
         "public.customers.ssn", "public.customers.email", "public.orders.email",
+        'public.We"ird; DROP TABLE orders.email',
     }  # fmt: skip
     with stack.postgres.connect("mask_pg") as admin:
         admin.execute("CREATE ROLE mask_person LOGIN PASSWORD 'pw-person' IN ROLE mask_analyst")
@@ -179,3 +183,12 @@ def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Stack) -> 
     finally:
         write_config(stack, target.parent, ["public.customers.ssn", "public.*.email"])
         bootstrap(stack, target)
+
+
+def test_an_unknown_or_unmasked_role_is_a_config_error(target: Path) -> None:
+    result = broker(
+        "mask", "verify", "mk", "--role", "nope", "--config", str(target), cwd=target.parent
+    )
+    assert result.returncode == 3 and "masked ones: analyst" in result.stderr
+    result = broker("mask", "verify", "nope", "--config", str(target), cwd=target.parent)
+    assert result.returncode == 3 and "one of: mk" in result.stderr

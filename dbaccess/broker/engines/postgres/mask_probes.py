@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 import psycopg
 from psycopg import sql
 
-from dbaccess.broker.engines.base import CONNECT_TIMEOUT
+from dbaccess.broker.engines.base import CONNECT_TIMEOUT, EngineError
 from dbaccess.broker.engines.postgres.masking import SUFFIX
 from dbaccess.broker.engines.postgres.tls import ssl_root
 from dbaccess.broker.masking import Probe
@@ -71,6 +71,17 @@ def _run(conn: psycopg.Connection[tuple[object, ...]], query: sql.Composed) -> t
 
 
 def probe(target: TargetSection, role: RoleTemplate, username: str, password: str) -> list[Probe]:
+    """Every probe of every column the template masks, as ``username``."""
+    try:
+        return _probe_all(target, role, username, password)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EngineError(f"probing as {username} failed: {first}") from None
+
+
+def _probe_all(
+    target: TargetSection, role: RoleTemplate, username: str, password: str
+) -> list[Probe]:
     with psycopg.connect(
         host=target.host,
         port=target.port,
