@@ -192,3 +192,18 @@ def test_an_unknown_or_unmasked_role_is_a_config_error(target: Path) -> None:
     assert result.returncode == 3 and "masked ones: analyst" in result.stderr
     result = broker("mask", "verify", "nope", "--config", str(target), cwd=target.parent)
     assert result.returncode == 3 and "one of: mk" in result.stderr
+
+
+def test_a_view_over_the_column_that_the_group_can_read_is_a_leak(
+    target: Path, stack: Stack
+) -> None:
+    with stack.postgres.connect("mask_pg") as admin:
+        admin.execute("CREATE VIEW public.contacts AS SELECT name, ssn AS tax_id FROM customers")
+        admin.execute("GRANT SELECT ON public.contacts TO mask_analyst")
+    try:
+        code, verdict = verify(target)
+        leaked = {(p["column"], p["name"]) for p in verdict["probes"] if p["leaked"]}
+        assert code == 12 and leaked == {("public.customers.ssn", "view-contacts")}
+    finally:
+        with stack.postgres.connect("mask_pg") as admin:
+            admin.execute("DROP VIEW public.contacts")

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from dbaccess.broker.engines.base import CONNECT_TIMEOUT, EngineError
-from dbaccess.broker.engines.postgres.masking import SUFFIX
+from dbaccess.broker.engines.postgres.masking import MASKER, SUFFIX
 from dbaccess.broker.engines.postgres.tls import ssl_root
 from dbaccess.broker.masking import Probe
 from dbaccess.broker.settings import RoleTemplate, TargetSection
@@ -173,6 +173,28 @@ def _column_probes(
                 f"child-{child}",
                 sql.SQL("SELECT {} FROM {} LIMIT 5").format(
                     c, sql.Identifier(str(child_schema), str(child))
+                ),
+                False,
+            )
+        )
+    # views that read the column (made by a DBA, say), but the masked views themselves:
+    # one the session can read hands the column on under any name
+    views = conn.execute(
+        "SELECT DISTINCT n.nspname, v.relname FROM pg_depend d "
+        "JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class "
+        "JOIN pg_namespace n ON n.oid = v.relnamespace "
+        "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+        "AND d.refobjid = %s::regclass AND d.refobjsubid = (SELECT attnum FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attname = %s) AND v.oid <> d.refobjid "
+        "AND v.relowner <> (SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY 1, 2",
+        (t.as_string(conn), t.as_string(conn), column, MASKER),
+    ).fetchall()
+    for view_schema, view_name in views:
+        tries.append(
+            (
+                f"view-{view_name}",
+                sql.SQL("SELECT * FROM {} LIMIT 5").format(
+                    sql.Identifier(str(view_schema), str(view_name))
                 ),
                 False,
             )
