@@ -378,6 +378,62 @@ def inventory(
         raise typer.Exit(int(ExitCode.FINDINGS))
 
 
+mask_app = typer.Typer(help="Check the masked columns of role templates.", no_args_is_help=True)
+app.add_typer(mask_app, name="mask")
+
+
+@mask_app.command("verify")
+def mask_verify(
+    target: Annotated[str, typer.Argument(help="Target name from the config file.")],
+    config: ConfigOption = Path("broker.toml"),
+    role: Annotated[
+        str | None,
+        typer.Option("--role", help="Only this role template (default: every masked one)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The probes as JSON.")] = False,
+) -> None:
+    """As a real short-lived session user of each masked role template, try the known
+    bypasses of its masked columns (casts in errors, LIKE oracles, COPY, functions, joins,
+    pg_stats) and report each; the user is dropped at the end. Exit 12 when one leaked."""
+    import json
+
+    from dbaccess.broker.engines import engine_for
+    from dbaccess.broker.masking import masked_roles, report_lines, verify
+    from dbaccess.broker.settings import load_settings
+    from dbaccess.errors import DatabaseError
+
+    settings = load_settings(config, read_secrets=True)
+    section = settings.targets.get(target)
+    if section is None:
+        raise ConfigError(
+            f"{config}: no target '{target}'",
+            hint=f"one of: {', '.join(sorted(settings.targets))}",
+        )
+    roles = masked_roles(section)
+    if role is not None and role not in roles:
+        raise ConfigError(
+            f"{config}: target '{target}' has no role template '{role}' with masked columns",
+            hint=f"masked ones: {', '.join(roles) or '(none)'}",
+        )
+    engine = engine_for(target, section)
+    from dbaccess.broker.engines import EngineError
+
+    try:
+        verdicts = [verify(target, section, name, engine) for name in ([role] if role else roles)]
+    except EngineError as exc:
+        raise DatabaseError(str(exc)) from None
+    finally:
+        engine.close()
+    if as_json:
+        typer.echo(json.dumps({"data": [v.as_json() for v in verdicts]}, indent=2))
+    else:
+        for verdict in verdicts:
+            for line in report_lines(verdict):
+                typer.echo(line)
+    if any(v.leaks for v in verdicts):
+        raise typer.Exit(int(ExitCode.FINDINGS))
+
+
 audit_app = typer.Typer(help="Check and export the audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

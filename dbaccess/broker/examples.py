@@ -32,6 +32,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dbaccess-broker inventory prod --json > inventory.json",
         "dbaccess-broker inventory --diff inventory.json",
     ),
+    "mask": ("dbaccess-broker mask verify prod --config broker.toml",),
+    "mask verify": (
+        "dbaccess-broker mask verify prod --config broker.toml",
+        "dbaccess-broker mask verify prod --role analyst --json > mask-verify.json",
+    ),
     "audit": ("dbaccess-broker audit verify", "dbaccess-broker audit export --since 2026-11-01"),
     "audit verify": ("dbaccess-broker audit verify --config broker.toml",),
     "audit export": ("dbaccess-broker audit export --since 2026-11-01 > audit.jsonl",),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,11 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 _NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 _SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+# A masked column, schema.table.column: each part a plain name or a glob (* and ?).
+_MASKED_PART = r"[A-Za-z0-9_$*?]{1,63}"
+_MASKED_COLUMN = rf"^{_MASKED_PART}\.{_MASKED_PART}\.{_MASKED_PART}$"
+_COLUMN = r"^[A-Za-z0-9_$]{1,63}\.[A-Za-z0-9_$]{1,63}\.[A-Za-z0-9_$]{1,63}$"
+MAX_MASKED_GROUP = 56  # + "_masked", the schema of its views, within 63 characters
 # The role that owns the definer functions (OWNER in engines/*_bootstrap.py).
 FUNCTIONS_OWNER = "dbaccess_owner"
 
@@ -327,6 +333,39 @@ class RoleTemplate(_Section):
     session_objects: Literal["drop", "keep"] = "drop"
     # Guardrails for sessions through the gateway (access = "gateway" targets only).
     gateway: GatewayRules | None = None
+    # Columns this template's sessions may not read, "schema.table.column", each part a
+    # name or a glob (* and ?), resolved against the catalog by the bootstrap, which
+    # revokes them from the group role and makes a masked view of each table
+    # (docs/policies.md, "Masked read-only views"). read_only templates only.
+    masked: list[Annotated[str, Field(pattern=_MASKED_COLUMN)]] = Field(default_factory=list)
+    # What a masked column's view shows instead of NULL: SQL text by the operator, as
+    # trusted as the bootstrap it lands in (it is not quoted), over the column's name.
+    mask: dict[Annotated[str, Field(pattern=_COLUMN)], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _masks_fit(self) -> RoleTemplate:
+        if not self.masked:
+            if self.mask:
+                raise ValueError("mask names columns but masked is empty: list them in masked")
+            return self
+        if not self.read_only:
+            raise ValueError(
+                "masked needs read_only = true: a session that writes could move the "
+                "masked data where it can read it"
+            )
+        if len(self.group_role) > MAX_MASKED_GROUP:
+            raise ValueError(
+                f"group_role {self.group_role} is too long for masked columns (at most "
+                f"{MAX_MASKED_GROUP} characters: its views live in {self.group_role}_masked)"
+            )
+        for column, expression in self.mask.items():
+            if not any(fnmatchcase(column, pattern) for pattern in self.masked):
+                raise ValueError(f"mask names {column}, which no masked entry covers")
+            if not expression.strip() or any(
+                ord(ch) < 32 and ch not in "\t\n" for ch in expression
+            ):
+                raise ValueError(f"mask of {column}: an SQL expression, without control characters")
+        return self
 
 
 class LimitsSection(_Section):
@@ -425,6 +464,33 @@ class TargetSection(_Section):
                     f"{role.group_role} but not session_objects ('{seen[1]}' and "
                     f"'{role.session_objects}'): give them the same value, or each its own "
                     "group role"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _masks_only_where_applied(self) -> TargetSection:
+        """A mask the engine's bootstrap does not apply would leave the columns readable
+        while the configuration says they are not: refused at start, not discovered."""
+        if self.engine != "postgres":
+            for name, role in sorted(self.roles.items()):
+                if role.masked:
+                    raise ValueError(
+                        f"roles.{name}.masked: masked columns are applied on PostgreSQL "
+                        f"targets only (not yet on {self.engine}); remove masked and mask "
+                        "here, or give these columns no grant to the group role"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _one_mask_per_group_role(self) -> TargetSection:
+        """The masks are the group role's grants, so its templates must agree on them."""
+        seen: dict[str, tuple[str, RoleTemplate]] = {}
+        for name, role in sorted(self.roles.items()):
+            first, other = seen.setdefault(role.group_role, (name, role))
+            if (sorted(other.masked), other.mask) != (sorted(role.masked), role.mask):
+                raise ValueError(
+                    f"roles.{first} and roles.{name} share group_role {role.group_role} "
+                    "but not masked and mask: give them the same, or each its own group role"
                 )
         return self
 

@@ -65,6 +65,7 @@ mysql.plugin); the placeholder keeps the list from being empty, i.e. from loggin
 from __future__ import annotations
 
 from dbaccess.broker.settings import TargetSection
+from dbaccess.errors import ConfigError
 
 SCHEMA = "dbaccess"
 OWNER = "'dbaccess_owner'@'localhost'"
@@ -141,6 +142,14 @@ def kept_groups(target: TargetSection) -> list[str]:
 
 def bootstrap_sql(target: TargetSection) -> list[str]:
     """Statements to run, in order, as an administrator (e.g. root)."""
+    masked = sorted(name for name, role in target.roles.items() if role.masked)
+    if masked:
+        # Not silently: a masked template served with the columns readable is a leak.
+        raise ConfigError(
+            f"masked columns (roles {', '.join(masked)}) are not implemented on MariaDB yet",
+            hint="remove masked and mask from those templates (docs/policies.md, "
+            '"Masked read-only views")',
+        )
     prefix = target.username_prefix
     room = MAX_USERNAME - len(prefix)
     name_pattern = "^" + prefix + "[a-z0-9_]{1," + str(room) + "}\\z"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from dbaccess.broker.engines.postgres.masking import mask_sql
 from dbaccess.broker.settings import TargetSection
 
 SCHEMA = "dbaccess"
@@ -291,7 +292,8 @@ $fn$""",
             f"REVOKE ALL ON FUNCTION {SCHEMA}.{signature} FROM PUBLIC",
             f"GRANT EXECUTE ON FUNCTION {SCHEMA}.{signature} TO {_id(provisioner)}",
         ]
-    return statements
+    # Masked columns: the group roles' column grants and masked views (masking.py).
+    return statements + mask_sql(target)
 
 
 # Predefined roles whose members can read or change any data, reach the server's files or
