@@ -19,6 +19,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import resolve_id
+from dbaccess.broker.services.incident_review import require_reviewer
 from dbaccess.broker.services.issuer import Issuer
 from dbaccess.broker.settings import BreakglassSection
 from dbaccess.broker.store import Conflict, Lease, leases
@@ -235,14 +236,7 @@ class Breakglass:
     # -- reviews ---------------------------------------------------------------------
 
     def _reviewer(self, principal: Principal) -> None:
-        policy = self._policy()
-        reviewers = set(policy.reviewer_groups or self.ctx.settings.broker.auditor_groups)
-        if not principal.groups & reviewers:
-            raise refusals.Denied(
-                "denied",
-                "reviewing break-glass sessions needs a reviewer group",
-                f"members of {', '.join(sorted(reviewers)) or '(none configured)'} review",
-            )
+        require_reviewer(self.ctx, principal)
 
     def open_reviews(self, principal: Principal) -> list[ReviewInfo]:
         self._reviewer(principal)

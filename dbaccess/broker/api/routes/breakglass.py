@@ -3,7 +3,9 @@ reviews of break-glass sessions."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep, granted
@@ -11,12 +13,15 @@ from dbaccess.wire import (
     BreakglassCreate,
     BreakglassPolicy,
     DrillInfo,
+    IncidentReport,
     ReviewClose,
     ReviewInfo,
     SessionGranted,
 )
 
 router = APIRouter()
+
+AnIncident = Annotated[str, Path(max_length=100)]  # leases.incident
 
 
 @router.get("/v1/breakglass", response_model=BreakglassPolicy)
@@ -45,6 +50,13 @@ def close_review(
     origin: OriginDep,
 ) -> ReviewInfo:
     return service.breakglass.close_review(who, session_id, body.note, origin)
+
+
+@router.get("/v1/incidents/{incident}/review", response_model=IncidentReport)
+def incident_review(incident: AnIncident, service: ServiceDep, who: PrincipalDep) -> IncidentReport:
+    """The post-incident record of ``incident``: its break-glass sessions, their
+    approvals, endings, statements and chains, and the flags (reviewer groups)."""
+    return service.incidents.report(who, incident)
 
 
 @router.get("/v1/drills", response_model=list[DrillInfo])

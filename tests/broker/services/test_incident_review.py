@@ -1,0 +1,161 @@
+"""The post-incident record (``GET /v1/incidents/{incident}/review``): an incident's
+break-glass sessions, their endings and statements, and the flags a reviewer looks at
+first — through the broker in-process, with real tokens, a real PostgreSQL target and the
+real store, statement records written as a gateway writes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from dbaccess.broker.api.app import create_app
+from dbaccess.broker.settings import load_settings
+from dbaccess.broker.store import Store, leases, statement_blocks
+from dbaccess.gateway.records import StatementRecord
+from dbaccess.gateway.store_sink import StoreSink
+from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_REASON = "orders stuck <script>alert('reason')</script>"
+HOSTILE_SQL = "SELECT '<script>alert(1)</script>' AS x"
+
+
+@dataclass
+class Incident:
+    api: TestClient
+    store: Store
+    session_id: str
+
+
+def as_(tokens: dict[str, str], who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens[who]}"}
+
+
+def record(lease_id: str, sql: str, rows: int | None = 1, **changes: Any) -> StatementRecord:
+    values: dict[str, Any] = dict(
+        lease_id=lease_id, person="carol", target="demo", role="readwrite", kind="query",
+        sql=sql, params_policy="none", params=None, started=datetime.now(UTC),
+        duration=0.002, rows=rows, bytes_out=64, bytes_in=0, sqlstate=None,
+        status="completed", connection=1,
+    )  # fmt: skip
+    values.update(changes)
+    return StatementRecord(**values)
+
+
+@pytest.fixture
+def incident(
+    stack: Stack, tmp_path: Path, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Incident]:
+    """carol breaks the glass for INC-4711, runs four statements (a read, a hostile one,
+    a DDL, a bulk read) and ends the session."""
+    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
+    db = tmp_path / "broker.db"
+    store = Store(f"sqlite:///{db}")
+    settings = load_settings(stack.broker_config)
+    settings = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"store": f"sqlite:///{db}"})}
+    )
+    with TestClient(create_app(settings, store=store, run_reaper=False)) as api:
+        opened = api.post(
+            "/v1/breakglass",
+            headers=as_(tokens, "carol"),
+            json={"target": "demo", "incident": "INC-4711", "reason": HOSTILE_REASON},
+        )
+        assert opened.status_code == 201, opened.text
+        session_id = opened.json()["id"]
+        StoreSink(store, "gw-1").write(
+            [
+                record(session_id, "SELECT count(*) FROM orders"),
+                record(session_id, HOSTILE_SQL),
+                record(session_id, "ALTER TABLE orders ADD COLUMN note text", rows=None),
+                record(session_id, "SELECT * FROM orders", rows=25_000),
+            ]
+        )
+        ended = api.delete(f"/v1/sessions/{session_id}", headers=as_(tokens, "carol"))
+        assert ended.status_code == 200, ended.text
+        yield Incident(api, store, session_id)
+    store.close()
+
+
+def flags_of(report: dict[str, Any]) -> list[tuple[str, int | None]]:
+    return sorted((f["kind"], f["seq"]) for f in report["flags"])
+
+
+def test_the_report_holds_the_session_its_statements_and_flags(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    answer = incident.api.get("/v1/incidents/INC-4711/review", headers=as_(tokens, "dave"))
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["incident"] == "INC-4711"
+    [session] = report["sessions"]
+    assert session["id"] == incident.session_id
+    assert (session["subject"], session["target"], session["role"]) == (
+        "carol",
+        "demo",
+        "readwrite",
+    )
+    assert session["reason"] == HOSTILE_REASON
+    assert session["revoke_cause"] and session["revoked_at"] and session["ended_at"]
+    assert session["ended_at"] <= session["revoked_at"]
+    assert session["approvals"] == []  # break-glass: no approval wait
+    assert [s["sql"] for s in session["statements"]][1] == HOSTILE_SQL
+    assert [s["classes"] for s in session["statements"]] == [["read"], ["read"], ["ddl"], ["read"]]
+    assert session["chain_ok"] is True
+    assert report["opened_at"] == session["created_at"] and report["closed_at"] is None
+    # the DDL and the 25,000-row read; revoked at once, chain whole
+    assert flags_of(report) == [("bulk_read", 4), ("ddl", 3)]
+
+
+def test_late_revocation_broken_chain_and_access_after_the_review(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    store = incident.store
+    lease = store.get(incident.session_id)
+    assert lease is not None and lease.revoked_at is not None
+    with store.engine.begin() as conn:
+        conn.execute(
+            leases.update()
+            .where(leases.c.id == incident.session_id)
+            .values(revoked_at=lease.revoked_at + timedelta(seconds=95))
+        )
+        conn.execute(
+            statement_blocks.update()
+            .where(statement_blocks.c.lease_id == incident.session_id)
+            .values(records=sa.func.replace(statement_blocks.c.records, "orders", "ordres"))
+        )
+    closed = incident.api.post(
+        f"/v1/reviews/{incident.session_id}/close",
+        headers=as_(tokens, "dave"),
+        json={"note": "looked at it"},
+    )
+    assert closed.status_code == 200, closed.text
+    StoreSink(store, "gw-1").write(
+        [record(incident.session_id, "SELECT 1", started=datetime.now(UTC) + timedelta(hours=1))]
+    )
+    report = incident.api.get("/v1/incidents/INC-4711/review", headers=as_(tokens, "dave")).json()
+    kinds = {kind for kind, _ in flags_of(report)}
+    assert {"late_revocation", "broken_chain", "after_review"} <= kinds
+    late = next(f for f in report["flags"] if f["kind"] == "late_revocation")
+    assert "95 s" in late["message"] and late["session_id"] == incident.session_id
+    after = next(f for f in report["flags"] if f["kind"] == "after_review")
+    assert after["seq"] == 5
+    assert report["sessions"][0]["chain_ok"] is False
+    assert report["closed_at"] is not None
+
+
+def test_only_reviewers_read_it_and_unknown_incidents_are_404(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    url = "/v1/incidents/INC-4711/review"
+    assert incident.api.get(url, headers=as_(tokens, "alice")).status_code == 403
+    unknown = incident.api.get("/v1/incidents/INC-9/review", headers=as_(tokens, "dave"))
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
