@@ -243,6 +243,9 @@ class IncidentReport(_Wire):
     flags: list[ReviewFlag]
     bulk_rows: int
     revoke_within_seconds: float
+    # SHA-256 of this report as canonical JSON, without generated_at and hash (what a
+    # closed review records: services/incident_review.py, report_hash)
+    hash: str | None = None
 
 
 class ReviewClose(_Wire):

@@ -129,7 +129,7 @@ class IncidentReviews:
                     chain_problem=problem,
                 )
             )
-        return IncidentReport(
+        report = IncidentReport(
             incident=incident,
             generated_at=now,
             opened_at=opened,
@@ -139,6 +139,7 @@ class IncidentReviews:
             bulk_rows=bulk_rows,
             revoke_within_seconds=revoke_within.total_seconds(),
         )
+        return report.model_copy(update={"hash": report_hash(report)})
 
 
 def _ended_at(ctx: BrokerContext, lease: Lease) -> datetime | None:

@@ -5,6 +5,7 @@ real store, statement records written as a gateway writes them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -159,3 +160,37 @@ def test_only_reviewers_read_it_and_unknown_incidents_are_404(
     assert incident.api.get(url, headers=as_(tokens, "alice")).status_code == 403
     unknown = incident.api.get("/v1/incidents/INC-9/review", headers=as_(tokens, "dave"))
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_markdown_and_html_escape_what_people_wrote(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    url = "/v1/incidents/INC-4711/review"
+    report = incident.api.get(url, headers=as_(tokens, "dave")).json()
+    md = incident.api.get(url, params={"format": "md"}, headers=as_(tokens, "dave"))
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    html = incident.api.get(url, params={"format": "html"}, headers=as_(tokens, "dave"))
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    for text in (md.text, html.text):
+        assert "<script" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the SQL, shown escaped
+        assert "orders stuck &lt;script&gt;" in text  # the reason
+        assert report["hash"] in text and incident.session_id in text
+    assert "| ddl |" in md.text and "| bulk_read |" in md.text
+    page = html.text
+    assert page.count("<svg") == 1 and "<image" not in page  # the timeline, inline
+    assert 'class="flagged"' in page and "https://" not in page.split("<svg")[0]
+    assert "ALTER TABLE orders ADD COLUMN note text" in page
+    bad = incident.api.get(url, params={"format": "pdf"}, headers=as_(tokens, "dave"))
+    assert bad.status_code == 422
+
+
+def test_the_hash_is_of_the_record_not_of_when_it_was_built(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    url = "/v1/incidents/INC-4711/review"
+    first = incident.api.get(url, headers=as_(tokens, "dave")).json()
+    time.sleep(0.01)
+    again = incident.api.get(url, headers=as_(tokens, "dave")).json()
+    assert first["generated_at"] != again["generated_at"]
+    assert first["hash"] == again["hash"] and len(first["hash"]) == 64
