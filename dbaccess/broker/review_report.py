@@ -16,7 +16,9 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+import markupsafe
 
+from dbaccess.text import printable
 from dbaccess.wire import IncidentReport
 
 FORMATS = ("json", "md", "html")
@@ -128,9 +130,18 @@ def _when(value: datetime | str | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _shown(value: object) -> object:
+    """Every value a template shows, as text.printable shows it (ESC sequences and
+    direction overrides written out, not obeyed: a reviewer's terminal or browser must
+    show the SQL that ran, not what it makes itself look like), line breaks kept."""
+    if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
+        return value
+    return "\n".join(printable(line) for line in value.split("\n"))
+
+
 def _md(value: object) -> str:
     """Text safe in a Markdown table cell: no raw HTML, no column breaks, one line."""
-    text = str(value)
+    text = str(_shown(str(value)))
     for raw, safe in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
         text = text.replace(raw, safe)
     for raw in ("\\", "|", "`", "*", "_", "[", "]"):
@@ -138,9 +149,9 @@ def _md(value: object) -> str:
     return " ".join(text.split())
 
 
-_md_env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
+_md_env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, finalize=_shown)
 _md_env.filters.update(md=_md, when=_when)
-_html_env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_html_env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=_shown)
 _html_env.filters.update(when=_when)
 _MD_TEMPLATE = _md_env.from_string(_MD)
 _HTML_TEMPLATE = _html_env.from_string(_HTML)

@@ -26,7 +26,7 @@ from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
 pytestmark = pytest.mark.integration
 
 HOSTILE_REASON = "orders stuck <script>alert('reason')</script>"
-HOSTILE_SQL = "SELECT '<script>alert(1)</script>' AS x"
+HOSTILE_SQL = "SELECT '<script>alert(1)</script>' AS x -- \x1b[2J\u202etxt.exe"
 
 
 @dataclass
@@ -173,11 +173,14 @@ def test_markdown_and_html_escape_what_people_wrote(
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     for text in (md.text, html.text):
         assert "<script" not in text
+        assert "\x1b" not in text and "\u202e" not in text
+        assert "x1b" in text and "u202etxt.exe" in text  # written out, not obeyed
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the SQL, shown escaped
         assert "orders stuck &lt;script&gt;" in text  # the reason
         assert report["hash"] in text and incident.session_id in text
     assert "| ddl |" in md.text and "| bulk_read |" in md.text
     page = html.text
+    assert "\\x1b[2J\\u202etxt.exe" in page
     assert page.count("<svg") == 1 and "<image" not in page  # the timeline, inline
     assert 'class="flagged"' in page and "https://" not in page.split("<svg")[0]
     assert "ALTER TABLE orders ADD COLUMN note text" in page
