@@ -5,6 +5,7 @@ real store, statement records written as a gateway writes them."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,16 +13,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
 from dbaccess.broker.store import Store, leases, statement_blocks
+from dbaccess.cli.app import app as cli
+from dbaccess.client import context as cli_api
+from dbaccess.client.auth.token_store import StoredLogin, save_login
+from dbaccess.client.config import Profile, ProfileFile
 from dbaccess.gateway.records import StatementRecord
 from dbaccess.gateway.store_sink import StoreSink
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+from tests.inprocess import Shared
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +42,7 @@ class Incident:
     api: TestClient
     store: Store
     session_id: str
+    stack: Stack
 
 
 def as_(tokens: dict[str, str], who: str) -> dict[str, str]:
@@ -82,7 +91,7 @@ def incident(
         )
         ended = api.delete(f"/v1/sessions/{session_id}", headers=as_(tokens, "carol"))
         assert ended.status_code == 200, ended.text
-        yield Incident(api, store, session_id)
+        yield Incident(api, store, session_id, stack)
     store.close()
 
 
@@ -197,3 +206,70 @@ def test_the_hash_is_of_the_record_not_of_when_it_was_built(
     again = incident.api.get(url, headers=as_(tokens, "dave")).json()
     assert first["generated_at"] != again["generated_at"]
     assert first["hash"] == again["hash"] and len(first["hash"]) == 64
+
+
+def login_cli(
+    incident: Incident, tokens: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_api, "http_client", lambda: Shared(incident.api))
+    profiles = ProfileFile.load()
+    profiles.profiles["default"] = Profile("default", "http://testserver")
+    profiles.save()
+    token = tokens[name]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    save_login(
+        "default",
+        StoredLogin(
+            issuer=incident.stack.idp.issuer,
+            client_id=incident.stack.idp.client_id,
+            scopes=["openid"],
+            id_token=token,
+            refresh_token=None,
+            expires_at=claims["exp"],
+            subject=name,
+        ),
+    )
+
+
+def dbaccess(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), prog_name="dbaccess")
+
+
+def test_the_cli_writes_the_report_in_each_format(
+    incident: Incident, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    login_cli(incident, tokens, "dave", monkeypatch)
+    md = dbaccess("review", "INC-4711")  # no --note: a report, in Markdown
+    assert md.exit_code == 0, md.output
+    assert md.stdout.startswith("# Incident review: INC-4711") and "| ddl |" in md.stdout
+    assert "<script" not in md.stdout and "\x1b" not in md.stdout
+    as_json = dbaccess("review", "INC-4711", "--format", "json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert report["sessions"][0]["id"] == incident.session_id and len(report["hash"]) == 64
+    page = tmp_path / "INC-4711.html"
+    html = dbaccess("review", "INC-4711", "--format", "html", "--output", str(page))
+    assert html.exit_code == 0, html.output
+    assert "written to" in html.stdout and page.read_text().startswith("<!doctype html>")
+    assert "<svg" in page.read_text() and "<script" not in page.read_text()
+    enveloped = dbaccess("--json", "review", "INC-4711", "--format", "json")
+    assert json.loads(enveloped.stdout)["data"]["hash"] == report["hash"]
+
+
+def test_the_cli_refuses_mixed_options_and_non_reviewers(
+    incident: Incident, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login_cli(incident, tokens, "dave", monkeypatch)
+    mixed = dbaccess("review", incident.session_id, "--note", "ok", "--format", "html")
+    assert mixed.exit_code == 2 and "--note" in mixed.output
+    bad = dbaccess("review", "INC-4711", "--format", "pdf")
+    assert bad.exit_code == 2 and "md, json or html" in bad.output
+    unknown = dbaccess("review", "INC-1")
+    assert unknown.exit_code != 0 and "no break-glass session for incident INC-1" in unknown.output
+    login_cli(incident, tokens, "alice", monkeypatch)
+    denied = dbaccess("review", "INC-4711")
+    assert denied.exit_code != 0 and "reviewer group" in denied.output
+    # closing still works with --note
+    login_cli(incident, tokens, "dave", monkeypatch)
+    closed = dbaccess("review", incident.session_id[:8], "--note", "fine")
+    assert closed.exit_code == 0 and "closed" in closed.stdout
