@@ -176,6 +176,8 @@ class ReviewInfo(_Wire):
     review_state: str | None = None
     reviewed_by: str | None = None
     review_note: str | None = None
+    # on closing: the SHA-256 of the incident's report the close recorded
+    report_sha256: str | None = None
 
 
 class ReviewFlag(_Wire):
@@ -225,6 +227,7 @@ class ReviewSession(_Wire):
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
     review_note: str | None = None
+    review_report_sha256: str | None = None  # what the review's close recorded
     approvals: list[dict[str, Any]] = Field(default_factory=list)
     statements: list[ReviewStatement] = Field(default_factory=list)
     statements_recorded: bool = False

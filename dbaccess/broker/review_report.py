@@ -54,7 +54,7 @@ None.
 ended {{ s.ended_at | when if s.ended_at else "-" }}, revoked \
 {{ s.revoked_at | when if s.revoked_at else "not yet" }}{{ (" (" ~ s.revoke_cause ~ ")") if s.revoke_cause else "" }}
 - Approvals: {% for a in s.approvals %}{{ a.by | md }} {{ a.at }}{{ ", " if not loop.last }}{% else %}none (break-glass){% endfor %}
-- Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by | md }} {{ s.reviewed_at | when }}: {{ (s.review_note or "") | md }}{% endif %}
+- Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by | md }} {{ s.reviewed_at | when }}: {{ (s.review_note or "") | md }}{% endif %}{% if s.review_report_sha256 %} (closed on the report with SHA-256 `{{ s.review_report_sha256 }}`){% endif %}
 {% if s.statements_recorded -%}
 - Statement chain: {{ "verifies" if s.chain_ok else "BROKEN: " ~ (s.chain_problem or "") | md }}
 
@@ -104,7 +104,7 @@ Report SHA-256: <code>{{ r.hash }}</code></p>
 ended {{ s.ended_at | when if s.ended_at else "-" }},
 revoked {{ s.revoked_at | when if s.revoked_at else "not yet" }}{{ (" (" ~ s.revoke_cause ~ ")") if s.revoke_cause else "" }}</li>
 <li>Approvals: {% for a in s.approvals %}{{ a.by }} {{ a.at }}{{ ", " if not loop.last }}{% else %}none (break-glass){% endfor %}</li>
-<li>Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by }} {{ s.reviewed_at | when }}: {{ s.review_note or "" }}{% endif %}</li>
+<li>Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by }} {{ s.reviewed_at | when }}: {{ s.review_note or "" }}{% endif %}{% if s.review_report_sha256 %} (closed on the report with SHA-256 <code>{{ s.review_report_sha256 }}</code>){% endif %}</li>
 {% if s.statements_recorded %}
 <li>Statement chain: {% if s.chain_ok %}verifies{% else %}<span class="bad">BROKEN: {{ s.chain_problem or "" }}</span>{% endif %}</li>
 </ul>

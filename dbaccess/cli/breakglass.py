@@ -187,7 +187,11 @@ def review(
         )
     with logged_in(g.profile, g.profiles) as (api, _):
         closed = api.close_review(session_or_incident, note.strip())
-    g.data(closed.model_dump(mode="json"), f"review of {closed.id} ({closed.incident}) closed")
+    recorded = f"; report sha256 {closed.report_sha256}" if closed.report_sha256 else ""
+    g.data(
+        closed.model_dump(mode="json"),
+        f"review of {closed.id} ({closed.incident}) closed{recorded}",
+    )
 
 
 def _report(g: Globals, incident: str, fmt: str, output: Path | None) -> None:

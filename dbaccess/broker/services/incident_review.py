@@ -122,6 +122,7 @@ class IncidentReviews:
                     reviewed_by=lease.reviewed_by,
                     reviewed_at=lease.reviewed_at,
                     review_note=lease.review_note,
+                    review_report_sha256=_recorded_hash(self.ctx, lease),
                     approvals=_approvals(self.ctx, lease),
                     statements=statements,
                     statements_recorded=recorded,
@@ -153,6 +154,11 @@ def _ended_at(ctx: BrokerContext, lease: Lease) -> datetime | None:
     if asked:
         return min(asked)
     return lease.expires_at if lease.expires_at <= ctx.clock() else None
+
+
+def _recorded_hash(ctx: BrokerContext, lease: Lease) -> str | None:
+    closes = ctx.store.audit_records(lease.id, event="review.closed")
+    return None if not closes else closes[-1].detail.get("report_sha256")
 
 
 def _approvals(ctx: BrokerContext, lease: Lease) -> list[dict[str, object]]:

@@ -81,7 +81,13 @@ class Reviews(Leasing):
         return [Lease(**row._mapping) for row in rows]
 
     def close_review(
-        self, lease_id: str, by: str, note: str, now: datetime, origin: dict[str, Any]
+        self,
+        lease_id: str,
+        by: str,
+        note: str,
+        now: datetime,
+        origin: dict[str, Any],
+        report_sha256: str | None = None,
     ) -> Lease:
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
@@ -108,6 +114,8 @@ class Reviews(Leasing):
                     "incident": row.incident,
                     "drill": row.drill,
                     "note": note,
+                    # the incident's report as the reviewer closed it (incident_review.py)
+                    "report_sha256": report_sha256,
                     **origin,
                 },
             )

@@ -273,3 +273,24 @@ def test_the_cli_refuses_mixed_options_and_non_reviewers(
     login_cli(incident, tokens, "dave", monkeypatch)
     closed = dbaccess("review", incident.session_id[:8], "--note", "fine")
     assert closed.exit_code == 0 and "closed" in closed.stdout
+
+
+def test_closing_a_review_records_the_hash_of_the_report_it_closed_on(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    url = "/v1/incidents/INC-4711/review"
+    seen = incident.api.get(url, headers=as_(tokens, "dave")).json()["hash"]
+    closed = incident.api.post(
+        f"/v1/reviews/{incident.session_id}/close",
+        headers=as_(tokens, "dave"),
+        json={"note": "the DDL was the fix"},
+    )
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["report_sha256"] == seen
+    [event] = incident.store.audit_records(incident.session_id, event="review.closed")
+    assert event.detail["report_sha256"] == seen and event.subject == "dave"
+    after = incident.api.get(url, headers=as_(tokens, "dave"))
+    assert after.json()["sessions"][0]["review_report_sha256"] == seen
+    assert after.json()["hash"] != seen  # the close is part of the record now
+    md = incident.api.get(url, params={"format": "md"}, headers=as_(tokens, "dave")).text
+    assert f"closed on the report with SHA-256 `{seen}`" in md
