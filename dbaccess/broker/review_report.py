@@ -12,6 +12,7 @@ per session, its statements as dots, flagged ones in red.
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from dbaccess.text import printable
 from dbaccess.wire import IncidentReport
 
 FORMATS = ("json", "md", "html")
+_ASCII_CONTROLS = re.compile("[\x00-\x1f\x7f]")
 
 _MD = """\
 # Incident review: {{ r.incident | md }}
@@ -136,6 +138,8 @@ def _shown(value: object) -> object:
     show the SQL that ran, not what it makes itself look like), line breaks kept."""
     if not isinstance(value, str) or isinstance(value, markupsafe.Markup):
         return value
+    if value.isascii() and not _ASCII_CONTROLS.search(value.replace("\n", " ")):
+        return value  # the common case, without a look at each character's category
     return "\n".join(printable(line) for line in value.split("\n"))
 
 
