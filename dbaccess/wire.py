@@ -244,6 +244,7 @@ class IncidentReport(_Wire):
     closed_at: datetime | None = None  # its last review's close (None: a review is open)
     sessions: list[ReviewSession]
     flags: list[ReviewFlag]
+    audit_chain_ok: bool = True  # the whole audit trail's hash chain verifies
     bulk_rows: int
     revoke_within_seconds: float
     # SHA-256 of this report as canonical JSON, without generated_at and hash (what a

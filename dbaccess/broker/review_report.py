@@ -31,6 +31,7 @@ _MD = """\
 - Window: {{ r.opened_at | when }} to {{ r.closed_at | when if r.closed_at else "(a review is open)" }}
 - Sessions: {{ r.sessions | length }}, statements: {{ statements }}
 - Report SHA-256: `{{ r.hash }}`
+- Audit trail's hash chain: {{ "verifies" if r.audit_chain_ok else "BROKEN (see the flags)" }}
 - Flags: bulk reads over {{ r.bulk_rows }} rows; revocation later than \
 {{ r.revoke_within_seconds | int }} s after a session's end
 
@@ -89,7 +90,8 @@ tr.flagged td { background: #fde8e8 }
 <h1>Incident review: {{ r.incident }}</h1>
 <p>Window: {{ r.opened_at | when }} to {{ r.closed_at | when if r.closed_at else "(a review is open)" }};
 {{ r.sessions | length }} session(s), {{ statements }} statement(s).<br>
-Report SHA-256: <code>{{ r.hash }}</code></p>
+Report SHA-256: <code>{{ r.hash }}</code><br>
+Audit trail's hash chain: {% if r.audit_chain_ok %}verifies{% else %}<span class="bad">BROKEN (see the flags)</span>{% endif %}</p>
 <div class="timeline">{{ timeline | safe }}</div>
 <h2>Flags</h2>
 {% if r.flags %}<table><tr><th>kind</th><th>session</th><th>seq</th><th>what</th></tr>

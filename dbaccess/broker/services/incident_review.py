@@ -19,6 +19,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.store import Lease
+from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.broker.store.statement_chain import StoredStatement
 from dbaccess.wire import IncidentReport, ReviewFlag, ReviewSession, ReviewStatement
 
@@ -130,8 +131,19 @@ class IncidentReviews:
                     chain_problem=problem,
                 )
             )
+        # the trail these leases' records are in: a break anywhere puts them all in doubt
+        trail = verify(raw_records(store))
+        if not trail.ok:
+            flags.append(
+                ReviewFlag(
+                    kind="broken_chain",
+                    message=f"the audit trail's hash chain does not verify at record "
+                    f"{trail.first_bad}: {trail.problem}",
+                )
+            )
         report = IncidentReport(
             incident=incident,
+            audit_chain_ok=trail.ok,
             generated_at=now,
             opened_at=opened,
             closed_at=closed,

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from dbaccess.broker.api.app import create_app
 from dbaccess.broker.settings import load_settings
-from dbaccess.broker.store import Store, leases, statement_blocks
+from dbaccess.broker.store import Store, audit, leases, statement_blocks
 from dbaccess.cli.app import app as cli
 from dbaccess.client import context as cli_api
 from dbaccess.client.auth.token_store import StoredLogin, save_login
@@ -96,7 +96,7 @@ def incident(
 
 
 def flags_of(report: dict[str, Any]) -> list[tuple[str, int | None]]:
-    return sorted((f["kind"], f["seq"]) for f in report["flags"])
+    return sorted(((f["kind"], f["seq"]) for f in report["flags"]), key=lambda f: (f[0], f[1] or 0))
 
 
 def test_the_report_holds_the_session_its_statements_and_flags(
@@ -123,6 +123,7 @@ def test_the_report_holds_the_session_its_statements_and_flags(
     assert report["opened_at"] == session["created_at"] and report["closed_at"] is None
     # the DDL and the 25,000-row read; revoked at once, chain whole
     assert flags_of(report) == [("bulk_read", 4), ("ddl", 3)]
+    assert report["audit_chain_ok"] is True
 
 
 def test_late_revocation_broken_chain_and_access_after_the_review(
@@ -142,6 +143,14 @@ def test_late_revocation_broken_chain_and_access_after_the_review(
             .where(statement_blocks.c.lease_id == incident.session_id)
             .values(records=sa.func.replace(statement_blocks.c.records, "orders", "ordres"))
         )
+        granted = conn.execute(
+            sa.select(audit.c.seq).where(audit.c.event == "breakglass.granted")
+        ).scalar_one()
+        conn.execute(
+            audit.update()
+            .where(audit.c.seq == granted)
+            .values(detail=sa.func.replace(audit.c.detail, "INC-4711", "INC-4712"))
+        )
     closed = incident.api.post(
         f"/v1/reviews/{incident.session_id}/close",
         headers=as_(tokens, "dave"),
@@ -160,6 +169,8 @@ def test_late_revocation_broken_chain_and_access_after_the_review(
     assert after["seq"] == 5
     assert report["sessions"][0]["chain_ok"] is False
     assert report["closed_at"] is not None
+    trail = [f for f in report["flags"] if f["kind"] == "broken_chain" and not f["session_id"]]
+    assert report["audit_chain_ok"] is False and f"at record {granted}" in trail[0]["message"]
 
 
 def test_only_reviewers_read_it_and_unknown_incidents_are_404(
