@@ -69,7 +69,8 @@ class IncidentReviews:
             raise refusals.NotFound(
                 "not_found",
                 f"no break-glass session for incident {incident}",
-                "dbaccess review lists the open reviews and their incidents",
+                "dbaccess review lists the open reviews and their incidents; a "
+                "session's review closes with: dbaccess review SESSION --note TEXT",
             )
         bulk_rows = settings.review.bulk_rows
         revoke_within = settings.review.revoke_within
