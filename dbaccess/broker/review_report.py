@@ -32,7 +32,7 @@ _MD = """\
 - Sessions: {{ r.sessions | length }}, statements: {{ statements }}
 - Report SHA-256: `{{ r.hash }}`
 - Audit trail's hash chain: {{ "verifies" if r.audit_chain_ok else "BROKEN (see the flags)" }}
-- Flags: bulk reads over {{ r.bulk_rows }} rows; revocation later than \
+- Thresholds: bulk reads over {{ r.bulk_rows }} rows; revocation later than \
 {{ r.revoke_within_seconds | int }} s after a session's end
 
 ## Flags
