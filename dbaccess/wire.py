@@ -176,6 +176,80 @@ class ReviewInfo(_Wire):
     review_state: str | None = None
     reviewed_by: str | None = None
     review_note: str | None = None
+    # on closing: the SHA-256 of the incident's report the close recorded
+    report_sha256: str | None = None
+
+
+class ReviewFlag(_Wire):
+    """Something an incident review points a reviewer at: ``kind`` is one of
+    before_incident, after_review, ddl, bulk_read, outside_scope, late_revocation,
+    broken_chain; ``session_id`` and ``seq`` (a statement) say where."""
+
+    kind: str
+    message: str
+    session_id: str | None = None
+    seq: int | None = None
+
+
+class ReviewStatement(_Wire):
+    """One statement of a break-glass session as the review shows it."""
+
+    seq: int
+    started: datetime
+    duration: float
+    sql: str
+    classes: list[str]  # statement classes (read, write, ddl ...); ["unparsed"] if unknown
+    rows: int | None = None
+    status: str
+    sqlstate: str | None = None
+    rule: str | None = None
+
+
+class ReviewSession(_Wire):
+    """A break-glass session of the incident: its lease, its ending, its statements."""
+
+    id: str
+    subject: str
+    email: str | None = None
+    target: str
+    role: str
+    db_user: str
+    reason: str | None = None
+    drill: bool = False
+    state: str
+    access: str | None = None  # "gateway", or None (direct: no statement records)
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None  # an end asked for before expiry, or the expiry
+    revoked_at: datetime | None = None  # when the database user was gone
+    revoke_cause: str | None = None
+    review_state: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_note: str | None = None
+    review_report_sha256: str | None = None  # what the review's close recorded
+    approvals: list[dict[str, Any]] = Field(default_factory=list)
+    statements: list[ReviewStatement] = Field(default_factory=list)
+    statements_recorded: bool = False
+    chain_ok: bool | None = None  # None: no statement records to verify
+    chain_problem: str | None = None
+
+
+class IncidentReport(_Wire):
+    """``GET /v1/incidents/{incident}/review``: the post-incident record of an incident."""
+
+    incident: str
+    generated_at: datetime
+    opened_at: datetime  # the incident's first break-glass session
+    closed_at: datetime | None = None  # its last review's close (None: a review is open)
+    sessions: list[ReviewSession]
+    flags: list[ReviewFlag]
+    audit_chain_ok: bool = True  # the whole audit trail's hash chain verifies
+    bulk_rows: int
+    revoke_within_seconds: float
+    # SHA-256 of this report as canonical JSON, without generated_at and hash (what a
+    # closed review records: services/incident_review.py, report_hash)
+    hash: str | None = None
 
 
 class ReviewClose(_Wire):

@@ -676,6 +676,15 @@ class BreakglassSection(_Section):
         return value
 
 
+class ReviewSection(_Section):
+    """``[review]``: what an incident review (``dbaccess review INC-...``) flags."""
+
+    # a statement returning or changing more rows than this is flagged as a bulk read
+    bulk_rows: int = Field(default=10000, ge=1)
+    # a credential revoked later than this after its session's end is flagged
+    revoke_within: Duration = timedelta(seconds=30)
+
+
 class NotifySection(_Section):
     """Webhooks for break-glass and approval events: a JSON body with a Slack-compatible
     ``text`` field, POSTed to each URL."""
@@ -841,6 +850,7 @@ class Settings(_Section):
     targets: dict[Annotated[str, Field(pattern=_NAME)], TargetSection]
     rules: list[Rule] = Field(default_factory=list)
     breakglass: BreakglassSection | None = None
+    review: ReviewSection = Field(default_factory=ReviewSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     gateway: GatewaySection | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -96,8 +97,13 @@ def _chooser(g: Globals) -> Callable[[list[str]], str]:
 
 def review(
     ctx: typer.Context,
-    session_id: Annotated[
-        str | None, typer.Argument(help="Break-glass session to close the review of.")
+    session_or_incident: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="SESSION|INCIDENT",
+            help="With --note: the break-glass session to close the review of. "
+            "Without: the incident (INC-123) to report on.",
+        ),
     ] = None,
     note: Annotated[
         str | None, typer.Option("--note", help="Review outcome (needed to close one).")
@@ -106,16 +112,33 @@ def review(
         bool,
         typer.Option("--drills", help="Everyone who broke the glass, and their last drill."),
     ] = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", metavar="md|json|html", help="The incident report's format (md)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write the report to FILE."),
+    ] = None,
 ) -> None:
-    """List open post-incident reviews, or close one with --note (reviewer groups; never
-    the person who broke the glass); --drills: the last drill of each person."""
+    """List open post-incident reviews; report on an incident (INC-123: its sessions,
+    statements and flags, as md, json or html); or close a session's review with --note
+    (reviewer groups; never the person who broke the glass); --drills: the last drill of
+    each person."""
     from dbaccess.client.context import logged_in
     from dbaccess.errors import UsageError
     from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
+    reporting = fmt is not None or output is not None
+    if reporting and (note is not None or drills):
+        given = "--note" if note is not None else "--drills"
+        raise UsageError(
+            f"--format and --output are for an incident's report: give no {given} with them",
+            hint="dbaccess review INC-123 --format html --output review.html",
+        )
     if drills:
-        if session_id is not None or note is not None:
+        if session_or_incident is not None or note is not None:
             raise UsageError("--drills lists drills: give no session and no --note with it")
         with logged_in(g.profile, g.profiles) as (api, _):
             people = api.drills()
@@ -132,7 +155,11 @@ def review(
             table if people else "nobody has broken the glass yet",
         )
         return
-    if session_id is None:
+    if session_or_incident is None:
+        if reporting:
+            raise UsageError(
+                "a report needs the incident", hint="dbaccess review INC-123 --format html"
+            )
         with logged_in(g.profile, g.profiles) as (api, _):
             reviews = api.reviews()
         table = result_table("session", "when", "who", "target", "role", "incident", "reason")
@@ -150,11 +177,53 @@ def review(
             [r.model_dump(mode="json") for r in reviews], table if reviews else "no open reviews"
         )
         return
-    if not (note and note.strip()):
+    if note is None:
+        _report(g, session_or_incident, fmt or "md", output)
+        return
+    if not note.strip():
         raise UsageError(
             "closing a review needs a note",
-            hint=f"dbaccess review {session_id} --note 'what was done, and was it right'",
+            hint=f"dbaccess review {session_or_incident} --note 'what was done, and was it right'",
         )
     with logged_in(g.profile, g.profiles) as (api, _):
-        closed = api.close_review(session_id, note.strip())
-    g.data(closed.model_dump(mode="json"), f"review of {closed.id} ({closed.incident}) closed")
+        closed = api.close_review(session_or_incident, note.strip())
+    recorded = f"; report sha256 {closed.report_sha256}" if closed.report_sha256 else ""
+    g.data(
+        closed.model_dump(mode="json"),
+        f"review of {closed.id} ({closed.incident}) closed{recorded}",
+    )
+
+
+def _report(g: Globals, incident: str, fmt: str, output: Path | None) -> None:
+    """An incident's post-incident record: to FILE, or to stdout."""
+    import json
+    import sys
+
+    from dbaccess.client.context import logged_in
+    from dbaccess.errors import UsageError
+
+    if fmt not in ("md", "json", "html"):
+        raise UsageError(
+            f"--format: '{fmt}' is not md, json or html",
+            hint=f"dbaccess review {incident} --format md",
+        )
+    report = None
+    with logged_in(g.profile, g.profiles) as (api, _):
+        if fmt == "json":
+            report = api.incident_review(incident).model_dump(mode="json")
+            text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        else:  # rendered by the broker, which has the templates and the plotting library
+            text = api.incident_review_text(incident, fmt)
+    if output is not None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output: cannot write {output}: {exc.strerror}") from None
+        g.data(
+            {"incident": incident, "format": fmt, "output": str(output)},
+            f"review of {incident} written to {output}",
+        )
+    elif g.json:
+        g.data(report if report is not None else {"format": fmt, "text": text})
+    else:
+        sys.stdout.write(text)

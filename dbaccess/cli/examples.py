@@ -45,7 +45,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "approve": ("dbaccess approve 7b1e",),
     "deny": ('dbaccess deny 7b1e --reason "use the replica"',),
     "withdraw": ("dbaccess withdraw 7b1e",),
-    "review": ("dbaccess review", 'dbaccess review 3f9c --note "restarted the job"'),
+    "review": (
+        "dbaccess review",
+        "dbaccess review INC-123 --format html --output INC-123.html",
+        'dbaccess review 3f9c --note "restarted the job"',
+    ),
     "audit": (
         "dbaccess audit --since 2026-11-01 --target prod",
         "dbaccess --json audit",

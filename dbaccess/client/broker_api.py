@@ -17,6 +17,7 @@ from dbaccess.wire import (
     BreakglassPolicy,
     DrillInfo,
     Identity,
+    IncidentReport,
     InventoryReport,
     PublicConfig,
     RequestInfo,
@@ -92,6 +93,16 @@ class BrokerClient:
             self._call("POST", f"/v1/reviews/{_segment(session_id)}/close", json={"note": note})
         )
 
+    def incident_review(self, incident: str) -> IncidentReport:
+        """The post-incident record of ``incident`` (reviewer groups)."""
+        path = f"/v1/incidents/{_segment(incident)}/review"
+        return IncidentReport.model_validate(self._call("GET", path))
+
+    def incident_review_text(self, incident: str, fmt: str) -> str:
+        """The same record rendered by the broker: ``fmt`` md or html."""
+        path = f"/v1/incidents/{_segment(incident)}/review"
+        return self._call_text("GET", path, params={"format": fmt})
+
     def list_sessions(self) -> list[SessionInfo]:
         return [SessionInfo.model_validate(s) for s in self._call("GET", "/v1/sessions")]
 
@@ -147,6 +158,22 @@ class BrokerClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._call_with_headers(method, path, **kwargs)[0]
+
+    def _call_text(self, method: str, path: str, **kwargs: Any) -> str:
+        """A call whose answer is a document (Markdown, HTML), not JSON."""
+        headers = broker_replies.request_headers()
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            with broker_replies.waiting(broker_replies.waiting_text(method, path)):
+                response = self._http.request(
+                    method, self.base_url + path, headers=headers, **kwargs
+                )
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, exc) from None
+        if response.is_success:
+            return response.text
+        raise error_from_reply(response.status_code, response.content)
 
     def _call_with_headers(
         self, method: str, path: str, **kwargs: Any

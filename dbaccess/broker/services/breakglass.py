@@ -19,6 +19,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import resolve_id
+from dbaccess.broker.services.incident_review import IncidentReviews, require_reviewer
 from dbaccess.broker.services.issuer import Issuer
 from dbaccess.broker.settings import BreakglassSection
 from dbaccess.broker.store import Conflict, Lease, leases
@@ -235,14 +236,7 @@ class Breakglass:
     # -- reviews ---------------------------------------------------------------------
 
     def _reviewer(self, principal: Principal) -> None:
-        policy = self._policy()
-        reviewers = set(policy.reviewer_groups or self.ctx.settings.broker.auditor_groups)
-        if not principal.groups & reviewers:
-            raise refusals.Denied(
-                "denied",
-                "reviewing break-glass sessions needs a reviewer group",
-                f"members of {', '.join(sorted(reviewers)) or '(none configured)'} review",
-            )
+        require_reviewer(self.ctx, principal)
 
     def open_reviews(self, principal: Principal) -> list[ReviewInfo]:
         self._reviewer(principal)
@@ -271,9 +265,18 @@ class Breakglass:
                 "the user who broke the glass cannot close its review",
                 "ask another reviewer",
             )
+        # the record the close vouches for: the incident's report as it stands now
+        digest = None
+        if current is not None and current.incident is not None:
+            digest = IncidentReviews(self.ctx).build(current.incident).hash
         try:
             lease = self.ctx.store.close_review(
-                lease_id, principal.subject, note.strip(), self.ctx.clock(), origin.detail()
+                lease_id,
+                principal.subject,
+                note.strip(),
+                self.ctx.clock(),
+                origin.detail(),
+                report_sha256=digest,
             )
         except LookupError:
             raise refusals.NotFound(
@@ -285,10 +288,10 @@ class Breakglass:
             raise refusals.Conflict(
                 "conflict", str(exc), "dbaccess review lists the open reviews"
             ) from None
-        return review_info(lease)
+        return review_info(lease, report_sha256=digest)
 
 
-def review_info(lease: Lease) -> ReviewInfo:
+def review_info(lease: Lease, report_sha256: str | None = None) -> ReviewInfo:
     return ReviewInfo(
         id=lease.id,
         subject=lease.subject,
@@ -305,6 +308,7 @@ def review_info(lease: Lease) -> ReviewInfo:
         review_state=lease.review_state,
         reviewed_by=lease.reviewed_by,
         review_note=lease.review_note,
+        report_sha256=report_sha256,
     )
 
 

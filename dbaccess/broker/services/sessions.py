@@ -18,6 +18,7 @@ from dbaccess.broker.services.audit import AuditTrail
 from dbaccess.broker.services.breakglass import Breakglass
 from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.ids import resolve_id
+from dbaccess.broker.services.incident_review import IncidentReviews
 from dbaccess.broker.services.inventory import StandingAccounts
 from dbaccess.broker.services.issuer import Issuer, target_role
 from dbaccess.broker.services.renewal import Renewal
@@ -52,6 +53,7 @@ class SessionService:
         self.audit = AuditTrail(ctx)
         self.statements = StatementRecords(ctx)
         self.inventory = StandingAccounts(ctx)
+        self.incidents = IncidentReviews(ctx)
 
     def create(
         self, principal: Principal, body: SessionCreate, origin: Origin | None = None

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from dbaccess.broker.store.leasing import Leasing
 from dbaccess.broker.store.rows import Conflict, Lease
-from dbaccess.broker.store.schema import audit, leases
+from dbaccess.broker.store.schema import audit, leases, statement_blocks
+from dbaccess.broker.store.statement_chain import StoredStatement, block_of
 
 
 class Reviews(Leasing):
@@ -47,6 +48,29 @@ class Reviews(Leasing):
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
+    def incident_sessions(self, incident: str) -> list[Lease]:
+        """Every break-glass lease of ``incident``, oldest first (drills included)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(leases)
+                .where(leases.c.kind == "breakglass", leases.c.incident == incident)
+                .order_by(leases.c.created_at, leases.c.id)
+            ).all()
+        return [Lease(**row._mapping) for row in rows]
+
+    def session_statements(self, lease_id: str) -> list[StoredStatement]:
+        """Every statement record of one session, by seq (a review reads them all)."""
+        query = (
+            sa.select(statement_blocks)
+            .where(statement_blocks.c.lease_id == lease_id)
+            .order_by(statement_blocks.c.first_seq)
+        )
+        found: list[StoredStatement] = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                found += block_of(row).statements()
+        return found
+
     def open_reviews(self) -> list[Lease]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -57,7 +81,13 @@ class Reviews(Leasing):
         return [Lease(**row._mapping) for row in rows]
 
     def close_review(
-        self, lease_id: str, by: str, note: str, now: datetime, origin: dict[str, Any]
+        self,
+        lease_id: str,
+        by: str,
+        note: str,
+        now: datetime,
+        origin: dict[str, Any],
+        report_sha256: str | None = None,
     ) -> Lease:
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
@@ -84,6 +114,8 @@ class Reviews(Leasing):
                     "incident": row.incident,
                     "drill": row.drill,
                     "note": note,
+                    # the incident's report as the reviewer closed it (incident_review.py)
+                    "report_sha256": report_sha256,
                     **origin,
                 },
             )

@@ -260,6 +260,9 @@ def _block(row: Any) -> StoredBlock:
     return StoredBlock(**row._mapping)
 
 
+block_of = _block  # for the store's other aggregates (reviews.py)
+
+
 def check_chain(
     lease_id: str,
     blocks: Iterable[StoredBlock],

@@ -3,20 +3,25 @@ reviews of break-glass sessions."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse, Response
 
 from dbaccess.broker.api.deps import AnId, OriginDep, PrincipalDep, ServiceDep, granted
 from dbaccess.wire import (
     BreakglassCreate,
     BreakglassPolicy,
     DrillInfo,
+    IncidentReport,
     ReviewClose,
     ReviewInfo,
     SessionGranted,
 )
 
 router = APIRouter()
+
+AnIncident = Annotated[str, Path(max_length=100)]  # leases.incident
 
 
 @router.get("/v1/breakglass", response_model=BreakglassPolicy)
@@ -45,6 +50,29 @@ def close_review(
     origin: OriginDep,
 ) -> ReviewInfo:
     return service.breakglass.close_review(who, session_id, body.note, origin)
+
+
+@router.get(
+    "/v1/incidents/{incident}/review",
+    response_model=IncidentReport,
+    responses={200: {"content": {"text/markdown": {}, "text/html": {}}}},
+)
+def incident_review(
+    incident: AnIncident,
+    service: ServiceDep,
+    who: PrincipalDep,
+    format: Annotated[Literal["json", "md", "html"], Query()] = "json",
+) -> IncidentReport | Response:
+    """The post-incident record of ``incident``: its break-glass sessions, their
+    approvals, endings, statements and chains, and the flags (reviewer groups); as
+    JSON, Markdown or one self-contained HTML page with a timeline."""
+    report = service.incidents.report(who, incident)
+    if format == "json":
+        return report
+    from dbaccess.broker.review_report import render
+
+    media = "text/html" if format == "html" else "text/markdown"
+    return Response(render(report, format), media_type=f"{media}; charset=utf-8")
 
 
 @router.get("/v1/drills", response_model=list[DrillInfo])
