@@ -182,6 +182,12 @@ def render_html(report: IncidentReport) -> str:
 def timeline_svg(report: IncidentReport) -> str:
     """The incident at a glance: a row per session (opened to ended, the revocation as a
     bar), statements as dots (red when flagged), the incident's window shaded."""
+    svg = timeline(report, "svg").decode()
+    return svg[svg.index("<svg") :]  # inline: no XML declaration or doctype
+
+
+def timeline(report: IncidentReport, fmt: str) -> bytes:
+    """The timeline picture as ``fmt`` (svg for the page; png for the docs' picture)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,10 +231,9 @@ def timeline_svg(report: IncidentReport) -> str:
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=report.opened_at.tzinfo))
     ax.set_xlabel("UTC (blue: session; orange: end to revocation; red dots: flagged)")
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg") :]  # inline: no XML declaration or doctype
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+    return buffer.getvalue()
 
 
 def render(report: IncidentReport, fmt: str) -> str:

@@ -197,6 +197,7 @@ def review(
 def _report(g: Globals, incident: str, fmt: str, output: Path | None) -> None:
     """An incident's post-incident record: to FILE, or to stdout."""
     import json
+    import os
     import sys
 
     from dbaccess.client.context import logged_in
@@ -216,7 +217,10 @@ def _report(g: Globals, incident: str, fmt: str, output: Path | None) -> None:
             text = api.incident_review_text(incident, fmt)
     if output is not None:
         try:
-            output.write_text(text, encoding="utf-8")
+            # 0600 when made: the report holds production SQL and its parameters
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
         except OSError as exc:
             raise UsageError(f"--output: cannot write {output}: {exc.strerror}") from None
         g.data(

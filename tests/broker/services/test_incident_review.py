@@ -263,6 +263,7 @@ def test_the_cli_writes_the_report_in_each_format(
     assert html.exit_code == 0, html.output
     assert "written to" in html.stdout and page.read_text().startswith("<!doctype html>")
     assert "<svg" in page.read_text() and "<script" not in page.read_text()
+    assert page.stat().st_mode & 0o777 == 0o600  # production SQL: the owner's only
     enveloped = dbaccess("--json", "review", "INC-4711", "--format", "json")
     assert json.loads(enveloped.stdout)["data"]["hash"] == report["hash"]
 
