@@ -182,7 +182,9 @@ def _approvals(ctx: BrokerContext, lease: Lease) -> list[dict[str, object]]:
 
 
 def _classes(lease: Lease, record: StoredStatement) -> list[str]:
-    if lease.engine != "postgres":
+    from dbaccess.broker.settings import gateway_speaks
+
+    if not gateway_speaks(lease.engine):  # statement records come from a gateway only
         return ["unparsed"]
     from dbaccess.gateway.postgres.classify import classify
 
