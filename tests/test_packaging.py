@@ -229,3 +229,25 @@ def test_wheel_has_the_package_data_and_the_broker_shim(tmp_path: Path) -> None:
     assert "dbaccess-broker = dbaccess.broker.entry:broker_main" in scripts
     assert "dbaccess = dbaccess.cli.entry:main" in scripts
     assert "License-Expression: Apache-2.0" in info
+
+
+def test_sdist_and_wheel_pass_twine_check(tmp_path: Path) -> None:
+    """What PyPI would refuse or render badly (the README as the long description, the
+    metadata fields) fails here first: ``python -m build`` then ``twine check --strict``."""
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in made if n.endswith(".whl")] and [n for n in made if n.endswith(".tar.gz")]
+    checked = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, tmp_path.iterdir())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("PASSED") == 2, checked.stdout

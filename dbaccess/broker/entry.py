@@ -25,9 +25,23 @@ BROKER_MODULES = frozenset(
         "psycopg_binary",
         "pymysql",
         "prometheus_client",
+        "pgparse",
+        "orjson",
+        "icalendar",
+        "recurring_ical_events",
+        "jinja2",
+        "markupsafe",
+        "matplotlib",
     }
 )
 BROKER_INSTALL = "pip install 'dbaccess[broker]'"
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The [broker] extra's module whose absence ``exc`` reports, or None for any other
+    missing module (a bug, whose traceback is kept)."""
+    missing = (exc.name or "").partition(".")[0]
+    return missing if missing in BROKER_MODULES else None
 
 
 def broker_main() -> None:
@@ -43,8 +57,8 @@ def broker_main() -> None:
 
         broker_cli()
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if missing not in BROKER_MODULES:
+        missing = missing_extra(exc)
+        if missing is None:
             raise  # a bug, not a missing extra: keep the traceback
         print(
             f"error: dbaccess-broker needs the broker's dependencies ({missing} is not installed)",

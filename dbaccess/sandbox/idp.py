@@ -30,6 +30,23 @@ from dbaccess.sandbox.tls import TestCertificates
 IDP_DIR = Path(__file__).resolve().parents[2] / "tests" / "idp"
 
 
+def require_installed() -> None:
+    """The provider's code is in the source tree (tests/idp: server.mjs and npm's lockfile),
+    not in the wheel; say how to get it before anything is started."""
+    if not (IDP_DIR / "server.mjs").is_file():
+        raise ServiceError(
+            "the sandbox's test identity provider (tests/idp, on npm's oidc-provider) comes "
+            "with the source, not with an installed package: run the sandbox from a clone "
+            "of the repository or an unpacked sdist (pip download --no-deps --no-binary "
+            ":all: dbaccess), after ./scripts/setup.sh there"
+        )
+    if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+        raise ServiceError(
+            f"the test identity provider is not installed in {IDP_DIR}; "
+            "run: npm ci --prefix tests/idp (needs Node.js and npm)"
+        )
+
+
 @dataclass(frozen=True)
 class IdpUser:
     login: str
@@ -97,11 +114,7 @@ class OidcProvider:
         return str(json.loads(package.read_text())["version"])
 
     def start(self, timeout: float = 30) -> None:
-        if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
-            raise ServiceError(
-                f"the test identity provider is not installed in {IDP_DIR}; "
-                "run: npm ci --prefix tests/idp"
-            )
+        require_installed()
         self.workdir.mkdir(parents=True, exist_ok=True)
         node = find_binary("node")
         # Seen twice in CI on a loaded 2-core machine: node hung before listening, after

@@ -24,11 +24,21 @@ DBACCESS = [sys.executable, "-m", "dbaccess"]
 class Cli:
     stack: Stack
     secrets: SecretService
+    command: Sequence[str] = tuple(DBACCESS)  # another installation's, e.g. from the wheel
+    home: Path | None = None  # its own config and runtime directories, not the stack's
 
     @property
     def env(self) -> dict[str, str]:
         env = self.stack.cli_env()
         env.update(self.secrets.env)
+        if self.home is not None:
+            for variable, name in (
+                ("DBACCESS_CONFIG_DIR", "config"),
+                ("DBACCESS_RUNTIME_DIR", "runtime"),
+                ("DBACCESS_CACHE_DIR", "cache"),
+            ):
+                (self.home / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+                env[variable] = str(self.home / name)
         return env
 
     @property
@@ -37,7 +47,7 @@ class Cli:
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*DBACCESS, *args],
+            [*self.command, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -47,7 +57,7 @@ class Cli:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*DBACCESS, *args],
+            [*self.command, *args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

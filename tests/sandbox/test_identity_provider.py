@@ -118,3 +118,19 @@ def test_a_provider_that_never_answers_is_retried_on_fresh_ports_and_described(
     assert log.count("idp: no answer; node's threads:") == 3, log
     # the main thread waits in the event loop: sleeping, in a system call
     assert re.search(r"node: S cpu=[\d.]+s wchan=\S+ syscall=\d+", log), log
+
+
+def test_the_tour_without_the_providers_source_says_where_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Installed from a wheel, the package has no tests/idp: the tour says so before it
+    starts any server, and how to get the provider (a clone or the sdist)."""
+    from dbaccess.sandbox import idp, tour
+
+    monkeypatch.setattr(idp, "IDP_DIR", tmp_path / "site-packages" / "tests" / "idp")
+    monkeypatch.setattr(tour, "Stack", None)  # would fail loudly if it were reached
+    assert tour.main([]) == 3
+    err = capsys.readouterr().err
+    assert "comes with the source, not with an installed package" in err
+    assert "pip download --no-deps --no-binary :all: dbaccess" in err
+    assert "./scripts/setup.sh" in err
