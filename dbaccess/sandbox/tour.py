@@ -29,6 +29,7 @@ from types import FrameType
 from dbaccess.broker.store import Store
 from dbaccess.errors import ExitCode
 from dbaccess.sandbox import lifeline
+from dbaccess.sandbox.dev import run_dev
 from dbaccess.sandbox.idp import approve_device_code, require_installed
 from dbaccess.sandbox.processes import ServiceError
 from dbaccess.sandbox.secret_service import SecretService
@@ -60,7 +61,7 @@ def _interrupted(signum: int, _frame: FrameType | None) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def parse_args(argv: list[str]) -> tuple[bool, list[str]]:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     """``--gateway``, and the psql arguments (those after ``--``); ``-h``/``--help`` prints
     help and exits."""
     parser = argparse.ArgumentParser(
@@ -77,6 +78,13 @@ def parse_args(argv: list[str]) -> tuple[bool, list[str]]:
         epilog="example: %(prog)s -- -c 'select * from orders'",
     )
     parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="dev mode: instead of the tour, keep the sandbox (with the gateway) running "
+        "until Ctrl-C, every demo person logged in as a profile 'sandbox-<login>', and an "
+        "env file to source in other terminals",
+    )
+    parser.add_argument(
         "--gateway",
         action="store_true",
         help="also start the gateway, and open psql on the 'vault' database through it "
@@ -86,7 +94,11 @@ def parse_args(argv: list[str]) -> tuple[bool, list[str]]:
     before, psql_args = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if ("--" in argv) else (argv, [])
     )
-    return parser.parse_args(before).gateway, psql_args
+    args = parser.parse_args(before)
+    if args.dev and psql_args:
+        parser.error("--dev opens no psql: psql arguments after -- do not apply")
+    args.psql_args = psql_args
+    return args
 
 
 def _short_tmp() -> str:
@@ -97,7 +109,7 @@ def _short_tmp() -> str:
 
 
 def main(argv: list[str]) -> int:
-    gateway, psql_args = parse_args(argv)
+    args = parse_args(argv)
     try:
         require_installed()
     except ServiceError as missing:
@@ -109,7 +121,10 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, _interrupted)
     say(f"starting PostgreSQL, the identity provider and the broker in {workdir}")
     try:
-        return _tour(workdir, psql_args, gateway)
+        if args.dev:
+            run_dev(workdir, say)  # until a signal
+            return 0
+        return _tour(workdir, args.psql_args, args.gateway)
     except Interrupted as stop:
         say("stopped; everything the sandbox started has been stopped and removed")
         return 128 + stop.signum

@@ -1,0 +1,150 @@
+"""Dev mode (issue 16, point 1): ``python -m dbaccess.sandbox --dev`` keeps the stack
+running until Ctrl-C, and other terminals that source its env file are the demo people —
+the user guide's approval and break-glass walkthroughs, followed with their commands."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class DevMode:
+    def __init__(self, process: subprocess.Popen[str], lines: list[str]) -> None:
+        self.process = process
+        self.lines = lines
+        text = "\n".join(lines)
+        found = re.search(r"source (\S+/env)$", text, re.M)
+        assert found, text
+        self.env_file = Path(found[1])
+        broker = re.search(r"broker +(http://127\.0\.0\.1:(\d+))", text)
+        assert broker, text
+        self.broker_port = int(broker[2])
+
+    def shell(self, script: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        """``script`` in a new bash that sourced the env file, as a second terminal would:
+        nothing of the test's environment but PATH and a home of its own."""
+        home = self.env_file.parent / "terminal-home"
+        home.mkdir(exist_ok=True)
+        return subprocess.run(
+            ["bash", "-c", f"set -e; source {self.env_file}; {script}"],
+            env={"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture(scope="module")
+def dev_mode() -> Iterator[DevMode]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbaccess.sandbox", "--dev"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    # dev mode speaks on stderr, as the tour does; a thread reads it so that a buffered
+    # line is never waited for
+    said: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [said.put(x) for x in process.stderr or ()])
+    reader.start()
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    try:
+        while not lines or not lines[-1].startswith("sandbox: ready"):
+            try:
+                lines.append(said.get(timeout=max(deadline - time.monotonic(), 0.1)).rstrip())
+            except queue.Empty:
+                raise AssertionError("dev mode not ready:\n" + "\n".join(lines)) from None
+        yield DevMode(process, lines)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(10)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_it_says_where_everything_is(dev_mode: DevMode) -> None:
+    text = "\n".join(dev_mode.lines)
+    for what in ("broker", "identity", "PostgreSQL", "gateway", "MariaDB", "webhooks"):
+        assert re.search(rf"^sandbox: {what} ", text, re.M), text
+    for login in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        assert f"--profile sandbox-{login}" in text
+    # the directory lets the servers' service user through, no one list or change it
+    assert dev_mode.env_file.parent.stat().st_mode & 0o066 == 0
+    assert dev_mode.env_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_approval_by_two_other_people_from_other_terminals(dev_mode: DevMode) -> None:
+    asked = dev_mode.shell(
+        "dbaccess --profile sandbox-alice --no-input connect demo --role readwrite "
+        "--reason 'fix order 7' --no-wait || test $? -eq 6"
+    )
+    assert asked.returncode == 0, asked.stderr
+    request = re.search(r"request ([0-9a-f-]{36})", asked.stderr)
+    assert request, asked.stderr
+    # alice cannot approve her own; the two leads can, one each
+    own = dev_mode.shell(f"dbaccess --profile sandbox-alice --no-input approve {request[1]}")
+    assert own.returncode != 0
+    approved = dev_mode.shell(
+        f"dbaccess --profile sandbox-erin --no-input approve {request[1]} && "
+        f"dbaccess --profile sandbox-frank --no-input approve {request[1]}"
+    )
+    assert approved.returncode == 0, approved.stderr
+    used = dev_mode.shell(
+        f"dbaccess --profile sandbox-alice connect demo --role readwrite --request {request[1]}"
+        " -- -At -c 'select current_user'"
+    )
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.strip().startswith("dba_alice_")
+
+
+def test_break_glass_then_a_review_by_an_auditor(dev_mode: DevMode) -> None:
+    broke = dev_mode.shell(
+        "dbaccess --profile sandbox-carol --no-input breakglass demo --incident INC-7 "
+        "--reason 'orders stuck' -- -At -c 'select current_user'"
+    )
+    assert broke.returncode == 0, broke.stderr
+    assert broke.stdout.strip().startswith("dba_carol_")
+    review = dev_mode.shell("dbaccess --profile sandbox-dave review INC-7")
+    assert review.returncode == 0, review.stderr
+    assert "INC-7" in review.stdout and "carol" in review.stdout
+
+
+def test_a_bare_dbaccess_is_alice_and_each_profile_its_person(dev_mode: DevMode) -> None:
+    whoami = dev_mode.shell("dbaccess whoami; dbaccess --profile sandbox-bob whoami")
+    assert whoami.returncode == 0, whoami.stderr
+    first, _, second = whoami.stdout.partition("bob@")
+    assert "alice@example.com" in first and second.startswith("example.com")
+
+
+def test_ctrl_c_stops_everything_and_removes_the_directory(dev_mode: DevMode) -> None:
+    workdir = dev_mode.env_file.parent
+    dev_mode.process.send_signal(signal.SIGINT)
+    assert dev_mode.process.wait(timeout=60) == 128 + signal.SIGINT
+    assert not workdir.exists()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", dev_mode.broker_port)) != 0
