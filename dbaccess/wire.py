@@ -52,6 +52,15 @@ class TierInfo(_Wire):
     longer_than_seconds: int | None = None
 
 
+class OnCallWaiver(_Wire):
+    """A rule's approvals are waived for the people on call in ``source`` at one of
+    ``levels``; ``until`` is the end of the caller's own shift when they are on call now."""
+
+    source: str
+    levels: list[int]
+    until: datetime | None = None
+
+
 class TargetAccess(_Wire):
     """``GET /v1/targets``: one target and role the caller may request, and on what terms
     (``approvals``: at the default duration; ``tiers``: where longer sessions land)."""
@@ -67,6 +76,7 @@ class TargetAccess(_Wire):
     access: str = "direct"  # or "gateway": reached through the gateway only
     tier: str | None = None  # the tier a request of the default duration lands in
     tiers: list[TierInfo] = Field(default_factory=list)
+    on_call: OnCallWaiver | None = None  # approvals waived while on call
 
 
 class SessionCreate(_Wire):

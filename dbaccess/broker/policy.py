@@ -69,6 +69,25 @@ def breakglass_covers(section: BreakglassSection | None, target: str, role: str)
     return section is not None and section.targets.get(target) == role
 
 
+def waiving_shift(
+    rule: Rule,
+    role: str,
+    principal: Principal,
+    on_call: OnCallLookup | None,
+    now: datetime | None,
+) -> Shift | None:
+    """The requester's shift that waives ``rule``'s approvals for ``role`` now: on call in
+    the rule's source, at one of its levels, with a minute left at least; else None. Only a
+    verified email is looked up."""
+    if rule.oncall is None or not rule.oncall_covers(role) or on_call is None or now is None:
+        return None
+    email = principal.email if principal.email_verified else None
+    shift = on_call(rule.oncall.source, email, now)
+    if shift is None or shift.level not in rule.oncall.levels:
+        return None
+    return shift if shift.end - now >= MIN_ON_CALL_LEFT else None
+
+
 def decide(
     principal: Principal,
     request: AccessRequest,
@@ -118,13 +137,7 @@ def decide(
             explanation += f", tier '{tier.name}'"
         shift, off_call = None, ""
         if approvals and rule.oncall is not None and rule.oncall_covers(request.role):
-            if on_call is not None and now is not None:
-                email = principal.email if principal.email_verified else None
-                shift = on_call(rule.oncall.source, email, now)
-                if shift is not None and (
-                    shift.level not in rule.oncall.levels or shift.end - now < MIN_ON_CALL_LEFT
-                ):
-                    shift = None
+            shift = waiving_shift(rule, request.role, principal, on_call, now)
             if shift is None:
                 off_call = f" (not on call in '{rule.oncall.source}' now)"
         if shift is not None:

@@ -47,6 +47,7 @@ def targets(ctx: typer.Context) -> None:
     from dbaccess.client.context import logged_in
     from dbaccess.durations import format_duration
     from dbaccess.errors import DbaccessError
+    from dbaccess.timestamps import human as human_time
 
     g: Globals = ctx.obj
     with logged_in(g.profile, g.profiles) as (api, _):
@@ -54,12 +55,13 @@ def targets(ctx: typer.Context) -> None:
     name_cache.remember_targets(g.profile, allowed)  # for completion of target names
     table = result_table("target", "engine", "role", "max", "default", "needs")
     for t in allowed:
+        waived_now = t.on_call is not None and t.on_call.until is not None
         needs = [
             n
             for n, on in (
                 ("reason", t.reason_required),
                 (f"ticket {t.ticket_pattern}", bool(t.ticket_pattern)),
-                (f"{t.approvals} approval(s)", bool(t.approvals)),
+                (f"{t.approvals} approval(s)", bool(t.approvals) and not waived_now),
             )
             if on
         ]
@@ -68,8 +70,14 @@ def targets(ctx: typer.Context) -> None:
             f"{tier.approvals} approval(s) over "
             f"{format_duration(timedelta(seconds=tier.longer_than_seconds))}"
             for tier in t.tiers
-            if tier.longer_than_seconds is not None and tier.approvals > t.approvals
+            if tier.longer_than_seconds is not None
+            and tier.approvals > t.approvals
+            and not waived_now  # the shift waives the tiers' approvals too
         ]
+        if t.on_call is not None and t.on_call.until is not None:
+            needs.append(f"no approval: you are on call until {human_time(t.on_call.until)}")
+        elif t.on_call is not None:
+            needs.append(f"none while on call in {t.on_call.source}")
 
         table.add_row(
             t.target,
@@ -90,8 +98,6 @@ def targets(ctx: typer.Context) -> None:
         except DbaccessError:  # an older broker, or one without break-glass: nothing to say
             return
         if glass.allowed and glass.drill_overdue and glass.drill_every_seconds:
-            from dbaccess.timestamps import human as human_time
-
             every = format_duration(timedelta(seconds=glass.drill_every_seconds))
             last = human_time(glass.last_drill) if glass.last_drill else "never"
             g.warn(

@@ -4,11 +4,13 @@ instead. Only the caller's own entitlements, nothing about anyone else's."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from dbaccess.broker.identity import Principal
-from dbaccess.broker.policy import DEFAULT_DURATION, entitlements
+from dbaccess.broker.policy import DEFAULT_DURATION, entitlements, waiving_shift
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.settings import Rule
-from dbaccess.wire import TargetAccess, TierInfo
+from dbaccess.wire import OnCallWaiver, TargetAccess, TierInfo
 
 
 class Targets:
@@ -23,13 +25,29 @@ class Targets:
 
     def visible_to(self, principal: Principal) -> list[TargetAccess]:
         """Every target and role the caller may request, with the first matching rule's
-        terms: the tier a request of the default length lands in, and the tiers that ask
-        more of this role (so the bar is known before the request is made)."""
+        terms: the tier a request of the default length lands in, the tiers that ask
+        more of this role, and whether being on call waives its approvals — and, when the
+        caller is on call now, until when (so the bar is known before the request is
+        made)."""
         current = self.ctx.settings
+        now = datetime.now(UTC)
         found = []
         for target, role, rule in self._entitled(principal):
             default = min(rule.default_duration or DEFAULT_DURATION, rule.max_duration)
             tier = rule.tier_for(role, default)
+            on_call = None
+            if (
+                rule.oncall is not None
+                and rule.oncall_covers(role)
+                and rule.may_need_approval(role)
+            ):
+                # the caller's own shift only, as a request of theirs would be decided
+                shift = waiving_shift(rule, role, principal, self.ctx.schedules.shift, now)
+                on_call = OnCallWaiver(
+                    source=rule.oncall.source,
+                    levels=list(rule.oncall.levels),
+                    until=None if shift is None else shift.end,
+                )
             found.append(
                 TargetAccess(
                     target=target,
@@ -53,6 +71,7 @@ class Targets:
                         for t in rule.tiers
                         if (not t.roles or role in t.roles) and t.approvals > rule.approvals
                     ],
+                    on_call=on_call,
                 )
             )
         return found
