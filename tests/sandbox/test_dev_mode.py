@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_examples import ROOT as REPO
+from tests.doc_examples import Block, blocks
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +37,19 @@ class DevMode:
         broker = re.search(r"broker +(http://127\.0\.0\.1:(\d+))", text)
         assert broker, text
         self.broker_port = int(broker[2])
+
+    def start_in_shell(self, command: str) -> subprocess.Popen[str]:
+        """``command`` started in a new terminal's shell (see ``shell``), stdin at its end."""
+        home = self.env_file.parent / "terminal-home"
+        home.mkdir(exist_ok=True)
+        return subprocess.Popen(
+            ["bash", "-c", f"source {self.env_file}; {command}"],
+            env={"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
 
     def shell(self, script: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         """``script`` in a new bash that sourced the env file, as a second terminal would:
@@ -139,6 +155,87 @@ def test_a_bare_dbaccess_is_alice_and_each_profile_its_person(dev_mode: DevMode)
     assert whoami.returncode == 0, whoami.stderr
     first, _, second = whoami.stdout.partition("bob@")
     assert "alice@example.com" in first and second.startswith("example.com")
+
+
+def walkthrough_blocks() -> list[Block]:
+    """The user guide's blocks this file runs (docs/user-guide.md, "Trying it with several
+    people"): the dev mode's start and what it prints, then the two-terminal walkthrough."""
+    found = [
+        block
+        for block in blocks(REPO / "docs" / "user-guide.md")
+        if block.marker == ("runs", "tests/sandbox/test_dev_mode.py")
+    ]
+    assert len(found) == 2, found
+    return found
+
+
+def test_it_starts_and_prints_what_the_user_guide_shows(dev_mode: DevMode) -> None:
+    start, _ = walkthrough_blocks()
+    assert start.prompts() == [".venv/bin/python -m dbaccess.sandbox --dev"]  # the fixture's
+    shown = [line for line in start.lines[1:] if line.startswith("sandbox: ")]
+    printed = dev_mode.lines
+    for line in shown:  # the same lines, but for ports, paths and the ones left out (...)
+        assert any(loose(line).fullmatch(p) for p in printed), (line, printed)
+
+
+def loose(line: str) -> re.Pattern[str]:
+    """``line`` with its numbers (ports), the run's directory and runs of spaces as
+    wildcards."""
+    pieces = []
+    for part in re.split(r"(/tmp/dbaccess-sandbox-[a-z0-9_]+|[0-9]+| +)", line):
+        if part.startswith("/tmp/dbaccess-sandbox-"):
+            pieces.append(r"\S+")
+        elif part.isdigit():
+            pieces.append("[0-9]+")
+        elif part and not part.strip():
+            pieces.append(" +")
+        else:
+            pieces.append(re.escape(part))
+    return re.compile("".join(pieces))
+
+
+def test_the_user_guides_walkthrough_runs_as_written(dev_mode: DevMode) -> None:
+    """Each command at the block's prompt, in order, in a shell that sourced the env file
+    (the path the guide shows is this run's); a command that waits (alice's, for her
+    approvers) goes on, as in its own terminal, and must end well once the rest ran. The
+    request id the guide abbreviates (3f0c…) is the one the commands printed."""
+    _, walk = walkthrough_blocks()
+    prompts = walk.prompts()
+    assert prompts[0].startswith("source ") and prompts[0].endswith("/env")
+    said: list[str] = []
+    waiting: list[tuple[str, subprocess.Popen[str], threading.Thread, list[str]]] = []
+    try:
+        for command in prompts[1:]:
+            if "…" in command:
+                ids = re.findall(r"request ([0-9a-f-]{36})", "".join(said))
+                assert ids, said
+                command = re.sub(r"[0-9a-f]+…", ids[-1], command)
+            process = dev_mode.start_in_shell(command)
+            output: list[str] = []
+            reader = threading.Thread(target=lambda p=process, o=output: o.extend(p.stderr or ()))
+            reader.start()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                time.sleep(1)  # it waits: it has said what it waits for
+                said.extend(output)
+                waiting.append((command, process, reader, output))
+                continue
+            reader.join(10)
+            assert process.stderr is not None
+            process.stderr.close()
+            said.extend(output)
+            assert process.returncode == 0, (command, "".join(output))
+        for command, process, _, output in waiting:
+            assert process.wait(timeout=90) == 0, (command, "".join(output))
+    finally:
+        for _, process, reader, _ in waiting:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            reader.join(10)
+            assert process.stderr is not None
+            process.stderr.close()
 
 
 def test_ctrl_c_stops_everything_and_removes_the_directory(dev_mode: DevMode) -> None:
