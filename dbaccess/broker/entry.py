@@ -29,6 +29,7 @@ BROKER_MODULES = frozenset(
         "orjson",
         "icalendar",
         "recurring_ical_events",
+        "pagerduty",
         "jinja2",
         "markupsafe",
         "matplotlib",

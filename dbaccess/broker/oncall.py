@@ -5,6 +5,11 @@ Google Calendar all offer; recurring shifts are expanded by ``recurring-ical-eve
 person is on call during an event that names them as ATTENDEE (``mailto:`` their verified
 email, as PagerDuty's feeds do). A feed stands for one escalation level (``level``).
 
+Or a source is PagerDuty's REST API through its official client (``pagerduty``): the
+on-calls now of the escalation policies named, each with its own escalation level, the
+user's email and the shift's end. An entry without an end (a permanent assignment) counts
+until the copy's ``max_age``, so a session it waives approvals for ends there.
+
 A look-up never waits longer than the source's ``timeout``, and a copy is used for
 ``max_age`` at most: a source that is down, slow, or unreadable gives no shift, so the
 rule's normal approvals apply (never a grant). Failures are logged at most once a minute
@@ -97,6 +102,7 @@ class _Feed:
 def fetch_feed(source: OncallSource) -> bytes:
     """The feed's bytes, from a file or over HTTPS, within the source's timeout."""
     where = source.ics
+    assert where is not None  # a PagerDuty source is fetched by fetch_oncalls
     if where.startswith("https://"):
         import httpx
 
@@ -169,6 +175,142 @@ class _Occurrence:
     end: datetime
     attendees: frozenset[str]
     summary: str
+    level: int | None = None  # PagerDuty's escalation level; an ICS feed's is its source's
+
+
+class _RefusedReply(Exception):
+    """A reply the PagerDuty client would retry (429, 5xx) or that is no answer: the
+    look-up ends at once, within its timeout, instead of the client's retry loop."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+
+
+def _no_retries(reply: Any) -> None:
+    if reply.status_code != 200:
+        raise _RefusedReply(reply.status_code)
+
+
+MAX_ONCALLS = 10_000  # entries of one look-up; a reply with more is refused
+
+
+def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
+    """``GET /oncalls`` (every page) for the source's escalation policies, within its
+    timeout in all. The API key is read from its file now; no message names it."""
+    import httpx
+    import pagerduty
+
+    feed = source.pagerduty
+    assert feed is not None
+    try:
+        token = feed.token_file.read_text().strip()
+    except OSError as exc:
+        raise SourceUnavailable(f"the token file: {exc.strerror}") from None
+    if not token:
+        raise SourceUnavailable("the token file is empty")
+    timeout = source.timeout.total_seconds()
+    deadline = time.monotonic() + timeout
+    client = pagerduty.RestApiV2Client(
+        token,
+        base_url=feed.url,
+        verify=(
+            ssl.create_default_context(cafile=str(source.ca_file))
+            if source.ca_file is not None
+            else True
+        ),
+        event_hooks={"response": [_no_retries]},
+        trust_env=False,
+    )
+    client.timeout = timeout  # type: ignore[assignment]  # each request's connect and reads
+    client.max_network_attempts = 0  # a network error ends the look-up: no retry, no sleep
+    found: list[dict[str, Any]] = []
+    try:
+        params = {
+            "escalation_policy_ids": list(feed.escalation_policy_ids),
+            "include": ["users"],
+            "time_zone": "UTC",
+        }
+        for entry in client.iter_all("oncalls", params=params):
+            found.append(entry)
+            if len(found) > MAX_ONCALLS:
+                raise SourceUnavailable(f"more than {MAX_ONCALLS} on-call entries")
+            if time.monotonic() > deadline:
+                raise SourceUnavailable("the on-calls took longer than the timeout")
+    except _RefusedReply as refused:
+        raise SourceUnavailable(str(refused)) from None
+    except (pagerduty.Error, httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
+        # pagerduty's own messages may carry part of the key ("*abcd"): only the type
+        raise SourceUnavailable(type(exc).__name__) from None
+    finally:
+        client.close()
+    return found
+
+
+def _pagerduty_occurrences(
+    source: OncallSource, entries: list[dict[str, Any]], fetched: datetime
+) -> list[_Occurrence]:
+    found = []
+    for entry in entries:
+        try:
+            user = entry["user"]
+            email = user["email"] if isinstance(user, dict) else None
+            level = int(entry["escalation_level"])
+            start = _from_iso(entry.get("start")) or fetched
+            end = _from_iso(entry.get("end")) or fetched + source.max_age
+            policy = entry.get("escalation_policy") or {}
+            schedule = entry.get("schedule") or {}
+        except (KeyError, TypeError, ValueError):
+            continue  # an entry of another shape names nobody
+        if not isinstance(email, str) or not email:
+            continue
+        summary = " / ".join(
+            str(part.get("summary", ""))
+            for part in (policy, schedule)
+            if isinstance(part, dict) and part.get("summary")
+        )
+        found.append(
+            _Occurrence(
+                start, end, frozenset({email.strip().lower()}), one_line(summary, 200), level
+            )
+        )
+    return found
+
+
+def _from_iso(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return _as_utc(moment)
+
+
+class _OnCalls:
+    """One PagerDuty source's on-calls, fetched again once older than ``max_age``."""
+
+    def __init__(
+        self, source: OncallSource, fetch: Callable[[OncallSource], list[dict[str, Any]]]
+    ) -> None:
+        self.source = source
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._found: list[_Occurrence] = []
+        self._fetched = -1e18
+        self._failure = _Feed(source, lambda _: b"")  # its once-a-minute warning
+
+    def occurrences(self) -> list[_Occurrence]:
+        with self._lock:
+            if time.monotonic() - self._fetched <= self.source.max_age.total_seconds():
+                return self._found
+            self._found = []  # a stale copy is never used
+            try:
+                entries = self._fetch(self.source)
+            except SourceUnavailable as exc:
+                self._failure._log_failure(str(exc))
+                raise
+            self._found = _pagerduty_occurrences(
+                self.source, entries, datetime.now(UTC).replace(microsecond=0)
+            )
+            self._fetched = time.monotonic()
+            return self._found
 
 
 class Schedules:
@@ -178,8 +320,12 @@ class Schedules:
         self,
         sources: list[OncallSource],
         fetch: Callable[[OncallSource], bytes] = fetch_feed,
+        fetch_pagerduty: Callable[[OncallSource], list[dict[str, Any]]] = fetch_oncalls,
     ) -> None:
-        self._feeds = {source.name: _Feed(source, fetch) for source in sources}
+        self._feeds = {s.name: _Feed(s, fetch) for s in sources if s.pagerduty is None}
+        self._oncalls = {
+            s.name: _OnCalls(s, fetch_pagerduty) for s in sources if s.pagerduty is not None
+        }
         # per source: the calendar expanded, the window it was expanded for, its shifts
         self._expanded: dict[str, tuple[Any, datetime, datetime, list[_Occurrence]]] = {}
         self._lock = threading.Lock()
@@ -187,23 +333,32 @@ class Schedules:
     def shift(self, source: str, email: str | None, now: datetime) -> Shift | None:
         """The shift of ``email`` in ``source`` at ``now`` (the one ending last when
         several overlap), or None: not on call, no email, or the source unavailable."""
-        feed = self._feeds.get(source)
-        if feed is None or not email:
+        if not email:
             return None
+        feed, oncalls = self._feeds.get(source), self._oncalls.get(source)
         try:
-            calendar = feed.calendar()
-            occurrences = self._occurrences(feed, calendar, now)
+            if feed is not None:
+                occurrences = self._occurrences(feed, feed.calendar(), now)
+                level = feed.source.level
+            elif oncalls is not None:
+                occurrences, level = oncalls.occurrences(), 0
+            else:
+                return None
         except SourceUnavailable:
             return None
         who = email.strip().lower()
         best: _Occurrence | None = None
         for item in occurrences:
             if who in item.attendees and item.start <= now < item.end:
-                if best is None or item.end > best.end:
+                # the lowest level first (the first to be paged), then the latest end
+                if best is None or (item.level or 0, -item.end.timestamp()) < (
+                    best.level or 0,
+                    -best.end.timestamp(),
+                ):
                     best = item
         if best is None:
             return None
-        return Shift(feed.source.name, feed.source.level, best.start, best.end, best.summary)
+        return Shift(source, best.level or level, best.start, best.end, best.summary)
 
     def _occurrences(self, feed: _Feed, calendar: Any, now: datetime) -> list[_Occurrence]:
         """The shifts around ``now``, expanded once per copy of the calendar and window

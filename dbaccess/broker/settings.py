@@ -525,26 +525,49 @@ class Tier(_Section):
         return self
 
 
+class PagerDutyFeed(_Section):
+    """PagerDuty's REST API, ``GET /oncalls`` for these escalation policies: each entry's
+    ``escalation_level`` is the level of its shift."""
+
+    # the REST API key, read at each fetch (replace the file to rotate it), never logged
+    token_file: Path
+    escalation_policy_ids: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,32}$")]], Field(min_length=1)
+    ]
+    url: str = "https://api.pagerduty.com"  # another only for a regional or test endpoint
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("url must be an https:// address")
+        return value.rstrip("/")
+
+
 class OncallSource(_Section):
     """A schedule: an iCalendar feed (a file, or an https:// URL) whose events name the
-    people on call as ATTENDEE (docs/policies.md, "On-call tiers")."""
+    people on call as ATTENDEE, or PagerDuty's on-calls (docs/policies.md, "On-call
+    tiers")."""
 
     name: Annotated[str, Field(pattern=_NAME)]
-    ics: Annotated[str, Field(min_length=1)]
-    ca_file: Path | None = None  # the CA of an https feed, if not a public one
-    level: int = Field(default=1, ge=1, le=10)  # the escalation level its shifts stand for
+    ics: Annotated[str, Field(min_length=1)] | None = None
+    pagerduty: PagerDutyFeed | None = None
+    ca_file: Path | None = None  # the CA of an https source, if not a public one
+    level: int = Field(default=1, ge=1, le=10)  # the escalation level an ICS feed stands for
     max_age: Duration = timedelta(minutes=5)  # a copy is used this long at most
     timeout: Duration = timedelta(seconds=1.5)  # a look-up waits this long at most
 
     @field_validator("ics")
     @classmethod
-    def _where(cls, value: str) -> str:
-        if "://" in value and not value.startswith("https://"):
+    def _where(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith("https://"):
             raise ValueError("a feed is a file path or an https:// URL")
         return value
 
     @model_validator(mode="after")
     def _bounded(self) -> OncallSource:
+        if (self.ics is None) == (self.pagerduty is None):
+            raise ValueError("a source has either ics or pagerduty, not both or neither")
         if not timedelta(0) < self.timeout <= timedelta(seconds=2):
             raise ValueError("timeout must be over 0 and at most 2s (a decision waits for it)")
         if not timedelta(seconds=10) <= self.max_age <= timedelta(hours=1):
@@ -1068,6 +1091,18 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
                 }
             )
         targets[name] = target
+    oncall = [
+        source.model_copy(
+            update={
+                "ca_file": _beside(base, source.ca_file),
+                "pagerduty": source.pagerduty
+                and source.pagerduty.model_copy(
+                    update={"token_file": _beside(base, source.pagerduty.token_file)}
+                ),
+            }
+        )
+        for source in settings.oncall
+    ]
     gateway = settings.gateway
     if gateway is not None:
         gateway = gateway.model_copy(
@@ -1084,5 +1119,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             ),
             "targets": targets,
             "gateway": gateway,
+            "oncall": oncall,
         }
     )
+
+
+def _beside(base: Path, path: Path | None) -> Path | None:
+    """A path of the configuration file, relative to the file's folder."""
+    return path if path is None or path.is_absolute() else (base / path).resolve()
