@@ -245,6 +245,18 @@ class ReviewSession(_Wire):
     chain_problem: str | None = None
 
 
+class IncidentSource(_Wire):
+    """The incident as the incident source (``[review] incidents``) knows it."""
+
+    source: str
+    id: str
+    title: str
+    status: str
+    opened_at: datetime
+    closed_at: datetime | None = None  # None: not resolved
+    url: str | None = None
+
+
 class IncidentReport(_Wire):
     """``GET /v1/incidents/{incident}/review``: the post-incident record of an incident."""
 
@@ -252,6 +264,9 @@ class IncidentReport(_Wire):
     generated_at: datetime
     opened_at: datetime  # the incident's first break-glass session
     closed_at: datetime | None = None  # its last review's close (None: a review is open)
+    # when the incident source was asked: what it said, or why there is nothing
+    incident_source: IncidentSource | None = None
+    incident_source_note: str | None = None
     sessions: list[ReviewSession]
     flags: list[ReviewFlag]
     audit_chain_ok: bool = True  # the whole audit trail's hash chain verifies

@@ -194,10 +194,10 @@ def _no_retries(reply: Any) -> None:
 MAX_ONCALLS = 10_000  # entries of one look-up; a reply with more is refused
 
 
-def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
-    """``GET /oncalls`` (every page) for the source's escalation policies, within its
-    timeout in all. The API key is read from its file now; no message names it."""
-    import httpx
+def pagerduty_client(source: OncallSource) -> Any:
+    """PagerDuty's client for a ``pagerduty`` source: its key read from its file now, TLS
+    as the source says, and none of the client's retries (they sleep, and loop without
+    limit on 429): a reply other than 200 raises ``_RefusedReply`` at once."""
     import pagerduty
 
     feed = source.pagerduty
@@ -208,8 +208,6 @@ def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
         raise SourceUnavailable(f"the token file: {exc.strerror}") from None
     if not token:
         raise SourceUnavailable("the token file is empty")
-    timeout = source.timeout.total_seconds()
-    deadline = time.monotonic() + timeout
     client = pagerduty.RestApiV2Client(
         token,
         base_url=feed.url,
@@ -221,8 +219,27 @@ def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
         event_hooks={"response": [_no_retries]},
         trust_env=False,
     )
-    client.timeout = timeout  # type: ignore[assignment]  # each request's connect and reads
+    client.timeout = source.timeout.total_seconds()  # type: ignore[assignment]  # per request
     client.max_network_attempts = 0  # a network error ends the look-up: no retry, no sleep
+    return client
+
+
+def pagerduty_errors() -> tuple[type[Exception], ...]:
+    """What a PagerDuty look-up raises when the source fails (``SourceUnavailable`` says
+    which: pagerduty's own messages may carry part of the key, "*abcd", so only types)."""
+    import httpx
+    import pagerduty
+
+    return (_RefusedReply, pagerduty.Error, httpx.HTTPError, ValueError, TypeError, KeyError)
+
+
+def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
+    """``GET /oncalls`` (every page) for the source's escalation policies, within its
+    timeout in all."""
+    feed = source.pagerduty
+    assert feed is not None
+    deadline = time.monotonic() + source.timeout.total_seconds()
+    client = pagerduty_client(source)
     found: list[dict[str, Any]] = []
     try:
         params = {
@@ -236,13 +253,31 @@ def fetch_oncalls(source: OncallSource) -> list[dict[str, Any]]:
                 raise SourceUnavailable(f"more than {MAX_ONCALLS} on-call entries")
             if time.monotonic() > deadline:
                 raise SourceUnavailable("the on-calls took longer than the timeout")
-    except _RefusedReply as refused:
-        raise SourceUnavailable(str(refused)) from None
-    except (pagerduty.Error, httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
-        # pagerduty's own messages may carry part of the key ("*abcd"): only the type
-        raise SourceUnavailable(type(exc).__name__) from None
+    except pagerduty_errors() as exc:
+        raise SourceUnavailable(_why(exc)) from None
     finally:
         client.close()
+    return found
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, _RefusedReply) else type(exc).__name__
+
+
+def fetch_incident(source: OncallSource, incident_id: str) -> dict[str, Any]:
+    """PagerDuty's ``GET /incidents/{id}`` (an incident's ID or its number), within the
+    source's timeout: the incident's fields, or SourceUnavailable."""
+    from urllib.parse import quote
+
+    client = pagerduty_client(source)
+    try:
+        found = client.rget(f"incidents/{quote(incident_id, safe='')}")
+    except pagerduty_errors() as exc:
+        raise SourceUnavailable(_why(exc)) from None
+    finally:
+        client.close()
+    if not isinstance(found, dict):
+        raise SourceUnavailable("not an incident")
     return found
 
 

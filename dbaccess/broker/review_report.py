@@ -29,6 +29,12 @@ _MD = """\
 # Incident review: {{ r.incident | md }}
 
 - Window: {{ r.opened_at | when }} to {{ r.closed_at | when if r.closed_at else "(a review is open)" }}
+{% if r.incident_source -%}
+{% set i = r.incident_source -%}
+- At {{ i.source | md }}: {{ i.id | md }} "{{ i.title | md }}", {{ i.status | md }}, opened {{ i.opened_at | when }}, {{ ("resolved " ~ (i.closed_at | when)) if i.closed_at else "not resolved" }}
+{% elif r.incident_source_note -%}
+- Incident source: {{ r.incident_source_note | md }}
+{% endif -%}
 - Sessions: {{ r.sessions | length }}, statements: {{ statements }}
 - Report SHA-256: `{{ r.hash }}`
 - Audit trail's hash chain: {{ "verifies" if r.audit_chain_ok else "BROKEN (see the flags)" }}
@@ -90,6 +96,8 @@ tr.flagged td { background: #fde8e8 }
 <h1>Incident review: {{ r.incident }}</h1>
 <p>Window: {{ r.opened_at | when }} to {{ r.closed_at | when if r.closed_at else "(a review is open)" }};
 {{ r.sessions | length }} session(s), {{ statements }} statement(s).<br>
+{% if r.incident_source %}{% set i = r.incident_source %}At {{ i.source }}: {% if i.url %}<a href="{{ i.url }}">{{ i.id }}</a>{% else %}{{ i.id }}{% endif %} &ldquo;{{ i.title }}&rdquo;, {{ i.status }}, opened {{ i.opened_at | when }}, {{ ("resolved " ~ (i.closed_at | when)) if i.closed_at else "not resolved" }}<br>
+{% elif r.incident_source_note %}Incident source: {{ r.incident_source_note }}<br>{% endif %}
 Report SHA-256: <code>{{ r.hash }}</code><br>
 Audit trail's hash chain: {% if r.audit_chain_ok %}verifies{% else %}<span class="bad">BROKEN (see the flags)</span>{% endif %}</p>
 <div class="timeline">{{ timeline | safe }}</div>

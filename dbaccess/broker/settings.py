@@ -706,6 +706,23 @@ class ReviewSection(_Section):
     bulk_rows: int = Field(default=10000, ge=1)
     # a credential revoked later than this after its session's end is flagged
     revoke_within: Duration = timedelta(seconds=30)
+    # where the incident's own window comes from: an [[oncall]] source with `pagerduty`
+    # (its key and address), asked for GET /incidents/{id}
+    incidents: str | None = None
+    # the incident's id or number at that source, from the break-glass --incident value:
+    # the first group of this expression (default: the value as it is)
+    incident_id: str = r"(.+)"
+
+    @field_validator("incident_id")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"incident_id does not compile: {exc}") from None
+        if groups < 1:
+            raise ValueError("incident_id needs a group: the id is its first one")
+        return value
 
 
 class NotifySection(_Section):
@@ -900,6 +917,13 @@ class Settings(_Section):
                     f"'{rule.oncall.source}' is not an [[oncall]] source"
                     + (f" (there are: {', '.join(names)})" if names else " (there is none)"),
                 )
+        wanted = self.review.incidents
+        if wanted is not None and not any(
+            source.name == wanted and source.pagerduty is not None for source in self.oncall
+        ):
+            raise _KeyedError(
+                "review.incidents", f"'{wanted}' is not an [[oncall]] source with pagerduty"
+            )
         return self
 
     @model_validator(mode="after")

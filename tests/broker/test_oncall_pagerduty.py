@@ -60,6 +60,7 @@ class StandIn(http.server.BaseHTTPRequestHandler):
 
     mode = "ok"
     entries: ClassVar[list[dict[str, Any]]] = []
+    incidents: ClassVar[dict[str, dict[str, Any]]] = {}
     asked: ClassVar[list[dict[str, list[str]]]] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -72,6 +73,11 @@ class StandIn(http.server.BaseHTTPRequestHandler):
             time.sleep(4)
         if StandIn.mode in ("fail", "limited"):
             return self._send(500 if StandIn.mode == "fail" else 429, {"error": {}})
+        if url.path.startswith("/incidents/"):  # GET /incidents/{id}: the id or number
+            found = StandIn.incidents.get(url.path.removeprefix("/incidents/"))
+            if found is None:
+                return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+            return self._send(200, {"incident": found})
         if url.path != "/oncalls":
             return self._send(404, {"error": {"message": "Not Found"}})
         if StandIn.mode == "garbage":
@@ -135,6 +141,7 @@ def pagerduty(tmp_path: Path) -> Iterator[dict[str, Any]]:
         server.shutdown()
         server.server_close()
         StandIn.mode, StandIn.entries = "ok", []
+        StandIn.incidents.clear()
         StandIn.asked.clear()
 
 

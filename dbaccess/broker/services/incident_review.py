@@ -4,9 +4,10 @@ Everything the store knows of the incident's break-glass sessions, in one report
 leases, their approvals, how and when each ended and when its credential was gone, the
 statements the gateway recorded with whether their hash chain still verifies, and the
 flags a reviewer should look at first. The incident's window runs from its first
-break-glass session to the close of its last review; the report is data (IncidentReport),
-rendered as Markdown or HTML by review_report.py, and its hash (``report_hash``) is what a
-closed review records.
+break-glass session to the close of its last review; when ``[review] incidents`` names a
+source, access before the incident opened there or after it was resolved is flagged too.
+The report is data (IncidentReport), rendered as Markdown or HTML by review_report.py,
+and its hash (``report_hash``) is what a closed review records.
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ import json
 from datetime import datetime
 
 from dbaccess.broker.identity import Principal
+from dbaccess.broker.incidents import IncidentWindow, incident_window
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.store import Lease
 from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.broker.store.statement_chain import StoredStatement
-from dbaccess.wire import IncidentReport, ReviewFlag, ReviewSession, ReviewStatement
+from dbaccess.wire import (
+    IncidentReport,
+    IncidentSource,
+    ReviewFlag,
+    ReviewSession,
+    ReviewStatement,
+)
 
 # classes a reviewer looks at: schema changes, and changes of grants and roles
 DDL_CLASSES = frozenset({"ddl", "dcl"})
@@ -77,6 +85,7 @@ class IncidentReviews:
         opened = min(lease.created_at for lease in leases)
         closes = [lease.reviewed_at for lease in leases]
         closed = None if None in closes else max(c for c in closes if c is not None)
+        window, window_note = incident_window(settings, incident)
         now = self.ctx.clock()
         sessions: list[ReviewSession] = []
         flags: list[ReviewFlag] = []
@@ -100,9 +109,10 @@ class IncidentReviews:
                         )
                     )
             flags += _session_flags(lease, ended, now, revoke_within.total_seconds())
+            flags += _window_flags(lease, window)
             allowed = _allowed_classes(self.ctx, lease)
             for s in statements:
-                flags += _statement_flags(lease, s, opened, closed, bulk_rows, allowed)
+                flags += _statement_flags(lease, s, opened, closed, bulk_rows, allowed, window)
             sessions.append(
                 ReviewSession(
                     id=lease.id,
@@ -148,6 +158,18 @@ class IncidentReviews:
             generated_at=now,
             opened_at=opened,
             closed_at=closed,
+            incident_source=None
+            if window is None
+            else IncidentSource(
+                source=window.source,
+                id=window.id,
+                title=window.title,
+                status=window.status,
+                opened_at=window.opened,
+                closed_at=window.closed,
+                url=window.url,
+            ),
+            incident_source_note=window_note,
             sessions=sessions,
             flags=flags,
             bulk_rows=bulk_rows,
@@ -235,6 +257,21 @@ def _session_flags(
     ]
 
 
+def _window_flags(lease: Lease, window: IncidentWindow | None) -> list[ReviewFlag]:
+    """A session begun before the incident opened, or after it was resolved, at its
+    source."""
+    if window is None:
+        return []
+    at = f"{window.source} {window.id}"
+    if lease.created_at < window.opened:
+        why = f"the session began before the incident was opened at {at}"
+        return [ReviewFlag(kind="before_incident", message=why, session_id=lease.id)]
+    if window.closed is not None and lease.created_at > window.closed:
+        why = f"the session began after the incident was resolved at {at}"
+        return [ReviewFlag(kind="after_incident", message=why, session_id=lease.id)]
+    return []
+
+
 def _statement_flags(
     lease: Lease,
     s: ReviewStatement,
@@ -242,6 +279,7 @@ def _statement_flags(
     closed: datetime | None,
     bulk_rows: int,
     allowed: frozenset[str] | None,
+    window: IncidentWindow | None = None,
 ) -> list[ReviewFlag]:
     flags = []
 
@@ -250,6 +288,10 @@ def _statement_flags(
 
     if s.started < opened:
         flag("before_incident", "statement before the incident's first break-glass session")
+    elif window is not None and s.started < window.opened:
+        flag("before_incident", f"statement before the incident was opened at {window.source}")
+    if window is not None and window.closed is not None and s.started > window.closed:
+        flag("after_incident", f"statement after the incident was resolved at {window.source}")
     if closed is not None and s.started > closed:
         flag("after_review", "statement after the incident's review was closed")
     if DDL_CLASSES & set(s.classes):
