@@ -206,7 +206,7 @@ class ReviewStatement(_Wire):
 
     seq: int
     started: datetime
-    duration: float
+    duration: float | None = None  # None: from a database's log, which has no durations
     sql: str
     classes: list[str]  # statement classes (read, write, ddl ...); ["unparsed"] if unknown
     rows: int | None = None
@@ -241,6 +241,9 @@ class ReviewSession(_Wire):
     approvals: list[dict[str, Any]] = Field(default_factory=list)
     statements: list[ReviewStatement] = Field(default_factory=list)
     statements_recorded: bool = False
+    # "gateway" (its records) or "database log" (the target's statement_log); None: none
+    statements_from: str | None = None
+    statements_note: str | None = None  # why there are none, or what they lack
     chain_ok: bool | None = None  # None: no statement records to verify
     chain_problem: str | None = None
 

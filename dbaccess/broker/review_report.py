@@ -65,7 +65,11 @@ ended {{ s.ended_at | when if s.ended_at else "-" }}, revoked \
 - Approvals: {% for a in s.approvals %}{{ a.by | md }} {{ a.at }}{{ ", " if not loop.last }}{% else %}none (break-glass){% endfor %}
 - Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by | md }} {{ s.reviewed_at | when }}: {{ (s.review_note or "") | md }}{% endif %}{% if s.review_report_sha256 %} (closed on the report with SHA-256 `{{ s.review_report_sha256 }}`){% endif %}
 {% if s.statements_recorded -%}
+{% if s.statements_from == "gateway" -%}
 - Statement chain: {{ "verifies" if s.chain_ok else "BROKEN: " ~ (s.chain_problem or "") | md }}
+{% else -%}
+- Statements: {{ (s.statements_note or "from the database's log") | md }}
+{% endif %}
 
 | seq | started | classes | rows | status | SQL |
 |---|---|---|---|---|---|
@@ -74,7 +78,7 @@ ended {{ s.ended_at | when if s.ended_at else "-" }}, revoked \
 {{ st.rows if st.rows is not none else "-" }} | {{ st.status }} | {{ st.sql | md }} |
 {% endfor %}
 {%- else -%}
-- Statements: not recorded by a gateway (direct access: the database's own log)
+- Statements: {{ (s.statements_note or "not recorded by a gateway (direct access: the database's own log)") | md }}
 {% endif %}
 {%- endfor %}
 """
@@ -118,7 +122,8 @@ revoked {{ s.revoked_at | when if s.revoked_at else "not yet" }}{{ (" (" ~ s.rev
 <li>Approvals: {% for a in s.approvals %}{{ a.by }} {{ a.at }}{{ ", " if not loop.last }}{% else %}none (break-glass){% endfor %}</li>
 <li>Review: {{ s.review_state or "-" }}{% if s.reviewed_by %} by {{ s.reviewed_by }} {{ s.reviewed_at | when }}: {{ s.review_note or "" }}{% endif %}{% if s.review_report_sha256 %} (closed on the report with SHA-256 <code>{{ s.review_report_sha256 }}</code>){% endif %}</li>
 {% if s.statements_recorded %}
-<li>Statement chain: {% if s.chain_ok %}verifies{% else %}<span class="bad">BROKEN: {{ s.chain_problem or "" }}</span>{% endif %}</li>
+{% if s.statements_from == "gateway" %}<li>Statement chain: {% if s.chain_ok %}verifies{% else %}<span class="bad">BROKEN: {{ s.chain_problem or "" }}</span>{% endif %}</li>
+{% else %}<li>Statements: {{ s.statements_note or "from the database's log" }}</li>{% endif %}
 </ul>
 <table><tr><th>seq</th><th>started</th><th>classes</th><th>rows</th><th>status</th><th>SQL</th></tr>
 {% for st in s.statements %}<tr{{ ' class="flagged"' | safe if (s.id, st.seq) in flagged }}><td>{{ st.seq }}</td><td>{{ st.started | when }}</td>
@@ -126,7 +131,7 @@ revoked {{ s.revoked_at | when if s.revoked_at else "not yet" }}{{ (" (" ~ s.rev
 <td>{{ st.status }}</td><td class="sql">{{ st.sql }}</td></tr>
 {% endfor %}</table>
 {% else %}
-<li>Statements: not recorded by a gateway (direct access: the database's own log)</li>
+<li>Statements: {{ s.statements_note or "not recorded by a gateway (direct access: the database's own log)" }}</li>
 </ul>
 {% endif %}
 {% endfor %}

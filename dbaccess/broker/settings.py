@@ -396,6 +396,14 @@ class TargetLimits(_Section):
     breakglass_connections_per_target: int | None = Field(default=None, ge=1, le=100_000)
 
 
+class StatementLogSection(_Section):
+    """A file of the database server's log the broker can read, in one of the formats its
+    engine reads (PostgreSQL: jsonlog, csvlog; MariaDB: server_audit)."""
+
+    path: Path
+    format: str
+
+
 class TargetSection(_Section):
     engine: str  # a name in engines/registry.py
     host: str
@@ -423,6 +431,9 @@ class TargetSection(_Section):
     # "gateway": they get the gateway's address and a session secret for it; the session
     # user's password never leaves the broker and gateway (needs [gateway]).
     access: Literal["direct", "gateway"] = "direct"
+    # Where the broker reads what the database logged of break-glass users, for incident
+    # reviews of a direct target (docs/policies.md, "Incident reviews").
+    statement_log: StatementLogSection | None = None
 
     @field_validator("engine")
     @classmethod
@@ -464,6 +475,19 @@ class TargetSection(_Section):
                     f"{role.group_role} but not session_objects ('{seen[1]}' and "
                     f"'{role.session_objects}'): give them the same value, or each its own "
                     "group role"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _log_format_is_read(self) -> TargetSection:
+        if self.statement_log is not None:
+            from dbaccess.broker.statement_logs import log_formats
+
+            formats = log_formats(self.engine)
+            if self.statement_log.format not in formats:
+                raise ValueError(
+                    f"statement_log.format: the broker reads {', '.join(formats) or 'no'} "
+                    f"logs of {self.engine}, not '{self.statement_log.format}'"
                 )
         return self
 
@@ -1104,6 +1128,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         if target.sslrootcert is not None and not target.sslrootcert.is_absolute():
             target = target.model_copy(
                 update={"sslrootcert": (base / target.sslrootcert).resolve()}
+            )
+        log = target.statement_log
+        if log is not None and not log.path.is_absolute():
+            target = target.model_copy(
+                update={"statement_log": log.model_copy(update={"path": base / log.path})}
             )
         file = target.provisioner.password_file
         if file is not None and not file.is_absolute():

@@ -44,6 +44,8 @@ class PostgresServer:
         self.hba_first: list[str] = []
         # (certificate, key) PEM files: the server speaks TLS with them (set before start)
         self.tls: tuple[Path, Path] | None = None
+        # postgresql.conf lines after the test server's own (set before start)
+        self.extra_conf: list[str] = []
         self.data_dir = workdir / "data"
         self.log_path = workdir / "postgres.log"
         self._user = service_user("postgres")
@@ -104,6 +106,7 @@ class PostgresServer:
                     (self.data_dir / name).write_bytes(source.read_bytes())
                     os.chmod(self.data_dir / name, 0o600)
                 conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            conf.write("".join(line + "\n" for line in self.extra_conf))
         hand_over(self.data_dir, self._user)
         self.resume(timeout)
 

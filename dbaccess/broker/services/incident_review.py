@@ -20,6 +20,7 @@ from dbaccess.broker.identity import Principal
 from dbaccess.broker.incidents import IncidentWindow, incident_window
 from dbaccess.broker.services import refusals
 from dbaccess.broker.services.context import BrokerContext
+from dbaccess.broker.statement_logs import classes_of, read_log
 from dbaccess.broker.store import Lease
 from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.broker.store.statement_chain import StoredStatement
@@ -94,8 +95,13 @@ class IncidentReviews:
             records = store.session_statements(lease.id)
             statements = [_statement(lease, r) for r in records]
             recorded = lease.access == "gateway" or bool(records)
+            source: str | None = "gateway" if recorded else None
+            note: str | None = None
             chain_ok, problem = None, None
-            if recorded:
+            if not recorded:
+                statements, note, recorded = _logged(self.ctx, lease, ended or now)
+                source = "database log" if recorded else None
+            elif recorded:
                 verdict = store.verify_statements(lease.id)
                 chain_ok, problem = verdict.ok, verdict.problem
                 if not verdict.ok:
@@ -138,6 +144,8 @@ class IncidentReviews:
                     approvals=_approvals(self.ctx, lease),
                     statements=statements,
                     statements_recorded=recorded,
+                    statements_from=source,
+                    statements_note=note,
                     chain_ok=chain_ok,
                     chain_problem=problem,
                 )
@@ -226,6 +234,40 @@ def _statement(lease: Lease, r: StoredStatement) -> ReviewStatement:
         sqlstate=r.sqlstate,
         rule=r.rule,
     )
+
+
+def _logged(
+    ctx: BrokerContext, lease: Lease, until: datetime
+) -> tuple[list[ReviewStatement], str, bool]:
+    """The statements the target's database logged for the session's user, a note (why
+    there are none: no log configured, unreadable; or what they lack), and whether the
+    log was read."""
+    target = ctx.settings.targets.get(lease.target)
+    log = None if target is None else target.statement_log
+    if target is None or log is None:
+        return [], "not recorded by a gateway, and the target names no statement_log", False
+    try:
+        found, more = read_log(
+            target.engine, log.path, log.format, lease.db_user, lease.created_at, until
+        )
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        return [], f"the database's log {log.path} could not be read: {why}", False
+    statements = [
+        ReviewStatement(
+            seq=index,
+            started=item.at,
+            sql=item.sql,
+            classes=classes_of(target.engine, item.sql),
+            status=item.status,
+            sqlstate=item.sqlstate,
+        )
+        for index, item in enumerate(found, 1)
+    ]
+    note = f"from the database's log {log.path}: no row counts or durations there"
+    if more:
+        note += f"; {more} more statement(s) not shown"
+    return statements, note, True
 
 
 def _allowed_classes(ctx: BrokerContext, lease: Lease) -> frozenset[str] | None:
