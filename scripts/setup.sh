@@ -9,7 +9,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 packages=(postgresql postgresql-client mariadb-server mariadb-client gnome-keyring dbus
-          procps)
+          procps
+          # tests/test_deploy.py: promtool checks the alert rules, systemd-analyze the units
+          prometheus systemd)
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,6 +57,23 @@ class Metrics:
             "Session requests and renewals refused at once: their target was known not to "
             "answer (engines/health.py)",
             ["target"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "dbaccess_store_errors",
+            "Requests answered 503 because the state store failed",
+            registry=self.registry,
+        )
+        self.idp_unreachable = Counter(
+            "dbaccess_idp_unreachable",
+            "Tokens that could not be checked: the identity provider's keys could not be "
+            "fetched (answered 503)",
+            registry=self.registry,
+        )
+        self.reaper_last_pass = Gauge(
+            "dbaccess_reaper_last_pass_timestamp_seconds",
+            "When this broker's reaper last finished a pass without an error (Unix time); "
+            "a clock that stops is a reaper that is stuck or failing",
             registry=self.registry,
         )
         self.revocation_lag = Histogram(

@@ -97,6 +97,7 @@ class Reaper:
                 outage.failed(exc)  # one line while it lasts, not a traceback a pass
             else:
                 outage.passed()
+                self._service.ctx.metrics.reaper_last_pass.set_to_current_time()
             self._stop.wait(self._interval)
 
     def _seal_statements(self, outage: Outage) -> None:

@@ -59,6 +59,7 @@ async def principal(
         raise refusals.Unauthenticated("invalid_token", str(exc), "dbaccess login") from None
     except IdentityUnavailable as exc:
         # Not "log in again": the login needs the same provider.
+        context(request).metrics.idp_unreachable.inc()
         raise refusals.Unavailable(
             "identity_provider_unreachable",
             str(exc),

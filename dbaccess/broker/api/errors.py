@@ -76,9 +76,10 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(StoreUnavailable)
-    async def _store_failed(_: Request, exc: StoreUnavailable) -> JSONResponse:
+    async def _store_failed(request: Request, exc: StoreUnavailable) -> JSONResponse:
         # Nothing was recorded, so nothing was handed out (a password leaves only after
         # its lease and audit records are on disk).
+        request.app.state.service.ctx.metrics.store_errors.inc()
         return error_response(
             503,
             "store_unavailable",
