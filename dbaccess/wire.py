@@ -149,6 +149,7 @@ class RequestInfo(_Wire):
     reason: str
     ticket: str | None = None
     rule: str
+    tier: str | None = None  # the rule's tier whose approvals it needs (None: the rule's)
     state: Literal["pending", "approved", "denied", "expired", "used", "withdrawn"]
     approvals_required: int
     approver_groups: list[str]

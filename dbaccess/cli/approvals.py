@@ -39,7 +39,7 @@ def requests(
             f"{r.duration_seconds // 60} min",
             r.reason,
             r.state,
-            f"{len(r.approvals)}/{r.approvals_required}",
+            f"{len(r.approvals)}/{r.approvals_required}" + (f" (tier {r.tier})" if r.tier else ""),
             human_time(r.expires_at),
         )
     empty = "you have no requests" if mine else "nothing waits for your approval"

@@ -4,6 +4,7 @@ the user guide's approval and break-glass walkthroughs, followed with their comm
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -157,16 +158,35 @@ def test_a_bare_dbaccess_is_alice_and_each_profile_its_person(dev_mode: DevMode)
     assert "alice@example.com" in first and second.startswith("example.com")
 
 
-def walkthrough_blocks() -> list[Block]:
-    """The user guide's blocks this file runs (docs/user-guide.md, "Trying it with several
-    people"): the dev mode's start and what it prints, then the two-terminal walkthrough."""
-    found = [
+def blocks_run_here() -> list[Block]:
+    """The user guide's blocks marked to run in this file."""
+    return [
         block
         for block in blocks(REPO / "docs" / "user-guide.md")
         if block.marker == ("runs", "tests/sandbox/test_dev_mode.py")
     ]
+
+
+def walkthrough_blocks() -> list[Block]:
+    """docs/user-guide.md, "Trying it with several people": the dev mode's start and what
+    it prints, then the two-terminal walkthrough."""
+    found = [b for b in blocks_run_here() if "dbaccess.sandbox --dev" in "\n".join(b.lines)]
+    found += [
+        b for b in blocks_run_here() if b.prompts()[:1] and b.prompts()[0].startswith("source")
+    ]
     assert len(found) == 2, found
     return found
+
+
+def test_the_user_guides_creds_script_runs_as_written(dev_mode: DevMode) -> None:
+    """The script lines of "Tools that cannot be wrapped: creds", as alice: each
+    session's variables reach the client, and each session is revoked by the script."""
+    (script,) = [b for b in blocks_run_here() if "dbaccess creds" in "\n".join(b.lines)]
+    ran = dev_mode.shell("\n".join(script.lines))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    left = dev_mode.shell("dbaccess --json sessions")
+    assert left.returncode == 0, left.stderr
+    assert json.loads(left.stdout)["data"] == []  # both revoked
 
 
 def test_it_starts_and_prints_what_the_user_guide_shows(dev_mode: DevMode) -> None:

@@ -87,6 +87,7 @@ def test_missing_node_modules_is_a_clear_error(
     from dbaccess.sandbox import idp as module
     from dbaccess.sandbox.processes import ServiceError
 
+    (tmp_path / "server.mjs").write_text("// the source is there, npm ci was not run\n")
     monkeypatch.setattr(module, "IDP_DIR", tmp_path)
     with pytest.raises(ServiceError, match="npm ci --prefix tests/idp"):
         OidcProvider(tmp_path / "w").start()

@@ -47,6 +47,7 @@ class Approvals:
             ttl=ctx.settings.broker.request_ttl,
             source=origin.source,
             user_agent=origin.user_agent,
+            tier=decision.tier,
         )
         if not created:  # another replica opened the same request a moment ago
             self._reused(principal, request, origin)
@@ -56,7 +57,9 @@ class Approvals:
             f"{principal.handle} asks for {request.role} on {request.target} for "
             f"{format_duration(decision.duration)}: {request.reason} — needs "
             f"{request.approvals_required} approval(s) from "
-            f"{', '.join(request.approver_groups)}; dbaccess approve {request.id}",
+            f"{', '.join(request.approver_groups)}"
+            + (f" (tier '{request.tier}')" if request.tier else "")
+            + f"; dbaccess approve {request.id}",
             **_fields(request),
         )
         return request
@@ -249,6 +252,7 @@ class Approvals:
             reason=request.reason,
             ticket=request.ticket,
             rule=request.rule,
+            tier=request.tier,
             state=request.state,  # type: ignore[arg-type]
             approvals_required=request.approvals_required,
             approver_groups=request.approver_groups,
@@ -331,6 +335,7 @@ def _fields(request: ApprovalRequest) -> dict[str, object]:
         "reason": request.reason,
         "ticket": request.ticket,
         "rule": request.rule,
+        "tier": request.tier,
         "state": request.state,
         "approvals": [a["by"] for a in request.approvals],
         "approvals_required": request.approvals_required,

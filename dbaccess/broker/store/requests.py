@@ -50,6 +50,7 @@ class Requests(AuditTrail):
         ttl: timedelta,
         source: str | None,
         user_agent: str | None,
+        tier: str | None = None,
     ) -> tuple[ApprovalRequest, bool]:
         """A new pending request, True — or, when ``subject`` already has an open one for
         ``role`` on ``target`` (see ``open_request``), that one and False."""
@@ -63,6 +64,7 @@ class Requests(AuditTrail):
             "reason": reason,
             "ticket": ticket,
             "rule": rule,
+            "tier": tier,
             "approvals_required": approvals_required,
             "approver_groups": json.dumps(approver_groups),
             "state": "pending",
@@ -93,6 +95,7 @@ class Requests(AuditTrail):
                     "reason": reason,
                     "ticket": ticket,
                     "rule": rule,
+                    "tier": tier,
                     "approvals_required": approvals_required,
                     "approver_groups": approver_groups,
                     "expires_at": values["expires_at"],

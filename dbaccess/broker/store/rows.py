@@ -64,6 +64,7 @@ class ApprovalRequest:
     expires_at: datetime
     decided_at: datetime | None
     lease_id: str | None
+    tier: str | None = None  # the rule's tier whose approvals it needs (None: the rule's)
 
     @classmethod
     def from_row(cls, row: Any) -> ApprovalRequest:

@@ -85,6 +85,7 @@ approval_requests = sa.Table(
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("ticket", sa.String(100)),
     sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("tier", sa.String(64)),  # the rule's tier the request landed in (migration 0008)
     sa.Column("approvals_required", sa.Integer, nullable=False),
     sa.Column("approver_groups", sa.Text, nullable=False),  # JSON list
     # pending -> approved -> used; or denied / expired / withdrawn (by the requester)

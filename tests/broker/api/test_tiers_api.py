@@ -72,19 +72,25 @@ def test_targets_show_the_tier_before_the_request_and_requests_land_there(
     granted = api.post("/v1/sessions", headers=alice, json={"target": "demo", "role": "readonly"})
     assert granted.status_code == 201, granted.text  # readonly, an hour: no approval
     api.delete(f"/v1/sessions/{granted.json()['id']}", headers=alice)
-    for body in (
-        {"target": "demo", "role": "readwrite", "reason": "fix a row"},
-        {
-            "target": "demo",
-            "role": "readonly",
-            "reason": "a long read",
-            "duration_seconds": 3 * 3600,
-        },
+    for body, tier in (
+        ({"target": "demo", "role": "readwrite", "reason": "fix a row"}, "writes"),
+        (
+            {
+                "target": "demo",
+                "role": "readonly",
+                "reason": "a long read",
+                "duration_seconds": 3 * 3600,
+            },
+            "long",
+        ),
     ):
         pending = api.post("/v1/sessions", headers=alice, json=body)
         assert pending.status_code == 202, pending.text
         assert pending.json()["approvals_required"] == 1
         assert pending.json()["approver_groups"] == ["leads"]
+        assert pending.json()["tier"] == tier  # kept with the request, for its approvers
+        listed = api.get("/v1/requests?mine=true", headers=alice).json()
+        assert [r["tier"] for r in listed if r["id"] == pending.json()["id"]] == [tier]
         api.post(f"/v1/requests/{pending.json()['id']}/withdraw", headers=alice)
 
 
