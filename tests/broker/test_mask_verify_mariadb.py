@@ -200,3 +200,26 @@ def test_a_definer_view_or_function_over_the_column_is_a_leak(target: Path, stac
         assert ("mask_m.customers.ssn", "definer-ssn_of") in found
     finally:
         admin(stack, "DROP VIEW mask_m.contacts", "DROP FUNCTION mask_m.ssn_of")
+
+
+def grants(stack: Stack) -> list[tuple[Any, ...]]:
+    conn = stack.mariadb.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT 't', Db, Table_name, '', Table_priv FROM mysql.tables_priv "
+                "WHERE User = 'mask_analyst_m' UNION ALL SELECT 'c', Db, Table_name, "
+                "Column_name, Column_priv FROM mysql.columns_priv WHERE User = 'mask_analyst_m' "
+                "ORDER BY 1, 2, 3, 4"
+            )
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_second_bootstrap_changes_nothing(target: Path, stack: Stack) -> None:
+    before = grants(stack)
+    assert ("c", "mask_m", "customers", "name", "Select") in before
+    assert not any(row[3] in ("ssn", "email") for row in before)
+    bootstrap(stack, target)
+    assert grants(stack) == before
