@@ -32,7 +32,10 @@ def broker(
     )  # fmt: skip
 
 
-def write_config(stack: Stack, path: Path) -> Path:
+MASKED = ["mask_m.customers.ssn", "mask_m.*.email"]
+
+
+def write_config(stack: Stack, path: Path, masked: list[str] = MASKED) -> Path:
     config = path / "broker.toml"
     config.write_text(f"""\
 [broker]
@@ -53,7 +56,7 @@ provisioner = {{ user = "mask_prov_m", password_file = "provisioner.pw" }}
 [targets.mm.roles.analyst]
 group_role = "mask_analyst_m"
 read_only = true
-masked = ["mask_m.customers.ssn", "mask_m.*.email"]
+masked = {json.dumps(masked)}
 mask = {{ "mask_m.customers.ssn" = "CONCAT('***-**-', RIGHT(ssn, 4))" }}
 """)
     (path / "provisioner.pw").write_text(PASSWORD + "\n")
@@ -199,7 +202,9 @@ def test_a_definer_view_or_function_over_the_column_is_a_leak(target: Path, stac
         assert ("mask_m.customers.ssn", "view-contacts") in found
         assert ("mask_m.customers.ssn", "definer-ssn_of") in found
     finally:
-        admin(stack, "DROP VIEW mask_m.contacts", "DROP FUNCTION mask_m.ssn_of")
+        admin(stack, "REVOKE SELECT ON mask_m.contacts FROM mask_analyst_m",
+              "REVOKE EXECUTE ON FUNCTION mask_m.ssn_of FROM mask_analyst_m",
+              "DROP VIEW mask_m.contacts", "DROP FUNCTION mask_m.ssn_of")  # fmt: skip
 
 
 def grants(stack: Stack) -> list[tuple[Any, ...]]:
@@ -223,3 +228,29 @@ def test_a_second_bootstrap_changes_nothing(target: Path, stack: Stack) -> None:
     assert not any(row[3] in ("ssn", "email") for row in before)
     bootstrap(stack, target)
     assert grants(stack) == before
+
+
+def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Stack) -> None:
+    write_config(stack, target.parent, ["mask_m.customers.ssn"])
+    try:
+        bootstrap(stack, target)
+        table_level = {(row[1], row[2], row[4]) for row in grants(stack) if row[0] == "t"}
+        assert ("mask_m", "orders", "Select") in table_level
+        assert ("mask_m", "customers", "Select") not in table_level  # column grants there
+        assert ("c", "mask_m", "customers", "email", "Select") in grants(stack)
+        conn = stack.mariadb.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT COUNT(*) FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = 'mask_analyst_m_masked' AND TABLE_NAME = 'orders'"
+                )
+                assert cur.fetchone() == (0,)
+        finally:
+            conn.close()
+        code, verdict = verify(target)
+        assert code == 0 and {p["column"] for p in verdict["probes"]} == {"mask_m.customers.ssn"}
+    finally:
+        write_config(stack, target.parent)
+        bootstrap(stack, target)
+    assert verify(target)[0] == 0
