@@ -499,9 +499,10 @@ class TargetSection(_Section):
             for name, role in sorted(self.roles.items()):
                 if role.masked:
                     raise ValueError(
-                        f"roles.{name}.masked: masked columns are applied on PostgreSQL "
-                        f"targets only (not yet on {self.engine}); remove masked and mask "
-                        "here, or give these columns no grant to the group role"
+                        f"roles.{name}.masked: masked columns are not applied on "
+                        f"{self.engine} targets (its engine has no masking yet); remove "
+                        "masked and mask here, or give these columns no grant to the group "
+                        "role"
                     )
         return self
 

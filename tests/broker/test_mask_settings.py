@@ -72,28 +72,32 @@ def test_globs_become_anchored_regexes() -> None:
     assert part_regex("a$b") == "^a\\$b$"
 
 
-def test_mariadb_refuses_masks_rather_than_leave_them_readable() -> None:
+def maria_section() -> TargetSection:
+    return TargetSection.model_validate(
+        {
+            "engine": "mariadb",
+            "host": "db",
+            "port": 3306,
+            "database": "shop",
+            "provisioner": {"user": "prov", "password_env": "PW"},
+            "roles": {"ro": {"group_role": "app_ro", "read_only": True,
+                             "masked": ["shop.t.c"]}},
+        }
+    )  # fmt: skip
+
+
+def test_a_mariadb_target_with_masks_loads_and_its_printed_bootstrap_says_apply() -> None:
     from dbaccess.broker.engines.mariadb.bootstrap import render as maria_render
-    from dbaccess.errors import ConfigError
 
-    section = target(ro={"group_role": "app_ro", "read_only": True, "masked": ["shop.t.c"]})
-    section = section.model_copy(update={"engine": "mariadb"})
-    with pytest.raises(ConfigError, match="not implemented on MariaDB yet"):
-        maria_render("t", section)
+    text = maria_render("t", maria_section())
+    assert "Masked columns are applied by --apply only" in text
 
 
-def test_a_mariadb_target_with_masks_is_refused_at_load() -> None:
+def test_an_engine_without_masking_refuses_masks_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """The broker itself refuses it (not only the bootstrap): served, the columns would be
     readable while the configuration says they are not."""
-    with pytest.raises(ValidationError, match="applied on PostgreSQL targets only"):
-        TargetSection.model_validate(
-            {
-                "engine": "mariadb",
-                "host": "db",
-                "port": 3306,
-                "database": "shop",
-                "provisioner": {"user": "prov", "password_env": "PW"},
-                "roles": {"ro": {"group_role": "app_ro", "read_only": True,
-                                 "masked": ["shop.t.c"]}},
-            }
-        )  # fmt: skip
+    import dbaccess.broker.settings as settings
+
+    monkeypatch.setattr(settings, "engine_masks_columns", lambda engine: False)
+    with pytest.raises(ValidationError, match="masked columns are not applied on mariadb"):
+        maria_section()
