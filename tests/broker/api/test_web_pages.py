@@ -147,3 +147,35 @@ def csrf_of(api: TestClient, stack: Stack) -> str:
     """A valid CSRF token for the signed-in session: from a page that shows forms."""
     other = pending(api, stack, "alice", "for a token")
     return csrf(api.get(f"/web/requests/{other}").text)
+
+
+def test_a_reviewer_closes_a_break_glass_review_with_a_note(api: TestClient, stack: Stack) -> None:
+    opened = api.post(
+        "/v1/breakglass",
+        headers=bearer(stack, "carol"),
+        json={"target": "demo", "incident": "INC-7", "reason": HOSTILE},
+    )
+    assert opened.status_code == 201, opened.text
+    session = opened.json()["id"]
+    api.delete(f"/v1/sessions/{session}", headers=bearer(stack, "carol"))
+
+    sign_in(api, stack, "alice")
+    assert api.get("/web/reviews/").status_code == 403  # not a reviewer: the service says so
+
+    sign_in(api, stack, "dave")
+    reviews = api.get("/web/reviews/")
+    assert reviews.status_code == 200 and "INC-7" in reviews.text
+    assert "<script>" not in reviews.text and "&lt;script&gt;" in reviews.text
+    token = csrf(reviews.text)
+    empty = api.post(f"/web/reviews/{session}/close", data={"csrf": token, "note": "  "})
+    assert empty.status_code == 400
+    forged = api.post(f"/web/reviews/{session}/close", data={"csrf": "1", "note": "fine"})
+    assert forged.status_code == 403
+    closed = api.post(
+        f"/web/reviews/{session}/close", data={"csrf": token, "note": "checked <b>ok</b>"}
+    )
+    assert closed.status_code == 200, closed.text
+    assert "Review closed" in closed.text and "checked &lt;b&gt;ok&lt;/b&gt;" in closed.text
+    assert session not in api.get("/web/reviews/").text
+    left = api.get("/v1/reviews", headers=bearer(stack, "dave")).json()
+    assert all(r["id"] != session for r in left)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from dbaccess.broker.api.deps import AnId, origin, service
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
-from dbaccess.wire import RequestDecision
+from dbaccess.wire import RequestDecision, ReviewClose
 
 router = APIRouter()
 
@@ -100,6 +100,7 @@ TEMPLATES = {
 <link rel="stylesheet" href="/web/static/web.css"></head>
 <body><header><a href="/web/">dbaccess approvals</a>{% if who %}
 <span class="who">{{ who.email or who.subject }}</span>{% endif %}</header>
+<nav><a href="/web/">Requests</a> <a href="/web/reviews/">Reviews</a></nav>
 <main>{% block main %}{% endblock %}</main></body></html>""",
     "message.html": """{% extends "base.html" %}{% block main %}
 <h1>{{ heading }}</h1><p class="message">{{ message }}</p>
@@ -135,12 +136,31 @@ from {{ r.approver_groups | join(", ") }}</dd>
 <textarea id="reason" name="reason" maxlength="1000" required></textarea>
 <button type="submit" name="decision" value="deny">Deny</button></form>
 {% endif %}{% endblock %}""",
+    "reviews.html": """{% extends "base.html" %}{% block main %}
+<h1>Break-glass sessions to review</h1>
+{% if not reviews %}<p>No review is open.</p>{% endif %}
+{% for r in reviews %}<section class="review" id="review-{{ r.id }}">
+<h2>{{ r.email or r.subject }}: {{ r.role }} on {{ r.target }}</h2>
+<dl class="request">
+<dt>Incident</dt><dd>{{ r.incident or "none" }}{% if r.drill %} (drill){% endif %}</dd>
+<dt>Why</dt><dd>{{ r.reason or "" }}</dd>
+<dt>Database user</dt><dd>{{ r.db_user }}</dd>
+<dt>Opened</dt><dd>{{ r.created_at.strftime("%Y-%m-%d %H:%M UTC") }}</dd>
+<dt>Session</dt><dd>{{ r.state }}</dd>
+</dl>
+<form method="post" action="/web/reviews/{{ r.id }}/close">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<label for="note-{{ r.id }}">Review note</label>
+<textarea id="note-{{ r.id }}" name="note" maxlength="2000" required></textarea>
+<button type="submit">Close the review</button></form></section>
+{% endfor %}{% endblock %}""",
 }
 
 CSS = """body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
 header{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.5rem;
 padding:.75rem 1rem;background:#23395d;color:#fff}
 header a{color:#fff;font-weight:bold;text-decoration:none}
+nav{padding:.5rem 1rem;display:flex;gap:1rem}
 main{max-width:44rem;margin:0 auto;padding:1rem;overflow-wrap:anywhere}
 dl.request{display:grid;grid-template-columns:max-content 1fr;gap:.4rem 1rem}
 dt{font-weight:bold}dd{margin:0;white-space:pre-wrap}
@@ -283,4 +303,53 @@ async def decide(request_id: AnId, decision: str, request: Request) -> Response:
         return refused(who, exc)
     return RedirectResponse(
         f"/web/requests/{request_id}", status_code=303, headers=SECURITY_HEADERS
+    )
+
+
+@router.get("/web/reviews/", include_in_schema=False)
+def reviews_page(request: Request) -> HTMLResponse:
+    seen = signed_in(request)
+    if seen is None:
+        return not_signed_in()
+    who, sid = seen
+    try:
+        open_reviews = service(request).breakglass.open_reviews(who)
+    except refusals.Refusal as exc:  # not a reviewer: the service's own refusal
+        return refused(who, exc)
+    return page("reviews.html", who=who, reviews=open_reviews, csrf=sessions(request).csrf(sid))
+
+
+@router.post("/web/reviews/{session_id}/close", include_in_schema=False)
+async def close_review(session_id: AnId, request: Request) -> Response:
+    seen = signed_in(request)
+    if seen is None:
+        return not_signed_in()
+    who, sid = seen
+    fields = await form(request)
+    if fields is None:
+        return message(who, "Not done", "The form could not be read.", None, 400)
+    if not hmac.compare_digest(
+        fields.get("csrf", "").encode(), sessions(request).csrf(sid).encode()
+    ):
+        return message(
+            who, "Not done", "The form is stale or came from elsewhere.", "Reload the page.", 403
+        )
+    try:  # the API's own body model: a note is needed, with the same character rules
+        body = ReviewClose(note=fields.get("note", "").strip())
+    except ValidationError as exc:
+        text = "; ".join(str(e["msg"]) for e in exc.errors())
+        return message(who, "Not done", f"note: {text}", None, 400)
+    try:
+        closed = await run_in_threadpool(
+            service(request).breakglass.close_review, who, session_id, body.note, origin(request)
+        )
+    except refusals.Refusal as exc:
+        return refused(who, exc)
+    return message(
+        who,
+        "Review closed",
+        f"The review of {closed.email or closed.subject}'s session on "
+        f"{closed.target} is closed: {closed.review_note}",
+        None,
+        200,
     )
