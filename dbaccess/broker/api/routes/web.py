@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from pydantic import ValidationError
 
-from dbaccess.broker.api.deps import AnId, origin, service
+from dbaccess.broker.api.deps import origin, service
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.wire import RequestDecision, ReviewClose
@@ -211,6 +211,13 @@ def signed_in(request: Request) -> tuple[Principal, str] | None:
     return sessions(request).read(request.cookies.get(COOKIE))
 
 
+MAX_ID = 36  # a whole UUID (api/deps.py AnId); longer is no id, said on a page
+
+
+def no_such(who: Principal, what: str) -> HTMLResponse:
+    return message(who, "Not found", f"There is no such {what}.", None, 404)
+
+
 def not_signed_in() -> HTMLResponse:
     return message(None, "Sign in first", "This page needs you to sign in.", None, 401)
 
@@ -237,11 +244,13 @@ def requests_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/web/requests/{request_id}", include_in_schema=False)
-def request_page(request_id: AnId, request: Request) -> HTMLResponse:
+def request_page(request_id: str, request: Request) -> HTMLResponse:
     seen = signed_in(request)
     if seen is None:
         return not_signed_in()
     who, sid = seen
+    if len(request_id) > MAX_ID:
+        return no_such(who, "request")
     try:
         info = service(request).approvals.get(who, request_id)
     except refusals.Refusal as exc:
@@ -272,11 +281,13 @@ async def form(request: Request) -> dict[str, str] | None:
 
 
 @router.post("/web/requests/{request_id}/{decision}", include_in_schema=False)
-async def decide(request_id: AnId, decision: str, request: Request) -> Response:
+async def decide(request_id: str, decision: str, request: Request) -> Response:
     seen = signed_in(request)
     if seen is None:
         return not_signed_in()
     who, sid = seen
+    if len(request_id) > MAX_ID:
+        return no_such(who, "request")
     fields = await form(request)
     if fields is None:
         return message(who, "Not done", "The form could not be read.", None, 400)
@@ -320,11 +331,13 @@ def reviews_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/web/reviews/{session_id}/close", include_in_schema=False)
-async def close_review(session_id: AnId, request: Request) -> Response:
+async def close_review(session_id: str, request: Request) -> Response:
     seen = signed_in(request)
     if seen is None:
         return not_signed_in()
     who, sid = seen
+    if len(session_id) > MAX_ID:
+        return no_such(who, "break-glass session")
     fields = await form(request)
     if fields is None:
         return message(who, "Not done", "The form could not be read.", None, 400)
