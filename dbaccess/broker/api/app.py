@@ -18,7 +18,7 @@ from dbaccess import __version__
 from dbaccess.broker.api.arrival import StampArrival
 from dbaccess.broker.api.body_limit import BodyLimit
 from dbaccess.broker.api.errors import install_handlers
-from dbaccess.broker.api.routes import audit, breakglass, meta, requests, sessions
+from dbaccess.broker.api.routes import audit, breakglass, meta, requests, sessions, web
 from dbaccess.broker.capacity import log_capacity_warnings
 from dbaccess.broker.checks import log_server_problems
 from dbaccess.broker.engines import Engine, engine_for
@@ -42,6 +42,7 @@ def create_app(
     verifier: TokenVerifier | None = None,
     run_reaper: bool = True,
     config_path: Path | None = None,
+    web_pages: bool = False,
 ) -> FastAPI:
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
@@ -99,6 +100,9 @@ def create_app(
     install_handlers(app)
     for routes in (meta, audit, sessions, requests, breakglass):
         app.include_router(routes.router)
+    if web_pages:  # approvals from a browser (routes/web.py); sign-in is not there yet
+        app.state.web_sessions = web.WebSessions()
+        app.include_router(web.router)
     return app
 
 
