@@ -254,3 +254,28 @@ def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Stack) -> 
         write_config(stack, target.parent)
         bootstrap(stack, target)
     assert verify(target)[0] == 0
+
+
+def test_a_database_wide_grant_is_refused_before_anything_changes(
+    target: Path, stack: Stack
+) -> None:
+    """MariaDB cannot take one column out of ``GRANT SELECT ON db.*``: the bootstrap says
+    so and how to grant instead, and changes nothing (the masks stay as they were)."""
+    admin(stack, "GRANT SELECT ON mask_m.* TO mask_analyst_m")
+    try:
+        maria = stack.mariadb
+        dsn = f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"
+        refused = broker(
+            "bootstrap", "mm", "--config", str(target), "--apply", cwd=target.parent,
+            env={"DBACCESS_ADMIN_DSN": dsn},
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "Traceback" not in refused.stderr
+        assert "may SELECT every table of mask_m" in refused.stderr
+        assert "GRANT SELECT ON mask_m.<table> TO mask_analyst_m" in refused.stderr
+        code, verdict = verify(target)
+        assert code == 12 and ("mask_m.customers.ssn", "select") in leaked(verdict)
+    finally:
+        admin(stack, "REVOKE SELECT ON mask_m.* FROM mask_analyst_m")
+    code, verdict = verify(target)
+    assert code == 0, verdict  # the masks as they were: nothing was changed

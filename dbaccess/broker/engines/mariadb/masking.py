@@ -14,7 +14,8 @@ group could not read keeps it so: only masked columns' own grants are revoked.
 Nothing rewrites a result: the server refuses the column to the session user whatever
 the statement (WHERE, a cast whose warning quotes it, EXPLAIN, INTO OUTFILE, a join),
 which ``mask verify`` probes. A database-level ``GRANT SELECT ON db.*`` cannot be taken
-back per column: mask verify reports it as leaks.
+back per column: the bootstrap refuses a group that holds one on a masked table's
+database (before changing anything), and mask verify reports one granted later as leaks.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def masked_columns(rows: list[tuple[Any, ...]], patterns: list[str]) -> list[tup
         and not str(d).endswith(SUFFIX)
         and any(fnmatchcase(f"{d}.{t}.{c}", p) for p in patterns)
     ]
+
+
+def _refuse_database_wide_reads(cur: Any, groups_and_dbs: list[tuple[str, str]]) -> None:
+    """A group that may SELECT a whole database (``GRANT SELECT ON db.*``, or on ``*.*``)
+    reads a masked column whatever a view or column grant says, and MariaDB cannot take
+    one column out of such a grant: refused before anything changes, naming the fix."""
+    for group, db in groups_and_dbs:
+        cur.execute(
+            "SELECT 1 FROM mysql.db WHERE Db = %s AND User = %s AND Host = '' "
+            "AND Select_priv = 'Y' UNION ALL SELECT 1 FROM mysql.user WHERE User = %s "
+            "AND Host = '' AND is_role = 'Y' AND Select_priv = 'Y'",
+            (db, group, group),
+        )
+        if cur.fetchone() is not None:
+            raise ConfigError(
+                f"role {group} may SELECT every table of {db} (a database-level or global "
+                f"grant): its masked columns there cannot be taken out of it",
+                hint=f"grant {group} SELECT per table instead (REVOKE SELECT ON {db}.* FROM "
+                f"{group}; GRANT SELECT ON {db}.<table> TO {group} for each table), then "
+                "run the bootstrap again",
+            )
 
 
 def apply_masks(target: TargetSection, cur: Any) -> None:
@@ -96,6 +118,7 @@ def apply_masks(target: TargetSection, cur: Any) -> None:
                 f"views would share {group + SUFFIX}.{table}",
                 hint="narrow the masked patterns of that template to one of them",
             )
+    _refuse_database_wide_reads(cur, sorted({(g, d) for g, d, _ in reached}))
     for (group, db, table), restore in sorted(recorded.items()):
         if (group, db, table) in reached:
             continue
