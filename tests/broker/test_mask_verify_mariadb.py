@@ -11,15 +11,44 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
 
+from dbaccess.sandbox.idp import OidcProvider
+from dbaccess.sandbox.mariadb import MariaDBServer
 from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Sandbox:
+    """The suite's identity provider, and a MariaDB server of this module's own: a
+    bootstrap replaces the server-wide ``dbaccess`` procedures (prefix, allowed roles),
+    so the masked target "mm" must not share the suite's server with its "shop" target
+    (docs/broker.md, "Several targets on one server")."""
+
+    mariadb: MariaDBServer
+    idp: OidcProvider
+
+
+@pytest.fixture(scope="module")
+def stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """This module's "stack": the suite's, with a MariaDB of its own (the suite's fixture
+    of that name is the one it overrides, and asks for)."""
+    server = MariaDBServer(tmp_path_factory.mktemp("maria-mask"))
+    server.start()
+    try:
+        yield Sandbox(server, stack.idp)
+    finally:
+        server.stop()
+
+
 PASSWORD = "pw-mask-provisioner-m"
 
 
@@ -35,7 +64,7 @@ def broker(
 MASKED = ["mask_m.customers.ssn", "mask_m.*.email"]
 
 
-def write_config(stack: Stack, path: Path, masked: list[str] = MASKED) -> Path:
+def write_config(stack: Sandbox, path: Path, masked: list[str] = MASKED) -> Path:
     config = path / "broker.toml"
     config.write_text(f"""\
 [broker]
@@ -63,7 +92,7 @@ mask = {{ "mask_m.customers.ssn" = "CONCAT('***-**-', RIGHT(ssn, 4))" }}
     return config
 
 
-def bootstrap(stack: Stack, config: Path) -> None:
+def bootstrap(stack: Sandbox, config: Path) -> None:
     maria = stack.mariadb
     dsn = f"mariadb://root:{maria.admin_password}@127.0.0.1:{maria.port}"
     applied = broker(
@@ -80,7 +109,7 @@ def verify(config: Path) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)["data"][0]
 
 
-def admin(stack: Stack, *statements: str) -> None:
+def admin(stack: Sandbox, *statements: str) -> None:
     conn = stack.mariadb.connect()
     try:
         with conn.cursor() as cur:
@@ -95,7 +124,7 @@ def leaked(verdict: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def target(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def target(stack: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = write_config(stack, tmp_path_factory.mktemp("mask-m"))
     admin(
         stack,
@@ -118,7 +147,7 @@ def target(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-def test_no_probe_leaks_and_the_view_shows_the_masked_form(target: Path, stack: Stack) -> None:
+def test_no_probe_leaks_and_the_view_shows_the_masked_form(target: Path, stack: Sandbox) -> None:
     code, verdict = verify(target)
     assert leaked(verdict) == set() and code == 0, verdict
     names = {p["name"] for p in verdict["probes"]}
@@ -150,7 +179,7 @@ def test_no_probe_leaks_and_the_view_shows_the_masked_form(target: Path, stack: 
         admin(stack, "DROP USER 'mask_person_m'@'%'")
 
 
-def test_nothing_is_left_behind(target: Path, stack: Stack) -> None:
+def test_nothing_is_left_behind(target: Path, stack: Sandbox) -> None:
     verify(target)
     conn = stack.mariadb.connect()
     try:
@@ -161,7 +190,9 @@ def test_nothing_is_left_behind(target: Path, stack: Stack) -> None:
         conn.close()
 
 
-def test_a_later_grant_is_a_leak_until_the_bootstrap_runs_again(target: Path, stack: Stack) -> None:
+def test_a_later_grant_is_a_leak_until_the_bootstrap_runs_again(
+    target: Path, stack: Sandbox
+) -> None:
     admin(stack, "GRANT SELECT ON mask_m.customers TO mask_analyst_m")
     code, verdict = verify(target)
     assert code == 12
@@ -176,7 +207,7 @@ def test_a_later_grant_is_a_leak_until_the_bootstrap_runs_again(target: Path, st
     assert verify(target)[0] == 0
 
 
-def test_readable_column_statistics_are_a_leak(target: Path, stack: Stack) -> None:
+def test_readable_column_statistics_are_a_leak(target: Path, stack: Sandbox) -> None:
     admin(stack, "GRANT SELECT ON mysql.column_stats TO mask_analyst_m")
     try:
         code, verdict = verify(target)
@@ -185,7 +216,7 @@ def test_readable_column_statistics_are_a_leak(target: Path, stack: Stack) -> No
         admin(stack, "REVOKE SELECT ON mysql.column_stats FROM mask_analyst_m")
 
 
-def test_a_definer_view_or_function_over_the_column_is_a_leak(target: Path, stack: Stack) -> None:
+def test_a_definer_view_or_function_over_the_column_is_a_leak(target: Path, stack: Sandbox) -> None:
     admin(
         stack,
         "CREATE DEFINER = root@localhost SQL SECURITY DEFINER VIEW mask_m.contacts AS "
@@ -207,7 +238,7 @@ def test_a_definer_view_or_function_over_the_column_is_a_leak(target: Path, stac
               "DROP VIEW mask_m.contacts", "DROP FUNCTION mask_m.ssn_of")  # fmt: skip
 
 
-def grants(stack: Stack) -> list[tuple[Any, ...]]:
+def grants(stack: Sandbox) -> list[tuple[Any, ...]]:
     conn = stack.mariadb.connect()
     try:
         with conn.cursor() as cur:
@@ -222,7 +253,7 @@ def grants(stack: Stack) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def test_a_second_bootstrap_changes_nothing(target: Path, stack: Stack) -> None:
+def test_a_second_bootstrap_changes_nothing(target: Path, stack: Sandbox) -> None:
     before = grants(stack)
     assert ("c", "mask_m", "customers", "name", "Select") in before
     assert not any(row[3] in ("ssn", "email") for row in before)
@@ -230,7 +261,7 @@ def test_a_second_bootstrap_changes_nothing(target: Path, stack: Stack) -> None:
     assert grants(stack) == before
 
 
-def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Stack) -> None:
+def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Sandbox) -> None:
     write_config(stack, target.parent, ["mask_m.customers.ssn"])
     try:
         bootstrap(stack, target)
@@ -257,7 +288,7 @@ def test_unmasking_a_column_gives_the_grant_back(target: Path, stack: Stack) -> 
 
 
 def test_a_database_wide_grant_is_refused_before_anything_changes(
-    target: Path, stack: Stack
+    target: Path, stack: Sandbox
 ) -> None:
     """MariaDB cannot take one column out of ``GRANT SELECT ON db.*``: the bootstrap says
     so and how to grant instead, and changes nothing (the masks stay as they were)."""
