@@ -53,11 +53,14 @@ def test_the_alert_rules_are_valid_and_fire_when_they_should() -> None:
 def broker(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
     settings = load_settings(stack.broker_config)
+    # no targets: this broker's reaper runs (its pass is what the test reads), and with an
+    # empty store of its own it must not reconcile the suite's databases
     settings = settings.model_copy(
         update={
+            "targets": {},
             "broker": settings.broker.model_copy(
                 update={"store": f"sqlite:///{tmp_path / 'broker.db'}"}
-            )
+            ),
         }
     )
     with TestClient(create_app(settings, run_reaper=True)) as client:
