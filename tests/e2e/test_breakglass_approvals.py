@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbaccess.broker.store import approval_requests
+from dbaccess.broker.store import Store, approval_requests
 from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.errors import ExitCode
 from tests.terminal import own_terminal, read_until
@@ -268,6 +268,13 @@ def test_an_expired_request_cannot_be_approved_or_used(people: Cli) -> None:
     )
     # An hour passes (request_ttl): move the deadline instead of waiting for it.
     store = people.store()
+    try:
+        _expire_and_check(people, store, request_id)
+    finally:
+        store.close()
+
+
+def _expire_and_check(people: Cli, store: Store, request_id: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(
             sa.update(approval_requests)
