@@ -31,3 +31,30 @@ def route_cli_to(broker: TestClient, monkeypatch: pytest.MonkeyPatch) -> httpx.C
     http = httpx.Client(mounts={BROKER: broker._transport}, timeout=30)
     monkeypatch.setattr(api, "http_client", lambda: Shared(http))
     return http
+
+
+def save_cli_login(issuer: str, client_id: str, id_token: str, broker: str = BROKER) -> None:
+    """The CLI's default profile at ``broker``, logged in with ``id_token`` (no device
+    flow: the token is one the test provider issued)."""
+    import jwt
+
+    from dbaccess.client.auth.token_store import StoredLogin, save_login
+    from dbaccess.client.config import Profile, ProfileFile
+
+    claims = jwt.decode(id_token, options={"verify_signature": False})
+    profiles = ProfileFile.load()
+    profiles.profiles["default"] = Profile("default", broker)
+    profiles.save()
+    save_login(
+        "default",
+        StoredLogin(
+            issuer=issuer,
+            client_id=client_id,
+            scopes=["openid"],
+            id_token=id_token,
+            refresh_token=None,
+            expires_at=claims["exp"],
+            subject=claims["sub"],
+            email=claims["email"],
+        ),
+    )

@@ -21,7 +21,7 @@ from dbaccess.client.auth.token_store import StoredLogin, save_login
 from dbaccess.client.config import Profile, ProfileFile
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
-from tests.inprocess import Shared
+from tests.inprocess import Shared, save_cli_login
 
 pytestmark = pytest.mark.integration
 
@@ -46,23 +46,7 @@ def broker(
     )
     with TestClient(create_app(settings, run_reaper=False)) as client:
         monkeypatch.setattr(api, "http_client", lambda: Shared(client))
-        profiles = ProfileFile.load()
-        profiles.profiles["default"] = Profile("default", "http://testserver")
-        profiles.save()
-        claims = jwt.decode(alice_token, options={"verify_signature": False})
-        save_login(
-            "default",
-            StoredLogin(
-                issuer=stack.idp.issuer,
-                client_id=stack.idp.client_id,
-                scopes=["openid"],
-                id_token=alice_token,
-                refresh_token=None,
-                expires_at=claims["exp"],
-                subject=claims["sub"],
-                email=claims["email"],
-            ),
-        )
+        save_cli_login(stack.idp.issuer, stack.idp.client_id, alice_token, "http://testserver")
         yield client
 
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import jwt
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from dbaccess.cli.app import app
-from dbaccess.client.auth.token_store import StoredLogin, save_login
-from dbaccess.client.config import Profile, ProfileFile
 from dbaccess.sandbox.idp import device_tokens
 from dbaccess.sandbox.stack import Stack
 from dbaccess.timestamps import human
 from tests.broker.api.test_oncall_api import api, bearer, feed, write_feed
-from tests.inprocess import BROKER, route_cli_to
+from tests.inprocess import route_cli_to, save_cli_login
 
 pytestmark = pytest.mark.integration
 __all__ = ["api", "feed"]  # the fixtures, shared with test_oncall_api
@@ -62,23 +59,7 @@ def test_a_shift_ending_within_a_minute_waives_nothing_here_either(
 def logged_in_as(stack: Stack, who: str) -> None:
     """The CLI's default profile, at the in-process broker, logged in as ``who``."""
     token = device_tokens(stack.idp, who)["id_token"]
-    claims = jwt.decode(token, options={"verify_signature": False})
-    profiles = ProfileFile.load()
-    profiles.profiles["default"] = Profile("default", BROKER)
-    profiles.save()
-    save_login(
-        "default",
-        StoredLogin(
-            issuer=stack.idp.issuer,
-            client_id=stack.idp.client_id,
-            scopes=["openid"],
-            id_token=token,
-            refresh_token=None,
-            expires_at=claims["exp"],
-            subject=claims["sub"],
-            email=claims["email"],
-        ),
-    )
+    save_cli_login(stack.idp.issuer, stack.idp.client_id, token)
 
 
 @pytest.mark.parametrize("who", ["alice", "bob"])
