@@ -11,7 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 packages=(postgresql postgresql-client mariadb-server mariadb-client gnome-keyring dbus
           procps
           # tests/test_deploy.py: promtool checks the alert rules, systemd-analyze the units
-          prometheus systemd)
+          prometheus systemd
+          # tests/e2e/test_web_browser.py: the approval pages in a real headless browser
+          chromium chromium-driver fonts-liberation)
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 

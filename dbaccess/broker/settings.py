@@ -767,6 +767,93 @@ class NotifySection(_Section):
         return value
 
 
+class WebSection(_Section):
+    """``[web]``: approvals from a browser (docs/broker.md, "Approvals from a browser"). Pages
+    under /web/, signed in through the identity provider with the authorization code flow
+    and PKCE, acting through the same services (and rules) as the API."""
+
+    # The broker's address as a browser reaches it (https, except on a loopback address):
+    # the sign-in returns to {public_url}/web/callback, and webhook messages link to
+    # {public_url}/web/requests/ID.
+    public_url: str
+    # The provider's client for this sign-in (redirect URI: the callback above). Its ID
+    # tokens' audience is this client, not the CLI's, so a web sign-in's token is never
+    # taken as an API bearer token.
+    client_id: str
+    # A confidential client's secret (never inline); none for a public client (PKCE alone).
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    # The key the session cookies are signed with; every replica must have the same one.
+    # A missing cookie_key_file is generated (0600) by the first process that needs it.
+    cookie_key_env: str | None = None
+    cookie_key_file: Path | None = None
+    # How long a browser stays signed in (it is signed out sooner if its ID token's person
+    # loses a group: each action is decided by the services on the identity signed in).
+    session: Duration = timedelta(hours=8)
+
+    @field_validator("public_url")
+    @classmethod
+    def _browser_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL, e.g. https://dbaccess.example.com")
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                "must be https (the session cookie is only sent over TLS); http is for "
+                "a loopback address only"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("must be the broker's address only, without ?query or #fragment")
+        return value.rstrip("/")
+
+    @field_validator("session")
+    @classmethod
+    def _session_length(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=5) <= value <= timedelta(hours=24):
+            raise ValueError("must be between 5m and 24h")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_sources(self) -> WebSection:
+        if self.client_secret_env is not None and self.client_secret_file is not None:
+            raise ValueError("set at most one of client_secret_env or client_secret_file")
+        if (self.cookie_key_env is None) == (self.cookie_key_file is None):
+            raise ValueError(
+                "set exactly one of cookie_key_env or cookie_key_file (never inline): "
+                "every replica signs and reads the same cookies"
+            )
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_url}/web/callback"
+
+    def request_link(self, request_id: str) -> str:
+        return f"{self.public_url}/web/requests/{request_id}"
+
+    @property
+    def client_secret(self) -> SecretRef | None:
+        if self.client_secret_env is None and self.client_secret_file is None:
+            return None
+        return SecretRef(
+            "the web sign-in's client secret",
+            env=self.client_secret_env,
+            file=self.client_secret_file,
+        )
+
+    @property
+    def cookie_key(self) -> SecretRef:
+        return SecretRef(
+            "the web session cookie key", env=self.cookie_key_env, file=self.cookie_key_file
+        )
+
+
 class GatewaySection(_Section):
     """``[gateway]``: the server-side access proxy (``dbaccess-broker gateway``) that clients
     of ``access = "gateway"`` targets reach instead of the database (docs/gateway.md)."""
@@ -919,6 +1006,7 @@ class Settings(_Section):
     notify: NotifySection = Field(default_factory=NotifySection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     gateway: GatewaySection | None = None
+    web: WebSection | None = None
     inventory: InventorySection = Field(default_factory=InventorySection)
     oncall: list[OncallSource] = Field(default_factory=list)
 
@@ -1166,6 +1254,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
                 if (value := getattr(gateway, key)) is not None and not value.is_absolute()
             }
         )
+    web = settings.web and settings.web.model_copy(
+        update={
+            "client_secret_file": _beside(base, settings.web.client_secret_file),
+            "cookie_key_file": _beside(base, settings.web.cookie_key_file),
+        }
+    )
     return settings.model_copy(
         update={
             "broker": settings.broker.model_copy(
@@ -1174,6 +1268,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "targets": targets,
             "gateway": gateway,
             "oncall": oncall,
+            "web": web,
         }
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
@@ -90,6 +91,7 @@ class OidcProvider:
         self._fixed_port = port is not None
         self.port = port or free_port()
         self.client_id = client_id
+        self.web_client_id = "dbaccess-web"  # the broker's web pages ([web])
         self.ttl = {
             "IdToken": id_token_ttl,
             "AccessToken": id_token_ttl,
@@ -147,6 +149,7 @@ class OidcProvider:
                     "port": self.port,
                     "issuer": self.issuer,
                     "client_id": self.client_id,
+                    "web_client_id": self.web_client_id,
                     "ttl": self.ttl,
                     "resource": TEST_API,
                     **(
@@ -297,6 +300,49 @@ def approve_device_code(
             raise ServiceError(f"the device code was not denied: {text[:300]}")
         if not deny and "success" not in text:
             raise ServiceError(f"the device code was not approved: {text[:300]}")
+
+
+def sign_in_at_provider(
+    authorize_url: str, login: str, *, abort: bool = False, timeout: float = 10
+) -> str:
+    """Sign in as ``login`` at the provider's pages, as a person at a browser would, from
+    an authorization request to the redirect back to the client; returns that redirect's
+    URL (with ``code`` and ``state``, or ``error``), not followed. ``abort`` gives up at
+    the consent page instead."""
+    with httpx.Client(timeout=timeout) as browser:
+        response = browser.get(authorize_url)
+        origin = str(response.url).split("/", 3)[:3]
+        for _ in range(12):
+            if response.is_redirect:
+                target = urljoin(str(response.url), response.headers["location"])
+                if target.split("/", 3)[:3] != origin:
+                    return target  # back to the client: where the browser would go now
+                response = browser.get(target)
+                continue
+            if response.status_code >= 400:
+                raise ServiceError(
+                    f"the provider refused the sign-in ({response.status_code}): "
+                    f"{_text_of(response.text)[:300]}"
+                )
+            parser = _Forms()
+            parser.feed(response.text)
+            if not parser.forms:
+                raise ServiceError(
+                    f"no form on the provider's page: {_text_of(response.text)[:300]}"
+                )
+            form = parser.forms[0]
+            data = dict(form.fields)
+            if "login" in form.inputs:
+                data["login"] = login
+                data["password"] = "any password"
+            elif abort:
+                abort_link = re.search(r'href="([^"]*/abort)"', response.text)
+                if abort_link is None:
+                    raise ServiceError("the provider's consent page has no abort link")
+                response = browser.get(urljoin(str(response.url), abort_link.group(1)))
+                continue
+            response = browser.post(urljoin(str(response.url), form.action), data=data)
+        raise ServiceError("the sign-in did not come back to the client after 12 pages")
 
 
 class _Text(HTMLParser):

@@ -113,6 +113,13 @@ max_duration = "1h"
 reviewer_groups = ["auditors", "oncall"]
 
 {gateway}
+# Approvals from a browser, at {broker_url}/web/: signed in through the provider's web
+# client (the authorization code flow with PKCE); the cookie key is made next to this file.
+[web]
+public_url = "{broker_url}"
+client_id = "{web_client_id}"
+cookie_key_file = "web-cookie.key"
+
 [notify]
 webhooks = [{webhooks}]
 
@@ -364,6 +371,8 @@ class Stack:
                 ),
                 issuer=self.idp.issuer,
                 client_id=self.idp.client_id,
+                broker_url=self.broker_url,
+                web_client_id=self.idp.web_client_id,
                 pg_port=self.postgres.port,
                 maria_port=self.mariadb.port,
                 provisioner=PROVISIONER,

@@ -5,6 +5,7 @@
 //   node server.mjs CONFIG.json
 //
 // CONFIG: {"port": 0, "issuer": "http://127.0.0.1:PORT/oidc", "client_id": "dbaccess-cli",
+//          "web_client_id": "dbaccess-web" (the broker's web pages, code flow + PKCE),
 //          "tls": {"cert": "server.pem", "key": "server.key"} (optional: https),
 //          "users": {"alice": {"sub", "email", "email_verified", "name", "groups": []}},
 //          "ttl": {...seconds}, "resource": "urn:..." (optional: an API with JWT access tokens)}
@@ -54,6 +55,18 @@ const provider = new Provider(config.issuer, {
     grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
     response_types: [],
     redirect_uris: [],
+    id_token_signed_response_alg: 'RS256',
+  }, {
+    // The broker's web pages ([web]): the authorization code flow with PKCE (a public
+    // client: PKCE is required). Native, so that its loopback redirect URI matches on any
+    // port (RFC 8252 7.3): the broker's port is chosen after the provider starts.
+    client_id: config.web_client_id ?? 'dbaccess-web',
+    client_name: 'dbaccess approvals',
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/web/callback'],
     id_token_signed_response_alg: 'RS256',
   }],
   jwks: { keys: [signingKey] },

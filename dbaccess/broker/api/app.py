@@ -29,6 +29,7 @@ from dbaccess.broker.services.context import BrokerContext
 from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
+from dbaccess.broker.web_signin import SignIn, WebSessions
 from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker")
@@ -42,7 +43,6 @@ def create_app(
     verifier: TokenVerifier | None = None,
     run_reaper: bool = True,
     config_path: Path | None = None,
-    web_pages: bool = False,
 ) -> FastAPI:
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
@@ -100,8 +100,10 @@ def create_app(
     install_handlers(app)
     for routes in (meta, audit, sessions, requests, breakglass):
         app.include_router(routes.router)
-    if web_pages:  # approvals from a browser (routes/web.py); sign-in is not there yet
-        app.state.web_sessions = web.WebSessions()
+    if settings.web is not None:  # approvals from a browser (routes/web.py)
+        key = settings.web.cookie_key.ensure().encode()  # every replica signs with the same
+        app.state.web_sessions = WebSessions(key, settings.web.session.total_seconds())
+        app.state.web_sign_in = SignIn(settings.identity, settings.web, keeper=store)
         app.include_router(web.router)
     return app
 

@@ -59,8 +59,9 @@ class Approvals:
             f"{request.approvals_required} approval(s) from "
             f"{', '.join(request.approver_groups)}"
             + (f" (tier '{request.tier}')" if request.tier else "")
-            + f"; dbaccess approve {request.id}",
-            **_fields(request),
+            + f"; dbaccess approve {request.id}"
+            + (f", or open {link}" if (link := _link(ctx, request)) else ""),
+            **_fields(request, ctx),
         )
         return request
 
@@ -152,7 +153,7 @@ class Approvals:
             "request.withdrawn",
             f"{principal.handle} withdrew their request for {request.role} on "
             f"{request.target}: nothing to approve",
-            **_fields(request),
+            **_fields(request, self.ctx),
         )
         return self.info(principal, request)
 
@@ -201,7 +202,7 @@ class Approvals:
             )
         )
         self.ctx.notifier.send(
-            "request.approved", text, approver=principal.subject, **_fields(request)
+            "request.approved", text, approver=principal.subject, **_fields(request, self.ctx)
         )
         return self.info(principal, request)
 
@@ -227,7 +228,7 @@ class Approvals:
             f"{request.target}: {reason}",
             denied_by=principal.subject,
             deny_reason=reason,
-            **_fields(request),
+            **_fields(request, self.ctx),
         )
         return self.info(principal, request)
 
@@ -237,7 +238,7 @@ class Approvals:
             self.ctx.notifier.send(
                 "request.expired",
                 f"{request.subject}'s request for {request.role} on {request.target} expired",
-                **_fields(request),
+                **_fields(request, self.ctx),
             )
         return len(expired)
 
@@ -324,8 +325,15 @@ class Approvals:
         return request
 
 
-def _fields(request: ApprovalRequest) -> dict[str, object]:
+def _link(ctx: BrokerContext, request: ApprovalRequest) -> str | None:
+    """The request's web page, when the broker serves the web pages ([web])."""
+    web = ctx.settings.web
+    return web.request_link(request.id) if web is not None else None
+
+
+def _fields(request: ApprovalRequest, ctx: BrokerContext) -> dict[str, object]:
     return {
+        "link": _link(ctx, request),
         "request_id": request.id,
         "user": request.subject,
         "email": request.email,

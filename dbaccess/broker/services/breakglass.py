@@ -138,6 +138,10 @@ class Breakglass:
             role=role,
             db_user=granted.db_user,
             incident=body.incident,
+            # the reviewers' page, when the broker serves the web pages ([web])
+            review_link=f"{web.public_url}/web/reviews/"
+            if (web := self.ctx.settings.web)
+            else None,
             reason=body.reason.strip(),
             drill=body.drill,
             session_id=granted.id,

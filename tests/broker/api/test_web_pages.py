@@ -1,7 +1,7 @@
-"""Approvals from a browser (issue 16.2, first slice): the /web/ pages over the same
-service as the API, with real tokens from the suite's identity provider and its real
-PostgreSQL target. The session cookie is issued here from a verified token, as the
-sign-in will (not there yet)."""
+"""Approvals from a browser: the /web/ pages over the same service as the API, with real
+tokens from the suite's identity provider and its real PostgreSQL target. The session
+cookie is issued here from a verified token, as the sign-in does (the sign-in itself:
+test_web_sign_in.py; in a real browser: tests/e2e/test_web_browser.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def api(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
             )
         }
     )
-    with TestClient(create_app(settings, run_reaper=False, web_pages=True)) as client:
+    with TestClient(create_app(settings, run_reaper=False)) as client:
         yield client
 
 
@@ -64,7 +64,7 @@ def pending(api: TestClient, stack: Stack, login: str, reason: str, target: str 
 
 
 def csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    found = re.search(r'name="csrf" value="([A-Za-z0-9_-]+)"', html)
     assert found, html
     return found.group(1)
 
@@ -75,9 +75,14 @@ def test_a_lead_approves_and_denies_from_the_page_with_every_text_escaped(
     first = pending(api, stack, "alice", HOSTILE)
     second = pending(api, stack, "alice", "second one", "shop")
 
-    assert api.get("/web/").status_code == 401  # no cookie: a page saying to sign in
-    api.cookies.set(COOKIE, "forged.0000")
-    assert api.get("/web/").status_code == 401
+    for cookie in (None, "forged.0000", "e30.AAAA"):  # none, or one not signed by the broker
+        if cookie is not None:
+            api.cookies.set(COOKIE, cookie)
+        away = api.get("/web/", follow_redirects=False)
+        assert away.status_code == 303  # to the sign-in, and back here after it
+        assert away.headers["location"] == "/web/sign-in?next=/web/"
+        posted = api.post(f"/web/requests/{first}/approve", data={"csrf": "x"})
+        assert posted.status_code == 401 and "nothing was done" in posted.text
     sign_in(api, stack, "erin")
 
     listing = api.get("/web/")

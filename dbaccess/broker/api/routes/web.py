@@ -1,21 +1,17 @@
-"""Approvals from a browser (issue 16.2, first slice): plain HTML forms under /web/ over
-the same Approvals service as the API (its rules: no self-approval, approver groups,
-expiry, already decided). No JavaScript; the CSS is a file of its own, so the
-Content-Security-Policy allows no inline script or style. Every text goes through Jinja2
-with autoescape on. The caller is a signed, HttpOnly, SameSite=Lax cookie holding an
-identity the broker verified (``WebSessions.issue``); every POST carries a CSRF token bound
-to that cookie."""
+"""Approvals from a browser (``[web]``): plain HTML forms under /web/ over the same
+services as the API (their rules: no self-approval, approver groups, expiry, already
+decided). Sign-in is the identity provider's authorization code flow with PKCE
+(broker/web_signin.py); the browser then holds a signed, HttpOnly, SameSite=Lax session
+cookie, and every POST carries a CSRF token bound to it. No JavaScript; the CSS is a file
+of its own, so the Content-Security-Policy allows no inline script or style. Every text
+goes through Jinja2 with autoescape on."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
-import secrets
-import time
+import logging
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,12 +22,22 @@ from pydantic import ValidationError
 from dbaccess.broker.api.deps import origin, service
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
+from dbaccess.broker.web_signin import (
+    ProviderUnreachable,
+    SignIn,
+    SignInFailed,
+    WebSessions,
+    pending_cookie,
+    read_pending,
+)
 from dbaccess.wire import RequestDecision, ReviewClose
+
+log = logging.getLogger("dbaccess.broker.web")
 
 router = APIRouter()
 
 COOKIE = "dbaccess_web"
-SESSION_SECONDS = 8 * 3600
+SIGN_IN_COOKIE = "dbaccess_web_sign_in"
 MAX_FORM_BYTES = 16 * 1024
 
 SECURITY_HEADERS = {
@@ -43,55 +49,6 @@ SECURITY_HEADERS = {
 }
 
 
-class WebSessions:
-    """Signs and reads the session cookie. The key lives in this process only: a restart
-    signs everyone out (the slice's limit; several workers need a shared key)."""
-
-    def __init__(self, key: bytes | None = None) -> None:
-        self.key = key or secrets.token_bytes(32)
-
-    def _mac(self, data: bytes) -> str:
-        return hmac.new(self.key, data, hashlib.sha256).hexdigest()
-
-    def issue(self, who: Principal, now: float | None = None) -> str:
-        body = {
-            "sub": who.subject,
-            "email": who.email,
-            "name": who.name,
-            "groups": sorted(who.groups),
-            "email_verified": who.email_verified,
-            "exp": int((now or time.time()) + SESSION_SECONDS),
-            "sid": secrets.token_hex(16),
-        }
-        data = base64.urlsafe_b64encode(json.dumps(body).encode())
-        return f"{data.decode()}.{self._mac(data)}"
-
-    def read(self, cookie: str | None, now: float | None = None) -> tuple[Principal, str] | None:
-        """The principal and session id a valid, unexpired cookie holds; else None."""
-        if not cookie or len(cookie) > 8192 or "." not in cookie:
-            return None
-        data, mac = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(mac, self._mac(data.encode())):
-            return None
-        try:
-            body = json.loads(base64.urlsafe_b64decode(data.encode()))
-        except ValueError:
-            return None
-        if body["exp"] < (now or time.time()):
-            return None
-        who = Principal(
-            subject=body["sub"],
-            email=body["email"],
-            name=body["name"],
-            groups=frozenset(body["groups"]),
-            email_verified=body["email_verified"],
-        )
-        return who, str(body["sid"])
-
-    def csrf(self, sid: str) -> str:
-        return self._mac(f"csrf:{sid}".encode())
-
-
 TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -99,13 +56,17 @@ TEMPLATES = {
 <title>{% block title %}dbaccess approvals{% endblock %}</title>
 <link rel="stylesheet" href="/web/static/web.css"></head>
 <body><header><a href="/web/">dbaccess approvals</a>{% if who %}
-<span class="who">{{ who.email or who.subject }}</span>{% endif %}</header>
+<span class="who">{{ who.email or who.subject }}</span>{% if csrf %}
+<form class="sign-out" method="post" action="/web/sign-out">
+<input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Sign out</button>
+</form>{% endif %}{% endif %}</header>
 <nav><a href="/web/">Requests</a> <a href="/web/reviews/">Reviews</a></nav>
 <main>{% block main %}{% endblock %}</main></body></html>""",
     "message.html": """{% extends "base.html" %}{% block main %}
 <h1>{{ heading }}</h1><p class="message">{{ message }}</p>
 {% if hint %}<p class="hint">{{ hint }}</p>{% endif %}
-<p><a href="/web/">Back to the requests</a></p>{% endblock %}""",
+{% if sign_in %}<p><a class="button" href="{{ sign_in }}">Sign in</a></p>
+{% else %}<p><a href="/web/">Back to the requests</a></p>{% endif %}{% endblock %}""",
     "list.html": """{% extends "base.html" %}{% block main %}
 <h1>Requests you can act on</h1>
 {% if not requests %}<p>Nothing waits for you.</p>{% else %}<ul class="requests">
@@ -168,6 +129,9 @@ form{margin:1rem 0}textarea{display:block;width:100%;box-sizing:border-box;min-h
 button{padding:.5rem 1.25rem;font-size:1rem;margin-top:.5rem}
 ul.requests{padding:0;list-style:none}ul.requests li{padding:.5rem 0;border-bottom:1px solid #ddd}
 .reason{display:block;color:#555}.message{font-size:1.1rem}
+header form.sign-out{margin:0}header form.sign-out button{margin:0;padding:.2rem .6rem;
+font-size:.9rem}a.button{display:inline-block;padding:.5rem 1.25rem;background:#23395d;
+color:#fff;text-decoration:none;border-radius:.2rem}
 """
 
 _env = Environment(
@@ -180,6 +144,10 @@ def sessions(request: Request) -> WebSessions:
     return request.app.state.web_sessions  # type: ignore[no-any-return]
 
 
+def sign_in_flow(request: Request) -> SignIn:
+    return request.app.state.web_sign_in  # type: ignore[no-any-return]
+
+
 def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
     return HTMLResponse(
         _env.get_template(name).render(**values), status_code=status, headers=SECURITY_HEADERS
@@ -187,9 +155,17 @@ def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 
 
 def message(
-    who: Principal | None, heading: str, text: str, hint: str | None, status: int
+    who: Principal | None,
+    heading: str,
+    text: str,
+    hint: str | None,
+    status: int,
+    *,
+    sign_in: str | None = None,
 ) -> HTMLResponse:
-    return page("message.html", status, who=who, heading=heading, message=text, hint=hint)
+    return page(
+        "message.html", status, who=who, heading=heading, message=text, hint=hint, sign_in=sign_in
+    )
 
 
 REFUSAL_STATUS: dict[type[refusals.Refusal], int] = {
@@ -212,14 +188,31 @@ def signed_in(request: Request) -> tuple[Principal, str] | None:
 
 
 MAX_ID = 36  # a whole UUID (api/deps.py AnId); longer is no id, said on a page
+MAX_PARAM = 4096  # a provider's code or state; longer is no sign-in of ours
 
 
 def no_such(who: Principal, what: str) -> HTMLResponse:
     return message(who, "Not found", f"There is no such {what}.", None, 404)
 
 
-def not_signed_in() -> HTMLResponse:
-    return message(None, "Sign in first", "This page needs you to sign in.", None, 401)
+def sign_in_link(path: str) -> str:
+    return "/web/sign-in?next=" + quote(path, safe="/")
+
+
+def not_signed_in(request: Request) -> Response:
+    """A page asked for without a session: a GET goes to the sign-in and comes back; a
+    POST (a form from a session that has ended) is not done, with a link to sign in."""
+    path = request.url.path
+    if request.method == "GET":
+        return RedirectResponse(sign_in_link(path), status_code=303, headers=SECURITY_HEADERS)
+    return message(
+        None,
+        "Sign in first",
+        "Your sign-in has ended, so nothing was done.",
+        "Sign in again, then repeat what you were doing.",
+        401,
+        sign_in=sign_in_link("/web/"),
+    )
 
 
 def duration(seconds: int) -> str:
@@ -227,41 +220,83 @@ def duration(seconds: int) -> str:
     return f"{hours}h{rest // 60:02d}m" if rest else f"{hours}h"
 
 
+def _cookie(response: Response, request: Request, name: str, value: str, seconds: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=seconds,
+        path="/web/",
+        httponly=True,
+        # Lax: sent on the provider's redirect back (a top-level GET), never on a POST
+        # from another site
+        samesite="lax",
+        secure=sign_in_flow(request).web.secure,
+    )
+
+
 @router.get("/web/static/web.css", include_in_schema=False)
 def stylesheet() -> Response:
     return Response(CSS, media_type="text/css", headers=SECURITY_HEADERS)
 
 
-@router.get("/web/", include_in_schema=False)
-def requests_page(request: Request) -> HTMLResponse:
-    seen = signed_in(request)
-    if seen is None:
-        return not_signed_in()
-    who, _ = seen
-    listed = service(request).approvals.visible_to(who, mine=False)
-    waiting = [r for r in listed if r.can_approve and r.state == "pending"]
-    return page("list.html", who=who, requests=waiting)
+@router.get("/web/sign-in", include_in_schema=False)
+async def sign_in(request: Request, next: str = "/web/") -> Response:  # noqa: A002
+    try:  # the provider's discovery document may be fetched: off the event loop
+        url, pending = await run_in_threadpool(sign_in_flow(request).begin, next[:MAX_PARAM])
+    except ProviderUnreachable as exc:
+        return message(None, "Cannot sign in now", str(exc), "Try again in a minute.", 503)
+    response = RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+    signer = sessions(request).signer
+    _cookie(response, request, SIGN_IN_COOKIE, pending_cookie(signer, pending), 600)
+    return response
 
 
-@router.get("/web/requests/{request_id}", include_in_schema=False)
-def request_page(request_id: str, request: Request) -> HTMLResponse:
-    seen = signed_in(request)
-    if seen is None:
-        return not_signed_in()
-    who, sid = seen
-    if len(request_id) > MAX_ID:
-        return no_such(who, "request")
+@router.get("/web/callback", include_in_schema=False)
+async def callback(
+    request: Request,
+    code: str = "",
+    state: str = "",
+    error: str = "",
+    error_description: str = "",
+) -> Response:
+    pending = read_pending(sessions(request).signer, request.cookies.get(SIGN_IN_COOKIE))
+    again = sign_in_link(pending.next if pending else "/web/")
+    if pending is None:
+        return message(
+            None,
+            "Sign-in expired",
+            "This sign-in was not started here, or took longer than 10 minutes.",
+            None,
+            400,
+            sign_in=again,
+        )
+    if not state or len(state) > MAX_PARAM or not hmac.compare_digest(state, pending.state):
+        return message(
+            None, "Sign-in refused", "The sign-in's state does not match.", None, 400, sign_in=again
+        )
+    if error:
+        said = (error_description or error)[:500]
+        return message(
+            None, "Not signed in", f"The identity provider said: {said}", None, 401, sign_in=again
+        )
+    if not code or len(code) > MAX_PARAM:
+        return message(
+            None, "Sign-in refused", "The provider sent no code.", None, 400, sign_in=again
+        )
     try:
-        info = service(request).approvals.get(who, request_id)
-    except refusals.Refusal as exc:
-        return refused(who, exc)
-    return page(
-        "request.html",
-        who=who,
-        r=info,
-        csrf=sessions(request).csrf(sid),
-        duration=duration(info.duration_seconds),
-    )
+        who = await run_in_threadpool(sign_in_flow(request).finish, pending, code)
+    except ProviderUnreachable as exc:
+        return message(
+            None, "Cannot sign in now", str(exc), "Try again in a minute.", 503, sign_in=again
+        )
+    except SignInFailed as exc:
+        return message(None, "Not signed in", str(exc), None, 401, sign_in=again)
+    log.info("web sign-in: %s", who.email or who.subject)
+    response = RedirectResponse(pending.next, status_code=303, headers=SECURITY_HEADERS)
+    web_sessions = sessions(request)
+    _cookie(response, request, COOKIE, web_sessions.issue(who), int(web_sessions.seconds))
+    response.delete_cookie(SIGN_IN_COOKIE, path="/web/")
+    return response
 
 
 async def form(request: Request) -> dict[str, str] | None:
@@ -280,22 +315,85 @@ async def form(request: Request) -> dict[str, str] | None:
     return {k: v[0] for k, v in fields.items()}
 
 
+async def checked_form(
+    request: Request, who: Principal, sid: str
+) -> tuple[dict[str, str] | None, Response | None]:
+    """A POST's form once its CSRF token is this session's; else the page that says why."""
+    fields = await form(request)
+    if fields is None:
+        return None, message(who, "Not done", "The form could not be read.", None, 400)
+    expected = sessions(request).csrf(sid)
+    if not hmac.compare_digest(fields.get("csrf", "").encode(), expected.encode()):
+        return None, message(
+            who, "Not done", "The form is stale or came from elsewhere.", "Reload the page.", 403
+        )
+    return fields, None
+
+
+@router.post("/web/sign-out", include_in_schema=False)
+async def sign_out(request: Request) -> Response:
+    seen = signed_in(request)
+    if seen is None:
+        return not_signed_in(request)
+    who, sid = seen
+    _, refusal = await checked_form(request, who, sid)
+    if refusal is not None:
+        return refusal
+    response = message(
+        None,
+        "Signed out",
+        "You are signed out of the approval pages.",
+        None,
+        200,
+        sign_in=sign_in_link("/web/"),
+    )
+    response.delete_cookie(COOKIE, path="/web/")
+    return response
+
+
+@router.get("/web/", include_in_schema=False)
+def requests_page(request: Request) -> Response:
+    seen = signed_in(request)
+    if seen is None:
+        return not_signed_in(request)
+    who, sid = seen
+    listed = service(request).approvals.visible_to(who, mine=False)
+    waiting = [r for r in listed if r.can_approve and r.state == "pending"]
+    return page("list.html", who=who, requests=waiting, csrf=sessions(request).csrf(sid))
+
+
+@router.get("/web/requests/{request_id}", include_in_schema=False)
+def request_page(request_id: str, request: Request) -> Response:
+    seen = signed_in(request)
+    if seen is None:
+        return not_signed_in(request)
+    who, sid = seen
+    if len(request_id) > MAX_ID:
+        return no_such(who, "request")
+    try:
+        info = service(request).approvals.get(who, request_id)
+    except refusals.Refusal as exc:
+        return refused(who, exc)
+    return page(
+        "request.html",
+        who=who,
+        r=info,
+        csrf=sessions(request).csrf(sid),
+        duration=duration(info.duration_seconds),
+    )
+
+
 @router.post("/web/requests/{request_id}/{decision}", include_in_schema=False)
 async def decide(request_id: str, decision: str, request: Request) -> Response:
     seen = signed_in(request)
     if seen is None:
-        return not_signed_in()
+        return not_signed_in(request)
     who, sid = seen
     if len(request_id) > MAX_ID:
         return no_such(who, "request")
-    fields = await form(request)
+    fields, refusal = await checked_form(request, who, sid)
     if fields is None:
-        return message(who, "Not done", "The form could not be read.", None, 400)
-    expected = sessions(request).csrf(sid)
-    if not hmac.compare_digest(fields.get("csrf", "").encode(), expected.encode()):
-        return message(
-            who, "Not done", "The form is stale or came from elsewhere.", "Reload the page.", 403
-        )
+        return refusal or no_such(who, "form")
     approvals = service(request).approvals
     try:
         # The store is blocking I/O: off the event loop.
@@ -318,10 +416,10 @@ async def decide(request_id: str, decision: str, request: Request) -> Response:
 
 
 @router.get("/web/reviews/", include_in_schema=False)
-def reviews_page(request: Request) -> HTMLResponse:
+def reviews_page(request: Request) -> Response:
     seen = signed_in(request)
     if seen is None:
-        return not_signed_in()
+        return not_signed_in(request)
     who, sid = seen
     try:
         open_reviews = service(request).breakglass.open_reviews(who)
@@ -334,19 +432,13 @@ def reviews_page(request: Request) -> HTMLResponse:
 async def close_review(session_id: str, request: Request) -> Response:
     seen = signed_in(request)
     if seen is None:
-        return not_signed_in()
+        return not_signed_in(request)
     who, sid = seen
     if len(session_id) > MAX_ID:
         return no_such(who, "break-glass session")
-    fields = await form(request)
+    fields, refusal = await checked_form(request, who, sid)
     if fields is None:
-        return message(who, "Not done", "The form could not be read.", None, 400)
-    if not hmac.compare_digest(
-        fields.get("csrf", "").encode(), sessions(request).csrf(sid).encode()
-    ):
-        return message(
-            who, "Not done", "The form is stale or came from elsewhere.", "Reload the page.", 403
-        )
+        return refusal or no_such(who, "form")
     try:  # the API's own body model: a note is needed, with the same character rules
         body = ReviewClose(note=fields.get("note", "").strip())
     except ValidationError as exc:
