@@ -82,15 +82,17 @@ TEMPLATES = {
 <dt>Duration</dt><dd>{{ duration }}</dd>
 <dt>Rule</dt><dd>{{ r.rule }}</dd>
 <dt>State</dt><dd class="state">{{ r.state }}</dd>
-<dt>Approvals</dt><dd>{{ r.approvals | length }} of {{ r.approvals_required }}
+<dt>Approvals</dt><dd>{{ r.approvals | length }} of {{ r.approvals_required }} \
 from {{ r.approver_groups | join(", ") }}</dd>
 {% if r.deny_reason %}<dt>Denied</dt><dd>{{ r.denied_by }}: {{ r.deny_reason }}</dd>{% endif %}
 <dt>Expires</dt><dd>{{ r.expires_at.strftime("%Y-%m-%d %H:%M UTC") }}</dd>
 </dl>
 {% if r.can_approve and r.state == "pending" %}
+{% if r.approvals | selectattr("by", "equalto", who.subject) | list %}
+<p class="approved">You approved this request.</p>{% else %}
 <form method="post" action="/web/requests/{{ r.id }}/approve">
 <input type="hidden" name="csrf" value="{{ csrf }}">
-<button type="submit" name="decision" value="approve">Approve</button></form>
+<button type="submit" name="decision" value="approve">Approve</button></form>{% endif %}
 <form method="post" action="/web/requests/{{ r.id }}/deny">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <label for="reason">Reason for denying</label>
