@@ -117,6 +117,7 @@ def run_dev(workdir: Path, say: Callable[[str], None]) -> None:
 def describe(stack: Stack, env_file: Path, default_profile: str) -> list[str]:
     lines = [
         f"broker        {stack.broker_url}",
+        f"approvals     {stack.broker_url}/web/ (in a browser; sign in as a demo person)",
         f"identity      {stack.idp.issuer} (its login page takes a demo login, any password)",
         f"PostgreSQL    127.0.0.1:{stack.postgres.port}, database demo (direct)",
         f"gateway       127.0.0.1:{stack.gateway_port}, database vault (only through it)",

@@ -213,7 +213,9 @@ def test_a_lead_denies_with_a_reason_and_the_requester_cannot_approve_their_own(
     sign_in_at_provider(browser, "erin")
     assert text(browser, "Who") == "erin@example.com"
     assert not browser.find_elements(By.CSS_SELECTOR, "p.approved")
-    assert not browser.find_elements(By.XPATH, "//button[normalize-space()='Approve']")  # no self-approval
+    assert not browser.find_elements(
+        By.XPATH, "//button[normalize-space()='Approve']"
+    )  # no self-approval
 
     browser.get(f"{stack.broker_url}/web/")
     listed = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "ul a")]

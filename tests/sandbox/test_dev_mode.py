@@ -106,7 +106,7 @@ def dev_mode() -> Iterator[DevMode]:
 
 def test_it_says_where_everything_is(dev_mode: DevMode) -> None:
     text = "\n".join(dev_mode.lines)
-    for what in ("broker", "identity", "PostgreSQL", "gateway", "MariaDB", "webhooks"):
+    for what in ("broker", "approvals", "identity", "PostgreSQL", "gateway", "MariaDB", "webhooks"):
         assert re.search(rf"^sandbox: {what} ", text, re.M), text
     for login in ("alice", "bob", "carol", "dave", "erin", "frank"):
         assert f"--profile sandbox-{login}" in text
