@@ -6,17 +6,13 @@ test_web_sign_in.py; in a real browser: tests/e2e/test_web_browser.py)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.api.app import create_app
 from dbaccess.broker.api.routes.web import COOKIE
-from dbaccess.broker.settings import load_settings
 from dbaccess.sandbox.idp import device_tokens
-from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +24,8 @@ CSP = (
 
 
 @pytest.fixture
-def api(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
-    settings = load_settings(stack.broker_config)
-    settings = settings.model_copy(
-        update={
-            "broker": settings.broker.model_copy(
-                update={"store": f"sqlite:///{tmp_path / 'broker.db'}"}
-            )
-        }
-    )
-    with TestClient(create_app(settings, run_reaper=False)) as client:
-        yield client
+def api(web_api: TestClient) -> TestClient:
+    return web_api
 
 
 def bearer(stack: Stack, login: str) -> dict[str, str]:

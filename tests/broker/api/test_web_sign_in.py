@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dbaccess.broker.api.app import create_app
 from dbaccess.broker.api.routes.web import COOKIE, SIGN_IN_COOKIE
 from dbaccess.broker.identity import InvalidToken
 from dbaccess.broker.settings import Settings, load_settings
@@ -29,24 +26,14 @@ from dbaccess.broker.web_signin import (
     read_pending,
 )
 from dbaccess.sandbox.idp import device_tokens, sign_in_at_provider
-from dbaccess.sandbox.stack import PROVISIONER_ENV, Stack
+from dbaccess.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def api(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
-    settings = load_settings(stack.broker_config)
-    settings = settings.model_copy(
-        update={
-            "broker": settings.broker.model_copy(
-                update={"store": f"sqlite:///{tmp_path / 'broker.db'}"}
-            )
-        }
-    )
-    with TestClient(create_app(settings, run_reaper=False)) as client:
-        yield client
+def api(web_api: TestClient) -> TestClient:
+    return web_api
 
 
 def start(api: TestClient, page: str) -> str:
