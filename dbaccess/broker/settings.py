@@ -787,8 +787,9 @@ class WebSection(_Section):
     # A missing cookie_key_file is generated (0600) by the first process that needs it.
     cookie_key_env: str | None = None
     cookie_key_file: Path | None = None
-    # How long a browser stays signed in (it is signed out sooner if its ID token's person
-    # loses a group: each action is decided by the services on the identity signed in).
+    # How long a browser stays signed in. The person's groups are those of the sign-in's
+    # ID token until then: a group taken away at the provider counts until the session
+    # ends (or the person signs out), so keep it short where that matters.
     session: Duration = timedelta(hours=8)
 
     @field_validator("public_url")
@@ -1010,6 +1011,30 @@ class Settings(_Section):
     inventory: InventorySection = Field(default_factory=InventorySection)
     oncall: list[OncallSource] = Field(default_factory=list)
 
+    def named_groups(self) -> frozenset[str]:
+        """Every group the config names (the fields called ``groups`` or ``*_groups``, at
+        any depth): the only groups a decision can turn on. Found by walking the model, so
+        a group setting added later is not forgotten here."""
+        found: set[str] = set()
+
+        def walk(value: object) -> None:
+            if isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    item = getattr(value, name)
+                    if (name == "groups" or name.endswith("_groups")) and isinstance(item, list):
+                        found.update(str(group) for group in item)
+                    else:
+                        walk(item)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+
+        walk(self)
+        return frozenset(found)
+
     def limit(self, target: str, key: str) -> tuple[int, str]:
         """The value of limits key ``key`` for ``target``, and the setting it comes from
         (``targets.T.limits.KEY`` when the target sets it, else ``limits.KEY``)."""
@@ -1017,6 +1042,27 @@ class Settings(_Section):
         if own is not None:
             return int(own), f"targets.{target}.limits.{key}"
         return int(getattr(self.limits, key)), f"limits.{key}"
+
+    @model_validator(mode="after")
+    def _web_signs_in_the_cli_s_people(self) -> Settings:
+        """Entra gives each app registration its own ``sub`` for one person (a pairwise
+        subject): signed in through another app, an approver would be another subject, able
+        to approve a request twice (once from the CLI, once from the page) or, with no email
+        claim, their own. So the pages sign in through the CLI's app there."""
+        web = self.web
+        if (
+            web is not None
+            and self.identity.kind == "entra"
+            and (web.client_id != self.identity.client_id)
+        ):
+            raise _KeyedError(
+                "web.client_id",
+                'with kind = "entra" it must be identity.client_id '
+                f"({self.identity.client_id}): Entra names a person differently in each app "
+                "registration, so the pages sign in through the CLI's (add a Web platform "
+                "with the redirect URI {public_url}/web/callback and a client secret to it)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _oncall_sources_exist(self) -> Settings:

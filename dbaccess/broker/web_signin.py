@@ -140,7 +140,9 @@ class Pending:
     next: str
 
 
-_OUR_PAGE = re.compile(r"/web/(?:[A-Za-z0-9_-]+/?)*")
+# Segments each end with their "/" but the last: no nested repetition, so a refused path
+# fails in one pass (``(?:[...]+/?)*`` backtracks exponentially on "/web/aaaa…!")
+_OUR_PAGE = re.compile(r"/web/(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]*")
 
 
 def local_page(path: str | None) -> str:
@@ -261,7 +263,9 @@ class SignIn:
             raise ProviderUnreachable(str(exc)) from None
         # verified above: its claims can be read without checking the signature again
         nonce = jwt.decode(token, options={"verify_signature": False}).get("nonce")
-        if not isinstance(nonce, str) or not hmac.compare_digest(nonce, pending.nonce):
+        if not isinstance(nonce, str) or not hmac.compare_digest(
+            nonce.encode(), pending.nonce.encode()
+        ):
             raise SignInFailed("the ID token is not this sign-in's (its nonce differs)")
         return who
 

@@ -192,3 +192,35 @@ group_role = "readers_far"
         "targets.demo.username_prefix: 'dba_' is also the start of dba_broker "
         "(the provisioner)" in caught.value.message
     )
+
+
+ENTRA = GOOD.replace(
+    'issuer = "https://login.example.com/realms/acme/"\nclient_id = "dbaccess-cli"',
+    'kind = "entra"\ntenant = "contoso.onmicrosoft.com"\nclient_id = "0c5a7d3e-cli"',
+)
+WEB = '\n[web]\npublic_url = "https://dbaccess.example.com"\ncookie_key_file = "web.key"\n'
+
+
+def test_on_entra_the_web_pages_sign_in_through_the_cli_s_app(tmp_path: Path) -> None:
+    # Entra's sub differs per app registration: another app would make one person two
+    # approvers (or, with no email claim, let them approve their own request)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, ENTRA + WEB + 'client_id = "dbaccess-web"\n'))
+    assert "web.client_id" in str(refused.value) and "0c5a7d3e-cli" in str(refused.value)
+    same = load_settings(write(tmp_path, ENTRA + WEB + 'client_id = "0c5a7d3e-cli"\n'))
+    assert same.web is not None and same.web.client_id == same.identity.client_id
+    # another provider may use a client of its own
+    other = load_settings(write(tmp_path, GOOD + WEB + 'client_id = "dbaccess-web"\n'))
+    assert other.web is not None and other.web.client_id == "dbaccess-web"
+
+
+def test_named_groups_are_every_group_list_of_the_config(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'groups = ["dev"]', 'groups = ["dev"]\napprovals = 1\napprover_groups = ["leads"]'
+    )
+    text = text.replace("[broker]\n", '[broker]\nauditor_groups = ["audit"]\n') + (
+        '\n[breakglass]\ngroups = ["oncall"]\nreviewer_groups = ["security"]\n'
+        'targets = { demo = "readonly" }\n'
+    )
+    settings = load_settings(write(tmp_path, text))
+    assert settings.named_groups() == {"dev", "leads", "audit", "oncall", "security"}

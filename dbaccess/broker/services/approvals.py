@@ -184,7 +184,7 @@ class Approvals:
         request = self._decidable(principal, request_id)
         try:
             request = self.ctx.store.approve_request(
-                request.id, principal.subject, self.ctx.clock(), origin.detail()
+                request.id, principal.subject, self.ctx.clock(), origin.detail(), principal.email
             )
         except Conflict as exc:
             raise refusals.Conflict(
@@ -257,7 +257,7 @@ class Approvals:
             state=request.state,  # type: ignore[arg-type]
             approvals_required=request.approvals_required,
             approver_groups=request.approver_groups,
-            approvals=[ApprovalInfo(**a) for a in request.approvals],
+            approvals=[ApprovalInfo(by=a["by"], at=a["at"]) for a in request.approvals],
             denied_by=request.denied_by,
             deny_reason=request.deny_reason,
             created_at=request.created_at,

@@ -160,19 +160,32 @@ class Requests(AuditTrail):
         return row
 
     def approve_request(
-        self, request_id: str, approver: str, now: datetime, origin: dict[str, Any]
+        self,
+        request_id: str,
+        approver: str,
+        now: datetime,
+        origin: dict[str, Any],
+        approver_email: str | None = None,
     ) -> ApprovalRequest:
         """Add one approval; the request becomes ``approved`` with the last one needed.
         Raises LookupError (no such request) or Conflict (not pending, expired, own
-        request, approved twice by one person)."""
+        request, approved twice by one person: the same subject, or the same email in any
+        letter case, as ``Principal.same_person`` tells people apart)."""
+        email = approver_email.casefold() if approver_email else None
         with self._write() as conn:
             row = self._pending_request(conn, request_id, now)
-            if approver == row.subject:
+            if approver == row.subject or (email and email == (row.email or "").casefold()):
                 raise Conflict("nobody approves their own request")
             approvals = json.loads(row.approvals)
-            if any(a["by"] == approver for a in approvals):
+            if any(
+                a["by"] == approver or (email and email == (a.get("email") or "").casefold())
+                for a in approvals
+            ):
                 raise Conflict(f"you already approved request {request_id}")
-            approvals.append({"by": approver, "at": now.isoformat()})
+            approval = {"by": approver, "at": now.isoformat()}
+            if approver_email:
+                approval["email"] = approver_email
+            approvals.append(approval)
             done = len(approvals) >= row.approvals_required
             conn.execute(
                 approval_requests.update()

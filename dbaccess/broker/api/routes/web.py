@@ -8,8 +8,10 @@ goes through Jinja2 with autoescape on."""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -19,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from pydantic import ValidationError
 
-from dbaccess.broker.api.deps import origin, service
+from dbaccess.broker.api.deps import context, origin, service
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
 from dbaccess.broker.web_signin import (
@@ -30,6 +32,7 @@ from dbaccess.broker.web_signin import (
     pending_cookie,
     read_pending,
 )
+from dbaccess.text import printable
 from dbaccess.wire import RequestDecision, ReviewClose
 
 log = logging.getLogger("dbaccess.broker.web")
@@ -39,6 +42,9 @@ router = APIRouter()
 COOKIE = "dbaccess_web"
 SIGN_IN_COOKIE = "dbaccess_web_sign_in"
 MAX_FORM_BYTES = 16 * 1024
+# Browsers keep a cookie of up to 4096 bytes, name and attributes included (RFC 6265 5.3
+# at its least); a longer one is dropped without a word, and the sign-in would loop.
+MAX_SESSION_COOKIE = 3900
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -96,7 +102,7 @@ from {{ r.approver_groups | join(", ") }}</dd>
 <form method="post" action="/web/requests/{{ r.id }}/deny">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <label for="reason">Reason for denying</label>
-<textarea id="reason" name="reason" maxlength="1000" required></textarea>
+<textarea id="reason" name="reason" maxlength="500" required></textarea>
 <button type="submit" name="decision" value="deny">Deny</button></form>
 {% endif %}{% endblock %}""",
     "reviews.html": """{% extends "base.html" %}{% block main %}
@@ -136,10 +142,26 @@ font-size:.9rem}a.button{display:inline-block;padding:.5rem 1.25rem;background:#
 color:#fff;text-decoration:none;border-radius:.2rem}
 """
 
+
+def _shown(value: Any) -> Any:
+    # every text a page shows, as the CLI shows it: control and bidirectional-override
+    # characters written as escapes (records from before the input rules may hold them),
+    # then HTML-escaped by autoescape
+    return printable(value) if isinstance(value, str) else value
+
+
 _env = Environment(
     loader=DictLoader(TEMPLATES),
     autoescape=select_autoescape(default=True, default_for_string=True),
+    finalize=_shown,
 )
+_BREAKS = re.compile(r"[\r\n\t]+")
+
+
+def typed_text(value: str) -> str:
+    """A textarea's text as one line: the line breaks a person types (sent as CR LF) are
+    spaces, so that the API's rule against control characters does not refuse them."""
+    return _BREAKS.sub(" ", value).strip()
 
 
 def sessions(request: Request) -> WebSessions:
@@ -185,8 +207,19 @@ def refused(who: Principal, exc: refusals.Refusal) -> HTMLResponse:
     return message(who, "Not done", exc.message, exc.hint, status)
 
 
+def cookie_name(request: Request, name: str) -> str:
+    """On https, ``name`` with the __Host- prefix: a browser takes such a cookie only from
+    this very host, over TLS, for path / and with no Domain, so a sibling subdomain cannot
+    plant its own sign-in or session cookie (a login CSRF). Plain http is loopback only."""
+    return f"__Host-{name}" if sign_in_flow(request).web.secure else name
+
+
+def cookie_path(request: Request) -> str:
+    return "/" if sign_in_flow(request).web.secure else "/web/"
+
+
 def signed_in(request: Request) -> tuple[Principal, str] | None:
-    return sessions(request).read(request.cookies.get(COOKIE))
+    return sessions(request).read(request.cookies.get(cookie_name(request, COOKIE)))
 
 
 MAX_ID = 36  # a whole UUID (api/deps.py AnId); longer is no id, said on a page
@@ -224,15 +257,26 @@ def duration(seconds: int) -> str:
 
 def _cookie(response: Response, request: Request, name: str, value: str, seconds: int) -> None:
     response.set_cookie(
-        name,
+        cookie_name(request, name),
         value,
         max_age=seconds,
-        path="/web/",
+        path=cookie_path(request),
         httponly=True,
         # Lax: sent on the provider's redirect back (a top-level GET), never on a POST
         # from another site
         samesite="lax",
         secure=sign_in_flow(request).web.secure,
+    )
+
+
+def _forget(response: Response, request: Request, name: str) -> None:
+    web = sign_in_flow(request).web
+    response.delete_cookie(
+        cookie_name(request, name),
+        path=cookie_path(request),
+        secure=web.secure,
+        httponly=True,
+        samesite="lax",
     )
 
 
@@ -261,7 +305,9 @@ async def callback(
     error: str = "",
     error_description: str = "",
 ) -> Response:
-    pending = read_pending(sessions(request).signer, request.cookies.get(SIGN_IN_COOKIE))
+    pending = read_pending(
+        sessions(request).signer, request.cookies.get(cookie_name(request, SIGN_IN_COOKIE))
+    )
     again = sign_in_link(pending.next if pending else "/web/")
     if pending is None:
         return message(
@@ -272,7 +318,12 @@ async def callback(
             400,
             sign_in=again,
         )
-    if not state or len(state) > MAX_PARAM or not hmac.compare_digest(state, pending.state):
+    if (
+        not state
+        or len(state) > MAX_PARAM
+        # bytes: compare_digest raises on a str that is not ASCII
+        or not hmac.compare_digest(state.encode(), pending.state.encode())
+    ):
         return message(
             None, "Sign-in refused", "The sign-in's state does not match.", None, 400, sign_in=again
         )
@@ -293,11 +344,26 @@ async def callback(
         )
     except SignInFailed as exc:
         return message(None, "Not signed in", str(exc), None, 401, sign_in=again)
+    # only the groups the config names go into the cookie: a decision turns on no other,
+    # and a person in hundreds of groups (Entra) would make a cookie the browser drops
+    named = context(request).settings.named_groups()
+    who = dataclasses.replace(who, groups=who.groups & named)
+    web_sessions = sessions(request)
+    cookie = web_sessions.issue(who)
+    if len(COOKIE) + len(cookie) > MAX_SESSION_COOKIE:
+        return message(
+            None,
+            "Cannot sign in here",
+            f"You are in {len(who.groups)} of the groups this broker's policy names, too "
+            "many for a browser's cookie; nothing was done.",
+            "Approve from the command line (dbaccess approve ID), or ask an administrator "
+            "to name fewer groups.",
+            400,
+        )
     log.info("web sign-in: %s", who.email or who.subject)
     response = RedirectResponse(pending.next, status_code=303, headers=SECURITY_HEADERS)
-    web_sessions = sessions(request)
-    _cookie(response, request, COOKIE, web_sessions.issue(who), int(web_sessions.seconds))
-    response.delete_cookie(SIGN_IN_COOKIE, path="/web/")
+    _cookie(response, request, COOKIE, cookie, int(web_sessions.seconds))
+    _forget(response, request, SIGN_IN_COOKIE)
     return response
 
 
@@ -349,7 +415,7 @@ async def sign_out(request: Request) -> Response:
         200,
         sign_in=sign_in_link("/web/"),
     )
-    response.delete_cookie(COOKIE, path="/web/")
+    _forget(response, request, COOKIE)
     return response
 
 
@@ -400,21 +466,26 @@ async def decide(request_id: str, decision: str, request: Request) -> Response:
     try:
         # The store is blocking I/O: off the event loop.
         if decision == "approve":
-            await run_in_threadpool(approvals.approve, who, request_id, origin(request))
+            info = await run_in_threadpool(approvals.approve, who, request_id, origin(request))
         elif decision == "deny":
+            reason = typed_text(fields.get("reason", ""))
+            if not reason:
+                return message(who, "Not done", "A denial needs a reason.", None, 400)
             try:  # the API's own body model: the same length and character rules
-                body = RequestDecision(reason=fields.get("reason") or None)
+                body = RequestDecision(reason=reason)
             except ValidationError as exc:
                 text = "; ".join(str(e["msg"]) for e in exc.errors())
                 return message(who, "Not done", f"reason: {text}", None, 400)
-            await run_in_threadpool(approvals.deny, who, request_id, body.reason, origin(request))
+            info = await run_in_threadpool(
+                approvals.deny, who, request_id, body.reason, origin(request)
+            )
         else:
             return message(who, "Not done", "No such decision.", None, 404)
     except refusals.Refusal as exc:
         return refused(who, exc)
-    return RedirectResponse(
-        f"/web/requests/{request_id}", status_code=303, headers=SECURITY_HEADERS
-    )
+    # the request's own id, not the path's: the service also takes an id in other letter
+    # case or with spaces around it, which are no address to send a browser to
+    return RedirectResponse(f"/web/requests/{info.id}", status_code=303, headers=SECURITY_HEADERS)
 
 
 @router.get("/web/reviews/", include_in_schema=False)
@@ -442,7 +513,7 @@ async def close_review(session_id: str, request: Request) -> Response:
     if fields is None:
         return refusal or no_such(who, "form")
     try:  # the API's own body model: a note is needed, with the same character rules
-        body = ReviewClose(note=fields.get("note", "").strip())
+        body = ReviewClose(note=typed_text(fields.get("note", "")))
     except ValidationError as exc:
         text = "; ".join(str(e["msg"]) for e in exc.errors())
         return message(who, "Not done", f"note: {text}", None, 400)
