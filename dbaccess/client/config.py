@@ -82,7 +82,17 @@ def runtime_dir() -> Path:
             # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID (and warns);
             # the ownership and mode checks of usable_dir make that fallback safe to use.
             warnings.simplefilter("ignore")
-            path = Path(platformdirs.user_runtime_dir("dbaccess", appauthor=False))
+            try:
+                path = Path(platformdirs.user_runtime_dir("dbaccess", appauthor=False))
+            except OSError as exc:
+                # its fallback made by another user first (mkdir /tmp/runtime-UID):
+                # platformdirs refuses it, as it should, but with a bare PermissionError
+                where = exc.filename or "the fallback runtime directory"
+                raise ConfigError(
+                    f"no private runtime directory: {where}: {exc.strerror or type(exc).__name__}",
+                    hint="set XDG_RUNTIME_DIR or DBACCESS_RUNTIME_DIR to a directory of "
+                    "your own (0700)",
+                ) from None
     return usable_dir(path, private=True, variable="DBACCESS_RUNTIME_DIR")
 
 

@@ -276,3 +276,22 @@ def test_completion_names_are_kept_in_a_directory_of_our_own(
     assert read_names("default")["targets"] == {"demo": ["readonly"]}
     assert mode(shared) == 0o1777 and mode(shared / OWN) == 0o700
     assert mode(shared / OWN / "names-default.json") == 0o600
+
+
+def test_a_fallback_runtime_dir_planted_by_another_user_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # without XDG_RUNTIME_DIR (ssh without pam_systemd, cron), platformdirs falls back to
+    # /tmp/runtime-UID and raises PermissionError when another user made it first (as
+    # root here, that cannot be staged with a real directory: its refusal is replayed)
+    import platformdirs
+
+    def planted(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", "/tmp/runtime-1000")
+
+    monkeypatch.delenv("DBACCESS_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(platformdirs, "user_runtime_dir", planted)
+    with pytest.raises(ConfigError) as refused:
+        runtime_dir()
+    assert "/tmp/runtime-1000" in refused.value.message
+    assert "DBACCESS_RUNTIME_DIR" in (refused.value.hint or "")

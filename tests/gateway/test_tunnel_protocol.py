@@ -6,8 +6,11 @@ whole command against the broker.)"""
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,3 +189,33 @@ def test_what_the_tunnel_refuses_before_any_session(
     with pytest.raises(psycopg.OperationalError, match=expected):
         psycopg.connect(tunnel.dsn(**extra))
     assert tunnel.sessions == []  # no broker call for a refused connection
+
+
+def test_another_local_user_is_turned_away_even_with_the_secret(tunnel: InProcess) -> None:
+    # the secret phished, or a SCRAM exchange relayed: from another uid it is no use. A
+    # real process of another user (the suite runs as root in CI: it becomes nobody)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another user")  # CI runs as root
+    nobody = pwd.getpwnam("nobody")
+    # psql: a binary every user may run (the suite's own tree may be closed to nobody)
+    run = subprocess.run(
+        ["psql", "-X", "-At", "-c", "SELECT 'logged in'", tunnel.dsn()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": os.environ["PATH"], "HOME": "/"},
+        check=False,
+    )
+    assert run.returncode != 0 and "logged in" not in run.stdout, run.stdout
+    assert "serves only the local user who started it" in run.stderr, run.stderr
+    assert tunnel.sessions == []  # turned away before any session was asked for
+    assert tunnel.warnings == [
+        f"refused a connection from another local user (uid {nobody.pw_uid})"
+    ]
+    # and this user's own client still logs in
+    with psycopg.connect(tunnel.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

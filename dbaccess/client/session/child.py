@@ -31,14 +31,27 @@ class Terminated(BaseException):
 
 @contextmanager
 def cleanup_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into an exception, so ``finally`` blocks run (revoke, wipe)."""
+    """Turn SIGTERM/SIGHUP into an exception, so ``finally`` blocks run (revoke, wipe).
+    Only the first stop signal raises, Ctrl-C included: a second one (``kill`` twice,
+    SIGHUP then SIGTERM, Ctrl-C then SIGTERM) arriving while the first unwinds would
+    otherwise raise again inside the ``finally``, before ``ignore_cleanup_signals`` is
+    reached, and skip the revocation."""
+    fired = False
 
     def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return  # the first is unwinding already, towards the clean-up
+        fired = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signum)
 
     # SIGINT too: ignore_cleanup_signals() may have set it aside, and a process that runs
     # the CLI in-process (tests, the sandbox) must get its Ctrl-C back.
     previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    if previous[signal.SIGINT] is signal.default_int_handler:  # Ctrl-C as Python's own
+        signal.signal(signal.SIGINT, handler)
     previous.update({sig: signal.signal(sig, handler) for sig in CLEANUP_SIGNALS})
     try:
         yield

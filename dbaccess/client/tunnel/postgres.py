@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import struct
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import scramp
 
 from dbaccess.client.tunnel.keeper import Held, SessionKeeper
+from dbaccess.client.tunnel.peer import NOT_FOUND, peer_uid
 from dbaccess.errors import DbaccessError
 from dbaccess.gateway.postgres import wire
 from dbaccess.gateway.postgres.scram_login import LoginRefused, ScramLogin
@@ -81,6 +83,7 @@ class Tunnel:
         self.keeper = keeper
         self.warn = warn
         self.timeouts = timeouts
+        self.uid = os.geteuid()
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -119,7 +122,20 @@ class Tunnel:
 
     # -- the GUI's side ------------------------------------------------------------------
 
+    def _same_user(self, writer: asyncio.StreamWriter) -> None:
+        """Before reading a byte: the connection comes from a process of this very user
+        (peer.py), else it is turned away whatever it would present."""
+        sock = writer.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else NOT_FOUND
+        if uid is not None and uid != self.uid:
+            if uid != NOT_FOUND:
+                self.warn(f"refused a connection from another local user (uid {uid})")
+            raise Refused(
+                "28000", f"this tunnel serves only the local user who started it (uid {self.uid})"
+            )
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._same_user(writer)
         params = await asyncio.wait_for(self._startup(reader, writer), self.timeouts.handshake)
         if params is None:
             return  # a CancelRequest, forwarded

@@ -173,9 +173,15 @@ async def _serve(sock: socket.socket, tunnel: Tunnel, ready: Callable[[], None])
         server.close()
         await tunnel.aclose()
         await server.wait_closed()
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)  # which leaves SIGTERM to kill us: not yet
-            signal.signal(sig, signal.SIG_IGN)  # the revocations come first (_revoke_all)
+        # removing the loop's handler puts back SIGTERM's default, which kills: blocked
+        # until ignored, since the revocations come first (_revoke_all)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _opened(held: Held) -> str:
@@ -190,7 +196,12 @@ def _revoke_all(
     """Revoke each session, however the tunnel ended; signals wait until it is done. A
     session past its end (by a clock a little behind ours) is over already: a tunnel that
     ran for a week does not call the broker for each of its hours."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    # blocked while swapped, one signal at a time: none lands between two swaps
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         api: SessionBroker | None = None
         over = datetime.now(UTC) - CLOCK_SLACK
