@@ -78,7 +78,7 @@ def bound_verifier(
     """The verifier ``stored`` holds, if its MAC matches this lease; else None."""
     text, sep, mac = stored.rpartition("#")
     expected = _binding_mac(key, text, db_user, target, role, expires_at)
-    if not sep or not hmac.compare_digest(mac, expected):
+    if not sep or not hmac.compare_digest(mac.encode(), expected.encode()):
         return None
     try:
         return ScramVerifier.parse(text)

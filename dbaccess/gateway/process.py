@@ -38,6 +38,8 @@ def default_name() -> str:
 def server_tls(section: GatewaySection) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2 renegotiation: a client could make the gateway redo handshakes at will
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(section.tls_cert_file, section.tls_key_file)
     except (OSError, ssl.SSLError) as exc:

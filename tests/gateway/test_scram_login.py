@@ -93,3 +93,23 @@ def test_messages_out_of_order_are_refused() -> None:
         ScramLogin("alice", "s3cret").answer(auth(11, b"r=x,s=y,i=4096"))  # before SASL
     with pytest.raises(LoginRefused):
         ScramLogin("alice", "s3cret").answer(auth(12, b"v=xyz"))
+
+
+@pytest.mark.parametrize("count", ["2000000000", "1000001", "99999999999999999999", "-1", ""])
+def test_a_server_asking_for_too_many_iterations_is_refused_before_any_hash(count: str) -> None:
+    # each iteration is a hash on the caller's thread (the gateway's event loop): two
+    # billion of them would stop every other connection for minutes
+    login = ScramLogin("alice", "secret")
+    login.answer(auth(10, b"SCRAM-SHA-256\0\0"))
+    with pytest.raises(wire.ProtocolError, match="SCRAM iterations"):
+        login.answer(auth(11, f"r=abc,s=c2FsdA==,i={count}".encode()))
+
+
+def test_the_usual_iteration_counts_log_in() -> None:
+    server = Server("secret")
+    login = ScramLogin("alice", "secret")
+    reply = login.answer(auth(10, b"SCRAM-SHA-256\0\0"))
+    assert reply is not None
+    reply = login.answer(server.first(reply))  # 4096 iterations, PostgreSQL's default
+    assert reply is not None
+    assert login.answer(server.final(reply)) == b""

@@ -69,3 +69,37 @@ def test_tags_and_sqlstate() -> None:
 def test_split_messages_leaves_a_partial_one() -> None:
     data = msg(b"Q", b"SELECT 1\0") + msg(b"X", b"")[:3]
     assert list(wire.split_messages(data)) == [(ord("Q"), 5, 14)]
+
+
+@pytest.mark.parametrize(
+    ("tag", "rows"),
+    [
+        (b"SELECT 5\0", 5),
+        (b"INSERT 0 3\0", 3),
+        (b"BEGIN\0", None),
+        (b"\0", None),
+        (b"", None),
+        (b"SELECT " + b"9" * 5000 + b"\0", None),  # int() refuses over 4300 digits
+        (b"SELECT " + b"9" * 21 + b"\0", None),
+    ],
+)
+def test_command_rows_of_any_tag_a_server_could_send(tag: bytes, rows: int | None) -> None:
+    assert wire.command_rows(tag) == rows
+
+
+@pytest.mark.parametrize(
+    ("kind", "length", "over"),
+    [
+        (b"Q", 0x3FFFFFFF + 3, False),  # PostgreSQL's 1 GiB for SQL and data
+        (b"Q", 0x3FFFFFFF + 4, True),
+        (b"Q", 0xFFFFFFFF, True),
+        (b"d", 0x3FFFFFFF + 4, True),
+        (b"S", 10_004, False),  # 10,000 bytes for the others
+        (b"S", 10_005, True),
+        (b"E", 100_000, True),
+    ],
+)
+def test_client_messages_are_held_to_the_servers_own_limits(
+    kind: bytes, length: int, over: bool
+) -> None:
+    assert wire.over_client_limit(kind[0], length) is over

@@ -239,18 +239,37 @@ SESSION_NODES = frozenset(
     }
 )
 MAX_CACHED = 2048
+MAX_CACHED_TEXT = 4096  # characters: the cache holds at most 2048 of these (8 MiB)
+# Characters of one message's SQL the parser is given, on the event loop (a 200 KB
+# statement took it 2 s and 100 MB): longer is not checked, so not run (rule
+# statements.unparsed) for a role whose statements are checked. Drivers' statements and
+# people's are far shorter; a bulk load is COPY, which is not parsed text.
+MAX_CHECKED_TEXT = 64 * 1024
 
 
 def classify(sql: str) -> frozenset[C] | None:
-    """The classes of all the statements in ``sql``; None when it does not parse."""
+    """The classes of all the statements in ``sql``; None when they cannot be told (it
+    does not parse, or it is too long or too deep to parse here)."""
+    if len(sql) > MAX_CHECKED_TEXT:
+        return None
+    if len(sql) > MAX_CACHED_TEXT:
+        return _parsed(sql)
     return _classify(sql)
 
 
 @lru_cache(maxsize=MAX_CACHED)  # drivers send the same text again and again
 def _classify(sql: str) -> frozenset[C] | None:
+    return _parsed(sql)
+
+
+def _parsed(sql: str) -> frozenset[C] | None:
     try:
         statements = pgparse.parse(sql)
     except pgparse.PGQueryError:
+        return None
+    except (RecursionError, ValueError, MemoryError):
+        # "SELECT 1+1+…" a few hundred deep: the parse tree's JSON is too deep for the
+        # decoder. Not an error of the connection's: the statement is refused as unparsed
         return None
     classes: set[C] = set()
     for raw in statements:
@@ -447,3 +466,22 @@ def _untrusted(options: Any, default: str) -> bool:
         if element.get("defname") == "language":
             language = str(element.get("arg", {}).get("String", {}).get("sval", "")).lower()
     return language not in TRUSTED_LANGUAGES
+
+
+def deallocated_names(sql: str) -> list[str]:
+    """The prepared statements the DEALLOCATE statements of ``sql`` name, as the server's
+    parser reads them (quoting, case, comments and strings as PostgreSQL's lexer has them);
+    none when it does not parse (then nothing is forgotten: a name kept too long only
+    counts against the connection's prepared-text limit)."""
+    if len(sql) > MAX_CHECKED_TEXT:
+        return []
+    try:
+        statements = pgparse.parse(sql)
+    except (pgparse.PGQueryError, RecursionError, ValueError, MemoryError):
+        return []
+    names: list[str] = []
+    for raw in statements:
+        node = raw["stmt"].get("DeallocateStmt")
+        if isinstance(node, dict) and isinstance(node.get("name"), str):
+            names.append(node["name"])
+    return names

@@ -17,6 +17,17 @@ from dbaccess.gateway.postgres import wire
 
 _INT32 = struct.Struct("!i")
 MECHANISM = "SCRAM-SHA-256"
+# PostgreSQL's default is 4096 (scram_iterations); a million takes about a second
+MAX_ITERATIONS = 1_000_000
+
+
+def _iterations(server_first: str) -> int:
+    for part in server_first.split(","):
+        if part.startswith("i=") and part[2:].isdigit() and len(part) <= 12:
+            return int(part[2:])
+        if part.startswith("i="):
+            return MAX_ITERATIONS + 1  # not a count we would compute
+    return 0  # scramp refuses a message without one
 
 
 class LoginRefused(Exception):
@@ -56,7 +67,15 @@ class ScramLogin:
             first = self._client.get_client_first().encode()
             return wire.message(b"p", wire.cstring(MECHANISM) + _INT32.pack(len(first)) + first)
         if code == 11 and self._client is not None and not self.proven:
-            self._client.set_server_first(body[4:].decode())
+            server_first = body[4:].decode()
+            iterations = _iterations(server_first)
+            if iterations > MAX_ITERATIONS:
+                # each is a hash: two billion would hold the caller for minutes
+                raise wire.ProtocolError(
+                    f"the server asks for {iterations} SCRAM iterations (at most "
+                    f"{MAX_ITERATIONS} are done)"
+                )
+            self._client.set_server_first(server_first)
             return wire.message(b"p", self._client.get_client_final().encode())
         if code == 12 and self._client is not None and not self.proven:
             self._client.set_server_final(body[4:].decode())  # raises unless the proof holds

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import secrets
 import ssl
 import struct
@@ -31,7 +30,12 @@ from dbaccess.gateway import guardrails
 from dbaccess.gateway.credentials import mock_salt
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
-from dbaccess.gateway.postgres.classify import classify, unsafe_encoding, unsafe_startup
+from dbaccess.gateway.postgres.classify import (
+    classify,
+    deallocated_names,
+    unsafe_encoding,
+    unsafe_startup,
+)
 from dbaccess.gateway.postgres.scram_login import LoginRefused, ScramLogin
 from dbaccess.gateway.records import Kind, ParamsPolicy, RecordFields, StatementRecord, Status
 from dbaccess.gateway.sessions import (
@@ -54,15 +58,50 @@ MAX_PARAM_TEXT = 4096  # characters of one bind parameter kept under params = "f
 MAX_PREPARED_TEXT = 64 * 1024 * 1024
 # The names a DEALLOCATE statement drops (its tag says which ran; unquoted names fold to
 # lower case, as the server folds them)
-_DEALLOCATE = re.compile(r'\bDEALLOCATE\s+(?:PREPARE\s+)?("(?:[^"]|"")*"|[^\s;]+)', re.I)
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# The server keeps prepared statements' and portals' names in NAMEDATALEN (64) byte keys:
+# names that differ only after their 63rd byte are one name to it, so to us.
+MAX_NAME = 63
+_NO_UNDO = "\0no undo"  # a portal's Close: nothing to put back
+
+
+def _unsafe_setting(body: bytes, how: str) -> str | None:
+    """What is wrong with the server's setting in a ParameterStatus ``body``, if it makes
+    the server read text unlike the gateway's parser."""
+    name, offset = wire.read_cstring(body, 0)
+    value, _ = wire.read_cstring(body, offset)
+    if (name == b"standard_conforming_strings" and value != b"on") or (
+        name == b"client_encoding" and unsafe_encoding(value.decode(errors="replace"))
+    ):
+        rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
+        return (
+            f"{name.decode(errors='replace')} {how} {value.decode(errors='replace')}, which "
+            f"the gateway cannot parse safely (rule {rule})"
+        )
+    return None
+
+
+def _object_name(body: bytes, offset: int) -> tuple[bytes, int]:
+    name, offset = wire.read_cstring(body, offset)
+    return name[:MAX_NAME], offset
+
+
 # Characters of a Bind's parameters kept in all (the shown values, "<n bytes>" under
 # "redacted"): a Bind may carry 65535 of them; past this the rest is counted in a marker.
 MAX_PARAMS_TEXT = 64 * 1024
 
-Q, P, B, E, S, F, X, CLOSE = (ord(c) for c in "QPBESFXC")
+Q, P, B, E, S, F, X, CLOSE, H = (ord(c) for c in "QPBESFXCH")
 COPY_DATA, COPY_DONE, COPY_FAIL = (ord(c) for c in "dcf")
-INSPECTED = frozenset({Q, P, B, E, S, F, X, CLOSE, COPY_DATA, COPY_DONE, COPY_FAIL})
+INSPECTED = frozenset({Q, P, B, E, S, F, X, CLOSE, H, COPY_DATA, COPY_DONE, COPY_FAIL})
+_C = guardrails.StatementClass
+# A FunctionCall names its function by oid only: what it does is not known, so it counts as
+# everything a function can do (set_config: DCL and the parser's settings; lo_export and
+# pg_read_file: the server's files)
+FUNCTION_CALL_CLASSES = frozenset({_C.WRITE, _C.DDL, _C.DCL, _C.UNTRUSTED, _C.PARSER_SETTINGS})
+# Before the relay (start-up, SCRAM, the database's login) a peer sends a few small
+# messages; one declaring more, or a peer sending more in all, floods rather than logs
+# in, and is cut off instead of being buffered until the handshake timeout.
+MAX_HANDSHAKE_MESSAGE = 64 * 1024  # PostgreSQL's own limit for an authentication token
+MAX_UNRELAYED = 1024 * 1024
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record: a direct TLS ClientHello
 ALPN = "postgresql"
 # a text the server refuses at parse time: stands in for a refused statement that cannot be
@@ -159,6 +198,7 @@ class _Side(asyncio.Protocol):
         self.relay: Callable[[bytes], None] | None = None
         self.peer: _Side | None = None  # the side that stops reading while we cannot write
         self.lost = False
+        self.holds = 0  # reasons reading is paused (the peer's or our own full buffer)
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,6 +215,14 @@ class _Side(asyncio.Protocol):
             self.relay(data)
         else:
             self.buf += data
+            if len(self.buf) > MAX_UNRELAYED and self.transport is not None:
+                log.warning(
+                    "gateway connection %d: over %d bytes before the relay, cut off",
+                    self.conn.number,
+                    MAX_UNRELAYED,
+                )
+                self.buf.clear()
+                self.transport.abort()
             self._wake()
 
     def start_relay(self, relay: Callable[[bytes], None]) -> None:
@@ -200,12 +248,33 @@ class _Side(asyncio.Protocol):
             self.transport.abort()
 
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        # what we cannot write, we stop reading from its source: the peer's bytes, and
+        # (the client's side) the client itself, whose messages the gateway may answer on
+        # its own (a refused statement's error): a client that never reads must not make
+        # the gateway buffer those without bound
+        if self.peer is not None:
+            self.peer.hold()
+        if self.answers_itself:
+            self.hold()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer.release()
+        if self.answers_itself:
+            self.release()
+
+    answers_itself = False
+
+    def hold(self) -> None:
+        """One more reason not to read (each ``hold`` is matched by a ``release``)."""
+        self.holds += 1
+        if self.holds == 1 and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        self.holds -= 1
+        if self.holds == 0 and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -242,6 +311,8 @@ class _Side(asyncio.Protocol):
 
     async def read_message(self) -> tuple[int, bytes]:
         while True:
+            if len(self.buf) >= 5 and int.from_bytes(self.buf[1:5]) > MAX_HANDSHAKE_MESSAGE:
+                raise wire.ProtocolError("a start-up message is too long")
             for kind, start, end in wire.split_messages(self.buf):
                 body = bytes(self.buf[start:end])
                 del self.buf[:end]
@@ -250,6 +321,8 @@ class _Side(asyncio.Protocol):
 
 
 class _ClientSide(_Side):
+    answers_itself = True
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.conn.start()
@@ -287,6 +360,9 @@ class Connection:
         self.statements: dict[bytes, str] = {}
         self.statement_text = 0  # characters in self.statements (MAX_PREPARED_TEXT)
         self.portals: dict[bytes, tuple[str, tuple[str | None, ...] | None]] = {}
+        # (name, the text it had before) of each Parse and statement Close the server has
+        # not confirmed yet (ParseComplete, CloseComplete), None at each Sync
+        self.undo: deque[tuple[bytes, str | None] | None] = deque()
         self.scanner = wire.ServerScanner(self)
         self.copy_in = False
         self.terminating = False
@@ -298,6 +374,7 @@ class Connection:
         self.limiting = False  # rows or bytes limits: the server's bytes are cut if over
         self.status = b"I"  # the server's transaction status at its last ReadyForQuery
         self.unsynced = False  # extended-protocol messages forwarded since the last Sync
+        self.flushed = False  # a Flush since then: the client waits for the answers
         self.skipping = False  # a refused Parse: drop client messages up to the Sync
         self.discard_rule: str | None = None  # over a limit: server bytes dropped until Z
         self.events: list[tuple[int, bytes | None]] = []  # cut (None) / resume, in a chunk
@@ -345,7 +422,7 @@ class Connection:
 
     def _refuse(self, code: str, text: str) -> None:
         self.client.write(wire.error_response(code, text))
-        self.close()
+        self.close(drop_unsent=True)
 
     def terminate(self, reason: str) -> None:
         """Revocation (from any thread): FATAL 57P01 with the reason, then close."""
@@ -360,7 +437,10 @@ class Connection:
             self.upstream.transport.abort()  # the client is gone: nothing left to deliver
         self.close()
 
-    def close(self) -> None:
+    def close(self, *, drop_unsent: bool = False) -> None:
+        """End both sides. ``drop_unsent``: the gateway ends it (revoked, refused, over a
+        limit), so client messages still in the database side's buffer are dropped, not
+        flushed: their records say interrupted, and they must not run after all."""
         if self.closed:
             return
         self.closed = True
@@ -380,6 +460,10 @@ class Connection:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._end_guardrails()
+        upstream = self.upstream
+        if drop_unsent and upstream is not None and upstream.transport is not None:
+            if upstream.transport.get_write_buffer_size():
+                upstream.transport.abort()
         for side in (self.client, self.upstream):
             if side is not None and side.transport is not None:
                 side.transport.close()
@@ -539,6 +623,18 @@ class Connection:
             elif kind == ord("E"):
                 self._upstream_refused(body)
             else:  # ParameterStatus, NoticeResponse, NegotiateProtocolVersion
+                guarded = self.session is not None and self.session.policy.restricts_statements
+                unsafe = _unsafe_setting(body, "is") if guarded and kind == ord("S") else None
+                if unsafe is not None:
+                    # the database's, role's or server's default: no statement could be
+                    # classified safely from the first one on
+                    assert self.session is not None
+                    self._refuse(
+                        "42501",
+                        f"the database's setting {unsafe}; role {self.session.role} has its "
+                        "statements checked, so it cannot be used through the gateway here",
+                    )
+                    raise _Closed
                 relayed += wire.message(bytes([kind]), body)
 
     async def _upstream_tls(self, side: _Side, up: Upstream) -> None:
@@ -656,6 +752,8 @@ class Connection:
                 if stop < end + 5:
                     raise wire.ProtocolError("invalid message length")
                 if stop > size:
+                    if wire.over_client_limit(data[end], stop - end - 1):
+                        raise wire.ProtocolError("a message longer than the server takes")
                     break
                 kind = data[end]
                 if kind == Q:  # _open, inlined
@@ -699,6 +797,10 @@ class Connection:
                 if kind in INSPECTED:
                     self._client_message(kind, bytes(buf[start:stop]))
                 end = stop
+            if len(buf) - end >= 5 and wire.over_client_limit(
+                buf[end], int(_UINT32.unpack_from(buf, end + 1)[0])
+            ):
+                raise wire.ProtocolError("a message longer than the server takes")
         except (wire.ProtocolError, struct.error):
             self._refuse("08P01", "invalid message from the client")
             return
@@ -716,32 +818,42 @@ class Connection:
         if kind == Q:
             self._open("query", body[:-1].decode(errors="replace"), None, simple=True)
         elif kind == P:
-            name, offset = wire.read_cstring(body, 0)
+            name, offset = _object_name(body, 0)
             query, _ = wire.read_cstring(body, offset)
             self._remember(name, query.decode(errors="replace"))
             self.unsynced = True
+            self.flushed = False
         elif kind == B:
-            portal, offset = wire.read_cstring(body, 0)
-            statement, offset = wire.read_cstring(body, offset)
+            portal, offset = _object_name(body, 0)
+            statement, offset = _object_name(body, offset)
             params = None if self.gateway.config.params == "none" else self._params(body, offset)
             self.portals[portal] = (self.statements.get(statement, ""), params)
             self.unsynced = True
+            self.flushed = False
         elif kind == E:
-            portal, _ = wire.read_cstring(body, 0)
+            portal, _ = _object_name(body, 0)
             sql, params = self.portals.get(portal, ("", None))
             self._open("execute", sql, params, simple=False)
             self.unsynced = True
+            self.flushed = False
         elif kind == S:
             self.pending.append(None)
+            self.undo.append(None)
             self.unsynced = False
+            self.flushed = False
+        elif kind == H:
+            self.flushed = True
         elif kind == F:
             self._open("function", f"function call, oid {wire.int32(body, 0)}", None, simple=True)
         elif kind == CLOSE:
-            name, _ = wire.read_cstring(body, 1)
+            name, _ = _object_name(body, 1)
             if body[:1] == b"S":
-                self.statement_text -= len(self.statements.pop(name, ""))
+                previous = self.statements.pop(name, None)
+                self.statement_text -= len(previous or "")
+                self.undo.append((name, previous))
             else:
                 self.portals.pop(name, None)
+                self.undo.append((b"", _NO_UNDO))  # its CloseComplete still comes
         elif kind == COPY_DATA:
             if self.copy_in and self.pending and self.pending[0] is not None:
                 self.pending[0].bytes_in += len(body)
@@ -751,7 +863,9 @@ class Connection:
             self.terminating = True
 
     def _remember(self, name: bytes, sql: str) -> None:
-        self.statement_text += len(sql) - len(self.statements.get(name, ""))
+        previous = self.statements.get(name)
+        self.undo.append((name, previous))
+        self.statement_text += len(sql) - len(previous or "")
         self.statements[name] = sql
         if self.statement_text > MAX_PREPARED_TEXT:
             raise _OverLimit(
@@ -762,6 +876,25 @@ class Connection:
                 "message), or reconnect",
             )
 
+    def _undo_unconfirmed(self) -> None:
+        """An error in an extended-protocol batch: the server skips to the Sync, so the
+        Parses and Closes it has not confirmed did nothing there; nor here. (Else a Parse
+        refused as a duplicate name, or skipped, would have the gateway record the next
+        Execute of that name with a text the server never ran.)"""
+        undo = self.undo
+        void: list[tuple[bytes, str | None]] = []
+        while undo and undo[0] is not None:
+            void.append(undo.popleft())  # type: ignore[arg-type]
+        for name, previous in reversed(void):
+            if previous is _NO_UNDO:
+                continue
+            self.statement_text -= len(self.statements.get(name, ""))
+            if previous is None:
+                self.statements.pop(name, None)
+            else:
+                self.statements[name] = previous
+                self.statement_text += len(previous)
+
     def _deallocated(self, sql: str, tag: bytes) -> None:
         """Forget the prepared statements a completed DEALLOCATE or DISCARD ALL dropped
         (psycopg, for one, deallocates with SQL): their text no longer counts."""
@@ -769,13 +902,11 @@ class Connection:
             self.statements.clear()
             self.statement_text = 0
         elif tag.startswith(b"DEALLOCATE"):
-            for match in _DEALLOCATE.finditer(sql):
-                name = match[1]
-                if name.startswith('"'):
-                    name = name[1:-1].replace('""', '"')
-                else:
-                    name = name.translate(_ASCII_LOWER)
-                self.statement_text -= len(self.statements.pop(name.encode(), ""))
+            # the names as the server's parser reads them (a regex also matched inside
+            # comments and strings, and made the gateway forget statements still there)
+            for name in deallocated_names(sql):
+                key = name.encode()[:MAX_NAME]
+                self.statement_text -= len(self.statements.pop(key, ""))
 
     def _params(self, body: bytes, offset: int) -> tuple[str | None, ...]:
         """Bind parameters as the policy shows them: "<n bytes>" or their text."""
@@ -800,7 +931,15 @@ class Connection:
             if redacted:
                 text = f"<{length} bytes>"
             else:
-                binary = (formats[index] if nformats > 1 else formats[0] if formats else 0) == 1
+                # one format per parameter, one for all, or none (text); another count is
+                # the server's error to give, not an IndexError here
+                binary = (
+                    formats[index]
+                    if index < nformats and nformats > 1
+                    else formats[0]
+                    if nformats == 1
+                    else 0
+                ) == 1
                 value = body[offset : offset + min(length, MAX_PARAM_TEXT)]  # no more decoded
                 text = ("\\x" + value.hex() if binary else value.decode(errors="replace"))[
                     :MAX_PARAM_TEXT
@@ -851,6 +990,10 @@ class Connection:
                 item = pending.popleft()
                 if item is not None:
                     self._record(item, "completed")
+                elif self.undo:  # a Sync's: what its batch left unconfirmed did nothing
+                    self._undo_unconfirmed()
+                    if self.undo and self.undo[0] is None:
+                        self.undo.popleft()
             if self.portals and not pending and not self.unsynced and body[:1] == b"I":
                 # every Bind seen came before this Sync and the transaction is over: the
                 # server has dropped the portals (none is holdable), so do we
@@ -860,7 +1003,7 @@ class Connection:
                 counted = wire.command_rows(body)
                 if counted is not None:
                     head.rows = (head.rows or 0) + counted
-                if self.statements and body[0] == 68:  # "D": DEALLOCATE, DISCARD (DELETE)
+                if self.statements and body[:1] == b"D":  # DEALLOCATE, DISCARD (DELETE)
                     self._deallocated(head.sql, bytes(body))
                 if not head.simple:
                     self._finish(head, "completed")
@@ -874,8 +1017,13 @@ class Connection:
             if head is not None and not head.simple:
                 head.rows = head.data_rows
                 self._finish(head, "completed")
+        elif kind == wire.PARSE_COMPLETE or kind == wire.CLOSE_COMPLETE:
+            if self.undo and self.undo[0] is not None:
+                self.undo.popleft()  # confirmed: it stays as it is now
         elif kind == wire.ERROR_RESPONSE:
             self.copy_in = False
+            if self.undo and (head is None or not head.simple):
+                self._undo_unconfirmed()
             if head is None:
                 return  # Parse/Bind/Describe without an Execute, or a FATAL at the end
             if head.sqlstate is None:
@@ -962,18 +1110,9 @@ class Connection:
     def _parameter_changed(self, body: bytes) -> None:
         """The backstop for what the text did not show (a function's SET): once the server
         lexes unlike our parser, no later statement can be classified, so end it."""
-        name, offset = wire.read_cstring(body, 0)
-        value, _ = wire.read_cstring(body, offset)
-        if (name == b"standard_conforming_strings" and value != b"on") or (
-            name == b"client_encoding" and unsafe_encoding(value.decode(errors="replace"))
-        ):
-            rule = guardrails.class_rule(guardrails.StatementClass.PARSER_SETTINGS)
-            self._refuse(
-                "42501",
-                f"terminating connection: {name.decode()} changed to "
-                f"{value.decode(errors='replace')}, which the gateway cannot parse safely "
-                f"(rule {rule})",
-            )
+        unsafe = _unsafe_setting(body, "changed to")
+        if unsafe is not None:
+            self._refuse("42501", f"terminating connection: {unsafe}")
 
     def _guard(self, kind: int, body: bytes) -> bytes | None:
         """None: forward the message; else what to send upstream instead (maybe nothing)."""
@@ -990,9 +1129,7 @@ class Connection:
         backlogged = self.records.backlogged
         if kind == F:
             sql = f"function call, oid {wire.int32(body, 0)}"
-            classes: frozenset[guardrails.StatementClass] | None = frozenset(
-                {guardrails.StatementClass.WRITE}  # by oid: what it does is not known
-            )
+            classes: frozenset[guardrails.StatementClass] | None = FUNCTION_CALL_CLASSES
         elif kind == Q:
             sql = body[:-1].decode(errors="replace")
             classes = None if backlogged else classify(sql)
@@ -1123,7 +1260,11 @@ class Connection:
             return
         loop = self.gateway.loop
         idle = loop.time() - self.last_active
-        if not self.pending and not self.unsynced and idle >= timeout:
+        # waiting for the server: a statement is pending and the client has asked for its
+        # answer (a Sync, a Flush, a simple Query); mid-batch without either, the server
+        # waits for the client, which is as idle as one between statements
+        waiting = bool(self.pending) and (self.flushed or not self.unsynced)
+        if not waiting and idle >= timeout:
             self._refuse(
                 "57P05",
                 f"terminating connection due to idle-session timeout of {timeout:g} s "

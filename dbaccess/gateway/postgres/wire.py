@@ -36,6 +36,8 @@ COPY_BOTH_RESPONSE = ord("W")
 DATA_ROW = ord("D")
 COPY_DATA = ord("d")
 PARAMETER_STATUS = ord("S")
+PARSE_COMPLETE = ord("1")
+CLOSE_COMPLETE = ord("3")
 NO_LIMIT = 1 << 62
 
 # The server messages whose body the scanner hands over (all short).
@@ -50,10 +52,26 @@ SCANNED = frozenset(
         COPY_OUT_RESPONSE,
         COPY_BOTH_RESPONSE,
         PARAMETER_STATUS,  # rare: a SET of a reported setting
+        PARSE_COMPLETE,  # the extended protocol's: a prepared statement's name is taken
+        CLOSE_COMPLETE,
     }
 )
 # ErrorResponse bodies are kept up to this size; the SQLSTATE field comes first anyway.
 MAX_SCANNED_BODY = 64 * 1024
+
+
+# PostgreSQL's own limits on a client message's length (postgres.c, SocketBackend): 1 GiB
+# for those that carry SQL or data, 10,000 bytes for the others. A message declaring more is
+# refused there as it comes; so here, before the gateway buffers it whole.
+LARGE_MESSAGE_LIMIT = 0x3FFFFFFF - 1
+SMALL_MESSAGE_LIMIT = 10_000
+_LARGE_KINDS = frozenset(b"QFPBd")
+
+
+def over_client_limit(kind: int, length: int) -> bool:
+    """A client message of type ``kind`` declaring ``length`` (its length field) is over
+    what the server would take."""
+    return length - 4 > (LARGE_MESSAGE_LIMIT if kind in _LARGE_KINDS else SMALL_MESSAGE_LIMIT)
 
 
 class ProtocolError(Exception):
@@ -182,7 +200,9 @@ def command_rows(body: bytes) -> int | None:
     """Rows in a CommandComplete tag ("SELECT 5", "INSERT 0 3", "COPY 10"); None for "BEGIN"."""
     tag = body.rstrip(b"\0")
     last = tag.rpartition(b" ")[2]
-    return int(last) if tag != last and last.isdigit() else None
+    # at most 20 digits (a 64-bit count): a longer "number" is no server's, and int()
+    # refuses one of over 4300 digits
+    return int(last) if tag != last and last.isdigit() and len(last) <= 20 else None
 
 
 class ScanHandler(Protocol):
