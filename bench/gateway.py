@@ -1,7 +1,8 @@
 """The gateway's speed (issue 14, point 7): ``pgbench -S`` at 1 and 8 clients straight to
-PostgreSQL, through PgBouncer (session mode) and through the gateway with auditing on; the
-gateway's CPU per transaction; p50 latency per statement at 1 client; a 1M-row SELECT and a
-COPY out through the gateway against direct.
+PostgreSQL, through PgBouncer (session mode), through a bare byte pipe on the gateway's event
+loop (the floor under any relay in this runtime) and through the gateway with auditing on; the
+gateway's CPU per transaction and its share above the pipe's; p50 latency per statement at
+1 client; a 1M-row SELECT and a COPY out through the gateway against direct.
 
     python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10] [--store URL | --no-store]
 
@@ -48,7 +49,9 @@ from dbaccess.sandbox.processes import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent
-PATHS = ("direct", "pgbouncer", "gateway")
+# "pipe": a bare Protocol byte pipe on the same event loop (bench/pipe_server.py), the
+# floor under any relay in this runtime, so the gateway's own share can be told apart
+PATHS = ("direct", "pgbouncer", "pipe", "gateway")
 BENCH_USER = "bench"
 
 
@@ -144,6 +147,21 @@ def start_gateway(
     return process, Endpoint("gateway", int(match.group(1)), user, secret)
 
 
+def start_pipe(pg_port: int, password: str) -> tuple[subprocess.Popen[str], Endpoint]:
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "pipe_server.py"), str(pg_port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.match(r"port (\d+)", line)
+    if not match:
+        raise SystemExit(f"the pipe did not start: {line!r}")
+    return process, Endpoint("pipe", int(match.group(1)), BENCH_USER, password)
+
+
 def pgbench(
     binary: str, endpoint: Endpoint, clients: int, seconds: int, logdir: Path
 ) -> tuple[float, int, list[float]]:
@@ -211,6 +229,7 @@ def main() -> None:
         postgres.start()
         bouncer: subprocess.Popen[bytes] | None = None
         gateway: subprocess.Popen[str] | None = None
+        pipe: subprocess.Popen[str] | None = None
         try:
             password = secrets.token_urlsafe(24)
             with postgres.connect() as admin:
@@ -229,8 +248,10 @@ def main() -> None:
             )
             store = None if args.no_store else args.store or f"sqlite:///{Path(tmp) / 'store.db'}"
             gateway, via_gateway = start_gateway(postgres.port, password, store)
+            pipe, via_pipe = start_pipe(postgres.port, password)
             endpoints = {
                 "direct": direct,
+                "pipe": via_pipe,
                 "pgbouncer": Endpoint("pgbouncer", bouncer_port, BENCH_USER, password),
                 "gateway": via_gateway,
             }
@@ -246,7 +267,11 @@ def main() -> None:
                 this: dict[tuple[str, int], float] = {}
                 for clients in (1, 8):
                     for name in order:
-                        pid = {"gateway": gateway.pid, "pgbouncer": bouncer.pid}.get(name)
+                        pid = {
+                            "gateway": gateway.pid,
+                            "pgbouncer": bouncer.pid,
+                            "pipe": pipe.pid,
+                        }.get(name)
                         before = cpu_seconds(pid) if pid else 0.0
                         got, done, latencies = pgbench(
                             pgbench_bin, endpoints[name], clients, args.seconds, logdir
@@ -278,6 +303,10 @@ def main() -> None:
                 records = gateway.stdout.read() if gateway.stdout else ""
                 gateway.wait(20)
                 print(f"gateway audit: {records.strip()}")
+            if pipe is not None:
+                assert pipe.stdin is not None
+                pipe.stdin.close()
+                pipe.wait(20)
             if bouncer is not None:
                 end_process(bouncer)
             postgres.stop()
@@ -317,6 +346,11 @@ def main() -> None:
     print(
         f"gateway CPU per transaction at 8 clients: {median(cpu_us['gateway', 8]):.1f} us"
         f" (target <= 25; PgBouncer's {median(cpu_us['pgbouncer', 8]):.1f} us)"
+    )
+    floor = median(cpu_us["pipe", 8])
+    print(
+        f"bare byte pipe on the same event loop: {floor:.1f} us per transaction at 8 clients;"
+        f" the gateway's own share above it: {median(cpu_us['gateway', 8]) - floor:.1f} us"
     )
     print(f"gateway/pgbouncer at 8 clients: {median(ratio8):.2f}")
 
