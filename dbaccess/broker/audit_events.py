@@ -26,6 +26,7 @@ AUDIT_EVENTS: tuple[str, ...] = (
     "breakglass.granted",
     "breakglass.denied",
     "review.closed",
+    "web.signed_in",
     "breakglass.drill_overdue",
     "reconcile.revoked",
     "notify.failed",

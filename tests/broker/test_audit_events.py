@@ -13,7 +13,7 @@ import dbaccess.broker
 from dbaccess.broker.audit_events import AUDIT_EVENTS
 from dbaccess.broker.services.breakglass import example_of
 
-_EVENT = re.compile(r"(session|request|breakglass|review|reconcile|notify)\.[a-z_]+")
+_EVENT = re.compile(r"(session|request|breakglass|review|reconcile|notify|web)\.[a-z_]+")
 
 
 def _recorded_events() -> set[str]:

@@ -87,6 +87,12 @@ def test_a_person_signs_in_and_comes_back_to_the_page_they_asked_for(
 
     shown = api.get(page)
     assert shown.status_code == 200 and "frank@example.com" in shown.text
+    # the sign-in is evidence too: who, from where, with which groups
+    dave = {"Authorization": f"Bearer {device_tokens(stack.idp, 'dave')['id_token']}"}
+    audited = api.get("/v1/audit", params={"type": "web.signed_in"}, headers=dave).json()
+    assert [(r["subject"], r["detail"]["groups"]) for r in audited] == [("frank", ["leads"])]
+    assert audited[0]["detail"]["email"] == "frank@example.com"
+    assert audited[0]["detail"]["source"]
     assert "alice@example.com" in shown.text and "Approve</button>" in shown.text
 
     # The code was used once: the same redirect again is refused by the provider, and

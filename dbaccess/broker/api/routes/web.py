@@ -361,10 +361,23 @@ async def callback(
             400,
         )
     log.info("web sign-in: %s", who.email or who.subject)
+    await run_in_threadpool(_audit_sign_in, request, who)
     response = RedirectResponse(pending.next, status_code=303, headers=SECURITY_HEADERS)
     _cookie(response, request, COOKIE, cookie, int(web_sessions.seconds))
     _forget(response, request, SIGN_IN_COOKIE)
     return response
+
+
+def _audit_sign_in(request: Request, who: Principal) -> None:
+    """``web.signed_in``: who opened a browser session, from where, with which groups. The
+    sign-in grants nothing by itself (each action is audited as the API's), so a store
+    that cannot take the record now does not stop it; the failure is logged."""
+    ctx = context(request)
+    detail = {"email": who.email, "groups": sorted(who.groups), **origin(request).detail()}
+    try:
+        ctx.store.record(ctx.clock(), "web.signed_in", who.subject, detail)
+    except Exception as exc:  # the store's own errors name no secret; the type is enough
+        log.warning("web sign-in of %s not audited: %s", who.subject, type(exc).__name__)
 
 
 async def form(request: Request) -> dict[str, str] | None:
