@@ -378,6 +378,7 @@ class Connection:
         self.skipping = False  # a refused Parse: drop client messages up to the Sync
         self.discard_rule: str | None = None  # over a limit: server bytes dropped until Z
         self.events: list[tuple[int, bytes | None]] = []  # cut (None) / resume, in a chunk
+        self.held_header = b""  # with limits: a header split by a chunk's end, not yet sent
         self.bytes_counted = 0  # of scanner.total, already added to the session's count
         self.last_active = 0.0  # loop time of the last client message or ReadyForQuery
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -1217,6 +1218,7 @@ class Connection:
         not forwarded; in their place the client gets the limit's error."""
         self.events.clear()
         dropping = self.discard_rule is not None
+        held, self.held_header = self.held_header, b""
         try:
             self.scanner.feed(data)
         except wire.ProtocolError:
@@ -1226,18 +1228,27 @@ class Connection:
         transport = self.client.transport
         if transport is None or self.closed:
             return
+        # A header this chunk's end cuts is held back until its message is known: should
+        # that row go over a limit, the cut falls before it, never inside it. Offsets are
+        # the scanner's, in ``data``; the held bytes come before them.
+        chunk = held + data if held else data
+        base = len(held)
+        end = len(chunk) - self.scanner.partial_header
         pos = 0
         for at, resume in self.events:
+            at += base
             if resume is None:  # cut
                 if not dropping and at > pos:
-                    transport.write(data[pos:at])
+                    transport.write(chunk[pos:at])
                 dropping = True
             else:
                 transport.write(resume)
                 dropping = False
             pos = at
-        if not dropping and pos < len(data):
-            transport.write(data[pos:] if pos else data)
+        if not dropping:
+            if pos < end:
+                transport.write(chunk[pos:end] if pos or end < len(chunk) else chunk)
+            self.held_header = chunk[max(pos, end) :]
 
     def _count_bytes(self) -> None:
         session = self.session

@@ -211,7 +211,8 @@ class ScanHandler(Protocol):
         included) went by since the previous call."""
 
     def on_limit(self, start: int, rows_exceeded: bool) -> None:
-        """A DataRow or CopyData at ``start`` of the current chunk went over ``row_limit``
+        """A DataRow or CopyData at ``start`` of the current chunk (negative: its header
+        began that many bytes before the chunk) went over ``row_limit``
         (rows since the previous SCANNED message) or ``byte_limit`` (``total`` bytes); both
         limits are off until set again."""
 
@@ -325,7 +326,8 @@ class ServerScanner:
                     pos += take
                 continue
             if self._header or size - pos < 5:
-                need = 5 - len(self._header)
+                carried = len(self._header)
+                need = 5 - carried
                 self._header += data[pos : pos + need]
                 pos += min(need, size - pos)
                 if len(self._header) < 5:
@@ -333,7 +335,9 @@ class ServerScanner:
                 kind = self._header[0]
                 length = int(_UINT32.unpack_from(self._header, 1)[0])
                 self._header.clear()
-                start = -1  # began in an earlier chunk, already forwarded
+                # began ``carried`` bytes before this chunk: a header split by the previous
+                # chunk's end, which a forwarder with limits held back (``partial_header``)
+                start = -carried
             else:
                 start = pos
                 kind = data[pos]
@@ -346,7 +350,7 @@ class ServerScanner:
             if kind == DATA_ROW or kind == COPY_DATA:
                 self._rows += 1
                 over_rows = self._rows > self._row_limit
-                if (over_rows or self._base + self._bytes > self._byte_limit) and start >= 0:
+                if over_rows or self._base + self._bytes > self._byte_limit:
                     rows_exceeded = over_rows
                     self.row_limit = self.byte_limit = NO_LIMIT
                     self._handler.on_limit(start, rows_exceeded)
@@ -367,6 +371,11 @@ class ServerScanner:
             else:
                 self._skip = body_length - (size - pos)
                 return
+
+    @property
+    def partial_header(self) -> int:
+        """Bytes of a message header at the end of what was fed, not complete yet."""
+        return len(self._header)
 
     def take(self) -> tuple[int, int]:
         """The DataRows and bytes counted since the last message handed over (for a statement
