@@ -105,6 +105,9 @@ def run_child(argv: list[str], env: Mapping[str, str]) -> int:
         for sig, old in previous.items():
             signal.signal(sig, old)
     if received:
+        # the clean-up follows (the caller's finally): a further signal must wait for it,
+        # not raise again from the handlers just put back
+        ignore_cleanup_signals()
         raise Terminated(received[0])
     return 128 - code if code < 0 else code
 
