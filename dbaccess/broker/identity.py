@@ -133,7 +133,9 @@ class TokenVerifier:
                 key=key,
                 algorithms=list(self._identity.algorithms),
                 audience=self._identity.accepted_audiences,
-                issuer=self._identity.issuer,
+                # the settings keep the issuer without a trailing "/"; a provider whose
+                # "iss" has one (Auth0) is the same issuer
+                issuer=[self._identity.issuer, self._identity.issuer + "/"],
                 leeway=self._identity.leeway,
                 options={"require": ["exp", "iss", "aud", "sub"], "verify_nbf": True},
             )
@@ -195,9 +197,19 @@ def _claim_text(claims: dict[str, Any], name: str, *, optional: bool = False) ->
     value = claims.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value.strip() or first_unsafe(value):
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > MAX_CLAIM
+        or first_unsafe(value)
+    ):
         raise InvalidToken(f"token has a malformed '{name}' claim")
     return value
+
+
+# The store keeps a subject or an email in 255 characters (RFC 5321 allows 254 for an
+# address): a longer claim is refused at the token, not by the store mid-request (a 500)
+MAX_CLAIM = 255
 
 
 def _groups(claims: dict[str, Any], claim: str) -> frozenset[str]:

@@ -220,10 +220,16 @@ class TargetReaper:
             return
         if rotation.due(target, target.rotate_every):
             try:
-                rotation.rotate(self.name, target)
-                log.info("rotated the provisioner password", extra={"target": self.name})
+                # due again under the lock: another worker may have rotated it just now
+                if rotation.rotate(self.name, target, only_if_due=target.rotate_every):
+                    log.info("rotated the provisioner password", extra={"target": self.name})
             except DbaccessError as exc:
                 log.error(
                     "rotating the provisioner password failed",
                     extra={"target": self.name, "error": exc.message},
+                )
+            except OSError as exc:  # the file's directory read-only (ProtectSystem=strict)
+                log.error(
+                    "rotating the provisioner password failed",
+                    extra={"target": self.name, "error": f"{exc.strerror}: {exc.filename}"},
                 )

@@ -113,3 +113,81 @@ def test_rotation_needs_a_password_file(rotating: Stack) -> None:
     result = broker("rotate-credential", "demo", "--config", str(rotating.broker_config))
     assert result.returncode == 3
     assert "rotation needs password_file" in result.stderr
+
+
+def _with_files(rotating: Stack, tmp_path: Path) -> Path:
+    """The stack's config with demo's provisioner password in demo.pw (the one in force)."""
+    current = rotating.provisioner_password
+    # an earlier test may have rotated it: the password in force is in the newest demo.pw
+    for earlier in sorted(tmp_path.parent.glob("*/demo.pw"), key=lambda p: p.stat().st_mtime):
+        current = earlier.read_text().strip()
+    text = rotating.broker_config.read_text().replace(
+        'password_env = "DBACCESS_SANDBOX_PROVISIONER_PASSWORD"', 'password_file = "demo.pw"', 1
+    )
+    config = tmp_path / "broker.toml"
+    config.write_text(text)
+    (tmp_path / "demo.pw").write_text(current + "\n")
+    os.chmod(tmp_path / "demo.pw", 0o600)
+    return config
+
+
+def _logs_in(rotating: Stack, password: str) -> bool:
+    try:
+        rotating.postgres.connect("demo", user=PROVISIONER, password=password).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def test_a_rotation_a_crash_cut_short_is_finished_not_lost(rotating: Stack, tmp_path: Path) -> None:
+    from dbaccess.broker.engines.postgres import admin
+
+    config = _with_files(rotating, tmp_path)
+    target = load_settings(config).targets["demo"]
+    old = (tmp_path / "demo.pw").read_text().strip()
+    # the crash: <file>.new written, the database changed, the file never replaced
+    staged = "staged-by-a-broker-that-died-0123456789"
+    (tmp_path / "demo.pw.new").write_text(staged + "\n")
+    admin.change_own_password("demo", target, old, staged)
+    assert not _logs_in(rotating, old) and _logs_in(rotating, staged)
+
+    result = broker("rotate-credential", "demo", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    now = (tmp_path / "demo.pw").read_text().strip()
+    assert now not in (old, staged) and _logs_in(rotating, now)
+    assert not (tmp_path / "demo.pw.new").exists()
+
+
+def test_a_staged_password_the_database_refuses_is_dropped(rotating: Stack, tmp_path: Path) -> None:
+    config = _with_files(rotating, tmp_path)
+    (tmp_path / "demo.pw.new").write_text("never-applied-anywhere-0123456789\n")
+    result = broker("rotate-credential", "demo", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert _logs_in(rotating, (tmp_path / "demo.pw").read_text().strip())
+    assert not (tmp_path / "demo.pw.new").exists()
+
+
+def test_a_change_whose_answer_is_lost_keeps_the_new_password(
+    rotating: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbaccess.broker import rotation
+    from dbaccess.broker.engines.postgres import admin
+    from dbaccess.errors import DatabaseError
+
+    config = _with_files(rotating, tmp_path)
+    target = load_settings(config).targets["demo"]
+    real = admin.change_own_password
+
+    def applied_then_timed_out(name: str, section: object, old: str, new: str) -> None:
+        real(name, section, old, new)  # type: ignore[arg-type]
+        raise DatabaseError("rotating the provisioner of 'demo' failed: timeout")
+
+    monkeypatch.setattr(admin, "change_own_password", applied_then_timed_out)
+    with pytest.raises(DatabaseError):
+        rotation.rotate("demo", target)
+    kept = tmp_path / "demo.pw.new"
+    assert kept.exists() and _logs_in(rotating, kept.read_text().strip())
+    monkeypatch.setattr(admin, "change_own_password", real)
+    assert rotation.rotate("demo", target)  # settles the kept one first, then rotates
+    assert _logs_in(rotating, (tmp_path / "demo.pw").read_text().strip())
+    assert not kept.exists()

@@ -25,6 +25,10 @@ from dbaccess.sandbox.stack import Stack
 pytestmark = pytest.mark.integration
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as shows  # noqa: E402
@@ -110,7 +114,22 @@ def wait(driver: Any) -> Any:
 def press(driver: Any, button: Any) -> None:
     """Click a form's button and wait for the page it leads to."""
     button.click()
-    wait(driver).until(shows.staleness_of(button))
+    wait(driver).until(lambda _d: gone(button))
+
+
+def gone(element: Any) -> bool:
+    """The element's page has been left. Chromium says so as a stale element, or, when
+    asked in the middle of the navigation, as "Node with given id does not belong to the
+    document" (an inspector error, not StaleElementReferenceException)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def button(driver: Any, label: str, within: Any = None) -> Any:

@@ -56,7 +56,9 @@ class BrokerContext:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
     ) -> BrokerContext:
-        replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # claimed_by is 64 characters: a cloud host name (49 and more) and a long pid
+        # would overflow it, and every claim would fail on a PostgreSQL store
+        replica = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return cls(
             settings=settings,
             store=store,

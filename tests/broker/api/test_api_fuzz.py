@@ -207,6 +207,11 @@ def test_sizes_beyond_their_bound_are_refused_before_anything_reads_them(
     assert answer.status_code == 422 and "request_id" in answer.json()["error"]["message"]
     answer = api.get("/v1/audit", params={"user": "x" * 321}, headers=_bearer(tokens["dave"]))
     assert answer.status_code == 422 and "user" in answer.json()["error"]["message"]
+    # a time whose UTC is before year 1: a clear 422, not the store's OverflowError (a 500)
+    answer = api.get(
+        "/v1/audit", params={"since": "0001-01-01T00:00:00+01:00"}, headers=_bearer(tokens["dave"])
+    )
+    assert answer.status_code == 422 and "since" in answer.json()["error"]["message"]
     # ... while an ordinary request still works.
     made = api.post("/v1/sessions", json={"target": "demo", "role": "readonly"}, headers=alice)
     assert made.status_code == 201, made.text

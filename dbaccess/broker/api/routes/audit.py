@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from dbaccess.broker.api.deps import PrincipalDep, ServiceDep
+from dbaccess.broker.services import refusals
 from dbaccess.wire import AuditEntry, InventoryReport
 
 # Records per page, by default and at most; the header with the next page's cursor.
@@ -48,6 +49,15 @@ def read_audit(
 ) -> list[AuditEntry]:
     """The newest records first; every filter applies before ``limit``. When older
     records match, the ``X-Next-Cursor`` header carries the cursor of the next page."""
+    if since is not None:
+        try:  # a time whose UTC falls outside years 1-9999 (0001-01-01T00:00+01:00)
+            since.astimezone(UTC) if since.tzinfo is not None else since
+        except OverflowError:
+            raise refusals.Invalid(
+                "invalid_request",
+                "since: the time is out of range",
+                "an ISO 8601 time, e.g. ?since=2026-12-01T00:00:00Z",
+            ) from None
     page = service.audit.page(
         who, limit=limit, since=since, user=user, target=target, event=type, before=before
     )

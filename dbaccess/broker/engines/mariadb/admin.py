@@ -62,3 +62,26 @@ def change_own_password(name: str, target: TargetSection, old: str, new: str) ->
         raise DatabaseError(
             f"rotating the provisioner of '{name}' failed: {exc.args[-1]}"
         ) from None
+
+
+ACCESS_DENIED = 1045
+
+
+def logs_in(name: str, target: TargetSection, password: str) -> bool | None:
+    """Whether the provisioner logs in with ``password``: True, False (refused: 1045), or
+    None when it cannot be told now (the server is unreachable, another error)."""
+    try:
+        pymysql.connect(
+            host=target.host,
+            port=target.port,
+            user=target.provisioner.user,
+            password=password,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=CALL_TIMEOUT,
+            write_timeout=CALL_TIMEOUT,
+        ).close()
+    except pymysql.err.OperationalError as exc:
+        return False if exc.args and exc.args[0] == ACCESS_DENIED else None
+    except pymysql.err.Error:
+        return None
+    return True

@@ -59,3 +59,30 @@ def change_own_password(name: str, target: TargetSection, old: str, new: str) ->
         raise DatabaseError(
             f"rotating the provisioner of '{name}' failed: {str(exc).strip().splitlines()[0]}"
         ) from None
+
+
+def logs_in(name: str, target: TargetSection, password: str) -> bool | None:
+    """Whether the provisioner logs in with ``password``: True, False (refused: 28P01), or
+    None when it cannot be told now (the server is unreachable, another error)."""
+    try:
+        with (
+            WATCHDOG.watch(CALL_TIMEOUT) as deadline,
+            psycopg.connect(
+                host=target.host,
+                port=target.port,
+                dbname=target.database,
+                user=target.provisioner.user,
+                password=password,
+                sslmode=target.sslmode,
+                sslrootcert=ssl_root(target),
+                connect_timeout=int(CONNECT_TIMEOUT),
+                autocommit=True,
+            ) as conn,
+        ):
+            deadline.attach(conn)
+            return True
+    except psycopg.OperationalError as exc:
+        refused = exc.sqlstate == "28P01" or "password authentication failed" in str(exc)
+        return False if refused else None
+    except psycopg.Error:
+        return None
