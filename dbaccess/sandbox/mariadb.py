@@ -60,7 +60,8 @@ class MariaDBServer:
         tmpdir.mkdir(mode=0o700, exist_ok=True)
         env = {**os.environ, "TMPDIR": str(tmpdir)}
         hand_over(self.workdir, self._user)
-        make_traversable(self.workdir)
+        if self._user:  # a service account runs the server: it must reach its directory
+            make_traversable(self.workdir)
         install = find_binary("mariadb-install-db", "/usr/bin/mariadb-install-db")
         user_flag = [f"--user={self._user}"] if self._user else []
         result = subprocess.run(

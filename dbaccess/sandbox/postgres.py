@@ -61,7 +61,8 @@ class PostgresServer:
         pwfile.write_text(self.admin_password + "\n")
         os.chmod(pwfile, 0o600)
         hand_over(self.workdir, self._user)
-        make_traversable(self.workdir)
+        if self._user:  # a service account runs the server: it must reach its directory
+            make_traversable(self.workdir)
         initdb = find_binary("initdb", PG_BIN_GLOB + "initdb")
         try:
             result = subprocess.run(

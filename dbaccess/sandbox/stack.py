@@ -356,7 +356,10 @@ class Stack:
             admin.close()
 
     def _write_broker_config(self) -> None:
+        # the broker's store, logs, webhook log and cookie key: this user's only (the
+        # working directory's parents may be open to the servers' service accounts)
         self.broker_config.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.broker_config.parent, 0o700)
         self.broker_config.write_text(
             BROKER_TOML.format(
                 reaper_interval=self.reaper_interval,
