@@ -454,6 +454,19 @@ class TargetSection(_Section):
         return value
 
     @model_validator(mode="after")
+    def _sslmode_the_engine_honours(self) -> TargetSection:
+        from dbaccess.broker.engines.registry import SSLMODES
+
+        honoured = SSLMODES.get(self.engine)
+        if honoured is not None and self.sslmode not in honoured:
+            raise ValueError(
+                f"sslmode '{self.sslmode}' is not supported by engine '{self.engine}' yet: "
+                "its connections do not use TLS, and would go in clear text; set one of "
+                f"{', '.join(sorted(honoured))}, with the database on a trusted network"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rotation_needs_a_file(self) -> TargetSection:
         if self.rotate_every is not None and self.provisioner.password_file is None:
             raise ValueError(

@@ -224,3 +224,20 @@ def test_named_groups_are_every_group_list_of_the_config(tmp_path: Path) -> None
     )
     settings = load_settings(write(tmp_path, text))
     assert settings.named_groups() == {"dev", "leads", "audit", "oncall", "security"}
+
+
+MARIADB = GOOD.replace('engine = "postgres"', 'engine = "mariadb"').replace("5432", "3306")
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
+def test_a_tls_sslmode_the_engine_cannot_honour_is_refused(tmp_path: Path, mode: str) -> None:
+    # MariaDB's connections do not use TLS yet: a verify-full there would be clear text
+    text = MARIADB.replace("port = 3306", f'port = 3306\nsslmode = "{mode}"', 1)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, text))
+    assert "sslmode" in str(refused.value) and "clear text" in str(refused.value)
+    for allowed in ("disable", "prefer"):
+        ok = MARIADB.replace("port = 3306", f'port = 3306\nsslmode = "{allowed}"', 1)
+        assert load_settings(write(tmp_path, ok)).targets["demo"].sslmode == allowed
+    postgres = GOOD.replace("port = 5432", f'port = 5432\nsslmode = "{mode}"', 1)
+    assert load_settings(write(tmp_path, postgres)).targets["demo"].sslmode == mode

@@ -11,3 +11,10 @@ ENGINES: dict[str, str] = {
     "postgres": "dbaccess.broker.engines.postgres",
     "mariadb": "dbaccess.broker.engines.mariadb",
 }
+
+# The sslmode values an engine's connections honour, where not all of libpq's: a mode that
+# promises TLS the driver calls do not make would connect in clear text unawares, so the
+# settings refuse it. (MariaDB's calls have no TLS yet: "prefer" and below only.)
+SSLMODES: dict[str, frozenset[str]] = {
+    "mariadb": frozenset({"disable", "allow", "prefer"}),
+}
