@@ -34,6 +34,10 @@ from dbaccess.text import one_line
 log = logging.getLogger("dbaccess.broker.oncall")
 
 FAILURE_LOG_INTERVAL = 60.0  # seconds between two warnings about one source
+# After a failed fetch, the source is taken as unavailable for this long without asking it
+# again: else every look-up (any user's request) would wait for its own failing fetch, one
+# after another under the source's lock, and a few dozen requests fill every worker thread.
+FAILURE_BACKOFF = 10.0
 MAX_FEED_BYTES = 16 * 1024 * 1024  # a feed larger than this is refused, not parsed
 _MARGIN = timedelta(days=1)
 
@@ -72,6 +76,7 @@ class _Feed:
         self._calendar: Any = None
         self._fetched = -1e18  # monotonic time of the copy in _calendar
         self._failure_logged = -1e18
+        self._failed: tuple[float, str] = (-1e18, "")  # the last failure: when, and why
 
     def calendar(self) -> Any:
         """The parsed calendar not older than max_age, or SourceUnavailable."""
@@ -80,13 +85,24 @@ class _Feed:
             if time.monotonic() - self._fetched <= max_age:
                 return self._calendar
             self._calendar = None  # a stale copy is never used
+            self.not_failing_lately()
             try:
                 self._calendar = _parse(self._fetch(self.source))
             except SourceUnavailable as exc:
-                self._log_failure(str(exc))
+                self.failed(str(exc))
                 raise
             self._fetched = time.monotonic()
             return self._calendar
+
+    def not_failing_lately(self) -> None:
+        """SourceUnavailable at once, without a fetch, within FAILURE_BACKOFF of a failure."""
+        at, why = self._failed
+        if time.monotonic() - at < FAILURE_BACKOFF:
+            raise SourceUnavailable(why)
+
+    def failed(self, why: str) -> None:
+        self._failed = (time.monotonic(), why)
+        self._log_failure(why)
 
     def _log_failure(self, why: str) -> None:
         now = time.monotonic()
@@ -336,10 +352,11 @@ class _OnCalls:
             if time.monotonic() - self._fetched <= self.source.max_age.total_seconds():
                 return self._found
             self._found = []  # a stale copy is never used
+            self._failure.not_failing_lately()
             try:
                 entries = self._fetch(self.source)
             except SourceUnavailable as exc:
-                self._failure._log_failure(str(exc))
+                self._failure.failed(str(exc))
                 raise
             self._found = _pagerduty_occurrences(
                 self.source, entries, datetime.now(UTC).replace(microsecond=0)

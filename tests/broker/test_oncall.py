@@ -320,3 +320,25 @@ def test_rule_oncall_is_checked(change: dict[str, object], message: str) -> None
 def test_a_source_is_checked(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OncallSource.model_validate({"name": "primary", **values})
+
+
+def test_a_failing_source_is_not_asked_again_for_every_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # any user's request looks the source up: while it fails, each would wait for a fetch
+    # of its own, one after another under the source's lock, and fill the worker threads
+    asked: list[float] = []
+
+    def failing(_source: OncallSource) -> bytes:
+        asked.append(time.monotonic())
+        raise oncall.SourceUnavailable("the feed answered HTTP 500")
+
+    schedules = Schedules([source(tmp_path / "feed.ics")], fetch=failing)
+    for _ in range(50):
+        assert schedules.shift("primary", "a@example.com", at("2026-10-20")) is None
+    assert len(asked) == 1
+    # once the backoff has passed, it is asked again (and back in use when it answers)
+    clock = time.monotonic() + oncall.FAILURE_BACKOFF + 1
+    monkeypatch.setattr(oncall.time, "monotonic", lambda: clock)
+    assert schedules.shift("primary", "a@example.com", at("2026-10-20")) is None
+    assert len(asked) == 2
