@@ -133,6 +133,19 @@ class SessionService:
             raise refusals.Denied("denied", decision.explanation)
         if decision.approvals_required and request is None:
             return self.approvals.open(principal, body, decision, origin)
+        if request is not None and decision.approvals_required and (
+            request.rule != decision.rule or len(request.approvals) < decision.approvals_required
+        ):
+            # the policy changed since the approvals (another rule or tier now, or more
+            # approvers): what they approved is not what the policy asks for now, as a
+            # renewal would also find
+            raise refusals.Denied(
+                "approval_required",
+                f"rule '{decision.rule}' now needs {decision.approvals_required} approval(s) "
+                f"from {', '.join(decision.approver_groups)}, which request {request.id} "
+                "does not have",
+                f"ask again: dbaccess connect {body.target} --role {body.role} --reason TEXT",
+            )
         return self.issuer.issue(
             principal,
             target_name=body.target,

@@ -570,3 +570,38 @@ def test_a_second_account_of_the_same_person_neither_approves_nor_reviews(
         json={"note": "all fine"},
     )
     assert review.status_code == 403 and error(review)["code"] == "self_review"
+
+
+def test_an_approval_the_policy_has_outgrown_since_does_not_redeem(
+    api: TestClient,
+    tokens: dict[str, str],
+    stack: Stack,
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = api.post("/v1/sessions", headers=as_(tokens, "alice"), json=WANT).json()
+    rid, needed = made["id"], made["approvals_required"]
+    for approver in ("erin", "frank")[:needed]:
+        approved = api.post(f"/v1/requests/{rid}/approve", headers=as_(tokens, approver))
+        assert approved.status_code == 200, approved.text
+    assert api.get(f"/v1/requests/{rid}", headers=as_(tokens, "alice")).json()["state"] == (
+        "approved"
+    )
+    # then the rule is tightened (a reload): one approval more than it had
+    settings = _settings(stack, tmp_path / "api.db")
+    tighter = [
+        r.model_copy(update={"approvals": r.approvals + 1}) if r.approvals else r
+        for r in settings.rules
+    ]
+    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
+    app = create_app(settings.model_copy(update={"rules": tighter}), store=store, run_reaper=False)
+    before = set(stack.managed_users())
+    with TestClient(app) as now:
+        used = now.post(
+            "/v1/sessions", headers=as_(tokens, "alice"), json={**WANT, "request_id": rid}
+        )
+    assert used.status_code == 403, used.text
+    assert error(used)["code"] == "approval_required"
+    assert f"now needs {needed + 1} approval(s)" in error(used)["message"]
+    assert set(stack.managed_users()) == before  # no user was made for it
