@@ -35,6 +35,11 @@ def upgrade(engine: sa.Engine) -> None:
         if engine.dialect.name == "postgresql":
             # a migration rewrites whole tables: not bound by [broker] store_statement_timeout
             conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            # Every process opening the store upgrades it (replicas, gateways, the CLI):
+            # one at a time, the writers' own lock, so the later ones find the schema at
+            # head and writers never write into a half-migrated one. (SQLite: BEGIN
+            # IMMEDIATE, from the begin event, already takes its write lock.)
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

@@ -4,13 +4,18 @@ the one ``alembic revision --autogenerate`` uses)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from dbaccess.broker.store import metadata, upgrade
+from dbaccess.sandbox.stack import Stack
 
 
 def test_a_migrated_store_matches_the_declared_schema(tmp_path: Path) -> None:
@@ -41,3 +46,34 @@ def test_the_comparison_sees_a_missing_column(tmp_path: Path) -> None:
     assert [(d[0], d[3].name) for d in differences if d[0] == "add_column"] == [
         ("add_column", "not_migrated")
     ]
+
+
+@pytest.mark.integration
+def test_processes_opening_a_new_postgresql_store_at_once_migrate_it_once(
+    stack: Stack,
+) -> None:
+    # replicas, gateways and the CLI all upgrade the store they open: started together on
+    # a new store, none may fail on a table another one is creating
+    pg = stack.postgres
+    database = f"store_{uuid.uuid4().hex[:8]}"
+    with pg.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    url = f"postgresql+psycopg://{pg.admin_user}:{pg.admin_password}@127.0.0.1:{pg.port}/{database}"
+    code = (
+        "import sys\n"
+        "from dbaccess.broker.store import Store\n"
+        "Store(sys.argv[1]).close()\n"
+        "print('opened')\n"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [run.communicate(timeout=120) for run in runs]
+    for run, (out, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0 and out.strip() == b"opened", err.decode()[-2000:]
+    with pg.connect(database) as conn:
+        versions = conn.execute("SELECT count(*) FROM alembic_version").fetchone()
+    assert versions == (1,)
