@@ -167,7 +167,7 @@ class Approvals:
         approve or deny. Requests past their deadline are expired first."""
         self.expire()
         if mine:
-            found = [r for r in self.ctx.store.requests() if r.subject == principal.subject]
+            found = self.ctx.store.requests(subject=principal.subject)
         else:
             found = [
                 r

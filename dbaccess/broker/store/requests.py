@@ -139,10 +139,14 @@ class Requests(AuditTrail):
             ).first()
         return None if row is None else ApprovalRequest.from_row(row)
 
-    def requests(self, *, states: tuple[str, ...] | None = None) -> list[ApprovalRequest]:
+    def requests(
+        self, *, states: tuple[str, ...] | None = None, subject: str | None = None
+    ) -> list[ApprovalRequest]:
         query = sa.select(approval_requests).order_by(approval_requests.c.created_at)
         if states is not None:
             query = query.where(approval_requests.c.state.in_(states))
+        if subject is not None:  # one person's: filtered by the database, not in Python
+            query = query.where(approval_requests.c.subject == subject)
         with self.engine.connect() as conn:
             return [ApprovalRequest.from_row(row) for row in conn.execute(query)]
 
