@@ -8,7 +8,9 @@ module loops over the targets and words what they find."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from dbaccess.broker.engines import checks_for
 from dbaccess.broker.engines.base import LoginFailed, TargetUnreachable, first_few
@@ -150,3 +152,64 @@ def target_warnings(name: str, target: TargetSection) -> list[str]:
     """Each engine's other warnings about a bootstrapped target (PostgreSQL: the large
     objects a revocation would unlink, or cannot reach)."""
     return checks_for(target.engine).target_warnings(name, target)
+
+
+# The settings' fields that name a file holding a secret (certificates and CAs are not)
+SECRET_FILE_FIELDS = frozenset(
+    {
+        "store_password_file",
+        "password_file",
+        "token_file",
+        "client_secret_file",
+        "cookie_key_file",
+        "tls_key_file",
+        "key_file",
+    }
+)
+
+
+def open_secret_files(settings: Settings) -> list[str]:
+    """Warnings for secret files that others on the host can read (group or world bits),
+    or that another user owns (and so can change): the cookie key forges any web session,
+    the provisioner's password mints database users."""
+    import stat
+
+    from pydantic import BaseModel
+
+    found: list[tuple[str, Path]] = []
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                item = getattr(value, name)
+                if name in SECRET_FILE_FIELDS and isinstance(item, Path):
+                    found.append((f"{where}{name}", item))
+                else:
+                    walk(item, f"{where}{name}.")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}{key}.")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(item, f"{where}{index}.")
+
+    walk(settings, "")
+    warnings = []
+    for key, path in sorted(found):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # missing: generated at first use (0600), or the check names it
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            warnings.append(
+                f"{key}: {path} is readable by others (mode {mode:04o}); chmod 600 {path}, "
+                "owned by the user the broker runs as (or deliver it with systemd's "
+                "LoadCredential=)"
+            )
+        elif info.st_uid not in (os.geteuid(), 0):
+            warnings.append(
+                f"{key}: {path} belongs to uid {info.st_uid}, not to the user the broker "
+                "runs as: that user can change the secret"
+            )
+    return warnings

@@ -175,6 +175,7 @@ def check_config(
     group role can write."""
     from dbaccess.broker.checks import (
         check_target,
+        open_secret_files,
         read_only_warnings,
         server_settings,
         shared_servers,
@@ -190,7 +191,7 @@ def check_config(
             server_tls(settings.gateway)
         except ConfigError as exc:
             raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
-    for warning in shared_servers(settings):
+    for warning in [*shared_servers(settings), *open_secret_files(settings)]:
         typer.echo(f"warning: {config}: {warning}", err=True)
     if not offline:
         problems = [

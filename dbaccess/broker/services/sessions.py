@@ -133,8 +133,13 @@ class SessionService:
             raise refusals.Denied("denied", decision.explanation)
         if decision.approvals_required and request is None:
             return self.approvals.open(principal, body, decision, origin)
-        if request is not None and decision.approvals_required and (
-            request.rule != decision.rule or len(request.approvals) < decision.approvals_required
+        if (
+            request is not None
+            and decision.approvals_required
+            and (
+                request.rule != decision.rule
+                or len(request.approvals) < decision.approvals_required
+            )
         ):
             # the policy changed since the approvals (another rule or tier now, or more
             # approvers): what they approved is not what the policy asks for now, as a
