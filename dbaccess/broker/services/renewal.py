@@ -20,7 +20,7 @@ from dbaccess.broker.services.context import BrokerContext, Origin
 from dbaccess.broker.services.issuer import ceil_second
 from dbaccess.broker.services.target_guard import TargetGuard
 from dbaccess.broker.services.views import session_fields
-from dbaccess.broker.store import Lease
+from dbaccess.broker.store import Conflict, Lease
 from dbaccess.durations import format_duration
 from dbaccess.gateway.credentials import rebind_verifier
 from dbaccess.wire import SessionRenew, SessionRenewed
@@ -126,14 +126,19 @@ class Renewal:
             ) from None
         except EngineError as exc:
             raise refusals.TargetFailed("database_error", str(exc)) from None
-        renewed = self.ctx.store.renew(
-            lease_id,
-            now,
-            expires_at,
-            principal.subject,
-            {**basis.detail(), **(origin or Origin()).detail()},
-            gateway_verifier=self._rebound(lease, expires_at),
-        )
+        try:
+            renewed = self.ctx.store.renew(
+                lease_id,
+                now,
+                expires_at,
+                principal.subject,
+                {**basis.detail(), **(origin or Origin()).detail()},
+                gateway_verifier=self._rebound(lease, expires_at),
+            )
+        except Conflict as exc:  # revoked meanwhile: its user is being dropped anyway
+            raise refusals.Conflict(
+                "not_active", str(exc), f"start a new one: dbaccess connect {lease.target}"
+            ) from None
         if lease.kind == "breakglass":  # loud, like the opening
             label = "DRILL: break-glass" if lease.drill else "BREAK-GLASS"
             self.ctx.notifier.send(

@@ -218,17 +218,21 @@ class Leasing(AuditTrail):
         *,
         gateway_verifier: str | None = None,
     ) -> Lease:
-        """The new expiry; for a gateway session, with its verifier bound to it again."""
+        """The new expiry; for a gateway session, with its verifier bound to it again.
+        Conflict when the lease is no longer active (a revocation came first): then nothing
+        is written, no session.renewed either."""
         changes: dict[str, Any] = {"expires_at": expires_at}
         if gateway_verifier is not None:
             changes["gateway_verifier"] = gateway_verifier
         with self._write() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).one()
-            conn.execute(
+            changed = conn.execute(
                 leases.update()
                 .where(leases.c.id == lease_id, leases.c.state == "active")
                 .values(**changes)
             )
+            if changed.rowcount == 0:
+                raise Conflict(f"session {lease_id} is {row.state}, no longer active")
             self._append_audit(
                 conn,
                 now,

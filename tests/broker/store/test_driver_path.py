@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dbaccess.broker.store import Lease, Store
+from dbaccess.broker.store import Conflict, Lease, Store
 from dbaccess.broker.store.audit_chain import raw_records, verify
 from dbaccess.sandbox.stack import Stack
 
@@ -121,3 +121,14 @@ def test_a_failing_statement_rolls_back_the_whole_write_and_the_next_one_works(
     lease = store.activate(_open(store, now, now + timedelta(hours=1)), now)
     assert store.get(lease.id) == lease
     assert verify(raw_records(store)).ok and verify(raw_records(store)).records == 2
+
+
+def test_a_renewal_after_a_revocation_began_changes_and_records_nothing(store: Store) -> None:
+    now = datetime.now(UTC)
+    lease = store.activate(_open(store, now, now + timedelta(hours=1)), now)
+    store.begin_revoke(lease.id, now, "revoked")
+    with pytest.raises(Conflict, match="no longer active"):
+        store.renew(lease.id, now, now + timedelta(hours=2), "alice")
+    after = store.get(lease.id)
+    assert after is not None and after.expires_at == lease.expires_at
+    assert "session.renewed" not in [r.event for r in store.audit_records()]
