@@ -187,6 +187,10 @@ class BatchingWriter:
         self._closed = False
         self._flushing = False
         self.lost = 0  # records a failing sink never took before close
+        # refusals *because* records cannot be written, past twice max_unwritten: counted,
+        # not recorded (none of those statements ran, and a record each would grow the
+        # very backlog they answer, as fast as a client pipelines statements)
+        self.unrecorded_refusals = 0
         self._added = 0
         self._done = 0  # delivered or lost
         self._thread = threading.Thread(target=self._run, name="gateway-records", daemon=True)
@@ -215,6 +219,14 @@ class BatchingWriter:
         if len(pending) == self._max_batch:
             with self._cond:
                 self._cond.notify()
+
+    def room_for_refusal(self) -> bool:
+        """Whether a refusal for the backlog may still be recorded (the caller's thread);
+        False counts it in ``unrecorded_refusals`` instead."""
+        if self._added - self._done <= 2 * self._max_unwritten:
+            return True
+        self.unrecorded_refusals += 1
+        return False
 
     def flush(self, timeout: float = 10) -> bool:
         """Wait until every record added so far is delivered (tests, shutdown)."""
@@ -262,7 +274,14 @@ class BatchingWriter:
                     self._cond.notify_all()
                 if self.backlogged and self._added - self._done <= self._max_unwritten // 2:
                     self.backlogged = False
-                    log.warning("statement records are written again: statements run again")
+                    skipped, self.unrecorded_refusals = self.unrecorded_refusals, 0
+                    log.warning(
+                        "statement records are written again: statements run again%s",
+                        f" ({skipped} refusals while the store was unreachable were counted,"
+                        " not recorded: none of those statements ran)"
+                        if skipped
+                        else "",
+                    )
             if closing and not more:
                 return
 

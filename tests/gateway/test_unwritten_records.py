@@ -115,3 +115,31 @@ def test_the_batch_a_failing_store_holds_counts_as_unwritten() -> None:
 def fields(n: int) -> tuple[object, ...]:
     return ("lease", "alice", "demo", "readonly", "query", f"SELECT {n}", "none", None,
             1_700_000_000_000_000_000, 1000, 1, 10, 0, None, "completed", 1, None)  # fmt: skip
+
+
+def test_refusals_past_twice_the_limit_are_counted_not_recorded(
+    gateway: RunningGateway, stalled: tuple[StalledSink, BatchingWriter]
+) -> None:
+    # each refusal would be a record of its own, growing the backlog it answers as fast
+    # as a client can pipeline statements: past twice the limit they are only counted
+    sink, writer = stalled
+    session = gateway.new_session()
+    with psycopg.connect(gateway.dsn(session), autocommit=True) as conn:
+        sink.stalled.set()
+        for n in range(LIMIT * 6):
+            try:
+                conn.execute(f"SELECT {n}")
+            except psycopg.errors.InsufficientResources:
+                pass
+        assert writer.unrecorded_refusals >= LIMIT * 6 - 2 * LIMIT - 2
+        sink.stalled.clear()
+        assert writer.flush(10)
+        deadline = time.monotonic() + 5
+        while writer.backlogged:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert writer.unrecorded_refusals == 0  # said in the recovery's log line, then reset
+    records = sink.for_lease(session.session.lease_id)
+    assert len(records) <= 2 * LIMIT + 1  # bounded, whatever the client sent
+    ran = [r for r in records if r.status != "refused"]
+    assert len(ran) == len(gateway.server_statements(session))  # every statement run is there

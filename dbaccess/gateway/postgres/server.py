@@ -156,6 +156,8 @@ class GatewayConfig:
 class RecordWriter(Protocol):
     backlogged: bool  # too many records unwritten: new statements are refused
 
+    def room_for_refusal(self) -> bool: ...
+
     def add(self, record: StatementRecord) -> None: ...
 
     def add_fields(self, record: StatementRecord | RecordFields) -> None: ...
@@ -1165,7 +1167,8 @@ class Connection:
                 self._remember(name, sql)  # for the records of its skipped Executes
                 return wire.message(b"P", wire.cstring(name.decode()) + text + b"\0\0")
             return wire.message(b"Q", text)
-        self._record(item, "completed")
+        if refusal is not UNRECORDED or self.records.room_for_refusal():
+            self._record(item, "completed")
         error = wire.error_response(refusal.sqlstate, refusal.message, severity="ERROR")
         if simple:
             self.client.write(error + wire.message(b"Z", self.status))
