@@ -174,26 +174,13 @@ def open_secret_files(settings: Settings) -> list[str]:
     the provisioner's password mints database users."""
     import stat
 
-    from pydantic import BaseModel
+    from dbaccess.broker.settings import fields_named
 
-    found: list[tuple[str, Path]] = []
-
-    def walk(value: object, where: str) -> None:
-        if isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                item = getattr(value, name)
-                if name in SECRET_FILE_FIELDS and isinstance(item, Path):
-                    found.append((f"{where}{name}", item))
-                else:
-                    walk(item, f"{where}{name}.")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{where}{key}.")
-        elif isinstance(value, (list, tuple)):
-            for index, item in enumerate(value):
-                walk(item, f"{where}{index}.")
-
-    walk(settings, "")
+    found = [
+        (key, path)
+        for key, path in fields_named(settings, SECRET_FILE_FIELDS.__contains__)
+        if isinstance(path, Path)
+    ]
     warnings = []
     for key, path in sorted(found):
         try:

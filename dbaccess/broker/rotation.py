@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 
 from dbaccess.broker.secrets import new_password
 from dbaccess.broker.settings import TargetSection
@@ -101,7 +102,7 @@ def due(target: TargetSection, every: timedelta) -> bool:
     return time.time() - file.stat().st_mtime >= every.total_seconds()
 
 
-def _admin(target: TargetSection):  # type: ignore[no-untyped-def]
+def _admin(target: TargetSection) -> ModuleType:
     from dbaccess.broker.engines import engine_part
 
     return engine_part(target.engine, "admin")

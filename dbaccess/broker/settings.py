@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -1010,6 +1011,33 @@ class InventorySection(_Section):
         return account in self.allow or f"{target}:{account}" in self.allow
 
 
+def fields_named(
+    model: BaseModel, wanted: Callable[[str], bool], where: str = ""
+) -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of every field at any depth whose name is ``wanted`` (not looked
+    inside), through sections, lists and tables: for checks over every setting of a kind
+    (groups, secret files), which a setting added later cannot escape."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if wanted(name):
+            yield f"{where}{name}", value
+        else:
+            yield from _fields_in(value, wanted, f"{where}{name}.")
+
+
+def _fields_in(
+    value: object, wanted: Callable[[str], bool], where: str
+) -> Iterator[tuple[str, object]]:
+    if isinstance(value, BaseModel):
+        yield from fields_named(value, wanted, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _fields_in(item, wanted, f"{where}{key}.")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _fields_in(item, wanted, f"{where}{index}.")
+
+
 class Settings(_Section):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     identity: IdentitySection
@@ -1028,25 +1056,12 @@ class Settings(_Section):
         """Every group the config names (the fields called ``groups`` or ``*_groups``, at
         any depth): the only groups a decision can turn on. Found by walking the model, so
         a group setting added later is not forgotten here."""
-        found: set[str] = set()
-
-        def walk(value: object) -> None:
-            if isinstance(value, BaseModel):
-                for name in type(value).model_fields:
-                    item = getattr(value, name)
-                    if (name == "groups" or name.endswith("_groups")) and isinstance(item, list):
-                        found.update(str(group) for group in item)
-                    else:
-                        walk(item)
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    walk(item)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    walk(item)
-
-        walk(self)
-        return frozenset(found)
+        return frozenset(
+            str(group)
+            for _, groups in fields_named(self, lambda n: n == "groups" or n.endswith("_groups"))
+            if isinstance(groups, list)
+            for group in groups
+        )
 
     def limit(self, target: str, key: str) -> tuple[int, str]:
         """The value of limits key ``key`` for ``target``, and the setting it comes from

@@ -41,18 +41,23 @@ def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: 
         admin.close()
 
 
+def _as_provisioner(target: TargetSection, password: str) -> pymysql.connections.Connection:
+    """A connection as the target's provisioner with ``password`` (autocommit)."""
+    return pymysql.connect(
+        host=target.host,
+        port=target.port,
+        user=target.provisioner.user,
+        password=password,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=CALL_TIMEOUT,
+        write_timeout=CALL_TIMEOUT,
+        autocommit=True,
+    )
+
+
 def change_own_password(name: str, target: TargetSection, old: str, new: str) -> None:
     try:
-        conn = pymysql.connect(
-            host=target.host,
-            port=target.port,
-            user=target.provisioner.user,
-            password=old,
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=CALL_TIMEOUT,
-            write_timeout=CALL_TIMEOUT,
-            autocommit=True,
-        )
+        conn = _as_provisioner(target, old)
         try:
             with conn.cursor() as cur:
                 cur.execute("SET PASSWORD = %s", (bootstrap.native_password_hash(new),))
@@ -71,15 +76,7 @@ def logs_in(name: str, target: TargetSection, password: str) -> bool | None:
     """Whether the provisioner logs in with ``password``: True, False (refused: 1045), or
     None when it cannot be told now (the server is unreachable, another error)."""
     try:
-        pymysql.connect(
-            host=target.host,
-            port=target.port,
-            user=target.provisioner.user,
-            password=password,
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=CALL_TIMEOUT,
-            write_timeout=CALL_TIMEOUT,
-        ).close()
+        _as_provisioner(target, password).close()
     except pymysql.err.OperationalError as exc:
         return False if exc.args and exc.args[0] == ACCESS_DENIED else None
     except pymysql.err.Error:

@@ -5,6 +5,8 @@ verifier, never in the clear."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from psycopg import sql
 
@@ -31,22 +33,27 @@ def apply_bootstrap(name: str, target: TargetSection, admin_dsn: str, password: 
     return []
 
 
+def _as_provisioner(target: TargetSection, password: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection as the target's provisioner with ``password`` (autocommit)."""
+    return psycopg.connect(
+        host=target.host,
+        port=target.port,
+        dbname=target.database,
+        user=target.provisioner.user,
+        password=password,
+        sslmode=target.sslmode,
+        sslrootcert=ssl_root(target),
+        connect_timeout=int(CONNECT_TIMEOUT),
+        autocommit=True,
+    )
+
+
 def change_own_password(name: str, target: TargetSection, old: str, new: str) -> None:
     user = target.provisioner.user
     try:
         with (
             WATCHDOG.watch(CALL_TIMEOUT) as deadline,
-            psycopg.connect(
-                host=target.host,
-                port=target.port,
-                dbname=target.database,
-                user=user,
-                password=old,
-                sslmode=target.sslmode,
-                sslrootcert=ssl_root(target),
-                connect_timeout=int(CONNECT_TIMEOUT),
-                autocommit=True,
-            ) as conn,
+            _as_provisioner(target, old) as conn,
         ):
             deadline.attach(conn)  # a stopped server would hold the call forever
             verifier = conn.pgconn.encrypt_password(
@@ -67,17 +74,7 @@ def logs_in(name: str, target: TargetSection, password: str) -> bool | None:
     try:
         with (
             WATCHDOG.watch(CALL_TIMEOUT) as deadline,
-            psycopg.connect(
-                host=target.host,
-                port=target.port,
-                dbname=target.database,
-                user=target.provisioner.user,
-                password=password,
-                sslmode=target.sslmode,
-                sslrootcert=ssl_root(target),
-                connect_timeout=int(CONNECT_TIMEOUT),
-                autocommit=True,
-            ) as conn,
+            _as_provisioner(target, password) as conn,
         ):
             deadline.attach(conn)
             return True
