@@ -5,13 +5,17 @@ gateway's CPU per transaction and its share above the pipe's; p50 latency per st
 1 client; a 1M-row SELECT and a COPY out through the gateway against direct.
 
     python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10] [--store URL | --no-store]
+                            [--upstream socket|tcp]
 
 All on this box: a private PostgreSQL (dbaccess.sandbox.postgres), PgBouncer and pgbench
 from the Debian packages (``apt-get install pgbouncer postgresql-client``), and the gateway
 in a process of its own (bench/gateway_server.py: uvloop if installed, a MemoryDirectory,
 every statement a record written in batches to a store, a SQLite file in the run's
 directory unless --store names another, as the gateway command writes them; --no-store
-only counts them, to tell the relay's cost from the store's). The three paths take
+only counts them, to tell the relay's cost from the store's). The three relays reach
+PostgreSQL the same way: by its Unix socket (the default, as each runs deployed next to the
+database: ``gateway_socket``, PgBouncer's ``host=/dir``), or with ``--upstream tcp`` over
+127.0.0.1; pgbench reaches each relay, and PostgreSQL direct, over TCP. The paths take
 turns within each round, in an order that alternates between rounds; figures are medians
 of the rounds, ratios the medians of each round's ratio. pgbench uses the simple protocol
 and one connection per client for the whole run (no -C), so the figures are the relay's,
@@ -76,7 +80,7 @@ class Endpoint:
 
 
 def start_pgbouncer(
-    binary: str, workdir: Path, pg_port: int, password: str
+    binary: str, workdir: Path, pg_port: int, password: str, socket_dir: Path | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def start_pgbouncer(
     os.chmod(workdir / "userlist.txt", 0o600)
     (workdir / "pgbouncer.ini").write_text(
         "[databases]\n"
-        f"postgres = host=127.0.0.1 port={pg_port} dbname=postgres\n"
+        f"postgres = host={socket_dir or '127.0.0.1'} port={pg_port} dbname=postgres\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         "auth_type = scram-sha-256\n"
@@ -116,7 +120,7 @@ def port_open(port: int) -> bool:
 
 
 def start_gateway(
-    pg_port: int, password: str, store: str | None = None
+    pg_port: int, password: str, store: str | None = None, socket: Path | None = None
 ) -> tuple[subprocess.Popen[str], Endpoint]:
     user, secret = "bench_gw", secrets.token_urlsafe(24)
     process = subprocess.Popen(
@@ -133,6 +137,7 @@ def start_gateway(
             "database": "postgres",
             "user": BENCH_USER,
             "password": password,
+            "socket": None if socket is None else str(socket),
         },
         "user": user,
         "secret": secret,
@@ -147,9 +152,11 @@ def start_gateway(
     return process, Endpoint("gateway", int(match.group(1)), user, secret)
 
 
-def start_pipe(pg_port: int, password: str) -> tuple[subprocess.Popen[str], Endpoint]:
+def start_pipe(
+    pg_port: int, password: str, socket: Path | None = None
+) -> tuple[subprocess.Popen[str], Endpoint]:
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "pipe_server.py"), str(pg_port)],
+        [sys.executable, str(HERE / "pipe_server.py"), str(socket or pg_port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -211,6 +218,12 @@ def main() -> None:
         action="store_true",
         help="records counted, not stored: the relay's cost without the store's",
     )
+    parser.add_argument(
+        "--upstream",
+        choices=("socket", "tcp"),
+        default="socket",
+        help="how the relays reach PostgreSQL: its Unix socket (default) or 127.0.0.1",
+    )
     args = parser.parse_args()
     pgbench_bin, pgbouncer_bin = find("pgbench"), find("pgbouncer")
     missing = [n for n, b in (("pgbench", pgbench_bin), ("pgbouncer", pgbouncer_bin)) if not b]
@@ -226,7 +239,10 @@ def main() -> None:
         work = Path(tmp)
         os.chmod(work, 0o755)
         postgres = PostgresServer(work / "pg")
+        if args.upstream == "socket":
+            postgres.socket_dir = work / "pg-socket"
         postgres.start()
+        socket = postgres.socket_path if args.upstream == "socket" else None
         bouncer: subprocess.Popen[bytes] | None = None
         gateway: subprocess.Popen[str] | None = None
         pipe: subprocess.Popen[str] | None = None
@@ -244,11 +260,11 @@ def main() -> None:
                 capture_output=True,
             )
             bouncer, bouncer_port = start_pgbouncer(
-                pgbouncer_bin, work / "pgbouncer", postgres.port, password
+                pgbouncer_bin, work / "pgbouncer", postgres.port, password, postgres.socket_dir
             )
             store = None if args.no_store else args.store or f"sqlite:///{Path(tmp) / 'store.db'}"
-            gateway, via_gateway = start_gateway(postgres.port, password, store)
-            pipe, via_pipe = start_pipe(postgres.port, password)
+            gateway, via_gateway = start_gateway(postgres.port, password, store, socket)
+            pipe, via_pipe = start_pipe(postgres.port, password, socket)
             endpoints = {
                 "direct": direct,
                 "pipe": via_pipe,
@@ -311,7 +327,10 @@ def main() -> None:
                 end_process(bouncer)
             postgres.stop()
     print()
-    print(f"pgbench -S, {args.seconds} s runs, {args.rounds} rounds (medians)")
+    print(
+        f"pgbench -S, {args.seconds} s runs, {args.rounds} rounds (medians); the relays reach"
+        f" PostgreSQL by {'its Unix socket' if args.upstream == 'socket' else 'TCP'}"
+    )
     rows = []
     for name in PATHS:
         rows.append(

@@ -3,7 +3,8 @@
     python bench/gateway_server.py < settings.json
 
 One JSON line on stdin (never argv: it holds the secrets): ``{"upstream": {"host", "port",
-"database", "user", "password"}, "user": gateway user name, "secret": gateway secret}``.
+"database", "user", "password", "socket"}, "user": gateway user name, "secret": gateway
+secret}``, ``socket`` the database's Unix socket or null (host:port).
 Serves one session from a MemoryDirectory with auditing on: every statement becomes a record,
 handed to a BatchingWriter whose sink, with ``"store": URL``, writes them to that store as
 the gateway process does, and counts them (without a store, only counts them).
@@ -67,7 +68,14 @@ async def main() -> None:
             role="readwrite",
             user=settings["user"],
             verifier=ScramVerifier.for_secret(settings["secret"]),
-            upstream=Upstream(up["host"], up["port"], up["database"], up["user"], up["password"]),
+            upstream=Upstream(
+                up["host"],
+                up["port"],
+                up["database"],
+                up["user"],
+                up["password"],
+                socket=up.get("socket"),
+            ),
         )
     )
     store_sink = None

@@ -2,7 +2,7 @@
 same event loop (no framing, no login of its own, no records), to tell the gateway's own
 cost from the runtime's.
 
-    python bench/pipe_server.py UPSTREAM_PORT
+    python bench/pipe_server.py UPSTREAM   # a port on 127.0.0.1, or a Unix socket's path
 
 Prints ``port N`` once listening on 127.0.0.1; exits when stdin closes. uvloop when
 installed, as the gateway command would. Each client connection gets one upstream
@@ -43,18 +43,23 @@ class _Side(asyncio.Protocol):
 
 
 class _Client(_Side):
-    upstream_port = 0
+    upstream = ""  # a port on 127.0.0.1, or a Unix socket's path
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         upstream = _Side()
         upstream.peer, self.peer = self, upstream
         loop = asyncio.get_running_loop()
-        loop.create_task(loop.create_connection(lambda: upstream, "127.0.0.1", self.upstream_port))
+        where = self.upstream
+        loop.create_task(
+            loop.create_unix_connection(lambda: upstream, where)
+            if where.startswith("/")
+            else loop.create_connection(lambda: upstream, "127.0.0.1", int(where))
+        )
 
 
 async def main() -> None:
-    _Client.upstream_port = int(sys.argv[1])
+    _Client.upstream = sys.argv[1]
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Client, "127.0.0.1", 0)
     print(f"port {server.sockets[0].getsockname()[1]}", flush=True)

@@ -8,6 +8,7 @@ its provisioner password, and the value is read only when a connection needs it.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ _SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
 _MASKED_PART = r"[A-Za-z0-9_$*?]{1,63}"
 _MASKED_COLUMN = rf"^{_MASKED_PART}\.{_MASKED_PART}\.{_MASKED_PART}$"
 _COLUMN = r"^[A-Za-z0-9_$]{1,63}\.[A-Za-z0-9_$]{1,63}\.[A-Za-z0-9_$]{1,63}$"
+# sun_path holds 108 bytes with its NUL
+MAX_SOCKET_PATH = 107
 MAX_MASKED_GROUP = 56  # + "_masked", the schema of its views, within 63 characters
 # The role that owns the definer functions (OWNER in engines/*_bootstrap.py).
 FUNCTIONS_OWNER = "dbaccess_owner"
@@ -432,6 +435,12 @@ class TargetSection(_Section):
     # "gateway": they get the gateway's address and a session secret for it; the session
     # user's password never leaves the broker and gateway (needs [gateway]).
     access: Literal["direct", "gateway"] = "direct"
+    # access = "gateway" only: the database's Unix socket as the gateway's host sees it
+    # (PostgreSQL: DIRECTORY/.s.PGSQL.PORT), for a gateway next to the database. The
+    # gateway connects there instead of host:port, so the database needs no network
+    # listener for session users at all; without TLS (none exists there: sslmode and
+    # sslrootcert are for the broker's connections over host:port then).
+    gateway_socket: Path | None = None
     # Where the broker reads what the database logged of break-glass users, for incident
     # reviews of a direct target (docs/policies.md, "Incident reviews").
     statement_log: StatementLogSection | None = None
@@ -464,6 +473,29 @@ class TargetSection(_Section):
                 f"sslmode '{self.sslmode}' is not supported by engine '{self.engine}' yet: "
                 "its connections do not use TLS, and would go in clear text; set one of "
                 f"{', '.join(sorted(honoured))}, with the database on a trusted network"
+            )
+        return self
+
+    @field_validator("gateway_socket")
+    @classmethod
+    def _a_socket_path(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not value.is_absolute():
+                raise ValueError(f"'{value}' is not an absolute path (the socket's file)")
+            if len(os.fsencode(value)) > MAX_SOCKET_PATH:
+                raise ValueError(
+                    f"'{value}' is longer than a Unix socket's path may be "
+                    f"({MAX_SOCKET_PATH} bytes); have the database put its socket in a "
+                    "directory with a shorter path"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _socket_only_for_the_gateway(self) -> TargetSection:
+        if self.gateway_socket is not None and self.access != "gateway":
+            raise ValueError(
+                'gateway_socket is for access = "gateway" targets (the gateway connects '
+                "there); a direct target's clients connect to host:port"
             )
         return self
 

@@ -87,6 +87,14 @@ class Upstream:
     password: str = field(repr=False)
     # TLS to the database (upstream_tls.py; the target's sslmode): plain TCP by default
     tls: UpstreamTls = field(default=PLAIN, repr=False, compare=False)
+    # The database's Unix socket (a path on the gateway's host), connected instead of
+    # host:port when set: no network between the two, so no TLS (the server has none
+    # there); host:port still names the database in messages.
+    socket: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.socket is not None and self.tls.context is not None:
+            raise ValueError("a database reached by its Unix socket has no TLS to ask for")
 
 
 @dataclass(frozen=True)

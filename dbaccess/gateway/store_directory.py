@@ -59,7 +59,7 @@ class StoreDirectory:
         self._tls = {
             name: upstream_tls(target.sslmode, target.sslrootcert, f"target {name}")
             for name, target in settings.targets.items()
-            if target.access == "gateway"
+            if target.access == "gateway" and target.gateway_socket is None
         }
         self._settings = settings
 
@@ -93,6 +93,7 @@ class StoreDirectory:
                 user=lease.db_user,
                 password=upstream_password(self._key, lease.id),
                 tls=self._tls.get(lease.target, PLAIN),
+                socket=None if target.gateway_socket is None else str(target.gateway_socket),
             ),
             expires_at=lease.expires_at,
             policy=ALLOW_ALL if template.gateway is None else template.gateway.policy(),

@@ -46,6 +46,9 @@ class PostgresServer:
         self.tls: tuple[Path, Path] | None = None
         # postgresql.conf lines after the test server's own (set before start)
         self.extra_conf: list[str] = []
+        # a directory for the server's Unix socket too, with password logins on it (set
+        # before start); none by default: TCP on 127.0.0.1 only
+        self.socket_dir: Path | None = None
         self.data_dir = workdir / "data"
         self.log_path = workdir / "postgres.log"
         self._user = service_user("postgres")
@@ -63,6 +66,12 @@ class PostgresServer:
         hand_over(self.workdir, self._user)
         if self._user:  # a service account runs the server: it must reach its directory
             make_traversable(self.workdir)
+        if self.socket_dir is not None:  # the server's and ours (root's) alone
+            self.socket_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.socket_dir, 0o700)
+            hand_over(self.socket_dir, self._user)
+            if self._user:
+                make_traversable(self.socket_dir)
         initdb = find_binary("initdb", PG_BIN_GLOB + "initdb")
         try:
             result = subprocess.run(
@@ -90,6 +99,7 @@ class PostgresServer:
             "# dbaccess test server: passwords only, loopback only\n"
             + "".join(line + "\n" for line in self.hba_first)
             + "host all all 127.0.0.1/32 scram-sha-256\n"
+            + ("local all all scram-sha-256\n" if self.socket_dir is not None else "")
         )
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -107,6 +117,8 @@ class PostgresServer:
                     (self.data_dir / name).write_bytes(source.read_bytes())
                     os.chmod(self.data_dir / name, 0o600)
                 conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            if self.socket_dir is not None:
+                conf.write(f"unix_socket_directories = '{self.socket_dir}'\n")
             conf.write("".join(line + "\n" for line in self.extra_conf))
         hand_over(self.data_dir, self._user)
         self.resume(timeout)
@@ -125,6 +137,12 @@ class PostgresServer:
             log_path=self.log_path,
             stop=self.stop,
         )
+
+    @property
+    def socket_path(self) -> Path:
+        """The server's Unix socket (with ``socket_dir`` set)."""
+        assert self.socket_dir is not None, "the server has no Unix socket"
+        return self.socket_dir / f".s.PGSQL.{self.port}"
 
     @property
     def pid(self) -> int:

@@ -606,7 +606,9 @@ class Connection:
         config = self.gateway.config
         side = self.upstream = _Side(self)
         await asyncio.wait_for(
-            loop.create_connection(
+            loop.create_unix_connection(lambda: side, up.socket)
+            if up.socket is not None
+            else loop.create_connection(
                 lambda: side, up.host, up.port, local_addr=config.source_address
             ),
             config.connect_timeout,
@@ -1497,7 +1499,11 @@ class Gateway:
         timeout = self.config.connect_timeout
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(up.host, up.port, local_addr=self.config.source_address),
+                asyncio.open_unix_connection(up.socket)
+                if up.socket is not None
+                else asyncio.open_connection(
+                    up.host, up.port, local_addr=self.config.source_address
+                ),
                 timeout,
             )
         except (OSError, TimeoutError) as exc:

@@ -1,0 +1,148 @@
+"""The gateway next to the database reaches it by its Unix socket (``gateway_socket``),
+against a real PostgreSQL whose session users may not log in over TCP at all: no network
+path for them, and none needed."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import psycopg
+import pytest
+
+from dbaccess.broker.settings import load_settings
+from dbaccess.broker.store import Store
+from dbaccess.errors import ConfigError
+from dbaccess.gateway.sessions import GatewaySession, ScramVerifier, Upstream
+from dbaccess.gateway.store_directory import StoreDirectory
+from dbaccess.gateway.upstream_tls import upstream_tls
+from dbaccess.sandbox.postgres import PostgresServer
+from tests.gateway.conftest import RunningGateway, Session
+from tests.gateway.test_gateway_settings import gateway_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def socket_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(Path(tmp_path_factory.mktemp("upstream-socket-pg")))
+    server.socket_dir = Path(tmp_path_factory.mktemp("upstream-socket")) / "run"
+    server.hba_first = ["host all +socket_only 127.0.0.1/32 reject"]  # the socket or nothing
+    server.start()
+    with server.connect() as admin:
+        admin.execute("CREATE ROLE socket_only NOLOGIN")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def session_by_socket(
+    gw: RunningGateway, server: PostgresServer, socket: str | None = None
+) -> tuple[Session, str]:
+    tag = secrets.token_hex(4)
+    user, password = f"sock_{tag}", secrets.token_urlsafe(24)
+    with server.connect() as admin:
+        admin.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE socket_only")
+    secret = secrets.token_urlsafe(24)
+    session = GatewaySession(
+        lease_id=f"lease-{tag}", person="alice@example.com", target="local", role="readonly",
+        user=f"alice_{tag}", verifier=ScramVerifier.for_secret(secret),
+        upstream=Upstream("127.0.0.1", server.port, "postgres", user, password,
+                          socket=str(server.socket_path) if socket is None else socket),
+    )  # fmt: skip
+    gw.directory.add(session)
+    return Session(session, secret), password
+
+
+def test_the_gateway_reaches_the_database_by_its_socket(
+    gateway: RunningGateway, socket_postgres: PostgresServer
+) -> None:
+    session, password = session_by_socket(gateway, socket_postgres)
+    # the session user has no way in over TCP, even with its real password
+    with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+        psycopg.connect(
+            host="127.0.0.1", port=socket_postgres.port, dbname="postgres",
+            user=session.upstream_user, password=password, sslmode="disable", connect_timeout=10,
+        )  # fmt: skip
+    with psycopg.connect(gateway.dsn(session), autocommit=True, connect_timeout=10) as conn:
+        # the server saw a Unix-socket connection: no client address
+        row = conn.execute(
+            "SELECT client_addr IS NULL, current_user FROM pg_stat_activity "
+            "WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        assert row == (True, session.upstream_user)
+        # a CancelRequest goes the same way (a fresh connection to the socket)
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(20)")
+        assert time.monotonic() - started < 10
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+    records = gateway.records(session)
+    assert [r.sql for r in records][-2:] == ["SELECT pg_sleep(20)", "SELECT 42"]
+    assert records[-2].sqlstate == "57014" and records[-1].rows == 1
+
+
+def test_a_missing_socket_is_a_clear_refusal(
+    gateway: RunningGateway, socket_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    session, _ = session_by_socket(gateway, socket_postgres, str(tmp_path / ".s.PGSQL.5432"))
+    with pytest.raises(psycopg.OperationalError) as raised:
+        psycopg.connect(gateway.dsn(session), connect_timeout=10)
+    assert "the gateway cannot reach the database (No such file or directory)" in str(raised.value)
+
+
+def test_a_socket_has_no_tls_to_ask_for() -> None:
+    with pytest.raises(ValueError, match="Unix socket has no TLS"):
+        Upstream("db", 5432, "postgres", "u", "p", tls=upstream_tls("require", None, "t"),
+                 socket="/run/postgresql/.s.PGSQL.5432")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "access", "expected"),
+    [
+        (
+            'gateway_socket = "run/.s.PGSQL.5432"',
+            "gateway",
+            "targets.demo.gateway_socket: 'run/.s.PGSQL.5432' is not an absolute path",
+        ),
+        (
+            f'gateway_socket = "/{"d" * 100}/.s.PGSQL.5432"',
+            "gateway",
+            "is longer than a Unix socket's path may be (107 bytes)",
+        ),
+        (
+            'gateway_socket = "/run/postgresql/.s.PGSQL.5432"',
+            "direct",
+            'gateway_socket is for access = "gateway" targets',
+        ),
+    ],
+)
+def test_bad_gateway_sockets_name_the_key(
+    tmp_path: Path, line: str, access: str, expected: str
+) -> None:
+    path = gateway_config(tmp_path, access=access)
+    path.write_text(path.read_text().replace('database = "demo"', f'database = "demo"\n{line}'))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert expected in str(raised.value)
+
+
+def test_a_socket_target_needs_no_tls_of_the_gateway(tmp_path: Path) -> None:
+    """sslmode and sslrootcert stay the broker's (over host:port): a CA the gateway could
+    not even read does not stop it, and its sessions go to the socket in the clear."""
+    path = gateway_config(tmp_path)
+    path.write_text(path.read_text().replace(
+        'access = "gateway"',
+        'access = "gateway"\nsslmode = "verify-full"\nsslrootcert = "absent-ca.pem"\n'
+        'gateway_socket = "/run/postgresql/.s.PGSQL.5432"',
+    ))  # fmt: skip
+    settings = load_settings(path)
+    assert settings.targets["demo"].gateway_socket == Path("/run/postgresql/.s.PGSQL.5432")
+    StoreDirectory(cast(Store, None), settings, "k" * 40)  # over host:port, it would raise
