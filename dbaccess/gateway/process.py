@@ -135,6 +135,7 @@ async def start(
         params=section.params,
         upstream_source=section.upstream_source_address,
         reuse_port=True,  # more processes may join on the same address
+        cancel_peers=True,  # and hand each other the cancels that reach the wrong one
         mock_salt_key=key,  # all of them then show an unknown user the same salt
         max_startups=section.max_startups,
         max_startups_per_source=section.max_startups_per_source,

@@ -6,8 +6,11 @@ at the gateway within a second."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
+import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -238,6 +241,70 @@ def test_two_gateways_share_one_address_and_a_killed_one_drops_only_its_connecti
         gw_cli.run("revoke", str(granted["id"]))
 
 
+def test_a_cancel_that_reaches_the_other_gateway_process_still_cancels(
+    gw_cli: Cli, gw_stack: Stack, tmp_path: Path
+) -> None:
+    """A CancelRequest is a connection of its own: the kernel gives it to either process on
+    the address, whichever serves the session. Each cancel here must end its statement (3
+    per process: without the hand-over about half would land on the wrong one)."""
+    log = tmp_path / "gateway-d.log"
+    second = gw_stack.spawn_gateway(log, "--name", "gw-d")
+    granted = creds(gw_cli)
+    conns: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), "the second gateway")
+        ca = tmp_path / "ca.pem"
+        ca.write_text(str(granted["ca_certificate"]))
+        for number in range(12):
+            conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
+            conn.execute(f"select {number}")
+            conns.append(conn)
+        store = gw_cli.store()
+        wait_for(
+            lambda: (
+                store.statement_head(str(granted["id"])) is not None
+                and store.statement_head(str(granted["id"])).count >= 12
+            ),  # type: ignore[union-attr]
+            "the records of both gateways",
+        )
+        by_process = {  # which process serves which connection, as its records say
+            entry.gateway: conns[int(entry.sql.removeprefix("select "))]
+            for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
+        }
+        assert len(by_process) == 2, "the kernel gave all 12 connections to one process"
+        # with the hand-over, a key names the process that issued it
+        assert by_process["gw-d"].info.backend_pid == second.pid
+        for conn in list(by_process.values()) * 3:
+            timer = threading.Timer(0.5, conn.cancel_safe)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(8)")
+            assert time.monotonic() - started < 5
+            assert conn.execute("select 1").fetchone() == (1,)
+        # a guessed key naming either process's pid cancels nothing, wherever it lands
+        victim = by_process["gw-d"]
+        timer = threading.Timer(
+            0.3,
+            lambda: [
+                send_cancel(gw_stack.gateway_port, pid, secret)
+                for pid in (second.pid, gw_stack.gateway_pid)
+                for secret in (1, -5, 2**31 - 1, 12345)
+            ],
+        )
+        timer.start()
+        started = time.monotonic()
+        assert victim.execute("select pg_sleep(2), 7").fetchone() == ("", 7)
+        assert time.monotonic() - started >= 2
+        assert "Traceback" not in log.read_text() + gw_stack.gateway_log.read_text()
+    finally:
+        for conn in conns:
+            conn.close()
+        second.kill()
+        second.wait(10)
+        gw_cli.run("revoke", str(granted["id"]))
+
+
 def test_gateways_behind_one_address_do_not_tell_real_user_names_from_guesses(
     gw_cli: Cli, gw_stack: Stack, tmp_path: Path
 ) -> None:
@@ -292,6 +359,14 @@ def test_no_secret_reaches_argv_environment_logs_or_records(
         for secret in secrets:
             assert secret not in text, f"a secret is in the gateway's {where}"
     assert "a bind parameter" not in exposed["records"]  # params = "redacted" (the default)
+
+
+def send_cancel(port: int, pid: int, secret: int) -> None:
+    """A CancelRequest in the clear, as libpq sends one (the gateway answers none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack("!iiii", 16, 80877102, pid, secret))
+        sock.settimeout(5)
+        assert sock.recv(16) == b""  # closed without an answer
 
 
 def wait_for(condition: object, what: str, timeout: float = 10) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 import scramp
 
 from dbaccess.gateway import guardrails
+from dbaccess.gateway.cancel_peers import CancelPeers
 from dbaccess.gateway.credentials import mock_salt
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
 from dbaccess.gateway.postgres import wire
@@ -133,6 +134,9 @@ class GatewayConfig:
     # SO_REUSEPORT: several gateway processes on one address share its connections (the
     # kernel spreads them; Linux admits only processes of the same user to the port).
     reuse_port: bool = False
+    # With reuse_port and mock_salt_key: the processes on the address hand each other the
+    # cancels that reached the wrong one (gateway/cancel_peers.py; Linux).
+    cancel_peers: bool = False
     connect_timeout: float = 10.0
     # The gateway key (``[gateway] key_file``): the mock salt of a user name no session has
     # derives from it, so every process behind one address, before and after a restart,
@@ -1347,6 +1351,8 @@ class Gateway:
         self._numbers = itertools.count(1)
         self._connections: set[Connection] = set()
         self._keys: dict[tuple[int, int], Connection] = {}
+        self._peers: CancelPeers | None = None
+        self._tags: dict[bytes, Connection] = {}  # the keys' tags, for the peers' cancels
         # the limits' counts: changed at a connection's start and end only (not per chunk)
         self.startups = 0  # connections in their start-up
         self.startups_by_source: dict[str, int] = {}
@@ -1381,6 +1387,10 @@ class Gateway:
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (host, port)
+        if self.config.cancel_peers and self.config.mock_salt_key is not None:
+            peers = CancelPeers(self.config.mock_salt_key, self.address, self._peer_cancel)
+            if peers.open(loop):
+                self._peers = peers
 
     def _accept(self) -> _Side:
         connection = Connection(self, next(self._numbers))
@@ -1465,14 +1475,22 @@ class Gateway:
         self._connections.discard(connection)
         if connection.key is not None:
             self._keys.pop(connection.key, None)
+            if self._peers is not None:
+                self._tags.pop(self._peers.tag(*connection.key), None)
         if connection.session is not None:
             self.live.detach(connection.session.lease_id, connection)
 
     def issue_key(self, connection: Connection) -> tuple[int, int]:
+        peers = self._peers
         while True:
-            key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
+            # with peers, the pid field is this process's: a peer given the key knows
+            # whose it is
+            pid = peers.pid if peers is not None else secrets.randbelow(2**31 - 1) + 1
+            key = (pid, secrets.randbits(32) - 2**31)
             if key not in self._keys:
                 self._keys[key] = connection
+                if peers is not None:
+                    self._tags[peers.tag(*key)] = connection
                 return key
 
     def mock_verifier(self, user: str) -> ScramVerifier:
@@ -1490,6 +1508,13 @@ class Gateway:
         connection = self._keys.get((pid, secret))
         if connection is not None:
             await self.forward_cancel(connection)
+        elif self._peers is not None:
+            self._peers.send(pid, secret)  # another process's, maybe
+
+    def _peer_cancel(self, tag: bytes) -> None:
+        connection = self._tags.get(tag)
+        if connection is not None:
+            self.in_background(self.forward_cancel(connection))
 
     async def forward_cancel(self, connection: Connection) -> None:
         """Cancel what the connection's upstream runs, over a fresh upstream connection."""
@@ -1532,6 +1557,8 @@ class Gateway:
         return self.live.end(lease_id, reason)
 
     async def close(self) -> None:
+        if self._peers is not None:
+            self._peers.close()
         if self._server is not None:
             self._server.close()
         connections = list(self._connections)
