@@ -5,7 +5,7 @@ gateway's CPU per transaction and its share above the pipe's; p50 latency per st
 1 client; a 1M-row SELECT and a COPY out through the gateway against direct.
 
     python bench/gateway.py [--seconds 10] [--rounds 3] [--scale 10] [--store URL | --no-store]
-                            [--upstream socket|tcp]
+                            [--upstream socket|tcp] [--python-only]
 
 All on this box: a private PostgreSQL (dbaccess.sandbox.postgres), PgBouncer and pgbench
 from the Debian packages (``apt-get install pgbouncer postgresql-client``), and the gateway
@@ -15,7 +15,9 @@ directory unless --store names another, as the gateway command writes them; --no
 only counts them, to tell the relay's cost from the store's). The three relays reach
 PostgreSQL the same way: by its Unix socket (the default, as each runs deployed next to the
 database: ``gateway_socket``, PgBouncer's ``host=/dir``), or with ``--upstream tcp`` over
-127.0.0.1; pgbench reaches each relay, and PostgreSQL direct, over TCP. The paths take
+127.0.0.1; pgbench reaches each relay, and PostgreSQL direct, over TCP. The gateway reads
+its frequent chunks with its compiled reader when built (fastwire.py); --python-only runs it
+without (DBACCESS_GATEWAY_PYTHON=1), to compare. The paths take
 turns within each round, in an order that alternates between rounds; figures are medians
 of the rounds, ratios the medians of each round's ratio. pgbench uses the simple protocol
 and one connection per client for the whole run (no -C), so the figures are the relay's,
@@ -120,11 +122,16 @@ def port_open(port: int) -> bool:
 
 
 def start_gateway(
-    pg_port: int, password: str, store: str | None = None, socket: Path | None = None
+    pg_port: int,
+    password: str,
+    store: str | None = None,
+    socket: Path | None = None,
+    python_only: bool = False,
 ) -> tuple[subprocess.Popen[str], Endpoint]:
     user, secret = "bench_gw", secrets.token_urlsafe(24)
     process = subprocess.Popen(
         [sys.executable, str(HERE / "gateway_server.py")],
+        env={**os.environ, "DBACCESS_GATEWAY_PYTHON": "1" if python_only else "0"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -224,6 +231,11 @@ def main() -> None:
         default="socket",
         help="how the relays reach PostgreSQL: its Unix socket (default) or 127.0.0.1",
     )
+    parser.add_argument(
+        "--python-only",
+        action="store_true",
+        help="the gateway without its compiled reader (DBACCESS_GATEWAY_PYTHON=1)",
+    )
     args = parser.parse_args()
     pgbench_bin, pgbouncer_bin = find("pgbench"), find("pgbouncer")
     missing = [n for n, b in (("pgbench", pgbench_bin), ("pgbouncer", pgbouncer_bin)) if not b]
@@ -263,7 +275,9 @@ def main() -> None:
                 pgbouncer_bin, work / "pgbouncer", postgres.port, password, postgres.socket_dir
             )
             store = None if args.no_store else args.store or f"sqlite:///{Path(tmp) / 'store.db'}"
-            gateway, via_gateway = start_gateway(postgres.port, password, store, socket)
+            gateway, via_gateway = start_gateway(
+                postgres.port, password, store, socket, args.python_only
+            )
             pipe, via_pipe = start_pipe(postgres.port, password, socket)
             endpoints = {
                 "direct": direct,
@@ -327,9 +341,13 @@ def main() -> None:
                 end_process(bouncer)
             postgres.stop()
     print()
+    from dbaccess.gateway.postgres import fastwire
+
+    reader = "compiled" if fastwire.BUILT and not args.python_only else "Python"
     print(
         f"pgbench -S, {args.seconds} s runs, {args.rounds} rounds (medians); the relays reach"
-        f" PostgreSQL by {'its Unix socket' if args.upstream == 'socket' else 'TCP'}"
+        f" PostgreSQL by {'its Unix socket' if args.upstream == 'socket' else 'TCP'}; the"
+        f" gateway's frequent chunks read by its {reader} reader"
     )
     rows = []
     for name in PATHS:

@@ -30,7 +30,7 @@ from dbaccess.gateway import guardrails
 from dbaccess.gateway.cancel_peers import CancelPeers
 from dbaccess.gateway.credentials import mock_salt
 from dbaccess.gateway.guardrails import ALLOW_ALL, Policy
-from dbaccess.gateway.postgres import wire
+from dbaccess.gateway.postgres import fastwire, wire
 from dbaccess.gateway.postgres.classify import (
     classify,
     deallocated_names,
@@ -751,6 +751,15 @@ class Connection:
             return
         # the hot path (nothing held back, no statement checks): frame the chunk itself and
         # forward it as it came, without copying it into the buffer and out again
+        read = fastwire.client_queries
+        queries = None if read is None else read(data)  # whole Query messages only
+        if queries is not None:
+            t0 = monotonic_ns()
+            for sql in queries:
+                self.pending.append(_Open("query", sql, None, True, t0))
+            if self.upstream.transport is not None:
+                self.upstream.transport.write(data)
+            return
         end = 0
         size = len(data)
         unpack = _UINT32.unpack_from
@@ -971,6 +980,26 @@ class Connection:
             return
         # scanned first: a statement's record is added before its client sees the answer
         # (a client's next move, or a test's flush, never races the record)
+        pending = self.pending
+        if pending and self.idle_timer is None and not self.portals:
+            head = pending[0]
+            if head is not None and head.simple:
+                # the rest of a simple query's answer, read at once (on_server_message's
+                # CommandComplete and ReadyForQuery for it, in one go)
+                answer = self.scanner.whole_answer(data)
+                if answer is not None:
+                    counted, rows, nbytes, status = answer
+                    head.bytes_out += nbytes
+                    head.data_rows += rows
+                    if counted is not None:
+                        head.rows = (head.rows or 0) + counted
+                    self.status = status
+                    pending.popleft()
+                    self._record(head, "completed")
+                    transport = self.client.transport
+                    if transport is not None and not self.closed:
+                        transport.write(data)
+                    return
         try:
             self.scanner.feed(data)
         except wire.ProtocolError:

@@ -12,6 +12,8 @@ import struct
 from collections.abc import Iterator
 from typing import Protocol
 
+from dbaccess.gateway.postgres import fastwire
+
 # The first message of a connection has no type byte: length, then one of these codes.
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST = 80877103
@@ -376,6 +378,26 @@ class ServerScanner:
     def partial_header(self) -> int:
         """Bytes of a message header at the end of what was fed, not complete yet."""
         return len(self._header)
+
+    def whole_answer(self, data: bytes) -> tuple[int | None, int, int, bytes] | None:
+        """``data`` as the rest of a simple query's answer, read at once, when the compiled
+        reader is built and recognises it (fastwire.simple_answer) and no message is split
+        or limited here: (the rows its CommandCompletes count, or None; its DataRows and
+        bytes, with those carried from earlier chunks; ReadyForQuery's status). None: feed
+        it, as any other chunk."""
+        read = fastwire.simple_answer
+        if read is None or self._skip or self._header or self.limited:
+            return None
+        answer = read(data)
+        if answer is None:
+            return None
+        counted, rows, status = answer
+        nbytes = self._bytes + len(data)
+        rows += self._rows
+        self._base += nbytes
+        self._rows = self._bytes = 0
+        self.end = len(data)
+        return counted, rows, nbytes, status
 
     def take(self) -> tuple[int, int]:
         """The DataRows and bytes counted since the last message handed over (for a statement

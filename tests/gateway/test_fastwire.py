@@ -1,0 +1,293 @@
+"""The compiled reader of the gateway's frequent chunks (_fastwire.c) against the Python
+path it stands in for: the same generated traffic, split anywhere, through a connection
+with it and one without must forward the same bytes and make the same records. And each
+function alone against the Python reading it mirrors, on valid and hostile bytes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import types
+from collections import deque
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbaccess.gateway.postgres import fastwire, server, wire
+from dbaccess.gateway.postgres.server import Connection, GatewayConfig
+from dbaccess.gateway.sessions import GatewaySession, ScramVerifier, Upstream
+
+
+def test_the_compiled_reader_is_built_where_the_suite_runs_in_ci() -> None:
+    # a C compiler and Python's headers are part of the CI machine: a failed build there is
+    # a failure (elsewhere the gateway runs the Python path, and says nothing)
+    if os.environ.get("CI"):
+        assert fastwire.BUILT, "dbaccess/gateway/postgres/_fastwire.c was not built"
+    if not fastwire.BUILT:
+        pytest.skip("the compiled reader is not built here (no C compiler?)")
+
+
+needs_c = pytest.mark.skipif(
+    not fastwire.BUILT and not os.environ.get("CI"), reason="the compiled reader is not built"
+)
+
+
+def msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+# -- each function alone ----------------------------------------------------------------
+
+
+def python_queries(data: bytes) -> list[str] | None:
+    """What from_client's Python loop reads of a chunk of whole Query messages only."""
+    texts: list[str] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 5 or data[pos] != ord("Q"):
+            return None
+        length = struct.unpack_from("!I", data, pos + 1)[0]
+        if length < 5 or pos + 1 + length > len(data):
+            return None
+        texts.append(data[pos + 5 : pos + length].decode(errors="replace"))
+        pos += 1 + length
+    return texts or None
+
+
+def python_answer(data: bytes) -> tuple[int | None, int, bytes] | None:
+    """What the scanner and on_server_message read of the rest of a simple answer."""
+    try:
+        messages = list(wire.split_messages(data))
+    except wire.ProtocolError:
+        return None
+    if not messages or messages[-1][2] != len(data):
+        return None
+    rows: int | None = None
+    data_rows = 0
+    for index, (kind, start, end) in enumerate(messages):
+        body = data[start:end]
+        if kind in (wire.DATA_ROW, wire.COPY_DATA):
+            data_rows += 1
+        elif kind == wire.COMMAND_COMPLETE:
+            if body[:1] == b"D":
+                return None
+            counted = wire.command_rows(body)
+            if counted is not None:
+                if len(str(counted)) > 18:
+                    return None
+                rows = (rows or 0) + counted
+        elif kind == wire.READY_FOR_QUERY:
+            if index != len(messages) - 1 or len(body) != 1:
+                return None
+            return rows, data_rows, body
+        elif kind in wire.SCANNED:
+            return None
+    return None
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "data",
+    [
+        msg(b"Q", b"SELECT 1;\0"),
+        msg(b"Q", b"SELECT 1;\0") + msg(b"Q", "select 'é'\0".encode()),
+        msg(b"Q", b"\xff\xfe bad utf-8\0"),  # replaced, as the Python path does
+        msg(b"Q", b"\0"),  # an empty query
+        msg(b"Q", b""),  # no NUL: the Python path's to refuse
+        msg(b"Q", b"SELECT 1\0")[:-1],  # partial
+        msg(b"Q", b"SELECT 1\0") + b"Q\0\0",  # a partial header after it
+        msg(b"P", b"\0SELECT 1\0\0\0"),  # another kind
+        msg(b"Q", b"SELECT 1\0") + msg(b"X", b""),
+        b"Q\0\0\0\x03",  # a length under the header's
+        b"Q\xff\xff\xff\xff" + b"x" * 20,  # a length past the chunk
+        b"",
+    ],
+)
+def test_client_queries_reads_what_the_python_path_reads(data: bytes) -> None:
+    assert fastwire.client_queries is not None
+    assert fastwire.client_queries(data) == python_queries(data)
+
+
+T = msg(b"T", b"\0\x01aid\0" + b"\0" * 18)
+D = msg(b"D", b"\0\x01\0\0\0\x011")
+Z = msg(b"Z", b"I")
+
+
+@needs_c
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (T + D + msg(b"C", b"SELECT 1\0") + Z, (1, 1, b"I")),
+        (T + D * 3 + msg(b"C", b"SELECT 3\0") + msg(b"Z", b"T"), (3, 3, b"T")),
+        (msg(b"C", b"BEGIN\0") + msg(b"Z", b"T"), (None, 0, b"T")),
+        (msg(b"C", b"INSERT 0 5\0") + msg(b"C", b"UPDATE 2\0") + Z, (7, 0, b"I")),
+        (msg(b"C", b"SELECT 1\0\0\0") + Z, (1, 0, b"I")),  # NULs stripped
+        (msg(b"C", b"SELECT \0") + Z, (None, 0, b"I")),  # no digits
+        (msg(b"C", b"SELECT x1\0") + Z, (None, 0, b"I")),
+        (msg(b"C", b"SELECT " + b"9" * 18 + b"\0") + Z, (10**18 - 1, 0, b"I")),
+        (msg(b"C", b"SELECT " + b"9" * 19 + b"\0") + Z, None),  # the Python path's
+        (msg(b"C", b"") + Z, (None, 0, b"I")),  # an empty tag
+        (msg(b"N", b"Mnotice\0\0") + msg(b"C", b"SELECT 0\0") + Z, (0, 0, b"I")),
+        (msg(b"C", b"DELETE 3\0") + Z, None),  # D...: DEALLOCATE and DISCARD's path
+        (msg(b"E", b"C42601\0\0") + Z, None),
+        (msg(b"S", b"a\0b\0") + Z, None),
+        (msg(b"I", b"") + Z, None),
+        (msg(b"C", b"SELECT 1\0") + Z + Z, None),  # ReadyForQuery not last
+        (msg(b"C", b"SELECT 1\0") + msg(b"Z", b""), None),
+        (msg(b"C", b"SELECT 1\0") + msg(b"Z", b"II"), None),
+        (msg(b"C", b"SELECT 1\0") + Z[:-1], None),  # partial
+        (T + D + msg(b"C", b"SELECT 1\0"), None),  # no ReadyForQuery yet
+        (b"D\0\0\0\x02" + Z, None),  # a bad length
+        (b"", None),
+    ],
+)
+def test_simple_answer_reads_what_the_python_path_reads(
+    data: bytes, expected: tuple[int | None, int, bytes] | None
+) -> None:
+    assert fastwire.simple_answer is not None
+    assert python_answer(data) == expected
+    assert fastwire.simple_answer(data) == expected
+
+
+KINDS = st.sampled_from(list(b"TDCZNSEIsGHW13dAKV"))
+BODIES = st.one_of(
+    st.binary(max_size=12),
+    st.sampled_from(
+        [b"I", b"T", b"E", b"SELECT 1\0", b"INSERT 0 12\0", b"COPY 99999999999999999999\0"]
+    ),
+)
+
+
+@needs_c
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.tuples(KINDS, BODIES), max_size=8),
+    st.integers(min_value=0, max_value=6),
+    st.binary(max_size=6),
+)
+def test_both_readings_agree_on_generated_and_broken_bytes(
+    messages: list[tuple[int, bytes]], cut: int, noise: bytes
+) -> None:
+    data = b"".join(msg(bytes([k]), b) for k, b in messages)
+    for variant in (data, data[: max(0, len(data) - cut)], data + noise, noise + data):
+        assert fastwire.simple_answer is not None and fastwire.client_queries is not None
+        assert fastwire.simple_answer(variant) == python_answer(variant)
+        assert fastwire.client_queries(variant) == python_queries(variant)
+
+
+# -- a connection with it and one without ------------------------------------------------
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _connection() -> tuple[Connection, Any]:
+    class Records:
+        backlogged = False
+
+        def __init__(self) -> None:
+            self.added: deque[tuple[Any, ...]] = deque()
+
+        def add_fields(self, fields: tuple[Any, ...]) -> None:
+            self.added.append(fields)
+
+    gateway = types.SimpleNamespace(records=Records(), config=GatewayConfig(), loop=None)
+    conn = Connection(gateway, 1)  # type: ignore[arg-type]
+    conn.session = GatewaySession(
+        lease_id="l", person="p", target="t", role="readwrite", user="u",
+        verifier=ScramVerifier.for_secret("x"), upstream=Upstream("h", 1, "d", "u", "p"),
+    )  # fmt: skip
+    conn.client.transport = _Transport()  # type: ignore[assignment]
+    upstream = server._Side(conn)
+    upstream.transport = _Transport()  # type: ignore[assignment]
+    conn.upstream = upstream
+    return conn, gateway.records
+
+
+def _run(
+    fast: bool, client_chunks: list[bytes], server_chunks: list[bytes]
+) -> tuple[bytes, bytes, list[tuple[Any, ...]], int, bytes, bool]:
+    saved = fastwire.client_queries, fastwire.simple_answer
+    if not fast:
+        fastwire.client_queries = fastwire.simple_answer = None
+    try:
+        conn, records = _connection()
+        for chunk in client_chunks:
+            if not conn.closed:
+                conn.from_client(chunk)
+        for chunk in server_chunks:
+            if not conn.closed:
+                conn.from_server(chunk)
+    finally:
+        fastwire.client_queries, fastwire.simple_answer = saved
+    # the records without their clock readings (start and duration)
+    kept = [fields[:8] + fields[10:] for fields in records.added]
+    assert conn.upstream is not None
+    return (
+        bytes(conn.upstream.transport.sent),  # type: ignore[union-attr]
+        bytes(conn.client.transport.sent),  # type: ignore[union-attr]
+        kept,
+        conn.scanner.total,
+        conn.status,
+        conn.closed,
+    )
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+
+
+QUERIES = st.lists(
+    st.sampled_from(["SELECT 1", "select 'é'", "BEGIN", "", "DEALLOCATE x", "SELECT 1; SELECT 2"]),
+    min_size=1,
+    max_size=4,
+)
+ANSWER_PARTS = st.lists(
+    st.sampled_from(
+        [
+            T, D, msg(b"C", b"SELECT 1\0"), msg(b"C", b"BEGIN\0"), msg(b"C", b"DEALLOCATE\0"),
+            msg(b"C", b"INSERT 0 3\0"), msg(b"N", b"Mhello\0\0"), msg(b"S", b"a\0b\0"),
+            msg(b"E", b"SERROR\0C42601\0\0"), msg(b"I", b""), Z, msg(b"Z", b"T"),
+            msg(b"Z", b"E"), msg(b"C", b"SELECT " + b"9" * 20 + b"\0"),
+        ]
+    ),
+    max_size=24,
+)  # fmt: skip
+
+
+@needs_c
+@settings(max_examples=1500, deadline=None)
+@given(
+    QUERIES,
+    ANSWER_PARTS,
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=5),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=8),
+)
+def test_a_connection_forwards_and_records_the_same_with_and_without_it(
+    queries: list[str], answer: list[bytes], client_cuts: list[int], server_cuts: list[int]
+) -> None:
+    client = b"".join(msg(b"Q", q.encode() + b"\0") for q in queries)
+    stream = b"".join(answer)
+    client_chunks = _split(client, client_cuts)
+    server_chunks = _split(stream, server_cuts) if stream else []
+    assert _run(True, client_chunks, server_chunks) == _run(False, client_chunks, server_chunks)
