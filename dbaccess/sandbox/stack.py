@@ -149,7 +149,7 @@ host = "127.0.0.1"
 port = {pg_port}
 database = "vault"
 sslmode = "disable"
-access = "gateway"
+access = "gateway"{gateway_socket}
 username_prefix = "gw_"
 provisioner = {{ user = "{provisioner}", password_env = "{provisioner_env}" }}
 
@@ -228,6 +228,9 @@ class Stack:
     limits: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_LIMITS))
     # A gateway process and the "vault" target behind it (docs/gateway.md).
     gateway: bool = False
+    # With the gateway: it reaches "vault" by PostgreSQL's Unix socket (gateway_socket),
+    # and the session users have no TCP path at all.
+    gateway_socket: bool = False
     postgres: PostgresServer = field(init=False)
     mariadb: MariaDBServer = field(init=False)
     idp: OidcProvider = field(init=False)
@@ -255,6 +258,8 @@ class Stack:
                 f"host vault all {GATEWAY_SOURCE}/32 scram-sha-256",
                 "host vault all all reject",
             ]
+            if self.gateway_socket:  # then `local all all`, after these: by the socket only
+                pg.socket_dir = self.workdir / "pg-socket"
         # Break-glass and approval events land here, as they would in a chat channel.
         self.webhooks = WebhookSink(self.workdir / "webhooks.jsonl")
 
@@ -400,6 +405,9 @@ class Stack:
             gateway_port=self.gateway_port,
             gateway_source=GATEWAY_SOURCE,
             pg_port=self.postgres.port,
+            gateway_socket=f'\ngateway_socket = "{self.postgres.socket_path}"'
+            if self.gateway_socket
+            else "",
             provisioner=PROVISIONER,
             provisioner_env=PROVISIONER_ENV,
         )
