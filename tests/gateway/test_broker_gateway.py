@@ -267,13 +267,20 @@ def test_a_cancel_that_reaches_the_other_gateway_process_still_cancels(
             ),  # type: ignore[union-attr]
             "the records of both gateways",
         )
-        by_process = {  # which process serves which connection, as its records say
-            entry.gateway: conns[int(entry.sql.removeprefix("select "))]
+        served_by = {  # which process serves which connection, as its records say
+            int(entry.sql.removeprefix("select ")): entry.gateway
             for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
         }
+        by_process = {name: conns[number] for number, name in served_by.items()}
         assert len(by_process) == 2, "the kernel gave all 12 connections to one process"
-        # with the hand-over, a key names the process that issued it
-        assert by_process["gw-d"].info.backend_pid == second.pid
+        # a key's low 10 bits name the process's slot, the rest is random (not its pid)
+        slots = {
+            name: {conns[n].info.backend_pid & 1023 for n, by in served_by.items() if by == name}
+            for name in by_process
+        }
+        assert all(len(s) == 1 for s in slots.values()) and len(set.union(*slots.values())) == 2
+        pids = {conn.info.backend_pid for conn in conns}
+        assert len(pids) == 12 and not pids & {second.pid, gw_stack.gateway_pid}
         for conn in list(by_process.values()) * 3:
             timer = threading.Timer(0.5, conn.cancel_safe)
             timer.start()
@@ -282,13 +289,14 @@ def test_a_cancel_that_reaches_the_other_gateway_process_still_cancels(
                 conn.execute("select pg_sleep(8)")
             assert time.monotonic() - started < 5
             assert conn.execute("select 1").fetchone() == (1,)
-        # a guessed key naming either process's pid cancels nothing, wherever it lands
+        # a guessed key naming either process's slot cancels nothing, wherever it lands
         victim = by_process["gw-d"]
         timer = threading.Timer(
             0.3,
             lambda: [
-                send_cancel(gw_stack.gateway_port, pid, secret)
-                for pid in (second.pid, gw_stack.gateway_pid)
+                send_cancel(gw_stack.gateway_port, (high << 10) | slot, secret)
+                for [slot] in slots.values()
+                for high in (0, 1, victim.info.backend_pid >> 10)
                 for secret in (1, -5, 2**31 - 1, 12345)
             ],
         )

@@ -4,7 +4,10 @@ path for them, and none needed."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from dbaccess.broker.store import Store
 from dbaccess.errors import ConfigError
 from dbaccess.gateway.sessions import GatewaySession, ScramVerifier, Upstream
 from dbaccess.gateway.store_directory import StoreDirectory
+from dbaccess.gateway.upstream_socket import untrusted_socket
 from dbaccess.gateway.upstream_tls import upstream_tls
 from dbaccess.sandbox.postgres import PostgresServer
 from tests.gateway.conftest import RunningGateway, Session
@@ -146,3 +150,57 @@ def test_a_socket_target_needs_no_tls_of_the_gateway(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert settings.targets["demo"].gateway_socket == Path("/run/postgresql/.s.PGSQL.5432")
     StoreDirectory(cast(Store, None), settings, "k" * 40)  # over host:port, it would raise
+
+
+def _listener(path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.settimeout(1.0)
+    return listener
+
+
+def test_a_socket_where_others_can_plant_one_is_not_used(
+    gateway: RunningGateway, socket_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A socket in a directory every user can write (/tmp, say) may be anyone's: the
+    gateway refuses it before connecting, so no SCRAM login reaches whoever listens."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    path = shared / ".s.PGSQL.5432"
+    with _listener(path) as planted:
+        session, _ = session_by_socket(gateway, socket_postgres, str(path))
+        with pytest.raises(psycopg.OperationalError) as raised:
+            psycopg.connect(gateway.dsn(session), connect_timeout=10)
+        assert "its socket is not one to trust" in str(raised.value)
+        with pytest.raises(TimeoutError):
+            planted.accept()  # nobody came
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chown needs root")
+def test_which_socket_layouts_are_trusted(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+
+    def layout(mode: int, socket_owner: int | None = None, group: int | None = None) -> str | None:
+        folder = tmp_path / f"d{secrets.token_hex(3)}"
+        folder.mkdir()
+        path = folder / ".s.PGSQL.5432"
+        _listener(path).close()  # the file stays
+        if socket_owner is not None:
+            os.chown(path, socket_owner, -1)
+        if group is not None:
+            os.chown(folder, -1, group)
+        os.chmod(folder, mode)
+        return untrusted_socket(str(path))
+
+    assert layout(0o700) is None
+    assert layout(0o755) is None
+    assert layout(0o2775) is None  # group-writable by the owner's own group (Debian's)
+    assert "writable by every user" in str(layout(0o1777))
+    assert "writable by a group other than" in str(layout(0o775, group=nobody.pw_gid))
+    assert "belongs to another user" in str(layout(0o755, socket_owner=nobody.pw_uid))
+    assert untrusted_socket(str(tmp_path / "absent" / ".s.PGSQL.1")) is None  # connect says
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    assert "is not a socket" in str(untrusted_socket(str(regular)))

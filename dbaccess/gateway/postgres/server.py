@@ -46,6 +46,7 @@ from dbaccess.gateway.sessions import (
     SessionDirectory,
     Upstream,
 )
+from dbaccess.gateway.upstream_socket import untrusted_socket
 from dbaccess.gateway.upstream_tls import tls_failure
 
 log = logging.getLogger(__name__)
@@ -609,6 +610,14 @@ class Connection:
         loop = self.gateway.loop
         config = self.gateway.config
         side = self.upstream = _Side(self)
+        if up.socket is not None and (reason := untrusted_socket(up.socket)) is not None:
+            log.error("gateway: the database's socket is not used: %s", reason)
+            self._refuse(
+                "08006",
+                "the gateway cannot reach the database (its socket is not one to "
+                "trust: the gateway's log says why)",
+            )
+            raise _Closed
         await asyncio.wait_for(
             loop.create_unix_connection(lambda: side, up.socket)
             if up.socket is not None
@@ -1512,9 +1521,9 @@ class Gateway:
     def issue_key(self, connection: Connection) -> tuple[int, int]:
         peers = self._peers
         while True:
-            # with peers, the pid field is this process's: a peer given the key knows
-            # whose it is
-            pid = peers.pid if peers is not None else secrets.randbelow(2**31 - 1) + 1
+            # with peers, the pid field's low bits are this process's slot: a peer given
+            # the key knows whose it is
+            pid = peers.new_pid_field() if peers is not None else secrets.randbelow(2**31 - 1) + 1
             key = (pid, secrets.randbits(32) - 2**31)
             if key not in self._keys:
                 self._keys[key] = connection
@@ -1551,6 +1560,9 @@ class Gateway:
             return  # like the server: no answer either way
         up = connection.session.upstream
         timeout = self.config.connect_timeout
+        if up.socket is not None and (reason := untrusted_socket(up.socket)) is not None:
+            log.warning("gateway: cancel not forwarded (%s)", reason)
+            return
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(up.socket)
