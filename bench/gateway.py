@@ -145,6 +145,7 @@ def start_gateway(
             "user": BENCH_USER,
             "password": password,
             "socket": None if socket is None else str(socket),
+            "socket_owner": None if socket is None else socket.stat().st_uid,
         },
         "user": user,
         "secret": secret,

@@ -3,8 +3,9 @@
     python bench/gateway_server.py < settings.json
 
 One JSON line on stdin (never argv: it holds the secrets): ``{"upstream": {"host", "port",
-"database", "user", "password", "socket"}, "user": gateway user name, "secret": gateway
-secret}``, ``socket`` the database's Unix socket or null (host:port).
+"database", "user", "password", "socket", "socket_owner"}, "user": gateway user name,
+"secret": gateway secret}``, ``socket`` the database's Unix socket or null (host:port),
+``socket_owner`` the uid serving it.
 Serves one session from a MemoryDirectory with auditing on: every statement becomes a record,
 handed to a BatchingWriter whose sink, with ``"store": URL``, writes them to that store as
 the gateway process does, and counts them (without a store, only counts them).
@@ -75,6 +76,7 @@ async def main() -> None:
                 up["user"],
                 up["password"],
                 socket=up.get("socket"),
+                socket_owner=up.get("socket_owner"),
             ),
         )
     )

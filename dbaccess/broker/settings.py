@@ -441,6 +441,11 @@ class TargetSection(_Section):
     # listener for session users at all; without TLS (none exists there: sslmode and
     # sslrootcert are for the broker's connections over host:port then).
     gateway_socket: Path | None = None
+    # With gateway_socket: the user the database server runs as on the gateway's host (a
+    # name, or a uid), the only one whose socket the gateway uses (libpq's requirepeer).
+    gateway_socket_owner: (
+        Annotated[str, Field(pattern=r"^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10})$")] | None
+    ) = None
     # Where the broker reads what the database logged of break-glass users, for incident
     # reviews of a direct target (docs/policies.md, "Incident reviews").
     statement_log: StatementLogSection | None = None
@@ -496,6 +501,12 @@ class TargetSection(_Section):
             raise ValueError(
                 'gateway_socket is for access = "gateway" targets (the gateway connects '
                 "there); a direct target's clients connect to host:port"
+            )
+        if (self.gateway_socket is None) != (self.gateway_socket_owner is None):
+            raise ValueError(
+                "gateway_socket and gateway_socket_owner go together: the socket, and the "
+                "user the database server runs as (the gateway uses no socket another "
+                "user serves)"
             )
         return self
 

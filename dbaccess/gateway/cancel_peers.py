@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ TAG_SIZE = 16
 SLOT_BITS = 10
 SLOTS = 1 << SLOT_BITS
 MAX_READS = 64  # datagrams read per wake-up: a flood cannot hold the event loop
+UNSENT_LOG_INTERVAL = 10.0  # seconds between warnings of hand-offs a full queue dropped
 _KEY = struct.Struct("!ii")
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
@@ -45,7 +47,8 @@ class CancelPeers:
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.slot = -1
-        self._uid = os.geteuid()
+        self._uid = os.getuid()  # the kernel stamps a sender's real uid
+        self._unsent_logged = -UNSENT_LOG_INTERVAL
 
     def open(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Bind a free slot's name; False (logged) where that cannot be done: cancels then
@@ -55,8 +58,9 @@ class CancelPeers:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             slot = secrets.randbelow(SLOTS)
             try:
-                sock.bind(self._prefix + str(slot))
+                # before the bind: no datagram queued without its sender's credentials
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                sock.bind(self._prefix + str(slot))
             except OSError as exc:  # the slot taken (another process), or not Linux
                 sock.close()
                 failure = exc.strerror or type(exc).__name__
@@ -91,7 +95,13 @@ class CancelPeers:
         try:
             self._socket.sendto(self.tag(pid, secret), self._prefix + str(slot))
         except OSError as exc:  # no process in that slot, or its queue full
-            log.debug("gateway: cancel for slot %d not handed on (%s)", slot, exc)
+            if exc.errno == errno.EAGAIN:  # a peer that is there but does not keep up
+                now = time.monotonic()
+                if now - self._unsent_logged >= UNSENT_LOG_INTERVAL:
+                    self._unsent_logged = now
+                    log.warning("gateway: a cancel for another process was dropped (%s)", exc)
+            else:
+                log.debug("gateway: cancel for slot %d not handed on (%s)", slot, exc)
 
     def _readable(self) -> None:
         sock = self._socket
@@ -110,8 +120,11 @@ class CancelPeers:
     def _from_our_user(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                uid: int = _CREDENTIALS.unpack_from(value)[1]
-                return uid == self._uid
+                if len(value) < _CREDENTIALS.size:
+                    return False
+                pid, uid, _ = _CREDENTIALS.unpack_from(value)
+                # pid 0: a sender the kernel could not name (another namespace)
+                return bool(pid) and uid == self._uid
         return False
 
     def close(self) -> None:

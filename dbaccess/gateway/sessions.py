@@ -91,10 +91,15 @@ class Upstream:
     # host:port when set: no network between the two, so no TLS (the server has none
     # there); host:port still names the database in messages.
     socket: str | None = None
+    # The uid the database server runs as: a socket served by another is refused
+    # (upstream_socket.py); required with ``socket``.
+    socket_owner: int | None = None
 
     def __post_init__(self) -> None:
         if self.socket is not None and self.tls.context is not None:
             raise ValueError("a database reached by its Unix socket has no TLS to ask for")
+        if (self.socket is None) != (self.socket_owner is None):
+            raise ValueError("a database's socket goes with the uid that serves it")
 
 
 @dataclass(frozen=True)

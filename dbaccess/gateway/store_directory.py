@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 
 from dbaccess.broker.settings import Settings
 from dbaccess.broker.store import Lease, Store
+from dbaccess.errors import ConfigError
 from dbaccess.gateway.credentials import bound_verifier, upstream_password
 from dbaccess.gateway.guardrails import ALLOW_ALL
 from dbaccess.gateway.sessions import GatewaySession, LiveConnections, ScramVerifier, Upstream
+from dbaccess.gateway.upstream_socket import owner_uid
 from dbaccess.gateway.upstream_tls import PLAIN, UpstreamTls, upstream_tls
 from dbaccess.gateway.watcher import UNBOUND, Standing
 
@@ -42,6 +44,7 @@ class StoreDirectory:
     ) -> None:
         self.store = store
         self._tls: dict[str, UpstreamTls] = {}
+        self._socket_owners: dict[str, int] = {}
         self.settings = settings
         self._key = key
         self.live = live or LiveConnections()
@@ -61,6 +64,18 @@ class StoreDirectory:
             for name, target in settings.targets.items()
             if target.access == "gateway" and target.gateway_socket is None
         }
+        owners: dict[str, int] = {}
+        for name, target in settings.targets.items():
+            if target.access == "gateway" and target.gateway_socket_owner is not None:
+                try:
+                    owners[name] = owner_uid(target.gateway_socket_owner)
+                except KeyError:
+                    raise ConfigError(
+                        f"target {name}: gateway_socket_owner '{target.gateway_socket_owner}'"
+                        " is no user on this host; name the user the database server runs "
+                        "as here, or its uid"
+                    ) from None
+        self._socket_owners = owners
         self._settings = settings
 
     def lookup(self, user: str) -> GatewaySession | None:
@@ -94,6 +109,7 @@ class StoreDirectory:
                 password=upstream_password(self._key, lease.id),
                 tls=self._tls.get(lease.target, PLAIN),
                 socket=None if target.gateway_socket is None else str(target.gateway_socket),
+                socket_owner=self._socket_owners.get(lease.target),
             ),
             expires_at=lease.expires_at,
             policy=ALLOW_ALL if template.gateway is None else template.gateway.policy(),

@@ -1,42 +1,35 @@
 """The database's Unix socket (``gateway_socket``), as the gateway trusts it. There is no
-TLS on a Unix socket to prove who listens there, so the path itself must be one only the
-database's own user (or root) can have made: its directory writable by its owner alone,
-or by the owner's own group too (Debian's /var/run/postgresql is postgres:postgres 2775),
-and the socket owned by the directory's owner or by root. Otherwise another local user
-could put a socket of their own there (in /tmp, say, while the database restarts), relay
-the session's SCRAM login to the real server and read every statement and result."""
+TLS on a Unix socket to prove who listens there, and a path proves little (a directory
+made after a reboot, /tmp, a shared volume): whoever else put a socket there could relay
+the session's SCRAM login to the real server and read every statement and result. So, as
+libpq's ``requirepeer`` does, each connection is checked after it is made: the kernel's
+word for the user the listening process runs as (SO_PEERCRED) must be the target's
+``gateway_socket_owner``. Race-free, and indifferent to the directory's layout."""
 
 from __future__ import annotations
 
-import os
 import pwd
-import stat
+import socket
+import struct
+from typing import Any
+
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
-def untrusted_socket(path: str) -> str | None:
-    """Why ``path`` is not a socket to trust, or None (a missing one too: connecting then
-    fails with its own error)."""
-    directory = os.path.dirname(path) or "."
+def owner_uid(owner: str) -> int:
+    """A user name or a numeric uid, as the gateway's host knows it; KeyError if unknown."""
+    if owner.isdigit():
+        return int(owner)
+    return pwd.getpwnam(owner).pw_uid
+
+
+def not_served_by(sock: Any, uid: int) -> str | None:
+    """Why the connected Unix socket ``sock`` is not served by ``uid``, or None."""
     try:
-        folder = os.stat(directory)
-        entry = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"{path} cannot be checked ({exc.strerror})"
-    if folder.st_mode & stat.S_IWOTH:
-        return f"its directory {directory} is writable by every user"
-    if folder.st_mode & stat.S_IWGRP and folder.st_gid != _primary_group(folder.st_uid):
-        return f"its directory {directory} is writable by a group other than its owner's own"
-    if not stat.S_ISSOCK(entry.st_mode):
-        return f"{path} is not a socket"
-    if entry.st_uid not in (folder.st_uid, 0):
-        return f"{path} belongs to another user than its directory {directory}"
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError) as exc:  # not Linux: no way to tell
+        return f"the user serving the socket cannot be read ({type(exc).__name__})"
+    peer = _UCRED.unpack(raw)[1]
+    if peer != uid:
+        return f"the socket is served by uid {peer}, not by the database's uid {uid}"
     return None
-
-
-def _primary_group(uid: int) -> int | None:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return None

@@ -8,6 +8,7 @@ the server runs as the ``postgres`` account (``initdb`` and ``postgres`` refuse 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import secrets
 import signal
@@ -137,6 +138,11 @@ class PostgresServer:
             log_path=self.log_path,
             stop=self.stop,
         )
+
+    @property
+    def uid(self) -> int:
+        """The user id the server runs as (what a Unix-socket client sees, SO_PEERCRED)."""
+        return pwd.getpwnam(self._user).pw_uid if self._user else os.getuid()
 
     @property
     def socket_path(self) -> Path:

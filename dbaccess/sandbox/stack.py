@@ -406,6 +406,7 @@ class Stack:
             gateway_source=GATEWAY_SOURCE,
             pg_port=self.postgres.port,
             gateway_socket=f'\ngateway_socket = "{self.postgres.socket_path}"'
+            f'\ngateway_socket_owner = "{self.postgres.uid}"'
             if self.gateway_socket
             else "",
             provisioner=PROVISIONER,

@@ -46,7 +46,7 @@ from dbaccess.gateway.sessions import (
     SessionDirectory,
     Upstream,
 )
-from dbaccess.gateway.upstream_socket import untrusted_socket
+from dbaccess.gateway.upstream_socket import not_served_by
 from dbaccess.gateway.upstream_tls import tls_failure
 
 log = logging.getLogger(__name__)
@@ -610,14 +610,6 @@ class Connection:
         loop = self.gateway.loop
         config = self.gateway.config
         side = self.upstream = _Side(self)
-        if up.socket is not None and (reason := untrusted_socket(up.socket)) is not None:
-            log.error("gateway: the database's socket is not used: %s", reason)
-            self._refuse(
-                "08006",
-                "the gateway cannot reach the database (its socket is not one to "
-                "trust: the gateway's log says why)",
-            )
-            raise _Closed
         await asyncio.wait_for(
             loop.create_unix_connection(lambda: side, up.socket)
             if up.socket is not None
@@ -626,6 +618,16 @@ class Connection:
             ),
             config.connect_timeout,
         )
+        if up.socket_owner is not None and side.transport is not None:
+            reason = not_served_by(side.transport.get_extra_info("socket"), up.socket_owner)
+            if reason is not None:  # before any byte: no login reaches whoever it is
+                log.error("gateway: the database's socket %s is not used: %s", up.socket, reason)
+                self._refuse(
+                    "08006",
+                    "the gateway cannot reach the database (its socket is not the "
+                    "database's: the gateway's log says why)",
+                )
+                raise _Closed
         if up.tls.context is not None:
             await self._upstream_tls(side, up)
         side.write(wire.startup_message({"user": up.user, "database": up.database, **params}))
@@ -1560,9 +1562,6 @@ class Gateway:
             return  # like the server: no answer either way
         up = connection.session.upstream
         timeout = self.config.connect_timeout
-        if up.socket is not None and (reason := untrusted_socket(up.socket)) is not None:
-            log.warning("gateway: cancel not forwarded (%s)", reason)
-            return
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(up.socket)
@@ -1576,6 +1575,11 @@ class Gateway:
             log.warning("gateway: cancel not forwarded (%s)", type(exc).__name__)
             return
         try:
+            if up.socket_owner is not None:
+                reason = not_served_by(writer.get_extra_info("socket"), up.socket_owner)
+                if reason is not None:
+                    log.warning("gateway: cancel not forwarded (%s)", reason)
+                    return
             if up.tls.context is not None:  # as the session's connection went
                 writer.write(SSL_REQUEST)
                 answer = await asyncio.wait_for(reader.readexactly(1), timeout)
