@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -22,11 +23,37 @@ class ServiceError(RuntimeError):
     """A sandbox service could not be started or did not become ready."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, below the kernel's
+    ephemeral range: a port handed out here is often bound seconds later (after the
+    servers before it have started), and a port of that range can be taken in between as
+    the local end of any outgoing connection, which made a server's bind fail."""
+    low, high = _below_ephemeral()
+    for _ in range(200) if high > low else ():
+        port = secrets.choice(range(low, high + 1))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below it
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 49152  # IANA's dynamic range (macOS, BSD)
+    return max(10000, first - 12000), first - 1
 
 
 def wait_until(
