@@ -15,6 +15,7 @@ import re
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +127,19 @@ class RunningGateway:
             **extra,
         }
         return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def assert_cancelled(conn: Any, sql: str, *, after: float = 1.0, within: float = 10) -> None:
+    """``sql`` (a sleep) on ``conn`` is cancelled by ``cancel_safe`` ``after`` seconds in,
+    ending within ``within`` seconds (psycopg's legacy ``cancel()`` would hold the GIL)."""
+    import psycopg
+
+    timer = threading.Timer(after, conn.cancel_safe)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute(sql)
+    assert time.monotonic() - started < within
 
 
 @contextmanager

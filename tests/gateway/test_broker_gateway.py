@@ -22,6 +22,7 @@ from dbaccess.gateway.credentials import upstream_password
 from dbaccess.sandbox.outage import frozen
 from dbaccess.sandbox.stack import Stack
 from tests.e2e.conftest import Cli
+from tests.gateway.conftest import assert_cancelled
 from tests.gateway.scram_probe import scram_first
 
 pytestmark = pytest.mark.integration
@@ -193,17 +194,7 @@ def test_two_gateways_share_one_address_and_a_killed_one_drops_only_its_connecti
         for number, conn in enumerate(conns):
             conn.execute(f"select {number}")
         store = gw_cli.store()
-        wait_for(
-            lambda: (
-                store.statement_head(str(granted["id"])) is not None
-                and store.statement_head(str(granted["id"])).count >= 12
-            ),  # type: ignore[union-attr]
-            "the records of both gateways",
-        )
-        served_by = {
-            int(entry.sql.removeprefix("select ")): entry.gateway
-            for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
-        }
+        served_by = gateways_serving(gw_cli, granted, 12)
         assert len(served_by) == 12
         assert "gw-b" in served_by.values() and len(set(served_by.values())) == 2
 
@@ -259,18 +250,7 @@ def test_a_cancel_that_reaches_the_other_gateway_process_still_cancels(
             conn = psycopg.connect(**gateway_conninfo(granted, ca), autocommit=True)  # type: ignore[arg-type]
             conn.execute(f"select {number}")
             conns.append(conn)
-        store = gw_cli.store()
-        wait_for(
-            lambda: (
-                store.statement_head(str(granted["id"])) is not None
-                and store.statement_head(str(granted["id"])).count >= 12
-            ),  # type: ignore[union-attr]
-            "the records of both gateways",
-        )
-        served_by = {  # which process serves which connection, as its records say
-            int(entry.sql.removeprefix("select ")): entry.gateway
-            for entry in store.statement_page(str(granted["id"]), after=0, limit=100)[0]
-        }
+        served_by = gateways_serving(gw_cli, granted, 12)
         by_process = {name: conns[number] for number, name in served_by.items()}
         assert len(by_process) == 2, "the kernel gave all 12 connections to one process"
         # a key's low 10 bits name the process's slot, the rest is random (not its pid)
@@ -282,12 +262,7 @@ def test_a_cancel_that_reaches_the_other_gateway_process_still_cancels(
         pids = {conn.info.backend_pid for conn in conns}
         assert len(pids) == 12 and not pids & {second.pid, gw_stack.gateway_pid}
         for conn in list(by_process.values()) * 3:
-            timer = threading.Timer(0.5, conn.cancel_safe)
-            timer.start()
-            started = time.monotonic()
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                conn.execute("select pg_sleep(8)")
-            assert time.monotonic() - started < 5
+            assert_cancelled(conn, "select pg_sleep(8)", after=0.5, within=5)
             assert conn.execute("select 1").fetchone() == (1,)
         # a guessed key naming either process's slot cancels nothing, wherever it lands
         victim = by_process["gw-d"]
@@ -367,6 +342,22 @@ def test_no_secret_reaches_argv_environment_logs_or_records(
         for secret in secrets:
             assert secret not in text, f"a secret is in the gateway's {where}"
     assert "a bind parameter" not in exposed["records"]  # params = "redacted" (the default)
+
+
+def gateways_serving(cli: Cli, granted: dict[str, object], count: int) -> dict[int, str]:
+    """Connection number -> the gateway that served it, as the records of ``count``
+    connections that each ran ``select N`` say (once all are stored)."""
+    store, lease = cli.store(), str(granted["id"])
+    wait_for(
+        lambda: (
+            store.statement_head(lease) is not None and store.statement_head(lease).count >= count  # type: ignore[union-attr]
+        ),
+        "the records of both gateways",
+    )
+    return {
+        int(entry.sql.removeprefix("select ")): entry.gateway
+        for entry in store.statement_page(lease, after=0, limit=100)[0]
+    }
 
 
 def send_cancel(port: int, pid: int, secret: int) -> None:
