@@ -108,6 +108,10 @@ simple_answer(PyObject *self, PyObject *arg)
     }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    /* not ending with a whole ReadyForQuery: not such a chunk, told at once (a result's
+     * bulk, chunk after chunk, is walked by the Python path alone, not twice) */
+    if (size < 6 || data[size - 6] != 'Z' || be32(data + size - 5) != 5)
+        Py_RETURN_NONE;
     Py_ssize_t pos = 0;
     long long rows = 0, data_rows = 0;
     int counted = 0;
