@@ -223,22 +223,36 @@ def _connection() -> tuple[Connection, Any]:
     return conn, gateway.records
 
 
-def _run(
-    fast: bool, client_chunks: list[bytes], server_chunks: list[bytes]
-) -> tuple[bytes, bytes, list[tuple[Any, ...]], int, bytes, bool]:
-    saved = fastwire.client_queries, fastwire.simple_answer
+def _run(fast: bool, client_chunks: list[bytes], server_chunks: list[bytes]) -> tuple[Any, ...]:
+    return _run_rounds(fast, [(client_chunks, server_chunks)])
+
+
+def _run_rounds(fast: bool, rounds: list[tuple[list[bytes], list[bytes]]]) -> tuple[Any, ...]:
+    """Each round's client chunks, then its server chunks, through one connection: what it
+    forwarded each way, its records (without their clock readings), its statements still
+    open, and its state."""
+    saved = fastwire.client_queries, fastwire.simple_answer, fastwire.Relay, server._Open
     if not fast:
-        fastwire.client_queries = fastwire.simple_answer = None
+        fastwire.client_queries = fastwire.simple_answer = fastwire.Relay = None
+        server._Open = server._PyOpen  # type: ignore[misc]
     try:
         conn, records = _connection()
-        for chunk in client_chunks:
-            if not conn.closed:
-                conn.from_client(chunk)
-        for chunk in server_chunks:
-            if not conn.closed:
-                conn.from_server(chunk)
+        # the entries the transports call once relaying (the compiled Relay's, when fast)
+        to_client, to_server = conn.relays()
+        for client_chunks, server_chunks in rounds:
+            for chunk in client_chunks:
+                if not conn.closed:
+                    to_client(chunk)
+            for chunk in server_chunks:
+                if not conn.closed:
+                    to_server(chunk)
     finally:
-        fastwire.client_queries, fastwire.simple_answer = saved
+        (
+            fastwire.client_queries,
+            fastwire.simple_answer,
+            fastwire.Relay,
+            server._Open,  # type: ignore[misc]
+        ) = saved
     # the records without their clock readings (start and duration)
     kept = [fields[:8] + fields[10:] for fields in records.added]
     assert conn.upstream is not None
@@ -246,10 +260,15 @@ def _run(
         bytes(conn.upstream.transport.sent),  # type: ignore[union-attr]
         bytes(conn.client.transport.sent),  # type: ignore[union-attr]
         kept,
+        [
+            (o.kind, o.sql, o.params, o.simple, o.rows, o.data_rows, o.bytes_out, o.bytes_in,
+             o.sqlstate, o.rule)
+            for o in conn.pending if o is not None
+        ],
         conn.scanner.total,
         conn.status,
         conn.closed,
-    )
+    )  # fmt: skip
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -291,3 +310,140 @@ def test_a_connection_forwards_and_records_the_same_with_and_without_it(
     client_chunks = _split(client, client_cuts)
     server_chunks = _split(stream, server_cuts) if stream else []
     assert _run(True, client_chunks, server_chunks) == _run(False, client_chunks, server_chunks)
+
+
+@needs_c
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            QUERIES,
+            ANSWER_PARTS,
+            st.lists(st.integers(min_value=0, max_value=10_000), max_size=3),
+            st.lists(st.integers(min_value=0, max_value=10_000), max_size=4),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_statement_after_statement_the_compiled_relay_does_what_the_python_path_does(
+    rounds: list[tuple[list[str], list[bytes], list[int], list[int]]],
+) -> None:
+    # as a client talks: a statement, its answer, the next one (the relay's first paths
+    # taken, left and taken again, with what an answer leaves open carried over)
+    chunks = []
+    for queries, answer, client_cuts, server_cuts in rounds:
+        client = b"".join(msg(b"Q", q.encode() + b"\0") for q in queries)
+        stream = b"".join(answer)
+        chunks.append((_split(client, client_cuts), _split(stream, server_cuts) if stream else []))
+    assert _run_rounds(True, chunks) == _run_rounds(False, chunks)
+
+
+@needs_c
+def test_the_compiled_relay_is_what_a_relaying_connection_uses() -> None:
+    conn, _ = _connection()
+    to_client, to_server = conn.relays()
+    assert isinstance(to_client.__self__, fastwire.Relay)
+    assert to_server.__self__ is to_client.__self__
+    assert server._Open is fastwire.Open
+
+
+QUERY = msg(b"Q", b"SELECT 1\0")
+ANSWER = T + D + msg(b"C", b"SELECT 1\0") + Z
+
+
+def _held(conn: Connection) -> None:
+    conn.client.buf += b"Q"
+
+
+def _backlogged(conn: Connection) -> None:
+    conn.records.backlogged = True  # type: ignore[misc]
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "state",
+    [
+        lambda c: setattr(c, "guarding", True),
+        lambda c: setattr(c, "skipping", True),
+        lambda c: setattr(c, "idle_timer", object()),
+        _held,
+        _backlogged,
+    ],
+    ids=["guarding", "skipping", "idle-timer", "bytes-held", "backlogged"],
+)
+def test_a_client_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
+    state: Any,
+) -> None:
+    conn, records = _connection()
+    handed: list[bytes] = []
+    conn.from_client = handed.append  # type: ignore[method-assign]
+    to_client, _ = conn.relays()
+    state(conn)
+    to_client(QUERY)
+    assert handed == [QUERY]
+    assert not conn.pending
+    assert conn.upstream is not None and conn.upstream.transport.sent == b""  # type: ignore[union-attr]
+
+
+def _not_simple(conn: Connection) -> None:
+    conn.pending.appendleft(server._Open("execute", "SELECT 1", None, False, 0))
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "state",
+    [
+        lambda c: setattr(c, "limiting", True),
+        lambda c: setattr(c, "idle_timer", object()),
+        lambda c: c.portals.update({b"p": ("SELECT 1", None)}),
+        lambda c: c.pending.clear(),
+        _not_simple,
+        lambda c: c.scanner._header.extend(b"D\0"),
+        lambda c: setattr(c.scanner, "_skip", 3),
+        lambda c: setattr(c.scanner, "limited", True),
+    ],
+    ids=[
+        "limiting", "idle-timer", "portals", "nothing-pending", "head-not-simple",
+        "split-header", "split-body", "limited",
+    ],
+)  # fmt: skip
+def test_a_server_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
+    state: Any,
+) -> None:
+    conn, records = _connection()
+    handed: list[bytes] = []
+    conn.from_server = handed.append  # type: ignore[method-assign]
+    to_client, to_server = conn.relays()
+    to_client(QUERY)
+    state(conn)
+    to_server(ANSWER)
+    assert handed == [ANSWER]
+    assert not records.added
+    assert conn.client.transport.sent == b""  # type: ignore[union-attr]
+
+
+@needs_c
+def test_a_server_chunk_the_relay_cannot_read_is_scanned_by_the_python_path() -> None:
+    conn, records = _connection()
+    scanned: list[bytes] = []
+    conn._scan_server = scanned.append  # type: ignore[method-assign]
+    to_client, to_server = conn.relays()
+    to_client(QUERY)
+    to_server(ANSWER[:-1])  # not ending with a whole ReadyForQuery
+    assert scanned == [ANSWER[:-1]]
+    assert not records.added
+
+
+@needs_c
+def test_the_relay_records_a_simple_answer_as_the_python_path_does() -> None:
+    conn, records = _connection()
+    to_client, to_server = conn.relays()
+    to_client(QUERY)
+    to_server(ANSWER)
+    (fields,) = records.added
+    assert fields[:8] == ("l", "p", "t", "readwrite", "query", "SELECT 1", "none", None)
+    assert fields[10:] == (1, len(ANSWER), 0, None, "completed", 1, None)
+    assert conn.upstream is not None and conn.upstream.transport.sent == QUERY  # type: ignore[union-attr]
+    assert conn.client.transport.sent == ANSWER  # type: ignore[union-attr]
+    assert not conn.pending and conn.status == b"I"

@@ -352,6 +352,14 @@ class _Open:
     rule: str | None = None  # the guardrail that refused it
 
 
+# the same fields as a C struct where the compiled reader is built: its Relay reads and
+# updates them directly (the dataclass stays the reference the differential test holds
+# it to, and what runs without the extension)
+_PyOpen = _Open
+if fastwire.Open is not None:
+    _Open = fastwire.Open  # type: ignore[misc]
+
+
 class Connection:
     """One client connection and its upstream connection."""
 
@@ -553,8 +561,9 @@ class Connection:
         upstream = self.upstream
         assert upstream is not None
         client.peer, upstream.peer = upstream, client
-        upstream.start_relay(self.from_server)
-        client.start_relay(self.from_client)
+        to_client, to_server = self.relays()
+        upstream.start_relay(to_server)
+        client.start_relay(to_client)
         if upstream.buf:
             data = bytes(upstream.buf)
             upstream.buf.clear()
@@ -745,6 +754,15 @@ class Connection:
         raise _Closed
 
     # -- relay: client -> server ---------------------------------------------------------
+
+    def relays(self) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
+        """The client side's and the database side's ``data_received`` once relaying: the
+        compiled Relay's where it is built (from_client's and from_server's first paths in
+        C, these methods for every other chunk), else these methods."""
+        if fastwire.Relay is None:
+            return self.from_client, self.from_server
+        relay = fastwire.Relay(self)
+        return relay.client, relay.server
 
     def from_client(self, data: bytes) -> None:
         if self.idle_timer is not None:
@@ -1011,6 +1029,10 @@ class Connection:
                     if transport is not None and not self.closed:
                         transport.write(data)
                     return
+        self._scan_server(data)
+
+    def _scan_server(self, data: bytes) -> None:
+        """from_server past its first path: the chunk fed to the scanner, then forwarded."""
         try:
             self.scanner.feed(data)
         except wire.ProtocolError:
