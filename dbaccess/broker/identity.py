@@ -62,10 +62,19 @@ class Principal:
         )
 
     @property
+    def verified_email(self) -> str | None:
+        """``email`` when the provider vouches for it, else None: the address a lease, an
+        audit event, a database user's name or a chat message may give as this person's
+        (anyone may type anyone's address into an unverified one)."""
+        return self.email if self.email_verified else None
+
+    @property
     def handle(self) -> str:
-        """A short, human name for usernames and audit lines: email local part, else subject."""
-        if self.email and "@" in self.email:
-            return self.email.split("@", 1)[0]
+        """A short, human name for usernames and audit lines: a verified email's local part,
+        else the subject."""
+        email = self.verified_email
+        if email and "@" in email:
+            return email.split("@", 1)[0]
         return self.subject
 
 

@@ -81,8 +81,7 @@ def waiving_shift(
     verified email is looked up."""
     if rule.oncall is None or not rule.oncall_covers(role) or on_call is None or now is None:
         return None
-    email = principal.email if principal.email_verified else None
-    shift = on_call(rule.oncall.source, email, now)
+    shift = on_call(rule.oncall.source, principal.verified_email, now)
     if shift is None or shift.level not in rule.oncall.levels:
         return None
     return shift if shift.end - now >= MIN_ON_CALL_LEFT else None

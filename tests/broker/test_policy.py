@@ -40,7 +40,8 @@ def test_denies_by_default() -> None:
     decision = decide(alice("sales"), AccessRequest("demo", "readonly"), RULES)
     assert not decision.allowed
     assert decision.rule is None
-    assert "no rule grants role 'readonly' on 'demo' to alice" in decision.explanation
+    # alice() has an unverified email: the explanation names her by subject
+    assert "no rule grants role 'readonly' on 'demo' to sub-alice" in decision.explanation
 
 
 def test_denies_a_role_the_rule_does_not_name() -> None:
@@ -76,6 +77,15 @@ def test_rule_by_user_email_needs_a_verified_email() -> None:
     assert not decide(alice(), AccessRequest("demo", "readonly"), [rule]).allowed
     bob = Principal("sub-bob", "bob@example.com", None, frozenset(), email_verified=True)
     assert not decide(bob, AccessRequest("demo", "readonly"), [rule]).allowed
+
+
+def test_only_a_verified_email_names_the_person_in_names_and_records() -> None:
+    claimed = Principal("sub-eve", "alice@example.com", "Eve", frozenset())
+    assert claimed.verified_email is None
+    assert claimed.handle == "sub-eve"  # the database user's name, chat lines
+    verified = Principal("sub-alice", "alice@example.com", None, frozenset(), email_verified=True)
+    assert verified.verified_email == "alice@example.com"
+    assert verified.handle == "alice"
 
 
 def test_rule_by_subject_matches_exactly_verified_or_not() -> None:

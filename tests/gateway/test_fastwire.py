@@ -447,3 +447,14 @@ def test_the_relay_records_a_simple_answer_as_the_python_path_does() -> None:
     assert conn.upstream is not None and conn.upstream.transport.sent == QUERY  # type: ignore[union-attr]
     assert conn.client.transport.sent == ANSWER  # type: ignore[union-attr]
     assert not conn.pending and conn.status == b"I"
+
+
+@needs_c
+def test_a_pending_statements_fields_cannot_be_deleted() -> None:
+    # the relay reads them as always set: a deleted one would be a NULL in C
+    item = server._Open("query", "SELECT 1", None, True, 0)
+    for name in ("kind", "sql", "params", "rows", "sqlstate", "rule"):
+        with pytest.raises(AttributeError):
+            delattr(item, name)
+        setattr(item, name, "x")
+        assert getattr(item, name) == "x"

@@ -35,7 +35,7 @@ class Approvals:
         request, created = ctx.store.create_request(
             now=ctx.clock(),
             subject=principal.subject,
-            email=principal.email,
+            email=principal.verified_email,
             target=body.target,
             role=body.role,
             duration=decision.duration,
@@ -123,7 +123,7 @@ class Approvals:
             principal.subject,
             {
                 "request_id": request.id,
-                "email": principal.email,
+                "email": principal.verified_email,
                 "target": request.target,
                 "role": request.role,
                 "state": request.state,
@@ -183,8 +183,15 @@ class Approvals:
     def approve(self, principal: Principal, request_id: str, origin: Origin) -> RequestInfo:
         request = self._decidable(principal, request_id)
         try:
+            # the approver's email, verified or not, for the checks (a match only refuses);
+            # kept with the approval, where people read who approved, only when verified
             request = self.ctx.store.approve_request(
-                request.id, principal.subject, self.ctx.clock(), origin.detail(), principal.email
+                request.id,
+                principal.subject,
+                self.ctx.clock(),
+                origin.detail(),
+                principal.email,
+                email_verified=principal.email_verified,
             )
         except Conflict as exc:
             raise refusals.Conflict(

@@ -97,7 +97,7 @@ class Breakglass:
                 "breakglass.denied",
                 principal.subject,
                 {
-                    "email": principal.email,
+                    "email": principal.verified_email,
                     "target": body.target,
                     "incident": body.incident,
                     "reason": body.reason,
@@ -133,7 +133,7 @@ class Breakglass:
             f"{body.incident} until {granted.expires_at:%Y-%m-%d %H:%M} UTC — "
             f"reason: {body.reason.strip()}",
             user=principal.subject,
-            email=principal.email,
+            email=principal.verified_email,
             target=target,
             role=role,
             db_user=granted.db_user,

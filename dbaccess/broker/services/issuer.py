@@ -100,7 +100,7 @@ class Issuer:
             lease = self.ctx.store.open_lease(
                 now=now,
                 subject=principal.subject,
-                email=principal.email,
+                email=principal.verified_email,
                 target=target_name,
                 role=role,
                 engine=target.engine,
@@ -254,7 +254,7 @@ class Issuer:
             "breakglass.denied" if breakglass else "session.denied",
             principal.subject,
             {
-                "email": principal.email,
+                "email": principal.verified_email,
                 "target": target,
                 "role": role,
                 "reason": reason,

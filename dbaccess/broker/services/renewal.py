@@ -63,7 +63,7 @@ class Renewal:
                 "session.renew_denied",
                 principal.subject,
                 {
-                    "email": principal.email,
+                    "email": principal.verified_email,
                     "db_user": lease.db_user,
                     "target": lease.target,
                     "role": lease.role,

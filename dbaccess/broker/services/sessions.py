@@ -108,7 +108,7 @@ class SessionService:
                 "session.denied",
                 principal.subject,
                 {
-                    "email": principal.email,
+                    "email": principal.verified_email,
                     "target": body.target,
                     "role": body.role,
                     "reason": reason,

@@ -116,7 +116,7 @@ class TargetGuard:
             "session.renew_denied" if action == "renew" else "session.denied",
             principal.subject,
             {
-                "email": principal.email,
+                "email": principal.verified_email,
                 "target": target,
                 **detail,
                 "code": "target_unreachable",
@@ -150,7 +150,7 @@ class TargetGuard:
             "session.undelivered",
             principal.subject,
             {
-                "email": principal.email,
+                "email": principal.verified_email,
                 "target": granted.target,
                 "role": granted.role,
                 "db_user": granted.db_user,

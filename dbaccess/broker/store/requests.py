@@ -170,11 +170,15 @@ class Requests(AuditTrail):
         now: datetime,
         origin: dict[str, Any],
         approver_email: str | None = None,
+        *,
+        email_verified: bool = True,
     ) -> ApprovalRequest:
         """Add one approval; the request becomes ``approved`` with the last one needed.
         Raises LookupError (no such request) or Conflict (not pending, expired, own
         request, approved twice by one person: the same subject, or the same email in any
-        letter case, as ``Principal.same_person`` tells people apart)."""
+        letter case, as ``Principal.same_person`` tells people apart). The email is kept
+        with the approval only when ``email_verified``: what is kept is read as who
+        approved, and the checks only refuse."""
         email = approver_email.casefold() if approver_email else None
         with self._write() as conn:
             row = self._pending_request(conn, request_id, now)
@@ -187,7 +191,7 @@ class Requests(AuditTrail):
             ):
                 raise Conflict(f"you already approved request {request_id}")
             approval = {"by": approver, "at": now.isoformat()}
-            if approver_email:
+            if approver_email and email_verified:
                 approval["email"] = approver_email
             approvals.append(approval)
             done = len(approvals) >= row.approvals_required

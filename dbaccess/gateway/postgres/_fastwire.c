@@ -267,18 +267,39 @@ open_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)item;
 }
 
+/* The object fields through getters and setters that refuse ``del``: the relay reads
+ * them as never NULL (a member would let ``del item.rows`` leave one NULL). */
+static PyObject *
+open_get(OpenObject *self, void *offset)
+{
+    return Py_NewRef(*(PyObject **)((char *)self + (Py_ssize_t)offset));
+}
+
+static int
+open_set(OpenObject *self, PyObject *value, void *offset)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a statement's fields cannot be deleted");
+        return -1;
+    }
+    Py_SETREF(*(PyObject **)((char *)self + (Py_ssize_t)offset), Py_NewRef(value));
+    return 0;
+}
+
+#define OPEN_FIELD(name) \
+    {#name, (getter)open_get, (setter)open_set, NULL, (void *)offsetof(OpenObject, name)}
+
+static PyGetSetDef open_fields[] = {
+    OPEN_FIELD(kind), OPEN_FIELD(sql), OPEN_FIELD(params), OPEN_FIELD(rows),
+    OPEN_FIELD(sqlstate), OPEN_FIELD(rule), {NULL},
+};
+
 static PyMemberDef open_members[] = {
-    {"kind", T_OBJECT, offsetof(OpenObject, kind), 0, NULL},
-    {"sql", T_OBJECT, offsetof(OpenObject, sql), 0, NULL},
-    {"params", T_OBJECT, offsetof(OpenObject, params), 0, NULL},
     {"simple", T_BOOL, offsetof(OpenObject, simple), READONLY, NULL},
     {"t0", T_LONGLONG, offsetof(OpenObject, t0), READONLY, NULL},
-    {"rows", T_OBJECT, offsetof(OpenObject, rows), 0, NULL},
     {"data_rows", T_LONGLONG, offsetof(OpenObject, data_rows), 0, NULL},
     {"bytes_out", T_LONGLONG, offsetof(OpenObject, bytes_out), 0, NULL},
     {"bytes_in", T_LONGLONG, offsetof(OpenObject, bytes_in), 0, NULL},
-    {"sqlstate", T_OBJECT, offsetof(OpenObject, sqlstate), 0, NULL},
-    {"rule", T_OBJECT, offsetof(OpenObject, rule), 0, NULL},
     {NULL},
 };
 
@@ -290,6 +311,7 @@ static PyTypeObject OpenType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A statement the client sent whose answer is not complete yet.",
     .tp_members = open_members,
+    .tp_getset = open_fields,
     .tp_new = open_new,
 };
 
@@ -336,6 +358,12 @@ relay_traverse(RelayObject *self, visitproc visit, void *arg)
     Py_VISIT(self->from_client);
     Py_VISIT(self->from_server);
     Py_VISIT(self->scan_server);
+    Py_VISIT(self->lease);
+    Py_VISIT(self->person);
+    Py_VISIT(self->target);
+    Py_VISIT(self->role);
+    Py_VISIT(self->params_policy);
+    Py_VISIT(self->number);
     return 0;
 }
 

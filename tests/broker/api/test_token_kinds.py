@@ -133,3 +133,39 @@ def test_a_rule_naming_an_email_needs_it_verified(
     with broker(stack, idp, tmp_path, email_verified_claim="") as api:
         refused = api.post("/v1/sessions", headers=bearer(minted["alice"]), json=want)
         assert refused.status_code == 403
+
+
+def test_an_unverified_email_names_nobody_in_what_the_broker_records(
+    stack: Stack,
+    idp: OidcProvider,
+    minted: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # eve's profile says Alice@example.com: her session must not read as alice's anywhere a
+    # person looks for who did it (the database user, the lease, the audit, the listing)
+    import sqlalchemy as sa
+
+    from dbaccess.broker.store import Store
+    from dbaccess.broker.store.schema import leases
+
+    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
+    want = {"target": "demo", "role": "readonly", "duration_seconds": 600}
+    with broker(stack, idp, tmp_path) as api:
+        eve = bearer(minted["eve"])
+        made = api.post("/v1/sessions", headers=eve, json=want)
+        assert made.status_code == 201, made.text
+        session = made.json()
+        assert session["db_user"].startswith("dba_eve")  # her subject names her
+        assert "alice" not in session["db_user"].lower()
+        listed = api.get("/v1/sessions", headers=eve).json()
+        assert [s["db_user"] for s in listed] == [session["db_user"]]
+        assert api.delete(f"/v1/sessions/{session['id']}", headers=eve).status_code in (200, 204)
+    store = Store(f"sqlite:///{tmp_path / 'kinds.db'}")
+    with store.engine.connect() as conn:
+        (lease,) = conn.execute(sa.select(leases.c.subject, leases.c.email)).all()
+    assert lease == ("eve", None)
+    records = store.audit_records(subject="eve")
+    assert {r.event for r in records} >= {"session.granted", "session.revoked"}
+    for record in records:
+        assert "alice" not in repr(record.detail).lower(), record

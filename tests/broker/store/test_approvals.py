@@ -62,3 +62,24 @@ def test_the_requester_under_another_subject_is_still_the_requester(store: Store
     # without an email, subjects alone tell people apart (as before)
     done = store.approve_request(request_id, "frank-sub", NOW, {})
     assert done.state == "approved" and done.approvals[0].get("email") is None
+
+
+def test_an_unverified_approver_email_refuses_but_is_not_kept_as_who_approved(
+    store: Store,
+) -> None:
+    request_id = request_of(store)
+    # an unverified copy of the requester's address cannot approve (a match only refuses)
+    with pytest.raises(Conflict, match="their own request"):
+        store.approve_request(
+            request_id, "eve-sub", NOW, {}, "alice@example.com", email_verified=False
+        )
+    # mallory's profile says frank@: her approval counts as hers alone, and does not
+    # read as frank's; frank's own approval still counts
+    store.approve_request(
+        request_id, "mallory-sub", NOW, {}, "frank@example.com", email_verified=False
+    )
+    kept = store.get_request(request_id)
+    assert kept is not None and kept.approvals[0].get("email") is None
+    done = store.approve_request(request_id, "frank-sub", NOW, {}, "frank@example.com")
+    assert done.state == "approved"
+    assert [a.get("email") for a in done.approvals] == [None, "frank@example.com"]

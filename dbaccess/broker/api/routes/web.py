@@ -62,7 +62,7 @@ TEMPLATES = {
 <title>{% block title %}dbaccess approvals{% endblock %}</title>
 <link rel="stylesheet" href="/web/static/web.css"></head>
 <body><header><a href="/web/">dbaccess approvals</a>{% if who %}
-<span class="who">{{ who.email or who.subject }}</span>{% if csrf %}
+<span class="who">{{ who.verified_email or who.subject }}</span>{% if csrf %}
 <form class="sign-out" method="post" action="/web/sign-out">
 <input type="hidden" name="csrf" value="{{ csrf }}"><button type="submit">Sign out</button>
 </form>{% endif %}{% endif %}</header>
@@ -360,7 +360,7 @@ async def callback(
             "to name fewer groups.",
             400,
         )
-    log.info("web sign-in: %s", who.email or who.subject)
+    log.info("web sign-in: %s", who.verified_email or who.subject)
     await run_in_threadpool(_audit_sign_in, request, who)
     response = RedirectResponse(pending.next, status_code=303, headers=SECURITY_HEADERS)
     _cookie(response, request, COOKIE, cookie, int(web_sessions.seconds))
@@ -373,7 +373,7 @@ def _audit_sign_in(request: Request, who: Principal) -> None:
     sign-in grants nothing by itself (each action is audited as the API's), so a store
     that cannot take the record now does not stop it; the failure is logged."""
     ctx = context(request)
-    detail = {"email": who.email, "groups": sorted(who.groups), **origin(request).detail()}
+    detail = {"email": who.verified_email, "groups": sorted(who.groups), **origin(request).detail()}
     try:
         ctx.store.record(ctx.clock(), "web.signed_in", who.subject, detail)
     except Exception as exc:  # the store's own errors name no secret; the type is enough
