@@ -178,8 +178,10 @@ class TokenVerifier:
 
 
 # Claims only access tokens carry: OAuth scopes (scp: Entra, Okta; scope: RFC 9068, Auth0,
-# Keycloak), the client (client_id: RFC 9068; appid: Entra v1; cid: Okta).
-_ACCESS_TOKEN_CLAIMS = ("scp", "scope", "client_id", "appid", "cid")
+# Keycloak), the client (client_id: RFC 9068; appid: Entra v1; cid: Okta), and how the
+# client authenticated or whether it acted alone (Entra's azpacr, v2, and appidacr, v1:
+# an app-only token of the client credentials flow has no scp; idtyp: "app" or "user").
+_ACCESS_TOKEN_CLAIMS = ("scp", "scope", "client_id", "appid", "cid", "azpacr", "appidacr", "idtyp")
 
 
 def is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:

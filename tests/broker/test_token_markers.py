@@ -31,6 +31,10 @@ ID_TOKEN = {
         ({"typ": "application/at+jwt"}, {}),
         ({"typ": "JWT"}, {"scp": "user_impersonation", "ver": "2.0", "azp": "c"}),  # Entra v2
         ({"typ": "JWT"}, {"appid": "c", "ver": "1.0"}),  # Entra v1
+        # Entra app-only (client credentials): roles, no scp
+        ({"typ": "JWT"}, {"azp": "c", "azpacr": "1", "roles": ["Read.All"], "ver": "2.0"}),
+        ({"typ": "JWT"}, {"appidacr": "1", "roles": ["Read.All"], "ver": "1.0"}),
+        ({"typ": "JWT"}, {"azp": "c", "idtyp": "app", "ver": "2.0"}),
         ({}, {"scope": "openid email"}),  # Keycloak, Auth0
         ({}, {"client_id": "c"}),  # RFC 9068's required claim
         ({}, {"cid": "c", "scp": ["openid"]}),  # Okta
