@@ -158,6 +158,7 @@ def target_warnings(name: str, target: TargetSection) -> list[str]:
 SECRET_FILE_FIELDS = frozenset(
     {
         "store_password_file",
+        "metrics_token_file",
         "password_file",
         "token_file",
         "client_secret_file",

@@ -84,6 +84,10 @@ class BrokerSection(_Section):
     reaper_interval: Duration = timedelta(seconds=5)
     # Members of these groups may read the audit trail (GET /v1/audit, dbaccess audit).
     auditor_groups: list[str] = Field(default_factory=list)
+    # GET /metrics answers only a request with "Authorization: Bearer <token>" when one of
+    # these names the token (Prometheus: authorization.credentials_file); else anyone.
+    metrics_token_env: str | None = None
+    metrics_token_file: Path | None = None
     # How often every target is checked for managed users without a live lease.
     reconcile_interval: Duration = timedelta(minutes=1)
     # A lease still "creating" after this long belongs to an interrupted request: revoke it.
@@ -147,6 +151,20 @@ class BrokerSection(_Section):
             # the store's hot statements use psycopg's parameter style (store/driver_sql.py)
             raise ValueError("a PostgreSQL store goes through psycopg: postgresql+psycopg://...")
         return value
+
+    @model_validator(mode="after")
+    def _one_metrics_token(self) -> BrokerSection:
+        if self.metrics_token_env is not None and self.metrics_token_file is not None:
+            raise ValueError("set at most one of metrics_token_env or metrics_token_file")
+        return self
+
+    @property
+    def metrics_token(self) -> SecretRef | None:
+        if self.metrics_token_env is None and self.metrics_token_file is None:
+            return None
+        return SecretRef(
+            "the metrics token", env=self.metrics_token_env, file=self.metrics_token_file
+        )
 
     @property
     def store_password(self) -> SecretRef | None:
@@ -1380,7 +1398,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(
         update={
             "broker": settings.broker.model_copy(
-                update={"store": store, "store_password_file": store_password_file}
+                update={
+                    "store": store,
+                    "store_password_file": store_password_file,
+                    "metrics_token_file": _beside(base, settings.broker.metrics_token_file),
+                }
             ),
             "targets": targets,
             "gateway": gateway,

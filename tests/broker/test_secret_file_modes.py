@@ -50,3 +50,16 @@ def test_secret_files_others_can_read_are_named_with_the_fix(tmp_path: Path) -> 
     )
     assert run.returncode == 0, run.stderr
     assert "web.cookie_key_file" in run.stderr and "readable by others" in run.stderr
+
+
+def test_a_metrics_token_others_can_read_is_named(tmp_path: Path) -> None:
+    assert "[broker]\n" in GOOD
+    config = write(
+        tmp_path, GOOD.replace("[broker]\n", '[broker]\nmetrics_token_file = "m.tok"\n', 1)
+    )
+    (tmp_path / "demo.pw").write_text("secret\n")
+    os.chmod(tmp_path / "demo.pw", 0o600)
+    (tmp_path / "m.tok").write_text("token\n")
+    os.chmod(tmp_path / "m.tok", 0o644)
+    (warning,) = open_secret_files(load_settings(config))
+    assert "broker.metrics_token_file" in warning and "chmod 600" in warning

@@ -30,9 +30,20 @@ from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
 from dbaccess.broker.web_signin import SignIn, WebSessions
-from dbaccess.errors import DbaccessError
+from dbaccess.errors import ConfigError, DbaccessError
 
 log = logging.getLogger("dbaccess.broker")
+
+
+def _metrics_token(settings: Settings) -> bytes | None:
+    """The token GET /metrics requires ([broker] metrics_token_env/_file), read once."""
+    where = settings.broker.metrics_token
+    if where is None:
+        return None
+    token = where.read()
+    if not token:
+        raise ConfigError("the metrics token is empty", hint="write a random token on one line")
+    return token.encode("utf-8", "surrogateescape")
 
 
 def create_app(
@@ -44,6 +55,7 @@ def create_app(
     run_reaper: bool = True,
     config_path: Path | None = None,
 ) -> FastAPI:
+    metrics_token = _metrics_token(settings)  # before anything is opened: a bad one fails here
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
     # The store keeps the provider's last good key set: a restart while the provider is
@@ -97,6 +109,8 @@ def create_app(
     app.state.service = service
     app.state.verifier = verifier
     app.state.identity = settings.identity
+    # read once, at start: a missing variable or file fails the start, not each scrape
+    app.state.metrics_token = metrics_token
     install_handlers(app)
     for routes in (meta, audit, sessions, requests, breakglass):
         app.include_router(routes.router)

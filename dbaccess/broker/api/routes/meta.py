@@ -3,12 +3,15 @@ configuration, who am I, and what may I request."""
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dbaccess import __version__
 from dbaccess.broker.api.deps import ContextDep, PrincipalDep, ServiceDep, VerifierDep
+from dbaccess.broker.services import refusals
 from dbaccess.wire import Identity, PublicConfig, TargetAccess
 
 router = APIRouter()
@@ -32,7 +35,19 @@ def healthz(ctx: ContextDep, verifier: VerifierDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(ctx: ContextDep) -> Response:
+def metrics(request: Request, ctx: ContextDep) -> Response:
+    token: bytes | None = request.app.state.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # bytes on both sides: compare_digest refuses a str that is not ASCII (a 500)
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), token
+        ):
+            raise refusals.Unauthenticated(
+                "metrics_token",
+                "GET /metrics needs the metrics token ([broker] metrics_token_env or _file)",
+                "send Authorization: Bearer <token> (Prometheus: authorization.credentials_file)",
+            )
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
