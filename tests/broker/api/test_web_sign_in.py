@@ -247,3 +247,21 @@ def test_a_provider_that_does_not_answer_is_a_page_that_says_so(stack: Stack) ->
     signer = CookieSigner(b"k")
     assert signer.read("sign-in", signer.sign("session", {"a": 1}, 60)) is None  # labels
     assert signer.read("session", signer.sign("session", {"a": 1}, -1)) is None  # expired
+
+
+def test_a_sign_in_the_store_cannot_record_still_signs_in_and_says_so(
+    api: TestClient, stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the sign-in grants nothing by itself: a store failing now leaves a log line, not a 500
+    from dbaccess.broker.store import StoreUnavailable
+
+    store = api.app.state.service.ctx.store  # type: ignore[attr-defined]
+
+    def failing(*_: object, **__: object) -> None:
+        raise StoreUnavailable("the broker's state store failed: disk I/O error")
+
+    monkeypatch.setattr(store, "record", failing)
+    callback = back_to_broker(api, sign_in_at_provider(start(api, "/web/"), "frank"))
+    assert callback.status_code == 303, callback.text  # type: ignore[attr-defined]
+    assert COOKIE in api.cookies
+    assert "web sign-in of frank not audited: the broker's state store failed" in caplog.text

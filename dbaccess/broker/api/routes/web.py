@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from dbaccess.broker.api.deps import context, origin, service
 from dbaccess.broker.identity import Principal
 from dbaccess.broker.services import refusals
+from dbaccess.broker.store import StoreUnavailable
 from dbaccess.broker.web_signin import (
     ProviderUnreachable,
     SignIn,
@@ -376,8 +377,8 @@ def _audit_sign_in(request: Request, who: Principal) -> None:
     detail = {"email": who.verified_email, "groups": sorted(who.groups), **origin(request).detail()}
     try:
         ctx.store.record(ctx.clock(), "web.signed_in", who.subject, detail)
-    except Exception as exc:  # the store's own errors name no secret; the type is enough
-        log.warning("web sign-in of %s not audited: %s", who.subject, type(exc).__name__)
+    except StoreUnavailable as exc:  # what any driver error becomes; it names no secret
+        log.warning("web sign-in of %s not audited: %s", who.subject, exc)
 
 
 async def form(request: Request) -> dict[str, str] | None:
