@@ -166,6 +166,17 @@ class BrokerSection(_Section):
             "the metrics token", env=self.metrics_token_env, file=self.metrics_token_file
         )
 
+    def read_metrics_token(self) -> bytes | None:
+        """The token GET /metrics requires (None: open), as the bytes a header carries;
+        ConfigError when it cannot be read or is empty."""
+        where = self.metrics_token
+        if where is None:
+            return None
+        token = where.read().strip()
+        if not token:
+            raise ConfigError(f"{where.what} is empty", hint="write a random token on one line")
+        return token.encode()
+
     @property
     def store_password(self) -> SecretRef | None:
         if self.store_password_env is None and self.store_password_file is None:
@@ -1317,6 +1328,7 @@ def load_settings(path: Path, *, read_secrets: bool = False) -> Settings:
         raise ConfigError(f"{path}: {_describe(exc)}", hint="fix the key named above") from None
     settings = _resolve_paths(settings, path.parent)
     if read_secrets:
+        settings.broker.read_metrics_token()
         for target in settings.targets.values():
             target.provisioner.password.read()
         if settings.gateway is not None and any(

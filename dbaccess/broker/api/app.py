@@ -30,20 +30,9 @@ from dbaccess.broker.services.sessions import SessionService
 from dbaccess.broker.settings import Settings, load_settings
 from dbaccess.broker.store import Store
 from dbaccess.broker.web_signin import SignIn, WebSessions
-from dbaccess.errors import ConfigError, DbaccessError
+from dbaccess.errors import DbaccessError
 
 log = logging.getLogger("dbaccess.broker")
-
-
-def _metrics_token(settings: Settings) -> bytes | None:
-    """The token GET /metrics requires ([broker] metrics_token_env/_file), read once."""
-    where = settings.broker.metrics_token
-    if where is None:
-        return None
-    token = where.read()
-    if not token:
-        raise ConfigError("the metrics token is empty", hint="write a random token on one line")
-    return token.encode("utf-8", "surrogateescape")
 
 
 def create_app(
@@ -55,13 +44,14 @@ def create_app(
     run_reaper: bool = True,
     config_path: Path | None = None,
 ) -> FastAPI:
-    metrics_token = _metrics_token(settings)  # before anything is opened: a bad one fails here
+    metrics_token = settings.broker.read_metrics_token()  # before anything is opened
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
     # The store keeps the provider's last good key set: a restart while the provider is
     # unreachable still accepts valid tokens.
     verifier = verifier or TokenVerifier(settings.identity, keeper=store)
     ctx = BrokerContext.build(settings, store, engines)
+    ctx.metrics_token = metrics_token
     service = SessionService(ctx)
     ctx.metrics.watch_live_sessions(
         lambda: live_sessions_by_target(ctx.store, list(ctx.settings.targets))
@@ -110,7 +100,6 @@ def create_app(
     app.state.verifier = verifier
     app.state.identity = settings.identity
     # read once, at start: a missing variable or file fails the start, not each scrape
-    app.state.metrics_token = metrics_token
     install_handlers(app)
     for routes in (meta, audit, sessions, requests, breakglass):
         app.include_router(routes.router)
@@ -146,6 +135,7 @@ def reload_settings(
     live sessions it no longer grants. Engines of removed targets are kept to revoke them."""
     try:
         fresh = load_settings(path, read_secrets=True)
+        metrics_token = fresh.broker.read_metrics_token()  # a new or rotated one counts now
     except DbaccessError as exc:
         log.error(
             "configuration reload refused; keeping the running one",
@@ -159,6 +149,7 @@ def reload_settings(
             if previous is not None:
                 previous.close()
     ctx.settings = fresh
+    ctx.metrics_token = metrics_token
     ctx.notifier.settings = fresh.notify
     if withdraw is not None:  # sessions the new policy no longer grants (gateway ends them too)
         threading.Thread(

@@ -36,6 +36,7 @@ class Approvals:
             now=ctx.clock(),
             subject=principal.subject,
             email=principal.verified_email,
+            claimed_email=principal.email,
             target=body.target,
             role=body.role,
             duration=decision.duration,
@@ -311,7 +312,9 @@ class Approvals:
     def _decidable(self, principal: Principal, request_id: str) -> ApprovalRequest:
         # _visible admits only the requester and the approver groups' members.
         request = self._visible(principal, request_id, DECISION_PREFIX)
-        if principal.same_person(request.subject, request.email):  # refusals are evidence too
+        if principal.same_person(
+            request.subject, request.claimed_email or request.email
+        ):  # refusals are evidence too
             self.ctx.store.record(
                 self.ctx.clock(),
                 "request.decision_refused",

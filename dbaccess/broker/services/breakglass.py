@@ -263,7 +263,9 @@ class Breakglass:
             listing="dbaccess review lists the open reviews",
         )
         current = store.get(lease_id)
-        if current is not None and principal.same_person(current.subject, current.email):
+        if current is not None and principal.same_person(
+            current.subject, current.claimed_email or current.email
+        ):
             raise refusals.Denied(
                 "self_review",
                 "the user who broke the glass cannot close its review",

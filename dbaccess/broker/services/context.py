@@ -36,6 +36,8 @@ class BrokerContext:
     # Names this process in lease claims, so replicas sharing a store never revoke the
     # same lease at once.
     replica: str
+    # GET /metrics wants it as a bearer token when set ([broker] metrics_token_env/_file)
+    metrics_token: bytes | None = None
     _schedules: tuple[object, Schedules] | None = None
 
     @property

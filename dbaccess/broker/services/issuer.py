@@ -101,6 +101,7 @@ class Issuer:
                 now=now,
                 subject=principal.subject,
                 email=principal.verified_email,
+                claimed_email=principal.email,
                 target=target_name,
                 role=role,
                 engine=target.engine,

@@ -108,6 +108,7 @@ class Leasing(AuditTrail):
         access: str | None = None,
         gateway_verifier: str | None = None,
         on_call: dict[str, Any] | None = None,
+        claimed_email: str | None = None,
     ) -> Lease:
         """Record the lease (state ``creating``) before its user exists. With ``request``,
         that approved request is consumed in the same transaction: it grants one session.
@@ -138,6 +139,7 @@ class Leasing(AuditTrail):
             review_state="open" if kind == "breakglass" else None,
             access=access,
             gateway_verifier=gateway_verifier,
+            claimed_email=claimed_email,
         )
         detail: dict[str, Any] = {
             "email": email,

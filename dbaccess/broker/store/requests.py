@@ -51,6 +51,7 @@ class Requests(AuditTrail):
         source: str | None,
         user_agent: str | None,
         tier: str | None = None,
+        claimed_email: str | None = None,
     ) -> tuple[ApprovalRequest, bool]:
         """A new pending request, True — or, when ``subject`` already has an open one for
         ``role`` on ``target`` (see ``open_request``), that one and False."""
@@ -71,6 +72,7 @@ class Requests(AuditTrail):
             "approvals": "[]",
             "created_at": now,
             "expires_at": now + ttl,
+            "claimed_email": claimed_email,
         }
         with self._write() as conn:
             # Checked and inserted under the store's write lock, which orders writers across
@@ -176,23 +178,26 @@ class Requests(AuditTrail):
         """Add one approval; the request becomes ``approved`` with the last one needed.
         Raises LookupError (no such request) or Conflict (not pending, expired, own
         request, approved twice by one person: the same subject, or the same email in any
-        letter case, as ``Principal.same_person`` tells people apart). The email is kept
-        with the approval only when ``email_verified``: what is kept is read as who
-        approved, and the checks only refuse."""
+        letter case, as ``Principal.same_person`` tells people apart: the requester's and
+        the other approvers' claimed emails count, verified or not, since a match only
+        refuses). An unverified ``approver_email`` is kept as the approval's ``claimed``,
+        not its ``email``, which is read as who approved."""
         email = approver_email.casefold() if approver_email else None
         with self._write() as conn:
             row = self._pending_request(conn, request_id, now)
-            if approver == row.subject or (email and email == (row.email or "").casefold()):
+            requester = row.claimed_email or row.email  # claimed: before migration 0009
+            if approver == row.subject or (email and email == (requester or "").casefold()):
                 raise Conflict("nobody approves their own request")
             approvals = json.loads(row.approvals)
             if any(
-                a["by"] == approver or (email and email == (a.get("email") or "").casefold())
+                a["by"] == approver
+                or (email and email == (a.get("email") or a.get("claimed") or "").casefold())
                 for a in approvals
             ):
                 raise Conflict(f"you already approved request {request_id}")
             approval = {"by": approver, "at": now.isoformat()}
-            if approver_email and email_verified:
-                approval["email"] = approver_email
+            if approver_email:  # "email" is read as who approved: a verified one only
+                approval["email" if email_verified else "claimed"] = approver_email
             approvals.append(approval)
             done = len(approvals) >= row.approvals_required
             conn.execute(

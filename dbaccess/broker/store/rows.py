@@ -41,6 +41,7 @@ class Lease:
     review_note: str | None = None
     access: str | None = None  # "gateway", or None (direct)
     gateway_verifier: str | None = field(default=None, repr=False)
+    claimed_email: str | None = field(default=None, repr=False)  # checks only, never shown
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ApprovalRequest:
     decided_at: datetime | None
     lease_id: str | None
     tier: str | None = None  # the rule's tier whose approvals it needs (None: the rule's)
+    claimed_email: str | None = field(default=None, repr=False)  # checks only, never shown
 
     @classmethod
     def from_row(cls, row: Any) -> ApprovalRequest:

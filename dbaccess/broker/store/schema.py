@@ -68,6 +68,9 @@ leases = sa.Table(
     # SCRAM verifier of the session's gateway secret (the secret itself is never kept).
     sa.Column("access", sa.String(16)),
     sa.Column("gateway_verifier", sa.String(200)),
+    # the email claim, verified or not: only for checks that refuse (one person, two
+    # subjects); never shown as who (``email`` is the verified one) (migration 0009)
+    sa.Column("claimed_email", sa.String(255)),
     # The revocation claim reads live leases by state and expiry.
     sa.Index("ix_leases_state_expires_at", "state", "expires_at"),
 )
@@ -97,6 +100,9 @@ approval_requests = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
     sa.Column("decided_at", UTCDateTime),
     sa.Column("lease_id", sa.String(36)),
+    # the email claim, verified or not: only for checks that refuse (one person, two
+    # subjects); never shown as who (``email`` is the verified one) (migration 0009)
+    sa.Column("claimed_email", sa.String(255)),
 )
 
 

@@ -4,6 +4,8 @@ stack's broker configuration, in-process."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ def test_metrics_need_the_token_when_one_is_configured(
             {"Authorization": f"Basic {TOKEN}"},
             {"Authorization": f"Bearer {TOKEN}x"},
             {"Authorization": "Bearer é-not-ascii".encode()},  # bytes compared: a 401, not a 500
+            {"Authorization": f"bearer  {TOKEN}  ".replace(TOKEN, TOKEN.upper())},
         ):
             refused = api.get("/metrics", headers=headers)
             assert refused.status_code == 401, headers
@@ -85,3 +88,57 @@ def test_both_places_for_the_token_are_refused() -> None:
 
     with pytest.raises(ValidationError, match="at most one of metrics_token_env"):
         BrokerSection(metrics_token_env="X", metrics_token_file=Path("/x"))
+
+
+@contextlib.contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_a_reload_takes_a_new_token_and_refuses_an_unreadable_one(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbaccess.broker.api.app import reload_settings
+
+    monkeypatch.setenv(PROVISIONER_ENV, stack.provisioner_password)
+    settings = settings_with(stack, tmp_path)
+    # beside the stack's own file, so its relative paths mean the same
+    config = stack.broker_config.with_name(f"metrics-reload-{tmp_path.name}.toml")
+    text = stack.broker_config.read_text()
+    assert "[broker]\n" in text
+    with TestClient(create_app(settings, run_reaper=False)) as api, _removed(config):
+        assert api.get("/metrics").status_code == 200
+        ctx = api.app.state.service.ctx  # type: ignore[attr-defined]
+        # the token set by a reload counts at once (not only at the next start)
+        monkeypatch.setenv("DBACCESS_TEST_METRICS", f"{TOKEN}\n")  # its newline dropped
+        config.write_text(
+            text.replace("[broker]\n", '[broker]\nmetrics_token_env = "DBACCESS_TEST_METRICS"\n', 1)
+        )
+        assert reload_settings(ctx, config)
+        assert api.get("/metrics").status_code == 401
+        ok = api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+        # a reload whose token cannot be read is refused whole: the running one stays
+        monkeypatch.delenv("DBACCESS_TEST_METRICS")
+        assert not reload_settings(ctx, config)
+        assert api.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_check_config_reads_the_metrics_token(tmp_path: Path) -> None:
+    from dbaccess.broker.settings import load_settings as load
+    from tests.broker.test_settings import GOOD, write
+
+    (tmp_path / "demo.pw").write_text("secret\n")
+    config = write(
+        tmp_path, GOOD.replace("[broker]\n", '[broker]\nmetrics_token_file = "m.tok"\n', 1)
+    )
+    with pytest.raises(ConfigError, match="the metrics token"):
+        load(config, read_secrets=True)  # what check-config and a reload read
+    (tmp_path / "m.tok").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load(config, read_secrets=True)
+    (tmp_path / "m.tok").write_text(f"{TOKEN}\n")
+    assert load(config, read_secrets=True).broker.read_metrics_token() == TOKEN.encode()

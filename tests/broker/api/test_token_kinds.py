@@ -119,7 +119,8 @@ def test_a_rule_naming_an_email_needs_it_verified(
     want = {"target": "demo", "role": "readwrite", "duration_seconds": 600}
     with broker(stack, idp, tmp_path) as api:
         eve, alice = bearer(minted["eve"]), bearer(minted["alice"])
-        assert api.get("/v1/me", headers=eve).json()["email"] == "Alice@example.com"
+        # the broker keeps and shows no unverified address as hers, not even to her
+        assert api.get("/v1/me", headers=eve).json()["email"] is None
         stolen = api.post("/v1/sessions", headers=eve, json=want)
         assert stolen.status_code == 403, stolen.text
         # what eve may request: her rule by subject, not alice's by email

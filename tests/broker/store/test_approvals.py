@@ -73,13 +73,39 @@ def test_an_unverified_approver_email_refuses_but_is_not_kept_as_who_approved(
         store.approve_request(
             request_id, "eve-sub", NOW, {}, "alice@example.com", email_verified=False
         )
-    # mallory's profile says frank@: her approval counts as hers alone, and does not
-    # read as frank's; frank's own approval still counts
+    # mallory's profile says frank@: her approval does not read as frank's (its email
+    # is none, the claim is kept for the checks); another approver completes it
     store.approve_request(
         request_id, "mallory-sub", NOW, {}, "frank@example.com", email_verified=False
     )
     kept = store.get_request(request_id)
     assert kept is not None and kept.approvals[0].get("email") is None
-    done = store.approve_request(request_id, "frank-sub", NOW, {}, "frank@example.com")
+    assert kept.approvals[0]["claimed"] == "frank@example.com"
+    done = store.approve_request(request_id, "erin-sub", NOW, {}, "erin@example.com")
     assert done.state == "approved"
-    assert [a.get("email") for a in done.approvals] == [None, "frank@example.com"]
+    assert [a.get("email") for a in done.approvals] == [None, "erin@example.com"]
+
+
+def test_an_unverified_email_still_refuses_one_person_approving_twice_or_their_own(
+    store: Store,
+) -> None:
+    # two subjects whose profiles both claim frank@: the second approval is refused, as a
+    # verified frank@ after an unverified one is
+    request_id = request_of(store)
+    store.approve_request(request_id, "frank-a", NOW, {}, "frank@example.com", email_verified=False)
+    for subject, verified in (("frank-b", False), ("frank-c", True)):
+        with pytest.raises(Conflict, match="already approved"):
+            store.approve_request(
+                request_id, subject, NOW, {}, "FRANK@example.com", email_verified=verified
+            )
+    # a requester whose email was unverified (none kept as who) is still refused as an
+    # approver of their own request under another subject
+    made, _ = store.create_request(
+        now=NOW, subject="eve-a", email=None, claimed_email="eve@example.com",
+        target="demo", role="readonly", duration=timedelta(hours=1), reason="r",
+        ticket=None, rule="two-leads", approvals_required=1, approver_groups=["leads"],
+        ttl=timedelta(hours=1), source=None, user_agent=None,
+    )  # fmt: skip
+    assert made.email is None
+    with pytest.raises(Conflict, match="their own request"):
+        store.approve_request(made.id, "eve-b", NOW, {}, "eve@example.com")

@@ -36,12 +36,13 @@ def healthz(ctx: ContextDep, verifier: VerifierDep) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, ctx: ContextDep) -> Response:
-    token: bytes | None = request.app.state.metrics_token
+    token = ctx.metrics_token
     if token is not None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # bytes on both sides: compare_digest refuses a str that is not ASCII (a 500)
+        # the header's bytes (Starlette decodes them as latin-1) against the token's: bytes,
+        # since compare_digest refuses a str that is not ASCII (a 500)
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), token
+            given.strip().encode("latin-1"), token
         ):
             raise refusals.Unauthenticated(
                 "metrics_token",
@@ -66,7 +67,10 @@ def public_config(request: Request) -> PublicConfig:
 
 @router.get("/v1/me", response_model=Identity)
 def me(who: PrincipalDep) -> Identity:
-    return Identity(subject=who.subject, email=who.email, name=who.name, groups=sorted(who.groups))
+    # the address the broker keeps and shows for the caller: a verified one only
+    return Identity(
+        subject=who.subject, email=who.verified_email, name=who.name, groups=sorted(who.groups)
+    )
 
 
 @router.get("/v1/targets", response_model=list[TargetAccess])
