@@ -44,7 +44,8 @@ def create_app(
     run_reaper: bool = True,
     config_path: Path | None = None,
 ) -> FastAPI:
-    metrics_token = settings.broker.read_metrics_token()  # before anything is opened
+    # before anything is opened: a missing or empty token fails the start, not each scrape
+    metrics_token = settings.broker.read_metrics_token()
     store = store or Store(settings.broker.store_url())
     engines = engines or {name: engine_for(name, t) for name, t in settings.targets.items()}
     # The store keeps the provider's last good key set: a restart while the provider is
@@ -99,7 +100,6 @@ def create_app(
     app.state.service = service
     app.state.verifier = verifier
     app.state.identity = settings.identity
-    # read once, at start: a missing variable or file fails the start, not each scrape
     install_handlers(app)
     for routes in (meta, audit, sessions, requests, breakglass):
         app.include_router(routes.router)
