@@ -5,9 +5,11 @@ function alone against the Python reading it mirrors, on valid and hostile bytes
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import types
+import weakref
 from collections import deque
 from typing import Any
 
@@ -369,9 +371,19 @@ def _backlogged(conn: Connection) -> None:
         lambda c: setattr(c, "idle_timer", object()),
         _held,
         _backlogged,
+        # a flag the relay reads from its C struct that is not False itself, or not set:
+        # the Python path judges it (and raises, for one never set)
+        lambda c: setattr(c, "guarding", 1),
+        lambda c: setattr(c.records, "backlogged", 0),
+        lambda c: delattr(c, "skipping"),
+        lambda c: delattr(c.client, "buf"),
+        lambda c: setattr(c.client, "buf", b""),
     ],
-    ids=["guarding", "skipping", "idle-timer", "bytes-held", "backlogged"],
-)
+    ids=[
+        "guarding", "skipping", "idle-timer", "bytes-held", "backlogged", "guarding-int",
+        "backlogged-int", "skipping-unset", "buf-unset", "buf-not-bytearray",
+    ],
+)  # fmt: skip
 def test_a_client_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
     state: Any,
 ) -> None:
@@ -402,10 +414,16 @@ def _not_simple(conn: Connection) -> None:
         lambda c: c.scanner._header.extend(b"D\0"),
         lambda c: setattr(c.scanner, "_skip", 3),
         lambda c: setattr(c.scanner, "limited", True),
+        lambda c: setattr(c, "limiting", 0),
+        lambda c: delattr(c, "portals"),
+        lambda c: setattr(c.scanner, "_bytes", 2**64),
+        lambda c: setattr(c.scanner, "_base", None),
+        lambda c: delattr(c.scanner, "_rows"),
     ],
     ids=[
         "limiting", "idle-timer", "portals", "nothing-pending", "head-not-simple",
-        "split-header", "split-body", "limited",
+        "split-header", "split-body", "limited", "limiting-int", "portals-unset",
+        "count-too-big", "base-not-int", "rows-unset",
     ],
 )  # fmt: skip
 def test_a_server_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
@@ -458,3 +476,40 @@ def test_a_pending_statements_fields_cannot_be_deleted() -> None:
             delattr(item, name)
         setattr(item, name, "x")
         assert getattr(item, name) == "x"
+
+
+@needs_c
+def test_a_record_of_small_counts_and_a_new_transport_are_handled_in_full() -> None:
+    # rows 0 and no COPY bytes: small ints the interpreter shares, taken by place in the
+    # record (a reference short would crash later); the write follows a transport swapped in
+    conn, records = _connection()
+    to_client, to_server = conn.relays()
+    empty = msg(b"T", b"\0\0") + msg(b"C", b"SELECT 0\0") + Z
+    for _ in range(3000):
+        to_client(QUERY)
+        to_server(empty)
+    assert len(records.added) == 3000
+    assert {fields[10:13] for fields in records.added} == {(0, len(empty), 0)}
+    swapped = _Transport()
+    conn.client.transport = swapped  # type: ignore[assignment]
+    to_client(QUERY)
+    to_server(empty)
+    assert swapped.sent == empty
+
+
+@needs_c
+def test_a_connection_the_relay_holds_is_collected_with_its_cycle() -> None:
+    # Connection, its scanner and sides are C-based (their members traversed for the
+    # collector): a finished connection, relay and all, must not leak
+    conn, _ = _connection()
+    to_client, to_server = conn.relays()
+    conn.client.relay = conn.client.data_received = to_client  # as start_relay sets them
+    to_client(QUERY)
+    # cycles through each C struct's members alone, which only its traverse can show
+    conn.idle_timer = conn  # type: ignore[assignment]
+    conn.scanner.end = conn  # type: ignore[assignment]
+    conn.client.transport.owner = conn  # type: ignore[union-attr]
+    gone = weakref.ref(conn)
+    del conn, to_client, to_server
+    gc.collect()
+    assert gone() is None

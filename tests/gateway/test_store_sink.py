@@ -44,6 +44,15 @@ def test_a_batch_becomes_a_block_per_session_in_order() -> None:
     assert made[0].records[1] == fields("a", 3)[4:]  # no NUL: the tuple's own tail
 
 
+def test_interleaved_sessions_keep_their_order_and_the_blocks_their_first_records() -> None:
+    # "b" sorts after "a", but its first record comes first: its block does too
+    batch = [fields(lease, n) for n, lease in enumerate("bacabb", start=2)]
+    made = blocks(batch)
+    assert [b.lease_id for b in made] == ["b", "a", "c"]
+    started = [[r[4] - 1_700_000_000_000_000_000 for r in b.records] for b in made]
+    assert started == [[2, 6, 7], [3, 5], [4]]
+
+
 class FieldsOnly:
     def __init__(self) -> None:
         self.got: list[RecordFields] = []

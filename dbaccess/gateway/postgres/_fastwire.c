@@ -315,6 +315,115 @@ static PyTypeObject OpenType = {
     .tp_new = open_new,
 };
 
+/* -- State: the attributes the relay reads on every chunk, as C struct members ----------
+ * ConnState, ScanState and SideState are the bases of server.Connection, wire.ServerScanner
+ * and server._Side: the Python code reads and sets these attributes as before (member
+ * descriptors, as a slot's), and the relay reads them from the struct, without an attribute
+ * lookup each (those lookups were a third of the relay's time). A member may be NULL (never
+ * set, or deleted): the relay then hands the chunk to the Python path. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *idle_timer, *guarding, *skipping, *limiting, *portals, *closed, *status;
+} ConnStateObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *skip, *header, *bytes, *rows, *base, *limited, *end;
+} ScanStateObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *transport, *buf;
+} SideStateObject;
+
+/* traverse, clear and dealloc over a state's object members, which follow its head (a
+ * Python subclass's own dict and slots are its type's: subtype_traverse visits them, and
+ * the type itself, then calls these) */
+static int
+state_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    while (type->tp_traverse != state_traverse)
+        type = type->tp_base; /* a Python subclass: our members are its base's */
+    PyObject **members = (PyObject **)((char *)self + sizeof(PyObject));
+    Py_ssize_t count = (type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_VISIT(members[i]);
+    return 0;
+}
+
+static int
+state_clear(PyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    while (type->tp_clear != state_clear)
+        type = type->tp_base;
+    PyObject **members = (PyObject **)((char *)self + sizeof(PyObject));
+    Py_ssize_t count = (type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_CLEAR(members[i]);
+    return 0;
+}
+
+static void
+state_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    state_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+#define MEMBER(type, field, name) {name, T_OBJECT_EX, offsetof(type, field), 0, NULL}
+
+static PyMemberDef conn_state_members[] = {
+    MEMBER(ConnStateObject, idle_timer, "idle_timer"),
+    MEMBER(ConnStateObject, guarding, "guarding"),
+    MEMBER(ConnStateObject, skipping, "skipping"),
+    MEMBER(ConnStateObject, limiting, "limiting"),
+    MEMBER(ConnStateObject, portals, "portals"),
+    MEMBER(ConnStateObject, closed, "closed"),
+    MEMBER(ConnStateObject, status, "status"),
+    {NULL},
+};
+
+static PyMemberDef scan_state_members[] = {
+    MEMBER(ScanStateObject, skip, "_skip"),
+    MEMBER(ScanStateObject, header, "_header"),
+    MEMBER(ScanStateObject, bytes, "_bytes"),
+    MEMBER(ScanStateObject, rows, "_rows"),
+    MEMBER(ScanStateObject, base, "_base"),
+    MEMBER(ScanStateObject, limited, "limited"),
+    MEMBER(ScanStateObject, end, "end"),
+    {NULL},
+};
+
+static PyMemberDef side_state_members[] = {
+    MEMBER(SideStateObject, transport, "transport"),
+    MEMBER(SideStateObject, buf, "buf"),
+    {NULL},
+};
+
+#define STATE_TYPE(cname, pyname, object, members_, doc) \
+    static PyTypeObject cname = { \
+        PyVarObject_HEAD_INIT(NULL, 0) \
+        .tp_name = "dbaccess.gateway.postgres._fastwire." pyname, \
+        .tp_basicsize = sizeof(object), \
+        .tp_dealloc = (destructor)state_dealloc, \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
+        .tp_doc = doc, \
+        .tp_traverse = (traverseproc)state_traverse, \
+        .tp_clear = (inquiry)state_clear, \
+        .tp_members = members_, \
+        .tp_new = PyType_GenericNew, \
+    }
+
+STATE_TYPE(ConnStateType, "ConnState", ConnStateObject, conn_state_members,
+           "server.Connection's attributes the relay reads.");
+STATE_TYPE(ScanStateType, "ScanState", ScanStateObject, scan_state_members,
+           "wire.ServerScanner's attributes the relay reads and sets.");
+STATE_TYPE(SideStateType, "SideState", SideStateObject, side_state_members,
+           "server._Side's attributes the relay reads.");
+
 /* -- Relay: a connection's two data_received, for the chunks the readers above know -----
  * client(data) and server(data) do what Connection.from_client and from_server do on
  * their first path (a chunk of whole Query messages; the whole rest of a simple answer),
@@ -324,68 +433,48 @@ static PyTypeObject OpenType = {
  * none of them changes after login. */
 typedef struct {
     PyObject_HEAD
-    PyObject *conn;
-    PyObject *client_side;
-    PyObject *upstream_side;
-    PyObject *pending;       /* the connection's deque */
-    PyObject *scanner;
-    PyObject *records;       /* the writer (its backlogged flag) */
+    ConnStateObject *conn;
+    SideStateObject *client_side;
+    SideStateObject *upstream_side;
+    ScanStateObject *scanner;
+    PyObject *pending;       /* the connection's deque, and its bound append and popleft */
+    PyObject *append, *popleft;
+    PyObject *records;       /* the writer (its backlogged flag), and its __dict__ or NULL */
+    PyObject *records_dict;
     PyObject *add_record;
     PyObject *from_client;   /* the Python path, bound */
     PyObject *from_server;
     PyObject *scan_server;   /* the Python path past its first reading */
     PyObject *lease, *person, *target, *role, *params_policy, *number;
+    /* each side's transport when last written to, and its bound write */
+    PyObject *client_transport, *client_write, *upstream_transport, *upstream_write;
     long long wall_offset;
 } RelayObject;
 
-static PyObject *s_idle_timer, *s_buf, *s_guarding, *s_backlogged, *s_skipping, *s_transport,
-    *s_write, *s_limiting, *s_portals, *s_skip, *s_header, *s_limited, *s_bytes, *s_rows,
-    *s_base, *s_end, *s_status, *s_closed, *s_append, *s_popleft, *s_query, *s_completed,
+static PyObject *s_backlogged, *s_write, *s_append, *s_popleft, *s_query, *s_completed,
     *s_refused, *s_session, *s_lease_id, *s_person_name, *s_target, *s_role, *s_params_policy,
     *s_number, *s_wall_offset, *s_add_record, *s_pending, *s_scanner, *s_records, *s_client,
-    *s_upstream, *s_from_client, *s_from_server, *s_scan_server;
+    *s_upstream, *s_from_client, *s_from_server, *s_scan_server, *s_dict;
+
+/* the Relay's object fields, in order: traverse and clear walk them */
+#define RELAY_FIELDS(self) ((PyObject **)&(self)->conn)
+#define RELAY_FIELD_COUNT ((offsetof(RelayObject, wall_offset) - offsetof(RelayObject, conn)) / sizeof(PyObject *))
 
 static int
 relay_traverse(RelayObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->conn);
-    Py_VISIT(self->client_side);
-    Py_VISIT(self->upstream_side);
-    Py_VISIT(self->pending);
-    Py_VISIT(self->scanner);
-    Py_VISIT(self->records);
-    Py_VISIT(self->add_record);
-    Py_VISIT(self->from_client);
-    Py_VISIT(self->from_server);
-    Py_VISIT(self->scan_server);
-    Py_VISIT(self->lease);
-    Py_VISIT(self->person);
-    Py_VISIT(self->target);
-    Py_VISIT(self->role);
-    Py_VISIT(self->params_policy);
-    Py_VISIT(self->number);
+    PyObject **fields = RELAY_FIELDS(self);
+    for (size_t i = 0; i < RELAY_FIELD_COUNT; i++)
+        Py_VISIT(fields[i]);
     return 0;
 }
 
 static int
 relay_clear(RelayObject *self)
 {
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->client_side);
-    Py_CLEAR(self->upstream_side);
-    Py_CLEAR(self->pending);
-    Py_CLEAR(self->scanner);
-    Py_CLEAR(self->records);
-    Py_CLEAR(self->add_record);
-    Py_CLEAR(self->from_client);
-    Py_CLEAR(self->from_server);
-    Py_CLEAR(self->scan_server);
-    Py_CLEAR(self->lease);
-    Py_CLEAR(self->person);
-    Py_CLEAR(self->target);
-    Py_CLEAR(self->role);
-    Py_CLEAR(self->params_policy);
-    Py_CLEAR(self->number);
+    PyObject **fields = RELAY_FIELDS(self);
+    for (size_t i = 0; i < RELAY_FIELD_COUNT; i++)
+        Py_CLEAR(fields[i]);
     return 0;
 }
 
@@ -400,21 +489,49 @@ relay_dealloc(RelayObject *self)
 /* getattr(obj, name) as a new reference, or NULL with the error set */
 #define GET(obj, name) PyObject_GetAttr((obj), (name))
 
+/* obj.name as a new reference of the type given, or NULL with TypeError set */
+static PyObject *
+get_typed(PyObject *obj, PyObject *name, PyTypeObject *type)
+{
+    PyObject *value = GET(obj, name);
+    if (value != NULL && !PyObject_TypeCheck(value, type)) {
+        PyErr_Format(PyExc_TypeError, "Relay(): %U is not a %s", name, type->tp_name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
 static PyObject *
 relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *conn;
     if (!PyArg_ParseTuple(args, "O:Relay", &conn))
         return NULL;
+    if (!PyObject_TypeCheck(conn, &ConnStateType)) {
+        PyErr_SetString(PyExc_TypeError, "Relay(): the connection is not a ConnState");
+        return NULL;
+    }
     RelayObject *self = (RelayObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->conn = Py_NewRef(conn);
-    PyObject *session = NULL, *offset = NULL;
-    if ((self->client_side = GET(conn, s_client)) == NULL
-        || (self->upstream_side = GET(conn, s_upstream)) == NULL
+    self->conn = (ConnStateObject *)Py_NewRef(conn);
+    PyObject *session = NULL, *offset = NULL, *upstream = NULL;
+    if ((upstream = GET(conn, s_upstream)) == NULL)
+        goto fail;
+    if (upstream == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "Relay(): the connection has no upstream yet");
+        goto fail;
+    }
+    if (!PyObject_TypeCheck(upstream, &SideStateType)) {
+        PyErr_SetString(PyExc_TypeError, "Relay(): upstream is not a SideState");
+        goto fail;
+    }
+    self->upstream_side = (SideStateObject *)Py_NewRef(upstream);
+    if ((self->client_side = (SideStateObject *)get_typed(conn, s_client, &SideStateType)) == NULL
+        || (self->scanner = (ScanStateObject *)get_typed(conn, s_scanner, &ScanStateType)) == NULL
         || (self->pending = GET(conn, s_pending)) == NULL
-        || (self->scanner = GET(conn, s_scanner)) == NULL
+        || (self->append = GET(self->pending, s_append)) == NULL
+        || (self->popleft = GET(self->pending, s_popleft)) == NULL
         || (self->records = GET(conn, s_records)) == NULL
         || (self->add_record = GET(conn, s_add_record)) == NULL
         || (self->from_client = GET(conn, s_from_client)) == NULL
@@ -429,63 +546,70 @@ relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         || (self->role = GET(session, s_role)) == NULL
         || (offset = GET(conn, s_wall_offset)) == NULL)
         goto fail;
+    /* the writer's flag read from its __dict__ when it has one (a plain attribute there);
+     * else, or when the dict lacks it, by getattr */
+    PyObject *dict = PyObject_GetAttr(self->records, s_dict);
+    if (dict != NULL && PyDict_CheckExact(dict))
+        self->records_dict = dict;
+    else {
+        Py_XDECREF(dict);
+        PyErr_Clear();
+    }
     self->wall_offset = PyLong_AsLongLong(offset);
     if (self->wall_offset == -1 && PyErr_Occurred())
         goto fail;
-    if (self->upstream_side == Py_None) {
-        PyErr_SetString(PyExc_ValueError, "Relay(): the connection has no upstream yet");
-        goto fail;
-    }
+    Py_DECREF(upstream);
     Py_DECREF(session);
     Py_DECREF(offset);
     return (PyObject *)self;
 fail:
+    Py_XDECREF(upstream);
     Py_XDECREF(session);
     Py_XDECREF(offset);
     Py_DECREF(self);
     return NULL;
 }
 
-/* 1 true, 0 false, -1 error: the truth of obj.name */
+/* 1 when the writer's backlogged flag is False itself (read from its __dict__ when it has
+ * one, a plain attribute there; else by getattr), 0 for anything else: the Python path then
+ * reads it (and raises, if reading it does) */
 static int
-attr_true(PyObject *obj, PyObject *name)
+writer_free(RelayObject *self)
 {
-    PyObject *value = GET(obj, name);
-    if (value == NULL)
-        return -1;
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
+    PyObject *value = NULL;
+    if (self->records_dict != NULL)
+        value = Py_XNewRef(PyDict_GetItemWithError(self->records_dict, s_backlogged));
+    if (value == NULL && !PyErr_Occurred())
+        value = GET(self->records, s_backlogged);
+    PyErr_Clear();
+    int idle = value == Py_False;
+    Py_XDECREF(value);
+    return idle;
 }
 
-/* 1 when obj.name is None, 0 when not, -1 error */
+/* side.transport.write(data) when the side has a transport (its bound write kept while the
+ * transport stays the same); 0, or -1 with the error set */
 static int
-attr_none(PyObject *obj, PyObject *name)
+write_to(SideStateObject *side, PyObject **kept, PyObject **write, PyObject *data)
 {
-    PyObject *value = GET(obj, name);
-    if (value == NULL)
+    PyObject *transport = side->transport;
+    if (transport == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "transport");
         return -1;
-    int none = value == Py_None;
-    Py_DECREF(value);
-    return none;
-}
-
-/* side.transport.write(data) when the side has a transport; 0, or -1 with the error set */
-static int
-write_to(PyObject *side, PyObject *data)
-{
-    PyObject *transport = GET(side, s_transport);
-    if (transport == NULL)
-        return -1;
-    if (transport != Py_None) {
-        PyObject *done = PyObject_CallMethodOneArg(transport, s_write, data);
-        Py_DECREF(transport);
-        if (done == NULL)
-            return -1;
-        Py_DECREF(done);
-        return 0;
     }
-    Py_DECREF(transport);
+    if (transport == Py_None)
+        return 0;
+    if (transport != *kept) {
+        PyObject *bound = GET(transport, s_write);
+        if (bound == NULL)
+            return -1;
+        Py_XSETREF(*write, bound);
+        Py_XSETREF(*kept, Py_NewRef(transport));
+    }
+    PyObject *done = PyObject_CallOneArg(*write, data);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
     return 0;
 }
 
@@ -498,43 +622,21 @@ monotonic_ns(void)
 }
 
 /* Connection.from_client's first path: nothing held back, no statement checks, and a chunk
- * of whole Query messages: one Open each, and the chunk forwarded as it came. */
+ * of whole Query messages: one Open each, and the chunk forwarded as it came. Any member
+ * not set (NULL) takes the Python path, which raises as it would. */
 static PyObject *
 relay_client(RelayObject *self, PyObject *data)
 {
-    if (!PyBytes_Check(data))
+    ConnStateObject *conn = self->conn;
+    PyObject *buf = self->client_side->buf;
+    /* the state from_client's first path needs, each flag False itself: anything else
+     * (True, another value, never set) is the Python path's to judge */
+    if (!PyBytes_Check(data) || conn->idle_timer != Py_None || buf == NULL
+        || !PyByteArray_CheckExact(buf) || PyByteArray_GET_SIZE(buf) != 0
+        || conn->guarding != Py_False || conn->skipping != Py_False || !writer_free(self))
         return PyObject_CallOneArg(self->from_client, data);
-    int taken = attr_none(self->conn, s_idle_timer);
-    if (taken < 0)
-        return NULL;
-    if (taken) {
-        PyObject *buf = GET(self->client_side, s_buf);
-        if (buf == NULL)
-            return NULL;
-        Py_ssize_t held = PyObject_Length(buf);
-        Py_DECREF(buf);
-        if (held < 0)
-            return NULL;
-        taken = held == 0;
-    }
-    int flag;
-    if (taken) {
-        if ((flag = attr_true(self->conn, s_guarding)) < 0)
-            return NULL;
-        taken = !flag;
-    }
-    if (taken) {
-        if ((flag = attr_true(self->records, s_backlogged)) < 0)
-            return NULL;
-        taken = !flag;
-    }
-    if (taken) {
-        if ((flag = attr_true(self->conn, s_skipping)) < 0)
-            return NULL;
-        taken = !flag;
-    }
     const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t count = taken ? count_queries(bytes, PyBytes_GET_SIZE(data)) : 0;
+    Py_ssize_t count = count_queries(bytes, PyBytes_GET_SIZE(data));
     if (count == 0)
         return PyObject_CallOneArg(self->from_client, data);
     long long t0 = monotonic_ns();
@@ -548,39 +650,43 @@ relay_client(RelayObject *self, PyObject *data)
         Py_DECREF(sql);
         if (item == NULL)
             return NULL;
-        PyObject *done = PyObject_CallMethodOneArg(self->pending, s_append, (PyObject *)item);
+        PyObject *done = PyObject_CallOneArg(self->append, (PyObject *)item);
         Py_DECREF(item);
         if (done == NULL)
             return NULL;
         Py_DECREF(done);
         pos += 1 + length;
     }
-    if (write_to(self->upstream_side, data) < 0)
+    if (write_to(self->upstream_side, &self->upstream_transport, &self->upstream_write, data) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* the int obj.name as a long long; -1 with the error set on failure (check PyErr_Occurred) */
-static long long
-attr_ll(PyObject *obj, PyObject *name)
+/* an int member as a long long: 0 and *value set, or -1 (not an int, or NULL: the caller
+ * takes the Python path, with no error left set) */
+static int
+member_ll(PyObject *member, long long *value)
 {
-    PyObject *value = GET(obj, name);
-    if (value == NULL)
+    if (member == NULL || !PyLong_CheckExact(member))
         return -1;
-    long long result = PyLong_AsLongLong(value);
-    Py_DECREF(value);
-    return result;
+    int overflow;
+    *value = PyLong_AsLongLongAndOverflow(member, &overflow);
+    if (overflow || (*value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
 }
 
+/* *member = an int of value; 0, or -1 with the error set */
 static int
-set_ll(PyObject *obj, PyObject *name, long long value)
+set_member_ll(PyObject **member, long long value)
 {
     PyObject *number = PyLong_FromLongLong(value);
     if (number == NULL)
         return -1;
-    int failed = PyObject_SetAttr(obj, name, number);
-    Py_DECREF(number);
-    return failed;
+    Py_XSETREF(*member, number);
+    return 0;
 }
 
 /* Connection.from_server's first path: the head statement is a simple one and the chunk is
@@ -589,28 +695,17 @@ set_ll(PyObject *obj, PyObject *name, long long value)
 static PyObject *
 relay_server(RelayObject *self, PyObject *data)
 {
-    PyObject *conn = self->conn;
-    if (!PyBytes_Check(data))
+    ConnStateObject *conn = self->conn;
+    ScanStateObject *scanner = self->scanner;
+    if (!PyBytes_Check(data) || conn->limiting != Py_False || conn->idle_timer != Py_None
+        || conn->portals == NULL || !PyDict_CheckExact(conn->portals)
+        || PyDict_GET_SIZE(conn->portals) != 0)
         return PyObject_CallOneArg(self->from_server, data);
-    int flag = attr_true(conn, s_limiting);
-    if (flag < 0)
-        return NULL;
-    Py_ssize_t waiting = flag ? 0 : PyObject_Length(self->pending);
+    Py_ssize_t waiting = PyObject_Length(self->pending);
     if (waiting < 0)
         return NULL;
     if (waiting == 0)
         return PyObject_CallOneArg(self->from_server, data);
-    if ((flag = attr_none(conn, s_idle_timer)) < 0)
-        return NULL;
-    if (!flag)
-        return PyObject_CallOneArg(self->from_server, data);
-    PyObject *portals = GET(conn, s_portals);
-    if (portals == NULL)
-        return NULL;
-    Py_ssize_t open_portals = PyObject_Length(portals);
-    Py_DECREF(portals);
-    if (open_portals != 0)
-        return open_portals < 0 ? NULL : PyObject_CallOneArg(self->from_server, data);
     PyObject *first = PySequence_GetItem(self->pending, 0);
     if (first == NULL)
         return NULL;
@@ -619,44 +714,31 @@ relay_server(RelayObject *self, PyObject *data)
         return PyObject_CallOneArg(self->from_server, data);
     }
     OpenObject *head = (OpenObject *)first; /* a new reference, released below */
-    PyObject *scanner = self->scanner, *result = NULL, *header = NULL;
-    /* whole_answer's conditions: no message split or limited at the scanner */
-    long long skip = attr_ll(scanner, s_skip);
-    if (skip == -1 && PyErr_Occurred())
+    PyObject *result = NULL;
+    /* whole_answer's conditions: no message split or limited at the scanner; the
+     * scanner's counts carried from earlier chunks, taken (whole_answer) */
+    long long skip, carried_bytes, carried_rows, base;
+    PyObject *header = scanner->header;
+    if (member_ll(scanner->skip, &skip) < 0 || skip != 0 || header == NULL
+        || !PyByteArray_CheckExact(header) || PyByteArray_GET_SIZE(header) != 0
+        || scanner->limited != Py_False || member_ll(scanner->bytes, &carried_bytes) < 0
+        || member_ll(scanner->rows, &carried_rows) < 0 || member_ll(scanner->base, &base) < 0) {
+        result = PyObject_CallOneArg(self->from_server, data);
         goto done;
-    if ((header = GET(scanner, s_header)) == NULL)
-        goto done;
-    Py_ssize_t split = PyObject_Length(header);
-    if (split < 0)
-        goto done;
-    if ((flag = attr_true(scanner, s_limited)) < 0)
-        goto done;
+    }
     int counted = 0;
     long long rows = 0, data_rows = 0;
     unsigned char status = 0;
-    if (skip != 0 || split != 0 || flag
-        || !scan_answer((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                        &counted, &rows, &data_rows, &status)) {
-        result = PyObject_CallOneArg(skip != 0 || split != 0 || flag ? self->from_server
-                                                                     : self->scan_server,
-                                     data);
+    if (!scan_answer((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                     &counted, &rows, &data_rows, &status)) {
+        result = PyObject_CallOneArg(self->scan_server, data);
         goto done;
     }
-    /* the scanner's counts carried from earlier chunks, taken (whole_answer) */
-    long long carried_bytes = attr_ll(scanner, s_bytes);
-    if (carried_bytes == -1 && PyErr_Occurred())
-        goto done;
-    long long carried_rows = attr_ll(scanner, s_rows);
-    if (carried_rows == -1 && PyErr_Occurred())
-        goto done;
-    long long base = attr_ll(scanner, s_base);
-    if (base == -1 && PyErr_Occurred())
-        goto done;
     long long nbytes = carried_bytes + (long long)PyBytes_GET_SIZE(data);
     data_rows += carried_rows;
-    if (set_ll(scanner, s_base, base + nbytes) < 0 || set_ll(scanner, s_rows, 0) < 0
-        || set_ll(scanner, s_bytes, 0) < 0
-        || set_ll(scanner, s_end, (long long)PyBytes_GET_SIZE(data)) < 0)
+    if (set_member_ll(&scanner->base, base + nbytes) < 0 || set_member_ll(&scanner->rows, 0) < 0
+        || set_member_ll(&scanner->bytes, 0) < 0
+        || set_member_ll(&scanner->end, (long long)PyBytes_GET_SIZE(data)) < 0)
         goto done;
     head->bytes_out += nbytes;
     head->data_rows += data_rows;
@@ -673,34 +755,52 @@ relay_server(RelayObject *self, PyObject *data)
     PyObject *status_bytes = PyBytes_FromStringAndSize((const char *)&status, 1);
     if (status_bytes == NULL)
         goto done;
-    int failed = PyObject_SetAttr(conn, s_status, status_bytes);
-    Py_DECREF(status_bytes);
-    if (failed < 0)
-        goto done;
-    PyObject *popped = PyObject_CallMethodNoArgs(self->pending, s_popleft);
+    Py_XSETREF(conn->status, status_bytes);
+    PyObject *popped = PyObject_CallNoArgs(self->popleft);
     if (popped == NULL)
         goto done;
     Py_DECREF(popped); /* head, still held here */
     /* Connection._record's tuple, in StatementRecord's field order */
-    PyObject *record = Py_BuildValue(
-        "(OOOOOOOOLLOLLOOOO)", self->lease, self->person, self->target, self->role, head->kind,
-        head->sql, self->params_policy, head->params, head->t0 + self->wall_offset,
-        monotonic_ns() - head->t0, head->rows, head->bytes_out, head->bytes_in, head->sqlstate,
-        head->rule == Py_None ? s_completed : s_refused, self->number, head->rule);
-    if (record == NULL)
+    PyObject *started = PyLong_FromLongLong(head->t0 + self->wall_offset);
+    PyObject *took = PyLong_FromLongLong(monotonic_ns() - head->t0);
+    PyObject *out = PyLong_FromLongLong(head->bytes_out);
+    PyObject *in = PyLong_FromLongLong(head->bytes_in);
+    PyObject *record = started && took && out && in ? PyTuple_New(17) : NULL;
+    if (record == NULL) {
+        Py_XDECREF(started);
+        Py_XDECREF(took);
+        Py_XDECREF(out);
+        Py_XDECREF(in);
         goto done;
+    }
+    PyObject *values[17] = {
+        self->lease, self->person, self->target, self->role, head->kind, head->sql,
+        self->params_policy, head->params, started, took, head->rows, out, in, head->sqlstate,
+        head->rule == Py_None ? s_completed : s_refused, self->number, head->rule,
+    };
+    /* the four numbers made here are the tuple's (at 8, 9, 11, 12: by place, not by
+     * identity, as small ints are shared); the rest shared with their holders */
+    for (int i = 0; i < 17; i++)
+        PyTuple_SET_ITEM(record, i,
+                         i == 8 || i == 9 || i == 11 || i == 12 ? values[i] : Py_NewRef(values[i]));
     PyObject *added = PyObject_CallOneArg(self->add_record, record);
     Py_DECREF(record);
     if (added == NULL)
         goto done;
     Py_DECREF(added);
-    if ((flag = attr_true(conn, s_closed)) < 0)
+    int closed = conn->closed == Py_True ? 1
+                 : conn->closed == Py_False ? 0
+                 : conn->closed == NULL ? -1 : PyObject_IsTrue(conn->closed);
+    if (closed < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "closed");
         goto done;
-    if (!flag && write_to(self->client_side, data) < 0)
+    }
+    if (!closed
+        && write_to(self->client_side, &self->client_transport, &self->client_write, data) < 0)
         goto done;
     result = Py_NewRef(Py_None);
 done:
-    Py_XDECREF(header);
     Py_DECREF(head);
     return result;
 }
@@ -737,41 +837,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__fastwire(void)
 {
-    if ((s_idle_timer = PyUnicode_InternFromString("idle_timer")) == NULL)
-        return NULL;
-    if ((s_buf = PyUnicode_InternFromString("buf")) == NULL)
-        return NULL;
-    if ((s_guarding = PyUnicode_InternFromString("guarding")) == NULL)
-        return NULL;
     if ((s_backlogged = PyUnicode_InternFromString("backlogged")) == NULL)
         return NULL;
-    if ((s_skipping = PyUnicode_InternFromString("skipping")) == NULL)
-        return NULL;
-    if ((s_transport = PyUnicode_InternFromString("transport")) == NULL)
-        return NULL;
     if ((s_write = PyUnicode_InternFromString("write")) == NULL)
-        return NULL;
-    if ((s_limiting = PyUnicode_InternFromString("limiting")) == NULL)
-        return NULL;
-    if ((s_portals = PyUnicode_InternFromString("portals")) == NULL)
-        return NULL;
-    if ((s_skip = PyUnicode_InternFromString("_skip")) == NULL)
-        return NULL;
-    if ((s_header = PyUnicode_InternFromString("_header")) == NULL)
-        return NULL;
-    if ((s_limited = PyUnicode_InternFromString("limited")) == NULL)
-        return NULL;
-    if ((s_bytes = PyUnicode_InternFromString("_bytes")) == NULL)
-        return NULL;
-    if ((s_rows = PyUnicode_InternFromString("_rows")) == NULL)
-        return NULL;
-    if ((s_base = PyUnicode_InternFromString("_base")) == NULL)
-        return NULL;
-    if ((s_end = PyUnicode_InternFromString("end")) == NULL)
-        return NULL;
-    if ((s_status = PyUnicode_InternFromString("status")) == NULL)
-        return NULL;
-    if ((s_closed = PyUnicode_InternFromString("closed")) == NULL)
         return NULL;
     if ((s_append = PyUnicode_InternFromString("append")) == NULL)
         return NULL;
@@ -817,13 +885,20 @@ PyInit__fastwire(void)
         return NULL;
     if ((s_scan_server = PyUnicode_InternFromString("_scan_server")) == NULL)
         return NULL;
-    if (PyType_Ready(&OpenType) < 0 || PyType_Ready(&RelayType) < 0)
+    if ((s_dict = PyUnicode_InternFromString("__dict__")) == NULL)
+        return NULL;
+    if (PyType_Ready(&OpenType) < 0 || PyType_Ready(&RelayType) < 0
+        || PyType_Ready(&ConnStateType) < 0 || PyType_Ready(&ScanStateType) < 0
+        || PyType_Ready(&SideStateType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL)
         return NULL;
     if (PyModule_AddObjectRef(mod, "Open", (PyObject *)&OpenType) < 0
-        || PyModule_AddObjectRef(mod, "Relay", (PyObject *)&RelayType) < 0) {
+        || PyModule_AddObjectRef(mod, "Relay", (PyObject *)&RelayType) < 0
+        || PyModule_AddObjectRef(mod, "ConnState", (PyObject *)&ConnStateType) < 0
+        || PyModule_AddObjectRef(mod, "ScanState", (PyObject *)&ScanStateType) < 0
+        || PyModule_AddObjectRef(mod, "SideState", (PyObject *)&SideStateType) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -165,7 +165,7 @@ class RecordWriter(Protocol):
 
     def add(self, record: StatementRecord) -> None: ...
 
-    def add_fields(self, record: StatementRecord | RecordFields) -> None: ...
+    def add_fields(self, record: RecordFields) -> None: ...
 
 
 class _Closed(Exception):
@@ -194,9 +194,10 @@ REFUSAL_LOG_INTERVAL = 10.0  # seconds between warnings about refused connection
 CLOSE_GRACE = 1.0
 
 
-class _Side(asyncio.Protocol):
+class _Side(fastwire.SideState, asyncio.Protocol):
     """One socket. Until ``relay`` is set, bytes wait in ``buf`` for the handshake coroutine;
-    after it, each chunk goes straight to ``relay``."""
+    after it, each chunk goes straight to ``relay``. ``transport`` and ``buf`` are its base's
+    (fastwire.SideState: C struct members the relay reads)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -360,8 +361,10 @@ if fastwire.Open is not None:
     _Open = fastwire.Open  # type: ignore[misc]
 
 
-class Connection:
-    """One client connection and its upstream connection."""
+class Connection(fastwire.ConnState):
+    """One client connection and its upstream connection. ``idle_timer``, ``guarding``,
+    ``skipping``, ``limiting``, ``portals``, ``closed`` and ``status`` are its base's
+    (fastwire.ConnState: C struct members the relay reads)."""
 
     def __init__(self, gateway: Gateway, number: int) -> None:
         self.gateway = gateway

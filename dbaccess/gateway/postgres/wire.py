@@ -219,23 +219,12 @@ class ScanHandler(Protocol):
         limits are off until set again."""
 
 
-class ServerScanner:
-    """Follows message boundaries in the server's byte stream, chunk by chunk."""
+class ServerScanner(fastwire.ScanState):
+    """Follows message boundaries in the server's byte stream, chunk by chunk. ``_header``,
+    ``_skip``, ``_rows``, ``_bytes``, ``_base``, ``limited`` and ``end`` are its base's
+    (fastwire.ScanState: C struct members the relay reads)."""
 
-    __slots__ = (
-        "_handler",
-        "_header",
-        "_skip",
-        "_body",
-        "_kind",
-        "_rows",
-        "_bytes",
-        "_base",
-        "_row_limit",
-        "_byte_limit",
-        "limited",
-        "end",
-    )
+    __slots__ = ("_handler", "_body", "_kind", "_row_limit", "_byte_limit")
 
     def __init__(self, handler: ScanHandler) -> None:
         self._handler = handler
