@@ -182,18 +182,25 @@ class BatchingWriter:
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._retry_delay = retry_delay
-        # appended to without the lock (deque.append is atomic); the thread is woken only
-        # when a batch is full or on flush/close, else it looks every max_delay
-        self._pending: deque[StatementRecord | RecordFields] = deque()
+        # The records not taken yet. Appended to without the lock (deque.append is atomic);
+        # the thread is woken only when a batch is full or on flush/close, else it looks
+        # every max_delay. ``add_fields`` is: append to ``queue``, then ``overflow()`` once
+        # the queue is longer than ``room`` (a batch is full, too many records are
+        # unwritten, or the writer is closed); the protocol server's compiled relay does
+        # those steps itself, without a Python call per record.
+        self.queue: deque[StatementRecord | RecordFields] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._in_flight = 0  # records the writer's thread has taken, not delivered or lost
+        self.room = 0  # set by _set_room, from the writer's thread or close (an int: atomic)
+        self._set_room()
         self._flushing = False
         self.lost = 0  # records a failing sink never took before close
         # refusals *because* records cannot be written, past twice max_unwritten: counted,
         # not recorded (none of those statements ran, and a record each would grow the
         # very backlog they answer, as fast as a client pipelines statements)
         self.unrecorded_refusals = 0
-        self._added = 0
+        self._taken = 0  # by the writer's thread, in order
         self._done = 0  # delivered or lost
         self._thread = threading.Thread(target=self._run, name="gateway-records", daemon=True)
         self._thread.start()
@@ -204,16 +211,22 @@ class BatchingWriter:
         self.add_fields(to_fields(record) if self._raw else record)
 
     def add_fields(self, record: StatementRecord | RecordFields) -> None:
-        """Called from one thread (the event loop's): ``_added`` is counted without a lock.
-        A record object only through ``add`` (a sink of field tuples never gets one)."""
+        """Called from one thread (the event loop's). A record object only through ``add``
+        (a sink of field tuples never gets one)."""
+        queue = self.queue
+        queue.append(record)
+        if len(queue) > self.room:
+            self.overflow()
+
+    def overflow(self) -> None:
+        """After an append that made the queue longer than ``room``: refuse a closed
+        writer, mark a backlog, wake the writer for a full batch."""
         if self._closed:
             raise RuntimeError("the record writer is closed")
-        pending = self._pending
-        pending.append(record)
-        self._added += 1
-        # not written yet: those pending and the batch the writer holds (a failing store
+        queue = self.queue
+        # not written yet: those queued and the batch the writer holds (a failing store
         # keeps one batch in its hands, up to max_batch, while the rest piles up)
-        unwritten = self._added - self._done
+        unwritten = len(queue) + self._in_flight
         if unwritten > self._max_unwritten and not self.backlogged:
             self.backlogged = True
             log.error(
@@ -221,14 +234,24 @@ class BatchingWriter:
                 "until the store takes them",
                 unwritten,
             )
-        if len(pending) == self._max_batch:
+        if len(queue) == self._max_batch:
             with self._cond:
                 self._cond.notify()
+
+    def _set_room(self) -> None:
+        """``room``: how long the queue may get before an append calls ``overflow``
+        (under the lock, or before the thread starts)."""
+        self.room = (
+            -1 if self._closed else min(self._max_batch - 1, self._max_unwritten - self._in_flight)
+        )
+
+    def _unwritten(self) -> int:
+        return len(self.queue) + self._in_flight
 
     def room_for_refusal(self) -> bool:
         """Whether a refusal for the backlog may still be recorded (the caller's thread);
         False counts it in ``unrecorded_refusals`` instead."""
-        if self._added - self._done <= 2 * self._max_unwritten:
+        if self._unwritten() <= 2 * self._max_unwritten:
             return True
         self.unrecorded_refusals += 1
         return False
@@ -236,7 +259,7 @@ class BatchingWriter:
     def flush(self, timeout: float = 10) -> bool:
         """Wait until every record added so far is delivered (tests, shutdown)."""
         with self._cond:
-            target = self._added
+            target = self._taken + len(self.queue)  # every record added so far
             self._flushing = True
             self._cond.notify_all()
             try:
@@ -247,6 +270,7 @@ class BatchingWriter:
     def close(self, timeout: float | None = 30) -> None:
         with self._cond:
             self._closed = True
+            self._set_room()
             self._cond.notify()
         self._thread.join(timeout)
 
@@ -256,12 +280,12 @@ class BatchingWriter:
                 self._cond.wait_for(
                     lambda: (
                         self._closed
-                        or len(self._pending) >= self._max_batch
-                        or (self._flushing and bool(self._pending))
+                        or len(self.queue) >= self._max_batch
+                        or (self._flushing and bool(self.queue))
                     ),
                     timeout=self._max_delay,
                 )
-                pending = self._pending
+                pending = self.queue
                 # popleft called in a C loop (islice over iter(popleft, sentinel)): a
                 # Python loop here cost a tenth of the writer's time per record
                 taken = list(
@@ -269,20 +293,28 @@ class BatchingWriter:
                 )
                 # a field-tuple sink's batch as it is: add converted its records already
                 batch = cast(list[RecordFields], taken) if self._raw else self._convert(taken)
+                self._taken += len(taken)
+                self._in_flight = len(taken)
+                self._set_room()
                 closing = self._closed
                 more = bool(pending)
             if batch and not self._deliver(batch):
                 with self._cond:
-                    self.lost += len(batch) + len(self._pending)
-                    self._done += len(batch) + len(self._pending)
-                    self._pending.clear()
+                    left = len(self.queue)
+                    self.queue.clear()
+                    self.lost += len(batch) + left
+                    self._taken += left
+                    self._done += len(batch) + left
+                    self._in_flight = 0
                     self._cond.notify_all()
                 return
             if batch:
                 with self._cond:
                     self._done += len(batch)
+                    self._in_flight = 0
+                    self._set_room()
                     self._cond.notify_all()
-                if self.backlogged and self._added - self._done <= self._max_unwritten // 2:
+                if self.backlogged and self._unwritten() <= self._max_unwritten // 2:
                     self.backlogged = False
                     skipped, self.unrecorded_refusals = self.unrecorded_refusals, 0
                     log.warning(

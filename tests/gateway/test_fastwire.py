@@ -8,9 +8,11 @@ from __future__ import annotations
 import gc
 import os
 import struct
+import sys
 import types
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from dbaccess.gateway.postgres import fastwire, server, wire
 from dbaccess.gateway.postgres.server import Connection, GatewayConfig
+from dbaccess.gateway.records import BatchingWriter, MemorySink, StatementRecord
 from dbaccess.gateway.sessions import GatewaySession, ScramVerifier, Upstream
 
 
@@ -513,3 +516,50 @@ def test_a_connection_the_relay_holds_is_collected_with_its_cycle() -> None:
     del conn, to_client, to_server
     gc.collect()
     assert gone() is None
+
+
+class _Held(MemorySink):
+    """A sink that fails while ``held`` is set."""
+
+    held = True
+
+    def write(self, records: Sequence[StatementRecord]) -> None:
+        if self.held:
+            raise OSError("not now")
+        super().write(records)
+
+
+@needs_c
+def test_the_relay_adds_to_a_batching_writer_as_its_add_fields_does() -> None:
+    # with the writer's own add_fields, the relay appends to its queue and calls overflow
+    # past room itself: the records arrive in order, a backlog is marked at once, and a
+    # closed writer refuses, as add_fields would
+    sink = _Held()
+    writer = BatchingWriter(sink, max_batch=3, max_delay=60, retry_delay=0.01, max_unwritten=4)
+    try:
+        conn, _ = _connection()
+        conn.records, conn.add_record = writer, writer.add_fields
+        to_client, to_server = conn.relays()
+        called: list[str] = []
+        sys.setprofile(lambda frame, event, _: called.append(frame.f_code.co_name))
+        try:
+            to_client(msg(b"Q", b"SELECT 0\0"))
+            to_server(ANSWER)
+        finally:
+            sys.setprofile(None)
+        assert "add_fields" not in called and "overflow" not in called  # no Python call
+        for n in range(1, 4):
+            to_client(msg(b"Q", f"SELECT {n}\0".encode()))
+            to_server(ANSWER)
+        assert not writer.backlogged  # 4 unwritten: at the limit, not over it
+        to_client(QUERY)
+        to_server(ANSWER)
+        assert writer.backlogged  # the fifth: over it, marked with no Python add_fields
+        sink.held = False
+        assert writer.flush(5)
+        assert [r.sql for r in sink.records] == [*(f"SELECT {n}" for n in range(4)), "SELECT 1"]
+    finally:
+        writer.close()
+    to_client(QUERY)
+    with pytest.raises(RuntimeError, match="closed"):
+        to_server(ANSWER)

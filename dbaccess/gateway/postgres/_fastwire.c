@@ -442,6 +442,9 @@ typedef struct {
     PyObject *records;       /* the writer (its backlogged flag), and its __dict__ or NULL */
     PyObject *records_dict;
     PyObject *add_record;
+    /* the writer's own add_fields done here (records.BatchingWriter: append to queue, then
+     * overflow() once the queue is longer than room), else NULL: add_record is called */
+    PyObject *queue, *queue_append, *overflow;
     PyObject *from_client;   /* the Python path, bound */
     PyObject *from_server;
     PyObject *scan_server;   /* the Python path past its first reading */
@@ -454,7 +457,8 @@ typedef struct {
 static PyObject *s_backlogged, *s_write, *s_append, *s_popleft, *s_query, *s_completed,
     *s_refused, *s_session, *s_lease_id, *s_person_name, *s_target, *s_role, *s_params_policy,
     *s_number, *s_wall_offset, *s_add_record, *s_pending, *s_scanner, *s_records, *s_client,
-    *s_upstream, *s_from_client, *s_from_server, *s_scan_server, *s_dict;
+    *s_upstream, *s_from_client, *s_from_server, *s_scan_server, *s_dict, *s_queue,
+    *s_overflow, *s_room, *s_add_fields;
 
 /* the Relay's object fields, in order: traverse and clear walk them */
 #define RELAY_FIELDS(self) ((PyObject **)&(self)->conn)
@@ -499,6 +503,76 @@ get_typed(PyObject *obj, PyObject *name, PyTypeObject *type)
         Py_CLEAR(value);
     }
     return value;
+}
+
+/* The writer's add_fields done in C when the connection's add_record is exactly the
+ * writer's own add_fields method (not another callable, not a subclass's override) and the
+ * writer has the queue, overflow and room it works with: 0 (set up or not), -1 error. */
+static int
+fast_add(RelayObject *self)
+{
+    PyObject *add = self->add_record, *own = NULL;
+    if (!PyMethod_Check(add) || PyMethod_GET_SELF(add) != self->records || self->records_dict == NULL
+        || PyDict_GetItemWithError(self->records_dict, s_room) == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    own = PyObject_GetAttr((PyObject *)Py_TYPE(self->records), s_add_fields);
+    if (own == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int same = own == PyMethod_GET_FUNCTION(add);
+    Py_DECREF(own);
+    if (!same)
+        return 0;
+    PyObject *queue = PyObject_GetAttr(self->records, s_queue);
+    PyObject *append = queue == NULL ? NULL : PyObject_GetAttr(queue, s_append);
+    PyObject *overflow = append == NULL ? NULL : PyObject_GetAttr(self->records, s_overflow);
+    if (overflow == NULL) {
+        Py_XDECREF(queue);
+        Py_XDECREF(append);
+        PyErr_Clear();
+        return 0;
+    }
+    self->queue = queue;
+    self->queue_append = append;
+    self->overflow = overflow;
+    return 0;
+}
+
+/* the record handed to the writer: add_record(record), or what the writer's add_fields
+ * does; 0, or -1 with the error set */
+static int
+add_record(RelayObject *self, PyObject *record)
+{
+    if (self->queue_append == NULL) {
+        PyObject *added = PyObject_CallOneArg(self->add_record, record);
+        Py_XDECREF(added);
+        return added == NULL ? -1 : 0;
+    }
+    PyObject *done = PyObject_CallOneArg(self->queue_append, record);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    Py_ssize_t queued = PyObject_Length(self->queue);
+    if (queued < 0)
+        return -1;
+    /* room as the writer last set it (an int in its __dict__); anything else, overflow() */
+    PyObject *room = PyDict_GetItemWithError(self->records_dict, s_room);
+    if (room == NULL && PyErr_Occurred())
+        return -1;
+    int overflow = 1;
+    if (room != NULL && PyLong_CheckExact(room)) {
+        int big;
+        long long limit = PyLong_AsLongLongAndOverflow(room, &big);
+        if (limit == -1 && PyErr_Occurred())
+            return -1;
+        overflow = big < 0 || (big == 0 && (long long)queued > limit);
+    }
+    if (!overflow)
+        return 0;
+    PyObject *result = PyObject_CallNoArgs(self->overflow);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
 }
 
 static PyObject *
@@ -555,6 +629,8 @@ relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         Py_XDECREF(dict);
         PyErr_Clear();
     }
+    if (fast_add(self) < 0)
+        goto fail;
     self->wall_offset = PyLong_AsLongLong(offset);
     if (self->wall_offset == -1 && PyErr_Occurred())
         goto fail;
@@ -783,11 +859,10 @@ relay_server(RelayObject *self, PyObject *data)
     for (int i = 0; i < 17; i++)
         PyTuple_SET_ITEM(record, i,
                          i == 8 || i == 9 || i == 11 || i == 12 ? values[i] : Py_NewRef(values[i]));
-    PyObject *added = PyObject_CallOneArg(self->add_record, record);
+    int failed = add_record(self, record);
     Py_DECREF(record);
-    if (added == NULL)
+    if (failed < 0)
         goto done;
-    Py_DECREF(added);
     int closed = conn->closed == Py_True ? 1
                  : conn->closed == Py_False ? 0
                  : conn->closed == NULL ? -1 : PyObject_IsTrue(conn->closed);
@@ -885,7 +960,11 @@ PyInit__fastwire(void)
         return NULL;
     if ((s_scan_server = PyUnicode_InternFromString("_scan_server")) == NULL)
         return NULL;
-    if ((s_dict = PyUnicode_InternFromString("__dict__")) == NULL)
+    if ((s_dict = PyUnicode_InternFromString("__dict__")) == NULL
+        || (s_queue = PyUnicode_InternFromString("queue")) == NULL
+        || (s_overflow = PyUnicode_InternFromString("overflow")) == NULL
+        || (s_room = PyUnicode_InternFromString("room")) == NULL
+        || (s_add_fields = PyUnicode_InternFromString("add_fields")) == NULL)
         return NULL;
     if (PyType_Ready(&OpenType) < 0 || PyType_Ready(&RelayType) < 0
         || PyType_Ready(&ConnStateType) < 0 || PyType_Ready(&ScanStateType) < 0
