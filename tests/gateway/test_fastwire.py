@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import struct
+import subprocess
 import sys
 import types
 import weakref
@@ -563,3 +564,36 @@ def test_the_relay_adds_to_a_batching_writer_as_its_add_fields_does() -> None:
     to_client(QUERY)
     with pytest.raises(RuntimeError, match="closed"):
         to_server(ANSWER)
+
+
+def test_without_the_compiled_module_the_plain_bases_carry_the_same_state() -> None:
+    # DBACCESS_GATEWAY_PYTHON=1 (or no C compiler): Connection, ServerScanner and _Side get
+    # the plain ConnState, ScanState and SideState, and a relaying connection forwards and
+    # records a statement as with the C ones
+    script = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import test_fastwire as t
+from dbaccess.gateway.postgres import fastwire, server, wire
+assert not fastwire.BUILT and fastwire.Relay is None
+assert server.Connection.__mro__[1].__module__ == fastwire.__name__
+assert wire.ServerScanner.__mro__[1] is fastwire.ScanState
+conn, records = t._connection()
+to_client, to_server = conn.relays()
+to_client(t.QUERY)
+to_server(t.ANSWER)
+(fields,) = records.added
+assert fields[5] == "SELECT 1" and fields[10:13] == (1, len(t.ANSWER), 0), fields
+assert conn.client.transport.sent == t.ANSWER and not conn.pending and conn.status == b"I"
+print("ok")
+"""
+    here = os.path.dirname(__file__)
+    root = os.path.dirname(os.path.dirname(here))
+    run = subprocess.run(
+        [sys.executable, "-c", script, here, root],
+        env={**os.environ, "DBACCESS_GATEWAY_PYTHON": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
