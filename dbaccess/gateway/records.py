@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
+from itertools import islice, repeat
 from typing import Literal, Protocol, cast
 
 from dbaccess.timestamps import from_epoch_ns, to_epoch_ns
@@ -184,8 +184,8 @@ class BatchingWriter:
         self._retry_delay = retry_delay
         # The records not taken yet. Appended to without the lock (deque.append is atomic);
         # the thread is woken only when a batch is full or on flush/close, else it looks
-        # every max_delay. ``add_fields`` is: append to ``queue``, then ``overflow()`` once
-        # the queue is longer than ``room`` (a batch is full, too many records are
+        # every max_delay. ``add_fields`` is: append to ``queue`` while it is shorter than
+        # ``room``, else ``overflow(record)`` (a batch is full, too many records are
         # unwritten, or the writer is closed); the protocol server's compiled relay does
         # those steps itself, without a Python call per record.
         self.queue: deque[StatementRecord | RecordFields] = deque()
@@ -214,16 +214,18 @@ class BatchingWriter:
         """Called from one thread (the event loop's). A record object only through ``add``
         (a sink of field tuples never gets one)."""
         queue = self.queue
-        queue.append(record)
-        if len(queue) > self.room:
-            self.overflow()
+        if len(queue) < self.room:
+            queue.append(record)
+        else:
+            self.overflow(record)
 
-    def overflow(self) -> None:
-        """After an append that made the queue longer than ``room``: refuse a closed
-        writer, mark a backlog, wake the writer for a full batch."""
+    def overflow(self, record: StatementRecord | RecordFields) -> None:
+        """Add ``record`` to a queue already ``room`` long: refuse it if closed (before
+        it is queued), mark a backlog, wake the writer for a full batch."""
         if self._closed:
             raise RuntimeError("the record writer is closed")
         queue = self.queue
+        queue.append(record)
         # not written yet: those queued and the batch the writer holds (a failing store
         # keeps one batch in its hands, up to max_batch, while the rest piles up)
         unwritten = len(queue) + self._in_flight
@@ -239,10 +241,10 @@ class BatchingWriter:
                 self._cond.notify()
 
     def _set_room(self) -> None:
-        """``room``: how long the queue may get before an append calls ``overflow``
-        (under the lock, or before the thread starts)."""
+        """``room``: how long the queue may be for a record to be appended without
+        ``overflow`` (under the lock, or before the thread starts; 0 once closed)."""
         self.room = (
-            -1 if self._closed else min(self._max_batch - 1, self._max_unwritten - self._in_flight)
+            0 if self._closed else min(self._max_batch - 1, self._max_unwritten - self._in_flight)
         )
 
     def _unwritten(self) -> int:
@@ -291,17 +293,19 @@ class BatchingWriter:
                 taken = list(
                     islice(iter(pending.popleft, _NEVER), min(len(pending), self._max_batch))
                 )
-                # a field-tuple sink's batch as it is: add converted its records already
-                batch = cast(list[RecordFields], taken) if self._raw else self._convert(taken)
+                # counted as held before anything else (the event loop reads them unlocked)
                 self._taken += len(taken)
                 self._in_flight = len(taken)
                 self._set_room()
+                batch = self._fields(taken) if self._raw else self._convert(taken)
                 closing = self._closed
                 more = bool(pending)
             if batch and not self._deliver(batch):
                 with self._cond:
-                    left = len(self.queue)
-                    self.queue.clear()
+                    left = 0
+                    while self.queue:  # one by one: an append meanwhile is counted too
+                        self.queue.popleft()
+                        left += 1
                     self.lost += len(batch) + left
                     self._taken += left
                     self._done += len(batch) + left
@@ -326,6 +330,14 @@ class BatchingWriter:
                     )
             if closing and not more:
                 return
+
+    @staticmethod
+    def _fields(taken: list[StatementRecord | RecordFields]) -> list[RecordFields]:
+        """The batch as field tuples, for a sink that takes them: as it is, unless a record
+        object came through add_fields rather than add (checked in a C loop)."""
+        if any(map(isinstance, taken, repeat(StatementRecord))):
+            return [to_fields(i) if isinstance(i, StatementRecord) else i for i in taken]
+        return cast(list[RecordFields], taken)
 
     @staticmethod
     def _convert(taken: list[StatementRecord | RecordFields]) -> list[StatementRecord]:

@@ -564,6 +564,7 @@ def test_the_relay_adds_to_a_batching_writer_as_its_add_fields_does() -> None:
     to_client(QUERY)
     with pytest.raises(RuntimeError, match="closed"):
         to_server(ANSWER)
+    assert not writer.queue  # refused before it was queued
 
 
 def test_without_the_compiled_module_the_plain_bases_carry_the_same_state() -> None:

@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
+
 from dbaccess.broker.store.statement_chain import RECORD_FIELDS
 from dbaccess.gateway.records import (
     BatchingWriter,
@@ -74,9 +76,19 @@ def test_the_writer_hands_a_fields_sink_the_tuples() -> None:
     )  # fmt: skip
     writer.add_fields(fields("a", 1))
     writer.add(record)  # a record object: turned into its fields
+    writer.add_fields(record)  # even by the method for tuples: a record, not a stuck batch
     assert writer.flush()
     writer.close()
-    assert sink.got == [fields("a", 1), to_fields(record)]
+    assert sink.got == [fields("a", 1), to_fields(record), to_fields(record)]
+
+
+def test_a_closed_writer_refuses_a_record_without_keeping_it() -> None:
+    writer = BatchingWriter(FieldsOnly(), max_delay=0.01)
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.add_fields(fields("a", 1))
+    assert not writer.queue
+    assert writer.flush(0.5)  # nothing waits for a writer that is gone
 
 
 def test_record_times_survive_the_integer_form_to_the_microsecond() -> None:

@@ -442,8 +442,8 @@ typedef struct {
     PyObject *records;       /* the writer (its backlogged flag), and its __dict__ or NULL */
     PyObject *records_dict;
     PyObject *add_record;
-    /* the writer's own add_fields done here (records.BatchingWriter: append to queue, then
-     * overflow() once the queue is longer than room), else NULL: add_record is called */
+    /* the writer's own add_fields done here (records.BatchingWriter: append to queue while
+     * it is shorter than room, else overflow(record)), else NULL: add_record is called */
     PyObject *queue, *queue_append, *overflow;
     PyObject *from_client;   /* the Python path, bound */
     PyObject *from_server;
@@ -549,30 +549,25 @@ add_record(RelayObject *self, PyObject *record)
         Py_XDECREF(added);
         return added == NULL ? -1 : 0;
     }
-    PyObject *done = PyObject_CallOneArg(self->queue_append, record);
-    if (done == NULL)
-        return -1;
-    Py_DECREF(done);
     Py_ssize_t queued = PyObject_Length(self->queue);
     if (queued < 0)
         return -1;
-    /* room as the writer last set it (an int in its __dict__); anything else, overflow() */
+    /* room as the writer last set it (an int in its __dict__): appended while the queue is
+     * shorter, else overflow(record) (which refuses a closed writer before queuing) */
     PyObject *room = PyDict_GetItemWithError(self->records_dict, s_room);
     if (room == NULL && PyErr_Occurred())
         return -1;
-    int overflow = 1;
+    int fits = 0;
     if (room != NULL && PyLong_CheckExact(room)) {
         int big;
         long long limit = PyLong_AsLongLongAndOverflow(room, &big);
         if (limit == -1 && PyErr_Occurred())
             return -1;
-        overflow = big < 0 || (big == 0 && (long long)queued > limit);
+        fits = big > 0 || (big == 0 && (long long)queued < limit);
     }
-    if (!overflow)
-        return 0;
-    PyObject *result = PyObject_CallNoArgs(self->overflow);
-    Py_XDECREF(result);
-    return result == NULL ? -1 : 0;
+    PyObject *done = PyObject_CallOneArg(fits ? self->queue_append : self->overflow, record);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
 }
 
 static PyObject *
@@ -676,11 +671,14 @@ write_to(SideStateObject *side, PyObject **kept, PyObject **write, PyObject *dat
     if (transport == Py_None)
         return 0;
     if (transport != *kept) {
+        Py_INCREF(transport); /* held: the getattr may run code that rebinds side.transport */
         PyObject *bound = GET(transport, s_write);
-        if (bound == NULL)
+        if (bound == NULL) {
+            Py_DECREF(transport);
             return -1;
+        }
         Py_XSETREF(*write, bound);
-        Py_XSETREF(*kept, Py_NewRef(transport));
+        Py_XSETREF(*kept, transport);
     }
     PyObject *done = PyObject_CallOneArg(*write, data);
     if (done == NULL)
