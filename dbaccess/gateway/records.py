@@ -206,13 +206,14 @@ class BatchingWriter:
         self._thread.start()
 
     def add(self, record: StatementRecord) -> None:
-        # turned into the sink's form here, so the writer's thread converts nothing for a
-        # sink of field tuples (the store's), whose batches come from add_fields alone
+        # turned into the sink's form here, on the caller's thread (where a record that
+        # cannot be converted raises), so a field-tuple sink's batch is taken as it is
         self.add_fields(to_fields(record) if self._raw else record)
 
     def add_fields(self, record: StatementRecord | RecordFields) -> None:
-        """Called from one thread (the event loop's). A record object only through ``add``
-        (a sink of field tuples never gets one)."""
+        """Called from one thread (the event loop's). Field tuples (the protocol server's);
+        a record object is meant for ``add``, and is converted by the writer's thread if
+        it comes here."""
         queue = self.queue
         if len(queue) < self.room:
             queue.append(record)
@@ -293,13 +294,31 @@ class BatchingWriter:
                 taken = list(
                     islice(iter(pending.popleft, _NEVER), min(len(pending), self._max_batch))
                 )
-                # counted as held before anything else (the event loop reads them unlocked)
+                # held from here: counted before the lock is let go (the event loop reads
+                # these counts without it)
                 self._taken += len(taken)
                 self._in_flight = len(taken)
                 self._set_room()
-                batch = self._fields(taken) if self._raw else self._convert(taken)
                 closing = self._closed
                 more = bool(pending)
+            # converted outside the lock, which the event loop takes for a full batch
+            try:
+                batch = self._fields(taken) if self._raw else self._convert(taken)
+            except Exception as exc:  # a record no sink can take: lost, said, not a hang
+                log.error(
+                    "%d statement records could not be converted for the store (%s): lost",
+                    len(taken),
+                    type(exc).__name__,
+                )
+                with self._cond:
+                    self.lost += len(taken)
+                    self._done += len(taken)
+                    self._in_flight = 0
+                    self._set_room()
+                    self._cond.notify_all()
+                if closing and not more:
+                    return
+                continue
             if batch and not self._deliver(batch):
                 with self._cond:
                     left = 0
@@ -341,8 +360,7 @@ class BatchingWriter:
 
     @staticmethod
     def _convert(taken: list[StatementRecord | RecordFields]) -> list[StatementRecord]:
-        """The batch as records, for a sink that takes them (a field-tuple sink's batch is
-        taken as it is: ``add`` converted its records already)."""
+        """The batch as records, for a sink that takes them (a field-tuple sink's: _fields)."""
         return [i if isinstance(i, StatementRecord) else from_fields(i) for i in taken]
 
     def _deliver(self, batch: list[StatementRecord] | list[RecordFields]) -> bool:

@@ -13,6 +13,7 @@ import pytest
 from dbaccess.broker.store.statement_chain import RECORD_FIELDS
 from dbaccess.gateway.records import (
     BatchingWriter,
+    MemorySink,
     RecordFields,
     StatementRecord,
     from_fields,
@@ -121,3 +122,21 @@ def test_sql_over_the_limit_is_capped_and_a_big_batch_split_into_blocks() -> Non
     assert [b.lease_id for b in split] == ["a", "a", "b"]
     assert [len(b.records) for b in split] == [store_sink.BLOCK_SQL_TEXT // limit, 10, 1]
     assert split[1].records[0] == many[store_sink.BLOCK_SQL_TEXT // limit][4:]
+
+
+def test_a_record_no_sink_can_take_is_counted_lost_and_the_writer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a start that is no number cannot become a record: its batch is lost and said so,
+    # and the writer neither dies nor hangs a flush
+    sink = MemorySink()
+    writer = BatchingWriter(sink, max_delay=0.01)
+    try:
+        writer.add_fields((*fields("a", 1)[:8], "not a time", *fields("a", 1)[9:]))  # type: ignore[arg-type]
+        assert writer.flush(2)
+        assert writer.lost == 1 and "could not be converted" in caplog.text
+        writer.add_fields(fields("a", 2))
+        assert writer.flush(2)
+        assert [r.sql for r in sink.records] == ["SELECT 2"]
+    finally:
+        writer.close()

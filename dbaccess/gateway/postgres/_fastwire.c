@@ -680,7 +680,9 @@ write_to(SideStateObject *side, PyObject **kept, PyObject **write, PyObject *dat
         Py_XSETREF(*write, bound);
         Py_XSETREF(*kept, transport);
     }
-    PyObject *done = PyObject_CallOneArg(*write, data);
+    PyObject *bound = Py_NewRef(*write); /* held: the call may swap the transport */
+    PyObject *done = PyObject_CallOneArg(bound, data);
+    Py_DECREF(bound);
     if (done == NULL)
         return -1;
     Py_DECREF(done);
