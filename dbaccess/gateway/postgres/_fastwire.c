@@ -339,14 +339,25 @@ typedef struct {
 /* traverse, clear and dealloc over a state's object members, which follow its head (a
  * Python subclass's own dict and slots are its type's: subtype_traverse visits them, and
  * the type itself, then calls these) */
+static void state_dealloc(PyObject *self);
+
+/* the object members a state holds, and how many: those of the C state type it is or
+ * derives from (a Python subclass's tp_dealloc is subtype_dealloc; our base's is ours) */
+static PyObject **
+state_members(PyObject *self, Py_ssize_t *count)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    while (type->tp_dealloc != state_dealloc)
+        type = type->tp_base;
+    *count = (type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    return (PyObject **)((char *)self + sizeof(PyObject));
+}
+
 static int
 state_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    PyTypeObject *type = Py_TYPE(self);
-    while (type->tp_traverse != state_traverse)
-        type = type->tp_base; /* a Python subclass: our members are its base's */
-    PyObject **members = (PyObject **)((char *)self + sizeof(PyObject));
-    Py_ssize_t count = (type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    Py_ssize_t count;
+    PyObject **members = state_members(self, &count);
     for (Py_ssize_t i = 0; i < count; i++)
         Py_VISIT(members[i]);
     return 0;
@@ -355,11 +366,8 @@ state_traverse(PyObject *self, visitproc visit, void *arg)
 static int
 state_clear(PyObject *self)
 {
-    PyTypeObject *type = Py_TYPE(self);
-    while (type->tp_clear != state_clear)
-        type = type->tp_base;
-    PyObject **members = (PyObject **)((char *)self + sizeof(PyObject));
-    Py_ssize_t count = (type->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) / (Py_ssize_t)sizeof(PyObject *);
+    Py_ssize_t count;
+    PyObject **members = state_members(self, &count);
     for (Py_ssize_t i = 0; i < count; i++)
         Py_CLEAR(members[i]);
     return 0;
