@@ -358,6 +358,16 @@ QUERY = msg(b"Q", b"SELECT 1\0")
 ANSWER = T + D + msg(b"C", b"SELECT 1\0") + Z
 
 
+def _handing_to_python(path: str) -> tuple[Connection, Any, list[bytes], Any, Any]:
+    """A relaying connection whose Python path for one direction (``from_client`` or
+    ``from_server``) only collects what it is handed, and its two relays."""
+    conn, records = _connection()
+    handed: list[bytes] = []
+    setattr(conn, path, handed.append)
+    to_client, to_server = conn.relays()
+    return conn, records, handed, to_client, to_server
+
+
 def _held(conn: Connection) -> None:
     conn.client.buf += b"Q"
 
@@ -391,10 +401,7 @@ def _backlogged(conn: Connection) -> None:
 def test_a_client_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
     state: Any,
 ) -> None:
-    conn, records = _connection()
-    handed: list[bytes] = []
-    conn.from_client = handed.append  # type: ignore[method-assign]
-    to_client, _ = conn.relays()
+    conn, records, handed, to_client, _ = _handing_to_python("from_client")
     state(conn)
     to_client(QUERY)
     assert handed == [QUERY]
@@ -433,10 +440,7 @@ def _not_simple(conn: Connection) -> None:
 def test_a_server_chunk_in_a_state_the_relay_does_not_take_goes_to_the_python_path(
     state: Any,
 ) -> None:
-    conn, records = _connection()
-    handed: list[bytes] = []
-    conn.from_server = handed.append  # type: ignore[method-assign]
-    to_client, to_server = conn.relays()
+    conn, records, handed, to_client, to_server = _handing_to_python("from_server")
     to_client(QUERY)
     state(conn)
     to_server(ANSWER)
