@@ -472,11 +472,10 @@ static PyObject *s_backlogged, *s_write, *s_append, *s_popleft, *s_query, *s_com
 #define RELAY_FIELDS(self) ((PyObject **)&(self)->conn)
 #define RELAY_FIELD_COUNT ((offsetof(RelayObject, wall_offset) - offsetof(RelayObject, conn)) / sizeof(PyObject *))
 /* Every field from conn up to wall_offset must be an object pointer: a field of another
- * kind among them changes this count (or leaves a remainder), and the build stops here
- * rather than traverse or clear it as an object. */
+ * kind among them changes their size, and the build stops here rather than traverse or
+ * clear it as an object. */
 _Static_assert(
-    (offsetof(RelayObject, wall_offset) - offsetof(RelayObject, conn)) % sizeof(PyObject *) == 0
-        && RELAY_FIELD_COUNT == 26,
+    offsetof(RelayObject, wall_offset) - offsetof(RelayObject, conn) == 26 * sizeof(PyObject *),
     "RelayObject: only object pointers from conn up to wall_offset (26 of them)");
 
 static int
